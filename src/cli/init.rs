@@ -1,0 +1,59 @@
+//! `tillit init --data-dir D --trust-domain TD --nats-url nats://HOST:PORT [--http-addr HOST:PORT]`
+
+use crate::clock::SystemClock;
+use crate::init::{init, InitOptions, InitSummary};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Data dir to create (refused if it already holds one, unless --force).
+    #[arg(long, env = "TILLIT_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// SPIFFE trust domain, e.g. example.org.
+    #[arg(long, env = "TILLIT_TRUST_DOMAIN")]
+    pub trust_domain: String,
+    /// URL clients dial; the generated nats-server listens on its port.
+    #[arg(long, env = "TILLIT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Address of the control plane's HTTP port (health, metrics).
+    #[arg(long, env = "TILLIT_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// nats-server monitoring address (HOST:PORT), off by default.
+    #[arg(long, env = "TILLIT_MONITOR_ADDR")]
+    pub monitor_addr: Option<String>,
+    /// Replace an existing data dir (its keys and identities are lost).
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let s = init(
+        &InitOptions {
+            data_dir: a.data_dir,
+            trust_domain: a.trust_domain,
+            nats_url: a.nats_url,
+            http_addr: a.http_addr,
+            monitor_addr: a.monitor_addr,
+            force: a.force,
+        },
+        Arc::new(SystemClock),
+    )?;
+    print_summary(&s);
+    Ok(())
+}
+
+pub fn print_summary(s: &InitSummary) {
+    println!("initialised trust domain {} in {}", s.trust_domain, s.data_dir.display());
+    println!("  operator            {}", s.operator);
+    println!("  nats-server config  {}", s.server_conf.display());
+    println!("  admin identity      {}", s.admin_dir.display());
+    match &s.master_key_file {
+        Some(p) => println!("  master key          {} (back it up: without it the data dir cannot be opened)", p.display()),
+        None => println!("  master key          from TILLIT_MASTER_KEY (not written to disk)"),
+    }
+    println!("next:");
+    println!("  nats-server -c {}", s.server_conf.display());
+    println!("  tillit serve --data-dir {}", s.data_dir.display());
+    println!("  tillit status --identity {}", s.admin_dir.display());
+}

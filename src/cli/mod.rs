@@ -1,0 +1,65 @@
+//! The command line (house rule 12): one file per subcommand; each parses its flags (with
+//! `TILLIT_*` environment fallbacks) and calls the library.
+
+pub mod dev;
+pub mod init;
+pub mod serve;
+pub mod status;
+
+use crate::telemetry::LogFormat;
+use clap::{Parser, Subcommand};
+
+/// tillit — a NATS-native trust control plane.
+#[derive(Debug, Parser)]
+#[command(name = "tillit", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "TILLIT_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a data dir: trust roots, nats-server config, admin identity.
+    Init(init::Args),
+    /// Run the control plane against a running nats-server.
+    Serve(serve::Args),
+    /// Ask the control plane for its status, as an identity.
+    Status(status::Args),
+    /// Run a local stack: nats-server and the control plane (creates a data dir if missing).
+    Dev(dev::Args),
+}
+
+/// Run the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init(a) => init::run(a),
+        Command::Serve(a) => serve::run(a).await,
+        Command::Status(a) => status::run(a).await,
+        Command::Dev(a) => dev::run(a).await,
+    }
+}
+
+/// Completes on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("interrupted"),
+        _ = term => tracing::info!("terminated"),
+    }
+}

@@ -1,0 +1,48 @@
+//! `tillit status --identity DIR [--json]`
+
+use crate::client::TillitClient;
+use crate::layout::IdentityDir;
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Identity dir to act as (e.g. DATA/admin).
+    #[arg(long, env = "TILLIT_IDENTITY")]
+    pub identity: PathBuf,
+    /// NATS URL to use instead of the identity's.
+    #[arg(long, env = "TILLIT_NATS_URL")]
+    pub nats: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let client = TillitClient::connect_dir(&IdentityDir::new(&a.identity), a.nats.as_deref()).await?;
+    let s = client.status().await?;
+    let mine = &client.identity().info.trust_domain;
+    if &s.trust_domain != mine {
+        anyhow::bail!(
+            "the control plane serves trust domain {:?} but identity {} belongs to {:?}; use an identity of this estate",
+            s.trust_domain,
+            a.identity.display(),
+            mine
+        );
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!("trust domain   {}", s.trust_domain);
+    println!("version        {}", s.version);
+    println!("operator       {}", s.operator);
+    println!("CA             {} (expires {})", s.ca_fingerprint, s.ca_expires_at);
+    println!("NATS           {}", s.nats_urls.join(", "));
+    println!("identities     {}", s.counts.identities);
+    println!("accounts       {}", s.counts.accounts);
+    for (name, acct) in &s.accounts {
+        println!("  {name:<20} {:<7} {}", acct.kind, acct.public_key);
+    }
+    println!("you are        {}", s.caller);
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! The client side: connecting to NATS as a tillit identity and calling the control plane.
+//!
+//! [`connect`] returns an `async_nats::Client` that authenticates with the identity's user JWT
+//! (nonce signed by its seed, through the auth callback so renewed credentials are picked up on
+//! the next reconnect), presents its client certificate (swappable, see [`tls`]), trusts only the
+//! tillit CA, uses its private inbox prefix, and reconnects at once after a server-side bounce.
+//! [`TillitClient`] adds signed request-reply calls.
+
+pub mod tls;
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::crypto::SecretString;
+use crate::error::ApiError;
+use crate::identity::{self, IdentityFiles};
+use crate::layout::IdentityDir;
+use crate::proto::{self, Reply};
+use crate::subjects;
+use nkeys::KeyPair;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// How long a request waits for the control plane.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("identity: {0}")]
+    Identity(#[from] identity::IdentityError),
+    #[error("identity credentials are unusable: {0}")]
+    Credentials(String),
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot connect to {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("no reply from the control plane on {subject} within {timeout:?}; is `tillit serve` running?")]
+    Timeout { subject: String, timeout: Duration },
+    #[error("nothing answers {subject}; is `tillit serve` running and connected to this server?")]
+    NoResponders { subject: String },
+    #[error("request on {subject} failed: {reason}")]
+    Request { subject: String, reason: String },
+    #[error("control plane refused: {0}")]
+    Api(#[from] ApiError),
+    #[error("reply from the control plane is malformed: {0}")]
+    Protocol(String),
+}
+
+/// The NATS credentials of an identity, replaceable on renewal.
+#[derive(Debug)]
+pub struct NatsCreds {
+    pub user_jwt: String,
+    pub user_seed: SecretString,
+}
+
+/// Everything a connection needs, shared with the renewal task.
+#[derive(Debug, Clone)]
+pub struct ConnectParams {
+    pub urls: Vec<String>,
+    pub name: String,
+    pub inbox_prefix: String,
+    pub ca_pem: String,
+    pub creds: Arc<RwLock<NatsCreds>>,
+    pub cert: Arc<tls::SwappableCert>,
+}
+
+impl ConnectParams {
+    /// From an identity dir's files; `url` overrides the identity's NATS URLs.
+    pub fn from_identity(files: &IdentityFiles, url: Option<&str>) -> Result<Self, ClientError> {
+        let cert = tls::SwappableCert::new(tls::certified_key(&files.cert_pem, files.key_pem.expose())?);
+        KeyPair::from_seed(files.user_seed.expose()).map_err(|e| ClientError::Credentials(e.to_string()))?;
+        Ok(ConnectParams {
+            urls: match url {
+                Some(u) => vec![u.to_string()],
+                None => files.info.nats_urls.clone(),
+            },
+            name: files.info.id.clone(),
+            inbox_prefix: files.info.inbox_prefix.clone(),
+            ca_pem: files.ca_pem.clone(),
+            creds: Arc::new(RwLock::new(NatsCreds { user_jwt: files.user_jwt.clone(), user_seed: files.user_seed.clone() })),
+            cert,
+        })
+    }
+}
+
+/// Reconnect policy: the first attempt at once (the server bounces connections on permission
+/// changes and expects them back within milliseconds), then exponential up to 2 s.
+pub fn reconnect_delay(attempts: usize) -> Duration {
+    match attempts {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_millis((50u64 << (n - 2).min(6)).min(2000)),
+    }
+}
+
+fn describe_connect_error(e: &async_nats::ConnectError) -> String {
+    use async_nats::ConnectErrorKind as K;
+    let text = e.to_string();
+    match e.kind() {
+        K::Io if text.contains("refused") => "connection refused; is nats-server running and is the URL right?".into(),
+        K::TimedOut => "timed out; is the host reachable?".into(),
+        K::AuthorizationViolation => {
+            "authorization violation: the server refused this identity's credentials (expired, revoked, or from another operator)".into()
+        }
+        K::Tls => format!("TLS handshake failed ({text}); does the server use the tillit CA in this identity's tls/ca.pem?"),
+        _ => text,
+    }
+}
+
+/// Connect to NATS as the identity described by `params`.
+pub async fn connect(params: &ConnectParams) -> Result<async_nats::Client, ClientError> {
+    let tls = tls::client_config(&params.ca_pem, params.cert.clone())?;
+    let creds = params.creds.clone();
+    let opts = async_nats::ConnectOptions::with_auth_callback(move |nonce: Vec<u8>| {
+        let creds = creds.clone();
+        async move {
+            let (jwt, seed) = {
+                let g = creds.read().map_err(|_| async_nats::AuthError::new("credentials lock poisoned"))?;
+                (g.user_jwt.clone(), g.user_seed.clone())
+            };
+            let kp = KeyPair::from_seed(seed.expose()).map_err(|e| async_nats::AuthError::new(e.to_string()))?;
+            let sig = kp.sign(&nonce).map_err(|e| async_nats::AuthError::new(e.to_string()))?;
+            let mut auth = async_nats::Auth::new();
+            auth.jwt = Some(jwt);
+            auth.signature = Some(sig);
+            Ok(auth)
+        }
+    })
+    .require_tls(true)
+    .tls_client_config(tls)
+    .custom_inbox_prefix(&params.inbox_prefix)
+    .name(&params.name)
+    .connection_timeout(CONNECT_TIMEOUT)
+    .reconnect_delay_callback(reconnect_delay);
+    let url_list = params.urls.join(",");
+    let addrs: Vec<async_nats::ServerAddr> = params
+        .urls
+        .iter()
+        .map(|u| u.parse::<async_nats::ServerAddr>().map_err(|e| ClientError::Connect { url: u.clone(), reason: e.to_string() }))
+        .collect::<Result<_, _>>()?;
+    opts.connect(addrs.as_slice())
+        .await
+        .map_err(|e| ClientError::Connect { url: url_list, reason: describe_connect_error(&e) })
+}
+
+/// A connected identity that can call the control plane.
+pub struct TillitClient {
+    nats: async_nats::Client,
+    signer: KeyPair,
+    trust_domain: String,
+    clock: SharedClock,
+    files: IdentityFiles,
+}
+
+impl TillitClient {
+    /// Load `dir` and connect (`url` overrides the identity's URLs).
+    pub async fn connect_dir(dir: &IdentityDir, url: Option<&str>) -> Result<Self, ClientError> {
+        let files = identity::load(dir)?;
+        let params = ConnectParams::from_identity(&files, url)?;
+        let nats = connect(&params).await?;
+        let signer = KeyPair::from_seed(files.user_seed.expose()).map_err(|e| ClientError::Credentials(e.to_string()))?;
+        Ok(TillitClient { nats, signer, trust_domain: files.info.trust_domain.clone(), clock: Arc::new(SystemClock), files })
+    }
+
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.nats
+    }
+    pub fn identity(&self) -> &IdentityFiles {
+        &self.files
+    }
+
+    /// Sign `body` as a request of `kind` for `subject`, send it, and decode the reply.
+    pub async fn call<B: Serialize, R: DeserializeOwned>(&self, subject: &str, kind: &str, body: B) -> Result<R, ClientError> {
+        let token = proto::sign_request(&self.signer, &self.trust_domain, subject, kind, body, self.clock.now_unix())
+            .map_err(|e| ClientError::Credentials(e.to_string()))?;
+        let req = async_nats::Request::new().payload(token.into()).timeout(Some(REQUEST_TIMEOUT));
+        let msg = self.nats.send_request(subject.to_string(), req).await.map_err(|e| {
+            use async_nats::RequestErrorKind as K;
+            match e.kind() {
+                K::TimedOut => ClientError::Timeout { subject: subject.into(), timeout: REQUEST_TIMEOUT },
+                K::NoResponders => ClientError::NoResponders { subject: subject.into() },
+                _ => ClientError::Request { subject: subject.into(), reason: e.to_string() },
+            }
+        })?;
+        let reply: Reply<R> = serde_json::from_slice(&msg.payload).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(reply.into_result()?)
+    }
+
+    /// `tillit.v1.admin.status`.
+    pub async fn status(&self) -> Result<proto::StatusReply, ClientError> {
+        self.call(subjects::ADMIN_STATUS, "io.tillit.v1.admin.status", proto::StatusRequest {}).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnects_at_once_then_backs_off_to_two_seconds() {
+        assert_eq!(reconnect_delay(0), Duration::ZERO);
+        assert_eq!(reconnect_delay(1), Duration::ZERO);
+        assert_eq!(reconnect_delay(2), Duration::from_millis(50));
+        assert_eq!(reconnect_delay(3), Duration::from_millis(100));
+        assert_eq!(reconnect_delay(7), Duration::from_millis(1600));
+        assert_eq!(reconnect_delay(8), Duration::from_millis(2000));
+        assert_eq!(reconnect_delay(1000), Duration::from_millis(2000));
+    }
+}

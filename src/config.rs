@@ -1,0 +1,410 @@
+//! Settings: raw (as written in TOML) → validated [`Config`] whose fields cannot be wrong
+//! (house rule 8). `tillit init` writes `DATA/tillit.toml`; `config/tillit_full.toml` documents
+//! every key with its default.
+
+use crate::clock::{format_duration, parse_duration};
+use crate::names;
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config {path} is not valid TOML: {message}")]
+    Parse { path: String, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
+}
+
+// === raw ===
+
+/// `tillit.toml` as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub trust_domain: String,
+    #[serde(default)]
+    pub nats: RawNats,
+    #[serde(default)]
+    pub http: RawHttp,
+    #[serde(default)]
+    pub issuance: RawIssuance,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNats {
+    /// URLs clients dial (`nats://host:port`); the hub listens on the first one's port.
+    #[serde(default = "default_urls")]
+    pub urls: Vec<String>,
+    /// Listen address of the hub server; default: the first URL's host if it is an IP
+    /// (`localhost` → 127.0.0.1), else all interfaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// nats-server monitoring endpoint (`host:port`), off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor_addr: Option<String>,
+    /// Extra DNS names / IPs for the hub server's certificate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_cert_hosts: Vec<String>,
+}
+
+impl Default for RawNats {
+    fn default() -> Self {
+        RawNats {
+            urls: default_urls(),
+            listen: None,
+            server_name: default_server_name(),
+            monitor_addr: None,
+            server_cert_hosts: vec![],
+        }
+    }
+}
+
+fn default_urls() -> Vec<String> {
+    vec!["nats://127.0.0.1:4222".into()]
+}
+fn default_server_name() -> String {
+    "tillit-hub".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    #[serde(default = "default_http_addr")]
+    pub addr: String,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp { addr: default_http_addr() }
+    }
+}
+
+fn default_http_addr() -> String {
+    "127.0.0.1:8080".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuance {
+    #[serde(default = "d_service_ttl")]
+    pub service_ttl: String,
+    #[serde(default = "d_admin_ttl")]
+    pub admin_ttl: String,
+    #[serde(default = "d_control_plane_ttl")]
+    pub control_plane_ttl: String,
+    #[serde(default = "d_server_cert_ttl")]
+    pub server_cert_ttl: String,
+    #[serde(default = "d_ca_ttl")]
+    pub ca_ttl: String,
+    #[serde(default = "d_token_ttl")]
+    pub token_ttl: String,
+}
+
+fn d_service_ttl() -> String {
+    "24h".into()
+}
+fn d_admin_ttl() -> String {
+    "30d".into()
+}
+fn d_control_plane_ttl() -> String {
+    "24h".into()
+}
+fn d_server_cert_ttl() -> String {
+    "365d".into()
+}
+fn d_ca_ttl() -> String {
+    "3650d".into()
+}
+fn d_token_ttl() -> String {
+    "15m".into()
+}
+
+impl Default for RawIssuance {
+    fn default() -> Self {
+        RawIssuance {
+            service_ttl: d_service_ttl(),
+            admin_ttl: d_admin_ttl(),
+            control_plane_ttl: d_control_plane_ttl(),
+            server_cert_ttl: d_server_cert_ttl(),
+            ca_ttl: d_ca_ttl(),
+            token_ttl: d_token_ttl(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest request payload the control plane reads, in bytes.
+    #[serde(default = "d_max_request")]
+    pub max_request_bytes: usize,
+}
+
+fn d_max_request() -> usize {
+    64 * 1024
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits { max_request_bytes: d_max_request() }
+    }
+}
+
+// === validated ===
+
+/// A NATS URL split into parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsUrl {
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl NatsUrl {
+    /// Accepts `nats://host:port` and `tls://host:port` (IPv6 as `[::1]`).
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let bad = || {
+            invalid(format!("NATS URL {s:?} is invalid: expected nats://HOST:PORT (or tls://HOST:PORT), e.g. nats://127.0.0.1:4222"))
+        };
+        let rest = s.strip_prefix("nats://").or_else(|| s.strip_prefix("tls://")).ok_or_else(bad)?;
+        if rest.contains('/') || rest.contains('@') || rest.contains('?') {
+            return Err(bad());
+        }
+        let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if host.is_empty() || port == 0 {
+            return Err(bad());
+        }
+        if host.starts_with('[') != host.ends_with(']') {
+            return Err(bad());
+        }
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if bare.parse::<IpAddr>().is_err()
+            && !bare.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        {
+            return Err(bad());
+        }
+        Ok(NatsUrl { url: s.to_string(), host: host.to_string(), port })
+    }
+
+    /// The host without IPv6 brackets.
+    pub fn bare_host(&self) -> &str {
+        self.host.trim_start_matches('[').trim_end_matches(']')
+    }
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub trust_domain: String,
+    pub nats_urls: Vec<NatsUrl>,
+    /// `host:port` the hub nats-server listens on.
+    pub nats_listen: String,
+    pub server_name: String,
+    pub monitor_addr: Option<SocketAddr>,
+    pub server_cert_hosts: Vec<String>,
+    pub http_addr: SocketAddr,
+    pub service_ttl: Duration,
+    pub admin_ttl: Duration,
+    pub control_plane_ttl: Duration,
+    pub server_cert_ttl: Duration,
+    pub ca_ttl: Duration,
+    pub token_ttl: Duration,
+    pub max_request_bytes: usize,
+    raw: RawConfig,
+}
+
+fn dur(key: &str, v: &str) -> Result<Duration, ConfigError> {
+    parse_duration(v).map_err(|e| invalid(format!("issuance.{key}: {e}")))
+}
+
+fn socket(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.parse().map_err(|_| invalid(format!("{key} {v:?} is invalid: expected HOST:PORT with an IP address, e.g. 127.0.0.1:8080")))
+}
+
+impl Config {
+    /// Validate a raw config.
+    pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
+        names::check_trust_domain(&raw.trust_domain).map_err(|e| invalid(e.to_string()))?;
+        if raw.nats.urls.is_empty() {
+            return Err(invalid("nats.urls is empty: give at least one nats://HOST:PORT"));
+        }
+        let nats_urls = raw.nats.urls.iter().map(|u| NatsUrl::parse(u)).collect::<Result<Vec<_>, _>>()?;
+        let first = &nats_urls[0];
+        let nats_listen = match &raw.nats.listen {
+            Some(l) => {
+                let (h, p) = l.rsplit_once(':').ok_or_else(|| invalid(format!("nats.listen {l:?}: expected HOST:PORT")))?;
+                let _: u16 = p.parse().map_err(|_| invalid(format!("nats.listen {l:?}: bad port")))?;
+                if h.is_empty() {
+                    return Err(invalid(format!("nats.listen {l:?}: empty host")));
+                }
+                l.clone()
+            }
+            None => {
+                let host = match first.bare_host() {
+                    "localhost" => "127.0.0.1".to_string(),
+                    h if h.parse::<IpAddr>().is_ok() => first.host.clone(),
+                    _ => "0.0.0.0".to_string(),
+                };
+                format!("{host}:{}", first.port)
+            }
+        };
+        if raw.nats.server_name.is_empty() || raw.nats.server_name.contains(char::is_whitespace) {
+            return Err(invalid("nats.server_name must be non-empty without spaces"));
+        }
+        let monitor_addr = raw.nats.monitor_addr.as_deref().map(|m| socket("nats.monitor_addr", m)).transpose()?;
+        let http_addr = socket("http.addr", &raw.http.addr)?;
+        let i = &raw.issuance;
+        let cfg = Config {
+            trust_domain: raw.trust_domain.clone(),
+            nats_listen,
+            server_name: raw.nats.server_name.clone(),
+            monitor_addr,
+            server_cert_hosts: raw.nats.server_cert_hosts.clone(),
+            http_addr,
+            service_ttl: dur("service_ttl", &i.service_ttl)?,
+            admin_ttl: dur("admin_ttl", &i.admin_ttl)?,
+            control_plane_ttl: dur("control_plane_ttl", &i.control_plane_ttl)?,
+            server_cert_ttl: dur("server_cert_ttl", &i.server_cert_ttl)?,
+            ca_ttl: dur("ca_ttl", &i.ca_ttl)?,
+            token_ttl: dur("token_ttl", &i.token_ttl)?,
+            max_request_bytes: raw.limits.max_request_bytes,
+            nats_urls,
+            raw,
+        };
+        if cfg.max_request_bytes < 1024 || cfg.max_request_bytes > 1024 * 1024 {
+            return Err(invalid("limits.max_request_bytes must be between 1024 and 1048576"));
+        }
+        if cfg.service_ttl < Duration::from_secs(60) || cfg.control_plane_ttl < Duration::from_secs(60) {
+            return Err(invalid("issuance ttls must be at least 60s"));
+        }
+        if cfg.ca_ttl <= cfg.server_cert_ttl || cfg.ca_ttl <= cfg.admin_ttl || cfg.ca_ttl <= cfg.service_ttl {
+            return Err(invalid("issuance.ca_ttl must be longer than every certificate it signs"));
+        }
+        Ok(cfg)
+    }
+
+    /// Parse and validate TOML text.
+    pub fn from_toml(text: &str, path: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.message().to_string() })?;
+        Self::from_raw(raw)
+    }
+
+    /// Read and validate a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+        Self::from_toml(&text, &p)
+    }
+
+    /// The TOML this config was made from, with every value explicit.
+    pub fn to_toml(&self) -> String {
+        let mut raw = self.raw.clone();
+        raw.issuance = RawIssuance {
+            service_ttl: format_duration(self.service_ttl),
+            admin_ttl: format_duration(self.admin_ttl),
+            control_plane_ttl: format_duration(self.control_plane_ttl),
+            server_cert_ttl: format_duration(self.server_cert_ttl),
+            ca_ttl: format_duration(self.ca_ttl),
+            token_ttl: format_duration(self.token_ttl),
+        };
+        let body = toml::to_string_pretty(&raw).unwrap_or_default();
+        format!("# tillit control-plane settings, written by `tillit init`. Every key: config/tillit_full.toml\n{body}")
+    }
+
+    /// Hosts the hub server's certificate names: every URL host, loopback, and extras.
+    pub fn server_cert_hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = self.nats_urls.iter().map(|u| u.bare_host().to_string()).collect();
+        hosts.extend(["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()]);
+        hosts.extend(self.server_cert_hosts.iter().cloned());
+        let mut seen = std::collections::BTreeSet::new();
+        hosts.retain(|h| seen.insert(h.clone()));
+        hosts
+    }
+
+    /// The URLs as plain strings.
+    pub fn urls(&self) -> Vec<String> {
+        self.nats_urls.iter().map(|u| u.url.clone()).collect()
+    }
+}
+
+/// A minimal raw config for `init`.
+pub fn raw_for_init(trust_domain: &str, nats_url: &str, http_addr: Option<&str>) -> RawConfig {
+    RawConfig {
+        trust_domain: trust_domain.to_string(),
+        nats: RawNats { urls: vec![nats_url.to_string()], ..RawNats::default() },
+        http: RawHttp { addr: http_addr.map(str::to_string).unwrap_or_else(default_http_addr) },
+        issuance: RawIssuance::default(),
+        limits: RawLimits::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nats_urls() {
+        let u = NatsUrl::parse("nats://127.0.0.1:4222").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("127.0.0.1", 4222));
+        let u = NatsUrl::parse("tls://[::1]:4333").unwrap();
+        assert_eq!(u.bare_host(), "::1");
+        for bad in ["", "127.0.0.1:4222", "http://x:1", "nats://x", "nats://:4222", "nats://x:0", "nats://x:99999",
+            "nats://u:p@x:4222", "nats://x:4222/path", "nats://bad host:1", "nats://[::1:4222"] {
+            assert!(NatsUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn init_config_round_trips_through_toml() {
+        let cfg = Config::from_raw(raw_for_init("example.org", "nats://localhost:4999", Some("127.0.0.1:9090"))).unwrap();
+        assert_eq!(cfg.nats_listen, "127.0.0.1:4999");
+        assert_eq!(cfg.http_addr.port(), 9090);
+        assert_eq!(cfg.service_ttl, Duration::from_secs(86_400));
+        let again = Config::from_toml(&cfg.to_toml(), "t").unwrap();
+        assert_eq!(again.trust_domain, "example.org");
+        assert_eq!(again.urls(), cfg.urls());
+        assert_eq!(again.token_ttl, cfg.token_ttl);
+        assert!(cfg.server_cert_hosts().contains(&"localhost".to_string()));
+    }
+
+    #[test]
+    fn listen_defaults() {
+        let c = Config::from_raw(raw_for_init("td", "nats://nats.example.org:4222", None)).unwrap();
+        assert_eq!(c.nats_listen, "0.0.0.0:4222");
+        let c = Config::from_raw(raw_for_init("td", "nats://10.1.2.3:4222", None)).unwrap();
+        assert_eq!(c.nats_listen, "10.1.2.3:4222");
+    }
+
+    #[test]
+    fn rejects_bad_values_with_the_key_named() {
+        let cases: &[(&str, &str)] = &[
+            ("trust_domain = \"Bad Domain\"", "trust domain"),
+            ("trust_domain = \"td\"\n[http]\naddr = \"nope\"", "http.addr"),
+            ("trust_domain = \"td\"\n[issuance]\nservice_ttl = \"10x\"", "service_ttl"),
+            ("trust_domain = \"td\"\n[issuance]\nca_ttl = \"1d\"", "ca_ttl"),
+            ("trust_domain = \"td\"\n[limits]\nmax_request_bytes = 10", "max_request_bytes"),
+            ("trust_domain = \"td\"\n[nats]\nurls = []", "nats.urls"),
+            ("trust_domain = \"td\"\nunknown_key = 1", "unknown"),
+            ("not toml at all [", "TOML"),
+        ];
+        for (text, needle) in cases {
+            let err = Config::from_toml(text, "t.toml").unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?} → {err}");
+        }
+    }
+}

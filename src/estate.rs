@@ -1,0 +1,708 @@
+//! The trust roots of one NATS estate and the operations on them.
+//!
+//! An [`Estate`] is a data dir opened with its master key: the operator (identity key + signing
+//! key), the SYS and TILLIT accounts, tenant accounts (one per tenant + environment, created on
+//! demand), the internal CA, and the identity records. Every private key lives sealed in the
+//! store and is opened only to sign.
+//!
+//! Ordering rule for account JWTs: nats-server's resolver accepts an *older* account JWT, so
+//! account updates are serialised here ([`Estate::account_lock`]) and each new account JWT gets an
+//! `iat` strictly greater than the previous one for that account.
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::crypto::{self, MasterKey, SecretString};
+use crate::identity::{IdentityFiles, IdentityInfo, IdentityKind, IDENTITY_FORMAT};
+use crate::issuer::jwt::{
+    self, AccountLimits, AccountNats, Claims, Export, OperatorNats, SigningKeyEntry, UserNats, UserPermissions,
+};
+use crate::issuer::x509::{self, CertAuthority};
+use crate::layout::DataDir;
+use crate::names;
+use crate::store::{get_json, Batch, SledStore, Space, Store, StoreError, Vault};
+use crate::subjects;
+use nkeys::KeyPair;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+/// Name of the system account.
+pub const SYS_ACCOUNT: &str = "SYS";
+/// Name of the control plane's own account.
+pub const TILLIT_ACCOUNT: &str = "TILLIT";
+const MASTER_CHECK: &[u8] = b"tillit master key check v1";
+const ESTATE_FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EstateError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Crypto(#[from] crypto::CryptoError),
+    #[error("the master key does not open this data dir ({0}); use the master.key that `tillit init` wrote for it, or the matching TILLIT_MASTER_KEY")]
+    WrongMasterKey(String),
+    #[error("data dir {dir} is not initialised (no trust roots in its store); run `tillit init --data-dir {dir} …` first")]
+    NotInitialised { dir: String },
+    #[error("data dir {dir} belongs to trust domain {store:?} but its config says {config:?}; restore the matching tillit.toml or point --data-dir at the right estate")]
+    TrustDomainMismatch { dir: String, store: String, config: String },
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("JWT: {0}")]
+    Jwt(#[from] jwt::JwtError),
+    #[error("X.509: {0}")]
+    X509(#[from] x509::X509Error),
+    #[error("key material for {0} is damaged: {1}")]
+    Key(String, String),
+    #[error("{0}")]
+    Name(#[from] names::NameError),
+    #[error("account {0} does not exist")]
+    NoSuchAccount(String),
+}
+
+pub type Result<T, E = EstateError> = std::result::Result<T, E>;
+
+/// Estate-wide public facts (`meta/estate`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EstateMeta {
+    pub format: u32,
+    pub trust_domain: String,
+    pub created_at: i64,
+    pub operator_public_key: String,
+    pub operator_signing_key: String,
+    pub operator_jwt: String,
+    pub ca_cert_pem: String,
+    pub ca_fingerprint: String,
+}
+
+/// What an account is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountKind {
+    System,
+    Tillit,
+    Tenant,
+}
+
+/// An account record (`accounts/<name>`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountRecord {
+    pub name: String,
+    pub kind: AccountKind,
+    pub public_key: String,
+    /// The account signing key that signs its users (the identity key signs nothing: the operator
+    /// sets `strict_signing_key_usage`).
+    pub signing_key: String,
+    pub jwt: String,
+    pub iat: i64,
+    pub created_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+}
+
+/// Lifecycle state of an identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityState {
+    Active,
+    Revoked,
+}
+
+/// An identity record (`identities/<user public key>`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdentityRecord {
+    pub id: String,
+    pub kind: IdentityKind,
+    pub name: String,
+    pub account: String,
+    pub user_public_key: String,
+    pub cert_serial: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+    pub state: IdentityState,
+}
+
+/// Credentials minted in memory for a party of the control plane itself (never written to disk).
+#[derive(Debug)]
+pub struct EphemeralCreds {
+    pub user_jwt: String,
+    pub user_seed: SecretString,
+    pub cert_pem: String,
+    pub key_pem: SecretString,
+    pub expires_at: i64,
+}
+
+fn key_err(what: &str) -> impl FnOnce(nkeys::error::Error) -> EstateError + '_ {
+    move |e| EstateError::Key(what.to_string(), e.to_string())
+}
+
+fn seed_of(kp: &KeyPair, what: &str) -> Result<SecretString> {
+    kp.seed().map(SecretString::new).map_err(key_err(what))
+}
+
+fn keys_account(public_key: &str) -> String {
+    format!("account/{public_key}")
+}
+
+fn keys_account_signing(public_key: &str) -> String {
+    format!("account-signing/{public_key}")
+}
+
+/// A new account: identity key and signing key, both sealed into `b`.
+fn new_account_keys(vault: &Vault, b: &mut Batch, name: &str) -> Result<(KeyPair, KeyPair)> {
+    let id = KeyPair::new_account();
+    let signing = KeyPair::new_account();
+    vault.put_sealed(b, Space::Keys, &keys_account(&id.public_key()), seed_of(&id, name)?.expose().as_bytes())?;
+    vault.put_sealed(
+        b,
+        Space::Keys,
+        &keys_account_signing(&signing.public_key()),
+        seed_of(&signing, name)?.expose().as_bytes(),
+    )?;
+    Ok((id, signing))
+}
+
+// === impl Estate ===
+
+/// An opened estate.
+pub struct Estate {
+    pub dir: DataDir,
+    pub config: Config,
+    pub meta: EstateMeta,
+    vault: Vault,
+    clock: SharedClock,
+    ca: CertAuthority,
+    operator_signing: KeyPair,
+    account_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Estate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Estate").field("trust_domain", &self.meta.trust_domain).finish_non_exhaustive()
+    }
+}
+
+impl Estate {
+    /// Create the trust roots of a new estate in `store` (an empty store), returning the opened
+    /// estate. Files are the caller's business ([`crate::init`]).
+    pub fn create(
+        dir: DataDir,
+        config: Config,
+        store: Arc<dyn Store>,
+        master: MasterKey,
+        clock: SharedClock,
+    ) -> Result<Estate> {
+        let now = clock.now_unix();
+        let vault = Vault::new(store, master);
+        let operator = KeyPair::new_operator();
+        let operator_signing = KeyPair::new_operator();
+        let mut b = Batch::new();
+        let sys = new_account_keys(&vault, &mut b, SYS_ACCOUNT)?;
+        let tillit = new_account_keys(&vault, &mut b, TILLIT_ACCOUNT)?;
+
+        let ca_not_after = now + config.ca_ttl.as_secs() as i64;
+        let ca = CertAuthority::generate(&config.trust_domain, now, ca_not_after)?;
+
+        let op_claims = Claims {
+            jti: jwt::new_jti()?,
+            iat: now,
+            iss: operator.public_key(),
+            sub: operator.public_key(),
+            name: Some(format!("tillit {}", config.trust_domain)),
+            aud: None,
+            exp: None,
+            nbf: None,
+            nats: OperatorNats {
+                kind: "operator".into(),
+                version: 2,
+                signing_keys: vec![operator_signing.public_key()],
+                system_account: sys.0.public_key(),
+                strict_signing_key_usage: true,
+            },
+        };
+        let operator_jwt = jwt::encode(&op_claims, &operator)?;
+        let meta = EstateMeta {
+            format: ESTATE_FORMAT,
+            trust_domain: config.trust_domain.clone(),
+            created_at: now,
+            operator_public_key: operator.public_key(),
+            operator_signing_key: operator_signing.public_key(),
+            operator_jwt,
+            ca_fingerprint: x509::fingerprint(&ca.cert_pem)?,
+            ca_cert_pem: ca.cert_pem.clone(),
+        };
+
+        vault.put_sealed(&mut b, Space::Meta, "master_check", MASTER_CHECK)?;
+        b.put_json(Space::Meta, "estate", &meta)?;
+        vault.put_sealed(&mut b, Space::Keys, "operator", seed_of(&operator, "operator")?.expose().as_bytes())?;
+        vault.put_sealed(
+            &mut b,
+            Space::Keys,
+            "operator-signing",
+            seed_of(&operator_signing, "operator signing key")?.expose().as_bytes(),
+        )?;
+        vault.put_sealed(&mut b, Space::Keys, "ca", ca.key_pem.expose().as_bytes())?;
+
+        let estate = Estate {
+            ca: CertAuthority::load(&ca.cert_pem, &ca.key_pem)?,
+            dir,
+            config,
+            meta,
+            vault,
+            clock,
+            operator_signing,
+            account_lock: Mutex::new(()),
+        };
+        for (name, kind, (id, signing)) in
+            [(SYS_ACCOUNT, AccountKind::System, &sys), (TILLIT_ACCOUNT, AccountKind::Tillit, &tillit)]
+        {
+            let nats = estate.account_nats(kind, &signing.public_key());
+            let rec = estate.sign_account(name, kind, &id.public_key(), &signing.public_key(), nats, None, now, None, None)?;
+            b.put_json(Space::Accounts, name, &rec)?;
+        }
+        estate.vault.store().commit(b)?;
+        Ok(estate)
+    }
+
+    /// Open an existing estate: its config, master key and store, each checked.
+    pub fn open(dir: DataDir, clock: SharedClock) -> Result<Estate> {
+        let config = Config::load(&dir.config_file())?;
+        let master = MasterKey::load(dir.root())?;
+        if !dir.store().is_dir() {
+            return Err(EstateError::NotInitialised { dir: dir.root().display().to_string() });
+        }
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.store())?);
+        Self::open_with(dir, config, store, master, clock)
+    }
+
+    /// Open an estate from parts (tests, other backends).
+    pub fn open_with(
+        dir: DataDir,
+        config: Config,
+        store: Arc<dyn Store>,
+        master: MasterKey,
+        clock: SharedClock,
+    ) -> Result<Estate> {
+        let vault = Vault::new(store, master);
+        let not_init = || EstateError::NotInitialised { dir: dir.root().display().to_string() };
+        match vault.get_sealed(Space::Meta, "master_check") {
+            Ok(Some(v)) if crypto::ct_eq(&v, MASTER_CHECK) => {}
+            Ok(Some(_)) | Err(StoreError::Crypto(_)) => {
+                return Err(EstateError::WrongMasterKey(dir.root().display().to_string()))
+            }
+            Ok(None) => return Err(not_init()),
+            Err(e) => return Err(e.into()),
+        }
+        let meta: EstateMeta = get_json(vault.store(), Space::Meta, "estate")?.ok_or_else(not_init)?;
+        if meta.trust_domain != config.trust_domain {
+            return Err(EstateError::TrustDomainMismatch {
+                dir: dir.root().display().to_string(),
+                store: meta.trust_domain,
+                config: config.trust_domain,
+            });
+        }
+        let signing_seed = vault.get_sealed(Space::Keys, "operator-signing")?.ok_or_else(not_init)?;
+        let operator_signing = KeyPair::from_seed(std::str::from_utf8(&signing_seed).unwrap_or(""))
+            .map_err(key_err("operator signing key"))?;
+        let ca_key = vault.get_sealed(Space::Keys, "ca")?.ok_or_else(not_init)?;
+        let ca_key = SecretString::new(String::from_utf8_lossy(&ca_key).into_owned());
+        let ca = CertAuthority::load(&meta.ca_cert_pem, &ca_key)?;
+        Ok(Estate { dir, config, meta, vault, clock, ca, operator_signing, account_lock: Mutex::new(()) })
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.meta.trust_domain
+    }
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+    pub fn store(&self) -> &dyn Store {
+        self.vault.store()
+    }
+    pub fn ca(&self) -> &CertAuthority {
+        &self.ca
+    }
+    /// Held while an account JWT is re-signed and pushed, so updates never interleave.
+    pub fn account_lock(&self) -> &Mutex<()> {
+        &self.account_lock
+    }
+
+    /// The `nats` section an account of `kind` starts with.
+    fn account_nats(&self, kind: AccountKind, signing_key: &str) -> AccountNats {
+        let mut n = self.account_nats_base(kind);
+        n.signing_keys = vec![SigningKeyEntry::Plain(signing_key.to_string())];
+        n
+    }
+
+    fn account_nats_base(&self, kind: AccountKind) -> AccountNats {
+        match kind {
+            AccountKind::System => {
+                let mut n = AccountNats::new(AccountLimits::unlimited_without_jetstream());
+                n.description = Some("nats-server system account".into());
+                n
+            }
+            AccountKind::Tillit => {
+                let mut n = AccountNats::new(AccountLimits::unlimited_with_jetstream());
+                n.description = Some("tillit control plane, admins and site agents".into());
+                n.exports = vec![
+                    Export {
+                        name: "tillit service api".into(),
+                        subject: subjects::SVC_EXPORT.into(),
+                        kind: "service".into(),
+                        response_type: Some("Singleton".into()),
+                        description: Some("requests services make of the control plane".into()),
+                    },
+                    Export {
+                        name: "tillit events".into(),
+                        subject: subjects::EVENTS_EXPORT.into(),
+                        kind: "stream".into(),
+                        response_type: None,
+                        description: Some("signed event envelopes".into()),
+                    },
+                ];
+                n
+            }
+            AccountKind::Tenant => AccountNats::new(AccountLimits::unlimited_with_jetstream()),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn sign_account(
+        &self,
+        name: &str,
+        kind: AccountKind,
+        public_key: &str,
+        signing_key: &str,
+        nats: AccountNats,
+        previous_iat: Option<i64>,
+        created_at: i64,
+        tenant: Option<&str>,
+        env: Option<&str>,
+    ) -> Result<AccountRecord> {
+        let now = self.clock.now_unix();
+        let iat = match previous_iat {
+            Some(p) if p >= now => p + 1,
+            _ => now,
+        };
+        let claims = Claims {
+            jti: jwt::new_jti()?,
+            iat,
+            iss: self.operator_signing.public_key(),
+            sub: public_key.to_string(),
+            name: Some(name.to_string()),
+            aud: None,
+            exp: None,
+            nbf: None,
+            nats,
+        };
+        let token = jwt::encode(&claims, &self.operator_signing)?;
+        Ok(AccountRecord {
+            name: name.to_string(),
+            kind,
+            public_key: public_key.to_string(),
+            signing_key: signing_key.to_string(),
+            jwt: token,
+            iat,
+            created_at,
+            tenant: tenant.map(str::to_string),
+            env: env.map(str::to_string),
+        })
+    }
+
+    /// One account by name.
+    pub fn account(&self, name: &str) -> Result<AccountRecord> {
+        get_json(self.store(), Space::Accounts, name)?.ok_or_else(|| EstateError::NoSuchAccount(name.into()))
+    }
+
+    /// Every account, by name.
+    pub fn accounts(&self) -> Result<Vec<AccountRecord>> {
+        self.store()
+            .scan(Space::Accounts)?
+            .into_iter()
+            .map(|(k, v)| {
+                serde_json::from_slice(&v)
+                    .map_err(|e| EstateError::Store(StoreError::Corrupt(format!("accounts/{k}"), e.to_string())))
+            })
+            .collect()
+    }
+
+    /// The account's signing key pair, opened from the store.
+    fn account_signing_key(&self, rec: &AccountRecord) -> Result<KeyPair> {
+        let seed = self
+            .vault
+            .get_sealed(Space::Keys, &keys_account_signing(&rec.signing_key))?
+            .ok_or_else(|| EstateError::Key(rec.name.clone(), "no key in store".into()))?;
+        KeyPair::from_seed(std::str::from_utf8(&seed).unwrap_or("")).map_err(key_err(&rec.name))
+    }
+
+    /// The account of `tenant` + `env` (`acme-prod`), created if missing. Returns the record and
+    /// whether it was created (then the caller pushes its JWT to the servers).
+    pub async fn ensure_tenant_account(&self, tenant: &str, env: &str) -> Result<(AccountRecord, bool)> {
+        names::check_segment("tenant", tenant)?;
+        names::check_segment("env", env)?;
+        let name = format!("{tenant}-{env}");
+        let _guard = self.account_lock.lock().await;
+        if let Some(rec) = get_json::<AccountRecord>(self.store(), Space::Accounts, &name)? {
+            return Ok((rec, false));
+        }
+        let mut b = Batch::new();
+        let (id, signing) = new_account_keys(&self.vault, &mut b, &name)?;
+        let mut nats = self.account_nats(AccountKind::Tenant, &signing.public_key());
+        nats.description = Some(format!("tenant {tenant}, environment {env}"));
+        let rec = self.sign_account(
+            &name,
+            AccountKind::Tenant,
+            &id.public_key(),
+            &signing.public_key(),
+            nats,
+            None,
+            self.clock.now_unix(),
+            Some(tenant),
+            Some(env),
+        )?;
+        b.put_json(Space::Accounts, &name, &rec)?;
+        self.store().commit(b)?;
+        Ok((rec, true))
+    }
+
+    /// Sign a user JWT in `account` for `user_public_key`.
+    pub fn sign_user(
+        &self,
+        account: &AccountRecord,
+        user_public_key: &str,
+        name: &str,
+        permissions: UserPermissions,
+        expires_at: i64,
+    ) -> Result<String> {
+        let key = self.account_signing_key(account)?;
+        let claims = Claims {
+            jti: jwt::new_jti()?,
+            iat: self.clock.now_unix(),
+            iss: key.public_key(),
+            sub: user_public_key.to_string(),
+            name: Some(name.to_string()),
+            aud: None,
+            exp: Some(expires_at),
+            nbf: None,
+            nats: UserNats {
+                kind: "user".into(),
+                version: 2,
+                permissions,
+                bearer_token: false,
+                issuer_account: Some(account.public_key.clone()),
+                tags: vec![],
+            },
+        };
+        Ok(jwt::encode(&claims, &key)?)
+    }
+
+    /// The inbox prefix of a user: only its holder may subscribe below it.
+    pub fn inbox_prefix(user_public_key: &str) -> String {
+        format!("{}.{user_public_key}", subjects::INBOX_ROOT)
+    }
+
+    /// Issue an admin identity (user in TILLIT + client certificate), record it, and return the
+    /// files of its identity dir. Keys are generated here: `init` runs on the admin's machine.
+    pub fn issue_admin(&self, name: &str) -> Result<IdentityFiles> {
+        names::check_segment("admin name", name)?;
+        let now = self.clock.now_unix();
+        let expires = now + self.config.admin_ttl.as_secs() as i64;
+        let account = self.account(TILLIT_ACCOUNT)?;
+        let user = KeyPair::new_user();
+        let inbox = Self::inbox_prefix(&user.public_key());
+        let perms = UserPermissions::new(
+            subjects::ADMIN_PUBLISH.iter().map(|s| s.to_string()).collect(),
+            vec![format!("{inbox}.>"), subjects::EVENTS_ALL.to_string()],
+        );
+        let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "admin", name]);
+        let jwt = self.sign_user(&account, &user.public_key(), &format!("admin {name}"), perms, expires)?;
+        let cert = self.ca.issue_client_with_new_key(&spiffe, &format!("admin {name}"), now, expires)?;
+        let rec = IdentityRecord {
+            id: spiffe.clone(),
+            kind: IdentityKind::Admin,
+            name: name.to_string(),
+            account: TILLIT_ACCOUNT.into(),
+            user_public_key: user.public_key(),
+            cert_serial: cert.serial.clone(),
+            issued_at: now,
+            expires_at: expires,
+            state: IdentityState::Active,
+        };
+        let mut b = Batch::new();
+        b.put_json(Space::Identities, &rec.user_public_key, &rec)?;
+        self.store().commit(b)?;
+        let renew = crate::rotation::renew_at(now, expires, crate::rotation::random_jitter());
+        let info = IdentityInfo {
+            format: IDENTITY_FORMAT,
+            kind: IdentityKind::Admin,
+            id: spiffe,
+            name: name.to_string(),
+            trust_domain: self.trust_domain().to_string(),
+            account: TILLIT_ACCOUNT.into(),
+            account_public_key: account.public_key.clone(),
+            user_public_key: user.public_key(),
+            inbox_prefix: inbox,
+            nats_urls: self.config.urls(),
+            ca_fingerprint: self.meta.ca_fingerprint.clone(),
+            cert_serial: cert.serial,
+            issued_at: String::new(),
+            expires_at: String::new(),
+            renew_at: String::new(),
+            issued_at_unix: 0,
+            expires_at_unix: 0,
+            renew_at_unix: 0,
+        }
+        .with_times(now, expires, renew);
+        Ok(IdentityFiles {
+            info,
+            user_jwt: jwt,
+            user_seed: seed_of(&user, "admin user")?,
+            cert_pem: cert.cert_pem,
+            key_pem: cert.key_pem,
+            ca_pem: self.meta.ca_cert_pem.clone(),
+            trust_jwks: None,
+        })
+    }
+
+    /// Credentials for the control plane's own connections, minted in memory: a user of `account`
+    /// (TILLIT for the API, SYS for account pushes and server events) and a client certificate.
+    pub fn control_plane_creds(&self, account_name: &str, permissions: UserPermissions) -> Result<(EphemeralCreds, String)> {
+        let now = self.clock.now_unix();
+        let expires = now + self.config.control_plane_ttl.as_secs() as i64;
+        let account = self.account(account_name)?;
+        let user = KeyPair::new_user();
+        let name = format!("tillit control plane ({account_name})");
+        let jwt = self.sign_user(&account, &user.public_key(), &name, permissions, expires)?;
+        let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "control-plane", &account_name.to_lowercase()]);
+        let cert = self.ca.issue_client_with_new_key(&spiffe, &name, now, expires)?;
+        Ok((
+            EphemeralCreds {
+                user_jwt: jwt,
+                user_seed: seed_of(&user, "control plane user")?,
+                cert_pem: cert.cert_pem,
+                key_pem: cert.key_pem,
+                expires_at: expires,
+            },
+            user.public_key(),
+        ))
+    }
+
+    /// Issue the hub nats-server's certificate.
+    pub fn issue_server_cert(&self) -> Result<x509::Issued> {
+        let now = self.clock.now_unix();
+        let expires = now + self.config.server_cert_ttl.as_secs() as i64;
+        Ok(self.ca.issue_server(&self.config.server_name, &self.config.server_cert_hosts(), now, expires)?)
+    }
+
+    /// An identity record by user public key.
+    pub fn identity(&self, user_public_key: &str) -> Result<Option<IdentityRecord>> {
+        Ok(get_json(self.store(), Space::Identities, user_public_key)?)
+    }
+
+    /// How many identities are recorded.
+    pub fn identity_count(&self) -> Result<usize> {
+        Ok(self.store().count(Space::Identities)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::raw_for_init;
+
+    fn new_estate(clock: Arc<ManualClock>) -> (tempfile::TempDir, Estate, Arc<dyn Store>, MasterKey) {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = Config::from_raw(raw_for_init("example.org", "nats://127.0.0.1:4222", None)).unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&d.path().join("store")).unwrap());
+        let master = MasterKey::generate().unwrap();
+        let e = Estate::create(DataDir::new(d.path()), cfg, store.clone(), master.clone(), clock).unwrap();
+        (d, e, store, master)
+    }
+
+    #[test]
+    fn creates_roots_whose_jwts_chain_to_the_operator() {
+        let clock = Arc::new(ManualClock::new(1_780_000_000));
+        let (_d, e, _s, _m) = new_estate(clock);
+        let op: Claims<OperatorNats> = jwt::decode_from(&e.meta.operator_jwt, &[&e.meta.operator_public_key]).unwrap();
+        assert_eq!(op.nats.kind, "operator");
+        assert_eq!(op.nats.signing_keys, vec![e.meta.operator_signing_key.clone()]);
+        let sys = e.account(SYS_ACCOUNT).unwrap();
+        assert_eq!(op.nats.system_account, sys.public_key);
+        for acct in e.accounts().unwrap() {
+            let c: Claims<AccountNats> = jwt::decode_from(&acct.jwt, &[&e.meta.operator_signing_key]).unwrap();
+            assert_eq!(c.sub, acct.public_key);
+            assert_eq!(c.nats.limits.conn, -1);
+        }
+        let tillit = e.account(TILLIT_ACCOUNT).unwrap();
+        let c: Claims<AccountNats> = jwt::decode(&tillit.jwt).unwrap();
+        assert!(c.nats.exports.iter().any(|x| x.subject == subjects::SVC_EXPORT && x.kind == "service"));
+    }
+
+    #[test]
+    fn reopens_only_with_the_right_master_key_and_trust_domain() {
+        let clock = Arc::new(ManualClock::new(1_780_000_000));
+        let (d, e, store, master) = new_estate(clock.clone());
+        let cfg = e.config.clone();
+        drop(e);
+        let dir = DataDir::new(d.path());
+        let err = Estate::open_with(dir.clone(), cfg.clone(), store.clone(), MasterKey::generate().unwrap(), clock.clone()).unwrap_err();
+        assert!(matches!(err, EstateError::WrongMasterKey(_)), "{err}");
+        let mut other_cfg = cfg.clone();
+        other_cfg.trust_domain = "other.org".into();
+        let err = Estate::open_with(dir.clone(), other_cfg, store.clone(), master.clone(), clock.clone()).unwrap_err();
+        assert!(matches!(err, EstateError::TrustDomainMismatch { .. }), "{err}");
+        Estate::open_with(dir, cfg, store, master, clock).unwrap();
+    }
+
+    #[tokio::test]
+    async fn tenant_accounts_are_created_once_and_names_are_checked() {
+        let clock = Arc::new(ManualClock::new(1_780_000_000));
+        let (_d, e, store, _m) = new_estate(clock);
+        let (a, created) = e.ensure_tenant_account("acme", "prod").await.unwrap();
+        assert!(created);
+        assert_eq!(a.name, "acme-prod");
+        let (b, created) = e.ensure_tenant_account("acme", "prod").await.unwrap();
+        assert!(!created);
+        assert_eq!(a.public_key, b.public_key);
+        let raw = store.get(Space::Keys, &keys_account(&a.public_key)).unwrap().unwrap();
+        assert!(!String::from_utf8_lossy(&raw).contains("SA"), "account seed is sealed");
+        for (t, env) in [("*", "prod"), ("acme", ">"), ("a.b", "prod"), ("acme", "")] {
+            assert!(e.ensure_tenant_account(t, env).await.is_err(), "{t}/{env}");
+        }
+        assert_eq!(e.accounts().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn account_iat_strictly_increases() {
+        let clock = Arc::new(ManualClock::new(1_780_000_000));
+        let (_d, e, _s, _m) = new_estate(clock.clone());
+        let t = e.account(TILLIT_ACCOUNT).unwrap();
+        let nats = || e.account_nats(t.kind, &t.signing_key);
+        let again = e.sign_account(&t.name, t.kind, &t.public_key, &t.signing_key, nats(), Some(t.iat), t.created_at, None, None).unwrap();
+        assert!(again.iat > t.iat, "same second: iat bumped");
+        clock.advance(100);
+        let later = e.sign_account(&t.name, t.kind, &t.public_key, &t.signing_key, nats(), Some(again.iat), t.created_at, None, None).unwrap();
+        assert_eq!(later.iat, 1_780_000_100);
+    }
+
+    #[test]
+    fn admin_identity_is_recorded_and_scoped() {
+        let clock = Arc::new(ManualClock::new(1_780_000_000));
+        let (_d, e, _s, _m) = new_estate(clock);
+        let files = e.issue_admin("admin").unwrap();
+        let rec = e.identity(&files.info.user_public_key).unwrap().unwrap();
+        assert_eq!(rec.kind, IdentityKind::Admin);
+        assert_eq!(rec.state, IdentityState::Active);
+        let tillit = e.account(TILLIT_ACCOUNT).unwrap();
+        let c: Claims<UserNats> = jwt::decode_from(&files.user_jwt, &[&tillit.signing_key]).unwrap();
+        assert_eq!(c.nats.issuer_account.as_deref(), Some(tillit.public_key.as_str()));
+        assert!(!c.nats.bearer_token);
+        assert_eq!(c.exp, Some(1_780_000_000 + 30 * 86_400));
+        assert!(c.nats.permissions.subscribe.allow.contains(&format!("{}.>", files.info.inbox_prefix)));
+        assert!(!c.nats.permissions.subscribe.allow.iter().any(|s| s == ">" || s == "_INBOX.>"));
+        assert_eq!(e.identity_count().unwrap(), 1);
+        assert!(files.info.renew_at_unix > files.info.issued_at_unix && files.info.renew_at_unix < files.info.expires_at_unix);
+    }
+}

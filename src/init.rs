@@ -1,0 +1,190 @@
+//! `tillit init`: create a data dir with new trust roots, all or nothing.
+//!
+//! Everything is built in a hidden staging directory beside the target and renamed into place at
+//! the end, so a failure at any step leaves no half-made data dir. An existing, non-empty data dir
+//! is replaced only with `--force` (its keys are gone afterwards: the estate is new).
+
+use crate::clock::SharedClock;
+use crate::config::{raw_for_init, Config, ConfigError};
+use crate::crypto::{CryptoError, MasterKey, MASTER_KEY_ENV};
+use crate::estate::{Estate, EstateError, SYS_ACCOUNT, TILLIT_ACCOUNT};
+use crate::fsutil::{self, PRIVATE, PRIVATE_DIR, PUBLIC};
+use crate::identity;
+use crate::layout::DataDir;
+use crate::natsconf::{self, ServerTrust};
+use crate::store::{SledStore, Store};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What `init` is asked to do.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub data_dir: PathBuf,
+    pub trust_domain: String,
+    pub nats_url: String,
+    pub http_addr: Option<String>,
+    pub monitor_addr: Option<String>,
+    pub force: bool,
+}
+
+/// What `init` made.
+#[derive(Debug, Clone)]
+pub struct InitSummary {
+    pub data_dir: PathBuf,
+    pub trust_domain: String,
+    pub nats_urls: Vec<String>,
+    pub http_addr: String,
+    pub server_conf: PathBuf,
+    pub admin_dir: PathBuf,
+    pub master_key_file: Option<PathBuf>,
+    pub operator: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("{dir} already holds a tillit data dir{}; pass --force to replace it (its keys and identities are lost) or choose another --data-dir", trust_domain.as_ref().map(|t| format!(" for trust domain {t:?}")).unwrap_or_default())]
+    Exists { dir: String, trust_domain: Option<String> },
+    #[error("{dir} exists and is not a tillit data dir; choose an empty or new --data-dir")]
+    NotOurs { dir: String },
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Crypto(#[from] CryptoError),
+    #[error("{0}")]
+    Estate(#[from] EstateError),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Identity(#[from] identity::IdentityError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InitError + '_ {
+    move |source| InitError::Io { path: path.display().to_string(), source }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, InitError> {
+    let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().map_err(io(p))?.join(p) };
+    // Normalise `.` and `..` without requiring the path to exist.
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    Ok(out)
+}
+
+/// Create a new data dir.
+pub fn init(opts: &InitOptions, clock: SharedClock) -> Result<InitSummary, InitError> {
+    let mut raw = raw_for_init(&opts.trust_domain, &opts.nats_url, opts.http_addr.as_deref());
+    raw.nats.monitor_addr = opts.monitor_addr.clone();
+    let config = Config::from_raw(raw)?;
+    let target = absolute(&opts.data_dir)?;
+    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("tillit").to_string();
+    let parent = target.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+
+    let empty = fsutil::is_absent_or_empty_dir(&target).map_err(io(&target))?;
+    if !empty {
+        let existing = DataDir::new(&target);
+        if !existing.config_file().exists() && !existing.store().exists() {
+            return Err(InitError::NotOurs { dir: target.display().to_string() });
+        }
+        if !opts.force {
+            let trust_domain = Config::load(&existing.config_file()).ok().map(|c| c.trust_domain);
+            return Err(InitError::Exists { dir: target.display().to_string(), trust_domain });
+        }
+    }
+
+    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+    let staging = parent.join(format!(".{name}.init-{}", uuid::Uuid::new_v4().simple()));
+    let result = build(&staging, &target, config, clock);
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    // Swap into place.
+    let mut replaced = None;
+    if target.exists() {
+        if empty {
+            std::fs::remove_dir(&target).map_err(io(&target))?;
+        } else {
+            let old = parent.join(format!(".{name}.replaced-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::rename(&target, &old).map_err(io(&target))?;
+            replaced = Some(old);
+        }
+    }
+    if let Err(e) = std::fs::rename(&staging, &target) {
+        if let Some(old) = &replaced {
+            let _ = std::fs::rename(old, &target);
+        }
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(io(&target)(e));
+    }
+    fsutil::sync_dir(&parent).map_err(io(&parent))?;
+    if let Some(old) = replaced {
+        let _ = std::fs::remove_dir_all(old);
+    }
+    Ok(summary)
+}
+
+fn build(staging: &Path, target: &Path, config: Config, clock: SharedClock) -> Result<InitSummary, InitError> {
+    let stage = DataDir::new(staging);
+    let fin = DataDir::new(target);
+    fsutil::create_dir(staging, PRIVATE_DIR).map_err(io(staging))?;
+
+    let (master, master_key_file) = match std::env::var(MASTER_KEY_ENV) {
+        Ok(v) => (MasterKey::from_hex(&v, MASTER_KEY_ENV)?, None),
+        Err(_) => {
+            let k = MasterKey::generate()?;
+            fsutil::write_atomic(&stage.master_key(), k.to_hex().as_bytes(), PRIVATE).map_err(io(&stage.master_key()))?;
+            (k, Some(fin.master_key()))
+        }
+    };
+
+    fsutil::create_dir(&stage.store(), PRIVATE_DIR).map_err(io(&stage.store()))?;
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&stage.store()).map_err(EstateError::from)?);
+    let estate = Estate::create(fin.clone(), config.clone(), store, master, clock)?;
+    let admin = estate.issue_admin("admin")?;
+    let server = estate.issue_server_cert()?;
+    let sys = estate.account(SYS_ACCOUNT)?;
+    let tillit = estate.account(TILLIT_ACCOUNT)?;
+
+    let w = |p: PathBuf, data: &[u8], mode: u32| fsutil::write_atomic(&p, data, mode).map_err(io(&p));
+    w(stage.config_file(), config.to_toml().as_bytes(), PUBLIC)?;
+    for d in [stage.nats(), stage.resolver(), stage.jetstream(), stage.nats_tls(), stage.audit()] {
+        fsutil::create_dir(&d, PRIVATE_DIR).map_err(io(&d))?;
+    }
+    w(stage.operator_jwt(), estate.meta.operator_jwt.as_bytes(), PUBLIC)?;
+    w(stage.nats_tls().join("cert.pem"), server.cert_pem.as_bytes(), PUBLIC)?;
+    w(stage.nats_tls().join("key.pem"), server.key_pem.expose().as_bytes(), PRIVATE)?;
+    w(stage.nats_tls().join("ca.pem"), estate.meta.ca_cert_pem.as_bytes(), PUBLIC)?;
+    let conf = natsconf::render(
+        &config,
+        &fin,
+        &ServerTrust {
+            system_account: &sys.public_key,
+            preload: vec![(&sys.public_key, &sys.jwt), (&tillit.public_key, &tillit.jwt)],
+        },
+    );
+    w(stage.server_conf(), conf.as_bytes(), PUBLIC)?;
+    identity::write(&stage.admin(), &admin)?;
+    let summary = InitSummary {
+        data_dir: target.to_path_buf(),
+        trust_domain: config.trust_domain.clone(),
+        nats_urls: config.urls(),
+        http_addr: config.http_addr.to_string(),
+        server_conf: fin.server_conf(),
+        admin_dir: fin.admin().root().to_path_buf(),
+        master_key_file,
+        operator: estate.meta.operator_public_key.clone(),
+    };
+    drop(estate);
+    Ok(summary)
+}

@@ -1,0 +1,270 @@
+//! The internal X.509 CA: an ECDSA P-256 root that signs the nats-server's certificate and every
+//! client certificate (mutual TLS on every NATS connection).
+//!
+//! Pure minting: times come in as parameters, nothing here reads the clock or touches disk.
+//! Certificates carry a random positive serial, explicit validity, and for clients the SPIFFE URI
+//! SAN `spiffe://<trust-domain>/<path>` with the clientAuth EKU.
+
+use crate::crypto::{self, SecretString};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
+};
+use std::net::IpAddr;
+use time::OffsetDateTime;
+
+/// Backdating of `notBefore`, so a peer whose clock is slightly behind accepts a fresh certificate.
+pub const BACKDATE_SECS: i64 = 60;
+
+#[derive(Debug, thiserror::Error)]
+pub enum X509Error {
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("invalid PEM: {0}")]
+    Pem(String),
+    #[error("invalid time {0}")]
+    Time(i64),
+    #[error("invalid subject alternative name {0:?}")]
+    San(String),
+    #[error("randomness: {0}")]
+    Random(#[from] crypto::CryptoError),
+}
+
+/// A freshly generated key and certificate, both PEM.
+#[derive(Debug)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: SecretString,
+    /// Lower-case hex serial number.
+    pub serial: String,
+    pub not_after: i64,
+}
+
+fn ts(unix: i64) -> Result<OffsetDateTime, X509Error> {
+    OffsetDateTime::from_unix_timestamp(unix).map_err(|_| X509Error::Time(unix))
+}
+
+/// A random, positive, 16-byte serial.
+fn random_serial() -> Result<(SerialNumber, String), X509Error> {
+    let mut b = crypto::random_bytes(16)?;
+    b[0] &= 0x7f;
+    if b[0] == 0 {
+        b[0] = 0x01;
+    }
+    Ok((SerialNumber::from_slice(&b), data_encoding::HEXLOWER.encode(&b)))
+}
+
+/// SHA-256 fingerprint (`sha256:<hex>`) of a PEM certificate's DER, as pinned by join tokens.
+pub fn fingerprint(cert_pem: &str) -> Result<String, X509Error> {
+    let der = first_cert_der(cert_pem)?;
+    Ok(format!("sha256:{}", crypto::sha256_hex(&der)))
+}
+
+/// DER of the first certificate in a PEM bundle.
+pub fn first_cert_der(pem: &str) -> Result<Vec<u8>, X509Error> {
+    let mut rd = pem.as_bytes();
+    let first = rustls_pemfile::certs(&mut rd).next();
+    match first {
+        Some(Ok(c)) => Ok(c.to_vec()),
+        Some(Err(e)) => Err(X509Error::Pem(e.to_string())),
+        None => Err(X509Error::Pem("no CERTIFICATE block".into())),
+    }
+}
+
+/// `notAfter` of a PEM certificate, as Unix seconds.
+pub fn not_after(cert_pem: &str) -> Result<i64, X509Error> {
+    let der = first_cert_der(cert_pem)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| X509Error::Pem(e.to_string()))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+fn leaf_params(cn: &str, not_before: i64, not_after: i64) -> Result<(CertificateParams, String), X509Error> {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "tillit");
+    dn.push(DnType::CommonName, cn);
+    p.distinguished_name = dn;
+    p.not_before = ts(not_before - BACKDATE_SECS)?;
+    p.not_after = ts(not_after)?;
+    let (serial, serial_hex) = random_serial()?;
+    p.serial_number = Some(serial);
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.use_authority_key_identifier_extension = true;
+    Ok((p, serial_hex))
+}
+
+fn san_for_host(host: &str) -> Result<SanType, X509Error> {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    match h.parse::<IpAddr>() {
+        Ok(ip) => Ok(SanType::IpAddress(ip)),
+        Err(_) => Ok(SanType::DnsName(h.to_string().try_into().map_err(|_| X509Error::San(host.into()))?)),
+    }
+}
+
+// === impl CertAuthority ===
+
+/// The root CA with its signing key in memory (loaded from the sealed store).
+pub struct CertAuthority {
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for CertAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertAuthority").field("key", &"<redacted>").finish()
+    }
+}
+
+impl CertAuthority {
+    /// Generate a new root for `trust_domain`, valid from `now` until `not_after`.
+    pub fn generate(trust_domain: &str, now: i64, not_after: i64) -> Result<Issued, X509Error> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "tillit");
+        dn.push(DnType::OrganizationalUnitName, trust_domain);
+        dn.push(DnType::CommonName, format!("tillit root CA {trust_domain}"));
+        p.distinguished_name = dn;
+        p.not_before = ts(now - BACKDATE_SECS)?;
+        p.not_after = ts(not_after)?;
+        let (serial, serial_hex) = random_serial()?;
+        p.serial_number = Some(serial);
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let cert = p.self_signed(&key)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: SecretString::new(key.serialize_pem()),
+            serial: serial_hex,
+            not_after,
+        })
+    }
+
+    /// Load a CA from its certificate and private key (PEM).
+    pub fn load(cert_pem: &str, key_pem: &SecretString) -> Result<Self, X509Error> {
+        let key = KeyPair::from_pem(key_pem.expose())?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        Ok(CertAuthority { cert_pem: cert_pem.to_string(), issuer })
+    }
+
+    /// The root certificate (PEM).
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// A certificate for a nats-server: serverAuth and clientAuth (leafnode remotes present it as
+    /// a client), SANs for every host given. The server's key is generated here, because the
+    /// server is set up by the operator who runs `tillit init`.
+    pub fn issue_server(&self, name: &str, hosts: &[String], now: i64, not_after: i64) -> Result<Issued, X509Error> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let (mut p, serial) = leaf_params(name, now, not_after)?;
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let mut sans = Vec::new();
+        for h in hosts {
+            let san = san_for_host(h)?;
+            if !sans.contains(&san) {
+                sans.push(san);
+            }
+        }
+        p.subject_alt_names = sans;
+        let cert = p.signed_by(&key, &self.issuer)?;
+        Ok(Issued { cert_pem: cert.pem(), key_pem: SecretString::new(key.serialize_pem()), serial, not_after })
+    }
+
+    /// A client certificate for `public_key` with SPIFFE id `spiffe_id` (clientAuth only).
+    pub fn issue_client(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        spiffe_id: &str,
+        cn: &str,
+        now: i64,
+        not_after: i64,
+    ) -> Result<(String, String), X509Error> {
+        let (mut p, serial) = leaf_params(cn, now, not_after)?;
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.subject_alt_names =
+            vec![SanType::URI(spiffe_id.to_string().try_into().map_err(|_| X509Error::San(spiffe_id.into()))?)];
+        let cert = p.signed_by(public_key, &self.issuer)?;
+        Ok((cert.pem(), serial))
+    }
+
+    /// Generate a P-256 key locally and a client certificate for it (identities whose owner is
+    /// the process running this, e.g. the admin identity written by `init`).
+    pub fn issue_client_with_new_key(
+        &self,
+        spiffe_id: &str,
+        cn: &str,
+        now: i64,
+        not_after: i64,
+    ) -> Result<Issued, X509Error> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let (cert_pem, serial) = self.issue_client(&key, spiffe_id, cn, now, not_after)?;
+        Ok(Issued { cert_pem, key_pem: SecretString::new(key.serialize_pem()), serial, not_after })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::extensions::GeneralName;
+
+    const NOW: i64 = 1_780_000_000;
+
+    fn ca() -> CertAuthority {
+        let root = CertAuthority::generate("example.org", NOW, NOW + 86_400 * 365).unwrap();
+        CertAuthority::load(&root.cert_pem, &root.key_pem).unwrap()
+    }
+
+    #[test]
+    fn root_is_a_ca_with_explicit_validity() {
+        let root = CertAuthority::generate("example.org", NOW, NOW + 1000).unwrap();
+        let der = first_cert_der(&root.cert_pem).unwrap();
+        let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert!(c.is_ca());
+        assert_eq!(c.validity().not_before.timestamp(), NOW - BACKDATE_SECS);
+        assert_eq!(c.validity().not_after.timestamp(), NOW + 1000);
+        assert!(root.key_pem.expose().contains("PRIVATE KEY"));
+        assert!(fingerprint(&root.cert_pem).unwrap().starts_with("sha256:"));
+    }
+
+    #[test]
+    fn client_cert_carries_spiffe_id_and_client_auth_only() {
+        let ca = ca();
+        let id = "spiffe://example.org/acme/shop/prod/orders";
+        let a = ca.issue_client_with_new_key(id, "orders", NOW, NOW + 3600).unwrap();
+        let b = ca.issue_client_with_new_key(id, "orders", NOW, NOW + 3600).unwrap();
+        assert_ne!(a.serial, b.serial, "serials are random");
+        let der = first_cert_der(&a.cert_pem).unwrap();
+        let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert!(!c.is_ca());
+        assert_eq!(not_after(&a.cert_pem).unwrap(), NOW + 3600);
+        let san = c.subject_alternative_name().unwrap().unwrap();
+        assert_eq!(san.value.general_names, vec![GeneralName::URI(id)]);
+        let eku = c.extended_key_usage().unwrap().unwrap();
+        assert!(eku.value.client_auth && !eku.value.server_auth);
+        assert_eq!(data_encoding::HEXLOWER.encode(c.raw_serial()), a.serial);
+        assert!(c.raw_serial()[0] & 0x80 == 0, "serial is positive");
+    }
+
+    #[test]
+    fn server_cert_names_every_host() {
+        let ca = ca();
+        let s = ca
+            .issue_server("nats", &["127.0.0.1".into(), "localhost".into(), "[::1]".into(), "localhost".into()], NOW, NOW + 60)
+            .unwrap();
+        let der = first_cert_der(&s.cert_pem).unwrap();
+        let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let names = &c.subject_alternative_name().unwrap().unwrap().value.general_names;
+        assert_eq!(names.len(), 3);
+        assert!(names.contains(&GeneralName::DNSName("localhost")));
+        let eku = c.extended_key_usage().unwrap().unwrap();
+        assert!(eku.value.server_auth);
+    }
+
+    #[test]
+    fn bad_pem_is_an_error_not_a_panic() {
+        assert!(first_cert_der("garbage").is_err());
+        assert!(CertAuthority::load("garbage", &SecretString::new("nope".into())).is_err());
+    }
+}

@@ -1,0 +1,19 @@
+//! The `tillit` binary: parse, dispatch, print one clear line on failure (house rule 12).
+
+use clap::Parser;
+
+fn main() {
+    let cli = tillit::cli::Cli::parse();
+    tillit::telemetry::init_logging(cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tillit: error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(tillit::cli::run(cli)) {
+        eprintln!("tillit: error: {e:#}");
+        std::process::exit(1);
+    }
+}

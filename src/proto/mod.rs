@@ -1,0 +1,240 @@
+//! Wire types: signed requests, replies, and the bodies of each verb.
+//!
+//! **Signed requests.** Every request to the control plane is a compact token signed by the
+//! caller's own user nkey (the key its NATS connection authenticated with), using the same codec
+//! as NATS JWTs. Claims: `iss` (caller's public nkey), `aud` (`tillit:<trust-domain>`), `sub` (the
+//! NATS subject it is for, so it cannot be re-purposed), `type` (`io.tillit.v1.<verb>`), `iat`,
+//! `exp` (at most [`MAX_REQUEST_LIFETIME`] after `iat`), `jti` (unique, checked against a replay
+//! cache) and `body`. The control plane trusts none of it until [`verify_request`] passes and the
+//! signer is found in the identity store.
+//!
+//! **Replies.** `{"result": …}` or `{"error": {"code", "message"}}`; errors also carry the micro
+//! protocol headers.
+
+use crate::error::{ApiError, ErrorCode};
+use crate::issuer::jwt;
+use nkeys::KeyPair;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The longest a signed request stays valid.
+pub const MAX_REQUEST_LIFETIME: i64 = 120;
+/// Tolerated clock skew between caller and control plane.
+pub const MAX_CLOCK_SKEW: i64 = 30;
+
+/// Claims of a signed request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RequestClaims<B> {
+    pub jti: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub iss: String,
+    pub aud: String,
+    pub sub: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub body: B,
+}
+
+/// The audience of requests to the control plane of `trust_domain`.
+pub fn audience(trust_domain: &str) -> String {
+    format!("tillit:{trust_domain}")
+}
+
+/// Sign a request for `subject` as `signer`.
+pub fn sign_request<B: Serialize>(
+    signer: &KeyPair,
+    trust_domain: &str,
+    subject: &str,
+    kind: &str,
+    body: B,
+    now: i64,
+) -> Result<String, jwt::JwtError> {
+    let claims = RequestClaims {
+        jti: uuid::Uuid::new_v4().to_string(),
+        iat: now,
+        exp: now + 60,
+        iss: signer.public_key(),
+        aud: audience(trust_domain),
+        sub: subject.to_string(),
+        kind: kind.to_string(),
+        body,
+    };
+    jwt::encode_any(&claims, signer)
+}
+
+/// Check a signed request's signature and claims (pure: `now` comes in). Does not check the
+/// replay cache or the identity store; the caller does both.
+pub fn verify_request<B: DeserializeOwned>(
+    payload: &[u8],
+    subject: &str,
+    kind: &str,
+    trust_domain: &str,
+    now: i64,
+) -> Result<RequestClaims<B>, ApiError> {
+    let token = std::str::from_utf8(payload).map_err(|_| ApiError::bad_request("request is not a UTF-8 signed token"))?;
+    let (claims, iss): (RequestClaims<B>, String) = jwt::decode_any(token).map_err(|e| match e {
+        jwt::JwtError::Signature | jwt::JwtError::Issuer(_) => {
+            ApiError::unauthenticated("request signature does not verify with the key it names")
+        }
+        jwt::JwtError::Json(m) => ApiError::bad_request(format!("request claims are malformed: {m}")),
+        other => ApiError::bad_request(format!("request is not a signed token: {other}")),
+    })?;
+    if iss != claims.iss || !iss.starts_with('U') {
+        return Err(ApiError::unauthenticated("requests must be signed by a user nkey"));
+    }
+    if claims.aud != audience(trust_domain) {
+        return Err(ApiError::unauthenticated(format!(
+            "request audience {:?} is not this control plane ({})",
+            claims.aud,
+            audience(trust_domain)
+        )));
+    }
+    if claims.sub != subject {
+        return Err(ApiError::unauthenticated(format!("request was signed for {:?}, not {subject:?}", claims.sub)));
+    }
+    if claims.kind != kind {
+        return Err(ApiError::bad_request(format!("request type {:?} is not {kind:?}", claims.kind)));
+    }
+    if claims.exp <= now {
+        return Err(ApiError::new(ErrorCode::Expired, "signed request has expired; check the caller's clock"));
+    }
+    if claims.iat > now + MAX_CLOCK_SKEW || claims.exp - claims.iat > MAX_REQUEST_LIFETIME || claims.exp < claims.iat {
+        return Err(ApiError::unauthenticated("signed request times are out of bounds; check the caller's clock"));
+    }
+    if claims.jti.is_empty() || claims.jti.len() > 64 {
+        return Err(ApiError::bad_request("request id (jti) must be 1-64 characters"));
+    }
+    Ok(claims)
+}
+
+/// A reply on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply<T> {
+    Result(T),
+    Error(ApiError),
+}
+
+impl<T> Reply<T> {
+    pub fn into_result(self) -> Result<T, ApiError> {
+        match self {
+            Reply::Result(t) => Ok(t),
+            Reply::Error(e) => Err(e),
+        }
+    }
+}
+
+/// `tillit.v1.admin.status` request body (empty).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusRequest {}
+
+/// One account in a status reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountStatus {
+    pub public_key: String,
+    pub kind: String,
+    pub created_at: String,
+}
+
+/// Counts of things the control plane manages.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Counts {
+    pub identities: usize,
+    pub accounts: usize,
+    pub tenant_accounts: usize,
+}
+
+/// `tillit.v1.admin.status` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub trust_domain: String,
+    pub version: String,
+    pub server_time: String,
+    pub operator: String,
+    pub ca_fingerprint: String,
+    pub ca_expires_at: String,
+    pub nats_urls: Vec<String>,
+    pub accounts: std::collections::BTreeMap<String, AccountStatus>,
+    pub counts: Counts,
+    /// Who asked (the verified caller).
+    pub caller: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_780_000_000;
+    const TD: &str = "example.org";
+    const SUBJ: &str = "tillit.v1.admin.status";
+    const KIND: &str = "io.tillit.v1.admin.status";
+
+    fn signed(kp: &KeyPair, edit: impl FnOnce(&mut RequestClaims<serde_json::Value>)) -> String {
+        let mut c = RequestClaims {
+            jti: "id-1".into(),
+            iat: NOW,
+            exp: NOW + 60,
+            iss: kp.public_key(),
+            aud: audience(TD),
+            sub: SUBJ.into(),
+            kind: KIND.into(),
+            body: serde_json::json!({}),
+        };
+        edit(&mut c);
+        jwt::encode_any(&c, kp).unwrap()
+    }
+
+    fn check(token: &str) -> Result<RequestClaims<StatusRequest>, ApiError> {
+        verify_request(token.as_bytes(), SUBJ, KIND, TD, NOW)
+    }
+
+    #[test]
+    fn accepts_a_well_formed_request() {
+        let kp = KeyPair::new_user();
+        let t = sign_request(&kp, TD, SUBJ, KIND, StatusRequest {}, NOW).unwrap();
+        let c = check(&t).unwrap();
+        assert_eq!(c.iss, kp.public_key());
+    }
+
+    #[test]
+    fn rejection_table() {
+        let kp = KeyPair::new_user();
+        let other = KeyPair::new_user();
+        let acct = KeyPair::new_account();
+        type Edit = Box<dyn Fn(&mut RequestClaims<serde_json::Value>)>;
+        let cases: Vec<(&str, Edit, ErrorCode)> = vec![
+            ("wrong audience", Box::new(|c| c.aud = audience("other.org")), ErrorCode::Unauthenticated),
+            ("other subject", Box::new(|c| c.sub = "tillit.v1.admin.grant".into()), ErrorCode::Unauthenticated),
+            ("other type", Box::new(|c| c.kind = "io.tillit.v1.admin.grant".into()), ErrorCode::BadRequest),
+            ("expired", Box::new(|c| { c.iat = NOW - 100; c.exp = NOW - 1 }), ErrorCode::Expired),
+            ("from the future", Box::new(|c| { c.iat = NOW + 300; c.exp = NOW + 360 }), ErrorCode::Unauthenticated),
+            ("too long-lived", Box::new(|c| c.exp = NOW + 3600), ErrorCode::Unauthenticated),
+            ("claims another issuer", Box::new(move |c| c.iss = other.public_key()), ErrorCode::Unauthenticated),
+            ("empty id", Box::new(|c| c.jti = String::new()), ErrorCode::BadRequest),
+            ("unknown body field", Box::new(|c| c.body = serde_json::json!({"x": 1})), ErrorCode::BadRequest),
+        ];
+        for (name, edit, code) in cases {
+            let t = signed(&kp, |c| edit(c));
+            assert_eq!(check(&t).unwrap_err().code, code, "{name}");
+        }
+        // Signed by an account key, not a user key.
+        let t = signed(&acct, |_| {});
+        assert_eq!(check(&t).unwrap_err().code, ErrorCode::Unauthenticated);
+        // Garbage.
+        for g in [&b"\xff\xfe"[..], b"", b"not a token", b"a.b.c"] {
+            assert_eq!(verify_request::<StatusRequest>(g, SUBJ, KIND, TD, NOW).unwrap_err().code, ErrorCode::BadRequest);
+        }
+    }
+
+    #[test]
+    fn replies_have_one_shape() {
+        let ok: Reply<u32> = serde_json::from_str(r#"{"result": 7}"#).unwrap();
+        assert_eq!(ok.into_result().unwrap(), 7);
+        let err: Reply<u32> = serde_json::from_str(r#"{"error": {"code": "forbidden", "message": "no"}}"#).unwrap();
+        assert_eq!(err.into_result().unwrap_err().code, ErrorCode::Forbidden);
+        let v = serde_json::to_value(Reply::<u32>::Error(ApiError::new(ErrorCode::TokenUsed, "x"))).unwrap();
+        assert_eq!(v["error"]["code"], "token_used");
+    }
+}

@@ -1,0 +1,51 @@
+//! When to renew: a pure policy (house rule 7).
+//!
+//! A credential valid from `issued` to `expires` is renewed at two thirds of its life, minus a
+//! jitter of up to a tenth of its life so a fleet enrolled together does not renew together.
+
+/// Unix time at which to renew. `jitter` is a uniform random number in `[0, 1)`.
+pub fn renew_at(issued: i64, expires: i64, jitter: f64) -> i64 {
+    let life = (expires - issued).max(0);
+    let jitter = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 };
+    let base = issued + life * 2 / 3;
+    let spread = (life as f64 / 10.0 * jitter) as i64;
+    (base - spread).max(issued)
+}
+
+/// A uniform random jitter in `[0, 1)`.
+pub fn random_jitter() -> f64 {
+    let mut b = [0u8; 8];
+    if crate::crypto::fill_random(&mut b).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renews_at_two_thirds_minus_bounded_jitter() {
+        // (issued, expires, jitter, want)
+        let table: &[(i64, i64, f64, i64)] = &[
+            (0, 90, 0.0, 60),
+            (0, 90, 0.999_999, 52),
+            (0, 86_400, 0.0, 57_600),
+            (0, 86_400, 0.5, 57_600 - 4_320),
+            (1_000, 1_000, 0.3, 1_000),
+            (1_000, 900, 0.3, 1_000),
+            (0, 90, f64::NAN, 60),
+            (0, 90, 7.0, 51),
+        ];
+        for &(i, e, j, want) in table {
+            assert_eq!(renew_at(i, e, j), want, "issued {i} expires {e} jitter {j}");
+        }
+        for _ in 0..1000 {
+            let j = random_jitter();
+            assert!((0.0..1.0).contains(&j));
+            let r = renew_at(0, 3000, j);
+            assert!((1700..=2000).contains(&r));
+        }
+    }
+}

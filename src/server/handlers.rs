@@ -1,0 +1,148 @@
+//! Request handlers: the common checks every request passes ([`dispatch`]), then one function per
+//! verb.
+
+use super::{Ctx, EndpointSpec};
+use crate::clock::rfc3339;
+use crate::error::{ApiError, ErrorCode};
+use crate::estate::{AccountKind, IdentityRecord, IdentityState};
+use crate::identity::IdentityKind;
+use crate::proto::{self, AccountStatus, Counts, StatusReply, StatusRequest};
+use crate::replay::Seen;
+use crate::subjects;
+use serde::de::DeserializeOwned;
+
+/// The checks every request passes, then the verb.
+pub async fn dispatch(ctx: &Ctx, spec: &EndpointSpec, msg: &async_nats::Message) -> Result<serde_json::Value, ApiError> {
+    let max = ctx.estate.config.max_request_bytes;
+    if msg.payload.len() > max {
+        return Err(ApiError::new(
+            ErrorCode::TooLarge,
+            format!("request is {} bytes; the limit is {max}", msg.payload.len()),
+        ));
+    }
+    let now = ctx.estate.clock().now_unix();
+    let claims = proto::verify_request::<serde_json::Value>(&msg.payload, spec.subject, spec.kind, ctx.estate.trust_domain(), now)?;
+    match ctx.replay.check_and_insert(&claims.jti, claims.exp, now) {
+        Seen::New => {}
+        Seen::Replay => return Err(ApiError::new(ErrorCode::Replayed, "this request id was already used")),
+        Seen::Full => return Err(super::unavailable("too many requests in flight; retry shortly")),
+    }
+    let caller = ctx
+        .estate
+        .identity(&claims.iss)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::unauthenticated("the signing key belongs to no identity of this control plane"))?;
+    check_caller(&caller, spec, now)?;
+    match spec.subject {
+        subjects::ADMIN_STATUS => {
+            let _req: StatusRequest = body(claims.body)?;
+            to_value(status(ctx, &caller)?)
+        }
+        other => Err(ApiError::new(ErrorCode::NotFound, format!("no handler for {other}"))),
+    }
+}
+
+/// Whether `caller` may call `spec` now (pure).
+pub fn check_caller(caller: &IdentityRecord, spec: &EndpointSpec, now: i64) -> Result<(), ApiError> {
+    if caller.state == IdentityState::Revoked {
+        return Err(ApiError::forbidden("this identity is revoked; enroll again with a new join token"));
+    }
+    if caller.expires_at <= now {
+        return Err(ApiError::new(ErrorCode::Expired, "this identity has expired; enroll again with a new join token"));
+    }
+    if spec.admin_only && caller.kind != IdentityKind::Admin {
+        return Err(ApiError::forbidden(format!("{} is for admin identities only", spec.subject)));
+    }
+    Ok(())
+}
+
+fn body<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, ApiError> {
+    serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
+}
+
+fn to_value<T: serde::Serialize>(t: T) -> Result<serde_json::Value, ApiError> {
+    serde_json::to_value(t).map_err(ApiError::internal)
+}
+
+/// Refresh the gauges that mirror store counts.
+pub fn refresh_gauges(ctx: &Ctx) {
+    if let Ok(n) = ctx.estate.identity_count() {
+        ctx.metrics.identities.set(n as i64);
+    }
+    if let Ok(a) = ctx.estate.accounts() {
+        ctx.metrics.accounts.set(a.len() as i64);
+    }
+    if let Ok(exp) = crate::issuer::x509::not_after(&ctx.estate.meta.ca_cert_pem) {
+        ctx.metrics.ca_expiry_seconds.set(exp - ctx.estate.clock().now_unix());
+    }
+}
+
+fn status(ctx: &Ctx, caller: &IdentityRecord) -> Result<StatusReply, ApiError> {
+    let e = &ctx.estate;
+    let accounts = e.accounts().map_err(ApiError::internal)?;
+    let identities = e.identity_count().map_err(ApiError::internal)?;
+    refresh_gauges(ctx);
+    let kind = |k: AccountKind| match k {
+        AccountKind::System => "system",
+        AccountKind::Tillit => "tillit",
+        AccountKind::Tenant => "tenant",
+    };
+    Ok(StatusReply {
+        trust_domain: e.trust_domain().to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        server_time: rfc3339(e.clock().now_unix()),
+        operator: e.meta.operator_public_key.clone(),
+        ca_fingerprint: e.meta.ca_fingerprint.clone(),
+        ca_expires_at: crate::issuer::x509::not_after(&e.meta.ca_cert_pem).map(rfc3339).unwrap_or_default(),
+        nats_urls: e.config.urls(),
+        counts: Counts {
+            identities,
+            accounts: accounts.len(),
+            tenant_accounts: accounts.iter().filter(|a| a.kind == AccountKind::Tenant).count(),
+        },
+        accounts: accounts
+            .into_iter()
+            .map(|a| {
+                (a.name.clone(), AccountStatus { public_key: a.public_key, kind: kind(a.kind).into(), created_at: rfc3339(a.created_at) })
+            })
+            .collect(),
+        caller: caller.id.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(kind: IdentityKind, state: IdentityState, expires_at: i64) -> IdentityRecord {
+        IdentityRecord {
+            id: "spiffe://td/x".into(),
+            kind,
+            name: "x".into(),
+            account: "TILLIT".into(),
+            user_public_key: "U".into(),
+            cert_serial: "01".into(),
+            issued_at: 0,
+            expires_at,
+            state,
+        }
+    }
+
+    #[test]
+    fn caller_policy_table() {
+        let admin_ep = EndpointSpec { subject: "tillit.v1.admin.status", kind: "k", admin_only: true };
+        let svc_ep = EndpointSpec { subject: "tillit.v1.svc.renew", kind: "k", admin_only: false };
+        let cases = [
+            (rec(IdentityKind::Admin, IdentityState::Active, 100), admin_ep, None),
+            (rec(IdentityKind::Service, IdentityState::Active, 100), admin_ep, Some(ErrorCode::Forbidden)),
+            (rec(IdentityKind::Agent, IdentityState::Active, 100), admin_ep, Some(ErrorCode::Forbidden)),
+            (rec(IdentityKind::Service, IdentityState::Active, 100), svc_ep, None),
+            (rec(IdentityKind::Admin, IdentityState::Revoked, 100), admin_ep, Some(ErrorCode::Forbidden)),
+            (rec(IdentityKind::Service, IdentityState::Active, 50), svc_ep, Some(ErrorCode::Expired)),
+        ];
+        for (r, ep, want) in cases {
+            let got = check_caller(&r, &ep, 50).err().map(|e| e.code);
+            assert_eq!(got, want, "{:?} {:?} on {}", r.kind, r.state, ep.subject);
+        }
+    }
+}

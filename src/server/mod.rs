@@ -1,0 +1,310 @@
+//! The control plane (`tillit serve`).
+//!
+//! It connects to NATS twice with credentials it mints for itself in memory (a TILLIT user for the
+//! API, a SYS user for account pushes), answers the `tillit.v1.…` subjects as a NATS micro
+//! service (`$SRV.PING|INFO|STATS`), and serves `/healthz`, `/readyz` and `/metrics` over HTTP.
+//!
+//! Every request is a signed token ([`crate::proto`]): size-checked, verified, checked against the
+//! replay cache, its signer looked up in the identity store, then dispatched. The reply is always
+//! `{"result": …}` or `{"error": {"code", "message"}}`.
+
+mod handlers;
+pub mod http;
+pub mod push;
+
+use crate::client::{self, tls, ConnectParams, NatsCreds};
+use crate::error::{ApiError, ErrorCode};
+use crate::estate::{Estate, SYS_ACCOUNT, TILLIT_ACCOUNT};
+use crate::issuer::jwt::UserPermissions;
+use crate::replay::ReplayCache;
+use crate::subjects;
+use crate::telemetry::Metrics;
+use async_nats::service::ServiceExt;
+use futures::StreamExt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Semaphore};
+
+/// Requests handled at once; more wait in the subscription.
+const MAX_IN_FLIGHT: usize = 512;
+/// Replay cache capacity (ids live at most `proto::MAX_REQUEST_LIFETIME`).
+const REPLAY_CAPACITY: usize = 1_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen for HTTP on {addr}: {source}; pick another --http-addr or stop what uses it")]
+    HttpBind { addr: String, source: std::io::Error },
+    #[error("cannot mint the control plane's own credentials: {0}")]
+    Creds(String),
+    #[error("cannot start the NATS micro service: {0}")]
+    Service(String),
+    #[error("account push: {0}")]
+    Push(#[from] push::PushError),
+}
+
+/// One request subject and what it requires.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointSpec {
+    pub subject: &'static str,
+    pub kind: &'static str,
+    pub admin_only: bool,
+}
+
+/// Every endpoint the control plane serves.
+pub const ENDPOINTS: &[EndpointSpec] =
+    &[EndpointSpec { subject: subjects::ADMIN_STATUS, kind: "io.tillit.v1.admin.status", admin_only: true }];
+
+/// What every handler can reach.
+pub struct Ctx {
+    pub estate: Arc<Estate>,
+    pub metrics: Arc<Metrics>,
+    pub replay: ReplayCache,
+    pub sys: async_nats::Client,
+    pub api: async_nats::Client,
+}
+
+fn stopped(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+/// Mint credentials for one of the control plane's connections.
+fn own_params(
+    estate: &Estate,
+    account: &str,
+    permissions: UserPermissions,
+) -> Result<(ConnectParams, Arc<rustls::sign::CertifiedKey>, i64), ServeError> {
+    let (creds, _user) = estate.control_plane_creds(account, permissions).map_err(|e| ServeError::Creds(e.to_string()))?;
+    let ck = tls::certified_key(&creds.cert_pem, creds.key_pem.expose()).map_err(|e| ServeError::Creds(e.to_string()))?;
+    let user = nkeys::KeyPair::from_seed(creds.user_seed.expose()).map_err(|e| ServeError::Creds(e.to_string()))?;
+    Ok((
+        ConnectParams {
+            urls: estate.config.urls(),
+            name: format!("tillit-serve-{}", account.to_lowercase()),
+            inbox_prefix: Estate::inbox_prefix(&user.public_key()),
+            ca_pem: estate.meta.ca_cert_pem.clone(),
+            creds: Arc::new(RwLock::new(NatsCreds { user_jwt: creds.user_jwt, user_seed: creds.user_seed })),
+            cert: tls::SwappableCert::new(ck.clone()),
+        },
+        ck,
+        creds.expires_at,
+    ))
+}
+
+fn api_permissions() -> UserPermissions {
+    UserPermissions::new(vec![">".into()], vec![format!("{}.>", subjects::API_PREFIX), subjects::SRV_ALL.into(), format!("{}.>", subjects::INBOX_ROOT)])
+}
+
+fn sys_permissions() -> UserPermissions {
+    UserPermissions::new(vec![], vec![])
+}
+
+/// Connect, retrying until connected or told to stop.
+async fn connect_until(params: &ConnectParams, what: &str, stop: &watch::Receiver<bool>) -> Option<async_nats::Client> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match client::connect(params).await {
+            Ok(c) => {
+                tracing::info!(connection = what, urls = ?params.urls, "connected to NATS");
+                return Some(c);
+            }
+            Err(e) => tracing::warn!(connection = what, "waiting for NATS: {e}; retrying in {delay:?}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stopped(stop) => return None,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Renew the control plane's own credentials at 2/3 of their life and reconnect with them.
+fn spawn_self_renewal(
+    estate: Arc<Estate>,
+    account: &'static str,
+    params: ConnectParams,
+    client: async_nats::Client,
+    mut expires_at: i64,
+    stop: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        loop {
+            let now = estate.clock().now_unix();
+            let issued = now.min(expires_at);
+            let at = crate::rotation::renew_at(issued, expires_at, crate::rotation::random_jitter());
+            let wait = Duration::from_secs((at - now).max(1) as u64);
+            tracing::debug!(connection = account, "own credentials renew in {wait:?}");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stopped(&stop) => return,
+            }
+            let perms = if account == SYS_ACCOUNT { sys_permissions() } else { api_permissions() };
+            match own_params(&estate, account, perms) {
+                Ok((fresh, ck, exp)) => {
+                    let new_creds = match fresh.creds.read() {
+                        Ok(g) => NatsCreds { user_jwt: g.user_jwt.clone(), user_seed: g.user_seed.clone() },
+                        Err(_) => continue,
+                    };
+                    if let Ok(mut g) = params.creds.write() {
+                        *g = new_creds;
+                    }
+                    params.cert.swap(ck);
+                    expires_at = exp;
+                    if let Err(e) = client.force_reconnect().await {
+                        tracing::warn!(connection = account, "reconnect with renewed credentials failed: {e}");
+                    } else {
+                        tracing::info!(connection = account, "renewed own credentials");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(connection = account, "cannot renew own credentials: {e}; retrying in 30s");
+                    expires_at = expires_at.max(now + 45);
+                }
+            }
+        }
+    });
+}
+
+/// Run the control plane until `shutdown` completes.
+pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    let estate = Arc::new(estate);
+    let metrics = Arc::new(Metrics::new(estate.trust_domain()));
+    let serving = Arc::new(AtomicBool::new(false));
+    let conns: Arc<OnceLock<Vec<(String, async_nats::Client)>>> = Arc::new(OnceLock::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    // HTTP first: /healthz answers while NATS comes up.
+    let addr = estate.config.http_addr;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::HttpBind { addr: addr.to_string(), source })?;
+    let http_state = http::HttpState { serving: serving.clone(), conns: conns.clone(), metrics: metrics.clone() };
+    let http_stop = stopped(&stop_rx);
+    let http_task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, http::router(http_state)).with_graceful_shutdown(http_stop).await {
+            tracing::error!("HTTP server failed: {e}");
+        }
+    });
+    tracing::info!(%addr, "HTTP: /healthz /readyz /metrics");
+
+    let (api_params, _, api_exp) = own_params(&estate, TILLIT_ACCOUNT, api_permissions())?;
+    let (sys_params, _, sys_exp) = own_params(&estate, SYS_ACCOUNT, sys_permissions())?;
+    let Some(api) = connect_until(&api_params, "api", &stop_rx).await else {
+        let _ = http_task.await;
+        return Ok(());
+    };
+    let Some(sys) = connect_until(&sys_params, "sys", &stop_rx).await else {
+        let _ = http_task.await;
+        return Ok(());
+    };
+    let _ = conns.set(vec![("api".into(), api.clone()), ("sys".into(), sys.clone())]);
+    spawn_self_renewal(estate.clone(), TILLIT_ACCOUNT, api_params, api.clone(), api_exp, stop_rx.clone());
+    spawn_self_renewal(estate.clone(), SYS_ACCOUNT, sys_params, sys.clone(), sys_exp, stop_rx.clone());
+
+    // Make sure the servers hold the current JWT of every account (a restored or new server may not).
+    for acct in estate.accounts().map_err(|e| ServeError::Creds(e.to_string()))? {
+        if acct.name == SYS_ACCOUNT {
+            continue;
+        }
+        let _g = estate.account_lock().lock().await;
+        let outcome = match push::push_account(&sys, &acct.name, &acct.jwt).await {
+            Ok(()) => "ok",
+            Err(e) => {
+                tracing::warn!("{e}");
+                "error"
+            }
+        };
+        metrics.account_pushes.get_or_create(&crate::telemetry::RequestLabels { endpoint: "reconcile".into(), outcome: outcome.into() }).inc();
+    }
+
+    let ctx = Arc::new(Ctx { estate: estate.clone(), metrics: metrics.clone(), replay: ReplayCache::new(REPLAY_CAPACITY), sys, api: api.clone() });
+    handlers::refresh_gauges(&ctx);
+
+    let service = api
+        .service_builder()
+        .description("tillit trust control plane")
+        .start(subjects::SERVICE_NAME, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| ServeError::Service(e.to_string()))?;
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut endpoint_tasks = Vec::new();
+    for spec in ENDPOINTS {
+        let (group, name) = spec.subject.rsplit_once('.').unwrap_or(("", spec.subject));
+        let mut endpoint = service
+            .group(group)
+            .endpoint(name)
+            .await
+            .map_err(|e| ServeError::Service(format!("{}: {e}", spec.subject)))?;
+        let ctx = ctx.clone();
+        let permits = permits.clone();
+        let stop = stop_rx.clone();
+        endpoint_tasks.push(tokio::spawn(async move {
+            loop {
+                let req = tokio::select! {
+                    r = endpoint.next() => match r { Some(r) => r, None => break },
+                    _ = stopped(&stop) => break,
+                };
+                let Ok(permit) = permits.clone().acquire_owned().await else { break };
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    handle(ctx, spec, req).await;
+                    drop(permit);
+                });
+            }
+        }));
+    }
+    serving.store(true, Ordering::SeqCst);
+    tracing::info!(trust_domain = estate.trust_domain(), urls = ?estate.config.urls(), "tillit control plane serving");
+
+    stopped(&stop_rx).await;
+    tracing::info!("shutting down");
+    serving.store(false, Ordering::SeqCst);
+    for t in endpoint_tasks {
+        let _ = t.await;
+    }
+    // Let in-flight requests finish (bounded).
+    let _ = tokio::time::timeout(Duration::from_secs(5), permits.acquire_many(MAX_IN_FLIGHT as u32)).await;
+    if let Err(e) = service.stop().await {
+        tracing::debug!("service stop: {e}");
+    }
+    let _ = api.flush().await;
+    let _ = http_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn handle(ctx: Arc<Ctx>, spec: &'static EndpointSpec, req: async_nats::service::Request) {
+    let start = Instant::now();
+    let result = handlers::dispatch(&ctx, spec, &req.message).await;
+    let mut headers = async_nats::HeaderMap::new();
+    let body = match result {
+        Ok(v) => {
+            ctx.metrics.observe(spec.subject, "ok", start.elapsed().as_secs_f64());
+            serde_json::json!({ "result": v })
+        }
+        Err(e) => {
+            ctx.metrics.observe(spec.subject, e.code.as_str(), start.elapsed().as_secs_f64());
+            tracing::info!(subject = spec.subject, code = e.code.as_str(), "refused: {}", e.message);
+            headers.insert(subjects::HDR_SERVICE_ERROR, e.message.as_str());
+            headers.insert(subjects::HDR_SERVICE_ERROR_CODE, e.code.status().to_string().as_str());
+            serde_json::json!({ "error": e })
+        }
+    };
+    let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"error\":{\"code\":\"internal\",\"message\":\"encoding\"}}".to_vec());
+    if let Err(e) = req.respond_with_headers(Ok(bytes.into()), headers).await {
+        tracing::warn!(subject = spec.subject, "could not send reply: {e}");
+    }
+}
+
+/// An error for a request the control plane cannot take right now.
+pub fn unavailable(msg: &str) -> ApiError {
+    ApiError::new(ErrorCode::Unavailable, msg)
+}

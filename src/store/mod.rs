@@ -1,0 +1,187 @@
+//! Durable state behind one small trait.
+//!
+//! [`Store`] is a key-value store with named spaces and atomic, durable batches. The embedded
+//! backend is sled ([`SledStore`]); a JetStream KV backend for replicated control planes plugs in
+//! behind the same trait. [`Vault`] layers sealing on top: values that are private keys or secrets
+//! are sealed with the [`MasterKey`](crate::crypto::MasterKey), the record's `space/key` as
+//! associated data, so a sealed value can be neither read without the key nor moved to another
+//! record.
+
+mod sled_store;
+
+pub use sled_store::SledStore;
+
+use crate::crypto::{CryptoError, MasterKey};
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+/// Named key spaces. The string form is the on-disk prefix: never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Space {
+    /// Estate-wide facts: trust domain, operator JWT, CA certificate, key-check record.
+    Meta,
+    /// Sealed private keys (nkey seeds, CA key).
+    Keys,
+    /// Account records (name → public key, current JWT).
+    Accounts,
+    /// Identity records (user public key → who, state, expiry).
+    Identities,
+}
+
+impl Space {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Space::Meta => "meta",
+            Space::Keys => "keys",
+            Space::Accounts => "accounts",
+            Space::Identities => "identities",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store at {path} is in use by another process (is `tillit serve` running on this data dir?)")]
+    Locked { path: String },
+    #[error("store backend error: {0}")]
+    Backend(String),
+    #[error("record {0} is corrupt: {1}")]
+    Corrupt(String, String),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+/// One write of a batch: `None` deletes.
+#[derive(Debug, Clone)]
+pub struct Op {
+    pub space: Space,
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Writes applied together, all or nothing, and durable when [`Store::commit`] returns.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    pub ops: Vec<Op>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Batch::default()
+    }
+    pub fn put(&mut self, space: Space, key: impl Into<String>, value: impl Into<Vec<u8>>) -> &mut Self {
+        self.ops.push(Op { space, key: key.into(), value: Some(value.into()) });
+        self
+    }
+    pub fn put_json<T: serde::Serialize>(
+        &mut self,
+        space: Space,
+        key: impl Into<String>,
+        value: &T,
+    ) -> Result<&mut Self, StoreError> {
+        let v = serde_json::to_vec(value).map_err(|e| StoreError::Backend(e.to_string()))?;
+        Ok(self.put(space, key, v))
+    }
+    pub fn delete(&mut self, space: Space, key: impl Into<String>) -> &mut Self {
+        self.ops.push(Op { space, key: key.into(), value: None });
+        self
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// The storage contract every backend fulfils.
+pub trait Store: Send + Sync + 'static {
+    /// One value.
+    fn get(&self, space: Space, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every `(key, value)` of a space, in key order.
+    fn scan(&self, space: Space) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// How many records a space holds.
+    fn count(&self, space: Space) -> Result<usize, StoreError>;
+    /// Apply a batch atomically; when this returns `Ok`, the batch is on stable storage.
+    fn commit(&self, batch: Batch) -> Result<(), StoreError>;
+}
+
+/// Read a JSON record.
+pub fn get_json<T: serde::de::DeserializeOwned>(
+    store: &dyn Store,
+    space: Space,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    match store.get(space, key)? {
+        None => Ok(None),
+        Some(v) => serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(format!("{}/{key}", space.as_str()), e.to_string())),
+    }
+}
+
+// === impl Vault ===
+
+/// A store plus the master key: sealed reads and writes.
+#[derive(Clone)]
+pub struct Vault {
+    store: Arc<dyn Store>,
+    master: MasterKey,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault").finish_non_exhaustive()
+    }
+}
+
+fn aad(space: Space, key: &str) -> String {
+    format!("{}/{key}", space.as_str())
+}
+
+impl Vault {
+    pub fn new(store: Arc<dyn Store>, master: MasterKey) -> Self {
+        Vault { store, master }
+    }
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+    /// Add a sealed write to `batch`.
+    pub fn put_sealed(&self, batch: &mut Batch, space: Space, key: &str, plaintext: &[u8]) -> Result<(), StoreError> {
+        let sealed = self.master.seal(&aad(space, key), plaintext)?;
+        batch.put(space, key, sealed);
+        Ok(())
+    }
+    /// Read and open a sealed value.
+    pub fn get_sealed(&self, space: Space, key: &str) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        match self.store.get(space, key)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(self.master.open(&aad(space, key), &v)?)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vault_seals_at_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let vault = Vault::new(store.clone(), MasterKey::generate().unwrap());
+        let mut b = Batch::new();
+        vault.put_sealed(&mut b, Space::Keys, "operator", b"SOAPLAINSEED").unwrap();
+        b.put(Space::Meta, "trust_domain", "example.org");
+        store.commit(b).unwrap();
+        let raw = store.get(Space::Keys, "operator").unwrap().unwrap();
+        assert!(!raw.windows(12).any(|w| w == b"SOAPLAINSEED"));
+        assert_eq!(&vault.get_sealed(Space::Keys, "operator").unwrap().unwrap()[..], b"SOAPLAINSEED");
+        assert!(vault.get_sealed(Space::Keys, "missing").unwrap().is_none());
+        // The same bytes under another record key do not open.
+        let mut b = Batch::new();
+        b.put(Space::Keys, "account/SYS", raw);
+        store.commit(b).unwrap();
+        assert!(vault.get_sealed(Space::Keys, "account/SYS").is_err());
+        // A vault with another master key cannot read.
+        let other = Vault::new(store.clone(), MasterKey::generate().unwrap());
+        assert!(other.get_sealed(Space::Keys, "operator").is_err());
+    }
+}

@@ -1,0 +1,46 @@
+//! Every subject and header name tillit uses, in one place (house rule 1). `subjects/asyncapi.yaml`
+//! is the published contract; `tests/contract.rs` checks the two agree.
+
+/// Version prefix of every tillit subject.
+pub const API_PREFIX: &str = "tillit.v1";
+
+/// Name of the NATS micro service (`$SRV.PING.tillit`, …).
+pub const SERVICE_NAME: &str = "tillit";
+
+/// Enrollment with a join token (bootstrap users only).
+pub const ENROLL: &str = "tillit.v1.enroll";
+
+/// Admin API group and verbs (TILLIT account only).
+pub const ADMIN_GROUP: &str = "tillit.v1.admin";
+pub const ADMIN_STATUS: &str = "tillit.v1.admin.status";
+
+/// Service API group, exported to tenant accounts.
+pub const SVC_GROUP: &str = "tillit.v1.svc";
+pub const SVC_EXPORT: &str = "tillit.v1.svc.>";
+
+/// Event stream subjects: `tillit.v1.events.<site|all>.<kind>`.
+pub const EVENTS_EXPORT: &str = "tillit.v1.events.>";
+pub const EVENTS_ALL: &str = "tillit.v1.events.>";
+
+/// Root of per-identity inboxes: `_INBOX.<user public key>.…`.
+pub const INBOX_ROOT: &str = "_INBOX";
+
+/// What an admin identity may publish.
+pub const ADMIN_PUBLISH: &[&str] = &["tillit.v1.admin.>", "tillit.v1.svc.>", "$SRV.>"];
+
+/// Micro-service discovery subjects.
+pub const SRV_ALL: &str = "$SRV.>";
+
+/// nats-server: push an account JWT (from a SYS user).
+pub const SYS_CLAIMS_UPDATE: &str = "$SYS.REQ.CLAIMS.UPDATE";
+/// nats-server: look up an account JWT.
+pub const SYS_CLAIMS_LOOKUP_FMT: &str = "$SYS.REQ.ACCOUNT.{}.CLAIMS.LOOKUP";
+
+/// Header the server stamps on requests that cross a service import (caller's account/user).
+pub const HDR_REQUEST_INFO: &str = "Nats-Request-Info";
+/// Micro-protocol error headers.
+pub const HDR_SERVICE_ERROR: &str = "Nats-Service-Error";
+pub const HDR_SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
+
+/// Every request subject the control plane answers, with its request type name.
+pub const ENDPOINTS: &[(&str, &str)] = &[(ADMIN_STATUS, "io.tillit.v1.admin.status")];

@@ -1,0 +1,139 @@
+//! Logs and metrics.
+//!
+//! Logs go through `tracing` to stderr (stdout is for command output such as join tokens),
+//! filtered by `RUST_LOG`, as text or JSON lines. Metrics are Prometheus text at `/metrics`, every
+//! name prefixed `tillit_`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Install the global tracing subscriber (once; later calls are ignored).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.with_target(false).try_init(),
+        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+    };
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    pub connection: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    pub trust_domain: String,
+}
+
+/// Every metric the control plane exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered, by endpoint and outcome (`ok` or an error code).
+    pub requests: Family<RequestLabels, Counter>,
+    /// Time to answer a request.
+    pub request_seconds: Family<EndpointLabels, Histogram>,
+    /// 1 while the named NATS connection is up.
+    pub nats_connected: Family<ConnectionLabels, Gauge>,
+    /// Identities recorded.
+    pub identities: Gauge,
+    /// Accounts recorded.
+    pub accounts: Gauge,
+    /// Account JWT pushes to nats-server, by outcome.
+    pub account_pushes: Family<RequestLabels, Counter>,
+    /// Seconds until the CA certificate expires.
+    pub ca_expiry_seconds: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new(trust_domain: &str) -> Self {
+        let mut registry = Registry::with_prefix("tillit");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "Requests answered by the control plane", requests.clone());
+        let request_seconds = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+        });
+        registry.register("request_duration_seconds", "Time to answer a request", request_seconds.clone());
+        let nats_connected = Family::<ConnectionLabels, Gauge>::default();
+        registry.register("nats_connected", "1 while the control plane's NATS connection is up", nats_connected.clone());
+        let identities = Gauge::default();
+        registry.register("identities", "Identities recorded", identities.clone());
+        let accounts = Gauge::default();
+        registry.register("accounts", "NATS accounts managed", accounts.clone());
+        let account_pushes = Family::<RequestLabels, Counter>::default();
+        registry.register("account_pushes", "Account JWT pushes to nats-server", account_pushes.clone());
+        let ca_expiry_seconds = Gauge::default();
+        registry.register("ca_expiry_seconds", "Seconds until the CA certificate expires", ca_expiry_seconds.clone());
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").into(), trust_domain: trust_domain.into() })
+            .set(1);
+        registry.register("build_info", "Version and trust domain of this control plane", build);
+        Metrics { registry, requests, request_seconds, nats_connected, identities, accounts, account_pushes, ca_expiry_seconds }
+    }
+
+    /// Count one answered request.
+    pub fn observe(&self, endpoint: &str, outcome: &str, seconds: f64) {
+        self.requests.get_or_create(&RequestLabels { endpoint: endpoint.into(), outcome: outcome.into() }).inc();
+        self.request_seconds.get_or_create(&EndpointLabels { endpoint: endpoint.into() }).observe(seconds);
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prefixed_metrics() {
+        let m = Metrics::new("example.org");
+        m.observe("tillit.v1.admin.status", "ok", 0.001);
+        m.identities.set(3);
+        let text = m.render();
+        assert!(text.contains("tillit_requests_total{endpoint=\"tillit.v1.admin.status\",outcome=\"ok\"} 1"), "{text}");
+        assert!(text.contains("tillit_identities 3"));
+        assert!(text.contains("tillit_build_info{"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
