@@ -1,0 +1,57 @@
+//! `subjects/asyncapi.yaml` is the contract (house rule 2): every subject the code serves is in
+//! it, and every channel it lists is one the code knows.
+
+use std::collections::BTreeSet;
+
+fn asyncapi() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/subjects/asyncapi.yaml")).expect("subjects/asyncapi.yaml")
+}
+
+fn channel_addresses(doc: &str) -> BTreeSet<String> {
+    doc.lines()
+        .filter_map(|l| l.trim().strip_prefix("address:"))
+        .map(|a| a.trim().trim_matches('\'').trim_matches('"').to_string())
+        .collect()
+}
+
+#[test]
+fn every_served_subject_is_in_the_asyncapi_document() {
+    let doc = asyncapi();
+    assert!(doc.starts_with("asyncapi: 3.0.0") || doc.contains("\nasyncapi: 3.0.0"), "AsyncAPI 3.0");
+    let addrs = channel_addresses(&doc);
+    for spec in tillit::server::ENDPOINTS {
+        assert!(addrs.contains(spec.subject), "{} is served but not in subjects/asyncapi.yaml", spec.subject);
+        assert!(doc.contains(spec.kind), "request type {} is not documented", spec.kind);
+    }
+    let known: BTreeSet<&str> = [
+        tillit::subjects::ADMIN_STATUS,
+        tillit::subjects::SYS_CLAIMS_UPDATE,
+        "$SRV.PING.tillit",
+        "$SRV.INFO.tillit",
+        "$SRV.STATS.tillit",
+    ]
+    .into_iter()
+    .collect();
+    for a in &addrs {
+        assert!(known.contains(a.as_str()), "asyncapi lists {a}, which the code does not know");
+    }
+}
+
+#[test]
+fn schemas_referenced_by_the_document_exist_and_parse() {
+    let doc = asyncapi();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/subjects/");
+    let mut n = 0;
+    for l in doc.lines() {
+        if let Some(r) = l.trim().trim_start_matches("- ").strip_prefix("$ref:") {
+            let r = r.trim().trim_matches('\'').trim_matches('"');
+            if let Some(file) = r.strip_prefix("./") {
+                let path = format!("{dir}{}", file.split('#').next().unwrap());
+                let text = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("{path} missing"));
+                let _: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+                n += 1;
+            }
+        }
+    }
+    assert!(n >= 3, "the document references its schemas");
+}

@@ -1,0 +1,196 @@
+//! `init`, `serve`, `status`, health and metrics, tenant accounts, against a real nats-server.
+
+use crate::harness::*;
+use futures::StreamExt;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tillit::clock::SystemClock;
+use tillit::layout::IdentityDir;
+
+fn mode(p: &std::path::Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn init_writes_the_contract_layout_and_refuses_to_overwrite() {
+    let e = Estate::init("example.org");
+    let d = &e.dir;
+    let admin = d.admin();
+    for p in [d.config_file(), d.master_key(), d.server_conf(), d.operator_jwt(), admin.creds(), admin.cert(), admin.key(), admin.ca(), admin.identity_json()] {
+        assert!(p.is_file(), "{} missing", p.display());
+    }
+    assert_eq!(mode(&d.master_key()), 0o600);
+    assert_eq!(mode(&admin.creds()), 0o600);
+    assert_eq!(mode(&admin.key()), 0o600);
+    assert_eq!(mode(&d.nats_tls().join("key.pem")), 0o600);
+    assert_eq!(mode(d.root()) & 0o077, 0, "data dir is private");
+    assert_eq!(mode(&d.store()) & 0o077, 0, "store dir is private");
+    let conf = std::fs::read_to_string(d.server_conf()).unwrap();
+    assert!(conf.contains(&format!("listen: \"127.0.0.1:{}\"", e.nats_port)), "{conf}");
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(admin.identity_json()).unwrap()).unwrap();
+    assert_eq!(info["trust_domain"], "example.org");
+    assert_eq!(info["kind"], "admin");
+    assert_eq!(info["nats_urls"][0], e.nats_url());
+    assert!(info["id"].as_str().unwrap().starts_with("spiffe://example.org/"));
+
+    // No seed or private key in clear anywhere in the store.
+    for entry in walk(&d.store()) {
+        let bytes = std::fs::read(&entry).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        for needle in ["SOA", "SAA", "SUA", "PRIVATE KEY"] {
+            assert!(!text.contains(needle), "{needle} in clear in {}", entry.display());
+        }
+    }
+
+    // A second init without --force is refused and changes nothing.
+    let key_before = std::fs::read(d.master_key()).unwrap();
+    let out = tillit(&["init", "--data-dir", e.data(), "--trust-domain", "other.org", "--nats-url", "nats://127.0.0.1:4222"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("--force") && err.contains("example.org"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
+    assert_eq!(std::fs::read(d.master_key()).unwrap(), key_before);
+
+    // With --force the estate is new.
+    let out = tillit(&["init", "--data-dir", e.data(), "--trust-domain", "other.org", "--nats-url", "nats://127.0.0.1:4222", "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_ne!(std::fs::read(d.master_key()).unwrap(), key_before);
+    let leftovers: Vec<_> = std::fs::read_dir(e.tmp.path()).unwrap().map(|x| x.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "no staging or replaced dirs left: {leftovers:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_identity_connects_with_mutual_tls_and_jwt() {
+    let e = Estate::init("example.org");
+    let _nats = e.start_nats();
+    let files = tillit::identity::load(&IdentityDir::new(e.admin())).unwrap();
+    let params = tillit::client::ConnectParams::from_identity(&files, None).unwrap();
+    let nc = tillit::client::connect(&params).await.expect("admin connects");
+    nc.flush().await.expect("a full round trip to the server");
+    // It may publish the admin API and subscribe to its own inbox: with nothing serving, a
+    // request comes back as "no responders" (a status message delivered to that inbox).
+    let err = nc.request("tillit.v1.admin.status", "x".into()).await.unwrap_err();
+    assert_eq!(err.kind(), async_nats::RequestErrorKind::NoResponders, "{err}");
+    // openssl reads the PEM and verifies the chain.
+    let out = std::process::Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(IdentityDir::new(e.admin()).ca())
+        .arg(IdentityDir::new(e.admin()).cert())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_status_health_metrics_and_micro_discovery() {
+    let e = Estate::init("example.org");
+    // serve first: it waits for NATS, healthy but not ready.
+    let mut serve = e.start_serve();
+    wait_for(Duration::from_secs(10), || http_get(e.http_port, "/healthz").map(|(c, _)| c == 200).unwrap_or(false))
+        .expect("healthz answers while NATS is down");
+    assert_eq!(http_get(e.http_port, "/readyz").unwrap().0, 503);
+    let _nats = e.start_nats();
+    wait_for(Duration::from_secs(20), || http_get(e.http_port, "/readyz").map(|(c, _)| c == 200).unwrap_or(false))
+        .unwrap_or_else(|| panic!("not ready:\n{}", serve.log_text()));
+
+    let out = tillit(&["status", "--identity", &e.admin(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(s["trust_domain"], "example.org");
+    assert!(s["accounts"]["SYS"]["public_key"].as_str().unwrap().starts_with('A'));
+    assert!(s["accounts"]["TILLIT"]["public_key"].as_str().unwrap().starts_with('A'));
+    assert_eq!(s["counts"]["identities"], 1);
+    assert_eq!(s["counts"]["accounts"], 2);
+    assert_eq!(s["caller"], "spiffe://example.org/tillit/admin/admin");
+
+    let human = tillit(&["status", "--identity", &e.admin()]);
+    assert!(stdout(&human).contains("trust domain   example.org"));
+
+    let (code, metrics) = http_get(e.http_port, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(metrics.contains("tillit_requests_total{endpoint=\"tillit.v1.admin.status\",outcome=\"ok\"} 2"), "{metrics}");
+    assert!(metrics.contains("tillit_nats_connected{connection=\"api\"} 1"));
+    assert!(metrics.contains("tillit_identities 1"));
+
+    // Standard micro-service discovery.
+    let files = tillit::identity::load(&IdentityDir::new(e.admin())).unwrap();
+    let nc = tillit::client::connect(&tillit::client::ConnectParams::from_identity(&files, None).unwrap()).await.unwrap();
+    let ping = nc.request("$SRV.PING.tillit", "".into()).await.expect("ping");
+    let v: serde_json::Value = serde_json::from_slice(&ping.payload).unwrap();
+    assert_eq!(v["name"], "tillit");
+    assert_eq!(v["type"], "io.nats.micro.v1.ping_response");
+    let info = nc.request("$SRV.INFO.tillit", "".into()).await.expect("info");
+    let v: serde_json::Value = serde_json::from_slice(&info.payload).unwrap();
+    let subjects: Vec<&str> = v["endpoints"].as_array().unwrap().iter().map(|x| x["subject"].as_str().unwrap()).collect();
+    assert!(subjects.contains(&"tillit.v1.admin.status"), "{subjects:?}");
+    let stats = nc.request("$SRV.STATS.tillit", "".into()).await.expect("stats");
+    assert!(String::from_utf8_lossy(&stats.payload).contains("stats_response"));
+
+    // Clean shutdown on SIGTERM.
+    let st = serve.terminate(Duration::from_secs(10));
+    assert!(st.success(), "serve exit {st:?}:\n{}", serve.log_text());
+    assert!(serve.log_text().contains("stopped"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_accounts_are_pushed_live_and_isolated() {
+    let e = Estate::init("example.org");
+    let _nats = e.start_nats();
+    let estate = tillit::estate::Estate::open(e.dir.clone(), Arc::new(SystemClock)).unwrap();
+    let (acme, created) = estate.ensure_tenant_account("acme", "prod").await.unwrap();
+    assert!(created);
+    let (globex, _) = estate.ensure_tenant_account("globex", "prod").await.unwrap();
+
+    // Push both with a SYS user, as serve does.
+    let (sys_creds, _) = estate.control_plane_creds("SYS", tillit::issuer::jwt::UserPermissions::new(vec![], vec![])).unwrap();
+    let sys = connect_ephemeral(&estate, &sys_creds).await;
+    for a in [&acme, &globex] {
+        tillit::server::push::push_account(&sys, &a.name, &a.jwt).await.expect("pushed");
+    }
+    // A user of each tenant connects at once; a subject in acme-prod is never seen in globex-prod.
+    let (acme_creds, _) = estate.control_plane_creds("acme-prod", tillit::issuer::jwt::UserPermissions::new(vec![], vec![])).unwrap();
+    let (globex_creds, _) = estate.control_plane_creds("globex-prod", tillit::issuer::jwt::UserPermissions::new(vec![], vec![])).unwrap();
+    let a = connect_ephemeral(&estate, &acme_creds).await;
+    let g = connect_ephemeral(&estate, &globex_creds).await;
+    let mut a_sub = a.subscribe("shop.orders.>").await.unwrap();
+    let mut g_sub = g.subscribe("shop.orders.>").await.unwrap();
+    a.flush().await.unwrap();
+    g.flush().await.unwrap();
+    a.publish("shop.orders.created", "acme-1".into()).await.unwrap();
+    a.flush().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), a_sub.next()).await.unwrap().unwrap();
+    assert_eq!(&got.payload[..], b"acme-1");
+    assert!(tokio::time::timeout(Duration::from_millis(500), g_sub.next()).await.is_err(), "globex saw acme's message");
+
+    // A pushed JWT that the server refuses is an error, not silence.
+    let err = tillit::server::push::push_account(&sys, "bogus", "not-a-jwt").await.unwrap_err();
+    assert!(err.to_string().contains("refused"), "{err}");
+}
+
+async fn connect_ephemeral(estate: &tillit::estate::Estate, c: &tillit::estate::EphemeralCreds) -> async_nats::Client {
+    use tillit::client::{tls, ConnectParams, NatsCreds};
+    let kp = nkeys::KeyPair::from_seed(c.user_seed.expose()).unwrap();
+    let params = ConnectParams {
+        urls: estate.config.urls(),
+        name: "test".into(),
+        inbox_prefix: format!("_INBOX.{}", kp.public_key()),
+        ca_pem: estate.meta.ca_cert_pem.clone(),
+        creds: Arc::new(std::sync::RwLock::new(NatsCreds { user_jwt: c.user_jwt.clone(), user_seed: c.user_seed.clone() })),
+        cert: tls::SwappableCert::new(tls::certified_key(&c.cert_pem, c.key_pem.expose()).unwrap()),
+    };
+    tillit::client::connect(&params).await.expect("connect")
+}

@@ -1,0 +1,267 @@
+//! The one harness every integration test uses: real nats-server processes on free loopback
+//! ports, real `tillit` binaries, data dirs in temp dirs. Nothing here mocks a part.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+use tillit::layout::DataDir;
+
+/// The `tillit` binary under test.
+pub fn tillit_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tillit")
+}
+
+/// Run `tillit ARGS` to completion.
+pub fn tillit(args: &[&str]) -> Output {
+    tillit_env(args, &[])
+}
+
+/// Run `tillit ARGS` with extra environment.
+pub fn tillit_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(tillit_bin());
+    c.args(args).env_remove("TILLIT_MASTER_KEY").env("RUST_LOG", "warn");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run tillit")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A loopback port nobody listens on (allocated from a per-process range, then probed).
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    if NEXT.load(Ordering::SeqCst) == 0 {
+        let base = 20_000 + (std::process::id() % 2000) as u16 * 10;
+        let _ = NEXT.compare_exchange(0, base, Ordering::SeqCst, Ordering::SeqCst);
+    }
+    loop {
+        let p = NEXT.fetch_add(1, Ordering::SeqCst);
+        if p > 60_000 {
+            NEXT.store(20_000, Ordering::SeqCst);
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// The pinned nats-server binary.
+pub fn nats_server_bin() -> PathBuf {
+    tillit::natsbin::locate().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A running nats-server, killed on drop.
+pub struct NatsServer {
+    child: Option<Child>,
+    pub conf: PathBuf,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl NatsServer {
+    /// Start nats-server with `conf` (which listens on `port`) and wait until it accepts.
+    pub fn start(conf: &Path, port: u16) -> Self {
+        Self::start_args(conf, port, &[])
+    }
+
+    pub fn start_args(conf: &Path, port: u16, extra: &[&str]) -> Self {
+        let log = conf.with_file_name(format!("nats-server-{port}.log"));
+        let f = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(nats_server_bin())
+            .arg("-c")
+            .arg(conf)
+            .args(extra)
+            .stdout(f.try_clone().expect("dup"))
+            .stderr(f)
+            .spawn()
+            .expect("start nats-server");
+        let mut s = NatsServer { child: Some(child), conf: conf.to_path_buf(), port, log };
+        s.wait_ready();
+        s
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("nats-server exited ({st}) at start:\n{}", self.log_text());
+                }
+            }
+            if self.log_text().contains("Server is ready") && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("nats-server not ready on {} after 15s:\n{}", self.port, self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill it now.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A running `tillit serve`, SIGKILLed on drop if still running.
+pub struct Serve {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Serve {
+    pub fn start(data_dir: &Path) -> Self {
+        let log = data_dir.join(format!("serve-{}.log", free_port()));
+        let f = std::fs::File::create(&log).expect("log");
+        let child = Command::new(tillit_bin())
+            .args(["serve", "--data-dir"])
+            .arg(data_dir)
+            .env_remove("TILLIT_MASTER_KEY")
+            .env("RUST_LOG", "info")
+            .stdout(f.try_clone().expect("dup"))
+            .stderr(f)
+            .spawn()
+            .expect("start tillit serve");
+        Serve { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                panic!("tillit serve did not stop within {within:?}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An initialised data dir with its ports.
+pub struct Estate {
+    pub tmp: tempfile::TempDir,
+    pub dir: DataDir,
+    pub nats_port: u16,
+    pub http_port: u16,
+    pub trust_domain: String,
+}
+
+impl Estate {
+    /// `tillit init` a fresh data dir on free ports.
+    pub fn init(trust_domain: &str) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = tmp.path().join("data");
+        let nats_port = free_port();
+        let http_port = free_port();
+        let out = tillit(&[
+            "init",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--trust-domain",
+            trust_domain,
+            "--nats-url",
+            &format!("nats://127.0.0.1:{nats_port}"),
+            "--http-addr",
+            &format!("127.0.0.1:{http_port}"),
+        ]);
+        assert!(out.status.success(), "init failed: {}", stderr(&out));
+        Estate { tmp, dir: DataDir::new(data), nats_port, http_port, trust_domain: trust_domain.into() }
+    }
+
+    pub fn data(&self) -> &str {
+        self.dir.root().to_str().unwrap()
+    }
+    pub fn admin(&self) -> String {
+        self.dir.admin().root().to_str().unwrap().to_string()
+    }
+    pub fn nats_url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.nats_port)
+    }
+
+    pub fn start_nats(&self) -> NatsServer {
+        NatsServer::start(&self.dir.server_conf(), self.nats_port)
+    }
+
+    pub fn start_serve(&self) -> Serve {
+        Serve::start(self.dir.root())
+    }
+
+    /// Start serve and wait until `/readyz` says ready.
+    pub fn start_serve_ready(&self) -> Serve {
+        let s = self.start_serve();
+        wait_for(Duration::from_secs(20), || http_get(self.http_port, "/readyz").map(|(c, _)| c == 200).unwrap_or(false))
+            .unwrap_or_else(|| panic!("serve never became ready:\n{}", s.log_text()));
+        s
+    }
+}
+
+/// Poll `f` until it is true or `within` passes.
+pub fn wait_for(within: Duration, mut f: impl FnMut() -> bool) -> Option<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return Some(());
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback: (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status: u16 = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
