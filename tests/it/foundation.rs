@@ -194,3 +194,57 @@ async fn connect_ephemeral(estate: &tillit::estate::Estate, c: &tillit::estate::
     };
     tillit::client::connect(&params).await.expect("connect")
 }
+
+#[test]
+fn dev_runs_the_whole_stack_and_stops_it_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("dev");
+    let nats_port = free_port();
+    let http_port = free_port();
+    let log = tmp.path().join("dev.log");
+    let mut child = std::process::Command::new(tillit_bin())
+        .args(["dev", "--data-dir", data.to_str().unwrap()])
+        .args(["--nats-url", &format!("nats://127.0.0.1:{nats_port}"), "--http-addr", &format!("127.0.0.1:{http_port}")])
+        .env("NATS_SERVER_BIN", nats_server_bin())
+        .env_remove("TILLIT_MASTER_KEY")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(tmp.path().join("dev.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let ready = wait_for(Duration::from_secs(30), || http_get(http_port, "/readyz").map(|(c, _)| c == 200).unwrap_or(false));
+    let printed = std::fs::read_to_string(&log).unwrap_or_default();
+    if ready.is_none() {
+        let _ = child.kill();
+        panic!("dev stack never ready:\n{printed}\n{}", std::fs::read_to_string(tmp.path().join("dev.err")).unwrap_or_default());
+    }
+    assert!(printed.contains("tillit status --identity"), "prints how to connect: {printed}");
+    let admin = data.join("admin");
+    let out = tillit(&["status", "--identity", admin.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(s["trust_domain"], "dev.tillit.local");
+
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let stopped = wait_for(Duration::from_secs(15), || matches!(child.try_wait(), Ok(Some(_))));
+    assert!(stopped.is_some(), "dev did not exit on SIGTERM");
+    assert!(child.wait().unwrap().success());
+    // nats-server went with it.
+    assert!(
+        wait_for(Duration::from_secs(5), || std::net::TcpStream::connect(("127.0.0.1", nats_port)).is_err()).is_some(),
+        "nats-server still listening after dev stopped"
+    );
+    // A second `dev` on the same dir reuses it (no re-init).
+    let key = std::fs::read(data.join("master.key")).unwrap();
+    let mut again = std::process::Command::new(tillit_bin())
+        .args(["dev", "--data-dir", data.to_str().unwrap()])
+        .env("NATS_SERVER_BIN", nats_server_bin())
+        .env_remove("TILLIT_MASTER_KEY")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(30), || http_get(http_port, "/readyz").map(|(c, _)| c == 200).unwrap_or(false)).expect("ready again");
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(again.id().to_string()).status();
+    wait_for(Duration::from_secs(15), || matches!(again.try_wait(), Ok(Some(_)))).expect("stops again");
+    assert_eq!(std::fs::read(data.join("master.key")).unwrap(), key);
+}
