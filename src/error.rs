@@ -27,6 +27,8 @@ pub enum ErrorCode {
     TokenUsed,
     /// A join token has expired.
     TokenExpired,
+    /// A join token is unknown, forged or tampered with.
+    TokenInvalid,
     /// The named thing does not exist.
     NotFound,
     /// The request conflicts with current state.
@@ -51,6 +53,7 @@ impl ErrorCode {
             ErrorCode::Replayed => "replayed",
             ErrorCode::TokenUsed => "token_used",
             ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::TokenInvalid => "token_invalid",
             ErrorCode::NotFound => "not_found",
             ErrorCode::Conflict => "conflict",
             ErrorCode::LimitExceeded => "limit_exceeded",
@@ -66,7 +69,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => 413,
             ErrorCode::Unauthenticated => 401,
             ErrorCode::Forbidden => 403,
-            ErrorCode::Expired | ErrorCode::TokenExpired => 401,
+            ErrorCode::Expired | ErrorCode::TokenExpired | ErrorCode::TokenInvalid => 401,
             ErrorCode::Replayed | ErrorCode::TokenUsed | ErrorCode::Conflict => 409,
             ErrorCode::NotFound => 404,
             ErrorCode::LimitExceeded => 429,
@@ -126,6 +129,7 @@ mod tests {
             ErrorCode::Replayed,
             ErrorCode::TokenUsed,
             ErrorCode::TokenExpired,
+            ErrorCode::TokenInvalid,
             ErrorCode::NotFound,
             ErrorCode::Conflict,
             ErrorCode::LimitExceeded,

@@ -6,6 +6,7 @@
 //! DIR/tls/key.pem      client private key                           0600
 //! DIR/tls/ca.pem       CA bundle                                    0644
 //! DIR/trust.jwks       envelope signing keys (JWK Set), when known  0644
+//! DIR/xkey.seed        curve25519 xkey seed (sealed deliveries)      0600
 //! DIR/identity.json    who, where, until when                       0644
 //! ```
 
@@ -78,6 +79,12 @@ pub struct IdentityInfo {
     pub issued_at_unix: i64,
     pub expires_at_unix: i64,
     pub renew_at_unix: i64,
+    /// For services: `tenant/project/env/service`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<crate::names::ServiceId>,
+    /// Public xkey (curve25519); its seed is in `xkey.seed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xkey_public_key: Option<String>,
 }
 
 impl IdentityInfo {
@@ -103,6 +110,8 @@ pub struct IdentityFiles {
     pub key_pem: SecretString,
     pub ca_pem: String,
     pub trust_jwks: Option<String>,
+    /// The xkey seed (`SX…`), when the identity has one.
+    pub xkey_seed: Option<SecretString>,
 }
 
 /// Write an identity dir: directories 0700, key files 0600, each file atomically. The identity
@@ -116,6 +125,9 @@ pub fn write(dir: &IdentityDir, files: &IdentityFiles) -> Result<(), IdentityErr
     w(dir.key(), files.key_pem.expose().as_bytes(), PRIVATE)?;
     w(dir.cert(), files.cert_pem.as_bytes(), PUBLIC)?;
     w(dir.ca(), files.ca_pem.as_bytes(), PUBLIC)?;
+    if let Some(x) = &files.xkey_seed {
+        w(dir.xkey(), x.expose().as_bytes(), PRIVATE)?;
+    }
     if let Some(jwks) = &files.trust_jwks {
         w(dir.trust_jwks(), jwks.as_bytes(), PUBLIC)?;
     }
@@ -158,5 +170,15 @@ pub fn load(dir: &IdentityDir) -> Result<IdentityFiles, IdentityError> {
     })?;
     let key_pem = SecretString::new(read(dir.key())?);
     let trust_jwks = std::fs::read_to_string(dir.trust_jwks()).ok();
-    Ok(IdentityFiles { info, user_jwt, user_seed, cert_pem: read(dir.cert())?, key_pem, ca_pem: read(dir.ca())?, trust_jwks })
+    let xkey_seed = std::fs::read_to_string(dir.xkey()).ok().map(|s| SecretString::new(s.trim().to_string()));
+    Ok(IdentityFiles {
+        info,
+        user_jwt,
+        user_seed,
+        cert_pem: read(dir.cert())?,
+        key_pem,
+        ca_pem: read(dir.ca())?,
+        trust_jwks,
+        xkey_seed,
+    })
 }

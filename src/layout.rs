@@ -94,6 +94,10 @@ impl IdentityDir {
     pub fn trust_jwks(&self) -> PathBuf {
         self.0.join("trust.jwks")
     }
+    /// The xkey seed (curve25519) that opens deliveries sealed to this identity, 0600.
+    pub fn xkey(&self) -> PathBuf {
+        self.0.join("xkey.seed")
+    }
     /// Who this is, where to connect, when it expires.
     pub fn identity_json(&self) -> PathBuf {
         self.0.join("identity.json")

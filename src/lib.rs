@@ -42,4 +42,5 @@ pub mod rotation;
 pub mod server;
 pub mod store;
 pub mod subjects;
+pub mod token;
 pub mod telemetry;

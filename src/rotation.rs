@@ -49,3 +49,34 @@ mod tests {
         }
     }
 }
+
+/// How long to wait before retrying a failed renewal: doubling from 1 s, at most 60 s, and at
+/// most a quarter of the time left, so several attempts fit before expiry.
+pub fn retry_delay(attempt: u32, now: i64, expires: i64) -> std::time::Duration {
+    let exp = 1u64 << attempt.min(6);
+    let left = ((expires - now).max(4) / 4) as u64;
+    std::time::Duration::from_secs(exp.min(60).min(left).max(1))
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn retry_delays() {
+        let table: &[(u32, i64, i64, u64)] = &[
+            (0, 0, 10_000, 1),
+            (1, 0, 10_000, 2),
+            (5, 0, 10_000, 32),
+            (6, 0, 10_000, 60),
+            (30, 0, 10_000, 60),
+            (6, 0, 40, 10),
+            (6, 0, 2, 1),
+            (6, 100, 50, 1),
+        ];
+        for &(a, now, exp, want) in table {
+            assert_eq!(retry_delay(a, now, exp), Duration::from_secs(want), "attempt {a} now {now} exp {exp}");
+        }
+    }
+}

@@ -13,10 +13,12 @@ pub const ENROLL: &str = "tillit.v1.enroll";
 /// Admin API group and verbs (TILLIT account only).
 pub const ADMIN_GROUP: &str = "tillit.v1.admin";
 pub const ADMIN_STATUS: &str = "tillit.v1.admin.status";
+pub const ADMIN_TOKEN_CREATE: &str = "tillit.v1.admin.token.create";
 
 /// Service API group, exported to tenant accounts.
 pub const SVC_GROUP: &str = "tillit.v1.svc";
 pub const SVC_EXPORT: &str = "tillit.v1.svc.>";
+pub const SVC_RENEW: &str = "tillit.v1.svc.renew";
 
 /// Event stream subjects: `tillit.v1.events.<site|all>.<kind>`.
 pub const EVENTS_EXPORT: &str = "tillit.v1.events.>";
@@ -42,5 +44,8 @@ pub const HDR_REQUEST_INFO: &str = "Nats-Request-Info";
 pub const HDR_SERVICE_ERROR: &str = "Nats-Service-Error";
 pub const HDR_SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
 
-/// Every request subject the control plane answers, with its request type name.
-pub const ENDPOINTS: &[(&str, &str)] = &[(ADMIN_STATUS, "io.tillit.v1.admin.status")];
+/// Request types (`type` of a signed request), one per subject.
+pub const KIND_STATUS: &str = "io.tillit.v1.admin.status";
+pub const KIND_TOKEN_CREATE: &str = "io.tillit.v1.admin.token.create";
+pub const KIND_ENROLL: &str = "io.tillit.v1.enroll";
+pub const KIND_RENEW: &str = "io.tillit.v1.svc.renew";

@@ -2,9 +2,12 @@
 //! `TILLIT_*` environment fallbacks) and calls the library.
 
 pub mod dev;
+pub mod enroll;
 pub mod init;
+pub mod renew;
 pub mod serve;
 pub mod status;
+pub mod token;
 
 use crate::telemetry::LogFormat;
 use clap::{Parser, Subcommand};
@@ -30,6 +33,12 @@ pub enum Command {
     Status(status::Args),
     /// Run a local stack: nats-server and the control plane (creates a data dir if missing).
     Dev(dev::Args),
+    /// Join tokens (admin).
+    Token(token::Args),
+    /// Enroll this service with a join token: keys made here, identity dir written.
+    Enroll(enroll::Args),
+    /// Renew an identity in place (once, or as a daemon).
+    Renew(renew::Args),
 }
 
 /// Run the parsed command.
@@ -39,6 +48,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => serve::run(a).await,
         Command::Status(a) => status::run(a).await,
         Command::Dev(a) => dev::run(a).await,
+        Command::Token(a) => token::run(a).await,
+        Command::Enroll(a) => enroll::run(a).await,
+        Command::Renew(a) => renew::run(a).await,
     }
 }
 

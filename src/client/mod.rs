@@ -6,6 +6,8 @@
 //! tillit CA, uses its private inbox prefix, and reconnects at once after a server-side bounce.
 //! [`TillitClient`] adds signed request-reply calls.
 
+pub mod enroll;
+pub mod session;
 pub mod tls;
 
 use crate::clock::{SharedClock, SystemClock};
@@ -43,9 +45,15 @@ pub enum ClientError {
     #[error("request on {subject} failed: {reason}")]
     Request { subject: String, reason: String },
     #[error("control plane refused: {0}")]
-    Api(#[from] ApiError),
+    Api(ApiError),
     #[error("reply from the control plane is malformed: {0}")]
     Protocol(String),
+}
+
+impl From<ApiError> for ClientError {
+    fn from(e: ApiError) -> Self {
+        ClientError::Api(e)
+    }
 }
 
 /// The NATS credentials of an identity, replaceable on renewal.

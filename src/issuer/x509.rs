@@ -268,3 +268,81 @@ mod tests {
         assert!(CertAuthority::load("garbage", &SecretString::new("nope".into())).is_err());
     }
 }
+
+/// Checks on a CSR: a valid self-signature (the requester holds the key), an ECDSA P-256 key,
+/// and a subject CN equal to `bound_to` (the enrolling nkey), so a CSR cannot be lifted from
+/// one request into another's.
+pub fn parse_csr(csr_pem: &str, bound_to: &str) -> Result<rcgen::PublicKey, CsrError> {
+    if csr_pem.len() > 8 * 1024 {
+        return Err(CsrError::Malformed("CSR is larger than 8 KiB".into()));
+    }
+    let params = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| match e {
+        rcgen::Error::InvalidCertificationRequestSignature => CsrError::Signature,
+        other => CsrError::Malformed(other.to_string()),
+    })?;
+    if params.public_key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
+        return Err(CsrError::Algorithm);
+    }
+    let cn = params.params.distinguished_name.get(&DnType::CommonName).and_then(|v| match v {
+        rcgen::DnValue::Utf8String(s) => Some(s.clone()),
+        rcgen::DnValue::PrintableString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    });
+    if cn.as_deref() != Some(bound_to) {
+        return Err(CsrError::Binding);
+    }
+    Ok(params.public_key)
+}
+
+/// A fresh P-256 key and a CSR for it with subject CN `cn` (the requester's nkey).
+pub fn make_csr(cn: &str) -> Result<(String, SecretString), X509Error> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    p.distinguished_name = dn;
+    let csr = p.serialize_request(&key)?;
+    Ok((csr.pem()?, SecretString::new(key.serialize_pem())))
+}
+
+/// Why a CSR was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CsrError {
+    #[error("CSR is malformed: {0}")]
+    Malformed(String),
+    #[error("CSR signature does not verify (the requester does not hold its key)")]
+    Signature,
+    #[error("CSR key must be ECDSA P-256")]
+    Algorithm,
+    #[error("CSR subject CN must be the requesting nkey (the CSR is bound to the proof-of-possession key)")]
+    Binding,
+}
+
+#[cfg(test)]
+mod csr_tests {
+    use super::*;
+
+    #[test]
+    fn csr_checks() {
+        let (csr, _key) = make_csr("UABC").unwrap();
+        parse_csr(&csr, "UABC").unwrap();
+        assert_eq!(parse_csr(&csr, "UOTHER").unwrap_err(), CsrError::Binding);
+        assert!(matches!(parse_csr("garbage", "UABC").unwrap_err(), CsrError::Malformed(_)));
+        // An Ed25519 key is refused.
+        let ed = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, "UABC");
+        let ed_csr = p.serialize_request(&ed).unwrap().pem().unwrap();
+        assert_eq!(parse_csr(&ed_csr, "UABC").unwrap_err(), CsrError::Algorithm);
+        // A tampered CSR fails its signature.
+        let der = crate::token::pem_to_der(&csr).unwrap();
+        let mut bad = der.clone();
+        let n = bad.len();
+        bad[n - 10] ^= 0x55;
+        let bad_pem = format!(
+            "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+            data_encoding::BASE64.encode(&bad)
+        );
+        assert!(parse_csr(&bad_pem, "UABC").is_err());
+    }
+}

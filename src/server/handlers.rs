@@ -1,7 +1,7 @@
 //! Request handlers: the common checks every request passes ([`dispatch`]), then one function per
 //! verb.
 
-use super::{Ctx, EndpointSpec};
+use super::{services, After, Caller, Ctx, EndpointSpec};
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ErrorCode};
 use crate::estate::{AccountKind, IdentityRecord, IdentityState};
@@ -12,7 +12,11 @@ use crate::subjects;
 use serde::de::DeserializeOwned;
 
 /// The checks every request passes, then the verb.
-pub async fn dispatch(ctx: &Ctx, spec: &EndpointSpec, msg: &async_nats::Message) -> Result<serde_json::Value, ApiError> {
+pub async fn dispatch(
+    ctx: &Ctx,
+    spec: &EndpointSpec,
+    msg: &async_nats::Message,
+) -> Result<(serde_json::Value, Option<After>), ApiError> {
     let max = ctx.estate.config.max_request_bytes;
     if msg.payload.len() > max {
         return Err(ApiError::new(
@@ -27,19 +31,28 @@ pub async fn dispatch(ctx: &Ctx, spec: &EndpointSpec, msg: &async_nats::Message)
         Seen::Replay => return Err(ApiError::new(ErrorCode::Replayed, "this request id was already used")),
         Seen::Full => return Err(super::unavailable("too many requests in flight; retry shortly")),
     }
+    let info = services::request_info(msg)?;
+    if spec.caller == Caller::Enrollee {
+        let body = body(claims.body)?;
+        return services::enroll(ctx, &claims.iss, info.as_ref(), body).await.map(|(r, a)| (to_value(r).unwrap_or_default(), Some(a)));
+    }
     let caller = ctx
         .estate
         .identity(&claims.iss)
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::unauthenticated("the signing key belongs to no identity of this control plane"))?;
     check_caller(&caller, spec, now)?;
-    match spec.subject {
+    services::check_request_origin(ctx, &caller, info.as_ref())?;
+    let value = match spec.subject {
         subjects::ADMIN_STATUS => {
             let _req: StatusRequest = body(claims.body)?;
-            to_value(status(ctx, &caller)?)
+            to_value(status(ctx, &caller)?)?
         }
-        other => Err(ApiError::new(ErrorCode::NotFound, format!("no handler for {other}"))),
-    }
+        subjects::ADMIN_TOKEN_CREATE => to_value(services::token_create(ctx, &caller, body(claims.body)?).await?)?,
+        subjects::SVC_RENEW => to_value(services::renew(ctx, &caller, body(claims.body)?).await?)?,
+        other => return Err(ApiError::new(ErrorCode::NotFound, format!("no handler for {other}"))),
+    };
+    Ok((value, None))
 }
 
 /// Whether `caller` may call `spec` now (pure).
@@ -50,17 +63,17 @@ pub fn check_caller(caller: &IdentityRecord, spec: &EndpointSpec, now: i64) -> R
     if caller.expires_at <= now {
         return Err(ApiError::new(ErrorCode::Expired, "this identity has expired; enroll again with a new join token"));
     }
-    if spec.admin_only && caller.kind != IdentityKind::Admin {
+    if spec.caller == Caller::Admin && caller.kind != IdentityKind::Admin {
         return Err(ApiError::forbidden(format!("{} is for admin identities only", spec.subject)));
     }
     Ok(())
 }
 
-fn body<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, ApiError> {
+pub(super) fn body<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, ApiError> {
     serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
 }
 
-fn to_value<T: serde::Serialize>(t: T) -> Result<serde_json::Value, ApiError> {
+pub(super) fn to_value<T: serde::Serialize>(t: T) -> Result<serde_json::Value, ApiError> {
     serde_json::to_value(t).map_err(ApiError::internal)
 }
 
@@ -82,11 +95,6 @@ fn status(ctx: &Ctx, caller: &IdentityRecord) -> Result<StatusReply, ApiError> {
     let accounts = e.accounts().map_err(ApiError::internal)?;
     let identities = e.identity_count().map_err(ApiError::internal)?;
     refresh_gauges(ctx);
-    let kind = |k: AccountKind| match k {
-        AccountKind::System => "system",
-        AccountKind::Tillit => "tillit",
-        AccountKind::Tenant => "tenant",
-    };
     Ok(StatusReply {
         trust_domain: e.trust_domain().to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -103,7 +111,7 @@ fn status(ctx: &Ctx, caller: &IdentityRecord) -> Result<StatusReply, ApiError> {
         accounts: accounts
             .into_iter()
             .map(|a| {
-                (a.name.clone(), AccountStatus { public_key: a.public_key, kind: kind(a.kind).into(), created_at: rfc3339(a.created_at) })
+                (a.name.clone(), AccountStatus { public_key: a.public_key, kind: a.kind.as_str().into(), created_at: rfc3339(a.created_at) })
             })
             .collect(),
         caller: caller.id.clone(),
@@ -125,13 +133,16 @@ mod tests {
             issued_at: 0,
             expires_at,
             state,
+            service: None,
+            xkey: None,
+            revoked_at: None,
         }
     }
 
     #[test]
     fn caller_policy_table() {
-        let admin_ep = EndpointSpec { subject: "tillit.v1.admin.status", kind: "k", admin_only: true };
-        let svc_ep = EndpointSpec { subject: "tillit.v1.svc.renew", kind: "k", admin_only: false };
+        let admin_ep = EndpointSpec { subject: "tillit.v1.admin.status", kind: "k", caller: Caller::Admin };
+        let svc_ep = EndpointSpec { subject: "tillit.v1.svc.renew", kind: "k", caller: Caller::Identity };
         let cases = [
             (rec(IdentityKind::Admin, IdentityState::Active, 100), admin_ep, None),
             (rec(IdentityKind::Service, IdentityState::Active, 100), admin_ep, Some(ErrorCode::Forbidden)),

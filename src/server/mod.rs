@@ -11,6 +11,7 @@
 mod handlers;
 pub mod http;
 pub mod push;
+mod services;
 
 use crate::client::{self, tls, ConnectParams, NatsCreds};
 use crate::error::{ApiError, ErrorCode};
@@ -25,7 +26,9 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Semaphore};
+use crate::store::GroupCommit;
+use std::collections::HashMap;
+use tokio::sync::{mpsc, watch, Semaphore};
 
 /// Requests handled at once; more wait in the subscription.
 const MAX_IN_FLIGHT: usize = 512;
@@ -44,17 +47,39 @@ pub enum ServeError {
     Push(#[from] push::PushError),
 }
 
+/// Who may call an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// Admin identities only.
+    Admin,
+    /// Any recorded, active identity (services, admins, agents).
+    Identity,
+    /// A new identity holding a join token (signer not yet recorded).
+    Enrollee,
+}
+
 /// One request subject and what it requires.
 #[derive(Debug, Clone, Copy)]
 pub struct EndpointSpec {
     pub subject: &'static str,
     pub kind: &'static str,
-    pub admin_only: bool,
+    pub caller: Caller,
 }
 
 /// Every endpoint the control plane serves.
-pub const ENDPOINTS: &[EndpointSpec] =
-    &[EndpointSpec { subject: subjects::ADMIN_STATUS, kind: "io.tillit.v1.admin.status", admin_only: true }];
+pub const ENDPOINTS: &[EndpointSpec] = &[
+    EndpointSpec { subject: subjects::ADMIN_STATUS, kind: subjects::KIND_STATUS, caller: Caller::Admin },
+    EndpointSpec { subject: subjects::ADMIN_TOKEN_CREATE, kind: subjects::KIND_TOKEN_CREATE, caller: Caller::Admin },
+    EndpointSpec { subject: subjects::ENROLL, kind: subjects::KIND_ENROLL, caller: Caller::Enrollee },
+    EndpointSpec { subject: subjects::SVC_RENEW, kind: subjects::KIND_RENEW, caller: Caller::Identity },
+];
+
+/// Work done after a reply has been sent.
+#[derive(Debug)]
+pub enum After {
+    /// Revoke a burned token's bootstrap user (valid until the given time).
+    RevokeBootstrap(String, i64),
+}
 
 /// What every handler can reach.
 pub struct Ctx {
@@ -63,6 +88,12 @@ pub struct Ctx {
     pub replay: ReplayCache,
     pub sys: async_nats::Client,
     pub api: async_nats::Client,
+    /// Durable writes, grouped.
+    pub commit: GroupCommit,
+    /// Account name → `iat` of the JWT last pushed to nats-server.
+    pub pushed: std::sync::Mutex<HashMap<String, i64>>,
+    /// Bootstrap users to revoke, batched by [`services::run_revoker`].
+    pub revoke_tx: mpsc::UnboundedSender<(String, i64)>,
 }
 
 fn stopped(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
@@ -130,7 +161,7 @@ fn spawn_self_renewal(
     client: async_nats::Client,
     mut expires_at: i64,
     stop: watch::Receiver<bool>,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let now = estate.clock().now_unix();
@@ -166,7 +197,7 @@ fn spawn_self_renewal(
                 }
             }
         }
-    });
+    })
 }
 
 /// Run the control plane until `shutdown` completes.
@@ -206,26 +237,33 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         return Ok(());
     };
     let _ = conns.set(vec![("api".into(), api.clone()), ("sys".into(), sys.clone())]);
-    spawn_self_renewal(estate.clone(), TILLIT_ACCOUNT, api_params, api.clone(), api_exp, stop_rx.clone());
-    spawn_self_renewal(estate.clone(), SYS_ACCOUNT, sys_params, sys.clone(), sys_exp, stop_rx.clone());
+    let mut background = vec![
+        spawn_self_renewal(estate.clone(), TILLIT_ACCOUNT, api_params, api.clone(), api_exp, stop_rx.clone()),
+        spawn_self_renewal(estate.clone(), SYS_ACCOUNT, sys_params, sys.clone(), sys_exp, stop_rx.clone()),
+    ];
 
+    let (revoke_tx, revoke_rx) = mpsc::unbounded_channel();
+    let ctx = Arc::new(Ctx {
+        estate: estate.clone(),
+        metrics: metrics.clone(),
+        replay: ReplayCache::new(REPLAY_CAPACITY),
+        sys,
+        api: api.clone(),
+        commit: GroupCommit::start(estate.store_arc()),
+        pushed: Default::default(),
+        revoke_tx,
+    });
     // Make sure the servers hold the current JWT of every account (a restored or new server may not).
     for acct in estate.accounts().map_err(|e| ServeError::Creds(e.to_string()))? {
         if acct.name == SYS_ACCOUNT {
             continue;
         }
         let _g = estate.account_lock().lock().await;
-        let outcome = match push::push_account(&sys, &acct.name, &acct.jwt).await {
-            Ok(()) => "ok",
-            Err(e) => {
-                tracing::warn!("{e}");
-                "error"
-            }
-        };
-        metrics.account_pushes.get_or_create(&crate::telemetry::RequestLabels { endpoint: "reconcile".into(), outcome: outcome.into() }).inc();
+        if let Err(e) = services::push(&ctx, &acct, "reconcile").await {
+            tracing::warn!("{}", e.message);
+        }
     }
-
-    let ctx = Arc::new(Ctx { estate: estate.clone(), metrics: metrics.clone(), replay: ReplayCache::new(REPLAY_CAPACITY), sys, api: api.clone() });
+    background.push(tokio::spawn(services::run_revoker(ctx.clone(), revoke_rx)));
     handlers::refresh_gauges(&ctx);
 
     let service = api
@@ -277,6 +315,13 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     }
     let _ = api.flush().await;
     let _ = http_task.await;
+    for t in background {
+        t.abort();
+        let _ = t.await;
+    }
+    // Wait for the last durable writes, then let go of the store.
+    let _ = ctx.commit.sync().await;
+    drop(ctx);
     tracing::info!("stopped");
     Ok(())
 }
@@ -285,8 +330,10 @@ async fn handle(ctx: Arc<Ctx>, spec: &'static EndpointSpec, req: async_nats::ser
     let start = Instant::now();
     let result = handlers::dispatch(&ctx, spec, &req.message).await;
     let mut headers = async_nats::HeaderMap::new();
+    let mut after = None;
     let body = match result {
-        Ok(v) => {
+        Ok((v, a)) => {
+            after = a;
             ctx.metrics.observe(spec.subject, "ok", start.elapsed().as_secs_f64());
             serde_json::json!({ "result": v })
         }
@@ -301,6 +348,12 @@ async fn handle(ctx: Arc<Ctx>, spec: &'static EndpointSpec, req: async_nats::ser
     let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"error\":{\"code\":\"internal\",\"message\":\"encoding\"}}".to_vec());
     if let Err(e) = req.respond_with_headers(Ok(bytes.into()), headers).await {
         tracing::warn!(subject = spec.subject, "could not send reply: {e}");
+    }
+    match after {
+        Some(After::RevokeBootstrap(user, exp)) => {
+            let _ = ctx.revoke_tx.send((user, exp));
+        }
+        None => {}
     }
 }
 

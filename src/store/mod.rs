@@ -7,7 +7,10 @@
 //! associated data, so a sealed value can be neither read without the key nor moved to another
 //! record.
 
+mod group;
 mod sled_store;
+
+pub use group::GroupCommit;
 
 pub use sled_store::SledStore;
 
@@ -26,6 +29,10 @@ pub enum Space {
     Accounts,
     /// Identity records (user public key → who, state, expiry).
     Identities,
+    /// Join tokens (id → hash of the secret, target identity, state).
+    Tokens,
+    /// Service roles: one scoped signing key per service (`<account>/<project>/<service>`).
+    Roles,
 }
 
 impl Space {
@@ -35,6 +42,8 @@ impl Space {
             Space::Keys => "keys",
             Space::Accounts => "accounts",
             Space::Identities => "identities",
+            Space::Tokens => "tokens",
+            Space::Roles => "roles",
         }
     }
 }
@@ -99,8 +108,20 @@ pub trait Store: Send + Sync + 'static {
     fn scan(&self, space: Space) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// How many records a space holds.
     fn count(&self, space: Space) -> Result<usize, StoreError>;
+    /// Every `(key, value)` of a space whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, space: Space, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Apply a batch atomically in memory; durable after the next [`sync`](Store::sync).
+    fn apply(&self, batch: Batch) -> Result<(), StoreError>;
+    /// Make every applied write durable.
+    fn sync(&self) -> Result<(), StoreError>;
+    /// Replace `key`'s value if it is currently `old` (`None`: absent), atomically; false if it
+    /// was not. Durable after the next [`sync`](Store::sync).
+    fn compare_and_swap(&self, space: Space, key: &str, old: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool, StoreError>;
     /// Apply a batch atomically; when this returns `Ok`, the batch is on stable storage.
-    fn commit(&self, batch: Batch) -> Result<(), StoreError>;
+    fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        self.apply(batch)?;
+        self.sync()
+    }
 }
 
 /// Read a JSON record.
@@ -142,6 +163,9 @@ impl Vault {
     }
     pub fn store(&self) -> &dyn Store {
         self.store.as_ref()
+    }
+    pub fn store_arc(&self) -> Arc<dyn Store> {
+        self.store.clone()
     }
     /// Add a sealed write to `batch`.
     pub fn put_sealed(&self, batch: &mut Batch, space: Space, key: &str, plaintext: &[u8]) -> Result<(), StoreError> {

@@ -48,11 +48,16 @@ impl Store for SledStore {
     }
 
     fn scan(&self, space: Space) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let prefix = full_key(space, "");
+        self.scan_prefix(space, "")
+    }
+
+    fn scan_prefix(&self, space: Space, key_prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let base = full_key(space, "").len();
+        let prefix = full_key(space, key_prefix);
         let mut out = Vec::new();
         for item in self.db.scan_prefix(&prefix) {
             let (k, v) = item.map_err(backend)?;
-            let key = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let key = String::from_utf8_lossy(&k[base..]).into_owned();
             out.push((key, v.to_vec()));
         }
         Ok(out)
@@ -68,7 +73,7 @@ impl Store for SledStore {
         Ok(n)
     }
 
-    fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+    fn apply(&self, batch: Batch) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -79,9 +84,16 @@ impl Store for SledStore {
                 None => b.remove(full_key(op.space, &op.key)),
             }
         }
-        self.db.apply_batch(b).map_err(backend)?;
-        self.db.flush().map_err(backend)?;
-        Ok(())
+        self.db.apply_batch(b).map_err(backend)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(backend)
+    }
+
+    fn compare_and_swap(&self, space: Space, key: &str, old: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool, StoreError> {
+        let r = self.db.compare_and_swap(full_key(space, key), old, new).map_err(backend)?;
+        Ok(r.is_ok())
     }
 }
 
@@ -104,6 +116,15 @@ mod tests {
             s.commit(b).unwrap();
         }
         let s = SledStore::open(dir.path()).unwrap();
+        assert!(s.compare_and_swap(Space::Tokens, "t1", None, Some(b"unused".to_vec())).unwrap());
+        assert!(!s.compare_and_swap(Space::Tokens, "t1", None, Some(b"again".to_vec())).unwrap());
+        assert!(s.compare_and_swap(Space::Tokens, "t1", Some(b"unused"), Some(b"used".to_vec())).unwrap());
+        assert!(!s.compare_and_swap(Space::Tokens, "t1", Some(b"unused"), Some(b"used".to_vec())).unwrap());
+        let mut b = Batch::new();
+        b.put(Space::Roles, "acme-prod/shop/orders", "r1").put(Space::Roles, "acme-prod/shop/pay", "r2").put(Space::Roles, "acme-test/shop/orders", "r3");
+        s.commit(b).unwrap();
+        let keys: Vec<String> = s.scan_prefix(Space::Roles, "acme-prod/").unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, vec!["acme-prod/shop/orders", "acme-prod/shop/pay"]);
         let all = s.scan(Space::Accounts).unwrap();
         assert_eq!(all, vec![("globex-prod".to_string(), b"2".to_vec())]);
         assert_eq!(s.get(Space::Meta, "x").unwrap().unwrap(), b"3");

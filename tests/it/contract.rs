@@ -25,6 +25,9 @@ fn every_served_subject_is_in_the_asyncapi_document() {
     }
     let known: BTreeSet<&str> = [
         tillit::subjects::ADMIN_STATUS,
+        tillit::subjects::ADMIN_TOKEN_CREATE,
+        tillit::subjects::ENROLL,
+        tillit::subjects::SVC_RENEW,
         tillit::subjects::SYS_CLAIMS_UPDATE,
         "$SRV.PING.tillit",
         "$SRV.INFO.tillit",
@@ -54,4 +57,21 @@ fn schemas_referenced_by_the_document_exist_and_parse() {
         }
     }
     assert!(n >= 3, "the document references its schemas");
+}
+
+#[test]
+fn every_wire_error_code_is_in_the_error_schema() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/subjects/schemas/error.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let listed: BTreeSet<String> = v["properties"]["error"]["properties"]["code"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    use tillit::error::ErrorCode::*;
+    for code in [BadRequest, TooLarge, Unauthenticated, Forbidden, Expired, Replayed, TokenUsed, TokenExpired, TokenInvalid, NotFound, Conflict, LimitExceeded, Internal, Unavailable] {
+        assert!(listed.contains(code.as_str()), "{} missing from error.json", code.as_str());
+    }
+    assert_eq!(listed.len(), 14, "error.json lists codes the code does not have: {listed:?}");
 }

@@ -114,7 +114,8 @@ async fn serve_answers_status_health_metrics_and_micro_discovery() {
     assert!(s["accounts"]["SYS"]["public_key"].as_str().unwrap().starts_with('A'));
     assert!(s["accounts"]["TILLIT"]["public_key"].as_str().unwrap().starts_with('A'));
     assert_eq!(s["counts"]["identities"], 1);
-    assert_eq!(s["counts"]["accounts"], 2);
+    assert_eq!(s["counts"]["accounts"], 3, "SYS, TILLIT, BOOTSTRAP");
+    assert_eq!(s["accounts"]["BOOTSTRAP"]["kind"], "bootstrap");
     assert_eq!(s["caller"], "spiffe://example.org/tillit/admin/admin");
 
     let human = tillit(&["status", "--identity", &e.admin()]);

@@ -265,3 +265,72 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((status, body))
 }
+
+/// `tillit serve` inside the test process, with an injected clock.
+pub struct InProcessServe {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<Result<(), tillit::server::ServeError>>>,
+}
+
+impl InProcessServe {
+    pub async fn start(e: &Estate, clock: tillit::clock::SharedClock) -> Self {
+        let estate = tillit::estate::Estate::open(e.dir.clone(), clock).expect("open estate");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(tillit::server::serve(estate, async move {
+            let _ = rx.await;
+        }));
+        let port = e.http_port;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = tokio::task::spawn_blocking(move || http_get(port, "/readyz").map(|(c, _)| c == 200).unwrap_or(false))
+                .await
+                .unwrap();
+            if ready {
+                break;
+            }
+            assert!(Instant::now() < deadline, "in-process serve never became ready");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        InProcessServe { stop: Some(tx), handle: Some(handle) }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.expect("serve task").expect("serve ok");
+        }
+    }
+}
+
+impl Drop for InProcessServe {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Create join tokens with the admin identity through the CLI (the contract): one per line.
+pub fn create_tokens(e: &Estate, identity: &str, count: u32, ttl: &str) -> Vec<String> {
+    let parts: Vec<&str> = identity.split('/').collect();
+    let out = tillit(&[
+        "token", "create", "--identity", &e.admin(), "--tenant", parts[0], "--project", parts[1], "--env", parts[2],
+        "--service", parts[3], "--count", &count.to_string(), "--ttl", ttl,
+    ]);
+    assert!(out.status.success(), "token create: {}", stderr(&out));
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), count as usize, "one token per line and nothing else: {lines:?}");
+    for l in &lines {
+        assert!(l.starts_with("tillit1."), "{l}");
+    }
+    lines
+}
+
+/// Enroll through the CLI into `out`.
+pub fn enroll_cli(token: &str, out: &Path) -> Output {
+    let file = out.with_extension("token");
+    std::fs::write(&file, token).unwrap();
+    tillit(&["enroll", "--token-file", file.to_str().unwrap(), "--out", out.to_str().unwrap()])
+}

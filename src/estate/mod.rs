@@ -14,8 +14,9 @@ use crate::config::Config;
 use crate::crypto::{self, MasterKey, SecretString};
 use crate::identity::{IdentityFiles, IdentityInfo, IdentityKind, IDENTITY_FORMAT};
 use crate::issuer::jwt::{
-    self, AccountLimits, AccountNats, Claims, Export, OperatorNats, SigningKeyEntry, UserNats, UserPermissions,
+    self, AccountLimits, AccountNats, Claims, Export, Import, OperatorNats, SigningKeyEntry, UserNats, UserPermissions,
 };
+use std::collections::BTreeMap;
 use crate::issuer::x509::{self, CertAuthority};
 use crate::layout::DataDir;
 use crate::names;
@@ -26,10 +27,15 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
+pub mod services;
+pub use services::{RoleRecord, TokenRecord, TokenState};
+
 /// Name of the system account.
 pub const SYS_ACCOUNT: &str = "SYS";
 /// Name of the control plane's own account.
 pub const TILLIT_ACCOUNT: &str = "TILLIT";
+/// Name of the account join-token bootstrap users live in (may only request enrollment).
+pub const BOOTSTRAP_ACCOUNT: &str = "BOOTSTRAP";
 const MASTER_CHECK: &[u8] = b"tillit master key check v1";
 const ESTATE_FORMAT: u32 = 1;
 
@@ -72,6 +78,19 @@ pub struct EstateMeta {
     pub operator_jwt: String,
     pub ca_cert_pem: String,
     pub ca_fingerprint: String,
+    /// Keys that sign envelopes, published as `trust.jwks`.
+    #[serde(default)]
+    pub envelope_keys: Vec<EnvelopeKey>,
+}
+
+/// An envelope signing key (Ed25519), by its public nkey.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnvelopeKey {
+    pub kid: String,
+    pub public_key: String,
+    /// `current` signs; `next` is published ahead of a rotation; `retired` is kept for the record.
+    pub state: String,
+    pub created_at: i64,
 }
 
 /// What an account is for.
@@ -80,7 +99,19 @@ pub struct EstateMeta {
 pub enum AccountKind {
     System,
     Tillit,
+    Bootstrap,
     Tenant,
+}
+
+impl AccountKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::System => "system",
+            AccountKind::Tillit => "tillit",
+            AccountKind::Bootstrap => "bootstrap",
+            AccountKind::Tenant => "tenant",
+        }
+    }
 }
 
 /// An account record (`accounts/<name>`).
@@ -99,6 +130,9 @@ pub struct AccountRecord {
     pub tenant: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<String>,
+    /// Revoked user keys → revocation time (covers JWTs issued at or before it).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub revocations: BTreeMap<String, i64>,
 }
 
 /// Lifecycle state of an identity.
@@ -121,6 +155,14 @@ pub struct IdentityRecord {
     pub issued_at: i64,
     pub expires_at: i64,
     pub state: IdentityState,
+    /// For services: `tenant/project/env/service`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<crate::names::ServiceId>,
+    /// The identity's public xkey (curve25519), for sealed deliveries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xkey: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<i64>,
 }
 
 /// Credentials minted in memory for a party of the control plane itself (never written to disk).
@@ -149,6 +191,14 @@ fn keys_account_signing(public_key: &str) -> String {
     format!("account-signing/{public_key}")
 }
 
+pub(crate) fn keys_envelope(public_key: &str) -> String {
+    format!("envelope/{public_key}")
+}
+
+pub(crate) fn keys_scoped(public_key: &str) -> String {
+    format!("scoped/{public_key}")
+}
+
 /// A new account: identity key and signing key, both sealed into `b`.
 fn new_account_keys(vault: &Vault, b: &mut Batch, name: &str) -> Result<(KeyPair, KeyPair)> {
     let id = KeyPair::new_account();
@@ -163,6 +213,15 @@ fn new_account_keys(vault: &Vault, b: &mut Batch, name: &str) -> Result<(KeyPair
     Ok((id, signing))
 }
 
+/// What an admin identity may do on NATS: call the admin and service APIs and micro discovery,
+/// receive on its own inbox, watch events.
+fn admin_permissions(inbox: &str) -> UserPermissions {
+    UserPermissions::new(
+        subjects::ADMIN_PUBLISH.iter().map(|s| s.to_string()).collect(),
+        vec![format!("{inbox}.>"), subjects::EVENTS_ALL.to_string()],
+    )
+}
+
 // === impl Estate ===
 
 /// An opened estate.
@@ -175,6 +234,7 @@ pub struct Estate {
     ca: CertAuthority,
     operator_signing: KeyPair,
     account_lock: Mutex<()>,
+    keys: std::sync::Mutex<std::collections::HashMap<String, Arc<KeyPair>>>,
 }
 
 impl std::fmt::Debug for Estate {
@@ -200,6 +260,14 @@ impl Estate {
         let mut b = Batch::new();
         let sys = new_account_keys(&vault, &mut b, SYS_ACCOUNT)?;
         let tillit = new_account_keys(&vault, &mut b, TILLIT_ACCOUNT)?;
+        let bootstrap = new_account_keys(&vault, &mut b, BOOTSTRAP_ACCOUNT)?;
+        let envelope = KeyPair::new_account();
+        vault.put_sealed(
+            &mut b,
+            Space::Keys,
+            &keys_envelope(&envelope.public_key()),
+            seed_of(&envelope, "envelope key")?.expose().as_bytes(),
+        )?;
 
         let ca_not_after = now + config.ca_ttl.as_secs() as i64;
         let ca = CertAuthority::generate(&config.trust_domain, now, ca_not_after)?;
@@ -231,6 +299,12 @@ impl Estate {
             operator_jwt,
             ca_fingerprint: x509::fingerprint(&ca.cert_pem)?,
             ca_cert_pem: ca.cert_pem.clone(),
+            envelope_keys: vec![EnvelopeKey {
+                kid: envelope.public_key(),
+                public_key: envelope.public_key(),
+                state: "current".into(),
+                created_at: now,
+            }],
         };
 
         vault.put_sealed(&mut b, Space::Meta, "master_check", MASTER_CHECK)?;
@@ -253,12 +327,29 @@ impl Estate {
             clock,
             operator_signing,
             account_lock: Mutex::new(()),
+            keys: Default::default(),
         };
-        for (name, kind, (id, signing)) in
-            [(SYS_ACCOUNT, AccountKind::System, &sys), (TILLIT_ACCOUNT, AccountKind::Tillit, &tillit)]
-        {
-            let nats = estate.account_nats(kind, &signing.public_key());
-            let rec = estate.sign_account(name, kind, &id.public_key(), &signing.public_key(), nats, None, now, None, None)?;
+        // TILLIT first: the others import from it.
+        for (name, kind, (id, signing)) in [
+            (TILLIT_ACCOUNT, AccountKind::Tillit, &tillit),
+            (SYS_ACCOUNT, AccountKind::System, &sys),
+            (BOOTSTRAP_ACCOUNT, AccountKind::Bootstrap, &bootstrap),
+        ] {
+            let draft = AccountRecord {
+                name: name.into(),
+                kind,
+                public_key: id.public_key(),
+                signing_key: signing.public_key(),
+                jwt: String::new(),
+                iat: 0,
+                created_at: now,
+                tenant: None,
+                env: None,
+                revocations: BTreeMap::new(),
+            };
+            let tillit_pub = tillit.0.public_key();
+            let nats = estate.render_account(&draft, &tillit_pub)?;
+            let rec = estate.sign_account(draft, nats)?;
             b.put_json(Space::Accounts, name, &rec)?;
         }
         estate.vault.store().commit(b)?;
@@ -308,7 +399,17 @@ impl Estate {
         let ca_key = vault.get_sealed(Space::Keys, "ca")?.ok_or_else(not_init)?;
         let ca_key = SecretString::new(String::from_utf8_lossy(&ca_key).into_owned());
         let ca = CertAuthority::load(&meta.ca_cert_pem, &ca_key)?;
-        Ok(Estate { dir, config, meta, vault, clock, ca, operator_signing, account_lock: Mutex::new(()) })
+        Ok(Estate {
+            dir,
+            config,
+            meta,
+            vault,
+            clock,
+            ca,
+            operator_signing,
+            account_lock: Mutex::new(()),
+            keys: Default::default(),
+        })
     }
 
     pub fn trust_domain(&self) -> &str {
@@ -320,6 +421,10 @@ impl Estate {
     pub fn store(&self) -> &dyn Store {
         self.vault.store()
     }
+    /// The store, shared (for the group committer).
+    pub fn store_arc(&self) -> Arc<dyn Store> {
+        self.vault.store_arc()
+    }
     pub fn ca(&self) -> &CertAuthority {
         &self.ca
     }
@@ -328,15 +433,10 @@ impl Estate {
         &self.account_lock
     }
 
-    /// The `nats` section an account of `kind` starts with.
-    fn account_nats(&self, kind: AccountKind, signing_key: &str) -> AccountNats {
-        let mut n = self.account_nats_base(kind);
-        n.signing_keys = vec![SigningKeyEntry::Plain(signing_key.to_string())];
-        n
-    }
-
-    fn account_nats_base(&self, kind: AccountKind) -> AccountNats {
-        match kind {
+    /// The `nats` section of an account as its records say it is now: base limits, exports or
+    /// imports by kind, its signing key, the scoped keys of its roles, its revocations.
+    pub(crate) fn render_account(&self, rec: &AccountRecord, tillit_pub: &str) -> Result<AccountNats> {
+        let mut n = match rec.kind {
             AccountKind::System => {
                 let mut n = AccountNats::new(AccountLimits::unlimited_without_jetstream());
                 n.description = Some("nats-server system account".into());
@@ -344,7 +444,7 @@ impl Estate {
             }
             AccountKind::Tillit => {
                 let mut n = AccountNats::new(AccountLimits::unlimited_with_jetstream());
-                n.description = Some("tillit control plane, admins and site agents".into());
+                n.description = Some("tillit control plane and admins".into());
                 n.exports = vec![
                     Export {
                         name: "tillit service api".into(),
@@ -352,6 +452,13 @@ impl Estate {
                         kind: "service".into(),
                         response_type: Some("Singleton".into()),
                         description: Some("requests services make of the control plane".into()),
+                    },
+                    Export {
+                        name: "tillit enrollment".into(),
+                        subject: subjects::ENROLL.into(),
+                        kind: "service".into(),
+                        response_type: Some("Singleton".into()),
+                        description: Some("enrollment with a join token".into()),
                     },
                     Export {
                         name: "tillit events".into(),
@@ -363,51 +470,74 @@ impl Estate {
                 ];
                 n
             }
-            AccountKind::Tenant => AccountNats::new(AccountLimits::unlimited_with_jetstream()),
+            AccountKind::Bootstrap => {
+                let mut limits = AccountLimits::unlimited_without_jetstream();
+                limits.wildcards = false;
+                let mut n = AccountNats::new(limits);
+                n.description = Some("join-token bootstrap users: enrollment only".into());
+                n.imports = vec![Import {
+                    name: "tillit enrollment".into(),
+                    subject: subjects::ENROLL.into(),
+                    account: tillit_pub.into(),
+                    kind: "service".into(),
+                    local_subject: None,
+                    share: true,
+                }];
+                n
+            }
+            AccountKind::Tenant => {
+                let mut n = AccountNats::new(AccountLimits::unlimited_with_jetstream());
+                n.description = Some(format!(
+                    "tenant {}, environment {}",
+                    rec.tenant.as_deref().unwrap_or("?"),
+                    rec.env.as_deref().unwrap_or("?")
+                ));
+                n.imports = vec![Import {
+                    name: "tillit service api".into(),
+                    subject: subjects::SVC_EXPORT.into(),
+                    account: tillit_pub.into(),
+                    kind: "service".into(),
+                    local_subject: None,
+                    share: true,
+                }];
+                n
+            }
+        };
+        n.signing_keys = vec![SigningKeyEntry::Plain(rec.signing_key.clone())];
+        if rec.kind == AccountKind::Tenant {
+            for role in self.roles_of(&rec.name)? {
+                n.signing_keys.push(SigningKeyEntry::Scoped(role.scope()));
+            }
         }
+        n.revocations = rec.revocations.clone();
+        Ok(n)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn sign_account(
-        &self,
-        name: &str,
-        kind: AccountKind,
-        public_key: &str,
-        signing_key: &str,
-        nats: AccountNats,
-        previous_iat: Option<i64>,
-        created_at: i64,
-        tenant: Option<&str>,
-        env: Option<&str>,
-    ) -> Result<AccountRecord> {
+    /// Sign `rec` with `nats` as its new JWT; `iat` strictly above the previous one.
+    pub(crate) fn sign_account(&self, mut rec: AccountRecord, nats: AccountNats) -> Result<AccountRecord> {
         let now = self.clock.now_unix();
-        let iat = match previous_iat {
-            Some(p) if p >= now => p + 1,
-            _ => now,
-        };
+        let iat = if rec.iat >= now { rec.iat + 1 } else { now };
         let claims = Claims {
             jti: jwt::new_jti()?,
             iat,
             iss: self.operator_signing.public_key(),
-            sub: public_key.to_string(),
-            name: Some(name.to_string()),
+            sub: rec.public_key.clone(),
+            name: Some(rec.name.clone()),
             aud: None,
             exp: None,
             nbf: None,
             nats,
         };
-        let token = jwt::encode(&claims, &self.operator_signing)?;
-        Ok(AccountRecord {
-            name: name.to_string(),
-            kind,
-            public_key: public_key.to_string(),
-            signing_key: signing_key.to_string(),
-            jwt: token,
-            iat,
-            created_at,
-            tenant: tenant.map(str::to_string),
-            env: env.map(str::to_string),
-        })
+        rec.jwt = jwt::encode(&claims, &self.operator_signing)?;
+        rec.iat = iat;
+        Ok(rec)
+    }
+
+    /// Re-render and re-sign an account from its records (after a role or revocation change).
+    pub(crate) fn resign_account(&self, rec: AccountRecord) -> Result<AccountRecord> {
+        let tillit = self.account(TILLIT_ACCOUNT)?;
+        let nats = self.render_account(&rec, &tillit.public_key)?;
+        self.sign_account(rec, nats)
     }
 
     /// One account by name.
@@ -427,46 +557,65 @@ impl Estate {
             .collect()
     }
 
-    /// The account's signing key pair, opened from the store.
-    fn account_signing_key(&self, rec: &AccountRecord) -> Result<KeyPair> {
+    /// A key pair from the sealed store, cached in memory after the first use.
+    pub(crate) fn key(&self, store_key: &str) -> Result<Arc<KeyPair>> {
+        if let Ok(cache) = self.keys.lock() {
+            if let Some(k) = cache.get(store_key) {
+                return Ok(k.clone());
+            }
+        }
         let seed = self
             .vault
-            .get_sealed(Space::Keys, &keys_account_signing(&rec.signing_key))?
-            .ok_or_else(|| EstateError::Key(rec.name.clone(), "no key in store".into()))?;
-        KeyPair::from_seed(std::str::from_utf8(&seed).unwrap_or("")).map_err(key_err(&rec.name))
+            .get_sealed(Space::Keys, store_key)?
+            .ok_or_else(|| EstateError::Key(store_key.into(), "no key in store".into()))?;
+        let kp = Arc::new(KeyPair::from_seed(std::str::from_utf8(&seed).unwrap_or("")).map_err(key_err(store_key))?);
+        if let Ok(mut cache) = self.keys.lock() {
+            cache.insert(store_key.to_string(), kp.clone());
+        }
+        Ok(kp)
+    }
+
+    /// The account's signing key pair.
+    fn account_signing_key(&self, rec: &AccountRecord) -> Result<Arc<KeyPair>> {
+        self.key(&keys_account_signing(&rec.signing_key))
     }
 
     /// The account of `tenant` + `env` (`acme-prod`), created if missing. Returns the record and
-    /// whether it was created (then the caller pushes its JWT to the servers).
-    pub async fn ensure_tenant_account(&self, tenant: &str, env: &str) -> Result<(AccountRecord, bool)> {
+    /// whether it was created (then the caller pushes its JWT). Hold [`Self::account_lock`].
+    pub fn ensure_tenant_account_locked(&self, tenant: &str, env: &str) -> Result<(AccountRecord, bool)> {
         names::check_segment("tenant", tenant)?;
         names::check_segment("env", env)?;
         let name = format!("{tenant}-{env}");
-        let _guard = self.account_lock.lock().await;
         if let Some(rec) = get_json::<AccountRecord>(self.store(), Space::Accounts, &name)? {
             return Ok((rec, false));
         }
         let mut b = Batch::new();
         let (id, signing) = new_account_keys(&self.vault, &mut b, &name)?;
-        let mut nats = self.account_nats(AccountKind::Tenant, &signing.public_key());
-        nats.description = Some(format!("tenant {tenant}, environment {env}"));
-        let rec = self.sign_account(
-            &name,
-            AccountKind::Tenant,
-            &id.public_key(),
-            &signing.public_key(),
-            nats,
-            None,
-            self.clock.now_unix(),
-            Some(tenant),
-            Some(env),
-        )?;
+        let draft = AccountRecord {
+            name: name.clone(),
+            kind: AccountKind::Tenant,
+            public_key: id.public_key(),
+            signing_key: signing.public_key(),
+            jwt: String::new(),
+            iat: 0,
+            created_at: self.clock.now_unix(),
+            tenant: Some(tenant.into()),
+            env: Some(env.into()),
+            revocations: BTreeMap::new(),
+        };
+        let rec = self.resign_account(draft)?;
         b.put_json(Space::Accounts, &name, &rec)?;
         self.store().commit(b)?;
         Ok((rec, true))
     }
 
-    /// Sign a user JWT in `account` for `user_public_key`.
+    /// [`Self::ensure_tenant_account_locked`], taking the lock.
+    pub async fn ensure_tenant_account(&self, tenant: &str, env: &str) -> Result<(AccountRecord, bool)> {
+        let _guard = self.account_lock.lock().await;
+        self.ensure_tenant_account_locked(tenant, env)
+    }
+
+    /// Sign a user JWT in `account` (by its plain signing key) with explicit permissions.
     pub fn sign_user(
         &self,
         account: &AccountRecord,
@@ -476,6 +625,20 @@ impl Estate {
         expires_at: i64,
     ) -> Result<String> {
         let key = self.account_signing_key(account)?;
+        self.sign_user_with(&key, account, user_public_key, name, permissions, expires_at, vec![])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn sign_user_with(
+        &self,
+        key: &KeyPair,
+        account: &AccountRecord,
+        user_public_key: &str,
+        name: &str,
+        permissions: UserPermissions,
+        expires_at: i64,
+        tags: Vec<String>,
+    ) -> Result<String> {
         let claims = Claims {
             jti: jwt::new_jti()?,
             iat: self.clock.now_unix(),
@@ -491,10 +654,10 @@ impl Estate {
                 permissions,
                 bearer_token: false,
                 issuer_account: Some(account.public_key.clone()),
-                tags: vec![],
+                tags,
             },
         };
-        Ok(jwt::encode(&claims, &key)?)
+        Ok(jwt::encode(&claims, key)?)
     }
 
     /// The inbox prefix of a user: only its holder may subscribe below it.
@@ -511,10 +674,7 @@ impl Estate {
         let account = self.account(TILLIT_ACCOUNT)?;
         let user = KeyPair::new_user();
         let inbox = Self::inbox_prefix(&user.public_key());
-        let perms = UserPermissions::new(
-            subjects::ADMIN_PUBLISH.iter().map(|s| s.to_string()).collect(),
-            vec![format!("{inbox}.>"), subjects::EVENTS_ALL.to_string()],
-        );
+        let perms = admin_permissions(&inbox);
         let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "admin", name]);
         let jwt = self.sign_user(&account, &user.public_key(), &format!("admin {name}"), perms, expires)?;
         let cert = self.ca.issue_client_with_new_key(&spiffe, &format!("admin {name}"), now, expires)?;
@@ -528,6 +688,9 @@ impl Estate {
             issued_at: now,
             expires_at: expires,
             state: IdentityState::Active,
+            service: None,
+            xkey: None,
+            revoked_at: None,
         };
         let mut b = Batch::new();
         b.put_json(Space::Identities, &rec.user_public_key, &rec)?;
@@ -552,6 +715,8 @@ impl Estate {
             issued_at_unix: 0,
             expires_at_unix: 0,
             renew_at_unix: 0,
+            service: None,
+            xkey_public_key: None,
         }
         .with_times(now, expires, renew);
         Ok(IdentityFiles {
@@ -561,8 +726,20 @@ impl Estate {
             cert_pem: cert.cert_pem,
             key_pem: cert.key_pem,
             ca_pem: self.meta.ca_cert_pem.clone(),
-            trust_jwks: None,
+            trust_jwks: Some(self.trust_jwks()),
+            xkey_seed: None,
         })
+    }
+
+    /// Renew an admin identity: a new JWT for the same nkey and a certificate for `public_key`.
+    pub fn reissue_admin(&self, rec: &IdentityRecord, public_key: &impl rcgen::PublicKeyData) -> Result<services::ServiceIssue> {
+        let now = self.clock.now_unix();
+        let expires_at = now + self.config.admin_ttl.as_secs() as i64;
+        let account = self.account(TILLIT_ACCOUNT)?;
+        let perms = admin_permissions(&Self::inbox_prefix(&rec.user_public_key));
+        let user_jwt = self.sign_user(&account, &rec.user_public_key, &format!("admin {}", rec.name), perms, expires_at)?;
+        let (cert_pem, serial) = self.ca.issue_client(public_key, &rec.id, &format!("admin {}", rec.name), now, expires_at)?;
+        Ok(services::ServiceIssue { user_jwt, cert_pem, serial, issued_at: now, expires_at })
     }
 
     /// Credentials for the control plane's own connections, minted in memory: a user of `account`
@@ -638,6 +815,11 @@ mod tests {
         let tillit = e.account(TILLIT_ACCOUNT).unwrap();
         let c: Claims<AccountNats> = jwt::decode(&tillit.jwt).unwrap();
         assert!(c.nats.exports.iter().any(|x| x.subject == subjects::SVC_EXPORT && x.kind == "service"));
+        let tillit = e.account(TILLIT_ACCOUNT).unwrap();
+        let boot: Claims<AccountNats> = jwt::decode(&e.account(BOOTSTRAP_ACCOUNT).unwrap().jwt).unwrap();
+        assert_eq!(boot.nats.imports[0].subject, subjects::ENROLL);
+        assert_eq!(boot.nats.imports[0].account, tillit.public_key);
+        assert!(boot.nats.imports[0].share);
     }
 
     #[test]
@@ -667,11 +849,13 @@ mod tests {
         assert!(!created);
         assert_eq!(a.public_key, b.public_key);
         let raw = store.get(Space::Keys, &keys_account(&a.public_key)).unwrap().unwrap();
-        assert!(!String::from_utf8_lossy(&raw).contains("SA"), "account seed is sealed");
+        let seed = e.vault.get_sealed(Space::Keys, &keys_account(&a.public_key)).unwrap().unwrap();
+        assert!(seed.starts_with(b"SA"));
+        assert!(!raw.windows(seed.len()).any(|w| w == &seed[..]), "account seed is sealed");
         for (t, env) in [("*", "prod"), ("acme", ">"), ("a.b", "prod"), ("acme", "")] {
             assert!(e.ensure_tenant_account(t, env).await.is_err(), "{t}/{env}");
         }
-        assert_eq!(e.accounts().unwrap().len(), 3);
+        assert_eq!(e.accounts().unwrap().len(), 4, "SYS, TILLIT, BOOTSTRAP, acme-prod");
     }
 
     #[test]
@@ -679,11 +863,10 @@ mod tests {
         let clock = Arc::new(ManualClock::new(1_780_000_000));
         let (_d, e, _s, _m) = new_estate(clock.clone());
         let t = e.account(TILLIT_ACCOUNT).unwrap();
-        let nats = || e.account_nats(t.kind, &t.signing_key);
-        let again = e.sign_account(&t.name, t.kind, &t.public_key, &t.signing_key, nats(), Some(t.iat), t.created_at, None, None).unwrap();
+        let again = e.resign_account(t.clone()).unwrap();
         assert!(again.iat > t.iat, "same second: iat bumped");
         clock.advance(100);
-        let later = e.sign_account(&t.name, t.kind, &t.public_key, &t.signing_key, nats(), Some(again.iat), t.created_at, None, None).unwrap();
+        let later = e.resign_account(again).unwrap();
         assert_eq!(later.iat, 1_780_000_100);
     }
 

@@ -1,0 +1,68 @@
+//! `tillit token create --identity ADMIN --tenant T --project P --env E --service S [--ttl 15m] [--count N]`
+
+use crate::client::TillitClient;
+use crate::layout::IdentityDir;
+use crate::names::ServiceId;
+use crate::proto::{TokenCreateReply, TokenCreateRequest};
+use crate::subjects;
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Mint single-use join tokens for one service identity; prints one per line.
+    Create(CreateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// Admin identity dir (e.g. DATA/admin).
+    #[arg(long, env = "TILLIT_IDENTITY")]
+    pub identity: PathBuf,
+    #[arg(long)]
+    pub tenant: String,
+    #[arg(long)]
+    pub project: String,
+    #[arg(long)]
+    pub env: String,
+    #[arg(long)]
+    pub service: String,
+    /// How long the tokens stay valid (s, m, h, d).
+    #[arg(long, default_value = "15m")]
+    pub ttl: String,
+    /// How many tokens (one per instance to enroll).
+    #[arg(long, default_value_t = 1)]
+    pub count: u32,
+    /// NATS URL to use instead of the identity's.
+    #[arg(long, env = "TILLIT_NATS_URL")]
+    pub nats: Option<String>,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    match a.command {
+        TokenCommand::Create(c) => create(c).await,
+    }
+}
+
+async fn create(a: CreateArgs) -> anyhow::Result<()> {
+    let identity = ServiceId::new(&a.tenant, &a.project, &a.env, &a.service)?;
+    let ttl = crate::clock::parse_duration(&a.ttl).map_err(anyhow::Error::msg)?;
+    let client = TillitClient::connect_dir(&IdentityDir::new(&a.identity), a.nats.as_deref()).await?;
+    let reply: TokenCreateReply = client
+        .call(
+            subjects::ADMIN_TOKEN_CREATE,
+            subjects::KIND_TOKEN_CREATE,
+            TokenCreateRequest { identity: identity.clone(), ttl_secs: ttl.as_secs() as i64, count: a.count },
+        )
+        .await?;
+    for t in &reply.tokens {
+        println!("{t}");
+    }
+    tracing::info!(identity = %identity, count = reply.tokens.len(), expires = %reply.expires_at, "join tokens created");
+    Ok(())
+}

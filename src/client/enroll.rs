@@ -1,0 +1,219 @@
+//! Enrollment, the service side: make keys locally, prove possession, write the identity dir.
+//!
+//! The service generates its user nkey, an xkey and an ECDSA P-256 TLS key; none of them ever
+//! leaves the process except as public keys and a CSR. It connects once with the join token's
+//! bootstrap credentials, sends one signed request, checks what comes back (the JWT is for its
+//! nkey, the certificate for its TLS key and identity, chained to the pinned CA), and writes the
+//! identity dir through a staging dir renamed into place.
+
+use super::{connect, ClientError, ConnectParams, NatsCreds, REQUEST_TIMEOUT};
+use crate::clock::SharedClock;
+use crate::crypto::SecretString;
+use crate::identity::{self, IdentityFiles, IdentityInfo, IDENTITY_FORMAT};
+use crate::issuer::{jwt, x509};
+use crate::layout::IdentityDir;
+use crate::proto::{self, EnrollRequest, IssuedReply, Reply};
+use crate::subjects;
+use crate::token::JoinToken;
+use nkeys::KeyPair;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+/// Keys and CSR an enrollment or renewal sends.
+pub struct LocalKeys {
+    pub user: KeyPair,
+    pub xkey: nkeys::XKey,
+    pub csr_pem: String,
+    pub tls_key_pem: SecretString,
+}
+
+impl LocalKeys {
+    /// Fresh keys for a new identity.
+    pub fn generate() -> Result<Self, ClientError> {
+        let user = KeyPair::new_user();
+        let (csr_pem, tls_key_pem) = x509::make_csr(&user.public_key()).map_err(|e| ClientError::Credentials(e.to_string()))?;
+        Ok(LocalKeys { user, xkey: nkeys::XKey::new(), csr_pem, tls_key_pem })
+    }
+}
+
+/// Check an issued reply against what was asked for, and build the identity dir's files.
+pub fn files_from_reply(
+    reply: IssuedReply,
+    user_seed: SecretString,
+    tls_key_pem: SecretString,
+    xkey_seed: Option<SecretString>,
+    expected_user: &str,
+    pinned_ca_fingerprint: &str,
+    nats_urls: Vec<String>,
+) -> Result<IdentityFiles, ClientError> {
+    let bad = |m: &str| ClientError::Protocol(format!("issued credentials rejected: {m}"));
+    let claims: jwt::Claims<jwt::UserNats> = jwt::decode(&reply.user_jwt).map_err(|e| bad(&format!("user JWT: {e}")))?;
+    if claims.sub != expected_user || reply.user_public_key != expected_user {
+        return Err(bad("the user JWT is not for this nkey"));
+    }
+    if claims.nats.bearer_token {
+        return Err(bad("bearer JWTs are refused"));
+    }
+    let fp = x509::fingerprint(&reply.ca_pem).map_err(|e| bad(&e.to_string()))?;
+    if fp != pinned_ca_fingerprint {
+        return Err(bad("the CA bundle does not match the pinned fingerprint"));
+    }
+    // The certificate must be for our key and chain to the CA: rustls checks both when it
+    // builds the certified key and connects; here, check the key and the identity.
+    let ck = super::tls::certified_key(&reply.cert_pem, tls_key_pem.expose())?;
+    ck.keys_match().map_err(|_| bad("the certificate is not for this TLS key"))?;
+    let der = x509::first_cert_der(&reply.cert_pem).map_err(|e| bad(&e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| bad(&e.to_string()))?;
+    let san_ok = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|s| s.value.general_names.iter().any(|g| matches!(g, x509_parser::extensions::GeneralName::URI(u) if *u == reply.id)))
+        .unwrap_or(false);
+    if !san_ok {
+        return Err(bad("the certificate does not carry this identity's SPIFFE id"));
+    }
+    let renew = crate::rotation::renew_at(reply.issued_at_unix, reply.expires_at_unix, crate::rotation::random_jitter());
+    let xkey_public_key = match &xkey_seed {
+        Some(s) => Some(
+            nkeys::XKey::from_seed(s.expose()).map(|x| x.public_key()).map_err(|e| ClientError::Credentials(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let info = IdentityInfo {
+        format: IDENTITY_FORMAT,
+        kind: reply.kind,
+        id: reply.id.clone(),
+        name: reply.name.clone(),
+        trust_domain: reply.trust_domain.clone(),
+        account: reply.account.clone(),
+        account_public_key: reply.account_public_key.clone(),
+        user_public_key: reply.user_public_key.clone(),
+        inbox_prefix: reply.inbox_prefix.clone(),
+        nats_urls,
+        ca_fingerprint: reply.ca_fingerprint.clone(),
+        cert_serial: reply.cert_serial.clone(),
+        issued_at: String::new(),
+        expires_at: String::new(),
+        renew_at: String::new(),
+        issued_at_unix: 0,
+        expires_at_unix: 0,
+        renew_at_unix: 0,
+        service: reply.service.clone(),
+        xkey_public_key,
+    }
+    .with_times(reply.issued_at_unix, reply.expires_at_unix, renew);
+    Ok(IdentityFiles {
+        info,
+        user_jwt: reply.user_jwt,
+        user_seed,
+        cert_pem: reply.cert_pem,
+        key_pem: tls_key_pem,
+        ca_pem: reply.ca_pem,
+        trust_jwks: Some(reply.trust_jwks),
+        xkey_seed,
+    })
+}
+
+/// Enroll with `token`, writing the identity dir `out` (which must not hold one yet).
+/// `nats` overrides the token's URLs and is what `identity.json` records.
+pub async fn enroll(token: &str, out: &Path, nats: Option<&str>, clock: SharedClock) -> Result<IdentityInfo, ClientError> {
+    let token = JoinToken::decode(token).map_err(|e| ClientError::Credentials(e.to_string()))?;
+    if out.join("identity.json").exists() {
+        return Err(ClientError::Credentials(format!(
+            "{} already holds an identity; enroll into a new dir (or remove it first)",
+            out.display()
+        )));
+    }
+    let urls = match nats {
+        Some(u) => vec![u.to_string()],
+        None => token.nats_urls.clone(),
+    };
+    let keys = LocalKeys::generate()?;
+    let params = bootstrap_params(&token, urls.clone())?;
+    let nc = connect(&params).await?;
+    let body = EnrollRequest {
+        token_id: token.id.clone(),
+        token_secret: token.secret.clone(),
+        identity: token.identity.clone(),
+        xkey: keys.xkey.public_key(),
+        csr: keys.csr_pem.clone(),
+    };
+    let signed = proto::sign_request(&keys.user, &token.trust_domain, subjects::ENROLL, subjects::KIND_ENROLL, body, clock.now_unix())
+        .map_err(|e| ClientError::Credentials(e.to_string()))?;
+    let reply: IssuedReply = request(&nc, subjects::ENROLL, signed).await?;
+    let _ = nc.drain().await;
+    let files = files_from_reply(
+        reply,
+        SecretString::new(keys.user.seed().map_err(|e| ClientError::Credentials(e.to_string()))?),
+        keys.tls_key_pem,
+        Some(SecretString::new(keys.xkey.seed().map_err(|e| ClientError::Credentials(e.to_string()))?)),
+        &keys.user.public_key(),
+        &token.ca_fingerprint,
+        urls,
+    )?;
+    write_new_dir(out, &files)?;
+    Ok(files.info)
+}
+
+/// Connection parameters for a join token's bootstrap user.
+pub fn bootstrap_params(token: &JoinToken, urls: Vec<String>) -> Result<ConnectParams, ClientError> {
+    let err = |e: crate::token::TokenError| ClientError::Credentials(e.to_string());
+    let boot_user = KeyPair::from_seed(&token.bootstrap_seed).map_err(|e| ClientError::Credentials(e.to_string()))?;
+    Ok(ConnectParams {
+        urls,
+        name: format!("tillit-enroll {}", token.identity),
+        inbox_prefix: crate::estate::Estate::inbox_prefix(&boot_user.public_key()),
+        ca_pem: token.ca_pem().map_err(err)?,
+        creds: Arc::new(RwLock::new(NatsCreds {
+            user_jwt: token.bootstrap_jwt.clone(),
+            user_seed: SecretString::new(token.bootstrap_seed.clone()),
+        })),
+        cert: super::tls::SwappableCert::new(super::tls::certified_key(
+            &token.cert_pem().map_err(err)?,
+            token.key_pem().map_err(err)?.expose(),
+        )?),
+    })
+}
+
+/// Send a signed token and decode the reply.
+pub async fn request<R: serde::de::DeserializeOwned>(nc: &async_nats::Client, subject: &str, signed: String) -> Result<R, ClientError> {
+    let req = async_nats::Request::new().payload(signed.into()).timeout(Some(REQUEST_TIMEOUT));
+    let msg = nc.send_request(subject.to_string(), req).await.map_err(|e| {
+        use async_nats::RequestErrorKind as K;
+        match e.kind() {
+            K::TimedOut => ClientError::Timeout { subject: subject.into(), timeout: REQUEST_TIMEOUT },
+            K::NoResponders => ClientError::NoResponders { subject: subject.into() },
+            _ => ClientError::Request { subject: subject.into(), reason: e.to_string() },
+        }
+    })?;
+    let reply: Reply<R> = serde_json::from_slice(&msg.payload).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    Ok(reply.into_result()?)
+}
+
+/// Write a whole identity dir through a staging dir beside it, renamed into place.
+pub fn write_new_dir(out: &Path, files: &IdentityFiles) -> Result<(), ClientError> {
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&parent).map_err(|e| io(&parent, e))?;
+    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("identity");
+    let staging = parent.join(format!(".{name}.enroll-{}", uuid::Uuid::new_v4().simple()));
+    let r = identity::write(&IdentityDir::new(&staging), files).map_err(ClientError::from);
+    if let Err(e) = r {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    if out.exists() {
+        // Only an empty dir may be replaced (checked for identity.json by the caller).
+        if let Err(e) = std::fs::remove_dir(out) {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(ClientError::Credentials(format!("{} exists and is not empty: {e}", out.display())));
+        }
+    }
+    std::fs::rename(&staging, out).map_err(|e| io(out, e))?;
+    crate::fsutil::sync_dir(&parent).map_err(|e| io(&parent, e))?;
+    Ok(())
+}
+
+fn io(p: &Path, e: std::io::Error) -> ClientError {
+    ClientError::Identity(identity::IdentityError::Io { path: p.display().to_string(), source: e })
+}

@@ -1,0 +1,168 @@
+//! A NATS connection that stays valid by itself.
+//!
+//! [`Session::connect`] loads an identity dir and connects (mutual TLS + JWT). A background task
+//! renews the identity at its `renew_at` (2/3 of its life, with jitter): a fresh TLS key and CSR,
+//! one signed request on `tillit.v1.svc.renew`, the new files written atomically, the new JWT and
+//! certificate swapped into the live connection's auth callback and TLS resolver, then a
+//! reconnect (nats-server cannot reload credentials on a live connection). Publishes made while
+//! it reconnects are buffered by the client and sent after; subscriptions are restored. The
+//! application keeps using the same `async_nats::Client` throughout.
+
+use super::enroll::{files_from_reply, request};
+use super::{connect, tls, ClientError, ConnectParams, NatsCreds};
+use crate::clock::{rfc3339, SharedClock, SystemClock};
+use crate::identity::{self, IdentityFiles, IdentityInfo};
+use crate::issuer::x509;
+use crate::layout::IdentityDir;
+use crate::proto::{self, IssuedReply, RenewRequest};
+use crate::rotation;
+use crate::subjects;
+use nkeys::KeyPair;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+struct Inner {
+    dir: IdentityDir,
+    params: ConnectParams,
+    files: std::sync::RwLock<IdentityFiles>,
+    clock: SharedClock,
+    renewing: Mutex<()>,
+}
+
+/// A self-renewing connection as one identity.
+pub struct Session {
+    client: async_nats::Client,
+    inner: Arc<Inner>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("identity", &self.identity().id).finish_non_exhaustive()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Session {
+    /// Load `dir`, connect, and start renewing. `url` overrides the identity's NATS URLs.
+    pub async fn connect(dir: &IdentityDir, url: Option<&str>) -> Result<Session, ClientError> {
+        Self::connect_with_clock(dir, url, Arc::new(SystemClock)).await
+    }
+
+    /// [`Session::connect`] with an injected clock.
+    pub async fn connect_with_clock(dir: &IdentityDir, url: Option<&str>, clock: SharedClock) -> Result<Session, ClientError> {
+        let files = identity::load(dir)?;
+        let params = ConnectParams::from_identity(&files, url)?;
+        let client = connect(&params).await?;
+        let inner = Arc::new(Inner { dir: dir.clone(), params, files: std::sync::RwLock::new(files), clock, renewing: Mutex::new(()) });
+        let task = tokio::spawn(renewal_loop(client.clone(), inner.clone()));
+        Ok(Session { client, inner, task })
+    }
+
+    /// The connection. Clone it freely; it stays valid across renewals.
+    pub fn client(&self) -> async_nats::Client {
+        self.client.clone()
+    }
+
+    /// The identity as of the last renewal.
+    pub fn identity(&self) -> IdentityInfo {
+        self.inner.files.read().map(|f| f.info.clone()).unwrap_or_else(|p| p.into_inner().info.clone())
+    }
+
+    /// Renew now instead of waiting for `renew_at`.
+    pub async fn renew_now(&self) -> Result<IdentityInfo, ClientError> {
+        renew_once(&self.client, &self.inner).await
+    }
+
+    /// A signed request to the control plane as this identity.
+    pub async fn call<B: Serialize, R: DeserializeOwned>(&self, subject: &str, kind: &str, body: B) -> Result<R, ClientError> {
+        let (seed, td) = {
+            let f = self.inner.files.read().map_err(|_| ClientError::Credentials("identity lock poisoned".into()))?;
+            (f.user_seed.clone(), f.info.trust_domain.clone())
+        };
+        let signer = KeyPair::from_seed(seed.expose()).map_err(|e| ClientError::Credentials(e.to_string()))?;
+        let signed = proto::sign_request(&signer, &td, subject, kind, body, self.inner.clock.now_unix())
+            .map_err(|e| ClientError::Credentials(e.to_string()))?;
+        request(&self.client, subject, signed).await
+    }
+}
+
+async fn renew_once(client: &async_nats::Client, inner: &Inner) -> Result<IdentityInfo, ClientError> {
+    let _one = inner.renewing.lock().await;
+    let files = inner.files.read().map_err(|_| ClientError::Credentials("identity lock poisoned".into()))?.clone();
+    let signer = KeyPair::from_seed(files.user_seed.expose()).map_err(|e| ClientError::Credentials(e.to_string()))?;
+    let (csr, key) = x509::make_csr(&signer.public_key()).map_err(|e| ClientError::Credentials(e.to_string()))?;
+    let signed = proto::sign_request(
+        &signer,
+        &files.info.trust_domain,
+        subjects::SVC_RENEW,
+        subjects::KIND_RENEW,
+        RenewRequest { csr },
+        inner.clock.now_unix(),
+    )
+    .map_err(|e| ClientError::Credentials(e.to_string()))?;
+    let reply: IssuedReply = request(client, subjects::SVC_RENEW, signed).await?;
+    let new = files_from_reply(
+        reply,
+        files.user_seed.clone(),
+        key,
+        files.xkey_seed.clone(),
+        &signer.public_key(),
+        &files.info.ca_fingerprint,
+        files.info.nats_urls.clone(),
+    )?;
+    identity::write(&inner.dir, &new)?;
+    if let Ok(mut c) = inner.params.creds.write() {
+        *c = NatsCreds { user_jwt: new.user_jwt.clone(), user_seed: new.user_seed.clone() };
+    }
+    inner.params.cert.swap(tls::certified_key(&new.cert_pem, new.key_pem.expose())?);
+    let info = new.info.clone();
+    if let Ok(mut f) = inner.files.write() {
+        *f = new;
+    }
+    // Send what is buffered, then reconnect with the new JWT and certificate.
+    let _ = client.flush().await;
+    client
+        .force_reconnect()
+        .await
+        .map_err(|e| ClientError::Request { subject: "reconnect".into(), reason: e.to_string() })?;
+    tracing::info!(identity = %info.id, expires = %info.expires_at, next = %info.renew_at, "renewed credentials");
+    Ok(info)
+}
+
+async fn renewal_loop(client: async_nats::Client, inner: Arc<Inner>) {
+    let mut attempt: u32 = 0;
+    loop {
+        let (renew_at, expires) = match inner.files.read() {
+            Ok(f) => (f.info.renew_at_unix, f.info.expires_at_unix),
+            Err(_) => return,
+        };
+        let now = inner.clock.now_unix();
+        if attempt == 0 {
+            let wait = (renew_at - now).max(0) as u64;
+            tracing::info!(at = %rfc3339(renew_at), "next renewal");
+            tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+        }
+        match renew_once(&client, &inner).await {
+            Ok(_) => attempt = 0,
+            Err(e) => {
+                let now = inner.clock.now_unix();
+                if now >= expires {
+                    tracing::error!("identity expired before it could be renewed ({e}); enroll again with a new join token");
+                    return;
+                }
+                let delay = rotation::retry_delay(attempt, now, expires);
+                attempt = attempt.saturating_add(1);
+                tracing::warn!("renewal failed: {e}; retrying in {delay:?} (expires {})", rfc3339(expires));
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! Service identities: roles (one scoped signing key per service), join tokens and their
+//! bootstrap users, and what enrollment and renewal issue.
+
+use super::*;
+use crate::names::ServiceId;
+use crate::token::{self, JoinToken};
+
+/// Most tokens one `token create` may mint.
+pub const MAX_TOKENS_PER_REQUEST: u32 = 1000;
+/// Longest a join token may live.
+pub const MAX_TOKEN_TTL_SECS: i64 = 7 * 86_400;
+/// Most live bootstrap revocations kept in the BOOTSTRAP account JWT (~70 bytes each; the JWT
+/// cap is 1 MiB). Past it, a burned token's bootstrap user is left to expire on its own: the
+/// token itself is already refused.
+pub const MAX_BOOTSTRAP_REVOCATIONS: usize = 10_000;
+
+// === roles ===
+
+/// A service's role: its scoped signing key in the tenant account, and the permission template
+/// users signed by that key get.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoleRecord {
+    pub account: String,
+    pub service: ServiceId,
+    /// Public key of the scoped signing key.
+    pub key: String,
+    pub permissions: UserPermissions,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl RoleRecord {
+    pub fn store_key(sid: &ServiceId) -> String {
+        format!("{}/{}", sid.account_name(), sid.role())
+    }
+    /// The scoped-key entry of the account JWT.
+    pub fn scope(&self) -> jwt::ScopedSigningKey {
+        jwt::ScopedSigningKey {
+            kind: "user_scope".into(),
+            key: self.key.clone(),
+            role: self.service.role(),
+            template: self.permissions.clone(),
+            description: Some(format!("service {}", self.service)),
+        }
+    }
+}
+
+/// What a service may do before any grant: publish and subscribe its own namespace
+/// `<project>.<service>.>`, receive on its own inbox, and call the tillit service API.
+pub fn default_permissions(sid: &ServiceId) -> UserPermissions {
+    let ns = format!("{}.>", sid.subject_prefix());
+    UserPermissions::new(
+        vec![ns.clone(), subjects::SVC_EXPORT.into()],
+        vec![ns, format!("{}.{{{{subject()}}}}.>", subjects::INBOX_ROOT)],
+    )
+}
+
+// === tokens ===
+
+/// State of a join token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenState {
+    Unused,
+    Used,
+}
+
+/// A join token as the control plane keeps it: never the secret, only its hash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub secret_sha256: String,
+    pub identity: ServiceId,
+    pub expires_at: i64,
+    pub bootstrap_user: String,
+    pub created_at: i64,
+    pub created_by: String,
+    pub state: TokenState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_at: Option<i64>,
+}
+
+/// What enrollment or renewal issues to a service.
+#[derive(Debug, Clone)]
+pub struct ServiceIssue {
+    pub user_jwt: String,
+    pub cert_pem: String,
+    pub serial: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+}
+
+impl Estate {
+    /// Every role of an account.
+    pub fn roles_of(&self, account: &str) -> Result<Vec<RoleRecord>> {
+        self.store()
+            .scan_prefix(Space::Roles, &format!("{account}/"))?
+            .into_iter()
+            .map(|(k, v)| {
+                serde_json::from_slice(&v)
+                    .map_err(|e| EstateError::Store(StoreError::Corrupt(format!("roles/{k}"), e.to_string())))
+            })
+            .collect()
+    }
+
+    /// A service's role, if it has one.
+    pub fn role(&self, sid: &ServiceId) -> Result<Option<RoleRecord>> {
+        Ok(get_json(self.store(), Space::Roles, &RoleRecord::store_key(sid))?)
+    }
+
+    /// The tenant account and role of `sid`, creating either if missing. Returns whether the
+    /// account JWT changed (the caller pushes it while still holding [`Self::account_lock`]).
+    pub fn ensure_role_locked(&self, sid: &ServiceId) -> Result<(AccountRecord, RoleRecord, bool)> {
+        let (acct, created) = self.ensure_tenant_account_locked(&sid.tenant, &sid.env)?;
+        if let Some(role) = self.role(sid)? {
+            return Ok((acct, role, created));
+        }
+        let now = self.clock.now_unix();
+        let key = KeyPair::new_account();
+        let role = RoleRecord {
+            account: acct.name.clone(),
+            service: sid.clone(),
+            key: key.public_key(),
+            permissions: default_permissions(sid),
+            created_at: now,
+            updated_at: now,
+        };
+        let mut b = Batch::new();
+        self.vault.put_sealed(&mut b, Space::Keys, &keys_scoped(&role.key), seed_of(&key, "scoped key")?.expose().as_bytes())?;
+        b.put_json(Space::Roles, RoleRecord::store_key(sid), &role)?;
+        // The account JWT is rendered from the role records, so store the role first.
+        self.store().apply(b)?;
+        let acct = self.resign_account(acct)?;
+        let mut b = Batch::new();
+        b.put_json(Space::Accounts, &acct.name, &acct)?;
+        self.store().commit(b)?;
+        Ok((acct, role, true))
+    }
+
+    /// The envelope trust set (`trust.jwks`): an RFC 7517 JWK Set of OKP/Ed25519 keys.
+    pub fn trust_jwks(&self) -> String {
+        let keys: Vec<serde_json::Value> = self
+            .meta
+            .envelope_keys
+            .iter()
+            .filter(|k| k.state != "retired")
+            .filter_map(|k| {
+                let (_, raw) = nkeys::from_public_key(&k.public_key).ok()?;
+                Some(serde_json::json!({
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "x": data_encoding::BASE64URL_NOPAD.encode(&raw),
+                    "kid": k.kid,
+                    "use": "sig",
+                    "alg": "EdDSA",
+                    "iss": format!("tillit:{}", self.trust_domain()),
+                    "tillit_state": k.state,
+                }))
+            })
+            .collect();
+        serde_json::to_string_pretty(&serde_json::json!({ "keys": keys })).unwrap_or_else(|_| "{\"keys\":[]}".into())
+    }
+
+    /// Mint `count` join tokens for `sid`, valid for `ttl_secs`. Records are durable when this
+    /// returns. The printable tokens exist only in the return value.
+    pub fn create_tokens(&self, sid: &ServiceId, ttl_secs: i64, count: u32, created_by: &str) -> Result<Vec<JoinToken>> {
+        let now = self.clock.now_unix();
+        let expires_at = now + ttl_secs;
+        let bootstrap = self.account(BOOTSTRAP_ACCOUNT)?;
+        let boot_key = self.account_signing_key(&bootstrap)?;
+        let ca_der = x509::first_cert_der(&self.meta.ca_cert_pem)?;
+        let mut out = Vec::with_capacity(count as usize);
+        let mut b = Batch::new();
+        for _ in 0..count {
+            let id = data_encoding::BASE32_NOPAD.encode(&crypto::random_bytes(15)?);
+            let secret = data_encoding::BASE64URL_NOPAD.encode(&crypto::random_bytes(32)?);
+            let user = KeyPair::new_user();
+            let inbox = Self::inbox_prefix(&user.public_key());
+            let perms = UserPermissions::new(vec![subjects::ENROLL.into()], vec![format!("{inbox}.>")]);
+            let jwt = self.sign_user_with(&boot_key, &bootstrap, &user.public_key(), &format!("bootstrap {id}"), perms, expires_at, vec![])?;
+            let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "bootstrap", &id.to_lowercase()]);
+            let cert = self.ca.issue_client_with_new_key(&spiffe, &format!("bootstrap {id}"), now, expires_at)?;
+            let cert_der = token::pem_to_der(&cert.cert_pem).ok_or_else(|| EstateError::Key("bootstrap cert".into(), "PEM".into()))?;
+            let key_der = zeroize::Zeroizing::new(
+                token::pem_to_der(cert.key_pem.expose()).ok_or_else(|| EstateError::Key("bootstrap key".into(), "PEM".into()))?,
+            );
+            let rec = TokenRecord {
+                id: id.clone(),
+                secret_sha256: JoinToken::secret_hash(&secret),
+                identity: sid.clone(),
+                expires_at,
+                bootstrap_user: user.public_key(),
+                created_at: now,
+                created_by: created_by.to_string(),
+                state: TokenState::Unused,
+                used_by: None,
+                used_at: None,
+            };
+            b.put_json(Space::Tokens, &id, &rec)?;
+            out.push(JoinToken {
+                id,
+                secret,
+                trust_domain: self.trust_domain().to_string(),
+                identity: sid.clone(),
+                expires_at,
+                nats_urls: self.config.urls(),
+                ca_fingerprint: self.meta.ca_fingerprint.clone(),
+                ca: vec![token::b64(&ca_der)],
+                bootstrap_jwt: jwt,
+                bootstrap_seed: seed_of(&user, "bootstrap user")?.expose().to_string(),
+                cert: token::b64(&cert_der),
+                key: token::b64(&key_der),
+            });
+        }
+        self.store().commit(b)?;
+        Ok(out)
+    }
+
+    /// A token record with its raw bytes (for compare-and-swap).
+    pub fn token(&self, id: &str) -> Result<Option<(Vec<u8>, TokenRecord)>> {
+        match self.store().get(Space::Tokens, id)? {
+            None => Ok(None),
+            Some(raw) => {
+                let rec = serde_json::from_slice(&raw)
+                    .map_err(|e| EstateError::Store(StoreError::Corrupt(format!("tokens/{id}"), e.to_string())))?;
+                Ok(Some((raw, rec)))
+            }
+        }
+    }
+
+    /// Mark a token used, atomically: false if someone else did first. Durable after the next
+    /// store sync (the caller's group commit).
+    pub fn burn_token(&self, raw: &[u8], rec: &TokenRecord, by_user: &str) -> Result<bool> {
+        let mut used = rec.clone();
+        used.state = TokenState::Used;
+        used.used_by = Some(by_user.into());
+        used.used_at = Some(self.clock.now_unix());
+        let new = serde_json::to_vec(&used).map_err(|e| EstateError::Store(StoreError::Backend(e.to_string())))?;
+        Ok(self.store().compare_and_swap(Space::Tokens, &rec.id, Some(raw), Some(new))?)
+    }
+
+    /// Sign a service's user JWT (by its role's scoped key, no permissions of its own) and its
+    /// client certificate for `public_key`, both expiring together.
+    pub fn issue_service(
+        &self,
+        acct: &AccountRecord,
+        role: &RoleRecord,
+        user_public_key: &str,
+        public_key: &impl rcgen::PublicKeyData,
+    ) -> Result<ServiceIssue> {
+        let now = self.clock.now_unix();
+        let expires_at = now + self.config.service_ttl.as_secs() as i64;
+        let key = self.key(&keys_scoped(&role.key))?;
+        let sid = &role.service;
+        let jwt = self.sign_user_with(
+            &key,
+            acct,
+            user_public_key,
+            &sid.service,
+            UserPermissions::default(),
+            expires_at,
+            vec![format!("project:{}", sid.project), format!("service:{}", sid.service)],
+        )?;
+        let (cert_pem, serial) = self.ca.issue_client(public_key, &sid.spiffe_id(self.trust_domain()), &sid.service, now, expires_at)?;
+        Ok(ServiceIssue { user_jwt: jwt, cert_pem, serial, issued_at: now, expires_at })
+    }
+
+    /// Add bootstrap users to the BOOTSTRAP account's revocations (pruning those whose JWTs have
+    /// expired anyway) and re-sign it. Hold [`Self::account_lock`]; push the result.
+    pub fn revoke_bootstrap_users_locked(&self, users: &[(String, i64)]) -> Result<AccountRecord> {
+        let now = self.clock.now_unix();
+        let mut acct = self.account(BOOTSTRAP_ACCOUNT)?;
+        let mut expiry: BTreeMap<String, i64> =
+            get_json(self.store(), Space::Meta, "bootstrap_revocation_expiry")?.unwrap_or_default();
+        for (user, exp) in users {
+            if acct.revocations.len() >= MAX_BOOTSTRAP_REVOCATIONS {
+                tracing::warn!(
+                    "BOOTSTRAP account holds {MAX_BOOTSTRAP_REVOCATIONS} live revocations; bootstrap user {user} will expire on its own"
+                );
+                break;
+            }
+            acct.revocations.insert(user.clone(), now);
+            expiry.insert(user.clone(), *exp);
+        }
+        expiry.retain(|_, exp| *exp > now);
+        acct.revocations.retain(|u, _| expiry.contains_key(u));
+        let acct = self.resign_account(acct)?;
+        let mut b = Batch::new();
+        b.put_json(Space::Accounts, &acct.name, &acct)?;
+        b.put_json(Space::Meta, "bootstrap_revocation_expiry", &expiry)?;
+        self.store().commit(b)?;
+        Ok(acct)
+    }
+}

@@ -1,0 +1,340 @@
+//! Handlers for service identities: join tokens, enrollment, renewal; pushing account JWTs;
+//! revoking burned tokens' bootstrap users in batches.
+
+use super::{After, Ctx};
+use crate::error::{ApiError, ErrorCode};
+use crate::estate::{AccountRecord, IdentityRecord, IdentityState, RoleRecord, BOOTSTRAP_ACCOUNT, TILLIT_ACCOUNT};
+use crate::estate::services::{MAX_TOKENS_PER_REQUEST, MAX_TOKEN_TTL_SECS};
+use crate::identity::IdentityKind;
+use crate::issuer::x509::{self, CsrError};
+use crate::names::ServiceId;
+use crate::proto::{EnrollRequest, IssuedReply, RenewRequest, TokenCreateReply, TokenCreateRequest};
+use crate::store::{Batch, Space};
+use crate::subjects;
+use crate::telemetry::RequestLabels;
+use crate::token::{check_token, TokenRefusal};
+use serde::Deserialize;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// The caller as nats-server stamps it on requests that cross a service import
+/// (`Nats-Request-Info`, trustworthy from nats-server 2.12.6 on).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RequestInfo {
+    /// The requester's account (public key in operator mode).
+    pub acc: String,
+    /// The requester's user public key (JWT users).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// Parse `Nats-Request-Info`, if present.
+pub fn request_info(msg: &async_nats::Message) -> Result<Option<RequestInfo>, ApiError> {
+    let Some(h) = msg.headers.as_ref().and_then(|h| h.get(subjects::HDR_REQUEST_INFO)) else {
+        return Ok(None);
+    };
+    serde_json::from_str(h.as_str())
+        .map(Some)
+        .map_err(|_| ApiError::bad_request("Nats-Request-Info header is malformed"))
+}
+
+/// A request must come from the signer's own account: through the service import (the server
+/// stamps the account and user), or, for identities of the TILLIT account, from inside it.
+pub fn check_request_origin(ctx: &Ctx, caller: &IdentityRecord, info: Option<&RequestInfo>) -> Result<(), ApiError> {
+    let acct = ctx.estate.account(&caller.account).map_err(ApiError::internal)?;
+    match info {
+        Some(i) => {
+            if i.acc != acct.public_key {
+                return Err(ApiError::unauthenticated("request was sent from another account than the signer's"));
+            }
+            if let Some(u) = &i.user {
+                if u != &caller.user_public_key {
+                    return Err(ApiError::unauthenticated("request was sent by another user than the signer"));
+                }
+            }
+            Ok(())
+        }
+        None if caller.account == TILLIT_ACCOUNT => Ok(()),
+        None => Err(ApiError::unauthenticated("request did not arrive through the tillit service import")),
+    }
+}
+
+/// Push `acct`'s JWT (caller holds the account lock) and remember what the servers hold.
+pub async fn push(ctx: &Ctx, acct: &AccountRecord, why: &str) -> Result<(), ApiError> {
+    let r = super::push::push_account(&ctx.sys, &acct.name, &acct.jwt).await;
+    let outcome = if r.is_ok() { "ok" } else { "error" };
+    ctx.metrics.account_pushes.get_or_create(&RequestLabels { endpoint: why.into(), outcome: outcome.into() }).inc();
+    match r {
+        Ok(()) => {
+            if let Ok(mut p) = ctx.pushed.lock() {
+                p.insert(acct.name.clone(), acct.iat);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            Err(ApiError::new(ErrorCode::Unavailable, "could not update nats-server with the account; retry shortly"))
+        }
+    }
+}
+
+fn pushed_current(ctx: &Ctx, acct: &AccountRecord) -> bool {
+    ctx.pushed.lock().map(|p| p.get(&acct.name) == Some(&acct.iat)).unwrap_or(false)
+}
+
+/// The tenant account and role of `sid`, created and pushed if needed.
+async fn ensure_role_pushed(ctx: &Ctx, sid: &ServiceId) -> Result<(AccountRecord, RoleRecord), ApiError> {
+    let e = &ctx.estate;
+    if let (Some(role), Ok(acct)) = (e.role(sid).map_err(ApiError::internal)?, e.account(&sid.account_name())) {
+        if pushed_current(ctx, &acct) {
+            return Ok((acct, role));
+        }
+    }
+    let _g = e.account_lock().lock().await;
+    let (acct, role, _changed) = e.ensure_role_locked(sid).map_err(|err| match err {
+        crate::estate::EstateError::Name(n) => ApiError::bad_request(n.to_string()),
+        other => ApiError::internal(other),
+    })?;
+    if !pushed_current(ctx, &acct) {
+        push(ctx, &acct, "role").await?;
+    }
+    Ok((acct, role))
+}
+
+fn csr_error(e: CsrError) -> ApiError {
+    ApiError::bad_request(e.to_string())
+}
+
+fn issued_reply(ctx: &Ctx, rec: &IdentityRecord, acct: &AccountRecord, user_jwt: String, cert_pem: String) -> IssuedReply {
+    let e = &ctx.estate;
+    IssuedReply {
+        id: rec.id.clone(),
+        kind: rec.kind,
+        name: rec.name.clone(),
+        service: rec.service.clone(),
+        trust_domain: e.trust_domain().to_string(),
+        account: acct.name.clone(),
+        account_public_key: acct.public_key.clone(),
+        user_public_key: rec.user_public_key.clone(),
+        inbox_prefix: crate::estate::Estate::inbox_prefix(&rec.user_public_key),
+        user_jwt,
+        cert_pem,
+        ca_pem: e.meta.ca_cert_pem.clone(),
+        trust_jwks: e.trust_jwks(),
+        nats_urls: e.config.urls(),
+        ca_fingerprint: e.meta.ca_fingerprint.clone(),
+        cert_serial: rec.cert_serial.clone(),
+        issued_at_unix: rec.issued_at,
+        expires_at_unix: rec.expires_at,
+    }
+}
+
+// === token create ===
+
+pub async fn token_create(ctx: &Ctx, caller: &IdentityRecord, req: TokenCreateRequest) -> Result<TokenCreateReply, ApiError> {
+    if !(60..=MAX_TOKEN_TTL_SECS).contains(&req.ttl_secs) {
+        return Err(ApiError::bad_request(format!("ttl must be between 60s and {}s", MAX_TOKEN_TTL_SECS)));
+    }
+    if !(1..=MAX_TOKENS_PER_REQUEST).contains(&req.count) {
+        return Err(ApiError::bad_request(format!("count must be between 1 and {MAX_TOKENS_PER_REQUEST}")));
+    }
+    let estate = ctx.estate.clone();
+    let by = caller.id.clone();
+    let sid = req.identity.clone();
+    let tokens = tokio::task::spawn_blocking(move || estate.create_tokens(&sid, req.ttl_secs, req.count, &by))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let expires = tokens.first().map(|t| t.expires_at).unwrap_or_default();
+    tracing::info!(identity = %req.identity, count = req.count, by = %caller.id, "join tokens created");
+    Ok(TokenCreateReply {
+        tokens: tokens.iter().map(|t| t.encode().expose().to_string()).collect(),
+        identity: req.identity,
+        expires_at: crate::clock::rfc3339(expires),
+        expires_at_unix: expires,
+    })
+}
+
+// === enroll ===
+
+fn refusal(r: TokenRefusal, sid: &ServiceId) -> ApiError {
+    match r {
+        TokenRefusal::Invalid => ApiError::new(ErrorCode::TokenInvalid, "join token is not valid (unknown, forged or tampered with)"),
+        TokenRefusal::Used => ApiError::new(ErrorCode::TokenUsed, "join token was already used; ask for a new one"),
+        TokenRefusal::Expired => ApiError::new(ErrorCode::TokenExpired, "join token has expired; ask for a new one"),
+        TokenRefusal::WrongIdentity => ApiError::forbidden(format!("join token is not for {sid}")),
+    }
+}
+
+/// Check that a public xkey is well formed and not the all-zero key.
+fn check_xkey(x: &str) -> Result<(), ApiError> {
+    let bad = || ApiError::bad_request("xkey is not a valid curve25519 public key (X…)");
+    nkeys::XKey::from_public_key(x).map_err(|_| bad())?;
+    let raw = data_encoding::BASE32_NOPAD.decode(x.as_bytes()).map_err(|_| bad())?;
+    if raw.len() != 35 {
+        return Err(bad());
+    }
+    if raw[1..33].iter().all(|b| *b == 0) {
+        return Err(ApiError::bad_request("xkey is the all-zero key"));
+    }
+    Ok(())
+}
+
+pub async fn enroll(
+    ctx: &Ctx,
+    user_pub: &str,
+    info: Option<&RequestInfo>,
+    req: EnrollRequest,
+) -> Result<(IssuedReply, After), ApiError> {
+    let e = &ctx.estate;
+    let now = e.clock().now_unix();
+    let bootstrap = e.account(BOOTSTRAP_ACCOUNT).map_err(ApiError::internal)?;
+    match info {
+        Some(i) if i.acc == bootstrap.public_key => {}
+        _ => return Err(ApiError::unauthenticated("enrollment must come from a join token's bootstrap connection")),
+    }
+    if req.token_id.len() > 64 || req.token_secret.len() > 128 {
+        return Err(ApiError::new(ErrorCode::TokenInvalid, "join token is not valid (unknown, forged or tampered with)"));
+    }
+    let Some((raw, tok)) = e.token(&req.token_id).map_err(ApiError::internal)? else {
+        return Err(refusal(TokenRefusal::Invalid, &req.identity));
+    };
+    check_token(
+        &tok.secret_sha256,
+        tok.state == crate::estate::TokenState::Used,
+        tok.expires_at,
+        &tok.identity,
+        &req.token_secret,
+        &req.identity,
+        now,
+    )
+    .map_err(|r| refusal(r, &req.identity))?;
+    if let Some(u) = info.and_then(|i| i.user.as_ref()) {
+        if u != &tok.bootstrap_user {
+            return Err(ApiError::forbidden("this connection is not the join token's bootstrap user"));
+        }
+    }
+    check_xkey(&req.xkey)?;
+    let csr_key = x509::parse_csr(&req.csr, user_pub).map_err(csr_error)?;
+    if e.identity(user_pub).map_err(ApiError::internal)?.is_some() {
+        return Err(ApiError::new(ErrorCode::Conflict, "this nkey is already enrolled; generate a new one"));
+    }
+
+    // Everything that can fail is done before the token burns.
+    let sid = tok.identity.clone();
+    let (acct, role) = ensure_role_pushed(ctx, &sid).await?;
+    let issue = e.issue_service(&acct, &role, user_pub, &csr_key).map_err(ApiError::internal)?;
+    if !e.burn_token(&raw, &tok, user_pub).map_err(ApiError::internal)? {
+        return Err(refusal(TokenRefusal::Used, &sid));
+    }
+    let rec = IdentityRecord {
+        id: sid.spiffe_id(e.trust_domain()),
+        kind: IdentityKind::Service,
+        name: sid.service.clone(),
+        account: acct.name.clone(),
+        user_public_key: user_pub.to_string(),
+        cert_serial: issue.serial.clone(),
+        issued_at: issue.issued_at,
+        expires_at: issue.expires_at,
+        state: IdentityState::Active,
+        service: Some(sid.clone()),
+        xkey: Some(req.xkey.clone()),
+        revoked_at: None,
+    };
+    let mut b = Batch::new();
+    b.put_json(Space::Identities, user_pub, &rec).map_err(ApiError::internal)?;
+    // The group commit makes the token burn (applied above) and the record durable together.
+    ctx.commit.commit(b).await.map_err(ApiError::internal)?;
+    ctx.metrics.identities.inc();
+    tracing::info!(identity = %sid, user = user_pub, serial = %issue.serial, "enrolled");
+    Ok((issued_reply(ctx, &rec, &acct, issue.user_jwt, issue.cert_pem), After::RevokeBootstrap(tok.bootstrap_user, tok.expires_at)))
+}
+
+// === renew ===
+
+pub async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: RenewRequest) -> Result<IssuedReply, ApiError> {
+    let e = &ctx.estate;
+    let csr_key = x509::parse_csr(&req.csr, &caller.user_public_key).map_err(csr_error)?;
+    let acct = e.account(&caller.account).map_err(ApiError::internal)?;
+    let (jwt, cert_pem, serial, issued, expires) = match (caller.kind, &caller.service) {
+        (IdentityKind::Service, Some(sid)) => {
+            let (acct2, role) = ensure_role_pushed(ctx, sid).await?;
+            let i = e.issue_service(&acct2, &role, &caller.user_public_key, &csr_key).map_err(ApiError::internal)?;
+            (i.user_jwt, i.cert_pem, i.serial, i.issued_at, i.expires_at)
+        }
+        (IdentityKind::Admin, _) => {
+            let i = e.reissue_admin(caller, &csr_key).map_err(ApiError::internal)?;
+            (i.user_jwt, i.cert_pem, i.serial, i.issued_at, i.expires_at)
+        }
+        _ => return Err(ApiError::forbidden("this kind of identity cannot renew here")),
+    };
+    let mut rec = caller.clone();
+    rec.cert_serial = serial;
+    rec.issued_at = issued;
+    rec.expires_at = expires;
+    let mut b = Batch::new();
+    b.put_json(Space::Identities, &rec.user_public_key, &rec).map_err(ApiError::internal)?;
+    ctx.commit.commit(b).await.map_err(ApiError::internal)?;
+    tracing::info!(identity = %rec.id, user = %rec.user_public_key, "renewed");
+    Ok(issued_reply(ctx, &rec, &acct, jwt, cert_pem))
+}
+
+// === bootstrap revocations ===
+
+/// Revoke burned tokens' bootstrap users, gathering those that arrive within 50 ms into one
+/// BOOTSTRAP account update.
+pub async fn run_revoker(ctx: std::sync::Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<(String, i64)>) {
+    while let Some(first) = rx.recv().await {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut users = vec![first];
+        while let Ok(u) = rx.try_recv() {
+            users.push(u);
+        }
+        let _g = ctx.estate.account_lock().lock().await;
+        match ctx.estate.revoke_bootstrap_users_locked(&users) {
+            Ok(acct) => {
+                if push(&ctx, &acct, "bootstrap_revocation").await.is_ok() {
+                    tracing::debug!(count = users.len(), "bootstrap users revoked");
+                }
+            }
+            Err(e) => tracing::error!("cannot revoke bootstrap users: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xkeys_are_checked() {
+        let x = nkeys::XKey::new();
+        check_xkey(&x.public_key()).unwrap();
+        assert!(check_xkey("XNOTAKEY").is_err());
+        assert!(check_xkey(&nkeys::KeyPair::new_user().public_key()).is_err());
+        // The all-zero curve25519 public key, properly encoded, is still refused.
+        let encoded = encode_xkey_public(&[0u8; 32]);
+        assert!(nkeys::XKey::from_public_key(&encoded).is_ok(), "the encoding itself is valid");
+        assert!(check_xkey(&encoded).unwrap_err().message.contains("all-zero"), "{encoded}");
+    }
+
+    fn encode_xkey_public(raw: &[u8; 32]) -> String {
+        // prefix byte for 'X' (curve) keys is 23 << 3; crc16 (xmodem) little endian; base32 no pad.
+        let mut v = vec![23u8 << 3];
+        v.extend_from_slice(raw);
+        let crc = crc16(&v);
+        v.extend_from_slice(&crc.to_le_bytes());
+        data_encoding::BASE32_NOPAD.encode(&v)
+    }
+
+    fn crc16(data: &[u8]) -> u16 {
+        let mut crc: u16 = 0;
+        for b in data {
+            crc ^= (*b as u16) << 8;
+            for _ in 0..8 {
+                crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+            }
+        }
+        crc
+    }
+}
