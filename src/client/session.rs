@@ -127,12 +127,22 @@ async fn renew_once(client: &async_nats::Client, inner: &Inner) -> Result<Identi
     if let Ok(mut f) = inner.files.write() {
         *f = new;
     }
-    // Send what is buffered, then reconnect with the new JWT and certificate.
+    // Send what is buffered, reconnect with the new JWT and certificate, and return only once
+    // the new connection is up (a new client id), so later requests use it.
     let _ = client.flush().await;
+    let old_cid = client.server_info().client_id;
     client
         .force_reconnect()
         .await
         .map_err(|e| ClientError::Request { subject: "reconnect".into(), reason: e.to_string() })?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while client.server_info().client_id == old_cid || client.connection_state() != async_nats::connection::State::Connected {
+        if tokio::time::Instant::now() > deadline {
+            tracing::warn!("still reconnecting 10s after renewal; the client keeps trying");
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
     tracing::info!(identity = %info.id, expires = %info.expires_at, next = %info.renew_at, "renewed credentials");
     Ok(info)
 }
