@@ -70,6 +70,15 @@ pub struct Metrics {
     pub account_pushes: Family<RequestLabels, Counter>,
     /// Seconds until the CA certificate expires.
     pub ca_expiry_seconds: Gauge,
+    /// Client certificates issued, by why (`enroll`, `renew`).
+    pub certificates_issued: Family<ReasonLabels, Counter>,
+    /// Active identities whose credentials expire within 24 hours.
+    pub identities_expiring_24h: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -97,18 +106,42 @@ impl Metrics {
         registry.register("account_pushes", "Account JWT pushes to nats-server", account_pushes.clone());
         let ca_expiry_seconds = Gauge::default();
         registry.register("ca_expiry_seconds", "Seconds until the CA certificate expires", ca_expiry_seconds.clone());
+        let certificates_issued = Family::<ReasonLabels, Counter>::default();
+        registry.register("certificates_issued", "Client certificates issued", certificates_issued.clone());
+        let identities_expiring_24h = Gauge::default();
+        registry.register(
+            "identities_expiring_24h",
+            "Active identities whose credentials expire within 24 hours",
+            identities_expiring_24h.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").into(), trust_domain: trust_domain.into() })
             .set(1);
         registry.register("build_info", "Version and trust domain of this control plane", build);
-        Metrics { registry, requests, request_seconds, nats_connected, identities, accounts, account_pushes, ca_expiry_seconds }
+        Metrics {
+            registry,
+            requests,
+            request_seconds,
+            nats_connected,
+            identities,
+            accounts,
+            account_pushes,
+            ca_expiry_seconds,
+            certificates_issued,
+            identities_expiring_24h,
+        }
     }
 
     /// Count one answered request.
     pub fn observe(&self, endpoint: &str, outcome: &str, seconds: f64) {
         self.requests.get_or_create(&RequestLabels { endpoint: endpoint.into(), outcome: outcome.into() }).inc();
         self.request_seconds.get_or_create(&EndpointLabels { endpoint: endpoint.into() }).observe(seconds);
+    }
+
+    /// Count one issued certificate.
+    pub fn issued(&self, reason: &str) {
+        self.certificates_issued.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
     }
 
     /// Prometheus text exposition.

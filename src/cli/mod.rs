@@ -1,6 +1,7 @@
 //! The command line (house rule 12): one file per subcommand; each parses its flags (with
 //! `TILLIT_*` environment fallbacks) and calls the library.
 
+pub mod bench;
 pub mod dev;
 pub mod enroll;
 pub mod init;
@@ -39,6 +40,8 @@ pub enum Command {
     Enroll(enroll::Args),
     /// Renew an identity in place (once, or as a daemon).
     Renew(renew::Args),
+    /// Benchmarks against a running stack; prints figures.
+    Bench(bench::Args),
 }
 
 /// Run the parsed command.
@@ -51,6 +54,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(a) => token::run(a).await,
         Command::Enroll(a) => enroll::run(a).await,
         Command::Renew(a) => renew::run(a).await,
+        Command::Bench(a) => bench::run(a).await,
     }
 }
 

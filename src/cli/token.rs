@@ -52,17 +52,25 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
 async fn create(a: CreateArgs) -> anyhow::Result<()> {
     let identity = ServiceId::new(&a.tenant, &a.project, &a.env, &a.service)?;
     let ttl = crate::clock::parse_duration(&a.ttl).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(a.count >= 1 && a.count <= 100_000, "--count must be between 1 and 100000");
     let client = TillitClient::connect_dir(&IdentityDir::new(&a.identity), a.nats.as_deref()).await?;
-    let reply: TokenCreateReply = client
-        .call(
-            subjects::ADMIN_TOKEN_CREATE,
-            subjects::KIND_TOKEN_CREATE,
-            TokenCreateRequest { identity: identity.clone(), ttl_secs: ttl.as_secs() as i64, count: a.count },
-        )
-        .await?;
-    for t in &reply.tokens {
-        println!("{t}");
+    let mut left = a.count;
+    let mut expires = String::new();
+    while left > 0 {
+        let count = left.min(crate::estate::services::MAX_TOKENS_PER_REQUEST);
+        let reply: TokenCreateReply = client
+            .call(
+                subjects::ADMIN_TOKEN_CREATE,
+                subjects::KIND_TOKEN_CREATE,
+                TokenCreateRequest { identity: identity.clone(), ttl_secs: ttl.as_secs() as i64, count },
+            )
+            .await?;
+        for t in &reply.tokens {
+            println!("{t}");
+        }
+        left -= count;
+        expires = reply.expires_at;
     }
-    tracing::info!(identity = %identity, count = reply.tokens.len(), expires = %reply.expires_at, "join tokens created");
+    tracing::info!(identity = %identity, count = a.count, expires = %expires, "join tokens created");
     Ok(())
 }

@@ -173,6 +173,8 @@ pub fn bootstrap_params(token: &JoinToken, urls: Vec<String>) -> Result<ConnectP
             &token.cert_pem().map_err(err)?,
             token.key_pem().map_err(err)?.expose(),
         )?),
+        // The bootstrap user is revoked right after enrollment: never chase it.
+        max_reconnects: Some(2),
     })
 }
 

@@ -72,6 +72,8 @@ pub struct ConnectParams {
     pub ca_pem: String,
     pub creds: Arc<RwLock<NatsCreds>>,
     pub cert: Arc<tls::SwappableCert>,
+    /// Give up after this many failed reconnects (`None`: never give up).
+    pub max_reconnects: Option<usize>,
 }
 
 impl ConnectParams {
@@ -89,6 +91,7 @@ impl ConnectParams {
             ca_pem: files.ca_pem.clone(),
             creds: Arc::new(RwLock::new(NatsCreds { user_jwt: files.user_jwt.clone(), user_seed: files.user_seed.clone() })),
             cert,
+            max_reconnects: None,
         })
     }
 }
@@ -140,7 +143,8 @@ pub async fn connect(params: &ConnectParams) -> Result<async_nats::Client, Clien
     .custom_inbox_prefix(&params.inbox_prefix)
     .name(&params.name)
     .connection_timeout(CONNECT_TIMEOUT)
-    .reconnect_delay_callback(reconnect_delay);
+    .reconnect_delay_callback(reconnect_delay)
+    .max_reconnects(params.max_reconnects);
     let url_list = params.urls.join(",");
     let addrs: Vec<async_nats::ServerAddr> = params
         .urls
@@ -150,6 +154,45 @@ pub async fn connect(params: &ConnectParams) -> Result<async_nats::Client, Clien
     opts.connect(addrs.as_slice())
         .await
         .map_err(|e| ClientError::Connect { url: url_list, reason: describe_connect_error(&e) })
+}
+
+/// An identity dir, loaded: the entry point of the client library.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), tillit::client::ClientError> {
+/// let id = tillit::client::Identity::load("./orders")?;
+/// let session = id.connect().await?;           // mutual TLS + JWT, renews itself
+/// session.client().publish("shop.orders.created", "o-1".into()).await.ok();
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Identity {
+    dir: IdentityDir,
+    files: IdentityFiles,
+}
+
+impl Identity {
+    /// Load and check an identity dir (`tillit enroll --out DIR` wrote it).
+    pub fn load(dir: impl Into<std::path::PathBuf>) -> Result<Self, ClientError> {
+        let dir = IdentityDir::new(dir.into());
+        let files = identity::load(&dir)?;
+        // Fail now, not at connect time, if the key material is unusable.
+        tls::certified_key(&files.cert_pem, files.key_pem.expose())?;
+        KeyPair::from_seed(files.user_seed.expose()).map_err(|e| ClientError::Credentials(e.to_string()))?;
+        Ok(Identity { dir, files })
+    }
+    /// Who this is, where it connects, when it expires.
+    pub fn info(&self) -> &crate::identity::IdentityInfo {
+        &self.files.info
+    }
+    /// Connect and keep the connection valid across renewals.
+    pub async fn connect(&self) -> Result<session::Session, ClientError> {
+        session::Session::connect(&self.dir, None).await
+    }
+    /// [`Identity::connect`] to another URL than the identity's.
+    pub async fn connect_to(&self, url: &str) -> Result<session::Session, ClientError> {
+        session::Session::connect(&self.dir, Some(url)).await
+    }
 }
 
 /// A connected identity that can call the control plane.

@@ -777,6 +777,18 @@ impl Estate {
         Ok(get_json(self.store(), Space::Identities, user_public_key)?)
     }
 
+    /// Every identity record.
+    pub fn identities(&self) -> Result<Vec<IdentityRecord>> {
+        self.store()
+            .scan(Space::Identities)?
+            .into_iter()
+            .map(|(k, v)| {
+                serde_json::from_slice(&v)
+                    .map_err(|e| EstateError::Store(StoreError::Corrupt(format!("identities/{k}"), e.to_string())))
+            })
+            .collect()
+    }
+
     /// How many identities are recorded.
     pub fn identity_count(&self) -> Result<usize> {
         Ok(self.store().count(Space::Identities)?)

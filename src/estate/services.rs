@@ -5,14 +5,16 @@ use super::*;
 use crate::names::ServiceId;
 use crate::token::{self, JoinToken};
 
-/// Most tokens one `token create` may mint.
-pub const MAX_TOKENS_PER_REQUEST: u32 = 1000;
+/// Most tokens one `token create` may mint (a token is about 4 KiB; the reply must stay well
+/// under nats-server's 1 MiB max_payload). The CLI asks in chunks for larger counts.
+pub const MAX_TOKENS_PER_REQUEST: u32 = 200;
 /// Longest a join token may live.
 pub const MAX_TOKEN_TTL_SECS: i64 = 7 * 86_400;
-/// Most live bootstrap revocations kept in the BOOTSTRAP account JWT (~70 bytes each; the JWT
-/// cap is 1 MiB). Past it, a burned token's bootstrap user is left to expire on its own: the
-/// token itself is already refused.
-pub const MAX_BOOTSTRAP_REVOCATIONS: usize = 10_000;
+/// Most live bootstrap revocations kept in the BOOTSTRAP account JWT (~75 bytes each; every
+/// push re-sends the whole JWT, and nats-server re-checks the account's connections). Past it,
+/// the oldest burned tokens' bootstrap users are left to expire with their tokens: the tokens
+/// themselves are already refused, and those users may only request enrollment.
+pub const MAX_BOOTSTRAP_REVOCATIONS: usize = 2_000;
 
 // === roles ===
 
@@ -267,30 +269,38 @@ impl Estate {
         Ok(ServiceIssue { user_jwt: jwt, cert_pem, serial, issued_at: now, expires_at })
     }
 
-    /// Add bootstrap users to the BOOTSTRAP account's revocations (pruning those whose JWTs have
-    /// expired anyway) and re-sign it. Hold [`Self::account_lock`]; push the result.
-    pub fn revoke_bootstrap_users_locked(&self, users: &[(String, i64)]) -> Result<AccountRecord> {
+    /// The bootstrap users that must stay revoked: those of used tokens whose bootstrap JWTs
+    /// have not expired yet (user → (revoked at, bootstrap JWT expiry)). Derived from the token
+    /// records, so it survives restarts without being stored twice.
+    pub fn live_bootstrap_revocations(&self) -> Result<BTreeMap<String, (i64, i64)>> {
         let now = self.clock.now_unix();
-        let mut acct = self.account(BOOTSTRAP_ACCOUNT)?;
-        let mut expiry: BTreeMap<String, i64> =
-            get_json(self.store(), Space::Meta, "bootstrap_revocation_expiry")?.unwrap_or_default();
-        for (user, exp) in users {
-            if acct.revocations.len() >= MAX_BOOTSTRAP_REVOCATIONS {
-                tracing::warn!(
-                    "BOOTSTRAP account holds {MAX_BOOTSTRAP_REVOCATIONS} live revocations; bootstrap user {user} will expire on its own"
-                );
-                break;
+        let mut out = BTreeMap::new();
+        for (k, v) in self.store().scan(Space::Tokens)? {
+            let t: TokenRecord = serde_json::from_slice(&v)
+                .map_err(|e| EstateError::Store(StoreError::Corrupt(format!("tokens/{k}"), e.to_string())))?;
+            if t.state == TokenState::Used && t.expires_at > now {
+                out.insert(t.bootstrap_user, (t.used_at.unwrap_or(now), t.expires_at));
             }
-            acct.revocations.insert(user.clone(), now);
-            expiry.insert(user.clone(), *exp);
         }
-        expiry.retain(|_, exp| *exp > now);
-        acct.revocations.retain(|u, _| expiry.contains_key(u));
-        let acct = self.resign_account(acct)?;
-        let mut b = Batch::new();
-        b.put_json(Space::Accounts, &acct.name, &acct)?;
-        b.put_json(Space::Meta, "bootstrap_revocation_expiry", &expiry)?;
-        self.store().commit(b)?;
-        Ok(acct)
+        Ok(out)
+    }
+
+    /// The BOOTSTRAP account JWT with `revocations` (at most [`MAX_BOOTSTRAP_REVOCATIONS`], the
+    /// newest kept), `iat` above `min_iat`. Not stored: the revocations are derived from the
+    /// token records. Hold [`Self::account_lock`] and push the result.
+    pub fn sign_bootstrap(&self, revocations: &BTreeMap<String, (i64, i64)>, min_iat: i64) -> Result<AccountRecord> {
+        let mut acct = self.account(BOOTSTRAP_ACCOUNT)?;
+        let mut live: Vec<(&String, &(i64, i64))> = revocations.iter().collect();
+        if live.len() > MAX_BOOTSTRAP_REVOCATIONS {
+            tracing::warn!(
+                live = live.len(),
+                "more live bootstrap revocations than the BOOTSTRAP account JWT holds; the oldest are left to expire on their own"
+            );
+            live.sort_by_key(|(_, (at, _))| std::cmp::Reverse(*at));
+            live.truncate(MAX_BOOTSTRAP_REVOCATIONS);
+        }
+        acct.revocations = live.into_iter().map(|(u, (at, _))| (u.clone(), *at)).collect();
+        acct.iat = acct.iat.max(min_iat);
+        self.resign_account(acct)
     }
 }

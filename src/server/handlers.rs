@@ -85,6 +85,11 @@ pub fn refresh_gauges(ctx: &Ctx) {
     if let Ok(a) = ctx.estate.accounts() {
         ctx.metrics.accounts.set(a.len() as i64);
     }
+    let now = ctx.estate.clock().now_unix();
+    if let Ok(ids) = ctx.estate.identities() {
+        let soon = ids.iter().filter(|i| i.state == IdentityState::Active && i.expires_at > now && i.expires_at <= now + 86_400).count();
+        ctx.metrics.identities_expiring_24h.set(soon as i64);
+    }
     if let Ok(exp) = crate::issuer::x509::not_after(&ctx.estate.meta.ca_cert_pem) {
         ctx.metrics.ca_expiry_seconds.set(exp - ctx.estate.clock().now_unix());
     }

@@ -94,6 +94,10 @@ pub struct Ctx {
     pub pushed: std::sync::Mutex<HashMap<String, i64>>,
     /// Bootstrap users to revoke, batched by [`services::run_revoker`].
     pub revoke_tx: mpsc::UnboundedSender<(String, i64)>,
+    /// Public key of the BOOTSTRAP account (enrollment requests must come from it).
+    pub bootstrap_account: String,
+    /// Service → its tenant account and role, as pushed.
+    pub roles: std::sync::RwLock<HashMap<crate::names::ServiceId, services::RoleEntry>>,
 }
 
 fn stopped(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
@@ -120,6 +124,7 @@ fn own_params(
             ca_pem: estate.meta.ca_cert_pem.clone(),
             creds: Arc::new(RwLock::new(NatsCreds { user_jwt: creds.user_jwt, user_seed: creds.user_seed })),
             cert: tls::SwappableCert::new(ck.clone()),
+            max_reconnects: None,
         },
         ck,
         creds.expires_at,
@@ -252,10 +257,15 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         commit: GroupCommit::start(estate.store_arc()),
         pushed: Default::default(),
         revoke_tx,
+        bootstrap_account: estate
+            .account(crate::estate::BOOTSTRAP_ACCOUNT)
+            .map_err(|e| ServeError::Creds(e.to_string()))?
+            .public_key,
+        roles: Default::default(),
     });
     // Make sure the servers hold the current JWT of every account (a restored or new server may not).
     for acct in estate.accounts().map_err(|e| ServeError::Creds(e.to_string()))? {
-        if acct.name == SYS_ACCOUNT {
+        if acct.name == SYS_ACCOUNT || acct.name == crate::estate::BOOTSTRAP_ACCOUNT {
             continue;
         }
         let _g = estate.account_lock().lock().await;
@@ -263,7 +273,17 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
             tracing::warn!("{}", e.message);
         }
     }
-    background.push(tokio::spawn(services::run_revoker(ctx.clone(), revoke_rx)));
+    // BOOTSTRAP carries the live revocations of used tokens' bootstrap users.
+    let revocations = services::start_revocations(&ctx).await.map_err(|e| ServeError::Service(e.message))?;
+    background.push(tokio::spawn(services::run_revoker(ctx.clone(), revocations, revoke_rx)));
+    let gauges = ctx.clone();
+    background.push(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let g = gauges.clone();
+            let _ = tokio::task::spawn_blocking(move || handlers::refresh_gauges(&g)).await;
+        }
+    }));
     handlers::refresh_gauges(&ctx);
 
     let service = api
@@ -310,17 +330,20 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     }
     // Let in-flight requests finish (bounded).
     let _ = tokio::time::timeout(Duration::from_secs(5), permits.acquire_many(MAX_IN_FLIGHT as u32)).await;
-    if let Err(e) = service.stop().await {
-        tracing::debug!("service stop: {e}");
+    // NATS calls at shutdown are bounded: the server may be gone.
+    match tokio::time::timeout(Duration::from_secs(2), service.stop()).await {
+        Ok(Err(e)) => tracing::debug!("service stop: {e}"),
+        Err(_) => tracing::warn!("NATS did not confirm the service stop within 2s"),
+        Ok(Ok(())) => {}
     }
-    let _ = api.flush().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), api.flush()).await;
     let _ = http_task.await;
     for t in background {
         t.abort();
         let _ = t.await;
     }
     // Wait for the last durable writes, then let go of the store.
-    let _ = ctx.commit.sync().await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), ctx.commit.sync()).await;
     drop(ctx);
     tracing::info!("stopped");
     Ok(())
@@ -345,7 +368,13 @@ async fn handle(ctx: Arc<Ctx>, spec: &'static EndpointSpec, req: async_nats::ser
             serde_json::json!({ "error": e })
         }
     };
-    let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"error\":{\"code\":\"internal\",\"message\":\"encoding\"}}".to_vec());
+    let mut bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"error\":{\"code\":\"internal\",\"message\":\"encoding\"}}".to_vec());
+    let max = ctx.api.server_info().max_payload;
+    if max > 0 && bytes.len() > max {
+        tracing::error!(subject = spec.subject, size = bytes.len(), max, "reply larger than max_payload");
+        let e = ApiError::new(ErrorCode::LimitExceeded, format!("the reply would be {} bytes, over the server's max_payload {max}", bytes.len()));
+        bytes = serde_json::to_vec(&serde_json::json!({ "error": e })).unwrap_or_default();
+    }
     if let Err(e) = req.respond_with_headers(Ok(bytes.into()), headers).await {
         tracing::warn!(subject = spec.subject, "could not send reply: {e}");
     }

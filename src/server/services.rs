@@ -3,7 +3,7 @@
 
 use super::{After, Ctx};
 use crate::error::{ApiError, ErrorCode};
-use crate::estate::{AccountRecord, IdentityRecord, IdentityState, RoleRecord, BOOTSTRAP_ACCOUNT, TILLIT_ACCOUNT};
+use crate::estate::{AccountRecord, IdentityRecord, IdentityState, RoleRecord, TILLIT_ACCOUNT};
 use crate::estate::services::{MAX_TOKENS_PER_REQUEST, MAX_TOKEN_TTL_SECS};
 use crate::identity::IdentityKind;
 use crate::issuer::x509::{self, CsrError};
@@ -82,14 +82,18 @@ fn pushed_current(ctx: &Ctx, acct: &AccountRecord) -> bool {
     ctx.pushed.lock().map(|p| p.get(&acct.name) == Some(&acct.iat)).unwrap_or(false)
 }
 
-/// The tenant account and role of `sid`, created and pushed if needed.
-async fn ensure_role_pushed(ctx: &Ctx, sid: &ServiceId) -> Result<(AccountRecord, RoleRecord), ApiError> {
-    let e = &ctx.estate;
-    if let (Some(role), Ok(acct)) = (e.role(sid).map_err(ApiError::internal)?, e.account(&sid.account_name())) {
-        if pushed_current(ctx, &acct) {
-            return Ok((acct, role));
+/// A service's account and role, as last pushed.
+pub type RoleEntry = std::sync::Arc<(AccountRecord, RoleRecord)>;
+
+/// The tenant account and role of `sid`, created and pushed if needed (cached in memory; every
+/// change to either goes through here).
+async fn ensure_role_pushed(ctx: &Ctx, sid: &ServiceId) -> Result<RoleEntry, ApiError> {
+    if let Some(hit) = ctx.roles.read().ok().and_then(|m| m.get(sid).cloned()) {
+        if pushed_current(ctx, &hit.0) {
+            return Ok(hit);
         }
     }
+    let e = &ctx.estate;
     let _g = e.account_lock().lock().await;
     let (acct, role, _changed) = e.ensure_role_locked(sid).map_err(|err| match err {
         crate::estate::EstateError::Name(n) => ApiError::bad_request(n.to_string()),
@@ -98,7 +102,11 @@ async fn ensure_role_pushed(ctx: &Ctx, sid: &ServiceId) -> Result<(AccountRecord
     if !pushed_current(ctx, &acct) {
         push(ctx, &acct, "role").await?;
     }
-    Ok((acct, role))
+    let entry = std::sync::Arc::new((acct, role));
+    if let Ok(mut m) = ctx.roles.write() {
+        m.insert(sid.clone(), entry.clone());
+    }
+    Ok(entry)
 }
 
 fn csr_error(e: CsrError) -> ApiError {
@@ -188,9 +196,8 @@ pub async fn enroll(
 ) -> Result<(IssuedReply, After), ApiError> {
     let e = &ctx.estate;
     let now = e.clock().now_unix();
-    let bootstrap = e.account(BOOTSTRAP_ACCOUNT).map_err(ApiError::internal)?;
     match info {
-        Some(i) if i.acc == bootstrap.public_key => {}
+        Some(i) if i.acc == ctx.bootstrap_account => {}
         _ => return Err(ApiError::unauthenticated("enrollment must come from a join token's bootstrap connection")),
     }
     if req.token_id.len() > 64 || req.token_secret.len() > 128 {
@@ -222,8 +229,9 @@ pub async fn enroll(
 
     // Everything that can fail is done before the token burns.
     let sid = tok.identity.clone();
-    let (acct, role) = ensure_role_pushed(ctx, &sid).await?;
-    let issue = e.issue_service(&acct, &role, user_pub, &csr_key).map_err(ApiError::internal)?;
+    let entry = ensure_role_pushed(ctx, &sid).await?;
+    let (acct, role) = (&entry.0, &entry.1);
+    let issue = e.issue_service(acct, role, user_pub, &csr_key).map_err(ApiError::internal)?;
     if !e.burn_token(&raw, &tok, user_pub).map_err(ApiError::internal)? {
         return Err(refusal(TokenRefusal::Used, &sid));
     }
@@ -246,8 +254,9 @@ pub async fn enroll(
     // The group commit makes the token burn (applied above) and the record durable together.
     ctx.commit.commit(b).await.map_err(ApiError::internal)?;
     ctx.metrics.identities.inc();
+    ctx.metrics.issued("enroll");
     tracing::info!(identity = %sid, user = user_pub, serial = %issue.serial, "enrolled");
-    Ok((issued_reply(ctx, &rec, &acct, issue.user_jwt, issue.cert_pem), After::RevokeBootstrap(tok.bootstrap_user, tok.expires_at)))
+    Ok((issued_reply(ctx, &rec, acct, issue.user_jwt, issue.cert_pem), After::RevokeBootstrap(tok.bootstrap_user, tok.expires_at)))
 }
 
 // === renew ===
@@ -258,8 +267,8 @@ pub async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: RenewRequest) -> Res
     let acct = e.account(&caller.account).map_err(ApiError::internal)?;
     let (jwt, cert_pem, serial, issued, expires) = match (caller.kind, &caller.service) {
         (IdentityKind::Service, Some(sid)) => {
-            let (acct2, role) = ensure_role_pushed(ctx, sid).await?;
-            let i = e.issue_service(&acct2, &role, &caller.user_public_key, &csr_key).map_err(ApiError::internal)?;
+            let entry = ensure_role_pushed(ctx, sid).await?;
+            let i = e.issue_service(&entry.0, &entry.1, &caller.user_public_key, &csr_key).map_err(ApiError::internal)?;
             (i.user_jwt, i.cert_pem, i.serial, i.issued_at, i.expires_at)
         }
         (IdentityKind::Admin, _) => {
@@ -275,29 +284,51 @@ pub async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: RenewRequest) -> Res
     let mut b = Batch::new();
     b.put_json(Space::Identities, &rec.user_public_key, &rec).map_err(ApiError::internal)?;
     ctx.commit.commit(b).await.map_err(ApiError::internal)?;
-    tracing::info!(identity = %rec.id, user = %rec.user_public_key, "renewed");
+    ctx.metrics.issued("renew");
+    tracing::debug!(identity = %rec.id, user = %rec.user_public_key, "renewed");
     Ok(issued_reply(ctx, &rec, &acct, jwt, cert_pem))
 }
 
 // === bootstrap revocations ===
 
-/// Revoke burned tokens' bootstrap users, gathering those that arrive within 50 ms into one
+/// The live set of revoked bootstrap users and the last BOOTSTRAP JWT `iat` pushed.
+pub struct Revocations {
+    live: std::collections::BTreeMap<String, (i64, i64)>,
+    last_iat: i64,
+}
+
+/// Load the live revocations from the token records and push them (serve start).
+pub async fn start_revocations(ctx: &Ctx) -> Result<Revocations, ApiError> {
+    let live = ctx.estate.live_bootstrap_revocations().map_err(ApiError::internal)?;
+    let mut r = Revocations { live, last_iat: 0 };
+    push_revocations(ctx, &mut r, "reconcile").await?;
+    Ok(r)
+}
+
+async fn push_revocations(ctx: &Ctx, r: &mut Revocations, why: &str) -> Result<(), ApiError> {
+    let now = ctx.estate.clock().now_unix();
+    r.live.retain(|_, (_, exp)| *exp > now);
+    let _g = ctx.estate.account_lock().lock().await;
+    let acct = ctx.estate.sign_bootstrap(&r.live, r.last_iat).map_err(ApiError::internal)?;
+    r.last_iat = acct.iat;
+    push(ctx, &acct, why).await
+}
+
+/// Revoke burned tokens' bootstrap users, gathering those that arrive within 200 ms into one
 /// BOOTSTRAP account update.
-pub async fn run_revoker(ctx: std::sync::Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<(String, i64)>) {
+pub async fn run_revoker(ctx: std::sync::Arc<Ctx>, mut r: Revocations, mut rx: mpsc::UnboundedReceiver<(String, i64)>) {
     while let Some(first) = rx.recv().await {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let mut users = vec![first];
-        while let Ok(u) = rx.try_recv() {
-            users.push(u);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = ctx.estate.clock().now_unix();
+        let mut n = 1;
+        r.live.insert(first.0, (now, first.1));
+        while let Ok((user, exp)) = rx.try_recv() {
+            r.live.insert(user, (now, exp));
+            n += 1;
         }
-        let _g = ctx.estate.account_lock().lock().await;
-        match ctx.estate.revoke_bootstrap_users_locked(&users) {
-            Ok(acct) => {
-                if push(&ctx, &acct, "bootstrap_revocation").await.is_ok() {
-                    tracing::debug!(count = users.len(), "bootstrap users revoked");
-                }
-            }
-            Err(e) => tracing::error!("cannot revoke bootstrap users: {e}"),
+        match push_revocations(&ctx, &mut r, "bootstrap_revocation").await {
+            Ok(()) => tracing::debug!(count = n, live = r.live.len(), "bootstrap users revoked"),
+            Err(e) => tracing::error!("cannot revoke bootstrap users: {}", e.message),
         }
     }
 }

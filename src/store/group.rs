@@ -36,11 +36,16 @@ impl GroupCommit {
                 let store = store.clone();
                 let (batches, waiters): (Vec<Batch>, Vec<Waiter>) = group.into_iter().unzip();
                 let results = tokio::task::spawn_blocking(move || {
+                    let started = std::time::Instant::now();
+                    let n = batches.len();
                     let mut results: Vec<Result<(), String>> = Vec::with_capacity(batches.len());
                     for b in batches {
                         results.push(store.apply(b).map_err(|e| e.to_string()));
                     }
-                    if let Err(e) = store.sync() {
+                    let applied = started.elapsed();
+                    let synced = store.sync();
+                    tracing::trace!(group = n, ?applied, total = ?started.elapsed(), "group commit");
+                    if let Err(e) = synced {
                         let msg = e.to_string();
                         for r in results.iter_mut() {
                             *r = Err(msg.clone());

@@ -25,7 +25,8 @@ fn backend(e: sled::Error) -> StoreError {
 impl SledStore {
     /// Open (or create) the store in `dir`. A second process on the same dir gets [`StoreError::Locked`].
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        match sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open() {
+        // Durability is explicit (`sync`, group-committed), so no background flusher.
+        match sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).flush_every_ms(None).open() {
             Ok(db) => Ok(SledStore { db }),
             Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock || e.raw_os_error() == Some(11) => {
                 Err(StoreError::Locked { path: dir.display().to_string() })

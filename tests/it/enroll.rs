@@ -364,3 +364,23 @@ async fn expired_identities_cannot_renew() {
     let err = session.renew_now().await.unwrap_err();
     assert!(err.to_string().contains("expired"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_library_entry_point_loads_and_connects() {
+    let e = Estate::init("example.org");
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let token = create_tokens(&e, "acme/shop/prod/orders", 1, "15m").remove(0);
+    let dir = e.tmp.path().join("svc");
+    assert!(enroll_cli(&token, &dir).status.success());
+    let id = tillit::client::Identity::load(&dir).unwrap();
+    assert_eq!(id.info().service.as_ref().unwrap().to_string(), "acme/shop/prod/orders");
+    let session = id.connect().await.unwrap();
+    let mut sub = session.client().subscribe("shop.orders.>").await.unwrap();
+    session.client().publish("shop.orders.x", "1".into()).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(5), sub.next()).await.unwrap().is_some());
+    // A damaged key is refused at load time, with the file named.
+    std::fs::write(dir.join("tls/key.pem"), "not a key").unwrap();
+    let err = tillit::client::Identity::load(&dir).unwrap_err().to_string();
+    assert!(err.contains("key"), "{err}");
+}

@@ -192,6 +192,7 @@ async fn connect_ephemeral(estate: &tillit::estate::Estate, c: &tillit::estate::
         ca_pem: estate.meta.ca_cert_pem.clone(),
         creds: Arc::new(std::sync::RwLock::new(NatsCreds { user_jwt: c.user_jwt.clone(), user_seed: c.user_seed.clone() })),
         cert: tls::SwappableCert::new(tls::certified_key(&c.cert_pem, c.key_pem.expose()).unwrap()),
+        max_reconnects: None,
     };
     tillit::client::connect(&params).await.expect("connect")
 }
@@ -248,4 +249,21 @@ fn dev_runs_the_whole_stack_and_stops_it_on_sigterm() {
     let _ = std::process::Command::new("kill").arg("-TERM").arg(again.id().to_string()).status();
     wait_for(Duration::from_secs(15), || matches!(again.try_wait(), Ok(Some(_)))).expect("stops again");
     assert_eq!(std::fs::read(data.join("master.key")).unwrap(), key);
+}
+
+#[test]
+fn serve_stops_on_sigterm_even_when_nats_is_gone() {
+    let e = Estate::init("example.org");
+    // Never connected.
+    let mut serve = e.start_serve();
+    wait_for(Duration::from_secs(10), || http_get(e.http_port, "/healthz").is_some()).expect("healthz");
+    assert!(serve.terminate(Duration::from_secs(10)).success());
+    // Connected, then the server dies.
+    let mut nats = e.start_nats();
+    let mut serve = e.start_serve_ready();
+    nats.stop();
+    wait_for(Duration::from_secs(10), || http_get(e.http_port, "/readyz").map(|(c, _)| c == 503).unwrap_or(false))
+        .expect("readyz reports the lost connection");
+    let st = serve.terminate(Duration::from_secs(15));
+    assert!(st.success(), "{}", serve.log_text());
 }

@@ -37,3 +37,35 @@ fn openssl_reads_every_certificate_and_key() {
     assert!(text.contains("URI:spiffe://example.org/tillit/admin/admin"), "{text}");
     assert!(text.contains("TLS Web Client Authentication"), "{text}");
 }
+
+#[test]
+fn nats_py_and_openssl_use_an_enrolled_service_identity() {
+    let e = Estate::init("example.org");
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let token = create_tokens(&e, "acme/shop/prod/orders", 1, "15m").remove(0);
+    let dir = e.tmp.path().join("orders");
+    let out = enroll_cli(&token, &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/service_pubsub.py");
+    let out = std::process::Command::new("python3").arg(script).arg(&dir).output().expect("python3");
+    assert!(out.status.success(), "nats-py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(v["received"], "from nats-py");
+    assert_eq!(v["subject"], "shop.orders.hello");
+    let errs = v["errors"].to_string().to_lowercase();
+    assert!(errs.contains("permissions violation") && errs.contains("elsewhere.secret"), "{v}");
+
+    let tls = dir.join("tls");
+    let out = std::process::Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(tls.join("ca.pem"))
+        .arg(tls.join("cert.pem"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(tls.join("cert.pem")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("URI:spiffe://example.org/acme/shop/prod/orders"), "{text}");
+    assert!(text.contains("TLS Web Client Authentication"));
+}

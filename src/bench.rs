@@ -1,0 +1,344 @@
+//! Benchmarks that print figures (`tillit bench …`), run against a live stack.
+//!
+//! - `enroll`: N full enrollments at concurrency C through the real nats-server and
+//!   `tillit serve` (token check, proof of possession, CSR verification, certificate and JWT
+//!   signing, durable record). Tokens, client keys and CSRs are made before the clock starts,
+//!   and so are the bootstrap connections: what is timed is the signed request and its reply.
+//! - `renew`: N renewals at concurrency C (C enrolled identities renewing in turn).
+//! - the baseline: cfssl's bare CSR signing (`cfssl serve`, `/api/v1/cfssl/sign`, P-256,
+//!   8 keep-alive connections), measured in the same run when `cfssl` is on PATH.
+
+use crate::client::enroll::{bootstrap_params, request, LocalKeys};
+use crate::client::session::Session;
+use crate::client::{connect, ClientError, TillitClient};
+use crate::layout::IdentityDir;
+use crate::names::ServiceId;
+use crate::proto::{self, EnrollRequest, IssuedReply, RenewRequest, TokenCreateReply, TokenCreateRequest};
+use crate::subjects;
+use crate::token::JoinToken;
+use serde::Serialize;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Figures of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figures {
+    pub name: String,
+    pub n: usize,
+    pub c: usize,
+    pub per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: usize,
+}
+
+impl Figures {
+    fn from(name: &str, c: usize, total: Duration, mut lat: Vec<Duration>, errors: usize) -> Self {
+        lat.sort();
+        let pct = |p: f64| -> f64 {
+            if lat.is_empty() {
+                return 0.0;
+            }
+            let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+            lat[i].as_secs_f64() * 1000.0
+        };
+        Figures {
+            name: name.into(),
+            n: lat.len(),
+            c,
+            per_sec: lat.len() as f64 / total.as_secs_f64().max(1e-9),
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            errors,
+        }
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "{:<34} n={:<6} c={:<3} {:>9.0}/s   p50 {:>7.3} ms   p99 {:>7.3} ms{}",
+            self.name,
+            self.n,
+            self.c,
+            self.per_sec,
+            self.p50_ms,
+            self.p99_ms,
+            if self.errors > 0 { format!("   errors {}", self.errors) } else { String::new() }
+        )
+    }
+}
+
+/// Run `n` jobs over `c` workers; each job returns its latency or an error.
+async fn drive<F, Fut>(n: usize, c: usize, job: F) -> (Duration, Vec<Duration>, usize)
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Duration, String>> + Send,
+{
+    let job = Arc::new(job);
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..c {
+        let job = job.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0usize;
+            let mut first_error = None;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                match job(w, i).await {
+                    Ok(d) => lat.push(d),
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            (lat, errors, first_error)
+        }));
+    }
+    let mut all = Vec::with_capacity(n);
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((lat, e, first)) = t.await {
+            all.extend(lat);
+            errors += e;
+            if let Some(f) = first {
+                tracing::warn!("bench error: {f}");
+            }
+        }
+    }
+    (start.elapsed(), all, errors)
+}
+
+fn run_id() -> String {
+    format!("b{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+async fn mint_tokens(admin: &TillitClient, sid: &ServiceId, n: usize) -> Result<Vec<String>, ClientError> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let count = (n - out.len()).min(crate::estate::services::MAX_TOKENS_PER_REQUEST as usize) as u32;
+        let r: TokenCreateReply = admin
+            .call(
+                subjects::ADMIN_TOKEN_CREATE,
+                subjects::KIND_TOKEN_CREATE,
+                TokenCreateRequest { identity: sid.clone(), ttl_secs: 600, count },
+            )
+            .await?;
+        out.extend(r.tokens);
+    }
+    Ok(out)
+}
+
+/// `tillit bench enroll`.
+pub async fn enroll(admin_dir: &Path, n: usize, c: usize, nats: Option<&str>) -> Result<Figures, ClientError> {
+    let admin = TillitClient::connect_dir(&IdentityDir::new(admin_dir), nats).await?;
+    let td = admin.identity().info.trust_domain.clone();
+    let sid = ServiceId::new("bench", "bench", &run_id(), "svc").map_err(|e| ClientError::Credentials(e.to_string()))?;
+    eprintln!("preparing {n} tokens, keys and CSRs, and {n} bootstrap connections for {sid} (untimed)…");
+    let tokens = mint_tokens(&admin, &sid, n).await?;
+    let mut prepared = Vec::with_capacity(n);
+    for (i, t) in tokens.iter().enumerate() {
+        let token = JoinToken::decode(t).map_err(|e| ClientError::Credentials(e.to_string()))?;
+        let urls = match nats {
+            Some(u) => vec![u.to_string()],
+            None => token.nats_urls.clone(),
+        };
+        let nc = connect(&bootstrap_params(&token, urls)?).await?;
+        prepared.push((token, LocalKeys::generate()?, nc));
+        if (i + 1) % 500 == 0 {
+            eprintln!("  prepared {}/{n}", i + 1);
+        }
+    }
+    let prepared = Arc::new(prepared);
+    eprintln!("timing {n} enrollments at concurrency {c}…");
+    let p = prepared.clone();
+    let (total, lat, errors) = drive(n, c, move |_, i| {
+        let p = p.clone();
+        let td = td.clone();
+        async move {
+            let (token, keys, nc) = &p[i];
+            let start = Instant::now();
+            let body = EnrollRequest {
+                token_id: token.id.clone(),
+                token_secret: token.secret.clone(),
+                identity: token.identity.clone(),
+                xkey: keys.xkey.public_key(),
+                csr: keys.csr_pem.clone(),
+            };
+            let signed = proto::sign_request(&keys.user, &td, subjects::ENROLL, subjects::KIND_ENROLL, body, now())
+                .map_err(|e| e.to_string())?;
+            let r: Result<IssuedReply, _> = request(nc, subjects::ENROLL, signed).await;
+            let took = start.elapsed();
+            // The bootstrap user is revoked next: close its connection (untimed).
+            let nc = nc.clone();
+            tokio::spawn(async move {
+                let _ = nc.drain().await;
+            });
+            r.map_err(|e| e.to_string())?;
+            Ok(took)
+        }
+    })
+    .await;
+    Ok(Figures::from("tillit enroll", c, total, lat, errors))
+}
+
+/// `tillit bench renew`: `c` identities (enrolled untimed) renew `n` times in all.
+pub async fn renew(admin_dir: &Path, n: usize, c: usize, nats: Option<&str>, scratch: &Path) -> Result<Figures, ClientError> {
+    let admin = TillitClient::connect_dir(&IdentityDir::new(admin_dir), nats).await?;
+    let td = admin.identity().info.trust_domain.clone();
+    let sid = ServiceId::new("bench", "bench", &run_id(), "svc").map_err(|e| ClientError::Credentials(e.to_string()))?;
+    eprintln!("enrolling {c} identities of {sid} and making {n} CSRs (untimed)…");
+    let tokens = mint_tokens(&admin, &sid, c).await?;
+    let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);
+    let mut workers = Vec::with_capacity(c);
+    for (i, t) in tokens.iter().enumerate() {
+        let dir = scratch.join(format!("id-{i}"));
+        crate::client::enroll::enroll(t, &dir, nats, clock.clone()).await?;
+        let session = Session::connect(&IdentityDir::new(&dir), nats).await?;
+        let files = crate::identity::load(&IdentityDir::new(&dir))?;
+        let signer = nkeys::KeyPair::from_seed(files.user_seed.expose()).map_err(|e| ClientError::Credentials(e.to_string()))?;
+        let per = n / c + 1;
+        let mut csrs = Vec::with_capacity(per);
+        for _ in 0..per {
+            csrs.push(crate::issuer::x509::make_csr(&signer.public_key()).map_err(|e| ClientError::Credentials(e.to_string()))?.0);
+        }
+        workers.push((session, signer, csrs, AtomicUsize::new(0)));
+    }
+    let workers = Arc::new(workers);
+    eprintln!("timing {n} renewals at concurrency {c}…");
+    let w = workers.clone();
+    let (total, lat, errors) = drive(n, c, move |wi, _| {
+        let w = w.clone();
+        let td = td.clone();
+        async move {
+            let (session, signer, csrs, used) = &w[wi];
+            let k = used.fetch_add(1, Ordering::Relaxed) % csrs.len();
+            let start = Instant::now();
+            let signed = proto::sign_request(signer, &td, subjects::SVC_RENEW, subjects::KIND_RENEW, RenewRequest { csr: csrs[k].clone() }, now())
+                .map_err(|e| e.to_string())?;
+            let _r: IssuedReply = request(&session.client(), subjects::SVC_RENEW, signed).await.map_err(|e| e.to_string())?;
+            Ok(start.elapsed())
+        }
+    })
+    .await;
+    Ok(Figures::from("tillit renew", c, total, lat, errors))
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// cfssl 1.2's bare CSR signing, if `cfssl` is on PATH: `None` when it is not.
+pub async fn cfssl_baseline(n: usize, c: usize, scratch: &Path) -> Result<Option<Figures>, String> {
+    let Ok(bin) = which("cfssl") else { return Ok(None) };
+    std::fs::create_dir_all(scratch).map_err(|e| e.to_string())?;
+    std::fs::write(scratch.join("ca-csr.json"), r#"{"CN":"bench CA","key":{"algo":"ecdsa","size":256}}"#).map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(&bin)
+        .args(["gencert", "-initca", "ca-csr.json"])
+        .current_dir(scratch)
+        .output()
+        .map_err(|e| format!("cfssl gencert: {e}"))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("cfssl gencert output: {e}"))?;
+    std::fs::write(scratch.join("ca.pem"), v["cert"].as_str().unwrap_or_default()).map_err(|e| e.to_string())?;
+    std::fs::write(scratch.join("ca-key.pem"), v["key"].as_str().unwrap_or_default()).map_err(|e| e.to_string())?;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        l.local_addr().map_err(|e| e.to_string())?.port()
+    };
+    let log = std::fs::File::create(scratch.join("cfssl.log")).map_err(|e| e.to_string())?;
+    let mut child = tokio::process::Command::new(&bin)
+        .args(["serve", "-address", "127.0.0.1", "-port", &port.to_string(), "-ca", "ca.pem", "-ca-key", "ca-key.pem"])
+        .current_dir(scratch)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cfssl serve: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if Instant::now() > deadline {
+            return Err("cfssl serve did not listen within 10s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut bodies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (csr, _) = crate::issuer::x509::make_csr("bench").map_err(|e| e.to_string())?;
+        bodies.push(serde_json::json!({ "certificate_request": csr }).to_string());
+    }
+    let bodies = Arc::new(bodies);
+    let conns: Vec<Arc<tokio::sync::Mutex<tokio::net::TcpStream>>> = {
+        let mut v = Vec::new();
+        for _ in 0..c {
+            v.push(Arc::new(tokio::sync::Mutex::new(
+                tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?,
+            )));
+        }
+        v
+    };
+    let conns = Arc::new(conns);
+    let (total, lat, errors) = drive(n, c, move |w, i| {
+        let conns = conns.clone();
+        let bodies = bodies.clone();
+        async move {
+            let mut s = conns[w].lock().await;
+            let start = Instant::now();
+            let resp = http_post(&mut s, port, "/api/v1/cfssl/sign", &bodies[i]).await?;
+            if !resp.contains("\"success\":true") {
+                return Err(format!("cfssl refused: {}", &resp[..resp.len().min(200)]));
+            }
+            Ok(start.elapsed())
+        }
+    })
+    .await;
+    let _ = child.kill().await;
+    Ok(Some(Figures::from("cfssl 1.2 sign (P-256, HTTP)", c, total, lat, errors)))
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    let paths = std::env::var_os("PATH").ok_or(())?;
+    std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()).ok_or(())
+}
+
+/// One keep-alive HTTP/1.1 POST; returns the body.
+async fn http_post(s: &mut tokio::net::TcpStream, port: u16, path: &str, body: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut buf = Vec::with_capacity(4096);
+    let mut tmp = [0u8; 4096];
+    let (head_end, content_len) = loop {
+        let k = s.read(&mut tmp).await.map_err(|e| e.to_string())?;
+        if k == 0 {
+            return Err("connection closed".into());
+        }
+        buf.extend_from_slice(&tmp[..k]);
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..pos]).to_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or("no content-length")?;
+            break (pos + 4, len);
+        }
+    };
+    while buf.len() < head_end + content_len {
+        let k = s.read(&mut tmp).await.map_err(|e| e.to_string())?;
+        if k == 0 {
+            return Err("connection closed".into());
+        }
+        buf.extend_from_slice(&tmp[..k]);
+    }
+    Ok(String::from_utf8_lossy(&buf[head_end..head_end + content_len]).into_owned())
+}
