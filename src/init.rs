@@ -175,6 +175,17 @@ fn build(staging: &Path, target: &Path, config: Config, clock: SharedClock) -> R
     );
     w(stage.server_conf(), conf.as_bytes(), PUBLIC)?;
     identity::write(&stage.admin(), &admin)?;
+    // The first audit record: the estate and its first admin.
+    let mut audit = crate::audit::Writer::open(&stage.audit(), estate.store_arc(), estate.clock().clone())
+        .map_err(|e| InitError::Io { path: stage.audit().display().to_string(), source: std::io::Error::other(e.to_string()) })?;
+    audit
+        .append(vec![crate::audit::Entry::ok("tillit", "init", &config.trust_domain).detail(serde_json::json!({
+            "operator": estate.meta.operator_public_key,
+            "ca_fingerprint": estate.meta.ca_fingerprint,
+            "admin": { "id": admin.info.id, "user": admin.info.user_public_key, "serial": admin.info.cert_serial },
+        }))])
+        .map_err(|e| InitError::Io { path: stage.audit().display().to_string(), source: std::io::Error::other(e.to_string()) })?;
+    estate.store().sync().map_err(EstateError::from)?;
     let summary = InitSummary {
         data_dir: target.to_path_buf(),
         trust_domain: config.trust_domain.clone(),

@@ -1,6 +1,7 @@
 //! The command line (house rule 12): one file per subcommand; each parses its flags (with
 //! `TILLIT_*` environment fallbacks) and calls the library.
 
+pub mod audit;
 pub mod bench;
 pub mod dev;
 pub mod enroll;
@@ -42,6 +43,8 @@ pub enum Command {
     Renew(renew::Args),
     /// Benchmarks against a running stack; prints figures.
     Bench(bench::Args),
+    /// The audit log: verify its hash chain, show its tail.
+    Audit(audit::Args),
 }
 
 /// Run the parsed command.
@@ -55,6 +58,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Enroll(a) => enroll::run(a).await,
         Command::Renew(a) => renew::run(a).await,
         Command::Bench(a) => bench::run(a).await,
+        Command::Audit(a) => audit::run(a),
     }
 }
 

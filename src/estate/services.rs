@@ -165,9 +165,10 @@ impl Estate {
         serde_json::to_string_pretty(&serde_json::json!({ "keys": keys })).unwrap_or_else(|_| "{\"keys\":[]}".into())
     }
 
-    /// Mint `count` join tokens for `sid`, valid for `ttl_secs`. Records are durable when this
-    /// returns. The printable tokens exist only in the return value.
-    pub fn create_tokens(&self, sid: &ServiceId, ttl_secs: i64, count: u32, created_by: &str) -> Result<Vec<JoinToken>> {
+    /// Mint `count` join tokens for `sid`, valid for `ttl_secs`, with the batch of their records
+    /// (the caller commits it with its audit record). The printable tokens exist only in the
+    /// return value.
+    pub fn create_tokens(&self, sid: &ServiceId, ttl_secs: i64, count: u32, created_by: &str) -> Result<(Vec<JoinToken>, Batch)> {
         let now = self.clock.now_unix();
         let expires_at = now + ttl_secs;
         let bootstrap = self.account(BOOTSTRAP_ACCOUNT)?;
@@ -216,31 +217,21 @@ impl Estate {
                 key: token::b64(&key_der),
             });
         }
-        self.store().commit(b)?;
-        Ok(out)
+        Ok((out, b))
     }
 
-    /// A token record with its raw bytes (for compare-and-swap).
-    pub fn token(&self, id: &str) -> Result<Option<(Vec<u8>, TokenRecord)>> {
-        match self.store().get(Space::Tokens, id)? {
-            None => Ok(None),
-            Some(raw) => {
-                let rec = serde_json::from_slice(&raw)
-                    .map_err(|e| EstateError::Store(StoreError::Corrupt(format!("tokens/{id}"), e.to_string())))?;
-                Ok(Some((raw, rec)))
-            }
-        }
+    /// A token record.
+    pub fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
+        Ok(get_json(self.store(), Space::Tokens, id)?)
     }
 
-    /// Mark a token used, atomically: false if someone else did first. Durable after the next
-    /// store sync (the caller's group commit).
-    pub fn burn_token(&self, raw: &[u8], rec: &TokenRecord, by_user: &str) -> Result<bool> {
+    /// The record of `rec` once used by `by_user`.
+    pub fn used_token(&self, rec: &TokenRecord, by_user: &str) -> TokenRecord {
         let mut used = rec.clone();
         used.state = TokenState::Used;
         used.used_by = Some(by_user.into());
         used.used_at = Some(self.clock.now_unix());
-        let new = serde_json::to_vec(&used).map_err(|e| EstateError::Store(StoreError::Backend(e.to_string())))?;
-        Ok(self.store().compare_and_swap(Space::Tokens, &rec.id, Some(raw), Some(new))?)
+        used
     }
 
     /// Sign a service's user JWT (by its role's scoped key, no permissions of its own) and its

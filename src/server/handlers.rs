@@ -34,15 +34,23 @@ pub async fn dispatch(
     let info = services::request_info(msg)?;
     if spec.caller == Caller::Enrollee {
         let body = body(claims.body)?;
-        return services::enroll(ctx, &claims.iss, info.as_ref(), body).await.map(|(r, a)| (to_value(r).unwrap_or_default(), Some(a)));
+        return match services::enroll(ctx, &claims.iss, info.as_ref(), body).await {
+            Ok((r, a)) => Ok((to_value(r)?, Some(a))),
+            Err(e) => {
+                audit_refusal(ctx, &format!("nkey:{}", claims.iss), spec, &e);
+                Err(e)
+            }
+        };
     }
     let caller = ctx
         .estate
         .identity(&claims.iss)
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::unauthenticated("the signing key belongs to no identity of this control plane"))?;
-    check_caller(&caller, spec, now)?;
-    services::check_request_origin(ctx, &caller, info.as_ref())?;
+    if let Err(e) = check_caller(&caller, spec, now).and_then(|_| services::check_request_origin(ctx, &caller, info.as_ref())) {
+        audit_refusal(ctx, &caller.id, spec, &e);
+        return Err(e);
+    }
     let value = match spec.subject {
         subjects::ADMIN_STATUS => {
             let _req: StatusRequest = body(claims.body)?;
@@ -53,6 +61,31 @@ pub async fn dispatch(
         other => return Err(ApiError::new(ErrorCode::NotFound, format!("no handler for {other}"))),
     };
     Ok((value, None))
+}
+
+/// The verb of a subject, as the audit log names it: `status`, `token.create`, `enroll`, `renew`.
+pub fn verb(subject: &str) -> &str {
+    let s = subject.strip_prefix("tillit.v1.").unwrap_or(subject);
+    s.strip_prefix("admin.").or_else(|| s.strip_prefix("svc.")).unwrap_or(s)
+}
+
+/// Record a refusal that matters (who was denied what), without holding up the reply.
+fn audit_refusal(ctx: &Ctx, actor: &str, spec: &EndpointSpec, e: &ApiError) {
+    let worth_recording = matches!(
+        e.code,
+        ErrorCode::Forbidden | ErrorCode::TokenUsed | ErrorCode::TokenExpired | ErrorCode::TokenInvalid | ErrorCode::Unauthenticated
+    );
+    if !worth_recording {
+        return;
+    }
+    let entry = crate::audit::Entry::denied(actor, verb(spec.subject), spec.subject, e.code.as_str())
+        .detail(serde_json::json!({ "message": e.message }));
+    let journal = ctx.journal.clone();
+    tokio::spawn(async move {
+        if let Err(err) = journal.record(entry).await {
+            tracing::error!("cannot record a refusal in the audit log: {err}");
+        }
+    });
 }
 
 /// Whether `caller` may call `spec` now (pure).
@@ -142,6 +175,14 @@ mod tests {
             xkey: None,
             revoked_at: None,
         }
+    }
+
+    #[test]
+    fn verbs_match_the_cli_words() {
+        assert_eq!(verb("tillit.v1.admin.status"), "status");
+        assert_eq!(verb("tillit.v1.admin.token.create"), "token.create");
+        assert_eq!(verb("tillit.v1.enroll"), "enroll");
+        assert_eq!(verb("tillit.v1.svc.renew"), "renew");
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
-use crate::store::GroupCommit;
+use crate::audit::{self, Journal};
 use std::collections::HashMap;
 use tokio::sync::{mpsc, watch, Semaphore};
 
@@ -88,8 +88,10 @@ pub struct Ctx {
     pub replay: ReplayCache,
     pub sys: async_nats::Client,
     pub api: async_nats::Client,
-    /// Durable writes, grouped.
-    pub commit: GroupCommit,
+    /// The audit log: every change is recorded (and made durable) through it.
+    pub journal: Journal,
+    /// Join tokens being enrolled with right now.
+    pub burning: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Account name → `iat` of the JWT last pushed to nats-server.
     pub pushed: std::sync::Mutex<HashMap<String, i64>>,
     /// Bootstrap users to revoke, batched by [`services::run_revoker`].
@@ -254,7 +256,11 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         replay: ReplayCache::new(REPLAY_CAPACITY),
         sys,
         api: api.clone(),
-        commit: GroupCommit::start(estate.store_arc()),
+        journal: Journal::start(
+            audit::Writer::open(&estate.dir.audit(), estate.store_arc(), estate.clock().clone())
+                .map_err(|e| ServeError::Service(e.to_string()))?,
+        ),
+        burning: Default::default(),
         pushed: Default::default(),
         revoke_tx,
         bootstrap_account: estate
@@ -276,6 +282,17 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     // BOOTSTRAP carries the live revocations of used tokens' bootstrap users.
     let revocations = services::start_revocations(&ctx).await.map_err(|e| ServeError::Service(e.message))?;
     background.push(tokio::spawn(services::run_revoker(ctx.clone(), revocations, revoke_rx)));
+    // The store is made durable in the background; the audit log is the durability point.
+    let flush = estate.store_arc();
+    background.push(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let f = flush.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || f.sync()).await {
+                tracing::error!("store flush failed: {e}");
+            }
+        }
+    }));
     let gauges = ctx.clone();
     background.push(tokio::spawn(async move {
         loop {
@@ -342,8 +359,9 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         t.abort();
         let _ = t.await;
     }
-    // Wait for the last durable writes, then let go of the store.
-    let _ = tokio::time::timeout(Duration::from_secs(10), ctx.commit.sync()).await;
+    // Flush the store (the audit log already holds every change), then let go of it.
+    let store = estate.store_arc();
+    let _ = tokio::task::spawn_blocking(move || store.sync()).await;
     drop(ctx);
     tracing::info!("stopped");
     Ok(())

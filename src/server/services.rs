@@ -12,6 +12,7 @@ use crate::proto::{EnrollRequest, IssuedReply, RenewRequest, TokenCreateReply, T
 use crate::store::{Batch, Space};
 use crate::subjects;
 use crate::telemetry::RequestLabels;
+use crate::audit::Entry;
 use crate::token::{check_token, TokenRefusal};
 use serde::Deserialize;
 use std::time::Duration;
@@ -149,11 +150,16 @@ pub async fn token_create(ctx: &Ctx, caller: &IdentityRecord, req: TokenCreateRe
     let estate = ctx.estate.clone();
     let by = caller.id.clone();
     let sid = req.identity.clone();
-    let tokens = tokio::task::spawn_blocking(move || estate.create_tokens(&sid, req.ttl_secs, req.count, &by))
+    let (tokens, batch) = tokio::task::spawn_blocking(move || estate.create_tokens(&sid, req.ttl_secs, req.count, &by))
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
     let expires = tokens.first().map(|t| t.expires_at).unwrap_or_default();
+    let ids: Vec<&str> = tokens.iter().map(|t| t.id.as_str()).collect();
+    let entry = Entry::ok(&caller.id, "token.create", &req.identity.to_string())
+        .detail(serde_json::json!({ "count": req.count, "expires_at": expires, "token_ids": ids }))
+        .batch(batch);
+    ctx.journal.record(entry).await.map_err(ApiError::internal)?;
     tracing::info!(identity = %req.identity, count = req.count, by = %caller.id, "join tokens created");
     Ok(TokenCreateReply {
         tokens: tokens.iter().map(|t| t.encode().expose().to_string()).collect(),
@@ -164,6 +170,27 @@ pub async fn token_create(ctx: &Ctx, caller: &IdentityRecord, req: TokenCreateRe
 }
 
 // === enroll ===
+
+/// A token being enrolled with right now (held for the request).
+struct Burning<'a> {
+    ctx: &'a Ctx,
+    id: String,
+}
+
+impl<'a> Burning<'a> {
+    fn claim(ctx: &'a Ctx, id: &str) -> Option<Self> {
+        let mut set = ctx.burning.lock().ok()?;
+        set.insert(id.to_string()).then(|| Burning { ctx, id: id.to_string() })
+    }
+}
+
+impl Drop for Burning<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.ctx.burning.lock() {
+            set.remove(&self.id);
+        }
+    }
+}
 
 fn refusal(r: TokenRefusal, sid: &ServiceId) -> ApiError {
     match r {
@@ -203,7 +230,7 @@ pub async fn enroll(
     if req.token_id.len() > 64 || req.token_secret.len() > 128 {
         return Err(ApiError::new(ErrorCode::TokenInvalid, "join token is not valid (unknown, forged or tampered with)"));
     }
-    let Some((raw, tok)) = e.token(&req.token_id).map_err(ApiError::internal)? else {
+    let Some(tok) = e.token(&req.token_id).map_err(ApiError::internal)? else {
         return Err(refusal(TokenRefusal::Invalid, &req.identity));
     };
     check_token(
@@ -232,7 +259,9 @@ pub async fn enroll(
     let entry = ensure_role_pushed(ctx, &sid).await?;
     let (acct, role) = (&entry.0, &entry.1);
     let issue = e.issue_service(acct, role, user_pub, &csr_key).map_err(ApiError::internal)?;
-    if !e.burn_token(&raw, &tok, user_pub).map_err(ApiError::internal)? {
+    // One enrollment per token: concurrent uses race here; the loser sees token_used.
+    let _burning = Burning::claim(ctx, &tok.id).ok_or_else(|| refusal(TokenRefusal::Used, &sid))?;
+    if e.token(&tok.id).map_err(ApiError::internal)?.map(|t| t.state) != Some(crate::estate::TokenState::Unused) {
         return Err(refusal(TokenRefusal::Used, &sid));
     }
     let rec = IdentityRecord {
@@ -251,8 +280,12 @@ pub async fn enroll(
     };
     let mut b = Batch::new();
     b.put_json(Space::Identities, user_pub, &rec).map_err(ApiError::internal)?;
-    // The group commit makes the token burn (applied above) and the record durable together.
-    ctx.commit.commit(b).await.map_err(ApiError::internal)?;
+    b.put_json(Space::Tokens, &tok.id, &e.used_token(&tok, user_pub)).map_err(ApiError::internal)?;
+    // The token burn and the identity become durable together, with their audit record.
+    let entry = Entry::ok(&rec.id, "enroll", &rec.id)
+        .detail(serde_json::json!({ "user": user_pub, "serial": issue.serial, "token_id": tok.id, "expires_at": issue.expires_at }))
+        .batch(b);
+    ctx.journal.record(entry).await.map_err(ApiError::internal)?;
     ctx.metrics.identities.inc();
     ctx.metrics.issued("enroll");
     tracing::info!(identity = %sid, user = user_pub, serial = %issue.serial, "enrolled");
@@ -283,7 +316,10 @@ pub async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: RenewRequest) -> Res
     rec.expires_at = expires;
     let mut b = Batch::new();
     b.put_json(Space::Identities, &rec.user_public_key, &rec).map_err(ApiError::internal)?;
-    ctx.commit.commit(b).await.map_err(ApiError::internal)?;
+    let entry = Entry::ok(&caller.id, "renew", &rec.id)
+        .detail(serde_json::json!({ "user": rec.user_public_key, "serial": rec.cert_serial, "expires_at": rec.expires_at }))
+        .batch(b);
+    ctx.journal.record(entry).await.map_err(ApiError::internal)?;
     ctx.metrics.issued("renew");
     tracing::debug!(identity = %rec.id, user = %rec.user_public_key, "renewed");
     Ok(issued_reply(ctx, &rec, &acct, jwt, cert_pem))

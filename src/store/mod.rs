@@ -7,10 +7,8 @@
 //! associated data, so a sealed value can be neither read without the key nor moved to another
 //! record.
 
-mod group;
 mod sled_store;
 
-pub use group::GroupCommit;
 
 pub use sled_store::SledStore;
 
