@@ -6,8 +6,8 @@
 //! then applies the writes to the store (in memory; the store is flushed in the background). A
 //! reply is sent after that, so it is never ahead of its record, and a change without a record
 //! cannot happen (fail closed). After a crash, records past the store's checkpoint are re-applied
-//! from their `redo` ops (only non-secret records — identities, tokens — travel this way; sealed
-//! keys are committed to the store synchronously).
+//! from their `redo` ops (only public records — identities, tokens, roles, accounts — travel this
+//! way; sealed keys are committed to the store synchronously).
 //!
 //! Each line is one [`Record`]; `prev` is the SHA-256 (hex) of the previous line's bytes, the
 //! first line's `prev` is 64 zeros. [`verify`] checks the whole chain and names the first bad
@@ -116,10 +116,13 @@ struct Checkpoint {
     hash: String,
 }
 
+/// The spaces whose writes travel in records: public data only (sealed keys never do).
 fn space_of(name: &str) -> Option<Space> {
     match name {
         "identities" => Some(Space::Identities),
         "tokens" => Some(Space::Tokens),
+        "roles" => Some(Space::Roles),
+        "accounts" => Some(Space::Accounts),
         _ => None,
     }
 }
@@ -128,7 +131,7 @@ fn redo_of(batch: &Batch) -> Vec<RedoOp> {
     batch
         .ops
         .iter()
-        .filter(|op| matches!(op.space, Space::Identities | Space::Tokens))
+        .filter(|op| space_of(op.space.as_str()).is_some())
         .map(|op| RedoOp {
             space: op.space.as_str().into(),
             key: op.key.clone(),

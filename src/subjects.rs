@@ -14,6 +14,11 @@ pub const ENROLL: &str = "tillit.v1.enroll";
 pub const ADMIN_GROUP: &str = "tillit.v1.admin";
 pub const ADMIN_STATUS: &str = "tillit.v1.admin.status";
 pub const ADMIN_TOKEN_CREATE: &str = "tillit.v1.admin.token.create";
+pub const ADMIN_GRANT: &str = "tillit.v1.admin.grant";
+pub const ADMIN_UNGRANT: &str = "tillit.v1.admin.ungrant";
+pub const ADMIN_GRANTS: &str = "tillit.v1.admin.grants";
+pub const ADMIN_REVOKE: &str = "tillit.v1.admin.revoke";
+pub const ADMIN_LIST: &str = "tillit.v1.admin.list";
 
 /// Service API group, exported to tenant accounts.
 pub const SVC_GROUP: &str = "tillit.v1.svc";
@@ -48,4 +53,9 @@ pub const HDR_SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
 pub const KIND_STATUS: &str = "io.tillit.v1.admin.status";
 pub const KIND_TOKEN_CREATE: &str = "io.tillit.v1.admin.token.create";
 pub const KIND_ENROLL: &str = "io.tillit.v1.enroll";
+pub const KIND_GRANT: &str = "io.tillit.v1.admin.grant";
+pub const KIND_UNGRANT: &str = "io.tillit.v1.admin.ungrant";
+pub const KIND_GRANTS: &str = "io.tillit.v1.admin.grants";
+pub const KIND_REVOKE: &str = "io.tillit.v1.admin.revoke";
+pub const KIND_LIST: &str = "io.tillit.v1.admin.list";
 pub const KIND_RENEW: &str = "io.tillit.v1.svc.renew";

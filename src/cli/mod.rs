@@ -5,8 +5,10 @@ pub mod audit;
 pub mod bench;
 pub mod dev;
 pub mod enroll;
+pub mod grant;
 pub mod init;
 pub mod renew;
+pub mod revoke;
 pub mod serve;
 pub mod status;
 pub mod token;
@@ -45,6 +47,16 @@ pub enum Command {
     Bench(bench::Args),
     /// The audit log: verify its hash chain, show its tail.
     Audit(audit::Args),
+    /// Let a service publish or subscribe more subjects, live (admin).
+    Grant(grant::ChangeArgs),
+    /// Take granted subjects away from a service, live (admin).
+    Ungrant(grant::ChangeArgs),
+    /// Show a service's permissions (admin).
+    Grants(grant::ShowArgs),
+    /// Revoke every active identity of a service: connections dropped, never renewed (admin).
+    Revoke(revoke::RevokeArgs),
+    /// List identities with their state and expiry (admin).
+    List(revoke::ListArgs),
 }
 
 /// Run the parsed command.
@@ -59,6 +71,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Renew(a) => renew::run(a).await,
         Command::Bench(a) => bench::run(a).await,
         Command::Audit(a) => audit::run(a),
+        Command::Grant(a) => grant::grant(a, false).await,
+        Command::Ungrant(a) => grant::grant(a, true).await,
+        Command::Grants(a) => grant::grants(a).await,
+        Command::Revoke(a) => revoke::revoke(a).await,
+        Command::List(a) => revoke::list(a).await,
     }
 }
 

@@ -63,6 +63,8 @@ pub enum EstateError {
     Name(#[from] names::NameError),
     #[error("account {0} does not exist")]
     NoSuchAccount(String),
+    #[error("{0}")]
+    Limit(String),
 }
 
 pub type Result<T, E = EstateError> = std::result::Result<T, E>;
@@ -436,6 +438,11 @@ impl Estate {
     /// The `nats` section of an account as its records say it is now: base limits, exports or
     /// imports by kind, its signing key, the scoped keys of its roles, its revocations.
     pub(crate) fn render_account(&self, rec: &AccountRecord, tillit_pub: &str) -> Result<AccountNats> {
+        self.render_account_with(rec, tillit_pub, None)
+    }
+
+    /// [`Self::render_account`], with one role as it is about to be (not yet stored).
+    pub(crate) fn render_account_with(&self, rec: &AccountRecord, tillit_pub: &str, role: Option<&RoleRecord>) -> Result<AccountNats> {
         let mut n = match rec.kind {
             AccountKind::System => {
                 let mut n = AccountNats::new(AccountLimits::unlimited_without_jetstream());
@@ -505,8 +512,18 @@ impl Estate {
         };
         n.signing_keys = vec![SigningKeyEntry::Plain(rec.signing_key.clone())];
         if rec.kind == AccountKind::Tenant {
-            for role in self.roles_of(&rec.name)? {
-                n.signing_keys.push(SigningKeyEntry::Scoped(role.scope()));
+            let mut replaced = false;
+            for stored in self.roles_of(&rec.name)? {
+                match role {
+                    Some(r) if r.key == stored.key => {
+                        n.signing_keys.push(SigningKeyEntry::Scoped(r.scope()));
+                        replaced = true;
+                    }
+                    _ => n.signing_keys.push(SigningKeyEntry::Scoped(stored.scope())),
+                }
+            }
+            if let (Some(r), false) = (role, replaced) {
+                n.signing_keys.push(SigningKeyEntry::Scoped(r.scope()));
             }
         }
         n.revocations = rec.revocations.clone();

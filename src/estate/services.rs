@@ -10,6 +10,14 @@ use crate::token::{self, JoinToken};
 pub const MAX_TOKENS_PER_REQUEST: u32 = 200;
 /// Longest a join token may live.
 pub const MAX_TOKEN_TTL_SECS: i64 = 7 * 86_400;
+/// Most services (scoped signing keys) per tenant-env account. A scoped key with a small template
+/// is about 340 bytes of the account JWT, which nats-server caps at 1 MiB (about 3,000 keys); the
+/// rest is headroom for grants and revocations. Larger tenants split across environments
+/// (accounts), e.g. `acme-prod-eu`, or move to auth-callout mode (DESIGN.md §9).
+pub const MAX_SERVICES_PER_ACCOUNT: usize = 2_500;
+/// The largest account JWT tillit pushes (nats-server refuses more than 1 MiB).
+pub const MAX_ACCOUNT_JWT_BYTES: usize = 1_000_000;
+
 /// Most live bootstrap revocations kept in the BOOTSTRAP account JWT (~75 bytes each; every
 /// push re-sends the whole JWT, and nats-server re-checks the account's connections). Past it,
 /// the oldest burned tokens' bootstrap users are left to expire with their tokens: the tokens
@@ -119,6 +127,13 @@ impl Estate {
         if let Some(role) = self.role(sid)? {
             return Ok((acct, role, created));
         }
+        if self.roles_of(&acct.name)?.len() >= MAX_SERVICES_PER_ACCOUNT {
+            return Err(EstateError::Limit(format!(
+                "account {} already has {MAX_SERVICES_PER_ACCOUNT} services, the most one account JWT can carry; \
+                 put further services in another environment (account), e.g. {}-2",
+                acct.name, sid.env
+            )));
+        }
         let now = self.clock.now_unix();
         let key = KeyPair::new_account();
         let role = RoleRecord {
@@ -139,6 +154,53 @@ impl Estate {
         b.put_json(Space::Accounts, &acct.name, &acct)?;
         self.store().commit(b)?;
         Ok((acct, role, true))
+    }
+
+    /// The account of `role` re-signed with `role` as given (not stored): the caller pushes it,
+    /// then records both. Revocations older than any JWT still valid are pruned.
+    pub fn preview_role_change(&self, acct: &AccountRecord, role: &RoleRecord) -> Result<AccountRecord> {
+        let tillit = self.account(TILLIT_ACCOUNT)?;
+        let mut rec = acct.clone();
+        self.prune_revocations(&mut rec);
+        let nats = self.render_account_with(&rec, &tillit.public_key, Some(role))?;
+        let signed = self.sign_account(rec, nats)?;
+        self.check_jwt_size(&signed)?;
+        Ok(signed)
+    }
+
+    /// The account with `users` revoked as of now (not stored).
+    pub fn preview_revocation(&self, acct: &AccountRecord, users: &[String]) -> Result<AccountRecord> {
+        let now = self.clock.now_unix();
+        let mut rec = acct.clone();
+        self.prune_revocations(&mut rec);
+        for u in users {
+            rec.revocations.insert(u.clone(), now);
+        }
+        let signed = self.resign_account(rec)?;
+        self.check_jwt_size(&signed)?;
+        Ok(signed)
+    }
+
+    /// A revocation at `t` only matters while a JWT issued before `t` can still be valid.
+    fn prune_revocations(&self, rec: &mut AccountRecord) {
+        let horizon = self.clock.now_unix() - self.config.service_ttl.as_secs() as i64 - 3600;
+        rec.revocations.retain(|_, t| *t > horizon);
+    }
+
+    fn check_jwt_size(&self, rec: &AccountRecord) -> Result<()> {
+        if rec.jwt.len() > MAX_ACCOUNT_JWT_BYTES {
+            return Err(EstateError::Limit(format!(
+                "account {} JWT would be {} bytes, over nats-server's 1 MiB cap; remove grants or split the tenant",
+                rec.name,
+                rec.jwt.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every identity of a service.
+    pub fn identities_of(&self, sid: &ServiceId) -> Result<Vec<IdentityRecord>> {
+        Ok(self.identities()?.into_iter().filter(|i| i.service.as_ref() == Some(sid)).collect())
     }
 
     /// The envelope trust set (`trust.jwks`): an RFC 7517 JWK Set of OKP/Ed25519 keys.

@@ -189,6 +189,89 @@ pub struct IssuedReply {
     pub expires_at_unix: i64,
 }
 
+/// `tillit.v1.admin.grant` / `ungrant` request body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    pub service: crate::names::ServiceId,
+    #[serde(rename = "pub", default)]
+    pub publish: Vec<String>,
+    #[serde(rename = "sub", default)]
+    pub subscribe: Vec<String>,
+}
+
+/// `tillit.v1.admin.grants` request body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRequest {
+    pub service: crate::names::ServiceId,
+}
+
+/// A service's permissions (reply of grant, ungrant and grants).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrantsReply {
+    pub service: crate::names::ServiceId,
+    /// Everything the service may publish / subscribe now (defaults and grants).
+    #[serde(rename = "pub")]
+    pub publish: Vec<String>,
+    #[serde(rename = "sub")]
+    pub subscribe: Vec<String>,
+    /// What operators granted on top of the defaults.
+    pub granted_pub: Vec<String>,
+    pub granted_sub: Vec<String>,
+}
+
+/// `tillit.v1.admin.revoke` request body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    pub service: crate::names::ServiceId,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// One revoked credential.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokedIdentity {
+    pub user_public_key: String,
+    pub cert_serial: String,
+}
+
+/// `tillit.v1.admin.revoke` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokeReply {
+    pub service: crate::names::ServiceId,
+    pub revoked: Vec<RevokedIdentity>,
+    pub revoked_at: String,
+}
+
+/// `tillit.v1.admin.list` request body (empty).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListRequest {}
+
+/// One identity in a listing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdentityEntry {
+    pub id: String,
+    pub kind: crate::identity::IdentityKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<crate::names::ServiceId>,
+    pub user_public_key: String,
+    /// `active`, `revoked` or `expired`.
+    pub state: String,
+    pub cert_serial: String,
+    pub expires_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+}
+
+/// `tillit.v1.admin.list` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListReply {
+    pub identities: Vec<IdentityEntry>,
+}
+
 /// `tillit.v1.admin.status` request body (empty).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

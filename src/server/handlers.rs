@@ -58,6 +58,14 @@ pub async fn dispatch(
         }
         subjects::ADMIN_TOKEN_CREATE => to_value(services::token_create(ctx, &caller, body(claims.body)?).await?)?,
         subjects::SVC_RENEW => to_value(services::renew(ctx, &caller, body(claims.body)?).await?)?,
+        subjects::ADMIN_GRANT => to_value(super::admin::grant(ctx, &caller, body(claims.body)?).await?)?,
+        subjects::ADMIN_UNGRANT => to_value(super::admin::ungrant(ctx, &caller, body(claims.body)?).await?)?,
+        subjects::ADMIN_GRANTS => to_value(super::admin::grants(ctx, body(claims.body)?).await?)?,
+        subjects::ADMIN_REVOKE => to_value(super::admin::revoke(ctx, &caller, body(claims.body)?).await?)?,
+        subjects::ADMIN_LIST => {
+            let _req: crate::proto::ListRequest = body(claims.body)?;
+            to_value(super::admin::list(ctx).await?)?
+        }
         other => return Err(ApiError::new(ErrorCode::NotFound, format!("no handler for {other}"))),
     };
     Ok((value, None))

@@ -8,6 +8,7 @@
 //! replay cache, its signer looked up in the identity store, then dispatched. The reply is always
 //! `{"result": …}` or `{"error": {"code", "message"}}`.
 
+mod admin;
 mod handlers;
 pub mod http;
 pub mod push;
@@ -70,6 +71,11 @@ pub struct EndpointSpec {
 pub const ENDPOINTS: &[EndpointSpec] = &[
     EndpointSpec { subject: subjects::ADMIN_STATUS, kind: subjects::KIND_STATUS, caller: Caller::Admin },
     EndpointSpec { subject: subjects::ADMIN_TOKEN_CREATE, kind: subjects::KIND_TOKEN_CREATE, caller: Caller::Admin },
+    EndpointSpec { subject: subjects::ADMIN_GRANT, kind: subjects::KIND_GRANT, caller: Caller::Admin },
+    EndpointSpec { subject: subjects::ADMIN_UNGRANT, kind: subjects::KIND_UNGRANT, caller: Caller::Admin },
+    EndpointSpec { subject: subjects::ADMIN_GRANTS, kind: subjects::KIND_GRANTS, caller: Caller::Admin },
+    EndpointSpec { subject: subjects::ADMIN_REVOKE, kind: subjects::KIND_REVOKE, caller: Caller::Admin },
+    EndpointSpec { subject: subjects::ADMIN_LIST, kind: subjects::KIND_LIST, caller: Caller::Admin },
     EndpointSpec { subject: subjects::ENROLL, kind: subjects::KIND_ENROLL, caller: Caller::Enrollee },
     EndpointSpec { subject: subjects::SVC_RENEW, kind: subjects::KIND_RENEW, caller: Caller::Identity },
 ];

@@ -26,6 +26,11 @@ fn every_served_subject_is_in_the_asyncapi_document() {
     let known: BTreeSet<&str> = [
         tillit::subjects::ADMIN_STATUS,
         tillit::subjects::ADMIN_TOKEN_CREATE,
+        tillit::subjects::ADMIN_GRANT,
+        tillit::subjects::ADMIN_UNGRANT,
+        tillit::subjects::ADMIN_GRANTS,
+        tillit::subjects::ADMIN_REVOKE,
+        tillit::subjects::ADMIN_LIST,
         tillit::subjects::ENROLL,
         tillit::subjects::SVC_RENEW,
         tillit::subjects::SYS_CLAIMS_UPDATE,

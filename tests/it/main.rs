@@ -3,6 +3,7 @@
 mod contract;
 mod enroll;
 mod foundation;
+mod grants;
 mod harness;
 mod interop;
 mod refusals;

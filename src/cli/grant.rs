@@ -1,0 +1,84 @@
+//! `tillit grant SERVICE --pub SUBJ… --sub SUBJ…`, `tillit ungrant SERVICE …`,
+//! `tillit grants SERVICE [--json]` (SERVICE is `tenant/project/env/service`).
+
+use crate::client::TillitClient;
+use crate::layout::IdentityDir;
+use crate::names::ServiceId;
+use crate::proto::{GrantRequest, GrantsReply, ServiceRequest};
+use crate::subjects;
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct ChangeArgs {
+    /// The service, `tenant/project/env/service`.
+    pub service: String,
+    /// Subjects it may publish (repeatable).
+    #[arg(long = "pub", num_args = 1..)]
+    pub publish: Vec<String>,
+    /// Subjects it may subscribe to (repeatable).
+    #[arg(long = "sub", num_args = 1..)]
+    pub subscribe: Vec<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    /// The service, `tenant/project/env/service`.
+    pub service: String,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Who acts, and where.
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// Admin identity dir (e.g. DATA/admin).
+    #[arg(long, env = "TILLIT_IDENTITY")]
+    pub identity: PathBuf,
+    /// NATS URL to use instead of the identity's.
+    #[arg(long, env = "TILLIT_NATS_URL")]
+    pub nats: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl AdminArgs {
+    pub async fn client(&self) -> anyhow::Result<TillitClient> {
+        Ok(TillitClient::connect_dir(&IdentityDir::new(&self.identity), self.nats.as_deref()).await?)
+    }
+}
+
+fn print(r: &GrantsReply, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+        return Ok(());
+    }
+    println!("{}", r.service);
+    println!("  pub  {}", r.publish.join(" "));
+    println!("  sub  {}", r.subscribe.join(" "));
+    if !r.granted_pub.is_empty() || !r.granted_sub.is_empty() {
+        println!("  granted pub {}  sub {}", r.granted_pub.join(" "), r.granted_sub.join(" "));
+    }
+    Ok(())
+}
+
+pub async fn grant(a: ChangeArgs, ungrant: bool) -> anyhow::Result<()> {
+    let service = ServiceId::parse(&a.service)?;
+    let client = a.admin.client().await?;
+    let (subject, kind) = if ungrant {
+        (subjects::ADMIN_UNGRANT, subjects::KIND_UNGRANT)
+    } else {
+        (subjects::ADMIN_GRANT, subjects::KIND_GRANT)
+    };
+    let r: GrantsReply = client.call(subject, kind, GrantRequest { service, publish: a.publish, subscribe: a.subscribe }).await?;
+    print(&r, a.admin.json)
+}
+
+pub async fn grants(a: ShowArgs) -> anyhow::Result<()> {
+    let service = ServiceId::parse(&a.service)?;
+    let client = a.admin.client().await?;
+    let r: GrantsReply = client.call(subjects::ADMIN_GRANTS, subjects::KIND_GRANTS, ServiceRequest { service }).await?;
+    print(&r, a.admin.json)
+}

@@ -1,0 +1,198 @@
+//! Admin verbs that change what runs: grant, ungrant, grants, revoke, list.
+//!
+//! A grant changes the service's role template in its tenant account; the re-signed account JWT
+//! is pushed (nats-server then bounces that role's connections, which come back at once with the
+//! new permissions), and only then recorded. A revocation adds the service's user keys to the
+//! account's revocations (the server drops them) and marks the identities revoked, so they never
+//! renew; certificate serials of revoked identities are what CRL and OCSP report.
+
+use super::services::{push, RoleEntry};
+use super::Ctx;
+use crate::audit::Entry;
+use crate::clock::rfc3339;
+use crate::error::{ApiError, ErrorCode};
+use crate::estate::services::default_permissions;
+use crate::estate::{EstateError, IdentityRecord, IdentityState, RoleRecord};
+use crate::names::ServiceId;
+use crate::permissions::{check_grantable, MAX_GRANTS};
+use crate::proto::{GrantRequest, GrantsReply, IdentityEntry, ListReply, RevokeReply, RevokedIdentity, RevokeRequest, ServiceRequest};
+use crate::store::{Batch, Space};
+use std::sync::Arc;
+
+fn estate_err(e: EstateError) -> ApiError {
+    match e {
+        EstateError::Limit(m) => ApiError::new(ErrorCode::LimitExceeded, m),
+        EstateError::Name(n) => ApiError::bad_request(n.to_string()),
+        other => ApiError::internal(other),
+    }
+}
+
+fn grants_reply(role: &RoleRecord) -> GrantsReply {
+    let d = default_permissions(&role.service);
+    let extra = |all: &Vec<String>, def: &Vec<String>| all.iter().filter(|s| !def.contains(s)).cloned().collect::<Vec<_>>();
+    GrantsReply {
+        service: role.service.clone(),
+        publish: role.permissions.publish.allow.clone(),
+        subscribe: role.permissions.subscribe.allow.clone(),
+        granted_pub: extra(&role.permissions.publish.allow, &d.publish.allow),
+        granted_sub: extra(&role.permissions.subscribe.allow, &d.subscribe.allow),
+    }
+}
+
+enum Change {
+    Grant,
+    Ungrant,
+}
+
+async fn change(ctx: &Ctx, actor: &str, req: GrantRequest, how: Change) -> Result<GrantsReply, ApiError> {
+    if req.publish.is_empty() && req.subscribe.is_empty() {
+        return Err(ApiError::bad_request("name at least one subject with --pub or --sub"));
+    }
+    for s in req.publish.iter().chain(req.subscribe.iter()) {
+        check_grantable(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    let sid = &req.service;
+    let e = &ctx.estate;
+    let _g = e.account_lock().lock().await;
+    let (acct, role, _) = e.ensure_role_locked(sid).map_err(estate_err)?;
+    let mut next = role.clone();
+    let defaults = default_permissions(sid);
+    for (list, wanted, def) in [
+        (&mut next.permissions.publish.allow, &req.publish, &defaults.publish.allow),
+        (&mut next.permissions.subscribe.allow, &req.subscribe, &defaults.subscribe.allow),
+    ] {
+        for s in wanted {
+            match how {
+                Change::Grant => {
+                    if !list.contains(s) {
+                        list.push(s.clone());
+                    }
+                }
+                Change::Ungrant => {
+                    if def.contains(s) {
+                        return Err(ApiError::bad_request(format!("{s} is a default permission of {sid} and cannot be taken away")));
+                    }
+                    if !list.contains(s) {
+                        return Err(ApiError::new(ErrorCode::NotFound, format!("{s} is not granted to {sid}")));
+                    }
+                    list.retain(|x| x != s);
+                }
+            }
+        }
+        if list.len() > MAX_GRANTS + def.len() {
+            return Err(ApiError::new(ErrorCode::LimitExceeded, format!("a service may hold at most {MAX_GRANTS} granted subjects per direction")));
+        }
+    }
+    let action = match how {
+        Change::Grant => "grant",
+        Change::Ungrant => "ungrant",
+    };
+    if next.permissions == role.permissions {
+        return Ok(grants_reply(&role));
+    }
+    next.updated_at = e.clock().now_unix();
+    let signed = e.preview_role_change(&acct, &next).map_err(estate_err)?;
+    // Live first: if nats-server cannot take it, nothing is recorded or changed.
+    push(ctx, &signed, action).await?;
+    let mut b = Batch::new();
+    b.put_json(Space::Roles, RoleRecord::store_key(sid), &next).map_err(ApiError::internal)?;
+    b.put_json(Space::Accounts, &signed.name, &signed).map_err(ApiError::internal)?;
+    let entry = Entry::ok(actor, action, &sid.to_string())
+        .detail(serde_json::json!({ "pub": req.publish, "sub": req.subscribe, "account_iat": signed.iat }))
+        .batch(b);
+    ctx.journal.record(entry).await.map_err(ApiError::internal)?;
+    if let Ok(mut m) = ctx.roles.write() {
+        m.insert(sid.clone(), RoleEntry::new((signed, next.clone())));
+    }
+    tracing::info!(service = %sid, action, "permissions changed");
+    Ok(grants_reply(&next))
+}
+
+pub async fn grant(ctx: &Ctx, caller: &IdentityRecord, req: GrantRequest) -> Result<GrantsReply, ApiError> {
+    change(ctx, &caller.id, req, Change::Grant).await
+}
+
+pub async fn ungrant(ctx: &Ctx, caller: &IdentityRecord, req: GrantRequest) -> Result<GrantsReply, ApiError> {
+    change(ctx, &caller.id, req, Change::Ungrant).await
+}
+
+pub async fn grants(ctx: &Ctx, req: ServiceRequest) -> Result<GrantsReply, ApiError> {
+    let role = ctx
+        .estate
+        .role(&req.service)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("{} has no permissions yet (never enrolled or granted)", req.service)))?;
+    Ok(grants_reply(&role))
+}
+
+pub async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> Result<RevokeReply, ApiError> {
+    let sid: &ServiceId = &req.service;
+    if req.reason.as_deref().map(str::len).unwrap_or(0) > 512 {
+        return Err(ApiError::bad_request("reason is longer than 512 characters"));
+    }
+    let e = &ctx.estate;
+    let _g = e.account_lock().lock().await;
+    let now = e.clock().now_unix();
+    let targets: Vec<IdentityRecord> =
+        e.identities_of(sid).map_err(ApiError::internal)?.into_iter().filter(|i| i.state == IdentityState::Active).collect();
+    if targets.is_empty() {
+        return Err(ApiError::new(ErrorCode::NotFound, format!("{sid} has no active identity to revoke")));
+    }
+    let acct = e.account(&sid.account_name()).map_err(ApiError::internal)?;
+    let users: Vec<String> = targets.iter().map(|t| t.user_public_key.clone()).collect();
+    let signed = e.preview_revocation(&acct, &users).map_err(estate_err)?;
+    push(ctx, &signed, "revoke").await?;
+    let mut b = Batch::new();
+    let mut revoked = Vec::new();
+    for t in &targets {
+        let mut r = t.clone();
+        r.state = IdentityState::Revoked;
+        r.revoked_at = Some(now);
+        b.put_json(Space::Identities, &r.user_public_key, &r).map_err(ApiError::internal)?;
+        revoked.push(RevokedIdentity { user_public_key: r.user_public_key.clone(), cert_serial: r.cert_serial.clone() });
+    }
+    b.put_json(Space::Accounts, &signed.name, &signed).map_err(ApiError::internal)?;
+    let entry = Entry::ok(&caller.id, "revoke", &sid.to_string())
+        .detail(serde_json::json!({ "reason": req.reason, "revoked": revoked.iter().map(|r| &r.user_public_key).collect::<Vec<_>>(),
+            "serials": revoked.iter().map(|r| &r.cert_serial).collect::<Vec<_>>() }))
+        .batch(b);
+    ctx.journal.record(entry).await.map_err(ApiError::internal)?;
+    if let Ok(mut m) = ctx.roles.write() {
+        if let Some(entry) = m.get(sid).cloned() {
+            m.insert(sid.clone(), Arc::new((signed, entry.1.clone())));
+        }
+    }
+    tracing::info!(service = %sid, count = revoked.len(), "revoked");
+    Ok(RevokeReply { service: sid.clone(), revoked, revoked_at: rfc3339(now) })
+}
+
+/// The state of an identity as shown to operators (pure).
+pub fn state_of(rec: &IdentityRecord, now: i64) -> &'static str {
+    match rec.state {
+        IdentityState::Revoked => "revoked",
+        IdentityState::Active if rec.expires_at <= now => "expired",
+        IdentityState::Active => "active",
+    }
+}
+
+pub async fn list(ctx: &Ctx) -> Result<ListReply, ApiError> {
+    let now = ctx.estate.clock().now_unix();
+    let mut identities: Vec<IdentityEntry> = ctx
+        .estate
+        .identities()
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .map(|r| IdentityEntry {
+            id: r.id.clone(),
+            kind: r.kind,
+            service: r.service.clone(),
+            user_public_key: r.user_public_key.clone(),
+            state: state_of(&r, now).into(),
+            cert_serial: r.cert_serial.clone(),
+            expires_at: rfc3339(r.expires_at),
+            revoked_at: r.revoked_at.map(rfc3339),
+        })
+        .collect();
+    identities.sort_by(|a, b| a.id.cmp(&b.id).then(a.user_public_key.cmp(&b.user_public_key)));
+    Ok(ListReply { identities })
+}

@@ -1,0 +1,144 @@
+//! Live permission changes and revocation against a running nats-server.
+
+use crate::harness::*;
+use futures::StreamExt;
+use std::time::{Duration, Instant};
+use tillit::client::Identity;
+
+fn enroll_service(e: &Estate, service: &str, name: &str) -> std::path::PathBuf {
+    let token = create_tokens(e, service, 1, "15m").remove(0);
+    let dir = e.tmp.path().join(name);
+    let out = enroll_cli(&token, &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_reaches_a_connected_client_and_an_ungrant_takes_it_away() {
+    let e = Estate::init("example.org");
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let dir = enroll_service(&e, "acme/shop/prod/orders", "orders");
+    let session = Identity::load(&dir).unwrap().connect().await.unwrap();
+    let c = session.client();
+    let mut sub = c.subscribe("shop.audit.>").await.unwrap();
+    c.publish("shop.audit.x", "before".into()).await.unwrap();
+    c.flush().await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(500), sub.next()).await.is_err(), "not allowed before the grant");
+
+    let started = Instant::now();
+    let out = tillit(&["grant", "acme/shop/prod/orders", "--pub", "shop.audit.>", "--sub", "shop.audit.>", "--identity", &e.admin(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let g: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(g["granted_pub"], serde_json::json!(["shop.audit.>"]));
+    // The same client, without new credentials, gains the subject within 2 s.
+    let mut seen = None;
+    while started.elapsed() < Duration::from_secs(2) {
+        let _ = c.publish("shop.audit.x", "after".into()).await;
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(20), sub.next()).await {
+            if &m.payload[..] == b"after" {
+                seen = Some(started.elapsed());
+                break;
+            }
+        }
+    }
+    let took = seen.expect("granted subject not usable within 2s");
+    eprintln!("grant to effect: {took:?}");
+    // Its own namespace kept working throughout.
+    let mut own = c.subscribe("shop.orders.>").await.unwrap();
+    c.publish("shop.orders.y", "still".into()).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(2), own.next()).await.unwrap().is_some());
+
+    let out = tillit(&["grants", "acme/shop/prod/orders", "--identity", &e.admin(), "--json"]);
+    let g: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(g["sub"].as_array().unwrap().iter().any(|s| s == "shop.audit.>"), "{g}");
+
+    let out = tillit(&["ungrant", "acme/shop/prod/orders", "--pub", "shop.audit.>", "--sub", "shop.audit.>", "--identity", &e.admin()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {}
+    c.publish("shop.audit.x", "gone".into()).await.unwrap();
+    c.flush().await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(500), sub.next()).await.is_err(), "still allowed after ungrant");
+}
+
+#[test]
+fn refused_grants_change_nothing() {
+    let e = Estate::init("example.org");
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let admin = e.admin();
+    let ok = tillit(&["grant", "acme/shop/prod/orders", "--sub", "shop.events.>", "--identity", &admin]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let before = stdout(&tillit(&["grants", "acme/shop/prod/orders", "--identity", &admin, "--json"]));
+    for (subj, needle) in [
+        (">", "everything"),
+        ("*.>", "everything"),
+        ("$SYS.>", "system subject"),
+        ("$JS.API.>", "system subject"),
+        ("tillit.>", "tillit's own"),
+        ("_INBOX.>", "inbox"),
+        ("a..b", "malformed"),
+        ("a.>.b", "malformed"),
+    ] {
+        let out = tillit(&["grant", "acme/shop/prod/orders", "--pub", subj, "--identity", &admin]);
+        assert!(!out.status.success(), "{subj} was granted");
+        assert!(stderr(&out).contains(needle), "{subj}: {}", stderr(&out));
+    }
+    // Defaults cannot be taken away; what was never granted cannot be ungranted.
+    let out = tillit(&["ungrant", "acme/shop/prod/orders", "--pub", "shop.orders.>", "--identity", &admin]);
+    assert!(stderr(&out).contains("default permission"), "{}", stderr(&out));
+    let out = tillit(&["ungrant", "acme/shop/prod/orders", "--sub", "never.granted", "--identity", &admin]);
+    assert!(stderr(&out).contains("not_found"), "{}", stderr(&out));
+    // Bad service names never reach the server.
+    let out = tillit(&["grant", "acme/shop/*/orders", "--pub", "x.y", "--identity", &admin]);
+    assert!(!out.status.success());
+    assert_eq!(stdout(&tillit(&["grants", "acme/shop/prod/orders", "--identity", &admin, "--json"])), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_drops_the_connection_and_the_identity_never_comes_back() {
+    let e = Estate::init("example.org");
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let dir = enroll_service(&e, "acme/shop/prod/orders", "orders");
+    let id = Identity::load(&dir).unwrap();
+    let session = id.connect().await.unwrap();
+    let c = session.client();
+    c.flush().await.unwrap();
+
+    let started = Instant::now();
+    let out = tillit(&["revoke", "acme/shop/prod/orders", "--reason", "key leaked", "--identity", &e.admin(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(r["revoked"].as_array().unwrap().len(), 1);
+    let mut dropped = false;
+    while started.elapsed() < Duration::from_secs(5) {
+        if c.connection_state() != async_nats::connection::State::Connected {
+            dropped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(dropped, "revoked connection still up");
+    eprintln!("revoke to disconnect: {:?}", started.elapsed());
+    // Its credentials cannot connect again, and it cannot renew.
+    let files = tillit::identity::load(&tillit::layout::IdentityDir::new(&dir)).unwrap();
+    let err = tillit::client::connect(&tillit::client::ConnectParams::from_identity(&files, None).unwrap()).await.unwrap_err();
+    assert!(err.to_string().contains("authorization violation") || err.to_string().to_lowercase().contains("revoked"), "{err}");
+    let out = tillit(&["renew", "--identity", dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let out = tillit(&["list", "--identity", &e.admin(), "--json"]);
+    let l: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let svc = l["identities"].as_array().unwrap().iter().find(|i| i["id"] == "spiffe://example.org/acme/shop/prod/orders").unwrap();
+    assert_eq!(svc["state"], "revoked");
+    assert!(svc["revoked_at"].is_string());
+    // Revoking again: nothing active left.
+    let out = tillit(&["revoke", "acme/shop/prod/orders", "--identity", &e.admin()]);
+    assert!(stderr(&out).contains("no active identity"), "{}", stderr(&out));
+    // The service comes back only by enrolling again, with a new key.
+    let dir2 = enroll_service(&e, "acme/shop/prod/orders", "orders-2");
+    let again = Identity::load(&dir2).unwrap();
+    assert_ne!(again.info().user_public_key, id.info().user_public_key);
+    again.connect().await.expect("a fresh enrollment connects");
+}
