@@ -123,6 +123,7 @@ fn space_of(name: &str) -> Option<Space> {
         "tokens" => Some(Space::Tokens),
         "roles" => Some(Space::Roles),
         "accounts" => Some(Space::Accounts),
+        "serials" => Some(Space::Serials),
         _ => None,
     }
 }

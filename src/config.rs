@@ -84,11 +84,15 @@ fn default_server_name() -> String {
 pub struct RawHttp {
     #[serde(default = "default_http_addr")]
     pub addr: String,
+    /// Base URL nats-servers and clients reach the HTTP port at (OCSP, CRL); default
+    /// `http://<addr>` (an unspecified address becomes 127.0.0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
 }
 
 impl Default for RawHttp {
     fn default() -> Self {
-        RawHttp { addr: default_http_addr() }
+        RawHttp { addr: default_http_addr(), public_url: None }
     }
 }
 
@@ -217,6 +221,8 @@ pub struct Config {
     pub monitor_addr: Option<SocketAddr>,
     pub server_cert_hosts: Vec<String>,
     pub http_addr: SocketAddr,
+    /// Base URL of the HTTP port as others reach it (no trailing slash).
+    pub http_public_url: String,
     pub service_ttl: Duration,
     pub admin_ttl: Duration,
     pub control_plane_ttl: Duration,
@@ -267,6 +273,19 @@ impl Config {
         }
         let monitor_addr = raw.nats.monitor_addr.as_deref().map(|m| socket("nats.monitor_addr", m)).transpose()?;
         let http_addr = socket("http.addr", &raw.http.addr)?;
+        let http_public_url = match &raw.http.public_url {
+            Some(u) => {
+                if !(u.starts_with("http://") || u.starts_with("https://")) || u.contains(char::is_whitespace) {
+                    return Err(invalid(format!("http.public_url {u:?} must be an http:// or https:// URL")));
+                }
+                u.trim_end_matches('/').to_string()
+            }
+            None => {
+                let host = if http_addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { http_addr.ip().to_string() };
+                let host = if host.contains(':') { format!("[{host}]") } else { host };
+                format!("http://{host}:{}", http_addr.port())
+            }
+        };
         let i = &raw.issuance;
         let cfg = Config {
             trust_domain: raw.trust_domain.clone(),
@@ -275,6 +294,7 @@ impl Config {
             monitor_addr,
             server_cert_hosts: raw.nats.server_cert_hosts.clone(),
             http_addr,
+            http_public_url,
             service_ttl: dur("service_ttl", &i.service_ttl)?,
             admin_ttl: dur("admin_ttl", &i.admin_ttl)?,
             control_plane_ttl: dur("control_plane_ttl", &i.control_plane_ttl)?,
@@ -347,7 +367,7 @@ pub fn raw_for_init(trust_domain: &str, nats_url: &str, http_addr: Option<&str>)
     RawConfig {
         trust_domain: trust_domain.to_string(),
         nats: RawNats { urls: vec![nats_url.to_string()], ..RawNats::default() },
-        http: RawHttp { addr: http_addr.map(str::to_string).unwrap_or_else(default_http_addr) },
+        http: RawHttp { addr: http_addr.map(str::to_string).unwrap_or_else(default_http_addr), public_url: None },
         issuance: RawIssuance::default(),
         limits: RawLimits::default(),
     }
@@ -380,6 +400,7 @@ mod tests {
         assert_eq!(again.urls(), cfg.urls());
         assert_eq!(again.token_ttl, cfg.token_ttl);
         assert!(cfg.server_cert_hosts().contains(&"localhost".to_string()));
+        assert_eq!(cfg.http_public_url, "http://127.0.0.1:9090");
     }
 
     #[test]

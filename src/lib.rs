@@ -38,6 +38,7 @@ pub mod layout;
 pub mod names;
 pub mod natsbin;
 pub mod natsconf;
+pub mod ocsp;
 pub mod permissions;
 pub mod proto;
 pub mod replay;

@@ -3,6 +3,13 @@
 use clap::Parser;
 
 fn main() {
+    // Like any Unix tool: a closed pipe (`tillit token create | head -1`) ends the process
+    // quietly instead of a panic on the next print.
+    #[cfg(unix)]
+    // SAFETY: called once at start, before any thread exists; restores the default disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = tillit::cli::Cli::parse();
     tillit::telemetry::init_logging(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -52,7 +52,9 @@ pub fn render(cfg: &Config, dir: &DataDir, trust: &ServerTrust<'_>) -> String {
     let _ = writeln!(s, "}}");
     let _ = writeln!(
         s,
-        "\ntls {{\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n  verify: true\n  timeout: 2\n}}",
+        "\ntls {{\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n  verify: true\n  timeout: 2\n  \
+         # Client certificates are checked against tillit's OCSP responder (their AIA URL).\n  \
+         ocsp_peer: {{\n    verify: true\n    ca_timeout: 2\n    allowed_clockskew: 30\n  }}\n}}",
         q(&tls.join("cert.pem").display().to_string()),
         q(&tls.join("key.pem").display().to_string()),
         q(&tls.join("ca.pem").display().to_string()),
@@ -85,6 +87,7 @@ mod tests {
         assert!(text.contains("type: full"));
         assert!(text.contains("ATIL: \"jwt.til.y\""));
         assert!(text.contains("verify: true"));
+        assert!(text.contains("ocsp_peer"));
         assert!(text.contains("ca_file: \"/var/lib/tillit/nats/tls/ca.pem\""));
         assert!(!text.contains("http:"), "monitoring is off unless asked for");
     }

@@ -74,6 +74,8 @@ pub struct Metrics {
     pub certificates_issued: Family<ReasonLabels, Counter>,
     /// Active identities whose credentials expire within 24 hours.
     pub identities_expiring_24h: Gauge,
+    /// OCSP responses served.
+    pub ocsp_responses: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,6 +116,8 @@ impl Metrics {
             "Active identities whose credentials expire within 24 hours",
             identities_expiring_24h.clone(),
         );
+        let ocsp_responses = Counter::default();
+        registry.register("ocsp_responses", "OCSP responses served", ocsp_responses.clone());
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").into(), trust_domain: trust_domain.into() })
@@ -130,6 +134,7 @@ impl Metrics {
             ca_expiry_seconds,
             certificates_issued,
             identities_expiring_24h,
+            ocsp_responses,
         }
     }
 

@@ -131,7 +131,13 @@ pub async fn enroll(token: &str, out: &Path, nats: Option<&str>, clock: SharedCl
     };
     let keys = LocalKeys::generate()?;
     let params = bootstrap_params(&token, urls.clone())?;
-    let nc = connect(&params).await?;
+    let nc = connect(&params).await.map_err(|e| match e {
+        ClientError::Connect { url, reason } => ClientError::Connect {
+            url,
+            reason: format!("{reason} (with the join token's bootstrap credentials: is the token complete, unused and unexpired?)"),
+        },
+        other => other,
+    })?;
     let body = EnrollRequest {
         token_id: token.id.clone(),
         token_secret: token.secret.clone(),

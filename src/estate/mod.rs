@@ -215,6 +215,21 @@ fn new_account_keys(vault: &Vault, b: &mut Batch, name: &str) -> Result<(KeyPair
     Ok((id, signing))
 }
 
+/// The OCSP and CRL URLs certificates carry.
+fn revocation_urls(config: &Config) -> x509::RevocationUrls {
+    x509::RevocationUrls {
+        ocsp: format!("{}/ocsp", config.http_public_url),
+        crl: format!("{}/crl", config.http_public_url),
+    }
+}
+
+/// An issued client certificate (`serials/<hex>`), for OCSP and the CRL.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SerialRecord {
+    pub user_public_key: String,
+    pub not_after: i64,
+}
+
 /// What an admin identity may do on NATS: call the admin and service APIs and micro discovery,
 /// receive on its own inbox, watch events.
 fn admin_permissions(inbox: &str) -> UserPermissions {
@@ -321,7 +336,7 @@ impl Estate {
         vault.put_sealed(&mut b, Space::Keys, "ca", ca.key_pem.expose().as_bytes())?;
 
         let estate = Estate {
-            ca: CertAuthority::load(&ca.cert_pem, &ca.key_pem)?,
+            ca: CertAuthority::load(&ca.cert_pem, &ca.key_pem)?.with_revocation_urls(revocation_urls(&config)),
             dir,
             config,
             meta,
@@ -400,7 +415,7 @@ impl Estate {
             .map_err(key_err("operator signing key"))?;
         let ca_key = vault.get_sealed(Space::Keys, "ca")?.ok_or_else(not_init)?;
         let ca_key = SecretString::new(String::from_utf8_lossy(&ca_key).into_owned());
-        let ca = CertAuthority::load(&meta.ca_cert_pem, &ca_key)?;
+        let ca = CertAuthority::load(&meta.ca_cert_pem, &ca_key)?.with_revocation_urls(revocation_urls(&config));
         Ok(Estate {
             dir,
             config,
@@ -711,6 +726,7 @@ impl Estate {
         };
         let mut b = Batch::new();
         b.put_json(Space::Identities, &rec.user_public_key, &rec)?;
+        b.put_json(Space::Serials, &rec.cert_serial, &SerialRecord { user_public_key: rec.user_public_key.clone(), not_after: expires })?;
         self.store().commit(b)?;
         let renew = crate::rotation::renew_at(now, expires, crate::rotation::random_jitter());
         let info = IdentityInfo {
@@ -792,6 +808,38 @@ impl Estate {
     /// An identity record by user public key.
     pub fn identity(&self, user_public_key: &str) -> Result<Option<IdentityRecord>> {
         Ok(get_json(self.store(), Space::Identities, user_public_key)?)
+    }
+
+    /// What OCSP says of a serial (lower-case hex): revoked if its identity is revoked, good
+    /// otherwise (certificates tillit issued without an identity record — bootstrap and control
+    /// plane ones — are cut off by JWT expiry and revocation instead).
+    pub fn revocation_status(&self, serial: &str) -> Result<crate::ocsp::Status> {
+        let Some(s) = get_json::<SerialRecord>(self.store(), Space::Serials, serial)? else {
+            return Ok(crate::ocsp::Status::Good);
+        };
+        Ok(match self.identity(&s.user_public_key)? {
+            Some(i) if i.state == IdentityState::Revoked => crate::ocsp::Status::Revoked(i.revoked_at.unwrap_or(0)),
+            _ => crate::ocsp::Status::Good,
+        })
+    }
+
+    /// Serials of unexpired certificates whose identities are revoked, with the revocation time.
+    pub fn revoked_serials(&self) -> Result<Vec<(String, i64)>> {
+        let now = self.clock.now_unix();
+        let mut out = Vec::new();
+        for (serial, v) in self.store().scan(Space::Serials)? {
+            let s: SerialRecord = serde_json::from_slice(&v)
+                .map_err(|e| EstateError::Store(StoreError::Corrupt(format!("serials/{serial}"), e.to_string())))?;
+            if s.not_after <= now {
+                continue;
+            }
+            if let Some(i) = self.identity(&s.user_public_key)? {
+                if i.state == IdentityState::Revoked {
+                    out.push((serial, i.revoked_at.unwrap_or(now)));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Every identity record.

@@ -104,10 +104,47 @@ fn san_for_host(host: &str) -> Result<SanType, X509Error> {
 
 // === impl CertAuthority ===
 
+/// Where relying parties check revocation: put into every leaf certificate (AIA OCSP URL and
+/// CRL distribution point).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationUrls {
+    pub ocsp: String,
+    pub crl: String,
+}
+
 /// The root CA with its signing key in memory (loaded from the sealed store).
 pub struct CertAuthority {
     cert_pem: String,
     issuer: Issuer<'static, KeyPair>,
+    urls: Option<RevocationUrls>,
+}
+
+/// DER length prefix.
+fn der_len(n: usize) -> Vec<u8> {
+    if n < 0x80 {
+        vec![n as u8]
+    } else if n < 0x100 {
+        vec![0x81, n as u8]
+    } else {
+        vec![0x82, (n >> 8) as u8, n as u8]
+    }
+}
+
+fn der_tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    v.extend(der_len(body.len()));
+    v.extend_from_slice(body);
+    v
+}
+
+/// The Authority Information Access extension with one OCSP URL (RFC 5280 §4.2.2.1).
+fn aia_ocsp(url: &str) -> rcgen::CustomExtension {
+    // id-ad-ocsp 1.3.6.1.5.5.7.48.1
+    let oid = der_tlv(0x06, &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01]);
+    let location = der_tlv(0x86, url.as_bytes()); // [6] IA5String uniformResourceIdentifier
+    let access = der_tlv(0x30, &[oid, location].concat());
+    let content = der_tlv(0x30, &access);
+    rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 1, 1], content)
 }
 
 impl std::fmt::Debug for CertAuthority {
@@ -145,7 +182,49 @@ impl CertAuthority {
     pub fn load(cert_pem: &str, key_pem: &SecretString) -> Result<Self, X509Error> {
         let key = KeyPair::from_pem(key_pem.expose())?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
-        Ok(CertAuthority { cert_pem: cert_pem.to_string(), issuer })
+        Ok(CertAuthority { cert_pem: cert_pem.to_string(), issuer, urls: None })
+    }
+
+    /// Put these revocation URLs into every leaf certificate issued from now on.
+    pub fn with_revocation_urls(mut self, urls: RevocationUrls) -> Self {
+        self.urls = Some(urls);
+        self
+    }
+
+    fn add_revocation_urls(&self, p: &mut CertificateParams) {
+        if let Some(u) = &self.urls {
+            p.custom_extensions.push(aia_ocsp(&u.ocsp));
+            p.crl_distribution_points = vec![rcgen::CrlDistributionPoint { uris: vec![u.crl.clone()] }];
+        }
+    }
+
+    /// Sign `msg` with the CA key (ECDSA P-256 with SHA-256, DER signature).
+    pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, X509Error> {
+        use rcgen::SigningKey;
+        Ok(self.issuer.key().sign(msg)?)
+    }
+
+    /// A DER CRL listing `revoked` (serial hex, revocation time), valid from `now` to `next`.
+    pub fn crl(&self, revoked: &[(String, i64)], crl_number: u64, now: i64, next: i64) -> Result<Vec<u8>, X509Error> {
+        let mut list = Vec::with_capacity(revoked.len());
+        for (serial, at) in revoked {
+            let bytes = data_encoding::HEXLOWER_PERMISSIVE.decode(serial.as_bytes()).map_err(|_| X509Error::San(serial.clone()))?;
+            list.push(rcgen::RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&bytes),
+                revocation_time: ts(*at)?,
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+        }
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: ts(now)?,
+            next_update: ts(next)?,
+            crl_number: SerialNumber::from_slice(&crl_number.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs: list,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.der().to_vec())
     }
 
     /// The root certificate (PEM).
@@ -168,6 +247,7 @@ impl CertAuthority {
             }
         }
         p.subject_alt_names = sans;
+        self.add_revocation_urls(&mut p);
         let cert = p.signed_by(&key, &self.issuer)?;
         Ok(Issued { cert_pem: cert.pem(), key_pem: SecretString::new(key.serialize_pem()), serial, not_after })
     }
@@ -185,6 +265,7 @@ impl CertAuthority {
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         p.subject_alt_names =
             vec![SanType::URI(spiffe_id.to_string().try_into().map_err(|_| X509Error::San(spiffe_id.into()))?)];
+        self.add_revocation_urls(&mut p);
         let cert = p.signed_by(public_key, &self.issuer)?;
         Ok((cert.pem(), serial))
     }
@@ -208,6 +289,7 @@ impl CertAuthority {
 mod tests {
     use super::*;
     use x509_parser::extensions::GeneralName;
+    use x509_parser::prelude::FromDer;
 
     const NOW: i64 = 1_780_000_000;
 
@@ -260,6 +342,30 @@ mod tests {
         assert!(names.contains(&GeneralName::DNSName("localhost")));
         let eku = c.extended_key_usage().unwrap().unwrap();
         assert!(eku.value.server_auth);
+    }
+
+    #[test]
+    fn leaves_carry_revocation_urls_and_the_crl_lists_revoked_serials() {
+        let ca = ca().with_revocation_urls(RevocationUrls { ocsp: "http://127.0.0.1:8080/ocsp".into(), crl: "http://127.0.0.1:8080/crl".into() });
+        let a = ca.issue_client_with_new_key("spiffe://example.org/a/b/c/d", "d", NOW, NOW + 60).unwrap();
+        let der = first_cert_der(&a.cert_pem).unwrap();
+        let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let mut saw_aia = false;
+        let mut saw_crl = false;
+        for ext in c.extensions() {
+            match ext.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::AuthorityInfoAccess(aia) => {
+                    saw_aia = aia.accessdescs.iter().any(|d| matches!(d.access_location, GeneralName::URI("http://127.0.0.1:8080/ocsp")));
+                }
+                x509_parser::extensions::ParsedExtension::CRLDistributionPoints(_) => saw_crl = true,
+                _ => {}
+            }
+        }
+        assert!(saw_aia && saw_crl);
+        let crl = ca.crl(&[(a.serial.clone(), NOW + 10)], 7, NOW + 20, NOW + 620).unwrap();
+        let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(&crl).unwrap();
+        let serials: Vec<String> = parsed.iter_revoked_certificates().map(|r| data_encoding::HEXLOWER.encode(r.raw_serial())).collect();
+        assert_eq!(serials, vec![a.serial]);
     }
 
     #[test]

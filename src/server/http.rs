@@ -18,6 +18,8 @@ pub struct HttpState {
     /// The control plane's NATS connections, once made.
     pub conns: Arc<OnceLock<Vec<(String, async_nats::Client)>>>,
     pub metrics: Arc<Metrics>,
+    /// The estate, for OCSP and the CRL.
+    pub estate: Arc<crate::estate::Estate>,
 }
 
 impl HttpState {
@@ -59,11 +61,67 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     )
 }
 
+fn ocsp_answer(s: &HttpState, request: &[u8]) -> axum::response::Response {
+    let e = &s.estate;
+    let now = e.clock().now_unix();
+    let der = crate::ocsp::respond(e.ca(), request, |serial| e.revocation_status(serial).unwrap_or(crate::ocsp::Status::Unknown), now);
+    s.metrics.ocsp_responses.inc();
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/ocsp-response".to_string()),
+            (header::CACHE_CONTROL, format!("max-age={}", crate::ocsp::NEXT_UPDATE_SECS / 2)),
+        ],
+        der,
+    )
+        .into_response()
+}
+
+async fn ocsp_get(State(s): State<HttpState>, axum::extract::Path(req): axum::extract::Path<String>) -> axum::response::Response {
+    match crate::ocsp::decode_get(&req) {
+        Some(der) => ocsp_answer(&s, &der),
+        None => ocsp_answer(&s, b""),
+    }
+}
+
+async fn ocsp_post(State(s): State<HttpState>, body: axum::body::Bytes) -> axum::response::Response {
+    ocsp_answer(&s, &body)
+}
+
+async fn crl(State(s): State<HttpState>) -> axum::response::Response {
+    let e = s.estate.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let now = e.clock().now_unix();
+        let revoked = e.revoked_serials().map_err(|x| x.to_string())?;
+        e.ca().crl(&revoked, now as u64, now, now + crate::ocsp::NEXT_UPDATE_SECS).map_err(|x| x.to_string())
+    })
+    .await;
+    match built.map_err(|e| e.to_string()).and_then(|r| r) {
+        Ok(der) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "application/pkix-crl".to_string()),
+                (header::CACHE_CONTROL, format!("max-age={}", crate::ocsp::NEXT_UPDATE_SECS / 2)),
+            ],
+            der,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!("cannot build the CRL: {e}");
+            (StatusCode::INTERNAL_SERVER_ERROR, "CRL unavailable\n").into_response()
+        }
+    }
+}
+
 /// The router.
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/ocsp", axum::routing::post(ocsp_post))
+        .route("/ocsp/{*req}", get(ocsp_get))
+        .route("/crl", get(crl))
+        .layer(axum::extract::DefaultBodyLimit::max(crate::ocsp::MAX_REQUEST_BYTES))
         .with_state(state)
 }

@@ -230,7 +230,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::HttpBind { addr: addr.to_string(), source })?;
-    let http_state = http::HttpState { serving: serving.clone(), conns: conns.clone(), metrics: metrics.clone() };
+    let http_state = http::HttpState { serving: serving.clone(), conns: conns.clone(), metrics: metrics.clone(), estate: estate.clone() };
     let http_stop = stopped(&stop_rx);
     let http_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, http::router(http_state)).with_graceful_shutdown(http_stop).await {

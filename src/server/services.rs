@@ -3,7 +3,7 @@
 
 use super::{After, Ctx};
 use crate::error::{ApiError, ErrorCode};
-use crate::estate::{AccountRecord, IdentityRecord, IdentityState, RoleRecord, TILLIT_ACCOUNT};
+use crate::estate::{AccountRecord, IdentityRecord, IdentityState, RoleRecord, SerialRecord, TILLIT_ACCOUNT};
 use crate::estate::services::{MAX_TOKENS_PER_REQUEST, MAX_TOKEN_TTL_SECS};
 use crate::identity::IdentityKind;
 use crate::issuer::x509::{self, CsrError};
@@ -281,6 +281,8 @@ pub async fn enroll(
     let mut b = Batch::new();
     b.put_json(Space::Identities, user_pub, &rec).map_err(ApiError::internal)?;
     b.put_json(Space::Tokens, &tok.id, &e.used_token(&tok, user_pub)).map_err(ApiError::internal)?;
+    b.put_json(Space::Serials, &issue.serial, &SerialRecord { user_public_key: user_pub.into(), not_after: issue.expires_at })
+        .map_err(ApiError::internal)?;
     // The token burn and the identity become durable together, with their audit record.
     let entry = Entry::ok(&rec.id, "enroll", &rec.id)
         .detail(serde_json::json!({ "user": user_pub, "serial": issue.serial, "token_id": tok.id, "expires_at": issue.expires_at }))
@@ -316,6 +318,8 @@ pub async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: RenewRequest) -> Res
     rec.expires_at = expires;
     let mut b = Batch::new();
     b.put_json(Space::Identities, &rec.user_public_key, &rec).map_err(ApiError::internal)?;
+    b.put_json(Space::Serials, &rec.cert_serial, &SerialRecord { user_public_key: rec.user_public_key.clone(), not_after: rec.expires_at })
+        .map_err(ApiError::internal)?;
     let entry = Entry::ok(&caller.id, "renew", &rec.id)
         .detail(serde_json::json!({ "user": rec.user_public_key, "serial": rec.cert_serial, "expires_at": rec.expires_at }))
         .batch(b);

@@ -31,6 +31,8 @@ pub enum Space {
     Tokens,
     /// Service roles: one scoped signing key per service (`<account>/<project>/<service>`).
     Roles,
+    /// Issued client certificates: serial → owner and expiry (for OCSP and the CRL).
+    Serials,
 }
 
 impl Space {
@@ -42,6 +44,7 @@ impl Space {
             Space::Identities => "identities",
             Space::Tokens => "tokens",
             Space::Roles => "roles",
+            Space::Serials => "serials",
         }
     }
 }

@@ -7,3 +7,4 @@ mod grants;
 mod harness;
 mod interop;
 mod refusals;
+mod revocation;

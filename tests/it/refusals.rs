@@ -41,6 +41,7 @@ fn creds_text(f: &tillit::identity::IdentityFiles) -> String {
 async fn server_refuses_missing_cert_foreign_cert_missing_jwt_and_foreign_operator() {
     let e = Estate::init("example.org");
     let nats = e.start_nats();
+    let _serve = e.start_serve_ready();
     let url = nats.url();
     let files = admin_files(&e);
     let creds = creds_text(&files);

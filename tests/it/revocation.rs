@@ -1,0 +1,97 @@
+//! Certificate revocation the server enforces: OCSP (nats-server's ocsp_peer) and the CRL.
+
+use crate::harness::*;
+use std::time::Duration;
+use tillit::client::tls;
+use tillit::layout::IdentityDir;
+
+fn enroll(e: &Estate, service: &str, name: &str) -> std::path::PathBuf {
+    let token = create_tokens(e, service, 1, "15m").remove(0);
+    let dir = e.tmp.path().join(name);
+    let out = enroll_cli(&token, &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    dir
+}
+
+async fn connect_with(url: &str, cert_of: &std::path::Path, creds_of: &std::path::Path) -> Result<async_nats::Client, String> {
+    let c = tillit::identity::load(&IdentityDir::new(cert_of)).unwrap();
+    let j = tillit::identity::load(&IdentityDir::new(creds_of)).unwrap();
+    let tls_cfg = tls::client_config(&c.ca_pem, tls::SwappableCert::new(tls::certified_key(&c.cert_pem, c.key_pem.expose()).unwrap())).unwrap();
+    let creds = tillit::issuer::creds::format(&j.user_jwt, &j.user_seed);
+    async_nats::ConnectOptions::with_credentials(creds.expose())
+        .unwrap()
+        .require_tls(true)
+        .tls_client_config(tls_cfg)
+        .custom_inbox_prefix(&j.info.inbox_prefix)
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_certificate_is_refused_at_the_handshake_even_with_a_valid_jwt() {
+    let e = Estate::init("example.org");
+    let nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let pay = enroll(&e, "acme/shop/prod/payments", "payments");
+    let orders = enroll(&e, "acme/shop/prod/orders", "orders");
+    let out = tillit(&["revoke", "acme/shop/prod/payments", "--identity", &e.admin()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Control: orders' own certificate and JWT connect.
+    connect_with(&nats.url(), &orders, &orders).await.expect("valid cert + valid JWT");
+    // The revoked payments certificate with orders' perfectly valid JWT: refused by OCSP.
+    let err = connect_with(&nats.url(), &pay, &orders).await.expect_err("a revoked certificate must be refused");
+    eprintln!("refused: {err}");
+    let log = nats.log_text();
+    assert!(log.to_lowercase().contains("ocsp") || log.contains("revoked"), "server log says why:\n{log}");
+
+    // openssl reads the OCSP answers (POST) and the CRL.
+    let url = format!("http://127.0.0.1:{}/ocsp", e.http_port);
+    let check = |dir: &std::path::Path| {
+        let tls_dir = dir.join("tls");
+        let out = std::process::Command::new("openssl")
+            .args(["ocsp", "-issuer"])
+            .arg(tls_dir.join("ca.pem"))
+            .arg("-cert")
+            .arg(tls_dir.join("cert.pem"))
+            .args(["-url", &url, "-CAfile"])
+            .arg(tls_dir.join("ca.pem"))
+            .output()
+            .unwrap();
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (o, err) = check(&pay);
+    assert!(o.contains("cert.pem: revoked"), "{o}\n{err}");
+    assert!(err.contains("Response verify OK"), "{err}");
+    let (o, _) = check(&orders);
+    assert!(o.contains("cert.pem: good"), "{o}");
+
+    // GET form: the same request, base64 in the path.
+    let req = e.tmp.path().join("req.der");
+    let out = std::process::Command::new("openssl")
+        .args(["ocsp", "-issuer"])
+        .arg(pay.join("tls/ca.pem"))
+        .arg("-cert")
+        .arg(pay.join("tls/cert.pem"))
+        .arg("-reqout")
+        .arg(&req)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let b64 = data_encoding::BASE64.encode(&std::fs::read(&req).unwrap()).replace('/', "%2F").replace('+', "%2B").replace('=', "%3D");
+    let (code, _) = http_get(e.http_port, &format!("/ocsp/{b64}")).unwrap();
+    assert_eq!(code, 200);
+
+    let crl = e.tmp.path().join("crl.der");
+    let (code, _) = http_get(e.http_port, "/crl").unwrap();
+    assert_eq!(code, 200);
+    let out = std::process::Command::new("curl").arg("-s").arg("-o").arg(&crl).arg(format!("http://127.0.0.1:{}/crl", e.http_port)).status();
+    if out.map(|s| s.success()).unwrap_or(false) {
+        let text = std::process::Command::new("openssl").args(["crl", "-inform", "DER", "-noout", "-text", "-in"]).arg(&crl).output().unwrap();
+        let text = String::from_utf8_lossy(&text.stdout).to_uppercase();
+        let serial = tillit::identity::load(&IdentityDir::new(&pay)).unwrap().info.cert_serial.to_uppercase();
+        assert!(text.contains(&serial), "CRL lists {serial}:\n{text}");
+    }
+}
