@@ -342,3 +342,136 @@ async fn http_post(s: &mut tokio::net::TcpStream, port: u16, path: &str, body: &
     }
     Ok(String::from_utf8_lossy(&buf[head_end..head_end + content_len]).into_owned())
 }
+
+// === grants, revocations, account sizes (issue figures) ===
+
+/// Latencies of `n` runs: p50/p99 in ms.
+fn lat_figures(name: &str, lat: Vec<Duration>, errors: usize) -> Figures {
+    let total: Duration = lat.iter().sum();
+    let mut f = Figures::from(name, 1, total, lat, errors);
+    f.per_sec = 0.0;
+    f
+}
+
+/// `tillit bench grant`: time from sending `grant` to the connected client using the new subject.
+pub async fn grant(admin_dir: &Path, n: usize, nats: Option<&str>, scratch: &Path) -> Result<Figures, ClientError> {
+    let admin = TillitClient::connect_dir(&IdentityDir::new(admin_dir), nats).await?;
+    let sid = ServiceId::new("bench", "bench", &run_id(), "svc").map_err(|e| ClientError::Credentials(e.to_string()))?;
+    let token = mint_tokens(&admin, &sid, 1).await?.remove(0);
+    let dir = scratch.join("grant-svc");
+    crate::client::enroll::enroll(&token, &dir, nats, Arc::new(crate::clock::SystemClock)).await?;
+    let session = Session::connect(&IdentityDir::new(&dir), nats).await?;
+    let c = session.client();
+    eprintln!("timing {n} grants (grant → first message on the new subject)…");
+    let mut lat = Vec::with_capacity(n);
+    let mut errors = 0;
+    for i in 0..n {
+        let subject = format!("granted.g{i}");
+        let mut sub = c.subscribe(format!("{subject}.>")).await.map_err(|e| ClientError::Request { subject: subject.clone(), reason: e.to_string() })?;
+        let start = Instant::now();
+        let _: crate::proto::GrantsReply = admin
+            .call(
+                subjects::ADMIN_GRANT,
+                subjects::KIND_GRANT,
+                crate::proto::GrantRequest { service: sid.clone(), publish: vec![format!("{subject}.>")], subscribe: vec![format!("{subject}.>")] },
+            )
+            .await?;
+        let mut ok = false;
+        while start.elapsed() < Duration::from_secs(5) {
+            let _ = c.publish(format!("{subject}.x"), "1".into()).await;
+            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(2), futures::StreamExt::next(&mut sub)).await {
+                ok = true;
+                break;
+            }
+        }
+        if ok {
+            lat.push(start.elapsed());
+        } else {
+            errors += 1;
+        }
+    }
+    Ok(lat_figures("tillit grant → effect", lat, errors))
+}
+
+/// `tillit bench revoke`: time from sending `revoke` to the server dropping the connection.
+pub async fn revoke(admin_dir: &Path, n: usize, nats: Option<&str>, scratch: &Path) -> Result<Figures, ClientError> {
+    let admin = TillitClient::connect_dir(&IdentityDir::new(admin_dir), nats).await?;
+    let run = run_id();
+    eprintln!("timing {n} revocations (revoke → connection dropped); each enrolls a fresh service first (untimed)…");
+    let mut lat = Vec::with_capacity(n);
+    let mut errors = 0;
+    for i in 0..n {
+        let sid = ServiceId::new("bench", "bench", &run, &format!("r{i}")).map_err(|e| ClientError::Credentials(e.to_string()))?;
+        let token = mint_tokens(&admin, &sid, 1).await?.remove(0);
+        let dir = scratch.join(format!("revoke-{i}"));
+        crate::client::enroll::enroll(&token, &dir, nats, Arc::new(crate::clock::SystemClock)).await?;
+        let files = crate::identity::load(&IdentityDir::new(&dir))?;
+        let mut params = crate::client::ConnectParams::from_identity(&files, nats)?;
+        params.max_reconnects = Some(0);
+        let c = connect(&params).await?;
+        c.flush().await.map_err(|e| ClientError::Request { subject: "flush".into(), reason: e.to_string() })?;
+        let start = Instant::now();
+        let _: crate::proto::RevokeReply = admin
+            .call(subjects::ADMIN_REVOKE, subjects::KIND_REVOKE, crate::proto::RevokeRequest { service: sid, reason: Some("bench".into()) })
+            .await?;
+        let mut dropped = false;
+        while start.elapsed() < Duration::from_secs(5) {
+            if c.connection_state() != async_nats::connection::State::Connected {
+                dropped = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        if dropped {
+            lat.push(start.elapsed());
+        } else {
+            errors += 1;
+        }
+    }
+    Ok(lat_figures("tillit revoke → disconnect", lat, errors))
+}
+
+/// Size in bytes of a tenant account JWT carrying `services` scoped signing keys with default
+/// templates, as tillit signs it (pure: throwaway keys).
+pub fn account_jwt_size(services: usize) -> Result<usize, String> {
+    use crate::issuer::jwt::{self, AccountLimits, AccountNats, Claims, Import, SigningKeyEntry};
+    let op = nkeys::KeyPair::new_operator();
+    let acct = nkeys::KeyPair::new_account();
+    let mut n = AccountNats::new(AccountLimits::unlimited_with_jetstream());
+    n.imports = vec![Import {
+        name: "tillit service api".into(),
+        subject: subjects::SVC_EXPORT.into(),
+        account: nkeys::KeyPair::new_account().public_key(),
+        kind: "service".into(),
+        local_subject: None,
+        share: true,
+    }];
+    n.signing_keys.push(SigningKeyEntry::Plain(nkeys::KeyPair::new_account().public_key()));
+    for i in 0..services {
+        let sid = ServiceId::new("acme", "shop", "prod", &format!("service-{i:05}")).map_err(|e| e.to_string())?;
+        let role = crate::estate::RoleRecord {
+            account: "acme-prod".into(),
+            service: sid.clone(),
+            key: nkeys::KeyPair::new_account().public_key(),
+            permissions: crate::estate::services::default_permissions(&sid),
+            created_at: 0,
+            updated_at: 0,
+        };
+        n.signing_keys.push(SigningKeyEntry::Scoped(role.scope()));
+    }
+    let claims = Claims {
+        jti: jwt::new_jti().map_err(|e| e.to_string())?,
+        iat: now(),
+        iss: op.public_key(),
+        sub: acct.public_key(),
+        name: Some("acme-prod".into()),
+        aud: None,
+        exp: None,
+        nbf: None,
+        nats: n,
+    };
+    // Encode without the 1 MiB check, to report sizes past the cap too.
+    let header = data_encoding::BASE64URL_NOPAD.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let body = data_encoding::BASE64URL_NOPAD.encode(&serde_json::to_vec(&claims).map_err(|e| e.to_string())?);
+    Ok(header.len() + 1 + body.len() + 1 + 86)
+}

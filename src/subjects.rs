@@ -43,6 +43,9 @@ pub const SYS_CLAIMS_UPDATE: &str = "$SYS.REQ.CLAIMS.UPDATE";
 /// nats-server: look up an account JWT.
 pub const SYS_CLAIMS_LOOKUP_FMT: &str = "$SYS.REQ.ACCOUNT.{}.CLAIMS.LOOKUP";
 
+/// nats-server: a client failed authentication (any server).
+pub const SYS_AUTH_ERRORS: &str = "$SYS.SERVER.*.CLIENT.AUTH.ERR";
+
 /// Header the server stamps on requests that cross a service import (caller's account/user).
 pub const HDR_REQUEST_INFO: &str = "Nats-Request-Info";
 /// Micro-protocol error headers.

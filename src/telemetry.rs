@@ -76,6 +76,8 @@ pub struct Metrics {
     pub identities_expiring_24h: Gauge,
     /// OCSP responses served.
     pub ocsp_responses: Counter,
+    /// Connections nats-server refused (from its `$SYS` auth error events), by reason.
+    pub auth_failures: Family<ReasonLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -118,6 +120,8 @@ impl Metrics {
         );
         let ocsp_responses = Counter::default();
         registry.register("ocsp_responses", "OCSP responses served", ocsp_responses.clone());
+        let auth_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register("auth_failures", "Connections nats-server refused, by reason", auth_failures.clone());
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").into(), trust_domain: trust_domain.into() })
@@ -135,6 +139,7 @@ impl Metrics {
             certificates_issued,
             identities_expiring_24h,
             ocsp_responses,
+            auth_failures,
         }
     }
 

@@ -14,6 +14,27 @@ pub enum What {
     Enroll(Common),
     /// N renewals at concurrency C, against cfssl's CSR signing in the same run.
     Renew(Common),
+    /// Time from `grant` to a connected client using the new subject, N runs.
+    Grant(Latency),
+    /// Time from `revoke` to the server dropping the connection, N runs.
+    Revoke(Latency),
+    /// Size of a tenant account JWT at 100, 1,000 and 5,000 services (no server needed).
+    AccountSize {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Latency {
+    #[arg(long, env = "TILLIT_IDENTITY")]
+    pub identity: PathBuf,
+    #[arg(short = 'n', default_value_t = 100)]
+    pub n: usize,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, env = "TILLIT_NATS_URL")]
+    pub nats: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -39,6 +60,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let (kind, o) = match &a.what {
         What::Enroll(o) => ("enroll", o),
         What::Renew(o) => ("renew", o),
+        What::Grant(l) | What::Revoke(l) => return latency(matches!(a.what, What::Grant(_)), l).await,
+        What::AccountSize { json } => return account_size(*json),
     };
     anyhow::ensure!(o.n > 0 && o.c > 0 && o.c <= 1024, "-n and -c must be positive (and -c at most 1024)");
     let scratch = tempfile_dir()?;
@@ -90,4 +113,36 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let d = std::env::temp_dir().join(format!("tillit-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&d)?;
     Ok(d)
+}
+
+async fn latency(grant: bool, l: &Latency) -> anyhow::Result<()> {
+    anyhow::ensure!(l.n > 0 && l.n <= 1000, "-n must be between 1 and 1000");
+    let scratch = tempfile_dir()?;
+    let f = if grant {
+        crate::bench::grant(&l.identity, l.n, l.nats.as_deref(), &scratch).await?
+    } else {
+        crate::bench::revoke(&l.identity, l.n, l.nats.as_deref(), &scratch).await?
+    };
+    let _ = std::fs::remove_dir_all(&scratch);
+    println!("{:<34} n={:<6} p50 {:>8.3} ms   p99 {:>8.3} ms{}", f.name, f.n, f.p50_ms, f.p99_ms,
+        if f.errors > 0 { format!("   over 5s: {}", f.errors) } else { String::new() });
+    if l.json {
+        println!("{}", serde_json::json!({"bench": if grant { "grant" } else { "revoke" }, "n": f.n, "p50_ms": round(f.p50_ms), "p99_ms": round(f.p99_ms), "errors": f.errors}));
+    }
+    Ok(())
+}
+
+fn account_size(json: bool) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for n in [100usize, 1_000, 2_000, 5_000] {
+        let bytes = crate::bench::account_jwt_size(n).map_err(anyhow::Error::msg)?;
+        let fits = bytes <= crate::estate::services::MAX_ACCOUNT_JWT_BYTES && n <= crate::estate::services::MAX_SERVICES_PER_ACCOUNT;
+        println!("{n:>6} services: account JWT {bytes:>9} bytes ({:.0} B/service){}", bytes as f64 / n as f64,
+            if fits { "" } else { "  — refused: over tillit's per-account limit or nats-server's 1 MiB cap" });
+        rows.push(serde_json::json!({"services": n, "bytes": bytes, "accepted": fits}));
+    }
+    if json {
+        println!("{}", serde_json::json!({"bench": "account-size", "rows": rows}));
+    }
+    Ok(())
 }

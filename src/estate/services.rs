@@ -10,11 +10,12 @@ use crate::token::{self, JoinToken};
 pub const MAX_TOKENS_PER_REQUEST: u32 = 200;
 /// Longest a join token may live.
 pub const MAX_TOKEN_TTL_SECS: i64 = 7 * 86_400;
-/// Most services (scoped signing keys) per tenant-env account. A scoped key with a small template
-/// is about 340 bytes of the account JWT, which nats-server caps at 1 MiB (about 3,000 keys); the
-/// rest is headroom for grants and revocations. Larger tenants split across environments
-/// (accounts), e.g. `acme-prod-eu`, or move to auth-callout mode (DESIGN.md §9).
-pub const MAX_SERVICES_PER_ACCOUNT: usize = 2_500;
+/// Most services (scoped signing keys) per tenant-env account. A scoped key with tillit's default
+/// template is about 380 bytes of the account JWT (`tillit bench account-size`), which
+/// nats-server caps at 1 MiB; 2,000 services take ~765 KB and leave headroom for grants and
+/// revocations. Larger tenants split across environments (accounts), e.g. `acme-prod-eu`, or move
+/// to auth-callout mode (DESIGN.md §9), where permissions are not carried in the account JWT.
+pub const MAX_SERVICES_PER_ACCOUNT: usize = 2_000;
 /// The largest account JWT tillit pushes (nats-server refuses more than 1 MiB).
 pub const MAX_ACCOUNT_JWT_BYTES: usize = 1_000_000;
 
@@ -50,7 +51,9 @@ impl RoleRecord {
             key: self.key.clone(),
             role: self.service.role(),
             template: self.permissions.clone(),
-            description: Some(format!("service {}", self.service)),
+            // The role names the service; a description would cost ~40 bytes per service of the
+            // 1 MiB account JWT.
+            description: None,
         }
     }
 }

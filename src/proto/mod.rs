@@ -289,6 +289,10 @@ pub struct AccountStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Counts {
     pub identities: usize,
+    /// Identities by state.
+    pub active: usize,
+    pub revoked: usize,
+    pub expired: usize,
     pub accounts: usize,
     pub tenant_accounts: usize,
 }

@@ -167,7 +167,7 @@ pub async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> R
 }
 
 /// The state of an identity as shown to operators (pure).
-pub fn state_of(rec: &IdentityRecord, now: i64) -> &'static str {
+pub(super) fn state_of(rec: &IdentityRecord, now: i64) -> &'static str {
     match rec.state {
         IdentityState::Revoked => "revoked",
         IdentityState::Active if rec.expires_at <= now => "expired",

@@ -139,7 +139,9 @@ pub fn refresh_gauges(ctx: &Ctx) {
 fn status(ctx: &Ctx, caller: &IdentityRecord) -> Result<StatusReply, ApiError> {
     let e = &ctx.estate;
     let accounts = e.accounts().map_err(ApiError::internal)?;
-    let identities = e.identity_count().map_err(ApiError::internal)?;
+    let all = e.identities().map_err(ApiError::internal)?;
+    let now = e.clock().now_unix();
+    let by_state = |st: &str| all.iter().filter(|r| super::admin::state_of(r, now) == st).count();
     refresh_gauges(ctx);
     Ok(StatusReply {
         trust_domain: e.trust_domain().to_string(),
@@ -150,7 +152,10 @@ fn status(ctx: &Ctx, caller: &IdentityRecord) -> Result<StatusReply, ApiError> {
         ca_expires_at: crate::issuer::x509::not_after(&e.meta.ca_cert_pem).map(rfc3339).unwrap_or_default(),
         nats_urls: e.config.urls(),
         counts: Counts {
-            identities,
+            identities: all.len(),
+            active: by_state("active"),
+            revoked: by_state("revoked"),
+            expired: by_state("expired"),
             accounts: accounts.len(),
             tenant_accounts: accounts.iter().filter(|a| a.kind == AccountKind::Tenant).count(),
         },

@@ -9,6 +9,7 @@
 //! `{"result": …}` or `{"error": {"code", "message"}}`.
 
 mod admin;
+mod events;
 mod handlers;
 pub mod http;
 pub mod push;
@@ -299,6 +300,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
             }
         }
     }));
+    background.push(tokio::spawn(events::watch_auth_errors(ctx.clone())));
     let gauges = ctx.clone();
     background.push(tokio::spawn(async move {
         loop {

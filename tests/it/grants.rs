@@ -133,6 +133,10 @@ async fn revoke_drops_the_connection_and_the_identity_never_comes_back() {
     let svc = l["identities"].as_array().unwrap().iter().find(|i| i["id"] == "spiffe://example.org/acme/shop/prod/orders").unwrap();
     assert_eq!(svc["state"], "revoked");
     assert!(svc["revoked_at"].is_string());
+    let out = tillit(&["status", "--identity", &e.admin(), "--json"]);
+    let st: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(st["counts"]["revoked"], 1, "{st}");
+    assert_eq!(st["counts"]["active"], 1, "the admin");
     // Revoking again: nothing active left.
     let out = tillit(&["revoke", "acme/shop/prod/orders", "--identity", &e.admin()]);
     assert!(stderr(&out).contains("no active identity"), "{}", stderr(&out));

@@ -77,6 +77,16 @@ async fn server_refuses_missing_cert_foreign_cert_missing_jwt_and_foreign_operat
     let err = connect_with(&url, own.clone(), Some(&creds_text(&other_files))).await.expect_err("a foreign operator's JWT must be refused");
     assert!(err.to_lowercase().contains("authorization violation"), "{err}");
 
+    // tillit saw nats-server's own auth failures ($SYS events): counted and recorded.
+    let mut metrics = String::new();
+    let counted = wait_for(Duration::from_secs(10), || {
+        metrics = http_get(e.http_port, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        metrics.contains("tillit_auth_failures_total{reason=")
+    });
+    assert!(counted.is_some(), "no auth failure counted:\n{metrics}");
+    let out = tillit(&["audit", "tail", "--data-dir", e.data(), "--json", "-n", "100"]);
+    let recorded = stdout(&out).lines().any(|l| l.contains("\"action\":\"connect\"") && l.contains("denied:"));
+    assert!(recorded, "no auth failure in the audit log:\n{}", stdout(&out));
     // The server logged the refusals (operators see why a handshake or login failed).
     let log = nats.log_text();
     assert!(log.contains("authentication error") || log.contains("Authorization Violation") || log.contains("TLS handshake error"), "{log}");
