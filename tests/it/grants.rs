@@ -146,3 +146,44 @@ async fn revoke_drops_the_connection_and_the_identity_never_comes_back() {
     assert_ne!(again.info().user_public_key, id.info().user_public_key);
     again.connect().await.expect("a fresh enrollment connects");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_loses_no_message_while_its_role_is_bounced_by_a_grant() {
+    let e = Estate::init("example.org");
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let orders = enroll_service(&e, "acme/shop/prod/orders", "orders");
+    let audit = enroll_service(&e, "acme/shop/prod/audit", "audit");
+    // The subscriber is another service (another role, not bounced) allowed to read orders' subjects.
+    let out = tillit(&["grant", "acme/shop/prod/audit", "--sub", "shop.orders.>", "--identity", &e.admin()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sub_session = Identity::load(&audit).unwrap().connect().await.unwrap();
+    let mut sub = sub_session.client().subscribe("shop.orders.seq").await.unwrap();
+    sub_session.client().flush().await.unwrap();
+    let publisher = Identity::load(&orders).unwrap().connect().await.unwrap();
+    let c = publisher.client();
+    const N: u32 = 2000;
+    let pub_task = tokio::spawn(async move {
+        for i in 0..N {
+            c.publish("shop.orders.seq", i.to_string().into()).await.unwrap();
+            if i % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        c.flush().await.unwrap();
+    });
+    // Two grants to orders while it publishes: each bounces its connections.
+    for s in ["shop.extra1.>", "shop.extra2.>"] {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        let out = tillit(&["grant", "acme/shop/prod/orders", "--pub", s, "--identity", &e.admin()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    pub_task.await.unwrap();
+    for want in 0..N {
+        let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("lost messages: received {want} of {N}"))
+            .unwrap();
+        assert_eq!(std::str::from_utf8(&m.payload).unwrap().parse::<u32>().unwrap(), want, "in order, none lost");
+    }
+}

@@ -279,5 +279,16 @@ async fn the_audit_log_records_changes_and_refusals_and_detects_tampering() {
     let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(v["ok"], false);
     assert!(stderr(&out).contains("audit chain broken at line"), "{}", stderr(&out));
+    let lines: Vec<&str> = original.lines().collect();
+    let deleted: String = lines.iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, l)| format!("{l}\n")).collect();
+    std::fs::write(&path, deleted).unwrap();
+    let out = tillit(&["audit", "verify", "--data-dir", e.data()]);
+    assert!(stderr(&out).contains("line 3") && stderr(&out).contains("expected seq 3"), "deleted: {}", stderr(&out));
+    let mut swapped = lines.clone();
+    swapped.swap(2, 3);
+    std::fs::write(&path, swapped.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let out = tillit(&["audit", "verify", "--data-dir", e.data()]);
+    assert!(stderr(&out).contains("line 3"), "reordered: {}", stderr(&out));
     std::fs::write(&path, &original).unwrap();
+    assert!(tillit(&["audit", "verify", "--data-dir", e.data()]).status.success());
 }
