@@ -6,13 +6,14 @@
 //! nkey, the certificate for its TLS key and identity, chained to the pinned CA), and writes the
 //! identity dir through a staging dir renamed into place.
 
-use super::{connect, ClientError, ConnectParams, NatsCreds, REQUEST_TIMEOUT};
+pub use super::request;
+use super::{connect, ClientError, ConnectParams, NatsCreds};
 use crate::clock::SharedClock;
 use crate::crypto::SecretString;
 use crate::identity::{self, IdentityFiles, IdentityInfo, IDENTITY_FORMAT};
 use crate::issuer::{jwt, x509};
 use crate::layout::IdentityDir;
-use crate::proto::{self, EnrollRequest, IssuedReply, Reply};
+use crate::proto::{self, EnrollRequest, IssuedReply};
 use crate::subjects;
 use crate::token::JoinToken;
 use nkeys::KeyPair;
@@ -182,21 +183,6 @@ pub fn bootstrap_params(token: &JoinToken, urls: Vec<String>) -> Result<ConnectP
         // The bootstrap user is revoked right after enrollment: never chase it.
         max_reconnects: Some(2),
     })
-}
-
-/// Send a signed token and decode the reply.
-pub async fn request<R: serde::de::DeserializeOwned>(nc: &async_nats::Client, subject: &str, signed: String) -> Result<R, ClientError> {
-    let req = async_nats::Request::new().payload(signed.into()).timeout(Some(REQUEST_TIMEOUT));
-    let msg = nc.send_request(subject.to_string(), req).await.map_err(|e| {
-        use async_nats::RequestErrorKind as K;
-        match e.kind() {
-            K::TimedOut => ClientError::Timeout { subject: subject.into(), timeout: REQUEST_TIMEOUT },
-            K::NoResponders => ClientError::NoResponders { subject: subject.into() },
-            _ => ClientError::Request { subject: subject.into(), reason: e.to_string() },
-        }
-    })?;
-    let reply: Reply<R> = serde_json::from_slice(&msg.payload).map_err(|e| ClientError::Protocol(e.to_string()))?;
-    Ok(reply.into_result()?)
 }
 
 /// Write a whole identity dir through a staging dir beside it, renamed into place.

@@ -156,6 +156,21 @@ pub async fn connect(params: &ConnectParams) -> Result<async_nats::Client, Clien
         .map_err(|e| ClientError::Connect { url: url_list, reason: describe_connect_error(&e) })
 }
 
+/// Send a signed request token on `subject` and decode the reply.
+pub async fn request<R: DeserializeOwned>(nc: &async_nats::Client, subject: &str, signed: String) -> Result<R, ClientError> {
+    let req = async_nats::Request::new().payload(signed.into()).timeout(Some(REQUEST_TIMEOUT));
+    let msg = nc.send_request(subject.to_string(), req).await.map_err(|e| {
+        use async_nats::RequestErrorKind as K;
+        match e.kind() {
+            K::TimedOut => ClientError::Timeout { subject: subject.into(), timeout: REQUEST_TIMEOUT },
+            K::NoResponders => ClientError::NoResponders { subject: subject.into() },
+            _ => ClientError::Request { subject: subject.into(), reason: e.to_string() },
+        }
+    })?;
+    let reply: Reply<R> = serde_json::from_slice(&msg.payload).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    Ok(reply.into_result()?)
+}
+
 /// An identity dir, loaded: the entry point of the client library.
 ///
 /// ```no_run
@@ -225,17 +240,7 @@ impl TillitClient {
     pub async fn call<B: Serialize, R: DeserializeOwned>(&self, subject: &str, kind: &str, body: B) -> Result<R, ClientError> {
         let token = proto::sign_request(&self.signer, &self.trust_domain, subject, kind, body, self.clock.now_unix())
             .map_err(|e| ClientError::Credentials(e.to_string()))?;
-        let req = async_nats::Request::new().payload(token.into()).timeout(Some(REQUEST_TIMEOUT));
-        let msg = self.nats.send_request(subject.to_string(), req).await.map_err(|e| {
-            use async_nats::RequestErrorKind as K;
-            match e.kind() {
-                K::TimedOut => ClientError::Timeout { subject: subject.into(), timeout: REQUEST_TIMEOUT },
-                K::NoResponders => ClientError::NoResponders { subject: subject.into() },
-                _ => ClientError::Request { subject: subject.into(), reason: e.to_string() },
-            }
-        })?;
-        let reply: Reply<R> = serde_json::from_slice(&msg.payload).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        Ok(reply.into_result()?)
+        request(&self.nats, subject, token).await
     }
 
     /// `tillit.v1.admin.status`.

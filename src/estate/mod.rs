@@ -215,6 +215,17 @@ fn new_account_keys(vault: &Vault, b: &mut Batch, name: &str) -> Result<(KeyPair
     Ok((id, signing))
 }
 
+/// An export of the TILLIT account; services answer one reply each.
+fn export(name: &str, subject: &str, kind: &str, description: &str) -> Export {
+    Export {
+        name: name.into(),
+        subject: subject.into(),
+        kind: kind.into(),
+        response_type: (kind == "service").then(|| "Singleton".to_string()),
+        description: Some(description.into()),
+    }
+}
+
 /// The OCSP and CRL URLs certificates carry.
 fn revocation_urls(config: &Config) -> x509::RevocationUrls {
     x509::RevocationUrls {
@@ -468,27 +479,9 @@ impl Estate {
                 let mut n = AccountNats::new(AccountLimits::unlimited_with_jetstream());
                 n.description = Some("tillit control plane and admins".into());
                 n.exports = vec![
-                    Export {
-                        name: "tillit service api".into(),
-                        subject: subjects::SVC_EXPORT.into(),
-                        kind: "service".into(),
-                        response_type: Some("Singleton".into()),
-                        description: Some("requests services make of the control plane".into()),
-                    },
-                    Export {
-                        name: "tillit enrollment".into(),
-                        subject: subjects::ENROLL.into(),
-                        kind: "service".into(),
-                        response_type: Some("Singleton".into()),
-                        description: Some("enrollment with a join token".into()),
-                    },
-                    Export {
-                        name: "tillit events".into(),
-                        subject: subjects::EVENTS_EXPORT.into(),
-                        kind: "stream".into(),
-                        response_type: None,
-                        description: Some("signed event envelopes".into()),
-                    },
+                    export("tillit service api", subjects::SVC_EXPORT, "service", "requests services make of the control plane"),
+                    export("tillit enrollment", subjects::ENROLL, "service", "enrollment with a join token"),
+                    export("tillit events", subjects::EVENTS_EXPORT, "stream", "signed event envelopes"),
                 ];
                 n
             }

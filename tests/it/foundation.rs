@@ -31,13 +31,14 @@ fn init_writes_the_contract_layout_and_refuses_to_overwrite() {
     assert_eq!(info["nats_urls"][0], e.nats_url());
     assert!(info["id"].as_str().unwrap().starts_with("spiffe://example.org/"));
 
-    // No seed or private key in clear anywhere in the store.
+    // No nkey seed (S[OAU] + 56 base32 characters) or PEM private key in clear in the store.
     for entry in walk(&d.store()) {
         let bytes = std::fs::read(&entry).unwrap();
-        let text = String::from_utf8_lossy(&bytes);
-        for needle in ["SOA", "SAA", "SUA", "PRIVATE KEY"] {
-            assert!(!text.contains(needle), "{needle} in clear in {}", entry.display());
-        }
+        assert!(!bytes.windows(11).any(|w| w == b"PRIVATE KEY"), "PEM key in clear in {}", entry.display());
+        let seed_like = bytes.windows(58).any(|w| {
+            w[0] == b'S' && matches!(w[1], b'O' | b'A' | b'U') && w[2..].iter().all(|c| c.is_ascii_uppercase() || (b'2'..=b'7').contains(c))
+        });
+        assert!(!seed_like, "nkey seed in clear in {}", entry.display());
     }
 
     // A second init without --force is refused and changes nothing.
