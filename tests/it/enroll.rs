@@ -93,8 +93,8 @@ async fn enrolled_services_connect_in_their_namespace_and_tenants_are_isolated()
     let (cg, _) = raw_connect(&IdentityDir::new(&g)).await;
     let mut s2 = c2.subscribe("shop.orders.>").await.unwrap();
     let mut sg = cg.subscribe("shop.orders.>").await.unwrap();
-    c2.flush().await.unwrap();
-    cg.flush().await.unwrap();
+    barrier(&c2).await;
+    barrier(&cg).await;
     c1.publish("shop.orders.created", "o-1".into()).await.unwrap();
     c1.flush().await.unwrap();
     let m = tokio::time::timeout(Duration::from_secs(5), s2.next()).await.unwrap().unwrap();
@@ -103,6 +103,7 @@ async fn enrolled_services_connect_in_their_namespace_and_tenants_are_isolated()
     assert!(tokio::time::timeout(Duration::from_millis(500), sg.next()).await.is_err(), "globex saw acme's message");
     // Outside the namespace: a permissions violation, and nothing delivered.
     let mut other = c2.subscribe("shop.payments.>").await.unwrap();
+    barrier(&c2).await;
     c1.publish("shop.payments.charged", "x".into()).await.unwrap();
     c1.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -306,7 +307,7 @@ async fn renewal_keeps_a_publishing_client_connected_with_no_message_lost() {
     let publisher = Session::connect(&pub_dir, None).await.unwrap();
     let subscriber = Session::connect(&sub_dir, None).await.unwrap();
     let mut sub = subscriber.client().subscribe("shop.orders.seq").await.unwrap();
-    subscriber.client().flush().await.unwrap();
+    barrier(&subscriber.client()).await;
 
     let before = tillit::identity::load(&pub_dir).unwrap();
     const N: u32 = 3000;

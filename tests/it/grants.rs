@@ -159,7 +159,7 @@ async fn a_publisher_loses_no_message_while_its_role_is_bounced_by_a_grant() {
     assert!(out.status.success(), "{}", stderr(&out));
     let sub_session = Identity::load(&audit).unwrap().connect().await.unwrap();
     let mut sub = sub_session.client().subscribe("shop.orders.seq").await.unwrap();
-    sub_session.client().flush().await.unwrap();
+    barrier(&sub_session.client()).await;
     let publisher = Identity::load(&orders).unwrap().connect().await.unwrap();
     let c = publisher.client();
     const N: u32 = 1500;

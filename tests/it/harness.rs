@@ -335,3 +335,14 @@ pub fn enroll_cli(token: &str, out: &Path) -> Output {
     std::fs::write(&file, token).unwrap();
     tillit(&["enroll", "--token-file", file.to_str().unwrap(), "--out", out.to_str().unwrap()])
 }
+
+/// Wait until the server has processed everything this connection sent before (its SUBs
+/// included): a request nothing answers comes back as "no responders" only after that.
+/// (`flush` only means the bytes left the client.)
+pub async fn barrier(c: &async_nats::Client) {
+    let r = c.request("tillit.v1.svc.barrier", "".into()).await;
+    assert!(
+        matches!(&r, Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders),
+        "barrier round trip: {r:?}"
+    );
+}
