@@ -28,6 +28,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod envelope;
 pub mod error;
 pub mod estate;
 pub mod fsutil;

@@ -206,28 +206,30 @@ impl Estate {
         Ok(self.identities()?.into_iter().filter(|i| i.service.as_ref() == Some(sid)).collect())
     }
 
-    /// The envelope trust set (`trust.jwks`): an RFC 7517 JWK Set of OKP/Ed25519 keys.
+    /// The envelope trust set (`trust.jwks`): an RFC 7517 JWK Set of OKP/Ed25519 keys, each
+    /// bound to its issuer (`iss`).
     pub fn trust_jwks(&self) -> String {
+        let issuer = crate::envelope::issuer(self.trust_domain());
         let keys: Vec<serde_json::Value> = self
             .meta
             .envelope_keys
             .iter()
             .filter(|k| k.state != "retired")
-            .filter_map(|k| {
-                let (_, raw) = nkeys::from_public_key(&k.public_key).ok()?;
-                Some(serde_json::json!({
-                    "kty": "OKP",
-                    "crv": "Ed25519",
-                    "x": data_encoding::BASE64URL_NOPAD.encode(&raw),
-                    "kid": k.kid,
-                    "use": "sig",
-                    "alg": "EdDSA",
-                    "iss": format!("tillit:{}", self.trust_domain()),
-                    "tillit_state": k.state,
-                }))
-            })
+            .filter_map(|k| crate::envelope::jwk(&k.kid, &issuer, &k.public_key, &k.state))
             .collect();
         serde_json::to_string_pretty(&serde_json::json!({ "keys": keys })).unwrap_or_else(|_| "{\"keys\":[]}".into())
+    }
+
+    /// A signer with the current envelope key.
+    pub fn envelope_signer(&self) -> Result<crate::envelope::Signer> {
+        let k = self
+            .meta
+            .envelope_keys
+            .iter()
+            .find(|k| k.state == "current")
+            .ok_or_else(|| EstateError::Key("envelope".into(), "no current envelope key".into()))?;
+        let key = self.key(&keys_envelope(&k.public_key))?;
+        Ok(crate::envelope::Signer::new(&k.kid, &crate::envelope::issuer(self.trust_domain()), key))
     }
 
     /// Mint `count` join tokens for `sid`, valid for `ttl_secs`, with the batch of their records

@@ -69,3 +69,32 @@ fn nats_py_and_openssl_use_an_enrolled_service_identity() {
     assert!(text.contains("URI:spiffe://example.org/acme/shop/prod/orders"), "{text}");
     assert!(text.contains("TLS Web Client Authentication"));
 }
+
+#[test]
+fn a_generic_jose_library_verifies_an_envelope_with_trust_jwks() {
+    let e = Estate::init("example.org");
+    let estate = tillit::estate::Estate::open(e.dir.clone(), std::sync::Arc::new(tillit::clock::SystemClock)).unwrap();
+    let signer = estate.envelope_signer().unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let token = signer
+        .sign("io.tillit.v1.secret.rotated", "acme/shop/prod/db", "all", 300, Some(1), serde_json::json!({"path": "acme/shop/prod/db", "version": 2}), now)
+        .unwrap();
+    drop(estate);
+    let env_file = e.tmp.path().join("envelope.jws");
+    std::fs::write(&env_file, &token).unwrap();
+    let jwks = e.dir.admin().trust_jwks();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/verify_envelope.py");
+    let out = std::process::Command::new("python3").arg(script).arg(&jwks).arg(&env_file).output().expect("python3");
+    assert!(out.status.success(), "joserfc failed (pip install joserfc; .ci/run does it):\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(v["alg"], "EdDSA");
+    assert_eq!(v["body"]["type"], "io.tillit.v1.secret.rotated");
+    assert_eq!(v["body"]["specversion"], "1.0");
+    assert_eq!(v["body"]["source"], "tillit://example.org");
+    assert_eq!(v["tampered_refused"], true);
+    // And tillit's own verifier, from the same trust.jwks, accepts it once.
+    let trust = tillit::envelope::TrustSet::from_jwks(&std::fs::read_to_string(&jwks).unwrap()).unwrap();
+    let verifier = tillit::envelope::Verifier::new(trust, vec!["site:east".into()], 100);
+    verifier.verify::<serde_json::Value>(&token, "io.tillit.v1.secret.rotated", now).unwrap();
+    assert!(verifier.verify::<serde_json::Value>(&token, "io.tillit.v1.secret.rotated", now).is_err(), "replay refused");
+}

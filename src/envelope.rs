@@ -1,0 +1,346 @@
+//! Signed event envelopes (*contract*, DESIGN.md §5): a JWS compact serialization, `alg: EdDSA`
+//! (Ed25519, RFC 8037), over a CloudEvents 1.0 JSON body.
+//!
+//! The body carries `specversion`, `id` (UUID v4), `source` (the issuer, `tillit://<trust-domain>`),
+//! `type` (`io.tillit.v1.<name>`), `time`, `subject`, and tillit's `aud`, `exp` and, on streams,
+//! `seq`. The header's `kid` names the signing key. A verifier holds a pinned trust set
+//! (`trust.jwks`: an RFC 7517 JWK Set of OKP/Ed25519 keys, each bound to its issuer by `iss`) and
+//! refuses: a `kid` it does not hold, any `alg` but EdDSA (`none` included), a key of another
+//! issuer than the body's `source` (A-signed-as-B), a bad signature, another `type`, another
+//! audience, an expired envelope, and an `id` it has already seen. Any JOSE library verifies an
+//! envelope with `trust.jwks`.
+
+use crate::replay::{ReplayCache, Seen};
+use data_encoding::BASE64URL_NOPAD;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The only algorithm signed or accepted.
+pub const ALG: &str = "EdDSA";
+/// JWS `typ` of an envelope.
+pub const TYP: &str = "tillit-envelope+jwt";
+/// Audience that every party accepts.
+pub const AUD_ALL: &str = "all";
+/// Largest envelope read.
+pub const MAX_ENVELOPE_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnvelopeError {
+    #[error("envelope is malformed: {0}")]
+    Malformed(String),
+    #[error("envelope algorithm {0:?} is not accepted (only EdDSA)")]
+    Algorithm(String),
+    #[error("envelope key {0:?} is not in the trust set")]
+    UnknownKey(String),
+    #[error("envelope key {kid:?} belongs to {key_issuer:?}, not to the claimed source {claimed:?}")]
+    IssuerMismatch { kid: String, key_issuer: String, claimed: String },
+    #[error("envelope signature does not verify")]
+    Signature,
+    #[error("envelope type {got:?} is not {want:?}")]
+    Type { got: String, want: String },
+    #[error("envelope is for audience {0:?}, not this party")]
+    Audience(String),
+    #[error("envelope expired")]
+    Expired,
+    #[error("envelope {0} was already seen (replay)")]
+    Replayed(String),
+    #[error("replay cache is full; retry shortly")]
+    Busy,
+    #[error("signing failed: {0}")]
+    Sign(String),
+}
+
+/// A CloudEvents 1.0 body with tillit's extensions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event<D> {
+    pub specversion: String,
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub time: String,
+    pub subject: String,
+    pub aud: String,
+    pub exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    pub datacontenttype: String,
+    pub data: D,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    alg: String,
+    kid: String,
+    #[serde(default)]
+    typ: Option<String>,
+}
+
+/// The issuer (`source`) of the control plane of `trust_domain`.
+pub fn issuer(trust_domain: &str) -> String {
+    format!("tillit://{trust_domain}")
+}
+
+// === signing ===
+
+/// Signs envelopes with one key.
+pub struct Signer {
+    kid: String,
+    issuer: String,
+    key: std::sync::Arc<nkeys::KeyPair>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").field("kid", &self.kid).field("issuer", &self.issuer).finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    pub fn new(kid: &str, issuer: &str, key: std::sync::Arc<nkeys::KeyPair>) -> Self {
+        Signer { kid: kid.into(), issuer: issuer.into(), key }
+    }
+
+    /// Sign an event of `kind` about `subject` for `aud`, valid `ttl` seconds from `now`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sign<D: Serialize>(
+        &self,
+        kind: &str,
+        subject: &str,
+        aud: &str,
+        ttl: i64,
+        seq: Option<u64>,
+        data: D,
+        now: i64,
+    ) -> Result<String, EnvelopeError> {
+        let ev = Event {
+            specversion: "1.0".into(),
+            id: uuid::Uuid::new_v4().to_string(),
+            source: self.issuer.clone(),
+            kind: kind.into(),
+            time: crate::clock::rfc3339(now),
+            subject: subject.into(),
+            aud: aud.into(),
+            exp: now + ttl,
+            seq,
+            datacontenttype: "application/json".into(),
+            data,
+        };
+        let header = serde_json::to_vec(&Header { alg: ALG.into(), kid: self.kid.clone(), typ: Some(TYP.into()) })
+            .map_err(|e| EnvelopeError::Sign(e.to_string()))?;
+        let body = serde_json::to_vec(&ev).map_err(|e| EnvelopeError::Sign(e.to_string()))?;
+        let mut out = format!("{}.{}", BASE64URL_NOPAD.encode(&header), BASE64URL_NOPAD.encode(&body));
+        let sig = self.key.sign(out.as_bytes()).map_err(|e| EnvelopeError::Sign(e.to_string()))?;
+        out.push('.');
+        out.push_str(&BASE64URL_NOPAD.encode(&sig));
+        Ok(out)
+    }
+}
+
+// === trust set ===
+
+/// One pinned key.
+#[derive(Debug, Clone)]
+pub struct TrustedKey {
+    pub kid: String,
+    pub issuer: String,
+    key: ed25519_dalek::VerifyingKey,
+}
+
+/// A pinned set of envelope keys, by `kid`, each bound to its issuer.
+#[derive(Debug, Clone, Default)]
+pub struct TrustSet {
+    keys: Vec<TrustedKey>,
+}
+
+#[derive(Deserialize)]
+struct Jwks {
+    keys: Vec<Jwk>,
+}
+
+#[derive(Deserialize)]
+struct Jwk {
+    kty: String,
+    #[serde(default)]
+    crv: String,
+    #[serde(default)]
+    x: String,
+    #[serde(default)]
+    kid: String,
+    #[serde(default)]
+    alg: Option<String>,
+    #[serde(default)]
+    iss: String,
+}
+
+impl TrustSet {
+    /// Parse `trust.jwks`. Keys that are not OKP/Ed25519 with an issuer are skipped.
+    pub fn from_jwks(json: &str) -> Result<Self, EnvelopeError> {
+        let set: Jwks = serde_json::from_str(json).map_err(|e| EnvelopeError::Malformed(format!("trust set: {e}")))?;
+        let mut keys = Vec::new();
+        for k in set.keys {
+            if k.kty != "OKP" || k.crv != "Ed25519" || k.kid.is_empty() || k.iss.is_empty() {
+                continue;
+            }
+            if k.alg.as_deref().is_some_and(|a| a != ALG) {
+                continue;
+            }
+            let raw = BASE64URL_NOPAD.decode(k.x.as_bytes()).map_err(|_| EnvelopeError::Malformed("trust set key x".into()))?;
+            let raw: [u8; 32] = raw.try_into().map_err(|_| EnvelopeError::Malformed("trust set key is not 32 bytes".into()))?;
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&raw).map_err(|_| EnvelopeError::Malformed("trust set key".into()))?;
+            keys.push(TrustedKey { kid: k.kid, issuer: k.iss, key });
+        }
+        Ok(TrustSet { keys })
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+// === verifying ===
+
+/// Verifies envelopes for one party.
+#[derive(Debug)]
+pub struct Verifier {
+    trust: TrustSet,
+    audiences: Vec<String>,
+    replay: ReplayCache,
+}
+
+impl Verifier {
+    /// A verifier accepting envelopes for any of `audiences` (and for [`AUD_ALL`]).
+    pub fn new(trust: TrustSet, audiences: Vec<String>, replay_capacity: usize) -> Self {
+        Verifier { trust, audiences, replay: ReplayCache::new(replay_capacity) }
+    }
+
+    /// Verify `token` as an event of `kind` at `now`; on success its id is remembered.
+    pub fn verify<D: DeserializeOwned>(&self, token: &str, kind: &str, now: i64) -> Result<Event<D>, EnvelopeError> {
+        if token.len() > MAX_ENVELOPE_BYTES {
+            return Err(EnvelopeError::Malformed("larger than 64 KiB".into()));
+        }
+        let mut parts = token.trim().split('.');
+        let (h, b, s) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(h), Some(b), Some(s), None) => (h, b, s),
+            _ => return Err(EnvelopeError::Malformed("not a JWS compact serialization".into())),
+        };
+        let header: Header = serde_json::from_slice(&BASE64URL_NOPAD.decode(h.as_bytes()).map_err(|_| EnvelopeError::Malformed("header".into()))?)
+            .map_err(|e| EnvelopeError::Malformed(format!("header: {e}")))?;
+        if header.alg != ALG {
+            return Err(EnvelopeError::Algorithm(header.alg));
+        }
+        let key = self.trust.keys.iter().find(|k| k.kid == header.kid).ok_or_else(|| EnvelopeError::UnknownKey(header.kid.clone()))?;
+        let body = BASE64URL_NOPAD.decode(b.as_bytes()).map_err(|_| EnvelopeError::Malformed("body".into()))?;
+        let sig = BASE64URL_NOPAD.decode(s.as_bytes()).map_err(|_| EnvelopeError::Malformed("signature".into()))?;
+        let sig = ed25519_dalek::Signature::from_slice(&sig).map_err(|_| EnvelopeError::Signature)?;
+        let signed = &token.trim().as_bytes()[..h.len() + 1 + b.len()];
+        key.key.verify_strict(signed, &sig).map_err(|_| EnvelopeError::Signature)?;
+        let ev: Event<D> = serde_json::from_slice(&body).map_err(|e| EnvelopeError::Malformed(format!("body: {e}")))?;
+        if key.issuer != ev.source {
+            return Err(EnvelopeError::IssuerMismatch { kid: key.kid.clone(), key_issuer: key.issuer.clone(), claimed: ev.source });
+        }
+        if ev.specversion != "1.0" {
+            return Err(EnvelopeError::Malformed(format!("specversion {}", ev.specversion)));
+        }
+        if ev.kind != kind {
+            return Err(EnvelopeError::Type { got: ev.kind, want: kind.into() });
+        }
+        if ev.aud != AUD_ALL && !self.audiences.iter().any(|a| *a == ev.aud) {
+            return Err(EnvelopeError::Audience(ev.aud));
+        }
+        if ev.exp <= now {
+            return Err(EnvelopeError::Expired);
+        }
+        match self.replay.check_and_insert(&ev.id, ev.exp, now) {
+            Seen::New => Ok(ev),
+            Seen::Replay => Err(EnvelopeError::Replayed(ev.id)),
+            Seen::Full => Err(EnvelopeError::Busy),
+        }
+    }
+}
+
+/// The JWK of an envelope key (for `trust.jwks`).
+pub fn jwk(kid: &str, issuer: &str, public_nkey: &str, state: &str) -> Option<serde_json::Value> {
+    let (_, raw) = nkeys::from_public_key(public_nkey).ok()?;
+    Some(serde_json::json!({
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": BASE64URL_NOPAD.encode(&raw),
+        "kid": kid,
+        "use": "sig",
+        "alg": ALG,
+        "iss": issuer,
+        "tillit_state": state,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    const NOW: i64 = 1_780_000_000;
+
+    fn party(issuer: &str) -> (Signer, serde_json::Value) {
+        let kp = Arc::new(nkeys::KeyPair::new_account());
+        let kid = format!("{issuer}#{}", &kp.public_key()[..8]);
+        let j = jwk(&kid, issuer, &kp.public_key(), "current").unwrap();
+        (Signer::new(&kid, issuer, kp), j)
+    }
+
+    fn verifier(keys: Vec<serde_json::Value>) -> Verifier {
+        let jwks = serde_json::json!({ "keys": keys }).to_string();
+        Verifier::new(TrustSet::from_jwks(&jwks).unwrap(), vec!["site:east".into()], 1000)
+    }
+
+    #[test]
+    fn accepts_its_own_and_refuses_everything_else() {
+        let (a, ja) = party("tillit://a.org");
+        let (b, jb) = party("tillit://b.org");
+        let (stranger, _) = party("tillit://a.org");
+        let v = verifier(vec![ja, jb]);
+        let kind = "io.tillit.v1.secret.rotated";
+        let data = serde_json::json!({"path": "acme/shop/prod/db", "version": 2});
+        let good = a.sign(kind, "acme/shop/prod/db", "site:east", 60, Some(7), &data, NOW).unwrap();
+        let ev: Event<serde_json::Value> = v.verify(&good, kind, NOW).unwrap();
+        assert_eq!(ev.seq, Some(7));
+        assert_eq!(ev.source, "tillit://a.org");
+        // Replay.
+        assert!(matches!(v.verify::<serde_json::Value>(&good, kind, NOW), Err(EnvelopeError::Replayed(_))));
+        // For all sites: accepted.
+        let all = a.sign(kind, "s", AUD_ALL, 60, None, &data, NOW).unwrap();
+        v.verify::<serde_json::Value>(&all, kind, NOW).unwrap();
+        // Unknown key.
+        let t = stranger.sign(kind, "s", "site:east", 60, None, &data, NOW).unwrap();
+        assert!(matches!(v.verify::<serde_json::Value>(&t, kind, NOW), Err(EnvelopeError::UnknownKey(_))));
+        // A signed as B: B's key, A's claimed source.
+        let forged = Signer::new(&b.kid, "tillit://a.org", b.key.clone()).sign(kind, "s", "site:east", 60, None, &data, NOW).unwrap();
+        assert!(matches!(v.verify::<serde_json::Value>(&forged, kind, NOW), Err(EnvelopeError::IssuerMismatch { .. })));
+        // Wrong type, audience, expired.
+        let t = a.sign("io.tillit.v1.ca.rotated", "s", "site:east", 60, None, &data, NOW).unwrap();
+        assert!(matches!(v.verify::<serde_json::Value>(&t, kind, NOW), Err(EnvelopeError::Type { .. })));
+        let t = a.sign(kind, "s", "site:west", 60, None, &data, NOW).unwrap();
+        assert!(matches!(v.verify::<serde_json::Value>(&t, kind, NOW), Err(EnvelopeError::Audience(_))));
+        let t = a.sign(kind, "s", "site:east", 60, None, &data, NOW - 120).unwrap();
+        assert_eq!(v.verify::<serde_json::Value>(&t, kind, NOW).unwrap_err(), EnvelopeError::Expired);
+        // alg none, and alg swapped to HS256 with the same body.
+        let fresh = a.sign(kind, "s", "site:east", 60, None, &data, NOW).unwrap();
+        let parts: Vec<&str> = fresh.split('.').collect();
+        for alg in ["none", "HS256", "ES256"] {
+            let h = BASE64URL_NOPAD.encode(format!(r#"{{"alg":"{alg}","kid":"{}"}}"#, a.kid).as_bytes());
+            let t = format!("{h}.{}.{}", parts[1], parts[2]);
+            assert_eq!(v.verify::<serde_json::Value>(&t, kind, NOW).unwrap_err(), EnvelopeError::Algorithm(alg.into()));
+        }
+        // An edited body.
+        let mut body: serde_json::Value = serde_json::from_slice(&BASE64URL_NOPAD.decode(parts[1].as_bytes()).unwrap()).unwrap();
+        body["data"]["version"] = serde_json::json!(99);
+        let t = format!("{}.{}.{}", parts[0], BASE64URL_NOPAD.encode(body.to_string().as_bytes()), parts[2]);
+        assert_eq!(v.verify::<serde_json::Value>(&t, kind, NOW).unwrap_err(), EnvelopeError::Signature);
+        for junk in ["", "a.b", "a.b.c.d", "!!.!!.!!"] {
+            assert!(v.verify::<serde_json::Value>(junk, kind, NOW).is_err(), "{junk}");
+        }
+    }
+}
