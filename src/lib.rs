@@ -44,6 +44,7 @@ pub mod permissions;
 pub mod proto;
 pub mod replay;
 pub mod rotation;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod subjects;

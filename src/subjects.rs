@@ -19,11 +19,17 @@ pub const ADMIN_UNGRANT: &str = "tillit.v1.admin.ungrant";
 pub const ADMIN_GRANTS: &str = "tillit.v1.admin.grants";
 pub const ADMIN_REVOKE: &str = "tillit.v1.admin.revoke";
 pub const ADMIN_LIST: &str = "tillit.v1.admin.list";
+pub const ADMIN_SECRET_PUT: &str = "tillit.v1.admin.secret.put";
+pub const ADMIN_SECRET_ROTATE: &str = "tillit.v1.admin.secret.rotate";
+pub const ADMIN_SECRET_LIST: &str = "tillit.v1.admin.secret.list";
+pub const ADMIN_SECRET_VERSIONS: &str = "tillit.v1.admin.secret.versions";
+pub const ADMIN_SECRET_DELETE: &str = "tillit.v1.admin.secret.delete";
 
 /// Service API group, exported to tenant accounts.
 pub const SVC_GROUP: &str = "tillit.v1.svc";
 pub const SVC_EXPORT: &str = "tillit.v1.svc.>";
 pub const SVC_RENEW: &str = "tillit.v1.svc.renew";
+pub const SVC_SECRET_GET: &str = "tillit.v1.svc.secret.get";
 
 /// Event stream subjects: `tillit.v1.events.<site|all>.<kind>`.
 pub const EVENTS_EXPORT: &str = "tillit.v1.events.>";
@@ -61,4 +67,10 @@ pub const KIND_UNGRANT: &str = "io.tillit.v1.admin.ungrant";
 pub const KIND_GRANTS: &str = "io.tillit.v1.admin.grants";
 pub const KIND_REVOKE: &str = "io.tillit.v1.admin.revoke";
 pub const KIND_LIST: &str = "io.tillit.v1.admin.list";
+pub const KIND_SECRET_PUT: &str = "io.tillit.v1.admin.secret.put";
+pub const KIND_SECRET_ROTATE: &str = "io.tillit.v1.admin.secret.rotate";
+pub const KIND_SECRET_LIST: &str = "io.tillit.v1.admin.secret.list";
+pub const KIND_SECRET_VERSIONS: &str = "io.tillit.v1.admin.secret.versions";
+pub const KIND_SECRET_DELETE: &str = "io.tillit.v1.admin.secret.delete";
+pub const KIND_SECRET_GET: &str = "io.tillit.v1.svc.secret.get";
 pub const KIND_RENEW: &str = "io.tillit.v1.svc.renew";

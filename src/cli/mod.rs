@@ -9,6 +9,7 @@ pub mod grant;
 pub mod init;
 pub mod renew;
 pub mod revoke;
+pub mod secret;
 pub mod serve;
 pub mod status;
 pub mod token;
@@ -57,6 +58,8 @@ pub enum Command {
     Revoke(revoke::RevokeArgs),
     /// List identities with their state and expiry (admin).
     List(revoke::ListArgs),
+    /// Secrets: put, rotate, list, versions, delete (admin); get (service).
+    Secret(secret::Args),
 }
 
 /// Run the parsed command.
@@ -76,6 +79,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Grants(a) => grant::grants(a).await,
         Command::Revoke(a) => revoke::revoke(a).await,
         Command::List(a) => revoke::list(a).await,
+        Command::Secret(a) => secret::run(a).await,
     }
 }
 
@@ -98,5 +102,14 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => tracing::info!("interrupted"),
         _ = term => tracing::info!("terminated"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -7,6 +7,7 @@
 //! [`TillitClient`] adds signed request-reply calls.
 
 pub mod enroll;
+pub mod secrets;
 pub mod session;
 pub mod tls;
 

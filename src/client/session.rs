@@ -81,6 +81,23 @@ impl Session {
         renew_once(&self.client, &self.inner).await
     }
 
+    /// Read a secret this service may read: a bare name (in its own tenant/project/env) or a full
+    /// path. The value crosses the broker sealed to this identity's xkey.
+    pub async fn secret(&self, name: &str) -> Result<crate::crypto::SecretString, ClientError> {
+        self.secret_version(name, None).await.map(|(v, _)| v)
+    }
+
+    /// [`Session::secret`] at a given version (`None`: the current one); returns the version.
+    pub async fn secret_version(&self, name: &str, version: Option<u32>) -> Result<(crate::crypto::SecretString, u32), ClientError> {
+        let reply: crate::proto::SecretGetReply = self
+            .call(subjects::SVC_SECRET_GET, subjects::KIND_SECRET_GET, crate::proto::SecretGetRequest { name: name.into(), version })
+            .await?;
+        let files = self.inner.files.read().map_err(|_| ClientError::Credentials("identity lock poisoned".into()))?.clone();
+        let plain = super::secrets::open_from_control_plane(&files, &reply.value)?;
+        let text = String::from_utf8(plain.to_vec()).map_err(|_| ClientError::Protocol("secret is not UTF-8 text".into()))?;
+        Ok((crate::crypto::SecretString::new(text), reply.version))
+    }
+
     /// A signed request to the control plane as this identity.
     pub async fn call<B: Serialize, R: DeserializeOwned>(&self, subject: &str, kind: &str, body: B) -> Result<R, ClientError> {
         let (seed, td) = {

@@ -83,6 +83,9 @@ pub struct EstateMeta {
     /// Keys that sign envelopes, published as `trust.jwks`.
     #[serde(default)]
     pub envelope_keys: Vec<EnvelopeKey>,
+    /// The control plane's public xkey (curve25519): what admins seal secret values to.
+    #[serde(default)]
+    pub xkey_public: Option<String>,
 }
 
 /// An envelope signing key (Ed25519), by its public nkey.
@@ -290,6 +293,13 @@ impl Estate {
         let tillit = new_account_keys(&vault, &mut b, TILLIT_ACCOUNT)?;
         let bootstrap = new_account_keys(&vault, &mut b, BOOTSTRAP_ACCOUNT)?;
         let envelope = KeyPair::new_account();
+        let xkey = nkeys::XKey::new();
+        vault.put_sealed(
+            &mut b,
+            Space::Keys,
+            services::KEYS_XKEY,
+            SecretString::new(xkey.seed().map_err(key_err("xkey"))?).expose().as_bytes(),
+        )?;
         vault.put_sealed(
             &mut b,
             Space::Keys,
@@ -333,6 +343,7 @@ impl Estate {
                 state: "current".into(),
                 created_at: now,
             }],
+            xkey_public: Some(xkey.public_key()),
         };
 
         vault.put_sealed(&mut b, Space::Meta, "master_check", MASTER_CHECK)?;

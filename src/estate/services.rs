@@ -5,6 +5,38 @@ use super::*;
 use crate::names::ServiceId;
 use crate::token::{self, JoinToken};
 
+/// Store key of the control plane's xkey seed.
+pub const KEYS_XKEY: &str = "xkey/control-plane";
+
+/// Metadata of one version of a secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretVersion {
+    pub version: u32,
+    pub created_at: i64,
+    pub created_by: String,
+    pub bytes: usize,
+}
+
+/// A secret's metadata (`secrets/<path>`): never the value.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretMeta {
+    pub path: crate::secrets::SecretPath,
+    pub readers: Vec<crate::secrets::Reader>,
+    pub versions: Vec<SecretVersion>,
+    pub created_at: i64,
+    pub created_by: String,
+}
+
+impl SecretMeta {
+    pub fn current(&self) -> u32 {
+        self.versions.last().map(|v| v.version).unwrap_or(0)
+    }
+}
+
+fn value_key(path: &crate::secrets::SecretPath, version: u32) -> String {
+    format!("{path}#{version}")
+}
+
 /// Most tokens one `token create` may mint (a token is about 4 KiB; the reply must stay well
 /// under nats-server's 1 MiB max_payload). The CLI asks in chunks for larger counts.
 pub const MAX_TOKENS_PER_REQUEST: u32 = 200;
@@ -66,6 +98,21 @@ pub fn default_permissions(sid: &ServiceId) -> UserPermissions {
         vec![ns.clone(), subjects::SVC_EXPORT.into()],
         vec![ns, format!("{}.{{{{subject()}}}}.>", subjects::INBOX_ROOT)],
     )
+}
+
+/// The control plane's xkey as a JWK (OKP/X25519, `use: enc`), so admins can seal to it.
+fn xkey_jwk(public: &str, issuer: &str) -> Option<serde_json::Value> {
+    let raw = data_encoding::BASE32_NOPAD.decode(public.as_bytes()).ok()?;
+    let key = raw.get(1..33)?;
+    Some(serde_json::json!({
+        "kty": "OKP",
+        "crv": "X25519",
+        "x": data_encoding::BASE64URL_NOPAD.encode(key),
+        "kid": public,
+        "use": "enc",
+        "iss": issuer,
+        "tillit_xkey": public,
+    }))
 }
 
 // === tokens ===
@@ -216,8 +263,75 @@ impl Estate {
             .iter()
             .filter(|k| k.state != "retired")
             .filter_map(|k| crate::envelope::jwk(&k.kid, &issuer, &k.public_key, &k.state))
+            .chain(self.meta.xkey_public.as_ref().and_then(|x| xkey_jwk(x, &issuer)))
             .collect();
         serde_json::to_string_pretty(&serde_json::json!({ "keys": keys })).unwrap_or_else(|_| "{\"keys\":[]}".into())
+    }
+
+    /// The control plane's xkey (opens values sealed to it, seals values to readers).
+    pub fn xkey(&self) -> Result<nkeys::XKey> {
+        let seed = self
+            .vault
+            .get_sealed(Space::Keys, KEYS_XKEY)?
+            .ok_or_else(|| EstateError::Key("xkey".into(), "no control-plane xkey in the store".into()))?;
+        nkeys::XKey::from_seed(std::str::from_utf8(&seed).unwrap_or("")).map_err(key_err("xkey"))
+    }
+
+    /// A secret's metadata.
+    pub fn secret(&self, path: &crate::secrets::SecretPath) -> Result<Option<SecretMeta>> {
+        Ok(get_json(self.store(), Space::Secrets, &path.to_string())?)
+    }
+
+    /// Secrets whose path starts with `prefix`.
+    pub fn secrets(&self, prefix: &str) -> Result<Vec<SecretMeta>> {
+        self.store()
+            .scan_prefix(Space::Secrets, prefix)?
+            .into_iter()
+            .map(|(k, v)| {
+                serde_json::from_slice(&v).map_err(|e| EstateError::Store(StoreError::Corrupt(format!("secrets/{k}"), e.to_string())))
+            })
+            .collect()
+    }
+
+    /// Store a new version of a secret (value sealed under the master key), durably.
+    pub fn write_secret(
+        &self,
+        path: &crate::secrets::SecretPath,
+        readers: Option<Vec<crate::secrets::Reader>>,
+        value: &[u8],
+        by: &str,
+    ) -> Result<SecretMeta> {
+        let now = self.clock.now_unix();
+        let mut meta = match self.secret(path)? {
+            Some(m) => m,
+            None => SecretMeta { path: path.clone(), readers: vec![], versions: vec![], created_at: now, created_by: by.into() },
+        };
+        if let Some(r) = readers {
+            meta.readers = r;
+        }
+        let version = meta.current() + 1;
+        meta.versions.push(SecretVersion { version, created_at: now, created_by: by.into(), bytes: value.len() });
+        let mut b = Batch::new();
+        self.vault.put_sealed(&mut b, Space::SecretValues, &value_key(path, version), value)?;
+        b.put_json(Space::Secrets, path.to_string(), &meta)?;
+        self.store().commit(b)?;
+        Ok(meta)
+    }
+
+    /// One version's value.
+    pub fn secret_value(&self, path: &crate::secrets::SecretPath, version: u32) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+        Ok(self.vault.get_sealed(Space::SecretValues, &value_key(path, version))?)
+    }
+
+    /// Delete a secret: metadata and every version.
+    pub fn delete_secret(&self, meta: &SecretMeta) -> Result<()> {
+        let mut b = Batch::new();
+        for v in &meta.versions {
+            b.delete(Space::SecretValues, value_key(&meta.path, v.version));
+        }
+        b.delete(Space::Secrets, meta.path.to_string());
+        self.store().commit(b)?;
+        Ok(())
     }
 
     /// A signer with the current envelope key.

@@ -62,6 +62,12 @@ pub async fn dispatch(
         subjects::ADMIN_UNGRANT => to_value(super::admin::ungrant(ctx, &caller, body(claims.body)?).await?)?,
         subjects::ADMIN_GRANTS => to_value(super::admin::grants(ctx, body(claims.body)?).await?)?,
         subjects::ADMIN_REVOKE => to_value(super::admin::revoke(ctx, &caller, body(claims.body)?).await?)?,
+        subjects::ADMIN_SECRET_PUT => to_value(super::secrets::put(ctx, &caller, body(claims.body)?).await?)?,
+        subjects::ADMIN_SECRET_ROTATE => to_value(super::secrets::rotate(ctx, &caller, body(claims.body)?).await?)?,
+        subjects::ADMIN_SECRET_LIST => to_value(super::secrets::list(ctx, body(claims.body)?).await?)?,
+        subjects::ADMIN_SECRET_VERSIONS => to_value(super::secrets::versions(ctx, body(claims.body)?).await?)?,
+        subjects::ADMIN_SECRET_DELETE => to_value(super::secrets::delete(ctx, &caller, body(claims.body)?).await?)?,
+        subjects::SVC_SECRET_GET => to_value(super::secrets::get(ctx, &caller, body(claims.body)?).await?)?,
         subjects::ADMIN_LIST => {
             let _req: crate::proto::ListRequest = body(claims.body)?;
             to_value(super::admin::list(ctx).await?)?

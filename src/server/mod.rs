@@ -11,6 +11,7 @@
 mod admin;
 mod events;
 mod handlers;
+mod secrets;
 pub mod http;
 pub mod push;
 mod services;
@@ -77,6 +78,12 @@ pub const ENDPOINTS: &[EndpointSpec] = &[
     EndpointSpec { subject: subjects::ADMIN_GRANTS, kind: subjects::KIND_GRANTS, caller: Caller::Admin },
     EndpointSpec { subject: subjects::ADMIN_REVOKE, kind: subjects::KIND_REVOKE, caller: Caller::Admin },
     EndpointSpec { subject: subjects::ADMIN_LIST, kind: subjects::KIND_LIST, caller: Caller::Admin },
+    EndpointSpec { subject: subjects::ADMIN_SECRET_PUT, kind: subjects::KIND_SECRET_PUT, caller: Caller::Admin },
+    EndpointSpec { subject: subjects::ADMIN_SECRET_ROTATE, kind: subjects::KIND_SECRET_ROTATE, caller: Caller::Admin },
+    EndpointSpec { subject: subjects::ADMIN_SECRET_LIST, kind: subjects::KIND_SECRET_LIST, caller: Caller::Admin },
+    EndpointSpec { subject: subjects::ADMIN_SECRET_VERSIONS, kind: subjects::KIND_SECRET_VERSIONS, caller: Caller::Admin },
+    EndpointSpec { subject: subjects::ADMIN_SECRET_DELETE, kind: subjects::KIND_SECRET_DELETE, caller: Caller::Admin },
+    EndpointSpec { subject: subjects::SVC_SECRET_GET, kind: subjects::KIND_SECRET_GET, caller: Caller::Identity },
     EndpointSpec { subject: subjects::ENROLL, kind: subjects::KIND_ENROLL, caller: Caller::Enrollee },
     EndpointSpec { subject: subjects::SVC_RENEW, kind: subjects::KIND_RENEW, caller: Caller::Identity },
 ];

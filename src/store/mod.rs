@@ -33,6 +33,10 @@ pub enum Space {
     Roles,
     /// Issued client certificates: serial → owner and expiry (for OCSP and the CRL).
     Serials,
+    /// Secret metadata: path → readers and versions (never values).
+    Secrets,
+    /// Secret values, sealed: `<path>#<version>`.
+    SecretValues,
 }
 
 impl Space {
@@ -45,6 +49,8 @@ impl Space {
             Space::Tokens => "tokens",
             Space::Roles => "roles",
             Space::Serials => "serials",
+            Space::Secrets => "secrets",
+            Space::SecretValues => "secret_values",
         }
     }
 }

@@ -8,3 +8,4 @@ mod harness;
 mod interop;
 mod refusals;
 mod revocation;
+mod secrets;

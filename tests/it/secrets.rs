@@ -1,0 +1,144 @@
+//! Secrets end to end: sealed writes, sealed reads, versions, and every refusal.
+
+use crate::harness::*;
+use tillit::client::Identity;
+
+fn enroll(e: &Estate, service: &str, name: &str) -> std::path::PathBuf {
+    let token = create_tokens(e, service, 1, "15m").remove(0);
+    let dir = e.tmp.path().join(name);
+    let out = enroll_cli(&token, &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    dir
+}
+
+fn put(e: &Estate, path: &str, value: &str, readers: &[&str]) -> std::process::Output {
+    let file = e.tmp.path().join(format!("value-{}", path.replace('/', "_")));
+    std::fs::write(&file, value).unwrap();
+    let mut args = vec!["secret", "put", path, "--value-file", file.to_str().unwrap()];
+    for r in readers {
+        args.push("--reader");
+        args.push(r);
+    }
+    let admin = e.admin();
+    args.extend(["--identity", &admin]);
+    tillit(&args)
+}
+
+fn get(dir: &std::path::Path, name: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["secret", "get", name, "--identity", dir.to_str().unwrap()];
+    args.extend(extra);
+    tillit(&args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_get_sealed_values_and_versions() {
+    let e = Estate::init("example.org");
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let orders = enroll(&e, "acme/shop/prod/orders", "orders");
+    let out = put(&e, "acme/shop/prod/db-password", "hunter2-v1", &["acme/shop/prod/orders"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // By bare name and by path, through the CLI and the library.
+    let out = get(&orders, "db-password", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "hunter2-v1");
+    let session = Identity::load(&orders).unwrap().connect().await.unwrap();
+    assert_eq!(session.secret("acme/shop/prod/db-password").await.unwrap().expose(), "hunter2-v1");
+
+    // Rotate with a given value, then with a generated one.
+    let file = e.tmp.path().join("v2");
+    std::fs::write(&file, "hunter2-v2").unwrap();
+    let out = tillit(&["secret", "rotate", "acme/shop/prod/db-password", "--value-file", file.to_str().unwrap(), "--identity", &e.admin()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&get(&orders, "db-password", &[])), "hunter2-v2");
+    let out = tillit(&["secret", "rotate", "acme/shop/prod/db-password", "--generate", "32", "--identity", &e.admin()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v3: serde_json::Value = serde_json::from_str(&stdout(&get(&orders, "db-password", &["--json"]))).unwrap();
+    assert_eq!(v3["version"], 3);
+    assert_eq!(v3["value"].as_str().unwrap().len(), 43, "32 random bytes, base64url");
+    assert_eq!(stdout(&get(&orders, "db-password", &["--version", "1"])), "hunter2-v1");
+
+    // Metadata lists versions, never values.
+    let out = tillit(&["secret", "versions", "acme/shop/prod/db-password", "--identity", &e.admin(), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["versions"].as_array().unwrap().len(), 3);
+    let out = tillit(&["secret", "list", "acme/", "--identity", &e.admin(), "--json"]);
+    assert!(stdout(&out).contains("acme/shop/prod/db-password") && !stdout(&out).contains("hunter2"));
+
+    // Nothing in clear at rest.
+    for entry in walk(e.dir.store()) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(!bytes.windows(8).any(|w| w == b"hunter2-"), "plaintext at rest in {}", entry.display());
+    }
+    // Every read and write is in the audit log.
+    let out = tillit(&["audit", "tail", "--data-dir", e.data(), "-n", "100", "--json"]);
+    let audit = stdout(&out);
+    for action in ["secret.put", "secret.rotate", "secret.get"] {
+        assert!(audit.contains(&format!("\"action\":\"{action}\"")), "{action} not audited");
+    }
+    assert!(!audit.contains("hunter2"));
+
+    // Delete: then nobody reads it.
+    assert!(tillit(&["secret", "delete", "acme/shop/prod/db-password", "--identity", &e.admin()]).status.success());
+    assert!(stderr(&get(&orders, "db-password", &[])).contains("forbidden"));
+}
+
+fn walk(dir: std::path::PathBuf) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_refusals_leak_nothing_and_change_nothing() {
+    let e = Estate::init("example.org");
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let orders = enroll(&e, "acme/shop/prod/orders", "orders");
+    let payments = enroll(&e, "acme/shop/prod/payments", "payments");
+    let orders_test = enroll(&e, "acme/shop/test/orders", "orders-test");
+    let globex = enroll(&e, "globex/shop/prod/orders", "globex");
+    assert!(put(&e, "acme/shop/prod/db", "s3cret-value", &["acme/shop/prod/orders"]).status.success());
+
+    // Another service in the same env, the same service in another env, another tenant: refused,
+    // and the answer is the same as for a secret that does not exist.
+    for (dir, name) in [(&payments, "acme/shop/prod/db"), (&orders_test, "acme/shop/prod/db"), (&globex, "acme/shop/prod/db"), (&orders, "acme/shop/prod/nope")] {
+        let out = get(dir, name, &[]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("forbidden"), "{}", stderr(&out));
+        assert!(!stdout(&out).contains("s3cret"));
+    }
+    // Bad paths; unknown version.
+    for bad in ["../db", "acme/shop/prod/*", "acme/shop/prod/a.b"] {
+        let out = get(&orders, bad, &[]);
+        assert!(stderr(&out).contains("bad_request"), "{bad}: {}", stderr(&out));
+    }
+    assert!(stderr(&get(&orders, "db", &["--version", "9"])).contains("not_found"));
+    // Writes: readers may not cross tenant or env; paths are checked; values are bounded.
+    assert!(stderr(&put(&e, "acme/shop/prod/x", "v", &["acme/shop/test/orders"])).contains("never cross"));
+    assert!(stderr(&put(&e, "acme/shop/prod/x", "v", &["globex/shop/prod/*"])).contains("never cross"));
+    assert!(!put(&e, "acme/shop/prod/../x", "v", &["acme/shop/prod/orders"]).status.success());
+    assert!(stderr(&put(&e, "acme/shop/prod/db", "again", &["acme/shop/prod/orders"])).contains("conflict"));
+    let big = "x".repeat(40 * 1024);
+    let out = put(&e, "acme/shop/prod/big", &big, &["acme/shop/prod/orders"]);
+    assert!(stderr(&out).contains("at most 32768 bytes"), "{}", stderr(&out));
+    // A revoked reader reads nothing.
+    assert!(tillit(&["revoke", "acme/shop/prod/orders", "--identity", &e.admin()]).status.success());
+    let out = get(&orders, "db", &[]);
+    assert!(!out.status.success() && !stdout(&out).contains("s3cret"));
+    // Nothing changed: still one version.
+    let out = tillit(&["secret", "versions", "acme/shop/prod/db", "--identity", &e.admin(), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["current_version"], 1);
+    let out = tillit(&["secret", "list", "--identity", &e.admin(), "--json"]);
+    let l: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(l["secrets"].as_array().unwrap().len(), 1, "{l}");
+}
