@@ -35,6 +35,17 @@ pub const SVC_SECRET_GET: &str = "tillit.v1.svc.secret.get";
 pub const EVENTS_EXPORT: &str = "tillit.v1.events.>";
 pub const EVENTS_ALL: &str = "tillit.v1.events.>";
 
+/// The JetStream stream of signed events, created by `serve`.
+pub const EVENTS_STREAM: &str = "TILLIT_EVENTS";
+/// Event subject: `tillit.v1.events.<site|all>.<kind>`.
+pub fn event_subject(scope: &str, kind: &str) -> String {
+    format!("tillit.v1.events.{scope}.{kind}")
+}
+/// Event kinds (the subject's last tokens; the envelope type is `io.tillit.v1.<kind>`).
+pub const EVENT_SECRET_ROTATED: &str = "secret.rotated";
+pub const EVENT_IDENTITY_REVOKED: &str = "identity.revoked";
+pub const EVENT_PERMISSIONS_CHANGED: &str = "permissions.changed";
+
 /// Root of per-identity inboxes: `_INBOX.<user public key>.…`.
 pub const INBOX_ROOT: &str = "_INBOX";
 

@@ -105,6 +105,10 @@ async fn change(ctx: &Ctx, actor: &str, req: GrantRequest, how: Change) -> Resul
         m.insert(sid.clone(), RoleEntry::new((signed, next.clone())));
     }
     tracing::info!(service = %sid, action, "permissions changed");
+    let data = serde_json::json!({ "service": sid.to_string(), "pub": next.permissions.publish.allow, "sub": next.permissions.subscribe.allow });
+    if let Err(err) = ctx.events.publish(crate::subjects::EVENT_PERMISSIONS_CHANGED, None, &sid.to_string(), &data, e.clock().now_unix()).await {
+        tracing::error!(service = %sid, "cannot publish permissions.changed: {err}");
+    }
     Ok(grants_reply(&next))
 }
 
@@ -163,6 +167,10 @@ pub async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> R
         }
     }
     tracing::info!(service = %sid, count = revoked.len(), "revoked");
+    let data = serde_json::json!({ "service": sid.to_string(), "users": users, "serials": revoked.iter().map(|r| &r.cert_serial).collect::<Vec<_>>() });
+    if let Err(err) = ctx.events.publish(crate::subjects::EVENT_IDENTITY_REVOKED, None, &sid.to_string(), &data, now).await {
+        tracing::error!(service = %sid, "cannot publish identity.revoked: {err}");
+    }
     Ok(RevokeReply { service: sid.clone(), revoked, revoked_at: rfc3339(now) })
 }
 

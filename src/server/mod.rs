@@ -12,6 +12,7 @@ mod admin;
 mod events;
 mod handlers;
 mod secrets;
+pub mod stream;
 pub mod http;
 pub mod push;
 mod services;
@@ -114,6 +115,8 @@ pub struct Ctx {
     pub bootstrap_account: String,
     /// Service → its tenant account and role, as pushed.
     pub roles: std::sync::RwLock<HashMap<crate::names::ServiceId, services::RoleEntry>>,
+    /// The signed event stream.
+    pub events: stream::Events,
 }
 
 fn stopped(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
@@ -282,6 +285,12 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
             .map_err(|e| ServeError::Creds(e.to_string()))?
             .public_key,
         roles: Default::default(),
+        events: stream::Events::start(
+            api.clone(),
+            estate.envelope_signer().map_err(|e| ServeError::Service(e.to_string()))?,
+        )
+        .await
+        .map_err(|e| ServeError::Service(format!("event stream: {e}")))?,
     });
     // Make sure the servers hold the current JWT of every account (a restored or new server may not).
     for acct in estate.accounts().map_err(|e| ServeError::Creds(e.to_string()))? {

@@ -79,6 +79,7 @@ pub async fn put(ctx: &Ctx, caller: &IdentityRecord, req: SecretPutRequest) -> R
     }
     record(ctx, &caller.id, "secret.put", &req.path, serde_json::json!({ "version": 1, "readers": req.readers, "bytes": value.len() })).await?;
     let meta = e.write_secret(&req.path, Some(readers), &value, &caller.id).map_err(ApiError::internal)?;
+    announce(ctx, &meta).await;
     Ok(SecretReply { secret: info(&meta) })
 }
 
@@ -99,7 +100,22 @@ pub async fn rotate(ctx: &Ctx, caller: &IdentityRecord, req: SecretRotateRequest
     let version = meta.current() + 1;
     record(ctx, &caller.id, "secret.rotate", &req.path, serde_json::json!({ "version": version, "bytes": value.len(), "generated": req.generate.is_some() })).await?;
     let meta = e.write_secret(&req.path, None, &value, &caller.id).map_err(ApiError::internal)?;
+    announce(ctx, &meta).await;
     Ok(SecretReply { secret: info(&meta) })
+}
+
+/// Broadcast `secret.rotated` (path and version, never the value): to each reader site, or to
+/// all when no site reads it.
+async fn announce(ctx: &Ctx, meta: &SecretMeta) {
+    let data = serde_json::json!({ "path": meta.path.to_string(), "version": meta.current() });
+    let sites: Vec<&str> = meta.readers.iter().filter_map(|r| if let Reader::Site(s) = r { Some(s.as_str()) } else { None }).collect();
+    let scopes: Vec<Option<&str>> = if sites.is_empty() { vec![None] } else { sites.into_iter().map(Some).collect() };
+    let now = ctx.estate.clock().now_unix();
+    for site in scopes {
+        if let Err(err) = ctx.events.publish(crate::subjects::EVENT_SECRET_ROTATED, site, &meta.path.to_string(), &data, now).await {
+            tracing::error!(path = %meta.path, "cannot publish secret.rotated: {err}");
+        }
+    }
 }
 
 pub async fn list(ctx: &Ctx, req: SecretListRequest) -> Result<SecretListReply, ApiError> {

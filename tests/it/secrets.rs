@@ -142,3 +142,74 @@ async fn secret_refusals_leak_nothing_and_change_nothing() {
     let l: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(l["secrets"].as_array().unwrap().len(), 1, "{l}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_values_never_cross_the_broker_in_clear() {
+    let e = Estate::init("example.org");
+    // nats-server -V logs every message payload it routes.
+    let nats = NatsServer::start_args(&e.dir.server_conf(), e.nats_port, &["-V"]);
+    let _serve = e.start_serve_ready();
+    let orders = enroll(&e, "acme/shop/prod/orders", "orders");
+    let session = Identity::load(&orders).unwrap().connect().await.unwrap();
+    // Control: a payload published in clear does appear in the trace.
+    let canary = "CANARY-IN-CLEAR-7f3a";
+    session.client().publish("shop.orders.canary", canary.into()).await.unwrap();
+    barrier(&session.client()).await;
+    let secret = "TOP-SECRET-VALUE-91c2";
+    assert!(put(&e, "acme/shop/prod/db", secret, &["acme/shop/prod/orders"]).status.success());
+    assert_eq!(session.secret("db").await.unwrap().expose(), secret);
+    let file = e.tmp.path().join("v2");
+    std::fs::write(&file, format!("{secret}-v2")).unwrap();
+    assert!(tillit(&["secret", "rotate", "acme/shop/prod/db", "--value-file", file.to_str().unwrap(), "--identity", &e.admin()]).status.success());
+    assert_eq!(stdout(&get(&orders, "db", &[])), format!("{secret}-v2"));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let log = nats.log_text();
+    assert!(log.contains(canary), "the trace shows payloads (control)");
+    assert!(log.contains("tillit.v1.svc.secret.get"), "the reads went through this server");
+    assert!(!log.contains(secret), "a secret value crossed the broker in clear");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotations_are_broadcast_as_signed_envelopes_without_the_value() {
+    use futures::StreamExt;
+    let e = Estate::init("example.org");
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let admin = tillit::identity::load(&tillit::layout::IdentityDir::new(e.admin())).unwrap();
+    let nc = tillit::client::connect(&tillit::client::ConnectParams::from_identity(&admin, None).unwrap()).await.unwrap();
+    let mut events = nc.subscribe("tillit.v1.events.>").await.unwrap();
+    barrier(&nc).await;
+    assert!(put(&e, "acme/shop/prod/db", "value-one", &["acme/shop/prod/orders", "site:east"]).status.success());
+    assert!(tillit(&["secret", "rotate", "acme/shop/prod/db", "--generate", "16", "--identity", &e.admin()]).status.success());
+    let trust = tillit::envelope::TrustSet::from_jwks(admin.trust_jwks.as_deref().unwrap()).unwrap();
+    let verifier = tillit::envelope::Verifier::new(trust, vec!["site:east".into()], 100);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut seqs = vec![];
+    for want_version in [1, 2] {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(5), events.next()).await.unwrap().unwrap();
+        assert_eq!(m.subject.as_str(), "tillit.v1.events.east.secret.rotated");
+        let token = std::str::from_utf8(&m.payload).unwrap();
+        assert!(!token.contains("value-one"));
+        let ev: tillit::envelope::Event<serde_json::Value> = verifier.verify(token, "io.tillit.v1.secret.rotated", now).unwrap();
+        assert_eq!(ev.data["path"], "acme/shop/prod/db");
+        assert_eq!(ev.data["version"], want_version);
+        assert!(ev.data.get("value").is_none());
+        assert_eq!(ev.aud, "site:east");
+        seqs.push(ev.seq.unwrap());
+    }
+    assert_eq!(seqs[1], seqs[0] + 1, "stream sequence in the envelope");
+    // A revocation is announced to all.
+    let orders = enroll(&e, "acme/shop/prod/orders", "orders");
+    let _ = orders;
+    assert!(tillit(&["revoke", "acme/shop/prod/orders", "--identity", &e.admin()]).status.success());
+    let m = loop {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(5), events.next()).await.unwrap().unwrap();
+        if m.subject.as_str().ends_with("identity.revoked") {
+            break m;
+        }
+    };
+    assert_eq!(m.subject.as_str(), "tillit.v1.events.all.identity.revoked");
+    let ev: tillit::envelope::Event<serde_json::Value> =
+        verifier.verify(std::str::from_utf8(&m.payload).unwrap(), "io.tillit.v1.identity.revoked", now).unwrap();
+    assert_eq!(ev.data["service"], "acme/shop/prod/orders");
+}

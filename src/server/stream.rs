@@ -1,0 +1,80 @@
+//! The event stream: every change other parties act on is published as a signed envelope into
+//! the JetStream stream `TILLIT_EVENTS` (`tillit.v1.events.<site|all>.<kind>`), created by `serve`.
+//! Each envelope carries the stream sequence it lands at (`seq`), enforced with
+//! `Nats-Expected-Last-Sequence`, so readers see gaps and reordering.
+
+use crate::envelope::{Signer, AUD_ALL};
+use crate::subjects;
+use async_nats::jetstream;
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+/// How long events are kept.
+pub const EVENTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+/// How long an event envelope stays valid (agents offline longer re-sync from state).
+pub const EVENT_TTL_SECS: i64 = 30 * 86_400;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("JetStream: {0}")]
+    JetStream(String),
+    #[error("signing: {0}")]
+    Sign(String),
+}
+
+/// Publishes signed events in order.
+pub struct Events {
+    js: jetstream::Context,
+    signer: Signer,
+    last_seq: Mutex<u64>,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events").finish_non_exhaustive()
+    }
+}
+
+impl Events {
+    /// Create (or find) the stream and learn where it is.
+    pub async fn start(client: async_nats::Client, signer: Signer) -> Result<Self, StreamError> {
+        let js = jetstream::new(client);
+        let mut stream = js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: subjects::EVENTS_STREAM.into(),
+                subjects: vec![subjects::EVENTS_EXPORT.into()],
+                storage: jetstream::stream::StorageType::File,
+                max_age: EVENTS_MAX_AGE,
+                max_bytes: 1 << 30,
+                duplicate_window: std::time::Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| StreamError::JetStream(e.to_string()))?;
+        let last = stream.info().await.map_err(|e| StreamError::JetStream(e.to_string()))?.state.last_sequence;
+        Ok(Events { js, signer, last_seq: Mutex::new(last) })
+    }
+
+    /// Sign and store one event of `kind` (e.g. `secret.rotated`) for `site` (or all sites).
+    pub async fn publish<D: Serialize>(&self, kind: &str, site: Option<&str>, subject: &str, data: D, now: i64) -> Result<u64, StreamError> {
+        let scope = site.unwrap_or("all");
+        let aud = site.map(|s| format!("site:{s}")).unwrap_or_else(|| AUD_ALL.to_string());
+        let mut last = self.last_seq.lock().await;
+        let seq = *last + 1;
+        let token = self
+            .signer
+            .sign(&format!("io.tillit.v1.{kind}"), subject, &aud, EVENT_TTL_SECS, Some(seq), data, now)
+            .map_err(|e| StreamError::Sign(e.to_string()))?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Expected-Last-Sequence", last.to_string().as_str());
+        let ack = self
+            .js
+            .publish_with_headers(subjects::event_subject(scope, kind), headers, token.into())
+            .await
+            .map_err(|e| StreamError::JetStream(e.to_string()))?
+            .await
+            .map_err(|e| StreamError::JetStream(e.to_string()))?;
+        *last = ack.sequence;
+        Ok(ack.sequence)
+    }
+}
