@@ -475,3 +475,78 @@ pub fn account_jwt_size(services: usize) -> Result<usize, String> {
     let body = data_encoding::BASE64URL_NOPAD.encode(&serde_json::to_vec(&claims).map_err(|e| e.to_string())?);
     Ok(header.len() + 1 + body.len() + 1 + 86)
 }
+
+/// `tillit bench secret-get`: sealed reads by one enrolled service at concurrency `c`.
+pub async fn secret_get(admin_dir: &Path, n: usize, c: usize, nats: Option<&str>, scratch: &Path) -> Result<Figures, ClientError> {
+    let admin = TillitClient::connect_dir(&IdentityDir::new(admin_dir), nats).await?;
+    let sid = ServiceId::new("bench", "bench", &run_id(), "svc").map_err(|e| ClientError::Credentials(e.to_string()))?;
+    let token = mint_tokens(&admin, &sid, 1).await?.remove(0);
+    let dir = scratch.join("secret-reader");
+    crate::client::enroll::enroll(&token, &dir, nats, Arc::new(crate::clock::SystemClock)).await?;
+    let path = format!("{}/{}/{}/bench-secret", sid.tenant, sid.project, sid.env);
+    let jwks = std::fs::read_to_string(IdentityDir::new(admin_dir).trust_jwks()).map_err(|e| ClientError::Credentials(e.to_string()))?;
+    let sealed = crate::client::secrets::seal_for_control_plane(&jwks, &[b'x'; 64])?;
+    let _: crate::proto::SecretReply = admin
+        .call(
+            subjects::ADMIN_SECRET_PUT,
+            subjects::KIND_SECRET_PUT,
+            crate::proto::SecretPutRequest {
+                path: crate::secrets::SecretPath::parse(&path).map_err(|e| ClientError::Credentials(e.to_string()))?,
+                readers: vec![sid.to_string()],
+                value: sealed,
+            },
+        )
+        .await?;
+    let session = Arc::new(Session::connect(&IdentityDir::new(&dir), nats).await?);
+    session.secret("bench-secret").await?;
+    eprintln!("timing {n} sealed secret reads at concurrency {c}…");
+    let s = session.clone();
+    let (total, lat, errors) = drive(n, c, move |_, _| {
+        let s = s.clone();
+        async move {
+            let start = Instant::now();
+            let v = s.secret("bench-secret").await.map_err(|e| e.to_string())?;
+            if v.expose().len() != 64 {
+                return Err("wrong value".into());
+            }
+            Ok(start.elapsed())
+        }
+    })
+    .await;
+    Ok(Figures::from("tillit secret get (sealed)", c, total, lat, errors))
+}
+
+/// Envelope sign and verify rates on this machine (single thread).
+pub fn envelope_rates(n: usize) -> Result<(f64, f64), String> {
+    let kp = Arc::new(nkeys::KeyPair::new_account());
+    let issuer = "tillit://bench.local";
+    let jwk = crate::envelope::jwk("k1", issuer, &kp.public_key(), "current").ok_or("jwk")?;
+    let signer = crate::envelope::Signer::new("k1", issuer, kp);
+    let data = serde_json::json!({"path": "acme/shop/prod/db", "version": 7});
+    let t0 = now();
+    let start = Instant::now();
+    let mut tokens = Vec::with_capacity(n);
+    for i in 0..n {
+        tokens.push(signer.sign("io.tillit.v1.secret.rotated", "acme/shop/prod/db", "all", 600, Some(i as u64), &data, t0).map_err(|e| e.to_string())?);
+    }
+    let sign_rate = n as f64 / start.elapsed().as_secs_f64();
+    let trust = crate::envelope::TrustSet::from_jwks(&serde_json::json!({ "keys": [jwk] }).to_string()).map_err(|e| e.to_string())?;
+    let verifier = crate::envelope::Verifier::new(trust, vec![], n + 1);
+    let start = Instant::now();
+    for t in &tokens {
+        verifier.verify::<serde_json::Value>(t, "io.tillit.v1.secret.rotated", t0).map_err(|e| e.to_string())?;
+    }
+    let verify_rate = n as f64 / start.elapsed().as_secs_f64();
+    Ok((sign_rate, verify_rate))
+}
+
+/// `openssl speed ed25519` on this machine: (sign/s, verify/s), if openssl is there.
+pub fn openssl_ed25519() -> Option<(f64, f64)> {
+    let out = std::process::Command::new("openssl").args(["speed", "-seconds", "1", "ed25519"]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "... 253 bits EdDSA (Ed25519)   0.0000s   0.0001s  43906.0  14221.0"
+    let line = text.lines().find(|l| l.contains("Ed25519") && l.trim_start().starts_with("253"))?;
+    let nums: Vec<f64> = line.split_whitespace().filter_map(|w| w.parse::<f64>().ok()).collect();
+    let n = nums.len();
+    (n >= 2).then(|| (nums[n - 2], nums[n - 1]))
+}

@@ -19,6 +19,7 @@ pub const ADMIN_UNGRANT: &str = "tillit.v1.admin.ungrant";
 pub const ADMIN_GRANTS: &str = "tillit.v1.admin.grants";
 pub const ADMIN_REVOKE: &str = "tillit.v1.admin.revoke";
 pub const ADMIN_LIST: &str = "tillit.v1.admin.list";
+pub const ADMIN_ROTATE_SIGNING_KEY: &str = "tillit.v1.admin.rotate.signing-key";
 pub const ADMIN_SECRET_PUT: &str = "tillit.v1.admin.secret.put";
 pub const ADMIN_SECRET_ROTATE: &str = "tillit.v1.admin.secret.rotate";
 pub const ADMIN_SECRET_LIST: &str = "tillit.v1.admin.secret.list";
@@ -45,6 +46,7 @@ pub fn event_subject(scope: &str, kind: &str) -> String {
 pub const EVENT_SECRET_ROTATED: &str = "secret.rotated";
 pub const EVENT_IDENTITY_REVOKED: &str = "identity.revoked";
 pub const EVENT_PERMISSIONS_CHANGED: &str = "permissions.changed";
+pub const EVENT_TRUST_ROTATED: &str = "trust.rotated";
 
 /// Root of per-identity inboxes: `_INBOX.<user public key>.…`.
 pub const INBOX_ROOT: &str = "_INBOX";
@@ -78,6 +80,7 @@ pub const KIND_UNGRANT: &str = "io.tillit.v1.admin.ungrant";
 pub const KIND_GRANTS: &str = "io.tillit.v1.admin.grants";
 pub const KIND_REVOKE: &str = "io.tillit.v1.admin.revoke";
 pub const KIND_LIST: &str = "io.tillit.v1.admin.list";
+pub const KIND_ROTATE_SIGNING_KEY: &str = "io.tillit.v1.admin.rotate.signing-key";
 pub const KIND_SECRET_PUT: &str = "io.tillit.v1.admin.secret.put";
 pub const KIND_SECRET_ROTATE: &str = "io.tillit.v1.admin.secret.rotate";
 pub const KIND_SECRET_LIST: &str = "io.tillit.v1.admin.secret.list";

@@ -18,6 +18,15 @@ pub enum What {
     Grant(Latency),
     /// Time from `revoke` to the server dropping the connection, N runs.
     Revoke(Latency),
+    /// Sealed secret reads by one service at concurrency C.
+    SecretGet(Common),
+    /// Envelope sign and verify rates vs raw Ed25519 (openssl speed), no server needed.
+    Envelope {
+        #[arg(short = 'n', default_value_t = 20_000)]
+        n: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Size of a tenant account JWT at 100, 1,000 and 5,000 services (no server needed).
     AccountSize {
         #[arg(long)]
@@ -62,6 +71,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         What::Renew(o) => ("renew", o),
         What::Grant(l) | What::Revoke(l) => return latency(matches!(a.what, What::Grant(_)), l).await,
         What::AccountSize { json } => return account_size(*json),
+        What::Envelope { n, json } => return envelope(*n, *json),
+        What::SecretGet(o) => return secret_get(o).await,
     };
     anyhow::ensure!(o.n > 0 && o.c > 0 && o.c <= 1024, "-n and -c must be positive (and -c at most 1024)");
     let scratch = tempfile_dir()?;
@@ -143,6 +154,38 @@ fn account_size(json: bool) -> anyhow::Result<()> {
     }
     if json {
         println!("{}", serde_json::json!({"bench": "account-size", "rows": rows}));
+    }
+    Ok(())
+}
+
+async fn secret_get(o: &Common) -> anyhow::Result<()> {
+    anyhow::ensure!(o.n > 0 && o.c > 0 && o.c <= 1024, "-n and -c must be positive (and -c at most 1024)");
+    let scratch = tempfile_dir()?;
+    let f = crate::bench::secret_get(&o.identity, o.n, o.c, o.nats.as_deref(), &scratch).await?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    println!("{}", f.line());
+    if o.json {
+        println!("{}", serde_json::json!({"bench": "secret-get", "per_sec": round(f.per_sec), "p50_ms": round(f.p50_ms), "p99_ms": round(f.p99_ms), "n": f.n, "c": f.c, "errors": f.errors}));
+    }
+    Ok(())
+}
+
+fn envelope(n: usize, json: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(n > 0 && n <= 1_000_000, "-n must be between 1 and 1000000");
+    let (sign, verify) = crate::bench::envelope_rates(n).map_err(anyhow::Error::msg)?;
+    println!("envelope sign    {sign:>10.0}/s   verify {verify:>10.0}/s   (one core, JWS + CloudEvents JSON + replay check)");
+    let raw = crate::bench::openssl_ed25519();
+    match raw {
+        Some((s, v)) => println!("openssl Ed25519  {s:>10.0}/s   verify {v:>10.0}/s   (raw signatures)"),
+        None => println!("(openssl speed ed25519 unavailable: no raw baseline)"),
+    }
+    if json {
+        let mut v = serde_json::json!({"bench": "envelope", "n": n, "sign_per_sec": round(sign), "verify_per_sec": round(verify)});
+        if let Some((s, r)) = raw {
+            v["openssl_sign_per_sec"] = serde_json::json!(s);
+            v["openssl_verify_per_sec"] = serde_json::json!(r);
+        }
+        println!("{v}");
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ pub mod grant;
 pub mod init;
 pub mod renew;
 pub mod revoke;
+pub mod rotate;
 pub mod secret;
 pub mod serve;
 pub mod status;
@@ -60,6 +61,8 @@ pub enum Command {
     List(revoke::ListArgs),
     /// Secrets: put, rotate, list, versions, delete (admin); get (service).
     Secret(secret::Args),
+    /// Rotate trust material (admin): `signing-key`.
+    Rotate(rotate::Args),
 }
 
 /// Run the parsed command.
@@ -80,6 +83,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Revoke(a) => revoke::revoke(a).await,
         Command::List(a) => revoke::list(a).await,
         Command::Secret(a) => secret::run(a).await,
+        Command::Rotate(a) => rotate::run(a).await,
     }
 }
 

@@ -93,9 +93,12 @@ pub struct EstateMeta {
 pub struct EnvelopeKey {
     pub kid: String,
     pub public_key: String,
-    /// `current` signs; `next` is published ahead of a rotation; `retired` is kept for the record.
+    /// `current` signs; `next` is published ahead of a switch; `previous` still verifies until
+    /// `retire_at`; `retired` is kept for the record only.
     pub state: String,
     pub created_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_at: Option<i64>,
 }
 
 /// What an account is for.
@@ -266,6 +269,8 @@ pub struct Estate {
     operator_signing: KeyPair,
     account_lock: Mutex<()>,
     keys: std::sync::Mutex<std::collections::HashMap<String, Arc<KeyPair>>>,
+    /// The envelope keys as they are now (rotation changes them at run time).
+    envelope_keys: std::sync::RwLock<Vec<EnvelopeKey>>,
 }
 
 impl std::fmt::Debug for Estate {
@@ -342,6 +347,7 @@ impl Estate {
                 public_key: envelope.public_key(),
                 state: "current".into(),
                 created_at: now,
+                retire_at: None,
             }],
             xkey_public: Some(xkey.public_key()),
         };
@@ -367,7 +373,11 @@ impl Estate {
             operator_signing,
             account_lock: Mutex::new(()),
             keys: Default::default(),
+            envelope_keys: std::sync::RwLock::new(vec![]),
         };
+        if let Ok(mut k) = estate.envelope_keys.write() {
+            *k = estate.meta.envelope_keys.clone();
+        }
         // TILLIT first: the others import from it.
         for (name, kind, (id, signing)) in [
             (TILLIT_ACCOUNT, AccountKind::Tillit, &tillit),
@@ -438,6 +448,8 @@ impl Estate {
         let ca_key = vault.get_sealed(Space::Keys, "ca")?.ok_or_else(not_init)?;
         let ca_key = SecretString::new(String::from_utf8_lossy(&ca_key).into_owned());
         let ca = CertAuthority::load(&meta.ca_cert_pem, &ca_key)?.with_revocation_urls(revocation_urls(&config));
+        let envelope_keys: Vec<EnvelopeKey> =
+            get_json(vault.store(), Space::Meta, "envelope_keys")?.unwrap_or_else(|| meta.envelope_keys.clone());
         Ok(Estate {
             dir,
             config,
@@ -448,6 +460,7 @@ impl Estate {
             operator_signing,
             account_lock: Mutex::new(()),
             keys: Default::default(),
+            envelope_keys: std::sync::RwLock::new(envelope_keys),
         })
     }
 

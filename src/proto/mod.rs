@@ -364,6 +364,24 @@ pub struct SecretGetReply {
     pub value: SealedValue,
 }
 
+/// `tillit.v1.admin.rotate.signing-key` request body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSigningKeyRequest {
+    /// How long the old key keeps verifying.
+    pub retire_after_secs: i64,
+}
+
+/// `tillit.v1.admin.rotate.signing-key` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotateSigningKeyReply {
+    pub current: String,
+    pub previous: String,
+    pub retire_at: String,
+    /// The trust set now (what `trust.rotated` carried).
+    pub trust_jwks: serde_json::Value,
+}
+
 /// `tillit.v1.admin.status` request body (empty).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -204,3 +204,35 @@ pub async fn list(ctx: &Ctx) -> Result<ListReply, ApiError> {
     identities.sort_by(|a, b| a.id.cmp(&b.id).then(a.user_public_key.cmp(&b.user_public_key)));
     Ok(ListReply { identities })
 }
+
+/// Rotate the envelope signing key with overlap: add the next key to the trust set, broadcast
+/// `trust.rotated` (signed by the current key, so every verifier can take the new set), switch,
+/// and keep the old key verifying until `retire_after`.
+pub async fn rotate_signing_key(ctx: &Ctx, caller: &IdentityRecord, req: crate::proto::RotateSigningKeyRequest) -> Result<crate::proto::RotateSigningKeyReply, ApiError> {
+    if !(60..=30 * 86_400).contains(&req.retire_after_secs) {
+        return Err(ApiError::bad_request("--retire-after must be between 60s and 30d"));
+    }
+    let e = &ctx.estate;
+    let _g = e.account_lock().lock().await;
+    let next = e.add_next_envelope_key().map_err(ApiError::internal)?;
+    let jwks: serde_json::Value = serde_json::from_str(&e.trust_jwks()).map_err(ApiError::internal)?;
+    let now = e.clock().now_unix();
+    let data = serde_json::json!({ "trust_jwks": jwks, "next": next.kid });
+    ctx.events
+        .publish(crate::subjects::EVENT_TRUST_ROTATED, None, "trust.jwks", &data, now)
+        .await
+        .map_err(|err| ApiError::new(ErrorCode::Unavailable, format!("cannot broadcast the new trust set ({err}); nothing switched, retry")))?;
+    ctx.journal
+        .record(Entry::ok(&caller.id, "rotate.signing-key", &next.kid).detail(serde_json::json!({ "retire_after_secs": req.retire_after_secs })))
+        .await
+        .map_err(ApiError::internal)?;
+    let (current, previous, retire_at) = e.switch_envelope_key(req.retire_after_secs).map_err(ApiError::internal)?;
+    ctx.events.set_signer(e.envelope_signer().map_err(ApiError::internal)?);
+    tracing::info!(current = %current, previous = %previous, "envelope signing key rotated");
+    Ok(crate::proto::RotateSigningKeyReply {
+        current,
+        previous,
+        retire_at: rfc3339(retire_at),
+        trust_jwks: serde_json::from_str(&e.trust_jwks()).map_err(ApiError::internal)?,
+    })
+}

@@ -62,6 +62,7 @@ pub async fn dispatch(
         subjects::ADMIN_UNGRANT => to_value(super::admin::ungrant(ctx, &caller, body(claims.body)?).await?)?,
         subjects::ADMIN_GRANTS => to_value(super::admin::grants(ctx, body(claims.body)?).await?)?,
         subjects::ADMIN_REVOKE => to_value(super::admin::revoke(ctx, &caller, body(claims.body)?).await?)?,
+        subjects::ADMIN_ROTATE_SIGNING_KEY => to_value(super::admin::rotate_signing_key(ctx, &caller, body(claims.body)?).await?)?,
         subjects::ADMIN_SECRET_PUT => to_value(super::secrets::put(ctx, &caller, body(claims.body)?).await?)?,
         subjects::ADMIN_SECRET_ROTATE => to_value(super::secrets::rotate(ctx, &caller, body(claims.body)?).await?)?,
         subjects::ADMIN_SECRET_LIST => to_value(super::secrets::list(ctx, body(claims.body)?).await?)?,

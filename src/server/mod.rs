@@ -79,6 +79,7 @@ pub const ENDPOINTS: &[EndpointSpec] = &[
     EndpointSpec { subject: subjects::ADMIN_GRANTS, kind: subjects::KIND_GRANTS, caller: Caller::Admin },
     EndpointSpec { subject: subjects::ADMIN_REVOKE, kind: subjects::KIND_REVOKE, caller: Caller::Admin },
     EndpointSpec { subject: subjects::ADMIN_LIST, kind: subjects::KIND_LIST, caller: Caller::Admin },
+    EndpointSpec { subject: subjects::ADMIN_ROTATE_SIGNING_KEY, kind: subjects::KIND_ROTATE_SIGNING_KEY, caller: Caller::Admin },
     EndpointSpec { subject: subjects::ADMIN_SECRET_PUT, kind: subjects::KIND_SECRET_PUT, caller: Caller::Admin },
     EndpointSpec { subject: subjects::ADMIN_SECRET_ROTATE, kind: subjects::KIND_SECRET_ROTATE, caller: Caller::Admin },
     EndpointSpec { subject: subjects::ADMIN_SECRET_LIST, kind: subjects::KIND_SECRET_LIST, caller: Caller::Admin },
@@ -317,6 +318,17 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         }
     }));
     background.push(tokio::spawn(events::watch_auth_errors(ctx.clone())));
+    let retire = ctx.clone();
+    background.push(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            match retire.estate.retire_envelope_keys() {
+                Ok(true) => tracing::info!("retired an envelope signing key"),
+                Ok(false) => {}
+                Err(e) => tracing::error!("cannot retire envelope keys: {e}"),
+            }
+        }
+    }));
     let gauges = ctx.clone();
     background.push(tokio::spawn(async move {
         loop {

@@ -25,7 +25,7 @@ pub enum StreamError {
 /// Publishes signed events in order.
 pub struct Events {
     js: jetstream::Context,
-    signer: Signer,
+    signer: std::sync::RwLock<std::sync::Arc<Signer>>,
     last_seq: Mutex<u64>,
 }
 
@@ -52,7 +52,14 @@ impl Events {
             .await
             .map_err(|e| StreamError::JetStream(e.to_string()))?;
         let last = stream.info().await.map_err(|e| StreamError::JetStream(e.to_string()))?.state.last_sequence;
-        Ok(Events { js, signer, last_seq: Mutex::new(last) })
+        Ok(Events { js, signer: std::sync::RwLock::new(std::sync::Arc::new(signer)), last_seq: Mutex::new(last) })
+    }
+
+    /// Sign with another key from now on (after a signing-key rotation).
+    pub fn set_signer(&self, signer: Signer) {
+        if let Ok(mut s) = self.signer.write() {
+            *s = std::sync::Arc::new(signer);
+        }
     }
 
     /// Sign and store one event of `kind` (e.g. `secret.rotated`) for `site` (or all sites).
@@ -61,8 +68,8 @@ impl Events {
         let aud = site.map(|s| format!("site:{s}")).unwrap_or_else(|| AUD_ALL.to_string());
         let mut last = self.last_seq.lock().await;
         let seq = *last + 1;
-        let token = self
-            .signer
+        let signer = self.signer.read().map(|s| s.clone()).map_err(|_| StreamError::Sign("signer lock".into()))?;
+        let token = signer
             .sign(&format!("io.tillit.v1.{kind}"), subject, &aud, EVENT_TTL_SECS, Some(seq), data, now)
             .map_err(|e| StreamError::Sign(e.to_string()))?;
         let mut headers = async_nats::HeaderMap::new();

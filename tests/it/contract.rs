@@ -37,6 +37,8 @@ fn every_served_subject_is_in_the_asyncapi_document() {
         tillit::subjects::ADMIN_SECRET_VERSIONS,
         tillit::subjects::ADMIN_SECRET_DELETE,
         tillit::subjects::SVC_SECRET_GET,
+        tillit::subjects::ADMIN_ROTATE_SIGNING_KEY,
+        tillit::subjects::EVENTS_EXPORT,
         tillit::subjects::ENROLL,
         tillit::subjects::SVC_RENEW,
         tillit::subjects::SYS_CLAIMS_UPDATE,

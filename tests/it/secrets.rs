@@ -213,3 +213,41 @@ async fn rotations_are_broadcast_as_signed_envelopes_without_the_value() {
         verifier.verify(std::str::from_utf8(&m.payload).unwrap(), "io.tillit.v1.identity.revoked", now).unwrap();
     assert_eq!(ev.data["service"], "acme/shop/prod/orders");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_keys_rotate_with_overlap() {
+    use futures::StreamExt;
+    let e = Estate::init("example.org");
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let admin = tillit::identity::load(&tillit::layout::IdentityDir::new(e.admin())).unwrap();
+    let nc = tillit::client::connect(&tillit::client::ConnectParams::from_identity(&admin, None).unwrap()).await.unwrap();
+    let mut events = nc.subscribe("tillit.v1.events.>").await.unwrap();
+    barrier(&nc).await;
+    let old_trust = tillit::envelope::TrustSet::from_jwks(admin.trust_jwks.as_deref().unwrap()).unwrap();
+    assert_eq!(old_trust.len(), 1);
+    let out = tillit(&["rotate", "signing-key", "--retire-after", "1h", "--identity", &e.admin(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_ne!(r["current"], r["previous"]);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    // The new trust set arrives signed by the key everyone already trusts.
+    let m = tokio::time::timeout(std::time::Duration::from_secs(5), events.next()).await.unwrap().unwrap();
+    assert_eq!(m.subject.as_str(), "tillit.v1.events.all.trust.rotated");
+    let old = tillit::envelope::Verifier::new(old_trust, vec![], 100);
+    let ev: tillit::envelope::Event<serde_json::Value> = old.verify(std::str::from_utf8(&m.payload).unwrap(), "io.tillit.v1.trust.rotated", now).unwrap();
+    let new_jwks = ev.data["trust_jwks"].to_string();
+    let new_trust = tillit::envelope::TrustSet::from_jwks(&new_jwks).unwrap();
+    assert_eq!(new_trust.len(), 2, "old and new keys overlap");
+    // Events from now on are signed by the new key: the new set verifies them, the old one does not know the key.
+    assert!(put(&e, "acme/shop/prod/db", "v", &["acme/shop/prod/orders"]).status.success());
+    let m = tokio::time::timeout(std::time::Duration::from_secs(5), events.next()).await.unwrap().unwrap();
+    let token = std::str::from_utf8(&m.payload).unwrap();
+    let new = tillit::envelope::Verifier::new(new_trust, vec![], 100);
+    new.verify::<serde_json::Value>(token, "io.tillit.v1.secret.rotated", now).unwrap();
+    assert!(matches!(old.verify::<serde_json::Value>(token, "io.tillit.v1.secret.rotated", now), Err(tillit::envelope::EnvelopeError::UnknownKey(_))));
+    // New identities get both keys in their trust.jwks.
+    let dir = enroll(&e, "acme/shop/prod/orders", "orders");
+    let jwks = std::fs::read_to_string(dir.join("trust.jwks")).unwrap();
+    assert_eq!(tillit::envelope::TrustSet::from_jwks(&jwks).unwrap().len(), 2);
+}
