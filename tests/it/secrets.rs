@@ -251,3 +251,34 @@ async fn signing_keys_rotate_with_overlap() {
     let jwks = std::fs::read_to_string(dir.join("trust.jwks")).unwrap();
     assert_eq!(tillit::envelope::TrustSet::from_jwks(&jwks).unwrap().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_reads_refuse_replays_and_borrowed_signatures() {
+    let e = Estate::init("example.org");
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let orders = enroll(&e, "acme/shop/prod/orders", "orders");
+    let payments = enroll(&e, "acme/shop/prod/payments", "payments");
+    assert!(put(&e, "acme/shop/prod/db", "s3cret", &["acme/shop/prod/orders"]).status.success());
+    let o = tillit::identity::load(&tillit::layout::IdentityDir::new(&orders)).unwrap();
+    let p = tillit::identity::load(&tillit::layout::IdentityDir::new(&payments)).unwrap();
+    let o_key = nkeys::KeyPair::from_seed(o.user_seed.expose()).unwrap();
+    let body = serde_json::json!({"name": "db"});
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let signed = tillit::proto::sign_request(&o_key, "example.org", "tillit.v1.svc.secret.get", "io.tillit.v1.svc.secret.get", &body, now).unwrap();
+    async fn ask(nc: &async_nats::Client, t: &str) -> serde_json::Value {
+        let m = nc.request("tillit.v1.svc.secret.get", t.to_string().into()).await.unwrap();
+        serde_json::from_slice(&m.payload).unwrap()
+    }
+    // orders' signature sent over payments' connection: the server stamps payments as the sender.
+    let pc = tillit::client::connect(&tillit::client::ConnectParams::from_identity(&p, None).unwrap()).await.unwrap();
+    let v = ask(&pc, &signed).await;
+    assert_eq!(v["error"]["code"], "unauthenticated", "{v}");
+    // The same signed request twice over orders' own connection: the second is a replay.
+    let oc = tillit::client::connect(&tillit::client::ConnectParams::from_identity(&o, None).unwrap()).await.unwrap();
+    let signed2 = tillit::proto::sign_request(&o_key, "example.org", "tillit.v1.svc.secret.get", "io.tillit.v1.svc.secret.get", &body, now).unwrap();
+    let v = ask(&oc, &signed2).await;
+    assert!(v["result"]["value"]["sealed"].is_string(), "{v}");
+    assert!(!v.to_string().contains("s3cret"), "sealed, never in clear");
+    assert_eq!(ask(&oc, &signed2).await["error"]["code"], "replayed");
+}
