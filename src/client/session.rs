@@ -92,8 +92,10 @@ impl Session {
         let reply: crate::proto::SecretGetReply = self
             .call(subjects::SVC_SECRET_GET, subjects::KIND_SECRET_GET, crate::proto::SecretGetRequest { name: name.into(), version })
             .await?;
-        let files = self.inner.files.read().map_err(|_| ClientError::Credentials("identity lock poisoned".into()))?.clone();
-        let plain = super::secrets::open_from_control_plane(&files, &reply.value)?;
+        let plain = {
+            let files = self.inner.files.read().map_err(|_| ClientError::Credentials("identity lock poisoned".into()))?;
+            super::secrets::open_from_control_plane(&files, &reply.value)?
+        };
         let text = String::from_utf8(plain.to_vec()).map_err(|_| ClientError::Protocol("secret is not UTF-8 text".into()))?;
         Ok((crate::crypto::SecretString::new(text), reply.version))
     }

@@ -94,12 +94,7 @@ pub async fn watch_auth_errors(ctx: Arc<Ctx>) {
         let entry = Entry::denied(&format!("nats-server:{}", ev.server.name), "connect", &target, &reason).detail(serde_json::json!({
             "reason": ev.reason, "user": ev.client.user, "name": ev.client.name, "account": ev.client.acc,
         }));
-        let journal = ctx.journal.clone();
-        tokio::spawn(async move {
-            if let Err(e) = journal.record(entry).await {
-                tracing::error!("cannot record an auth failure: {e}");
-            }
-        });
+        ctx.journal.record_relaxed(entry);
     }
 }
 

@@ -93,14 +93,9 @@ fn audit_refusal(ctx: &Ctx, actor: &str, spec: &EndpointSpec, e: &ApiError) {
     if !worth_recording {
         return;
     }
-    let entry = crate::audit::Entry::denied(actor, verb(spec.subject), spec.subject, e.code.as_str())
-        .detail(serde_json::json!({ "message": e.message }));
-    let journal = ctx.journal.clone();
-    tokio::spawn(async move {
-        if let Err(err) = journal.record(entry).await {
-            tracing::error!("cannot record a refusal in the audit log: {err}");
-        }
-    });
+    ctx.journal.record_relaxed(
+        crate::audit::Entry::denied(actor, verb(spec.subject), spec.subject, e.code.as_str()).detail(serde_json::json!({ "message": e.message })),
+    );
 }
 
 /// Whether `caller` may call `spec` now (pure).

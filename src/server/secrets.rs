@@ -147,11 +147,8 @@ pub async fn get(ctx: &Ctx, caller: &IdentityRecord, req: SecretGetRequest) -> R
     };
     let path = SecretPath::resolve(&req.name, who).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let deny = |reason: &str| {
-        let entry = Entry::denied(&caller.id, "secret.get", &path.to_string(), "forbidden").detail(serde_json::json!({ "reason": reason }));
-        let journal = ctx.journal.clone();
-        tokio::spawn(async move {
-            let _ = journal.record(entry).await;
-        });
+        ctx.journal
+            .record_relaxed(Entry::denied(&caller.id, "secret.get", &path.to_string(), "forbidden").detail(serde_json::json!({ "reason": reason })));
         // The same answer whether the secret exists or not: nothing leaks to non-readers.
         ApiError::forbidden(format!("{} may not read {path}", caller.id))
     };
@@ -173,12 +170,6 @@ pub async fn get(ctx: &Ctx, caller: &IdentityRecord, req: SecretGetRequest) -> R
         .ok_or_else(|| ApiError::forbidden("this identity has no xkey to seal to; enroll again"))?;
     let cp = e.xkey().map_err(ApiError::internal)?;
     let sealed = cp.seal(&value, &recipient).map_err(ApiError::internal)?;
-    let entry = Entry::ok(&caller.id, "secret.get", &path.to_string()).detail(serde_json::json!({ "version": version }));
-    let journal = ctx.journal.clone();
-    tokio::spawn(async move {
-        if let Err(err) = journal.record(entry).await {
-            tracing::error!("cannot record a secret read: {err}");
-        }
-    });
+    ctx.journal.record_relaxed(Entry::ok(&caller.id, "secret.get", &path.to_string()).detail(serde_json::json!({ "version": version })));
     Ok(SecretGetReply { path: path.to_string(), version, value: SealedValue { sealed: BASE64.encode(&sealed), sender_xkey: cp.public_key() } })
 }
