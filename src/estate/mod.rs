@@ -596,12 +596,17 @@ impl Estate {
 
     /// Every account, by name.
     pub fn accounts(&self) -> Result<Vec<AccountRecord>> {
+        self.scan_json(Space::Accounts, "")
+    }
+
+    /// Every JSON record of `space` whose key starts with `prefix`, in key order.
+    pub(crate) fn scan_json<T: serde::de::DeserializeOwned>(&self, space: Space, prefix: &str) -> Result<Vec<T>> {
         self.store()
-            .scan(Space::Accounts)?
+            .scan_prefix(space, prefix)?
             .into_iter()
             .map(|(k, v)| {
                 serde_json::from_slice(&v)
-                    .map_err(|e| EstateError::Store(StoreError::Corrupt(format!("accounts/{k}"), e.to_string())))
+                    .map_err(|e| EstateError::Store(StoreError::Corrupt(format!("{}/{k}", space.as_str()), e.to_string())))
             })
             .collect()
     }
@@ -861,14 +866,7 @@ impl Estate {
 
     /// Every identity record.
     pub fn identities(&self) -> Result<Vec<IdentityRecord>> {
-        self.store()
-            .scan(Space::Identities)?
-            .into_iter()
-            .map(|(k, v)| {
-                serde_json::from_slice(&v)
-                    .map_err(|e| EstateError::Store(StoreError::Corrupt(format!("identities/{k}"), e.to_string())))
-            })
-            .collect()
+        self.scan_json(Space::Identities, "")
     }
 
     /// How many identities are recorded.

@@ -155,14 +155,7 @@ pub struct ServiceIssue {
 impl Estate {
     /// Every role of an account.
     pub fn roles_of(&self, account: &str) -> Result<Vec<RoleRecord>> {
-        self.store()
-            .scan_prefix(Space::Roles, &format!("{account}/"))?
-            .into_iter()
-            .map(|(k, v)| {
-                serde_json::from_slice(&v)
-                    .map_err(|e| EstateError::Store(StoreError::Corrupt(format!("roles/{k}"), e.to_string())))
-            })
-            .collect()
+        self.scan_json(Space::Roles, &format!("{account}/"))
     }
 
     /// A service's role, if it has one.
@@ -283,13 +276,7 @@ impl Estate {
 
     /// Secrets whose path starts with `prefix`.
     pub fn secrets(&self, prefix: &str) -> Result<Vec<SecretMeta>> {
-        self.store()
-            .scan_prefix(Space::Secrets, prefix)?
-            .into_iter()
-            .map(|(k, v)| {
-                serde_json::from_slice(&v).map_err(|e| EstateError::Store(StoreError::Corrupt(format!("secrets/{k}"), e.to_string())))
-            })
-            .collect()
+        self.scan_json(Space::Secrets, prefix)
     }
 
     /// Store a new version of a secret (value sealed under the master key), durably.
@@ -512,9 +499,7 @@ impl Estate {
     pub fn live_bootstrap_revocations(&self) -> Result<BTreeMap<String, (i64, i64)>> {
         let now = self.clock.now_unix();
         let mut out = BTreeMap::new();
-        for (k, v) in self.store().scan(Space::Tokens)? {
-            let t: TokenRecord = serde_json::from_slice(&v)
-                .map_err(|e| EstateError::Store(StoreError::Corrupt(format!("tokens/{k}"), e.to_string())))?;
+        for t in self.scan_json::<TokenRecord>(Space::Tokens, "")? {
             if t.state == TokenState::Used && t.expires_at > now {
                 out.insert(t.bootstrap_user, (t.used_at.unwrap_or(now), t.expires_at));
             }

@@ -23,8 +23,22 @@ fn backend(e: sled::Error) -> StoreError {
 }
 
 impl SledStore {
-    /// Open (or create) the store in `dir`. A second process on the same dir gets [`StoreError::Locked`].
+    /// Open (or create) the store in `dir`. A second process on the same dir gets
+    /// [`StoreError::Locked`]. sled lets go of its file lock shortly after the last handle is
+    /// dropped (its background threads finish first), so a lock is retried for up to a second.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            match Self::open_once(dir) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(dir: &Path) -> Result<Self, StoreError> {
         // Durability is explicit (`sync`, group-committed), so no background flusher.
         match sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).flush_every_ms(None).open() {
             Ok(db) => Ok(SledStore { db }),

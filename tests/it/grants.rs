@@ -5,20 +5,12 @@ use futures::StreamExt;
 use std::time::{Duration, Instant};
 use tillit::client::Identity;
 
-fn enroll_service(e: &Estate, service: &str, name: &str) -> std::path::PathBuf {
-    let token = create_tokens(e, service, 1, "15m").remove(0);
-    let dir = e.tmp.path().join(name);
-    let out = enroll_cli(&token, &dir);
-    assert!(out.status.success(), "{}", stderr(&out));
-    dir
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_reaches_a_connected_client_and_an_ungrant_takes_it_away() {
     let e = Estate::init("example.org");
     let _nats = e.start_nats();
     let _serve = e.start_serve_ready();
-    let dir = enroll_service(&e, "acme/shop/prod/orders", "orders");
+    let dir = enroll_one(&e, "acme/shop/prod/orders", "orders");
     let session = Identity::load(&dir).unwrap().connect().await.unwrap();
     let c = session.client();
     let mut sub = c.subscribe("shop.audit.>").await.unwrap();
@@ -101,7 +93,7 @@ async fn revoke_drops_the_connection_and_the_identity_never_comes_back() {
     let e = Estate::init("example.org");
     let _nats = e.start_nats();
     let _serve = e.start_serve_ready();
-    let dir = enroll_service(&e, "acme/shop/prod/orders", "orders");
+    let dir = enroll_one(&e, "acme/shop/prod/orders", "orders");
     let id = Identity::load(&dir).unwrap();
     let session = id.connect().await.unwrap();
     let c = session.client();
@@ -141,7 +133,7 @@ async fn revoke_drops_the_connection_and_the_identity_never_comes_back() {
     let out = tillit(&["revoke", "acme/shop/prod/orders", "--identity", &e.admin()]);
     assert!(stderr(&out).contains("no active identity"), "{}", stderr(&out));
     // The service comes back only by enrolling again, with a new key.
-    let dir2 = enroll_service(&e, "acme/shop/prod/orders", "orders-2");
+    let dir2 = enroll_one(&e, "acme/shop/prod/orders", "orders-2");
     let again = Identity::load(&dir2).unwrap();
     assert_ne!(again.info().user_public_key, id.info().user_public_key);
     again.connect().await.expect("a fresh enrollment connects");
@@ -152,8 +144,8 @@ async fn a_publisher_loses_no_message_while_its_role_is_bounced_by_a_grant() {
     let e = Estate::init("example.org");
     let _nats = e.start_nats();
     let _serve = e.start_serve_ready();
-    let orders = enroll_service(&e, "acme/shop/prod/orders", "orders");
-    let audit = enroll_service(&e, "acme/shop/prod/audit", "audit");
+    let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
+    let audit = enroll_one(&e, "acme/shop/prod/audit", "audit");
     // The subscriber is another service (another role, not bounced) allowed to read orders' subjects.
     let out = tillit(&["grant", "acme/shop/prod/audit", "--sub", "shop.orders.>", "--identity", &e.admin()]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -346,3 +346,19 @@ pub async fn barrier(c: &async_nats::Client) {
         "barrier round trip: {r:?}"
     );
 }
+
+/// Mint one token for `service` and enroll it through the CLI into `tmp/name`.
+pub fn enroll_one(e: &Estate, service: &str, name: &str) -> PathBuf {
+    let token = create_tokens(e, service, 1, "15m").remove(0);
+    let dir = e.tmp.path().join(name);
+    let out = enroll_cli(&token, &dir);
+    assert!(out.status.success(), "{}", stderr(&out));
+    dir
+}
+
+/// A plain NATS connection as the admin identity.
+pub async fn admin_connect(e: &Estate) -> (tillit::identity::IdentityFiles, async_nats::Client) {
+    let admin = tillit::identity::load(&tillit::layout::IdentityDir::new(e.admin())).unwrap();
+    let nc = tillit::client::connect(&tillit::client::ConnectParams::from_identity(&admin, None).unwrap()).await.unwrap();
+    (admin, nc)
+}

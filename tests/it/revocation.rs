@@ -5,14 +5,6 @@ use std::time::Duration;
 use tillit::client::tls;
 use tillit::layout::IdentityDir;
 
-fn enroll(e: &Estate, service: &str, name: &str) -> std::path::PathBuf {
-    let token = create_tokens(e, service, 1, "15m").remove(0);
-    let dir = e.tmp.path().join(name);
-    let out = enroll_cli(&token, &dir);
-    assert!(out.status.success(), "{}", stderr(&out));
-    dir
-}
-
 async fn connect_with(url: &str, cert_of: &std::path::Path, creds_of: &std::path::Path) -> Result<async_nats::Client, String> {
     let c = tillit::identity::load(&IdentityDir::new(cert_of)).unwrap();
     let j = tillit::identity::load(&IdentityDir::new(creds_of)).unwrap();
@@ -34,8 +26,8 @@ async fn a_revoked_certificate_is_refused_at_the_handshake_even_with_a_valid_jwt
     let e = Estate::init("example.org");
     let nats = e.start_nats();
     let _serve = e.start_serve_ready();
-    let pay = enroll(&e, "acme/shop/prod/payments", "payments");
-    let orders = enroll(&e, "acme/shop/prod/orders", "orders");
+    let pay = enroll_one(&e, "acme/shop/prod/payments", "payments");
+    let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
     let out = tillit(&["revoke", "acme/shop/prod/payments", "--identity", &e.admin()]);
     assert!(out.status.success(), "{}", stderr(&out));
 

@@ -3,14 +3,6 @@
 use crate::harness::*;
 use tillit::client::Identity;
 
-fn enroll(e: &Estate, service: &str, name: &str) -> std::path::PathBuf {
-    let token = create_tokens(e, service, 1, "15m").remove(0);
-    let dir = e.tmp.path().join(name);
-    let out = enroll_cli(&token, &dir);
-    assert!(out.status.success(), "{}", stderr(&out));
-    dir
-}
-
 fn put(e: &Estate, path: &str, value: &str, readers: &[&str]) -> std::process::Output {
     let file = e.tmp.path().join(format!("value-{}", path.replace('/', "_")));
     std::fs::write(&file, value).unwrap();
@@ -35,7 +27,7 @@ async fn readers_get_sealed_values_and_versions() {
     let e = Estate::init("example.org");
     let _nats = e.start_nats();
     let _serve = e.start_serve_ready();
-    let orders = enroll(&e, "acme/shop/prod/orders", "orders");
+    let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
     let out = put(&e, "acme/shop/prod/db-password", "hunter2-v1", &["acme/shop/prod/orders"]);
     assert!(out.status.success(), "{}", stderr(&out));
 
@@ -102,10 +94,10 @@ async fn secret_refusals_leak_nothing_and_change_nothing() {
     let e = Estate::init("example.org");
     let _nats = e.start_nats();
     let _serve = e.start_serve_ready();
-    let orders = enroll(&e, "acme/shop/prod/orders", "orders");
-    let payments = enroll(&e, "acme/shop/prod/payments", "payments");
-    let orders_test = enroll(&e, "acme/shop/test/orders", "orders-test");
-    let globex = enroll(&e, "globex/shop/prod/orders", "globex");
+    let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
+    let payments = enroll_one(&e, "acme/shop/prod/payments", "payments");
+    let orders_test = enroll_one(&e, "acme/shop/test/orders", "orders-test");
+    let globex = enroll_one(&e, "globex/shop/prod/orders", "globex");
     assert!(put(&e, "acme/shop/prod/db", "s3cret-value", &["acme/shop/prod/orders"]).status.success());
 
     // Another service in the same env, the same service in another env, another tenant: refused,
@@ -149,7 +141,7 @@ async fn secret_values_never_cross_the_broker_in_clear() {
     // nats-server -V logs every message payload it routes.
     let nats = NatsServer::start_args(&e.dir.server_conf(), e.nats_port, &["-V"]);
     let _serve = e.start_serve_ready();
-    let orders = enroll(&e, "acme/shop/prod/orders", "orders");
+    let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
     let session = Identity::load(&orders).unwrap().connect().await.unwrap();
     // Control: a payload published in clear does appear in the trace.
     let canary = "CANARY-IN-CLEAR-7f3a";
@@ -175,8 +167,7 @@ async fn rotations_are_broadcast_as_signed_envelopes_without_the_value() {
     let e = Estate::init("example.org");
     let _nats = e.start_nats();
     let _serve = e.start_serve_ready();
-    let admin = tillit::identity::load(&tillit::layout::IdentityDir::new(e.admin())).unwrap();
-    let nc = tillit::client::connect(&tillit::client::ConnectParams::from_identity(&admin, None).unwrap()).await.unwrap();
+    let (admin, nc) = admin_connect(&e).await;
     let mut events = nc.subscribe("tillit.v1.events.>").await.unwrap();
     barrier(&nc).await;
     assert!(put(&e, "acme/shop/prod/db", "value-one", &["acme/shop/prod/orders", "site:east"]).status.success());
@@ -199,7 +190,7 @@ async fn rotations_are_broadcast_as_signed_envelopes_without_the_value() {
     }
     assert_eq!(seqs[1], seqs[0] + 1, "stream sequence in the envelope");
     // A revocation is announced to all.
-    let orders = enroll(&e, "acme/shop/prod/orders", "orders");
+    let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
     let _ = orders;
     assert!(tillit(&["revoke", "acme/shop/prod/orders", "--identity", &e.admin()]).status.success());
     let m = loop {
@@ -220,8 +211,7 @@ async fn signing_keys_rotate_with_overlap() {
     let e = Estate::init("example.org");
     let _nats = e.start_nats();
     let _serve = e.start_serve_ready();
-    let admin = tillit::identity::load(&tillit::layout::IdentityDir::new(e.admin())).unwrap();
-    let nc = tillit::client::connect(&tillit::client::ConnectParams::from_identity(&admin, None).unwrap()).await.unwrap();
+    let (admin, nc) = admin_connect(&e).await;
     let mut events = nc.subscribe("tillit.v1.events.>").await.unwrap();
     barrier(&nc).await;
     let old_trust = tillit::envelope::TrustSet::from_jwks(admin.trust_jwks.as_deref().unwrap()).unwrap();
@@ -247,7 +237,7 @@ async fn signing_keys_rotate_with_overlap() {
     new.verify::<serde_json::Value>(token, "io.tillit.v1.secret.rotated", now).unwrap();
     assert!(matches!(old.verify::<serde_json::Value>(token, "io.tillit.v1.secret.rotated", now), Err(tillit::envelope::EnvelopeError::UnknownKey(_))));
     // New identities get both keys in their trust.jwks.
-    let dir = enroll(&e, "acme/shop/prod/orders", "orders");
+    let dir = enroll_one(&e, "acme/shop/prod/orders", "orders");
     let jwks = std::fs::read_to_string(dir.join("trust.jwks")).unwrap();
     assert_eq!(tillit::envelope::TrustSet::from_jwks(&jwks).unwrap().len(), 2);
 }
@@ -257,8 +247,8 @@ async fn secret_reads_refuse_replays_and_borrowed_signatures() {
     let e = Estate::init("example.org");
     let _nats = e.start_nats();
     let _serve = e.start_serve_ready();
-    let orders = enroll(&e, "acme/shop/prod/orders", "orders");
-    let payments = enroll(&e, "acme/shop/prod/payments", "payments");
+    let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
+    let payments = enroll_one(&e, "acme/shop/prod/payments", "payments");
     assert!(put(&e, "acme/shop/prod/db", "s3cret", &["acme/shop/prod/orders"]).status.success());
     let o = tillit::identity::load(&tillit::layout::IdentityDir::new(&orders)).unwrap();
     let p = tillit::identity::load(&tillit::layout::IdentityDir::new(&payments)).unwrap();
