@@ -354,11 +354,17 @@ async fn push_revocations(ctx: &Ctx, r: &mut Revocations, why: &str) -> Result<(
     push(ctx, &acct, why).await
 }
 
-/// Revoke burned tokens' bootstrap users, gathering those that arrive within 200 ms into one
-/// BOOTSTRAP account update.
+/// How long burned tokens' bootstrap users are gathered into one BOOTSTRAP update. Each push
+/// re-sends every live revocation and makes nats-server re-check the account's connections
+/// (measured: ~0.2 ms of server CPU per enrollment at 200 ms); the users can only ask for an
+/// enrollment their burned token no longer gets, so a second is a fair bound.
+pub const REVOKE_BATCH: Duration = Duration::from_secs(1);
+
+/// Revoke burned tokens' bootstrap users, gathering those that arrive within [`REVOKE_BATCH`]
+/// into one BOOTSTRAP account update.
 pub async fn run_revoker(ctx: std::sync::Arc<Ctx>, mut r: Revocations, mut rx: mpsc::UnboundedReceiver<(String, i64)>) {
     while let Some(first) = rx.recv().await {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(REVOKE_BATCH).await;
         let now = ctx.estate.clock().now_unix();
         let mut n = 1;
         r.live.insert(first.0, (now, first.1));

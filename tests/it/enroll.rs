@@ -268,7 +268,7 @@ async fn a_used_tokens_bootstrap_user_is_revoked() {
     tillit::client::connect(&params).await.expect("bootstrap creds connect before use");
     assert!(enroll_cli(&token_text, &e.tmp.path().join("svc")).status.success());
     let mut refused = None;
-    for _ in 0..40 {
+    for _ in 0..100 {
         match tillit::client::connect(&params).await {
             Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             Err(err) => {
@@ -277,7 +277,7 @@ async fn a_used_tokens_bootstrap_user_is_revoked() {
             }
         }
     }
-    let err = refused.expect("bootstrap user still connects 2s after its token was used");
+    let err = refused.expect("bootstrap user still connects 5s after its token was used");
     assert!(err.contains("authorization violation"), "{err}");
 }
 
