@@ -118,6 +118,10 @@ pub struct Ctx {
     pub roles: std::sync::RwLock<HashMap<crate::names::ServiceId, services::RoleEntry>>,
     /// The signed event stream.
     pub events: stream::Events,
+    /// The control plane's xkey (secrets in and out), opened once.
+    pub xkey: nkeys::XKey,
+    /// Account name → public key.
+    pub account_keys: std::sync::RwLock<HashMap<String, String>>,
 }
 
 fn stopped(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
@@ -292,6 +296,8 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         )
         .await
         .map_err(|e| ServeError::Service(format!("event stream: {e}")))?,
+        xkey: estate.xkey().map_err(|e| ServeError::Creds(e.to_string()))?,
+        account_keys: Default::default(),
     });
     // Make sure the servers hold the current JWT of every account (a restored or new server may not).
     for acct in estate.accounts().map_err(|e| ServeError::Creds(e.to_string()))? {

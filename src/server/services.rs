@@ -39,13 +39,25 @@ pub fn request_info(msg: &async_nats::Message) -> Result<Option<RequestInfo>, Ap
         .map_err(|_| ApiError::bad_request("Nats-Request-Info header is malformed"))
 }
 
+/// An account's public key by name (it never changes; cached).
+fn account_key(ctx: &Ctx, name: &str) -> Result<String, ApiError> {
+    if let Some(k) = ctx.account_keys.read().ok().and_then(|m| m.get(name).cloned()) {
+        return Ok(k);
+    }
+    let key = ctx.estate.account(name).map_err(ApiError::internal)?.public_key;
+    if let Ok(mut m) = ctx.account_keys.write() {
+        m.insert(name.to_string(), key.clone());
+    }
+    Ok(key)
+}
+
 /// A request must come from the signer's own account: through the service import (the server
 /// stamps the account and user), or, for identities of the TILLIT account, from inside it.
 pub fn check_request_origin(ctx: &Ctx, caller: &IdentityRecord, info: Option<&RequestInfo>) -> Result<(), ApiError> {
-    let acct = ctx.estate.account(&caller.account).map_err(ApiError::internal)?;
+    let acct_key = account_key(ctx, &caller.account)?;
     match info {
         Some(i) => {
-            if i.acc != acct.public_key {
+            if i.acc != acct_key {
                 return Err(ApiError::unauthenticated("request was sent from another account than the signer's"));
             }
             if let Some(u) = &i.user {
