@@ -13,7 +13,7 @@ use crate::client::session::Session;
 use crate::client::{connect, ClientError, TillitClient};
 use crate::layout::IdentityDir;
 use crate::names::ServiceId;
-use crate::proto::{self, EnrollRequest, IssuedReply, RenewRequest, TokenCreateReply, TokenCreateRequest};
+use crate::proto::{self, IssuedReply, RenewRequest, TokenCreateReply, TokenCreateRequest};
 use crate::subjects;
 use crate::token::JoinToken;
 use serde::Serialize;
@@ -165,13 +165,7 @@ pub async fn enroll(admin_dir: &Path, n: usize, c: usize, nats: Option<&str>) ->
         async move {
             let (token, keys, nc) = &p[i];
             let start = Instant::now();
-            let body = EnrollRequest {
-                token_id: token.id.clone(),
-                token_secret: token.secret.clone(),
-                identity: token.identity.clone(),
-                xkey: keys.xkey.public_key(),
-                csr: keys.csr_pem.clone(),
-            };
+            let body = keys.enroll_request(token);
             let signed = proto::sign_request(&keys.user, &td, subjects::ENROLL, subjects::KIND_ENROLL, body, now())
                 .map_err(|e| e.to_string())?;
             let r: Result<IssuedReply, _> = request(nc, subjects::ENROLL, signed).await;

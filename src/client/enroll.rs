@@ -35,6 +35,17 @@ impl LocalKeys {
         let (csr_pem, tls_key_pem) = x509::make_csr(&user.public_key()).map_err(|e| ClientError::Credentials(e.to_string()))?;
         Ok(LocalKeys { user, xkey: nkeys::XKey::new(), csr_pem, tls_key_pem })
     }
+
+    /// The enrollment request these keys make with `token` (to be signed by [`LocalKeys::user`]).
+    pub fn enroll_request(&self, token: &JoinToken) -> EnrollRequest {
+        EnrollRequest {
+            token_id: token.id.clone(),
+            token_secret: token.secret.clone(),
+            identity: token.identity.clone(),
+            xkey: self.xkey.public_key(),
+            csr: self.csr_pem.clone(),
+        }
+    }
 }
 
 /// Check an issued reply against what was asked for, and build the identity dir's files.
@@ -139,13 +150,7 @@ pub async fn enroll(token: &str, out: &Path, nats: Option<&str>, clock: SharedCl
         },
         other => other,
     })?;
-    let body = EnrollRequest {
-        token_id: token.id.clone(),
-        token_secret: token.secret.clone(),
-        identity: token.identity.clone(),
-        xkey: keys.xkey.public_key(),
-        csr: keys.csr_pem.clone(),
-    };
+    let body = keys.enroll_request(&token);
     let signed = proto::sign_request(&keys.user, &token.trust_domain, subjects::ENROLL, subjects::KIND_ENROLL, body, clock.now_unix())
         .map_err(|e| ClientError::Credentials(e.to_string()))?;
     let reply: IssuedReply = request(&nc, subjects::ENROLL, signed).await?;

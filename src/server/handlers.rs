@@ -120,19 +120,20 @@ pub(super) fn to_value<T: serde::Serialize>(t: T) -> Result<serde_json::Value, A
     serde_json::to_value(t).map_err(ApiError::internal)
 }
 
-/// Refresh the gauges that mirror store counts.
+/// Refresh the gauges that mirror store counts (one scan of each space).
 pub fn refresh_gauges(ctx: &Ctx) {
-    if let Ok(n) = ctx.estate.identity_count() {
-        ctx.metrics.identities.set(n as i64);
+    if let (Ok(accounts), Ok(ids)) = (ctx.estate.accounts(), ctx.estate.identities()) {
+        set_gauges(ctx, accounts.len(), &ids);
     }
-    if let Ok(a) = ctx.estate.accounts() {
-        ctx.metrics.accounts.set(a.len() as i64);
-    }
+}
+
+/// Set the gauges from records already read.
+fn set_gauges(ctx: &Ctx, accounts: usize, ids: &[IdentityRecord]) {
     let now = ctx.estate.clock().now_unix();
-    if let Ok(ids) = ctx.estate.identities() {
-        let soon = ids.iter().filter(|i| i.state == IdentityState::Active && i.expires_at > now && i.expires_at <= now + 86_400).count();
-        ctx.metrics.identities_expiring_24h.set(soon as i64);
-    }
+    ctx.metrics.identities.set(ids.len() as i64);
+    ctx.metrics.accounts.set(accounts as i64);
+    let soon = ids.iter().filter(|i| i.state == IdentityState::Active && i.expires_at > now && i.expires_at <= now + 86_400).count();
+    ctx.metrics.identities_expiring_24h.set(soon as i64);
     if let Ok(exp) = crate::issuer::x509::not_after(&ctx.estate.meta.ca_cert_pem) {
         ctx.metrics.ca_expiry_seconds.set(exp - ctx.estate.clock().now_unix());
     }
@@ -144,7 +145,7 @@ fn status(ctx: &Ctx, caller: &IdentityRecord) -> Result<StatusReply, ApiError> {
     let all = e.identities().map_err(ApiError::internal)?;
     let now = e.clock().now_unix();
     let by_state = |st: &str| all.iter().filter(|r| super::admin::state_of(r, now) == st).count();
-    refresh_gauges(ctx);
+    set_gauges(ctx, accounts.len(), &all);
     Ok(StatusReply {
         trust_domain: e.trust_domain().to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),

@@ -129,13 +129,7 @@ async fn enrollment_refusals_are_typed_and_change_nothing() {
     let token = JoinToken::decode(&token_text).unwrap();
     let nc = tillit::client::connect(&bootstrap_params(&token, token.nats_urls.clone()).unwrap()).await.unwrap();
     let keys = LocalKeys::generate().unwrap();
-    let good_body = || EnrollRequest {
-        token_id: token.id.clone(),
-        token_secret: token.secret.clone(),
-        identity: token.identity.clone(),
-        xkey: keys.xkey.public_key(),
-        csr: keys.csr_pem.clone(),
-    };
+    let good_body = || keys.enroll_request(&token);
     let sign = |kp: &nkeys::KeyPair, body: EnrollRequest| {
         tillit::proto::sign_request(kp, "example.org", "tillit.v1.enroll", "io.tillit.v1.enroll", body, clock.now_unix()).unwrap()
     };
@@ -209,13 +203,7 @@ async fn enrollment_refusals_are_typed_and_change_nothing() {
     let nc2 = tillit::client::connect(&bootstrap_params(&t2, t2.nats_urls.clone()).unwrap()).await.unwrap();
     clock.advance(120);
     let keys2 = LocalKeys::generate().unwrap();
-    let body = EnrollRequest {
-        token_id: t2.id.clone(),
-        token_secret: t2.secret.clone(),
-        identity: t2.identity.clone(),
-        xkey: keys2.xkey.public_key(),
-        csr: keys2.csr_pem.clone(),
-    };
+    let body = keys2.enroll_request(&t2);
     let late = tillit::proto::sign_request(&keys2.user, "example.org", "tillit.v1.enroll", "io.tillit.v1.enroll", body, clock.now_unix()).unwrap();
     assert_eq!(ask(&nc2, late.into_bytes()).await, "token_expired");
     serve.stop().await;
@@ -381,9 +369,7 @@ async fn the_library_entry_point_loads_and_connects() {
     let e = Estate::init("example.org");
     let _nats = e.start_nats();
     let _serve = e.start_serve_ready();
-    let token = create_tokens(&e, "acme/shop/prod/orders", 1, "15m").remove(0);
-    let dir = e.tmp.path().join("svc");
-    assert!(enroll_cli(&token, &dir).status.success());
+    let dir = enroll_one(&e, "acme/shop/prod/orders", "svc");
     let id = tillit::client::Identity::load(&dir).unwrap();
     assert_eq!(id.info().service.as_ref().unwrap().to_string(), "acme/shop/prod/orders");
     let session = id.connect().await.unwrap();
