@@ -124,6 +124,7 @@ fn space_of(name: &str) -> Option<Space> {
         "roles" => Some(Space::Roles),
         "accounts" => Some(Space::Accounts),
         "serials" => Some(Space::Serials),
+        "sites" => Some(Space::Sites),
         _ => None,
     }
 }

@@ -58,6 +58,9 @@ pub struct RawNats {
     /// Extra DNS names / IPs for the hub server's certificate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub server_cert_hosts: Vec<String>,
+    /// Port of the hub's leafnode listener (TLS) that site servers connect to; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaf_port: Option<u16>,
 }
 
 impl Default for RawNats {
@@ -68,6 +71,7 @@ impl Default for RawNats {
             server_name: default_server_name(),
             monitor_addr: None,
             server_cert_hosts: vec![],
+            leaf_port: None,
         }
     }
 }
@@ -220,6 +224,8 @@ pub struct Config {
     pub server_name: String,
     pub monitor_addr: Option<SocketAddr>,
     pub server_cert_hosts: Vec<String>,
+    /// `host:port` of the hub's leafnode listener, when sites are enabled.
+    pub leaf_listen: Option<String>,
     pub http_addr: SocketAddr,
     /// Base URL of the HTTP port as others reach it (no trailing slash).
     pub http_public_url: String,
@@ -271,6 +277,15 @@ impl Config {
         if raw.nats.server_name.is_empty() || raw.nats.server_name.contains(char::is_whitespace) {
             return Err(invalid("nats.server_name must be non-empty without spaces"));
         }
+        let leaf_listen = match raw.nats.leaf_port {
+            Some(0) => return Err(invalid("nats.leaf_port must be a port number (1-65535)")),
+            Some(p) if p == first.port => return Err(invalid(format!("nats.leaf_port {p} is the client port; pick another"))),
+            Some(p) => {
+                let host = nats_listen.rsplit_once(':').map(|(h, _)| h).unwrap_or("0.0.0.0");
+                Some(format!("{host}:{p}"))
+            }
+            None => None,
+        };
         let monitor_addr = raw.nats.monitor_addr.as_deref().map(|m| socket("nats.monitor_addr", m)).transpose()?;
         let http_addr = socket("http.addr", &raw.http.addr)?;
         let http_public_url = match &raw.http.public_url {
@@ -293,6 +308,7 @@ impl Config {
             server_name: raw.nats.server_name.clone(),
             monitor_addr,
             server_cert_hosts: raw.nats.server_cert_hosts.clone(),
+            leaf_listen,
             http_addr,
             http_public_url,
             service_ttl: dur("service_ttl", &i.service_ttl)?,
@@ -354,6 +370,19 @@ impl Config {
         let mut seen = std::collections::BTreeSet::new();
         hosts.retain(|h| seen.insert(h.clone()));
         hosts
+    }
+
+    /// URLs site servers dial for the hub's leafnode port (`tls://host:port`, one per client URL
+    /// host), empty when the hub has no leafnode listener.
+    pub fn leaf_urls(&self) -> Vec<String> {
+        let Some(port) = self.raw.nats.leaf_port else { return vec![] };
+        let mut out: Vec<String> = self
+            .nats_urls
+            .iter()
+            .map(|u| if u.bare_host().contains(':') { format!("tls://[{}]:{port}", u.bare_host()) } else { format!("tls://{}:{port}", u.bare_host()) })
+            .collect();
+        out.dedup();
+        out
     }
 
     /// The URLs as plain strings.

@@ -193,6 +193,16 @@ impl TrustSet {
         Ok(TrustSet { keys })
     }
 
+    /// A set of one key: an nkey (user or account, Ed25519) bound to `issuer`, named by its
+    /// public key. How the control plane pins an identity's own key to check what it signs.
+    pub fn single(issuer: &str, public_nkey: &str) -> Result<Self, EnvelopeError> {
+        let raw = data_encoding::BASE32_NOPAD.decode(public_nkey.as_bytes()).map_err(|_| EnvelopeError::Malformed("nkey".into()))?;
+        let raw: [u8; 32] = raw.get(1..33).and_then(|r| r.try_into().ok()).ok_or_else(|| EnvelopeError::Malformed("nkey length".into()))?;
+        nkeys::KeyPair::from_public_key(public_nkey).map_err(|_| EnvelopeError::Malformed("nkey".into()))?;
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&raw).map_err(|_| EnvelopeError::Malformed("nkey".into()))?;
+        Ok(TrustSet { keys: vec![TrustedKey { kid: public_nkey.into(), issuer: issuer.into(), key }] })
+    }
+
     pub fn len(&self) -> usize {
         self.keys.len()
     }
@@ -219,6 +229,18 @@ impl Verifier {
 
     /// Verify `token` as an event of `kind` at `now`; on success its id is remembered.
     pub fn verify<D: DeserializeOwned>(&self, token: &str, kind: &str, now: i64) -> Result<Event<D>, EnvelopeError> {
+        let ev: Event<D> = self.check(token, kind, now)?;
+        match self.replay.check_and_insert(&ev.id, ev.exp, now) {
+            Seen::New => Ok(ev),
+            Seen::Replay => Err(EnvelopeError::Replayed(ev.id)),
+            Seen::Full => Err(EnvelopeError::Busy),
+        }
+    }
+
+    /// Everything [`Self::verify`] checks but the replay cache: for readers that bind replay
+    /// protection to something else (a stream consumer: the envelope's `seq` must be the stream
+    /// sequence it arrived at, and above what was applied) or keep a cache of their own.
+    pub fn check<D: DeserializeOwned>(&self, token: &str, kind: &str, now: i64) -> Result<Event<D>, EnvelopeError> {
         if token.len() > MAX_ENVELOPE_BYTES {
             return Err(EnvelopeError::Malformed("larger than 64 KiB".into()));
         }
@@ -254,11 +276,7 @@ impl Verifier {
         if ev.exp <= now {
             return Err(EnvelopeError::Expired);
         }
-        match self.replay.check_and_insert(&ev.id, ev.exp, now) {
-            Seen::New => Ok(ev),
-            Seen::Replay => Err(EnvelopeError::Replayed(ev.id)),
-            Seen::Full => Err(EnvelopeError::Busy),
-        }
+        Ok(ev)
     }
 }
 

@@ -24,6 +24,8 @@ pub struct InitOptions {
     pub nats_url: String,
     pub http_addr: Option<String>,
     pub monitor_addr: Option<String>,
+    /// Port of the hub's leafnode listener for site servers (off when absent).
+    pub leaf_port: Option<u16>,
     pub force: bool,
 }
 
@@ -82,6 +84,7 @@ fn absolute(p: &Path) -> Result<PathBuf, InitError> {
 pub fn init(opts: &InitOptions, clock: SharedClock) -> Result<InitSummary, InitError> {
     let mut raw = raw_for_init(&opts.trust_domain, &opts.nats_url, opts.http_addr.as_deref());
     raw.nats.monitor_addr = opts.monitor_addr.clone();
+    raw.nats.leaf_port = opts.leaf_port;
     let config = Config::from_raw(raw)?;
     let target = absolute(&opts.data_dir)?;
     let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("tillit").to_string();

@@ -21,6 +21,7 @@
 // Data from the wire, disk or user never reaches unwrap/expect outside tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod agent;
 pub mod audit;
 pub mod bench;
 pub mod cli;

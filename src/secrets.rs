@@ -159,6 +159,11 @@ pub fn may_read(path: &SecretPath, readers: &[Reader], who: &ServiceId) -> bool 
     who.tenant == path.tenant && who.env == path.env && readers.iter().any(|r| r.admits_service(who))
 }
 
+/// Whether site `site`'s agents may read a secret with `readers`.
+pub fn site_may_read(readers: &[Reader], site: &str) -> bool {
+    readers.iter().any(|r| matches!(r, Reader::Site(s) if s == site))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

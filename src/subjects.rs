@@ -48,6 +48,37 @@ pub const EVENT_IDENTITY_REVOKED: &str = "identity.revoked";
 pub const EVENT_PERMISSIONS_CHANGED: &str = "permissions.changed";
 pub const EVENT_TRUST_ROTATED: &str = "trust.rotated";
 
+pub const EVENT_CA_ROTATED: &str = "ca.rotated";
+
+/// The hub's JetStream domain (site servers run their own, `site-<name>`).
+pub const HUB_DOMAIN: &str = "hub";
+/// A site server's JetStream domain.
+pub fn site_domain(site: &str) -> String {
+    format!("site-{site}")
+}
+/// The durable consumer (and user name) of a site agent: `agent-<site>-<12 chars of its nkey>`.
+pub fn agent_consumer(site: &str, user_public_key: &str) -> String {
+    let tail: String = user_public_key.chars().skip(1).take(12).collect::<String>().to_lowercase();
+    format!("agent-{site}-{tail}")
+}
+/// What an agent's durable consumer reads: events for all sites and for its own.
+pub fn agent_filters(site: &str) -> Vec<String> {
+    vec![event_subject("all", ">"), event_subject(site, ">")]
+}
+/// Agents acknowledge applied events here (a signed envelope).
+pub const SVC_ACK: &str = "tillit.v1.svc.ack";
+pub const KIND_ACK: &str = "io.tillit.v1.svc.ack";
+/// The envelope type of an agent's acknowledgement.
+pub const ENVELOPE_AGENT_ACK: &str = "io.tillit.v1.agent.ack";
+/// Site administration.
+pub const ADMIN_SITE_ADD: &str = "tillit.v1.admin.site.add";
+pub const ADMIN_SITE_LIST: &str = "tillit.v1.admin.site.list";
+pub const KIND_SITE_ADD: &str = "io.tillit.v1.admin.site.add";
+pub const KIND_SITE_LIST: &str = "io.tillit.v1.admin.site.list";
+/// CA rotation.
+pub const ADMIN_ROTATE_CA: &str = "tillit.v1.admin.rotate.ca";
+pub const KIND_ROTATE_CA: &str = "io.tillit.v1.admin.rotate.ca";
+
 /// Root of per-identity inboxes: `_INBOX.<user public key>.…`.
 pub const INBOX_ROOT: &str = "_INBOX";
 

@@ -78,6 +78,19 @@ pub struct Metrics {
     pub ocsp_responses: Counter,
     /// Connections nats-server refused (from its `$SYS` auth error events), by reason.
     pub auth_failures: Family<ReasonLabels, Counter>,
+    /// Events a site's slowest agent has not applied yet.
+    pub site_lag_events: Family<SiteLabels, Gauge>,
+    /// Seconds since a site's last acknowledgement (-1: never).
+    pub site_last_ack_seconds: Family<SiteLabels, Gauge>,
+    /// Acknowledgements received from site agents.
+    pub site_acks: Counter,
+    /// Failures site agents reported (a hook or a fetch that did not work).
+    pub site_failures: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SiteLabels {
+    pub site: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -122,6 +135,14 @@ impl Metrics {
         registry.register("ocsp_responses", "OCSP responses served", ocsp_responses.clone());
         let auth_failures = Family::<ReasonLabels, Counter>::default();
         registry.register("auth_failures", "Connections nats-server refused, by reason", auth_failures.clone());
+        let site_lag_events = Family::<SiteLabels, Gauge>::default();
+        registry.register("site_lag_events", "Events a site's slowest agent has not applied yet", site_lag_events.clone());
+        let site_last_ack_seconds = Family::<SiteLabels, Gauge>::default();
+        registry.register("site_last_ack_seconds", "Seconds since a site's last acknowledgement (-1: never)", site_last_ack_seconds.clone());
+        let site_acks = Counter::default();
+        registry.register("site_acks", "Acknowledgements received from site agents", site_acks.clone());
+        let site_failures = Counter::default();
+        registry.register("site_failures", "Failures reported by site agents", site_failures.clone());
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").into(), trust_domain: trust_domain.into() })
@@ -140,6 +161,10 @@ impl Metrics {
             identities_expiring_24h,
             ocsp_responses,
             auth_failures,
+            site_lag_events,
+            site_last_ack_seconds,
+            site_acks,
+            site_failures,
         }
     }
 
@@ -147,6 +172,13 @@ impl Metrics {
     pub fn observe(&self, endpoint: &str, outcome: &str, seconds: f64) {
         self.requests.get_or_create(&RequestLabels { endpoint: endpoint.into(), outcome: outcome.into() }).inc();
         self.request_seconds.get_or_create(&EndpointLabels { endpoint: endpoint.into() }).observe(seconds);
+    }
+
+    /// Set a site's gauges.
+    pub fn set_site(&self, site: &str, lag: u64, since_ack: Option<i64>) {
+        let l = SiteLabels { site: site.into() };
+        self.site_lag_events.get_or_create(&l).set(lag as i64);
+        self.site_last_ack_seconds.get_or_create(&l).set(since_ack.unwrap_or(-1));
     }
 
     /// Count one issued certificate.

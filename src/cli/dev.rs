@@ -40,6 +40,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 nats_url: a.nats_url.clone(),
                 http_addr: Some(a.http_addr.clone()),
                 monitor_addr: None,
+                leaf_port: None,
                 force: false,
             },
             Arc::new(SystemClock),

@@ -22,6 +22,9 @@ pub struct Args {
     /// nats-server monitoring address (HOST:PORT), off by default.
     #[arg(long, env = "TILLIT_MONITOR_ADDR")]
     pub monitor_addr: Option<String>,
+    /// Add a leafnode listener (TLS) on this port for site servers (`tillit site add`).
+    #[arg(long, env = "TILLIT_LEAF_PORT")]
+    pub leaf_port: Option<u16>,
     /// Replace an existing data dir (its keys and identities are lost).
     #[arg(long)]
     pub force: bool,
@@ -35,6 +38,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             nats_url: a.nats_url,
             http_addr: a.http_addr,
             monitor_addr: a.monitor_addr,
+            leaf_port: a.leaf_port,
             force: a.force,
         },
         Arc::new(SystemClock),

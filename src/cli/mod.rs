@@ -1,6 +1,7 @@
 //! The command line (house rule 12): one file per subcommand; each parses its flags (with
 //! `TILLIT_*` environment fallbacks) and calls the library.
 
+pub mod agent;
 pub mod audit;
 pub mod bench;
 pub mod dev;
@@ -12,6 +13,7 @@ pub mod revoke;
 pub mod rotate;
 pub mod secret;
 pub mod serve;
+pub mod site;
 pub mod status;
 pub mod token;
 
@@ -63,6 +65,10 @@ pub enum Command {
     Secret(secret::Args),
     /// Rotate trust material (admin): `signing-key`.
     Rotate(rotate::Args),
+    /// Sites: register one (leaf server config + agent token), list them (admin).
+    Site(site::Args),
+    /// Run a site agent: apply rotations from the event stream to files, run a hook, acknowledge.
+    Agent(agent::Args),
 }
 
 /// Run the parsed command.
@@ -84,6 +90,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::List(a) => revoke::list(a).await,
         Command::Secret(a) => secret::run(a).await,
         Command::Rotate(a) => rotate::run(a).await,
+        Command::Site(a) => site::run(a).await,
+        Command::Agent(a) => agent::run(a).await,
     }
 }
 

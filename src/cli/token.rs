@@ -24,14 +24,17 @@ pub struct CreateArgs {
     /// Admin identity dir (e.g. DATA/admin).
     #[arg(long, env = "TILLIT_IDENTITY")]
     pub identity: PathBuf,
-    #[arg(long)]
-    pub tenant: String,
-    #[arg(long)]
-    pub project: String,
-    #[arg(long)]
-    pub env: String,
-    #[arg(long)]
-    pub service: String,
+    #[arg(long, required_unless_present = "site")]
+    pub tenant: Option<String>,
+    #[arg(long, required_unless_present = "site")]
+    pub project: Option<String>,
+    #[arg(long, required_unless_present = "site")]
+    pub env: Option<String>,
+    #[arg(long, required_unless_present = "site")]
+    pub service: Option<String>,
+    /// Mint tokens for this site's agents instead of a service.
+    #[arg(long, conflicts_with_all = ["tenant", "project", "env", "service"])]
+    pub site: Option<String>,
     /// How long the tokens stay valid (s, m, h, d).
     #[arg(long, default_value = "15m")]
     pub ttl: String,
@@ -50,7 +53,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
 }
 
 async fn create(a: CreateArgs) -> anyhow::Result<()> {
-    let identity = ServiceId::new(&a.tenant, &a.project, &a.env, &a.service)?;
+    let identity = match (&a.site, &a.tenant, &a.project, &a.env, &a.service) {
+        (Some(site), ..) => crate::estate::sites::agent_service_id(site)?,
+        (None, Some(t), Some(p), Some(e), Some(s)) => ServiceId::new(t, p, e, s)?,
+        _ => anyhow::bail!("name the service with --tenant, --project, --env and --service (or a site with --site)"),
+    };
     let ttl = crate::clock::parse_duration(&a.ttl).map_err(anyhow::Error::msg)?;
     anyhow::ensure!(a.count >= 1 && a.count <= 100_000, "--count must be between 1 and 100000");
     let client = TillitClient::connect_dir(&IdentityDir::new(&a.identity), a.nats.as_deref()).await?;

@@ -100,6 +100,23 @@ impl Session {
         Ok((crate::crypto::SecretString::new(text), reply.version))
     }
 
+    /// Sign an envelope (JWS EdDSA, CloudEvents) as this identity: `kid` is its nkey, `source`
+    /// its SPIFFE id. The control plane pins the nkey from its records to verify it.
+    pub fn sign_envelope<D: Serialize>(&self, kind: &str, subject: &str, aud: &str, ttl_secs: i64, data: D) -> Result<String, ClientError> {
+        let (seed, id) = {
+            let f = self.inner.files.read().map_err(|_| ClientError::Credentials("identity lock poisoned".into()))?;
+            (f.user_seed.clone(), f.info.id.clone())
+        };
+        let key = KeyPair::from_seed(seed.expose()).map_err(|e| ClientError::Credentials(e.to_string()))?;
+        let signer = crate::envelope::Signer::new(&key.public_key(), &id, Arc::new(key));
+        signer.sign(kind, subject, aud, ttl_secs, None, data, self.inner.clock.now_unix()).map_err(|e| ClientError::Credentials(e.to_string()))
+    }
+
+    /// The identity's files as of the last renewal (keys included: keep them in memory only).
+    pub fn files(&self) -> Result<IdentityFiles, ClientError> {
+        self.inner.files.read().map(|f| f.clone()).map_err(|_| ClientError::Credentials("identity lock poisoned".into()))
+    }
+
     /// A signed request to the control plane as this identity.
     pub async fn call<B: Serialize, R: DeserializeOwned>(&self, subject: &str, kind: &str, body: B) -> Result<R, ClientError> {
         let (seed, td) = {

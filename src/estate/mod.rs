@@ -28,6 +28,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 pub mod services;
+pub mod sites;
 pub use services::{RoleRecord, TokenRecord, TokenState};
 
 /// Name of the system account.
@@ -171,6 +172,9 @@ pub struct IdentityRecord {
     pub xkey: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<i64>,
+    /// For site agents: their site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
 }
 
 /// Credentials minted in memory for a party of the control plane itself (never written to disk).
@@ -543,6 +547,11 @@ impl Estate {
             }
         };
         n.signing_keys = vec![SigningKeyEntry::Plain(rec.signing_key.clone())];
+        if rec.kind == AccountKind::Tillit {
+            if let Some(agents) = self.agent_role()? {
+                n.signing_keys.push(SigningKeyEntry::Scoped(agents.scope()));
+            }
+        }
         if rec.kind == AccountKind::Tenant {
             let mut replaced = false;
             for stored in self.roles_of(&rec.name)? {
@@ -745,6 +754,7 @@ impl Estate {
             service: None,
             xkey: None,
             revoked_at: None,
+            site: None,
         };
         let mut b = Batch::new();
         b.put_json(Space::Identities, &rec.user_public_key, &rec)?;

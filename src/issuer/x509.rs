@@ -237,9 +237,27 @@ impl CertAuthority {
     /// server is set up by the operator who runs `tillit init`.
     pub fn issue_server(&self, name: &str, hosts: &[String], now: i64, not_after: i64) -> Result<Issued, X509Error> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let (cert_pem, serial) = self.issue_server_for(&key, name, hosts, None, now, not_after)?;
+        Ok(Issued { cert_pem, key_pem: SecretString::new(key.serialize_pem()), serial, not_after })
+    }
+
+    /// A server certificate (serverAuth + clientAuth, so it also dials leafnode remotes) for
+    /// `public_key`, naming `hosts` and, when given, a SPIFFE id.
+    pub fn issue_server_for(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        name: &str,
+        hosts: &[String],
+        spiffe_id: Option<&str>,
+        now: i64,
+        not_after: i64,
+    ) -> Result<(String, String), X509Error> {
         let (mut p, serial) = leaf_params(name, now, not_after)?;
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let mut sans = Vec::new();
+        if let Some(id) = spiffe_id {
+            sans.push(SanType::URI(id.to_string().try_into().map_err(|_| X509Error::San(id.into()))?));
+        }
         for h in hosts {
             let san = san_for_host(h)?;
             if !sans.contains(&san) {
@@ -248,8 +266,8 @@ impl CertAuthority {
         }
         p.subject_alt_names = sans;
         self.add_revocation_urls(&mut p);
-        let cert = p.signed_by(&key, &self.issuer)?;
-        Ok(Issued { cert_pem: cert.pem(), key_pem: SecretString::new(key.serialize_pem()), serial, not_after })
+        let cert = p.signed_by(public_key, &self.issuer)?;
+        Ok((cert.pem(), serial))
     }
 
     /// A client certificate for `public_key` with SPIFFE id `spiffe_id` (clientAuth only).

@@ -382,6 +382,111 @@ pub struct RotateSigningKeyReply {
     pub trust_jwks: serde_json::Value,
 }
 
+/// `tillit.v1.admin.site.add` request body. The caller made the site server's TLS key and the
+/// users its leafnode remotes log in as; only public keys and a CSR travel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteAddRequest {
+    pub name: String,
+    /// `host:port` the site server will listen on for clients.
+    pub listen: String,
+    /// Extra DNS names / IPs for the site server's certificate.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// CSR (PEM, P-256) whose subject CN is `tillit_user`.
+    pub csr: String,
+    pub sys_user: String,
+    pub tillit_user: String,
+    /// Lifetime of the agent join token minted with the site.
+    pub agent_token_ttl_secs: i64,
+}
+
+/// `tillit.v1.admin.site.add` reply: everything the site directory holds but private keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SiteAddReply {
+    pub site: SiteInfo,
+    pub cert_pem: String,
+    pub ca_pem: String,
+    pub operator_jwt: String,
+    pub system_account: String,
+    pub tillit_account: String,
+    /// Account public key → JWT, preloaded into the site server's resolver.
+    pub preload: std::collections::BTreeMap<String, String>,
+    pub sys_user_jwt: String,
+    pub tillit_user_jwt: String,
+    /// The hub's leafnode URLs.
+    pub hub_urls: Vec<String>,
+    /// A join token for the site's agent (shown once).
+    pub agent_token: String,
+}
+
+/// A site as status and list show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SiteInfo {
+    pub name: String,
+    pub listen: String,
+    pub created_at: String,
+    pub agents: usize,
+    /// Lowest stream sequence every agent of the site applied (0: none yet).
+    pub last_applied_seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_type: Option<String>,
+    /// Events for the site in the stream beyond what its slowest agent applied.
+    pub lag_events: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ack_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ack_unix: Option<i64>,
+    pub failures: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// `tillit.v1.admin.site.list` request body (empty).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteListRequest {}
+
+/// `tillit.v1.admin.site.list` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SiteListReply {
+    pub sites: Vec<SiteInfo>,
+}
+
+/// `tillit.v1.svc.ack` request body: an agent's signed acknowledgement envelope (JWS EdDSA by
+/// the agent's nkey, type `io.tillit.v1.agent.ack`, audience the control plane).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    pub envelope: String,
+}
+
+/// What an agent acknowledges (the envelope's `data`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckData {
+    pub site: String,
+    /// `applied` or `failed`.
+    pub outcome: String,
+    /// Stream sequences of the batch's events (applied or attempted).
+    pub seqs: Vec<u64>,
+    /// Envelope ids of the batch's events.
+    pub event_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `tillit.v1.svc.ack` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AckReply {
+    pub recorded: bool,
+    pub last_seq: u64,
+}
+
 /// `tillit.v1.admin.status` request body (empty).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -419,6 +524,9 @@ pub struct StatusReply {
     pub nats_urls: Vec<String>,
     pub accounts: std::collections::BTreeMap<String, AccountStatus>,
     pub counts: Counts,
+    /// Sites and how far their agents are.
+    #[serde(default)]
+    pub sites: Vec<SiteInfo>,
     /// Who asked (the verified caller).
     pub caller: String,
 }

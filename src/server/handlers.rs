@@ -54,7 +54,9 @@ pub async fn dispatch(
     let value = match spec.subject {
         subjects::ADMIN_STATUS => {
             let _req: StatusRequest = body(claims.body)?;
-            to_value(status(ctx, &caller)?)?
+            let mut st = status(ctx, &caller)?;
+            st.sites = super::sites::site_infos(ctx).await?;
+            to_value(st)?
         }
         subjects::ADMIN_TOKEN_CREATE => to_value(services::token_create(ctx, &caller, body(claims.body)?).await?)?,
         subjects::SVC_RENEW => to_value(services::renew(ctx, &caller, body(claims.body)?).await?)?,
@@ -69,6 +71,12 @@ pub async fn dispatch(
         subjects::ADMIN_SECRET_VERSIONS => to_value(super::secrets::versions(ctx, body(claims.body)?).await?)?,
         subjects::ADMIN_SECRET_DELETE => to_value(super::secrets::delete(ctx, &caller, body(claims.body)?).await?)?,
         subjects::SVC_SECRET_GET => to_value(super::secrets::get(ctx, &caller, body(claims.body)?).await?)?,
+        subjects::SVC_ACK => to_value(super::sites::ack(ctx, &caller, body(claims.body)?).await?)?,
+        subjects::ADMIN_SITE_ADD => to_value(super::sites::add(ctx, &caller, body(claims.body)?).await?)?,
+        subjects::ADMIN_SITE_LIST => {
+            let _req: crate::proto::SiteListRequest = body(claims.body)?;
+            to_value(super::sites::list(ctx).await?)?
+        }
         subjects::ADMIN_LIST => {
             let _req: crate::proto::ListRequest = body(claims.body)?;
             to_value(super::admin::list(ctx).await?)?
@@ -168,6 +176,7 @@ fn status(ctx: &Ctx, caller: &IdentityRecord) -> Result<StatusReply, ApiError> {
                 (a.name.clone(), AccountStatus { public_key: a.public_key, kind: a.kind.as_str().into(), created_at: rfc3339(a.created_at) })
             })
             .collect(),
+        sites: vec![],
         caller: caller.id.clone(),
     })
 }
@@ -190,6 +199,7 @@ mod tests {
             service: None,
             xkey: None,
             revoked_at: None,
+            site: None,
         }
     }
 

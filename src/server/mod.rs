@@ -16,6 +16,7 @@ pub mod stream;
 pub mod http;
 pub mod push;
 mod services;
+mod sites;
 
 use crate::client::{self, tls, ConnectParams, NatsCreds};
 use crate::error::{ApiError, ErrorCode};
@@ -88,6 +89,9 @@ pub const ENDPOINTS: &[EndpointSpec] = &[
     EndpointSpec { subject: subjects::SVC_SECRET_GET, kind: subjects::KIND_SECRET_GET, caller: Caller::Identity },
     EndpointSpec { subject: subjects::ENROLL, kind: subjects::KIND_ENROLL, caller: Caller::Enrollee },
     EndpointSpec { subject: subjects::SVC_RENEW, kind: subjects::KIND_RENEW, caller: Caller::Identity },
+    EndpointSpec { subject: subjects::SVC_ACK, kind: subjects::KIND_ACK, caller: Caller::Identity },
+    EndpointSpec { subject: subjects::ADMIN_SITE_ADD, kind: subjects::KIND_SITE_ADD, caller: Caller::Admin },
+    EndpointSpec { subject: subjects::ADMIN_SITE_LIST, kind: subjects::KIND_SITE_LIST, caller: Caller::Admin },
 ];
 
 /// Work done after a reply has been sent.
@@ -344,6 +348,13 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         }
     }));
     handlers::refresh_gauges(&ctx);
+    let site_gauges = ctx.clone();
+    background.push(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            sites::refresh_site_gauges(&site_gauges).await;
+        }
+    }));
 
     let service = api
         .service_builder()

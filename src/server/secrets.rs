@@ -142,10 +142,18 @@ pub async fn delete(ctx: &Ctx, caller: &IdentityRecord, req: SecretPathRequest) 
 /// A read by a service: allowed only to its readers, inside its own tenant and env.
 pub async fn get(ctx: &Ctx, caller: &IdentityRecord, req: SecretGetRequest) -> Result<SecretGetReply, ApiError> {
     let e = &ctx.estate;
-    let (Some(who), IdentityKind::Service) = (&caller.service, caller.kind) else {
-        return Err(ApiError::forbidden("only service identities read secrets"));
+    let agent_site = match (caller.kind, caller.site.as_deref()) {
+        (IdentityKind::Agent, Some(s)) => Some(s),
+        (IdentityKind::Service, _) => None,
+        _ => return Err(ApiError::forbidden("only service and site agent identities read secrets")),
     };
-    let path = SecretPath::resolve(&req.name, who).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let who = caller.service.as_ref().ok_or_else(|| ApiError::forbidden("this identity names no service"))?;
+    let path = match agent_site {
+        // An agent names full paths: it reads across tenants, but only what its site may.
+        Some(_) => SecretPath::parse(&req.name),
+        None => SecretPath::resolve(&req.name, who),
+    }
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let deny = |reason: &str| {
         ctx.journal
             .record_relaxed(Entry::denied(&caller.id, "secret.get", &path.to_string(), "forbidden").detail(serde_json::json!({ "reason": reason })));
@@ -155,7 +163,11 @@ pub async fn get(ctx: &Ctx, caller: &IdentityRecord, req: SecretGetRequest) -> R
     let Some(meta) = e.secret(&path).map_err(ApiError::internal)? else {
         return Err(deny("no such secret"));
     };
-    if !may_read(&path, &meta.readers, who) {
+    let allowed = match agent_site {
+        Some(site) => crate::secrets::site_may_read(&meta.readers, site),
+        None => may_read(&path, &meta.readers, who),
+    };
+    if !allowed {
         return Err(deny("not a reader"));
     }
     let version = req.version.unwrap_or_else(|| meta.current());

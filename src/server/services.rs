@@ -122,6 +122,38 @@ async fn ensure_role_pushed(ctx: &Ctx, sid: &ServiceId) -> Result<RoleEntry, Api
     Ok(entry)
 }
 
+/// The TILLIT account (with the agents' scoped key pushed) for an agent of `site`, and its
+/// durable consumer, ready before the token burns.
+async fn agent_entry(ctx: &Ctx, site: &str, user_pub: &str) -> Result<RoleEntry, ApiError> {
+    let e = &ctx.estate;
+    if e.site(site).map_err(ApiError::internal)?.is_none() {
+        return Err(ApiError::forbidden(format!("site {site} is not registered (tillit site add)")));
+    }
+    let acct = {
+        let _g = e.account_lock().lock().await;
+        let (acct, changed) = e.ensure_agent_role_locked().map_err(ApiError::internal)?;
+        if changed || !pushed_current(ctx, &acct) {
+            push(ctx, &acct, "agent_role").await?;
+        }
+        acct
+    };
+    let consumer = subjects::agent_consumer(site, user_pub);
+    ctx.events.ensure_agent_consumer(&consumer, site).await.map_err(|err| {
+        tracing::error!("cannot create the agent's consumer {consumer}: {err}");
+        ApiError::new(ErrorCode::Unavailable, "could not create the agent's event consumer; retry shortly")
+    })?;
+    let sid = crate::estate::sites::agent_service_id(site).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let role = RoleRecord {
+        account: acct.name.clone(),
+        service: sid,
+        key: e.agent_role().map_err(ApiError::internal)?.map(|r| r.key).unwrap_or_default(),
+        permissions: crate::estate::sites::agent_permissions(),
+        created_at: 0,
+        updated_at: 0,
+    };
+    Ok(std::sync::Arc::new((acct, role)))
+}
+
 fn csr_error(e: CsrError) -> ApiError {
     ApiError::bad_request(e.to_string())
 }
@@ -158,6 +190,20 @@ pub async fn token_create(ctx: &Ctx, caller: &IdentityRecord, req: TokenCreateRe
     }
     if !(1..=MAX_TOKENS_PER_REQUEST).contains(&req.count) {
         return Err(ApiError::bad_request(format!("count must be between 1 and {MAX_TOKENS_PER_REQUEST}")));
+    }
+    match crate::estate::sites::agent_site(&req.identity) {
+        Some(site) => {
+            if ctx.estate.site(site).map_err(ApiError::internal)?.is_none() {
+                return Err(ApiError::new(ErrorCode::NotFound, format!("no site {site}; add it first with `tillit site add`")));
+            }
+        }
+        None if req.identity.tenant == crate::estate::sites::AGENT_TENANT => {
+            return Err(ApiError::bad_request(format!(
+                "tenant {:?} is reserved for tillit itself; pick another tenant name",
+                crate::estate::sites::AGENT_TENANT
+            )));
+        }
+        None => {}
     }
     let estate = ctx.estate.clone();
     let by = caller.id.clone();
@@ -268,18 +314,31 @@ pub async fn enroll(
 
     // Everything that can fail is done before the token burns.
     let sid = tok.identity.clone();
-    let entry = ensure_role_pushed(ctx, &sid).await?;
-    let (acct, role) = (&entry.0, &entry.1);
-    let issue = e.issue_service(acct, role, user_pub, &csr_key).map_err(ApiError::internal)?;
+    let site = crate::estate::sites::agent_site(&sid).map(str::to_string);
+    let entry = match &site {
+        Some(site) => agent_entry(ctx, site, user_pub).await?,
+        None => ensure_role_pushed(ctx, &sid).await?,
+    };
+    let acct = &entry.0;
+    let issue = match &site {
+        Some(site) => e.issue_agent(site, user_pub, &csr_key).map_err(ApiError::internal)?,
+        None => e.issue_service(acct, &entry.1, user_pub, &csr_key).map_err(ApiError::internal)?,
+    };
     // One enrollment per token: concurrent uses race here; the loser sees token_used.
     let _burning = Burning::claim(ctx, &tok.id).ok_or_else(|| refusal(TokenRefusal::Used, &sid))?;
     if e.token(&tok.id).map_err(ApiError::internal)?.map(|t| t.state) != Some(crate::estate::TokenState::Unused) {
         return Err(refusal(TokenRefusal::Used, &sid));
     }
     let rec = IdentityRecord {
-        id: sid.spiffe_id(e.trust_domain()),
-        kind: IdentityKind::Service,
-        name: sid.service.clone(),
+        id: match &site {
+            Some(s) => crate::names::spiffe_id(e.trust_domain(), &["tillit", "site", s, "agent"]),
+            None => sid.spiffe_id(e.trust_domain()),
+        },
+        kind: if site.is_some() { IdentityKind::Agent } else { IdentityKind::Service },
+        name: match &site {
+            Some(s) => subjects::agent_consumer(s, user_pub),
+            None => sid.service.clone(),
+        },
         account: acct.name.clone(),
         user_public_key: user_pub.to_string(),
         cert_serial: issue.serial.clone(),
@@ -289,9 +348,19 @@ pub async fn enroll(
         service: Some(sid.clone()),
         xkey: Some(req.xkey.clone()),
         revoked_at: None,
+        site: site.clone(),
     };
     let mut b = Batch::new();
     b.put_json(Space::Identities, user_pub, &rec).map_err(ApiError::internal)?;
+    if let Some(site) = &site {
+        let st = crate::estate::sites::AgentStatus {
+            site: site.clone(),
+            user_public_key: user_pub.to_string(),
+            consumer: rec.name.clone(),
+            ..Default::default()
+        };
+        b.put_json(Space::Sites, format!("agent/{user_pub}"), &st).map_err(ApiError::internal)?;
+    }
     b.put_json(Space::Tokens, &tok.id, &e.used_token(&tok, user_pub)).map_err(ApiError::internal)?;
     b.put_json(Space::Serials, &issue.serial, &SerialRecord { user_public_key: user_pub.into(), not_after: issue.expires_at })
         .map_err(ApiError::internal)?;
@@ -302,7 +371,7 @@ pub async fn enroll(
     ctx.journal.record(entry).await.map_err(ApiError::internal)?;
     ctx.metrics.identities.inc();
     ctx.metrics.issued("enroll");
-    tracing::info!(identity = %sid, user = user_pub, serial = %issue.serial, "enrolled");
+    tracing::info!(identity = %rec.id, user = user_pub, serial = %issue.serial, "enrolled");
     Ok((issued_reply(ctx, &rec, acct, issue.user_jwt, issue.cert_pem), After::RevokeBootstrap(tok.bootstrap_user, tok.expires_at)))
 }
 
@@ -320,6 +389,14 @@ pub async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: RenewRequest) -> Res
         }
         (IdentityKind::Admin, _) => {
             let i = e.reissue_admin(caller, &csr_key).map_err(ApiError::internal)?;
+            (i.user_jwt, i.cert_pem, i.serial, i.issued_at, i.expires_at)
+        }
+        (IdentityKind::Agent, _) => {
+            let site = caller.site.as_deref().ok_or_else(|| ApiError::internal("agent identity without a site"))?;
+            if e.site(site).map_err(ApiError::internal)?.is_none() {
+                return Err(ApiError::forbidden(format!("site {site} was removed; its agents cannot renew")));
+            }
+            let i = e.issue_agent(site, &caller.user_public_key, &csr_key).map_err(ApiError::internal)?;
             (i.user_jwt, i.cert_pem, i.serial, i.issued_at, i.expires_at)
         }
         _ => return Err(ApiError::forbidden("this kind of identity cannot renew here")),

@@ -11,6 +11,8 @@ use tokio::sync::Mutex;
 
 /// How long events are kept.
 pub const EVENTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+/// How long an agent has to apply and acknowledge an event before it is delivered again.
+pub const AGENT_ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long an event envelope stays valid (agents offline longer re-sync from state).
 pub const EVENT_TTL_SECS: i64 = 30 * 86_400;
 
@@ -53,6 +55,39 @@ impl Events {
             .map_err(|e| StreamError::JetStream(e.to_string()))?;
         let last = stream.info().await.map_err(|e| StreamError::JetStream(e.to_string()))?.state.last_sequence;
         Ok(Events { js, signer: std::sync::RwLock::new(std::sync::Arc::new(signer)), last_seq: Mutex::new(last) })
+    }
+
+    /// The durable pull consumer of one site agent (created once; an existing one is kept).
+    pub async fn ensure_agent_consumer(&self, name: &str, site: &str) -> Result<(), StreamError> {
+        let stream = self.js.get_stream(subjects::EVENTS_STREAM).await.map_err(|e| StreamError::JetStream(e.to_string()))?;
+        stream
+            .get_or_create_consumer(
+                name,
+                jetstream::consumer::pull::Config {
+                    durable_name: Some(name.to_string()),
+                    description: Some(format!("site {site} agent")),
+                    filter_subjects: subjects::agent_filters(site),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                    ack_wait: AGENT_ACK_WAIT,
+                    max_ack_pending: 1_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| StreamError::JetStream(e.to_string()))?;
+        Ok(())
+    }
+
+    /// How many of a consumer's events are not yet acknowledged (pending + in flight).
+    pub async fn consumer_lag(&self, name: &str) -> Result<u64, StreamError> {
+        let mut c: jetstream::consumer::PullConsumer = self
+            .js
+            .get_consumer_from_stream(name, subjects::EVENTS_STREAM)
+            .await
+            .map_err(|e| StreamError::JetStream(e.to_string()))?;
+        let info = c.info().await.map_err(|e| StreamError::JetStream(e.to_string()))?;
+        Ok(info.num_pending + info.num_ack_pending as u64)
     }
 
     /// Sign with another key from now on (after a signing-key rotation).

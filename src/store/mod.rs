@@ -37,6 +37,8 @@ pub enum Space {
     Secrets,
     /// Secret values, sealed: `<path>#<version>`.
     SecretValues,
+    /// Sites (`site/<name>`) and their agents' progress (`agent/<user public key>`).
+    Sites,
 }
 
 impl Space {
@@ -51,6 +53,7 @@ impl Space {
             Space::Serials => "serials",
             Space::Secrets => "secrets",
             Space::SecretValues => "secret_values",
+            Space::Sites => "sites",
         }
     }
 }
@@ -104,6 +107,11 @@ impl Batch {
     }
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+    /// Append `other`'s writes (applied together with these).
+    pub fn extend(&mut self, other: Batch) -> &mut Self {
+        self.ops.extend(other.ops);
+        self
     }
 }
 

@@ -194,21 +194,35 @@ pub struct Estate {
 impl Estate {
     /// `tillit init` a fresh data dir on free ports.
     pub fn init(trust_domain: &str) -> Self {
+        Self::init_args(trust_domain, &[])
+    }
+
+    /// `tillit init` with a leafnode listener for sites (its port in `leaf_port()`).
+    pub fn init_with_leaf(trust_domain: &str) -> (Self, u16) {
+        let leaf = free_port();
+        (Self::init_args(trust_domain, &["--leaf-port", &leaf.to_string()]), leaf)
+    }
+
+    /// `tillit init` with extra flags.
+    pub fn init_args(trust_domain: &str, extra: &[&str]) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data = tmp.path().join("data");
         let nats_port = free_port();
         let http_port = free_port();
-        let out = tillit(&[
-            "init",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--trust-domain",
-            trust_domain,
-            "--nats-url",
-            &format!("nats://127.0.0.1:{nats_port}"),
-            "--http-addr",
-            &format!("127.0.0.1:{http_port}"),
-        ]);
+        let mut args = vec![
+            "init".to_string(),
+            "--data-dir".into(),
+            data.to_str().unwrap().into(),
+            "--trust-domain".into(),
+            trust_domain.into(),
+            "--nats-url".into(),
+            format!("nats://127.0.0.1:{nats_port}"),
+            "--http-addr".into(),
+            format!("127.0.0.1:{http_port}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = tillit(&args);
         assert!(out.status.success(), "init failed: {}", stderr(&out));
         Estate { tmp, dir: DataDir::new(data), nats_port, http_port, trust_domain: trust_domain.into() }
     }
@@ -361,4 +375,84 @@ pub async fn admin_connect(e: &Estate) -> (tillit::identity::IdentityFiles, asyn
     let admin = tillit::identity::load(&tillit::layout::IdentityDir::new(e.admin())).unwrap();
     let nc = tillit::client::connect(&tillit::client::ConnectParams::from_identity(&admin, None).unwrap()).await.unwrap();
     (admin, nc)
+}
+
+/// A site registered with `tillit site add`: its directory and client port.
+pub struct SiteDir {
+    pub name: String,
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl SiteDir {
+    pub fn conf(&self) -> PathBuf {
+        self.dir.join("server.conf")
+    }
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+    /// Start its leaf nats-server.
+    pub fn start(&self) -> NatsServer {
+        NatsServer::start(&self.conf(), self.port)
+    }
+    pub fn agent_token(&self) -> PathBuf {
+        self.dir.join("agent.token")
+    }
+}
+
+/// `tillit site add NAME` into `tmp/site-NAME` on a free port, listening on loopback.
+pub fn site_add(e: &Estate, name: &str) -> SiteDir {
+    let port = free_port();
+    let dir = e.tmp.path().join(format!("site-{name}"));
+    let out = tillit(&[
+        "site", "add", name, "--nats-port", &port.to_string(), "--host", "127.0.0.1", "--out", dir.to_str().unwrap(),
+        "--identity", &e.admin(),
+    ]);
+    assert!(out.status.success(), "site add: {}", stderr(&out));
+    SiteDir { name: name.into(), dir, port }
+}
+
+/// A running `tillit agent`, SIGKILLed on drop.
+pub struct AgentProc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl AgentProc {
+    /// Start an agent for `site` with identity `identity` (enrolled on first start with the
+    /// site's token), files in `files`, dialing `url`.
+    pub fn start(site: &SiteDir, identity: &Path, files: &Path, url: &str, exec: Option<&str>) -> Self {
+        let log = identity.with_extension(format!("agent-{}.log", free_port()));
+        let f = std::fs::File::create(&log).expect("log");
+        let mut c = Command::new(tillit_bin());
+        c.args(["agent", "--identity"])
+            .arg(identity)
+            .arg("--out")
+            .arg(files)
+            .args(["--nats", url, "--token-file"])
+            .arg(site.agent_token())
+            .env_remove("TILLIT_MASTER_KEY")
+            .env("RUST_LOG", "info")
+            .stdout(f.try_clone().expect("dup"))
+            .stderr(f);
+        if let Some(x) = exec {
+            c.args(["--exec", x]);
+        }
+        AgentProc { child: c.spawn().expect("start tillit agent"), log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

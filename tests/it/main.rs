@@ -9,3 +9,4 @@ mod interop;
 mod refusals;
 mod revocation;
 mod secrets;
+mod sites;

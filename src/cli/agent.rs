@@ -1,0 +1,62 @@
+//! `tillit agent --identity DIR --out FILES [--exec CMD] [--nats URL] [--token-file F]`
+//!
+//! Enrolls first when DIR holds no identity yet (with the site's agent token), then runs until
+//! SIGTERM or ctrl-c.
+
+use crate::agent::{Agent, AgentOptions, MAX_BATCH};
+use crate::clock::SystemClock;
+use crate::crypto::SecretString;
+use crate::layout::IdentityDir;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").args(["token", "token_file"]).multiple(false)))]
+pub struct Args {
+    /// The agent's identity dir (enrolled into on first start).
+    #[arg(long, env = "TILLIT_IDENTITY")]
+    pub identity: PathBuf,
+    /// Where files are materialised: `ca.pem`, `secrets/<tenant>/<project>/<env>/<name>`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Shell command run once per applied batch (e.g. reload the site's nats-server).
+    #[arg(long)]
+    pub exec: Option<String>,
+    /// NATS URL of the site's leaf server (instead of the identity's).
+    #[arg(long, env = "TILLIT_NATS_URL")]
+    pub nats: Option<String>,
+    /// Join token for the first start (from `tillit site add`'s agent.token).
+    #[arg(long, env = "TILLIT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the join token.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Most events applied per batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=MAX_BATCH).contains(&a.batch), "--batch must be between 1 and {MAX_BATCH}");
+    if let Some(u) = &a.nats {
+        crate::config::NatsUrl::parse(u)?;
+    }
+    let dir = IdentityDir::new(&a.identity);
+    if !dir.identity_json().exists() {
+        let token = match (&a.token, &a.token_file) {
+            (Some(t), _) => SecretString::new(t.clone()),
+            (None, Some(f)) => SecretString::new(
+                std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("cannot read token file {}: {e}", f.display()))?,
+            ),
+            (None, None) => anyhow::bail!(
+                "{} holds no identity yet: pass --token-file with the site's agent.token (or --token / TILLIT_TOKEN)",
+                a.identity.display()
+            ),
+        };
+        let info = crate::client::enroll::enroll(token.expose().trim(), &a.identity, a.nats.as_deref(), Arc::new(SystemClock)).await?;
+        tracing::info!(id = %info.id, "agent enrolled");
+    }
+    let agent = Agent::start(AgentOptions { identity: a.identity, files: a.out, exec: a.exec, nats: a.nats, batch: a.batch }).await?;
+    agent.run(super::shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! `tillit site add NAME --nats-port P --out DIR --identity ADMIN` and `tillit site list [--json]`.
+//!
+//! `site add` makes the site server's TLS key and the nkeys its leafnode remotes log in as *here*
+//! (they never travel), asks the control plane for the certificate, the users' JWTs and an agent
+//! join token, and writes the site directory through a staging dir renamed into place.
+
+use crate::client::TillitClient;
+use crate::clock::parse_duration;
+use crate::fsutil::{create_dir, write_atomic};
+use crate::layout::IdentityDir;
+use crate::natsconf::{render_site, site_files, SiteServer};
+use crate::proto::{SiteAddReply, SiteAddRequest, SiteListReply, SiteListRequest};
+use crate::subjects;
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: SiteCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SiteCommand {
+    /// Register a site and write its leaf nats-server config and agent token into a directory.
+    Add(AddArgs),
+    /// Sites with their agents' progress.
+    List(ListArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AddArgs {
+    /// Site name (letters, digits, `-`, `_`).
+    pub name: String,
+    /// Client port of the site's leaf nats-server.
+    #[arg(long)]
+    pub nats_port: u16,
+    /// Address the site server listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub host: String,
+    /// Extra DNS names / IPs for the site server's certificate (repeatable).
+    #[arg(long = "cert-host")]
+    pub cert_hosts: Vec<String>,
+    /// Directory to write (must not exist or be empty).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// How long the agent's join token stays valid.
+    #[arg(long, default_value = "1h")]
+    pub token_ttl: String,
+    /// Admin identity dir.
+    #[arg(long, env = "TILLIT_IDENTITY")]
+    pub identity: PathBuf,
+    /// NATS URL to use instead of the identity's.
+    #[arg(long, env = "TILLIT_NATS_URL")]
+    pub nats: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Admin identity dir.
+    #[arg(long, env = "TILLIT_IDENTITY")]
+    pub identity: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, env = "TILLIT_NATS_URL")]
+    pub nats: Option<String>,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    match a.command {
+        SiteCommand::Add(a) => add(a).await,
+        SiteCommand::List(a) => list(a).await,
+    }
+}
+
+async fn add(a: AddArgs) -> anyhow::Result<()> {
+    crate::names::check_segment("site name", &a.name)?;
+    anyhow::ensure!(a.nats_port != 0, "--nats-port must be a port number");
+    let ttl = parse_duration(&a.token_ttl).map_err(anyhow::Error::msg)?;
+    let out = std::path::absolute(&a.out).with_context(|| format!("--out {}", a.out.display()))?;
+    anyhow::ensure!(
+        crate::fsutil::is_absent_or_empty_dir(&out).unwrap_or(false),
+        "{} exists and is not empty; pick a new directory for the site",
+        out.display()
+    );
+    let sys_user = nkeys::KeyPair::new_user();
+    let tillit_user = nkeys::KeyPair::new_user();
+    let (csr, key_pem) = crate::issuer::x509::make_csr(&tillit_user.public_key())?;
+    let listen = if a.host.contains(':') { format!("[{}]:{}", a.host, a.nats_port) } else { format!("{}:{}", a.host, a.nats_port) };
+    let client = TillitClient::connect_dir(&IdentityDir::new(&a.identity), a.nats.as_deref()).await?;
+    let reply: SiteAddReply = client
+        .call(
+            subjects::ADMIN_SITE_ADD,
+            subjects::KIND_SITE_ADD,
+            SiteAddRequest {
+                name: a.name.clone(),
+                listen: listen.clone(),
+                hosts: a.cert_hosts.clone(),
+                csr,
+                sys_user: sys_user.public_key(),
+                tillit_user: tillit_user.public_key(),
+                agent_token_ttl_secs: ttl.as_secs() as i64,
+            },
+        )
+        .await?;
+    let seed = |kp: &nkeys::KeyPair| kp.seed().map(crate::crypto::SecretString::new).map_err(|e| anyhow::anyhow!("nkey seed: {e}"));
+    let conf = render_site(&SiteServer {
+        trust_domain: &client.identity().info.trust_domain,
+        site: &a.name,
+        listen: &listen,
+        dir: &out,
+        system_account: &reply.system_account,
+        tillit_account: &reply.tillit_account,
+        preload: reply.preload.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+        hub_urls: &reply.hub_urls,
+    });
+    let files: Vec<(&str, Vec<u8>, u32)> = vec![
+        (site_files::SERVER_CONF, conf.into_bytes(), 0o644),
+        (site_files::OPERATOR_JWT, reply.operator_jwt.clone().into_bytes(), 0o644),
+        (site_files::CA, reply.ca_pem.clone().into_bytes(), 0o644),
+        (site_files::CERT, reply.cert_pem.clone().into_bytes(), 0o644),
+        (site_files::KEY, key_pem.expose().as_bytes().to_vec(), 0o600),
+        (site_files::SYS_CREDS, crate::issuer::creds::format(&reply.sys_user_jwt, &seed(&sys_user)?).expose().as_bytes().to_vec(), 0o600),
+        (site_files::TILLIT_CREDS, crate::issuer::creds::format(&reply.tillit_user_jwt, &seed(&tillit_user)?).expose().as_bytes().to_vec(), 0o600),
+        (site_files::AGENT_TOKEN, format!("{}\n", reply.agent_token).into_bytes(), 0o600),
+    ];
+    write_site_dir(&out, &files)?;
+    println!("site {} registered; files in {}", a.name, out.display());
+    println!("  leaf server   nats-server -c {}", out.join(site_files::SERVER_CONF).display());
+    println!("  agent         tillit agent --token-file {} --identity {} --out {}", out.join(site_files::AGENT_TOKEN).display(), out.join("agent").display(), out.display());
+    println!("  hub leafnodes {}", reply.hub_urls.join(", "));
+    Ok(())
+}
+
+/// Write the site directory through a staging dir beside it, renamed into place.
+fn write_site_dir(out: &Path, files: &[(&str, Vec<u8>, u32)]) -> anyhow::Result<()> {
+    let parent = out.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&parent).with_context(|| format!("create {}", parent.display()))?;
+    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("site");
+    let staging = parent.join(format!(".{name}.site-{}", uuid::Uuid::new_v4().simple()));
+    let r = (|| -> std::io::Result<()> {
+        create_dir(&staging, 0o700)?;
+        create_dir(&staging.join("tls"), 0o700)?;
+        create_dir(&staging.join(site_files::RESOLVER), 0o700)?;
+        create_dir(&staging.join(site_files::JETSTREAM), 0o700)?;
+        for (name, data, mode) in files {
+            write_atomic(&staging.join(name), data, *mode)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = r {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(anyhow::anyhow!("cannot write the site directory: {e}"));
+    }
+    if out.exists() {
+        std::fs::remove_dir(out).with_context(|| format!("{} is not empty", out.display()))?;
+    }
+    std::fs::rename(&staging, out).with_context(|| format!("move the site directory into {}", out.display()))?;
+    crate::fsutil::sync_dir(&parent)?;
+    Ok(())
+}
+
+async fn list(a: ListArgs) -> anyhow::Result<()> {
+    let client = TillitClient::connect_dir(&IdentityDir::new(&a.identity), a.nats.as_deref()).await?;
+    let reply: SiteListReply = client.call(subjects::ADMIN_SITE_LIST, subjects::KIND_SITE_LIST, SiteListRequest {}).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+        return Ok(());
+    }
+    println!("{:<16} {:<22} {:>6} {:>8} {:>6} {:>8}  LAST ACK", "SITE", "LISTEN", "AGENTS", "APPLIED", "LAG", "FAILURES");
+    for s in &reply.sites {
+        println!(
+            "{:<16} {:<22} {:>6} {:>8} {:>6} {:>8}  {}",
+            s.name,
+            s.listen,
+            s.agents,
+            s.last_applied_seq,
+            s.lag_events,
+            s.failures,
+            s.last_ack_at.as_deref().unwrap_or("never")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! Sites: leaf nats-servers in other datacenters and the agents that apply rotations there.
+//!
+//! A site is a record (name, where its server listens, the users its leafnode remotes log in
+//! as). Its agents are identities of the TILLIT account signed by one *scoped* signing key whose
+//! template confines each agent to its own durable consumer of `TILLIT_EVENTS` (named by the
+//! agent's user name, `{{name()}}`), its own inbox and the service API. What each agent last
+//! applied and acknowledged is kept per agent and summed up per site.
+
+use super::*;
+use crate::names::ServiceId;
+
+/// Tenant segment reserved for site agents' service ids (`tillit/sites/<site>/agent`).
+pub const AGENT_TENANT: &str = "tillit";
+const AGENT_PROJECT: &str = "sites";
+const AGENT_SERVICE: &str = "agent";
+/// Meta record of the agents' scoped signing key.
+const META_AGENT_ROLE: &str = "agent_role";
+/// Most sites one estate registers.
+pub const MAX_SITES: usize = 256;
+
+/// A registered site.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SiteRecord {
+    pub name: String,
+    /// `host:port` its leaf server listens on for clients.
+    pub listen: String,
+    pub created_at: i64,
+    pub created_by: String,
+    /// Users its leafnode remotes log in as (SYS, TILLIT): revoked if the site is removed.
+    pub leaf_users: Vec<String>,
+    pub cert_serial: String,
+    pub cert_expires_at: i64,
+}
+
+/// What one agent last did (`sites/agent/<user public key>`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub site: String,
+    pub user_public_key: String,
+    pub consumer: String,
+    /// Stream sequence of the last event applied and acknowledged.
+    pub last_seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_type: Option<String>,
+    #[serde(default)]
+    pub applied: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ack_at: Option<i64>,
+    #[serde(default)]
+    pub failures: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_at: Option<i64>,
+}
+
+/// The agents' scoped signing key (public part and template).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentRole {
+    pub key: String,
+    pub permissions: UserPermissions,
+}
+
+impl AgentRole {
+    pub fn scope(&self) -> jwt::ScopedSigningKey {
+        jwt::ScopedSigningKey { kind: "user_scope".into(), key: self.key.clone(), role: "site-agent".into(), template: self.permissions.clone(), description: None }
+    }
+}
+
+/// What an agent may do: read its own durable consumer (by the hub's JetStream domain, or
+/// directly when it dials the hub), acknowledge its messages, call the service API, receive on
+/// its own inbox. `{{name()}}` is the agent's consumer name, minted and validated by tillit.
+pub fn agent_permissions() -> UserPermissions {
+    let s = subjects::EVENTS_STREAM;
+    let mut publish = vec![subjects::SVC_EXPORT.to_string()];
+    for api in [format!("$JS.{}.API", subjects::HUB_DOMAIN), "$JS.API".to_string()] {
+        publish.push(format!("{api}.CONSUMER.MSG.NEXT.{s}.{{{{name()}}}}"));
+        publish.push(format!("{api}.CONSUMER.INFO.{s}.{{{{name()}}}}"));
+    }
+    publish.push(format!("$JS.ACK.{s}.{{{{name()}}}}.>"));
+    UserPermissions::new(publish, vec![format!("{}.{{{{subject()}}}}.>", subjects::INBOX_ROOT)])
+}
+
+/// The service id of a site's agents.
+pub fn agent_service_id(site: &str) -> Result<ServiceId, names::NameError> {
+    ServiceId::new(AGENT_TENANT, AGENT_PROJECT, site, AGENT_SERVICE)
+}
+
+/// The site a service id names, if it is a site agent's.
+pub fn agent_site(sid: &ServiceId) -> Option<&str> {
+    (sid.tenant == AGENT_TENANT && sid.project == AGENT_PROJECT && sid.service == AGENT_SERVICE).then_some(sid.env.as_str())
+}
+
+/// What `site add` issues (the private keys stay with the caller, who sent public keys and a CSR).
+#[derive(Debug, Clone)]
+pub struct SiteIssue {
+    pub site: SiteRecord,
+    pub cert_pem: String,
+    pub sys_user_jwt: String,
+    pub tillit_user_jwt: String,
+}
+
+impl Estate {
+    /// The agents' scoped key, if sites were ever added.
+    pub fn agent_role(&self) -> Result<Option<AgentRole>> {
+        Ok(get_json(self.store(), Space::Meta, META_AGENT_ROLE)?)
+    }
+
+    /// Create the agents' scoped key in TILLIT if missing (hold [`Self::account_lock`]); returns
+    /// the TILLIT account and whether its JWT changed (the caller pushes it).
+    pub fn ensure_agent_role_locked(&self) -> Result<(AccountRecord, bool)> {
+        let tillit = self.account(TILLIT_ACCOUNT)?;
+        if self.agent_role()?.is_some() {
+            return Ok((tillit, false));
+        }
+        let key = KeyPair::new_account();
+        let role = AgentRole { key: key.public_key(), permissions: agent_permissions() };
+        let mut b = Batch::new();
+        self.vault.put_sealed(&mut b, Space::Keys, &keys_scoped(&role.key), seed_of(&key, "agent scoped key")?.expose().as_bytes())?;
+        b.put_json(Space::Meta, META_AGENT_ROLE, &role)?;
+        self.store().apply(b)?;
+        let tillit = self.resign_account(tillit)?;
+        let mut b = Batch::new();
+        b.put_json(Space::Accounts, &tillit.name, &tillit)?;
+        self.store().commit(b)?;
+        Ok((tillit, true))
+    }
+
+    /// A site by name.
+    pub fn site(&self, name: &str) -> Result<Option<SiteRecord>> {
+        Ok(get_json(self.store(), Space::Sites, &format!("site/{name}"))?)
+    }
+
+    /// Every site.
+    pub fn sites(&self) -> Result<Vec<SiteRecord>> {
+        self.scan_json(Space::Sites, "site/")
+    }
+
+    /// Every agent's status.
+    pub fn agent_statuses(&self) -> Result<Vec<AgentStatus>> {
+        self.scan_json(Space::Sites, "agent/")
+    }
+
+    /// One agent's status.
+    pub fn agent_status(&self, user_public_key: &str) -> Result<Option<AgentStatus>> {
+        Ok(get_json(self.store(), Space::Sites, &format!("agent/{user_public_key}"))?)
+    }
+
+    /// Store an agent's status (not fsynced: it is re-derived from the next ack).
+    pub fn put_agent_status(&self, st: &AgentStatus) -> Result<()> {
+        let mut b = Batch::new();
+        b.put_json(Space::Sites, format!("agent/{}", st.user_public_key), st)?;
+        self.store().apply(b)?;
+        Ok(())
+    }
+
+    /// Register site `name`: its record, the users its leafnode remotes log in as (public keys
+    /// `sys_user`, `tillit_user`, made by the caller), and its server certificate for the
+    /// caller's CSR (bound to `tillit_user`). Not stored: the caller commits the batch with its
+    /// audit record.
+    #[allow(clippy::too_many_arguments)]
+    pub fn issue_site(
+        &self,
+        name: &str,
+        listen: &str,
+        hosts: &[String],
+        csr_key: &impl rcgen::PublicKeyData,
+        sys_user: &str,
+        tillit_user: &str,
+        by: &str,
+    ) -> Result<(SiteIssue, Batch)> {
+        names::check_segment("site name", name)?;
+        for u in [sys_user, tillit_user] {
+            if KeyPair::from_public_key(u).map(|k| k.key_pair_type()) .ok() != Some(nkeys::KeyPairType::User) {
+                return Err(EstateError::Key("site".into(), format!("{u:?} is not a user public key")));
+            }
+        }
+        if self.site(name)?.is_some() {
+            return Err(EstateError::Limit(format!("site {name} already exists; pick another name")));
+        }
+        if self.sites()?.len() >= MAX_SITES {
+            return Err(EstateError::Limit(format!("this estate already has {MAX_SITES} sites")));
+        }
+        let now = self.clock.now_unix();
+        let expires = now + self.config.server_cert_ttl.as_secs() as i64;
+        let sys = self.account(SYS_ACCOUNT)?;
+        let tillit = self.account(TILLIT_ACCOUNT)?;
+        let sys_jwt = self.sign_user(&sys, sys_user, &format!("site {name} leafnode (SYS)"), site_sys_permissions(), expires)?;
+        let tillit_jwt = self.sign_user(&tillit, tillit_user, &format!("site {name} leafnode (TILLIT)"), site_tillit_permissions(), expires)?;
+        let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "site", name]);
+        let mut all_hosts = vec![name.to_string(), "localhost".to_string(), "127.0.0.1".to_string()];
+        if let Some((h, _)) = listen.rsplit_once(':') {
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            if !h.is_empty() && h != "0.0.0.0" && h != "::" {
+                all_hosts.push(h.to_string());
+            }
+        }
+        all_hosts.extend(hosts.iter().cloned());
+        let (cert_pem, serial) = self.ca.issue_server_for(csr_key, &format!("tillit site {name}"), &all_hosts, Some(&spiffe), now, expires)?;
+        let site = SiteRecord {
+            name: name.to_string(),
+            listen: listen.to_string(),
+            created_at: now,
+            created_by: by.to_string(),
+            leaf_users: vec![sys_user.to_string(), tillit_user.to_string()],
+            cert_serial: serial,
+            cert_expires_at: expires,
+        };
+        let mut b = Batch::new();
+        b.put_json(Space::Sites, format!("site/{name}"), &site)?;
+        Ok((SiteIssue { site, cert_pem, sys_user_jwt: sys_jwt, tillit_user_jwt: tillit_jwt }, b))
+    }
+
+    /// Sign an agent's user JWT (by the agents' scoped key; its name is its consumer, its tag
+    /// its site) and its client certificate for `public_key`.
+    pub fn issue_agent(&self, site: &str, user_public_key: &str, public_key: &impl rcgen::PublicKeyData) -> Result<services::ServiceIssue> {
+        let role = self.agent_role()?.ok_or_else(|| EstateError::Key("agent role".into(), "no site was added yet".into()))?;
+        let tillit = self.account(TILLIT_ACCOUNT)?;
+        let now = self.clock.now_unix();
+        let expires_at = now + self.config.service_ttl.as_secs() as i64;
+        let key = self.key(&keys_scoped(&role.key))?;
+        let consumer = subjects::agent_consumer(site, user_public_key);
+        let jwt = self.sign_user_with(&key, &tillit, user_public_key, &consumer, UserPermissions::default(), expires_at, vec![format!("site:{site}")])?;
+        let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "site", site, "agent"]);
+        let (cert_pem, serial) = self.ca.issue_client(public_key, &spiffe, &consumer, now, expires_at)?;
+        Ok(services::ServiceIssue { user_jwt: jwt, cert_pem, serial, issued_at: now, expires_at })
+    }
+}
+
+/// What a site's SYS leafnode user may carry: account JWT sync (updates from the hub, lookups
+/// and packs both ways, their replies) and server events towards the hub; nothing that
+/// administers servers (`$SYS.REQ.SERVER.…`) or pushes claims into the hub.
+pub fn site_sys_permissions() -> UserPermissions {
+    UserPermissions::new(
+        vec![
+            "$SYS.REQ.ACCOUNT.*.CLAIMS.LOOKUP".into(),
+            "$SYS.REQ.CLAIMS.PACK".into(),
+            "$SYS.SERVER.>".into(),
+            "$SYS.ACCOUNT.>".into(),
+            "_INBOX.>".into(),
+            "$SYS._INBOX.>".into(),
+            "$SYS._INBOX_.>".into(),
+        ],
+        vec![
+            "$SYS.REQ.CLAIMS.UPDATE".into(),
+            "$SYS.REQ.ACCOUNT.*.CLAIMS.UPDATE".into(),
+            "$SYS.ACCOUNT.*.CLAIMS.UPDATE".into(),
+            "$SYS.REQ.ACCOUNT.*.CLAIMS.LOOKUP".into(),
+            "$SYS.REQ.CLAIMS.PACK".into(),
+            "_INBOX.>".into(),
+            "$SYS._INBOX.>".into(),
+            "$SYS._INBOX_.>".into(),
+        ],
+    )
+}
+
+/// What a site's TILLIT leafnode user may carry: requests to the control plane (enrollment,
+/// the service API) and agents' reads of their consumers towards the hub; replies back. A site
+/// server can never answer the control plane's subjects or read the stream's admin API.
+pub fn site_tillit_permissions() -> UserPermissions {
+    let s = subjects::EVENTS_STREAM;
+    let hub = subjects::HUB_DOMAIN;
+    UserPermissions::new(
+        vec![
+            subjects::ENROLL.into(),
+            subjects::SVC_EXPORT.into(),
+            format!("$JS.{hub}.API.CONSUMER.MSG.NEXT.{s}.*"),
+            format!("$JS.{hub}.API.CONSUMER.INFO.{s}.*"),
+            format!("$JS.ACK.{s}.>"),
+        ],
+        vec!["_INBOX.>".into(), "_R_.>".into()],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_ids_round_trip() {
+        let sid = agent_service_id("east").unwrap();
+        assert_eq!(sid.to_string(), "tillit/sites/east/agent");
+        assert_eq!(agent_site(&sid), Some("east"));
+        assert_eq!(agent_site(&ServiceId::parse("acme/shop/prod/orders").unwrap()), None);
+        assert!(agent_service_id("a.b").is_err());
+        assert!(agent_service_id("*").is_err());
+    }
+
+    #[test]
+    fn agents_are_confined_to_their_own_consumer() {
+        let p = agent_permissions();
+        let text = serde_json::to_string(&p).unwrap();
+        assert!(text.contains("$JS.hub.API.CONSUMER.MSG.NEXT.TILLIT_EVENTS.{{name()}}"), "{text}");
+        assert!(!text.contains("CONSUMER.CREATE"), "agents never create consumers");
+        assert!(!text.contains("STREAM."), "agents never touch the stream API");
+        assert!(!text.contains("tillit.v1.admin"));
+    }
+}

@@ -1,0 +1,223 @@
+//! Sites: registering a site (`site add`), listing sites with their agents' progress, and the
+//! agents' signed acknowledgements (`tillit.v1.svc.ack`).
+
+use super::services::push;
+use super::Ctx;
+use crate::audit::Entry;
+use crate::clock::rfc3339;
+use crate::envelope::{TrustSet, Verifier};
+use crate::error::{ApiError, ErrorCode};
+use crate::estate::sites::{agent_service_id, AgentStatus, SiteRecord};
+use crate::estate::{EstateError, IdentityRecord, BOOTSTRAP_ACCOUNT, SYS_ACCOUNT, TILLIT_ACCOUNT};
+use crate::identity::IdentityKind;
+use crate::proto::{AckData, AckReply, AckRequest, SiteAddReply, SiteAddRequest, SiteInfo, SiteListReply};
+use crate::replay::Seen;
+use crate::subjects;
+
+/// Longest an agent token may live.
+const MAX_AGENT_TOKEN_TTL: i64 = 7 * 86_400;
+/// Longest error text kept from an agent's failure report.
+const MAX_ERROR_CHARS: usize = 512;
+
+fn estate_err(e: EstateError) -> ApiError {
+    match e {
+        EstateError::Limit(m) => ApiError::new(ErrorCode::LimitExceeded, m),
+        EstateError::Name(n) => ApiError::bad_request(n.to_string()),
+        EstateError::Key(what, m) if what == "site" => ApiError::bad_request(m),
+        other => ApiError::internal(other),
+    }
+}
+
+fn check_listen(listen: &str) -> Result<(), ApiError> {
+    let bad = || ApiError::bad_request(format!("listen address {listen:?} must be HOST:PORT"));
+    let (h, p) = listen.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = p.parse().map_err(|_| bad())?;
+    if port == 0 || h.is_empty() || h.len() > 253 || h.contains(char::is_whitespace) || h.contains('"') {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+pub async fn add(ctx: &Ctx, caller: &IdentityRecord, req: SiteAddRequest) -> Result<SiteAddReply, ApiError> {
+    let e = ctx.estate.clone();
+    let hub_urls = e.config.leaf_urls();
+    if hub_urls.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "the hub has no leafnode listener: set nats.leaf_port in tillit.toml (or `tillit init --leaf-port P`), \
+             add the leafnodes block to the hub's server.conf, and restart both",
+        ));
+    }
+    check_listen(&req.listen)?;
+    if req.hosts.len() > 16 || req.hosts.iter().any(|h| h.is_empty() || h.len() > 253 || h.contains(char::is_whitespace)) {
+        return Err(ApiError::bad_request("hosts: at most 16 DNS names or IPs"));
+    }
+    if !(60..=MAX_AGENT_TOKEN_TTL).contains(&req.agent_token_ttl_secs) {
+        return Err(ApiError::bad_request(format!("agent token ttl must be between 60s and {MAX_AGENT_TOKEN_TTL}s")));
+    }
+    let csr_key = crate::issuer::x509::parse_csr(&req.csr, &req.tillit_user).map_err(|err| ApiError::bad_request(err.to_string()))?;
+    let sid = agent_service_id(&req.name).map_err(|err| ApiError::bad_request(err.to_string()))?;
+    let _g = e.account_lock().lock().await;
+    let (tillit, changed) = e.ensure_agent_role_locked().map_err(ApiError::internal)?;
+    if changed {
+        push(ctx, &tillit, "agent_role").await?;
+    }
+    let (issue, mut batch) = e
+        .issue_site(&req.name, &req.listen, &req.hosts, &csr_key, &req.sys_user, &req.tillit_user, &caller.id)
+        .map_err(estate_err)?;
+    let (tokens, token_batch) = e.create_tokens(&sid, req.agent_token_ttl_secs, 1, &caller.id).map_err(ApiError::internal)?;
+    batch.extend(token_batch);
+    let token = tokens.into_iter().next().ok_or_else(|| ApiError::internal("no agent token minted"))?;
+    let entry = Entry::ok(&caller.id, "site.add", &format!("site:{}", req.name))
+        .detail(serde_json::json!({
+            "listen": req.listen, "cert_serial": issue.site.cert_serial, "leaf_users": issue.site.leaf_users,
+            "agent_token_id": token.id, "agent_token_expires_at": token.expires_at,
+        }))
+        .batch(batch);
+    ctx.journal.record(entry).await.map_err(ApiError::internal)?;
+    tracing::info!(site = %req.name, listen = %req.listen, by = %caller.id, "site added");
+    let mut preload = std::collections::BTreeMap::new();
+    for name in [SYS_ACCOUNT, TILLIT_ACCOUNT, BOOTSTRAP_ACCOUNT] {
+        let a = e.account(name).map_err(ApiError::internal)?;
+        preload.insert(a.public_key, a.jwt);
+    }
+    Ok(SiteAddReply {
+        site: info(ctx, &issue.site, &[], 0),
+        cert_pem: issue.cert_pem,
+        ca_pem: e.meta.ca_cert_pem.clone(),
+        operator_jwt: e.meta.operator_jwt.clone(),
+        system_account: e.account(SYS_ACCOUNT).map_err(ApiError::internal)?.public_key,
+        tillit_account: tillit.public_key,
+        preload,
+        sys_user_jwt: issue.sys_user_jwt,
+        tillit_user_jwt: issue.tillit_user_jwt,
+        hub_urls,
+        agent_token: token.encode().expose().to_string(),
+    })
+}
+
+/// A site's summary from its agents' statuses (`lag` = the largest backlog of any agent).
+fn info(ctx: &Ctx, site: &SiteRecord, agents: &[&AgentStatus], lag: u64) -> SiteInfo {
+    let slowest = agents.iter().min_by_key(|a| a.last_seq);
+    let last_ack = agents.iter().filter_map(|a| a.last_ack_at).max();
+    let last_error = agents.iter().filter(|a| a.last_error.is_some()).max_by_key(|a| a.last_failure_at).and_then(|a| a.last_error.clone());
+    let _ = ctx;
+    SiteInfo {
+        name: site.name.clone(),
+        listen: site.listen.clone(),
+        created_at: rfc3339(site.created_at),
+        agents: agents.len(),
+        last_applied_seq: slowest.map(|a| a.last_seq).unwrap_or(0),
+        last_event_id: slowest.and_then(|a| a.last_event_id.clone()),
+        last_event_type: slowest.and_then(|a| a.last_event_type.clone()),
+        lag_events: lag,
+        last_ack_at: last_ack.map(rfc3339),
+        last_ack_unix: last_ack,
+        failures: agents.iter().map(|a| a.failures).sum(),
+        last_error,
+    }
+}
+
+/// Every site with its agents' progress; the lag comes from each agent's durable consumer.
+pub async fn site_infos(ctx: &Ctx) -> Result<Vec<SiteInfo>, ApiError> {
+    let e = &ctx.estate;
+    let sites = e.sites().map_err(ApiError::internal)?;
+    if sites.is_empty() {
+        return Ok(vec![]);
+    }
+    let statuses = e.agent_statuses().map_err(ApiError::internal)?;
+    let mut out = Vec::with_capacity(sites.len());
+    for s in &sites {
+        let agents: Vec<&AgentStatus> = statuses.iter().filter(|a| a.site == s.name).collect();
+        let mut lag = 0u64;
+        for a in &agents {
+            match ctx.events.consumer_lag(&a.consumer).await {
+                Ok(l) => lag = lag.max(l),
+                Err(err) => tracing::debug!(consumer = %a.consumer, "no lag for agent: {err}"),
+            }
+        }
+        out.push(info(ctx, s, &agents, lag));
+    }
+    Ok(out)
+}
+
+/// Refresh the per-site gauges (`tillit_site_lag_events`, `tillit_site_last_ack_seconds`).
+pub async fn refresh_site_gauges(ctx: &Ctx) {
+    let Ok(infos) = site_infos(ctx).await else { return };
+    let now = ctx.estate.clock().now_unix();
+    for i in infos {
+        ctx.metrics.set_site(&i.name, i.lag_events, i.last_ack_unix.map(|t| now - t));
+    }
+}
+
+pub async fn list(ctx: &Ctx) -> Result<SiteListReply, ApiError> {
+    Ok(SiteListReply { sites: site_infos(ctx).await? })
+}
+
+/// An agent's acknowledgement: a JWS envelope signed by the agent's own nkey (pinned from its
+/// identity record, selected by issuer = the agent's SPIFFE id), for the control plane, once.
+pub async fn ack(ctx: &Ctx, caller: &IdentityRecord, req: AckRequest) -> Result<AckReply, ApiError> {
+    let e = &ctx.estate;
+    let (IdentityKind::Agent, Some(site)) = (caller.kind, caller.site.as_deref()) else {
+        return Err(ApiError::forbidden("only site agents acknowledge events"));
+    };
+    let now = e.clock().now_unix();
+    let trust = TrustSet::single(&caller.id, &caller.user_public_key).map_err(ApiError::internal)?;
+    let verifier = Verifier::new(trust, vec![crate::envelope::issuer(e.trust_domain())], 1);
+    let ev = verifier
+        .check::<AckData>(&req.envelope, subjects::ENVELOPE_AGENT_ACK, now)
+        .map_err(|err| ApiError::unauthenticated(format!("acknowledgement envelope refused: {err}")))?;
+    if ev.aud == crate::envelope::AUD_ALL {
+        return Err(ApiError::unauthenticated("an acknowledgement must be addressed to this control plane"));
+    }
+    match ctx.replay.check_and_insert(&ev.id, ev.exp, now) {
+        Seen::New => {}
+        Seen::Replay => return Err(ApiError::new(ErrorCode::Replayed, "this acknowledgement was already received")),
+        Seen::Full => return Err(super::unavailable("too many requests in flight; retry shortly")),
+    }
+    let d = ev.data;
+    if d.site != site {
+        return Err(ApiError::forbidden(format!("this agent belongs to site {site}, not {}", d.site)));
+    }
+    if d.seqs.len() > 10_000 || d.event_ids.len() > 10_000 {
+        return Err(ApiError::bad_request("at most 10,000 events per acknowledgement"));
+    }
+    let mut st = e
+        .agent_status(&caller.user_public_key)
+        .map_err(ApiError::internal)?
+        .unwrap_or_else(|| AgentStatus {
+            site: site.to_string(),
+            user_public_key: caller.user_public_key.clone(),
+            consumer: caller.name.clone(),
+            ..Default::default()
+        });
+    let top = d.seqs.iter().copied().max().unwrap_or(0);
+    match d.outcome.as_str() {
+        "applied" => {
+            if top > st.last_seq {
+                st.last_seq = top;
+                st.last_event_id = d.event_ids.last().cloned();
+                st.last_event_type = d.last_event_type.clone();
+            }
+            st.applied += d.seqs.len() as u64;
+            st.last_ack_at = Some(now);
+            ctx.metrics.site_acks.inc();
+        }
+        "failed" => {
+            st.failures += 1;
+            st.last_failure_at = Some(now);
+            st.last_error = Some(d.error.clone().unwrap_or_else(|| "unspecified".into()).chars().take(MAX_ERROR_CHARS).collect());
+            ctx.metrics.site_failures.inc();
+            tracing::warn!(site, agent = %caller.name, error = ?st.last_error, "site agent could not apply events");
+        }
+        other => return Err(ApiError::bad_request(format!("outcome {other:?} is neither applied nor failed"))),
+    }
+    e.put_agent_status(&st).map_err(ApiError::internal)?;
+    let what = if d.outcome == "applied" { Entry::ok(&caller.id, "site.ack", &format!("site:{site}")) } else {
+        Entry::denied(&caller.id, "site.ack", &format!("site:{site}"), "apply_failed")
+    };
+    ctx.journal.record_relaxed(what.detail(serde_json::json!({
+        "agent": caller.name, "seqs": d.seqs, "event_ids": d.event_ids, "envelope_id": ev.id, "error": d.error,
+    })));
+    Ok(AckReply { recorded: true, last_seq: st.last_seq })
+}
