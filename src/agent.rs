@@ -32,6 +32,9 @@ pub const STATE_FILE: &str = ".tillit-agent.json";
 pub const MAX_BATCH: usize = 256;
 /// How long an acknowledgement envelope is valid.
 const ACK_TTL_SECS: i64 = 300;
+/// How often a long batch tells the consumer it is still being worked on (its ack wait is 5 s:
+/// the bound on how long a killed agent's unacknowledged batch waits before redelivery).
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// Longest a hook may run.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -273,7 +276,15 @@ impl Agent {
         let mut applied: Vec<(u64, String, String)> = Vec::new();
         let mut changed = false;
         let mut seen_seqs = Vec::new();
+        let mut last_progress = std::time::Instant::now();
         for m in &msgs {
+            if last_progress.elapsed() > PROGRESS_EVERY {
+                // Still working: keep the batch from being delivered again meanwhile.
+                for p in &msgs {
+                    let _ = p.ack_with(jetstream::AckKind::Progress).await;
+                }
+                last_progress = std::time::Instant::now();
+            }
             let seq = m.info().map(|i| i.stream_sequence).map_err(|e| AgentError::JetStream(e.to_string()))?;
             seen_seqs.push(seq);
             match decide(&self.verifier, &self.site, &next, m.subject.as_str(), seq, &m.payload, now) {
@@ -373,7 +384,19 @@ impl Agent {
         let Some(cmd) = &self.opts.exec else { return Ok(()) };
         let mut delay = Duration::from_millis(500);
         loop {
-            match run_hook(cmd, &self.site, &self.opts.files).await {
+            let hook = run_hook(cmd, &self.site, &self.opts.files);
+            tokio::pin!(hook);
+            let result = loop {
+                tokio::select! {
+                    r = &mut hook => break r,
+                    _ = tokio::time::sleep(PROGRESS_EVERY) => {
+                        for m in msgs {
+                            let _ = m.ack_with(jetstream::AckKind::Progress).await;
+                        }
+                    }
+                }
+            };
+            match result {
                 Ok(()) => return Ok(()),
                 Err(why) => {
                     tracing::error!(site = %self.site, "hook failed: {why}; retrying in {delay:?} (events stay unacknowledged)");

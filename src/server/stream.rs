@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 /// How long events are kept.
 pub const EVENTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 /// How long an agent has to apply and acknowledge an event before it is delivered again.
-pub const AGENT_ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+pub const AGENT_ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long an event envelope stays valid (agents offline longer re-sync from state).
 pub const EVENT_TTL_SECS: i64 = 30 * 86_400;
 
@@ -98,25 +98,40 @@ impl Events {
     }
 
     /// Sign and store one event of `kind` (e.g. `secret.rotated`) for `site` (or all sites).
+    /// The stream is the truth for the next sequence: if something else wrote to it (or a
+    /// publish was lost), the expected sequence is re-read and the event signed again.
     pub async fn publish<D: Serialize>(&self, kind: &str, site: Option<&str>, subject: &str, data: D, now: i64) -> Result<u64, StreamError> {
         let scope = site.unwrap_or("all");
         let aud = site.map(|s| format!("site:{s}")).unwrap_or_else(|| AUD_ALL.to_string());
         let mut last = self.last_seq.lock().await;
-        let seq = *last + 1;
         let signer = self.signer.read().map(|s| s.clone()).map_err(|_| StreamError::Sign("signer lock".into()))?;
-        let token = signer
-            .sign(&format!("io.tillit.v1.{kind}"), subject, &aud, EVENT_TTL_SECS, Some(seq), data, now)
-            .map_err(|e| StreamError::Sign(e.to_string()))?;
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Expected-Last-Sequence", last.to_string().as_str());
-        let ack = self
-            .js
-            .publish_with_headers(subjects::event_subject(scope, kind), headers, token.into())
-            .await
-            .map_err(|e| StreamError::JetStream(e.to_string()))?
-            .await
-            .map_err(|e| StreamError::JetStream(e.to_string()))?;
-        *last = ack.sequence;
-        Ok(ack.sequence)
+        let data = serde_json::to_value(data).map_err(|e| StreamError::Sign(e.to_string()))?;
+        let mut attempt = 0;
+        loop {
+            let seq = *last + 1;
+            let token = signer
+                .sign(&format!("io.tillit.v1.{kind}"), subject, &aud, EVENT_TTL_SECS, Some(seq), &data, now)
+                .map_err(|e| StreamError::Sign(e.to_string()))?;
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Expected-Last-Sequence", last.to_string().as_str());
+            let r = match self.js.publish_with_headers(subjects::event_subject(scope, kind), headers, token.into()).await {
+                Ok(f) => f.await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match r {
+                Ok(ack) => {
+                    *last = ack.sequence;
+                    return Ok(ack.sequence);
+                }
+                Err(e) if attempt < 3 => {
+                    attempt += 1;
+                    let mut stream = self.js.get_stream(subjects::EVENTS_STREAM).await.map_err(|e| StreamError::JetStream(e.to_string()))?;
+                    let actual = stream.info().await.map_err(|e| StreamError::JetStream(e.to_string()))?.state.last_sequence;
+                    tracing::warn!(expected = *last, actual, "event stream moved under us ({e}); re-signing at its sequence");
+                    *last = actual;
+                }
+                Err(e) => return Err(StreamError::JetStream(e)),
+            }
+        }
     }
 }

@@ -95,3 +95,161 @@ fn a_rotation_reaches_both_sites_through_their_leaf_servers_and_both_ack() {
     assert_eq!(v["sites"].as_array().unwrap().len(), 2);
     drop(west_srv);
 }
+
+#[test]
+fn a_site_cut_off_misses_two_rotations_and_converges_after_its_server_restarts() {
+    let (e, _leaf) = Estate::init_with_leaf("partition.example");
+    let mut hub = e.start_nats();
+    let serve = e.start_serve_ready();
+    let east = site_add(&e, "east");
+    let mut east_srv = east.start();
+    put_secret(&e, "acme/shop/prod/db", "v1", &["site:east"]);
+    let files = e.tmp.path().join("east-files");
+    let hook_out = e.tmp.path().join("hook.log");
+    let agent = AgentProc::start(&east, &e.tmp.path().join("east-agent"), &files, &east.url(), Some(&format!("cat {}/secrets/acme/shop/prod/db >> {}; echo >> {}", files.display(), hook_out.display(), hook_out.display())));
+    let l = || format!("serve:\n{}\nagent:\n{}\nleaf:\n{}", serve.log_text(), agent.log_text(), east_srv.log_text());
+    let db = secret_file(&files, "acme/shop/prod/db");
+    wait_file(&db, "v1", Duration::from_secs(30), "v1", &l);
+    // Cut the site off: its leaf server dies. Two rotations happen meanwhile.
+    east_srv.stop();
+    std::thread::sleep(Duration::from_millis(300));
+    let file = e.tmp.path().join("vx");
+    std::fs::write(&file, "v2").unwrap();
+    let out = tillit(&["secret", "rotate", "acme/shop/prod/db", "--value-file", file.to_str().unwrap(), "--identity", &e.admin()]);
+    assert!(out.status.success(), "secret rotate: {}\n{}\nHUB\n{}", stderr(&out), serve.log_text(), hub.log_text());
+    let file = e.tmp.path().join("vx");
+    std::fs::write(&file, "v3").unwrap();
+    let out = tillit(&["secret", "rotate", "acme/shop/prod/db", "--value-file", file.to_str().unwrap(), "--identity", &e.admin()]);
+    assert!(out.status.success(), "secret rotate: {}\n{}\nHUB\n{}", stderr(&out), serve.log_text(), hub.log_text());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(std::fs::read_to_string(&db).unwrap(), "v1", "nothing reaches a site that is cut off");
+    assert!(site_status(&e, "east")["lag_events"].as_u64().unwrap() >= 2, "status shows the site behind: {}", site_status(&e, "east"));
+    // The heal: no operator action but starting the site's server again.
+    east_srv = east.start();
+    let l = || format!("serve:\n{}\nagent:\n{}\nleaf:\n{}", serve.log_text(), agent.log_text(), east_srv.log_text());
+    wait_file(&db, "v3", Duration::from_secs(30), "converged", &l);
+    wait_for(Duration::from_secs(10), || site_status(&e, "east")["lag_events"] == 0).unwrap_or_else(|| panic!("lag: {}", site_status(&e, "east")));
+    let st = site_status(&e, "east");
+    assert_eq!(st["failures"], 0);
+    // The hook saw v1, then the converged value; v2 was never half-applied after v3.
+    let seen = std::fs::read_to_string(&hook_out).unwrap();
+    let seen: Vec<&str> = seen.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(seen.first(), Some(&"v1"), "{seen:?}");
+    assert_eq!(seen.last(), Some(&"v3"), "{seen:?}");
+    // A hub restart is also survived (the consumer is durable on the hub).
+    hub.stop();
+    hub = e.start_nats();
+    wait_for(Duration::from_secs(20), || tillit(&["status", "--identity", &e.admin()]).status.success())
+        .unwrap_or_else(|| panic!("serve never came back after the hub restart\n{}", serve.log_text()));
+    rotate_secret(&e, "acme/shop/prod/db", "v4");
+    wait_file(&db, "v4", Duration::from_secs(30), "after hub restart", &l);
+    drop(hub);
+}
+
+#[test]
+fn an_agent_killed_mid_apply_leaves_old_or_new_and_catches_up_on_restart() {
+    let (e, _leaf) = Estate::init_with_leaf("sigkill.example");
+    let _hub = e.start_nats();
+    let serve = e.start_serve_ready();
+    let east = site_add(&e, "east");
+    let east_srv = east.start();
+    let big = |v: &str| format!("{v}:{}", "x".repeat(16 * 1024));
+    put_secret(&e, "acme/shop/prod/cert", &big("v1"), &["site:east"]);
+    let files = e.tmp.path().join("east-files");
+    let ident = e.tmp.path().join("east-agent");
+    let marker = e.tmp.path().join("hook-started");
+    let hook = format!("touch {}; sleep 30", marker.display());
+    let mut agent = AgentProc::start(&east, &ident, &files, &east.url(), Some(&hook));
+    let file = secret_file(&files, "acme/shop/prod/cert");
+    let l = |a: &AgentProc| format!("serve:\n{}\nagent:\n{}\nleaf:\n{}", serve.log_text(), a.log_text(), east_srv.log_text());
+    // The first batch is applied and its hook hangs: SIGKILL the agent inside it.
+    wait_for(Duration::from_secs(30), || marker.exists()).unwrap_or_else(|| panic!("hook never ran\n{}", l(&agent)));
+    agent.kill();
+    let now = std::fs::read_to_string(&file).unwrap();
+    assert!(now == big("v1"), "a killed agent leaves a whole file");
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(files.join(".tillit-agent.json")).unwrap_or_else(|_| b"{}".to_vec())).unwrap();
+    assert!(state["last_seq"].as_u64().unwrap_or(0) == 0, "nothing is recorded as applied before its hook succeeded: {state}");
+    // While it is down, a rotation; on restart (no hook now) it re-applies and catches up.
+    rotate_secret(&e, "acme/shop/prod/cert", &big("v2"));
+    std::fs::remove_file(&marker).unwrap();
+    let ok_hook = e.tmp.path().join("ok-hook");
+    let agent = AgentProc::start(&east, &ident, &files, &east.url(), Some(&format!("echo ran >> {}", ok_hook.display())));
+    wait_file(&file, &big("v2"), Duration::from_secs(30), "caught up", &|| l(&agent));
+    wait_for(Duration::from_secs(10), || site_status(&e, "east")["lag_events"] == 0).unwrap_or_else(|| panic!("{}", site_status(&e, "east")));
+    assert!(std::fs::read_to_string(&ok_hook).unwrap().lines().count() >= 1, "the unacknowledged batch's hook ran after the restart");
+    // No temp files left behind by the killed write.
+    let dir = file.parent().unwrap();
+    let names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|d| d.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, vec!["cert".to_string()], "{names:?}");
+}
+
+/// A user of the TILLIT account allowed to write the event stream (what a compromised publisher
+/// could do), and the control plane's genuine envelope signer: minted before serve starts.
+fn stream_writer(e: &Estate) -> (tillit::client::ConnectParams, tillit::envelope::Signer) {
+    use tillit::clock::SystemClock;
+    let estate = tillit::estate::Estate::open(e.dir.clone(), std::sync::Arc::new(SystemClock)).unwrap();
+    let perms = tillit::issuer::jwt::UserPermissions::new(vec![">".into()], vec![">".into()]);
+    let (creds, user) = estate.control_plane_creds("TILLIT", perms).unwrap();
+    let params = tillit::client::ConnectParams {
+        urls: vec![e.nats_url()],
+        name: "attacker".into(),
+        inbox_prefix: format!("_INBOX.{user}"),
+        ca_pem: estate.meta.ca_cert_pem.clone(),
+        creds: std::sync::Arc::new(std::sync::RwLock::new(tillit::client::NatsCreds { user_jwt: creds.user_jwt, user_seed: creds.user_seed })),
+        cert: tillit::client::tls::SwappableCert::new(tillit::client::tls::certified_key(&creds.cert_pem, creds.key_pem.expose()).unwrap()),
+        max_reconnects: None,
+    };
+    (params, estate.envelope_signer().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_replayed_and_misaddressed_events_are_rejected_and_never_applied() {
+    let (e, _leaf) = Estate::init_with_leaf("forged.example");
+    let (writer, genuine) = stream_writer(&e);
+    let _hub = e.start_nats();
+    let serve = e.start_serve_ready();
+    let east = site_add(&e, "east");
+    let east_srv = east.start();
+    put_secret(&e, "acme/shop/prod/db", "real-v1", &["site:east"]);
+    let files = e.tmp.path().join("east-files");
+    let agent = AgentProc::start(&east, &e.tmp.path().join("east-agent"), &files, &east.url(), None);
+    let l = || format!("serve:\n{}\nagent:\n{}\nleaf:\n{}", serve.log_text(), agent.log_text(), east_srv.log_text());
+    let db = secret_file(&files, "acme/shop/prod/db");
+    wait_file(&db, "real-v1", Duration::from_secs(30), "v1", &l);
+
+    let nc = tillit::client::connect(&writer).await.unwrap();
+    let js = async_nats::jetstream::new(nc);
+    let subject = "tillit.v1.events.east.secret.rotated";
+    let last = js.get_stream("TILLIT_EVENTS").await.unwrap().info().await.unwrap().state.last_sequence;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let data = serde_json::json!({ "path": "acme/shop/prod/db", "version": 1 });
+    // 1. Forged: a key outside the trust set, claiming to be the control plane.
+    let mallory = nkeys::KeyPair::new_account();
+    let forger = tillit::envelope::Signer::new(&mallory.public_key(), &tillit::envelope::issuer("forged.example"), std::sync::Arc::new(mallory));
+    let forged = forger.sign("io.tillit.v1.secret.rotated", "acme/shop/prod/db", "site:east", 600, Some(last + 1), &data, now).unwrap();
+    // 2. Replayed: a genuine envelope published again at a later stream position.
+    let original = genuine.sign("io.tillit.v1.secret.rotated", "acme/shop/prod/db", "site:east", 600, Some(last + 2), &data, now).unwrap();
+    // 3. Misaddressed: genuine, in order, but for site west.
+    let west = genuine.sign("io.tillit.v1.secret.rotated", "acme/shop/prod/db", "site:west", 600, Some(last + 3), &data, now).unwrap();
+    for (i, tok) in [forged, original.clone(), west].into_iter().enumerate() {
+        let ack = js.publish(subject, tok.into()).await.unwrap().await.unwrap();
+        assert_eq!(ack.sequence, last + 1 + i as u64);
+    }
+    // The genuine one, again (its seq was last + 2: now it lands at last + 4).
+    let ack = js.publish(subject, original.into()).await.unwrap().await.unwrap();
+    assert_eq!(ack.sequence, last + 4);
+    // A real rotation after them still applies: the agent was not stuck on them.
+    let file = e.tmp.path().join("v2");
+    std::fs::write(&file, "real-v2").unwrap();
+    let out = tillit(&["secret", "rotate", "acme/shop/prod/db", "--value-file", file.to_str().unwrap(), "--identity", &e.admin()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_file(&db, "real-v2", Duration::from_secs(30), "v2", &l);
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(files.join(".tillit-agent.json")).unwrap()).unwrap();
+    // The forged one, the misaddressed one and the re-published copy are refused; the copy at
+    // its own position (last + 2) is genuine and names version 1, which is already applied.
+    assert_eq!(state["rejected"], 3, "{state}\n{}", l());
+    let log = agent.log_text();
+    assert!(log.contains("not in the trust set"), "{log}");
+    assert!(log.contains("not its stream sequence"), "{log}");
+    assert!(log.contains("site:west"), "{log}");
+}
