@@ -43,39 +43,66 @@ fn status_only(s: OcspResponseStatus) -> Vec<u8> {
     OcspResponse { response_status: s, response_bytes: None }.to_der().unwrap_or_default()
 }
 
-/// Answer a DER OCSP request. `lookup` maps a lower-case hex serial to its status.
-pub fn respond(ca: &CertAuthority, request_der: &[u8], lookup: impl Fn(&str) -> Status, now: i64) -> Vec<u8> {
+/// Answer a DER OCSP request. `lookup` maps a lower-case hex serial to its status. The answer
+/// is signed by the CA (of `cas`, the trusted set) that issued the first certificate asked about.
+pub fn respond<C: AsRef<CertAuthority>>(cas: &[C], request_der: &[u8], lookup: impl Fn(&str) -> Status, now: i64) -> Vec<u8> {
     if request_der.len() > MAX_REQUEST_BYTES {
         return status_only(OcspResponseStatus::MalformedRequest);
     }
     let Ok(req) = OcspRequest::from_der(request_der) else {
         return status_only(OcspResponseStatus::MalformedRequest);
     };
-    match build(ca, &req, lookup, now) {
+    let ids: Vec<(&CertAuthority, IssuerIds)> = cas.iter().filter_map(|c| Some((c.as_ref(), IssuerIds::of(c.as_ref())?))).collect();
+    let Some(first) = req.tbs_request.request_list.first() else {
+        return status_only(OcspResponseStatus::MalformedRequest);
+    };
+    let Some((ca, issuer)) = ids.iter().find(|(_, i)| i.matches(&first.req_cert)).or(ids.first()) else {
+        return status_only(OcspResponseStatus::InternalError);
+    };
+    match build(ca, issuer, &req, lookup, now) {
         Some(der) => der,
         None => status_only(OcspResponseStatus::InternalError),
     }
 }
 
-fn build(ca: &CertAuthority, req: &OcspRequest, lookup: impl Fn(&str) -> Status, now: i64) -> Option<Vec<u8>> {
-    let ca_der = crate::issuer::x509::first_cert_der(ca.cert_pem()).ok()?;
-    let ca_cert = x509_cert::Certificate::from_der(&ca_der).ok()?;
-    let name_der = ca_cert.tbs_certificate.subject.to_der().ok()?;
-    let key_bits = ca_cert.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes().to_vec();
-    let sha1_name = sha1::Sha1::digest(&name_der).to_vec();
-    let sha1_key = sha1::Sha1::digest(&key_bits).to_vec();
-    let sha256_name = crate::crypto::sha256(&name_der).to_vec();
-    let sha256_key = crate::crypto::sha256(&key_bits).to_vec();
+/// The hashes an OCSP CertID names its issuer by.
+struct IssuerIds {
+    sha1_name: Vec<u8>,
+    sha1_key: Vec<u8>,
+    sha256_name: Vec<u8>,
+    sha256_key: Vec<u8>,
+}
+
+impl IssuerIds {
+    fn of(ca: &CertAuthority) -> Option<Self> {
+        let ca_der = crate::issuer::x509::first_cert_der(ca.cert_pem()).ok()?;
+        let ca_cert = x509_cert::Certificate::from_der(&ca_der).ok()?;
+        let name_der = ca_cert.tbs_certificate.subject.to_der().ok()?;
+        let key_bits = ca_cert.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes().to_vec();
+        Some(IssuerIds {
+            sha1_name: sha1::Sha1::digest(&name_der).to_vec(),
+            sha1_key: sha1::Sha1::digest(&key_bits).to_vec(),
+            sha256_name: crate::crypto::sha256(&name_der).to_vec(),
+            sha256_key: crate::crypto::sha256(&key_bits).to_vec(),
+        })
+    }
+
+    fn matches(&self, id: &x509_ocsp::CertId) -> bool {
+        match id.hash_algorithm.oid {
+            o if o == OID_SHA1 => id.issuer_name_hash.as_bytes() == self.sha1_name && id.issuer_key_hash.as_bytes() == self.sha1_key,
+            o if o == OID_SHA256 => id.issuer_name_hash.as_bytes() == self.sha256_name && id.issuer_key_hash.as_bytes() == self.sha256_key,
+            _ => false,
+        }
+    }
+}
+
+fn build(ca: &CertAuthority, issuer: &IssuerIds, req: &OcspRequest, lookup: impl Fn(&str) -> Status, now: i64) -> Option<Vec<u8>> {
     let this = gtime(now)?;
     let next = gtime(now + NEXT_UPDATE_SECS)?;
     let mut responses = Vec::new();
     for r in &req.tbs_request.request_list {
         let id = &r.req_cert;
-        let ours = match id.hash_algorithm.oid {
-            o if o == OID_SHA1 => id.issuer_name_hash.as_bytes() == sha1_name && id.issuer_key_hash.as_bytes() == sha1_key,
-            o if o == OID_SHA256 => id.issuer_name_hash.as_bytes() == sha256_name && id.issuer_key_hash.as_bytes() == sha256_key,
-            _ => false,
-        };
+        let ours = issuer.matches(id);
         let status = if ours {
             lookup(&data_encoding::HEXLOWER.encode(id.serial_number.as_bytes()))
         } else {
@@ -102,7 +129,7 @@ fn build(ca: &CertAuthority, req: &OcspRequest, lookup: impl Fn(&str) -> Status,
         .and_then(|exts| exts.iter().find(|e| e.extn_id == OID_OCSP_NONCE).cloned());
     let data = ResponseData {
         version: Version::V1,
-        responder_id: ResponderId::ByKey(OctetString::new(sha1_key).ok()?),
+        responder_id: ResponderId::ByKey(OctetString::new(issuer.sha1_key.clone()).ok()?),
         produced_at: this,
         responses,
         response_extensions: nonce.map(|n| vec![n]),

@@ -66,9 +66,18 @@ pub fn files_from_reply(
     if claims.nats.bearer_token {
         return Err(bad("bearer JWTs are refused"));
     }
-    let fp = x509::fingerprint(&reply.ca_pem).map_err(|e| bad(&e.to_string()))?;
-    if fp != pinned_ca_fingerprint {
-        return Err(bad("the CA bundle does not match the pinned fingerprint"));
+    // The bundle must hold the CA this identity pins (a rotation adds a CA before it issues,
+    // so the pinned one is still there); the pin then moves to the issuing CA the reply names.
+    let in_bundle: Vec<String> = super::tls::certs_from_pem(&reply.ca_pem)
+        .map_err(|e| bad(&format!("CA bundle: {e}")))?
+        .iter()
+        .map(|c| format!("sha256:{}", crate::crypto::sha256_hex(c.as_ref())))
+        .collect();
+    if !in_bundle.iter().any(|f| f == pinned_ca_fingerprint) {
+        return Err(bad("the CA bundle does not hold the pinned CA"));
+    }
+    if !in_bundle.contains(&reply.ca_fingerprint) {
+        return Err(bad("the CA bundle does not hold the issuing CA it names"));
     }
     // The certificate must be for our key and chain to the CA: rustls checks both when it
     // builds the certified key and connects; here, check the key and the identity.

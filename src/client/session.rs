@@ -159,6 +159,8 @@ async fn renew_once(client: &async_nats::Client, inner: &Inner) -> Result<Identi
         *c = NatsCreds { user_jwt: new.user_jwt.clone(), user_seed: new.user_seed.clone() };
     }
     inner.params.cert.swap(tls::certified_key(&new.cert_pem, new.key_pem.expose())?);
+    // A CA rotation reaches the client here: trust the bundle the control plane sent.
+    inner.params.cert.swap_roots(&new.ca_pem)?;
     let info = new.info.clone();
     if let Ok(mut f) = inner.files.write() {
         *f = new;

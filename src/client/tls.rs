@@ -6,7 +6,9 @@
 use rustls::client::ResolvesClientCert;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, RootCertStore, SignatureScheme};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::sync::{Arc, RwLock};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,26 +49,86 @@ pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>,
     Ok(Arc::new(CertifiedKey::new(chain, signer)))
 }
 
-/// A client certificate that can be replaced while connections use it.
+/// A client certificate, and the CA bundle servers are verified against, both replaceable
+/// while connections use them (a renewal brings a new certificate, a CA rotation a new bundle;
+/// the next handshake uses them).
 #[derive(Debug)]
-pub struct SwappableCert(RwLock<Arc<CertifiedKey>>);
+pub struct SwappableCert {
+    cert: RwLock<Arc<CertifiedKey>>,
+    roots: RwLock<Option<Arc<WebPkiServerVerifier>>>,
+}
 
 impl SwappableCert {
     pub fn new(ck: Arc<CertifiedKey>) -> Arc<Self> {
-        Arc::new(SwappableCert(RwLock::new(ck)))
+        Arc::new(SwappableCert { cert: RwLock::new(ck), roots: RwLock::new(None) })
     }
     /// Replace the certificate used by future handshakes.
     pub fn swap(&self, ck: Arc<CertifiedKey>) {
-        match self.0.write() {
+        match self.cert.write() {
             Ok(mut g) => *g = ck,
             Err(p) => *p.into_inner() = ck,
         }
     }
     fn current(&self) -> Arc<CertifiedKey> {
-        match self.0.read() {
+        match self.cert.read() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
         }
+    }
+    /// Trust exactly the CA bundle `ca_pem` in future handshakes.
+    pub fn swap_roots(&self, ca_pem: &str) -> Result<(), TlsError> {
+        let v = verifier(ca_pem)?;
+        match self.roots.write() {
+            Ok(mut g) => *g = Some(v),
+            Err(p) => *p.into_inner() = Some(v),
+        }
+        Ok(())
+    }
+    fn roots(&self) -> Option<Arc<WebPkiServerVerifier>> {
+        match self.roots.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+fn verifier(ca_pem: &str) -> Result<Arc<WebPkiServerVerifier>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in certs_from_pem(ca_pem).map_err(TlsError::Ca)? {
+        roots.add(c).map_err(|e| TlsError::Ca(e.to_string()))?;
+    }
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build().map_err(|e| TlsError::Ca(e.to_string()))
+}
+
+/// Verifies servers against the current bundle of a [`SwappableCert`] (standard WebPKI checks).
+#[derive(Debug)]
+struct CurrentRoots(Arc<SwappableCert>);
+
+impl CurrentRoots {
+    fn get(&self) -> Result<Arc<WebPkiServerVerifier>, rustls::Error> {
+        self.0.roots().ok_or_else(|| rustls::Error::General("no CA bundle".into()))
+    }
+}
+
+impl ServerCertVerifier for CurrentRoots {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.get()?.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.get()?.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.get()?.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.get().map(|v| v.supported_verify_schemes()).unwrap_or_default()
     }
 }
 
@@ -79,16 +141,17 @@ impl ResolvesClientCert for SwappableCert {
     }
 }
 
-/// A client config that trusts exactly the CA bundle `ca_pem` and presents `cert`.
+/// A client config that trusts exactly the CA bundle of `cert` (set to `ca_pem` unless one was
+/// already swapped in) and presents `cert`'s certificate; both can be replaced later.
 pub fn client_config(ca_pem: &str, cert: Arc<SwappableCert>) -> Result<ClientConfig, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for c in certs_from_pem(ca_pem).map_err(TlsError::Ca)? {
-        roots.add(c).map_err(|e| TlsError::Ca(e.to_string()))?;
+    if cert.roots().is_none() {
+        cert.swap_roots(ca_pem)?;
     }
     let cfg = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(CurrentRoots(cert.clone())))
         .with_client_cert_resolver(cert);
     Ok(cfg)
 }

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
+pub mod ca;
 pub mod services;
 pub mod sites;
 pub use services::{RoleRecord, TokenRecord, TokenState};
@@ -269,7 +270,7 @@ pub struct Estate {
     pub meta: EstateMeta,
     vault: Vault,
     clock: SharedClock,
-    ca: CertAuthority,
+    cas: std::sync::RwLock<ca::CaSet>,
     operator_signing: KeyPair,
     account_lock: Mutex<()>,
     keys: std::sync::Mutex<std::collections::HashMap<String, Arc<KeyPair>>>,
@@ -367,8 +368,12 @@ impl Estate {
         )?;
         vault.put_sealed(&mut b, Space::Keys, "ca", ca.key_pem.expose().as_bytes())?;
 
+        let cas = std::sync::RwLock::new(ca::CaSet::initial(
+            &meta,
+            CertAuthority::load(&ca.cert_pem, &ca.key_pem)?.with_revocation_urls(revocation_urls(&config)),
+        ));
         let estate = Estate {
-            ca: CertAuthority::load(&ca.cert_pem, &ca.key_pem)?.with_revocation_urls(revocation_urls(&config)),
+            cas,
             dir,
             config,
             meta,
@@ -449,9 +454,10 @@ impl Estate {
         let signing_seed = vault.get_sealed(Space::Keys, "operator-signing")?.ok_or_else(not_init)?;
         let operator_signing = KeyPair::from_seed(std::str::from_utf8(&signing_seed).unwrap_or(""))
             .map_err(key_err("operator signing key"))?;
-        let ca_key = vault.get_sealed(Space::Keys, "ca")?.ok_or_else(not_init)?;
-        let ca_key = SecretString::new(String::from_utf8_lossy(&ca_key).into_owned());
-        let ca = CertAuthority::load(&meta.ca_cert_pem, &ca_key)?.with_revocation_urls(revocation_urls(&config));
+        if vault.get_sealed(Space::Keys, "ca")?.is_none() {
+            return Err(not_init());
+        }
+        let cas = std::sync::RwLock::new(Self::load_cas(&vault, &meta, &config)?);
         let envelope_keys: Vec<EnvelopeKey> =
             get_json(vault.store(), Space::Meta, "envelope_keys")?.unwrap_or_else(|| meta.envelope_keys.clone());
         Ok(Estate {
@@ -460,7 +466,7 @@ impl Estate {
             meta,
             vault,
             clock,
-            ca,
+            cas,
             operator_signing,
             account_lock: Mutex::new(()),
             keys: Default::default(),
@@ -480,9 +486,6 @@ impl Estate {
     /// The store, shared (for the group committer).
     pub fn store_arc(&self) -> Arc<dyn Store> {
         self.vault.store_arc()
-    }
-    pub fn ca(&self) -> &CertAuthority {
-        &self.ca
     }
     /// Held while an account JWT is re-signed and pushed, so updates never interleave.
     pub fn account_lock(&self) -> &Mutex<()> {
@@ -740,7 +743,7 @@ impl Estate {
         let perms = admin_permissions(&inbox);
         let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "admin", name]);
         let jwt = self.sign_user(&account, &user.public_key(), &format!("admin {name}"), perms, expires)?;
-        let cert = self.ca.issue_client_with_new_key(&spiffe, &format!("admin {name}"), now, expires)?;
+        let cert = self.ca().issue_client_with_new_key(&spiffe, &format!("admin {name}"), now, expires)?;
         let rec = IdentityRecord {
             id: spiffe.clone(),
             kind: IdentityKind::Admin,
@@ -803,7 +806,7 @@ impl Estate {
         let account = self.account(TILLIT_ACCOUNT)?;
         let perms = admin_permissions(&Self::inbox_prefix(&rec.user_public_key));
         let user_jwt = self.sign_user(&account, &rec.user_public_key, &format!("admin {}", rec.name), perms, expires_at)?;
-        let (cert_pem, serial) = self.ca.issue_client(public_key, &rec.id, &format!("admin {}", rec.name), now, expires_at)?;
+        let (cert_pem, serial) = self.ca().issue_client(public_key, &rec.id, &format!("admin {}", rec.name), now, expires_at)?;
         Ok(services::ServiceIssue { user_jwt, cert_pem, serial, issued_at: now, expires_at })
     }
 
@@ -817,7 +820,7 @@ impl Estate {
         let name = format!("tillit control plane ({account_name})");
         let jwt = self.sign_user(&account, &user.public_key(), &name, permissions, expires)?;
         let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "control-plane", &account_name.to_lowercase()]);
-        let cert = self.ca.issue_client_with_new_key(&spiffe, &name, now, expires)?;
+        let cert = self.ca().issue_client_with_new_key(&spiffe, &name, now, expires)?;
         Ok((
             EphemeralCreds {
                 user_jwt: jwt,
@@ -834,7 +837,7 @@ impl Estate {
     pub fn issue_server_cert(&self) -> Result<x509::Issued> {
         let now = self.clock.now_unix();
         let expires = now + self.config.server_cert_ttl.as_secs() as i64;
-        Ok(self.ca.issue_server(&self.config.server_name, &self.config.server_cert_hosts(), now, expires)?)
+        Ok(self.ca().issue_server(&self.config.server_name, &self.config.server_cert_hosts(), now, expires)?)
     }
 
     /// An identity record by user public key.

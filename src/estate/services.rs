@@ -406,7 +406,13 @@ impl Estate {
         let expires_at = now + ttl_secs;
         let bootstrap = self.account(BOOTSTRAP_ACCOUNT)?;
         let boot_key = self.account_signing_key(&bootstrap)?;
-        let ca_der = x509::first_cert_der(&self.meta.ca_cert_pem)?;
+        let bundle = self.ca_bundle_pem();
+        let ca_ders: Vec<String> = crate::client::tls::certs_from_pem(&bundle)
+            .map_err(|e| EstateError::Key("CA bundle".into(), e))?
+            .iter()
+            .map(|c| token::b64(c.as_ref()))
+            .collect();
+        let ca_fingerprint = self.ca_fingerprint();
         let mut out = Vec::with_capacity(count as usize);
         let mut b = Batch::new();
         for _ in 0..count {
@@ -417,7 +423,7 @@ impl Estate {
             let perms = UserPermissions::new(vec![subjects::ENROLL.into()], vec![format!("{inbox}.>")]);
             let jwt = self.sign_user_with(&boot_key, &bootstrap, &user.public_key(), &format!("bootstrap {id}"), perms, expires_at, vec![])?;
             let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "bootstrap", &id.to_lowercase()]);
-            let cert = self.ca.issue_client_with_new_key(&spiffe, &format!("bootstrap {id}"), now, expires_at)?;
+            let cert = self.ca().issue_client_with_new_key(&spiffe, &format!("bootstrap {id}"), now, expires_at)?;
             let cert_der = token::pem_to_der(&cert.cert_pem).ok_or_else(|| EstateError::Key("bootstrap cert".into(), "PEM".into()))?;
             let key_der = zeroize::Zeroizing::new(
                 token::pem_to_der(cert.key_pem.expose()).ok_or_else(|| EstateError::Key("bootstrap key".into(), "PEM".into()))?,
@@ -442,8 +448,8 @@ impl Estate {
                 identity: sid.clone(),
                 expires_at,
                 nats_urls: self.config.urls(),
-                ca_fingerprint: self.meta.ca_fingerprint.clone(),
-                ca: vec![token::b64(&ca_der)],
+                ca_fingerprint: ca_fingerprint.clone(),
+                ca: ca_ders.clone(),
                 bootstrap_jwt: jwt,
                 bootstrap_seed: seed_of(&user, "bootstrap user")?.expose().to_string(),
                 cert: token::b64(&cert_der),
@@ -489,7 +495,7 @@ impl Estate {
             expires_at,
             vec![format!("project:{}", sid.project), format!("service:{}", sid.service)],
         )?;
-        let (cert_pem, serial) = self.ca.issue_client(public_key, &sid.spiffe_id(self.trust_domain()), &sid.service, now, expires_at)?;
+        let (cert_pem, serial) = self.ca().issue_client(public_key, &sid.spiffe_id(self.trust_domain()), &sid.service, now, expires_at)?;
         Ok(ServiceIssue { user_jwt: jwt, cert_pem, serial, issued_at: now, expires_at })
     }
 

@@ -198,7 +198,7 @@ impl Estate {
             }
         }
         all_hosts.extend(hosts.iter().cloned());
-        let (cert_pem, serial) = self.ca.issue_server_for(csr_key, &format!("tillit site {name}"), &all_hosts, Some(&spiffe), now, expires)?;
+        let (cert_pem, serial) = self.ca().issue_server_for(csr_key, &format!("tillit site {name}"), &all_hosts, Some(&spiffe), now, expires)?;
         let site = SiteRecord {
             name: name.to_string(),
             listen: listen.to_string(),
@@ -224,7 +224,7 @@ impl Estate {
         let consumer = subjects::agent_consumer(site, user_public_key);
         let jwt = self.sign_user_with(&key, &tillit, user_public_key, &consumer, UserPermissions::default(), expires_at, vec![format!("site:{site}")])?;
         let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "site", site, "agent"]);
-        let (cert_pem, serial) = self.ca.issue_client(public_key, &spiffe, &consumer, now, expires_at)?;
+        let (cert_pem, serial) = self.ca().issue_client(public_key, &spiffe, &consumer, now, expires_at)?;
         Ok(services::ServiceIssue { user_jwt: jwt, cert_pem, serial, issued_at: now, expires_at })
     }
 }

@@ -156,12 +156,19 @@ impl std::fmt::Debug for CertAuthority {
 impl CertAuthority {
     /// Generate a new root for `trust_domain`, valid from `now` until `not_after`.
     pub fn generate(trust_domain: &str, now: i64, not_after: i64) -> Result<Issued, X509Error> {
+        Self::generate_named(trust_domain, "", now, not_after)
+    }
+
+    /// [`Self::generate`] with a label in the common name (`tillit root CA <td> (<label>)`), so
+    /// CAs of successive rotations have distinct subjects.
+    pub fn generate_named(trust_domain: &str, label: &str, now: i64, not_after: i64) -> Result<Issued, X509Error> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "tillit");
         dn.push(DnType::OrganizationalUnitName, trust_domain);
-        dn.push(DnType::CommonName, format!("tillit root CA {trust_domain}"));
+        let cn = if label.is_empty() { format!("tillit root CA {trust_domain}") } else { format!("tillit root CA {trust_domain} ({label})") };
+        dn.push(DnType::CommonName, cn);
         p.distinguished_name = dn;
         p.not_before = ts(now - BACKDATE_SECS)?;
         p.not_after = ts(not_after)?;

@@ -487,6 +487,44 @@ pub struct AckReply {
     pub last_seq: u64,
 }
 
+/// `tillit.v1.admin.rotate.ca` request body (empty).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateCaRequest {}
+
+/// One CA as status shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaInfo {
+    pub fingerprint: String,
+    /// `current`, `next`, `previous` or `retired`.
+    pub state: String,
+    pub created_at: String,
+    pub expires_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_at: Option<String>,
+}
+
+/// A CA rollout under way: the new CA is in the bundle, waiting for sites to acknowledge it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaRollout {
+    pub next: String,
+    /// Stream sequence of the `ca.rotated` event sites must have applied.
+    pub event_seq: u64,
+    pub started_at: String,
+    /// Sites that have not acknowledged it yet.
+    pub sites_pending: Vec<String>,
+}
+
+/// `tillit.v1.admin.rotate.ca` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotateCaReply {
+    /// `distributing` (waiting for sites) or `switched` (no site to wait for).
+    pub phase: String,
+    pub cas: Vec<CaInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<CaRollout>,
+}
+
 /// `tillit.v1.admin.status` request body (empty).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -527,6 +565,11 @@ pub struct StatusReply {
     /// Sites and how far their agents are.
     #[serde(default)]
     pub sites: Vec<SiteInfo>,
+    /// The CAs in the bundle (and retired ones).
+    #[serde(default)]
+    pub cas: Vec<CaInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_rollout: Option<CaRollout>,
     /// Who asked (the verified caller).
     pub caller: String,
 }

@@ -56,6 +56,7 @@ pub async fn dispatch(
             let _req: StatusRequest = body(claims.body)?;
             let mut st = status(ctx, &caller)?;
             st.sites = super::sites::site_infos(ctx).await?;
+            st.ca_rollout = super::carot::rollout_info(ctx).await?;
             to_value(st)?
         }
         subjects::ADMIN_TOKEN_CREATE => to_value(services::token_create(ctx, &caller, body(claims.body)?).await?)?,
@@ -72,6 +73,10 @@ pub async fn dispatch(
         subjects::ADMIN_SECRET_DELETE => to_value(super::secrets::delete(ctx, &caller, body(claims.body)?).await?)?,
         subjects::SVC_SECRET_GET => to_value(super::secrets::get(ctx, &caller, body(claims.body)?).await?)?,
         subjects::SVC_ACK => to_value(super::sites::ack(ctx, &caller, body(claims.body)?).await?)?,
+        subjects::ADMIN_ROTATE_CA => {
+            let _req: crate::proto::RotateCaRequest = body(claims.body)?;
+            to_value(super::carot::rotate(ctx, &caller).await?)?
+        }
         subjects::ADMIN_SITE_ADD => to_value(super::sites::add(ctx, &caller, body(claims.body)?).await?)?,
         subjects::ADMIN_SITE_LIST => {
             let _req: crate::proto::SiteListRequest = body(claims.body)?;
@@ -142,7 +147,7 @@ fn set_gauges(ctx: &Ctx, accounts: usize, ids: &[IdentityRecord]) {
     ctx.metrics.accounts.set(accounts as i64);
     let soon = ids.iter().filter(|i| i.state == IdentityState::Active && i.expires_at > now && i.expires_at <= now + 86_400).count();
     ctx.metrics.identities_expiring_24h.set(soon as i64);
-    if let Ok(exp) = crate::issuer::x509::not_after(&ctx.estate.meta.ca_cert_pem) {
+    if let Ok(exp) = crate::issuer::x509::not_after(ctx.estate.ca().cert_pem()) {
         ctx.metrics.ca_expiry_seconds.set(exp - ctx.estate.clock().now_unix());
     }
 }
@@ -159,8 +164,8 @@ fn status(ctx: &Ctx, caller: &IdentityRecord) -> Result<StatusReply, ApiError> {
         version: env!("CARGO_PKG_VERSION").to_string(),
         server_time: rfc3339(e.clock().now_unix()),
         operator: e.meta.operator_public_key.clone(),
-        ca_fingerprint: e.meta.ca_fingerprint.clone(),
-        ca_expires_at: crate::issuer::x509::not_after(&e.meta.ca_cert_pem).map(rfc3339).unwrap_or_default(),
+        ca_fingerprint: e.ca_fingerprint(),
+        ca_expires_at: crate::issuer::x509::not_after(e.ca().cert_pem()).map(rfc3339).unwrap_or_default(),
         nats_urls: e.config.urls(),
         counts: Counts {
             identities: all.len(),
@@ -177,6 +182,8 @@ fn status(ctx: &Ctx, caller: &IdentityRecord) -> Result<StatusReply, ApiError> {
             })
             .collect(),
         sites: vec![],
+        cas: super::carot::ca_infos(e),
+        ca_rollout: None,
         caller: caller.id.clone(),
     })
 }

@@ -64,7 +64,8 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
 fn ocsp_answer(s: &HttpState, request: &[u8]) -> axum::response::Response {
     let e = &s.estate;
     let now = e.clock().now_unix();
-    let der = crate::ocsp::respond(e.ca(), request, |serial| e.revocation_status(serial).unwrap_or(crate::ocsp::Status::Unknown), now);
+    let cas: Vec<_> = e.trusted_cas().into_iter().map(|(_, c)| c).collect();
+    let der = crate::ocsp::respond(&cas, request, |serial| e.revocation_status(serial).unwrap_or(crate::ocsp::Status::Unknown), now);
     s.metrics.ocsp_responses.inc();
     (
         StatusCode::OK,
@@ -88,12 +89,31 @@ async fn ocsp_post(State(s): State<HttpState>, body: axum::body::Bytes) -> axum:
     ocsp_answer(&s, &body)
 }
 
+/// `/crl`: the CRL of the CA of `init` while it is trusted (its certificates name this URL),
+/// else of the issuing CA.
 async fn crl(State(s): State<HttpState>) -> axum::response::Response {
+    crl_of(s, None).await
+}
+
+/// `/crl/<id>`: the CRL of one CA of the trusted set (certificates of rotated CAs name it).
+async fn crl_by_id(State(s): State<HttpState>, axum::extract::Path(id): axum::extract::Path<String>) -> axum::response::Response {
+    crl_of(s, Some(id)).await
+}
+
+async fn crl_of(s: HttpState, id: Option<String>) -> axum::response::Response {
     let e = s.estate.clone();
+    let trusted = e.trusted_cas();
+    let ca = match &id {
+        Some(id) => trusted.iter().find(|(r, _)| crate::estate::ca::ca_url_id(&r.fingerprint) == *id).map(|(_, c)| c.clone()),
+        None => trusted.iter().find(|(r, _)| r.key_ref == "ca").map(|(_, c)| c.clone()).or_else(|| Some(e.ca())),
+    };
+    let Some(ca) = ca else {
+        return (StatusCode::NOT_FOUND, "no such CA in the trusted set\n").into_response();
+    };
     let built = tokio::task::spawn_blocking(move || {
         let now = e.clock().now_unix();
         let revoked = e.revoked_serials().map_err(|x| x.to_string())?;
-        e.ca().crl(&revoked, now as u64, now, now + crate::ocsp::NEXT_UPDATE_SECS).map_err(|x| x.to_string())
+        ca.crl(&revoked, now as u64, now, now + crate::ocsp::NEXT_UPDATE_SECS).map_err(|x| x.to_string())
     })
     .await;
     match built.map_err(|e| e.to_string()).and_then(|r| r) {
@@ -122,6 +142,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/ocsp", axum::routing::post(ocsp_post))
         .route("/ocsp/{*req}", get(ocsp_get))
         .route("/crl", get(crl))
+        .route("/crl/{id}", get(crl_by_id))
         .layer(axum::extract::DefaultBodyLimit::max(crate::ocsp::MAX_REQUEST_BYTES))
         .with_state(state)
 }

@@ -17,6 +17,7 @@ pub mod http;
 pub mod push;
 mod services;
 mod sites;
+mod carot;
 
 use crate::client::{self, tls, ConnectParams, NatsCreds};
 use crate::error::{ApiError, ErrorCode};
@@ -92,6 +93,7 @@ pub const ENDPOINTS: &[EndpointSpec] = &[
     EndpointSpec { subject: subjects::SVC_ACK, kind: subjects::KIND_ACK, caller: Caller::Identity },
     EndpointSpec { subject: subjects::ADMIN_SITE_ADD, kind: subjects::KIND_SITE_ADD, caller: Caller::Admin },
     EndpointSpec { subject: subjects::ADMIN_SITE_LIST, kind: subjects::KIND_SITE_LIST, caller: Caller::Admin },
+    EndpointSpec { subject: subjects::ADMIN_ROTATE_CA, kind: subjects::KIND_ROTATE_CA, caller: Caller::Admin },
 ];
 
 /// Work done after a reply has been sent.
@@ -126,6 +128,8 @@ pub struct Ctx {
     pub xkey: nkeys::XKey,
     /// Account name → public key.
     pub account_keys: std::sync::RwLock<HashMap<String, String>>,
+    /// Serialises CA rotation steps.
+    pub ca_lock: tokio::sync::Mutex<()>,
 }
 
 fn stopped(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
@@ -149,7 +153,7 @@ fn own_params(
             urls: estate.config.urls(),
             name: format!("tillit-serve-{}", account.to_lowercase()),
             inbox_prefix: Estate::inbox_prefix(&user.public_key()),
-            ca_pem: estate.meta.ca_cert_pem.clone(),
+            ca_pem: estate.ca_bundle_pem(),
             creds: Arc::new(RwLock::new(NatsCreds { user_jwt: creds.user_jwt, user_seed: creds.user_seed })),
             cert: tls::SwappableCert::new(ck.clone()),
             max_reconnects: None,
@@ -302,6 +306,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         .map_err(|e| ServeError::Service(format!("event stream: {e}")))?,
         xkey: estate.xkey().map_err(|e| ServeError::Creds(e.to_string()))?,
         account_keys: Default::default(),
+        ca_lock: Default::default(),
     });
     // Make sure the servers hold the current JWT of every account (a restored or new server may not).
     for acct in estate.accounts().map_err(|e| ServeError::Creds(e.to_string()))? {
@@ -348,6 +353,13 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         }
     }));
     handlers::refresh_gauges(&ctx);
+    let rollout = ctx.clone();
+    background.push(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(carot::ROLLOUT_TICK).await;
+            carot::tick(&rollout).await;
+        }
+    }));
     let site_gauges = ctx.clone();
     background.push(tokio::spawn(async move {
         loop {

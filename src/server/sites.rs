@@ -84,7 +84,7 @@ pub async fn add(ctx: &Ctx, caller: &IdentityRecord, req: SiteAddRequest) -> Res
     Ok(SiteAddReply {
         site: info(ctx, &issue.site, &[], 0),
         cert_pem: issue.cert_pem,
-        ca_pem: e.meta.ca_cert_pem.clone(),
+        ca_pem: e.ca_bundle_pem(),
         operator_jwt: e.meta.operator_jwt.clone(),
         system_account: e.account(SYS_ACCOUNT).map_err(ApiError::internal)?.public_key,
         tillit_account: tillit.public_key,

@@ -118,6 +118,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id (while running).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Kill it now.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

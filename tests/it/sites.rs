@@ -253,3 +253,106 @@ async fn forged_replayed_and_misaddressed_events_are_rejected_and_never_applied(
     assert!(log.contains("not its stream sequence"), "{log}");
     assert!(log.contains("site:west"), "{log}");
 }
+
+/// Connect afresh (a full TLS handshake) with the identity in `dir` as it is on disk now, publish
+/// and flush. `None` when the files were caught mid-rewrite (not a connection attempt).
+async fn fresh_connect(dir: &Path, url: &str) -> Option<Result<(), String>> {
+    let files = tillit::identity::load(&tillit::layout::IdentityDir::new(dir)).ok()?;
+    let ck = tillit::client::tls::certified_key(&files.cert_pem, files.key_pem.expose()).ok()?;
+    ck.keys_match().ok()?;
+    let params = tillit::client::ConnectParams::from_identity(&files, Some(url)).ok()?;
+    let r = async {
+        let nc = tillit::client::connect(&params).await.map_err(|e| e.to_string())?;
+        nc.publish("shop.orders.ping", "x".into()).await.map_err(|e| e.to_string())?;
+        nc.flush().await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+    .await;
+    Some(r)
+}
+
+fn issuer_cn(dir: &Path) -> String {
+    let pem = std::fs::read_to_string(dir.join("tls/cert.pem")).unwrap();
+    let der = tillit::issuer::x509::first_cert_der(&pem).unwrap();
+    let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+    c.issuer().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_rotation_with_clients_connecting_throughout_fails_no_connection() {
+    let (e, _leaf) = Estate::init_with_leaf("carot.example");
+    let _hub = e.start_nats();
+    let serve = e.start_serve_ready();
+    let east = site_add(&e, "east");
+    let east_srv = east.start();
+    let pid = east_srv.pid().unwrap();
+    // The agent materialises into the site directory itself: its ca.pem is the leaf server's
+    // trust file, and the hook reloads the leaf server.
+    let agent = AgentProc::start(&east, &e.tmp.path().join("east-agent"), &east.dir, &east.url(), Some(&format!("kill -HUP {pid}")));
+    let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
+    let before = issuer_cn(&orders);
+    assert!(!before.contains("gen 2"), "{before}");
+    // A long-lived session, and clients that keep connecting afresh to the hub and the site.
+    let session = tillit::client::Identity::load(&orders).unwrap().connect().await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tally = std::sync::Arc::new(std::sync::Mutex::new((0u32, Vec::<String>::new())));
+    let mut loops = Vec::new();
+    for url in [e.nats_url(), east.url()] {
+        let (stop, tally, dir) = (stop.clone(), tally.clone(), orders.clone());
+        loops.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Some(r) = fresh_connect(&dir, &url).await {
+                    let mut t = tally.lock().unwrap();
+                    t.0 += 1;
+                    if let Err(err) = r {
+                        t.1.push(format!("{url}: {err}"));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        }));
+    }
+    let l = || format!("serve:\n{}\nagent:\n{}\nleaf:\n{}", serve.log_text(), agent.log_text(), east_srv.log_text());
+    // Wait for the agent to be up before rotating (its consumer exists once it enrolled).
+    wait_for(Duration::from_secs(30), || site_status(&e, "east")["agents"] == 1).unwrap_or_else(|| panic!("agent never enrolled\n{}", l()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let out = tillit(&["rotate", "ca", "--identity", &e.admin(), "--json"]);
+    assert!(out.status.success(), "rotate ca: {}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(r["phase"], "distributing", "{r}");
+    assert_eq!(r["rollout"]["sites_pending"], serde_json::json!(["east"]), "{r}");
+    // The site applies the bundle, reloads, acknowledges; then issuance switches.
+    let status = || -> serde_json::Value { serde_json::from_str(&stdout(&tillit(&["status", "--identity", &e.admin(), "--json"]))).unwrap() };
+    wait_for(Duration::from_secs(30), || {
+        let s = status();
+        s["cas"].as_array().map(|c| c.iter().any(|x| x["state"] == "previous")).unwrap_or(false) && s["ca_rollout"].is_null()
+    })
+    .unwrap_or_else(|| panic!("issuance never switched: {}\n{}", status(), l()));
+    let bundle = std::fs::read_to_string(east.dir.join("ca.pem")).unwrap();
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2, "the site trusts old and new");
+    let hub_bundle = std::fs::read_to_string(e.dir.nats_tls().join("ca.pem")).unwrap();
+    assert_eq!(hub_bundle.matches("BEGIN CERTIFICATE").count(), 2, "the hub trusts old and new");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The service renews: its new certificate is from the new CA, on disk and in the session.
+    session.renew_now().await.unwrap();
+    let after = issuer_cn(&orders);
+    assert!(after.contains("gen 2"), "renewed from the new CA: {after}");
+    let ca_pem = std::fs::read_to_string(orders.join("tls/ca.pem")).unwrap();
+    assert_eq!(ca_pem.matches("BEGIN CERTIFICATE").count(), 2, "the service trusts old and new");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    session.client().publish("shop.orders.after", "y".into()).await.unwrap();
+    session.client().flush().await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for h in loops {
+        h.await.unwrap();
+    }
+    let (attempts, failures) = tally.lock().unwrap().clone();
+    assert!(attempts >= 20, "the clients kept connecting: {attempts}");
+    assert!(failures.is_empty(), "{} of {attempts} connections failed during the rollover: {failures:?}\n{}", failures.len(), l());
+    // The old CA stays trusted until its last certificate expired.
+    let s = status();
+    let prev = s["cas"].as_array().unwrap().iter().find(|x| x["state"] == "previous").unwrap().clone();
+    assert!(prev["retire_at"].is_string(), "{prev}");
+    eprintln!("CA rollover: {attempts} fresh connections, 0 failed");
+}

@@ -1,0 +1,174 @@
+//! CA rotation, driven by the control plane (see [`crate::estate::ca`] for the three steps):
+//! `rotate ca` adds the next CA to the bundle, rewrites the hub's trust file and reloads the hub,
+//! and broadcasts `ca.rotated`; a background tick switches issuance once every site's agents
+//! applied that event, and later retires the old CA once its last certificate expired (after
+//! re-issuing the hub's server certificate from the new CA).
+
+use super::Ctx;
+use crate::audit::Entry;
+use crate::clock::rfc3339;
+use crate::error::{ApiError, ErrorCode};
+use crate::estate::ca::{CaState, RolloutRecord};
+use crate::estate::{Estate, IdentityRecord};
+use crate::proto::{CaInfo, CaRollout, RotateCaReply};
+use crate::subjects;
+use std::time::Duration;
+
+/// How often the rollout is checked.
+pub const ROLLOUT_TICK: Duration = Duration::from_secs(1);
+
+fn state_str(s: CaState) -> &'static str {
+    match s {
+        CaState::Current => "current",
+        CaState::Next => "next",
+        CaState::Previous => "previous",
+        CaState::Retired => "retired",
+    }
+}
+
+pub fn ca_infos(e: &Estate) -> Vec<CaInfo> {
+    e.ca_records()
+        .iter()
+        .map(|r| CaInfo {
+            fingerprint: r.fingerprint.clone(),
+            state: state_str(r.state).into(),
+            created_at: rfc3339(r.created_at),
+            expires_at: crate::issuer::x509::not_after(&r.cert_pem).map(rfc3339).unwrap_or_default(),
+            retire_at: r.retire_at.map(rfc3339),
+        })
+        .collect()
+}
+
+/// Sites whose agents have not all applied stream sequence `seq` (a site without agents has not).
+async fn sites_pending(ctx: &Ctx, seq: u64) -> Result<Vec<String>, ApiError> {
+    let e = &ctx.estate;
+    let statuses = e.agent_statuses().map_err(ApiError::internal)?;
+    let mut pending = Vec::new();
+    for s in e.sites().map_err(ApiError::internal)? {
+        let agents: Vec<_> = statuses.iter().filter(|a| a.site == s.name).collect();
+        if agents.is_empty() || agents.iter().any(|a| a.last_seq < seq) {
+            pending.push(s.name);
+        }
+    }
+    Ok(pending)
+}
+
+pub async fn rollout_info(ctx: &Ctx) -> Result<Option<CaRollout>, ApiError> {
+    let Some(r) = ctx.estate.ca_rollout().map_err(ApiError::internal)? else { return Ok(None) };
+    Ok(Some(CaRollout { next: r.next.clone(), event_seq: r.event_seq, started_at: rfc3339(r.started_at), sites_pending: sites_pending(ctx, r.event_seq).await? }))
+}
+
+/// Write the hub's trust file (and, when given, its certificate and key) and ask the hub to
+/// reload its configuration. The hub's files live in the data dir the control plane owns.
+async fn update_hub(ctx: &Ctx, server_cert: Option<(&str, &str)>) -> Result<(), String> {
+    let e = &ctx.estate;
+    let tls = e.dir.nats_tls();
+    if let Some((cert, key)) = server_cert {
+        crate::fsutil::write_atomic(&tls.join("key.pem"), key.as_bytes(), 0o600).map_err(|x| format!("hub key: {x}"))?;
+        crate::fsutil::write_atomic(&tls.join("cert.pem"), cert.as_bytes(), 0o644).map_err(|x| format!("hub certificate: {x}"))?;
+    }
+    crate::fsutil::write_atomic(&tls.join("ca.pem"), e.ca_bundle_pem().as_bytes(), 0o644).map_err(|x| format!("hub CA bundle: {x}"))?;
+    let id = ctx.sys.server_info().server_id;
+    let subject = format!("$SYS.REQ.SERVER.{id}.RELOAD");
+    let reply = tokio::time::timeout(Duration::from_secs(5), ctx.sys.request(subject, "".into()))
+        .await
+        .map_err(|_| "the hub did not answer the reload request".to_string())?
+        .map_err(|x| format!("hub reload: {x}"))?;
+    let v: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap_or_default();
+    if let Some(err) = v.get("error") {
+        return Err(format!("hub reload refused: {err}"));
+    }
+    tracing::info!(server = %id, "hub reloaded its TLS files");
+    Ok(())
+}
+
+async fn announce(ctx: &Ctx, phase: &str) -> Result<u64, ApiError> {
+    let e = &ctx.estate;
+    let data = serde_json::json!({
+        "phase": phase,
+        "bundle_pem": e.ca_bundle_pem(),
+        "issuing": e.ca_fingerprint(),
+        "cas": ca_infos(e),
+    });
+    ctx.events
+        .publish(subjects::EVENT_CA_ROTATED, None, "ca.pem", &data, e.clock().now_unix())
+        .await
+        .map_err(|err| ApiError::new(ErrorCode::Unavailable, format!("cannot broadcast ca.rotated ({err}); retry `tillit rotate ca`")))
+}
+
+/// `tillit rotate ca`.
+pub async fn rotate(ctx: &Ctx, caller: &IdentityRecord) -> Result<RotateCaReply, ApiError> {
+    let e = &ctx.estate;
+    let _g = ctx.ca_lock.lock().await;
+    let next = e.add_next_ca().map_err(|err| match err {
+        crate::estate::EstateError::Limit(m) => ApiError::new(ErrorCode::Conflict, m),
+        other => ApiError::internal(other),
+    })?;
+    update_hub(ctx, None).await.map_err(|m| ApiError::new(ErrorCode::Unavailable, format!("{m}; the new CA is in the bundle, retry `tillit rotate ca`")))?;
+    let seq = announce(ctx, "added").await?;
+    let rec = RolloutRecord { next: next.fingerprint.clone(), event_seq: seq, started_at: e.clock().now_unix() };
+    e.set_ca_rollout(Some(&rec)).map_err(ApiError::internal)?;
+    ctx.journal
+        .record(Entry::ok(&caller.id, "rotate.ca", &next.fingerprint).detail(serde_json::json!({ "phase": "added", "event_seq": seq })))
+        .await
+        .map_err(ApiError::internal)?;
+    tracing::info!(next = %next.fingerprint, event_seq = seq, "CA rotation started: new CA in the bundle, waiting for sites");
+    let switched = advance(ctx).await?;
+    Ok(RotateCaReply {
+        phase: if switched { "switched".into() } else { "distributing".into() },
+        cas: ca_infos(e),
+        rollout: rollout_info(ctx).await?,
+    })
+}
+
+/// Switch issuance when every site applied the bundle; true if it switched.
+async fn advance(ctx: &Ctx) -> Result<bool, ApiError> {
+    let e = &ctx.estate;
+    let Some(r) = e.ca_rollout().map_err(ApiError::internal)? else { return Ok(false) };
+    if !sites_pending(ctx, r.event_seq).await?.is_empty() {
+        return Ok(false);
+    }
+    let retire_at = e.last_issued_expiry().map_err(ApiError::internal)?;
+    let cur = e.switch_ca(retire_at).map_err(ApiError::internal)?;
+    e.set_ca_rollout(None).map_err(ApiError::internal)?;
+    if let Err(m) = update_hub(ctx, None).await {
+        tracing::warn!("{m}");
+    }
+    let seq = announce(ctx, "switched").await?;
+    ctx.journal.record_relaxed(Entry::ok("tillit", "rotate.ca", &cur.fingerprint).detail(serde_json::json!({
+        "phase": "switched", "event_seq": seq, "previous_retire_at": retire_at,
+    })));
+    tracing::info!(current = %cur.fingerprint, old_retires = %rfc3339(retire_at), "CA rotation: issuance switched to the new CA");
+    Ok(true)
+}
+
+/// Retire old CAs whose certificates all expired: the hub's certificate is re-issued from the
+/// current CA first, then the old CA leaves the bundle everywhere.
+async fn retire(ctx: &Ctx) -> Result<(), ApiError> {
+    let e = &ctx.estate;
+    let now = e.clock().now_unix();
+    let due = e.ca_records().iter().any(|r| r.state == CaState::Previous && r.retire_at.is_some_and(|t| t <= now));
+    if !due {
+        return Ok(());
+    }
+    let hub = e.issue_server_cert().map_err(ApiError::internal)?;
+    let gone = e.retire_cas().map_err(ApiError::internal)?;
+    if let Err(m) = update_hub(ctx, Some((&hub.cert_pem, hub.key_pem.expose()))).await {
+        tracing::error!("{m}");
+    }
+    let seq = announce(ctx, "retired").await?;
+    ctx.journal.record_relaxed(Entry::ok("tillit", "rotate.ca", "retired").detail(serde_json::json!({ "phase": "retired", "retired": gone, "event_seq": seq })));
+    tracing::info!(retired = ?gone, "CA rotation: old CA left the bundle");
+    Ok(())
+}
+
+/// One background step: advance a rollout, retire what is due.
+pub async fn tick(ctx: &Ctx) {
+    let _g = ctx.ca_lock.lock().await;
+    if let Err(err) = advance(ctx).await {
+        tracing::warn!("CA rollout: {}", err.message);
+    }
+    if let Err(err) = retire(ctx).await {
+        tracing::warn!("CA retirement: {}", err.message);
+    }
+}
