@@ -97,6 +97,17 @@ pub struct AgentOptions {
     pub nats: Option<String>,
     /// Most events per batch.
     pub batch: usize,
+    /// Told after each batch the control plane recorded (benchmarks, embedding).
+    pub notify: Option<tokio::sync::mpsc::UnboundedSender<Applied>>,
+}
+
+/// A batch applied and acknowledged.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub consumer: String,
+    pub last_seq: u64,
+    pub events: usize,
+    pub at: std::time::Instant,
 }
 
 /// One event as the agent decided about it.
@@ -166,6 +177,7 @@ pub struct Agent {
     consumer: String,
     verifier: Verifier,
     state: AgentState,
+    pull: Option<jetstream::consumer::PullConsumer>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,7 +219,7 @@ impl Agent {
             write_atomic(&ca, files.ca_pem.as_bytes(), 0o600).map_err(io_err(&ca))?;
         }
         tracing::info!(site = %site, consumer = %consumer, last_seq = state.last_seq, "site agent started");
-        Ok(Agent { session, opts, site, consumer, verifier, state })
+        Ok(Agent { session, opts, site, consumer, verifier, state, pull: None })
     }
 
     pub fn state(&self) -> &AgentState {
@@ -240,24 +252,38 @@ impl Agent {
     /// Fetch one batch (waiting up to `wait` for the first event) and apply it; returns how many
     /// events were applied.
     pub async fn step(&mut self, wait: Duration) -> Result<usize, AgentError> {
-        let js = jetstream::with_domain(self.session.client(), subjects::HUB_DOMAIN);
-        let consumer: jetstream::consumer::PullConsumer = js
-            .get_consumer_from_stream(&self.consumer, subjects::EVENTS_STREAM)
-            .await
-            .map_err(|e| AgentError::JetStream(format!("consumer {}: {e}", self.consumer)))?;
-        let mut batch = consumer
+        let consumer = match &self.pull {
+            Some(c) => c.clone(),
+            None => {
+                let js = jetstream::with_domain(self.session.client(), subjects::HUB_DOMAIN);
+                let c: jetstream::consumer::PullConsumer = js
+                    .get_consumer_from_stream(&self.consumer, subjects::EVENTS_STREAM)
+                    .await
+                    .map_err(|e| AgentError::JetStream(format!("consumer {}: {e}", self.consumer)))?;
+                self.pull = Some(c.clone());
+                c
+            }
+        };
+        let fetched = consumer
             .fetch()
             .max_messages(self.opts.batch.clamp(1, MAX_BATCH))
             .expires(wait)
             .messages()
-            .await
-            .map_err(|e| AgentError::JetStream(e.to_string()))?;
+            .await;
+        let mut batch = match fetched {
+            Ok(b) => b,
+            Err(e) => {
+                self.pull = None;
+                return Err(AgentError::JetStream(e.to_string()));
+            }
+        };
         let mut msgs = Vec::new();
         while let Some(m) = batch.next().await {
             match m {
                 Ok(m) => msgs.push(m),
                 Err(e) => {
                     if msgs.is_empty() {
+                        self.pull = None;
                         return Err(AgentError::JetStream(e.to_string()));
                     }
                     break;
@@ -275,7 +301,6 @@ impl Agent {
         let mut next = self.state.clone();
         let mut applied: Vec<(u64, String, String)> = Vec::new();
         let mut changed = false;
-        let mut seen_seqs = Vec::new();
         let mut last_progress = std::time::Instant::now();
         for m in &msgs {
             if last_progress.elapsed() > PROGRESS_EVERY {
@@ -286,7 +311,6 @@ impl Agent {
                 last_progress = std::time::Instant::now();
             }
             let seq = m.info().map(|i| i.stream_sequence).map_err(|e| AgentError::JetStream(e.to_string()))?;
-            seen_seqs.push(seq);
             match decide(&self.verifier, &self.site, &next, m.subject.as_str(), seq, &m.payload, now) {
                 Decision::Skip => {}
                 Decision::Reject(why) => {
@@ -307,7 +331,10 @@ impl Agent {
         next.save(&self.opts.files)?;
         self.state = next;
         if !applied.is_empty() {
-            self.report(&applied, "applied", None).await?;
+            let r = self.report(&applied, "applied", None).await?;
+            if let Some(tx) = &self.opts.notify {
+                let _ = tx.send(Applied { consumer: self.consumer.clone(), last_seq: r.last_seq, events: applied.len(), at: std::time::Instant::now() });
+            }
         }
         for m in &msgs {
             m.ack().await.map_err(|e| AgentError::JetStream(format!("ack: {e}")))?;

@@ -189,7 +189,7 @@ mod tests {
     fn garbage_requests_get_malformed_request() {
         let root = CertAuthority::generate("example.org", 1_780_000_000, 1_790_000_000).unwrap();
         let ca = CertAuthority::load(&root.cert_pem, &root.key_pem).unwrap();
-        let der = respond(&ca, b"garbage", |_| Status::Good, 1_780_000_100);
+        let der = respond(std::slice::from_ref(&ca), b"garbage", |_| Status::Good, 1_780_000_100);
         let r = OcspResponse::from_der(&der).unwrap();
         assert_eq!(r.response_status, OcspResponseStatus::MalformedRequest);
         assert!(r.response_bytes.is_none());

@@ -56,7 +56,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         let info = crate::client::enroll::enroll(token.expose().trim(), &a.identity, a.nats.as_deref(), Arc::new(SystemClock)).await?;
         tracing::info!(id = %info.id, "agent enrolled");
     }
-    let agent = Agent::start(AgentOptions { identity: a.identity, files: a.out, exec: a.exec, nats: a.nats, batch: a.batch }).await?;
+    let agent = Agent::start(AgentOptions { identity: a.identity, files: a.out, exec: a.exec, nats: a.nats, batch: a.batch, notify: None }).await?;
     agent.run(super::shutdown_signal()).await?;
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! `tillit bench enroll|renew --identity ADMIN -n N -c C [--json]`
+//! `tillit bench enroll|renew|secret-get --identity ADMIN -n N -c C [--json]`, `bench fanout`, …
 
 use std::path::PathBuf;
 
@@ -27,11 +27,31 @@ pub enum What {
         #[arg(long)]
         json: bool,
     },
+    /// Time from `secret rotate` until N in-process site agents over S sites acknowledged.
+    Fanout(FanoutArgs),
     /// Size of a tenant account JWT at 100, 1,000 and 5,000 services (no server needed).
     AccountSize {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FanoutArgs {
+    /// Admin identity dir of a running stack (initialised with --leaf-port: sites need it).
+    #[arg(long, env = "TILLIT_IDENTITY")]
+    pub identity: PathBuf,
+    #[arg(long, default_value_t = 1000)]
+    pub agents: usize,
+    #[arg(long, default_value_t = 3)]
+    pub sites: usize,
+    /// Rotations timed.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, env = "TILLIT_NATS_URL")]
+    pub nats: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,6 +93,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         What::AccountSize { json } => return account_size(*json),
         What::Envelope { n, json } => return envelope(*n, *json),
         What::SecretGet(o) => return secret_get(o).await,
+        What::Fanout(f) => return fanout(f).await,
     };
     anyhow::ensure!(o.n > 0 && o.c > 0 && o.c <= 1024, "-n and -c must be positive (and -c at most 1024)");
     let scratch = tempfile_dir()?;
@@ -186,6 +207,35 @@ fn envelope(n: usize, json: bool) -> anyhow::Result<()> {
             v["openssl_verify_per_sec"] = serde_json::json!(r);
         }
         println!("{v}");
+    }
+    Ok(())
+}
+
+async fn fanout(f: &FanoutArgs) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=10_000).contains(&f.agents), "--agents must be between 1 and 10000");
+    anyhow::ensure!(f.sites >= 1 && f.sites <= f.agents.min(64), "--sites must be between 1 and min(agents, 64)");
+    anyhow::ensure!((1..=100).contains(&f.rounds), "--rounds must be between 1 and 100");
+    let scratch = tempfile_dir()?;
+    let r = crate::bench::fanout::fanout(&f.identity, f.agents, f.sites, f.rounds, f.nats.as_deref(), &scratch).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let r = r?;
+    let mut rounds = r.all_acked_ms.clone();
+    rounds.sort_by(|a, b| a.total_cmp(b));
+    let med = rounds[rounds.len() / 2];
+    let worst = rounds.last().copied().unwrap_or_default();
+    println!(
+        "fanout: {} agents over {} sites, {} rotations: all acknowledged in median {:.1} ms (worst {:.1} ms); per agent p50 {:.1} ms p99 {:.1} ms; serve RSS {}",
+        r.agents, r.sites, r.rounds, med, worst, r.per_agent.p50_ms, r.per_agent.p99_ms,
+        r.serve_rss_bytes.map(|b| format!("{:.1} MiB", b as f64 / 1048576.0)).unwrap_or_else(|| "unknown".into())
+    );
+    if f.json {
+        println!("{}", serde_json::json!({
+            "bench": "fanout", "agents": r.agents, "sites": r.sites, "rounds": r.rounds,
+            "all_acked_ms": r.all_acked_ms.iter().map(|x| round(*x)).collect::<Vec<_>>(),
+            "all_acked_median_ms": round(med), "all_acked_worst_ms": round(worst),
+            "p50_ms": round(r.per_agent.p50_ms), "p99_ms": round(r.per_agent.p99_ms),
+            "serve_rss_bytes": r.serve_rss_bytes, "setup_secs": round(r.setup_secs),
+        }));
     }
     Ok(())
 }

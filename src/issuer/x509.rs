@@ -119,6 +119,12 @@ pub struct CertAuthority {
     urls: Option<RevocationUrls>,
 }
 
+impl AsRef<CertAuthority> for CertAuthority {
+    fn as_ref(&self) -> &CertAuthority {
+        self
+    }
+}
+
 /// DER length prefix.
 fn der_len(n: usize) -> Vec<u8> {
     if n < 0x80 {

@@ -570,6 +570,9 @@ pub struct StatusReply {
     pub cas: Vec<CaInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_rollout: Option<CaRollout>,
+    /// Resident memory of the control plane process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
     /// Who asked (the verified caller).
     pub caller: String,
 }

@@ -184,6 +184,7 @@ fn status(ctx: &Ctx, caller: &IdentityRecord) -> Result<StatusReply, ApiError> {
         sites: vec![],
         cas: super::carot::ca_infos(e),
         ca_rollout: None,
+        rss_bytes: crate::telemetry::rss_bytes(),
         caller: caller.id.clone(),
     })
 }

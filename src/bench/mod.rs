@@ -8,6 +8,8 @@
 //! - the baseline: cfssl's bare CSR signing (`cfssl serve`, `/api/v1/cfssl/sign`, P-256,
 //!   8 keep-alive connections), measured in the same run when `cfssl` is on PATH.
 
+pub mod fanout;
+
 use crate::client::enroll::{bootstrap_params, request, LocalKeys};
 use crate::client::session::Session;
 use crate::client::{connect, ClientError, TillitClient};

@@ -1,0 +1,213 @@
+//! `tillit bench fanout --agents N --sites S`: time from `secret rotate` until every agent
+//! applied the new version and the control plane recorded its signed acknowledgement.
+//!
+//! Setup (untimed): S sites are registered, N agents enrolled (spread over the sites), each run
+//! in this process with its own NATS connection (mutual TLS, its own JWT) and its own durable
+//! consumer on the hub, and one secret readable by every site is put and applied once. Then R
+//! rotations are timed, one after the other: for each, the clock starts before the rotate
+//! request and each agent's latency is when the control plane answered its acknowledgement.
+
+use super::{mint_tokens, run_id, Figures};
+use crate::agent::{Agent, AgentOptions, Applied};
+use crate::client::{ClientError, TillitClient};
+use crate::layout::IdentityDir;
+use crate::proto::{SiteAddReply, SiteAddRequest};
+use crate::subjects;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a fanout run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Fanout {
+    pub agents: usize,
+    pub sites: usize,
+    pub rounds: usize,
+    /// Time until the last agent acknowledged, per round (ms).
+    pub all_acked_ms: Vec<f64>,
+    /// Per-agent acknowledgement latency over every round.
+    pub per_agent: Figures,
+    pub serve_rss_bytes: Option<u64>,
+    pub setup_secs: f64,
+}
+
+fn err(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Protocol(e.to_string())
+}
+
+async fn register_site(admin: &TillitClient, name: &str) -> Result<(), ClientError> {
+    let tillit_user = nkeys::KeyPair::new_user();
+    let (csr, _key) = crate::issuer::x509::make_csr(&tillit_user.public_key()).map_err(err)?;
+    let _: SiteAddReply = admin
+        .call(
+            subjects::ADMIN_SITE_ADD,
+            subjects::KIND_SITE_ADD,
+            SiteAddRequest {
+                name: name.into(),
+                listen: "127.0.0.1:1".into(),
+                hosts: vec![],
+                csr,
+                sys_user: nkeys::KeyPair::new_user().public_key(),
+                tillit_user: tillit_user.public_key(),
+                agent_token_ttl_secs: 600,
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+async fn rotate(admin: &TillitClient, path: &str, jwks: &str, i: usize) -> Result<(), ClientError> {
+    let sealed = crate::client::secrets::seal_for_control_plane(jwks, format!("value-{i}").as_bytes())?;
+    let _: crate::proto::SecretReply = admin
+        .call(
+            subjects::ADMIN_SECRET_ROTATE,
+            subjects::KIND_SECRET_ROTATE,
+            crate::proto::SecretRotateRequest { path: crate::secrets::SecretPath::parse(path).map_err(err)?, value: Some(sealed), generate: None },
+        )
+        .await?;
+    Ok(())
+}
+
+/// Wait until every agent reported a sequence at or above what it needs; returns when each did.
+async fn collect(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Applied>,
+    want: &HashMap<String, u64>,
+    start: Instant,
+    within: Duration,
+) -> Result<Vec<Duration>, ClientError> {
+    let mut done: HashMap<String, Duration> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while done.len() < want.len() {
+        let a = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .map_err(|_| err(format!("only {} of {} agents acknowledged within {within:?}", done.len(), want.len())))?
+            .ok_or_else(|| err("agents stopped"))?;
+        if want.get(&a.consumer).is_some_and(|w| a.last_seq >= *w) && !done.contains_key(&a.consumer) {
+            done.insert(a.consumer, a.at.saturating_duration_since(start));
+        }
+    }
+    Ok(done.into_values().collect())
+}
+
+pub async fn fanout(admin_dir: &Path, agents: usize, sites: usize, rounds: usize, nats: Option<&str>, scratch: &Path) -> Result<Fanout, ClientError> {
+    let setup = Instant::now();
+    let admin = TillitClient::connect_dir(&IdentityDir::new(admin_dir), nats).await?;
+    let run = run_id();
+    let site_names: Vec<String> = (0..sites).map(|i| format!("{run}-s{i}")).collect();
+    for s in &site_names {
+        register_site(&admin, s).await?;
+    }
+    eprintln!("registered {sites} sites; enrolling {agents} agents…");
+    let mut tokens = Vec::new();
+    for (i, s) in site_names.iter().enumerate() {
+        let share = agents / sites + usize::from(i < agents % sites);
+        let sid = crate::estate::sites::agent_service_id(s).map_err(err)?;
+        for t in mint_tokens(&admin, &sid, share).await? {
+            tokens.push((s.clone(), t));
+        }
+    }
+    let dirs: Vec<std::path::PathBuf> = (0..tokens.len()).map(|i| scratch.join(format!("agent-{i}"))).collect();
+    let tokens = Arc::new(tokens);
+    let dirs_c = Arc::new(dirs.clone());
+    let nats_owned = nats.map(str::to_string);
+    let (_, _, errors) = super::drive(tokens.len(), 16, move |i, _| {
+        let (tokens, dirs, nats) = (tokens.clone(), dirs_c.clone(), nats_owned.clone());
+        async move {
+            let t = Instant::now();
+            crate::client::enroll::enroll(&tokens[i].1, &dirs[i], nats.as_deref(), Arc::new(crate::clock::SystemClock)).await.map_err(|e| e.to_string())?;
+            Ok(t.elapsed())
+        }
+    })
+    .await;
+    if errors > 0 {
+        return Err(err(format!("{errors} agents failed to enroll")));
+    }
+    eprintln!("starting {agents} agents (one connection and one durable consumer each)…");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut handles = Vec::new();
+    let mut consumers = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let agent = Agent::start(AgentOptions {
+            identity: dir.clone(),
+            files: scratch.join(format!("files-{i}")),
+            exec: None,
+            nats: nats.map(str::to_string),
+            batch: 64,
+            notify: Some(tx.clone()),
+        })
+        .await
+        .map_err(err)?;
+        consumers.push(crate::subjects::agent_consumer(agent.site(), &crate::identity::load(&IdentityDir::new(dir)).map_err(err)?.info.user_public_key));
+        let mut stop = stop_rx.clone();
+        handles.push(tokio::spawn(agent.run(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })));
+    }
+    // One secret every site reads; applied once before timing.
+    let path = format!("bench/{run}/fanout/secret");
+    let jwks = std::fs::read_to_string(IdentityDir::new(admin_dir).trust_jwks()).map_err(err)?;
+    let sealed = crate::client::secrets::seal_for_control_plane(&jwks, b"value-0")?;
+    let start = Instant::now();
+    let _: crate::proto::SecretReply = admin
+        .call(
+            subjects::ADMIN_SECRET_PUT,
+            subjects::KIND_SECRET_PUT,
+            crate::proto::SecretPutRequest {
+                path: crate::secrets::SecretPath::parse(&path).map_err(err)?,
+                readers: site_names.iter().map(|s| format!("site:{s}")).collect(),
+                value: sealed,
+            },
+        )
+        .await?;
+    let want: HashMap<String, u64> = consumers.iter().map(|c| (c.clone(), 1)).collect();
+    collect(&mut rx, &want, start, Duration::from_secs(120)).await?;
+    let setup_secs = setup.elapsed().as_secs_f64();
+    eprintln!("setup done in {setup_secs:.1}s; timing {rounds} rotations…");
+    let mut all_acked_ms = Vec::new();
+    let mut lat = Vec::new();
+    let mut total = Duration::ZERO;
+    for r in 1..=rounds {
+        // What each agent must reach: the stream's last sequence after the rotation. Agents of
+        // a site see only their site's event, so ask for "newer than what it applied".
+        let mut last: HashMap<String, u64> = HashMap::new();
+        while let Ok(a) = rx.try_recv() {
+            let e = last.entry(a.consumer).or_default();
+            *e = (*e).max(a.last_seq);
+        }
+        let start = Instant::now();
+        rotate(&admin, &path, &jwks, r).await?;
+        let mut done: HashMap<String, Duration> = HashMap::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let floor: HashMap<String, u64> = consumers.iter().map(|c| (c.clone(), last.get(c).copied().unwrap_or(0))).collect();
+        while done.len() < consumers.len() {
+            let a = tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .map_err(|_| err(format!("round {r}: only {} of {} agents acknowledged within 60s", done.len(), consumers.len())))?
+                .ok_or_else(|| err("agents stopped"))?;
+            if a.last_seq > floor.get(&a.consumer).copied().unwrap_or(0) {
+                done.entry(a.consumer).or_insert(a.at.saturating_duration_since(start));
+            }
+        }
+        let round_max = done.values().max().copied().unwrap_or_default();
+        total += round_max;
+        all_acked_ms.push(round_max.as_secs_f64() * 1000.0);
+        lat.extend(done.into_values());
+        eprintln!("round {r}: all {agents} agents acknowledged in {:.1} ms", round_max.as_secs_f64() * 1000.0);
+    }
+    let status = admin.status().await?;
+    let _ = stop_tx.send(true);
+    for h in handles {
+        let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+    }
+    Ok(Fanout {
+        agents,
+        sites,
+        rounds,
+        all_acked_ms,
+        per_agent: Figures::from("agent ack after secret rotate", agents, total, lat, 0),
+        serve_rss_bytes: status.rss_bytes,
+        setup_secs,
+    })
+}
