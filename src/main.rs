@@ -11,7 +11,9 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = tillit::cli::Cli::parse();
-    tillit::telemetry::init_logging(cli.log_format);
+    // Benchmarks run many in-process parties: their per-event logs would drown the figures.
+    let quiet = matches!(cli.command, tillit::cli::Command::Bench(_));
+    tillit::telemetry::init_logging_default(cli.log_format, if quiet { "warn" } else { "info,async_nats=warn" });
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

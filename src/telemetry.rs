@@ -22,8 +22,13 @@ pub enum LogFormat {
 
 /// Install the global tracing subscriber (once; later calls are ignored).
 pub fn init_logging(format: LogFormat) {
+    init_logging_default(format, "info,async_nats=warn")
+}
+
+/// [`init_logging`] with another filter when `RUST_LOG` is unset.
+pub fn init_logging_default(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.with_target(false).try_init(),

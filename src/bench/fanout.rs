@@ -111,7 +111,7 @@ pub async fn fanout(admin_dir: &Path, agents: usize, sites: usize, rounds: usize
     let tokens = Arc::new(tokens);
     let dirs_c = Arc::new(dirs.clone());
     let nats_owned = nats.map(str::to_string);
-    let (_, _, errors) = super::drive(tokens.len(), 16, move |i, _| {
+    let (_, _, errors) = super::drive(tokens.len(), 16, move |_, i| {
         let (tokens, dirs, nats) = (tokens.clone(), dirs_c.clone(), nats_owned.clone());
         async move {
             let t = Instant::now();

@@ -433,7 +433,7 @@ pub struct SiteInfo {
     pub last_event_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_event_type: Option<String>,
-    /// Events for the site in the stream beyond what its slowest agent applied.
+    /// Events for the site its slowest agent has not acknowledged yet (its consumer's backlog).
     pub lag_events: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_ack_at: Option<String>,

@@ -129,11 +129,12 @@ pub async fn site_infos(ctx: &Ctx) -> Result<Vec<SiteInfo>, ApiError> {
     let mut out = Vec::with_capacity(sites.len());
     for s in &sites {
         let agents: Vec<&AgentStatus> = statuses.iter().filter(|a| a.site == s.name).collect();
+        // The site is as far as its slowest agent: one consumer lookup per site, not per agent.
         let mut lag = 0u64;
-        for a in &agents {
-            match ctx.events.consumer_lag(&a.consumer).await {
-                Ok(l) => lag = lag.max(l),
-                Err(err) => tracing::debug!(consumer = %a.consumer, "no lag for agent: {err}"),
+        if let Some(slowest) = agents.iter().min_by_key(|a| a.last_seq) {
+            match ctx.events.consumer_lag(&slowest.consumer).await {
+                Ok(l) => lag = l,
+                Err(err) => tracing::debug!(consumer = %slowest.consumer, "no lag for agent: {err}"),
             }
         }
         out.push(info(ctx, s, &agents, lag));
