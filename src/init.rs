@@ -23,6 +23,8 @@ pub struct InitOptions {
     pub trust_domain: String,
     pub nats_url: String,
     pub http_addr: Option<String>,
+    /// Base URL nats-servers reach the HTTP port at (OCSP, CRL), when not the listen address.
+    pub http_public_url: Option<String>,
     pub monitor_addr: Option<String>,
     /// Port of the hub's leafnode listener for site servers (off when absent).
     pub leaf_port: Option<u16>,
@@ -85,6 +87,7 @@ pub fn init(opts: &InitOptions, clock: SharedClock) -> Result<InitSummary, InitE
     let mut raw = raw_for_init(&opts.trust_domain, &opts.nats_url, opts.http_addr.as_deref());
     raw.nats.monitor_addr = opts.monitor_addr.clone();
     raw.nats.leaf_port = opts.leaf_port;
+    raw.http.public_url = opts.http_public_url.clone();
     let config = Config::from_raw(raw)?;
     let target = absolute(&opts.data_dir)?;
     let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("tillit").to_string();

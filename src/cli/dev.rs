@@ -41,6 +41,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 http_addr: Some(a.http_addr.clone()),
                 monitor_addr: None,
                 leaf_port: None,
+                http_public_url: None,
                 force: false,
             },
             Arc::new(SystemClock),

@@ -19,6 +19,10 @@ pub struct Args {
     /// Address of the control plane's HTTP port (health, metrics).
     #[arg(long, env = "TILLIT_HTTP_ADDR")]
     pub http_addr: Option<String>,
+    /// URL nats-servers reach the HTTP port at for OCSP (default: http://<http-addr>), e.g.
+    /// http://tillit:8080 in docker compose.
+    #[arg(long, env = "TILLIT_HTTP_PUBLIC_URL")]
+    pub http_public_url: Option<String>,
     /// nats-server monitoring address (HOST:PORT), off by default.
     #[arg(long, env = "TILLIT_MONITOR_ADDR")]
     pub monitor_addr: Option<String>,
@@ -37,6 +41,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             trust_domain: a.trust_domain,
             nats_url: a.nats_url,
             http_addr: a.http_addr,
+            http_public_url: a.http_public_url,
             monitor_addr: a.monitor_addr,
             leaf_port: a.leaf_port,
             force: a.force,

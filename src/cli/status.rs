@@ -43,6 +43,29 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     for (name, acct) in &s.accounts {
         println!("  {name:<20} {:<7} {}", acct.kind, acct.public_key);
     }
+    for ca in s.cas.iter().filter(|c| c.state != "current" && c.state != "retired") {
+        println!("  CA {:<9}   {}{}", ca.state, ca.fingerprint, ca.retire_at.as_ref().map(|t| format!(" (trusted until {t})")).unwrap_or_default());
+    }
+    if let Some(r) = &s.ca_rollout {
+        println!("CA rollout     waiting for sites: {}", if r.sites_pending.is_empty() { "none".to_string() } else { r.sites_pending.join(", ") });
+    }
+    if !s.sites.is_empty() {
+        println!("sites          {}", s.sites.len());
+        for site in &s.sites {
+            println!(
+                "  {:<16} agents {:<3} applied seq {:<6} behind {:<4} failures {:<3} last ack {}",
+                site.name,
+                site.agents,
+                site.last_applied_seq,
+                site.lag_events,
+                site.failures,
+                site.last_ack_at.as_deref().unwrap_or("never")
+            );
+        }
+    }
+    if let Some(rss) = s.rss_bytes {
+        println!("serve memory   {:.1} MiB", rss as f64 / 1048576.0);
+    }
     println!("you are        {}", s.caller);
     Ok(())
 }
