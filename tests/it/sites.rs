@@ -254,6 +254,8 @@ async fn forged_replayed_and_misaddressed_events_are_rejected_and_never_applied(
     assert!(log.contains("site:west"), "{log}");
 }
 
+use tillit::proto::AckRequest;
+
 /// Connect afresh (a full TLS handshake) with the identity in `dir` as it is on disk now, publish
 /// and flush. `None` when the files were caught mid-rewrite (not a connection attempt).
 async fn fresh_connect(dir: &Path, url: &str) -> Option<Result<(), String>> {
@@ -355,4 +357,122 @@ async fn ca_rotation_with_clients_connecting_throughout_fails_no_connection() {
     let prev = s["cas"].as_array().unwrap().iter().find(|x| x["state"] == "previous").unwrap().clone();
     assert!(prev["retire_at"].is_string(), "{prev}");
     eprintln!("CA rollover: {attempts} fresh connections, 0 failed");
+}
+
+#[test]
+fn a_failing_hook_is_retried_and_reported_never_acked_and_other_sites_events_never_arrive() {
+    let (e, _leaf) = Estate::init_with_leaf("hook.example");
+    let _hub = e.start_nats();
+    let serve = e.start_serve_ready();
+    let east = site_add(&e, "east");
+    let east_srv = east.start();
+    let files = e.tmp.path().join("east-files");
+    let tries = e.tmp.path().join("tries");
+    // Fails twice (saying why on stderr), then succeeds.
+    let hook = format!("echo x >> {t}; [ $(wc -l < {t}) -ge 3 ] || {{ echo 'reload refused' >&2; exit 7; }}", t = tries.display());
+    let agent = AgentProc::start(&east, &e.tmp.path().join("east-agent"), &files, &east.url(), Some(&hook));
+    let l = || format!("serve:\n{}\nagent:\n{}\nleaf:\n{}", serve.log_text(), agent.log_text(), east_srv.log_text());
+    wait_for(Duration::from_secs(30), || site_status(&e, "east")["agents"] == 1).unwrap_or_else(|| panic!("{}", l()));
+    put_secret(&e, "acme/shop/prod/west-only", "w", &["site:west"]);
+    put_secret(&e, "acme/shop/prod/db", "v1", &["site:east"]);
+    // Reported while failing: not acknowledged, the failure and its reason visible.
+    wait_for(Duration::from_secs(20), || site_status(&e, "east")["failures"].as_u64().unwrap_or(0) >= 1)
+        .unwrap_or_else(|| panic!("no failure reported: {}\n{}", site_status(&e, "east"), l()));
+    let st = site_status(&e, "east");
+    assert!(st["last_error"].as_str().unwrap_or("").contains("reload refused"), "{st}");
+    // Then the retry succeeds and the batch is acknowledged once.
+    wait_file(&secret_file(&files, "acme/shop/prod/db"), "v1", Duration::from_secs(30), "applied", &l);
+    wait_for(Duration::from_secs(20), || {
+        let s = site_status(&e, "east");
+        s["lag_events"] == 0 && s["last_ack_unix"].is_i64()
+    })
+    .unwrap_or_else(|| panic!("never acknowledged: {}\n{}", site_status(&e, "east"), l()));
+    let st = site_status(&e, "east");
+    assert!(st["failures"].as_u64().unwrap() >= 2, "both failures were reported: {st}");
+    assert_eq!(std::fs::read_to_string(&tries).unwrap().lines().count(), 3, "retried until it worked, then not again");
+    // The west-only secret never reached east (its events are not in east's consumer).
+    assert!(!secret_file(&files, "acme/shop/prod/west-only").exists());
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(files.join(".tillit-agent.json")).unwrap()).unwrap();
+    assert_eq!(state["rejected"], 0, "nothing for another site was even delivered: {state}");
+    let (_, metrics) = http_get(e.http_port, "/metrics").unwrap();
+    assert!(metrics.contains("tillit_site_failures_total"), "{metrics}");
+    wait_for(Duration::from_secs(10), || {
+        http_get(e.http_port, "/metrics").map(|(_, m)| m.contains("tillit_site_lag_events{site=\"east\"} 0") && m.contains("tillit_site_last_ack_seconds{site=\"east\"}")).unwrap_or(false)
+    })
+    .unwrap_or_else(|| panic!("site gauges missing:\n{}", http_get(e.http_port, "/metrics").unwrap().1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_and_ack_refusals_are_typed_and_change_nothing() {
+    use tillit::proto::AckData;
+    // A hub without a leafnode listener cannot have sites.
+    let plain = Estate::init("noleaf.example");
+    let _n = plain.start_nats();
+    let _s = plain.start_serve_ready();
+    let out = tillit(&["site", "add", "east", "--nats-port", "4999", "--out", plain.tmp.path().join("s").to_str().unwrap(), "--identity", &plain.admin()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("leafnode listener"), "{}", stderr(&out));
+    assert!(!plain.tmp.path().join("s").exists(), "nothing written");
+
+    let (e, _leaf) = Estate::init_with_leaf("refuse.example");
+    let _hub = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let east = site_add(&e, "east");
+    // Same name again, a bad name.
+    let again = tillit(&["site", "add", "east", "--nats-port", "4998", "--out", e.tmp.path().join("again").to_str().unwrap(), "--identity", &e.admin()]);
+    assert!(!again.status.success() && stderr(&again).contains("already exists"), "{}", stderr(&again));
+    let bad = tillit(&["site", "add", "a.b", "--nats-port", "4998", "--out", e.tmp.path().join("bad").to_str().unwrap(), "--identity", &e.admin()]);
+    assert!(!bad.status.success(), "{}", stdout(&bad));
+    let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
+    // Tokens: for an unknown site, and the reserved tenant.
+    let t = tillit(&["token", "create", "--site", "nowhere", "--identity", &e.admin()]);
+    assert!(!t.status.success() && stderr(&t).contains("no site nowhere"), "{}", stderr(&t));
+    let t = tillit(&["token", "create", "--tenant", "tillit", "--project", "x", "--env", "y", "--service", "z", "--identity", &e.admin()]);
+    assert!(!t.status.success() && stderr(&t).contains("reserved"), "{}", stderr(&t));
+
+    // An agent, enrolled (through the hub here), and what it may not acknowledge.
+    let agent_dir = e.tmp.path().join("agent");
+    let out = tillit(&["enroll", "--token-file", east.agent_token().to_str().unwrap(), "--out", agent_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let agent = tillit::client::Identity::load(&agent_dir).unwrap().connect().await.unwrap();
+    let service = tillit::client::Identity::load(&orders).unwrap().connect().await.unwrap();
+    let aud = tillit::envelope::issuer("refuse.example");
+    let data = |site: &str| AckData { site: site.into(), outcome: "applied".into(), seqs: vec![1], event_ids: vec!["x".into()], last_event_type: None, error: None };
+    let good = agent.sign_envelope(tillit::subjects::ENVELOPE_AGENT_ACK, "site:east", &aud, 60, data("east")).unwrap();
+    async fn call(s: &tillit::client::session::Session, envelope: String) -> Result<tillit::proto::AckReply, String> {
+        s.call(tillit::subjects::SVC_ACK, tillit::subjects::KIND_ACK, AckRequest { envelope }).await.map_err(|e| e.to_string())
+    }
+    // A service is not an agent.
+    let r = call(&service, service.sign_envelope(tillit::subjects::ENVELOPE_AGENT_ACK, "site:east", &aud, 60, data("east")).unwrap()).await;
+    assert!(r.as_ref().unwrap_err().contains("forbidden"), "{r:?}");
+    // Another site's acknowledgement.
+    let r = call(&agent, agent.sign_envelope(tillit::subjects::ENVELOPE_AGENT_ACK, "site:west", &aud, 60, data("west")).unwrap()).await;
+    assert!(r.as_ref().unwrap_err().contains("forbidden"), "{r:?}");
+    // Signed by a key that is not the agent's.
+    let mallory = nkeys::KeyPair::new_user();
+    let forged = tillit::envelope::Signer::new(&mallory.public_key(), &agent.identity().id, std::sync::Arc::new(mallory))
+        .sign(tillit::subjects::ENVELOPE_AGENT_ACK, "site:east", &aud, 60, None, data("east"), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64)
+        .unwrap();
+    let r = call(&agent, forged).await;
+    assert!(r.as_ref().unwrap_err().contains("unauthenticated"), "{r:?}");
+    // For all parties instead of the control plane; another type.
+    let r = call(&agent, agent.sign_envelope(tillit::subjects::ENVELOPE_AGENT_ACK, "site:east", "all", 60, data("east")).unwrap()).await;
+    assert!(r.as_ref().unwrap_err().contains("unauthenticated"), "{r:?}");
+    let r = call(&agent, agent.sign_envelope("io.tillit.v1.secret.rotated", "site:east", &aud, 60, data("east")).unwrap()).await;
+    assert!(r.as_ref().unwrap_err().contains("unauthenticated"), "{r:?}");
+    // Nothing was recorded by any of those.
+    let st = site_status(&e, "east");
+    assert!(st["last_ack_unix"].is_null(), "{st}");
+    // The genuine one is recorded once; the same envelope again is a replay.
+    let r = call(&agent, good.clone()).await;
+    assert!(r.is_ok(), "{r:?}");
+    let r = call(&agent, good).await;
+    assert!(r.as_ref().unwrap_err().contains("replayed"), "{r:?}");
+    let _ = &tillit::proto::AckRequest { envelope: String::new() };
+    // The agent may not touch anything but its own consumer and the service API.
+    let nc = agent.client();
+    for subject in ["$JS.hub.API.STREAM.INFO.TILLIT_EVENTS", "$JS.API.STREAM.INFO.TILLIT_EVENTS", "tillit.v1.admin.status"] {
+        let r = tokio::time::timeout(Duration::from_secs(1), nc.request(subject, "".into())).await;
+        assert!(!matches!(r, Ok(Ok(_))), "agents may not publish to {subject}: {r:?}");
+    }
 }
