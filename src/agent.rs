@@ -178,6 +178,7 @@ pub struct Agent {
     verifier: Verifier,
     state: AgentState,
     pull: Option<jetstream::consumer::PullConsumer>,
+    clock: crate::clock::SharedClock,
 }
 
 #[derive(Debug, Deserialize)]
@@ -199,7 +200,12 @@ struct TrustRotated {
 impl Agent {
     /// Connect as the agent identity in `opts.identity` and load its state.
     pub async fn start(opts: AgentOptions) -> Result<Agent, AgentError> {
-        let session = Session::connect(&IdentityDir::new(&opts.identity), opts.nats.as_deref()).await?;
+        Self::start_with_clock(opts, std::sync::Arc::new(crate::clock::SystemClock)).await
+    }
+
+    /// [`Agent::start`] with an injected clock (envelope expiry, renewal).
+    pub async fn start_with_clock(opts: AgentOptions, clock: crate::clock::SharedClock) -> Result<Agent, AgentError> {
+        let session = Session::connect_with_clock(&IdentityDir::new(&opts.identity), opts.nats.as_deref(), clock.clone()).await?;
         let info = session.identity();
         let site = info
             .service
@@ -219,7 +225,7 @@ impl Agent {
             write_atomic(&ca, files.ca_pem.as_bytes(), 0o600).map_err(io_err(&ca))?;
         }
         tracing::info!(site = %site, consumer = %consumer, last_seq = state.last_seq, "site agent started");
-        Ok(Agent { session, opts, site, consumer, verifier, state, pull: None })
+        Ok(Agent { session, opts, site, consumer, verifier, state, pull: None, clock })
     }
 
     pub fn state(&self) -> &AgentState {
@@ -297,7 +303,7 @@ impl Agent {
     }
 
     async fn apply_batch(&mut self, msgs: Vec<jetstream::Message>) -> Result<usize, AgentError> {
-        let now = crate::clock::Clock::now_unix(&crate::clock::SystemClock);
+        let now = self.clock.now_unix();
         let mut next = self.state.clone();
         let mut applied: Vec<(u64, String, String)> = Vec::new();
         let mut changed = false;

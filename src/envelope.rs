@@ -270,7 +270,7 @@ impl Verifier {
         if ev.kind != kind {
             return Err(EnvelopeError::Type { got: ev.kind, want: kind.into() });
         }
-        if ev.aud != AUD_ALL && !self.audiences.iter().any(|a| *a == ev.aud) {
+        if ev.aud != AUD_ALL && !self.audiences.contains(&ev.aud) {
             return Err(EnvelopeError::Audience(ev.aud));
         }
         if ev.exp <= now {

@@ -116,8 +116,8 @@ fn build(ca: &CertAuthority, issuer: &IssuerIds, req: &OcspRequest, lookup: impl
         responses.push(SingleResponse {
             cert_id: id.clone(),
             cert_status,
-            this_update: this.clone(),
-            next_update: Some(next.clone()),
+            this_update: this,
+            next_update: Some(next),
             single_extensions: None,
         });
     }

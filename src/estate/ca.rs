@@ -10,6 +10,7 @@
 //!    servers, the control plane's own);
 //! 3. **retire** — after `retire_at`, the hub's server certificate is re-issued by the current CA
 //!    and the old CA leaves the bundle.
+//!
 //! No step makes a party distrust a certificate it may still be shown.
 
 use super::*;

@@ -214,8 +214,8 @@ pub async fn ack(ctx: &Ctx, caller: &IdentityRecord, req: AckRequest) -> Result<
         other => return Err(ApiError::bad_request(format!("outcome {other:?} is neither applied nor failed"))),
     }
     e.put_agent_status(&st).map_err(ApiError::internal)?;
-    let what = if d.outcome == "applied" { Entry::ok(&caller.id, "site.ack", &format!("site:{site}")) } else {
-        Entry::denied(&caller.id, "site.ack", &format!("site:{site}"), "apply_failed")
+    let what = if d.outcome == "applied" { Entry::ok(&caller.id, "ack", &format!("site:{site}")) } else {
+        Entry::denied(&caller.id, "ack", &format!("site:{site}"), "apply_failed")
     };
     ctx.journal.record_relaxed(what.detail(serde_json::json!({
         "agent": caller.name, "seqs": d.seqs, "event_ids": d.event_ids, "envelope_id": ev.id, "error": d.error,
