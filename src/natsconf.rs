@@ -59,6 +59,11 @@ pub fn render(cfg: &Config, dir: &DataDir, trust: &ServerTrust<'_>) -> String {
         q(&tls.join("key.pem").display().to_string()),
         q(&tls.join("ca.pem").display().to_string()),
     );
+    let _ = writeln!(
+        s,
+        "\n# OCSP answers are cached here (not in the working directory).\nocsp_cache {{\n  type: local\n  local_store: {}\n}}",
+        q(&dir.nats().join("ocsp-cache").display().to_string())
+    );
     if let Some(leaf) = &cfg.leaf_listen {
         let _ = writeln!(
             s,
@@ -152,6 +157,7 @@ pub fn render_site(p: &SiteServer<'_>) -> String {
         f(KEY),
         f(CA)
     );
+    let _ = writeln!(s, "\nocsp_cache {{\n  type: local\n  local_store: {}\n}}", f("ocsp-cache"));
     let _ = writeln!(
         s,
         "\nleafnodes {{\n  reconnect: 1\n  remotes: [\n    {{ urls: [{urls}], account: {sys}, credentials: {sysc}, {remote_tls} }}\n    \
@@ -194,6 +200,7 @@ mod tests {
         assert!(text.contains("ca_file: \"/var/lib/tillit/nats/tls/ca.pem\""));
         assert!(!text.contains("http:"), "monitoring is off unless asked for");
         assert!(text.contains("domain: \"hub\""));
+        assert!(text.contains("local_store: \"/var/lib/tillit/nats/ocsp-cache\""), "the OCSP cache lives in the data dir");
         assert!(!text.contains("leafnodes"), "no leafnode listener unless asked for");
     }
 

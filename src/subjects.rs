@@ -79,6 +79,18 @@ pub const KIND_SITE_LIST: &str = "io.tillit.v1.admin.site.list";
 pub const ADMIN_ROTATE_CA: &str = "tillit.v1.admin.rotate.ca";
 pub const KIND_ROTATE_CA: &str = "io.tillit.v1.admin.rotate.ca";
 
+/// Notifications the control plane sends to the instances of one service (stream export of
+/// TILLIT; each tenant account imports its own `tillit.v1.notify.<account>.>`).
+pub const NOTIFY_EXPORT: &str = "tillit.v1.notify.>";
+/// What a tenant account imports.
+pub fn notify_import(account: &str) -> String {
+    format!("tillit.v1.notify.{account}.>")
+}
+/// Where the instances of `<project>.<service>` in `account` hear from the control plane.
+pub fn notify_subject(account: &str, project: &str, service: &str) -> String {
+    format!("tillit.v1.notify.{account}.{project}.{service}")
+}
+
 /// Root of per-identity inboxes: `_INBOX.<user public key>.…`.
 pub const INBOX_ROOT: &str = "_INBOX";
 

@@ -452,6 +452,7 @@ pub fn account_jwt_size(services: usize) -> Result<usize, String> {
             permissions: crate::estate::services::default_permissions(&sid),
             created_at: 0,
             updated_at: 0,
+            previous: vec![],
         };
         n.signing_keys.push(SigningKeyEntry::Scoped(role.scope()));
     }

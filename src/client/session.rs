@@ -36,6 +36,7 @@ pub struct Session {
     client: async_nats::Client,
     inner: Arc<Inner>,
     task: tokio::task::JoinHandle<()>,
+    notified: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -47,6 +48,9 @@ impl std::fmt::Debug for Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(t) = &self.notified {
+            t.abort();
+        }
     }
 }
 
@@ -63,7 +67,14 @@ impl Session {
         let client = connect(&params).await?;
         let inner = Arc::new(Inner { dir: dir.clone(), params, files: std::sync::RwLock::new(files), clock, renewing: Mutex::new(()) });
         let task = tokio::spawn(renewal_loop(client.clone(), inner.clone()));
-        Ok(Session { client, inner, task })
+        let notified = match notification_subject(&inner) {
+            Some(subject) => {
+                let sub = client.subscribe(subject).await.map_err(|e| ClientError::Request { subject: "notifications".into(), reason: e.to_string() })?;
+                Some(tokio::spawn(notification_loop(client.clone(), inner.clone(), sub)))
+            }
+            None => None,
+        };
+        Ok(Session { client, inner, task, notified })
     }
 
     /// The connection. Clone it freely; it stays valid across renewals.
@@ -183,6 +194,36 @@ async fn renew_once(client: &async_nats::Client, inner: &Inner) -> Result<Identi
     }
     tracing::info!(identity = %info.id, expires = %info.expires_at, next = %info.renew_at, "renewed credentials");
     Ok(info)
+}
+
+/// Where a service hears from the control plane (none for other kinds of identity).
+fn notification_subject(inner: &Inner) -> Option<String> {
+    let f = inner.files.read().ok()?;
+    let sid = f.info.service.as_ref()?;
+    (f.info.kind == crate::identity::IdentityKind::Service).then(|| subjects::notify_subject(&f.info.account, &sid.project, &sid.service))
+}
+
+/// On a verified `permissions.changed` for this service: renew onto the role's new key and
+/// reconnect (after a flush), so the new permissions hold without the server closing the
+/// connection under the application.
+async fn notification_loop(client: async_nats::Client, inner: Arc<Inner>, mut sub: async_nats::Subscriber) {
+    use futures::StreamExt;
+    let verifier = {
+        let Ok(f) = inner.files.read() else { return };
+        let Ok(trust) = crate::envelope::TrustSet::from_jwks(f.trust_jwks.as_deref().unwrap_or("{\"keys\":[]}")) else { return };
+        crate::envelope::Verifier::new(trust, vec![f.info.id.clone()], 1024)
+    };
+    let kind = format!("io.tillit.v1.{}", subjects::EVENT_PERMISSIONS_CHANGED);
+    while let Some(msg) = sub.next().await {
+        let Ok(token) = std::str::from_utf8(&msg.payload) else { continue };
+        match verifier.verify::<serde_json::Value>(token, &kind, inner.clock.now_unix()) {
+            Ok(_) => match renew_once(&client, &inner).await {
+                Ok(info) => tracing::info!(identity = %info.id, "permissions changed: moved to the new credentials"),
+                Err(e) => tracing::warn!("permissions changed, but renewing failed: {e}; the server will reconnect this client"),
+            },
+            Err(e) => tracing::warn!("ignored a notification: {e}"),
+        }
+    }
 }
 
 async fn renewal_loop(client: async_nats::Client, inner: Arc<Inner>) {

@@ -176,6 +176,10 @@ pub struct IdentityRecord {
     /// For site agents: their site.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
+    /// For services: the scoped key that signed the current user JWT (a permission change
+    /// retires the old key early once every instance moved off it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_key: Option<String>,
 }
 
 /// Credentials minted in memory for a party of the control plane itself (never written to disk).
@@ -513,6 +517,7 @@ impl Estate {
                     export("tillit service api", subjects::SVC_EXPORT, "service", "requests services make of the control plane"),
                     export("tillit enrollment", subjects::ENROLL, "service", "enrollment with a join token"),
                     export("tillit events", subjects::EVENTS_EXPORT, "stream", "signed event envelopes"),
+                    export("tillit notifications", subjects::NOTIFY_EXPORT, "stream", "notifications to the instances of one service"),
                 ];
                 n
             }
@@ -538,14 +543,24 @@ impl Estate {
                     rec.tenant.as_deref().unwrap_or("?"),
                     rec.env.as_deref().unwrap_or("?")
                 ));
-                n.imports = vec![Import {
-                    name: "tillit service api".into(),
-                    subject: subjects::SVC_EXPORT.into(),
-                    account: tillit_pub.into(),
-                    kind: "service".into(),
-                    local_subject: None,
-                    share: true,
-                }];
+                n.imports = vec![
+                    Import {
+                        name: "tillit service api".into(),
+                        subject: subjects::SVC_EXPORT.into(),
+                        account: tillit_pub.into(),
+                        kind: "service".into(),
+                        local_subject: None,
+                        share: true,
+                    },
+                    Import {
+                        name: "tillit notifications".into(),
+                        subject: subjects::notify_import(&rec.name),
+                        account: tillit_pub.into(),
+                        kind: "stream".into(),
+                        local_subject: None,
+                        share: false,
+                    },
+                ];
                 n
             }
         };
@@ -559,15 +574,15 @@ impl Estate {
             let mut replaced = false;
             for stored in self.roles_of(&rec.name)? {
                 match role {
-                    Some(r) if r.key == stored.key => {
-                        n.signing_keys.push(SigningKeyEntry::Scoped(r.scope()));
+                    Some(r) if r.service == stored.service => {
+                        n.signing_keys.extend(r.scopes().into_iter().map(SigningKeyEntry::Scoped));
                         replaced = true;
                     }
-                    _ => n.signing_keys.push(SigningKeyEntry::Scoped(stored.scope())),
+                    _ => n.signing_keys.extend(stored.scopes().into_iter().map(SigningKeyEntry::Scoped)),
                 }
             }
             if let (Some(r), false) = (role, replaced) {
-                n.signing_keys.push(SigningKeyEntry::Scoped(r.scope()));
+                n.signing_keys.extend(r.scopes().into_iter().map(SigningKeyEntry::Scoped));
             }
         }
         n.revocations = rec.revocations.clone();
@@ -758,6 +773,7 @@ impl Estate {
             xkey: None,
             revoked_at: None,
             site: None,
+            role_key: None,
         };
         let mut b = Batch::new();
         b.put_json(Space::Identities, &rec.user_public_key, &rec)?;

@@ -70,9 +70,42 @@ pub struct RoleRecord {
     pub permissions: UserPermissions,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Keys this role signed with before its last permission change, still in the account so
+    /// their users stay connected until they move to the new key (or `retire_at` passes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous: Vec<RetiringKey>,
+}
+
+/// A role's former scoped key after a permission change. During the grace period it keeps the
+/// old template, so its users stay connected until they move to the new key; then its template
+/// becomes the new permissions (its remaining users are reconnected by the server and get them);
+/// it leaves the account once no JWT it signed can still be valid.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RetiringKey {
+    pub key: String,
+    pub permissions: UserPermissions,
+    /// End of the grace period.
+    pub retire_at: i64,
+    /// When the last JWT it signed has expired.
+    pub remove_at: i64,
 }
 
 impl RoleRecord {
+    /// Entries of the account JWT for this role: the current key, then the retiring ones.
+    pub fn scopes(&self) -> Vec<jwt::ScopedSigningKey> {
+        let mut v = vec![self.scope()];
+        for p in &self.previous {
+            v.push(jwt::ScopedSigningKey {
+                kind: "user_scope".into(),
+                key: p.key.clone(),
+                role: self.service.role(),
+                template: p.permissions.clone(),
+                description: None,
+            });
+        }
+        v
+    }
+
     pub fn store_key(sid: &ServiceId) -> String {
         format!("{}/{}", sid.account_name(), sid.role())
     }
@@ -91,12 +124,17 @@ impl RoleRecord {
 }
 
 /// What a service may do before any grant: publish and subscribe its own namespace
-/// `<project>.<service>.>`, receive on its own inbox, and call the tillit service API.
+/// `<project>.<service>.>`, receive on its own inbox and its notification subject, and call
+/// the tillit service API.
 pub fn default_permissions(sid: &ServiceId) -> UserPermissions {
     let ns = format!("{}.>", sid.subject_prefix());
     UserPermissions::new(
         vec![ns.clone(), subjects::SVC_EXPORT.into()],
-        vec![ns, format!("{}.{{{{subject()}}}}.>", subjects::INBOX_ROOT)],
+        vec![
+            ns,
+            format!("{}.{{{{subject()}}}}.>", subjects::INBOX_ROOT),
+            subjects::notify_subject(&sid.account_name(), &sid.project, &sid.service),
+        ],
     )
 }
 
@@ -186,6 +224,7 @@ impl Estate {
             permissions: default_permissions(sid),
             created_at: now,
             updated_at: now,
+            previous: vec![],
         };
         let mut b = Batch::new();
         self.vault.put_sealed(&mut b, Space::Keys, &keys_scoped(&role.key), seed_of(&key, "scoped key")?.expose().as_bytes())?;
@@ -197,6 +236,36 @@ impl Estate {
         b.put_json(Space::Accounts, &acct.name, &acct)?;
         self.store().commit(b)?;
         Ok((acct, role, true))
+    }
+
+    /// `role` with `permissions` under a *new* scoped key; the current key joins `previous`
+    /// until `retire_at` (adding a key to an account closes no connection, changing or removing
+    /// one closes its users'). Returns the new role and the batch holding the new key's seed.
+    pub fn rekey_role(&self, role: &RoleRecord, permissions: UserPermissions, retire_at: i64) -> Result<(RoleRecord, Batch)> {
+        let key = KeyPair::new_account();
+        let mut next = role.clone();
+        let remove_at = self.clock.now_unix() + self.config.service_ttl.as_secs() as i64 + 60;
+        next.previous.push(RetiringKey { key: role.key.clone(), permissions: role.permissions.clone(), retire_at, remove_at });
+        next.key = key.public_key();
+        next.permissions = permissions;
+        next.updated_at = self.clock.now_unix();
+        let mut b = Batch::new();
+        self.vault.put_sealed(&mut b, Space::Keys, &keys_scoped(&next.key), seed_of(&key, "scoped key")?.expose().as_bytes())?;
+        Ok((next, b))
+    }
+
+    /// `role` after its grace periods: former keys whose grace is over (or all, when `now_all`)
+    /// carry the current permissions, and those whose JWTs all expired are gone. None when
+    /// nothing changes.
+    pub fn role_settled(&self, role: &RoleRecord, now: i64, now_all: bool) -> Option<RoleRecord> {
+        let mut next = role.clone();
+        next.previous.retain(|p| p.remove_at > now);
+        for p in next.previous.iter_mut() {
+            if (now_all || p.retire_at <= now) && p.permissions != role.permissions {
+                p.permissions = role.permissions.clone();
+            }
+        }
+        (next.previous != role.previous).then_some(next)
     }
 
     /// The account of `role` re-signed with `role` as given (not stored): the caller pushes it,

@@ -18,6 +18,7 @@ use crate::permissions::{check_grantable, MAX_GRANTS};
 use crate::proto::{GrantRequest, GrantsReply, IdentityEntry, ListReply, RevokeReply, RevokedIdentity, RevokeRequest, ServiceRequest};
 use crate::store::{Batch, Space};
 use std::sync::Arc;
+use std::time::Duration;
 
 fn estate_err(e: EstateError) -> ApiError {
     match e {
@@ -90,8 +91,25 @@ async fn change(ctx: &Ctx, actor: &str, req: GrantRequest, how: Change) -> Resul
     if next.permissions == role.permissions {
         return Ok(grants_reply(&role));
     }
-    next.updated_at = e.clock().now_unix();
-    let signed = e.preview_role_change(&acct, &next).map_err(estate_err)?;
+    // The new permissions go to a new scoped key; the old one stays (its users stay connected)
+    // until they moved to the new key or the grace period ends. Adding a key closes nothing.
+    let now = e.clock().now_unix();
+    let in_place = next.clone();
+    let (rekeyed, key_batch) = e.rekey_role(&role, next.permissions.clone(), now + RETIRE_GRACE.as_secs().max(1) as i64).map_err(estate_err)?;
+    let (next, signed, rekey) = match e.preview_role_change(&acct, &rekeyed) {
+        Ok(signed) => (rekeyed, signed, true),
+        // No room in the account JWT for a second key: change the template in place (the
+        // server reconnects the role's users at once, with the new permissions).
+        Err(EstateError::Limit(_)) => {
+            let signed = e.preview_role_change(&acct, &in_place).map_err(estate_err)?;
+            (in_place, signed, false)
+        }
+        Err(other) => return Err(estate_err(other)),
+    };
+    if rekey {
+        // The new key's seed is stored before the account that names it reaches the server.
+        e.store().commit(key_batch).map_err(ApiError::internal)?;
+    }
     // Live first: if nats-server cannot take it, nothing is recorded or changed.
     push(ctx, &signed, action).await?;
     let mut b = Batch::new();
@@ -106,10 +124,107 @@ async fn change(ctx: &Ctx, actor: &str, req: GrantRequest, how: Change) -> Resul
     }
     tracing::info!(service = %sid, action, "permissions changed");
     let data = serde_json::json!({ "service": sid.to_string(), "pub": next.permissions.publish.allow, "sub": next.permissions.subscribe.allow });
+    if rekey {
+        notify_instances(ctx, sid, &data).await;
+        spawn_retirement(ctx, sid.clone(), role.key.clone());
+    }
     if let Err(err) = ctx.events.publish(crate::subjects::EVENT_PERMISSIONS_CHANGED, None, &sid.to_string(), &data, e.clock().now_unix()).await {
         tracing::error!(service = %sid, "cannot publish permissions.changed: {err}");
     }
     Ok(grants_reply(&next))
+}
+
+/// How long a role's former key stays after a permission change. Instances using the tillit
+/// client library move to the new key within milliseconds of the notification (a renewal and a
+/// reconnect they start themselves, after flushing: nothing in flight is lost); instances that
+/// do not (other clients, dead processes) are disconnected when the key is removed, and
+/// reconnect with the new permissions. Either way the change holds within 2 s.
+pub const RETIRE_GRACE: Duration = Duration::from_millis(1500);
+
+/// Tell a service's running instances their permissions changed (a signed envelope on their
+/// notification subject): the client library renews onto the new key and reconnects.
+async fn notify_instances(ctx: &Ctx, sid: &ServiceId, data: &serde_json::Value) {
+    let e = &ctx.estate;
+    let aud = sid.spiffe_id(e.trust_domain());
+    let subject = crate::subjects::notify_subject(&sid.account_name(), &sid.project, &sid.service);
+    match ctx.events.sign_only(crate::subjects::EVENT_PERMISSIONS_CHANGED, &sid.to_string(), &aud, data, e.clock().now_unix()) {
+        Ok(token) => {
+            if let Err(err) = ctx.api.publish(subject, token.into()).await {
+                tracing::warn!(service = %sid, "cannot notify instances: {err}");
+            }
+        }
+        Err(err) => tracing::warn!(service = %sid, "cannot sign the notification: {err}"),
+    }
+}
+
+/// End `old_key`'s grace once every active instance moved off it, or after [`RETIRE_GRACE`]:
+/// its template becomes the new permissions (the server reconnects whoever still uses it).
+fn spawn_retirement(ctx: &Ctx, sid: ServiceId, old_key: String) {
+    let Some(ctx) = ctx.me.get().and_then(|w| w.upgrade()) else { return };
+    tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let moved = ctx
+                .estate
+                .identities_of(&sid)
+                .map(|ids| {
+                    let now = ctx.estate.clock().now_unix();
+                    ids.iter().filter(|i| i.state == IdentityState::Active && i.expires_at > now).all(|i| i.role_key.as_deref() != Some(old_key.as_str()))
+                })
+                .unwrap_or(false);
+            if moved || start.elapsed() >= RETIRE_GRACE {
+                if let Err(err) = retire_role_key(&ctx, &sid, &old_key, moved).await {
+                    tracing::error!(service = %sid, "cannot retire the former key: {}", err.message);
+                }
+                return;
+            }
+        }
+    });
+}
+
+/// Settle a role's former keys (grace over: current permissions; JWTs all expired: removed),
+/// push, record.
+pub async fn retire_role_key(ctx: &Ctx, sid: &ServiceId, old_key: &str, all_moved: bool) -> Result<(), ApiError> {
+    settle_role(ctx, sid, true, serde_json::json!({ "key": old_key, "all_moved": all_moved })).await
+}
+
+async fn settle_role(ctx: &Ctx, sid: &ServiceId, grace_over: bool, why: serde_json::Value) -> Result<(), ApiError> {
+    let e = &ctx.estate;
+    let _g = e.account_lock().lock().await;
+    let Some(role) = e.role(sid).map_err(ApiError::internal)? else { return Ok(()) };
+    let now = e.clock().now_unix();
+    let Some(next) = e.role_settled(&role, now, grace_over) else { return Ok(()) };
+    let removed: Vec<String> = role.previous.iter().filter(|p| !next.previous.iter().any(|n| n.key == p.key)).map(|p| p.key.clone()).collect();
+    let acct = e.account(&role.account).map_err(ApiError::internal)?;
+    let signed = e.preview_role_change(&acct, &next).map_err(estate_err)?;
+    push(ctx, &signed, "retire_key").await?;
+    let mut b = Batch::new();
+    b.put_json(Space::Roles, RoleRecord::store_key(sid), &next).map_err(ApiError::internal)?;
+    b.put_json(Space::Accounts, &signed.name, &signed).map_err(ApiError::internal)?;
+    for k in &removed {
+        b.delete(Space::Keys, crate::estate::keys_scoped(k));
+    }
+    ctx.journal
+        .record(Entry::ok("tillit", "retire_key", &sid.to_string()).detail(serde_json::json!({ "why": why, "removed": removed })).batch(b))
+        .await
+        .map_err(ApiError::internal)?;
+    if let Ok(mut m) = ctx.roles.write() {
+        m.insert(sid.clone(), RoleEntry::new((signed, next)));
+    }
+    tracing::info!(service = %sid, removed = removed.len(), "former role keys settled");
+    Ok(())
+}
+
+/// Settle every role's former keys (at start, and periodically: keys whose JWTs all expired
+/// leave the account).
+pub async fn retire_leftover_keys(ctx: &Ctx, grace_over: bool) {
+    let roles: Vec<RoleRecord> = ctx.estate.accounts().unwrap_or_default().iter().flat_map(|a| ctx.estate.roles_of(&a.name).unwrap_or_default()).collect();
+    for r in roles.iter().filter(|r| !r.previous.is_empty()) {
+        if let Err(err) = settle_role(ctx, &r.service, grace_over, serde_json::json!("settle")).await {
+            tracing::error!(service = %r.service, "cannot settle former keys: {}", err.message);
+        }
+    }
 }
 
 pub async fn grant(ctx: &Ctx, caller: &IdentityRecord, req: GrantRequest) -> Result<GrantsReply, ApiError> {

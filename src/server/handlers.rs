@@ -208,6 +208,7 @@ mod tests {
             xkey: None,
             revoked_at: None,
             site: None,
+            role_key: None,
         }
     }
 

@@ -130,6 +130,8 @@ pub struct Ctx {
     pub account_keys: std::sync::RwLock<HashMap<String, String>>,
     /// Serialises CA rotation steps.
     pub ca_lock: tokio::sync::Mutex<()>,
+    /// This context, for work a handler leaves running after it replies.
+    pub me: OnceLock<std::sync::Weak<Ctx>>,
 }
 
 fn stopped(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
@@ -307,7 +309,9 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         xkey: estate.xkey().map_err(|e| ServeError::Creds(e.to_string()))?,
         account_keys: Default::default(),
         ca_lock: Default::default(),
+        me: OnceLock::new(),
     });
+    let _ = ctx.me.set(Arc::downgrade(&ctx));
     // Make sure the servers hold the current JWT of every account (a restored or new server may not).
     for acct in estate.accounts().map_err(|e| ServeError::Creds(e.to_string()))? {
         if acct.name == SYS_ACCOUNT || acct.name == crate::estate::BOOTSTRAP_ACCOUNT {
@@ -318,6 +322,15 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
             tracing::warn!("{}", e.message);
         }
     }
+    // Role keys left over from permission changes before a restart are retired now.
+    admin::retire_leftover_keys(&ctx, true).await;
+    let settle = ctx.clone();
+    background.push(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(300)).await;
+            admin::retire_leftover_keys(&settle, false).await;
+        }
+    }));
     // BOOTSTRAP carries the live revocations of used tokens' bootstrap users.
     let revocations = services::start_revocations(&ctx).await.map_err(|e| ServeError::Service(e.message))?;
     background.push(tokio::spawn(services::run_revoker(ctx.clone(), revocations, revoke_rx)));

@@ -150,6 +150,7 @@ async fn agent_entry(ctx: &Ctx, site: &str, user_pub: &str) -> Result<RoleEntry,
         permissions: crate::estate::sites::agent_permissions(),
         created_at: 0,
         updated_at: 0,
+        previous: vec![],
     };
     Ok(std::sync::Arc::new((acct, role)))
 }
@@ -349,6 +350,7 @@ pub async fn enroll(
         xkey: Some(req.xkey.clone()),
         revoked_at: None,
         site: site.clone(),
+        role_key: site.is_none().then(|| entry.1.key.clone()),
     };
     let mut b = Batch::new();
     b.put_json(Space::Identities, user_pub, &rec).map_err(ApiError::internal)?;
@@ -381,10 +383,12 @@ pub async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: RenewRequest) -> Res
     let e = &ctx.estate;
     let csr_key = x509::parse_csr(&req.csr, &caller.user_public_key).map_err(csr_error)?;
     let acct = e.account(&caller.account).map_err(ApiError::internal)?;
+    let mut role_key = None;
     let (jwt, cert_pem, serial, issued, expires) = match (caller.kind, &caller.service) {
         (IdentityKind::Service, Some(sid)) => {
             let entry = ensure_role_pushed(ctx, sid).await?;
             let i = e.issue_service(&entry.0, &entry.1, &caller.user_public_key, &csr_key).map_err(ApiError::internal)?;
+            role_key = Some(entry.1.key.clone());
             (i.user_jwt, i.cert_pem, i.serial, i.issued_at, i.expires_at)
         }
         (IdentityKind::Admin, _) => {
@@ -402,6 +406,9 @@ pub async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: RenewRequest) -> Res
         _ => return Err(ApiError::forbidden("this kind of identity cannot renew here")),
     };
     let mut rec = caller.clone();
+    if role_key.is_some() {
+        rec.role_key = role_key;
+    }
     rec.cert_serial = serial;
     rec.issued_at = issued;
     rec.expires_at = expires;

@@ -13,6 +13,8 @@ use tokio::sync::Mutex;
 pub const EVENTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 /// How long an agent has to apply and acknowledge an event before it is delivered again.
 pub const AGENT_ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a notification stays valid.
+pub const NOTIFY_TTL_SECS: i64 = 60;
 /// How long an event envelope stays valid (agents offline longer re-sync from state).
 pub const EVENT_TTL_SECS: i64 = 30 * 86_400;
 
@@ -88,6 +90,12 @@ impl Events {
             .map_err(|e| StreamError::JetStream(e.to_string()))?;
         let info = c.info().await.map_err(|e| StreamError::JetStream(e.to_string()))?;
         Ok(info.num_pending + info.num_ack_pending as u64)
+    }
+
+    /// Sign an event without storing it (a notification sent straight to its audience).
+    pub fn sign_only<D: Serialize>(&self, kind: &str, subject: &str, aud: &str, data: D, now: i64) -> Result<String, StreamError> {
+        let signer = self.signer.read().map(|s| s.clone()).map_err(|_| StreamError::Sign("signer lock".into()))?;
+        signer.sign(&format!("io.tillit.v1.{kind}"), subject, aud, NOTIFY_TTL_SECS, None, data, now).map_err(|e| StreamError::Sign(e.to_string()))
     }
 
     /// Sign with another key from now on (after a signing-key rotation).

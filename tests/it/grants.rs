@@ -54,6 +54,43 @@ async fn a_grant_reaches_a_connected_client_and_an_ungrant_takes_it_away() {
     assert!(tokio::time::timeout(Duration::from_millis(500), sub.next()).await.is_err(), "still allowed after ungrant");
 }
 
+/// A client that does not use the tillit library (no notifications, never renews) still gets a
+/// grant and loses an ungrant within 2 s: when the grace period of the role's former key ends,
+/// that key takes the new permissions and the server reconnects its users with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_outside_the_library_follows_grants_within_two_seconds() {
+    let e = Estate::init("example.org");
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let dir = enroll_one(&e, "acme/shop/prod/orders", "orders");
+    let files = tillit::identity::load(&tillit::layout::IdentityDir::new(&dir)).unwrap();
+    let c = tillit::client::connect(&tillit::client::ConnectParams::from_identity(&files, None).unwrap()).await.unwrap();
+    let mut sub = c.subscribe("shop.audit.>").await.unwrap();
+    let started = Instant::now();
+    let out = tillit(&["grant", "acme/shop/prod/orders", "--pub", "shop.audit.>", "--sub", "shop.audit.>", "--identity", &e.admin()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut seen = None;
+    while started.elapsed() < Duration::from_secs(2) {
+        let _ = c.publish("shop.audit.x", "after".into()).await;
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(20), sub.next()).await {
+            if &m.payload[..] == b"after" {
+                seen = Some(started.elapsed());
+                break;
+            }
+        }
+    }
+    let took = seen.expect("a plain client did not get the grant within 2s");
+    eprintln!("grant to effect (plain client): {took:?}");
+    let started = Instant::now();
+    let out = tillit(&["ungrant", "acme/shop/prod/orders", "--pub", "shop.audit.>", "--sub", "shop.audit.>", "--identity", &e.admin()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(started.elapsed())).await;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {}
+    c.publish("shop.audit.x", "gone".into()).await.unwrap();
+    c.flush().await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(500), sub.next()).await.is_err(), "still allowed 2s after the ungrant");
+}
+
 #[test]
 fn refused_grants_change_nothing() {
     let e = Estate::init("example.org");
@@ -150,6 +187,9 @@ async fn a_publisher_keeps_publishing_while_its_role_is_bounced_by_a_grant() {
     let out = tillit(&["grant", "acme/shop/prod/audit", "--sub", "shop.orders.>", "--identity", &e.admin()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let sub_session = Identity::load(&audit).unwrap().connect().await.unwrap();
+    // Started after its own grant: its JWT on disk is from the role's former key, whose old
+    // template holds for the grace period; renewing moves it to the new key at once.
+    sub_session.renew_now().await.unwrap();
     let mut sub = sub_session.client().subscribe("shop.orders.seq").await.unwrap();
     barrier(&sub_session.client()).await;
     let publisher = Identity::load(&orders).unwrap().connect().await.unwrap();
