@@ -165,7 +165,7 @@ async fn renew_once(client: &async_nats::Client, inner: &Inner) -> Result<Identi
         &files.info.ca_fingerprint,
         files.info.nats_urls.clone(),
     )?;
-    identity::write(&inner.dir, &new)?;
+    let to_disk = new.clone();
     if let Ok(mut c) = inner.params.creds.write() {
         *c = NatsCreds { user_jwt: new.user_jwt.clone(), user_seed: new.user_seed.clone() };
     }
@@ -184,6 +184,12 @@ async fn renew_once(client: &async_nats::Client, inner: &Inner) -> Result<Identi
         .force_reconnect()
         .await
         .map_err(|e| ClientError::Request { subject: "reconnect".into(), reason: e.to_string() })?;
+    // The files are written while the connection comes back (the old ones stay valid until
+    // they expire, so a crash in between only means the next start renews again).
+    let dir = inner.dir.clone();
+    tokio::task::spawn_blocking(move || identity::write(&dir, &to_disk))
+        .await
+        .map_err(|e| ClientError::Credentials(format!("writing the identity: {e}")))??;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while client.server_info().client_id == old_cid || client.connection_state() != async_nats::connection::State::Connected {
         if tokio::time::Instant::now() > deadline {
@@ -217,10 +223,20 @@ async fn notification_loop(client: async_nats::Client, inner: Arc<Inner>, mut su
     while let Some(msg) = sub.next().await {
         let Ok(token) = std::str::from_utf8(&msg.payload) else { continue };
         match verifier.verify::<serde_json::Value>(token, &kind, inner.clock.now_unix()) {
-            Ok(_) => match renew_once(&client, &inner).await {
-                Ok(info) => tracing::info!(identity = %info.id, "permissions changed: moved to the new credentials"),
-                Err(e) => tracing::warn!("permissions changed, but renewing failed: {e}; the server will reconnect this client"),
-            },
+            Ok(_) => {
+                // A reply can be lost if the server reconnects this client meanwhile: retry.
+                for (attempt, pause) in [0u64, 200, 1000].into_iter().enumerate() {
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                    match tokio::time::timeout(std::time::Duration::from_secs(3), renew_once(&client, &inner)).await {
+                        Ok(Ok(info)) => {
+                            tracing::info!(identity = %info.id, "permissions changed: moved to the new credentials");
+                            break;
+                        }
+                        Ok(Err(e)) => tracing::warn!(attempt, "permissions changed, but renewing failed: {e}"),
+                        Err(_) => tracing::warn!(attempt, "permissions changed, but renewing timed out"),
+                    }
+                }
+            }
             Err(e) => tracing::warn!("ignored a notification: {e}"),
         }
     }

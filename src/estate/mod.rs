@@ -180,6 +180,10 @@ pub struct IdentityRecord {
     /// retires the old key early once every instance moved off it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role_key: Option<String>,
+    /// The scoped key of the JWT before that one: a renewal whose reply was lost leaves the
+    /// instance holding it, so it stays usable until the next renewal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_role_key: Option<String>,
 }
 
 /// Credentials minted in memory for a party of the control plane itself (never written to disk).
@@ -774,6 +778,7 @@ impl Estate {
             revoked_at: None,
             site: None,
             role_key: None,
+            prev_role_key: None,
         };
         let mut b = Batch::new();
         b.put_json(Space::Identities, &rec.user_public_key, &rec)?;

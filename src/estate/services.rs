@@ -255,11 +255,12 @@ impl Estate {
     }
 
     /// `role` after its grace periods: former keys whose grace is over (or all, when `now_all`)
-    /// carry the current permissions, and those whose JWTs all expired are gone. None when
-    /// nothing changes.
-    pub fn role_settled(&self, role: &RoleRecord, now: i64, now_all: bool) -> Option<RoleRecord> {
+    /// carry the current permissions, and those no valid JWT can name any more (every holder
+    /// renewed onto a newer key, or the JWTs expired) are gone. None when nothing changes.
+    /// `held` says whether an identity may still hold a valid JWT signed by a key.
+    pub fn role_settled(&self, role: &RoleRecord, now: i64, now_all: bool, held: impl Fn(&str) -> bool) -> Option<RoleRecord> {
         let mut next = role.clone();
-        next.previous.retain(|p| p.remove_at > now);
+        next.previous.retain(|p| p.remove_at > now && held(&p.key));
         for p in next.previous.iter_mut() {
             if (now_all || p.retire_at <= now) && p.permissions != role.permissions {
                 p.permissions = role.permissions.clone();

@@ -107,7 +107,8 @@ async fn change(ctx: &Ctx, actor: &str, req: GrantRequest, how: Change) -> Resul
         Err(other) => return Err(estate_err(other)),
     };
     if rekey {
-        // The new key's seed is stored before the account that names it reaches the server.
+        // The new key's seed is durable before the account that names it reaches the server
+        // (the audit log, the redo log of records, never carries key material).
         e.store().commit(key_batch).map_err(ApiError::internal)?;
     }
     // Live first: if nats-server cannot take it, nothing is recorded or changed.
@@ -194,7 +195,17 @@ async fn settle_role(ctx: &Ctx, sid: &ServiceId, grace_over: bool, why: serde_js
     let _g = e.account_lock().lock().await;
     let Some(role) = e.role(sid).map_err(ApiError::internal)? else { return Ok(()) };
     let now = e.clock().now_unix();
-    let Some(next) = e.role_settled(&role, now, grace_over) else { return Ok(()) };
+    // Who may still hold a JWT signed by a former key: live identities of the service whose
+    // current JWT it signed (or, for records from before keys were tracked, any live one).
+    let live: Vec<(Option<String>, Option<String>)> = e
+        .identities_of(sid)
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .filter(|i| i.state == IdentityState::Active && i.expires_at > now)
+        .map(|i| (i.role_key, i.prev_role_key))
+        .collect();
+    let held = |k: &str| live.iter().any(|(cur, prev)| cur.as_deref().is_none_or(|r| r == k) || prev.as_deref() == Some(k));
+    let Some(next) = e.role_settled(&role, now, grace_over, held) else { return Ok(()) };
     let removed: Vec<String> = role.previous.iter().filter(|p| !next.previous.iter().any(|n| n.key == p.key)).map(|p| p.key.clone()).collect();
     let acct = e.account(&role.account).map_err(ApiError::internal)?;
     let signed = e.preview_role_change(&acct, &next).map_err(estate_err)?;

@@ -209,6 +209,7 @@ mod tests {
             revoked_at: None,
             site: None,
             role_key: None,
+            prev_role_key: None,
         }
     }
 

@@ -351,6 +351,7 @@ pub async fn enroll(
         revoked_at: None,
         site: site.clone(),
         role_key: site.is_none().then(|| entry.1.key.clone()),
+        prev_role_key: None,
     };
     let mut b = Batch::new();
     b.put_json(Space::Identities, user_pub, &rec).map_err(ApiError::internal)?;
@@ -406,7 +407,8 @@ pub async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: RenewRequest) -> Res
         _ => return Err(ApiError::forbidden("this kind of identity cannot renew here")),
     };
     let mut rec = caller.clone();
-    if role_key.is_some() {
+    if role_key.is_some() && role_key != rec.role_key {
+        rec.prev_role_key = rec.role_key.take();
         rec.role_key = role_key;
     }
     rec.cert_serial = serial;
