@@ -36,6 +36,8 @@ pub enum CryptoError {
     Open { aad: String },
     #[error("sealed value for {aad} is malformed")]
     Malformed { aad: String },
+    #[error("xkey box: {0}")]
+    Sealed(String),
     #[error("the system random number generator failed: {0}")]
     Random(String),
 }
@@ -264,5 +266,115 @@ mod tests {
         assert!(!ct_eq(b"abc", b"abd"));
         assert!(!ct_eq(b"abc", b"abcd"));
         assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}
+
+// === impl Sealer ===
+
+/// Seals to and opens from xkeys (curve25519 + XSalsa20-Poly1305, the nkeys `xkv1` format any
+/// NATS xkey library opens), keeping the Diffie-Hellman result per peer: a box per reader costs
+/// one curve25519 operation instead of one per message.
+pub struct Sealer {
+    secret: crypto_box::SecretKey,
+    public: String,
+    boxes: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<crypto_box::SalsaBox>>>,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealer").field("public", &self.public).finish_non_exhaustive()
+    }
+}
+
+/// Most peers whose boxes are kept.
+const MAX_BOXES: usize = 16_384;
+const XKV1: &[u8] = b"xkv1";
+
+fn xkey_raw(encoded: &str, at: usize) -> Result<[u8; 32], CryptoError> {
+    let raw = data_encoding::BASE32_NOPAD.decode(encoded.as_bytes()).map_err(|_| CryptoError::Sealed("xkey encoding".into()))?;
+    raw.get(at..at + 32).and_then(|r| r.try_into().ok()).ok_or_else(|| CryptoError::Sealed("xkey length".into()))
+}
+
+impl Sealer {
+    /// From an xkey with its secret half.
+    pub fn new(x: &nkeys::XKey) -> Result<Self, CryptoError> {
+        let seed = Zeroizing::new(x.seed().map_err(|e| CryptoError::Sealed(e.to_string()))?);
+        let raw = Zeroizing::new(xkey_raw(&seed, 2)?);
+        Ok(Sealer { secret: crypto_box::SecretKey::from(*raw), public: x.public_key(), boxes: Default::default() })
+    }
+
+    /// This side's public xkey.
+    pub fn public_key(&self) -> &str {
+        &self.public
+    }
+
+    fn boxed(&self, peer: &str) -> Result<std::sync::Arc<crypto_box::SalsaBox>, CryptoError> {
+        if let Some(b) = self.boxes.lock().ok().and_then(|m| m.get(peer).cloned()) {
+            return Ok(b);
+        }
+        nkeys::XKey::from_public_key(peer).map_err(|_| CryptoError::Sealed("peer is not an xkey".into()))?;
+        let pk = crypto_box::PublicKey::from(xkey_raw(peer, 1)?);
+        let b = std::sync::Arc::new(crypto_box::SalsaBox::new(&pk, &self.secret));
+        if let Ok(mut m) = self.boxes.lock() {
+            if m.len() >= MAX_BOXES {
+                m.clear();
+            }
+            m.insert(peer.to_string(), b.clone());
+        }
+        Ok(b)
+    }
+
+    /// Seal `input` to `recipient` (an `X…` public xkey).
+    pub fn seal(&self, input: &[u8], recipient: &str) -> Result<Vec<u8>, CryptoError> {
+        use crypto_box::aead::Aead;
+        let b = self.boxed(recipient)?;
+        let mut nonce = [0u8; 24];
+        fill_random(&mut nonce)?;
+        let ct = b.encrypt(&nonce.into(), input).map_err(|_| CryptoError::Sealed("seal".into()))?;
+        let mut out = Vec::with_capacity(XKV1.len() + 24 + ct.len());
+        out.extend_from_slice(XKV1);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    /// Open what `sender` (an `X…` public xkey) sealed to this side.
+    pub fn open(&self, input: &[u8], sender: &str) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        use crypto_box::aead::Aead;
+        let rest = input.strip_prefix(XKV1).ok_or_else(|| CryptoError::Sealed("not an xkv1 box".into()))?;
+        if rest.len() <= 24 {
+            return Err(CryptoError::Sealed("sealed value is too short".into()));
+        }
+        let (nonce, ct) = rest.split_at(24);
+        let nonce: [u8; 24] = nonce.try_into().map_err(|_| CryptoError::Sealed("nonce".into()))?;
+        let b = self.boxed(sender)?;
+        b.decrypt(&nonce.into(), ct).map(Zeroizing::new).map_err(|_| CryptoError::Sealed("cannot open: wrong key or tampered".into()))
+    }
+}
+
+#[cfg(test)]
+mod sealer_tests {
+    use super::*;
+
+    #[test]
+    fn boxes_are_compatible_with_nkeys_xkeys_both_ways() {
+        let a = nkeys::XKey::new();
+        let b = nkeys::XKey::new();
+        let sa = Sealer::new(&a).unwrap();
+        let sealed = sa.seal(b"hello", &b.public_key()).unwrap();
+        assert_eq!(b.open(&sealed, &nkeys::XKey::from_public_key(&a.public_key()).unwrap()).unwrap(), b"hello");
+        let back = b.seal(b"world", &nkeys::XKey::from_public_key(&a.public_key()).unwrap()).unwrap();
+        assert_eq!(&sa.open(&back, &b.public_key()).unwrap()[..], b"world");
+        // Cached box, second message, distinct nonces.
+        let again = sa.seal(b"hello", &b.public_key()).unwrap();
+        assert_ne!(sealed, again);
+        // Tampered, wrong sender, garbage.
+        let mut bad = back.clone();
+        let n = bad.len() - 1;
+        bad[n] ^= 1;
+        assert!(sa.open(&bad, &b.public_key()).is_err());
+        assert!(sa.open(&back, &nkeys::XKey::new().public_key()).is_err());
+        assert!(sa.open(b"xkv1short", &b.public_key()).is_err());
+        assert!(sa.seal(b"x", "not-a-key").is_err());
     }
 }

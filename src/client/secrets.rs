@@ -25,16 +25,35 @@ pub fn seal_for_control_plane(trust_jwks: &str, value: &[u8]) -> Result<SealedVa
     Ok(SealedValue { sealed: BASE64.encode(&sealed), sender_xkey: sender.public_key() })
 }
 
+/// What opens values the control plane seals to one identity: the pinned control-plane xkey
+/// and this identity's box with it (built once, not per read).
+#[derive(Debug)]
+pub struct Opener {
+    pinned: String,
+    sealer: crate::crypto::Sealer,
+}
+
+impl Opener {
+    pub fn new(files: &IdentityFiles) -> Result<Self, ClientError> {
+        let jwks = files.trust_jwks.as_deref().ok_or_else(|| ClientError::Credentials("no trust.jwks in the identity dir".into()))?;
+        let pinned = control_plane_xkey(jwks)?;
+        let seed = files.xkey_seed.as_ref().ok_or_else(|| ClientError::Credentials("no xkey.seed in the identity dir".into()))?;
+        let me = nkeys::XKey::from_seed(seed.expose()).map_err(|e| ClientError::Credentials(e.to_string()))?;
+        let sealer = crate::crypto::Sealer::new(&me).map_err(|e| ClientError::Credentials(e.to_string()))?;
+        Ok(Opener { pinned, sealer })
+    }
+
+    /// Open `v`; refused unless the pinned control plane sealed it.
+    pub fn open(&self, v: &SealedValue) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        if v.sender_xkey != self.pinned {
+            return Err(ClientError::Protocol("secret was sealed by a key that is not the pinned control plane's".into()));
+        }
+        let sealed = BASE64.decode(v.sealed.as_bytes()).map_err(|_| ClientError::Protocol("sealed value is not base64".into()))?;
+        self.sealer.open(&sealed, &self.pinned).map_err(|_| ClientError::Protocol("sealed value does not open with this identity's xkey".into()))
+    }
+}
+
 /// Open a value the control plane sealed to this identity.
 pub fn open_from_control_plane(files: &IdentityFiles, v: &SealedValue) -> Result<Zeroizing<Vec<u8>>, ClientError> {
-    let jwks = files.trust_jwks.as_deref().ok_or_else(|| ClientError::Credentials("no trust.jwks in the identity dir".into()))?;
-    let pinned = control_plane_xkey(jwks)?;
-    if v.sender_xkey != pinned {
-        return Err(ClientError::Protocol("secret was sealed by a key that is not the pinned control plane's".into()));
-    }
-    let seed = files.xkey_seed.as_ref().ok_or_else(|| ClientError::Credentials("no xkey.seed in the identity dir".into()))?;
-    let me = nkeys::XKey::from_seed(seed.expose()).map_err(|e| ClientError::Credentials(e.to_string()))?;
-    let sender = nkeys::XKey::from_public_key(&pinned).map_err(|e| ClientError::Credentials(e.to_string()))?;
-    let sealed = BASE64.decode(v.sealed.as_bytes()).map_err(|_| ClientError::Protocol("sealed value is not base64".into()))?;
-    me.open(&sealed, &sender).map(Zeroizing::new).map_err(|_| ClientError::Protocol("sealed value does not open with this identity's xkey".into()))
+    Opener::new(files)?.open(v)
 }

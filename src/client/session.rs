@@ -29,6 +29,10 @@ struct Inner {
     files: std::sync::RwLock<IdentityFiles>,
     clock: SharedClock,
     renewing: Mutex<()>,
+    /// The identity's nkey (it never changes: renewal keeps it), derived once.
+    signer: KeyPair,
+    /// Opens sealed secrets; rebuilt after a renewal (the trust set may have changed).
+    opener: std::sync::RwLock<Option<Arc<super::secrets::Opener>>>,
 }
 
 /// A self-renewing connection as one identity.
@@ -65,7 +69,16 @@ impl Session {
         let files = identity::load(dir)?;
         let params = ConnectParams::from_identity(&files, url)?;
         let client = connect(&params).await?;
-        let inner = Arc::new(Inner { dir: dir.clone(), params, files: std::sync::RwLock::new(files), clock, renewing: Mutex::new(()) });
+        let signer = KeyPair::from_seed(files.user_seed.expose()).map_err(|e| ClientError::Credentials(e.to_string()))?;
+        let inner = Arc::new(Inner {
+            signer,
+            dir: dir.clone(),
+            params,
+            files: std::sync::RwLock::new(files),
+            clock,
+            renewing: Mutex::new(()),
+            opener: std::sync::RwLock::new(None),
+        });
         let task = tokio::spawn(renewal_loop(client.clone(), inner.clone()));
         let notified = match notification_subject(&inner) {
             Some(subject) => {
@@ -103,10 +116,18 @@ impl Session {
         let reply: crate::proto::SecretGetReply = self
             .call(subjects::SVC_SECRET_GET, subjects::KIND_SECRET_GET, crate::proto::SecretGetRequest { name: name.into(), version })
             .await?;
-        let plain = {
-            let files = self.inner.files.read().map_err(|_| ClientError::Credentials("identity lock poisoned".into()))?;
-            super::secrets::open_from_control_plane(&files, &reply.value)?
+        let opener = match self.inner.opener.read().ok().and_then(|o| o.clone()) {
+            Some(o) => o,
+            None => {
+                let files = self.inner.files.read().map_err(|_| ClientError::Credentials("identity lock poisoned".into()))?;
+                let o = Arc::new(super::secrets::Opener::new(&files)?);
+                if let Ok(mut slot) = self.inner.opener.write() {
+                    *slot = Some(o.clone());
+                }
+                o
+            }
         };
+        let plain = opener.open(&reply.value)?;
         let text = String::from_utf8(plain.to_vec()).map_err(|_| ClientError::Protocol("secret is not UTF-8 text".into()))?;
         Ok((crate::crypto::SecretString::new(text), reply.version))
     }
@@ -130,12 +151,11 @@ impl Session {
 
     /// A signed request to the control plane as this identity.
     pub async fn call<B: Serialize, R: DeserializeOwned>(&self, subject: &str, kind: &str, body: B) -> Result<R, ClientError> {
-        let (seed, td) = {
+        let td = {
             let f = self.inner.files.read().map_err(|_| ClientError::Credentials("identity lock poisoned".into()))?;
-            (f.user_seed.clone(), f.info.trust_domain.clone())
+            f.info.trust_domain.clone()
         };
-        let signer = KeyPair::from_seed(seed.expose()).map_err(|e| ClientError::Credentials(e.to_string()))?;
-        let signed = proto::sign_request(&signer, &td, subject, kind, body, self.inner.clock.now_unix())
+        let signed = proto::sign_request(&self.inner.signer, &td, subject, kind, body, self.inner.clock.now_unix())
             .map_err(|e| ClientError::Credentials(e.to_string()))?;
         request(&self.client, subject, signed).await
     }
@@ -175,6 +195,9 @@ async fn renew_once(client: &async_nats::Client, inner: &Inner) -> Result<Identi
     let info = new.info.clone();
     if let Ok(mut f) = inner.files.write() {
         *f = new;
+    }
+    if let Ok(mut o) = inner.opener.write() {
+        *o = None;
     }
     // Send what is buffered, reconnect with the new JWT and certificate, and return only once
     // the new connection is up (a new client id), so later requests use it.

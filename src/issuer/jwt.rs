@@ -133,11 +133,40 @@ pub fn decode_any<T: DeserializeOwned>(token: &str) -> Result<(T, String), JwtEr
         iss: String,
     }
     let iss: Iss = serde_json::from_slice(&body).map_err(|e| JwtError::Json(e.to_string()))?;
-    let key = KeyPair::from_public_key(&iss.iss).map_err(|_| JwtError::Issuer(iss.iss.clone()))?;
+    let key = verifying_key(&iss.iss).ok_or_else(|| JwtError::Issuer(iss.iss.clone()))?;
     let signed_len = h.len() + 1 + c.len();
-    key.verify(&token.as_bytes()[..signed_len], &sig).map_err(|_| JwtError::Signature)?;
+    let sig: [u8; 64] = sig.as_slice().try_into().map_err(|_| JwtError::Signature)?;
+    use ed25519_dalek::Verifier as _;
+    key.verify(&token.as_bytes()[..signed_len], &ed25519_dalek::Signature::from_bytes(&sig)).map_err(|_| JwtError::Signature)?;
     let claims = serde_json::from_slice(&body).map_err(|e| JwtError::Json(e.to_string()))?;
     Ok((claims, iss.iss))
+}
+
+/// Most decoded public keys kept.
+const MAX_CACHED_KEYS: usize = 65_536;
+
+/// The Ed25519 key of a public nkey (any kind), decoded and decompressed once: the same callers
+/// sign request after request, and decompressing a point costs about as much as the signature
+/// check itself. The same checks as `KeyPair::from_public_key` (prefix, checksum) on a miss.
+fn verifying_key(nkey: &str) -> Option<ed25519_dalek::VerifyingKey> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, ed25519_dalek::VerifyingKey>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(k) = cache.lock().ok().and_then(|m| m.get(nkey).copied()) {
+        return Some(k);
+    }
+    KeyPair::from_public_key(nkey).ok()?;
+    let raw = data_encoding::BASE32_NOPAD.decode(nkey.as_bytes()).ok()?;
+    let bytes: [u8; 32] = raw.get(1..33)?.try_into().ok()?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()?;
+    if let Ok(mut m) = cache.lock() {
+        if m.len() >= MAX_CACHED_KEYS {
+            m.clear();
+        }
+        m.insert(nkey.to_string(), key);
+    }
+    Some(key)
 }
 
 /// Parse, verify, and require the issuer to be one of `trusted` (a pinned set, never "any key").

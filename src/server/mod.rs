@@ -124,8 +124,8 @@ pub struct Ctx {
     pub roles: std::sync::RwLock<HashMap<crate::names::ServiceId, services::RoleEntry>>,
     /// The signed event stream.
     pub events: stream::Events,
-    /// The control plane's xkey (secrets in and out), opened once.
-    pub xkey: nkeys::XKey,
+    /// The control plane's xkey (secrets in and out), opened once, with a box per reader.
+    pub xkey: crate::crypto::Sealer,
     /// Account name → public key.
     pub account_keys: std::sync::RwLock<HashMap<String, String>>,
     /// Serialises CA rotation steps.
@@ -306,7 +306,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         )
         .await
         .map_err(|e| ServeError::Service(format!("event stream: {e}")))?,
-        xkey: estate.xkey().map_err(|e| ServeError::Creds(e.to_string()))?,
+        xkey: crate::crypto::Sealer::new(&estate.xkey().map_err(|e| ServeError::Creds(e.to_string()))?).map_err(|e| ServeError::Creds(e.to_string()))?,
         account_keys: Default::default(),
         ca_lock: Default::default(),
         me: OnceLock::new(),

@@ -41,13 +41,12 @@ fn open(ctx: &Ctx, v: &SealedValue) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     if sealed.len() > MAX_VALUE_BYTES + 64 {
         return Err(too_large(sealed.len()));
     }
-    let sender = nkeys::XKey::from_public_key(&v.sender_xkey).map_err(|_| ApiError::bad_request("sender_xkey is not an xkey"))?;
-    let cp = &ctx.xkey;
-    let plain = cp.open(&sealed, &sender).map_err(|_| ApiError::bad_request("sealed value does not open with the control plane's xkey (sealed to another key?)"))?;
+    nkeys::XKey::from_public_key(&v.sender_xkey).map_err(|_| ApiError::bad_request("sender_xkey is not an xkey"))?;
+    let plain = ctx.xkey.open(&sealed, &v.sender_xkey).map_err(|_| ApiError::bad_request("sealed value does not open with the control plane's xkey (sealed to another key?)"))?;
     if plain.len() > MAX_VALUE_BYTES {
         return Err(too_large(plain.len()));
     }
-    Ok(Zeroizing::new(plain))
+    Ok(plain)
 }
 
 fn readers(path: &SecretPath, given: &[String]) -> Result<Vec<Reader>, ApiError> {
@@ -175,13 +174,9 @@ pub async fn get(ctx: &Ctx, caller: &IdentityRecord, req: SecretGetRequest) -> R
         .secret_value(&path, version)
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("{path} has no version {version}")))?;
-    let recipient = caller
-        .xkey
-        .as_deref()
-        .and_then(|x| nkeys::XKey::from_public_key(x).ok())
-        .ok_or_else(|| ApiError::forbidden("this identity has no xkey to seal to; enroll again"))?;
+    let recipient = caller.xkey.as_deref().ok_or_else(|| ApiError::forbidden("this identity has no xkey to seal to; enroll again"))?;
     let cp = &ctx.xkey;
-    let sealed = cp.seal(&value, &recipient).map_err(ApiError::internal)?;
+    let sealed = cp.seal(&value, recipient).map_err(ApiError::internal)?;
     ctx.journal.record_relaxed(Entry::ok(&caller.id, "secret.get", &path.to_string()).detail(serde_json::json!({ "version": version })));
-    Ok(SecretGetReply { path: path.to_string(), version, value: SealedValue { sealed: BASE64.encode(&sealed), sender_xkey: cp.public_key() } })
+    Ok(SecretGetReply { path: path.to_string(), version, value: SealedValue { sealed: BASE64.encode(&sealed), sender_xkey: cp.public_key().to_string() } })
 }
