@@ -43,6 +43,34 @@ pub struct CaRecord {
     pub switched_at: Option<i64>,
 }
 
+impl CaRecord {
+    /// The CA `init` made (before any rotation, the only one).
+    fn initial(meta: &EstateMeta) -> Self {
+        CaRecord {
+            fingerprint: meta.ca_fingerprint.clone(),
+            cert_pem: meta.ca_cert_pem.clone(),
+            state: CaState::Current,
+            created_at: meta.created_at,
+            key_ref: "ca".into(),
+            retire_at: None,
+            switched_at: None,
+        }
+    }
+}
+
+/// Open the signing half of each CA (keys from the vault).
+fn authorities(vault: &Vault, records: &[CaRecord], config: &Config) -> Result<Vec<Arc<CertAuthority>>> {
+    let mut cas = Vec::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        let key = vault.get_sealed(Space::Keys, &r.key_ref)?.ok_or_else(|| EstateError::Key("CA".into(), format!("no key {}", r.key_ref)))?;
+        let key = SecretString::new(String::from_utf8_lossy(&key).into_owned());
+        // The CA of `init` keeps the plain `/crl` URL its certificates already carry.
+        let fp = (i > 0 || r.key_ref != "ca").then_some(r.fingerprint.as_str());
+        cas.push(Arc::new(CertAuthority::load(&r.cert_pem, &key)?.with_revocation_urls(revocation_urls_for(config, fp))));
+    }
+    Ok(cas)
+}
+
 /// The CAs as loaded: records and their signing halves.
 pub struct CaSet {
     pub records: Vec<CaRecord>,
@@ -58,18 +86,7 @@ impl std::fmt::Debug for CaSet {
 impl CaSet {
     /// The single CA of a new estate.
     pub(crate) fn initial(meta: &EstateMeta, ca: CertAuthority) -> Self {
-        CaSet {
-            records: vec![CaRecord {
-                fingerprint: meta.ca_fingerprint.clone(),
-                cert_pem: meta.ca_cert_pem.clone(),
-                state: CaState::Current,
-                created_at: meta.created_at,
-                key_ref: "ca".into(),
-                retire_at: None,
-                switched_at: None,
-            }],
-            cas: vec![Arc::new(ca)],
-        }
+        CaSet { records: vec![CaRecord::initial(meta)], cas: vec![Arc::new(ca)] }
     }
 
     fn current(&self) -> Option<(&CaRecord, &Arc<CertAuthority>)> {
@@ -107,25 +124,8 @@ pub(crate) fn revocation_urls_for(config: &Config, fingerprint: Option<&str>) ->
 impl Estate {
     /// Load the CA set (the single CA of `init` when no rotation happened yet).
     pub(crate) fn load_cas(vault: &Vault, meta: &EstateMeta, config: &Config) -> Result<CaSet> {
-        let records: Vec<CaRecord> = get_json(vault.store(), Space::Meta, META_CAS)?.unwrap_or_else(|| {
-            vec![CaRecord {
-                fingerprint: meta.ca_fingerprint.clone(),
-                cert_pem: meta.ca_cert_pem.clone(),
-                state: CaState::Current,
-                created_at: meta.created_at,
-                key_ref: "ca".into(),
-                retire_at: None,
-                switched_at: None,
-            }]
-        });
-        let mut cas = Vec::with_capacity(records.len());
-        for (i, r) in records.iter().enumerate() {
-            let key = vault.get_sealed(Space::Keys, &r.key_ref)?.ok_or_else(|| EstateError::Key("CA".into(), format!("no key {}", r.key_ref)))?;
-            let key = SecretString::new(String::from_utf8_lossy(&key).into_owned());
-            // The CA of `init` keeps the plain `/crl` URL its certificates already carry.
-            let fp = (i > 0 || r.key_ref != "ca").then_some(r.fingerprint.as_str());
-            cas.push(Arc::new(CertAuthority::load(&r.cert_pem, &key)?.with_revocation_urls(revocation_urls_for(config, fp))));
-        }
+        let records: Vec<CaRecord> = get_json(vault.store(), Space::Meta, META_CAS)?.unwrap_or_else(|| vec![CaRecord::initial(meta)]);
+        let cas = authorities(vault, &records, config)?;
         Ok(CaSet { records, cas })
     }
 
@@ -168,13 +168,7 @@ impl Estate {
         let mut b = extra;
         b.put_json(Space::Meta, META_CAS, &records)?;
         self.store().commit(b)?;
-        let mut cas = Vec::with_capacity(records.len());
-        for (i, r) in records.iter().enumerate() {
-            let key = self.vault.get_sealed(Space::Keys, &r.key_ref)?.ok_or_else(|| EstateError::Key("CA".into(), format!("no key {}", r.key_ref)))?;
-            let key = SecretString::new(String::from_utf8_lossy(&key).into_owned());
-            let fp = (i > 0 || r.key_ref != "ca").then_some(r.fingerprint.as_str());
-            cas.push(Arc::new(CertAuthority::load(&r.cert_pem, &key)?.with_revocation_urls(revocation_urls_for(&self.config, fp))));
-        }
+        let cas = authorities(&self.vault, &records, &self.config)?;
         if let Ok(mut g) = self.cas.write() {
             *g = CaSet { records, cas };
         }

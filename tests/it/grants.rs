@@ -5,6 +5,19 @@ use futures::StreamExt;
 use std::time::{Duration, Instant};
 use tillit::client::Identity;
 
+/// Publish on `shop.audit.x` until the client's own subscription sees it; how long that took.
+async fn usable_within(c: &async_nats::Client, sub: &mut async_nats::Subscriber, started: Instant, within: Duration) -> Option<Duration> {
+    while started.elapsed() < within {
+        let _ = c.publish("shop.audit.x", "after".into()).await;
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(20), sub.next()).await {
+            if &m.payload[..] == b"after" {
+                return Some(started.elapsed());
+            }
+        }
+    }
+    None
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_reaches_a_connected_client_and_an_ungrant_takes_it_away() {
     let e = Estate::init("example.org");
@@ -24,17 +37,7 @@ async fn a_grant_reaches_a_connected_client_and_an_ungrant_takes_it_away() {
     let g: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(g["granted_pub"], serde_json::json!(["shop.audit.>"]));
     // The same client, without new credentials, gains the subject within 2 s.
-    let mut seen = None;
-    while started.elapsed() < Duration::from_secs(2) {
-        let _ = c.publish("shop.audit.x", "after".into()).await;
-        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(20), sub.next()).await {
-            if &m.payload[..] == b"after" {
-                seen = Some(started.elapsed());
-                break;
-            }
-        }
-    }
-    let took = seen.expect("granted subject not usable within 2s");
+    let took = usable_within(&c, &mut sub, started, Duration::from_secs(2)).await.expect("granted subject not usable within 2s");
     eprintln!("grant to effect: {took:?}");
     // Its own namespace kept working throughout.
     let mut own = c.subscribe("shop.orders.>").await.unwrap();
@@ -69,17 +72,7 @@ async fn a_client_outside_the_library_follows_grants_within_two_seconds() {
     let started = Instant::now();
     let out = tillit(&["grant", "acme/shop/prod/orders", "--pub", "shop.audit.>", "--sub", "shop.audit.>", "--identity", &e.admin()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let mut seen = None;
-    while started.elapsed() < Duration::from_secs(2) {
-        let _ = c.publish("shop.audit.x", "after".into()).await;
-        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(20), sub.next()).await {
-            if &m.payload[..] == b"after" {
-                seen = Some(started.elapsed());
-                break;
-            }
-        }
-    }
-    let took = seen.expect("a plain client did not get the grant within 2s");
+    let took = usable_within(&c, &mut sub, started, Duration::from_secs(2)).await.expect("a plain client did not get the grant within 2s");
     eprintln!("grant to effect (plain client): {took:?}");
     let started = Instant::now();
     let out = tillit(&["ungrant", "acme/shop/prod/orders", "--pub", "shop.audit.>", "--sub", "shop.audit.>", "--identity", &e.admin()]);

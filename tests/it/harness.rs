@@ -461,3 +461,17 @@ impl Drop for AgentProc {
         self.kill();
     }
 }
+
+/// `tillit secret put PATH --value-file … --reader R…` as the admin.
+pub fn secret_put(e: &Estate, path: &str, value: &str, readers: &[&str]) -> Output {
+    let file = e.tmp.path().join(format!("value-{}", path.replace('/', "_")));
+    std::fs::write(&file, value).unwrap();
+    let mut args = vec!["secret", "put", path, "--value-file", file.to_str().unwrap()];
+    for r in readers {
+        args.push("--reader");
+        args.push(r);
+    }
+    let admin = e.admin();
+    args.extend(["--identity", &admin]);
+    tillit(&args)
+}

@@ -4,16 +4,7 @@ use crate::harness::*;
 use tillit::client::Identity;
 
 fn put(e: &Estate, path: &str, value: &str, readers: &[&str]) -> std::process::Output {
-    let file = e.tmp.path().join(format!("value-{}", path.replace('/', "_")));
-    std::fs::write(&file, value).unwrap();
-    let mut args = vec!["secret", "put", path, "--value-file", file.to_str().unwrap()];
-    for r in readers {
-        args.push("--reader");
-        args.push(r);
-    }
-    let admin = e.admin();
-    args.extend(["--identity", &admin]);
-    tillit(&args)
+    secret_put(e, path, value, readers)
 }
 
 fn get(dir: &std::path::Path, name: &str, extra: &[&str]) -> std::process::Output {

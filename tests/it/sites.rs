@@ -5,16 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 fn put_secret(e: &Estate, path: &str, value: &str, readers: &[&str]) {
-    let file = e.tmp.path().join(format!("value-{}", path.replace('/', "_")));
-    std::fs::write(&file, value).unwrap();
-    let mut args = vec!["secret", "put", path, "--value-file", file.to_str().unwrap()];
-    for r in readers {
-        args.push("--reader");
-        args.push(r);
-    }
-    let admin = e.admin();
-    args.extend(["--identity", &admin]);
-    let out = tillit(&args);
+    let out = secret_put(e, path, value, readers);
     assert!(out.status.success(), "secret put: {}", stderr(&out));
 }
 
