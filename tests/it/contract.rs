@@ -39,6 +39,7 @@ fn every_served_subject_is_in_the_asyncapi_document() {
         tillit::subjects::SVC_SECRET_GET,
         tillit::subjects::ADMIN_ROTATE_SIGNING_KEY,
         tillit::subjects::EVENTS_EXPORT,
+        tillit::subjects::NOTIFY_EXPORT,
         tillit::subjects::ENROLL,
         tillit::subjects::SVC_RENEW,
         tillit::subjects::SVC_ACK,
