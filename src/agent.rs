@@ -65,6 +65,9 @@ pub struct AgentState {
     /// Fingerprint (sha256 of the PEM) of the CA bundle written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle_sha256: Option<String>,
+    /// Stream sequence of the CA bundle written: an older bundle never replaces a newer one.
+    #[serde(default)]
+    pub ca_seq: u64,
     /// Events refused (forged, replayed, for another site), by stream sequence.
     #[serde(default)]
     pub rejected: u64,
@@ -243,6 +246,19 @@ impl Agent {
         loop {
             tokio::select! {
                 _ = &mut stop => return Ok(()),
+                r = self.await_unacknowledged() => match r {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(site = %self.site, "agent: {e}; retrying in {backoff:?}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                },
+            }
+        }
+        loop {
+            tokio::select! {
+                _ = &mut stop => return Ok(()),
                 r = self.step(Duration::from_secs(5)) => match r {
                     Ok(_) => backoff = Duration::from_millis(100),
                     Err(e) => {
@@ -299,7 +315,36 @@ impl Agent {
         if msgs.is_empty() {
             return Ok(0);
         }
-        self.apply_batch(msgs).await
+        let naks: Vec<jetstream::Message> = msgs.clone();
+        match self.apply_batch(msgs).await {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                // Give the batch back at once: the consumer redelivers it before anything newer,
+                // so events are applied in order (nothing applied is recorded yet).
+                for m in &naks {
+                    let _ = m.ack_with(jetstream::AckKind::Nak(None)).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Events a previous run of this agent received but never acknowledged come back only after
+    /// the consumer's ack wait; fetching before that would hand out newer events first. Wait it
+    /// out once, at start.
+    async fn await_unacknowledged(&mut self) -> Result<(), AgentError> {
+        let js = jetstream::with_domain(self.session.client(), subjects::HUB_DOMAIN);
+        let mut c: jetstream::consumer::PullConsumer = js
+            .get_consumer_from_stream(&self.consumer, subjects::EVENTS_STREAM)
+            .await
+            .map_err(|e| AgentError::JetStream(format!("consumer {}: {e}", self.consumer)))?;
+        let info = c.info().await.map_err(|e| AgentError::JetStream(e.to_string()))?;
+        if info.num_ack_pending > 0 {
+            let wait = info.config.ack_wait + Duration::from_millis(250);
+            tracing::info!(pending = info.num_ack_pending, "waiting {wait:?} for events from before the restart to come back first");
+            tokio::time::sleep(wait).await;
+        }
+        Ok(())
     }
 
     async fn apply_batch(&mut self, msgs: Vec<jetstream::Message>) -> Result<usize, AgentError> {
@@ -364,7 +409,16 @@ impl Agent {
                 if next.secrets.get(&d.path).is_some_and(|have| *have >= d.version) {
                     return Ok(false);
                 }
-                let (value, version) = self.session.secret_version(&d.path, Some(d.version)).await?;
+                let (value, version) = match self.session.secret_version(&d.path, Some(d.version)).await {
+                    Ok(v) => v,
+                    // Deleted since, or this site is no longer a reader: nothing to write, and
+                    // retrying would wedge every event behind it.
+                    Err(ClientError::Api(e)) if matches!(e.code, crate::error::ErrorCode::Forbidden | crate::error::ErrorCode::NotFound) => {
+                        tracing::warn!(seq = v.seq, path = %d.path, "secret.rotated names a secret this site cannot read now ({}); skipped", e.message);
+                        return Ok(false);
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 let file = secret_file(&self.opts.files, &path);
                 if let Some(dir) = file.parent() {
                     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -384,12 +438,13 @@ impl Agent {
                     return Ok(false);
                 }
                 let digest = crate::crypto::sha256_hex(d.bundle_pem.as_bytes());
-                if next.ca_bundle_sha256.as_deref() == Some(digest.as_str()) {
+                if v.seq < next.ca_seq || next.ca_bundle_sha256.as_deref() == Some(digest.as_str()) {
                     return Ok(false);
                 }
                 let file = self.opts.files.join("ca.pem");
                 write_atomic(&file, d.bundle_pem.as_bytes(), 0o600).map_err(io_err(&file))?;
                 next.ca_bundle_sha256 = Some(digest);
+                next.ca_seq = v.seq;
                 tracing::info!("CA bundle written");
                 Ok(true)
             }

@@ -160,18 +160,22 @@ fn an_agent_killed_mid_apply_leaves_old_or_new_and_catches_up_on_restart() {
     assert!(now == big("v1"), "a killed agent leaves a whole file");
     let state: serde_json::Value = serde_json::from_slice(&std::fs::read(files.join(".tillit-agent.json")).unwrap_or_else(|_| b"{}".to_vec())).unwrap();
     assert!(state["last_seq"].as_u64().unwrap_or(0) == 0, "nothing is recorded as applied before its hook succeeded: {state}");
-    // While it is down, a rotation; on restart (no hook now) it re-applies and catches up.
+    // While it is down, a rotation and a new secret; on restart (no hook now) it re-applies the
+    // unacknowledged batch first, then the rest, in order.
     rotate_secret(&e, "acme/shop/prod/cert", &big("v2"));
+    put_secret(&e, "acme/shop/prod/other", "o1", &["site:east"]);
     std::fs::remove_file(&marker).unwrap();
     let ok_hook = e.tmp.path().join("ok-hook");
     let agent = AgentProc::start(&east, &ident, &files, &east.url(), Some(&format!("echo ran >> {}", ok_hook.display())));
     wait_file(&file, &big("v2"), Duration::from_secs(30), "caught up", &|| l(&agent));
+    wait_file(&secret_file(&files, "acme/shop/prod/other"), "o1", Duration::from_secs(30), "caught up", &|| l(&agent));
     wait_for(Duration::from_secs(10), || site_status(&e, "east")["lag_events"] == 0).unwrap_or_else(|| panic!("{}", site_status(&e, "east")));
     assert!(std::fs::read_to_string(&ok_hook).unwrap().lines().count() >= 1, "the unacknowledged batch's hook ran after the restart");
     // No temp files left behind by the killed write.
     let dir = file.parent().unwrap();
-    let names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|d| d.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert_eq!(names, vec!["cert".to_string()], "{names:?}");
+    let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|d| d.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, vec!["cert".to_string(), "other".to_string()], "{names:?}");
 }
 
 /// A user of the TILLIT account allowed to write the event stream (what a compromised publisher
@@ -316,7 +320,10 @@ async fn ca_rotation_with_clients_connecting_throughout_fails_no_connection() {
     assert_eq!(r["phase"], "distributing", "{r}");
     assert_eq!(r["rollout"]["sites_pending"], serde_json::json!(["east"]), "{r}");
     // The site applies the bundle, reloads, acknowledges; then issuance switches.
-    let status = || -> serde_json::Value { serde_json::from_str(&stdout(&tillit(&["status", "--identity", &e.admin(), "--json"]))).unwrap() };
+    let status = || -> serde_json::Value {
+        let out = tillit(&["status", "--identity", &e.admin(), "--json"]);
+        serde_json::from_str(&stdout(&out)).unwrap_or_else(|_| serde_json::json!({ "status_failed": stderr(&out) }))
+    };
     wait_for(Duration::from_secs(30), || {
         let s = status();
         s["cas"].as_array().map(|c| c.iter().any(|x| x["state"] == "previous")).unwrap_or(false) && s["ca_rollout"].is_null()
