@@ -113,6 +113,7 @@ pub mod site_files {
     pub const AGENT_TOKEN: &str = "agent.token";
     pub const RESOLVER: &str = "jwt";
     pub const JETSTREAM: &str = "jetstream";
+    pub const PID_FILE: &str = "nats-server.pid";
 }
 
 /// Render a site's `server.conf`: a leaf nats-server in operator mode trusting the same operator,
@@ -137,6 +138,8 @@ pub fn render_site(p: &SiteServer<'_>) -> String {
     );
     let _ = writeln!(s, "server_name: {}", q(&format!("tillit-site-{}", p.site)));
     let _ = writeln!(s, "listen: {}", q(p.listen));
+    let _ = writeln!(s, "# The agent's hook reloads the server with: kill -HUP $(cat {})", p.dir.join(PID_FILE).display());
+    let _ = writeln!(s, "pid_file: {}", f(PID_FILE));
     let _ = writeln!(s, "\noperator: {}", f(OPERATOR_JWT));
     let _ = writeln!(s, "system_account: {}", q(p.system_account));
     let _ = writeln!(
@@ -226,5 +229,6 @@ mod tests {
         assert!(text.contains("domain: \"site-east\""));
         assert!(text.contains("ca_file: \"/srv/site-east/ca.pem\""));
         assert!(text.contains("ocsp_peer"));
+        assert!(text.contains("pid_file: \"/srv/site-east/nats-server.pid\""));
     }
 }

@@ -127,7 +127,14 @@ async fn add(a: AddArgs) -> anyhow::Result<()> {
     write_site_dir(&out, &files)?;
     println!("site {} registered; files in {}", a.name, out.display());
     println!("  leaf server   nats-server -c {}", out.join(site_files::SERVER_CONF).display());
-    println!("  agent         tillit agent --token-file {} --identity {} --out {}", out.join(site_files::AGENT_TOKEN).display(), out.join("agent").display(), out.display());
+    println!(
+        "  agent         tillit agent --token-file {} --identity {} --out {} --nats nats://HOST:{} --exec 'kill -HUP $(cat {})'",
+        out.join(site_files::AGENT_TOKEN).display(),
+        out.join("agent").display(),
+        out.display(),
+        a.nats_port,
+        out.join(site_files::PID_FILE).display()
+    );
     println!("  hub leafnodes {}", reply.hub_urls.join(", "));
     Ok(())
 }

@@ -282,10 +282,11 @@ async fn ca_rotation_with_clients_connecting_throughout_fails_no_connection() {
     let serve = e.start_serve_ready();
     let east = site_add(&e, "east");
     let east_srv = east.start();
-    let pid = east_srv.pid().unwrap();
     // The agent materialises into the site directory itself: its ca.pem is the leaf server's
-    // trust file, and the hook reloads the leaf server.
-    let agent = AgentProc::start(&east, &e.tmp.path().join("east-agent"), &east.dir, &east.url(), Some(&format!("kill -HUP {pid}")));
+    // trust file, and the hook reloads the leaf server (through the pid file its config names).
+    let pid_file = east.dir.join("nats-server.pid");
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap().trim(), east_srv.pid().unwrap().to_string());
+    let agent = AgentProc::start(&east, &e.tmp.path().join("east-agent"), &east.dir, &east.url(), Some(&format!("kill -HUP $(cat {})", pid_file.display())));
     let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
     let before = issuer_cn(&orders);
     assert!(!before.contains("gen 2"), "{before}");
