@@ -268,7 +268,8 @@ pub async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> R
     if targets.is_empty() {
         return Err(ApiError::new(ErrorCode::NotFound, format!("{sid} has no active identity to revoke")));
     }
-    let acct = e.account(&sid.account_name()).map_err(ApiError::internal)?;
+    // The service's account (TILLIT for a site's agents).
+    let acct = e.account(&targets[0].account).map_err(ApiError::internal)?;
     let users: Vec<String> = targets.iter().map(|t| t.user_public_key.clone()).collect();
     let signed = e.preview_revocation(&acct, &users).map_err(estate_err)?;
     push(ctx, &signed, "revoke").await?;

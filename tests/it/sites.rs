@@ -474,4 +474,10 @@ async fn site_and_ack_refusals_are_typed_and_change_nothing() {
         let r = tokio::time::timeout(Duration::from_secs(1), nc.request(subject, "".into())).await;
         assert!(!matches!(r, Ok(Ok(_))), "agents may not publish to {subject}: {r:?}");
     }
+    // A site's agents are revoked like any service: cut off, and nothing they sign counts.
+    let out = tillit(&["revoke", "tillit/sites/east/agent", "--reason", "site decommissioned", "--identity", &e.admin()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let late = agent.sign_envelope(tillit::subjects::ENVELOPE_AGENT_ACK, "site:east", &aud, 60, data("east")).unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(3), call(&agent, late)).await;
+    assert!(!matches!(r, Ok(Ok(_))), "a revoked agent's acknowledgement was taken: {r:?}");
 }
