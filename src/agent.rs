@@ -437,8 +437,11 @@ impl Agent {
                     tracing::warn!(seq = v.seq, "ca.rotated bundle holds no certificate; skipped");
                     return Ok(false);
                 }
-                let digest = crate::crypto::sha256_hex(d.bundle_pem.as_bytes());
+                // The set of CAs, not their order: a switch of the issuing CA reorders the bundle,
+                // which needs no rewrite and no server reload.
+                let digest = bundle_set_digest(&d.bundle_pem);
                 if v.seq < next.ca_seq || next.ca_bundle_sha256.as_deref() == Some(digest.as_str()) {
+                    next.ca_seq = next.ca_seq.max(v.seq);
                     return Ok(false);
                 }
                 let file = self.opts.files.join("ca.pem");
@@ -521,6 +524,13 @@ impl Agent {
         )?;
         Ok(self.session.call(subjects::SVC_ACK, subjects::KIND_ACK, AckRequest { envelope }).await?)
     }
+}
+
+/// A digest of the certificates in a PEM bundle, independent of their order.
+fn bundle_set_digest(pem: &str) -> String {
+    let mut ders: Vec<Vec<u8>> = crate::client::tls::certs_from_pem(pem).map(|c| c.iter().map(|d| d.to_vec()).collect()).unwrap_or_default();
+    ders.sort();
+    crate::crypto::sha256_hex(&ders.concat())
 }
 
 /// Run `cmd` with `sh -c`, bounded; an error says why.

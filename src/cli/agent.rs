@@ -4,6 +4,7 @@
 //! SIGTERM or ctrl-c.
 
 use crate::agent::{Agent, AgentOptions, MAX_BATCH};
+use crate::client::ClientError;
 use crate::clock::SystemClock;
 use crate::crypto::SecretString;
 use crate::layout::IdentityDir;
@@ -53,7 +54,23 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 a.identity.display()
             ),
         };
-        let info = crate::client::enroll::enroll(token.expose().trim(), &a.identity, a.nats.as_deref(), Arc::new(SystemClock)).await?;
+        // The site's server may still be connecting to the hub: retry what is transient; a
+        // refusal (token used, expired, …) ends here.
+        let mut delay = std::time::Duration::from_millis(250);
+        let info = loop {
+            match crate::client::enroll::enroll(token.expose().trim(), &a.identity, a.nats.as_deref(), Arc::new(SystemClock)).await {
+                Ok(info) => break info,
+                Err(e @ (ClientError::NoResponders { .. } | ClientError::Timeout { .. } | ClientError::Connect { .. } | ClientError::Request { .. })) => {
+                    tracing::warn!("cannot enroll yet: {e}; retrying in {delay:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = super::shutdown_signal() => return Ok(()),
+                    }
+                    delay = (delay * 2).min(std::time::Duration::from_secs(10));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         tracing::info!(id = %info.id, "agent enrolled");
     }
     let agent = Agent::start(AgentOptions { identity: a.identity, files: a.out, exec: a.exec, nats: a.nats, batch: a.batch, notify: None }).await?;

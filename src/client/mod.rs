@@ -152,9 +152,27 @@ pub async fn connect(params: &ConnectParams) -> Result<async_nats::Client, Clien
         .iter()
         .map(|u| u.parse::<async_nats::ServerAddr>().map_err(|e| ClientError::Connect { url: u.clone(), reason: e.to_string() }))
         .collect::<Result<_, _>>()?;
-    opts.connect(addrs.as_slice())
-        .await
-        .map_err(|e| ClientError::Connect { url: url_list, reason: describe_connect_error(&e) })
+    // A first connection is tried three times (now, after 50 ms, after 200 ms) when the server
+    // refused it or the link failed: nats-server refuses new connections for a few milliseconds
+    // while it reloads its configuration (a CA rotation reloads every server once), and that
+    // must not fail a client. Credentials that are really refused fail all three.
+    let mut last = None;
+    for pause in [0u64, 50, 200] {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        match opts.clone().connect(addrs.as_slice()).await {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                use async_nats::ConnectErrorKind as K;
+                let transient = matches!(e.kind(), K::AuthorizationViolation | K::Io | K::Tls);
+                last = Some(e);
+                if !transient {
+                    break;
+                }
+            }
+        }
+    }
+    let e = last.map(|e| describe_connect_error(&e)).unwrap_or_default();
+    Err(ClientError::Connect { url: url_list, reason: e })
 }
 
 /// Send a signed request token on `subject` and decode the reply.

@@ -138,9 +138,19 @@ impl Estate {
         self.scan_json(Space::Sites, "site/")
     }
 
-    /// Every agent's status.
+    /// The status of every agent whose identity is live (not revoked, not expired): the agents
+    /// a site's progress and a CA rollout wait for.
     pub fn agent_statuses(&self) -> Result<Vec<AgentStatus>> {
-        self.scan_json(Space::Sites, "agent/")
+        let now = self.clock.now_unix();
+        let mut out = Vec::new();
+        for st in self.scan_json::<AgentStatus>(Space::Sites, "agent/")? {
+            if let Some(i) = self.identity(&st.user_public_key)? {
+                if i.state == IdentityState::Active && i.expires_at > now {
+                    out.push(st);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// One agent's status.

@@ -131,9 +131,7 @@ async fn advance(ctx: &Ctx) -> Result<bool, ApiError> {
     let retire_at = e.last_issued_expiry().map_err(ApiError::internal)?;
     let cur = e.switch_ca(retire_at).map_err(ApiError::internal)?;
     e.set_ca_rollout(None).map_err(ApiError::internal)?;
-    if let Err(m) = update_hub(ctx, None).await {
-        tracing::warn!("{m}");
-    }
+    // The hub already trusts both CAs (step 1); the set did not change, so no reload.
     let seq = announce(ctx, "switched").await?;
     ctx.journal.record_relaxed(Entry::ok("tillit", "rotate.ca", &cur.fingerprint).detail(serde_json::json!({
         "phase": "switched", "event_seq": seq, "previous_retire_at": retire_at,

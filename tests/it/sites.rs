@@ -303,7 +303,8 @@ async fn ca_rotation_with_clients_connecting_throughout_fails_no_connection() {
                     let mut t = tally.lock().unwrap();
                     t.0 += 1;
                     if let Err(err) = r {
-                        t.1.push(format!("{url}: {err}"));
+                        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+                        t.1.push(format!("{url} at {at}: {err}"));
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(40)).await;
@@ -480,4 +481,5 @@ async fn site_and_ack_refusals_are_typed_and_change_nothing() {
     let late = agent.sign_envelope(tillit::subjects::ENVELOPE_AGENT_ACK, "site:east", &aud, 60, data("east")).unwrap();
     let r = tokio::time::timeout(Duration::from_secs(3), call(&agent, late)).await;
     assert!(!matches!(r, Ok(Ok(_))), "a revoked agent's acknowledgement was taken: {r:?}");
+    assert_eq!(site_status(&e, "east")["agents"], 0, "a revoked agent no longer counts for its site");
 }
