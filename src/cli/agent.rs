@@ -18,10 +18,10 @@ pub struct Args {
     #[arg(long, env = "TILLIT_IDENTITY")]
     pub identity: PathBuf,
     /// Where files are materialised: `ca.pem`, `secrets/<tenant>/<project>/<env>/<name>`.
-    #[arg(long)]
+    #[arg(long, env = "TILLIT_AGENT_OUT")]
     pub out: PathBuf,
     /// Shell command run once per applied batch (e.g. reload the site's nats-server).
-    #[arg(long)]
+    #[arg(long, env = "TILLIT_AGENT_EXEC")]
     pub exec: Option<String>,
     /// NATS URL of the site's leaf server (instead of the identity's).
     #[arg(long, env = "TILLIT_NATS_URL")]
