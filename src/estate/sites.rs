@@ -183,7 +183,7 @@ impl Estate {
     ) -> Result<(SiteIssue, Batch)> {
         names::check_segment("site name", name)?;
         for u in [sys_user, tillit_user] {
-            if KeyPair::from_public_key(u).map(|k| k.key_pair_type()) .ok() != Some(nkeys::KeyPairType::User) {
+            if KeyPair::from_public_key(u).map(|k| k.key_pair_type()).ok() != Some(nkeys::KeyPairType::User) {
                 return Err(EstateError::Key("site".into(), format!("{u:?} is not a user public key")));
             }
         }

@@ -82,7 +82,7 @@ pub async fn add(ctx: &Ctx, caller: &IdentityRecord, req: SiteAddRequest) -> Res
         preload.insert(a.public_key, a.jwt);
     }
     Ok(SiteAddReply {
-        site: info(ctx, &issue.site, &[], 0),
+        site: info(&issue.site, &[], 0),
         cert_pem: issue.cert_pem,
         ca_pem: e.ca_bundle_pem(),
         operator_jwt: e.meta.operator_jwt.clone(),
@@ -97,11 +97,10 @@ pub async fn add(ctx: &Ctx, caller: &IdentityRecord, req: SiteAddRequest) -> Res
 }
 
 /// A site's summary from its agents' statuses (`lag` = the largest backlog of any agent).
-fn info(ctx: &Ctx, site: &SiteRecord, agents: &[&AgentStatus], lag: u64) -> SiteInfo {
+fn info(site: &SiteRecord, agents: &[&AgentStatus], lag: u64) -> SiteInfo {
     let slowest = agents.iter().min_by_key(|a| a.last_seq);
     let last_ack = agents.iter().filter_map(|a| a.last_ack_at).max();
     let last_error = agents.iter().filter(|a| a.last_error.is_some()).max_by_key(|a| a.last_failure_at).and_then(|a| a.last_error.clone());
-    let _ = ctx;
     SiteInfo {
         name: site.name.clone(),
         listen: site.listen.clone(),
@@ -137,7 +136,7 @@ pub async fn site_infos(ctx: &Ctx) -> Result<Vec<SiteInfo>, ApiError> {
                 Err(err) => tracing::debug!(consumer = %slowest.consumer, "no lag for agent: {err}"),
             }
         }
-        out.push(info(ctx, s, &agents, lag));
+        out.push(info(s, &agents, lag));
     }
     Ok(out)
 }
