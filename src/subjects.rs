@@ -75,6 +75,8 @@ pub const ADMIN_SITE_ADD: &str = "tillit.v1.admin.site.add";
 pub const ADMIN_SITE_LIST: &str = "tillit.v1.admin.site.list";
 pub const KIND_SITE_ADD: &str = "io.tillit.v1.admin.site.add";
 pub const KIND_SITE_LIST: &str = "io.tillit.v1.admin.site.list";
+pub const ADMIN_SITE_REMOVE: &str = "tillit.v1.admin.site.remove";
+pub const KIND_SITE_REMOVE: &str = "io.tillit.v1.admin.site.remove";
 /// CA rotation.
 pub const ADMIN_ROTATE_CA: &str = "tillit.v1.admin.rotate.ca";
 pub const KIND_ROTATE_CA: &str = "io.tillit.v1.admin.rotate.ca";

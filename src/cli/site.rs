@@ -1,4 +1,5 @@
-//! `tillit site add NAME --nats-port P --out DIR --identity ADMIN` and `tillit site list [--json]`.
+//! `tillit site add NAME --nats-port P --out DIR --identity ADMIN`, `tillit site list [--json]`,
+//! `tillit site remove NAME`.
 //!
 //! `site add` makes the site server's TLS key and the nkeys its leafnode remotes log in as *here*
 //! (they never travel), asks the control plane for the certificate, the users' JWTs and an agent
@@ -26,6 +27,23 @@ pub enum SiteCommand {
     Add(AddArgs),
     /// Sites with their agents' progress.
     List(ListArgs),
+    /// Remove a site: its agents and its server's links to the hub are revoked.
+    Remove(RemoveArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RemoveArgs {
+    pub name: String,
+    /// Why (recorded in the audit log).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Admin identity dir.
+    #[arg(long, env = "TILLIT_IDENTITY")]
+    pub identity: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, env = "TILLIT_NATS_URL")]
+    pub nats: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -70,7 +88,21 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     match a.command {
         SiteCommand::Add(a) => add(a).await,
         SiteCommand::List(a) => list(a).await,
+        SiteCommand::Remove(a) => remove(a).await,
     }
+}
+
+async fn remove(a: RemoveArgs) -> anyhow::Result<()> {
+    let client = TillitClient::connect_dir(&IdentityDir::new(&a.identity), a.nats.as_deref()).await?;
+    let r: crate::proto::SiteRemoveReply = client
+        .call(subjects::ADMIN_SITE_REMOVE, subjects::KIND_SITE_REMOVE, crate::proto::SiteRemoveRequest { name: a.name.clone(), reason: a.reason })
+        .await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("site {} removed: {} agent(s) revoked, its server's links to the hub revoked", r.name, r.agents_revoked.len());
+    }
+    Ok(())
 }
 
 async fn add(a: AddArgs) -> anyhow::Result<()> {

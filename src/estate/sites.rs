@@ -153,6 +153,11 @@ impl Estate {
         Ok(out)
     }
 
+    /// Every agent status on record, live or not.
+    pub fn all_agent_statuses(&self) -> Result<Vec<AgentStatus>> {
+        self.scan_json(Space::Sites, "agent/")
+    }
+
     /// One agent's status.
     pub fn agent_status(&self, user_public_key: &str) -> Result<Option<AgentStatus>> {
         Ok(get_json(self.store(), Space::Sites, &format!("agent/{user_public_key}"))?)

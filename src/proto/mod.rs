@@ -444,6 +444,25 @@ pub struct SiteInfo {
     pub last_error: Option<String>,
 }
 
+/// `tillit.v1.admin.site.remove` request body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteRemoveRequest {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `tillit.v1.admin.site.remove` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SiteRemoveReply {
+    pub name: String,
+    /// Agents revoked (user public keys).
+    pub agents_revoked: Vec<String>,
+    /// The site server's leafnode users, revoked (its links to the hub drop).
+    pub leaf_users_revoked: Vec<String>,
+}
+
 /// `tillit.v1.admin.site.list` request body (empty).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

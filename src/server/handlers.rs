@@ -77,6 +77,7 @@ pub async fn dispatch(
             let _req: crate::proto::RotateCaRequest = body(claims.body)?;
             to_value(super::carot::rotate(ctx, &caller).await?)?
         }
+        subjects::ADMIN_SITE_REMOVE => to_value(super::sites::remove(ctx, &caller, body(claims.body)?).await?)?,
         subjects::ADMIN_SITE_ADD => to_value(super::sites::add(ctx, &caller, body(claims.body)?).await?)?,
         subjects::ADMIN_SITE_LIST => {
             let _req: crate::proto::SiteListRequest = body(claims.body)?;

@@ -94,6 +94,7 @@ pub const ENDPOINTS: &[EndpointSpec] = &[
     EndpointSpec { subject: subjects::ADMIN_SITE_ADD, kind: subjects::KIND_SITE_ADD, caller: Caller::Admin },
     EndpointSpec { subject: subjects::ADMIN_SITE_LIST, kind: subjects::KIND_SITE_LIST, caller: Caller::Admin },
     EndpointSpec { subject: subjects::ADMIN_ROTATE_CA, kind: subjects::KIND_ROTATE_CA, caller: Caller::Admin },
+    EndpointSpec { subject: subjects::ADMIN_SITE_REMOVE, kind: subjects::KIND_SITE_REMOVE, caller: Caller::Admin },
 ];
 
 /// Work done after a reply has been sent.

@@ -221,3 +221,61 @@ pub async fn ack(ctx: &Ctx, caller: &IdentityRecord, req: AckRequest) -> Result<
     })));
     Ok(AckReply { recorded: true, last_seq: st.last_seq })
 }
+
+/// `tillit site remove NAME`: the site's agents and its server's leafnode users are revoked (the
+/// server's links to the hub drop, the agents are cut off and never renew), its record and its
+/// agents' consumers go. A CA rollout no longer waits for it.
+pub async fn remove(ctx: &Ctx, caller: &IdentityRecord, req: crate::proto::SiteRemoveRequest) -> Result<crate::proto::SiteRemoveReply, ApiError> {
+    let e = &ctx.estate;
+    if req.reason.as_deref().map(str::len).unwrap_or(0) > 512 {
+        return Err(ApiError::bad_request("reason is longer than 512 characters"));
+    }
+    let site = e
+        .site(&req.name)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no site {}", req.name)))?;
+    let now = e.clock().now_unix();
+    let _g = e.account_lock().lock().await;
+    let agents: Vec<IdentityRecord> = e
+        .identities()
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .filter(|i| i.site.as_deref() == Some(site.name.as_str()) && i.state == crate::estate::IdentityState::Active)
+        .collect();
+    let (sys_user, tillit_user) = match site.leaf_users.as_slice() {
+        [s, t, ..] => (s.clone(), t.clone()),
+        _ => return Err(ApiError::internal("site record without its leafnode users")),
+    };
+    let mut tillit_revoked: Vec<String> = agents.iter().map(|a| a.user_public_key.clone()).collect();
+    tillit_revoked.push(tillit_user.clone());
+    let tillit = e.preview_revocation(&e.account(TILLIT_ACCOUNT).map_err(ApiError::internal)?, &tillit_revoked).map_err(estate_err)?;
+    let sys = e.preview_revocation(&e.account(SYS_ACCOUNT).map_err(ApiError::internal)?, std::slice::from_ref(&sys_user)).map_err(estate_err)?;
+    push(ctx, &tillit, "site_remove").await?;
+    push(ctx, &sys, "site_remove").await?;
+    let mut b = crate::store::Batch::new();
+    for a in &agents {
+        let mut r = a.clone();
+        r.state = crate::estate::IdentityState::Revoked;
+        r.revoked_at = Some(now);
+        b.put_json(crate::store::Space::Identities, &r.user_public_key, &r).map_err(ApiError::internal)?;
+    }
+    for st in e.all_agent_statuses().map_err(ApiError::internal)?.iter().filter(|s| s.site == site.name) {
+        b.delete(crate::store::Space::Sites, format!("agent/{}", st.user_public_key));
+    }
+    b.put_json(crate::store::Space::Accounts, &tillit.name, &tillit).map_err(ApiError::internal)?;
+    b.put_json(crate::store::Space::Accounts, &sys.name, &sys).map_err(ApiError::internal)?;
+    b.delete(crate::store::Space::Sites, format!("site/{}", site.name));
+    let agents_revoked: Vec<String> = agents.iter().map(|a| a.user_public_key.clone()).collect();
+    let entry = Entry::ok(&caller.id, "site.remove", &format!("site:{}", site.name))
+        .detail(serde_json::json!({ "reason": req.reason, "agents": agents_revoked, "leaf_users": [sys_user, tillit_user],
+            "serials": agents.iter().map(|a| &a.cert_serial).collect::<Vec<_>>() }))
+        .batch(b);
+    ctx.journal.record(entry).await.map_err(ApiError::internal)?;
+    for a in &agents {
+        if let Err(err) = ctx.events.delete_consumer(&a.name).await {
+            tracing::warn!(consumer = %a.name, "cannot delete the agent's consumer: {err}");
+        }
+    }
+    tracing::info!(site = %site.name, agents = agents.len(), by = %caller.id, "site removed");
+    Ok(crate::proto::SiteRemoveReply { name: site.name, agents_revoked, leaf_users_revoked: vec![sys_user, tillit_user] })
+}

@@ -81,6 +81,16 @@ impl Events {
         Ok(())
     }
 
+    /// Delete an agent's consumer (its site was removed); a missing one is fine.
+    pub async fn delete_consumer(&self, name: &str) -> Result<(), StreamError> {
+        let stream = self.js.get_stream(subjects::EVENTS_STREAM).await.map_err(|e| StreamError::JetStream(e.to_string()))?;
+        match stream.delete_consumer(name).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("not found") => Ok(()),
+            Err(e) => Err(StreamError::JetStream(e.to_string())),
+        }
+    }
+
     /// How many of a consumer's events are not yet acknowledged (pending + in flight).
     pub async fn consumer_lag(&self, name: &str) -> Result<u64, StreamError> {
         let mut c: jetstream::consumer::PullConsumer = self

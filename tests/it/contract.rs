@@ -45,6 +45,7 @@ fn every_served_subject_is_in_the_asyncapi_document() {
         tillit::subjects::SVC_ACK,
         tillit::subjects::ADMIN_SITE_ADD,
         tillit::subjects::ADMIN_SITE_LIST,
+        tillit::subjects::ADMIN_SITE_REMOVE,
         tillit::subjects::ADMIN_ROTATE_CA,
         tillit::subjects::SYS_CLAIMS_UPDATE,
         "$SRV.PING.tillit",

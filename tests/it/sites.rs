@@ -483,3 +483,45 @@ async fn site_and_ack_refusals_are_typed_and_change_nothing() {
     assert!(!matches!(r, Ok(Ok(_))), "a revoked agent's acknowledgement was taken: {r:?}");
     assert_eq!(site_status(&e, "east")["agents"], 0, "a revoked agent no longer counts for its site");
 }
+
+#[test]
+fn a_removed_site_is_cut_off_and_no_longer_holds_a_ca_rotation() {
+    let (e, _leaf) = Estate::init_with_leaf("remove.example");
+    let _hub = e.start_nats();
+    let serve = e.start_serve_ready();
+    let east = site_add(&e, "east");
+    let west = site_add(&e, "west");
+    let east_srv = east.start();
+    let west_srv = west.start();
+    let agent = AgentProc::start(&east, &e.tmp.path().join("east-agent"), &e.tmp.path().join("east-files"), &east.url(), None);
+    let l = || format!("serve:\n{}\nagent:\n{}\nwest:\n{}", serve.log_text(), agent.log_text(), west_srv.log_text());
+    wait_for(Duration::from_secs(30), || site_status(&e, "east")["agents"] == 1).unwrap_or_else(|| panic!("{}", l()));
+    // West has no agent: a CA rotation waits for it.
+    let out = tillit(&["rotate", "ca", "--identity", &e.admin(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = || -> serde_json::Value {
+        let out = tillit(&["status", "--identity", &e.admin(), "--json"]);
+        serde_json::from_str(&stdout(&out)).unwrap_or_else(|_| serde_json::json!({ "status_failed": stderr(&out) }))
+    };
+    wait_for(Duration::from_secs(20), || status()["ca_rollout"]["sites_pending"] == serde_json::json!(["west"]))
+        .unwrap_or_else(|| panic!("{}\n{}", status(), l()));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(status()["ca_rollout"]["sites_pending"], serde_json::json!(["west"]), "still waiting for west");
+    // Removing west: its server's links to the hub are revoked, and the rollout proceeds.
+    let out = tillit(&["site", "remove", "west", "--reason", "decommissioned", "--identity", &e.admin(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(r["leaf_users_revoked"].as_array().unwrap().len(), 2, "{r}");
+    wait_for(Duration::from_secs(20), || {
+        let s = status();
+        s["ca_rollout"].is_null() && s["cas"].as_array().map(|c| c.iter().any(|x| x["state"] == "previous")).unwrap_or(false)
+    })
+    .unwrap_or_else(|| panic!("the rollout did not proceed: {}\n{}", status(), l()));
+    let s = status();
+    assert!(s["sites"].as_array().unwrap().iter().all(|x| x["name"] != "west"), "{s}");
+    wait_for(Duration::from_secs(10), || west_srv.log_text().matches("Leafnode Error 'Authorization Violation'").count() >= 2)
+        .unwrap_or_else(|| panic!("west's leaf links were not cut:\n{}", west_srv.log_text()));
+    let again = tillit(&["site", "remove", "west", "--identity", &e.admin()]);
+    assert!(!again.status.success() && stderr(&again).contains("no site west"), "{}", stderr(&again));
+    drop(east_srv);
+}
