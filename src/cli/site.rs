@@ -5,6 +5,7 @@
 //! (they never travel), asks the control plane for the certificate, the users' JWTs and an agent
 //! join token, and writes the site directory through a staging dir renamed into place.
 
+use super::grant::AdminArgs;
 use crate::client::TillitClient;
 use crate::clock::parse_duration;
 use crate::fsutil::{create_dir, write_atomic};
@@ -37,13 +38,8 @@ pub struct RemoveArgs {
     /// Why (recorded in the audit log).
     #[arg(long)]
     pub reason: Option<String>,
-    /// Admin identity dir.
-    #[arg(long, env = "TILLIT_IDENTITY")]
-    pub identity: PathBuf,
-    #[arg(long)]
-    pub json: bool,
-    #[arg(long, env = "TILLIT_NATS_URL")]
-    pub nats: Option<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -75,13 +71,8 @@ pub struct AddArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
-    /// Admin identity dir.
-    #[arg(long, env = "TILLIT_IDENTITY")]
-    pub identity: PathBuf,
-    #[arg(long)]
-    pub json: bool,
-    #[arg(long, env = "TILLIT_NATS_URL")]
-    pub nats: Option<String>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -93,11 +84,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
 }
 
 async fn remove(a: RemoveArgs) -> anyhow::Result<()> {
-    let client = TillitClient::connect_dir(&IdentityDir::new(&a.identity), a.nats.as_deref()).await?;
+    let client = a.admin.client().await?;
     let r: crate::proto::SiteRemoveReply = client
         .call(subjects::ADMIN_SITE_REMOVE, subjects::KIND_SITE_REMOVE, crate::proto::SiteRemoveRequest { name: a.name.clone(), reason: a.reason })
         .await?;
-    if a.json {
+    if a.admin.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         println!("site {} removed: {} agent(s) revoked, its server's links to the hub revoked", r.name, r.agents_revoked.len());
@@ -200,9 +191,9 @@ fn write_site_dir(out: &Path, files: &[(&str, Vec<u8>, u32)]) -> anyhow::Result<
 }
 
 async fn list(a: ListArgs) -> anyhow::Result<()> {
-    let client = TillitClient::connect_dir(&IdentityDir::new(&a.identity), a.nats.as_deref()).await?;
+    let client = a.admin.client().await?;
     let reply: SiteListReply = client.call(subjects::ADMIN_SITE_LIST, subjects::KIND_SITE_LIST, SiteListRequest {}).await?;
-    if a.json {
+    if a.admin.json {
         println!("{}", serde_json::to_string_pretty(&reply)?);
         return Ok(());
     }
