@@ -525,3 +525,59 @@ fn a_removed_site_is_cut_off_and_no_longer_holds_a_ca_rotation() {
     assert!(!again.status.success() && stderr(&again).contains("no site west"), "{}", stderr(&again));
     drop(east_srv);
 }
+
+/// Step 3 of a CA rotation, driven by an injected clock: once the last certificate the old CA
+/// issued has expired, the hub's certificate is re-issued by the new CA and the old CA leaves
+/// the bundle (and the hub's trust file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_ca_leaves_the_bundle_after_its_last_certificate_expired() {
+    use std::sync::Arc;
+    use tillit::clock::{Clock, ManualClock, SystemClock};
+    let e = Estate::init("retire.example");
+    let _hub = e.start_nats();
+    let clock = Arc::new(ManualClock::new(SystemClock.now_unix()));
+    let serve = InProcessServe::start(&e, clock.clone()).await;
+    // No site: issuance switches at once.
+    let out = tokio::task::spawn_blocking({
+        let admin = e.admin();
+        move || tillit(&["rotate", "ca", "--identity", &admin, "--json"])
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(r["phase"], "switched", "{r}");
+    let prev = r["cas"].as_array().unwrap().iter().find(|c| c["state"] == "previous").cloned().unwrap();
+    let current = r["cas"].as_array().unwrap().iter().find(|c| c["state"] == "current").cloned().unwrap();
+    let tls = e.dir.nats_tls();
+    let certs = |f: &str| std::fs::read_to_string(tls.join(f)).unwrap().matches("BEGIN CERTIFICATE").count();
+    assert_eq!(certs("ca.pem"), 2, "old and new are trusted");
+    let issuer = |f: &str| {
+        let der = tillit::issuer::x509::first_cert_der(&std::fs::read_to_string(tls.join(f)).unwrap()).unwrap();
+        let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+        c.issuer().to_string()
+    };
+    assert!(!issuer("cert.pem").contains("gen 2"), "the hub's certificate is still the old CA's");
+    // Nothing happens before the old CA's last certificate expired…
+    clock.advance(3600);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(certs("ca.pem"), 2, "retired too early");
+    // …and after it, the hub's certificate comes from the new CA and the old CA is gone.
+    let retire_at = prev["retire_at"].as_str().unwrap().to_string();
+    assert!(current["fingerprint"].is_string());
+    clock.advance(60 * 86_400);
+    wait_for_async(Duration::from_secs(10), || certs("ca.pem") == 1).await.unwrap_or_else(|| panic!("old CA (retire at {retire_at}) never left the hub's bundle"));
+    assert!(issuer("cert.pem").contains("gen 2"), "the hub's certificate is re-issued by the new CA: {}", issuer("cert.pem"));
+    serve.stop().await;
+}
+
+async fn wait_for_async(within: Duration, mut f: impl FnMut() -> bool) -> Option<()> {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return Some(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
