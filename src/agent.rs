@@ -339,9 +339,10 @@ impl Agent {
             .await
             .map_err(|e| AgentError::JetStream(format!("consumer {}: {e}", self.consumer)))?;
         let info = c.info().await.map_err(|e| AgentError::JetStream(e.to_string()))?;
-        if info.num_ack_pending > 0 {
-            let wait = info.config.ack_wait + Duration::from_millis(250);
-            tracing::info!(pending = info.num_ack_pending, "waiting {wait:?} for events from before the restart to come back first");
+        let (pending, wait) = (info.num_ack_pending, info.config.ack_wait + Duration::from_millis(250));
+        self.pull = Some(c);
+        if pending > 0 {
+            tracing::info!(pending, "waiting {wait:?} for events from before the restart to come back first");
             tokio::time::sleep(wait).await;
         }
         Ok(())
@@ -355,10 +356,7 @@ impl Agent {
         let mut last_progress = std::time::Instant::now();
         for m in &msgs {
             if last_progress.elapsed() > PROGRESS_EVERY {
-                // Still working: keep the batch from being delivered again meanwhile.
-                for p in &msgs {
-                    let _ = p.ack_with(jetstream::AckKind::Progress).await;
-                }
+                keep_alive(&msgs).await;
                 last_progress = std::time::Instant::now();
             }
             let seq = m.info().map(|i| i.stream_sequence).map_err(|e| AgentError::JetStream(e.to_string()))?;
@@ -480,11 +478,7 @@ impl Agent {
             let result = loop {
                 tokio::select! {
                     r = &mut hook => break r,
-                    _ = tokio::time::sleep(PROGRESS_EVERY) => {
-                        for m in msgs {
-                            let _ = m.ack_with(jetstream::AckKind::Progress).await;
-                        }
-                    }
+                    _ = tokio::time::sleep(PROGRESS_EVERY) => keep_alive(msgs).await,
                 }
             };
             match result {
@@ -494,9 +488,7 @@ impl Agent {
                     if let Err(e) = self.report(applied, "failed", Some(why)).await {
                         tracing::warn!("cannot report the failure: {e}");
                     }
-                    for m in msgs {
-                        let _ = m.ack_with(jetstream::AckKind::Progress).await;
-                    }
+                    keep_alive(msgs).await;
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(15));
                 }
@@ -523,6 +515,13 @@ impl Agent {
             data,
         )?;
         Ok(self.session.call(subjects::SVC_ACK, subjects::KIND_ACK, AckRequest { envelope }).await?)
+    }
+}
+
+/// Still working on a batch: keep its events from being delivered again meanwhile.
+async fn keep_alive(msgs: &[jetstream::Message]) {
+    for m in msgs {
+        let _ = m.ack_with(jetstream::AckKind::Progress).await;
     }
 }
 

@@ -69,22 +69,23 @@ async fn rotate(admin: &TillitClient, path: &str, jwks: &str, i: usize) -> Resul
     Ok(())
 }
 
-/// Wait until every agent reported a sequence at or above what it needs; returns when each did.
+/// Wait until every agent of `floor` acknowledged a sequence above its floor; how long after
+/// `start` each did.
 async fn collect(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<Applied>,
-    want: &HashMap<String, u64>,
+    floor: &HashMap<String, u64>,
     start: Instant,
     within: Duration,
 ) -> Result<Vec<Duration>, ClientError> {
     let mut done: HashMap<String, Duration> = HashMap::new();
     let deadline = tokio::time::Instant::now() + within;
-    while done.len() < want.len() {
+    while done.len() < floor.len() {
         let a = tokio::time::timeout_at(deadline, rx.recv())
             .await
-            .map_err(|_| err(format!("only {} of {} agents acknowledged within {within:?}", done.len(), want.len())))?
+            .map_err(|_| err(format!("only {} of {} agents acknowledged within {within:?}", done.len(), floor.len())))?
             .ok_or_else(|| err("agents stopped"))?;
-        if want.get(&a.consumer).is_some_and(|w| a.last_seq >= *w) && !done.contains_key(&a.consumer) {
-            done.insert(a.consumer, a.at.saturating_duration_since(start));
+        if floor.get(&a.consumer).is_some_and(|f| a.last_seq > *f) {
+            done.entry(a.consumer).or_insert(a.at.saturating_duration_since(start));
         }
     }
     Ok(done.into_values().collect())
@@ -161,8 +162,8 @@ pub async fn fanout(admin_dir: &Path, agents: usize, sites: usize, rounds: usize
             },
         )
         .await?;
-    let want: HashMap<String, u64> = consumers.iter().map(|c| (c.clone(), 1)).collect();
-    collect(&mut rx, &want, start, Duration::from_secs(120)).await?;
+    let none_yet: HashMap<String, u64> = consumers.iter().map(|c| (c.clone(), 0)).collect();
+    collect(&mut rx, &none_yet, start, Duration::from_secs(120)).await?;
     let setup_secs = setup.elapsed().as_secs_f64();
     eprintln!("setup done in {setup_secs:.1}s; timing {rounds} rotations…");
     let mut all_acked_ms = Vec::new();
@@ -176,24 +177,14 @@ pub async fn fanout(admin_dir: &Path, agents: usize, sites: usize, rounds: usize
             let e = last.entry(a.consumer).or_default();
             *e = (*e).max(a.last_seq);
         }
+        let floor: HashMap<String, u64> = consumers.iter().map(|c| (c.clone(), last.get(c).copied().unwrap_or(0))).collect();
         let start = Instant::now();
         rotate(&admin, &path, &jwks, r).await?;
-        let mut done: HashMap<String, Duration> = HashMap::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let floor: HashMap<String, u64> = consumers.iter().map(|c| (c.clone(), last.get(c).copied().unwrap_or(0))).collect();
-        while done.len() < consumers.len() {
-            let a = tokio::time::timeout_at(deadline, rx.recv())
-                .await
-                .map_err(|_| err(format!("round {r}: only {} of {} agents acknowledged within 60s", done.len(), consumers.len())))?
-                .ok_or_else(|| err("agents stopped"))?;
-            if a.last_seq > floor.get(&a.consumer).copied().unwrap_or(0) {
-                done.entry(a.consumer).or_insert(a.at.saturating_duration_since(start));
-            }
-        }
-        let round_max = done.values().max().copied().unwrap_or_default();
+        let done = collect(&mut rx, &floor, start, Duration::from_secs(60)).await.map_err(|e| err(format!("round {r}: {e}")))?;
+        let round_max = done.iter().max().copied().unwrap_or_default();
         total += round_max;
         all_acked_ms.push(round_max.as_secs_f64() * 1000.0);
-        lat.extend(done.into_values());
+        lat.extend(done);
         eprintln!("round {r}: all {agents} agents acknowledged in {:.1} ms", round_max.as_secs_f64() * 1000.0);
     }
     let status = admin.status().await?;

@@ -162,18 +162,27 @@ async fn notify_instances(ctx: &Ctx, sid: &ServiceId, data: &serde_json::Value) 
 /// its template becomes the new permissions (the server reconnects whoever still uses it).
 fn spawn_retirement(ctx: &Ctx, sid: ServiceId, old_key: String) {
     let Some(ctx) = ctx.me.get().and_then(|w| w.upgrade()) else { return };
+    // Whether every live instance moved off `old_key`, over these identity records.
+    fn all_moved<'a>(ids: impl IntoIterator<Item = &'a IdentityRecord>, old_key: &str, now: i64) -> bool {
+        ids.into_iter().filter(|i| i.state == IdentityState::Active && i.expires_at > now).all(|i| i.role_key.as_deref() != Some(old_key))
+    }
     tokio::spawn(async move {
         let start = tokio::time::Instant::now();
+        // Finding a service's identities scans them all: do it once, then poll only those that
+        // held the old key, and confirm over a full scan before ending the grace early.
+        let watched: Vec<String> = ctx
+            .estate
+            .identities_of(&sid)
+            .map(|ids| ids.into_iter().filter(|i| i.role_key.as_deref() == Some(old_key.as_str())).map(|i| i.user_public_key).collect())
+            .unwrap_or_default();
         loop {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let moved = ctx
-                .estate
-                .identities_of(&sid)
-                .map(|ids| {
-                    let now = ctx.estate.clock().now_unix();
-                    ids.iter().filter(|i| i.state == IdentityState::Active && i.expires_at > now).all(|i| i.role_key.as_deref() != Some(old_key.as_str()))
-                })
-                .unwrap_or(false);
+            let e = &ctx.estate;
+            let now = e.clock().now_unix();
+            let polled: Vec<IdentityRecord> = watched.iter().filter_map(|u| e.identity(u).ok().flatten()).collect();
+            let moved = polled.len() == watched.len()
+                && all_moved(&polled, &old_key, now)
+                && e.identities_of(&sid).map(|ids| all_moved(&ids, &old_key, now)).unwrap_or(false);
             if moved || start.elapsed() >= RETIRE_GRACE {
                 if let Err(err) = retire_role_key(&ctx, &sid, &old_key, moved).await {
                     tracing::error!(service = %sid, "cannot retire the former key: {}", err.message);
