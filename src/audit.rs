@@ -299,8 +299,9 @@ impl Writer {
         self.offset += buf.len() as u64;
         self.seq = seq;
         self.hash = hash;
+        // The checkpoint is the last write: a crash before it makes recovery replay the group.
         batch.put_json(Space::Meta, "audit_checkpoint", &Checkpoint { seq, offset: self.offset, hash: self.hash.clone() })?;
-        self.store.apply(batch)?;
+        self.store.apply_in_order(batch)?;
         Ok(seqs)
     }
 }
@@ -547,8 +548,9 @@ mod tests {
             let mut w = Writer::open(&dir, store.clone(), clock.clone()).unwrap();
             w.append(vec![entry(1)]).unwrap();
         }
-        // Simulate a crash after the log write but before the store applied a record: append a
-        // valid next record by hand, plus half a line.
+        // Simulate a crash after the log write, halfway through applying a record (its writes are
+        // applied in order, the checkpoint last): append a valid next record by hand, apply only
+        // its first write, and add half a line.
         let path = dir.join(AUDIT_FILE);
         let text = std::fs::read_to_string(&path).unwrap();
         let last = text.lines().last().unwrap();
@@ -561,16 +563,21 @@ mod tests {
             target: "svc-2".into(),
             outcome: "ok".into(),
             detail: None,
-            redo: vec![RedoOp { space: "identities".into(), key: "U2".into(), value: Some(serde_json::json!({"n": 2})) }],
+            redo: vec![
+                RedoOp { space: "identities".into(), key: "U2".into(), value: Some(serde_json::json!({"n": 2})) },
+                RedoOp { space: "identities".into(), key: "U1".into(), value: None },
+            ],
             prev: crypto::sha256_hex(last.as_bytes()),
         };
+        store.apply_in_order(batch_of(&rec.redo[..1])).unwrap();
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         writeln!(f, "{}", serde_json::to_string(&rec).unwrap()).unwrap();
         write!(f, "{{\"seq\":3,\"tim").unwrap();
         drop(f);
-        assert!(store.get(Space::Identities, "U2").unwrap().is_none());
+        assert!(store.get(Space::Identities, "U1").unwrap().is_some(), "the crash left the group half applied");
         let mut w = Writer::open(&dir, store.clone(), clock).unwrap();
         assert!(store.get(Space::Identities, "U2").unwrap().is_some(), "replayed");
+        assert!(store.get(Space::Identities, "U1").unwrap().is_none(), "the rest of the group replayed");
         assert_eq!(w.append(vec![entry(3)]).unwrap(), vec![3]);
         assert_eq!(verify(&path).unwrap().unwrap().records, 3);
     }

@@ -127,6 +127,12 @@ pub trait Store: Send + Sync + 'static {
     fn scan_prefix(&self, space: Space, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Apply a batch atomically in memory; durable after the next [`sync`](Store::sync).
     fn apply(&self, batch: Batch) -> Result<(), StoreError>;
+    /// Apply a batch's writes in order, not atomically: for callers that replay the whole batch
+    /// after a crash (the audit journal, whose last write is its checkpoint). A backend's atomic
+    /// batch may cost more (sled rolls its IO buffer twice per batch: two writes, two wake-ups).
+    fn apply_in_order(&self, batch: Batch) -> Result<(), StoreError> {
+        self.apply(batch)
+    }
     /// Make every applied write durable.
     fn sync(&self) -> Result<(), StoreError>;
     /// Replace `key`'s value if it is currently `old` (`None`: absent), atomically; false if it
