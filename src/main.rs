@@ -2,6 +2,9 @@
 
 use clap::Parser;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     // Like any Unix tool: a closed pipe (`tillit token create | head -1`) ends the process
     // quietly instead of a panic on the next print.

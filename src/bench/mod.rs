@@ -33,6 +33,10 @@ pub struct Figures {
     pub per_sec: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// p90, p99.9 and the slowest: the shape of the tail.
+    pub p90_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
     pub errors: usize,
 }
 
@@ -53,19 +57,25 @@ impl Figures {
             per_sec: lat.len() as f64 / total.as_secs_f64().max(1e-9),
             p50_ms: pct(0.50),
             p99_ms: pct(0.99),
+            p90_ms: pct(0.90),
+            p999_ms: pct(0.999),
+            max_ms: pct(1.0),
             errors,
         }
     }
 
     pub fn line(&self) -> String {
         format!(
-            "{:<34} n={:<6} c={:<3} {:>9.0}/s   p50 {:>7.3} ms   p99 {:>7.3} ms{}",
+            "{:<34} n={:<6} c={:<3} {:>9.0}/s   p50 {:>7.3} ms   p99 {:>7.3} ms   (p90 {:.3}, p99.9 {:.3}, max {:.3}){}",
             self.name,
             self.n,
             self.c,
             self.per_sec,
             self.p50_ms,
             self.p99_ms,
+            self.p90_ms,
+            self.p999_ms,
+            self.max_ms,
             if self.errors > 0 { format!("   errors {}", self.errors) } else { String::new() }
         )
     }

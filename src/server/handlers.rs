@@ -10,13 +10,14 @@ use crate::proto::{self, AccountStatus, Counts, StatusReply, StatusRequest};
 use crate::replay::Seen;
 use crate::subjects;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 
 /// The checks every request passes, then the verb.
 pub async fn dispatch(
     ctx: &Ctx,
     spec: &EndpointSpec,
     msg: &async_nats::Message,
-) -> Result<(serde_json::Value, Option<After>), ApiError> {
+) -> Result<(Box<RawValue>, Option<After>), ApiError> {
     let max = ctx.estate.config.max_request_bytes;
     if msg.payload.len() > max {
         return Err(ApiError::new(
@@ -25,7 +26,7 @@ pub async fn dispatch(
         ));
     }
     let now = ctx.estate.clock().now_unix();
-    let claims = proto::verify_request::<serde_json::Value>(&msg.payload, spec.subject, spec.kind, ctx.estate.trust_domain(), now)?;
+    let claims = proto::verify_request::<Box<RawValue>>(&msg.payload, spec.subject, spec.kind, ctx.estate.trust_domain(), now)?;
     match ctx.replay.check_and_insert(&claims.jti, claims.exp, now) {
         Seen::New => {}
         Seen::Replay => return Err(ApiError::new(ErrorCode::Replayed, "this request id was already used")),
@@ -126,12 +127,14 @@ pub fn check_caller(caller: &IdentityRecord, spec: &EndpointSpec, now: i64) -> R
     Ok(())
 }
 
-pub(super) fn body<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, ApiError> {
-    serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
+/// The request body, parsed once into its type (the envelope keeps it raw).
+pub(super) fn body<T: DeserializeOwned>(v: Box<RawValue>) -> Result<T, ApiError> {
+    serde_json::from_str(v.get()).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
 }
 
-pub(super) fn to_value<T: serde::Serialize>(t: T) -> Result<serde_json::Value, ApiError> {
-    serde_json::to_value(t).map_err(ApiError::internal)
+/// A reply, encoded once.
+pub(super) fn to_value<T: serde::Serialize>(t: T) -> Result<Box<RawValue>, ApiError> {
+    serde_json::value::to_raw_value(&t).map_err(ApiError::internal)
 }
 
 /// Refresh the gauges that mirror store counts (one scan of each space).
