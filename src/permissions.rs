@@ -71,7 +71,8 @@ mod tests {
         for s in ok {
             assert_eq!(check_grantable(s), Ok(()), "{s}");
         }
-        let bad: &[(&str, fn(String) -> SubjectError)] = &[
+        type Case = (&'static str, fn(String) -> SubjectError);
+        let bad: &[Case] = &[
             (">", SubjectError::TooBroad),
             ("*", SubjectError::TooBroad),
             ("*.>", SubjectError::TooBroad),

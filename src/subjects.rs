@@ -68,6 +68,9 @@ pub fn agent_filters(site: &str) -> Vec<String> {
 /// Agents acknowledge applied events here (a signed envelope).
 pub const SVC_ACK: &str = "tillit.v1.svc.ack";
 pub const KIND_ACK: &str = "io.tillit.v1.svc.ack";
+/// A site's agent renews its server's certificate and leafnode users' JWTs here.
+pub const SVC_SITE_RENEW: &str = "tillit.v1.svc.site.renew";
+pub const KIND_SITE_RENEW: &str = "io.tillit.v1.svc.site.renew";
 /// The envelope type of an agent's acknowledgement.
 pub const ENVELOPE_AGENT_ACK: &str = "io.tillit.v1.agent.ack";
 /// Site administration.

@@ -229,7 +229,9 @@ mod tests {
         let x = ServiceId::parse("acme/shop/prod/orders").unwrap();
         let y = ServiceId::parse("acme/shop/prod/payments").unwrap();
         let h = JoinToken::secret_hash("s3cret");
-        let cases: &[(&str, bool, i64, &ServiceId, Result<(), TokenRefusal>)] = &[
+        // (secret, used, expires_at, identity asked for, expected)
+        type Case<'a> = (&'a str, bool, i64, &'a ServiceId, Result<(), TokenRefusal>);
+        let cases: &[Case] = &[
             ("s3cret", false, 100, &x, Ok(())),
             ("wrong", false, 100, &x, Err(TokenRefusal::Invalid)),
             ("wrong", true, 10, &y, Err(TokenRefusal::Invalid)),

@@ -464,7 +464,7 @@ pub fn account_jwt_size(services: usize) -> Result<usize, String> {
             updated_at: 0,
             previous: vec![],
         };
-        n.signing_keys.push(SigningKeyEntry::Scoped(role.scope()));
+        n.signing_keys.push(SigningKeyEntry::Scoped(Box::new(role.scope())));
     }
     let claims = Claims {
         jti: jwt::new_jti().map_err(|e| e.to_string())?,

@@ -1,4 +1,4 @@
-//! `tillit rotate signing-key [--retire-after 24h]`, `tillit rotate ca`
+//! `tillit rotate signing-key [--retire-after 24h]`, `tillit rotate ca [--finish]`
 
 use super::grant::AdminArgs;
 use crate::proto::{RotateSigningKeyReply, RotateSigningKeyRequest};
@@ -21,6 +21,11 @@ pub enum What {
 
 #[derive(Debug, clap::Args)]
 pub struct CaArgs {
+    /// Retire the previous CA now instead of after its last client certificate expired (a
+    /// compromised CA): sites' and the hub's server certificates are re-issued first; clients
+    /// still holding its certificates must renew.
+    #[arg(long)]
+    pub finish: bool,
     #[command(flatten)]
     pub admin: AdminArgs,
 }
@@ -54,8 +59,15 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
 }
 
 async fn rotate_ca(c: CaArgs) -> anyhow::Result<()> {
+    if c.finish {
+        // The admin's own certificate and bundle move to the new CA first: once the old CA is
+        // gone, a certificate it issued (or a bundle without the new CA) no longer connects.
+        let dir = crate::layout::IdentityDir::new(&c.admin.identity);
+        let session = crate::client::session::Session::connect(&dir, c.admin.nats.as_deref()).await?;
+        session.renew_now().await?;
+    }
     let client = c.admin.client().await?;
-    let r: crate::proto::RotateCaReply = client.call(subjects::ADMIN_ROTATE_CA, subjects::KIND_ROTATE_CA, crate::proto::RotateCaRequest {}).await?;
+    let r: crate::proto::RotateCaReply = client.call(subjects::ADMIN_ROTATE_CA, subjects::KIND_ROTATE_CA, crate::proto::RotateCaRequest { finish: c.finish }).await?;
     if c.admin.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
@@ -64,6 +76,9 @@ async fn rotate_ca(c: CaArgs) -> anyhow::Result<()> {
         println!("{:<9} {} (expires {}{})", ca.state, ca.fingerprint, ca.expires_at, ca.retire_at.as_ref().map(|t| format!(", leaves the bundle {t}")).unwrap_or_default());
     }
     match &r.rollout {
+        _ if r.phase == "retiring" => {
+            println!("the previous CA retires as soon as every site server's certificate was re-issued (see `tillit site list`)");
+        }
         Some(ro) if !ro.sites_pending.is_empty() => {
             println!("the new CA is in every bundle; issuance switches once these sites acknowledge: {}", ro.sites_pending.join(", "));
             println!("follow it with `tillit status`");

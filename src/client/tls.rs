@@ -49,6 +49,11 @@ pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>,
     Ok(Arc::new(CertifiedKey::new(chain, signer)))
 }
 
+/// Check that a certificate and a private key belong together.
+pub fn key_matches(cert_pem: &str, key_pem: &str) -> Result<(), TlsError> {
+    certified_key(cert_pem, key_pem)?.keys_match().map_err(|e| TlsError::Key(format!("does not match the certificate: {e}")))
+}
+
 /// A client certificate, and the CA bundle servers are verified against, both replaceable
 /// while connections use them (a renewal brings a new certificate, a CA rotation a new bundle;
 /// the next handshake uses them).

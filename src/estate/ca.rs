@@ -219,6 +219,30 @@ impl Estate {
 
     /// Rotation step 3: previous CAs whose certificates have all expired leave the bundle.
     /// Returns the fingerprints retired.
+    /// Whether a server certificate may come from the current CA now: every client trusts it
+    /// (no rotation in progress, or the old CA's client certificates have all expired).
+    pub fn server_issuance_open(&self) -> bool {
+        let now = self.clock.now_unix();
+        self.ca_records().iter().all(|r| r.state != CaState::Previous || r.retire_at.is_some_and(|t| t <= now))
+    }
+
+    /// Bring the retirement of previous CAs forward to now (`rotate ca --finish`).
+    pub fn finish_ca_rotation(&self) -> Result<Vec<String>> {
+        let now = self.clock.now_unix();
+        let mut records = self.ca_records();
+        let mut out = Vec::new();
+        for r in records.iter_mut() {
+            if r.state == CaState::Previous && r.retire_at.is_none_or(|t| t > now) {
+                r.retire_at = Some(now);
+                out.push(r.fingerprint.clone());
+            }
+        }
+        if !out.is_empty() {
+            self.store_cas(records, Batch::new())?;
+        }
+        Ok(out)
+    }
+
     pub fn retire_cas(&self) -> Result<Vec<String>> {
         let now = self.clock.now_unix();
         let mut records = self.ca_records();
@@ -235,9 +259,10 @@ impl Estate {
         Ok(out)
     }
 
-    /// The latest expiry of any certificate the current CA issued that a party may still show:
-    /// identities' client certificates, bootstrap certificates of unused tokens, site servers,
-    /// and the control plane's own connections (`now + control_plane_ttl`).
+    /// The latest expiry of any client certificate the current CA issued that a party may still
+    /// show: identities' client certificates, bootstrap certificates of unused tokens, and the
+    /// control plane's own connections (`now + control_plane_ttl`). Server certificates are not
+    /// waited for: the hub's and the sites' are re-issued from the new CA before the old leaves.
     pub fn last_issued_expiry(&self) -> Result<i64> {
         let now = self.clock.now_unix();
         let mut last = now + self.config.control_plane_ttl.as_secs() as i64;
@@ -250,9 +275,6 @@ impl Estate {
             if t.state == TokenState::Unused {
                 last = last.max(t.expires_at);
             }
-        }
-        for s in self.sites()? {
-            last = last.max(s.cert_expires_at);
         }
         Ok(last)
     }

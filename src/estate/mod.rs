@@ -571,7 +571,7 @@ impl Estate {
         n.signing_keys = vec![SigningKeyEntry::Plain(rec.signing_key.clone())];
         if rec.kind == AccountKind::Tillit {
             if let Some(agents) = self.agent_role()? {
-                n.signing_keys.push(SigningKeyEntry::Scoped(agents.scope()));
+                n.signing_keys.push(SigningKeyEntry::Scoped(Box::new(agents.scope())));
             }
         }
         if rec.kind == AccountKind::Tenant {
@@ -579,14 +579,14 @@ impl Estate {
             for stored in self.roles_of(&rec.name)? {
                 match role {
                     Some(r) if r.service == stored.service => {
-                        n.signing_keys.extend(r.scopes().into_iter().map(SigningKeyEntry::Scoped));
+                        n.signing_keys.extend(r.scopes().into_iter().map(|k| SigningKeyEntry::Scoped(Box::new(k))));
                         replaced = true;
                     }
-                    _ => n.signing_keys.extend(stored.scopes().into_iter().map(SigningKeyEntry::Scoped)),
+                    _ => n.signing_keys.extend(stored.scopes().into_iter().map(|k| SigningKeyEntry::Scoped(Box::new(k)))),
                 }
             }
             if let (Some(r), false) = (role, replaced) {
-                n.signing_keys.extend(r.scopes().into_iter().map(SigningKeyEntry::Scoped));
+                n.signing_keys.extend(r.scopes().into_iter().map(|k| SigningKeyEntry::Scoped(Box::new(k))));
             }
         }
         n.revocations = rec.revocations.clone();

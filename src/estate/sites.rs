@@ -30,6 +30,31 @@ pub struct SiteRecord {
     pub leaf_users: Vec<String>,
     pub cert_serial: String,
     pub cert_expires_at: i64,
+    /// Names on the server certificate (kept for re-issuing it).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Fingerprint of the CA that issued the server certificate in use (`None`: before this was
+    /// recorded). An old CA is retired only once every site's certificate comes from the current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_ca: Option<String>,
+}
+
+/// The names a site server's certificate carries: the site name, loopback, the listen host, and
+/// the extra names given at `site add`.
+fn site_hosts(name: &str, listen: &str, extra: &[String]) -> Vec<String> {
+    let mut all = vec![name.to_string(), "localhost".to_string(), "127.0.0.1".to_string()];
+    if let Some((h, _)) = listen.rsplit_once(':') {
+        let h = h.trim_start_matches('[').trim_end_matches(']');
+        if !h.is_empty() && h != "0.0.0.0" && h != "::" {
+            all.push(h.to_string());
+        }
+    }
+    for h in extra {
+        if !all.contains(h) {
+            all.push(h.clone());
+        }
+    }
+    all
 }
 
 /// What one agent last did (`sites/agent/<user public key>`).
@@ -205,14 +230,7 @@ impl Estate {
         let sys_jwt = self.sign_user(&sys, sys_user, &format!("site {name} leafnode (SYS)"), site_sys_permissions(), expires)?;
         let tillit_jwt = self.sign_user(&tillit, tillit_user, &format!("site {name} leafnode (TILLIT)"), site_tillit_permissions(), expires)?;
         let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "site", name]);
-        let mut all_hosts = vec![name.to_string(), "localhost".to_string(), "127.0.0.1".to_string()];
-        if let Some((h, _)) = listen.rsplit_once(':') {
-            let h = h.trim_start_matches('[').trim_end_matches(']');
-            if !h.is_empty() && h != "0.0.0.0" && h != "::" {
-                all_hosts.push(h.to_string());
-            }
-        }
-        all_hosts.extend(hosts.iter().cloned());
+        let all_hosts = site_hosts(name, listen, hosts);
         let (cert_pem, serial) = self.ca().issue_server_for(csr_key, &format!("tillit site {name}"), &all_hosts, Some(&spiffe), now, expires)?;
         let site = SiteRecord {
             name: name.to_string(),
@@ -222,7 +240,36 @@ impl Estate {
             leaf_users: vec![sys_user.to_string(), tillit_user.to_string()],
             cert_serial: serial,
             cert_expires_at: expires,
+            hosts: all_hosts,
+            cert_ca: Some(self.ca_fingerprint()),
         };
+        let mut b = Batch::new();
+        b.put_json(Space::Sites, format!("site/{name}"), &site)?;
+        Ok((SiteIssue { site, cert_pem, sys_user_jwt: sys_jwt, tillit_user_jwt: tillit_jwt }, b))
+    }
+
+    /// The server certificate (from the current CA, for the names on record, bound to `csr_key`
+    /// made at the site) and the leafnode users' JWTs of site `name` again, for a full server
+    /// lifetime; with the batch of its updated record.
+    pub fn reissue_site(&self, name: &str, csr_key: &impl rcgen::PublicKeyData) -> Result<(SiteIssue, Batch)> {
+        let mut site = self.site(name)?.ok_or_else(|| EstateError::Limit(format!("no site {name}")))?;
+        let [sys_user, tillit_user] = site.leaf_users.as_slice() else {
+            return Err(EstateError::Key(format!("site {name}"), "its record does not name two leafnode users".into()));
+        };
+        let now = self.clock.now_unix();
+        let expires = now + self.config.server_cert_ttl.as_secs() as i64;
+        let sys = self.account(SYS_ACCOUNT)?;
+        let tillit = self.account(TILLIT_ACCOUNT)?;
+        let sys_jwt = self.sign_user(&sys, sys_user, &format!("site {name} leafnode (SYS)"), site_sys_permissions(), expires)?;
+        let tillit_jwt = self.sign_user(&tillit, tillit_user, &format!("site {name} leafnode (TILLIT)"), site_tillit_permissions(), expires)?;
+        if site.hosts.is_empty() {
+            site.hosts = site_hosts(name, &site.listen, &[]);
+        }
+        let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "site", name]);
+        let (cert_pem, serial) = self.ca().issue_server_for(csr_key, &format!("tillit site {name}"), &site.hosts, Some(&spiffe), now, expires)?;
+        site.cert_serial = serial;
+        site.cert_expires_at = expires;
+        site.cert_ca = Some(self.ca_fingerprint());
         let mut b = Batch::new();
         b.put_json(Space::Sites, format!("site/{name}"), &site)?;
         Ok((SiteIssue { site, cert_pem, sys_user_jwt: sys_jwt, tillit_user_jwt: tillit_jwt }, b))

@@ -304,7 +304,7 @@ pub struct ScopedSigningKey {
 #[serde(untagged)]
 pub enum SigningKeyEntry {
     Plain(String),
-    Scoped(ScopedSigningKey),
+    Scoped(Box<ScopedSigningKey>),
 }
 
 /// An account export (a service or a stream other accounts may import).

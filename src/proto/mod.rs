@@ -442,6 +442,11 @@ pub struct SiteInfo {
     pub failures: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The site server's certificate: when it expires, and whether the current CA issued it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_expires_at: Option<String>,
+    #[serde(default)]
+    pub cert_from_current_ca: bool,
 }
 
 /// `tillit.v1.admin.site.remove` request body.
@@ -506,10 +511,36 @@ pub struct AckReply {
     pub last_seq: u64,
 }
 
-/// `tillit.v1.admin.rotate.ca` request body (empty).
+/// `tillit.v1.admin.rotate.ca` request body: empty starts a rotation; `finish` brings the
+/// retirement of the previous CA forward to now (its client certificates stop working).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RotateCaRequest {}
+pub struct RotateCaRequest {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub finish: bool,
+}
+
+/// `tillit.v1.svc.site.renew` request body (a site's agent): a CSR made at the site, CN = the
+/// site's TILLIT leafnode user (the key pair stays at the site).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteRenewRequest {
+    pub csr: String,
+}
+
+/// `tillit.v1.svc.site.renew` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SiteRenewReply {
+    pub site: String,
+    pub cert_pem: String,
+    pub sys_user_jwt: String,
+    pub tillit_user_jwt: String,
+    pub ca_pem: String,
+    /// Fingerprint of the CA that issued `cert_pem`.
+    pub ca_fingerprint: String,
+    pub expires_at: String,
+    pub expires_at_unix: i64,
+}
 
 /// One CA as status shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -140,13 +140,34 @@ async fn advance(ctx: &Ctx) -> Result<bool, ApiError> {
     Ok(true)
 }
 
-/// Retire old CAs whose certificates all expired: the hub's certificate is re-issued from the
-/// current CA first, then the old CA leaves the bundle everywhere.
+/// Meta key: the CA whose `reissue` announcement went out (once per rotation).
+const META_REISSUE: &str = "ca_reissue_announced";
+
+/// Retire old CAs whose client certificates all expired. Server certificates move first: each
+/// site's agent re-issues its server's (asked once with `ca.rotated` phase `reissue`), then the
+/// hub's is re-issued here, and only then the old CA leaves the bundle everywhere.
 async fn retire(ctx: &Ctx) -> Result<(), ApiError> {
     let e = &ctx.estate;
     let now = e.clock().now_unix();
     let due = e.ca_records().iter().any(|r| r.state == CaState::Previous && r.retire_at.is_some_and(|t| t <= now));
     if !due {
+        return Ok(());
+    }
+    let current = e.ca_fingerprint();
+    let waiting: Vec<String> =
+        e.sites().map_err(ApiError::internal)?.into_iter().filter(|s| s.cert_ca.as_deref() != Some(current.as_str())).map(|s| s.name).collect();
+    if !waiting.is_empty() {
+        let asked: Option<String> = crate::store::get_json(e.store(), crate::store::Space::Meta, META_REISSUE).map_err(ApiError::internal)?;
+        if asked.as_deref() != Some(current.as_str()) {
+            let seq = announce(ctx, "reissue").await?;
+            let mut b = crate::store::Batch::new();
+            b.put_json(crate::store::Space::Meta, META_REISSUE, &current).map_err(ApiError::internal)?;
+            e.store().commit(b).map_err(ApiError::internal)?;
+            ctx.journal.record_relaxed(Entry::ok("tillit", "rotate.ca", &current).detail(serde_json::json!({
+                "phase": "reissue", "event_seq": seq, "sites": waiting,
+            })));
+            tracing::info!(sites = ?waiting, "CA rotation: asked the sites' agents to re-issue their servers' certificates");
+        }
         return Ok(());
     }
     let hub = e.issue_server_cert().map_err(ApiError::internal)?;
@@ -158,6 +179,33 @@ async fn retire(ctx: &Ctx) -> Result<(), ApiError> {
     ctx.journal.record_relaxed(Entry::ok("tillit", "rotate.ca", "retired").detail(serde_json::json!({ "phase": "retired", "retired": gone, "event_seq": seq })));
     tracing::info!(retired = ?gone, "CA rotation: old CA left the bundle");
     Ok(())
+}
+
+/// `tillit rotate ca --finish`: retire the previous CA now instead of after its last client
+/// certificate expired (a compromised CA): the sites' and the hub's server certificates are
+/// re-issued, then it leaves the bundle; clients still holding its certificates must renew.
+pub async fn finish(ctx: &Ctx, caller: &IdentityRecord) -> Result<RotateCaReply, ApiError> {
+    let e = &ctx.estate;
+    let _g = ctx.ca_lock.lock().await;
+    if e.ca_rollout().map_err(ApiError::internal)?.is_some() {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "the new CA is still being distributed to sites (see `tillit status`); finish after issuance switched",
+        ));
+    }
+    let moved = e.finish_ca_rotation().map_err(ApiError::internal)?;
+    if moved.is_empty() && !e.ca_records().iter().any(|r| r.state == CaState::Previous) {
+        return Err(ApiError::new(ErrorCode::Conflict, "no CA rotation to finish: there is no previous CA"));
+    }
+    ctx.journal
+        .record(Entry::ok(&caller.id, "rotate.ca", "finish").detail(serde_json::json!({ "phase": "finish", "previous": moved })))
+        .await
+        .map_err(ApiError::internal)?;
+    tracing::warn!(previous = ?moved, "CA rotation finished early by an admin: the previous CA retires as soon as the servers' certificates moved");
+    // The control plane's own connections move to the current CA now; the next tick (a second
+    // away) asks the sites and, once they moved, drops the old CA.
+    ctx.renew_own.notify_waiters();
+    Ok(RotateCaReply { phase: "retiring".into(), cas: ca_infos(e), rollout: rollout_info(ctx).await? })
 }
 
 /// One background step: advance a rollout, retire what is due.

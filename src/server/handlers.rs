@@ -34,7 +34,7 @@ pub async fn dispatch(
     }
     let info = services::request_info(msg)?;
     if spec.caller == Caller::Enrollee {
-        let body = body(claims.body)?;
+        let body = body(&claims.body)?;
         return match services::enroll(ctx, &claims.iss, info.as_ref(), body).await {
             Ok((r, a)) => Ok((to_value(r)?, Some(a))),
             Err(e) => {
@@ -54,38 +54,43 @@ pub async fn dispatch(
     }
     let value = match spec.subject {
         subjects::ADMIN_STATUS => {
-            let _req: StatusRequest = body(claims.body)?;
+            let _req: StatusRequest = body(&claims.body)?;
             let mut st = status(ctx, &caller)?;
             st.sites = super::sites::site_infos(ctx).await?;
             st.ca_rollout = super::carot::rollout_info(ctx).await?;
             to_value(st)?
         }
-        subjects::ADMIN_TOKEN_CREATE => to_value(services::token_create(ctx, &caller, body(claims.body)?).await?)?,
-        subjects::SVC_RENEW => to_value(services::renew(ctx, &caller, body(claims.body)?).await?)?,
-        subjects::ADMIN_GRANT => to_value(super::admin::grant(ctx, &caller, body(claims.body)?).await?)?,
-        subjects::ADMIN_UNGRANT => to_value(super::admin::ungrant(ctx, &caller, body(claims.body)?).await?)?,
-        subjects::ADMIN_GRANTS => to_value(super::admin::grants(ctx, body(claims.body)?).await?)?,
-        subjects::ADMIN_REVOKE => to_value(super::admin::revoke(ctx, &caller, body(claims.body)?).await?)?,
-        subjects::ADMIN_ROTATE_SIGNING_KEY => to_value(super::admin::rotate_signing_key(ctx, &caller, body(claims.body)?).await?)?,
-        subjects::ADMIN_SECRET_PUT => to_value(super::secrets::put(ctx, &caller, body(claims.body)?).await?)?,
-        subjects::ADMIN_SECRET_ROTATE => to_value(super::secrets::rotate(ctx, &caller, body(claims.body)?).await?)?,
-        subjects::ADMIN_SECRET_LIST => to_value(super::secrets::list(ctx, body(claims.body)?).await?)?,
-        subjects::ADMIN_SECRET_VERSIONS => to_value(super::secrets::versions(ctx, body(claims.body)?).await?)?,
-        subjects::ADMIN_SECRET_DELETE => to_value(super::secrets::delete(ctx, &caller, body(claims.body)?).await?)?,
-        subjects::SVC_SECRET_GET => to_value(super::secrets::get(ctx, &caller, body(claims.body)?).await?)?,
-        subjects::SVC_ACK => to_value(super::sites::ack(ctx, &caller, body(claims.body)?).await?)?,
+        subjects::ADMIN_TOKEN_CREATE => to_value(services::token_create(ctx, &caller, body(&claims.body)?).await?)?,
+        subjects::SVC_RENEW => to_value(services::renew(ctx, &caller, body(&claims.body)?).await?)?,
+        subjects::ADMIN_GRANT => to_value(super::admin::grant(ctx, &caller, body(&claims.body)?).await?)?,
+        subjects::ADMIN_UNGRANT => to_value(super::admin::ungrant(ctx, &caller, body(&claims.body)?).await?)?,
+        subjects::ADMIN_GRANTS => to_value(super::admin::grants(ctx, body(&claims.body)?).await?)?,
+        subjects::ADMIN_REVOKE => to_value(super::admin::revoke(ctx, &caller, body(&claims.body)?).await?)?,
+        subjects::ADMIN_ROTATE_SIGNING_KEY => to_value(super::admin::rotate_signing_key(ctx, &caller, body(&claims.body)?).await?)?,
+        subjects::ADMIN_SECRET_PUT => to_value(super::secrets::put(ctx, &caller, body(&claims.body)?).await?)?,
+        subjects::ADMIN_SECRET_ROTATE => to_value(super::secrets::rotate(ctx, &caller, body(&claims.body)?).await?)?,
+        subjects::ADMIN_SECRET_LIST => to_value(super::secrets::list(ctx, body(&claims.body)?).await?)?,
+        subjects::ADMIN_SECRET_VERSIONS => to_value(super::secrets::versions(ctx, body(&claims.body)?).await?)?,
+        subjects::ADMIN_SECRET_DELETE => to_value(super::secrets::delete(ctx, &caller, body(&claims.body)?).await?)?,
+        subjects::SVC_SECRET_GET => to_value(super::secrets::get(ctx, &caller, body(&claims.body)?).await?)?,
+        subjects::SVC_ACK => to_value(super::sites::ack(ctx, &caller, body(&claims.body)?).await?)?,
         subjects::ADMIN_ROTATE_CA => {
-            let _req: crate::proto::RotateCaRequest = body(claims.body)?;
-            to_value(super::carot::rotate(ctx, &caller).await?)?
+            let req: crate::proto::RotateCaRequest = body(&claims.body)?;
+            if req.finish {
+                to_value(super::carot::finish(ctx, &caller).await?)?
+            } else {
+                to_value(super::carot::rotate(ctx, &caller).await?)?
+            }
         }
-        subjects::ADMIN_SITE_REMOVE => to_value(super::sites::remove(ctx, &caller, body(claims.body)?).await?)?,
-        subjects::ADMIN_SITE_ADD => to_value(super::sites::add(ctx, &caller, body(claims.body)?).await?)?,
+        subjects::SVC_SITE_RENEW => to_value(super::sites::renew(ctx, &caller, body(&claims.body)?).await?)?,
+        subjects::ADMIN_SITE_REMOVE => to_value(super::sites::remove(ctx, &caller, body(&claims.body)?).await?)?,
+        subjects::ADMIN_SITE_ADD => to_value(super::sites::add(ctx, &caller, body(&claims.body)?).await?)?,
         subjects::ADMIN_SITE_LIST => {
-            let _req: crate::proto::SiteListRequest = body(claims.body)?;
+            let _req: crate::proto::SiteListRequest = body(&claims.body)?;
             to_value(super::sites::list(ctx).await?)?
         }
         subjects::ADMIN_LIST => {
-            let _req: crate::proto::ListRequest = body(claims.body)?;
+            let _req: crate::proto::ListRequest = body(&claims.body)?;
             to_value(super::admin::list(ctx).await?)?
         }
         other => return Err(ApiError::new(ErrorCode::NotFound, format!("no handler for {other}"))),
@@ -128,7 +133,7 @@ pub fn check_caller(caller: &IdentityRecord, spec: &EndpointSpec, now: i64) -> R
 }
 
 /// The request body, parsed once into its type (the envelope keeps it raw).
-pub(super) fn body<T: DeserializeOwned>(v: Box<RawValue>) -> Result<T, ApiError> {
+pub(super) fn body<T: DeserializeOwned>(v: &RawValue) -> Result<T, ApiError> {
     serde_json::from_str(v.get()).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
 }
 

@@ -91,6 +91,7 @@ pub const ENDPOINTS: &[EndpointSpec] = &[
     EndpointSpec { subject: subjects::ENROLL, kind: subjects::KIND_ENROLL, caller: Caller::Enrollee },
     EndpointSpec { subject: subjects::SVC_RENEW, kind: subjects::KIND_RENEW, caller: Caller::Identity },
     EndpointSpec { subject: subjects::SVC_ACK, kind: subjects::KIND_ACK, caller: Caller::Identity },
+    EndpointSpec { subject: subjects::SVC_SITE_RENEW, kind: subjects::KIND_SITE_RENEW, caller: Caller::Identity },
     EndpointSpec { subject: subjects::ADMIN_SITE_ADD, kind: subjects::KIND_SITE_ADD, caller: Caller::Admin },
     EndpointSpec { subject: subjects::ADMIN_SITE_LIST, kind: subjects::KIND_SITE_LIST, caller: Caller::Admin },
     EndpointSpec { subject: subjects::ADMIN_ROTATE_CA, kind: subjects::KIND_ROTATE_CA, caller: Caller::Admin },
@@ -131,6 +132,8 @@ pub struct Ctx {
     pub account_keys: std::sync::RwLock<HashMap<String, String>>,
     /// Serialises CA rotation steps.
     pub ca_lock: tokio::sync::Mutex<()>,
+    /// Wakes the renewal of the control plane's own credentials now (`rotate ca --finish`).
+    pub renew_own: Arc<tokio::sync::Notify>,
     /// This context, for work a handler leaves running after it replies.
     pub me: OnceLock<std::sync::Weak<Ctx>>,
 }
@@ -201,6 +204,7 @@ fn spawn_self_renewal(
     client: async_nats::Client,
     mut expires_at: i64,
     stop: watch::Receiver<bool>,
+    now_please: Arc<tokio::sync::Notify>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
@@ -211,6 +215,7 @@ fn spawn_self_renewal(
             tracing::debug!(connection = account, "own credentials renew in {wait:?}");
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
+                _ = now_please.notified() => tracing::info!(connection = account, "renewing own credentials now (CA rotation finished)"),
                 _ = stopped(&stop) => return,
             }
             let perms = if account == SYS_ACCOUNT { sys_permissions() } else { api_permissions() };
@@ -277,9 +282,10 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         return Ok(());
     };
     let _ = conns.set(vec![("api".into(), api.clone()), ("sys".into(), sys.clone())]);
+    let renew_own = Arc::new(tokio::sync::Notify::new());
     let mut background = vec![
-        spawn_self_renewal(estate.clone(), TILLIT_ACCOUNT, api_params, api.clone(), api_exp, stop_rx.clone()),
-        spawn_self_renewal(estate.clone(), SYS_ACCOUNT, sys_params, sys.clone(), sys_exp, stop_rx.clone()),
+        spawn_self_renewal(estate.clone(), TILLIT_ACCOUNT, api_params, api.clone(), api_exp, stop_rx.clone(), renew_own.clone()),
+        spawn_self_renewal(estate.clone(), SYS_ACCOUNT, sys_params, sys.clone(), sys_exp, stop_rx.clone(), renew_own.clone()),
     ];
 
     let (revoke_tx, revoke_rx) = mpsc::unbounded_channel();
@@ -310,6 +316,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         xkey: crate::crypto::Sealer::new(&estate.xkey().map_err(|e| ServeError::Creds(e.to_string()))?).map_err(|e| ServeError::Creds(e.to_string()))?,
         account_keys: Default::default(),
         ca_lock: Default::default(),
+        renew_own,
         me: OnceLock::new(),
     });
     let _ = ctx.me.set(Arc::downgrade(&ctx));

@@ -193,11 +193,10 @@ pub async fn token_create(ctx: &Ctx, caller: &IdentityRecord, req: TokenCreateRe
         return Err(ApiError::bad_request(format!("count must be between 1 and {MAX_TOKENS_PER_REQUEST}")));
     }
     match crate::estate::sites::agent_site(&req.identity) {
-        Some(site) => {
-            if ctx.estate.site(site).map_err(ApiError::internal)?.is_none() {
-                return Err(ApiError::new(ErrorCode::NotFound, format!("no site {site}; add it first with `tillit site add`")));
-            }
+        Some(site) if ctx.estate.site(site).map_err(ApiError::internal)?.is_none() => {
+            return Err(ApiError::new(ErrorCode::NotFound, format!("no site {site}; add it first with `tillit site add`")));
         }
+        Some(_) => {}
         None if req.identity.tenant == crate::estate::sites::AGENT_TENANT => {
             return Err(ApiError::bad_request(format!(
                 "tenant {:?} is reserved for tillit itself; pick another tenant name",

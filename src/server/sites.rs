@@ -1,5 +1,6 @@
-//! Sites: registering a site (`site add`), listing sites with their agents' progress, and the
-//! agents' signed acknowledgements (`tillit.v1.svc.ack`).
+//! Sites: registering a site (`site add`), listing sites with their agents' progress, the
+//! agents' signed acknowledgements (`tillit.v1.svc.ack`), and their renewals of the site
+//! server's certificate and leafnode users (`tillit.v1.svc.site.renew`).
 
 use super::services::push;
 use super::Ctx;
@@ -10,7 +11,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::estate::sites::{agent_service_id, AgentStatus, SiteRecord};
 use crate::estate::{EstateError, IdentityRecord, BOOTSTRAP_ACCOUNT, SYS_ACCOUNT, TILLIT_ACCOUNT};
 use crate::identity::IdentityKind;
-use crate::proto::{AckData, AckReply, AckRequest, SiteAddReply, SiteAddRequest, SiteInfo, SiteListReply};
+use crate::proto::{AckData, AckReply, AckRequest, SiteAddReply, SiteAddRequest, SiteInfo, SiteListReply, SiteRenewReply, SiteRenewRequest};
 use crate::replay::Seen;
 use crate::subjects;
 
@@ -82,7 +83,7 @@ pub async fn add(ctx: &Ctx, caller: &IdentityRecord, req: SiteAddRequest) -> Res
         preload.insert(a.public_key, a.jwt);
     }
     Ok(SiteAddReply {
-        site: info(&issue.site, &[], 0),
+        site: info(&issue.site, &[], 0, &e.ca_fingerprint()),
         cert_pem: issue.cert_pem,
         ca_pem: e.ca_bundle_pem(),
         operator_jwt: e.meta.operator_jwt.clone(),
@@ -97,7 +98,7 @@ pub async fn add(ctx: &Ctx, caller: &IdentityRecord, req: SiteAddRequest) -> Res
 }
 
 /// A site's summary from its agents' statuses (`lag` = the largest backlog of any agent).
-fn info(site: &SiteRecord, agents: &[&AgentStatus], lag: u64) -> SiteInfo {
+fn info(site: &SiteRecord, agents: &[&AgentStatus], lag: u64, current_ca: &str) -> SiteInfo {
     let slowest = agents.iter().min_by_key(|a| a.last_seq);
     let last_ack = agents.iter().filter_map(|a| a.last_ack_at).max();
     let last_error = agents.iter().filter(|a| a.last_error.is_some()).max_by_key(|a| a.last_failure_at).and_then(|a| a.last_error.clone());
@@ -114,6 +115,8 @@ fn info(site: &SiteRecord, agents: &[&AgentStatus], lag: u64) -> SiteInfo {
         last_ack_unix: last_ack,
         failures: agents.iter().map(|a| a.failures).sum(),
         last_error,
+        cert_expires_at: Some(rfc3339(site.cert_expires_at)),
+        cert_from_current_ca: site.cert_ca.as_deref() == Some(current_ca),
     }
 }
 
@@ -125,6 +128,7 @@ pub async fn site_infos(ctx: &Ctx) -> Result<Vec<SiteInfo>, ApiError> {
         return Ok(vec![]);
     }
     let statuses = e.agent_statuses().map_err(ApiError::internal)?;
+    let current_ca = e.ca_fingerprint();
     let mut out = Vec::with_capacity(sites.len());
     for s in &sites {
         let agents: Vec<&AgentStatus> = statuses.iter().filter(|a| a.site == s.name).collect();
@@ -136,7 +140,7 @@ pub async fn site_infos(ctx: &Ctx) -> Result<Vec<SiteInfo>, ApiError> {
                 Err(err) => tracing::debug!(consumer = %slowest.consumer, "no lag for agent: {err}"),
             }
         }
-        out.push(info(s, &agents, lag));
+        out.push(info(s, &agents, lag, &current_ca));
     }
     Ok(out)
 }
@@ -148,6 +152,47 @@ pub async fn refresh_site_gauges(ctx: &Ctx) {
     for i in infos {
         ctx.metrics.set_site(&i.name, i.lag_events, i.last_ack_unix.map(|t| now - t));
     }
+}
+
+/// A site's agent renews its server's certificate (for a CSR made at the site, CN = the site's
+/// TILLIT leafnode user) and its leafnode users' JWTs. Server certificates come from the current
+/// CA only once every client trusts it: during a CA rotation that is when the old CA's client
+/// certificates have all expired (the control plane then asks the agents, `ca.rotated` phase
+/// `reissue`).
+pub async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: SiteRenewRequest) -> Result<SiteRenewReply, ApiError> {
+    let e = &ctx.estate;
+    let (IdentityKind::Agent, Some(name)) = (caller.kind, caller.site.as_deref()) else {
+        return Err(ApiError::forbidden("only a site's agent renews its server's certificate"));
+    };
+    let site = e
+        .site(name)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::forbidden(format!("site {name} was removed; its agents cannot renew it")))?;
+    if !e.server_issuance_open() {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "a CA rotation is in progress and not every client trusts the new CA yet; the site's certificate is re-issued when the old CA retires",
+        ));
+    }
+    let tillit_user = site.leaf_users.get(1).ok_or_else(|| ApiError::internal("site record without its TILLIT leafnode user"))?;
+    let csr_key = crate::issuer::x509::parse_csr(&req.csr, tillit_user).map_err(|err| ApiError::bad_request(err.to_string()))?;
+    let (issue, batch) = e.reissue_site(name, &csr_key).map_err(estate_err)?;
+    let ca = e.ca_fingerprint();
+    let entry = Entry::ok(&caller.id, "site.renew", name)
+        .detail(serde_json::json!({ "serial": issue.site.cert_serial, "expires_at": issue.site.cert_expires_at, "ca": ca }))
+        .batch(batch);
+    ctx.journal.record(entry).await.map_err(ApiError::internal)?;
+    tracing::info!(site = name, serial = %issue.site.cert_serial, "site server certificate re-issued");
+    Ok(SiteRenewReply {
+        site: name.to_string(),
+        cert_pem: issue.cert_pem,
+        sys_user_jwt: issue.sys_user_jwt,
+        tillit_user_jwt: issue.tillit_user_jwt,
+        ca_pem: e.ca_bundle_pem(),
+        ca_fingerprint: ca,
+        expires_at: rfc3339(issue.site.cert_expires_at),
+        expires_at_unix: issue.site.cert_expires_at,
+    })
 }
 
 pub async fn list(ctx: &Ctx) -> Result<SiteListReply, ApiError> {

@@ -43,6 +43,7 @@ fn every_served_subject_is_in_the_asyncapi_document() {
         tillit::subjects::ENROLL,
         tillit::subjects::SVC_RENEW,
         tillit::subjects::SVC_ACK,
+        tillit::subjects::SVC_SITE_RENEW,
         tillit::subjects::ADMIN_SITE_ADD,
         tillit::subjects::ADMIN_SITE_LIST,
         tillit::subjects::ADMIN_SITE_REMOVE,

@@ -581,3 +581,88 @@ async fn wait_for_async(within: Duration, mut f: impl FnMut() -> bool) -> Option
     }
     None
 }
+
+/// `rotate ca --finish` with a site: the site's agent is asked (`ca.rotated` phase `reissue`) and
+/// re-issues its server's certificate from the new CA (its key made at the site) and its
+/// leafnode users' JWTs, the hub's certificate is re-issued, and only then the old CA leaves
+/// every bundle. A client enrolled afterwards reaches both servers, and the site server works on
+/// its re-issued leafnode credentials after a restart. Before that, the site certificate cannot
+/// be renewed (not every client trusts the new CA), and only agents may ask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finishing_a_ca_rotation_moves_the_site_servers_certificate_first_then_drops_the_old_ca() {
+    use std::os::unix::fs::PermissionsExt;
+    let (e, _leaf) = Estate::init_with_leaf("finish.example");
+    let _hub = e.start_nats();
+    let serve = e.start_serve_ready();
+    let east = site_add(&e, "east");
+    let mut east_srv = east.start();
+    let pid_file = east.dir.join("nats-server.pid");
+    let agent_dir = e.tmp.path().join("east-agent");
+    let agent = AgentProc::start(&east, &agent_dir, &east.dir, &east.url(), Some(&format!("kill -HUP $(cat {})", pid_file.display())));
+    let l = || format!("serve:\n{}\nagent:\n{}", serve.log_text(), agent.log_text());
+    wait_for(Duration::from_secs(30), || site_status(&e, "east")["agents"] == 1).unwrap_or_else(|| panic!("agent never enrolled\n{}", l()));
+    assert_eq!(site_status(&e, "east")["cert_from_current_ca"], true);
+
+    let out = tillit(&["rotate", "ca", "--finish", "--identity", &e.admin()]);
+    assert!(!out.status.success(), "nothing to finish yet");
+    assert!(stderr(&out).contains("no CA rotation to finish"), "{}", stderr(&out));
+    let out = tillit(&["rotate", "ca", "--identity", &e.admin(), "--json"]);
+    assert!(out.status.success(), "rotate ca: {}", stderr(&out));
+    let status = || -> serde_json::Value {
+        let out = tillit(&["status", "--identity", &e.admin(), "--json"]);
+        serde_json::from_str(&stdout(&out)).unwrap_or_else(|_| serde_json::json!({ "status_failed": stderr(&out) }))
+    };
+    wait_for(Duration::from_secs(30), || {
+        let s = status();
+        s["cas"].as_array().map(|c| c.iter().any(|x| x["state"] == "previous")).unwrap_or(false) && s["ca_rollout"].is_null()
+    })
+    .unwrap_or_else(|| panic!("issuance never switched: {}\n{}", status(), l()));
+    assert!(!issuer_cn(&east.dir).contains("gen 2"), "the site server keeps the old CA's certificate while clients may not trust the new one");
+    assert_eq!(site_status(&e, "east")["cert_from_current_ca"], false);
+
+    // Only an agent may ask, and not while the rotation is under way.
+    let agent_session = tillit::client::session::Session::connect(&tillit::layout::IdentityDir::new(&agent_dir), Some(&east.url())).await.unwrap();
+    let (csr, _key) = tillit::issuer::x509::make_csr("UNOTTHESITEUSER").unwrap();
+    let req = tillit::proto::SiteRenewRequest { csr };
+    let r: Result<tillit::proto::SiteRenewReply, _> =
+        agent_session.call(tillit::subjects::SVC_SITE_RENEW, tillit::subjects::KIND_SITE_RENEW, req.clone()).await;
+    let err = r.unwrap_err().to_string();
+    assert!(err.contains("rotation is in progress"), "{err}");
+    let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
+    let service = tillit::client::session::Session::connect(&tillit::layout::IdentityDir::new(&orders), None).await.unwrap();
+    let r: Result<tillit::proto::SiteRenewReply, _> = service.call(tillit::subjects::SVC_SITE_RENEW, tillit::subjects::KIND_SITE_RENEW, req).await;
+    let err = r.unwrap_err().to_string();
+    assert!(err.contains("only a site's agent"), "{err}");
+    let creds_before = std::fs::read_to_string(east.dir.join("leaf-tillit.creds")).unwrap();
+
+    let out = tillit(&["rotate", "ca", "--finish", "--identity", &e.admin(), "--json"]);
+    assert!(out.status.success(), "rotate ca --finish: {}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(r["phase"], "retiring", "{r}");
+    wait_for(Duration::from_secs(30), || issuer_cn(&east.dir).contains("gen 2"))
+        .unwrap_or_else(|| panic!("the site server's certificate was never re-issued by the new CA\n{}", l()));
+    let count = |p: &Path| std::fs::read_to_string(p).unwrap_or_default().matches("BEGIN CERTIFICATE").count();
+    let tls = e.dir.nats_tls();
+    wait_for(Duration::from_secs(30), || count(&tls.join("ca.pem")) == 1 && count(&east.dir.join("ca.pem")) == 1)
+        .unwrap_or_else(|| panic!("the old CA never left the hub's and the site's bundles\n{}", l()));
+    assert!(issuer_cn(e.dir.nats_tls().parent().unwrap()).contains("gen 2"), "the hub's certificate is the new CA's");
+    assert_eq!(site_status(&e, "east")["cert_from_current_ca"], true);
+    let key = east.dir.join("tls/key.pem");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600, "the new key stays private");
+    assert_ne!(std::fs::read_to_string(east.dir.join("leaf-tillit.creds")).unwrap(), creds_before, "leafnode JWTs re-issued");
+
+    // A client enrolled now (new CA only) reaches the hub and the reloaded site server.
+    let fresh = enroll_one(&e, "acme/shop/prod/billing", "billing");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for url in [e.nats_url(), east.url()] {
+        let r = fresh_connect(&fresh, &url).await.expect("identity files readable");
+        assert!(r.is_ok(), "{url}: {r:?}\n{}", l());
+    }
+    // The site server runs on its re-issued credentials: restarted, it relays a rotation again.
+    east_srv.stop();
+    let east_srv2 = east.start();
+    put_secret(&e, "acme/shop/prod/db", "v1", &["site:east"]);
+    wait_file(&secret_file(&east.dir, "acme/shop/prod/db"), "v1", Duration::from_secs(40), "after the site server restart", &|| {
+        format!("{}\nleaf:\n{}", l(), east_srv2.log_text())
+    });
+}
