@@ -118,7 +118,16 @@ pub fn agent_site(sid: &ServiceId) -> Option<&str> {
     (sid.tenant == AGENT_TENANT && sid.project == AGENT_PROJECT && sid.service == AGENT_SERVICE).then_some(sid.env.as_str())
 }
 
-/// What `site add` issues (the private keys stay with the caller, who sent public keys and a CSR).
+/// A site server's certificate and leafnode users' JWTs, freshly signed.
+struct SiteCreds {
+    cert_pem: String,
+    serial: String,
+    sys_user_jwt: String,
+    tillit_user_jwt: String,
+}
+
+/// What `site add` (and a site's renewal) issues: the private keys stay at the site, which sent
+/// public keys and a CSR.
 #[derive(Debug, Clone)]
 pub struct SiteIssue {
     pub site: SiteRecord,
@@ -225,13 +234,9 @@ impl Estate {
         }
         let now = self.clock.now_unix();
         let expires = now + self.config.server_cert_ttl.as_secs() as i64;
-        let sys = self.account(SYS_ACCOUNT)?;
-        let tillit = self.account(TILLIT_ACCOUNT)?;
-        let sys_jwt = self.sign_user(&sys, sys_user, &format!("site {name} leafnode (SYS)"), site_sys_permissions(), expires)?;
-        let tillit_jwt = self.sign_user(&tillit, tillit_user, &format!("site {name} leafnode (TILLIT)"), site_tillit_permissions(), expires)?;
-        let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "site", name]);
         let all_hosts = site_hosts(name, listen, hosts);
-        let (cert_pem, serial) = self.ca().issue_server_for(csr_key, &format!("tillit site {name}"), &all_hosts, Some(&spiffe), now, expires)?;
+        let issue = self.site_credentials(name, sys_user, tillit_user, &all_hosts, csr_key, now, expires)?;
+        let SiteCreds { cert_pem, serial, sys_user_jwt: sys_jwt, tillit_user_jwt: tillit_jwt } = issue;
         let site = SiteRecord {
             name: name.to_string(),
             listen: listen.to_string(),
@@ -248,6 +253,28 @@ impl Estate {
         Ok((SiteIssue { site, cert_pem, sys_user_jwt: sys_jwt, tillit_user_jwt: tillit_jwt }, b))
     }
 
+    /// A site server's certificate (for `csr_key`, from the current CA) and its two leafnode
+    /// users' JWTs, valid until `expires`.
+    #[allow(clippy::too_many_arguments)]
+    fn site_credentials(
+        &self,
+        name: &str,
+        sys_user: &str,
+        tillit_user: &str,
+        hosts: &[String],
+        csr_key: &impl rcgen::PublicKeyData,
+        now: i64,
+        expires: i64,
+    ) -> Result<SiteCreds> {
+        let sys = self.account(SYS_ACCOUNT)?;
+        let tillit = self.account(TILLIT_ACCOUNT)?;
+        let sys_user_jwt = self.sign_user(&sys, sys_user, &format!("site {name} leafnode (SYS)"), site_sys_permissions(), expires)?;
+        let tillit_user_jwt = self.sign_user(&tillit, tillit_user, &format!("site {name} leafnode (TILLIT)"), site_tillit_permissions(), expires)?;
+        let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "site", name]);
+        let (cert_pem, serial) = self.ca().issue_server_for(csr_key, &format!("tillit site {name}"), hosts, Some(&spiffe), now, expires)?;
+        Ok(SiteCreds { cert_pem, serial, sys_user_jwt, tillit_user_jwt })
+    }
+
     /// The server certificate (from the current CA, for the names on record, bound to `csr_key`
     /// made at the site) and the leafnode users' JWTs of site `name` again, for a full server
     /// lifetime; with the batch of its updated record.
@@ -258,15 +285,11 @@ impl Estate {
         };
         let now = self.clock.now_unix();
         let expires = now + self.config.server_cert_ttl.as_secs() as i64;
-        let sys = self.account(SYS_ACCOUNT)?;
-        let tillit = self.account(TILLIT_ACCOUNT)?;
-        let sys_jwt = self.sign_user(&sys, sys_user, &format!("site {name} leafnode (SYS)"), site_sys_permissions(), expires)?;
-        let tillit_jwt = self.sign_user(&tillit, tillit_user, &format!("site {name} leafnode (TILLIT)"), site_tillit_permissions(), expires)?;
         if site.hosts.is_empty() {
             site.hosts = site_hosts(name, &site.listen, &[]);
         }
-        let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "site", name]);
-        let (cert_pem, serial) = self.ca().issue_server_for(csr_key, &format!("tillit site {name}"), &site.hosts, Some(&spiffe), now, expires)?;
+        let issue = self.site_credentials(name, sys_user, tillit_user, &site.hosts, csr_key, now, expires)?;
+        let SiteCreds { cert_pem, serial, sys_user_jwt: sys_jwt, tillit_user_jwt: tillit_jwt } = issue;
         site.cert_serial = serial;
         site.cert_expires_at = expires;
         site.cert_ca = Some(self.ca_fingerprint());

@@ -268,6 +268,20 @@ async fn fresh_connect(dir: &Path, url: &str) -> Option<Result<(), String>> {
     Some(r)
 }
 
+fn status_json(e: &Estate) -> serde_json::Value {
+    let out = tillit(&["status", "--identity", &e.admin(), "--json"]);
+    serde_json::from_str(&stdout(&out)).unwrap_or_else(|_| serde_json::json!({ "status_failed": stderr(&out) }))
+}
+
+/// Wait until issuance switched to the new CA (a previous CA, no rollout pending).
+fn wait_switched(e: &Estate, logs: &dyn Fn() -> String) {
+    wait_for(Duration::from_secs(30), || {
+        let s = status_json(e);
+        s["cas"].as_array().map(|c| c.iter().any(|x| x["state"] == "previous")).unwrap_or(false) && s["ca_rollout"].is_null()
+    })
+    .unwrap_or_else(|| panic!("issuance never switched: {}\n{}", status_json(e), logs()));
+}
+
 fn issuer_cn(dir: &Path) -> String {
     let pem = std::fs::read_to_string(dir.join("tls/cert.pem")).unwrap();
     let der = tillit::issuer::x509::first_cert_der(&pem).unwrap();
@@ -322,15 +336,7 @@ async fn ca_rotation_with_clients_connecting_throughout_fails_no_connection() {
     assert_eq!(r["phase"], "distributing", "{r}");
     assert_eq!(r["rollout"]["sites_pending"], serde_json::json!(["east"]), "{r}");
     // The site applies the bundle, reloads, acknowledges; then issuance switches.
-    let status = || -> serde_json::Value {
-        let out = tillit(&["status", "--identity", &e.admin(), "--json"]);
-        serde_json::from_str(&stdout(&out)).unwrap_or_else(|_| serde_json::json!({ "status_failed": stderr(&out) }))
-    };
-    wait_for(Duration::from_secs(30), || {
-        let s = status();
-        s["cas"].as_array().map(|c| c.iter().any(|x| x["state"] == "previous")).unwrap_or(false) && s["ca_rollout"].is_null()
-    })
-    .unwrap_or_else(|| panic!("issuance never switched: {}\n{}", status(), l()));
+    wait_switched(&e, &l);
     let bundle = std::fs::read_to_string(east.dir.join("ca.pem")).unwrap();
     assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2, "the site trusts old and new");
     let hub_bundle = std::fs::read_to_string(e.dir.nats_tls().join("ca.pem")).unwrap();
@@ -353,7 +359,7 @@ async fn ca_rotation_with_clients_connecting_throughout_fails_no_connection() {
     assert!(attempts >= 20, "the clients kept connecting: {attempts}");
     assert!(failures.is_empty(), "{} of {attempts} connections failed during the rollover: {failures:?}\n{}", failures.len(), l());
     // The old CA stays trusted until its last certificate expired.
-    let s = status();
+    let s = status_json(&e);
     let prev = s["cas"].as_array().unwrap().iter().find(|x| x["state"] == "previous").unwrap().clone();
     assert!(prev["retire_at"].is_string(), "{prev}");
     eprintln!("CA rollover: {attempts} fresh connections, 0 failed");
@@ -499,10 +505,7 @@ fn a_removed_site_is_cut_off_and_no_longer_holds_a_ca_rotation() {
     // West has no agent: a CA rotation waits for it.
     let out = tillit(&["rotate", "ca", "--identity", &e.admin(), "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let status = || -> serde_json::Value {
-        let out = tillit(&["status", "--identity", &e.admin(), "--json"]);
-        serde_json::from_str(&stdout(&out)).unwrap_or_else(|_| serde_json::json!({ "status_failed": stderr(&out) }))
-    };
+    let status = || status_json(&e);
     wait_for(Duration::from_secs(20), || status()["ca_rollout"]["sites_pending"] == serde_json::json!(["west"]))
         .unwrap_or_else(|| panic!("{}\n{}", status(), l()));
     std::thread::sleep(Duration::from_millis(1500));
@@ -608,15 +611,7 @@ async fn finishing_a_ca_rotation_moves_the_site_servers_certificate_first_then_d
     assert!(stderr(&out).contains("no CA rotation to finish"), "{}", stderr(&out));
     let out = tillit(&["rotate", "ca", "--identity", &e.admin(), "--json"]);
     assert!(out.status.success(), "rotate ca: {}", stderr(&out));
-    let status = || -> serde_json::Value {
-        let out = tillit(&["status", "--identity", &e.admin(), "--json"]);
-        serde_json::from_str(&stdout(&out)).unwrap_or_else(|_| serde_json::json!({ "status_failed": stderr(&out) }))
-    };
-    wait_for(Duration::from_secs(30), || {
-        let s = status();
-        s["cas"].as_array().map(|c| c.iter().any(|x| x["state"] == "previous")).unwrap_or(false) && s["ca_rollout"].is_null()
-    })
-    .unwrap_or_else(|| panic!("issuance never switched: {}\n{}", status(), l()));
+    wait_switched(&e, &l);
     assert!(!issuer_cn(&east.dir).contains("gen 2"), "the site server keeps the old CA's certificate while clients may not trust the new one");
     assert_eq!(site_status(&e, "east")["cert_from_current_ca"], false);
 
