@@ -44,6 +44,11 @@ pub struct CaRecord {
 }
 
 impl CaRecord {
+    /// A previous CA whose retirement time has come by `now`.
+    pub fn retires_by(&self, now: i64) -> bool {
+        self.state == CaState::Previous && self.retire_at.is_some_and(|t| t <= now)
+    }
+
     /// The CA `init` made (before any rotation, the only one).
     fn initial(meta: &EstateMeta) -> Self {
         CaRecord {
@@ -223,7 +228,7 @@ impl Estate {
     /// (no rotation in progress, or the old CA's client certificates have all expired).
     pub fn server_issuance_open(&self) -> bool {
         let now = self.clock.now_unix();
-        self.ca_records().iter().all(|r| r.state != CaState::Previous || r.retire_at.is_some_and(|t| t <= now))
+        self.ca_records().iter().all(|r| r.state != CaState::Previous || r.retires_by(now))
     }
 
     /// Bring the retirement of previous CAs forward to now (`rotate ca --finish`).
@@ -232,7 +237,7 @@ impl Estate {
         let mut records = self.ca_records();
         let mut out = Vec::new();
         for r in records.iter_mut() {
-            if r.state == CaState::Previous && r.retire_at.is_none_or(|t| t > now) {
+            if r.state == CaState::Previous && !r.retires_by(now) {
                 r.retire_at = Some(now);
                 out.push(r.fingerprint.clone());
             }
@@ -248,7 +253,7 @@ impl Estate {
         let mut records = self.ca_records();
         let mut out = Vec::new();
         for r in records.iter_mut() {
-            if r.state == CaState::Previous && r.retire_at.is_some_and(|t| t <= now) {
+            if r.retires_by(now) {
                 r.state = CaState::Retired;
                 out.push(r.fingerprint.clone());
             }

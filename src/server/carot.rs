@@ -149,7 +149,7 @@ const META_REISSUE: &str = "ca_reissue_announced";
 async fn retire(ctx: &Ctx) -> Result<(), ApiError> {
     let e = &ctx.estate;
     let now = e.clock().now_unix();
-    let due = e.ca_records().iter().any(|r| r.state == CaState::Previous && r.retire_at.is_some_and(|t| t <= now));
+    let due = e.ca_records().iter().any(|r| r.retires_by(now));
     if !due {
         return Ok(());
     }
