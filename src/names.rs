@@ -73,6 +73,43 @@ mod tests {
     }
 }
 
+/// The NATS account of a (tenant, env) pair: `tenant-env` where every `-` inside either name is
+/// written twice. The mapping is injective, so no two pairs ever share an account (with a plain
+/// join, `acme-corp`+`prod` and `acme`+`corp-prod` were both `acme-corp-prod`): inside a name a
+/// run of dashes is doubled (even), the separator adds one (odd), and an env never starts with
+/// `-`, so exactly one run of the result is odd and it holds the separator. Names without a dash
+/// keep their familiar account (`acme`+`prod` → `acme-prod`). The result is a valid subject
+/// token (no `.`, `*`, `>` or whitespace).
+pub fn account_name(tenant: &str, env: &str) -> String {
+    format!("{}-{}", tenant.replace('-', "--"), env.replace('-', "--"))
+}
+
+/// The (tenant, env) pair an account name was made from, if it is one ([`account_name`]'s
+/// inverse; `None` for SYS, TILLIT, BOOTSTRAP and anything not of that form).
+pub fn parse_account_name(account: &str) -> Option<(String, String)> {
+    let b = account.as_bytes();
+    let (mut i, mut sep) = (0, None);
+    while i < b.len() {
+        if b[i] == b'-' {
+            let start = i;
+            while i < b.len() && b[i] == b'-' {
+                i += 1;
+            }
+            if (i - start) % 2 == 1 {
+                if sep.is_some() {
+                    return None;
+                }
+                sep = Some(i - 1);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    let sep = sep?;
+    let (t, e) = (account[..sep].replace("--", "-"), account[sep + 1..].replace("--", "-"));
+    (check_segment("tenant", &t).is_ok() && check_segment("env", &e).is_ok() && account_name(&t, &e) == account).then_some((t, e))
+}
+
 /// A service identity: `tenant/project/env/service`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -102,9 +139,9 @@ impl ServiceId {
         }
     }
 
-    /// The NATS account of this tenant + environment, e.g. `acme-prod`.
+    /// The NATS account of this tenant + environment, e.g. `acme-prod` ([`account_name`]).
     pub fn account_name(&self) -> String {
-        format!("{}-{}", self.tenant, self.env)
+        account_name(&self.tenant, &self.env)
     }
 
     /// The role (scoped signing key) name inside the account: `project/service`.
@@ -154,11 +191,60 @@ mod service_id_tests {
         assert_eq!(s.role(), "shop/orders");
         assert_eq!(s.spiffe_id("example.org"), "spiffe://example.org/acme/shop/prod/orders");
         assert_eq!(s.to_string(), "acme/shop/prod/orders");
+        assert_eq!(parse_account_name("acme-prod"), Some(("acme".into(), "prod".into())));
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(json, "\"acme/shop/prod/orders\"");
         for bad in ["acme/shop/prod", "acme/shop/prod/orders/x", "acme/*/prod/orders", "acme/shop/prod/>", "a.b/shop/prod/x", ""] {
             assert!(ServiceId::parse(bad).is_err(), "{bad}");
             assert!(serde_json::from_str::<ServiceId>(&format!("\"{bad}\"")).is_err());
+        }
+    }
+}
+
+#[cfg(test)]
+mod account_name_tests {
+    use super::*;
+
+    /// Every split of every name built from a few dash-heavy pieces: no two (tenant, env) pairs
+    /// share an account, and every account parses back to its pair.
+    #[test]
+    fn no_two_tenant_env_pairs_share_an_account() {
+        let pieces = ["a", "acme", "corp", "prod", "a-", "-", "--", "x_y", "b-c"];
+        let mut names: Vec<String> = Vec::new();
+        for p in pieces {
+            for q in pieces {
+                for r in ["", "-", "--"] {
+                    let n = format!("{p}{r}{q}");
+                    if check_segment("x", &n).is_ok() && !names.contains(&n) {
+                        names.push(n);
+                    }
+                }
+            }
+        }
+        let mut seen: std::collections::HashMap<String, (String, String)> = std::collections::HashMap::new();
+        let mut pairs = 0;
+        for t in &names {
+            for e in &names {
+                let acct = account_name(t, e);
+                if let Some(prev) = seen.insert(acct.clone(), (t.clone(), e.clone())) {
+                    panic!("{prev:?} and {:?} share account {acct}", (t, e));
+                }
+                assert_eq!(parse_account_name(&acct), Some((t.clone(), e.clone())), "{acct}");
+                assert!(!acct.contains(['.', '*', '>', ' ', '/']));
+                pairs += 1;
+            }
+        }
+        assert!(pairs > 1000, "{pairs}");
+        // The pair from the report, spelled out.
+        assert_ne!(account_name("acme-corp", "prod"), account_name("acme", "corp-prod"));
+        assert_eq!(account_name("acme-corp", "prod"), "acme--corp-prod");
+        assert_eq!(account_name("acme", "corp-prod"), "acme-corp--prod");
+        // Roles inside an account are `project/service`: '/' is in no name, so they cannot meet.
+        let a = ServiceId::parse("acme-corp/shop/prod/orders").unwrap();
+        let b = ServiceId::parse("acme/shop/corp-prod/orders").unwrap();
+        assert_ne!((a.account_name(), a.role()), (b.account_name(), b.role()));
+        for bad in ["SYS", "TILLIT", "BOOTSTRAP", "acme", "a-b-c", "-a", "a-", "a---", "acme.prod-x"] {
+            assert_eq!(parse_account_name(bad), None, "{bad}");
         }
     }
 }

@@ -136,7 +136,7 @@ pub fn render_site(p: &SiteServer<'_>) -> String {
         td = p.trust_domain,
         conf = p.dir.join(SERVER_CONF).display()
     );
-    let _ = writeln!(s, "server_name: {}", q(&format!("tillit-site-{}", p.site)));
+    let _ = writeln!(s, "server_name: {}", q(&crate::subjects::site_server_name(p.site)));
     let _ = writeln!(s, "listen: {}", q(p.listen));
     let _ = writeln!(s, "# The agent's hook reloads the server with: kill -HUP $(cat {})", p.dir.join(PID_FILE).display());
     let _ = writeln!(s, "pid_file: {}", f(PID_FILE));

@@ -98,6 +98,24 @@ pub fn notify_subject(account: &str, project: &str, service: &str) -> String {
 
 /// Root of per-identity inboxes: `_INBOX.<user public key>.…`.
 pub const INBOX_ROOT: &str = "_INBOX";
+/// Root of the inboxes of a site's agents, `_INBOX.site-<site>.<user public key>.…`: the only
+/// inboxes a site server's link to the hub may receive on (user keys start with `U`, so no
+/// service inbox falls below it).
+pub fn site_inbox_root(site: &str) -> String {
+    format!("{INBOX_ROOT}.site-{site}")
+}
+/// The hash nats-server names itself by in `$SYS` (`getHash` in its events.go: SHA-256 of the
+/// server name, the first 8 bytes mapped onto base62 digits). Its account resolver receives
+/// lookup and pack replies on `$SYS._INBOX.<hash>.*`.
+pub fn server_name_hash(server_name: &str) -> String {
+    const DIGITS: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let h = crate::crypto::sha256(server_name.as_bytes());
+    h[..8].iter().map(|b| DIGITS[(*b % 62) as usize] as char).collect()
+}
+/// A site's leaf nats-server names itself `tillit-site-<site>`.
+pub fn site_server_name(site: &str) -> String {
+    format!("tillit-site-{site}")
+}
 
 /// What an admin identity may publish.
 pub const ADMIN_PUBLISH: &[&str] = &["tillit.v1.admin.>", "tillit.v1.svc.>", "$SRV.>"];
@@ -107,8 +125,17 @@ pub const SRV_ALL: &str = "$SRV.>";
 
 /// nats-server: push an account JWT (from a SYS user).
 pub const SYS_CLAIMS_UPDATE: &str = "$SYS.REQ.CLAIMS.UPDATE";
-/// nats-server: look up an account JWT.
-pub const SYS_CLAIMS_LOOKUP_FMT: &str = "$SYS.REQ.ACCOUNT.{}.CLAIMS.LOOKUP";
+/// nats-server: push an account JWT, per account (and the pre-2.2 form).
+pub const SYS_ACCOUNT_CLAIMS_UPDATE: &str = "$SYS.REQ.ACCOUNT.*.CLAIMS.UPDATE";
+pub const SYS_ACCOUNT_CLAIMS_UPDATE_OLD: &str = "$SYS.ACCOUNT.*.CLAIMS.UPDATE";
+/// nats-server: look up an account JWT (any account; [`account_lookup`] for one).
+pub const SYS_ACCOUNT_LOOKUP: &str = "$SYS.REQ.ACCOUNT.*.CLAIMS.LOOKUP";
+/// The lookup subject of one account.
+pub fn account_lookup(account_public_key: &str) -> String {
+    format!("$SYS.REQ.ACCOUNT.{account_public_key}.CLAIMS.LOOKUP")
+}
+/// nats-server: full resolvers exchange the JWTs they hold.
+pub const SYS_CLAIMS_PACK: &str = "$SYS.REQ.CLAIMS.PACK";
 
 /// nats-server: a client failed authentication (any server).
 pub const SYS_AUTH_ERRORS: &str = "$SYS.SERVER.*.CLIENT.AUTH.ERR";

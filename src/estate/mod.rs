@@ -143,6 +143,10 @@ pub struct AccountRecord {
     /// Revoked user keys → revocation time (covers JWTs issued at or before it).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub revocations: BTreeMap<String, i64>,
+    /// Revoked user keys → when the revocation may leave: the expiry of the longest-lived JWT
+    /// that key held when it was revoked. A revocation pruned earlier would let that JWT in again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub revoked_until: BTreeMap<String, i64>,
 }
 
 /// Lifecycle state of an identity.
@@ -412,6 +416,7 @@ impl Estate {
                 tenant: None,
                 env: None,
                 revocations: BTreeMap::new(),
+                revoked_until: BTreeMap::new(),
             };
             let tillit_pub = tillit.0.public_key();
             let nats = estate.render_account(&draft, &tillit_pub)?;
@@ -670,8 +675,15 @@ impl Estate {
     pub fn ensure_tenant_account_locked(&self, tenant: &str, env: &str) -> Result<(AccountRecord, bool)> {
         names::check_segment("tenant", tenant)?;
         names::check_segment("env", env)?;
-        let name = format!("{tenant}-{env}");
+        let name = names::account_name(tenant, env);
         if let Some(rec) = get_json::<AccountRecord>(self.store(), Space::Accounts, &name)? {
+            // The record says whose it is: an account is never handed to another pair.
+            if rec.kind != AccountKind::Tenant || rec.tenant.as_deref() != Some(tenant) || rec.env.as_deref() != Some(env) {
+                return Err(EstateError::Key(
+                    format!("account {name}"),
+                    format!("it belongs to {:?}/{:?}, not {tenant}/{env}", rec.tenant, rec.env),
+                ));
+            }
             return Ok((rec, false));
         }
         let mut b = Batch::new();
@@ -687,6 +699,7 @@ impl Estate {
             tenant: Some(tenant.into()),
             env: Some(env.into()),
             revocations: BTreeMap::new(),
+            revoked_until: BTreeMap::new(),
         };
         let rec = self.resign_account(draft)?;
         b.put_json(Space::Accounts, &name, &rec)?;

@@ -281,23 +281,37 @@ impl Estate {
         Ok(signed)
     }
 
-    /// The account with `users` revoked as of now (not stored).
-    pub fn preview_revocation(&self, acct: &AccountRecord, users: &[String]) -> Result<AccountRecord> {
+    /// The account with `users` revoked as of now (not stored), each revocation kept until
+    /// `until`: the expiry of the last JWT any of them was issued.
+    pub fn preview_revocation(&self, acct: &AccountRecord, users: &[String], until: i64) -> Result<AccountRecord> {
         let now = self.clock.now_unix();
         let mut rec = acct.clone();
         self.prune_revocations(&mut rec);
         for u in users {
             rec.revocations.insert(u.clone(), now);
+            let keep = rec.revoked_until.get(u).copied().unwrap_or(0).max(until);
+            rec.revoked_until.insert(u.clone(), keep);
         }
         let signed = self.resign_account(rec)?;
         self.check_jwt_size(&signed)?;
         Ok(signed)
     }
 
-    /// A revocation at `t` only matters while a JWT issued before `t` can still be valid.
+    /// A revocation only matters while a JWT issued before it can still be valid: it leaves once
+    /// the longest-lived JWT it covers expired ([`AccountRecord::revoked_until`], plus an hour of
+    /// clock skew). Revocations recorded before that was kept stay as long as the longest JWT
+    /// tillit issues in that account could live.
     fn prune_revocations(&self, rec: &mut AccountRecord) {
-        let horizon = self.clock.now_unix() - self.config.service_ttl.as_secs() as i64 - 3600;
-        rec.revocations.retain(|_, t| *t > horizon);
+        let now = self.clock.now_unix();
+        let longest = match rec.kind {
+            AccountKind::Tenant => self.config.service_ttl,
+            _ => self.config.service_ttl.max(self.config.server_cert_ttl).max(self.config.admin_ttl),
+        }
+        .as_secs() as i64;
+        let until = rec.revoked_until.clone();
+        rec.revocations.retain(|u, t| until.get(u).copied().unwrap_or(*t + longest) + 3600 > now);
+        let kept = rec.revocations.clone();
+        rec.revoked_until.retain(|u, _| kept.contains_key(u));
     }
 
     fn check_jwt_size(&self, rec: &AccountRecord) -> Result<()> {

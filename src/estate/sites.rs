@@ -105,7 +105,14 @@ pub fn agent_permissions() -> UserPermissions {
         publish.push(format!("{api}.CONSUMER.INFO.{s}.{{{{name()}}}}"));
     }
     publish.push(format!("$JS.ACK.{s}.{{{{name()}}}}.>"));
-    UserPermissions::new(publish, vec![format!("{}.{{{{subject()}}}}.>", subjects::INBOX_ROOT)])
+    // The inbox sits below the site's root ({{tag(site)}} is the agent's `site:<name>` tag), the
+    // only inboxes the site server's link to the hub may receive on.
+    UserPermissions::new(publish, vec![format!("{}.{{{{subject()}}}}.>", subjects::site_inbox_root("{{tag(site)}}"))])
+}
+
+/// The inbox prefix of an agent of `site`.
+pub fn agent_inbox_prefix(site: &str, user_public_key: &str) -> String {
+    format!("{}.{user_public_key}", subjects::site_inbox_root(site))
 }
 
 /// The service id of a site's agents.
@@ -146,8 +153,21 @@ impl Estate {
     /// the TILLIT account and whether its JWT changed (the caller pushes it).
     pub fn ensure_agent_role_locked(&self) -> Result<(AccountRecord, bool)> {
         let tillit = self.account(TILLIT_ACCOUNT)?;
-        if self.agent_role()?.is_some() {
-            return Ok((tillit, false));
+        if let Some(mut role) = self.agent_role()? {
+            if role.permissions == agent_permissions() {
+                return Ok((tillit, false));
+            }
+            // An estate from before the agents' inboxes moved below their site's root: the
+            // template changes (nats-server reconnects the agents with it).
+            role.permissions = agent_permissions();
+            let mut b = Batch::new();
+            b.put_json(Space::Meta, META_AGENT_ROLE, &role)?;
+            self.store().apply(b)?;
+            let tillit = self.resign_account(tillit)?;
+            let mut b = Batch::new();
+            b.put_json(Space::Accounts, &tillit.name, &tillit)?;
+            self.store().commit(b)?;
+            return Ok((tillit, true));
         }
         let key = KeyPair::new_account();
         let role = AgentRole { key: key.public_key(), permissions: agent_permissions() };
@@ -268,8 +288,9 @@ impl Estate {
     ) -> Result<SiteCreds> {
         let sys = self.account(SYS_ACCOUNT)?;
         let tillit = self.account(TILLIT_ACCOUNT)?;
-        let sys_user_jwt = self.sign_user(&sys, sys_user, &format!("site {name} leafnode (SYS)"), site_sys_permissions(), expires)?;
-        let tillit_user_jwt = self.sign_user(&tillit, tillit_user, &format!("site {name} leafnode (TILLIT)"), site_tillit_permissions(), expires)?;
+        let sys_user_jwt = self.sign_user(&sys, sys_user, &format!("site {name} leafnode (SYS)"), site_sys_permissions(name), expires)?;
+        let tillit_user_jwt =
+            self.sign_user(&tillit, tillit_user, &format!("site {name} leafnode (TILLIT)"), site_tillit_permissions(name), expires)?;
         let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "site", name]);
         let (cert_pem, serial) = self.ca().issue_server_for(csr_key, &format!("tillit site {name}"), hosts, Some(&spiffe), now, expires)?;
         Ok(SiteCreds { cert_pem, serial, sys_user_jwt, tillit_user_jwt })
@@ -314,37 +335,31 @@ impl Estate {
     }
 }
 
-/// What a site's SYS leafnode user may carry: account JWT sync (updates from the hub, lookups
-/// and packs both ways, their replies) and server events towards the hub; nothing that
-/// administers servers (`$SYS.REQ.SERVER.…`) or pushes claims into the hub.
-pub fn site_sys_permissions() -> UserPermissions {
+/// What a site's SYS leafnode user may carry (a leafnode user's *publish* permission is what
+/// the site may send into the hub, its *subscribe* permission what the hub forwards to it):
+/// account JWT sync and nothing else. The site's resolver may ask for account JWTs (lookups and
+/// packs) and receive the replies on its own server's inbox only, and it receives the claims
+/// updates the control plane pushes. It can never push a claims update into the hub (a stale
+/// account JWT would undo revocations), never answer the hub's own lookups or packs (it does not
+/// receive them), never read other servers' replies, and never publish server events.
+pub fn site_sys_permissions(site: &str) -> UserPermissions {
     UserPermissions::new(
+        vec![subjects::SYS_ACCOUNT_LOOKUP.into(), subjects::SYS_CLAIMS_PACK.into()],
         vec![
-            "$SYS.REQ.ACCOUNT.*.CLAIMS.LOOKUP".into(),
-            "$SYS.REQ.CLAIMS.PACK".into(),
-            "$SYS.SERVER.>".into(),
-            "$SYS.ACCOUNT.>".into(),
-            "_INBOX.>".into(),
-            "$SYS._INBOX.>".into(),
-            "$SYS._INBOX_.>".into(),
-        ],
-        vec![
-            "$SYS.REQ.CLAIMS.UPDATE".into(),
-            "$SYS.REQ.ACCOUNT.*.CLAIMS.UPDATE".into(),
-            "$SYS.ACCOUNT.*.CLAIMS.UPDATE".into(),
-            "$SYS.REQ.ACCOUNT.*.CLAIMS.LOOKUP".into(),
-            "$SYS.REQ.CLAIMS.PACK".into(),
-            "_INBOX.>".into(),
-            "$SYS._INBOX.>".into(),
-            "$SYS._INBOX_.>".into(),
+            subjects::SYS_CLAIMS_UPDATE.into(),
+            subjects::SYS_ACCOUNT_CLAIMS_UPDATE.into(),
+            subjects::SYS_ACCOUNT_CLAIMS_UPDATE_OLD.into(),
+            format!("$SYS._INBOX.{}.*", subjects::server_name_hash(&subjects::site_server_name(site))),
         ],
     )
 }
 
 /// What a site's TILLIT leafnode user may carry: requests to the control plane (enrollment,
-/// the service API) and agents' reads of their consumers towards the hub; replies back. A site
-/// server can never answer the control plane's subjects or read the stream's admin API.
-pub fn site_tillit_permissions() -> UserPermissions {
+/// the service API) and agents' reads of their consumers towards the hub; back, only replies to
+/// its own agents' inboxes and to its own service imports (`_R_.`). A site server can never
+/// answer the control plane's subjects, read another identity's inbox (an operator's join
+/// tokens), or read the stream's admin API.
+pub fn site_tillit_permissions(site: &str) -> UserPermissions {
     let s = subjects::EVENTS_STREAM;
     let hub = subjects::HUB_DOMAIN;
     UserPermissions::new(
@@ -355,7 +370,7 @@ pub fn site_tillit_permissions() -> UserPermissions {
             format!("$JS.{hub}.API.CONSUMER.INFO.{s}.*"),
             format!("$JS.ACK.{s}.>"),
         ],
-        vec!["_INBOX.>".into(), "_R_.>".into()],
+        vec![format!("{}.>", subjects::site_inbox_root(site)), "_R_.>".into()],
     )
 }
 
@@ -381,5 +396,22 @@ mod tests {
         assert!(!text.contains("CONSUMER.CREATE"), "agents never create consumers");
         assert!(!text.contains("STREAM."), "agents never touch the stream API");
         assert!(!text.contains("tillit.v1.admin"));
+        assert!(text.contains("_INBOX.site-{{tag(site)}}.{{subject()}}.>"), "{text}");
+    }
+
+    #[test]
+    fn site_servers_are_confined() {
+        let sys = serde_json::to_string(&site_sys_permissions("east")).unwrap();
+        for never in ["$SYS.SERVER", "$SYS.ACCOUNT.>", "_INBOX.>"] {
+            assert!(!sys.contains(never), "{never} in {sys}");
+        }
+        let p = site_sys_permissions("east");
+        assert!(p.publish.allow.iter().all(|s| !s.contains("UPDATE")), "{sys}");
+        assert!(p.subscribe.allow.iter().all(|s| !s.contains("LOOKUP") && !s.contains("PACK")), "{sys}");
+        // The inbox nats-server's resolver uses on a server named tillit-site-east.
+        assert!(p.subscribe.allow.iter().any(|s| s.starts_with("$SYS._INBOX.") && s.ends_with(".*") && s.len() == "$SYS._INBOX.".len() + 10));
+        let t = site_tillit_permissions("east");
+        assert_eq!(t.subscribe.allow, vec!["_INBOX.site-east.>".to_string(), "_R_.>".to_string()]);
+        assert_ne!(site_sys_permissions("west").subscribe.allow, p.subscribe.allow);
     }
 }

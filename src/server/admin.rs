@@ -280,7 +280,8 @@ pub async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> R
     // The service's account (TILLIT for a site's agents).
     let acct = e.account(&targets[0].account).map_err(ApiError::internal)?;
     let users: Vec<String> = targets.iter().map(|t| t.user_public_key.clone()).collect();
-    let signed = e.preview_revocation(&acct, &users).map_err(estate_err)?;
+    let until = targets.iter().map(|t| t.expires_at).max().unwrap_or(now);
+    let signed = e.preview_revocation(&acct, &users, until).map_err(estate_err)?;
     push(ctx, &signed, "revoke").await?;
     let mut b = Batch::new();
     let mut revoked = Vec::new();

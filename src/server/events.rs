@@ -44,6 +44,35 @@ struct ServerInfo {
     name: String,
 }
 
+/// The reasons nats-server gives for refusing a connection, as metric labels. Anything else is
+/// counted as `other`, so whatever reaches the event subject cannot grow the label set.
+pub const KNOWN_REASONS: &[&str] = &[
+    "authentication_failure",
+    "authentication_timeout",
+    "authorization_violation",
+    "user_authentication_expired",
+    "user_authentication_revoked",
+    "account_authentication_expired",
+    "tls_handshake_error",
+    "maximum_connections_exceeded",
+    "maximum_account_connections_exceeded",
+    "minimum_version_required",
+    "protocol_violation",
+    "bad_client_protocol_version",
+    "duplicate_client_id",
+    "missing_account",
+];
+
+/// A bounded metric label for a server's reason text ([`KNOWN_REASONS`], else `other`).
+pub fn reason_metric_label(reason: &str) -> String {
+    let label = reason_label(reason);
+    if KNOWN_REASONS.contains(&label.as_str()) {
+        label
+    } else {
+        "other".into()
+    }
+}
+
 /// A metric-label-safe form of a server's reason text: `Authentication Failure` →
 /// `authentication_failure` (at most 48 characters).
 pub fn reason_label(reason: &str) -> String {
@@ -80,7 +109,7 @@ pub async fn watch_auth_errors(ctx: Arc<Ctx>) {
     while let Some(msg) = sub.next().await {
         let Ok(ev) = serde_json::from_slice::<AuthError>(&msg.payload) else { continue };
         let reason = reason_label(&ev.reason);
-        ctx.metrics.auth_failures.get_or_create(&ReasonLabels { reason: reason.clone() }).inc();
+        ctx.metrics.auth_failures.get_or_create(&ReasonLabels { reason: reason_metric_label(&ev.reason) }).inc();
         tracing::info!(reason = %ev.reason, host = %ev.client.host, user = %ev.client.user, "nats-server refused a connection");
         if window.elapsed() >= std::time::Duration::from_secs(1) {
             window = std::time::Instant::now();
@@ -109,5 +138,9 @@ mod tests {
         assert_eq!(reason_label(""), "unknown");
         assert_eq!(reason_label("!!!"), "unknown");
         assert!(reason_label(&"x".repeat(500)).len() <= 48);
+        assert_eq!(reason_metric_label("Authentication Failure"), "authentication_failure");
+        assert_eq!(reason_metric_label("User Authentication Revoked"), "user_authentication_revoked");
+        let forged: std::collections::HashSet<String> = (0..1000).map(|i| reason_metric_label(&format!("forged {i}"))).collect();
+        assert_eq!(forged.into_iter().collect::<Vec<_>>(), vec!["other".to_string()]);
     }
 }

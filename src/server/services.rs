@@ -170,7 +170,10 @@ fn issued_reply(ctx: &Ctx, rec: &IdentityRecord, acct: &AccountRecord, user_jwt:
         account: acct.name.clone(),
         account_public_key: acct.public_key.clone(),
         user_public_key: rec.user_public_key.clone(),
-        inbox_prefix: crate::estate::Estate::inbox_prefix(&rec.user_public_key),
+        inbox_prefix: match &rec.site {
+            Some(site) => crate::estate::sites::agent_inbox_prefix(site, &rec.user_public_key),
+            None => crate::estate::Estate::inbox_prefix(&rec.user_public_key),
+        },
         user_jwt,
         cert_pem,
         ca_pem: e.ca_bundle_pem(),

@@ -293,8 +293,14 @@ pub async fn remove(ctx: &Ctx, caller: &IdentityRecord, req: crate::proto::SiteR
     };
     let mut tillit_revoked: Vec<String> = agents.iter().map(|a| a.user_public_key.clone()).collect();
     tillit_revoked.push(tillit_user.clone());
-    let tillit = e.preview_revocation(&e.account(TILLIT_ACCOUNT).map_err(ApiError::internal)?, &tillit_revoked).map_err(estate_err)?;
-    let sys = e.preview_revocation(&e.account(SYS_ACCOUNT).map_err(ApiError::internal)?, std::slice::from_ref(&sys_user)).map_err(estate_err)?;
+    // Kept until the last JWT they cover expired: the leafnode users' live as long as the site
+    // server's certificate (a year by default), the agents' as long as their identities.
+    let until = agents.iter().map(|a| a.expires_at).max().unwrap_or(now).max(site.cert_expires_at);
+    let tillit =
+        e.preview_revocation(&e.account(TILLIT_ACCOUNT).map_err(ApiError::internal)?, &tillit_revoked, until).map_err(estate_err)?;
+    let sys = e
+        .preview_revocation(&e.account(SYS_ACCOUNT).map_err(ApiError::internal)?, std::slice::from_ref(&sys_user), site.cert_expires_at)
+        .map_err(estate_err)?;
     push(ctx, &tillit, "site_remove").await?;
     push(ctx, &sys, "site_remove").await?;
     let mut b = crate::store::Batch::new();

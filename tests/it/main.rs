@@ -1,5 +1,6 @@
 //! Integration tests: one binary, real nats-server processes, real `tillit` binaries.
 
+mod attacks;
 mod contract;
 mod enroll;
 mod foundation;

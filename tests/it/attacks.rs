@@ -1,0 +1,234 @@
+//! The adversarial suite: each test plays an attacker with real clients and real servers and
+//! checks that a promise of tillit holds. The rogue site server is a plain nats-server (no
+//! operator, an open local port) started with nothing but the files `tillit site add` wrote into
+//! a site directory: its leafnode links carry the site's SYS and TILLIT credentials into the
+//! hub, and the attacker publishes and subscribes through them at will.
+
+use crate::harness::*;
+use futures::StreamExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A rogue leaf server holding a site directory's files: local account `R` is linked to the
+/// hub's SYS account with `leaf-sys.creds`, local account `T` to TILLIT with
+/// `leaf-tillit.creds`. Clients reach it with user/password `r`/`r` and `t`/`t`.
+pub struct RogueLeaf {
+    pub server: NatsServer,
+    pub port: u16,
+}
+
+impl RogueLeaf {
+    pub fn start(site: &SiteDir) -> Self {
+        let conf_text = std::fs::read_to_string(site.conf()).unwrap();
+        let urls = conf_text.split("urls: [").nth(1).and_then(|r| r.split(']').next()).expect("hub urls in the site's server.conf");
+        let port = free_port();
+        let f = |n: &str| serde_json::to_string(site.dir.join(n).to_str().unwrap()).unwrap();
+        let tls = format!("tls {{ cert_file: {}, key_file: {}, ca_file: {}, timeout: 2 }}", f("tls/cert.pem"), f("tls/key.pem"), f("ca.pem"));
+        let conf = format!(
+            "listen: \"127.0.0.1:{port}\"\nserver_name: rogue-{site}\n\
+             accounts {{\n  R: {{ users: [ {{ user: r, password: r }} ] }}\n  T: {{ users: [ {{ user: t, password: t }} ] }}\n}}\n\
+             leafnodes {{\n  reconnect: \"1s\"\n  remotes: [\n    {{ urls: [{urls}], account: R, credentials: {sys}, {tls} }}\n    \
+             {{ urls: [{urls}], account: T, credentials: {til}, {tls} }}\n  ]\n}}\n",
+            site = site.name,
+            sys = f("leaf-sys.creds"),
+            til = f("leaf-tillit.creds"),
+        );
+        let path = site.dir.with_file_name(format!("rogue-{}.conf", site.name));
+        std::fs::write(&path, conf).unwrap();
+        let server = NatsServer::start(&path, port);
+        let s = RogueLeaf { server, port };
+        wait_for(Duration::from_secs(10), || s.server.log_text().matches("Leafnode connection created").count() >= 2)
+            .unwrap_or_else(|| panic!("the rogue's leafnode links never came up:\n{}", s.server.log_text()));
+        s
+    }
+
+    /// A client of the rogue in local account `R` (SYS at the hub) or `T` (TILLIT).
+    pub async fn client(&self, user: &str, inbox_prefix: &str) -> async_nats::Client {
+        async_nats::ConnectOptions::with_user_and_password(user.into(), user.into())
+            .custom_inbox_prefix(inbox_prefix)
+            .connect(format!("nats://127.0.0.1:{}", self.port))
+            .await
+            .expect("connect to the rogue leaf")
+    }
+}
+
+/// The account JWT the hub's full resolver holds for `account` (its file in the resolver dir).
+fn resolver_jwt(e: &Estate, account_public_key: &str) -> String {
+    let p = e.dir.root().join("nats").join("resolver").join(format!("{account_public_key}.jwt"));
+    std::fs::read_to_string(&p).unwrap_or_else(|err| panic!("{}: {err}", p.display()))
+}
+
+fn jwt_claims(jwt: &str) -> serde_json::Value {
+    let payload = jwt.split('.').nth(1).expect("a JWT");
+    serde_json::from_slice(&data_encoding::BASE64URL_NOPAD.decode(payload.trim_end_matches('=').as_bytes()).unwrap()).unwrap()
+}
+
+fn identity_json(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("identity.json")).unwrap()).unwrap()
+}
+
+/// Prove the rogue's SYS link carries what it must (an account lookup, answered on the site
+/// server's own resolver inbox), so a refusal below is not a dead link.
+async fn sys_link_reads(rogue_sys: &async_nats::Client, site: &str, account_public_key: &str) -> String {
+    let hash = tillit::subjects::server_name_hash(&tillit::subjects::site_server_name(site));
+    let inbox = format!("$SYS._INBOX.{hash}.probe{}", free_port());
+    let mut sub = rogue_sys.subscribe(inbox.clone()).await.unwrap();
+    rogue_sys.flush().await.unwrap();
+    for _ in 0..20 {
+        rogue_sys.publish_with_reply(tillit::subjects::account_lookup(account_public_key), inbox.clone(), "".into()).await.unwrap();
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
+            return String::from_utf8_lossy(&m.payload).to_string();
+        }
+    }
+    panic!("the rogue's SYS link never answered a lookup on its own inbox");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_server_cannot_roll_an_account_back_to_undo_a_revocation() {
+    let (e, _leaf) = Estate::init_with_leaf("rollback.example");
+    let _nats = e.start_nats();
+    let serve = e.start_serve_ready();
+    let a = enroll_one(&e, "acme/shop/prod/orders", "orders-a");
+    let acct = identity_json(&a)["account_public_key"].as_str().unwrap().to_string();
+    let user = identity_json(&a)["user_public_key"].as_str().unwrap().to_string();
+    let before = resolver_jwt(&e, &acct);
+    let site = site_add(&e, "east");
+    let rogue = RogueLeaf::start(&site);
+    let sys = rogue.client("r", "_INBOX.rogue").await;
+    let looked_up = sys_link_reads(&sys, "east", &acct).await;
+    assert!(looked_up.starts_with("eyJ"), "lookups are readable: {looked_up:?}");
+
+    let out = tillit(&["revoke", "acme/shop/prod/orders", "--reason", "leaked", "--identity", &e.admin()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let revoked = resolver_jwt(&e, &acct);
+    assert!(jwt_claims(&revoked)["nats"]["revocations"].get(&user).is_some(), "the hub holds the revocation");
+
+    // The rogue replays the JWT from before the revocation on every claims-update subject.
+    for subject in [
+        "$SYS.REQ.CLAIMS.UPDATE".to_string(),
+        format!("$SYS.REQ.ACCOUNT.{acct}.CLAIMS.UPDATE"),
+        format!("$SYS.ACCOUNT.{acct}.CLAIMS.UPDATE"),
+    ] {
+        sys.publish(subject, before.clone().into()).await.unwrap();
+    }
+    sys.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let now = resolver_jwt(&e, &acct);
+    assert_eq!(jwt_claims(&now)["jti"], jwt_claims(&revoked)["jti"], "the hub's account JWT was rolled back by a site:\n{}", serve.log_text());
+    assert!(jwt_claims(&now)["nats"]["revocations"].get(&user).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_server_reads_no_reply_but_its_own_and_never_a_join_token() {
+    let (e, _leaf) = Estate::init_with_leaf("inbox.example");
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let site = site_add(&e, "east");
+    let rogue = RogueLeaf::start(&site);
+    // Its link works for what a site needs: a request to the service API, answered on its own
+    // agents' inbox root.
+    let own = rogue.client("t", "_INBOX.site-east.rogue").await;
+    let mut reply = None;
+    for _ in 0..50 {
+        match tokio::time::timeout(Duration::from_secs(2), own.request("tillit.v1.svc.renew", "{}".into())).await {
+            Ok(Ok(m)) => {
+                reply = Some(m);
+                break;
+            }
+            // The hub's interest reaches a fresh leaf a moment after its link comes up.
+            Ok(Err(err)) if err.kind() == async_nats::RequestErrorKind::NoResponders => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => panic!("no reply on the site's own inbox: {other:?}\n{}", rogue.server.log_text()),
+        }
+    }
+    let reply = reply.unwrap_or_else(|| panic!("no responders through the rogue's TILLIT link:\n{}", rogue.server.log_text()));
+    assert!(reply.headers.as_ref().map(|h| h.get("Nats-Service-Error-Code").is_some()).unwrap_or(false), "typed refusal");
+
+    let t = rogue.client("t", "_INBOX.rogue").await;
+    let mut everything = t.subscribe(">").await.unwrap();
+    let mut inboxes = t.subscribe("_INBOX.>").await.unwrap();
+    t.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tokens = create_tokens(&e, "acme/shop/prod/orders", 2, "15m");
+    assert_eq!(tokens.len(), 2);
+    let out = tillit(&["token", "create", "--site", "east", "--identity", &e.admin()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    let mut seen = Vec::new();
+    loop {
+        tokio::select! {
+            Some(m) = everything.next() => seen.push((m.subject.to_string(), String::from_utf8_lossy(&m.payload).to_string())),
+            Some(m) = inboxes.next() => seen.push((m.subject.to_string(), String::from_utf8_lossy(&m.payload).to_string())),
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    for (subject, body) in &seen {
+        assert!(!body.contains("tillit1."), "a join token reached the site on {subject}");
+        assert!(!subject.starts_with("_INBOX.") || subject.starts_with("_INBOX.site-east."), "another identity's reply reached the site: {subject}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_server_cannot_forge_server_events_into_the_audit_log_or_metrics() {
+    let (e, _leaf) = Estate::init_with_leaf("events.example");
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let site = site_add(&e, "east");
+    let rogue = RogueLeaf::start(&site);
+    let sys = rogue.client("r", "_INBOX.rogue").await;
+    for i in 0..5 {
+        let ev = serde_json::json!({ "reason": format!("forged reason {i}"), "client": { "host": "203.0.113.9", "port": 1, "user": "forged-user" },
+            "server": { "name": "forged-server" } });
+        sys.publish(format!("$SYS.SERVER.FORGED{i}.CLIENT.AUTH.ERR"), ev.to_string().into()).await.unwrap();
+    }
+    sys.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Then a real refusal at the hub (the admin's certificate without a JWT): once it is in the
+    // audit log, anything the site sent before would be too.
+    let admin = tillit::identity::load(&tillit::layout::IdentityDir::new(e.admin())).unwrap();
+    let tls = tillit::client::tls::client_config(
+        &admin.ca_pem,
+        tillit::client::tls::SwappableCert::new(tillit::client::tls::certified_key(&admin.cert_pem, admin.key_pem.expose()).unwrap()),
+    )
+    .unwrap();
+    let refused = async_nats::ConnectOptions::new().require_tls(true).tls_client_config(tls).connect(e.nats_url()).await;
+    assert!(refused.is_err());
+    let mut out = tillit(&["audit", "tail", "--data-dir", e.data(), "--json", "-n", "200"]);
+    let recorded = wait_for(Duration::from_secs(10), || {
+        out = tillit(&["audit", "tail", "--data-dir", e.data(), "--json", "-n", "200"]);
+        stdout(&out).lines().any(|l| l.contains("\"action\":\"connect\"") && l.contains("denied:"))
+    });
+    assert!(recorded.is_some(), "the real refusal was never recorded:\n{}", stdout(&out));
+    assert!(!stdout(&out).contains("forged"), "a site's forged event is in the audit log:\n{}", stdout(&out));
+    let (_, metrics) = http_get(e.http_port, "/metrics").expect("metrics");
+    assert!(!metrics.contains("forged"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_names_that_join_alike_never_share_an_account() {
+    let e = Estate::init("names.example");
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let a = enroll_one(&e, "acme-corp/shop/prod/orders", "acme-corp-orders");
+    let a2 = enroll_one(&e, "acme-corp/shop/prod/orders", "acme-corp-orders-2");
+    let b = enroll_one(&e, "acme/shop/corp-prod/orders", "acme-orders");
+    let (ia, ib) = (identity_json(&a), identity_json(&b));
+    assert_ne!(ia["account"], ib["account"]);
+    assert_ne!(ia["account_public_key"], ib["account_public_key"]);
+    assert_eq!(ia["account"], "acme--corp-prod");
+    assert_eq!(ib["account"], "acme-corp--prod");
+
+    let connect = |d: PathBuf| async move {
+        let files = tillit::identity::load(&tillit::layout::IdentityDir::new(&d)).unwrap();
+        tillit::client::connect(&tillit::client::ConnectParams::from_identity(&files, None).unwrap()).await.unwrap()
+    };
+    let (ca, ca2, cb) = (connect(a).await, connect(a2).await, connect(b).await);
+    let mut other_tenant = cb.subscribe("shop.orders.>").await.unwrap();
+    let mut same_service = ca2.subscribe("shop.orders.>").await.unwrap();
+    barrier(&cb).await;
+    barrier(&ca2).await;
+    ca.publish("shop.orders.created", "o-1".into()).await.unwrap();
+    ca.flush().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(3), same_service.next()).await.expect("delivered within the tenant").unwrap();
+    assert_eq!(&got.payload[..], b"o-1");
+    assert!(tokio::time::timeout(Duration::from_millis(500), other_tenant.next()).await.is_err(), "another tenant read the traffic");
+}
