@@ -10,11 +10,17 @@
 //! way; sealed keys are committed to the store synchronously).
 //!
 //! Each line is one [`Record`]; `prev` is the SHA-256 (hex) of the previous line's bytes, the
-//! first line's `prev` is 64 zeros. [`verify`] checks the whole chain and names the first bad
-//! record; it reads the plain file, so it works while `serve` runs.
+//! first line's `prev` is 64 zeros, and `mac` (the last field) is an HMAC-SHA256 of the line
+//! without it, under a key derived from the master key ([`AUDIT_KEY_LABEL`]). The chain orders
+//! the records; the MAC makes them the control plane's: whoever can write the data dir but does
+//! not hold the master key cannot add, alter or re-chain a record, and recovery replays only
+//! authenticated records. The head (`audit/head.json`: last seq and hash, MACed) and the store's
+//! checkpoint (MACed) anchor the end of the log, so a truncation is named too. [`verify`]
+//! checks the whole log and names the first bad record; it reads plain files, so it works while
+//! `serve` runs.
 
 use crate::clock::{rfc3339, SharedClock};
-use crate::crypto;
+use crate::crypto::{self, MacKey};
 use crate::store::{Batch, Space, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -25,6 +31,12 @@ use tokio::sync::{mpsc, oneshot};
 
 /// File name of the log inside `DATA/audit`.
 pub const AUDIT_FILE: &str = "audit.jsonl";
+/// The head anchor's file name inside `DATA/audit`.
+pub const HEAD_FILE: &str = "head.json";
+/// What the audit MAC key is derived under ([`crate::crypto::MasterKey::derive`]).
+pub const AUDIT_KEY_LABEL: &str = "tillit audit mac v1";
+/// `,"mac":"` + 64 hex + `"}`: how an authenticated line ends.
+const MAC_SUFFIX_LEN: usize = 8 + 64 + 2;
 /// `prev` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// Most entries written with one fsync.
@@ -72,6 +84,35 @@ pub struct Record {
     pub redo: Vec<RedoOp>,
     /// SHA-256 of the previous line.
     pub prev: String,
+    /// HMAC-SHA256 of this line without this field (always the last field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// The line of `rec` with its MAC as the last field.
+fn authenticated_line(key: &MacKey, rec: &Record) -> Result<Vec<u8>, serde_json::Error> {
+    let mut body = serde_json::to_vec(&Record { mac: None, ..rec.clone() })?;
+    let mac = key.mac_hex(&body);
+    body.pop(); // the closing brace
+    body.extend_from_slice(b",\"mac\":\"");
+    body.extend_from_slice(mac.as_bytes());
+    body.extend_from_slice(b"\"}");
+    Ok(body)
+}
+
+/// Whether `line` carries a MAC field at its end, and if so whether it is valid under `key`.
+fn line_mac(key: &MacKey, line: &[u8]) -> Option<bool> {
+    if line.len() < MAC_SUFFIX_LEN + 2 || !line.ends_with(b"\"}") {
+        return None;
+    }
+    let cut = line.len() - MAC_SUFFIX_LEN;
+    if !line[cut..].starts_with(b",\"mac\":\"") {
+        return None;
+    }
+    let mac = std::str::from_utf8(&line[cut + 8..line.len() - 2]).ok()?;
+    let mut body = line[..cut].to_vec();
+    body.push(b'}');
+    Some(key.verify_hex(&body, mac))
 }
 
 /// A record to write, with the store writes it stands for.
@@ -108,12 +149,42 @@ impl Entry {
     }
 }
 
-/// Where the store is up to, stored in the store with each applied group.
+/// Where the store is up to, stored in the store with each applied group (MACed, so a store
+/// edited without the master key cannot move it).
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 struct Checkpoint {
     seq: u64,
     offset: u64,
     hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
+}
+
+impl Checkpoint {
+    fn signed(key: &MacKey, seq: u64, offset: u64, hash: String) -> Self {
+        let mac = key.mac_hex(format!("checkpoint:{seq}:{offset}:{hash}").as_bytes());
+        Checkpoint { seq, offset, hash, mac: Some(mac) }
+    }
+    fn authentic(&self, key: &MacKey) -> bool {
+        self.mac.as_deref().is_some_and(|m| key.verify_hex(format!("checkpoint:{}:{}:{}", self.seq, self.offset, self.hash).as_bytes(), m))
+    }
+}
+
+/// The head anchor (`audit/head.json`): the last record written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: String,
+    pub mac: String,
+}
+
+impl Head {
+    fn signed(key: &MacKey, seq: u64, hash: &str) -> Self {
+        Head { seq, hash: hash.to_string(), mac: key.mac_hex(format!("head:{seq}:{hash}").as_bytes()) }
+    }
+    fn authentic(&self, key: &MacKey) -> bool {
+        key.verify_hex(format!("head:{}:{}", self.seq, self.hash).as_bytes(), &self.mac)
+    }
 }
 
 /// The spaces whose writes travel in records: public data only (sealed keys never do).
@@ -171,6 +242,7 @@ pub struct Writer {
     hash: String,
     offset: u64,
     broken: bool,
+    key: MacKey,
 }
 
 impl std::fmt::Debug for Writer {
@@ -182,7 +254,7 @@ impl std::fmt::Debug for Writer {
 impl Writer {
     /// Open `dir/audit.jsonl` (creating it), find the chain head, and replay records the store
     /// has not applied yet.
-    pub fn open(dir: &Path, store: Arc<dyn Store>, clock: SharedClock) -> Result<Self, AuditError> {
+    pub fn open(dir: &Path, store: Arc<dyn Store>, clock: SharedClock, key: MacKey) -> Result<Self, AuditError> {
         let path = dir.join(AUDIT_FILE);
         let io = |source| AuditError::Io { path: path.display().to_string(), source };
         std::fs::create_dir_all(dir).map_err(io)?;
@@ -191,8 +263,20 @@ impl Writer {
             seq: 0,
             offset: 0,
             hash: GENESIS.into(),
+            mac: None,
         });
-        let mut w = Writer { path: path.clone(), file, store, clock, seq: cp.seq, hash: cp.hash.clone(), offset: cp.offset, broken: false };
+        if cp.seq > 0 && !cp.authentic(&key) {
+            if cp.mac.is_some() {
+                return Err(AuditError::Damaged {
+                    path: path.display().to_string(),
+                    line: 0,
+                    reason: "the store's audit checkpoint is not authenticated by this estate's master key (edited?)".into(),
+                });
+            }
+            tracing::warn!("the audit checkpoint predates authenticated records; it is signed from now on");
+        }
+        let mut w =
+            Writer { path: path.clone(), file, store, clock, seq: cp.seq, hash: cp.hash.clone(), offset: cp.offset, broken: false, key };
         w.recover(cp)?;
         Ok(w)
     }
@@ -225,6 +309,18 @@ impl Writer {
                 break;
             }
             let text = line.trim_end_matches('\n');
+            // Only records this control plane wrote are obeyed: a line appended by someone
+            // without the master key stops the start instead of changing the store.
+            if line_mac(&self.key, text.as_bytes()) != Some(true) {
+                return Err(AuditError::Damaged {
+                    path: self.path.display().to_string(),
+                    line: 0,
+                    reason: format!(
+                        "the record after seq {} is not authenticated by this estate's master key; it was not written by tillit and is not applied",
+                        self.seq
+                    ),
+                });
+            }
             let rec: Record = serde_json::from_str(text).map_err(|e| AuditError::Damaged {
                 path: self.path.display().to_string(),
                 line: 0,
@@ -241,7 +337,7 @@ impl Writer {
             self.seq = rec.seq;
             self.hash = crypto::sha256_hex(text.as_bytes());
             let mut b = batch_of(&rec.redo);
-            b.put_json(Space::Meta, "audit_checkpoint", &Checkpoint { seq: self.seq, offset, hash: self.hash.clone() })?;
+            b.put_json(Space::Meta, "audit_checkpoint", &Checkpoint::signed(&self.key, self.seq, offset, self.hash.clone()))?;
             self.store.apply(b)?;
             replayed += 1;
         }
@@ -277,8 +373,9 @@ impl Writer {
                 detail: e.detail,
                 redo: redo_of(&e.batch),
                 prev: hash,
+                mac: None,
             };
-            let line = serde_json::to_vec(&rec).map_err(|e| AuditError::Io {
+            let line = authenticated_line(&self.key, &rec).map_err(|e| AuditError::Io {
                 path: self.path.display().to_string(),
                 source: std::io::Error::other(e),
             })?;
@@ -300,9 +397,27 @@ impl Writer {
         self.seq = seq;
         self.hash = hash;
         // The checkpoint is the last write: a crash before it makes recovery replay the group.
-        batch.put_json(Space::Meta, "audit_checkpoint", &Checkpoint { seq, offset: self.offset, hash: self.hash.clone() })?;
+        batch.put_json(Space::Meta, "audit_checkpoint", &Checkpoint::signed(&self.key, seq, self.offset, self.hash.clone()))?;
         self.store.apply_in_order(batch)?;
+        self.write_head();
         Ok(seqs)
+    }
+}
+
+impl Writer {
+    /// Replace `head.json` (temp file, rename; not synced: it may lag the log after a crash,
+    /// never lead it).
+    fn write_head(&self) {
+        let Some(dir) = self.path.parent() else { return };
+        let head = Head::signed(&self.key, self.seq, &self.hash);
+        let tmp = dir.join(format!(".{HEAD_FILE}.tmp"));
+        let r = serde_json::to_vec(&head)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|_| std::fs::rename(&tmp, dir.join(HEAD_FILE)));
+        if let Err(e) = r {
+            tracing::warn!("cannot update the audit head anchor: {e}");
+        }
     }
 }
 
@@ -405,6 +520,12 @@ impl Journal {
 pub struct Verified {
     pub records: u64,
     pub head: String,
+    /// Records whose MAC was checked (0 when no key was given).
+    pub authenticated: u64,
+    /// Records from before records were authenticated (all at the start of the log).
+    pub legacy: u64,
+    /// Whether the head anchor was found and matched.
+    pub anchored: bool,
 }
 
 /// A broken chain: the first bad record and why.
@@ -416,15 +537,52 @@ pub struct ChainError {
     pub reason: String,
 }
 
-/// Check the whole chain of the log at `path`.
-pub fn verify(path: &Path) -> Result<Result<Verified, ChainError>, AuditError> {
+/// Check the whole log at `path`: the chain, and with `key` every record's MAC (once the log
+/// has an authenticated record, every later one must be) and the head anchor next to it (a log
+/// that ends before its anchor was truncated).
+pub fn verify(path: &Path, key: Option<&MacKey>) -> Result<Result<Verified, ChainError>, AuditError> {
     let io = |source| AuditError::Io { path: path.display().to_string(), source };
     let rd = BufReader::new(File::open(path).map_err(io)?);
     let mut prev_hash = GENESIS.to_string();
     let mut prev_seq = 0u64;
+    let (mut authenticated, mut legacy) = (0u64, 0u64);
+    // The head anchor, read first (it may only lag the log): the hash seen at its seq.
+    let head: Option<Head> = match (key, path.parent()) {
+        (Some(key), Some(dir)) => match std::fs::read(dir.join(HEAD_FILE)) {
+            Ok(bytes) => match serde_json::from_slice::<Head>(&bytes).ok().filter(|h| h.authentic(key)) {
+                Some(h) => Some(h),
+                None => {
+                    return Ok(Err(ChainError { line: 0, seq: 0, reason: format!("{HEAD_FILE} is not authenticated by this estate's master key") }))
+                }
+            },
+            Err(_) => None,
+        },
+        _ => None,
+    };
+    let mut at_head: Option<String> = None;
     for (i, line) in rd.split(b'\n').enumerate() {
         let line = line.map_err(io)?;
         let n = i + 1;
+        if let Some(key) = key {
+            match line_mac(key, &line) {
+                Some(true) => authenticated += 1,
+                Some(false) => {
+                    return Ok(Err(ChainError {
+                        line: n,
+                        seq: prev_seq + 1,
+                        reason: "its MAC does not match: the record was written or altered without the master key".into(),
+                    }))
+                }
+                None if authenticated == 0 => legacy += 1,
+                None => {
+                    return Ok(Err(ChainError {
+                        line: n,
+                        seq: prev_seq + 1,
+                        reason: "it carries no MAC after authenticated records: it was added without the master key".into(),
+                    }))
+                }
+            }
+        }
         let rec: Record = match serde_json::from_slice(&line) {
             Ok(r) => r,
             Err(e) => return Ok(Err(ChainError { line: n, seq: prev_seq + 1, reason: format!("not a record: {e}") })),
@@ -449,8 +607,27 @@ pub fn verify(path: &Path) -> Result<Result<Verified, ChainError>, AuditError> {
         }
         prev_hash = crypto::sha256_hex(&line);
         prev_seq = rec.seq;
+        if head.as_ref().is_some_and(|h| h.seq == prev_seq) {
+            at_head = Some(prev_hash.clone());
+        }
     }
-    Ok(Ok(Verified { records: prev_seq, head: prev_hash }))
+    let mut anchored = false;
+    if let Some(head) = head {
+        {
+            if head.seq > prev_seq {
+                return Ok(Err(ChainError {
+                    line: prev_seq as usize + 1,
+                    seq: prev_seq + 1,
+                    reason: format!("the log ends at seq {prev_seq} but its head anchor says {}: records were removed from the end", head.seq),
+                }));
+            }
+            if head.seq > 0 && at_head.as_deref() != Some(head.hash.as_str()) {
+                return Ok(Err(ChainError { line: head.seq as usize, seq: head.seq, reason: "the record at the head anchor was replaced".into() }));
+            }
+            anchored = true;
+        }
+    }
+    Ok(Ok(Verified { records: prev_seq, head: prev_hash, authenticated, legacy, anchored }))
 }
 
 /// The last `n` records.
@@ -487,6 +664,10 @@ mod tests {
         (d, store, Arc::new(ManualClock::new(1_780_000_000)))
     }
 
+    fn key() -> MacKey {
+        crate::crypto::MasterKey::from_hex(&"11".repeat(32), "test").unwrap().derive(AUDIT_KEY_LABEL)
+    }
+
     fn entry(i: u32) -> Entry {
         let mut b = Batch::new();
         b.put(Space::Identities, format!("U{i}"), serde_json::to_vec(&serde_json::json!({"n": i})).unwrap());
@@ -496,12 +677,12 @@ mod tests {
     #[test]
     fn appends_chain_and_apply_after_the_record() {
         let (d, store, clock) = setup();
-        let mut w = Writer::open(&d.path().join("audit"), store.clone(), clock).unwrap();
+        let mut w = Writer::open(&d.path().join("audit"), store.clone(), clock, key()).unwrap();
         assert_eq!(w.append(vec![entry(1), entry(2)]).unwrap(), vec![1, 2]);
         assert_eq!(w.append(vec![entry(3)]).unwrap(), vec![3]);
         assert_eq!(store.count(Space::Identities).unwrap(), 3);
         let path = d.path().join("audit").join(AUDIT_FILE);
-        let v = verify(&path).unwrap().unwrap();
+        let v = verify(&path, Some(&key())).unwrap().unwrap();
         assert_eq!(v.records, 3);
         let t = tail(&path, 2).unwrap();
         assert_eq!(t.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 3]);
@@ -512,7 +693,7 @@ mod tests {
     fn verify_names_edited_deleted_and_reordered_records() {
         let (d, store, clock) = setup();
         let dir = d.path().join("audit");
-        let mut w = Writer::open(&dir, store, clock).unwrap();
+        let mut w = Writer::open(&dir, store, clock, key()).unwrap();
         w.append((1..=5).map(entry).collect()).unwrap();
         let path = dir.join(AUDIT_FILE);
         let original = std::fs::read_to_string(&path).unwrap();
@@ -520,24 +701,28 @@ mod tests {
 
         let edited = original.replacen("svc-3", "svc-X", 1);
         std::fs::write(&path, &edited).unwrap();
-        let e = verify(&path).unwrap().unwrap_err();
+        let e = verify(&path, Some(&key())).unwrap().unwrap_err();
+        assert_eq!((e.line, e.seq), (3, 3), "the edited record itself is named: {e}");
+        assert!(e.reason.contains("MAC"));
+        // Without the key, the chain names the next record.
+        let e = verify(&path, None).unwrap().unwrap_err();
         assert_eq!((e.line, e.seq), (4, 4), "{e}");
         assert!(e.reason.contains("line 3"));
 
         let deleted: String = lines.iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, l)| format!("{l}\n")).collect();
         std::fs::write(&path, deleted).unwrap();
-        let e = verify(&path).unwrap().unwrap_err();
+        let e = verify(&path, Some(&key())).unwrap().unwrap_err();
         assert_eq!(e.line, 3);
         assert!(e.reason.contains("expected seq 3"), "{e}");
 
         let mut re = lines.clone();
         re.swap(1, 2);
         std::fs::write(&path, re.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
-        let e = verify(&path).unwrap().unwrap_err();
+        let e = verify(&path, Some(&key())).unwrap().unwrap_err();
         assert_eq!(e.line, 2);
 
         std::fs::write(&path, &original).unwrap();
-        assert_eq!(verify(&path).unwrap().unwrap().records, 5);
+        assert_eq!(verify(&path, Some(&key())).unwrap().unwrap().records, 5);
     }
 
     #[test]
@@ -545,7 +730,7 @@ mod tests {
         let (d, store, clock) = setup();
         let dir = d.path().join("audit");
         {
-            let mut w = Writer::open(&dir, store.clone(), clock.clone()).unwrap();
+            let mut w = Writer::open(&dir, store.clone(), clock.clone(), key()).unwrap();
             w.append(vec![entry(1)]).unwrap();
         }
         // Simulate a crash after the log write, halfway through applying a record (its writes are
@@ -568,24 +753,26 @@ mod tests {
                 RedoOp { space: "identities".into(), key: "U1".into(), value: None },
             ],
             prev: crypto::sha256_hex(last.as_bytes()),
+            mac: None,
         };
         store.apply_in_order(batch_of(&rec.redo[..1])).unwrap();
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        writeln!(f, "{}", serde_json::to_string(&rec).unwrap()).unwrap();
+        f.write_all(&authenticated_line(&key(), &rec).unwrap()).unwrap();
+        f.write_all(b"\n").unwrap();
         write!(f, "{{\"seq\":3,\"tim").unwrap();
         drop(f);
         assert!(store.get(Space::Identities, "U1").unwrap().is_some(), "the crash left the group half applied");
-        let mut w = Writer::open(&dir, store.clone(), clock).unwrap();
+        let mut w = Writer::open(&dir, store.clone(), clock, key()).unwrap();
         assert!(store.get(Space::Identities, "U2").unwrap().is_some(), "replayed");
         assert!(store.get(Space::Identities, "U1").unwrap().is_none(), "the rest of the group replayed");
         assert_eq!(w.append(vec![entry(3)]).unwrap(), vec![3]);
-        assert_eq!(verify(&path).unwrap().unwrap().records, 3);
+        assert_eq!(verify(&path, Some(&key())).unwrap().unwrap().records, 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_journal_groups_concurrent_commits() {
         let (d, store, clock) = setup();
-        let j = Journal::start(Writer::open(&d.path().join("audit"), store.clone(), clock).unwrap());
+        let j = Journal::start(Writer::open(&d.path().join("audit"), store.clone(), clock, key()).unwrap());
         let mut tasks = vec![];
         for i in 0..100 {
             let j = j.clone();
@@ -598,6 +785,66 @@ mod tests {
         seqs.sort();
         assert_eq!(seqs, (1..=100).collect::<Vec<u64>>());
         assert_eq!(store.count(Space::Identities).unwrap(), 100);
-        assert_eq!(verify(&d.path().join("audit").join(AUDIT_FILE)).unwrap().unwrap().records, 100);
+        assert_eq!(verify(&d.path().join("audit").join(AUDIT_FILE), Some(&key())).unwrap().unwrap().records, 100);
+    }
+
+    /// With write access to the data dir but not the master key: a record appended (chained
+    /// correctly, carrying redo ops that relabel an identity) is never applied, and verify names
+    /// it; so is a record re-chained after a deletion, and a truncated end.
+    #[test]
+    fn records_without_the_master_key_are_refused_and_truncation_is_named() {
+        let (d, store, clock) = setup();
+        let dir = d.path().join("audit");
+        {
+            let mut w = Writer::open(&dir, store.clone(), clock.clone(), key()).unwrap();
+            w.append((1..=3).map(entry).collect()).unwrap();
+        }
+        let path = dir.join(AUDIT_FILE);
+        let original = std::fs::read_to_string(&path).unwrap();
+        let last = original.lines().last().unwrap();
+        let forged = Record {
+            seq: 4,
+            time: "t".into(),
+            time_unix: 0,
+            actor: "tillit".into(),
+            action: "enroll".into(),
+            target: "x".into(),
+            outcome: "ok".into(),
+            detail: None,
+            redo: vec![RedoOp { space: "identities".into(), key: "U1".into(), value: Some(serde_json::json!({"tenant": "other"})) }],
+            prev: crypto::sha256_hex(last.as_bytes()),
+            mac: None,
+        };
+        // 1. Unauthenticated, and 2. MACed under another key: neither is applied at start.
+        let other = crate::crypto::MasterKey::from_hex(&"22".repeat(32), "x").unwrap().derive(AUDIT_KEY_LABEL);
+        for line in [serde_json::to_vec(&forged).unwrap(), authenticated_line(&other, &forged).unwrap()] {
+            std::fs::write(&path, format!("{original}{}\n", String::from_utf8(line).unwrap())).unwrap();
+            // The store has applied seq 3; the forged seq 4 would be replayed.
+            let err = Writer::open(&dir, store.clone(), clock.clone(), key()).unwrap_err();
+            assert!(err.to_string().contains("not authenticated"), "{err}");
+            assert_eq!(store.get(Space::Identities, "U1").unwrap().map(|v| v.to_vec()), Some(serde_json::to_vec(&serde_json::json!({"n": 1})).unwrap()));
+            let e = verify(&path, Some(&key())).unwrap().unwrap_err();
+            assert_eq!(e.line, 4, "{e}");
+            // The chain alone does not see it: that is why records are MACed.
+            assert!(verify(&path, None).unwrap().is_ok());
+        }
+        // 3. A record deleted and the rest re-chained by hand: its successor's MAC fails.
+        let lines: Vec<&str> = original.lines().collect();
+        let mut third: Record = serde_json::from_str(lines[2]).unwrap();
+        third.seq = 2;
+        third.prev = crypto::sha256_hex(lines[0].as_bytes());
+        let rechained = format!("{}\n{}\n", lines[0], serde_json::to_string(&third).unwrap());
+        std::fs::write(&path, rechained).unwrap();
+        let e = verify(&path, Some(&key())).unwrap().unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        // 4. The last record cut off: the chain and MACs hold, the head anchor names it.
+        std::fs::write(&path, format!("{}\n{}\n", lines[0], lines[1])).unwrap();
+        let e = verify(&path, Some(&key())).unwrap().unwrap_err();
+        assert!(e.reason.contains("head anchor says 3"), "{e}");
+        // ... and the store's checkpoint refuses to start on it.
+        assert!(Writer::open(&dir, store.clone(), clock.clone(), key()).is_err());
+        std::fs::write(&path, &original).unwrap();
+        let ok = verify(&path, Some(&key())).unwrap().unwrap();
+        assert_eq!((ok.records, ok.authenticated, ok.legacy, ok.anchored), (3, 3, 0, true));
     }
 }

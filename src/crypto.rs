@@ -42,6 +42,50 @@ pub enum CryptoError {
     Random(String),
 }
 
+// === impl MacKey ===
+
+/// A 32-byte HMAC-SHA256 key (derived with [`MasterKey::derive`]). Zeroized on drop.
+#[derive(Clone)]
+pub struct MacKey(Zeroizing<[u8; 32]>);
+
+impl fmt::Debug for MacKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MacKey(<redacted>)")
+    }
+}
+
+impl MacKey {
+    /// HMAC-SHA256 of `msg`, lower-case hex.
+    pub fn mac_hex(&self, msg: &[u8]) -> String {
+        data_encoding::HEXLOWER.encode(&hmac_sha256(self.0.as_ref(), msg))
+    }
+
+    /// Whether `mac_hex` is the MAC of `msg` (constant time).
+    pub fn verify_hex(&self, msg: &[u8], mac_hex: &str) -> bool {
+        ct_eq(self.mac_hex(msg).as_bytes(), mac_hex.as_bytes())
+    }
+}
+
+/// HMAC-SHA256 (RFC 2104) with a key of at most one block (64 bytes); longer keys are hashed
+/// first, as the RFC says.
+pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut block = Zeroizing::new([0u8; 64]);
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let mut ipad = Zeroizing::new([0x36u8; 64]);
+    let mut opad = Zeroizing::new([0x5cu8; 64]);
+    for i in 0..64 {
+        ipad[i] ^= block[i];
+        opad[i] ^= block[i];
+    }
+    let inner = Sha256::new().chain_update(ipad.as_ref()).chain_update(msg).finalize();
+    Sha256::new().chain_update(opad.as_ref()).chain_update(inner).finalize().into()
+}
+
 // === impl MasterKey ===
 
 /// The 32-byte store master key. Zeroized on drop, never printed.
@@ -107,6 +151,12 @@ impl MasterKey {
             std::fs::read_to_string(&path).map_err(|source| CryptoError::MasterKeyIo { path: path.clone(), source })?,
         );
         Self::from_hex(&text, &path.display().to_string())
+    }
+
+    /// A key for one purpose, derived from the master key (HMAC-SHA256 keyed by the master key
+    /// over `label`): whoever holds the data dir without the master key cannot compute it.
+    pub fn derive(&self, label: &str) -> MacKey {
+        MacKey(Zeroizing::new(hmac_sha256(self.0.as_ref(), label.as_bytes())))
     }
 
     /// Seal `plaintext`, bound to `aad` (the record's key). Output: version || nonce || ciphertext.
@@ -198,6 +248,25 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    /// RFC 4231 test cases 1, 2 and 6 (a key longer than a block).
+    #[test]
+    fn hmac_sha256_matches_rfc_4231() {
+        let hex = |b: [u8; 32]| data_encoding::HEXLOWER.encode(&b);
+        assert_eq!(hex(hmac_sha256(&[0x0b; 20], b"Hi There")), "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
+        assert_eq!(hex(hmac_sha256(b"Jefe", b"what do ya want for nothing?")), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        assert_eq!(
+            hex(hmac_sha256(&[0xaa; 131], b"Test Using Larger Than Block-Size Key - Hash Key First")),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+        let m = MasterKey::generate().unwrap();
+        let (a, b) = (m.derive("a"), m.derive("b"));
+        assert_ne!(a.mac_hex(b"x"), b.mac_hex(b"x"));
+        assert!(a.verify_hex(b"x", &a.mac_hex(b"x")));
+        assert!(!a.verify_hex(b"y", &a.mac_hex(b"x")));
+        assert_eq!(format!("{a:?}"), "MacKey(<redacted>)");
+    }
+
     use super::*;
 
     #[test]

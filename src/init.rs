@@ -182,7 +182,7 @@ fn build(staging: &Path, target: &Path, config: Config, clock: SharedClock) -> R
     w(stage.server_conf(), conf.as_bytes(), PUBLIC)?;
     identity::write(&stage.admin(), &admin)?;
     // The first audit record: the estate and its first admin.
-    let mut audit = crate::audit::Writer::open(&stage.audit(), estate.store_arc(), estate.clock().clone())
+    let mut audit = crate::audit::Writer::open(&stage.audit(), estate.store_arc(), estate.clock().clone(), estate.audit_key())
         .map_err(|e| InitError::Io { path: stage.audit().display().to_string(), source: std::io::Error::other(e.to_string()) })?;
     audit
         .append(vec![crate::audit::Entry::ok("tillit", "init", &config.trust_domain).detail(serde_json::json!({

@@ -24,7 +24,7 @@ pub const CA_PEM: &str = include_str!("../fixtures/ca.pem");
 pub const CA_KEY_PEM: &str = include_str!("../fixtures/ca.key");
 
 fn fixed(kind: KeyPairType, b: u8) -> KeyPair {
-    KeyPair::new_from_raw(kind, [b; 32]).unwrap_or_else(|_| KeyPair::new(kind))
+    KeyPair::new_from_raw(kind.clone(), [b; 32]).unwrap_or_else(|_| KeyPair::new(kind))
 }
 
 /// The user nkey that signs requests (and the seed's creds/identity files).

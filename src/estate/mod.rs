@@ -496,6 +496,10 @@ impl Estate {
     pub fn store(&self) -> &dyn Store {
         self.vault.store()
     }
+    /// The key that authenticates audit records ([`crate::audit::AUDIT_KEY_LABEL`]).
+    pub fn audit_key(&self) -> crate::crypto::MacKey {
+        self.vault.derive_key(crate::audit::AUDIT_KEY_LABEL)
+    }
     /// The store, shared (for the group committer).
     pub fn store_arc(&self) -> Arc<dyn Store> {
         self.vault.store_arc()
@@ -1026,5 +1030,46 @@ mod tests {
         assert!(!c.nats.permissions.subscribe.allow.iter().any(|s| s == ">" || s == "_INBOX.>"));
         assert_eq!(e.identity_count().unwrap(), 1);
         assert!(files.info.renew_at_unix > files.info.issued_at_unix && files.info.renew_at_unix < files.info.expires_at_unix);
+    }
+
+    /// A removed site's leafnode users hold JWTs for a year: their revocations must stay as long
+    /// (they used to leave after a day, and the next push let the site link to the hub again).
+    #[test]
+    fn revocations_stay_until_the_jwts_they_cover_expired() {
+        use crate::clock::Clock;
+        let clock = Arc::new(ManualClock::new(1_780_000_000));
+        let (_d, e, _s, _m) = new_estate(clock.clone());
+        let t0 = clock.now_unix();
+        let year = 365 * 86_400;
+        let tillit = e.account(TILLIT_ACCOUNT).unwrap();
+        let leaf = KeyPair::new_user().public_key();
+        let agent = KeyPair::new_user().public_key();
+        let a = e.preview_revocation(&tillit, std::slice::from_ref(&leaf), t0 + year).unwrap();
+        let a = e.preview_revocation(&a, std::slice::from_ref(&agent), t0 + 86_400).unwrap();
+        let in_jwt = |rec: &AccountRecord, u: &str| {
+            let c: Claims<AccountNats> = jwt::decode(&rec.jwt).unwrap();
+            serde_json::to_value(&c.nats).unwrap()["revocations"].get(u).is_some()
+        };
+        assert!(in_jwt(&a, &leaf) && in_jwt(&a, &agent));
+        // Two days on, another revocation is pushed: the agent's (its JWT expired) leaves, the
+        // leafnode user's stays.
+        clock.advance(2 * 86_400);
+        let other = KeyPair::new_user().public_key();
+        let b = e.preview_revocation(&a, std::slice::from_ref(&other), clock.now_unix() + 3600).unwrap();
+        assert!(in_jwt(&b, &leaf), "a year-long JWT's revocation was pruned after two days");
+        assert!(!in_jwt(&b, &agent), "an expired JWT's revocation is pruned");
+        assert!(in_jwt(&b, &other));
+        // After the year (and the hour of skew) it may go.
+        clock.advance(year);
+        let c = e.preview_revocation(&b, &[], clock.now_unix()).unwrap();
+        assert!(!in_jwt(&c, &leaf));
+        assert!(c.revoked_until.is_empty() && c.revocations.is_empty());
+        // A revocation recorded before `revoked_until` existed stays as long as the longest JWT
+        // of that account can live.
+        let mut legacy = e.account(TILLIT_ACCOUNT).unwrap();
+        legacy.revocations.insert(leaf.clone(), clock.now_unix());
+        clock.advance(30 * 86_400);
+        let d = e.preview_revocation(&legacy, &[], clock.now_unix()).unwrap();
+        assert!(d.revocations.contains_key(&leaf));
     }
 }

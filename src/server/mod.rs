@@ -296,7 +296,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         sys,
         api: api.clone(),
         journal: Journal::start(
-            audit::Writer::open(&estate.dir.audit(), estate.store_arc(), estate.clock().clone())
+            audit::Writer::open(&estate.dir.audit(), estate.store_arc(), estate.clock().clone(), estate.audit_key())
                 .map_err(|e| ServeError::Service(e.to_string()))?,
         ),
         burning: Default::default(),

@@ -179,6 +179,11 @@ fn aad(space: Space, key: &str) -> String {
 }
 
 impl Vault {
+    /// A key for `label` derived from the master key ([`MasterKey::derive`]).
+    pub fn derive_key(&self, label: &str) -> crate::crypto::MacKey {
+        self.master.derive(label)
+    }
+
     pub fn new(store: Arc<dyn Store>, master: MasterKey) -> Self {
         Vault { store, master }
     }

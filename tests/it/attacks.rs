@@ -232,3 +232,57 @@ async fn tenant_names_that_join_alike_never_share_an_account() {
     assert_eq!(&got.payload[..], b"o-1");
     assert!(tokio::time::timeout(Duration::from_millis(500), other_tenant.next()).await.is_err(), "another tenant read the traffic");
 }
+
+/// Someone who can write the data dir but does not hold the master key appends a record that is
+/// chained correctly and carries redo ops moving an identity into another tenant. `serve`
+/// refuses to apply it (and to start on it), and `audit verify` names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_appended_to_the_audit_log_is_never_obeyed() {
+    let e = Estate::init("audit.example");
+    let _nats = e.start_nats();
+    let mut serve = e.start_serve_ready();
+    let a = enroll_one(&e, "acme/shop/prod/orders", "orders");
+    let user = identity_json(&a)["user_public_key"].as_str().unwrap().to_string();
+    assert!(serve.terminate(Duration::from_secs(10)).success());
+
+    let path = e.dir.audit().join("audit.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let last = text.lines().last().unwrap();
+    let last_rec: serde_json::Value = serde_json::from_str(last).unwrap();
+    let mut ident = last_rec["redo"].as_array().and_then(|r| r.iter().find(|op| op["key"] == user.as_str())).map(|op| op["value"].clone());
+    if ident.is_none() {
+        // The enrollment is an earlier record: find its identity write.
+        ident = text.lines().rev().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find_map(|r| {
+            r["redo"].as_array().and_then(|ops| ops.iter().find(|op| op["space"] == "identities" && op["key"] == user.as_str())).map(|op| op["value"].clone())
+        });
+    }
+    let mut ident = ident.expect("the enrollment's identity record is in the log");
+    ident["service"] = serde_json::json!("globex/shop/prod/orders");
+    ident["account"] = serde_json::json!("globex-prod");
+    let forged = serde_json::json!({
+        "seq": last_rec["seq"].as_u64().unwrap() + 1, "time": "2026-01-01T00:00:00Z", "time_unix": 0, "actor": "tillit",
+        "action": "renew", "target": "x", "outcome": "ok",
+        "redo": [{ "space": "identities", "key": user, "value": ident }],
+        "prev": tillit::crypto::sha256_hex(last.as_bytes()),
+    });
+    std::fs::write(&path, format!("{text}{forged}\n")).unwrap();
+    // The hash chain alone cannot tell.
+    assert!(tillit(&["audit", "verify", "--data-dir", e.data(), "--chain-only"]).status.success());
+    let out = tillit(&["audit", "verify", "--data-dir", e.data()]);
+    assert!(!out.status.success());
+    let seq = last_rec["seq"].as_u64().unwrap() + 1;
+    assert!(stderr(&out).contains(&format!("seq {seq}")) && stderr(&out).contains("MAC"), "{}", stderr(&out));
+
+    // serve stops at the forged record instead of applying it.
+    let mut again = e.start_serve();
+    let exited = wait_for(Duration::from_secs(15), || matches!(again.child.try_wait(), Ok(Some(_))));
+    assert!(exited.is_some(), "serve started on a forged audit record:\n{}", again.log_text());
+    assert!(again.log_text().contains("not authenticated"), "{}", again.log_text());
+    // Taking the forged line out lets it start, with the identity unchanged.
+    std::fs::write(&path, &text).unwrap();
+    let _serve = e.start_serve_ready();
+    let out = tillit(&["list", "--identity", &e.admin(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("globex"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("acme/shop/prod/orders"));
+}
