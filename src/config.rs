@@ -61,6 +61,10 @@ pub struct RawNats {
     /// Port of the hub's leafnode listener (TLS) that site servers connect to; off when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leaf_port: Option<u16>,
+    /// How often the control plane compares every account JWT the hub serves with its own and
+    /// re-pushes one that is older or other (anti-rollback).
+    #[serde(default = "default_reconcile_interval")]
+    pub reconcile_interval: String,
 }
 
 impl Default for RawNats {
@@ -72,12 +76,16 @@ impl Default for RawNats {
             monitor_addr: None,
             server_cert_hosts: vec![],
             leaf_port: None,
+            reconcile_interval: default_reconcile_interval(),
         }
     }
 }
 
 fn default_urls() -> Vec<String> {
     vec!["nats://127.0.0.1:4222".into()]
+}
+fn default_reconcile_interval() -> String {
+    "10s".into()
 }
 fn default_server_name() -> String {
     "tillit-hub".into()
@@ -92,11 +100,23 @@ pub struct RawHttp {
     /// `http://<addr>` (an unspecified address becomes 127.0.0.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_url: Option<String>,
+    /// A listener of its own for `/metrics` (`HOST:PORT`). Without it `/metrics` is served on
+    /// `addr` only when that is a loopback address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<String>,
+    /// Most HTTP connections open at once; past it the oldest connection with no request in
+    /// progress is closed.
+    #[serde(default = "default_http_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_http_max_connections() -> usize {
+    1024
 }
 
 impl Default for RawHttp {
     fn default() -> Self {
-        RawHttp { addr: default_http_addr(), public_url: None }
+        RawHttp { addr: default_http_addr(), public_url: None, metrics_addr: None, max_connections: default_http_max_connections() }
     }
 }
 
@@ -226,7 +246,13 @@ pub struct Config {
     pub server_cert_hosts: Vec<String>,
     /// `host:port` of the hub's leafnode listener, when sites are enabled.
     pub leaf_listen: Option<String>,
+    /// How often served account JWTs are checked against the store (`nats.reconcile_interval`).
+    pub reconcile_interval: Duration,
     pub http_addr: SocketAddr,
+    /// `/metrics` on a listener of its own.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Most HTTP connections at once (`http.max_connections`).
+    pub http_max_connections: usize,
     /// Base URL of the HTTP port as others reach it (no trailing slash).
     pub http_public_url: String,
     pub service_ttl: Duration,
@@ -309,7 +335,18 @@ impl Config {
             monitor_addr,
             server_cert_hosts: raw.nats.server_cert_hosts.clone(),
             leaf_listen,
+            reconcile_interval: parse_duration(&raw.nats.reconcile_interval)
+                .map_err(|e| invalid(format!("nats.reconcile_interval: {e}")))
+                .and_then(|d| {
+                    if (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&d) {
+                        Ok(d)
+                    } else {
+                        Err(invalid("nats.reconcile_interval must be between 1s and 1h"))
+                    }
+                })?,
             http_addr,
+            metrics_addr: raw.http.metrics_addr.as_deref().map(|m| socket("http.metrics_addr", m)).transpose()?,
+            http_max_connections: raw.http.max_connections,
             http_public_url,
             service_ttl: dur("service_ttl", &i.service_ttl)?,
             admin_ttl: dur("admin_ttl", &i.admin_ttl)?,
@@ -321,6 +358,12 @@ impl Config {
             nats_urls,
             raw,
         };
+        if !(16..=65_536).contains(&cfg.http_max_connections) {
+            return Err(invalid("http.max_connections must be between 16 and 65536"));
+        }
+        if cfg.metrics_addr == Some(cfg.http_addr) {
+            return Err(invalid("http.metrics_addr must differ from http.addr"));
+        }
         if cfg.max_request_bytes < 1024 || cfg.max_request_bytes > 1024 * 1024 {
             return Err(invalid("limits.max_request_bytes must be between 1024 and 1048576"));
         }
@@ -396,7 +439,7 @@ pub fn raw_for_init(trust_domain: &str, nats_url: &str, http_addr: Option<&str>)
     RawConfig {
         trust_domain: trust_domain.to_string(),
         nats: RawNats { urls: vec![nats_url.to_string()], ..RawNats::default() },
-        http: RawHttp { addr: http_addr.map(str::to_string).unwrap_or_else(default_http_addr), public_url: None },
+        http: RawHttp { addr: http_addr.map(str::to_string).unwrap_or_else(default_http_addr), public_url: None, ..RawHttp::default() },
         issuance: RawIssuance::default(),
         limits: RawLimits::default(),
     }

@@ -99,6 +99,8 @@ pub struct Metrics {
     pub site_acks: Counter,
     /// Failures site agents reported (a hook or a fetch that did not work).
     pub site_failures: Counter,
+    /// Account JWTs the hub served that were not the stored ones (older: a rollback), re-pushed.
+    pub account_rollbacks: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -156,6 +158,12 @@ impl Metrics {
         registry.register("site_acks", "Acknowledgements received from site agents", site_acks.clone());
         let site_failures = Counter::default();
         registry.register("site_failures", "Failures reported by site agents", site_failures.clone());
+        let account_rollbacks = Counter::default();
+        registry.register(
+            "account_rollbacks",
+            "Account JWTs nats-server served that were not the control plane's current ones (re-pushed)",
+            account_rollbacks.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").into(), trust_domain: trust_domain.into() })
@@ -178,6 +186,7 @@ impl Metrics {
             site_last_ack_seconds,
             site_acks,
             site_failures,
+            account_rollbacks,
         }
     }
 

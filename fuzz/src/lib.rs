@@ -15,6 +15,8 @@ use std::sync::{Mutex, OnceLock};
 use tillit::issuer::x509::CertAuthority;
 use tillit::store::{Batch, Space, Store, StoreError};
 
+pub mod seeds;
+
 /// The fixed "now" of every target.
 pub const NOW: i64 = 1_780_000_000;
 /// Trust domain of every target.
@@ -166,6 +168,16 @@ impl Store for MemStore {
         }
         Ok(true)
     }
+}
+
+/// The audit MAC key, derived from a fixed master key.
+pub fn audit_key() -> &'static tillit::crypto::MacKey {
+    static K: OnceLock<tillit::crypto::MacKey> = OnceLock::new();
+    K.get_or_init(|| {
+        tillit::crypto::MasterKey::from_hex(&"5a".repeat(32), "fuzz")
+            .expect("fixed master key")
+            .derive(tillit::audit::AUDIT_KEY_LABEL)
+    })
 }
 
 /// A fixed clock for the audit writer.

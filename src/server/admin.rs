@@ -111,18 +111,18 @@ async fn change(ctx: &Ctx, actor: &str, req: GrantRequest, how: Change) -> Resul
         // (the audit log, the redo log of records, never carries key material).
         e.store().commit(key_batch).map_err(ApiError::internal)?;
     }
-    // Live first: if nats-server cannot take it, nothing is recorded or changed.
-    push(ctx, &signed, action).await?;
     let mut b = Batch::new();
     b.put_json(Space::Roles, RoleRecord::store_key(sid), &next).map_err(ApiError::internal)?;
     b.put_json(Space::Accounts, &signed.name, &signed).map_err(ApiError::internal)?;
     let entry = Entry::ok(actor, action, &sid.to_string())
         .detail(serde_json::json!({ "pub": req.publish, "sub": req.subscribe, "account_iat": signed.iat }))
         .batch(b);
+    // Recorded first, then live (the reconciler completes a push that fails here).
     ctx.journal.record(entry).await.map_err(ApiError::internal)?;
     if let Ok(mut m) = ctx.roles.write() {
-        m.insert(sid.clone(), RoleEntry::new((signed, next.clone())));
+        m.insert(sid.clone(), RoleEntry::new((signed.clone(), next.clone())));
     }
+    push_recorded(ctx, &signed, action).await?;
     tracing::info!(service = %sid, action, "permissions changed");
     let data = serde_json::json!({ "service": sid.to_string(), "pub": next.permissions.publish.allow, "sub": next.permissions.subscribe.allow });
     if rekey {
@@ -218,7 +218,6 @@ async fn settle_role(ctx: &Ctx, sid: &ServiceId, grace_over: bool, why: serde_js
     let removed: Vec<String> = role.previous.iter().filter(|p| !next.previous.iter().any(|n| n.key == p.key)).map(|p| p.key.clone()).collect();
     let acct = e.account(&role.account).map_err(ApiError::internal)?;
     let signed = e.preview_role_change(&acct, &next).map_err(estate_err)?;
-    push(ctx, &signed, "retire_key").await?;
     let mut b = Batch::new();
     b.put_json(Space::Roles, RoleRecord::store_key(sid), &next).map_err(ApiError::internal)?;
     b.put_json(Space::Accounts, &signed.name, &signed).map_err(ApiError::internal)?;
@@ -230,8 +229,9 @@ async fn settle_role(ctx: &Ctx, sid: &ServiceId, grace_over: bool, why: serde_js
         .await
         .map_err(ApiError::internal)?;
     if let Ok(mut m) = ctx.roles.write() {
-        m.insert(sid.clone(), RoleEntry::new((signed, next)));
+        m.insert(sid.clone(), RoleEntry::new((signed.clone(), next)));
     }
+    push_recorded(ctx, &signed, "retire_key").await?;
     tracing::info!(service = %sid, removed = removed.len(), "former role keys settled");
     Ok(())
 }
@@ -282,7 +282,6 @@ pub async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> R
     let users: Vec<String> = targets.iter().map(|t| t.user_public_key.clone()).collect();
     let until = targets.iter().map(|t| t.expires_at).max().unwrap_or(now);
     let signed = e.preview_revocation(&acct, &users, until).map_err(estate_err)?;
-    push(ctx, &signed, "revoke").await?;
     let mut b = Batch::new();
     let mut revoked = Vec::new();
     for t in &targets {
@@ -297,18 +296,33 @@ pub async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> R
         .detail(serde_json::json!({ "reason": req.reason, "revoked": revoked.iter().map(|r| &r.user_public_key).collect::<Vec<_>>(),
             "serials": revoked.iter().map(|r| &r.cert_serial).collect::<Vec<_>>() }))
         .batch(b);
+    // Recorded first (the record is the change; OCSP and the CRL answer from it at once), then
+    // live: if nats-server cannot take it now, the reconciler pushes it until it does.
     ctx.journal.record(entry).await.map_err(ApiError::internal)?;
     if let Ok(mut m) = ctx.roles.write() {
         if let Some(entry) = m.get(sid).cloned() {
-            m.insert(sid.clone(), Arc::new((signed, entry.1.clone())));
+            m.insert(sid.clone(), Arc::new((signed.clone(), entry.1.clone())));
         }
     }
+    push_recorded(ctx, &signed, "revoke").await?;
     tracing::info!(service = %sid, count = revoked.len(), "revoked");
     let data = serde_json::json!({ "service": sid.to_string(), "users": users, "serials": revoked.iter().map(|r| &r.cert_serial).collect::<Vec<_>>() });
     if let Err(err) = ctx.events.publish(crate::subjects::EVENT_IDENTITY_REVOKED, None, &sid.to_string(), &data, now).await {
         tracing::error!(service = %sid, "cannot publish identity.revoked: {err}");
     }
     Ok(RevokeReply { service: sid.clone(), revoked, revoked_at: rfc3339(now) })
+}
+
+/// Push an account whose change is already recorded. When nats-server cannot take it now, the
+/// change stands (it is in the store and the audit log) and the reconciler pushes it within
+/// `nats.reconcile_interval`; the caller is told it is not live yet.
+pub(super) async fn push_recorded(ctx: &Ctx, acct: &crate::estate::AccountRecord, why: &str) -> Result<(), ApiError> {
+    push(ctx, acct, why).await.map_err(|_| {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "the change is recorded, but nats-server did not take it yet; tillit pushes it again until it does (check the hub)",
+        )
+    })
 }
 
 /// The state of an identity as shown to operators (pure).

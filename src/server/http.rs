@@ -1,5 +1,15 @@
 //! The control plane's HTTP port: `/healthz` (the process answers), `/readyz` (connected to NATS
-//! and serving), `/metrics` (Prometheus text).
+//! and serving), `/metrics` (Prometheus text), `/ocsp` and `/crl`.
+//!
+//! nats-server's `ocsp_peer` fails closed, so whoever can hold this port can refuse every new
+//! connection of the estate. The port therefore runs its own accept loop ([`serve_http`]):
+//! headers must arrive within [`HEADER_TIMEOUT`], a request must finish within
+//! [`REQUEST_TIMEOUT`], a connection lives at most [`CONNECTION_LIFETIME`], headers are capped
+//! at [`MAX_HEADER_BYTES`] and bodies at the OCSP request limit, and at most
+//! `http.max_connections` connections are open: past it the oldest connection with no request
+//! in progress (half-sent or idle) is closed to make room, so a flood of half-sent requests
+//! cannot crowd out nats-server's queries. `/metrics` is served on a listener of its own
+//! (`http.metrics_addr`), or on this port only when it is bound to loopback.
 
 use crate::telemetry::{ConnectionLabels, Metrics};
 use axum::extract::State;
@@ -9,6 +19,7 @@ use axum::routing::get;
 use axum::Router;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 /// What the HTTP handlers read.
 #[derive(Clone)]
@@ -133,16 +144,126 @@ async fn crl_of(s: HttpState, id: Option<String>) -> axum::response::Response {
     }
 }
 
-/// The router.
-pub fn router(state: HttpState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/ocsp", axum::routing::post(ocsp_post))
+/// The router of the main port; `/metrics` only when `with_metrics`.
+pub fn router(state: HttpState, with_metrics: bool) -> Router {
+    let r = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz));
+    let r = if with_metrics { r.route("/metrics", get(metrics)) } else { r };
+    r.route("/ocsp", axum::routing::post(ocsp_post))
         .route("/ocsp/{*req}", get(ocsp_get))
         .route("/crl", get(crl))
         .route("/crl/{id}", get(crl_by_id))
         .layer(axum::extract::DefaultBodyLimit::max(crate::ocsp::MAX_REQUEST_BYTES))
         .with_state(state)
+}
+
+/// The router of the metrics listener.
+pub fn metrics_router(state: HttpState) -> Router {
+    Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).with_state(state)
+}
+
+// === the accept loop ===
+
+/// A client must send a request's headers within this.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A request must be answered within this (body included).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection (keep-alive included) is closed after this.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// Largest request head (request line and headers).
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// One open connection, as the accept loop sees it.
+struct Conn {
+    /// Requests in progress on it.
+    busy: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Serve `router` on `listener` with the limits above and at most `max_conns` connections,
+/// until `stop` resolves.
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    max_conns: usize,
+    stop: impl std::future::Future<Output = ()> + Send,
+) {
+    use std::sync::atomic::AtomicUsize;
+    tokio::pin!(stop);
+    let mut conns: std::collections::VecDeque<Conn> = std::collections::VecDeque::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of descriptors or similar: back off instead of spinning.
+                    tracing::warn!("HTTP accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        conns.retain(|c| !c.task.is_finished());
+        if conns.len() >= max_conns {
+            // Make room: the oldest connection with nothing in progress goes.
+            match conns.iter().position(|c| c.busy.load(Ordering::SeqCst) == 0) {
+                Some(i) => {
+                    if let Some(old) = conns.remove(i) {
+                        old.task.abort();
+                    }
+                }
+                None => {
+                    tracing::warn!(%peer, "HTTP: {max_conns} requests in progress; refusing a connection");
+                    drop(stream);
+                    continue;
+                }
+            }
+        }
+        let busy = Arc::new(AtomicUsize::new(0));
+        let router = router.clone();
+        let in_flight = busy.clone();
+        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            in_flight.fetch_add(1, Ordering::SeqCst);
+            let router = router.clone();
+            let in_flight = in_flight.clone();
+            async move {
+                use tower::ServiceExt;
+                let r = tokio::time::timeout(REQUEST_TIMEOUT, router.oneshot(req.map(axum::body::Body::new))).await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, std::convert::Infallible>(match r {
+                    Ok(Ok(resp)) => resp,
+                    Ok(Err(never)) => match never {},
+                    Err(_) => (StatusCode::REQUEST_TIMEOUT, "request not completed in time\n").into_response(),
+                })
+            }
+        });
+        let _ = stream.set_nodelay(true);
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .max_buf_size(MAX_HEADER_BYTES)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+        let task = tokio::spawn(async move {
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+        });
+        conns.push_back(Conn { busy, task });
+    }
+    for c in conns {
+        c.task.abort();
+    }
+}
+
+/// Raise this process's open-file limit to its hard limit (a busy HTTP port and many NATS
+/// connections need more than the usual soft 1024).
+pub fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit owned by this frame.
+    unsafe {
+        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            let want = libc::rlimit { rlim_cur: r.rlim_max, rlim_max: r.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
+                tracing::debug!("cannot raise the open-file limit");
+            }
+        }
+    }
 }

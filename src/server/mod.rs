@@ -15,6 +15,7 @@ mod secrets;
 pub mod stream;
 pub mod http;
 pub mod push;
+pub mod reconcile;
 mod services;
 mod sites;
 mod carot;
@@ -262,14 +263,28 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::HttpBind { addr: addr.to_string(), source })?;
+    http::raise_fd_limit();
     let http_state = http::HttpState { serving: serving.clone(), conns: conns.clone(), metrics: metrics.clone(), estate: estate.clone() };
-    let http_stop = stopped(&stop_rx);
-    let http_task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, http::router(http_state)).with_graceful_shutdown(http_stop).await {
-            tracing::error!("HTTP server failed: {e}");
+    let metrics_here = match estate.config.metrics_addr {
+        Some(_) => false,
+        None if addr.ip().is_loopback() => true,
+        None => {
+            tracing::warn!(%addr, "/metrics is not served on a non-loopback HTTP address; set http.metrics_addr to a listener for it");
+            false
         }
-    });
-    tracing::info!(%addr, "HTTP: /healthz /readyz /metrics");
+    };
+    let max_conns = estate.config.http_max_connections;
+    let http_stop = stopped(&stop_rx);
+    let main_router = http::router(http_state.clone(), metrics_here);
+    let http_task = tokio::spawn(http::serve_http(listener, main_router, max_conns, http_stop));
+    tracing::info!(%addr, metrics = metrics_here, "HTTP: /healthz /readyz /ocsp /crl{}", if metrics_here { " /metrics" } else { "" });
+    if let Some(maddr) = estate.config.metrics_addr {
+        let l = tokio::net::TcpListener::bind(maddr)
+            .await
+            .map_err(|source| ServeError::HttpBind { addr: maddr.to_string(), source })?;
+        tokio::spawn(http::serve_http(l, http::metrics_router(http_state), 64, stopped(&stop_rx)));
+        tracing::info!(addr = %maddr, "HTTP: /metrics");
+    }
 
     let (api_params, _, api_exp) = own_params(&estate, TILLIT_ACCOUNT, api_permissions())?;
     let (sys_params, _, sys_exp) = own_params(&estate, SYS_ACCOUNT, sys_permissions())?;
@@ -354,6 +369,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         }
     }));
     background.push(tokio::spawn(events::watch_auth_errors(ctx.clone())));
+    background.push(tokio::spawn(reconcile::run(ctx.clone(), estate.config.reconcile_interval)));
     let retire = ctx.clone();
     background.push(tokio::spawn(async move {
         loop {

@@ -301,8 +301,6 @@ pub async fn remove(ctx: &Ctx, caller: &IdentityRecord, req: crate::proto::SiteR
     let sys = e
         .preview_revocation(&e.account(SYS_ACCOUNT).map_err(ApiError::internal)?, std::slice::from_ref(&sys_user), site.cert_expires_at)
         .map_err(estate_err)?;
-    push(ctx, &tillit, "site_remove").await?;
-    push(ctx, &sys, "site_remove").await?;
     let mut b = crate::store::Batch::new();
     for a in &agents {
         let mut r = a.clone();
@@ -321,7 +319,10 @@ pub async fn remove(ctx: &Ctx, caller: &IdentityRecord, req: crate::proto::SiteR
         .detail(serde_json::json!({ "reason": req.reason, "agents": agents_revoked, "leaf_users": [sys_user, tillit_user],
             "serials": agents.iter().map(|a| &a.cert_serial).collect::<Vec<_>>() }))
         .batch(b);
+    // Recorded first, then live (the reconciler completes a push that fails here).
     ctx.journal.record(entry).await.map_err(ApiError::internal)?;
+    super::admin::push_recorded(ctx, &tillit, "site_remove").await?;
+    super::admin::push_recorded(ctx, &sys, "site_remove").await?;
     for a in &agents {
         if let Err(err) = ctx.events.delete_consumer(&a.name).await {
             tracing::warn!(consumer = %a.name, "cannot delete the agent's consumer: {err}");

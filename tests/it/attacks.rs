@@ -76,8 +76,11 @@ async fn sys_link_reads(rogue_sys: &async_nats::Client, site: &str, account_publ
     rogue_sys.flush().await.unwrap();
     for _ in 0..20 {
         rogue_sys.publish_with_reply(tillit::subjects::account_lookup(account_public_key), inbox.clone(), "".into()).await.unwrap();
-        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
-            return String::from_utf8_lossy(&m.payload).to_string();
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
+            // A resolver without the account answers with an empty body; the hub's has it.
+            if !m.payload.is_empty() {
+                return String::from_utf8_lossy(&m.payload).to_string();
+            }
         }
     }
     panic!("the rogue's SYS link never answered a lookup on its own inbox");
@@ -285,4 +288,109 @@ async fn a_record_appended_to_the_audit_log_is_never_obeyed() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!stdout(&out).contains("globex"), "{}", stdout(&out));
     assert!(stdout(&out).contains("acme/shop/prod/orders"));
+}
+
+/// A hub whose resolver serves an account JWT older than the store's (a resolver directory
+/// restored from a backup, or a claims update replayed by anyone holding SYS credentials) is put
+/// right by the control plane within its reconcile interval, with an audit record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_re_pushes_an_account_jwt_the_hub_serves_out_of_date() {
+    let e = Estate::init("reconcile.example");
+    // Check every second (the default is 10 s).
+    let conf_path = e.dir.root().join("tillit.toml");
+    let conf = std::fs::read_to_string(&conf_path).unwrap();
+    assert!(conf.contains("reconcile_interval = \"10s\""), "{conf}");
+    std::fs::write(&conf_path, conf.replacen("reconcile_interval = \"10s\"", "reconcile_interval = \"1s\"", 1)).unwrap();
+    let mut nats = e.start_nats();
+    let serve = e.start_serve_ready();
+    let a = enroll_one(&e, "acme/shop/prod/orders", "orders-a");
+    let acct = identity_json(&a)["account_public_key"].as_str().unwrap().to_string();
+    let user = identity_json(&a)["user_public_key"].as_str().unwrap().to_string();
+    let before = resolver_jwt(&e, &acct);
+    let out = tillit(&["revoke", "acme/shop/prod/orders", "--reason", "leaked", "--identity", &e.admin()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let current = resolver_jwt(&e, &acct);
+    assert_ne!(before, current);
+
+    // The hub comes back with the resolver file from before the revocation.
+    nats.stop();
+    let file = e.dir.root().join("nats").join("resolver").join(format!("{acct}.jwt"));
+    std::fs::write(&file, &before).unwrap();
+    let _nats = e.start_nats();
+    let repaired = wait_for(Duration::from_secs(15), || resolver_jwt(&e, &acct) == current);
+    assert!(repaired.is_some(), "the rolled-back account JWT stayed:\n{}", serve.log_text());
+    assert!(jwt_claims(&resolver_jwt(&e, &acct))["nats"]["revocations"].get(&user).is_some());
+    let mut out = tillit(&["audit", "tail", "--data-dir", e.data(), "--json", "-n", "50"]);
+    let recorded = wait_for(Duration::from_secs(5), || {
+        out = tillit(&["audit", "tail", "--data-dir", e.data(), "--json", "-n", "50"]);
+        stdout(&out).lines().any(|l| l.contains("\"action\":\"account.rollback\"") && l.contains("\"served\":\"older\""))
+    });
+    assert!(recorded.is_some(), "{}", stdout(&out));
+    let (_, metrics) = http_get(e.http_port, "/metrics").unwrap();
+    assert!(metrics.lines().any(|l| l.starts_with("tillit_account_rollbacks_total ") && !l.ends_with(" 0")), "{metrics}");
+}
+
+/// Anyone on the HTTP port opens 1,100 connections and sends half a request on each (the
+/// descriptors `serve` had). nats-server's OCSP queries, which every new connection of the
+/// estate waits for, are still answered: a fresh service enrolls and connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_http_requests_cannot_starve_the_ocsp_responder() {
+    use std::io::Write;
+    let e = Estate::init("flood.example");
+    let _nats = e.start_nats();
+    // The usual soft limit of 1,024 descriptors, as on most hosts.
+    let log = e.dir.root().join("serve-flood.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -Sn 1024 && exec {} serve --data-dir {}", tillit_bin(), e.data()))
+        .env_remove("TILLIT_MASTER_KEY")
+        .env("RUST_LOG", "info")
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    let ready = wait_for(Duration::from_secs(20), || http_get(e.http_port, "/readyz").map(|(c, _)| c == 200).unwrap_or(false));
+    assert!(ready.is_some(), "{}", std::fs::read_to_string(&log).unwrap_or_default());
+    let mut held = Vec::new();
+    for _ in 0..1100 {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", e.http_port)) else { continue };
+        let _ = s.write_all(b"POST /ocsp HTTP/1.1\r\nHost: tillit\r\nContent-Length: 100\r\n");
+        held.push(s);
+    }
+    assert!(held.len() >= 1000, "only {} connections opened", held.len());
+    assert_eq!(http_get(e.http_port, "/healthz").map(|(c, _)| c), Some(200), "{}", std::fs::read_to_string(&log).unwrap_or_default());
+    // A fresh enrollment and connection: the hub asks the OCSP responder about both
+    // certificates (bootstrap, then the service's own) while the half-sent requests are held.
+    let dir = enroll_one(&e, "acme/shop/prod/orders", "fresh");
+    let files = tillit::identity::load(&tillit::layout::IdentityDir::new(&dir)).unwrap();
+    let nc = tokio::time::timeout(
+        Duration::from_secs(10),
+        tillit::client::connect(&tillit::client::ConnectParams::from_identity(&files, None).unwrap()),
+    )
+    .await
+    .expect("connect in time")
+    .expect("a fresh identity connects while the HTTP port is flooded");
+    nc.flush().await.unwrap();
+    drop(held);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// `/metrics` on a listener of its own: not on the OCSP/CRL port any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_move_off_the_ocsp_port() {
+    let e = Estate::init("metrics.example");
+    let mport = free_port();
+    let conf_path = e.dir.root().join("tillit.toml");
+    let conf = std::fs::read_to_string(&conf_path).unwrap();
+    assert!(conf.contains("[http]"), "{conf}");
+    std::fs::write(&conf_path, conf.replacen("[http]", &format!("[http]\nmetrics_addr = \"127.0.0.1:{mport}\""), 1)).unwrap();
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    assert_eq!(http_get(e.http_port, "/metrics").map(|(c, _)| c), Some(404));
+    let (code, body) = http_get(mport, "/metrics").expect("metrics listener");
+    assert_eq!(code, 200);
+    assert!(body.contains("tillit_build_info"), "{body}");
+    assert_eq!(http_get(e.http_port, "/healthz").map(|(c, _)| c), Some(200));
 }

@@ -1,18 +1,16 @@
-//! Writes the seed corpora: a handful of real inputs per target, made with tillit itself (and
-//! `openssl ocsp` for OCSP requests, when it is installed).
-//!
-//! cargo run --manifest-path fuzz/Cargo.toml --example seeds [-- OUT_DIR]   (default: fuzz/corpus)
+//! The seed corpora: a handful of real inputs per target, made with tillit itself (and
+//! `openssl ocsp` for OCSP requests, when it is installed). Run by the `gen_seeds` target.
 
 use data_encoding::{BASE64, BASE64URL_NOPAD};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use tillit::crypto::SecretString;
 use tillit::envelope::Signer;
 use tillit::issuer::{creds, jwt, x509};
 use tillit::proto;
 use tillit::subjects;
-use tillit_fuzz::*;
+use crate::*;
 
 fn put(out: &Path, target: &str, name: &str, data: impl AsRef<[u8]>) {
     let dir = out.join(target);
@@ -66,8 +64,8 @@ fn operator_claims() -> serde_json::Value {
     })
 }
 
-fn main() {
-    let out = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus"));
+/// Write every target's seeds under `out/<target>/`.
+pub fn write_seeds(out: &Path) {
     let user = user_key();
     let acct = account_key();
     let ca_der = tillit::token::pem_to_der(CA_PEM).expect("fixture CA");
@@ -177,7 +175,7 @@ fn main() {
     let _ = std::fs::remove_file(dir.join(tillit::audit::AUDIT_FILE));
     let store = Arc::new(MemStore::default());
     {
-        let mut w = tillit::audit::Writer::open(&dir, store.clone(), clock()).expect("audit writer");
+        let mut w = tillit::audit::Writer::open(&dir, store.clone(), clock(), audit_key().clone()).expect("audit writer");
         let mut b = tillit::store::Batch::new();
         b.put(tillit::store::Space::Identities, user.public_key(), br#"{"id":"spiffe://example.org/acme/shop/prod/orders"}"#.to_vec());
         b.delete(tillit::store::Space::Tokens, "T1");
@@ -194,6 +192,11 @@ fn main() {
     put(&out, "audit_log", "torn", &log[..log.len() - 20]);
     let first = log.split(|&b| b == b'\n').next().unwrap_or_default();
     put(&out, "audit_log", "one-line", [first, b"\n"].concat());
+    put(&out, "audit_log", "reauth", [b"#", &log[..]].concat());
+    // A legacy line (no MAC): what recovery refuses and `verify` without the key accepts.
+    let legacy = format!(r#"{{"seq":1,"time":"2026-05-28T00:00:00Z","time_unix":{NOW},"actor":"tillit","action":"init","target":"{TD}","outcome":"ok","redo":[{{"space":"tokens","key":"T1","value":null}}],"prev":"{}"}}"#, tillit::audit::GENESIS);
+    put(&out, "audit_log", "legacy", format!("{legacy}\n"));
+    put(&out, "audit_log", "reauth-legacy", format!("#{legacy}\n"));
     let _ = std::fs::remove_dir_all(&dir);
 
     // --- identity_dir ---
@@ -229,11 +232,12 @@ fn main() {
     for (name, extra) in variants {
         let req = tmp.join(format!("{name}.der"));
         let ok = std::process::Command::new("openssl")
-            .args(["ocsp", "-issuer"])
+            .arg("ocsp")
+            .args(extra)
+            .arg("-issuer")
             .arg(&issuer)
             .arg("-cert")
             .arg(&leaf)
-            .args(extra)
             .arg("-reqout")
             .arg(&req)
             .output()
