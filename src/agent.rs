@@ -9,7 +9,8 @@
 //! event at or below it is acknowledged without being applied again. An agent killed mid-apply
 //! leaves every file old or new (temp file, fsync, rename) and re-applies the unacknowledged
 //! batch on restart. Replay protection is bound to the stream: an envelope's `seq` must be the
-//! sequence it arrived at.
+//! `TILLIT_EVENTS` sequence it was stored at, which the hub's JetStream stamps on every message
+//! it copies into the site's own stream (`TILLIT_SITE_<site>`, header `Nats-Stream-Source`).
 
 use crate::client::session::Session;
 use crate::client::ClientError;
@@ -139,6 +140,19 @@ pub fn subject_kind(subject: &str) -> Option<(&str, &str)> {
     let rest = subject.strip_prefix("tillit.v1.events.")?;
     let (scope, kind) = rest.split_once('.')?;
     (!kind.is_empty()).then_some((scope, kind))
+}
+
+/// The `TILLIT_EVENTS` sequence a message of the site's stream was copied from.
+fn origin_seq(m: &jetstream::Message) -> Result<u64, String> {
+    let v = m
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(subjects::HDR_STREAM_SOURCE))
+        .ok_or_else(|| "no Nats-Stream-Source header (not copied from the event stream)".to_string())?;
+    match subjects::stream_source(v.as_str()) {
+        Some((name, seq)) if name == subjects::EVENTS_STREAM => Ok(seq),
+        _ => Err(format!("Nats-Stream-Source {:?} does not name {}", v.as_str(), subjects::EVENTS_STREAM)),
+    }
 }
 
 /// Decide about one delivered event (pure: no I/O).
@@ -290,7 +304,7 @@ impl Agent {
             None => {
                 let js = jetstream::with_domain(self.session.client(), subjects::HUB_DOMAIN);
                 let c: jetstream::consumer::PullConsumer = js
-                    .get_consumer_from_stream(&self.consumer, subjects::EVENTS_STREAM)
+                    .get_consumer_from_stream(&self.consumer, subjects::site_stream(&self.site))
                     .await
                     .map_err(|e| AgentError::JetStream(format!("consumer {}: {e}", self.consumer)))?;
                 self.pull = Some(c.clone());
@@ -346,7 +360,7 @@ impl Agent {
     async fn await_unacknowledged(&mut self) -> Result<(), AgentError> {
         let js = jetstream::with_domain(self.session.client(), subjects::HUB_DOMAIN);
         let mut c: jetstream::consumer::PullConsumer = js
-            .get_consumer_from_stream(&self.consumer, subjects::EVENTS_STREAM)
+            .get_consumer_from_stream(&self.consumer, subjects::site_stream(&self.site))
             .await
             .map_err(|e| AgentError::JetStream(format!("consumer {}: {e}", self.consumer)))?;
         let info = c.info().await.map_err(|e| AgentError::JetStream(e.to_string()))?;
@@ -370,7 +384,14 @@ impl Agent {
                 keep_alive(&msgs).await;
                 last_progress = std::time::Instant::now();
             }
-            let seq = m.info().map(|i| i.stream_sequence).map_err(|e| AgentError::JetStream(e.to_string()))?;
+            let seq = match origin_seq(m) {
+                Ok(s) => s,
+                Err(why) => {
+                    tracing::warn!(site = %self.site, subject = %m.subject, "event rejected, not applied: {why}");
+                    next.rejected += 1;
+                    continue;
+                }
+            };
             match decide(&self.verifier, &self.site, &next, m.subject.as_str(), seq, &m.payload, now) {
                 Decision::Skip => {}
                 Decision::Reject(why) => {

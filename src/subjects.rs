@@ -61,9 +61,26 @@ pub fn agent_consumer(site: &str, user_public_key: &str) -> String {
     let tail: String = user_public_key.chars().skip(1).take(12).collect::<String>().to_lowercase();
     format!("agent-{site}-{tail}")
 }
-/// What an agent's durable consumer reads: events for all sites and for its own.
-pub fn agent_filters(site: &str) -> Vec<String> {
+/// What a site receives: events for all sites and for its own.
+pub fn site_filters(site: &str) -> Vec<String> {
     vec![event_subject("all", ">"), event_subject(site, ">")]
+}
+/// A site's own stream on the hub, `TILLIT_SITE_<site>`: the hub's JetStream sources into it
+/// the events of [`EVENTS_STREAM`] the site receives, and its agents' consumers live on it, so
+/// a site server's link may read its own site's consumers and no other's (a consumer name is
+/// one subject token and cannot be matched by prefix; a stream name can be named exactly).
+pub fn site_stream(site: &str) -> String {
+    format!("TILLIT_SITE_{site}")
+}
+/// The header JetStream stamps on a message sourced from another stream
+/// (`<stream> <sequence> …`): an agent checks an envelope's `seq` against it.
+pub const HDR_STREAM_SOURCE: &str = "Nats-Stream-Source";
+/// The origin stream and sequence of a sourced message, from its `Nats-Stream-Source` value.
+pub fn stream_source(value: &str) -> Option<(&str, u64)> {
+    let mut it = value.split(' ');
+    let name = it.next()?.split(':').next()?;
+    let seq = it.next()?.parse().ok()?;
+    Some((name, seq))
 }
 /// Agents acknowledge applied events here (a signed envelope).
 pub const SVC_ACK: &str = "tillit.v1.svc.ack";

@@ -98,7 +98,7 @@ impl AgentRole {
 /// directly when it dials the hub), acknowledge its messages, call the service API, receive on
 /// its own inbox. `{{name()}}` is the agent's consumer name, minted and validated by tillit.
 pub fn agent_permissions() -> UserPermissions {
-    let s = subjects::EVENTS_STREAM;
+    let s = subjects::site_stream("{{tag(site)}}");
     let mut publish = vec![subjects::SVC_EXPORT.to_string()];
     for api in [format!("$JS.{}.API", subjects::HUB_DOMAIN), "$JS.API".to_string()] {
         publish.push(format!("{api}.CONSUMER.MSG.NEXT.{s}.{{{{name()}}}}"));
@@ -360,7 +360,7 @@ pub fn site_sys_permissions(site: &str) -> UserPermissions {
 /// answer the control plane's subjects, read another identity's inbox (an operator's join
 /// tokens), or read the stream's admin API.
 pub fn site_tillit_permissions(site: &str) -> UserPermissions {
-    let s = subjects::EVENTS_STREAM;
+    let s = subjects::site_stream(site);
     let hub = subjects::HUB_DOMAIN;
     UserPermissions::new(
         vec![
@@ -392,7 +392,7 @@ mod tests {
     fn agents_are_confined_to_their_own_consumer() {
         let p = agent_permissions();
         let text = serde_json::to_string(&p).unwrap();
-        assert!(text.contains("$JS.hub.API.CONSUMER.MSG.NEXT.TILLIT_EVENTS.{{name()}}"), "{text}");
+        assert!(text.contains("$JS.hub.API.CONSUMER.MSG.NEXT.TILLIT_SITE_{{tag(site)}}.{{name()}}"), "{text}");
         assert!(!text.contains("CONSUMER.CREATE"), "agents never create consumers");
         assert!(!text.contains("STREAM."), "agents never touch the stream API");
         assert!(!text.contains("tillit.v1.admin"));
@@ -412,6 +412,8 @@ mod tests {
         assert!(p.subscribe.allow.iter().any(|s| s.starts_with("$SYS._INBOX.") && s.ends_with(".*") && s.len() == "$SYS._INBOX.".len() + 10));
         let t = site_tillit_permissions("east");
         assert_eq!(t.subscribe.allow, vec!["_INBOX.site-east.>".to_string(), "_R_.>".to_string()]);
+        // Only its own site's stream: another site's consumers cannot be pulled or inspected.
+        assert!(t.publish.allow.iter().filter(|s| s.starts_with("$JS.")).all(|s| s.contains(".TILLIT_SITE_east.")), "{:?}", t.publish.allow);
         assert_ne!(site_sys_permissions("west").subscribe.allow, p.subscribe.allow);
     }
 }

@@ -345,6 +345,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
             tracing::warn!("{}", e.message);
         }
     }
+    sites::start_sites(&ctx).await;
     // Role keys left over from permission changes before a restart are retired now.
     admin::retire_leftover_keys(&ctx, true).await;
     let settle = ctx.clone();

@@ -76,6 +76,9 @@ pub async fn add(ctx: &Ctx, caller: &IdentityRecord, req: SiteAddRequest) -> Res
         }))
         .batch(batch);
     ctx.journal.record(entry).await.map_err(ApiError::internal)?;
+    if let Err(err) = ctx.events.ensure_site_stream(&req.name).await {
+        tracing::warn!(site = %req.name, "cannot create the site's stream yet (its first agent does): {err}");
+    }
     tracing::info!(site = %req.name, listen = %req.listen, by = %caller.id, "site added");
     let mut preload = std::collections::BTreeMap::new();
     for name in [SYS_ACCOUNT, TILLIT_ACCOUNT, BOOTSTRAP_ACCOUNT] {
@@ -135,7 +138,7 @@ pub async fn site_infos(ctx: &Ctx) -> Result<Vec<SiteInfo>, ApiError> {
         // The site is as far as its slowest agent: one consumer lookup per site, not per agent.
         let mut lag = 0u64;
         if let Some(slowest) = agents.iter().min_by_key(|a| a.last_seq) {
-            match ctx.events.consumer_lag(&slowest.consumer).await {
+            match ctx.events.consumer_lag(&s.name, &slowest.consumer).await {
                 Ok(l) => lag = l,
                 Err(err) => tracing::debug!(consumer = %slowest.consumer, "no lag for agent: {err}"),
             }
@@ -267,6 +270,35 @@ pub async fn ack(ctx: &Ctx, caller: &IdentityRecord, req: AckRequest) -> Result<
     Ok(AckReply { recorded: true, last_seq: st.last_seq })
 }
 
+/// At start: every site's stream and every live agent's consumer on it exist (estates from
+/// before per-site streams get them here; an agent re-reads its site's events from the start
+/// and skips what it applied), and the agents' template is current.
+pub async fn start_sites(ctx: &Ctx) {
+    let e = &ctx.estate;
+    if matches!(e.agent_role(), Ok(Some(_))) {
+        let _g = e.account_lock().lock().await;
+        match e.ensure_agent_role_locked() {
+            Ok((acct, true)) => {
+                if let Err(err) = push(ctx, &acct, "agent_role").await {
+                    tracing::warn!("cannot push the agents' new template: {}", err.message);
+                }
+            }
+            Ok(_) => {}
+            Err(err) => tracing::error!("agents' template: {err}"),
+        }
+    }
+    for site in e.sites().unwrap_or_default() {
+        if let Err(err) = ctx.events.ensure_site_stream(&site.name).await {
+            tracing::error!(site = %site.name, "cannot create the site's stream: {err}");
+        }
+    }
+    for a in e.agent_statuses().unwrap_or_default() {
+        if let Err(err) = ctx.events.ensure_agent_consumer(&a.consumer, &a.site).await {
+            tracing::error!(site = %a.site, consumer = %a.consumer, "cannot create the agent's consumer: {err}");
+        }
+    }
+}
+
 /// `tillit site remove NAME`: the site's agents and its server's leafnode users are revoked (the
 /// server's links to the hub drop, the agents are cut off and never renew), its record and its
 /// agents' consumers go. A CA rollout no longer waits for it.
@@ -324,9 +356,12 @@ pub async fn remove(ctx: &Ctx, caller: &IdentityRecord, req: crate::proto::SiteR
     super::admin::push_recorded(ctx, &tillit, "site_remove").await?;
     super::admin::push_recorded(ctx, &sys, "site_remove").await?;
     for a in &agents {
-        if let Err(err) = ctx.events.delete_consumer(&a.name).await {
+        if let Err(err) = ctx.events.delete_consumer(&site.name, &a.name).await {
             tracing::warn!(consumer = %a.name, "cannot delete the agent's consumer: {err}");
         }
+    }
+    if let Err(err) = ctx.events.delete_site_stream(&site.name).await {
+        tracing::warn!(site = %site.name, "cannot delete the site's stream: {err}");
     }
     tracing::info!(site = %site.name, agents = agents.len(), by = %caller.id, "site removed");
     Ok(crate::proto::SiteRemoveReply { name: site.name, agents_revoked, leaf_users_revoked: vec![sys_user, tillit_user] })

@@ -59,16 +59,54 @@ impl Events {
         Ok(Events { js, signer: std::sync::RwLock::new(std::sync::Arc::new(signer)), last_seq: Mutex::new(last) })
     }
 
-    /// The durable pull consumer of one site agent (created once; an existing one is kept).
+    /// A site's stream (`TILLIT_SITE_<site>`): the hub's JetStream copies into it, from the
+    /// start of `TILLIT_EVENTS`, the events for all sites and for this one. It has no subjects
+    /// of its own, so nothing but the hub's sourcing writes to it.
+    pub async fn ensure_site_stream(&self, site: &str) -> Result<(), StreamError> {
+        let sources = subjects::site_filters(site)
+            .into_iter()
+            .map(|f| jetstream::stream::Source {
+                name: subjects::EVENTS_STREAM.into(),
+                filter_subject: Some(f),
+                ..Default::default()
+            })
+            .collect();
+        self.js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: subjects::site_stream(site),
+                description: Some(format!("events for site {site}, sourced from {}", subjects::EVENTS_STREAM)),
+                subjects: vec![],
+                sources: Some(sources),
+                storage: jetstream::stream::StorageType::File,
+                max_age: EVENTS_MAX_AGE,
+                max_bytes: 1 << 28,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| StreamError::JetStream(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Delete a site's stream (the site was removed); a missing one is fine.
+    pub async fn delete_site_stream(&self, site: &str) -> Result<(), StreamError> {
+        match self.js.delete_stream(subjects::site_stream(site)).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("not found") => Ok(()),
+            Err(e) => Err(StreamError::JetStream(e.to_string())),
+        }
+    }
+
+    /// The durable pull consumer of one site agent, on its site's stream (created once; an
+    /// existing one is kept).
     pub async fn ensure_agent_consumer(&self, name: &str, site: &str) -> Result<(), StreamError> {
-        let stream = self.js.get_stream(subjects::EVENTS_STREAM).await.map_err(|e| StreamError::JetStream(e.to_string()))?;
+        self.ensure_site_stream(site).await?;
+        let stream = self.js.get_stream(subjects::site_stream(site)).await.map_err(|e| StreamError::JetStream(e.to_string()))?;
         stream
             .get_or_create_consumer(
                 name,
                 jetstream::consumer::pull::Config {
                     durable_name: Some(name.to_string()),
                     description: Some(format!("site {site} agent")),
-                    filter_subjects: subjects::agent_filters(site),
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     deliver_policy: jetstream::consumer::DeliverPolicy::All,
                     ack_wait: AGENT_ACK_WAIT,
@@ -82,8 +120,12 @@ impl Events {
     }
 
     /// Delete an agent's consumer (its site was removed); a missing one is fine.
-    pub async fn delete_consumer(&self, name: &str) -> Result<(), StreamError> {
-        let stream = self.js.get_stream(subjects::EVENTS_STREAM).await.map_err(|e| StreamError::JetStream(e.to_string()))?;
+    pub async fn delete_consumer(&self, site: &str, name: &str) -> Result<(), StreamError> {
+        let stream = match self.js.get_stream(subjects::site_stream(site)).await {
+            Ok(s) => s,
+            Err(e) if e.to_string().contains("not found") => return Ok(()),
+            Err(e) => return Err(StreamError::JetStream(e.to_string())),
+        };
         match stream.delete_consumer(name).await {
             Ok(_) => Ok(()),
             Err(e) if e.to_string().contains("not found") => Ok(()),
@@ -92,10 +134,10 @@ impl Events {
     }
 
     /// How many of a consumer's events are not yet acknowledged (pending + in flight).
-    pub async fn consumer_lag(&self, name: &str) -> Result<u64, StreamError> {
+    pub async fn consumer_lag(&self, site: &str, name: &str) -> Result<u64, StreamError> {
         let mut c: jetstream::consumer::PullConsumer = self
             .js
-            .get_consumer_from_stream(name, subjects::EVENTS_STREAM)
+            .get_consumer_from_stream(name, subjects::site_stream(site))
             .await
             .map_err(|e| StreamError::JetStream(e.to_string()))?;
         let info = c.info().await.map_err(|e| StreamError::JetStream(e.to_string()))?;

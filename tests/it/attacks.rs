@@ -394,3 +394,44 @@ async fn metrics_can_move_off_the_ocsp_port() {
     assert!(body.contains("tillit_build_info"), "{body}");
     assert_eq!(http_get(e.http_port, "/healthz").map(|(c, _)| c), Some(200));
 }
+
+/// A site server holding east's files pulls, inspects or acknowledges the consumers of west's
+/// agents: refused, whichever stream it names. Its own site's consumers stay reachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_server_cannot_read_or_drain_another_sites_consumers() {
+    let (e, _leaf) = Estate::init_with_leaf("drain.example");
+    let _nats = e.start_nats();
+    let serve = e.start_serve_ready();
+    let east = site_add(&e, "east");
+    let west = site_add(&e, "west");
+    let _west_srv = west.start();
+    let wid = e.tmp.path().join("west-agent");
+    let mut agent = AgentProc::start(&west, &wid, &e.tmp.path().join("west-files"), &west.url(), None);
+    let enrolled = wait_for(Duration::from_secs(20), || wid.join("identity.json").is_file());
+    assert!(enrolled.is_some(), "agent:\n{}\nserve:\n{}", agent.log_text(), serve.log_text());
+    let consumer = tillit::subjects::agent_consumer("west", identity_json(&wid)["user_public_key"].as_str().unwrap());
+    agent.kill();
+
+    let rogue = RogueLeaf::start(&east);
+    let t = rogue.client("t", "_INBOX.site-east.rogue").await;
+    // Its own site's JetStream API answers (a consumer that does not exist: an error reply).
+    let mut own = None;
+    for _ in 0..50 {
+        match tokio::time::timeout(Duration::from_secs(2), t.request("$JS.hub.API.CONSUMER.INFO.TILLIT_SITE_east.nope", "".into())).await {
+            Ok(Ok(m)) => {
+                own = Some(m);
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let own = own.unwrap_or_else(|| panic!("the site's own stream API never answered:\n{}", rogue.server.log_text()));
+    assert!(String::from_utf8_lossy(&own.payload).contains("consumer not found"), "{:?}", own.payload);
+    for stream in ["TILLIT_SITE_west", "TILLIT_EVENTS"] {
+        for (api, body) in [("MSG.NEXT", r#"{"batch":10,"no_wait":true}"#), ("INFO", "")] {
+            let subject = format!("$JS.hub.API.CONSUMER.{api}.{stream}.{consumer}");
+            let r = tokio::time::timeout(Duration::from_secs(1), t.request(subject.clone(), body.into())).await;
+            assert!(!matches!(r, Ok(Ok(_))), "east's server reached west's consumer on {subject}: {r:?}");
+        }
+    }
+}
