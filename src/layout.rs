@@ -58,6 +58,10 @@ impl DataDir {
     pub fn audit(&self) -> PathBuf {
         self.0.join("audit")
     }
+    /// The request-replay cache a stopped `serve` hands to the next one (MACed, 0600).
+    pub fn replay_snapshot(&self) -> PathBuf {
+        self.0.join("replay.json")
+    }
 }
 
 /// An identity dir (*contract*): what an enrolled party holds.

@@ -29,11 +29,65 @@ struct Inner {
 pub struct ReplayCache {
     cap: usize,
     inner: Mutex<Inner>,
+    /// Ids issued before this are refused: a previous run may have seen them and its cache
+    /// was not handed over (a crash). 0: no such bound.
+    not_before: std::sync::atomic::AtomicI64,
+}
+
+/// A saved cache: the live ids and their expiry, MACed so that a data dir edited without the
+/// master key cannot drop an id from it (a dropped id could be replayed).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    pub saved_at: i64,
+    pub ids: Vec<(String, i64)>,
+    pub mac: String,
+}
+
+fn snapshot_body(saved_at: i64, ids: &[(String, i64)]) -> Vec<u8> {
+    serde_json::to_vec(&(saved_at, ids)).unwrap_or_default()
 }
 
 impl ReplayCache {
     pub fn new(cap: usize) -> Self {
-        ReplayCache { cap: cap.max(1), inner: Mutex::new(Inner::default()) }
+        ReplayCache { cap: cap.max(1), inner: Mutex::new(Inner::default()), not_before: Default::default() }
+    }
+
+    /// Refuse ids issued before `t` ([`Seen::Replay`]): used when a previous run's cache is
+    /// unknown.
+    pub fn set_not_before(&self, t: i64) {
+        self.not_before.store(t, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether an id issued at `iat` may be new at all.
+    pub fn issued_in_time(&self, iat: i64) -> bool {
+        iat >= self.not_before.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The live ids, MACed under `key`.
+    pub fn snapshot(&self, key: &crate::crypto::MacKey, now: i64) -> Snapshot {
+        let ids: Vec<(String, i64)> = match self.inner.lock() {
+            Ok(g) => g.ids.iter().filter(|(_, e)| **e > now).map(|(i, e)| (i.clone(), *e)).collect(),
+            Err(p) => p.into_inner().ids.iter().filter(|(_, e)| **e > now).map(|(i, e)| (i.clone(), *e)).collect(),
+        };
+        let mac = key.mac_hex(&snapshot_body(now, &ids));
+        Snapshot { saved_at: now, ids, mac }
+    }
+
+    /// Take a previous run's ids back; false (and nothing taken) if the MAC does not verify.
+    pub fn restore(&self, snap: &Snapshot, key: &crate::crypto::MacKey, now: i64) -> bool {
+        if !key.verify_hex(&snapshot_body(snap.saved_at, &snap.ids), &snap.mac) {
+            return false;
+        }
+        let mut g = match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        for (id, exp) in &snap.ids {
+            if *exp > now && g.ids.len() < self.cap && g.ids.insert(id.clone(), *exp).is_none() {
+                g.by_exp.entry(*exp).or_default().push(id.clone());
+            }
+        }
+        true
     }
 
     /// Record `id`, valid until `exp`, at time `now`.
@@ -85,5 +139,27 @@ mod tests {
         assert_eq!(c.check_and_insert("c", 200, 100), Seen::New);
         assert_eq!(c.len(), 2);
         assert_eq!(c.check_and_insert("b", 200, 150), Seen::Replay);
+    }
+
+    #[test]
+    fn a_snapshot_carries_the_live_ids_to_the_next_run_and_is_authenticated() {
+        let key = crate::crypto::MasterKey::generate().unwrap().derive("replay");
+        let c = ReplayCache::new(10);
+        c.check_and_insert("a", 100, 0);
+        c.check_and_insert("b", 50, 0);
+        let snap = c.snapshot(&key, 60);
+        assert_eq!(snap.ids, vec![("a".to_string(), 100)], "expired ids are not carried");
+        let next = ReplayCache::new(10);
+        assert!(next.restore(&snap, &key, 61));
+        assert_eq!(next.check_and_insert("a", 100, 62), Seen::Replay);
+        // An id taken out of the file: the MAC no longer verifies, nothing is restored.
+        let mut edited = snap.clone();
+        edited.ids.clear();
+        let other = ReplayCache::new(10);
+        assert!(!other.restore(&edited, &key, 61));
+        // Without a trustworthy snapshot, ids issued before the start are refused.
+        other.set_not_before(61);
+        assert!(!other.issued_in_time(60));
+        assert!(other.issued_in_time(61));
     }
 }

@@ -115,6 +115,13 @@ pub fn notify_subject(account: &str, project: &str, service: &str) -> String {
 
 /// Root of per-identity inboxes: `_INBOX.<user public key>.…`.
 pub const INBOX_ROOT: &str = "_INBOX";
+/// Root of the reply subjects nats-server makes for requests crossing a service import.
+pub const SERVICE_REPLY_ROOT: &str = "_R_";
+/// Whether the control plane may answer on `reply`: an inbox or a service-import reply.
+pub fn is_reply_subject(reply: &str) -> bool {
+    let ok_root = reply.strip_prefix(INBOX_ROOT).or_else(|| reply.strip_prefix(SERVICE_REPLY_ROOT)).is_some_and(|r| r.starts_with('.') && r.len() > 1);
+    ok_root && !reply.contains(['*', '>', ' ']) && !reply.split('.').any(str::is_empty)
+}
 /// Root of the inboxes of a site's agents, `_INBOX.site-<site>.<user public key>.…`: the only
 /// inboxes a site server's link to the hub may receive on (user keys start with `U`, so no
 /// service inbox falls below it).
@@ -180,3 +187,21 @@ pub const KIND_SECRET_VERSIONS: &str = "io.tillit.v1.admin.secret.versions";
 pub const KIND_SECRET_DELETE: &str = "io.tillit.v1.admin.secret.delete";
 pub const KIND_SECRET_GET: &str = "io.tillit.v1.svc.secret.get";
 pub const KIND_RENEW: &str = "io.tillit.v1.svc.renew";
+
+#[cfg(test)]
+mod reply_tests {
+    use super::*;
+
+    #[test]
+    fn only_inboxes_are_reply_subjects() {
+        for ok in ["_INBOX.UABC.x", "_INBOX.site-east.UABC.1", "_R_.abc.def", "_INBOX.x"] {
+            assert!(is_reply_subject(ok), "{ok}");
+        }
+        for bad in [
+            "tillit.v1.events.all.x", "$JS.API.STREAM.DELETE.TILLIT_EVENTS", "_INBOX", "_INBOX.", "_INBOXX.a", "_R_", "_R_..a",
+            "_INBOX.>", "_INBOX.*.x", "x._INBOX.a", "",
+        ] {
+            assert!(!is_reply_subject(bad), "{bad}");
+        }
+    }
+}

@@ -496,6 +496,10 @@ impl Estate {
     pub fn store(&self) -> &dyn Store {
         self.vault.store()
     }
+    /// A key derived from the master key for `label`.
+    pub fn vault_key(&self, label: &str) -> crate::crypto::MacKey {
+        self.vault.derive_key(label)
+    }
     /// The key that authenticates audit records ([`crate::audit::AUDIT_KEY_LABEL`]).
     pub fn audit_key(&self) -> crate::crypto::MacKey {
         self.vault.derive_key(crate::audit::AUDIT_KEY_LABEL)

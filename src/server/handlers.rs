@@ -27,13 +27,24 @@ pub async fn dispatch(
     }
     let now = ctx.estate.clock().now_unix();
     let claims = proto::verify_request::<Box<RawValue>>(&msg.payload, spec.subject, spec.kind, ctx.estate.trust_domain(), now)?;
-    match ctx.replay.check_and_insert(&claims.jti, claims.exp, now) {
-        Seen::New => {}
-        Seen::Replay => return Err(ApiError::new(ErrorCode::Replayed, "this request id was already used")),
-        Seen::Full => return Err(super::unavailable("too many requests in flight; retry shortly")),
-    }
     let info = services::request_info(msg)?;
+    // The replay cache takes an id only once the signer is known (an identity of this control
+    // plane, or a join token's bootstrap connection), so unknown keys cannot fill it.
+    let check_replay = || -> Result<(), ApiError> {
+        if !ctx.replay.issued_in_time(claims.iat) {
+            return Err(ApiError::new(ErrorCode::Replayed, "this request was signed before the control plane restarted; sign it again"));
+        }
+        match ctx.replay.check_and_insert(&claims.jti, claims.exp, now) {
+            Seen::New => Ok(()),
+            Seen::Replay => Err(ApiError::new(ErrorCode::Replayed, "this request id was already used")),
+            Seen::Full => Err(super::unavailable("too many requests in flight; retry shortly")),
+        }
+    };
     if spec.caller == Caller::Enrollee {
+        if info.as_ref().map(|i| i.acc.as_str()) != Some(ctx.bootstrap_account.as_str()) {
+            return Err(ApiError::unauthenticated("enrollment must come from a join token's bootstrap connection"));
+        }
+        check_replay()?;
         let body = body(&claims.body)?;
         return match services::enroll(ctx, &claims.iss, info.as_ref(), body).await {
             Ok((r, a)) => Ok((to_value(r)?, Some(a))),
@@ -48,6 +59,7 @@ pub async fn dispatch(
         .identity(&claims.iss)
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::unauthenticated("the signing key belongs to no identity of this control plane"))?;
+    check_replay()?;
     if let Err(e) = check_caller(&caller, spec, now).and_then(|_| services::check_request_origin(ctx, &caller, info.as_ref())) {
         audit_refusal(ctx, &caller.id, spec, &e);
         return Err(e);

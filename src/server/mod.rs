@@ -170,8 +170,23 @@ fn own_params(
     ))
 }
 
+/// The control plane's TILLIT user: it receives the API, discovery and its own inbox; it
+/// publishes only events (and the JetStream API that stores them), notifications, and replies
+/// to inboxes (`_INBOX.`, and `_R_.` for requests that crossed a service import). [`handle`]
+/// answers only such reply subjects, so a requester-chosen reply subject cannot make the
+/// control plane publish into the stream API or anywhere else. (nats-server's `resp` permission
+/// would be tighter, but a config reload forgets the replies it allowed.)
 fn api_permissions() -> UserPermissions {
-    UserPermissions::new(vec![">".into()], vec![format!("{}.>", subjects::API_PREFIX), subjects::SRV_ALL.into(), format!("{}.>", subjects::INBOX_ROOT)])
+    UserPermissions::new(
+        vec![
+            "$JS.API.>".into(),
+            subjects::EVENTS_EXPORT.into(),
+            subjects::NOTIFY_EXPORT.into(),
+            format!("{}.>", subjects::INBOX_ROOT),
+            format!("{}.>", subjects::SERVICE_REPLY_ROOT),
+        ],
+        vec![format!("{}.>", subjects::API_PREFIX), subjects::SRV_ALL.into(), format!("{}.>", subjects::INBOX_ROOT)],
+    )
 }
 
 fn sys_permissions() -> UserPermissions {
@@ -335,6 +350,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         me: OnceLock::new(),
     });
     let _ = ctx.me.set(Arc::downgrade(&ctx));
+    restore_replay_cache(&ctx);
     // Make sure the servers hold the current JWT of every account (a restored or new server may not).
     for acct in estate.accounts().map_err(|e| ServeError::Creds(e.to_string()))? {
         if acct.name == SYS_ACCOUNT || acct.name == crate::estate::BOOTSTRAP_ACCOUNT {
@@ -462,6 +478,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         t.abort();
         let _ = t.await;
     }
+    save_replay_cache(&ctx);
     // Flush the store (the audit log already holds every change), then let go of it.
     let store = estate.store_arc();
     let _ = tokio::task::spawn_blocking(move || store.sync()).await;
@@ -472,6 +489,13 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
 
 async fn handle(ctx: Arc<Ctx>, spec: &'static EndpointSpec, req: async_nats::service::Request) {
     let start = Instant::now();
+    // A reply goes to an inbox, never to a subject the requester picked elsewhere (the
+    // stream's API, say): such a request is dropped unanswered and unprocessed.
+    if !req.message.reply.as_deref().is_some_and(subjects::is_reply_subject) {
+        ctx.metrics.observe(spec.subject, "bad_reply_subject", start.elapsed().as_secs_f64());
+        tracing::warn!(subject = spec.subject, reply = ?req.message.reply.as_deref(), "request with a reply subject that is not an inbox; dropped");
+        return;
+    }
     let result = handlers::dispatch(&ctx, spec, &req.message).await;
     let mut headers = async_nats::HeaderMap::new();
     let mut after = None;
@@ -504,6 +528,49 @@ async fn handle(ctx: Arc<Ctx>, spec: &'static EndpointSpec, req: async_nats::ser
             let _ = ctx.revoke_tx.send((user, exp));
         }
         None => {}
+    }
+}
+
+/// What the replay cache's snapshot is MACed under.
+const REPLAY_KEY_LABEL: &str = "tillit replay cache v1";
+
+/// Take the previous run's request ids back (a clean stop left them, MACed); without them, refuse
+/// requests signed before this start, which that run may have seen.
+fn restore_replay_cache(ctx: &Ctx) {
+    let e = &ctx.estate;
+    let now = e.clock().now_unix();
+    let path = e.dir.replay_snapshot();
+    let key = e.vault_key(REPLAY_KEY_LABEL);
+    let restored = match std::fs::read(&path) {
+        Ok(bytes) => {
+            let _ = std::fs::remove_file(&path);
+            match serde_json::from_slice::<crate::replay::Snapshot>(&bytes) {
+                Ok(snap) if ctx.replay.restore(&snap, &key, now) => {
+                    tracing::info!(ids = snap.ids.len(), "request ids of the previous run restored");
+                    true
+                }
+                _ => {
+                    tracing::warn!(path = %path.display(), "the saved request ids do not verify; refusing requests signed before this start");
+                    false
+                }
+            }
+        }
+        Err(_) => false,
+    };
+    if !restored {
+        ctx.replay.set_not_before(now);
+    }
+}
+
+/// Hand the live request ids to the next run (0600, MACed).
+fn save_replay_cache(ctx: &Ctx) {
+    let e = &ctx.estate;
+    let snap = ctx.replay.snapshot(&e.vault_key(REPLAY_KEY_LABEL), e.clock().now_unix());
+    let r = serde_json::to_vec(&snap)
+        .map_err(std::io::Error::other)
+        .and_then(|b| crate::fsutil::write_atomic(&e.dir.replay_snapshot(), &b, 0o600));
+    if let Err(err) = r {
+        tracing::warn!("cannot save the request ids for the next run (it will refuse requests signed before it starts): {err}");
     }
 }
 

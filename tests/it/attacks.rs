@@ -435,3 +435,127 @@ async fn a_site_server_cannot_read_or_drain_another_sites_consumers() {
         }
     }
 }
+
+/// A connection with the server's asynchronous errors (permission violations) collected.
+async fn connect_collecting(params: &tillit::client::ConnectParams) -> (async_nats::Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let errs = errors.clone();
+    let tls = tillit::client::tls::client_config(&params.ca_pem, params.cert.clone()).unwrap();
+    let (jwt, seed) = {
+        let c = params.creds.read().unwrap();
+        (c.user_jwt.clone(), c.user_seed.expose().to_string())
+    };
+    let creds = tillit::issuer::creds::format(&jwt, &tillit::crypto::SecretString::new(seed));
+    let nc = async_nats::ConnectOptions::with_credentials(creds.expose())
+        .unwrap()
+        .require_tls(true)
+        .tls_client_config(tls)
+        .custom_inbox_prefix(&params.inbox_prefix)
+        .event_callback(move |ev| {
+            let errs = errs.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = ev {
+                    errs.lock().unwrap().push(e.to_string());
+                }
+            }
+        })
+        .connect(params.urls[0].as_str())
+        .await
+        .expect("connect");
+    (nc, errors)
+}
+
+/// Publish on each subject and subscribe to each pattern; return the ones nats-server refused.
+async fn refused(nc: &async_nats::Client, errors: &std::sync::Mutex<Vec<String>>, publish: &[&str], subscribe: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in publish {
+        errors.lock().unwrap().clear();
+        nc.publish(s.to_string(), "x".into()).await.unwrap();
+        nc.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        if errors.lock().unwrap().iter().any(|e| e.to_lowercase().contains("permissions violation for publish")) {
+            out.push(format!("pub {s}"));
+        }
+    }
+    for s in subscribe {
+        errors.lock().unwrap().clear();
+        let sub = nc.subscribe(s.to_string()).await.unwrap();
+        nc.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        if errors.lock().unwrap().iter().any(|e| e.to_lowercase().contains("permissions violation for subscription")) {
+            out.push(format!("sub {s}"));
+        }
+        drop(sub);
+    }
+    out
+}
+
+/// The README's permission matrix, row by row, against the real server: what each actor may
+/// do goes through, everything named beside it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_permission_matrix_holds_row_by_row() {
+    let e = Estate::init("matrix.example");
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let svc = enroll_one(&e, "acme/shop/prod/orders", "orders");
+    let files = tillit::identity::load(&tillit::layout::IdentityDir::new(&svc)).unwrap();
+    let inbox = files.info.inbox_prefix.clone();
+
+    // Service: its namespace, the service API, its inbox and notifications; nothing else.
+    let (nc, errs) = connect_collecting(&tillit::client::ConnectParams::from_identity(&files, None).unwrap()).await;
+    let own_inbox = format!("{inbox}.x");
+    let allowed = refused(&nc, &errs, &["shop.orders.created", "tillit.v1.svc.renew"], &["shop.orders.>", &own_inbox, "tillit.v1.notify.acme-prod.shop.orders"]).await;
+    assert!(allowed.is_empty(), "service refused its own rights: {allowed:?}");
+    let denied_pub = ["shop.billing.x", "tillit.v1.admin.status", "tillit.v1.events.all.secret.rotated", "$SYS.REQ.CLAIMS.UPDATE", "$JS.API.STREAM.LIST", "_INBOX.other"];
+    let denied_sub = ["shop.billing.>", "_INBOX.>", "tillit.v1.>", ">", "tillit.v1.notify.acme-prod.shop.billing"];
+    let got = refused(&nc, &errs, &denied_pub, &denied_sub).await;
+    assert_eq!(got.len(), denied_pub.len() + denied_sub.len(), "service rights beyond its row; refused only {got:?}");
+
+    // Admin: the admin and service APIs, discovery, its inbox and the events; not a service's
+    // subjects, not the stream's own API (no forged or deleted events), no system subjects.
+    let admin = tillit::identity::load(&tillit::layout::IdentityDir::new(e.admin())).unwrap();
+    let (nc, errs) = connect_collecting(&tillit::client::ConnectParams::from_identity(&admin, None).unwrap()).await;
+    let own_inbox = format!("{}.x", admin.info.inbox_prefix);
+    let allowed = refused(&nc, &errs, &["tillit.v1.admin.status", "tillit.v1.svc.renew", "$SRV.PING"], &[&own_inbox, "tillit.v1.events.>"]).await;
+    assert!(allowed.is_empty(), "admin refused its own rights: {allowed:?}");
+    let denied_pub = ["shop.orders.x", "tillit.v1.events.all.secret.rotated", "$JS.API.STREAM.DELETE.TILLIT_EVENTS", "$SYS.REQ.CLAIMS.UPDATE", "tillit.v1.notify.acme-prod.shop.orders"];
+    let denied_sub = ["_INBOX.>", "tillit.v1.admin.>", ">"];
+    let got = refused(&nc, &errs, &denied_pub, &denied_sub).await;
+    assert_eq!(got.len(), denied_pub.len() + denied_sub.len(), "admin rights beyond its row; refused only {got:?}");
+
+    // Bootstrap: enrollment and its inbox only.
+    let token = create_tokens(&e, "acme/shop/prod/orders", 1, "15m").remove(0);
+    let token = tillit::token::JoinToken::decode(&token).unwrap();
+    let params = tillit::client::enroll::bootstrap_params(&token, vec![e.nats_url()]).unwrap();
+    let (nc, errs) = connect_collecting(&params).await;
+    let own_inbox = format!("{}.x", params.inbox_prefix);
+    let allowed = refused(&nc, &errs, &["tillit.v1.enroll"], &[&own_inbox]).await;
+    assert!(allowed.is_empty(), "bootstrap refused its own rights: {allowed:?}");
+    let denied_pub = ["tillit.v1.svc.renew", "tillit.v1.admin.token.create", "shop.orders.x", "$SYS.REQ.CLAIMS.UPDATE"];
+    let denied_sub = ["_INBOX.>", ">", "tillit.v1.>"];
+    let got = refused(&nc, &errs, &denied_pub, &denied_sub).await;
+    assert_eq!(got.len(), denied_pub.len() + denied_sub.len(), "bootstrap rights beyond its row; refused only {got:?}");
+}
+
+/// A TILLIT-account caller names a reply subject outside any inbox (the event stream's
+/// subjects): the control plane neither answers there nor acts on the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_answers_only_on_inboxes() {
+    let e = Estate::init("reply.example");
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let (admin, nc) = admin_connect(&e).await;
+    let mut events = nc.subscribe("tillit.v1.events.>").await.unwrap();
+    nc.flush().await.unwrap();
+    let signer = nkeys::KeyPair::from_seed(admin.user_seed.expose()).unwrap();
+    let now = tillit::clock::Clock::now_unix(&tillit::clock::SystemClock);
+    let body = tillit::proto::sign_request(&signer, "reply.example", tillit::subjects::ADMIN_STATUS, tillit::subjects::KIND_STATUS, serde_json::json!({}), now).unwrap();
+    nc.publish_with_reply(tillit::subjects::ADMIN_STATUS, "tillit.v1.events.all.secret.rotated", body.into()).await.unwrap();
+    nc.publish_with_reply(tillit::subjects::ADMIN_STATUS, "tillit.v1.events.all.ca.rotated", "garbage".into()).await.unwrap();
+    nc.flush().await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(800), events.next()).await.is_err(), "the control plane wrote into the event stream");
+    // The same request on an inbox is answered.
+    let body = tillit::proto::sign_request(&signer, "reply.example", tillit::subjects::ADMIN_STATUS, tillit::subjects::KIND_STATUS, serde_json::json!({}), now).unwrap();
+    let r = nc.request(tillit::subjects::ADMIN_STATUS, body.into()).await.expect("answered on an inbox");
+    assert!(String::from_utf8_lossy(&r.payload).contains("\"result\""), "{:?}", r.payload);
+}

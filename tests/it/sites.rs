@@ -504,7 +504,7 @@ fn a_removed_site_is_cut_off_and_no_longer_holds_a_ca_rotation() {
     wait_for(Duration::from_secs(30), || site_status(&e, "east")["agents"] == 1).unwrap_or_else(|| panic!("{}", l()));
     // West has no agent: a CA rotation waits for it.
     let out = tillit(&["rotate", "ca", "--identity", &e.admin(), "--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.status.success(), "{}\n{}", stderr(&out), l());
     let status = || status_json(&e);
     wait_for(Duration::from_secs(20), || status()["ca_rollout"]["sites_pending"] == serde_json::json!(["west"]))
         .unwrap_or_else(|| panic!("{}\n{}", status(), l()));
