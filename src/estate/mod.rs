@@ -257,11 +257,30 @@ fn revocation_urls(config: &Config) -> x509::RevocationUrls {
     }
 }
 
-/// An issued client certificate (`serials/<hex>`), for OCSP and the CRL.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// An issued certificate (`serials/<hex>`), for OCSP and the CRL. Every certificate tillit
+/// issues has one (identities, join tokens' bootstrap certificates, the control plane's own,
+/// site and hub servers'); OCSP answers `unknown` for any other serial, which nats-server
+/// refuses.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct SerialRecord {
     pub user_public_key: String,
     pub not_after: i64,
+    /// Revoked on its own (a removed site's server, a replaced server certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<i64>,
+    /// A join token's bootstrap certificate: revoked once the token is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// What it is for, when not an identity's: `bootstrap`, `control-plane`, `site:<name>`, `hub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub what: Option<String>,
+}
+
+impl SerialRecord {
+    /// The record of an identity's certificate.
+    pub fn of_identity(user_public_key: &str, not_after: i64) -> Self {
+        SerialRecord { user_public_key: user_public_key.into(), not_after, ..Default::default() }
+    }
 }
 
 /// What an admin identity may do on NATS: call the admin and service APIs and micro discovery,
@@ -803,7 +822,7 @@ impl Estate {
         };
         let mut b = Batch::new();
         b.put_json(Space::Identities, &rec.user_public_key, &rec)?;
-        b.put_json(Space::Serials, &rec.cert_serial, &SerialRecord { user_public_key: rec.user_public_key.clone(), not_after: expires })?;
+        b.put_json(Space::Serials, &rec.cert_serial, &SerialRecord::of_identity(&rec.user_public_key, expires))?;
         self.store().commit(b)?;
         let renew = crate::rotation::renew_at(now, expires, crate::rotation::random_jitter());
         let info = IdentityInfo {
@@ -863,6 +882,10 @@ impl Estate {
         let jwt = self.sign_user(&account, &user.public_key(), &name, permissions, expires)?;
         let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "control-plane", &account_name.to_lowercase()]);
         let cert = self.ca().issue_client_with_new_key(&spiffe, &name, now, expires)?;
+        let mut b = Batch::new();
+        let rec = SerialRecord { user_public_key: user.public_key(), not_after: expires, what: Some("control-plane".into()), ..Default::default() };
+        b.put_json(Space::Serials, &cert.serial, &rec)?;
+        self.store().commit(b)?;
         Ok((
             EphemeralCreds {
                 user_jwt: jwt,
@@ -879,7 +902,11 @@ impl Estate {
     pub fn issue_server_cert(&self) -> Result<x509::Issued> {
         let now = self.clock.now_unix();
         let expires = now + self.config.server_cert_ttl.as_secs() as i64;
-        Ok(self.ca().issue_server(&self.config.server_name, &self.config.server_cert_hosts(), now, expires)?)
+        let issued = self.ca().issue_server(&self.config.server_name, &self.config.server_cert_hosts(), now, expires)?;
+        let mut b = Batch::new();
+        b.put_json(Space::Serials, &issued.serial, &SerialRecord { not_after: expires, what: Some("hub".into()), ..Default::default() })?;
+        self.store().commit(b)?;
+        Ok(issued)
     }
 
     /// An identity record by user public key.
@@ -887,16 +914,30 @@ impl Estate {
         Ok(get_json(self.store(), Space::Identities, user_public_key)?)
     }
 
-    /// What OCSP says of a serial (lower-case hex): revoked if its identity is revoked, good
-    /// otherwise (certificates tillit issued without an identity record — bootstrap and control
-    /// plane ones — are cut off by JWT expiry and revocation instead).
+    /// What OCSP says of a serial (lower-case hex): unknown if tillit never recorded it;
+    /// revoked if it was revoked on its own, if its join token was used, or if its identity is
+    /// revoked; good otherwise.
     pub fn revocation_status(&self, serial: &str) -> Result<crate::ocsp::Status> {
         let Some(s) = get_json::<SerialRecord>(self.store(), Space::Serials, serial)? else {
-            return Ok(crate::ocsp::Status::Good);
+            return Ok(crate::ocsp::Status::Unknown);
         };
+        Ok(self.serial_revoked(&s)?.map(crate::ocsp::Status::Revoked).unwrap_or(crate::ocsp::Status::Good))
+    }
+
+    /// When the certificate of `s` was revoked, if it was.
+    fn serial_revoked(&self, s: &SerialRecord) -> Result<Option<i64>> {
+        if let Some(t) = s.revoked_at {
+            return Ok(Some(t));
+        }
+        if let Some(id) = &s.token {
+            return Ok(match self.token(id)? {
+                Some(t) if t.state == services::TokenState::Used => Some(t.used_at.unwrap_or(0)),
+                _ => None,
+            });
+        }
         Ok(match self.identity(&s.user_public_key)? {
-            Some(i) if i.state == IdentityState::Revoked => crate::ocsp::Status::Revoked(i.revoked_at.unwrap_or(0)),
-            _ => crate::ocsp::Status::Good,
+            Some(i) if i.state == IdentityState::Revoked => Some(i.revoked_at.unwrap_or(0)),
+            _ => None,
         })
     }
 
@@ -910,10 +951,8 @@ impl Estate {
             if s.not_after <= now {
                 continue;
             }
-            if let Some(i) = self.identity(&s.user_public_key)? {
-                if i.state == IdentityState::Revoked {
-                    out.push((serial, i.revoked_at.unwrap_or(now)));
-                }
+            if let Some(at) = self.serial_revoked(&s)? {
+                out.push((serial, if at == 0 { now } else { at }));
             }
         }
         Ok(out)
@@ -1075,5 +1114,34 @@ mod tests {
         clock.advance(30 * 86_400);
         let d = e.preview_revocation(&legacy, &[], clock.now_unix()).unwrap();
         assert!(d.revocations.contains_key(&leaf));
+    }
+
+    /// Every certificate tillit issues is known to OCSP and the CRL; anything else is unknown.
+    #[test]
+    fn ocsp_knows_every_certificate_and_nothing_else() {
+        use crate::ocsp::Status;
+        let clock = Arc::new(ManualClock::new(1_780_000_000));
+        let (_d, e, _s, _m) = new_estate(clock.clone());
+        assert_eq!(e.revocation_status("00deadbeef").unwrap(), Status::Unknown);
+        // A join token's bootstrap certificate: good until the token is used.
+        let sid = crate::names::ServiceId::parse("acme/shop/prod/orders").unwrap();
+        let (tokens, b) = e.create_tokens(&sid, 900, 1, "test").unwrap();
+        e.store().commit(b).unwrap();
+        let cert = tokens[0].cert_pem().unwrap();
+        let serial = crate::issuer::x509::serial_hex(&cert).unwrap();
+        assert_eq!(e.revocation_status(&serial).unwrap(), Status::Good);
+        let mut t = e.token(&tokens[0].id).unwrap().unwrap();
+        t.state = services::TokenState::Used;
+        t.used_at = Some(1_780_000_100);
+        let mut b = Batch::new();
+        b.put_json(Space::Tokens, &t.id, &t).unwrap();
+        e.store().commit(b).unwrap();
+        assert_eq!(e.revocation_status(&serial).unwrap(), Status::Revoked(1_780_000_100));
+        assert!(e.revoked_serials().unwrap().iter().any(|(s, _)| *s == serial), "the CRL lists it");
+        // The control plane's own and the hub's certificates are recorded as they are made.
+        let (cp, _) = e.control_plane_creds(TILLIT_ACCOUNT, UserPermissions::default()).unwrap();
+        assert_eq!(e.revocation_status(&crate::issuer::x509::serial_hex(&cp.cert_pem).unwrap()).unwrap(), Status::Good);
+        let hub = e.issue_server_cert().unwrap();
+        assert_eq!(e.revocation_status(&hub.serial).unwrap(), Status::Good);
     }
 }

@@ -525,6 +525,14 @@ impl Estate {
                 used_at: None,
             };
             b.put_json(Space::Tokens, &id, &rec)?;
+            let serial = SerialRecord {
+                user_public_key: user.public_key(),
+                not_after: expires_at,
+                token: Some(id.clone()),
+                what: Some("bootstrap".into()),
+                ..Default::default()
+            };
+            b.put_json(Space::Serials, &cert.serial, &serial)?;
             out.push(JoinToken {
                 id,
                 secret,

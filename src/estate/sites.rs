@@ -39,6 +39,16 @@ pub struct SiteRecord {
     pub cert_ca: Option<String>,
 }
 
+/// The serial record of a site server's certificate.
+pub fn site_serial(site: &SiteRecord) -> SerialRecord {
+    SerialRecord {
+        user_public_key: site.leaf_users.get(1).cloned().unwrap_or_default(),
+        not_after: site.cert_expires_at,
+        what: Some(format!("site:{}", site.name)),
+        ..Default::default()
+    }
+}
+
 /// The names a site server's certificate carries: the site name, loopback, the listen host, and
 /// the extra names given at `site add`.
 fn site_hosts(name: &str, listen: &str, extra: &[String]) -> Vec<String> {
@@ -270,6 +280,7 @@ impl Estate {
         };
         let mut b = Batch::new();
         b.put_json(Space::Sites, format!("site/{name}"), &site)?;
+        b.put_json(Space::Serials, &site.cert_serial, &site_serial(&site))?;
         Ok((SiteIssue { site, cert_pem, sys_user_jwt: sys_jwt, tillit_user_jwt: tillit_jwt }, b))
     }
 
@@ -311,10 +322,16 @@ impl Estate {
         }
         let issue = self.site_credentials(name, sys_user, tillit_user, &site.hosts, csr_key, now, expires)?;
         let SiteCreds { cert_pem, serial, sys_user_jwt: sys_jwt, tillit_user_jwt: tillit_jwt } = issue;
+        let mut b = Batch::new();
+        // The certificate it replaces (and its key, made at the site) is revoked.
+        if let Some(mut old) = get_json::<SerialRecord>(self.store(), Space::Serials, &site.cert_serial)? {
+            old.revoked_at = Some(now);
+            b.put_json(Space::Serials, &site.cert_serial, &old)?;
+        }
         site.cert_serial = serial;
         site.cert_expires_at = expires;
         site.cert_ca = Some(self.ca_fingerprint());
-        let mut b = Batch::new();
+        b.put_json(Space::Serials, &site.cert_serial, &site_serial(&site))?;
         b.put_json(Space::Sites, format!("site/{name}"), &site)?;
         Ok((SiteIssue { site, cert_pem, sys_user_jwt: sys_jwt, tillit_user_jwt: tillit_jwt }, b))
     }

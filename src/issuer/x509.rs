@@ -71,6 +71,13 @@ pub fn first_cert_der(pem: &str) -> Result<Vec<u8>, X509Error> {
     }
 }
 
+/// The serial of a PEM certificate, lower-case hex (as tillit records it and OCSP looks it up).
+pub fn serial_hex(cert_pem: &str) -> Result<String, X509Error> {
+    let der = first_cert_der(cert_pem)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| X509Error::Pem(e.to_string()))?;
+    Ok(data_encoding::HEXLOWER.encode(cert.raw_serial()))
+}
+
 /// `notAfter` of a PEM certificate, as Unix seconds.
 pub fn not_after(cert_pem: &str) -> Result<i64, X509Error> {
     let der = first_cert_der(cert_pem)?;

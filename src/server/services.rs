@@ -367,7 +367,7 @@ pub async fn enroll(
         b.put_json(Space::Sites, format!("agent/{user_pub}"), &st).map_err(ApiError::internal)?;
     }
     b.put_json(Space::Tokens, &tok.id, &e.used_token(&tok, user_pub)).map_err(ApiError::internal)?;
-    b.put_json(Space::Serials, &issue.serial, &SerialRecord { user_public_key: user_pub.into(), not_after: issue.expires_at })
+    b.put_json(Space::Serials, &issue.serial, &SerialRecord::of_identity(user_pub, issue.expires_at))
         .map_err(ApiError::internal)?;
     // The token burn and the identity become durable together, with their audit record.
     let entry = Entry::ok(&rec.id, "enroll", &rec.id)
@@ -418,7 +418,7 @@ pub async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: RenewRequest) -> Res
     rec.expires_at = expires;
     let mut b = Batch::new();
     b.put_json(Space::Identities, &rec.user_public_key, &rec).map_err(ApiError::internal)?;
-    b.put_json(Space::Serials, &rec.cert_serial, &SerialRecord { user_public_key: rec.user_public_key.clone(), not_after: rec.expires_at })
+    b.put_json(Space::Serials, &rec.cert_serial, &SerialRecord::of_identity(&rec.user_public_key, rec.expires_at))
         .map_err(ApiError::internal)?;
     let entry = Entry::ok(&caller.id, "renew", &rec.id)
         .detail(serde_json::json!({ "user": rec.user_public_key, "serial": rec.cert_serial, "expires_at": rec.expires_at }))

@@ -346,6 +346,10 @@ pub async fn remove(ctx: &Ctx, caller: &IdentityRecord, req: crate::proto::SiteR
     b.put_json(crate::store::Space::Accounts, &tillit.name, &tillit).map_err(ApiError::internal)?;
     b.put_json(crate::store::Space::Accounts, &sys.name, &sys).map_err(ApiError::internal)?;
     b.delete(crate::store::Space::Sites, format!("site/{}", site.name));
+    // Its server's certificate is revoked too (OCSP and the CRL say so).
+    let mut serial = crate::estate::sites::site_serial(&site);
+    serial.revoked_at = Some(now);
+    b.put_json(crate::store::Space::Serials, &site.cert_serial, &serial).map_err(ApiError::internal)?;
     let agents_revoked: Vec<String> = agents.iter().map(|a| a.user_public_key.clone()).collect();
     let entry = Entry::ok(&caller.id, "site.remove", &format!("site:{}", site.name))
         .detail(serde_json::json!({ "reason": req.reason, "agents": agents_revoked, "leaf_users": [sys_user, tillit_user],
