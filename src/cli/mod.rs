@@ -1,6 +1,7 @@
 //! The command line (house rule 12): one file per subcommand; each parses its flags (with
 //! `TILLIT_*` environment fallbacks) and calls the library.
 
+pub mod admin;
 pub mod agent;
 pub mod audit;
 pub mod bench;
@@ -69,6 +70,8 @@ pub enum Command {
     Site(site::Args),
     /// Run a site agent: apply rotations from the event stream to files, run a hook, acknowledge.
     Agent(agent::Args),
+    /// Admin identities: add another (a join token), revoke one (admin).
+    Admin(admin::Args),
 }
 
 /// Run the parsed command.
@@ -86,6 +89,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Grant(a) => grant::grant(a, false).await,
         Command::Ungrant(a) => grant::grant(a, true).await,
         Command::Grants(a) => grant::grants(a).await,
+        Command::Admin(a) => admin::run(a).await,
         Command::Revoke(a) => revoke::revoke(a).await,
         Command::List(a) => revoke::list(a).await,
         Command::Secret(a) => secret::run(a).await,

@@ -273,7 +273,9 @@ impl Estate {
         let mut last = now + self.config.control_plane_ttl.as_secs() as i64;
         for (_, v) in self.store().scan(Space::Serials)? {
             if let Ok(s) = serde_json::from_slice::<SerialRecord>(&v) {
-                last = last.max(s.not_after);
+                if !s.is_server() {
+                    last = last.max(s.not_after);
+                }
             }
         }
         for t in self.scan_json::<TokenRecord>(Space::Tokens, "")? {

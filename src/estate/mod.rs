@@ -277,6 +277,11 @@ pub struct SerialRecord {
 }
 
 impl SerialRecord {
+    /// A server's certificate (the hub's, a site's), not a client's.
+    pub fn is_server(&self) -> bool {
+        self.what.as_deref().is_some_and(|w| w == "hub" || w.starts_with("site:"))
+    }
+
     /// The record of an identity's certificate.
     pub fn of_identity(user_public_key: &str, not_after: i64) -> Self {
         SerialRecord { user_public_key: user_public_key.into(), not_after, ..Default::default() }

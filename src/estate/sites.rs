@@ -125,6 +125,20 @@ pub fn agent_inbox_prefix(site: &str, user_public_key: &str) -> String {
     format!("{}.{user_public_key}", subjects::site_inbox_root(site))
 }
 
+/// Project segment of admin identities' join tokens (`tillit/admins/<name>/admin`).
+const ADMIN_PROJECT: &str = "admins";
+const ADMIN_SERVICE: &str = "admin";
+
+/// The id a join token for a new admin identity `name` is bound to.
+pub fn admin_service_id(name: &str) -> Result<ServiceId, names::NameError> {
+    ServiceId::new(AGENT_TENANT, ADMIN_PROJECT, name, ADMIN_SERVICE)
+}
+
+/// The admin name a service id stands for, if it is an admin's.
+pub fn admin_name(sid: &ServiceId) -> Option<&str> {
+    (sid.tenant == AGENT_TENANT && sid.project == ADMIN_PROJECT && sid.service == ADMIN_SERVICE).then_some(sid.env.as_str())
+}
+
 /// The service id of a site's agents.
 pub fn agent_service_id(site: &str) -> Result<ServiceId, names::NameError> {
     ServiceId::new(AGENT_TENANT, AGENT_PROJECT, site, AGENT_SERVICE)

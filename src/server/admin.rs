@@ -13,6 +13,7 @@ use crate::clock::rfc3339;
 use crate::error::{ApiError, ErrorCode};
 use crate::estate::services::default_permissions;
 use crate::estate::{EstateError, IdentityRecord, IdentityState, RoleRecord};
+use crate::identity::IdentityKind;
 use crate::names::ServiceId;
 use crate::permissions::{check_grantable, MAX_GRANTS};
 use crate::proto::{GrantRequest, GrantsReply, IdentityEntry, ListReply, RevokeReply, RevokedIdentity, RevokeRequest, ServiceRequest};
@@ -272,8 +273,23 @@ pub async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> R
     let e = &ctx.estate;
     let _g = e.account_lock().lock().await;
     let now = e.clock().now_unix();
-    let targets: Vec<IdentityRecord> =
-        e.identities_of(sid).map_err(ApiError::internal)?.into_iter().filter(|i| i.state == IdentityState::Active).collect();
+    let admin = crate::estate::sites::admin_name(sid);
+    let targets: Vec<IdentityRecord> = match admin {
+        // An admin identity (`tillit admin revoke NAME`): never the last live one.
+        Some(name) => {
+            let all = e.identities().map_err(ApiError::internal)?;
+            let live = |i: &&IdentityRecord| i.kind == IdentityKind::Admin && i.state == IdentityState::Active && i.expires_at > now;
+            let targets: Vec<IdentityRecord> = all.iter().filter(live).filter(|i| i.name == name).cloned().collect();
+            let others = all.iter().filter(live).filter(|i| i.name != name).count();
+            if !targets.is_empty() && others == 0 {
+                return Err(ApiError::forbidden(format!(
+                    "admin {name} is the last live admin; add another first (`tillit admin add`), so someone can still act"
+                )));
+            }
+            targets
+        }
+        None => e.identities_of(sid).map_err(ApiError::internal)?.into_iter().filter(|i| i.state == IdentityState::Active).collect(),
+    };
     if targets.is_empty() {
         return Err(ApiError::new(ErrorCode::NotFound, format!("{sid} has no active identity to revoke")));
     }

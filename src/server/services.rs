@@ -200,6 +200,8 @@ pub async fn token_create(ctx: &Ctx, caller: &IdentityRecord, req: TokenCreateRe
             return Err(ApiError::new(ErrorCode::NotFound, format!("no site {site}; add it first with `tillit site add`")));
         }
         Some(_) => {}
+        // A token for a new admin identity (`tillit admin add`).
+        None if crate::estate::sites::admin_name(&req.identity).is_some() => {}
         None if req.identity.tenant == crate::estate::sites::AGENT_TENANT => {
             return Err(ApiError::bad_request(format!(
                 "tenant {:?} is reserved for tillit itself; pick another tenant name",
@@ -318,14 +320,41 @@ pub async fn enroll(
     // Everything that can fail is done before the token burns.
     let sid = tok.identity.clone();
     let site = crate::estate::sites::agent_site(&sid).map(str::to_string);
-    let entry = match &site {
-        Some(site) => agent_entry(ctx, site, user_pub).await?,
-        None => ensure_role_pushed(ctx, &sid).await?,
+    let admin = crate::estate::sites::admin_name(&sid).map(str::to_string);
+    let (acct, role) = match (&site, &admin) {
+        (Some(site), _) => (agent_entry(ctx, site, user_pub).await?.0.clone(), None),
+        (None, Some(_)) => (e.account(TILLIT_ACCOUNT).map_err(ApiError::internal)?, None),
+        (None, None) => {
+            let entry = ensure_role_pushed(ctx, &sid).await?;
+            (entry.0.clone(), Some(entry.1.clone()))
+        }
     };
-    let acct = &entry.0;
-    let issue = match &site {
-        Some(site) => e.issue_agent(site, user_pub, &csr_key).map_err(ApiError::internal)?,
-        None => e.issue_service(acct, &entry.1, user_pub, &csr_key).map_err(ApiError::internal)?,
+    let acct = &acct;
+    let admin_id = admin.as_ref().map(|n| crate::names::spiffe_id(e.trust_domain(), &["tillit", "admin", n]));
+    let issue = match (&site, &admin, &role) {
+        (Some(site), _, _) => e.issue_agent(site, user_pub, &csr_key).map_err(ApiError::internal)?,
+        (None, Some(name), _) => {
+            let draft = IdentityRecord {
+                id: admin_id.clone().unwrap_or_default(),
+                kind: IdentityKind::Admin,
+                name: name.clone(),
+                account: TILLIT_ACCOUNT.into(),
+                user_public_key: user_pub.to_string(),
+                cert_serial: String::new(),
+                issued_at: 0,
+                expires_at: 0,
+                state: IdentityState::Active,
+                service: None,
+                xkey: None,
+                revoked_at: None,
+                site: None,
+                role_key: None,
+                prev_role_key: None,
+            };
+            e.reissue_admin(&draft, &csr_key).map_err(ApiError::internal)?
+        }
+        (None, None, Some(role)) => e.issue_service(acct, role, user_pub, &csr_key).map_err(ApiError::internal)?,
+        (None, None, None) => return Err(ApiError::internal("no role for a service")),
     };
     // One enrollment per token: concurrent uses race here; the loser sees token_used.
     let _burning = Burning::claim(ctx, &tok.id).ok_or_else(|| refusal(TokenRefusal::Used, &sid))?;
@@ -333,14 +362,20 @@ pub async fn enroll(
         return Err(refusal(TokenRefusal::Used, &sid));
     }
     let rec = IdentityRecord {
-        id: match &site {
-            Some(s) => crate::names::spiffe_id(e.trust_domain(), &["tillit", "site", s, "agent"]),
-            None => sid.spiffe_id(e.trust_domain()),
+        id: match (&site, &admin_id) {
+            (Some(s), _) => crate::names::spiffe_id(e.trust_domain(), &["tillit", "site", s, "agent"]),
+            (None, Some(id)) => id.clone(),
+            (None, None) => sid.spiffe_id(e.trust_domain()),
         },
-        kind: if site.is_some() { IdentityKind::Agent } else { IdentityKind::Service },
-        name: match &site {
-            Some(s) => subjects::agent_consumer(s, user_pub),
-            None => sid.service.clone(),
+        kind: match (&site, &admin) {
+            (Some(_), _) => IdentityKind::Agent,
+            (None, Some(_)) => IdentityKind::Admin,
+            (None, None) => IdentityKind::Service,
+        },
+        name: match (&site, &admin) {
+            (Some(s), _) => subjects::agent_consumer(s, user_pub),
+            (None, Some(n)) => n.clone(),
+            (None, None) => sid.service.clone(),
         },
         account: acct.name.clone(),
         user_public_key: user_pub.to_string(),
@@ -348,11 +383,11 @@ pub async fn enroll(
         issued_at: issue.issued_at,
         expires_at: issue.expires_at,
         state: IdentityState::Active,
-        service: Some(sid.clone()),
+        service: admin.is_none().then(|| sid.clone()),
         xkey: Some(req.xkey.clone()),
         revoked_at: None,
         site: site.clone(),
-        role_key: site.is_none().then(|| entry.1.key.clone()),
+        role_key: role.as_ref().map(|r| r.key.clone()),
         prev_role_key: None,
     };
     let mut b = Batch::new();

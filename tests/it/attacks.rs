@@ -559,3 +559,35 @@ async fn the_control_plane_answers_only_on_inboxes() {
     let r = nc.request(tillit::subjects::ADMIN_STATUS, body.into()).await.expect("answered on an inbox");
     assert!(String::from_utf8_lossy(&r.payload).contains("\"result\""), "{:?}", r.payload);
 }
+
+/// An admin identity can be revoked, by another admin; never the last live one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_can_be_revoked_by_another_and_the_last_one_stays() {
+    let e = Estate::init("admins.example");
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let out = tillit(&["admin", "revoke", "admin", "--identity", &e.admin()]);
+    assert!(!out.status.success() && stderr(&out).contains("last live admin"), "{}", stderr(&out));
+
+    let out = tillit(&["admin", "add", "bob", "--identity", &e.admin()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = stdout(&out).trim().to_string();
+    assert!(token.starts_with("tillit1."));
+    let bob = e.tmp.path().join("bob");
+    let out = enroll_cli(&token, &bob);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(identity_json(&bob)["id"], "spiffe://admins.example/tillit/admin/bob");
+    let bob_s = bob.to_str().unwrap();
+    assert!(tillit(&["status", "--identity", bob_s]).status.success(), "bob acts as an admin");
+    // Bob's token was single-use; a service cannot claim the admins' names.
+    assert!(!enroll_cli(&token, &e.tmp.path().join("bob-again")).status.success());
+
+    let out = tillit(&["admin", "revoke", "admin", "--reason", "left the team", "--identity", bob_s]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = tillit(&["status", "--identity", &e.admin()]);
+    assert!(!out.status.success(), "a revoked admin still acts: {}", stdout(&out));
+    let out = tillit(&["admin", "revoke", "bob", "--identity", bob_s]);
+    assert!(!out.status.success() && stderr(&out).contains("last live admin"), "{}", stderr(&out));
+    let audit = stdout(&tillit(&["audit", "tail", "--data-dir", e.data(), "--json", "-n", "50"]));
+    assert!(audit.lines().any(|l| l.contains("\"action\":\"revoke\"") && l.contains("tillit/admins/admin/admin") && l.contains("spiffe://admins.example/tillit/admin/bob")), "{audit}");
+}
