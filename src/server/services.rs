@@ -29,11 +29,18 @@ pub struct RequestInfo {
     pub user: Option<String>,
 }
 
-/// Parse `Nats-Request-Info`, if present.
+/// Parse `Nats-Request-Info`, if present. nats-server stamps it when a request crosses a
+/// service import, and then always rewrites the reply subject to one of its own (`_R_.…`); but
+/// inside the TILLIT account nothing stops a publisher from sending the header itself. So a
+/// header on a request whose reply is not a service-import reply was forged, and is refused.
 pub fn request_info(msg: &async_nats::Message) -> Result<Option<RequestInfo>, ApiError> {
     let Some(h) = msg.headers.as_ref().and_then(|h| h.get(subjects::HDR_REQUEST_INFO)) else {
         return Ok(None);
     };
+    let via_import = msg.reply.as_deref().is_some_and(|r| r.starts_with(&format!("{}.", subjects::SERVICE_REPLY_ROOT)));
+    if !via_import {
+        return Err(ApiError::unauthenticated("Nats-Request-Info on a request that did not cross a service import"));
+    }
     serde_json::from_str(h.as_str())
         .map(Some)
         .map_err(|_| ApiError::bad_request("Nats-Request-Info header is malformed"))

@@ -591,3 +591,26 @@ async fn an_admin_can_be_revoked_by_another_and_the_last_one_stays() {
     let audit = stdout(&tillit(&["audit", "tail", "--data-dir", e.data(), "--json", "-n", "50"]));
     assert!(audit.lines().any(|l| l.contains("\"action\":\"revoke\"") && l.contains("tillit/admins/admin/admin") && l.contains("spiffe://admins.example/tillit/admin/bob")), "{audit}");
 }
+
+/// A TILLIT-account publisher (here an admin's connection) sends a service's signed request
+/// with a `Nats-Request-Info` header it wrote itself, claiming the service's account and user:
+/// refused, because nats-server stamps that header only on requests crossing a service import.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_request_info_header_is_refused() {
+    let e = Estate::init("reqinfo.example");
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let svc = enroll_one(&e, "acme/shop/prod/orders", "orders");
+    let files = tillit::identity::load(&tillit::layout::IdentityDir::new(&svc)).unwrap();
+    let signer = nkeys::KeyPair::from_seed(files.user_seed.expose()).unwrap();
+    let (_, admin) = admin_connect(&e).await;
+    let now = tillit::clock::Clock::now_unix(&tillit::clock::SystemClock);
+    let csr = tillit::issuer::x509::make_csr(&files.info.user_public_key).unwrap().0;
+    let body = tillit::proto::sign_request(&signer, "reqinfo.example", tillit::subjects::SVC_RENEW, tillit::subjects::KIND_RENEW, serde_json::json!({ "csr": csr }), now).unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    let forged = serde_json::json!({ "acc": files.info.account_public_key, "user": files.info.user_public_key });
+    headers.insert("Nats-Request-Info", forged.to_string().as_str());
+    let r = admin.request_with_headers(tillit::subjects::SVC_RENEW, headers, body.into()).await.expect("a reply");
+    let text = String::from_utf8_lossy(&r.payload).to_string();
+    assert!(text.contains("\"error\"") && text.contains("unauthenticated"), "a forged Nats-Request-Info was believed: {text}");
+}
