@@ -190,6 +190,29 @@ pub struct IdentityRecord {
     pub prev_role_key: Option<String>,
 }
 
+impl IdentityRecord {
+    /// An active admin identity's record (in TILLIT).
+    pub fn admin(id: &str, name: &str, user_public_key: &str, cert_serial: &str, issued_at: i64, expires_at: i64) -> Self {
+        IdentityRecord {
+            id: id.to_string(),
+            kind: IdentityKind::Admin,
+            name: name.to_string(),
+            account: TILLIT_ACCOUNT.into(),
+            user_public_key: user_public_key.to_string(),
+            cert_serial: cert_serial.to_string(),
+            issued_at,
+            expires_at,
+            state: IdentityState::Active,
+            service: None,
+            xkey: None,
+            revoked_at: None,
+            site: None,
+            role_key: None,
+            prev_role_key: None,
+        }
+    }
+}
+
 /// Credentials minted in memory for a party of the control plane itself (never written to disk).
 #[derive(Debug)]
 pub struct EphemeralCreds {
@@ -808,23 +831,7 @@ impl Estate {
         let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "admin", name]);
         let jwt = self.sign_user(&account, &user.public_key(), &format!("admin {name}"), perms, expires)?;
         let cert = self.ca().issue_client_with_new_key(&spiffe, &format!("admin {name}"), now, expires)?;
-        let rec = IdentityRecord {
-            id: spiffe.clone(),
-            kind: IdentityKind::Admin,
-            name: name.to_string(),
-            account: TILLIT_ACCOUNT.into(),
-            user_public_key: user.public_key(),
-            cert_serial: cert.serial.clone(),
-            issued_at: now,
-            expires_at: expires,
-            state: IdentityState::Active,
-            service: None,
-            xkey: None,
-            revoked_at: None,
-            site: None,
-            role_key: None,
-            prev_role_key: None,
-        };
+        let rec = IdentityRecord::admin(&spiffe, name, &user.public_key(), &cert.serial, now, expires);
         let mut b = Batch::new();
         b.put_json(Space::Identities, &rec.user_public_key, &rec)?;
         b.put_json(Space::Serials, &rec.cert_serial, &SerialRecord::of_identity(&rec.user_public_key, expires))?;

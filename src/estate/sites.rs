@@ -184,20 +184,18 @@ impl Estate {
             // An estate from before the agents' inboxes moved below their site's root: the
             // template changes (nats-server reconnects the agents with it).
             role.permissions = agent_permissions();
-            let mut b = Batch::new();
-            b.put_json(Space::Meta, META_AGENT_ROLE, &role)?;
-            self.store().apply(b)?;
-            let tillit = self.resign_account(tillit)?;
-            let mut b = Batch::new();
-            b.put_json(Space::Accounts, &tillit.name, &tillit)?;
-            self.store().commit(b)?;
-            return Ok((tillit, true));
+            return self.store_agent_role(tillit, &role, Batch::new());
         }
         let key = KeyPair::new_account();
         let role = AgentRole { key: key.public_key(), permissions: agent_permissions() };
         let mut b = Batch::new();
         self.vault.put_sealed(&mut b, Space::Keys, &keys_scoped(&role.key), seed_of(&key, "agent scoped key")?.expose().as_bytes())?;
-        b.put_json(Space::Meta, META_AGENT_ROLE, &role)?;
+        self.store_agent_role(tillit, &role, b)
+    }
+
+    /// Store the agents' role (with `b`), then TILLIT re-signed with it; returns TILLIT.
+    fn store_agent_role(&self, tillit: AccountRecord, role: &AgentRole, mut b: Batch) -> Result<(AccountRecord, bool)> {
+        b.put_json(Space::Meta, META_AGENT_ROLE, role)?;
         self.store().apply(b)?;
         let tillit = self.resign_account(tillit)?;
         let mut b = Batch::new();

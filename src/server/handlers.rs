@@ -215,23 +215,7 @@ mod tests {
     use super::*;
 
     fn rec(kind: IdentityKind, state: IdentityState, expires_at: i64) -> IdentityRecord {
-        IdentityRecord {
-            id: "spiffe://td/x".into(),
-            kind,
-            name: "x".into(),
-            account: "TILLIT".into(),
-            user_public_key: "U".into(),
-            cert_serial: "01".into(),
-            issued_at: 0,
-            expires_at,
-            state,
-            service: None,
-            xkey: None,
-            revoked_at: None,
-            site: None,
-            role_key: None,
-            prev_role_key: None,
-        }
+        IdentityRecord { kind, state, ..IdentityRecord::admin("spiffe://td/x", "x", "U", "01", 0, expires_at) }
     }
 
     #[test]

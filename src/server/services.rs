@@ -341,23 +341,7 @@ pub async fn enroll(
     let issue = match (&site, &admin, &role) {
         (Some(site), _, _) => e.issue_agent(site, user_pub, &csr_key).map_err(ApiError::internal)?,
         (None, Some(name), _) => {
-            let draft = IdentityRecord {
-                id: admin_id.clone().unwrap_or_default(),
-                kind: IdentityKind::Admin,
-                name: name.clone(),
-                account: TILLIT_ACCOUNT.into(),
-                user_public_key: user_pub.to_string(),
-                cert_serial: String::new(),
-                issued_at: 0,
-                expires_at: 0,
-                state: IdentityState::Active,
-                service: None,
-                xkey: None,
-                revoked_at: None,
-                site: None,
-                role_key: None,
-                prev_role_key: None,
-            };
+            let draft = IdentityRecord::admin(admin_id.as_deref().unwrap_or_default(), name, user_pub, "", 0, 0);
             e.reissue_admin(&draft, &csr_key).map_err(ApiError::internal)?
         }
         (None, None, Some(role)) => e.issue_service(acct, role, user_pub, &csr_key).map_err(ApiError::internal)?,

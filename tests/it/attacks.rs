@@ -42,6 +42,18 @@ impl RogueLeaf {
         s
     }
 
+    /// Request until answered: the hub's interest reaches a fresh leaf a moment after its link
+    /// comes up (no responders until then).
+    pub async fn request_until_answered(&self, c: &async_nats::Client, subject: &str, body: &'static str) -> async_nats::Message {
+        for _ in 0..50 {
+            match tokio::time::timeout(Duration::from_secs(2), c.request(subject.to_string(), body.into())).await {
+                Ok(Ok(m)) => return m,
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        panic!("no answer on {subject} through the rogue's links:\n{}", self.server.log_text());
+    }
+
     /// A client of the rogue in local account `R` (SYS at the hub) or `T` (TILLIT).
     pub async fn client(&self, user: &str, inbox_prefix: &str) -> async_nats::Client {
         async_nats::ConnectOptions::with_user_and_password(user.into(), user.into())
@@ -131,19 +143,7 @@ async fn a_site_server_reads_no_reply_but_its_own_and_never_a_join_token() {
     // Its link works for what a site needs: a request to the service API, answered on its own
     // agents' inbox root.
     let own = rogue.client("t", "_INBOX.site-east.rogue").await;
-    let mut reply = None;
-    for _ in 0..50 {
-        match tokio::time::timeout(Duration::from_secs(2), own.request("tillit.v1.svc.renew", "{}".into())).await {
-            Ok(Ok(m)) => {
-                reply = Some(m);
-                break;
-            }
-            // The hub's interest reaches a fresh leaf a moment after its link comes up.
-            Ok(Err(err)) if err.kind() == async_nats::RequestErrorKind::NoResponders => tokio::time::sleep(Duration::from_millis(100)).await,
-            other => panic!("no reply on the site's own inbox: {other:?}\n{}", rogue.server.log_text()),
-        }
-    }
-    let reply = reply.unwrap_or_else(|| panic!("no responders through the rogue's TILLIT link:\n{}", rogue.server.log_text()));
+    let reply = rogue.request_until_answered(&own, "tillit.v1.svc.renew", "{}").await;
     assert!(reply.headers.as_ref().map(|h| h.get("Nats-Service-Error-Code").is_some()).unwrap_or(false), "typed refusal");
 
     let t = rogue.client("t", "_INBOX.rogue").await;
@@ -415,17 +415,7 @@ async fn a_site_server_cannot_read_or_drain_another_sites_consumers() {
     let rogue = RogueLeaf::start(&east);
     let t = rogue.client("t", "_INBOX.site-east.rogue").await;
     // Its own site's JetStream API answers (a consumer that does not exist: an error reply).
-    let mut own = None;
-    for _ in 0..50 {
-        match tokio::time::timeout(Duration::from_secs(2), t.request("$JS.hub.API.CONSUMER.INFO.TILLIT_SITE_east.nope", "".into())).await {
-            Ok(Ok(m)) => {
-                own = Some(m);
-                break;
-            }
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    let own = own.unwrap_or_else(|| panic!("the site's own stream API never answered:\n{}", rogue.server.log_text()));
+    let own = rogue.request_until_answered(&t, "$JS.hub.API.CONSUMER.INFO.TILLIT_SITE_east.nope", "").await;
     assert!(String::from_utf8_lossy(&own.payload).contains("consumer not found"), "{:?}", own.payload);
     for stream in ["TILLIT_SITE_west", "TILLIT_EVENTS"] {
         for (api, body) in [("MSG.NEXT", r#"{"batch":10,"no_wait":true}"#), ("INFO", "")] {
