@@ -233,7 +233,7 @@ impl Verifier {
         match self.replay.check_and_insert(&ev.id, ev.exp, now) {
             Seen::New => Ok(ev),
             Seen::Replay => Err(EnvelopeError::Replayed(ev.id)),
-            Seen::Full => Err(EnvelopeError::Busy),
+            Seen::Full | Seen::SignerQuota => Err(EnvelopeError::Busy),
         }
     }
 

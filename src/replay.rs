@@ -16,12 +16,18 @@ pub enum Seen {
     Replay,
     /// Cache full of live ids: refuse, try again later.
     Full,
+    /// This signer holds its share of the cache already ([`ReplayCache::signer_quota`]): one
+    /// identity cannot fill the cache and lock everyone else out.
+    SignerQuota,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    ids: HashMap<String, i64>,
+    /// id → (expiry, signer).
+    ids: HashMap<String, (i64, String)>,
     by_exp: BTreeMap<i64, Vec<String>>,
+    /// Live ids per signer.
+    per_signer: HashMap<String, usize>,
 }
 
 /// Thread-safe replay cache with a capacity.
@@ -66,8 +72,8 @@ impl ReplayCache {
     /// The live ids, MACed under `key`.
     pub fn snapshot(&self, key: &crate::crypto::MacKey, now: i64) -> Snapshot {
         let ids: Vec<(String, i64)> = match self.inner.lock() {
-            Ok(g) => g.ids.iter().filter(|(_, e)| **e > now).map(|(i, e)| (i.clone(), *e)).collect(),
-            Err(p) => p.into_inner().ids.iter().filter(|(_, e)| **e > now).map(|(i, e)| (i.clone(), *e)).collect(),
+            Ok(g) => g.ids.iter().filter(|(_, (e, _))| *e > now).map(|(i, (e, _))| (i.clone(), *e)).collect(),
+            Err(p) => p.into_inner().ids.iter().filter(|(_, (e, _))| *e > now).map(|(i, (e, _))| (i.clone(), *e)).collect(),
         };
         let mac = key.mac_hex(&snapshot_body(now, &ids));
         Snapshot { saved_at: now, ids, mac }
@@ -83,15 +89,26 @@ impl ReplayCache {
             Err(p) => p.into_inner(),
         };
         for (id, exp) in &snap.ids {
-            if *exp > now && g.ids.len() < self.cap && g.ids.insert(id.clone(), *exp).is_none() {
+            if *exp > now && g.ids.len() < self.cap && g.ids.insert(id.clone(), (*exp, String::new())).is_none() {
+                *g.per_signer.entry(String::new()).or_default() += 1;
                 g.by_exp.entry(*exp).or_default().push(id.clone());
             }
         }
         true
     }
 
-    /// Record `id`, valid until `exp`, at time `now`.
+    /// Most live ids one signer may hold: a quarter of the cache.
+    pub fn signer_quota(&self) -> usize {
+        (self.cap / 4).max(1)
+    }
+
+    /// Record `id`, valid until `exp`, at time `now` (no signer: enveloped ids).
     pub fn check_and_insert(&self, id: &str, exp: i64, now: i64) -> Seen {
+        self.check_and_insert_by(id, "", exp, now)
+    }
+
+    /// Record `id` of `signer`, valid until `exp`, at time `now`.
+    pub fn check_and_insert_by(&self, id: &str, signer: &str, exp: i64, now: i64) -> Seen {
         let mut g = match self.inner.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -101,7 +118,14 @@ impl ReplayCache {
         let expired = std::mem::replace(&mut g.by_exp, live);
         for (_, ids) in expired {
             for i in ids {
-                g.ids.remove(&i);
+                if let Some((_, s)) = g.ids.remove(&i) {
+                    if let Some(n) = g.per_signer.get_mut(&s) {
+                        *n -= 1;
+                        if *n == 0 {
+                            g.per_signer.remove(&s);
+                        }
+                    }
+                }
             }
         }
         if g.ids.contains_key(id) {
@@ -110,8 +134,12 @@ impl ReplayCache {
         if g.ids.len() >= self.cap {
             return Seen::Full;
         }
-        g.ids.insert(id.to_string(), exp);
+        if !signer.is_empty() && g.per_signer.get(signer).copied().unwrap_or(0) >= self.signer_quota() {
+            return Seen::SignerQuota;
+        }
+        g.ids.insert(id.to_string(), (exp, signer.to_string()));
         g.by_exp.entry(exp).or_default().push(id.to_string());
+        *g.per_signer.entry(signer.to_string()).or_default() += 1;
         Seen::New
     }
 
@@ -139,6 +167,19 @@ mod tests {
         assert_eq!(c.check_and_insert("c", 200, 100), Seen::New);
         assert_eq!(c.len(), 2);
         assert_eq!(c.check_and_insert("b", 200, 150), Seen::Replay);
+    }
+
+    #[test]
+    fn one_signer_cannot_fill_the_cache() {
+        let c = ReplayCache::new(8);
+        assert_eq!(c.signer_quota(), 2);
+        assert_eq!(c.check_and_insert_by("a1", "UA", 100, 0), Seen::New);
+        assert_eq!(c.check_and_insert_by("a2", "UA", 100, 0), Seen::New);
+        assert_eq!(c.check_and_insert_by("a3", "UA", 100, 0), Seen::SignerQuota);
+        assert_eq!(c.check_and_insert_by("b1", "UB", 100, 0), Seen::New, "others are not held up");
+        // Its ids expire: its share is back.
+        assert_eq!(c.check_and_insert_by("a3", "UA", 200, 100), Seen::New);
+        assert_eq!(c.check_and_insert_by("a1", "UA", 200, 100), Seen::New, "an expired id is forgotten");
     }
 
     #[test]

@@ -34,10 +34,14 @@ pub async fn dispatch(
         if !ctx.replay.issued_in_time(claims.iat) {
             return Err(ApiError::new(ErrorCode::Replayed, "this request was signed before the control plane restarted; sign it again"));
         }
-        match ctx.replay.check_and_insert(&claims.jti, claims.exp, now) {
+        match ctx.replay.check_and_insert_by(&claims.jti, &claims.iss, claims.exp, now) {
             Seen::New => Ok(()),
             Seen::Replay => Err(ApiError::new(ErrorCode::Replayed, "this request id was already used")),
             Seen::Full => Err(super::unavailable("too many requests in flight; retry shortly")),
+            Seen::SignerQuota => Err(ApiError::new(
+                ErrorCode::LimitExceeded,
+                "this identity sent more requests in the last minute than one identity may; slow down",
+            )),
         }
     };
     if spec.caller == Caller::Enrollee {

@@ -221,7 +221,7 @@ pub async fn ack(ctx: &Ctx, caller: &IdentityRecord, req: AckRequest) -> Result<
     match ctx.replay.check_and_insert(&ev.id, ev.exp, now) {
         Seen::New => {}
         Seen::Replay => return Err(ApiError::new(ErrorCode::Replayed, "this acknowledgement was already received")),
-        Seen::Full => return Err(super::unavailable("too many requests in flight; retry shortly")),
+        Seen::Full | Seen::SignerQuota => return Err(super::unavailable("too many requests in flight; retry shortly")),
     }
     let d = ev.data;
     if d.site != site {
