@@ -424,6 +424,20 @@ async fn a_site_server_cannot_read_or_drain_another_sites_consumers() {
             assert!(!matches!(r, Ok(Ok(_))), "east's server reached west's consumer on {subject}: {r:?}");
         }
     }
+
+    // The agent row of the matrix: west's agent itself, dialing the hub directly.
+    let files = tillit::identity::load(&tillit::layout::IdentityDir::new(&wid)).unwrap();
+    let (nc, errs) = connect_collecting(&tillit::client::ConnectParams::from_identity(&files, Some(&e.nats_url())).unwrap()).await;
+    let own_next = format!("$JS.API.CONSUMER.MSG.NEXT.TILLIT_SITE_west.{consumer}");
+    let own_inbox = format!("{}.x", files.info.inbox_prefix);
+    let allowed = refused(&nc, &errs, &[&own_next, "tillit.v1.svc.ack"], &[&own_inbox]).await;
+    assert!(allowed.is_empty(), "the agent was refused its own rights: {allowed:?}");
+    let east_next = format!("$JS.API.CONSUMER.MSG.NEXT.TILLIT_SITE_east.{}", consumer.replace("west", "east"));
+    let other_west = "$JS.API.CONSUMER.MSG.NEXT.TILLIT_SITE_west.agent-west-other".to_string();
+    let denied_pub = [east_next.as_str(), other_west.as_str(), "$JS.API.STREAM.DELETE.TILLIT_EVENTS", "tillit.v1.admin.status", "tillit.v1.events.all.x"];
+    let denied_sub = ["_INBOX.>", "_INBOX.site-east.>", "tillit.v1.>"];
+    let got = refused(&nc, &errs, &denied_pub, &denied_sub).await;
+    assert_eq!(got.len(), denied_pub.len() + denied_sub.len(), "agent rights beyond its row; refused only {got:?}");
 }
 
 /// A connection with the server's asynchronous errors (permission violations) collected.
