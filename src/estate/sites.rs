@@ -37,7 +37,15 @@ pub struct SiteRecord {
     /// recorded). An old CA is retired only once every site's certificate comes from the current.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_ca: Option<String>,
+    /// Version of the leafnode users' permissions its JWTs carry ([`LEAF_PERMS_VERSION`]); an
+    /// older site is asked to re-issue its server's credentials.
+    #[serde(default)]
+    pub leaf_perms: u32,
 }
+
+/// The leafnode permissions' version: 2 confines a site to its own replies, consumers and
+/// read-only account sync.
+pub const LEAF_PERMS_VERSION: u32 = 2;
 
 /// The serial record of a site server's certificate.
 pub fn site_serial(site: &SiteRecord) -> SerialRecord {
@@ -289,6 +297,7 @@ impl Estate {
             cert_expires_at: expires,
             hosts: all_hosts,
             cert_ca: Some(self.ca_fingerprint()),
+            leaf_perms: LEAF_PERMS_VERSION,
         };
         let mut b = Batch::new();
         b.put_json(Space::Sites, format!("site/{name}"), &site)?;
@@ -343,6 +352,7 @@ impl Estate {
         site.cert_serial = serial;
         site.cert_expires_at = expires;
         site.cert_ca = Some(self.ca_fingerprint());
+        site.leaf_perms = LEAF_PERMS_VERSION;
         b.put_json(Space::Serials, &site.cert_serial, &site_serial(&site))?;
         b.put_json(Space::Sites, format!("site/{name}"), &site)?;
         Ok((SiteIssue { site, cert_pem, sys_user_jwt: sys_jwt, tillit_user_jwt: tillit_jwt }, b))

@@ -82,7 +82,8 @@ async fn update_hub(ctx: &Ctx, server_cert: Option<(&str, &str)>) -> Result<(), 
     Ok(())
 }
 
-async fn announce(ctx: &Ctx, phase: &str) -> Result<u64, ApiError> {
+/// Broadcast `ca.rotated` at `phase`, to every site or to one.
+pub(super) async fn announce(ctx: &Ctx, site: Option<&str>, phase: &str) -> Result<u64, ApiError> {
     let e = &ctx.estate;
     let data = serde_json::json!({
         "phase": phase,
@@ -91,7 +92,7 @@ async fn announce(ctx: &Ctx, phase: &str) -> Result<u64, ApiError> {
         "cas": ca_infos(e),
     });
     ctx.events
-        .publish(subjects::EVENT_CA_ROTATED, None, "ca.pem", &data, e.clock().now_unix())
+        .publish(subjects::EVENT_CA_ROTATED, site, "ca.pem", &data, e.clock().now_unix())
         .await
         .map_err(|err| ApiError::new(ErrorCode::Unavailable, format!("cannot broadcast ca.rotated ({err}); retry `tillit rotate ca`")))
 }
@@ -105,7 +106,7 @@ pub async fn rotate(ctx: &Ctx, caller: &IdentityRecord) -> Result<RotateCaReply,
         other => ApiError::internal(other),
     })?;
     update_hub(ctx, None).await.map_err(|m| ApiError::new(ErrorCode::Unavailable, format!("{m}; the new CA is in the bundle, retry `tillit rotate ca`")))?;
-    let seq = announce(ctx, "added").await?;
+    let seq = announce(ctx, None, "added").await?;
     let rec = RolloutRecord { next: next.fingerprint.clone(), event_seq: seq, started_at: e.clock().now_unix() };
     e.set_ca_rollout(Some(&rec)).map_err(ApiError::internal)?;
     ctx.journal
@@ -132,7 +133,7 @@ async fn advance(ctx: &Ctx) -> Result<bool, ApiError> {
     let cur = e.switch_ca(retire_at).map_err(ApiError::internal)?;
     e.set_ca_rollout(None).map_err(ApiError::internal)?;
     // The hub already trusts both CAs (step 1); the set did not change, so no reload.
-    let seq = announce(ctx, "switched").await?;
+    let seq = announce(ctx, None, "switched").await?;
     ctx.journal.record_relaxed(Entry::ok("tillit", "rotate.ca", &cur.fingerprint).detail(serde_json::json!({
         "phase": "switched", "event_seq": seq, "previous_retire_at": retire_at,
     })));
@@ -159,7 +160,7 @@ async fn retire(ctx: &Ctx) -> Result<(), ApiError> {
     if !waiting.is_empty() {
         let asked: Option<String> = crate::store::get_json(e.store(), crate::store::Space::Meta, META_REISSUE).map_err(ApiError::internal)?;
         if asked.as_deref() != Some(current.as_str()) {
-            let seq = announce(ctx, "reissue").await?;
+            let seq = announce(ctx, None, "reissue").await?;
             let mut b = crate::store::Batch::new();
             b.put_json(crate::store::Space::Meta, META_REISSUE, &current).map_err(ApiError::internal)?;
             e.store().commit(b).map_err(ApiError::internal)?;
@@ -175,7 +176,7 @@ async fn retire(ctx: &Ctx) -> Result<(), ApiError> {
     if let Err(m) = update_hub(ctx, Some((&hub.cert_pem, hub.key_pem.expose()))).await {
         tracing::error!("{m}");
     }
-    let seq = announce(ctx, "retired").await?;
+    let seq = announce(ctx, None, "retired").await?;
     ctx.journal.record_relaxed(Entry::ok("tillit", "rotate.ca", "retired").detail(serde_json::json!({ "phase": "retired", "retired": gone, "event_seq": seq })));
     tracing::info!(retired = ?gone, "CA rotation: old CA left the bundle");
     Ok(())

@@ -291,6 +291,27 @@ pub async fn start_sites(ctx: &Ctx) {
         if let Err(err) = ctx.events.ensure_site_stream(&site.name).await {
             tracing::error!(site = %site.name, "cannot create the site's stream: {err}");
         }
+        // A site whose leafnode users carry permissions from before sites were confined: its
+        // agent is asked (once) to re-issue its server's certificate and leafnode JWTs, which
+        // come with the current permissions.
+        let key = format!("site_upgrade_asked/{}", site.name);
+        let asked: Option<u32> = crate::store::get_json(e.store(), crate::store::Space::Meta, &key).ok().flatten();
+        if site.leaf_perms < crate::estate::sites::LEAF_PERMS_VERSION && asked != Some(crate::estate::sites::LEAF_PERMS_VERSION) {
+            match super::carot::announce(ctx, Some(&site.name), "reissue").await {
+                Ok(seq) => {
+                    tracing::warn!(site = %site.name, seq, "site's leafnode credentials predate confined sites; asked its agent to re-issue them");
+                    let mut b = crate::store::Batch::new();
+                    if b.put_json(crate::store::Space::Meta, &key, &crate::estate::sites::LEAF_PERMS_VERSION).is_ok() {
+                        let _ = e.store().commit(b);
+                    }
+                    ctx.journal.record_relaxed(
+                        Entry::ok("tillit", "site.upgrade", &format!("site:{}", site.name))
+                            .detail(serde_json::json!({ "leaf_perms": site.leaf_perms, "to": crate::estate::sites::LEAF_PERMS_VERSION, "event_seq": seq })),
+                    );
+                }
+                Err(err) => tracing::error!(site = %site.name, "cannot ask the site to re-issue its credentials: {}", err.message),
+            }
+        }
     }
     for a in e.agent_statuses().unwrap_or_default() {
         if let Err(err) = ctx.events.ensure_agent_consumer(&a.consumer, &a.site).await {

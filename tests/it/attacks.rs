@@ -618,3 +618,36 @@ async fn a_forged_request_info_header_is_refused() {
     let text = String::from_utf8_lossy(&r.payload).to_string();
     assert!(text.contains("\"error\"") && text.contains("unauthenticated"), "a forged Nats-Request-Info was believed: {text}");
 }
+
+/// A site added before sites were confined holds leafnode JWTs with the old, broad permissions.
+/// At start the control plane asks its agent (once) to re-issue the site server's credentials,
+/// which come with the confined permissions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_from_before_confinement_gets_confined_credentials() {
+    let (e, _leaf) = Estate::init_with_leaf("upgrade.example");
+    let _nats = e.start_nats();
+    let mut serve = e.start_serve_ready();
+    let east = site_add(&e, "east");
+    let _srv = east.start();
+    let aid = e.tmp.path().join("east-agent");
+    let agent = AgentProc::start(&east, &aid, &east.dir, &east.url(), Some("true"));
+    let enrolled = wait_for(Duration::from_secs(20), || aid.join("identity.json").is_file());
+    assert!(enrolled.is_some(), "{}", agent.log_text());
+    assert!(serve.terminate(Duration::from_secs(10)).success());
+    {
+        // The record as an older release left it.
+        let est = tillit::estate::Estate::open(tillit::layout::DataDir::new(e.data()), std::sync::Arc::new(tillit::clock::SystemClock)).unwrap();
+        let mut site = est.site("east").unwrap().unwrap();
+        assert_eq!(site.leaf_perms, tillit::estate::sites::LEAF_PERMS_VERSION);
+        site.leaf_perms = 0;
+        let mut b = tillit::store::Batch::new();
+        b.put_json(tillit::store::Space::Sites, "site/east", &site).unwrap();
+        est.store().commit(b).unwrap();
+    }
+    let before = std::fs::read_to_string(east.dir.join("leaf-tillit.creds")).unwrap();
+    let serve = e.start_serve_ready();
+    let reissued = wait_for(Duration::from_secs(30), || std::fs::read_to_string(east.dir.join("leaf-tillit.creds")).unwrap_or_default() != before);
+    assert!(reissued.is_some(), "agent:\n{}\nserve:\n{}", agent.log_text(), serve.log_text());
+    let audit = stdout(&tillit(&["audit", "tail", "--data-dir", e.data(), "--json", "-n", "100"]));
+    assert!(audit.contains("\"action\":\"site.upgrade\"") && audit.contains("\"action\":\"site.renew\""), "{audit}");
+}
