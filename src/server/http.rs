@@ -189,35 +189,41 @@ pub async fn serve_http(
 ) {
     use std::sync::atomic::AtomicUsize;
     tokio::pin!(stop);
+    // Never more connections than descriptors to spare (the store, NATS and the log need some).
+    let max_conns = max_conns.min(fd_limit().saturating_sub(FD_RESERVE)).max(16);
     let mut conns: std::collections::VecDeque<Conn> = std::collections::VecDeque::new();
+    // The oldest connection with nothing in progress goes; false if every one is busy.
+    fn evict_idle(conns: &mut std::collections::VecDeque<Conn>) -> bool {
+        match conns.iter().position(|c| c.busy.load(Ordering::SeqCst) == 0) {
+            Some(i) => {
+                if let Some(old) = conns.remove(i) {
+                    old.task.abort();
+                }
+                true
+            }
+            None => false,
+        }
+    }
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    // Out of descriptors or similar: back off instead of spinning.
+                    // Out of descriptors or similar: make room, back off instead of spinning.
                     tracing::warn!("HTTP accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    conns.retain(|c| !c.task.is_finished());
+                    evict_idle(&mut conns);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
             },
             _ = &mut stop => break,
         };
         conns.retain(|c| !c.task.is_finished());
-        if conns.len() >= max_conns {
-            // Make room: the oldest connection with nothing in progress goes.
-            match conns.iter().position(|c| c.busy.load(Ordering::SeqCst) == 0) {
-                Some(i) => {
-                    if let Some(old) = conns.remove(i) {
-                        old.task.abort();
-                    }
-                }
-                None => {
-                    tracing::warn!(%peer, "HTTP: {max_conns} requests in progress; refusing a connection");
-                    drop(stream);
-                    continue;
-                }
-            }
+        if conns.len() >= max_conns && !evict_idle(&mut conns) {
+            tracing::warn!(%peer, "HTTP: {max_conns} requests in progress; refusing a connection");
+            drop(stream);
+            continue;
         }
         let busy = Arc::new(AtomicUsize::new(0));
         let router = router.clone();
@@ -251,6 +257,21 @@ pub async fn serve_http(
     for c in conns {
         c.task.abort();
     }
+}
+
+/// Descriptors kept for everything but HTTP connections.
+const FD_RESERVE: usize = 256;
+
+/// This process's open-file limit (soft).
+pub fn fd_limit() -> usize {
+    // SAFETY: getrlimit with a valid pointer to an rlimit owned by this frame.
+    unsafe {
+        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            return usize::try_from(r.rlim_cur).unwrap_or(usize::MAX);
+        }
+    }
+    usize::MAX
 }
 
 /// Raise this process's open-file limit to its hard limit (a busy HTTP port and many NATS
