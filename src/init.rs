@@ -25,6 +25,8 @@ pub struct InitOptions {
     pub http_addr: Option<String>,
     /// Base URL nats-servers reach the HTTP port at (OCSP, CRL), when not the listen address.
     pub http_public_url: Option<String>,
+    /// `http.metrics_addr`: `/metrics` on a listener of its own.
+    pub metrics_addr: Option<String>,
     pub monitor_addr: Option<String>,
     /// Port of the hub's leafnode listener for site servers (off when absent).
     pub leaf_port: Option<u16>,
@@ -88,6 +90,7 @@ pub fn init(opts: &InitOptions, clock: SharedClock) -> Result<InitSummary, InitE
     raw.nats.monitor_addr = opts.monitor_addr.clone();
     raw.nats.leaf_port = opts.leaf_port;
     raw.http.public_url = opts.http_public_url.clone();
+    raw.http.metrics_addr = opts.metrics_addr.clone();
     let config = Config::from_raw(raw)?;
     let target = absolute(&opts.data_dir)?;
     let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("tillit").to_string();

@@ -42,6 +42,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 monitor_addr: None,
                 leaf_port: None,
                 http_public_url: None,
+                metrics_addr: None,
                 force: false,
             },
             Arc::new(SystemClock),

@@ -23,6 +23,10 @@ pub struct Args {
     /// http://tillit:8080 in docker compose.
     #[arg(long, env = "TILLIT_HTTP_PUBLIC_URL")]
     pub http_public_url: Option<String>,
+    /// A listener of its own for /metrics (HOST:PORT); without it /metrics is served on the
+    /// HTTP port only when that is bound to loopback.
+    #[arg(long, env = "TILLIT_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
     /// nats-server monitoring address (HOST:PORT), off by default.
     #[arg(long, env = "TILLIT_MONITOR_ADDR")]
     pub monitor_addr: Option<String>,
@@ -42,6 +46,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             nats_url: a.nats_url,
             http_addr: a.http_addr,
             http_public_url: a.http_public_url,
+            metrics_addr: a.metrics_addr,
             monitor_addr: a.monitor_addr,
             leaf_port: a.leaf_port,
             force: a.force,
