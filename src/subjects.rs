@@ -119,8 +119,16 @@ pub const INBOX_ROOT: &str = "_INBOX";
 pub const SERVICE_REPLY_ROOT: &str = "_R_";
 /// Whether the control plane may answer on `reply`: an inbox or a service-import reply.
 pub fn is_reply_subject(reply: &str) -> bool {
-    let ok_root = reply.strip_prefix(INBOX_ROOT).or_else(|| reply.strip_prefix(SERVICE_REPLY_ROOT)).is_some_and(|r| r.starts_with('.') && r.len() > 1);
+    let ok_root = below(reply, INBOX_ROOT) || is_service_reply(reply);
     ok_root && !reply.contains(['*', '>', ' ']) && !reply.split('.').any(str::is_empty)
+}
+/// Whether `reply` is one nats-server made for a request crossing a service import (`_R_.…`).
+pub fn is_service_reply(reply: &str) -> bool {
+    below(reply, SERVICE_REPLY_ROOT)
+}
+/// Whether `subject` has at least one token below `root`.
+fn below(subject: &str, root: &str) -> bool {
+    subject.strip_prefix(root).and_then(|r| r.strip_prefix('.')).is_some_and(|r| !r.is_empty())
 }
 /// Root of the inboxes of a site's agents, `_INBOX.site-<site>.<user public key>.…`: the only
 /// inboxes a site server's link to the hub may receive on (user keys start with `U`, so no

@@ -308,10 +308,9 @@ impl Estate {
             _ => self.config.service_ttl.max(self.config.server_cert_ttl).max(self.config.admin_ttl),
         }
         .as_secs() as i64;
-        let until = rec.revoked_until.clone();
-        rec.revocations.retain(|u, t| until.get(u).copied().unwrap_or(*t + longest) + 3600 > now);
-        let kept = rec.revocations.clone();
-        rec.revoked_until.retain(|u, _| kept.contains_key(u));
+        let AccountRecord { revocations, revoked_until, .. } = rec;
+        revocations.retain(|u, t| revoked_until.get(u).copied().unwrap_or(*t + longest) + 3600 > now);
+        revoked_until.retain(|u, _| revocations.contains_key(u));
     }
 
     fn check_jwt_size(&self, rec: &AccountRecord) -> Result<()> {

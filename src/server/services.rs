@@ -37,8 +37,7 @@ pub fn request_info(msg: &async_nats::Message) -> Result<Option<RequestInfo>, Ap
     let Some(h) = msg.headers.as_ref().and_then(|h| h.get(subjects::HDR_REQUEST_INFO)) else {
         return Ok(None);
     };
-    let via_import = msg.reply.as_deref().is_some_and(|r| r.starts_with(&format!("{}.", subjects::SERVICE_REPLY_ROOT)));
-    if !via_import {
+    if !msg.reply.as_deref().is_some_and(subjects::is_service_reply) {
         return Err(ApiError::unauthenticated("Nats-Request-Info on a request that did not cross a service import"));
     }
     serde_json::from_str(h.as_str())

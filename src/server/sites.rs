@@ -314,7 +314,8 @@ pub async fn start_sites(ctx: &Ctx) {
         }
     }
     for a in e.agent_statuses().unwrap_or_default() {
-        if let Err(err) = ctx.events.ensure_agent_consumer(&a.consumer, &a.site).await {
+        // Its site's stream was ensured above.
+        if let Err(err) = ctx.events.ensure_consumer_on_site_stream(&a.consumer, &a.site).await {
             tracing::error!(site = %a.site, consumer = %a.consumer, "cannot create the agent's consumer: {err}");
         }
     }

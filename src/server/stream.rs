@@ -100,6 +100,11 @@ impl Events {
     /// existing one is kept).
     pub async fn ensure_agent_consumer(&self, name: &str, site: &str) -> Result<(), StreamError> {
         self.ensure_site_stream(site).await?;
+        self.ensure_consumer_on_site_stream(name, site).await
+    }
+
+    /// [`Self::ensure_agent_consumer`] on a site stream known to exist.
+    pub async fn ensure_consumer_on_site_stream(&self, name: &str, site: &str) -> Result<(), StreamError> {
         let stream = self.js.get_stream(subjects::site_stream(site)).await.map_err(|e| StreamError::JetStream(e.to_string()))?;
         stream
             .get_or_create_consumer(
