@@ -542,8 +542,8 @@ impl Agent {
         let tillit_user = nkeys::KeyPair::from_seed(tillit_seed.expose()).map_err(|e| bad("leaf-tillit.creds seed", e.to_string()))?;
         let (csr, key_pem) = crate::issuer::x509::make_csr(&tillit_user.public_key()).map_err(|e| bad("CSR", e.to_string()))?;
         let r: crate::proto::SiteRenewReply =
-            self.session.call(subjects::SVC_SITE_RENEW, subjects::KIND_SITE_RENEW, crate::proto::SiteRenewRequest { csr }).await?;
-        crate::client::tls::key_matches(&r.cert_pem, key_pem.expose()).map_err(|e| bad("the re-issued certificate", e.to_string()))?;
+            self.session.call::<crate::proto::SiteRenew>(crate::proto::SiteRenewRequest { csr }).await?;
+        crate::pem::key_matches(&r.cert_pem, key_pem.expose()).map_err(|e| bad("the re-issued certificate", e.to_string()))?;
         // Key first, then certificate: a crash between leaves a mismatch that the next check
         // (`site_server_due`) repairs; the hook reloads the server only after both.
         write_atomic(&f.key, key_pem.expose().as_bytes(), 0o600).map_err(io_err(&f.key))?;
@@ -618,14 +618,14 @@ impl Agent {
             ACK_TTL_SECS,
             data,
         )?;
-        Ok(self.session.call(subjects::SVC_ACK, subjects::KIND_ACK, AckRequest { envelope }).await?)
+        Ok(self.session.call::<crate::proto::Ack>(AckRequest { envelope }).await?)
     }
 }
 
 /// Why a server certificate should be re-issued at `now` (pure): its key does not match it,
 /// it cannot be read, or a third of its life is left.
 pub fn server_cert_due(cert_pem: &str, key_pem: &str, now: i64) -> Option<String> {
-    if crate::client::tls::key_matches(cert_pem, key_pem).is_err() {
+    if crate::pem::key_matches(cert_pem, key_pem).is_err() {
         return Some("the site server's key does not match its certificate".into());
     }
     let validity = crate::issuer::x509::first_cert_der(cert_pem).ok().and_then(|der| {

@@ -41,6 +41,7 @@ pub mod names;
 pub mod natsbin;
 pub mod natsconf;
 pub mod ocsp;
+pub mod pem;
 pub mod permissions;
 pub mod proto;
 pub mod replay;

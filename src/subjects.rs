@@ -115,6 +115,10 @@ pub fn notify_subject(account: &str, project: &str, service: &str) -> String {
 
 /// Root of per-identity inboxes: `_INBOX.<user public key>.…`.
 pub const INBOX_ROOT: &str = "_INBOX";
+/// The inbox prefix of a user, `_INBOX.<user public key>`: only its holder may subscribe below it.
+pub fn inbox_prefix(user_public_key: &str) -> String {
+    format!("{INBOX_ROOT}.{user_public_key}")
+}
 /// Root of the reply subjects nats-server makes for requests crossing a service import.
 pub const SERVICE_REPLY_ROOT: &str = "_R_";
 /// Whether the control plane may answer on `reply`: an inbox or a service-import reply.

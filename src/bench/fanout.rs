@@ -12,7 +12,6 @@ use crate::agent::{Agent, AgentOptions, Applied};
 use crate::client::{ClientError, TillitClient};
 use crate::layout::IdentityDir;
 use crate::proto::{SiteAddReply, SiteAddRequest};
-use crate::subjects;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -40,10 +39,7 @@ async fn register_site(admin: &TillitClient, name: &str) -> Result<(), ClientErr
     let tillit_user = nkeys::KeyPair::new_user();
     let (csr, _key) = crate::issuer::x509::make_csr(&tillit_user.public_key()).map_err(err)?;
     let _: SiteAddReply = admin
-        .call(
-            subjects::ADMIN_SITE_ADD,
-            subjects::KIND_SITE_ADD,
-            SiteAddRequest {
+        .call::<crate::proto::SiteAdd>(SiteAddRequest {
                 name: name.into(),
                 listen: "127.0.0.1:1".into(),
                 hosts: vec![],
@@ -60,10 +56,7 @@ async fn register_site(admin: &TillitClient, name: &str) -> Result<(), ClientErr
 async fn rotate(admin: &TillitClient, path: &str, jwks: &str, i: usize) -> Result<(), ClientError> {
     let sealed = crate::client::secrets::seal_for_control_plane(jwks, format!("value-{i}").as_bytes())?;
     let _: crate::proto::SecretReply = admin
-        .call(
-            subjects::ADMIN_SECRET_ROTATE,
-            subjects::KIND_SECRET_ROTATE,
-            crate::proto::SecretRotateRequest { path: crate::secrets::SecretPath::parse(path).map_err(err)?, value: Some(sealed), generate: None },
+        .call::<crate::proto::SecretRotate>(crate::proto::SecretRotateRequest { path: crate::secrets::SecretPath::parse(path).map_err(err)?, value: Some(sealed), generate: None },
         )
         .await?;
     Ok(())
@@ -152,10 +145,7 @@ pub async fn fanout(admin_dir: &Path, agents: usize, sites: usize, rounds: usize
     let sealed = crate::client::secrets::seal_for_control_plane(&jwks, b"value-0")?;
     let start = Instant::now();
     let _: crate::proto::SecretReply = admin
-        .call(
-            subjects::ADMIN_SECRET_PUT,
-            subjects::KIND_SECRET_PUT,
-            crate::proto::SecretPutRequest {
+        .call::<crate::proto::SecretPut>(crate::proto::SecretPutRequest {
                 path: crate::secrets::SecretPath::parse(&path).map_err(err)?,
                 readers: site_names.iter().map(|s| format!("site:{s}")).collect(),
                 value: sealed,

@@ -10,7 +10,8 @@
 
 pub mod fanout;
 
-use crate::client::enroll::{bootstrap_params, request, LocalKeys};
+use crate::client::enroll::{bootstrap_params, LocalKeys};
+use crate::client::request;
 use crate::client::session::Session;
 use crate::client::{connect, ClientError, TillitClient};
 use crate::layout::IdentityDir;
@@ -137,10 +138,7 @@ async fn mint_tokens(admin: &TillitClient, sid: &ServiceId, n: usize) -> Result<
     while out.len() < n {
         let count = (n - out.len()).min(crate::estate::services::MAX_TOKENS_PER_REQUEST as usize) as u32;
         let r: TokenCreateReply = admin
-            .call(
-                subjects::ADMIN_TOKEN_CREATE,
-                subjects::KIND_TOKEN_CREATE,
-                TokenCreateRequest { identity: sid.clone(), ttl_secs: 600, count },
+            .call::<crate::proto::TokenCreate>(TokenCreateRequest { identity: sid.clone(), ttl_secs: 600, count },
             )
             .await?;
         out.extend(r.tokens);
@@ -376,10 +374,7 @@ pub async fn grant(admin_dir: &Path, n: usize, nats: Option<&str>, scratch: &Pat
         let mut sub = c.subscribe(format!("{subject}.>")).await.map_err(|e| ClientError::Request { subject: subject.clone(), reason: e.to_string() })?;
         let start = Instant::now();
         let _: crate::proto::GrantsReply = admin
-            .call(
-                subjects::ADMIN_GRANT,
-                subjects::KIND_GRANT,
-                crate::proto::GrantRequest { service: sid.clone(), publish: vec![format!("{subject}.>")], subscribe: vec![format!("{subject}.>")] },
+            .call::<crate::proto::Grant>(crate::proto::GrantRequest { service: sid.clone(), publish: vec![format!("{subject}.>")], subscribe: vec![format!("{subject}.>")] },
             )
             .await?;
         let mut ok = false;
@@ -418,7 +413,7 @@ pub async fn revoke(admin_dir: &Path, n: usize, nats: Option<&str>, scratch: &Pa
         c.flush().await.map_err(|e| ClientError::Request { subject: "flush".into(), reason: e.to_string() })?;
         let start = Instant::now();
         let _: crate::proto::RevokeReply = admin
-            .call(subjects::ADMIN_REVOKE, subjects::KIND_REVOKE, crate::proto::RevokeRequest { service: sid, reason: Some("bench".into()) })
+            .call::<crate::proto::Revoke>(crate::proto::RevokeRequest { service: sid, reason: Some("bench".into()) })
             .await?;
         let mut dropped = false;
         while start.elapsed() < Duration::from_secs(5) {
@@ -494,10 +489,7 @@ pub async fn secret_get(admin_dir: &Path, n: usize, c: usize, nats: Option<&str>
     let jwks = std::fs::read_to_string(IdentityDir::new(admin_dir).trust_jwks()).map_err(|e| ClientError::Credentials(e.to_string()))?;
     let sealed = crate::client::secrets::seal_for_control_plane(&jwks, &[b'x'; 64])?;
     let _: crate::proto::SecretReply = admin
-        .call(
-            subjects::ADMIN_SECRET_PUT,
-            subjects::KIND_SECRET_PUT,
-            crate::proto::SecretPutRequest {
+        .call::<crate::proto::SecretPut>(crate::proto::SecretPutRequest {
                 path: crate::secrets::SecretPath::parse(&path).map_err(|e| ClientError::Credentials(e.to_string()))?,
                 readers: vec![sid.to_string()],
                 value: sealed,

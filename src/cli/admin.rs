@@ -6,7 +6,6 @@
 use super::grant::AdminArgs;
 use crate::estate::sites::admin_service_id;
 use crate::proto::{RevokeReply, RevokeRequest, TokenCreateReply, TokenCreateRequest};
-use crate::subjects;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -52,7 +51,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             let ttl = crate::clock::parse_duration(&a.ttl).map_err(anyhow::Error::msg)?;
             let client = a.admin.client().await?;
             let r: TokenCreateReply = client
-                .call(subjects::ADMIN_TOKEN_CREATE, subjects::KIND_TOKEN_CREATE, TokenCreateRequest { identity, ttl_secs: ttl.as_secs() as i64, count: 1 })
+                .call::<crate::proto::TokenCreate>(TokenCreateRequest { identity, ttl_secs: ttl.as_secs() as i64, count: 1 })
                 .await?;
             for t in &r.tokens {
                 println!("{t}");
@@ -63,7 +62,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         AdminCommand::Revoke(a) => {
             let service = admin_service_id(&a.name)?;
             let client = a.admin.client().await?;
-            let r: RevokeReply = client.call(subjects::ADMIN_REVOKE, subjects::KIND_REVOKE, RevokeRequest { service, reason: a.reason }).await?;
+            let r: RevokeReply = client.call::<crate::proto::Revoke>(RevokeRequest { service, reason: a.reason }).await?;
             if a.admin.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

@@ -5,7 +5,6 @@ use crate::client::TillitClient;
 use crate::layout::IdentityDir;
 use crate::names::ServiceId;
 use crate::proto::{GrantRequest, GrantsReply, ServiceRequest};
-use crate::subjects;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -67,18 +66,14 @@ fn print(r: &GrantsReply, json: bool) -> anyhow::Result<()> {
 pub async fn grant(a: ChangeArgs, ungrant: bool) -> anyhow::Result<()> {
     let service = ServiceId::parse(&a.service)?;
     let client = a.admin.client().await?;
-    let (subject, kind) = if ungrant {
-        (subjects::ADMIN_UNGRANT, subjects::KIND_UNGRANT)
-    } else {
-        (subjects::ADMIN_GRANT, subjects::KIND_GRANT)
-    };
-    let r: GrantsReply = client.call(subject, kind, GrantRequest { service, publish: a.publish, subscribe: a.subscribe }).await?;
+    let req = GrantRequest { service, publish: a.publish, subscribe: a.subscribe };
+    let r: GrantsReply = if ungrant { client.call::<crate::proto::Ungrant>(req).await? } else { client.call::<crate::proto::Grant>(req).await? };
     print(&r, a.admin.json)
 }
 
 pub async fn grants(a: ShowArgs) -> anyhow::Result<()> {
     let service = ServiceId::parse(&a.service)?;
     let client = a.admin.client().await?;
-    let r: GrantsReply = client.call(subjects::ADMIN_GRANTS, subjects::KIND_GRANTS, ServiceRequest { service }).await?;
+    let r: GrantsReply = client.call::<crate::proto::Grants>(ServiceRequest { service }).await?;
     print(&r, a.admin.json)
 }

@@ -3,7 +3,6 @@
 use super::grant::AdminArgs;
 use crate::names::ServiceId;
 use crate::proto::{ListReply, ListRequest, RevokeReply, RevokeRequest};
-use crate::subjects;
 
 #[derive(Debug, clap::Args)]
 pub struct RevokeArgs {
@@ -25,7 +24,7 @@ pub struct ListArgs {
 pub async fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
     let service = ServiceId::parse(&a.service)?;
     let client = a.admin.client().await?;
-    let r: RevokeReply = client.call(subjects::ADMIN_REVOKE, subjects::KIND_REVOKE, RevokeRequest { service, reason: a.reason }).await?;
+    let r: RevokeReply = client.call::<crate::proto::Revoke>(RevokeRequest { service, reason: a.reason }).await?;
     if a.admin.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -39,7 +38,7 @@ pub async fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
 
 pub async fn list(a: ListArgs) -> anyhow::Result<()> {
     let client = a.admin.client().await?;
-    let r: ListReply = client.call(subjects::ADMIN_LIST, subjects::KIND_LIST, ListRequest {}).await?;
+    let r: ListReply = client.call::<crate::proto::List>(ListRequest {}).await?;
     if a.admin.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());

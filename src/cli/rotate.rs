@@ -2,7 +2,6 @@
 
 use super::grant::AdminArgs;
 use crate::proto::{RotateSigningKeyReply, RotateSigningKeyRequest};
-use crate::subjects;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -47,7 +46,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let after = crate::clock::parse_duration(&s.retire_after).map_err(anyhow::Error::msg)?;
     let client = s.admin.client().await?;
     let r: RotateSigningKeyReply = client
-        .call(subjects::ADMIN_ROTATE_SIGNING_KEY, subjects::KIND_ROTATE_SIGNING_KEY, RotateSigningKeyRequest { retire_after_secs: after.as_secs() as i64 })
+        .call::<crate::proto::RotateSigningKey>(RotateSigningKeyRequest { retire_after_secs: after.as_secs() as i64 })
         .await?;
     if s.admin.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -67,7 +66,7 @@ async fn rotate_ca(c: CaArgs) -> anyhow::Result<()> {
         session.renew_now().await?;
     }
     let client = c.admin.client().await?;
-    let r: crate::proto::RotateCaReply = client.call(subjects::ADMIN_ROTATE_CA, subjects::KIND_ROTATE_CA, crate::proto::RotateCaRequest { finish: c.finish }).await?;
+    let r: crate::proto::RotateCaReply = client.call::<crate::proto::RotateCa>(crate::proto::RotateCaRequest { finish: c.finish }).await?;
     if c.admin.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());

@@ -6,7 +6,6 @@ use crate::client::session::Session;
 use crate::layout::IdentityDir;
 use crate::proto::{SecretInfo, SecretListReply, SecretListRequest, SecretPathRequest, SecretPutRequest, SecretReply, SecretRotateRequest};
 use crate::secrets::{SecretPath, MAX_VALUE_BYTES};
-use crate::subjects;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use zeroize::Zeroizing;
@@ -139,7 +138,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             let sealed = seal_for_control_plane(&trust_jwks(&p.admin)?, &value)?;
             let client = p.admin.client().await?;
             let r: SecretReply = client
-                .call(subjects::ADMIN_SECRET_PUT, subjects::KIND_SECRET_PUT, SecretPutRequest { path, readers: p.readers, value: sealed })
+                .call::<crate::proto::SecretPut>(SecretPutRequest { path, readers: p.readers, value: sealed })
                 .await?;
             print(&r.secret, p.admin.json)
         }
@@ -151,14 +150,14 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             };
             let client = p.admin.client().await?;
             let r: SecretReply = client
-                .call(subjects::ADMIN_SECRET_ROTATE, subjects::KIND_SECRET_ROTATE, SecretRotateRequest { path, value, generate: p.generate })
+                .call::<crate::proto::SecretRotate>(SecretRotateRequest { path, value, generate: p.generate })
                 .await?;
             print(&r.secret, p.admin.json)
         }
         SecretCommand::List(l) => {
             let client = l.admin.client().await?;
             let r: SecretListReply = client
-                .call(subjects::ADMIN_SECRET_LIST, subjects::KIND_SECRET_LIST, SecretListRequest { prefix: l.prefix.unwrap_or_default() })
+                .call::<crate::proto::SecretList>(SecretListRequest { prefix: l.prefix.unwrap_or_default() })
                 .await?;
             if l.admin.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
@@ -172,13 +171,13 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         SecretCommand::Versions(p) => {
             let path = SecretPath::parse(&p.path)?;
             let client = p.admin.client().await?;
-            let r: SecretReply = client.call(subjects::ADMIN_SECRET_VERSIONS, subjects::KIND_SECRET_VERSIONS, SecretPathRequest { path }).await?;
+            let r: SecretReply = client.call::<crate::proto::SecretVersions>(SecretPathRequest { path }).await?;
             print(&r.secret, p.admin.json)
         }
         SecretCommand::Delete(p) => {
             let path = SecretPath::parse(&p.path)?;
             let client = p.admin.client().await?;
-            let r: SecretReply = client.call(subjects::ADMIN_SECRET_DELETE, subjects::KIND_SECRET_DELETE, SecretPathRequest { path }).await?;
+            let r: SecretReply = client.call::<crate::proto::SecretDelete>(SecretPathRequest { path }).await?;
             println!("deleted {} ({} versions)", r.secret.path, r.secret.versions.len());
             Ok(())
         }

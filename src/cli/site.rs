@@ -12,7 +12,6 @@ use crate::fsutil::{create_dir, write_atomic};
 use crate::layout::IdentityDir;
 use crate::natsconf::{render_site, site_files, SiteServer};
 use crate::proto::{SiteAddReply, SiteAddRequest, SiteListReply, SiteListRequest};
-use crate::subjects;
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 
@@ -86,7 +85,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
 async fn remove(a: RemoveArgs) -> anyhow::Result<()> {
     let client = a.admin.client().await?;
     let r: crate::proto::SiteRemoveReply = client
-        .call(subjects::ADMIN_SITE_REMOVE, subjects::KIND_SITE_REMOVE, crate::proto::SiteRemoveRequest { name: a.name.clone(), reason: a.reason })
+        .call::<crate::proto::SiteRemove>(crate::proto::SiteRemoveRequest { name: a.name.clone(), reason: a.reason })
         .await?;
     if a.admin.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -112,10 +111,7 @@ async fn add(a: AddArgs) -> anyhow::Result<()> {
     let listen = if a.host.contains(':') { format!("[{}]:{}", a.host, a.nats_port) } else { format!("{}:{}", a.host, a.nats_port) };
     let client = TillitClient::connect_dir(&IdentityDir::new(&a.identity), a.nats.as_deref()).await?;
     let reply: SiteAddReply = client
-        .call(
-            subjects::ADMIN_SITE_ADD,
-            subjects::KIND_SITE_ADD,
-            SiteAddRequest {
+        .call::<crate::proto::SiteAdd>(SiteAddRequest {
                 name: a.name.clone(),
                 listen: listen.clone(),
                 hosts: a.cert_hosts.clone(),
@@ -192,7 +188,7 @@ fn write_site_dir(out: &Path, files: &[(&str, Vec<u8>, u32)]) -> anyhow::Result<
 
 async fn list(a: ListArgs) -> anyhow::Result<()> {
     let client = a.admin.client().await?;
-    let reply: SiteListReply = client.call(subjects::ADMIN_SITE_LIST, subjects::KIND_SITE_LIST, SiteListRequest {}).await?;
+    let reply: SiteListReply = client.call::<crate::proto::SiteList>(SiteListRequest {}).await?;
     if a.admin.json {
         println!("{}", serde_json::to_string_pretty(&reply)?);
         return Ok(());

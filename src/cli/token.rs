@@ -4,7 +4,6 @@ use crate::client::TillitClient;
 use crate::layout::IdentityDir;
 use crate::names::ServiceId;
 use crate::proto::{TokenCreateReply, TokenCreateRequest};
-use crate::subjects;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -66,10 +65,7 @@ async fn create(a: CreateArgs) -> anyhow::Result<()> {
     while left > 0 {
         let count = left.min(crate::estate::services::MAX_TOKENS_PER_REQUEST);
         let reply: TokenCreateReply = client
-            .call(
-                subjects::ADMIN_TOKEN_CREATE,
-                subjects::KIND_TOKEN_CREATE,
-                TokenCreateRequest { identity: identity.clone(), ttl_secs: ttl.as_secs() as i64, count },
+            .call::<crate::proto::TokenCreate>(TokenCreateRequest { identity: identity.clone(), ttl_secs: ttl.as_secs() as i64, count },
             )
             .await?;
         for t in &reply.tokens {

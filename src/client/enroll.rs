@@ -6,15 +6,13 @@
 //! nkey, the certificate for its TLS key and identity, chained to the pinned CA), and writes the
 //! identity dir through a staging dir renamed into place.
 
-pub use super::request;
-use super::{connect, ClientError, ConnectParams, NatsCreds};
+use super::{connect, ClientError, ConnectParams, NatsCreds, RequestSigner};
 use crate::clock::SharedClock;
 use crate::crypto::SecretString;
 use crate::identity::{self, IdentityFiles, IdentityInfo, IDENTITY_FORMAT};
 use crate::issuer::{jwt, x509};
 use crate::layout::IdentityDir;
 use crate::proto::{self, EnrollRequest, IssuedReply};
-use crate::subjects;
 use crate::token::JoinToken;
 use nkeys::KeyPair;
 use std::path::{Path, PathBuf};
@@ -160,9 +158,8 @@ pub async fn enroll(token: &str, out: &Path, nats: Option<&str>, clock: SharedCl
         other => other,
     })?;
     let body = keys.enroll_request(&token);
-    let signed = proto::sign_request(&keys.user, &token.trust_domain, subjects::ENROLL, subjects::KIND_ENROLL, body, clock.now_unix())
-        .map_err(|e| ClientError::Credentials(e.to_string()))?;
-    let reply: IssuedReply = request(&nc, subjects::ENROLL, signed).await?;
+    let signer = RequestSigner::new(keys.user.clone(), token.trust_domain.clone(), clock);
+    let reply = signer.call::<proto::Enroll>(&nc, body).await?;
     let _ = nc.drain().await;
     let files = files_from_reply(
         reply,
@@ -184,7 +181,7 @@ pub fn bootstrap_params(token: &JoinToken, urls: Vec<String>) -> Result<ConnectP
     Ok(ConnectParams {
         urls,
         name: format!("tillit-enroll {}", token.identity),
-        inbox_prefix: crate::estate::Estate::inbox_prefix(&boot_user.public_key()),
+        inbox_prefix: crate::subjects::inbox_prefix(&boot_user.public_key()),
         ca_pem: token.ca_pem().map_err(err)?,
         creds: Arc::new(RwLock::new(NatsCreds {
             user_jwt: token.bootstrap_jwt.clone(),

@@ -6,21 +6,19 @@
 //! tillit CA, uses its private inbox prefix, and reconnects at once after a server-side bounce.
 //! [`TillitClient`] adds signed request-reply calls.
 
+pub mod call;
 pub mod enroll;
 pub mod secrets;
 pub mod session;
 pub mod tls;
 
-use crate::clock::{SharedClock, SystemClock};
+use crate::clock::SystemClock;
 use crate::crypto::SecretString;
 use crate::error::ApiError;
 use crate::identity::{self, IdentityFiles};
 use crate::layout::IdentityDir;
-use crate::proto::{self, Reply};
-use crate::subjects;
+use crate::proto::{self, Endpoint};
 use nkeys::KeyPair;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -175,21 +173,6 @@ pub async fn connect(params: &ConnectParams) -> Result<async_nats::Client, Clien
     Err(ClientError::Connect { url: url_list, reason: e })
 }
 
-/// Send a signed request token on `subject` and decode the reply.
-pub async fn request<R: DeserializeOwned>(nc: &async_nats::Client, subject: &str, signed: String) -> Result<R, ClientError> {
-    let req = async_nats::Request::new().payload(signed.into()).timeout(Some(REQUEST_TIMEOUT));
-    let msg = nc.send_request(subject.to_string(), req).await.map_err(|e| {
-        use async_nats::RequestErrorKind as K;
-        match e.kind() {
-            K::TimedOut => ClientError::Timeout { subject: subject.into(), timeout: REQUEST_TIMEOUT },
-            K::NoResponders => ClientError::NoResponders { subject: subject.into() },
-            _ => ClientError::Request { subject: subject.into(), reason: e.to_string() },
-        }
-    })?;
-    let reply: Reply<R> = serde_json::from_slice(&msg.payload).map_err(|e| ClientError::Protocol(e.to_string()))?;
-    Ok(reply.into_result()?)
-}
-
 /// An identity dir, loaded: the entry point of the client library.
 ///
 /// ```no_run
@@ -229,12 +212,12 @@ impl Identity {
     }
 }
 
+pub use call::{request, RequestSigner};
+
 /// A connected identity that can call the control plane.
 pub struct TillitClient {
     nats: async_nats::Client,
-    signer: KeyPair,
-    trust_domain: String,
-    clock: SharedClock,
+    signer: RequestSigner,
     files: IdentityFiles,
 }
 
@@ -245,7 +228,8 @@ impl TillitClient {
         let params = ConnectParams::from_identity(&files, url)?;
         let nats = connect(&params).await?;
         let signer = KeyPair::from_seed(files.user_seed.expose()).map_err(|e| ClientError::Credentials(e.to_string()))?;
-        Ok(TillitClient { nats, signer, trust_domain: files.info.trust_domain.clone(), clock: Arc::new(SystemClock), files })
+        let signer = RequestSigner::new(signer, files.info.trust_domain.clone(), Arc::new(SystemClock));
+        Ok(TillitClient { nats, signer, files })
     }
 
     pub fn nats(&self) -> &async_nats::Client {
@@ -255,16 +239,14 @@ impl TillitClient {
         &self.files
     }
 
-    /// Sign `body` as a request of `kind` for `subject`, send it, and decode the reply.
-    pub async fn call<B: Serialize, R: DeserializeOwned>(&self, subject: &str, kind: &str, body: B) -> Result<R, ClientError> {
-        let token = proto::sign_request(&self.signer, &self.trust_domain, subject, kind, body, self.clock.now_unix())
-            .map_err(|e| ClientError::Credentials(e.to_string()))?;
-        request(&self.nats, subject, token).await
+    /// Call verb `E` of the control plane with `body`.
+    pub async fn call<E: Endpoint>(&self, body: E::Request) -> Result<E::Reply, ClientError> {
+        self.signer.call::<E>(&self.nats, body).await
     }
 
     /// `tillit.v1.admin.status`.
     pub async fn status(&self) -> Result<proto::StatusReply, ClientError> {
-        self.call(subjects::ADMIN_STATUS, "io.tillit.v1.admin.status", proto::StatusRequest {}).await
+        self.call::<proto::Status>(proto::StatusRequest {}).await
     }
 }
 

@@ -8,17 +8,16 @@
 //! it reconnects are buffered by the client and sent after; subscriptions are restored. The
 //! application keeps using the same `async_nats::Client` throughout.
 
-use super::enroll::{files_from_reply, request};
-use super::{connect, tls, ClientError, ConnectParams, NatsCreds};
+use super::enroll::files_from_reply;
+use super::{connect, tls, ClientError, ConnectParams, NatsCreds, RequestSigner};
 use crate::clock::{rfc3339, SharedClock, SystemClock};
 use crate::identity::{self, IdentityFiles, IdentityInfo};
 use crate::issuer::x509;
 use crate::layout::IdentityDir;
-use crate::proto::{self, IssuedReply, RenewRequest};
+use crate::proto::{self, Endpoint, RenewRequest};
 use crate::rotation;
 use crate::subjects;
 use nkeys::KeyPair;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::sync::Arc;
 use tokio::sync::Mutex;
@@ -29,8 +28,8 @@ struct Inner {
     files: std::sync::RwLock<IdentityFiles>,
     clock: SharedClock,
     renewing: Mutex<()>,
-    /// The identity's nkey (it never changes: renewal keeps it), derived once.
-    signer: KeyPair,
+    /// Signs requests as the identity's nkey (it never changes: renewal keeps it).
+    signer: RequestSigner,
     /// Opens sealed secrets; rebuilt after a renewal (the trust set may have changed).
     opener: std::sync::RwLock<Option<Arc<super::secrets::Opener>>>,
 }
@@ -69,7 +68,8 @@ impl Session {
         let files = identity::load(dir)?;
         let params = ConnectParams::from_identity(&files, url)?;
         let client = connect(&params).await?;
-        let signer = KeyPair::from_seed(files.user_seed.expose()).map_err(|e| ClientError::Credentials(e.to_string()))?;
+        let key = KeyPair::from_seed(files.user_seed.expose()).map_err(|e| ClientError::Credentials(e.to_string()))?;
+        let signer = RequestSigner::new(key, files.info.trust_domain.clone(), clock.clone());
         let inner = Arc::new(Inner {
             signer,
             dir: dir.clone(),
@@ -113,9 +113,7 @@ impl Session {
 
     /// [`Session::secret`] at a given version (`None`: the current one); returns the version.
     pub async fn secret_version(&self, name: &str, version: Option<u32>) -> Result<(crate::crypto::SecretString, u32), ClientError> {
-        let reply: crate::proto::SecretGetReply = self
-            .call(subjects::SVC_SECRET_GET, subjects::KIND_SECRET_GET, crate::proto::SecretGetRequest { name: name.into(), version })
-            .await?;
+        let reply = self.call::<proto::SecretGet>(proto::SecretGetRequest { name: name.into(), version }).await?;
         let opener = match self.inner.opener.read().ok().and_then(|o| o.clone()) {
             Some(o) => o,
             None => {
@@ -149,39 +147,24 @@ impl Session {
         self.inner.files.read().map(|f| f.clone()).map_err(|_| ClientError::Credentials("identity lock poisoned".into()))
     }
 
-    /// A signed request to the control plane as this identity.
-    pub async fn call<B: Serialize, R: DeserializeOwned>(&self, subject: &str, kind: &str, body: B) -> Result<R, ClientError> {
-        let td = {
-            let f = self.inner.files.read().map_err(|_| ClientError::Credentials("identity lock poisoned".into()))?;
-            f.info.trust_domain.clone()
-        };
-        let signed = proto::sign_request(&self.inner.signer, &td, subject, kind, body, self.inner.clock.now_unix())
-            .map_err(|e| ClientError::Credentials(e.to_string()))?;
-        request(&self.client, subject, signed).await
+    /// Call verb `E` of the control plane as this identity.
+    pub async fn call<E: Endpoint>(&self, body: E::Request) -> Result<E::Reply, ClientError> {
+        self.inner.signer.call::<E>(&self.client, body).await
     }
 }
 
 async fn renew_once(client: &async_nats::Client, inner: &Inner) -> Result<IdentityInfo, ClientError> {
     let _one = inner.renewing.lock().await;
     let files = inner.files.read().map_err(|_| ClientError::Credentials("identity lock poisoned".into()))?.clone();
-    let signer = KeyPair::from_seed(files.user_seed.expose()).map_err(|e| ClientError::Credentials(e.to_string()))?;
-    let (csr, key) = x509::make_csr(&signer.public_key()).map_err(|e| ClientError::Credentials(e.to_string()))?;
-    let signed = proto::sign_request(
-        &signer,
-        &files.info.trust_domain,
-        subjects::SVC_RENEW,
-        subjects::KIND_RENEW,
-        RenewRequest { csr },
-        inner.clock.now_unix(),
-    )
-    .map_err(|e| ClientError::Credentials(e.to_string()))?;
-    let reply: IssuedReply = request(client, subjects::SVC_RENEW, signed).await?;
+    let me = inner.signer.public_key();
+    let (csr, key) = x509::make_csr(&me).map_err(|e| ClientError::Credentials(e.to_string()))?;
+    let reply = inner.signer.call::<proto::Renew>(client, RenewRequest { csr }).await?;
     let new = files_from_reply(
         reply,
         files.user_seed.clone(),
         key,
         files.xkey_seed.clone(),
-        &signer.public_key(),
+        &me,
         &files.info.ca_fingerprint,
         files.info.nats_urls.clone(),
     )?;

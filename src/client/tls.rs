@@ -4,7 +4,7 @@
 //! (building a rustls config per connection is slow; nats.rs #1622).
 
 use rustls::client::ResolvesClientCert;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use rustls::sign::CertifiedKey;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -19,6 +19,8 @@ pub enum TlsError {
     Cert(String),
     #[error("client key: {0}")]
     Key(String),
+    #[error("client {0}")]
+    Pem(#[from] crate::pem::PemError),
     #[error("TLS setup: {0}")]
     Config(String),
 }
@@ -28,30 +30,14 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Parse every certificate of a PEM bundle.
+/// Parse every certificate of a PEM bundle ([`crate::pem::certs`]).
 pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let mut rd = pem.as_bytes();
-    let certs = rustls_pemfile::certs(&mut rd).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
-    if certs.is_empty() {
-        return Err("no CERTIFICATE block found".into());
-    }
-    Ok(certs)
+    crate::pem::certs(pem).map_err(|e| e.to_string())
 }
 
-/// Build a rustls certified key from PEM certificate chain and private key.
+/// A rustls certified key from PEM ([`crate::pem::certified_key`]).
 pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, TlsError> {
-    let chain = certs_from_pem(cert_pem).map_err(TlsError::Cert)?;
-    let mut rd = key_pem.as_bytes();
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut rd)
-        .map_err(|e| TlsError::Key(e.to_string()))?
-        .ok_or_else(|| TlsError::Key("no PRIVATE KEY block found".into()))?;
-    let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| TlsError::Key(e.to_string()))?;
-    Ok(Arc::new(CertifiedKey::new(chain, signer)))
-}
-
-/// Check that a certificate and a private key belong together.
-pub fn key_matches(cert_pem: &str, key_pem: &str) -> Result<(), TlsError> {
-    certified_key(cert_pem, key_pem)?.keys_match().map_err(|e| TlsError::Key(format!("does not match the certificate: {e}")))
+    crate::pem::certified_key(cert_pem, key_pem).map_err(TlsError::from)
 }
 
 /// A client certificate, and the CA bundle servers are verified against, both replaceable

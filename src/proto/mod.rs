@@ -1,4 +1,12 @@
-//! Wire types: signed requests, replies, and the bodies of each verb.
+//! The contract: every verb of the control plane as a type, the signed request that carries it,
+//! and the reply that answers it.
+//!
+//! **Verbs.** Each verb is a unit type implementing [`Endpoint`]: its subject, its request type
+//! (`io.tillit.v1.<verb>`), who may call it, its request and reply bodies and their JSON Schemas
+//! in `subjects/schemas/`. [`ENDPOINTS`] lists them all, once: the server's dispatch, the
+//! client's `call::<E>` and the contract test read it. A verb is its family file here
+//! ([`status`], [`enroll`], [`admin`], [`secret`], [`site`], [`ca`]), its handler in
+//! `server/<family>.rs` and its command in `cli/<verb>.rs`.
 //!
 //! **Signed requests.** Every request to the control plane is a compact token signed by the
 //! caller's own user nkey (the key its NATS connection authenticated with), using the same codec
@@ -125,507 +133,116 @@ impl<T> Reply<T> {
     }
 }
 
-/// `tillit.v1.admin.token.create` request body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenCreateRequest {
-    pub identity: crate::names::ServiceId,
-    pub ttl_secs: i64,
-    pub count: u32,
+// === endpoints ===
+
+/// Who may call an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// Admin identities only.
+    Admin,
+    /// Any recorded, active identity (services, admins, agents).
+    Identity,
+    /// A new identity holding a join token (its signer is not recorded yet).
+    Enrollee,
 }
 
-/// `tillit.v1.admin.token.create` reply: the printable tokens (secrets, shown once).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TokenCreateReply {
-    pub tokens: Vec<String>,
-    pub identity: crate::names::ServiceId,
-    pub expires_at: String,
-    pub expires_at_unix: i64,
+/// An endpoint as data (what [`Endpoint`] says, for tables and tests).
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointSpec {
+    /// The NATS subject it is served on.
+    pub subject: &'static str,
+    /// The `type` claim its signed requests carry.
+    pub kind: &'static str,
+    /// Who may call it.
+    pub caller: Caller,
+    /// JSON Schema of the request body, a file in `subjects/schemas/`.
+    pub request_schema: &'static str,
+    /// JSON Schema of the reply's `result`, a file in `subjects/schemas/`.
+    pub reply_schema: &'static str,
 }
 
-/// `tillit.v1.enroll` request body. The request is signed by the *new* user nkey (proof of
-/// possession); the CSR's subject CN must be that nkey's public key, binding the TLS key to it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnrollRequest {
-    pub token_id: String,
-    pub token_secret: String,
-    pub identity: crate::names::ServiceId,
-    /// The service's public xkey (curve25519), for sealed deliveries.
-    pub xkey: String,
-    /// PKCS#10 CSR (PEM) for an ECDSA P-256 key.
-    pub csr: String,
+/// One verb of the API: a unit type that knows its subject, kind, caller, and the types of its
+/// request and reply bodies.
+pub trait Endpoint: Send + Sync + 'static {
+    /// The NATS subject it is served on.
+    const SUBJECT: &'static str;
+    /// The `type` claim of its signed requests: `io.` + the subject.
+    const KIND: &'static str;
+    /// Who may call it.
+    const CALLER: Caller;
+    /// JSON Schema of the request body (`subjects/schemas/`).
+    const REQUEST_SCHEMA: &'static str;
+    /// JSON Schema of the reply's `result` (`subjects/schemas/`).
+    const REPLY_SCHEMA: &'static str;
+    /// The request body.
+    type Request: Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// The reply's `result`.
+    type Reply: Serialize + DeserializeOwned + Send + 'static;
+    /// All of it as data.
+    const SPEC: EndpointSpec = EndpointSpec {
+        subject: Self::SUBJECT,
+        kind: Self::KIND,
+        caller: Self::CALLER,
+        request_schema: Self::REQUEST_SCHEMA,
+        reply_schema: Self::REPLY_SCHEMA,
+    };
 }
 
-/// `tillit.v1.svc.renew` request body, signed by the identity's current nkey.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RenewRequest {
-    /// PKCS#10 CSR (PEM) for a fresh ECDSA P-256 key, subject CN = the identity's public nkey.
-    pub csr: String,
+/// Declares a verb: `Name: "subject", Caller, Request => Reply, "req.json" => "reply.json"`.
+macro_rules! endpoint {
+    ($(#[$doc:meta])* $name:ident: $subject:literal, $caller:ident, $req:ty => $reply:ty, $rs:literal => $ps:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        pub struct $name;
+        impl $crate::proto::Endpoint for $name {
+            const SUBJECT: &'static str = $subject;
+            const KIND: &'static str = concat!("io.", $subject);
+            const CALLER: $crate::proto::Caller = $crate::proto::Caller::$caller;
+            const REQUEST_SCHEMA: &'static str = $rs;
+            const REPLY_SCHEMA: &'static str = $ps;
+            type Request = $req;
+            type Reply = $reply;
+        }
+    };
 }
 
-/// What enrollment and renewal return: everything an identity dir holds but the private keys.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct IssuedReply {
-    pub id: String,
-    pub kind: crate::identity::IdentityKind,
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service: Option<crate::names::ServiceId>,
-    pub trust_domain: String,
-    pub account: String,
-    pub account_public_key: String,
-    pub user_public_key: String,
-    pub inbox_prefix: String,
-    pub user_jwt: String,
-    pub cert_pem: String,
-    pub ca_pem: String,
-    pub trust_jwks: String,
-    pub nats_urls: Vec<String>,
-    pub ca_fingerprint: String,
-    pub cert_serial: String,
-    pub issued_at_unix: i64,
-    pub expires_at_unix: i64,
+/// Calls `$m!` with every verb, in the order the service registers them: the one list that
+/// [`ENDPOINTS`] and the server's dispatch table are made from.
+macro_rules! for_each_endpoint {
+    ($m:ident) => {
+        $m!(
+            Status, TokenCreate, Grant, Ungrant, Grants, Revoke, List, RotateSigningKey, SecretPut, SecretRotate,
+            SecretList, SecretVersions, SecretDelete, SecretGet, Enroll, Renew, Ack, SiteRenew, SiteAdd, SiteList,
+            RotateCa, SiteRemove
+        )
+    };
+}
+pub(crate) use for_each_endpoint;
+
+macro_rules! specs {
+    ($($e:ident),*) => { &[$(<$e as Endpoint>::SPEC),*] };
 }
 
-/// `tillit.v1.admin.grant` / `ungrant` request body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GrantRequest {
-    pub service: crate::names::ServiceId,
-    #[serde(rename = "pub", default)]
-    pub publish: Vec<String>,
-    #[serde(rename = "sub", default)]
-    pub subscribe: Vec<String>,
+/// Every endpoint the control plane serves.
+pub const ENDPOINTS: &[EndpointSpec] = for_each_endpoint!(specs);
+
+/// The endpoint served on `subject`.
+pub fn endpoint(subject: &str) -> Option<&'static EndpointSpec> {
+    ENDPOINTS.iter().find(|e| e.subject == subject)
 }
 
-/// `tillit.v1.admin.grants` request body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceRequest {
-    pub service: crate::names::ServiceId,
-}
-
-/// A service's permissions (reply of grant, ungrant and grants).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GrantsReply {
-    pub service: crate::names::ServiceId,
-    /// Everything the service may publish / subscribe now (defaults and grants).
-    #[serde(rename = "pub")]
-    pub publish: Vec<String>,
-    #[serde(rename = "sub")]
-    pub subscribe: Vec<String>,
-    /// What operators granted on top of the defaults.
-    pub granted_pub: Vec<String>,
-    pub granted_sub: Vec<String>,
-}
-
-/// `tillit.v1.admin.revoke` request body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RevokeRequest {
-    pub service: crate::names::ServiceId,
-    #[serde(default)]
-    pub reason: Option<String>,
-}
-
-/// One revoked credential.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RevokedIdentity {
-    pub user_public_key: String,
-    pub cert_serial: String,
-}
-
-/// `tillit.v1.admin.revoke` reply.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RevokeReply {
-    pub service: crate::names::ServiceId,
-    pub revoked: Vec<RevokedIdentity>,
-    pub revoked_at: String,
-}
-
-/// `tillit.v1.admin.list` request body (empty).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListRequest {}
-
-/// One identity in a listing.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct IdentityEntry {
-    pub id: String,
-    pub kind: crate::identity::IdentityKind,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service: Option<crate::names::ServiceId>,
-    pub user_public_key: String,
-    /// `active`, `revoked` or `expired`.
-    pub state: String,
-    pub cert_serial: String,
-    pub expires_at: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revoked_at: Option<String>,
-}
-
-/// `tillit.v1.admin.list` reply.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ListReply {
-    pub identities: Vec<IdentityEntry>,
-}
-
-/// A value sealed end to end: curve25519 box (nkeys xkey format) from `sender_xkey` to the
-/// recipient's xkey, base64.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SealedValue {
-    pub sealed: String,
-    pub sender_xkey: String,
-}
-
-/// `tillit.v1.admin.secret.put` request body: a new secret, sealed to the control plane's xkey.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SecretPutRequest {
-    pub path: crate::secrets::SecretPath,
-    pub readers: Vec<String>,
-    pub value: SealedValue,
-}
-
-/// `tillit.v1.admin.secret.rotate` request body: a new version, either sealed by the admin or
-/// generated by the control plane (`generate` random bytes, base64url), so no value crosses.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SecretRotateRequest {
-    pub path: crate::secrets::SecretPath,
-    #[serde(default)]
-    pub value: Option<SealedValue>,
-    #[serde(default)]
-    pub generate: Option<usize>,
-}
-
-/// A request naming one secret.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SecretPathRequest {
-    pub path: crate::secrets::SecretPath,
-}
-
-/// `tillit.v1.admin.secret.list` request body.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SecretListRequest {
-    #[serde(default)]
-    pub prefix: String,
-}
-
-/// A secret's metadata, as shown to operators (never the value).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SecretInfo {
-    pub path: String,
-    pub readers: Vec<String>,
-    pub current_version: u32,
-    pub versions: Vec<SecretVersionInfo>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SecretVersionInfo {
-    pub version: u32,
-    pub created_at: String,
-    pub created_by: String,
-    pub bytes: usize,
-}
-
-/// Reply of put, rotate, versions, delete.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SecretReply {
-    pub secret: SecretInfo,
-}
-
-/// `tillit.v1.admin.secret.list` reply.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SecretListReply {
-    pub secrets: Vec<SecretInfo>,
-}
-
-/// `tillit.v1.svc.secret.get` request body. `name` is a bare name (resolved inside the caller's
-/// own tenant/project/env) or a full path.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SecretGetRequest {
-    pub name: String,
-    #[serde(default)]
-    pub version: Option<u32>,
-}
-
-/// `tillit.v1.svc.secret.get` reply: the value sealed to the caller's xkey by the control plane.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SecretGetReply {
-    pub path: String,
-    pub version: u32,
-    pub value: SealedValue,
-}
-
-/// `tillit.v1.admin.rotate.signing-key` request body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RotateSigningKeyRequest {
-    /// How long the old key keeps verifying.
-    pub retire_after_secs: i64,
-}
-
-/// `tillit.v1.admin.rotate.signing-key` reply.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RotateSigningKeyReply {
-    pub current: String,
-    pub previous: String,
-    pub retire_at: String,
-    /// The trust set now (what `trust.rotated` carried).
-    pub trust_jwks: serde_json::Value,
-}
-
-/// `tillit.v1.admin.site.add` request body. The caller made the site server's TLS key and the
-/// users its leafnode remotes log in as; only public keys and a CSR travel.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SiteAddRequest {
-    pub name: String,
-    /// `host:port` the site server will listen on for clients.
-    pub listen: String,
-    /// Extra DNS names / IPs for the site server's certificate.
-    #[serde(default)]
-    pub hosts: Vec<String>,
-    /// CSR (PEM, P-256) whose subject CN is `tillit_user`.
-    pub csr: String,
-    pub sys_user: String,
-    pub tillit_user: String,
-    /// Lifetime of the agent join token minted with the site.
-    pub agent_token_ttl_secs: i64,
-}
-
-/// `tillit.v1.admin.site.add` reply: everything the site directory holds but private keys.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SiteAddReply {
-    pub site: SiteInfo,
-    pub cert_pem: String,
-    pub ca_pem: String,
-    pub operator_jwt: String,
-    pub system_account: String,
-    pub tillit_account: String,
-    /// Account public key → JWT, preloaded into the site server's resolver.
-    pub preload: std::collections::BTreeMap<String, String>,
-    pub sys_user_jwt: String,
-    pub tillit_user_jwt: String,
-    /// The hub's leafnode URLs.
-    pub hub_urls: Vec<String>,
-    /// A join token for the site's agent (shown once).
-    pub agent_token: String,
-}
-
-/// A site as status and list show it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SiteInfo {
-    pub name: String,
-    pub listen: String,
-    pub created_at: String,
-    pub agents: usize,
-    /// Lowest stream sequence every agent of the site applied (0: none yet).
-    pub last_applied_seq: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_event_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_event_type: Option<String>,
-    /// Events for the site its slowest agent has not acknowledged yet (its consumer's backlog).
-    pub lag_events: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_ack_at: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_ack_unix: Option<i64>,
-    pub failures: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    /// The site server's certificate: when it expires, and whether the current CA issued it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_expires_at: Option<String>,
-    #[serde(default)]
-    pub cert_from_current_ca: bool,
-}
-
-/// `tillit.v1.admin.site.remove` request body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SiteRemoveRequest {
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-/// `tillit.v1.admin.site.remove` reply.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SiteRemoveReply {
-    pub name: String,
-    /// Agents revoked (user public keys).
-    pub agents_revoked: Vec<String>,
-    /// The site server's leafnode users, revoked (its links to the hub drop).
-    pub leaf_users_revoked: Vec<String>,
-}
-
-/// `tillit.v1.admin.site.list` request body (empty).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SiteListRequest {}
-
-/// `tillit.v1.admin.site.list` reply.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SiteListReply {
-    pub sites: Vec<SiteInfo>,
-}
-
-/// `tillit.v1.svc.ack` request body: an agent's signed acknowledgement envelope (JWS EdDSA by
-/// the agent's nkey, type `io.tillit.v1.agent.ack`, audience the control plane).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AckRequest {
-    pub envelope: String,
-}
-
-/// What an agent acknowledges (the envelope's `data`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AckData {
-    pub site: String,
-    /// `applied` or `failed`.
-    pub outcome: String,
-    /// Stream sequences of the batch's events (applied or attempted).
-    pub seqs: Vec<u64>,
-    /// Envelope ids of the batch's events.
-    pub event_ids: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_event_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// `tillit.v1.svc.ack` reply.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AckReply {
-    pub recorded: bool,
-    pub last_seq: u64,
-}
-
-/// `tillit.v1.admin.rotate.ca` request body: empty starts a rotation; `finish` brings the
-/// retirement of the previous CA forward to now (its client certificates stop working).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RotateCaRequest {
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub finish: bool,
-}
-
-/// `tillit.v1.svc.site.renew` request body (a site's agent): a CSR made at the site, CN = the
-/// site's TILLIT leafnode user (the key pair stays at the site).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SiteRenewRequest {
-    pub csr: String,
-}
-
-/// `tillit.v1.svc.site.renew` reply.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SiteRenewReply {
-    pub site: String,
-    pub cert_pem: String,
-    pub sys_user_jwt: String,
-    pub tillit_user_jwt: String,
-    pub ca_pem: String,
-    /// Fingerprint of the CA that issued `cert_pem`.
-    pub ca_fingerprint: String,
-    pub expires_at: String,
-    pub expires_at_unix: i64,
-}
-
-/// One CA as status shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CaInfo {
-    pub fingerprint: String,
-    /// `current`, `next`, `previous` or `retired`.
-    pub state: String,
-    pub created_at: String,
-    pub expires_at: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retire_at: Option<String>,
-}
-
-/// A CA rollout under way: the new CA is in the bundle, waiting for sites to acknowledge it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CaRollout {
-    pub next: String,
-    /// Stream sequence of the `ca.rotated` event sites must have applied.
-    pub event_seq: u64,
-    pub started_at: String,
-    /// Sites that have not acknowledged it yet.
-    pub sites_pending: Vec<String>,
-}
-
-/// `tillit.v1.admin.rotate.ca` reply.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RotateCaReply {
-    /// `distributing` (waiting for sites) or `switched` (no site to wait for).
-    pub phase: String,
-    pub cas: Vec<CaInfo>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<CaRollout>,
-}
-
-/// `tillit.v1.admin.status` request body (empty).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StatusRequest {}
-
-/// One account in a status reply.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AccountStatus {
-    pub public_key: String,
-    pub kind: String,
-    pub created_at: String,
-}
-
-/// Counts of things the control plane manages.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Counts {
-    pub identities: usize,
-    /// Identities by state.
-    pub active: usize,
-    pub revoked: usize,
-    pub expired: usize,
-    pub accounts: usize,
-    pub tenant_accounts: usize,
-}
-
-/// `tillit.v1.admin.status` reply.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StatusReply {
-    pub trust_domain: String,
-    pub version: String,
-    pub server_time: String,
-    pub operator: String,
-    pub ca_fingerprint: String,
-    pub ca_expires_at: String,
-    pub nats_urls: Vec<String>,
-    pub accounts: std::collections::BTreeMap<String, AccountStatus>,
-    pub counts: Counts,
-    /// Sites and how far their agents are.
-    #[serde(default)]
-    pub sites: Vec<SiteInfo>,
-    /// The CAs in the bundle (and retired ones).
-    #[serde(default)]
-    pub cas: Vec<CaInfo>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_rollout: Option<CaRollout>,
-    /// Resident memory of the control plane process.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rss_bytes: Option<u64>,
-    /// Who asked (the verified caller).
-    pub caller: String,
-}
+pub mod admin;
+pub mod ca;
+pub mod enroll;
+pub mod secret;
+pub mod site;
+pub mod status;
+pub use admin::*;
+pub use ca::*;
+pub use enroll::*;
+pub use secret::*;
+pub use site::*;
+pub use status::*;
 
 #[cfg(test)]
 mod tests {
@@ -701,5 +318,20 @@ mod tests {
         assert_eq!(err.into_result().unwrap_err().code, ErrorCode::Forbidden);
         let v = serde_json::to_value(Reply::<u32>::Error(ApiError::new(ErrorCode::TokenUsed, "x"))).unwrap();
         assert_eq!(v["error"]["code"], "token_used");
+    }
+
+    #[test]
+    fn endpoints_are_one_table() {
+        let mut seen = std::collections::BTreeSet::new();
+        for e in ENDPOINTS {
+            assert!(seen.insert(e.subject), "{} twice", e.subject);
+            assert_eq!(e.kind, format!("io.{}", e.subject));
+            assert!(e.subject.starts_with("tillit.v1."));
+            assert_eq!(endpoint(e.subject).map(|s| s.kind), Some(e.kind));
+            let admin = e.subject.starts_with("tillit.v1.admin.");
+            assert_eq!(admin, e.caller == Caller::Admin, "{}: admin verbs live under tillit.v1.admin", e.subject);
+        }
+        assert_eq!(<Grant as Endpoint>::KIND, "io.tillit.v1.admin.grant");
+        assert!(endpoint("tillit.v1.admin.nope").is_none());
     }
 }

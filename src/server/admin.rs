@@ -6,7 +6,8 @@
 //! account's revocations (the server drops them) and marks the identities revoked, so they never
 //! renew; certificate serials of revoked identities are what CRL and OCSP report.
 
-use super::services::{push, RoleEntry};
+use super::accounts::{push, RoleEntry};
+use super::dispatch::{Call, Handle};
 use super::Ctx;
 use crate::audit::Entry;
 use crate::clock::rfc3339;
@@ -16,10 +17,52 @@ use crate::estate::{EstateError, IdentityRecord, IdentityState, RoleRecord};
 use crate::identity::IdentityKind;
 use crate::names::ServiceId;
 use crate::permissions::{check_grantable, MAX_GRANTS};
-use crate::proto::{GrantRequest, GrantsReply, IdentityEntry, ListReply, RevokeReply, RevokedIdentity, RevokeRequest, ServiceRequest};
+use crate::estate::services::{MAX_TOKENS_PER_REQUEST, MAX_TOKEN_TTL_SECS};
+use crate::proto::{
+    self, GrantRequest, GrantsReply, IdentityEntry, ListReply, ListRequest, RevokeReply, RevokedIdentity, RevokeRequest, ServiceRequest,
+    TokenCreateReply, TokenCreateRequest,
+};
 use crate::store::{Batch, Space};
 use std::sync::Arc;
 use std::time::Duration;
+
+// === verbs ===
+
+impl Handle for proto::TokenCreate {
+    async fn handle(ctx: &Ctx, call: &mut Call, req: TokenCreateRequest) -> Result<TokenCreateReply, ApiError> {
+        token_create(ctx, call.caller()?, req).await
+    }
+}
+
+impl Handle for proto::Grant {
+    async fn handle(ctx: &Ctx, call: &mut Call, req: GrantRequest) -> Result<GrantsReply, ApiError> {
+        grant(ctx, call.caller()?, req).await
+    }
+}
+
+impl Handle for proto::Ungrant {
+    async fn handle(ctx: &Ctx, call: &mut Call, req: GrantRequest) -> Result<GrantsReply, ApiError> {
+        ungrant(ctx, call.caller()?, req).await
+    }
+}
+
+impl Handle for proto::Grants {
+    async fn handle(ctx: &Ctx, _call: &mut Call, req: ServiceRequest) -> Result<GrantsReply, ApiError> {
+        grants(ctx, req).await
+    }
+}
+
+impl Handle for proto::Revoke {
+    async fn handle(ctx: &Ctx, call: &mut Call, req: RevokeRequest) -> Result<RevokeReply, ApiError> {
+        revoke(ctx, call.caller()?, req).await
+    }
+}
+
+impl Handle for proto::List {
+    async fn handle(ctx: &Ctx, _call: &mut Call, _req: ListRequest) -> Result<ListReply, ApiError> {
+        list(ctx).await
+    }
+}
 
 fn estate_err(e: EstateError) -> ApiError {
     match e {
@@ -248,15 +291,15 @@ pub async fn retire_leftover_keys(ctx: &Ctx, grace_over: bool) {
     }
 }
 
-pub async fn grant(ctx: &Ctx, caller: &IdentityRecord, req: GrantRequest) -> Result<GrantsReply, ApiError> {
+async fn grant(ctx: &Ctx, caller: &IdentityRecord, req: GrantRequest) -> Result<GrantsReply, ApiError> {
     change(ctx, &caller.id, req, Change::Grant).await
 }
 
-pub async fn ungrant(ctx: &Ctx, caller: &IdentityRecord, req: GrantRequest) -> Result<GrantsReply, ApiError> {
+async fn ungrant(ctx: &Ctx, caller: &IdentityRecord, req: GrantRequest) -> Result<GrantsReply, ApiError> {
     change(ctx, &caller.id, req, Change::Ungrant).await
 }
 
-pub async fn grants(ctx: &Ctx, req: ServiceRequest) -> Result<GrantsReply, ApiError> {
+async fn grants(ctx: &Ctx, req: ServiceRequest) -> Result<GrantsReply, ApiError> {
     let role = ctx
         .estate
         .role(&req.service)
@@ -265,7 +308,7 @@ pub async fn grants(ctx: &Ctx, req: ServiceRequest) -> Result<GrantsReply, ApiEr
     Ok(grants_reply(&role))
 }
 
-pub async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> Result<RevokeReply, ApiError> {
+async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> Result<RevokeReply, ApiError> {
     let sid: &ServiceId = &req.service;
     if req.reason.as_deref().map(str::len).unwrap_or(0) > 512 {
         return Err(ApiError::bad_request("reason is longer than 512 characters"));
@@ -350,7 +393,7 @@ pub(super) fn state_of(rec: &IdentityRecord, now: i64) -> &'static str {
     }
 }
 
-pub async fn list(ctx: &Ctx) -> Result<ListReply, ApiError> {
+async fn list(ctx: &Ctx) -> Result<ListReply, ApiError> {
     let now = ctx.estate.clock().now_unix();
     let mut identities: Vec<IdentityEntry> = ctx
         .estate
@@ -372,34 +415,48 @@ pub async fn list(ctx: &Ctx) -> Result<ListReply, ApiError> {
     Ok(ListReply { identities })
 }
 
-/// Rotate the envelope signing key with overlap: add the next key to the trust set, broadcast
-/// `trust.rotated` (signed by the current key, so every verifier can take the new set), switch,
-/// and keep the old key verifying until `retire_after`.
-pub async fn rotate_signing_key(ctx: &Ctx, caller: &IdentityRecord, req: crate::proto::RotateSigningKeyRequest) -> Result<crate::proto::RotateSigningKeyReply, ApiError> {
-    if !(60..=30 * 86_400).contains(&req.retire_after_secs) {
-        return Err(ApiError::bad_request("--retire-after must be between 60s and 30d"));
+// === token create ===
+
+async fn token_create(ctx: &Ctx, caller: &IdentityRecord, req: TokenCreateRequest) -> Result<TokenCreateReply, ApiError> {
+    if !(60..=MAX_TOKEN_TTL_SECS).contains(&req.ttl_secs) {
+        return Err(ApiError::bad_request(format!("ttl must be between 60s and {}s", MAX_TOKEN_TTL_SECS)));
     }
-    let e = &ctx.estate;
-    let _g = e.account_lock().lock().await;
-    let next = e.add_next_envelope_key().map_err(ApiError::internal)?;
-    let jwks: serde_json::Value = serde_json::from_str(&e.trust_jwks()).map_err(ApiError::internal)?;
-    let now = e.clock().now_unix();
-    let data = serde_json::json!({ "trust_jwks": jwks, "next": next.kid });
-    ctx.events
-        .publish(crate::subjects::EVENT_TRUST_ROTATED, None, "trust.jwks", &data, now)
+    if !(1..=MAX_TOKENS_PER_REQUEST).contains(&req.count) {
+        return Err(ApiError::bad_request(format!("count must be between 1 and {MAX_TOKENS_PER_REQUEST}")));
+    }
+    match crate::estate::sites::agent_site(&req.identity) {
+        Some(site) if ctx.estate.site(site).map_err(ApiError::internal)?.is_none() => {
+            return Err(ApiError::new(ErrorCode::NotFound, format!("no site {site}; add it first with `tillit site add`")));
+        }
+        Some(_) => {}
+        // A token for a new admin identity (`tillit admin add`).
+        None if crate::estate::sites::admin_name(&req.identity).is_some() => {}
+        None if req.identity.tenant == crate::estate::sites::AGENT_TENANT => {
+            return Err(ApiError::bad_request(format!(
+                "tenant {:?} is reserved for tillit itself; pick another tenant name",
+                crate::estate::sites::AGENT_TENANT
+            )));
+        }
+        None => {}
+    }
+    let estate = ctx.estate.clone();
+    let by = caller.id.clone();
+    let sid = req.identity.clone();
+    let (tokens, batch) = tokio::task::spawn_blocking(move || estate.create_tokens(&sid, req.ttl_secs, req.count, &by))
         .await
-        .map_err(|err| ApiError::new(ErrorCode::Unavailable, format!("cannot broadcast the new trust set ({err}); nothing switched, retry")))?;
-    ctx.journal
-        .record(Entry::ok(&caller.id, "rotate.signing-key", &next.kid).detail(serde_json::json!({ "retire_after_secs": req.retire_after_secs })))
-        .await
+        .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
-    let (current, previous, retire_at) = e.switch_envelope_key(req.retire_after_secs).map_err(ApiError::internal)?;
-    ctx.events.set_signer(e.envelope_signer().map_err(ApiError::internal)?);
-    tracing::info!(current = %current, previous = %previous, "envelope signing key rotated");
-    Ok(crate::proto::RotateSigningKeyReply {
-        current,
-        previous,
-        retire_at: rfc3339(retire_at),
-        trust_jwks: serde_json::from_str(&e.trust_jwks()).map_err(ApiError::internal)?,
+    let expires = tokens.first().map(|t| t.expires_at).unwrap_or_default();
+    let ids: Vec<&str> = tokens.iter().map(|t| t.id.as_str()).collect();
+    let entry = Entry::ok(&caller.id, "token.create", &req.identity.to_string())
+        .detail(serde_json::json!({ "count": req.count, "expires_at": expires, "token_ids": ids }))
+        .batch(batch);
+    ctx.journal.record(entry).await.map_err(ApiError::internal)?;
+    tracing::info!(identity = %req.identity, count = req.count, by = %caller.id, "join tokens created");
+    Ok(TokenCreateReply {
+        tokens: tokens.iter().map(|t| t.encode().expose().to_string()).collect(),
+        identity: req.identity,
+        expires_at: crate::clock::rfc3339(expires),
+        expires_at_unix: expires,
     })
 }

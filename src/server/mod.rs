@@ -8,17 +8,20 @@
 //! replay cache, its signer looked up in the identity store, then dispatched. The reply is always
 //! `{"result": …}` or `{"error": {"code", "message"}}`.
 
+mod accounts;
 mod admin;
+mod ca;
+mod dispatch;
+mod enroll;
 mod events;
-mod handlers;
-mod secrets;
-pub mod stream;
 pub mod http;
+mod origin;
 pub mod push;
 pub mod reconcile;
-mod services;
+mod secrets;
 mod sites;
-mod carot;
+mod status;
+pub mod stream;
 
 use crate::client::{self, tls, ConnectParams, NatsCreds};
 use crate::error::{ApiError, ErrorCode};
@@ -54,50 +57,8 @@ pub enum ServeError {
     Push(#[from] push::PushError),
 }
 
-/// Who may call an endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Caller {
-    /// Admin identities only.
-    Admin,
-    /// Any recorded, active identity (services, admins, agents).
-    Identity,
-    /// A new identity holding a join token (signer not yet recorded).
-    Enrollee,
-}
-
-/// One request subject and what it requires.
-#[derive(Debug, Clone, Copy)]
-pub struct EndpointSpec {
-    pub subject: &'static str,
-    pub kind: &'static str,
-    pub caller: Caller,
-}
-
-/// Every endpoint the control plane serves.
-pub const ENDPOINTS: &[EndpointSpec] = &[
-    EndpointSpec { subject: subjects::ADMIN_STATUS, kind: subjects::KIND_STATUS, caller: Caller::Admin },
-    EndpointSpec { subject: subjects::ADMIN_TOKEN_CREATE, kind: subjects::KIND_TOKEN_CREATE, caller: Caller::Admin },
-    EndpointSpec { subject: subjects::ADMIN_GRANT, kind: subjects::KIND_GRANT, caller: Caller::Admin },
-    EndpointSpec { subject: subjects::ADMIN_UNGRANT, kind: subjects::KIND_UNGRANT, caller: Caller::Admin },
-    EndpointSpec { subject: subjects::ADMIN_GRANTS, kind: subjects::KIND_GRANTS, caller: Caller::Admin },
-    EndpointSpec { subject: subjects::ADMIN_REVOKE, kind: subjects::KIND_REVOKE, caller: Caller::Admin },
-    EndpointSpec { subject: subjects::ADMIN_LIST, kind: subjects::KIND_LIST, caller: Caller::Admin },
-    EndpointSpec { subject: subjects::ADMIN_ROTATE_SIGNING_KEY, kind: subjects::KIND_ROTATE_SIGNING_KEY, caller: Caller::Admin },
-    EndpointSpec { subject: subjects::ADMIN_SECRET_PUT, kind: subjects::KIND_SECRET_PUT, caller: Caller::Admin },
-    EndpointSpec { subject: subjects::ADMIN_SECRET_ROTATE, kind: subjects::KIND_SECRET_ROTATE, caller: Caller::Admin },
-    EndpointSpec { subject: subjects::ADMIN_SECRET_LIST, kind: subjects::KIND_SECRET_LIST, caller: Caller::Admin },
-    EndpointSpec { subject: subjects::ADMIN_SECRET_VERSIONS, kind: subjects::KIND_SECRET_VERSIONS, caller: Caller::Admin },
-    EndpointSpec { subject: subjects::ADMIN_SECRET_DELETE, kind: subjects::KIND_SECRET_DELETE, caller: Caller::Admin },
-    EndpointSpec { subject: subjects::SVC_SECRET_GET, kind: subjects::KIND_SECRET_GET, caller: Caller::Identity },
-    EndpointSpec { subject: subjects::ENROLL, kind: subjects::KIND_ENROLL, caller: Caller::Enrollee },
-    EndpointSpec { subject: subjects::SVC_RENEW, kind: subjects::KIND_RENEW, caller: Caller::Identity },
-    EndpointSpec { subject: subjects::SVC_ACK, kind: subjects::KIND_ACK, caller: Caller::Identity },
-    EndpointSpec { subject: subjects::SVC_SITE_RENEW, kind: subjects::KIND_SITE_RENEW, caller: Caller::Identity },
-    EndpointSpec { subject: subjects::ADMIN_SITE_ADD, kind: subjects::KIND_SITE_ADD, caller: Caller::Admin },
-    EndpointSpec { subject: subjects::ADMIN_SITE_LIST, kind: subjects::KIND_SITE_LIST, caller: Caller::Admin },
-    EndpointSpec { subject: subjects::ADMIN_ROTATE_CA, kind: subjects::KIND_ROTATE_CA, caller: Caller::Admin },
-    EndpointSpec { subject: subjects::ADMIN_SITE_REMOVE, kind: subjects::KIND_SITE_REMOVE, caller: Caller::Admin },
-];
+/// Every endpoint the control plane serves ([`crate::proto::ENDPOINTS`]).
+pub use crate::proto::ENDPOINTS;
 
 /// Work done after a reply has been sent.
 #[derive(Debug)]
@@ -119,12 +80,12 @@ pub struct Ctx {
     pub burning: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Account name → `iat` of the JWT last pushed to nats-server.
     pub pushed: std::sync::Mutex<HashMap<String, i64>>,
-    /// Bootstrap users to revoke, batched by [`services::run_revoker`].
+    /// Bootstrap users to revoke, batched by [`accounts::run_revoker`].
     pub revoke_tx: mpsc::UnboundedSender<(String, i64)>,
     /// Public key of the BOOTSTRAP account (enrollment requests must come from it).
     pub bootstrap_account: String,
     /// Service → its tenant account and role, as pushed.
-    pub roles: std::sync::RwLock<HashMap<crate::names::ServiceId, services::RoleEntry>>,
+    pub roles: std::sync::RwLock<HashMap<crate::names::ServiceId, accounts::RoleEntry>>,
     /// The signed event stream.
     pub events: stream::Events,
     /// The control plane's xkey (secrets in and out), opened once, with a box per reader.
@@ -159,7 +120,7 @@ fn own_params(
         ConnectParams {
             urls: estate.config.urls(),
             name: format!("tillit-serve-{}", account.to_lowercase()),
-            inbox_prefix: Estate::inbox_prefix(&user.public_key()),
+            inbox_prefix: subjects::inbox_prefix(&user.public_key()),
             ca_pem: estate.ca_bundle_pem(),
             creds: Arc::new(RwLock::new(NatsCreds { user_jwt: creds.user_jwt, user_seed: creds.user_seed })),
             cert: tls::SwappableCert::new(ck.clone()),
@@ -357,7 +318,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
             continue;
         }
         let _g = estate.account_lock().lock().await;
-        if let Err(e) = services::push(&ctx, &acct, "reconcile").await {
+        if let Err(e) = accounts::push(&ctx, &acct, "reconcile").await {
             tracing::warn!("{}", e.message);
         }
     }
@@ -372,8 +333,8 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         }
     }));
     // BOOTSTRAP carries the live revocations of used tokens' bootstrap users.
-    let revocations = services::start_revocations(&ctx).await.map_err(|e| ServeError::Service(e.message))?;
-    background.push(tokio::spawn(services::run_revoker(ctx.clone(), revocations, revoke_rx)));
+    let revocations = accounts::start_revocations(&ctx).await.map_err(|e| ServeError::Service(e.message))?;
+    background.push(tokio::spawn(accounts::run_revoker(ctx.clone(), revocations, revoke_rx)));
     // The store is made durable in the background; the audit log is the durability point.
     let flush = estate.store_arc();
     background.push(tokio::spawn(async move {
@@ -403,15 +364,15 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         loop {
             tokio::time::sleep(Duration::from_secs(60)).await;
             let g = gauges.clone();
-            let _ = tokio::task::spawn_blocking(move || handlers::refresh_gauges(&g)).await;
+            let _ = tokio::task::spawn_blocking(move || status::refresh_gauges(&g)).await;
         }
     }));
-    handlers::refresh_gauges(&ctx);
+    status::refresh_gauges(&ctx);
     let rollout = ctx.clone();
     background.push(tokio::spawn(async move {
         loop {
-            tokio::time::sleep(carot::ROLLOUT_TICK).await;
-            carot::tick(&rollout).await;
+            tokio::time::sleep(ca::ROLLOUT_TICK).await;
+            ca::tick(&rollout).await;
         }
     }));
     let site_gauges = ctx.clone();
@@ -430,7 +391,8 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         .map_err(|e| ServeError::Service(e.to_string()))?;
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut endpoint_tasks = Vec::new();
-    for spec in ENDPOINTS {
+    for route in dispatch::routes() {
+        let spec = route.spec;
         let (group, name) = spec.subject.rsplit_once('.').unwrap_or(("", spec.subject));
         let mut endpoint = service
             .group(group)
@@ -449,7 +411,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
                 let Ok(permit) = permits.clone().acquire_owned().await else { break };
                 let ctx = ctx.clone();
                 tokio::spawn(async move {
-                    handle(ctx, spec, req).await;
+                    handle(ctx, route, req).await;
                     drop(permit);
                 });
             }
@@ -487,7 +449,8 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     Ok(())
 }
 
-async fn handle(ctx: Arc<Ctx>, spec: &'static EndpointSpec, req: async_nats::service::Request) {
+async fn handle(ctx: Arc<Ctx>, route: dispatch::Route, req: async_nats::service::Request) {
+    let spec = route.spec;
     let start = Instant::now();
     // A reply goes to an inbox, never to a subject the requester picked elsewhere (the
     // stream's API, say): such a request is dropped unanswered and unprocessed.
@@ -496,7 +459,7 @@ async fn handle(ctx: Arc<Ctx>, spec: &'static EndpointSpec, req: async_nats::ser
         tracing::warn!(subject = spec.subject, reply = ?req.message.reply.as_deref(), "request with a reply subject that is not an inbox; dropped");
         return;
     }
-    let result = handlers::dispatch(&ctx, spec, &req.message).await;
+    let result = dispatch::dispatch(&ctx, &route, &req.message).await;
     let mut headers = async_nats::HeaderMap::new();
     let mut after = None;
     let body = match result {

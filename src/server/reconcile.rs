@@ -9,7 +9,7 @@
 //! `account.rollback` in the audit log and counts `tillit_account_rollbacks_total`. A push that
 //! failed after its change was recorded is completed here too.
 
-use super::{services, Ctx};
+use super::{accounts, Ctx};
 use crate::audit::Entry;
 use crate::estate::{AccountRecord, BOOTSTRAP_ACCOUNT};
 use crate::issuer::jwt;
@@ -87,7 +87,7 @@ pub async fn check_all(ctx: &Ctx) -> usize {
             Served::Other { iat, jti } => (*iat, jti.clone()),
             _ => (None, None),
         };
-        let pushed = services::push(ctx, &stored, "reconcile").await.is_ok();
+        let pushed = accounts::push(ctx, &stored, "reconcile").await.is_ok();
         let entry = Entry {
             actor: "tillit".into(),
             action: "account.rollback".into(),

@@ -3,6 +3,7 @@
 //! and cross the broker only as ciphertext. Every write is recorded before it happens; every read
 //! (allowed or denied) is recorded.
 
+use super::dispatch::{Call, Handle};
 use super::Ctx;
 use crate::audit::Entry;
 use crate::clock::rfc3339;
@@ -11,12 +12,50 @@ use crate::estate::services::SecretMeta;
 use crate::estate::IdentityRecord;
 use crate::identity::IdentityKind;
 use crate::proto::{
-    SealedValue, SecretGetReply, SecretGetRequest, SecretInfo, SecretListReply, SecretListRequest, SecretPathRequest, SecretPutRequest,
+    self,    SealedValue, SecretGetReply, SecretGetRequest, SecretInfo, SecretListReply, SecretListRequest, SecretPathRequest, SecretPutRequest,
     SecretReply, SecretRotateRequest, SecretVersionInfo,
 };
 use crate::secrets::{may_read, Reader, SecretPath, MAX_READERS, MAX_VALUE_BYTES};
 use data_encoding::BASE64;
 use zeroize::Zeroizing;
+
+// === verbs ===
+
+impl Handle for proto::SecretPut {
+    async fn handle(ctx: &Ctx, call: &mut Call, req: SecretPutRequest) -> Result<SecretReply, ApiError> {
+        put(ctx, call.caller()?, req).await
+    }
+}
+
+impl Handle for proto::SecretRotate {
+    async fn handle(ctx: &Ctx, call: &mut Call, req: SecretRotateRequest) -> Result<SecretReply, ApiError> {
+        rotate(ctx, call.caller()?, req).await
+    }
+}
+
+impl Handle for proto::SecretList {
+    async fn handle(ctx: &Ctx, _call: &mut Call, req: SecretListRequest) -> Result<SecretListReply, ApiError> {
+        list(ctx, req).await
+    }
+}
+
+impl Handle for proto::SecretVersions {
+    async fn handle(ctx: &Ctx, _call: &mut Call, req: SecretPathRequest) -> Result<SecretReply, ApiError> {
+        versions(ctx, req).await
+    }
+}
+
+impl Handle for proto::SecretDelete {
+    async fn handle(ctx: &Ctx, call: &mut Call, req: SecretPathRequest) -> Result<SecretReply, ApiError> {
+        delete(ctx, call.caller()?, req).await
+    }
+}
+
+impl Handle for proto::SecretGet {
+    async fn handle(ctx: &Ctx, call: &mut Call, req: SecretGetRequest) -> Result<SecretGetReply, ApiError> {
+        get(ctx, call.caller()?, req).await
+    }
+}
 
 fn info(m: &SecretMeta) -> SecretInfo {
     SecretInfo {
@@ -69,7 +108,7 @@ async fn record(ctx: &Ctx, actor: &str, action: &str, path: &SecretPath, detail:
     ctx.journal.record(Entry::ok(actor, action, &path.to_string()).detail(detail)).await.map_err(ApiError::internal).map(|_| ())
 }
 
-pub async fn put(ctx: &Ctx, caller: &IdentityRecord, req: SecretPutRequest) -> Result<SecretReply, ApiError> {
+async fn put(ctx: &Ctx, caller: &IdentityRecord, req: SecretPutRequest) -> Result<SecretReply, ApiError> {
     let readers = readers(&req.path, &req.readers)?;
     let value = open(ctx, &req.value)?;
     let e = &ctx.estate;
@@ -82,7 +121,7 @@ pub async fn put(ctx: &Ctx, caller: &IdentityRecord, req: SecretPutRequest) -> R
     Ok(SecretReply { secret: info(&meta) })
 }
 
-pub async fn rotate(ctx: &Ctx, caller: &IdentityRecord, req: SecretRotateRequest) -> Result<SecretReply, ApiError> {
+async fn rotate(ctx: &Ctx, caller: &IdentityRecord, req: SecretRotateRequest) -> Result<SecretReply, ApiError> {
     let e = &ctx.estate;
     let meta = e.secret(&req.path).map_err(ApiError::internal)?.ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no secret at {}", req.path)))?;
     let value = match (&req.value, req.generate) {
@@ -117,7 +156,7 @@ async fn announce(ctx: &Ctx, meta: &SecretMeta) {
     }
 }
 
-pub async fn list(ctx: &Ctx, req: SecretListRequest) -> Result<SecretListReply, ApiError> {
+async fn list(ctx: &Ctx, req: SecretListRequest) -> Result<SecretListReply, ApiError> {
     if req.prefix.len() > 256 || req.prefix.contains("..") {
         return Err(ApiError::bad_request("prefix is malformed"));
     }
@@ -125,12 +164,12 @@ pub async fn list(ctx: &Ctx, req: SecretListRequest) -> Result<SecretListReply, 
     Ok(SecretListReply { secrets: all.iter().map(info).collect() })
 }
 
-pub async fn versions(ctx: &Ctx, req: SecretPathRequest) -> Result<SecretReply, ApiError> {
+async fn versions(ctx: &Ctx, req: SecretPathRequest) -> Result<SecretReply, ApiError> {
     let meta = ctx.estate.secret(&req.path).map_err(ApiError::internal)?.ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no secret at {}", req.path)))?;
     Ok(SecretReply { secret: info(&meta) })
 }
 
-pub async fn delete(ctx: &Ctx, caller: &IdentityRecord, req: SecretPathRequest) -> Result<SecretReply, ApiError> {
+async fn delete(ctx: &Ctx, caller: &IdentityRecord, req: SecretPathRequest) -> Result<SecretReply, ApiError> {
     let e = &ctx.estate;
     let meta = e.secret(&req.path).map_err(ApiError::internal)?.ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no secret at {}", req.path)))?;
     record(ctx, &caller.id, "secret.delete", &req.path, serde_json::json!({ "versions": meta.versions.len() })).await?;
@@ -139,7 +178,7 @@ pub async fn delete(ctx: &Ctx, caller: &IdentityRecord, req: SecretPathRequest) 
 }
 
 /// A read by a service: allowed only to its readers, inside its own tenant and env.
-pub async fn get(ctx: &Ctx, caller: &IdentityRecord, req: SecretGetRequest) -> Result<SecretGetReply, ApiError> {
+async fn get(ctx: &Ctx, caller: &IdentityRecord, req: SecretGetRequest) -> Result<SecretGetReply, ApiError> {
     let e = &ctx.estate;
     let agent_site = match (caller.kind, caller.site.as_deref()) {
         (IdentityKind::Agent, Some(s)) => Some(s),

@@ -2,7 +2,8 @@
 //! agents' signed acknowledgements (`tillit.v1.svc.ack`), and their renewals of the site
 //! server's certificate and leafnode users (`tillit.v1.svc.site.renew`).
 
-use super::services::push;
+use super::accounts::push;
+use super::dispatch::{Call, Handle};
 use super::Ctx;
 use crate::audit::Entry;
 use crate::clock::rfc3339;
@@ -11,9 +12,44 @@ use crate::error::{ApiError, ErrorCode};
 use crate::estate::sites::{agent_service_id, AgentStatus, SiteRecord};
 use crate::estate::{EstateError, IdentityRecord, BOOTSTRAP_ACCOUNT, SYS_ACCOUNT, TILLIT_ACCOUNT};
 use crate::identity::IdentityKind;
-use crate::proto::{AckData, AckReply, AckRequest, SiteAddReply, SiteAddRequest, SiteInfo, SiteListReply, SiteRenewReply, SiteRenewRequest};
+use crate::proto::{
+    self, AckData, AckReply, AckRequest, SiteAddReply, SiteAddRequest, SiteInfo, SiteListReply, SiteListRequest, SiteRemoveReply, SiteRemoveRequest,
+    SiteRenewReply, SiteRenewRequest,
+};
 use crate::replay::Seen;
 use crate::subjects;
+
+// === verbs ===
+
+impl Handle for proto::SiteAdd {
+    async fn handle(ctx: &Ctx, call: &mut Call, req: SiteAddRequest) -> Result<SiteAddReply, ApiError> {
+        add(ctx, call.caller()?, req).await
+    }
+}
+
+impl Handle for proto::SiteList {
+    async fn handle(ctx: &Ctx, _call: &mut Call, _req: SiteListRequest) -> Result<SiteListReply, ApiError> {
+        list(ctx).await
+    }
+}
+
+impl Handle for proto::SiteRemove {
+    async fn handle(ctx: &Ctx, call: &mut Call, req: SiteRemoveRequest) -> Result<SiteRemoveReply, ApiError> {
+        remove(ctx, call.caller()?, req).await
+    }
+}
+
+impl Handle for proto::Ack {
+    async fn handle(ctx: &Ctx, call: &mut Call, req: AckRequest) -> Result<AckReply, ApiError> {
+        ack(ctx, call.caller()?, req).await
+    }
+}
+
+impl Handle for proto::SiteRenew {
+    async fn handle(ctx: &Ctx, call: &mut Call, req: SiteRenewRequest) -> Result<SiteRenewReply, ApiError> {
+        renew(ctx, call.caller()?, req).await
+    }
+}
 
 /// Longest an agent token may live.
 const MAX_AGENT_TOKEN_TTL: i64 = 7 * 86_400;
@@ -39,7 +75,7 @@ fn check_listen(listen: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub async fn add(ctx: &Ctx, caller: &IdentityRecord, req: SiteAddRequest) -> Result<SiteAddReply, ApiError> {
+async fn add(ctx: &Ctx, caller: &IdentityRecord, req: SiteAddRequest) -> Result<SiteAddReply, ApiError> {
     let e = ctx.estate.clone();
     let hub_urls = e.config.leaf_urls();
     if hub_urls.is_empty() {
@@ -162,7 +198,7 @@ pub async fn refresh_site_gauges(ctx: &Ctx) {
 /// CA only once every client trusts it: during a CA rotation that is when the old CA's client
 /// certificates have all expired (the control plane then asks the agents, `ca.rotated` phase
 /// `reissue`).
-pub async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: SiteRenewRequest) -> Result<SiteRenewReply, ApiError> {
+async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: SiteRenewRequest) -> Result<SiteRenewReply, ApiError> {
     let e = &ctx.estate;
     let (IdentityKind::Agent, Some(name)) = (caller.kind, caller.site.as_deref()) else {
         return Err(ApiError::forbidden("only a site's agent renews its server's certificate"));
@@ -198,13 +234,13 @@ pub async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: SiteRenewRequest) ->
     })
 }
 
-pub async fn list(ctx: &Ctx) -> Result<SiteListReply, ApiError> {
+async fn list(ctx: &Ctx) -> Result<SiteListReply, ApiError> {
     Ok(SiteListReply { sites: site_infos(ctx).await? })
 }
 
 /// An agent's acknowledgement: a JWS envelope signed by the agent's own nkey (pinned from its
 /// identity record, selected by issuer = the agent's SPIFFE id), for the control plane, once.
-pub async fn ack(ctx: &Ctx, caller: &IdentityRecord, req: AckRequest) -> Result<AckReply, ApiError> {
+async fn ack(ctx: &Ctx, caller: &IdentityRecord, req: AckRequest) -> Result<AckReply, ApiError> {
     let e = &ctx.estate;
     let (IdentityKind::Agent, Some(site)) = (caller.kind, caller.site.as_deref()) else {
         return Err(ApiError::forbidden("only site agents acknowledge events"));
@@ -297,7 +333,7 @@ pub async fn start_sites(ctx: &Ctx) {
         let key = format!("site_upgrade_asked/{}", site.name);
         let asked: Option<u32> = crate::store::get_json(e.store(), crate::store::Space::Meta, &key).ok().flatten();
         if site.leaf_perms < crate::estate::sites::LEAF_PERMS_VERSION && asked != Some(crate::estate::sites::LEAF_PERMS_VERSION) {
-            match super::carot::announce(ctx, Some(&site.name), "reissue").await {
+            match super::ca::announce(ctx, Some(&site.name), "reissue").await {
                 Ok(seq) => {
                     tracing::warn!(site = %site.name, seq, "site's leafnode credentials predate confined sites; asked its agent to re-issue them");
                     let mut b = crate::store::Batch::new();
@@ -324,7 +360,7 @@ pub async fn start_sites(ctx: &Ctx) {
 /// `tillit site remove NAME`: the site's agents and its server's leafnode users are revoked (the
 /// server's links to the hub drop, the agents are cut off and never renew), its record and its
 /// agents' consumers go. A CA rollout no longer waits for it.
-pub async fn remove(ctx: &Ctx, caller: &IdentityRecord, req: crate::proto::SiteRemoveRequest) -> Result<crate::proto::SiteRemoveReply, ApiError> {
+async fn remove(ctx: &Ctx, caller: &IdentityRecord, req: crate::proto::SiteRemoveRequest) -> Result<crate::proto::SiteRemoveReply, ApiError> {
     let e = &ctx.estate;
     if req.reason.as_deref().map(str::len).unwrap_or(0) > 512 {
         return Err(ApiError::bad_request("reason is longer than 512 characters"));

@@ -446,7 +446,7 @@ async fn site_and_ack_refusals_are_typed_and_change_nothing() {
     let data = |site: &str| AckData { site: site.into(), outcome: "applied".into(), seqs: vec![1], event_ids: vec!["x".into()], last_event_type: None, error: None };
     let good = agent.sign_envelope(tillit::subjects::ENVELOPE_AGENT_ACK, "site:east", &aud, 60, data("east")).unwrap();
     async fn call(s: &tillit::client::session::Session, envelope: String) -> Result<tillit::proto::AckReply, String> {
-        s.call(tillit::subjects::SVC_ACK, tillit::subjects::KIND_ACK, AckRequest { envelope }).await.map_err(|e| e.to_string())
+        s.call::<tillit::proto::Ack>(AckRequest { envelope }).await.map_err(|e| e.to_string())
     }
     // A service is not an agent.
     let r = call(&service, service.sign_envelope(tillit::subjects::ENVELOPE_AGENT_ACK, "site:east", &aud, 60, data("east")).unwrap()).await;
@@ -620,12 +620,12 @@ async fn finishing_a_ca_rotation_moves_the_site_servers_certificate_first_then_d
     let (csr, _key) = tillit::issuer::x509::make_csr("UNOTTHESITEUSER").unwrap();
     let req = tillit::proto::SiteRenewRequest { csr };
     let r: Result<tillit::proto::SiteRenewReply, _> =
-        agent_session.call(tillit::subjects::SVC_SITE_RENEW, tillit::subjects::KIND_SITE_RENEW, req.clone()).await;
+        agent_session.call::<tillit::proto::SiteRenew>(req.clone()).await;
     let err = r.unwrap_err().to_string();
     assert!(err.contains("rotation is in progress"), "{err}");
     let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
     let service = tillit::client::session::Session::connect(&tillit::layout::IdentityDir::new(&orders), None).await.unwrap();
-    let r: Result<tillit::proto::SiteRenewReply, _> = service.call(tillit::subjects::SVC_SITE_RENEW, tillit::subjects::KIND_SITE_RENEW, req).await;
+    let r: Result<tillit::proto::SiteRenewReply, _> = service.call::<tillit::proto::SiteRenew>(req).await;
     let err = r.unwrap_err().to_string();
     assert!(err.contains("only a site's agent"), "{err}");
     let creds_before = std::fs::read_to_string(east.dir.join("leaf-tillit.creds")).unwrap();

@@ -4,15 +4,34 @@
 //! applied that event, and later retires the old CA once its last certificate expired (after
 //! re-issuing the hub's server certificate from the new CA).
 
+use super::dispatch::{Call, Handle};
 use super::Ctx;
 use crate::audit::Entry;
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ErrorCode};
 use crate::estate::ca::{CaState, RolloutRecord};
 use crate::estate::{Estate, IdentityRecord};
-use crate::proto::{CaInfo, CaRollout, RotateCaReply};
+use crate::proto::{self, CaInfo, CaRollout, RotateCaReply, RotateCaRequest, RotateSigningKeyReply, RotateSigningKeyRequest};
 use crate::subjects;
 use std::time::Duration;
+
+// === verbs ===
+
+impl Handle for proto::RotateCa {
+    async fn handle(ctx: &Ctx, call: &mut Call, req: RotateCaRequest) -> Result<RotateCaReply, ApiError> {
+        if req.finish {
+            finish(ctx, call.caller()?).await
+        } else {
+            rotate(ctx, call.caller()?).await
+        }
+    }
+}
+
+impl Handle for proto::RotateSigningKey {
+    async fn handle(ctx: &Ctx, call: &mut Call, req: RotateSigningKeyRequest) -> Result<RotateSigningKeyReply, ApiError> {
+        rotate_signing_key(ctx, call.caller()?, req).await
+    }
+}
 
 /// How often the rollout is checked.
 pub const ROLLOUT_TICK: Duration = Duration::from_secs(1);
@@ -98,7 +117,7 @@ pub(super) async fn announce(ctx: &Ctx, site: Option<&str>, phase: &str) -> Resu
 }
 
 /// `tillit rotate ca`.
-pub async fn rotate(ctx: &Ctx, caller: &IdentityRecord) -> Result<RotateCaReply, ApiError> {
+async fn rotate(ctx: &Ctx, caller: &IdentityRecord) -> Result<RotateCaReply, ApiError> {
     let e = &ctx.estate;
     let _g = ctx.ca_lock.lock().await;
     let next = e.add_next_ca().map_err(|err| match err {
@@ -185,7 +204,7 @@ async fn retire(ctx: &Ctx) -> Result<(), ApiError> {
 /// `tillit rotate ca --finish`: retire the previous CA now instead of after its last client
 /// certificate expired (a compromised CA): the sites' and the hub's server certificates are
 /// re-issued, then it leaves the bundle; clients still holding its certificates must renew.
-pub async fn finish(ctx: &Ctx, caller: &IdentityRecord) -> Result<RotateCaReply, ApiError> {
+async fn finish(ctx: &Ctx, caller: &IdentityRecord) -> Result<RotateCaReply, ApiError> {
     let e = &ctx.estate;
     let _g = ctx.ca_lock.lock().await;
     if e.ca_rollout().map_err(ApiError::internal)?.is_some() {
@@ -218,4 +237,36 @@ pub async fn tick(ctx: &Ctx) {
     if let Err(err) = retire(ctx).await {
         tracing::warn!("CA retirement: {}", err.message);
     }
+}
+
+/// Rotate the envelope signing key with overlap: add the next key to the trust set, broadcast
+/// `trust.rotated` (signed by the current key, so every verifier can take the new set), switch,
+/// and keep the old key verifying until `retire_after`.
+async fn rotate_signing_key(ctx: &Ctx, caller: &IdentityRecord, req: crate::proto::RotateSigningKeyRequest) -> Result<crate::proto::RotateSigningKeyReply, ApiError> {
+    if !(60..=30 * 86_400).contains(&req.retire_after_secs) {
+        return Err(ApiError::bad_request("--retire-after must be between 60s and 30d"));
+    }
+    let e = &ctx.estate;
+    let _g = e.account_lock().lock().await;
+    let next = e.add_next_envelope_key().map_err(ApiError::internal)?;
+    let jwks: serde_json::Value = serde_json::from_str(&e.trust_jwks()).map_err(ApiError::internal)?;
+    let now = e.clock().now_unix();
+    let data = serde_json::json!({ "trust_jwks": jwks, "next": next.kid });
+    ctx.events
+        .publish(crate::subjects::EVENT_TRUST_ROTATED, None, "trust.jwks", &data, now)
+        .await
+        .map_err(|err| ApiError::new(ErrorCode::Unavailable, format!("cannot broadcast the new trust set ({err}); nothing switched, retry")))?;
+    ctx.journal
+        .record(Entry::ok(&caller.id, "rotate.signing-key", &next.kid).detail(serde_json::json!({ "retire_after_secs": req.retire_after_secs })))
+        .await
+        .map_err(ApiError::internal)?;
+    let (current, previous, retire_at) = e.switch_envelope_key(req.retire_after_secs).map_err(ApiError::internal)?;
+    ctx.events.set_signer(e.envelope_signer().map_err(ApiError::internal)?);
+    tracing::info!(current = %current, previous = %previous, "envelope signing key rotated");
+    Ok(crate::proto::RotateSigningKeyReply {
+        current,
+        previous,
+        retire_at: rfc3339(retire_at),
+        trust_jwks: serde_json::from_str(&e.trust_jwks()).map_err(ApiError::internal)?,
+    })
 }

@@ -1,0 +1,60 @@
+//! Enrollment with a join token and renewal: the verbs that issue an identity its credentials.
+//!
+//! The verbs of this family ([`super::Endpoint`]) and the bodies they carry.
+
+use serde::{Deserialize, Serialize};
+
+endpoint! {
+    /// `tillit.v1.enroll`: A new identity enrolls with a join token (from its bootstrap connection).
+    Enroll: "tillit.v1.enroll", Enrollee, EnrollRequest => IssuedReply, "enroll-request.json" => "issued-reply.json"
+}
+endpoint! {
+    /// `tillit.v1.svc.renew`: An identity renews its certificate and user JWT.
+    Renew: "tillit.v1.svc.renew", Identity, RenewRequest => IssuedReply, "renew-request.json" => "issued-reply.json"
+}
+
+/// `tillit.v1.enroll` request body. The request is signed by the *new* user nkey (proof of
+/// possession); the CSR's subject CN must be that nkey's public key, binding the TLS key to it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub token_id: String,
+    pub token_secret: String,
+    pub identity: crate::names::ServiceId,
+    /// The service's public xkey (curve25519), for sealed deliveries.
+    pub xkey: String,
+    /// PKCS#10 CSR (PEM) for an ECDSA P-256 key.
+    pub csr: String,
+}
+
+/// `tillit.v1.svc.renew` request body, signed by the identity's current nkey.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// PKCS#10 CSR (PEM) for a fresh ECDSA P-256 key, subject CN = the identity's public nkey.
+    pub csr: String,
+}
+
+/// What enrollment and renewal return: everything an identity dir holds but the private keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IssuedReply {
+    pub id: String,
+    pub kind: crate::identity::IdentityKind,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<crate::names::ServiceId>,
+    pub trust_domain: String,
+    pub account: String,
+    pub account_public_key: String,
+    pub user_public_key: String,
+    pub inbox_prefix: String,
+    pub user_jwt: String,
+    pub cert_pem: String,
+    pub ca_pem: String,
+    pub trust_jwks: String,
+    pub nats_urls: Vec<String>,
+    pub ca_fingerprint: String,
+    pub cert_serial: String,
+    pub issued_at_unix: i64,
+    pub expires_at_unix: i64,
+}

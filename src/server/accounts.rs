@@ -1,0 +1,175 @@
+//! Account JWTs on their way to nats-server: pushing them, the role cache that avoids a push
+//! per request, and the batched revocations of burned tokens' bootstrap users.
+
+use super::Ctx;
+use crate::error::{ApiError, ErrorCode};
+use crate::estate::{AccountRecord, RoleRecord};
+use crate::names::ServiceId;
+use crate::subjects;
+use crate::telemetry::RequestLabels;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Push `acct`'s JWT (caller holds the account lock) and remember what the servers hold.
+pub async fn push(ctx: &Ctx, acct: &AccountRecord, why: &str) -> Result<(), ApiError> {
+    let r = super::push::push_account(&ctx.sys, &acct.name, &acct.jwt).await;
+    let outcome = if r.is_ok() { "ok" } else { "error" };
+    ctx.metrics.account_pushes.get_or_create(&RequestLabels { endpoint: why.into(), outcome: outcome.into() }).inc();
+    match r {
+        Ok(()) => {
+            if let Ok(mut p) = ctx.pushed.lock() {
+                p.insert(acct.name.clone(), acct.iat);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            Err(ApiError::new(ErrorCode::Unavailable, "could not update nats-server with the account; retry shortly"))
+        }
+    }
+}
+
+fn pushed_current(ctx: &Ctx, acct: &AccountRecord) -> bool {
+    ctx.pushed.lock().map(|p| p.get(&acct.name) == Some(&acct.iat)).unwrap_or(false)
+}
+
+/// A service's account and role, as last pushed.
+pub type RoleEntry = std::sync::Arc<(AccountRecord, RoleRecord)>;
+
+/// The tenant account and role of `sid`, created and pushed if needed (cached in memory; every
+/// change to either goes through here).
+pub(super) async fn ensure_role_pushed(ctx: &Ctx, sid: &ServiceId) -> Result<RoleEntry, ApiError> {
+    if let Some(hit) = ctx.roles.read().ok().and_then(|m| m.get(sid).cloned()) {
+        if pushed_current(ctx, &hit.0) {
+            return Ok(hit);
+        }
+    }
+    let e = &ctx.estate;
+    let _g = e.account_lock().lock().await;
+    let (acct, role, _changed) = e.ensure_role_locked(sid).map_err(|err| match err {
+        crate::estate::EstateError::Name(n) => ApiError::bad_request(n.to_string()),
+        other => ApiError::internal(other),
+    })?;
+    if !pushed_current(ctx, &acct) {
+        push(ctx, &acct, "role").await?;
+    }
+    let entry = std::sync::Arc::new((acct, role));
+    if let Ok(mut m) = ctx.roles.write() {
+        m.insert(sid.clone(), entry.clone());
+    }
+    Ok(entry)
+}
+
+/// The TILLIT account (with the agents' scoped key pushed) for an agent of `site`, and its
+/// durable consumer, ready before the token burns.
+pub(super) async fn agent_entry(ctx: &Ctx, site: &str, user_pub: &str) -> Result<RoleEntry, ApiError> {
+    let e = &ctx.estate;
+    if e.site(site).map_err(ApiError::internal)?.is_none() {
+        return Err(ApiError::forbidden(format!("site {site} is not registered (tillit site add)")));
+    }
+    let acct = {
+        let _g = e.account_lock().lock().await;
+        let (acct, changed) = e.ensure_agent_role_locked().map_err(ApiError::internal)?;
+        if changed || !pushed_current(ctx, &acct) {
+            push(ctx, &acct, "agent_role").await?;
+        }
+        acct
+    };
+    let consumer = subjects::agent_consumer(site, user_pub);
+    ctx.events.ensure_agent_consumer(&consumer, site).await.map_err(|err| {
+        tracing::error!("cannot create the agent's consumer {consumer}: {err}");
+        ApiError::new(ErrorCode::Unavailable, "could not create the agent's event consumer; retry shortly")
+    })?;
+    let sid = crate::estate::sites::agent_service_id(site).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let role = RoleRecord {
+        account: acct.name.clone(),
+        service: sid,
+        key: e.agent_role().map_err(ApiError::internal)?.map(|r| r.key).unwrap_or_default(),
+        permissions: crate::estate::sites::agent_permissions(),
+        created_at: 0,
+        updated_at: 0,
+        previous: vec![],
+    };
+    Ok(std::sync::Arc::new((acct, role)))
+}
+
+// === bootstrap revocations ===
+
+/// The live set of revoked bootstrap users and the last BOOTSTRAP JWT `iat` pushed.
+pub struct Revocations {
+    live: std::collections::BTreeMap<String, (i64, i64)>,
+    last_iat: i64,
+}
+
+/// Load the live revocations from the token records and push them (serve start).
+pub async fn start_revocations(ctx: &Ctx) -> Result<Revocations, ApiError> {
+    let live = ctx.estate.live_bootstrap_revocations().map_err(ApiError::internal)?;
+    let mut r = Revocations { live, last_iat: 0 };
+    push_revocations(ctx, &mut r, "reconcile").await?;
+    Ok(r)
+}
+
+async fn push_revocations(ctx: &Ctx, r: &mut Revocations, why: &str) -> Result<(), ApiError> {
+    let now = ctx.estate.clock().now_unix();
+    r.live.retain(|_, (_, exp)| *exp > now);
+    let _g = ctx.estate.account_lock().lock().await;
+    let acct = ctx.estate.sign_bootstrap(&r.live, r.last_iat).map_err(ApiError::internal)?;
+    r.last_iat = acct.iat;
+    push(ctx, &acct, why).await
+}
+
+/// Burned tokens' bootstrap users are revoked by pushing the BOOTSTRAP account with the live
+/// revocations. Each push makes nats-server re-check every connection of that account (two user
+/// JWT signature checks each), so pushes are spaced: the first revocation after a quiet spell is
+/// pushed after [`REVOKE_SOON`], and while enrollments keep coming at most one push per
+/// [`REVOKE_SPACING`]. Measured with 8,000 bootstrap connections open: one push a second took a
+/// third of nats-server's CPU. A burned token's user can only ask for an enrollment the control
+/// plane refuses (`token_used`), so these delays are a fair bound.
+pub const REVOKE_SOON: Duration = Duration::from_millis(200);
+pub const REVOKE_SPACING: Duration = Duration::from_secs(5);
+
+/// When the next push may happen: soon after the first revocation, at least `spacing` after the
+/// previous push.
+fn next_push(first_at: tokio::time::Instant, last_push: Option<tokio::time::Instant>) -> tokio::time::Instant {
+    let soon = first_at + REVOKE_SOON;
+    match last_push {
+        Some(p) => soon.max(p + REVOKE_SPACING),
+        None => soon,
+    }
+}
+
+/// Revoke burned tokens' bootstrap users, gathering those that arrive before the next allowed
+/// push into one BOOTSTRAP account update.
+pub async fn run_revoker(ctx: std::sync::Arc<Ctx>, mut r: Revocations, mut rx: mpsc::UnboundedReceiver<(String, i64)>) {
+    let mut last_push = None;
+    while let Some(first) = rx.recv().await {
+        tokio::time::sleep_until(next_push(tokio::time::Instant::now(), last_push)).await;
+        let now = ctx.estate.clock().now_unix();
+        let mut n = 1;
+        r.live.insert(first.0, (now, first.1));
+        while let Ok((user, exp)) = rx.try_recv() {
+            r.live.insert(user, (now, exp));
+            n += 1;
+        }
+        last_push = Some(tokio::time::Instant::now());
+        match push_revocations(&ctx, &mut r, "bootstrap_revocation").await {
+            Ok(()) => tracing::debug!(count = n, live = r.live.len(), "bootstrap users revoked"),
+            Err(e) => tracing::error!("cannot revoke bootstrap users: {}", e.message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revocation_pushes_are_soon_after_quiet_and_spaced_under_load() {
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(next_push(t0, None), t0 + REVOKE_SOON, "first ever: soon");
+        let long_ago = t0 - Duration::from_secs(60);
+        assert_eq!(next_push(t0, Some(long_ago)), t0 + REVOKE_SOON, "after a quiet spell: soon");
+        let just_now = t0 - Duration::from_secs(1);
+        assert_eq!(next_push(t0, Some(just_now)), just_now + REVOKE_SPACING, "under load: spaced");
+    }
+}

@@ -1,0 +1,213 @@
+//! Dispatch: the checks every request passes, then its verb's handler.
+//!
+//! The table of routes is made from [`proto::ENDPOINTS`]' one list ([`routes`]): a verb without a
+//! [`Handle`] impl does not compile. Each handler lives in its family's file (`status.rs`,
+//! `enroll.rs`, `admin.rs`, `secrets.rs`, `sites.rs`, `ca.rs`).
+
+use super::{origin, After, Ctx};
+use crate::error::{ApiError, ErrorCode};
+use crate::estate::{IdentityRecord, IdentityState};
+use crate::identity::IdentityKind;
+use crate::proto::{self, Caller, Endpoint, EndpointSpec};
+use crate::replay::Seen;
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use std::future::Future;
+
+/// What a handler knows of the request it serves, besides its body.
+pub(crate) struct Call {
+    /// The verified signer's public nkey.
+    pub(crate) signer: String,
+    /// The recorded identity that signed it (none only for enrollment, [`Caller::Enrollee`]).
+    caller: Option<IdentityRecord>,
+    /// The caller's account and user, as nats-server stamped them on a request that crossed a
+    /// service import.
+    pub(crate) info: Option<origin::RequestInfo>,
+    /// Work to do once the reply is sent.
+    pub(crate) after: Option<After>,
+}
+
+impl Call {
+    /// The identity that signed the request.
+    pub(crate) fn caller(&self) -> Result<&IdentityRecord, ApiError> {
+        self.caller.as_ref().ok_or_else(|| ApiError::internal("this verb needs a recorded caller"))
+    }
+}
+
+/// How the control plane serves verb `E`: one impl per verb, in its family's file.
+pub(crate) trait Handle: Endpoint {
+    /// Serve one request whose common checks passed.
+    fn handle(ctx: &Ctx, call: &mut Call, req: Self::Request) -> impl Future<Output = Result<Self::Reply, ApiError>> + Send;
+}
+
+type Run = for<'a> fn(&'a Ctx, &'a mut Call, &'a RawValue) -> BoxFuture<'a, Result<Box<RawValue>, ApiError>>;
+
+fn run<'a, E: Handle>(ctx: &'a Ctx, call: &'a mut Call, raw: &'a RawValue) -> BoxFuture<'a, Result<Box<RawValue>, ApiError>> {
+    Box::pin(async move {
+        let req: E::Request = body(raw)?;
+        to_value(E::handle(ctx, call, req).await?)
+    })
+}
+
+/// One verb as served: what it is, and its handler.
+#[derive(Clone, Copy)]
+pub(crate) struct Route {
+    pub(crate) spec: EndpointSpec,
+    run: Run,
+}
+
+macro_rules! routes {
+    ($($e:ident),*) => { vec![$(Route { spec: <proto::$e as Endpoint>::SPEC, run: run::<proto::$e> }),*] };
+}
+
+/// Every verb's route, in [`proto::ENDPOINTS`] order.
+pub(crate) fn routes() -> Vec<Route> {
+    proto::for_each_endpoint!(routes)
+}
+
+/// The checks every request passes, then the verb.
+pub(crate) async fn dispatch(ctx: &Ctx, route: &Route, msg: &async_nats::Message) -> Result<(Box<RawValue>, Option<After>), ApiError> {
+    let spec = &route.spec;
+    let max = ctx.estate.config.max_request_bytes;
+    if msg.payload.len() > max {
+        return Err(ApiError::new(
+            ErrorCode::TooLarge,
+            format!("request is {} bytes; the limit is {max}", msg.payload.len()),
+        ));
+    }
+    let now = ctx.estate.clock().now_unix();
+    let claims = proto::verify_request::<Box<RawValue>>(&msg.payload, spec.subject, spec.kind, ctx.estate.trust_domain(), now)?;
+    let info = origin::request_info(msg)?;
+    // The replay cache takes an id only once the signer is known (an identity of this control
+    // plane, or a join token's bootstrap connection), so unknown keys cannot fill it.
+    let check_replay = || -> Result<(), ApiError> {
+        if !ctx.replay.issued_in_time(claims.iat) {
+            return Err(ApiError::new(ErrorCode::Replayed, "this request was signed before the control plane restarted; sign it again"));
+        }
+        match ctx.replay.check_and_insert_by(&claims.jti, &claims.iss, claims.exp, now) {
+            Seen::New => Ok(()),
+            Seen::Replay => Err(ApiError::new(ErrorCode::Replayed, "this request id was already used")),
+            Seen::Full => Err(super::unavailable("too many requests in flight; retry shortly")),
+            Seen::SignerQuota => Err(ApiError::new(
+                ErrorCode::LimitExceeded,
+                "this identity sent more requests in the last minute than one identity may; slow down",
+            )),
+        }
+    };
+    let mut call = Call { signer: claims.iss.clone(), caller: None, info, after: None };
+    if spec.caller == Caller::Enrollee {
+        if call.info.as_ref().map(|i| i.acc.as_str()) != Some(ctx.bootstrap_account.as_str()) {
+            return Err(ApiError::unauthenticated("enrollment must come from a join token's bootstrap connection"));
+        }
+        check_replay()?;
+        return match (route.run)(ctx, &mut call, &claims.body).await {
+            Ok(v) => Ok((v, call.after)),
+            Err(e) => {
+                audit_refusal(ctx, &format!("nkey:{}", claims.iss), spec, &e);
+                Err(e)
+            }
+        };
+    }
+    let caller = ctx
+        .estate
+        .identity(&claims.iss)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::unauthenticated("the signing key belongs to no identity of this control plane"))?;
+    check_replay()?;
+    if let Err(e) = check_caller(&caller, spec, now).and_then(|_| origin::check_request_origin(ctx, &caller, call.info.as_ref())) {
+        audit_refusal(ctx, &caller.id, spec, &e);
+        return Err(e);
+    }
+    call.caller = Some(caller);
+    let value = (route.run)(ctx, &mut call, &claims.body).await?;
+    Ok((value, call.after))
+}
+
+/// The verb of a subject, as the audit log names it: `status`, `token.create`, `enroll`, `renew`.
+pub(crate) fn verb(subject: &str) -> &str {
+    let s = subject.strip_prefix("tillit.v1.").unwrap_or(subject);
+    s.strip_prefix("admin.").or_else(|| s.strip_prefix("svc.")).unwrap_or(s)
+}
+
+/// Record a refusal that matters (who was denied what), without holding up the reply.
+fn audit_refusal(ctx: &Ctx, actor: &str, spec: &EndpointSpec, e: &ApiError) {
+    let worth_recording = matches!(
+        e.code,
+        ErrorCode::Forbidden | ErrorCode::TokenUsed | ErrorCode::TokenExpired | ErrorCode::TokenInvalid | ErrorCode::Unauthenticated
+    );
+    if !worth_recording {
+        return;
+    }
+    ctx.journal.record_relaxed(
+        crate::audit::Entry::denied(actor, verb(spec.subject), spec.subject, e.code.as_str()).detail(serde_json::json!({ "message": e.message })),
+    );
+}
+
+/// Whether `caller` may call `spec` now (pure).
+pub(crate) fn check_caller(caller: &IdentityRecord, spec: &EndpointSpec, now: i64) -> Result<(), ApiError> {
+    if caller.state == IdentityState::Revoked {
+        return Err(ApiError::forbidden("this identity is revoked; enroll again with a new join token"));
+    }
+    if caller.expires_at <= now {
+        return Err(ApiError::new(ErrorCode::Expired, "this identity has expired; enroll again with a new join token"));
+    }
+    if spec.caller == Caller::Admin && caller.kind != IdentityKind::Admin {
+        return Err(ApiError::forbidden(format!("{} is for admin identities only", spec.subject)));
+    }
+    Ok(())
+}
+
+/// The request body, parsed once into its type (the envelope keeps it raw).
+pub(super) fn body<T: DeserializeOwned>(v: &RawValue) -> Result<T, ApiError> {
+    serde_json::from_str(v.get()).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
+}
+
+/// A reply, encoded once.
+pub(super) fn to_value<T: serde::Serialize>(t: T) -> Result<Box<RawValue>, ApiError> {
+    serde_json::value::to_raw_value(&t).map_err(ApiError::internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(kind: IdentityKind, state: IdentityState, expires_at: i64) -> IdentityRecord {
+        IdentityRecord { kind, state, ..IdentityRecord::admin("spiffe://td/x", "x", "U", "01", 0, expires_at) }
+    }
+
+    #[test]
+    fn every_verb_has_a_route() {
+        let r = routes();
+        assert_eq!(r.len(), proto::ENDPOINTS.len());
+        for (route, spec) in r.iter().zip(proto::ENDPOINTS) {
+            assert_eq!(route.spec.subject, spec.subject);
+        }
+    }
+
+    #[test]
+    fn verbs_match_the_cli_words() {
+        assert_eq!(verb("tillit.v1.admin.status"), "status");
+        assert_eq!(verb("tillit.v1.admin.token.create"), "token.create");
+        assert_eq!(verb("tillit.v1.enroll"), "enroll");
+        assert_eq!(verb("tillit.v1.svc.renew"), "renew");
+    }
+
+    #[test]
+    fn caller_policy_table() {
+        let admin_ep = <proto::Status as Endpoint>::SPEC;
+        let svc_ep = <proto::Renew as Endpoint>::SPEC;
+        let cases = [
+            (rec(IdentityKind::Admin, IdentityState::Active, 100), admin_ep, None),
+            (rec(IdentityKind::Service, IdentityState::Active, 100), admin_ep, Some(ErrorCode::Forbidden)),
+            (rec(IdentityKind::Agent, IdentityState::Active, 100), admin_ep, Some(ErrorCode::Forbidden)),
+            (rec(IdentityKind::Service, IdentityState::Active, 100), svc_ep, None),
+            (rec(IdentityKind::Admin, IdentityState::Revoked, 100), admin_ep, Some(ErrorCode::Forbidden)),
+            (rec(IdentityKind::Service, IdentityState::Active, 50), svc_ep, Some(ErrorCode::Expired)),
+        ];
+        for (r, ep, want) in cases {
+            let got = check_caller(&r, &ep, 50).err().map(|e| e.code);
+            assert_eq!(got, want, "{:?} {:?} on {}", r.kind, r.state, ep.subject);
+        }
+    }
+}

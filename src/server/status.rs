@@ -1,0 +1,74 @@
+//! `tillit.v1.admin.status`: the estate at a glance, and the gauges that mirror it.
+
+use super::dispatch::{Call, Handle};
+use super::Ctx;
+use crate::clock::rfc3339;
+use crate::error::ApiError;
+use crate::estate::{AccountKind, IdentityRecord, IdentityState};
+use crate::proto::{self, AccountStatus, Counts, StatusReply, StatusRequest};
+
+impl Handle for proto::Status {
+    async fn handle(ctx: &Ctx, call: &mut Call, _req: StatusRequest) -> Result<StatusReply, ApiError> {
+        let mut st = status(ctx, call.caller()?)?;
+        st.sites = super::sites::site_infos(ctx).await?;
+        st.ca_rollout = super::ca::rollout_info(ctx).await?;
+        Ok(st)
+    }
+}
+
+/// Refresh the gauges that mirror store counts (one scan of each space).
+pub(crate) fn refresh_gauges(ctx: &Ctx) {
+    if let (Ok(accounts), Ok(ids)) = (ctx.estate.accounts(), ctx.estate.identities()) {
+        set_gauges(ctx, accounts.len(), &ids);
+    }
+}
+
+/// Set the gauges from records already read.
+fn set_gauges(ctx: &Ctx, accounts: usize, ids: &[IdentityRecord]) {
+    let now = ctx.estate.clock().now_unix();
+    ctx.metrics.identities.set(ids.len() as i64);
+    ctx.metrics.accounts.set(accounts as i64);
+    let soon = ids.iter().filter(|i| i.state == IdentityState::Active && i.expires_at > now && i.expires_at <= now + 86_400).count();
+    ctx.metrics.identities_expiring_24h.set(soon as i64);
+    if let Ok(exp) = crate::issuer::x509::not_after(ctx.estate.ca().cert_pem()) {
+        ctx.metrics.ca_expiry_seconds.set(exp - ctx.estate.clock().now_unix());
+    }
+}
+
+fn status(ctx: &Ctx, caller: &IdentityRecord) -> Result<StatusReply, ApiError> {
+    let e = &ctx.estate;
+    let accounts = e.accounts().map_err(ApiError::internal)?;
+    let all = e.identities().map_err(ApiError::internal)?;
+    let now = e.clock().now_unix();
+    let by_state = |st: &str| all.iter().filter(|r| super::admin::state_of(r, now) == st).count();
+    set_gauges(ctx, accounts.len(), &all);
+    Ok(StatusReply {
+        trust_domain: e.trust_domain().to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        server_time: rfc3339(e.clock().now_unix()),
+        operator: e.meta.operator_public_key.clone(),
+        ca_fingerprint: e.ca_fingerprint(),
+        ca_expires_at: crate::issuer::x509::not_after(e.ca().cert_pem()).map(rfc3339).unwrap_or_default(),
+        nats_urls: e.config.urls(),
+        counts: Counts {
+            identities: all.len(),
+            active: by_state("active"),
+            revoked: by_state("revoked"),
+            expired: by_state("expired"),
+            accounts: accounts.len(),
+            tenant_accounts: accounts.iter().filter(|a| a.kind == AccountKind::Tenant).count(),
+        },
+        accounts: accounts
+            .into_iter()
+            .map(|a| {
+                (a.name.clone(), AccountStatus { public_key: a.public_key, kind: a.kind.as_str().into(), created_at: rfc3339(a.created_at) })
+            })
+            .collect(),
+        sites: vec![],
+        cas: super::ca::ca_infos(e),
+        ca_rollout: None,
+        rss_bytes: crate::telemetry::rss_bytes(),
+        caller: caller.id.clone(),
+    })
+}
+
