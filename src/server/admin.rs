@@ -29,37 +29,37 @@ use std::time::Duration;
 // === verbs ===
 
 impl Handle for proto::TokenCreate {
-    async fn handle(ctx: &Ctx, call: &mut Call, req: TokenCreateRequest) -> Result<TokenCreateReply, ApiError> {
+    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: TokenCreateRequest) -> Result<TokenCreateReply, ApiError> {
         token_create(ctx, call.caller()?, req).await
     }
 }
 
 impl Handle for proto::Grant {
-    async fn handle(ctx: &Ctx, call: &mut Call, req: GrantRequest) -> Result<GrantsReply, ApiError> {
+    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: GrantRequest) -> Result<GrantsReply, ApiError> {
         grant(ctx, call.caller()?, req).await
     }
 }
 
 impl Handle for proto::Ungrant {
-    async fn handle(ctx: &Ctx, call: &mut Call, req: GrantRequest) -> Result<GrantsReply, ApiError> {
+    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: GrantRequest) -> Result<GrantsReply, ApiError> {
         ungrant(ctx, call.caller()?, req).await
     }
 }
 
 impl Handle for proto::Grants {
-    async fn handle(ctx: &Ctx, _call: &mut Call, req: ServiceRequest) -> Result<GrantsReply, ApiError> {
+    async fn handle(ctx: &Arc<Ctx>, _call: &mut Call, req: ServiceRequest) -> Result<GrantsReply, ApiError> {
         grants(ctx, req).await
     }
 }
 
 impl Handle for proto::Revoke {
-    async fn handle(ctx: &Ctx, call: &mut Call, req: RevokeRequest) -> Result<RevokeReply, ApiError> {
+    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: RevokeRequest) -> Result<RevokeReply, ApiError> {
         revoke(ctx, call.caller()?, req).await
     }
 }
 
 impl Handle for proto::List {
-    async fn handle(ctx: &Ctx, _call: &mut Call, _req: ListRequest) -> Result<ListReply, ApiError> {
+    async fn handle(ctx: &Arc<Ctx>, _call: &mut Call, _req: ListRequest) -> Result<ListReply, ApiError> {
         list(ctx).await
     }
 }
@@ -89,7 +89,7 @@ enum Change {
     Ungrant,
 }
 
-async fn change(ctx: &Ctx, actor: &str, req: GrantRequest, how: Change) -> Result<GrantsReply, ApiError> {
+async fn change(ctx: &Arc<Ctx>, actor: &str, req: GrantRequest, how: Change) -> Result<GrantsReply, ApiError> {
     if req.publish.is_empty() && req.subscribe.is_empty() {
         return Err(ApiError::bad_request("name at least one subject with --pub or --sub"));
     }
@@ -204,8 +204,8 @@ async fn notify_instances(ctx: &Ctx, sid: &ServiceId, data: &serde_json::Value) 
 
 /// End `old_key`'s grace once every active instance moved off it, or after [`RETIRE_GRACE`]:
 /// its template becomes the new permissions (the server reconnects whoever still uses it).
-fn spawn_retirement(ctx: &Ctx, sid: ServiceId, old_key: String) {
-    let Some(ctx) = ctx.me.get().and_then(|w| w.upgrade()) else { return };
+fn spawn_retirement(ctx: &Arc<Ctx>, sid: ServiceId, old_key: String) {
+    let ctx = ctx.clone();
     // Whether every live instance moved off `old_key`, over these identity records.
     fn all_moved<'a>(ids: impl IntoIterator<Item = &'a IdentityRecord>, old_key: &str, now: i64) -> bool {
         ids.into_iter().filter(|i| i.state == IdentityState::Active && i.expires_at > now).all(|i| i.role_key.as_deref() != Some(old_key))
@@ -291,11 +291,11 @@ pub async fn retire_leftover_keys(ctx: &Ctx, grace_over: bool) {
     }
 }
 
-async fn grant(ctx: &Ctx, caller: &IdentityRecord, req: GrantRequest) -> Result<GrantsReply, ApiError> {
+async fn grant(ctx: &Arc<Ctx>, caller: &IdentityRecord, req: GrantRequest) -> Result<GrantsReply, ApiError> {
     change(ctx, &caller.id, req, Change::Grant).await
 }
 
-async fn ungrant(ctx: &Ctx, caller: &IdentityRecord, req: GrantRequest) -> Result<GrantsReply, ApiError> {
+async fn ungrant(ctx: &Arc<Ctx>, caller: &IdentityRecord, req: GrantRequest) -> Result<GrantsReply, ApiError> {
     change(ctx, &caller.id, req, Change::Ungrant).await
 }
 

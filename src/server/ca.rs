@@ -6,6 +6,7 @@
 
 use super::dispatch::{Call, Handle};
 use super::Ctx;
+use std::sync::Arc;
 use crate::audit::Entry;
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ErrorCode};
@@ -18,7 +19,7 @@ use std::time::Duration;
 // === verbs ===
 
 impl Handle for proto::RotateCa {
-    async fn handle(ctx: &Ctx, call: &mut Call, req: RotateCaRequest) -> Result<RotateCaReply, ApiError> {
+    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: RotateCaRequest) -> Result<RotateCaReply, ApiError> {
         if req.finish {
             finish(ctx, call.caller()?).await
         } else {
@@ -28,7 +29,7 @@ impl Handle for proto::RotateCa {
 }
 
 impl Handle for proto::RotateSigningKey {
-    async fn handle(ctx: &Ctx, call: &mut Call, req: RotateSigningKeyRequest) -> Result<RotateSigningKeyReply, ApiError> {
+    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: RotateSigningKeyRequest) -> Result<RotateSigningKeyReply, ApiError> {
         rotate_signing_key(ctx, call.caller()?, req).await
     }
 }

@@ -14,6 +14,7 @@ use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use std::future::Future;
+use std::sync::Arc;
 
 /// What a handler knows of the request it serves, besides its body.
 pub(crate) struct Call {
@@ -38,12 +39,12 @@ impl Call {
 /// How the control plane serves verb `E`: one impl per verb, in its family's file.
 pub(crate) trait Handle: Endpoint {
     /// Serve one request whose common checks passed.
-    fn handle(ctx: &Ctx, call: &mut Call, req: Self::Request) -> impl Future<Output = Result<Self::Reply, ApiError>> + Send;
+    fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: Self::Request) -> impl Future<Output = Result<Self::Reply, ApiError>> + Send;
 }
 
-type Run = for<'a> fn(&'a Ctx, &'a mut Call, &'a RawValue) -> BoxFuture<'a, Result<Box<RawValue>, ApiError>>;
+type Run = for<'a> fn(&'a Arc<Ctx>, &'a mut Call, &'a RawValue) -> BoxFuture<'a, Result<Box<RawValue>, ApiError>>;
 
-fn run<'a, E: Handle>(ctx: &'a Ctx, call: &'a mut Call, raw: &'a RawValue) -> BoxFuture<'a, Result<Box<RawValue>, ApiError>> {
+fn run<'a, E: Handle>(ctx: &'a Arc<Ctx>, call: &'a mut Call, raw: &'a RawValue) -> BoxFuture<'a, Result<Box<RawValue>, ApiError>> {
     Box::pin(async move {
         let req: E::Request = body(raw)?;
         to_value(E::handle(ctx, call, req).await?)
@@ -67,7 +68,7 @@ pub(crate) fn routes() -> Vec<Route> {
 }
 
 /// The checks every request passes, then the verb.
-pub(crate) async fn dispatch(ctx: &Ctx, route: &Route, msg: &async_nats::Message) -> Result<(Box<RawValue>, Option<After>), ApiError> {
+pub(crate) async fn dispatch(ctx: &Arc<Ctx>, route: &Route, msg: &async_nats::Message) -> Result<(Box<RawValue>, Option<After>), ApiError> {
     let spec = &route.spec;
     let max = ctx.estate.config.max_request_bytes;
     if msg.payload.len() > max {

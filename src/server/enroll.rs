@@ -5,6 +5,7 @@ use super::accounts::{agent_entry, ensure_role_pushed};
 use super::dispatch::{Call, Handle};
 use super::origin::RequestInfo;
 use super::{After, Ctx};
+use std::sync::Arc;
 use crate::audit::Entry;
 use crate::error::{ApiError, ErrorCode};
 use crate::estate::{AccountRecord, IdentityRecord, IdentityState, SerialRecord};
@@ -18,7 +19,7 @@ use crate::estate::TILLIT_ACCOUNT;
 use crate::subjects;
 
 impl Handle for proto::Enroll {
-    async fn handle(ctx: &Ctx, call: &mut Call, req: EnrollRequest) -> Result<IssuedReply, ApiError> {
+    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: EnrollRequest) -> Result<IssuedReply, ApiError> {
         let (reply, after) = enroll(ctx, &call.signer, call.info.as_ref(), req).await?;
         call.after = Some(after);
         Ok(reply)
@@ -26,7 +27,7 @@ impl Handle for proto::Enroll {
 }
 
 impl Handle for proto::Renew {
-    async fn handle(ctx: &Ctx, call: &mut Call, req: RenewRequest) -> Result<IssuedReply, ApiError> {
+    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: RenewRequest) -> Result<IssuedReply, ApiError> {
         renew(ctx, call.caller()?, req).await
     }
 }

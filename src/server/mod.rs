@@ -16,17 +16,17 @@ mod enroll;
 mod events;
 pub mod http;
 mod origin;
+mod own;
 pub mod push;
 pub mod reconcile;
 mod secrets;
 mod sites;
 mod status;
 pub mod stream;
+mod tasks;
 
-use crate::client::{self, tls, ConnectParams, NatsCreds};
 use crate::error::{ApiError, ErrorCode};
-use crate::estate::{Estate, SYS_ACCOUNT, TILLIT_ACCOUNT};
-use crate::issuer::jwt::UserPermissions;
+use crate::estate::Estate;
 use crate::replay::ReplayCache;
 use crate::subjects;
 use crate::telemetry::Metrics;
@@ -34,7 +34,7 @@ use async_nats::service::ServiceExt;
 use futures::StreamExt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use crate::audit::{self, Journal};
 use std::collections::HashMap;
@@ -96,8 +96,6 @@ pub struct Ctx {
     pub ca_lock: tokio::sync::Mutex<()>,
     /// Wakes the renewal of the control plane's own credentials now (`rotate ca --finish`).
     pub renew_own: Arc<tokio::sync::Notify>,
-    /// This context, for work a handler leaves running after it replies.
-    pub me: OnceLock<std::sync::Weak<Ctx>>,
 }
 
 fn stopped(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
@@ -107,122 +105,9 @@ fn stopped(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'sta
     }
 }
 
-/// Mint credentials for one of the control plane's connections.
-fn own_params(
-    estate: &Estate,
-    account: &str,
-    permissions: UserPermissions,
-) -> Result<(ConnectParams, Arc<rustls::sign::CertifiedKey>, i64), ServeError> {
-    let (creds, _user) = estate.control_plane_creds(account, permissions).map_err(|e| ServeError::Creds(e.to_string()))?;
-    let ck = tls::certified_key(&creds.cert_pem, creds.key_pem.expose()).map_err(|e| ServeError::Creds(e.to_string()))?;
-    let user = nkeys::KeyPair::from_seed(creds.user_seed.expose()).map_err(|e| ServeError::Creds(e.to_string()))?;
-    Ok((
-        ConnectParams {
-            urls: estate.config.urls(),
-            name: format!("tillit-serve-{}", account.to_lowercase()),
-            inbox_prefix: subjects::inbox_prefix(&user.public_key()),
-            ca_pem: estate.ca_bundle_pem(),
-            creds: Arc::new(RwLock::new(NatsCreds { user_jwt: creds.user_jwt, user_seed: creds.user_seed })),
-            cert: tls::SwappableCert::new(ck.clone()),
-            max_reconnects: None,
-        },
-        ck,
-        creds.expires_at,
-    ))
-}
-
-/// The control plane's TILLIT user: it receives the API, discovery and its own inbox; it
-/// publishes only events (and the JetStream API that stores them), notifications, and replies
-/// to inboxes (`_INBOX.`, and `_R_.` for requests that crossed a service import). [`handle`]
-/// answers only such reply subjects, so a requester-chosen reply subject cannot make the
-/// control plane publish into the stream API or anywhere else. (nats-server's `resp` permission
-/// would be tighter, but a config reload forgets the replies it allowed.)
-fn api_permissions() -> UserPermissions {
-    UserPermissions::new(
-        vec![
-            "$JS.API.>".into(),
-            subjects::EVENTS_EXPORT.into(),
-            subjects::NOTIFY_EXPORT.into(),
-            format!("{}.>", subjects::INBOX_ROOT),
-            format!("{}.>", subjects::SERVICE_REPLY_ROOT),
-        ],
-        vec![format!("{}.>", subjects::API_PREFIX), subjects::SRV_ALL.into(), format!("{}.>", subjects::INBOX_ROOT)],
-    )
-}
-
-fn sys_permissions() -> UserPermissions {
-    UserPermissions::new(vec![], vec![])
-}
-
-/// Connect, retrying until connected or told to stop.
-async fn connect_until(params: &ConnectParams, what: &str, stop: &watch::Receiver<bool>) -> Option<async_nats::Client> {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match client::connect(params).await {
-            Ok(c) => {
-                tracing::info!(connection = what, urls = ?params.urls, "connected to NATS");
-                return Some(c);
-            }
-            Err(e) => tracing::warn!(connection = what, "waiting for NATS: {e}; retrying in {delay:?}"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stopped(stop) => return None,
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
-}
-
-/// Renew the control plane's own credentials at 2/3 of their life and reconnect with them.
-fn spawn_self_renewal(
-    estate: Arc<Estate>,
-    account: &'static str,
-    params: ConnectParams,
-    client: async_nats::Client,
-    mut expires_at: i64,
-    stop: watch::Receiver<bool>,
-    now_please: Arc<tokio::sync::Notify>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let now = estate.clock().now_unix();
-            let issued = now.min(expires_at);
-            let at = crate::rotation::renew_at(issued, expires_at, crate::rotation::random_jitter());
-            let wait = Duration::from_secs((at - now).max(1) as u64);
-            tracing::debug!(connection = account, "own credentials renew in {wait:?}");
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = now_please.notified() => tracing::info!(connection = account, "renewing own credentials now (CA rotation finished)"),
-                _ = stopped(&stop) => return,
-            }
-            let perms = if account == SYS_ACCOUNT { sys_permissions() } else { api_permissions() };
-            match own_params(&estate, account, perms) {
-                Ok((fresh, ck, exp)) => {
-                    let new_creds = match fresh.creds.read() {
-                        Ok(g) => NatsCreds { user_jwt: g.user_jwt.clone(), user_seed: g.user_seed.clone() },
-                        Err(_) => continue,
-                    };
-                    if let Ok(mut g) = params.creds.write() {
-                        *g = new_creds;
-                    }
-                    params.cert.swap(ck);
-                    expires_at = exp;
-                    if let Err(e) = client.force_reconnect().await {
-                        tracing::warn!(connection = account, "reconnect with renewed credentials failed: {e}");
-                    } else {
-                        tracing::info!(connection = account, "renewed own credentials");
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(connection = account, "cannot renew own credentials: {e}; retrying in 30s");
-                    expires_at = expires_at.max(now + 45);
-                }
-            }
-        }
-    })
-}
-
-/// Run the control plane until `shutdown` completes.
+/// Run the control plane until `shutdown` completes: HTTP first (so `/healthz` answers while
+/// NATS comes up), then its own NATS connections, the context every handler shares, the start-up
+/// steps, the named background tasks ([`tasks`]), and the endpoints ([`dispatch::routes`]).
 pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
     let estate = Arc::new(estate);
     let metrics = Arc::new(Metrics::new(estate.trust_domain()));
@@ -233,157 +118,30 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-
-    // HTTP first: /healthz answers while NATS comes up.
-    let addr = estate.config.http_addr;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::HttpBind { addr: addr.to_string(), source })?;
-    http::raise_fd_limit();
     let http_state = http::HttpState { serving: serving.clone(), conns: conns.clone(), metrics: metrics.clone(), estate: estate.clone() };
-    let metrics_here = match estate.config.metrics_addr {
-        Some(_) => false,
-        None if addr.ip().is_loopback() => true,
-        None => {
-            tracing::warn!(%addr, "/metrics is not served on a non-loopback HTTP address; set http.metrics_addr to a listener for it");
-            false
-        }
-    };
-    let max_conns = estate.config.http_max_connections;
-    let http_stop = stopped(&stop_rx);
-    let main_router = http::router(http_state.clone(), metrics_here);
-    let http_task = tokio::spawn(http::serve_http(listener, main_router, max_conns, http_stop));
-    tracing::info!(%addr, metrics = metrics_here, "HTTP: /healthz /readyz /ocsp /crl{}", if metrics_here { " /metrics" } else { "" });
-    if let Some(maddr) = estate.config.metrics_addr {
-        let l = tokio::net::TcpListener::bind(maddr)
-            .await
-            .map_err(|source| ServeError::HttpBind { addr: maddr.to_string(), source })?;
-        tokio::spawn(http::serve_http(l, http::metrics_router(http_state), 64, stopped(&stop_rx)));
-        tracing::info!(addr = %maddr, "HTTP: /metrics");
-    }
+    let http_task = start_http(&estate, http_state, &stop_rx).await?;
 
-    let (api_params, _, api_exp) = own_params(&estate, TILLIT_ACCOUNT, api_permissions())?;
-    let (sys_params, _, sys_exp) = own_params(&estate, SYS_ACCOUNT, sys_permissions())?;
-    let Some(api) = connect_until(&api_params, "api", &stop_rx).await else {
-        let _ = http_task.await;
-        return Ok(());
-    };
-    let Some(sys) = connect_until(&sys_params, "sys", &stop_rx).await else {
-        let _ = http_task.await;
-        return Ok(());
-    };
-    let _ = conns.set(vec![("api".into(), api.clone()), ("sys".into(), sys.clone())]);
     let renew_own = Arc::new(tokio::sync::Notify::new());
-    let mut background = vec![
-        spawn_self_renewal(estate.clone(), TILLIT_ACCOUNT, api_params, api.clone(), api_exp, stop_rx.clone(), renew_own.clone()),
-        spawn_self_renewal(estate.clone(), SYS_ACCOUNT, sys_params, sys.clone(), sys_exp, stop_rx.clone(), renew_own.clone()),
-    ];
-
+    let Some(own) = own::connect(&estate, &stop_rx, renew_own.clone()).await? else {
+        let _ = http_task.await;
+        return Ok(());
+    };
+    let _ = conns.set(vec![("api".into(), own.api.clone()), ("sys".into(), own.sys.clone())]);
     let (revoke_tx, revoke_rx) = mpsc::unbounded_channel();
-    let ctx = Arc::new(Ctx {
-        estate: estate.clone(),
-        metrics: metrics.clone(),
-        replay: ReplayCache::new(REPLAY_CAPACITY),
-        sys,
-        api: api.clone(),
-        journal: Journal::start(
-            audit::Writer::open(&estate.dir.audit(), estate.store_arc(), estate.clock().clone(), estate.audit_key())
-                .map_err(|e| ServeError::Service(e.to_string()))?,
-        ),
-        burning: Default::default(),
-        pushed: Default::default(),
-        revoke_tx,
-        bootstrap_account: estate
-            .account(crate::estate::BOOTSTRAP_ACCOUNT)
-            .map_err(|e| ServeError::Creds(e.to_string()))?
-            .public_key,
-        roles: Default::default(),
-        events: stream::Events::start(
-            api.clone(),
-            estate.envelope_signer().map_err(|e| ServeError::Service(e.to_string()))?,
-        )
-        .await
-        .map_err(|e| ServeError::Service(format!("event stream: {e}")))?,
-        xkey: crate::crypto::Sealer::new(&estate.xkey().map_err(|e| ServeError::Creds(e.to_string()))?).map_err(|e| ServeError::Creds(e.to_string()))?,
-        account_keys: Default::default(),
-        ca_lock: Default::default(),
-        renew_own,
-        me: OnceLock::new(),
-    });
-    let _ = ctx.me.set(Arc::downgrade(&ctx));
-    restore_replay_cache(&ctx);
-    // Make sure the servers hold the current JWT of every account (a restored or new server may not).
-    for acct in estate.accounts().map_err(|e| ServeError::Creds(e.to_string()))? {
-        if acct.name == SYS_ACCOUNT || acct.name == crate::estate::BOOTSTRAP_ACCOUNT {
-            continue;
-        }
-        let _g = estate.account_lock().lock().await;
-        if let Err(e) = accounts::push(&ctx, &acct, "reconcile").await {
-            tracing::warn!("{}", e.message);
-        }
-    }
+    let ctx = Arc::new(Ctx::new(estate.clone(), metrics, own.api.clone(), own.sys, revoke_tx, renew_own).await?);
+
+    tasks::restore_replay_cache(&ctx);
+    tasks::push_all_accounts(&ctx).await?;
     sites::start_sites(&ctx).await;
-    // Role keys left over from permission changes before a restart are retired now.
     admin::retire_leftover_keys(&ctx, true).await;
-    let settle = ctx.clone();
-    background.push(tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(300)).await;
-            admin::retire_leftover_keys(&settle, false).await;
-        }
-    }));
     // BOOTSTRAP carries the live revocations of used tokens' bootstrap users.
     let revocations = accounts::start_revocations(&ctx).await.map_err(|e| ServeError::Service(e.message))?;
-    background.push(tokio::spawn(accounts::run_revoker(ctx.clone(), revocations, revoke_rx)));
-    // The store is made durable in the background; the audit log is the durability point.
-    let flush = estate.store_arc();
-    background.push(tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let f = flush.clone();
-            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || f.sync()).await {
-                tracing::error!("store flush failed: {e}");
-            }
-        }
-    }));
-    background.push(tokio::spawn(events::watch_auth_errors(ctx.clone())));
-    background.push(tokio::spawn(reconcile::run(ctx.clone(), estate.config.reconcile_interval)));
-    let retire = ctx.clone();
-    background.push(tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            match retire.estate.retire_envelope_keys() {
-                Ok(true) => tracing::info!("retired an envelope signing key"),
-                Ok(false) => {}
-                Err(e) => tracing::error!("cannot retire envelope keys: {e}"),
-            }
-        }
-    }));
-    let gauges = ctx.clone();
-    background.push(tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            let g = gauges.clone();
-            let _ = tokio::task::spawn_blocking(move || status::refresh_gauges(&g)).await;
-        }
-    }));
     status::refresh_gauges(&ctx);
-    let rollout = ctx.clone();
-    background.push(tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(ca::ROLLOUT_TICK).await;
-            ca::tick(&rollout).await;
-        }
-    }));
-    let site_gauges = ctx.clone();
-    background.push(tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            sites::refresh_site_gauges(&site_gauges).await;
-        }
-    }));
+    let mut background = own.renewals;
+    background.extend(tasks::start(&ctx, Box::pin(accounts::run_revoker(ctx.clone(), revocations, revoke_rx))));
 
-    let service = api
+    let service = own
+        .api
         .service_builder()
         .description("tillit trust control plane")
         .start(subjects::SERVICE_NAME, env!("CARGO_PKG_VERSION"))
@@ -392,30 +150,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut endpoint_tasks = Vec::new();
     for route in dispatch::routes() {
-        let spec = route.spec;
-        let (group, name) = spec.subject.rsplit_once('.').unwrap_or(("", spec.subject));
-        let mut endpoint = service
-            .group(group)
-            .endpoint(name)
-            .await
-            .map_err(|e| ServeError::Service(format!("{}: {e}", spec.subject)))?;
-        let ctx = ctx.clone();
-        let permits = permits.clone();
-        let stop = stop_rx.clone();
-        endpoint_tasks.push(tokio::spawn(async move {
-            loop {
-                let req = tokio::select! {
-                    r = endpoint.next() => match r { Some(r) => r, None => break },
-                    _ = stopped(&stop) => break,
-                };
-                let Ok(permit) = permits.clone().acquire_owned().await else { break };
-                let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    handle(ctx, route, req).await;
-                    drop(permit);
-                });
-            }
-        }));
+        endpoint_tasks.push(serve_route(&service, route, &ctx, &permits, &stop_rx).await?);
     }
     serving.store(true, Ordering::SeqCst);
     tracing::info!(trust_domain = estate.trust_domain(), urls = ?estate.config.urls(), "tillit control plane serving");
@@ -434,19 +169,113 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         Err(_) => tracing::warn!("NATS did not confirm the service stop within 2s"),
         Ok(Ok(())) => {}
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), api.flush()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), own.api.flush()).await;
     let _ = http_task.await;
     for t in background {
         t.abort();
         let _ = t.await;
     }
-    save_replay_cache(&ctx);
+    tasks::save_replay_cache(&ctx);
     // Flush the store (the audit log already holds every change), then let go of it.
     let store = estate.store_arc();
     let _ = tokio::task::spawn_blocking(move || store.sync()).await;
     drop(ctx);
     tracing::info!("stopped");
     Ok(())
+}
+
+impl Ctx {
+    async fn new(
+        estate: Arc<Estate>,
+        metrics: Arc<Metrics>,
+        api: async_nats::Client,
+        sys: async_nats::Client,
+        revoke_tx: mpsc::UnboundedSender<(String, i64)>,
+        renew_own: Arc<tokio::sync::Notify>,
+    ) -> Result<Ctx, ServeError> {
+        let service_err = |e: &dyn std::fmt::Display| ServeError::Service(e.to_string());
+        let creds_err = |e: &dyn std::fmt::Display| ServeError::Creds(e.to_string());
+        let writer = audit::Writer::open(&estate.dir.audit(), estate.store_arc(), estate.clock().clone(), estate.audit_key())
+            .map_err(|e| service_err(&e))?;
+        let signer = estate.envelope_signer().map_err(|e| service_err(&e))?;
+        let events = stream::Events::start(api.clone(), signer).await.map_err(|e| ServeError::Service(format!("event stream: {e}")))?;
+        Ok(Ctx {
+            replay: ReplayCache::new(REPLAY_CAPACITY),
+            sys,
+            api,
+            journal: Journal::start(writer),
+            burning: Default::default(),
+            pushed: Default::default(),
+            revoke_tx,
+            bootstrap_account: estate.account(crate::estate::BOOTSTRAP_ACCOUNT).map_err(|e| creds_err(&e))?.public_key,
+            roles: Default::default(),
+            events,
+            xkey: crate::crypto::Sealer::new(&estate.xkey().map_err(|e| creds_err(&e))?).map_err(|e| creds_err(&e))?,
+            account_keys: Default::default(),
+            ca_lock: Default::default(),
+            renew_own,
+            estate,
+            metrics,
+        })
+    }
+}
+
+/// Bind the HTTP listener(s) and serve `/healthz`, `/readyz`, `/ocsp`, `/crl` and `/metrics`
+/// (on loopback, or on `http.metrics_addr` only).
+async fn start_http(estate: &Estate, state: http::HttpState, stop: &watch::Receiver<bool>) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+    let addr = estate.config.http_addr;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::HttpBind { addr: addr.to_string(), source })?;
+    http::raise_fd_limit();
+    let metrics_here = match estate.config.metrics_addr {
+        Some(_) => false,
+        None if addr.ip().is_loopback() => true,
+        None => {
+            tracing::warn!(%addr, "/metrics is not served on a non-loopback HTTP address; set http.metrics_addr to a listener for it");
+            false
+        }
+    };
+    let main_router = http::router(state.clone(), metrics_here);
+    let task = tokio::spawn(http::serve_http(listener, main_router, estate.config.http_max_connections, stopped(stop)));
+    tracing::info!(%addr, metrics = metrics_here, "HTTP: /healthz /readyz /ocsp /crl{}", if metrics_here { " /metrics" } else { "" });
+    if let Some(maddr) = estate.config.metrics_addr {
+        let l = tokio::net::TcpListener::bind(maddr)
+            .await
+            .map_err(|source| ServeError::HttpBind { addr: maddr.to_string(), source })?;
+        tokio::spawn(http::serve_http(l, http::metrics_router(state), 64, stopped(stop)));
+        tracing::info!(addr = %maddr, "HTTP: /metrics");
+    }
+    Ok(task)
+}
+
+/// Add `route`'s endpoint to the micro service and serve its requests, at most
+/// [`MAX_IN_FLIGHT`] at once across all endpoints, until told to stop.
+async fn serve_route(
+    service: &async_nats::service::Service,
+    route: dispatch::Route,
+    ctx: &Arc<Ctx>,
+    permits: &Arc<Semaphore>,
+    stop: &watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+    let subject = route.spec.subject;
+    let (group, name) = subject.rsplit_once('.').unwrap_or(("", subject));
+    let mut endpoint = service.group(group).endpoint(name).await.map_err(|e| ServeError::Service(format!("{subject}: {e}")))?;
+    let (ctx, permits, stop) = (ctx.clone(), permits.clone(), stop.clone());
+    Ok(tokio::spawn(async move {
+        loop {
+            let req = tokio::select! {
+                r = endpoint.next() => match r { Some(r) => r, None => break },
+                _ = stopped(&stop) => break,
+            };
+            let Ok(permit) = permits.clone().acquire_owned().await else { break };
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                handle(ctx, route, req).await;
+                drop(permit);
+            });
+        }
+    }))
 }
 
 async fn handle(ctx: Arc<Ctx>, route: dispatch::Route, req: async_nats::service::Request) {
@@ -491,49 +320,6 @@ async fn handle(ctx: Arc<Ctx>, route: dispatch::Route, req: async_nats::service:
             let _ = ctx.revoke_tx.send((user, exp));
         }
         None => {}
-    }
-}
-
-/// What the replay cache's snapshot is MACed under.
-const REPLAY_KEY_LABEL: &str = "tillit replay cache v1";
-
-/// Take the previous run's request ids back (a clean stop left them, MACed); without them, refuse
-/// requests signed before this start, which that run may have seen.
-fn restore_replay_cache(ctx: &Ctx) {
-    let e = &ctx.estate;
-    let now = e.clock().now_unix();
-    let path = e.dir.replay_snapshot();
-    let key = e.vault_key(REPLAY_KEY_LABEL);
-    let restored = match std::fs::read(&path) {
-        Ok(bytes) => {
-            let _ = std::fs::remove_file(&path);
-            match serde_json::from_slice::<crate::replay::Snapshot>(&bytes) {
-                Ok(snap) if ctx.replay.restore(&snap, &key, now) => {
-                    tracing::info!(ids = snap.ids.len(), "request ids of the previous run restored");
-                    true
-                }
-                _ => {
-                    tracing::warn!(path = %path.display(), "the saved request ids do not verify; refusing requests signed before this start");
-                    false
-                }
-            }
-        }
-        Err(_) => false,
-    };
-    if !restored {
-        ctx.replay.set_not_before(now);
-    }
-}
-
-/// Hand the live request ids to the next run (0600, MACed).
-fn save_replay_cache(ctx: &Ctx) {
-    let e = &ctx.estate;
-    let snap = ctx.replay.snapshot(&e.vault_key(REPLAY_KEY_LABEL), e.clock().now_unix());
-    let r = serde_json::to_vec(&snap)
-        .map_err(std::io::Error::other)
-        .and_then(|b| crate::fsutil::write_atomic(&e.dir.replay_snapshot(), &b, 0o600));
-    if let Err(err) = r {
-        tracing::warn!("cannot save the request ids for the next run (it will refuse requests signed before it starts): {err}");
     }
 }
 

@@ -13,7 +13,6 @@ use super::{accounts, Ctx};
 use crate::audit::Entry;
 use crate::estate::{AccountRecord, BOOTSTRAP_ACCOUNT};
 use crate::issuer::jwt;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// What the hub answered for one account.
@@ -106,17 +105,6 @@ pub async fn check_all(ctx: &Ctx) -> usize {
         }
     }
     repaired
-}
-
-/// Check every `interval`, until the task is dropped.
-pub async fn run(ctx: Arc<Ctx>, interval: Duration) {
-    loop {
-        tokio::time::sleep(interval).await;
-        let n = check_all(&ctx).await;
-        if n > 0 {
-            tracing::warn!(accounts = n, "re-pushed account JWTs nats-server served out of date");
-        }
-    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 use super::dispatch::{Call, Handle};
 use super::Ctx;
+use std::sync::Arc;
 use crate::audit::Entry;
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ErrorCode};
@@ -22,37 +23,37 @@ use zeroize::Zeroizing;
 // === verbs ===
 
 impl Handle for proto::SecretPut {
-    async fn handle(ctx: &Ctx, call: &mut Call, req: SecretPutRequest) -> Result<SecretReply, ApiError> {
+    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: SecretPutRequest) -> Result<SecretReply, ApiError> {
         put(ctx, call.caller()?, req).await
     }
 }
 
 impl Handle for proto::SecretRotate {
-    async fn handle(ctx: &Ctx, call: &mut Call, req: SecretRotateRequest) -> Result<SecretReply, ApiError> {
+    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: SecretRotateRequest) -> Result<SecretReply, ApiError> {
         rotate(ctx, call.caller()?, req).await
     }
 }
 
 impl Handle for proto::SecretList {
-    async fn handle(ctx: &Ctx, _call: &mut Call, req: SecretListRequest) -> Result<SecretListReply, ApiError> {
+    async fn handle(ctx: &Arc<Ctx>, _call: &mut Call, req: SecretListRequest) -> Result<SecretListReply, ApiError> {
         list(ctx, req).await
     }
 }
 
 impl Handle for proto::SecretVersions {
-    async fn handle(ctx: &Ctx, _call: &mut Call, req: SecretPathRequest) -> Result<SecretReply, ApiError> {
+    async fn handle(ctx: &Arc<Ctx>, _call: &mut Call, req: SecretPathRequest) -> Result<SecretReply, ApiError> {
         versions(ctx, req).await
     }
 }
 
 impl Handle for proto::SecretDelete {
-    async fn handle(ctx: &Ctx, call: &mut Call, req: SecretPathRequest) -> Result<SecretReply, ApiError> {
+    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: SecretPathRequest) -> Result<SecretReply, ApiError> {
         delete(ctx, call.caller()?, req).await
     }
 }
 
 impl Handle for proto::SecretGet {
-    async fn handle(ctx: &Ctx, call: &mut Call, req: SecretGetRequest) -> Result<SecretGetReply, ApiError> {
+    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: SecretGetRequest) -> Result<SecretGetReply, ApiError> {
         get(ctx, call.caller()?, req).await
     }
 }

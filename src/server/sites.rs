@@ -5,6 +5,7 @@
 use super::accounts::push;
 use super::dispatch::{Call, Handle};
 use super::Ctx;
+use std::sync::Arc;
 use crate::audit::Entry;
 use crate::clock::rfc3339;
 use crate::envelope::{TrustSet, Verifier};
@@ -22,31 +23,31 @@ use crate::subjects;
 // === verbs ===
 
 impl Handle for proto::SiteAdd {
-    async fn handle(ctx: &Ctx, call: &mut Call, req: SiteAddRequest) -> Result<SiteAddReply, ApiError> {
+    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: SiteAddRequest) -> Result<SiteAddReply, ApiError> {
         add(ctx, call.caller()?, req).await
     }
 }
 
 impl Handle for proto::SiteList {
-    async fn handle(ctx: &Ctx, _call: &mut Call, _req: SiteListRequest) -> Result<SiteListReply, ApiError> {
+    async fn handle(ctx: &Arc<Ctx>, _call: &mut Call, _req: SiteListRequest) -> Result<SiteListReply, ApiError> {
         list(ctx).await
     }
 }
 
 impl Handle for proto::SiteRemove {
-    async fn handle(ctx: &Ctx, call: &mut Call, req: SiteRemoveRequest) -> Result<SiteRemoveReply, ApiError> {
+    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: SiteRemoveRequest) -> Result<SiteRemoveReply, ApiError> {
         remove(ctx, call.caller()?, req).await
     }
 }
 
 impl Handle for proto::Ack {
-    async fn handle(ctx: &Ctx, call: &mut Call, req: AckRequest) -> Result<AckReply, ApiError> {
+    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: AckRequest) -> Result<AckReply, ApiError> {
         ack(ctx, call.caller()?, req).await
     }
 }
 
 impl Handle for proto::SiteRenew {
-    async fn handle(ctx: &Ctx, call: &mut Call, req: SiteRenewRequest) -> Result<SiteRenewReply, ApiError> {
+    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: SiteRenewRequest) -> Result<SiteRenewReply, ApiError> {
         renew(ctx, call.caller()?, req).await
     }
 }

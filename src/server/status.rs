@@ -2,13 +2,14 @@
 
 use super::dispatch::{Call, Handle};
 use super::Ctx;
+use std::sync::Arc;
 use crate::clock::rfc3339;
 use crate::error::ApiError;
 use crate::estate::{AccountKind, IdentityRecord, IdentityState};
 use crate::proto::{self, AccountStatus, Counts, StatusReply, StatusRequest};
 
 impl Handle for proto::Status {
-    async fn handle(ctx: &Ctx, call: &mut Call, _req: StatusRequest) -> Result<StatusReply, ApiError> {
+    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, _req: StatusRequest) -> Result<StatusReply, ApiError> {
         let mut st = status(ctx, call.caller()?)?;
         st.sites = super::sites::site_infos(ctx).await?;
         st.ca_rollout = super::ca::rollout_info(ctx).await?;

@@ -1,0 +1,155 @@
+//! The control plane's background work, by name. Each periodic job is a named function run
+//! every so often ([`periodic`] is the one list); the long-running ones ([`start`]) are named
+//! too, so a log line or a stuck task says which it is. Time inside a job comes from the
+//! injected clock ([`crate::clock`]).
+
+use super::{accounts, admin, ca, events, reconcile, sites, status, Ctx};
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+type Step = for<'a> fn(&'a Arc<Ctx>) -> BoxFuture<'a, ()>;
+
+/// A periodic job: its name, how often it runs, and one run of it.
+pub(super) struct Job {
+    pub(super) name: &'static str,
+    pub(super) every: Duration,
+    step: Step,
+}
+
+/// Every periodic job of the control plane.
+pub(super) fn periodic(ctx: &Ctx) -> Vec<Job> {
+    vec![
+        Job { name: "flush-store", every: Duration::from_secs(1), step: |c| Box::pin(flush_store(c)) },
+        Job { name: "ca-rollout", every: ca::ROLLOUT_TICK, step: |c| Box::pin(ca::tick(c)) },
+        Job { name: "site-gauges", every: Duration::from_secs(5), step: |c| Box::pin(sites::refresh_site_gauges(c)) },
+        Job { name: "reconcile-accounts", every: ctx.estate.config.reconcile_interval, step: |c| Box::pin(reconcile_accounts(c)) },
+        Job { name: "retire-envelope-keys", every: Duration::from_secs(60), step: |c| Box::pin(retire_envelope_keys(c)) },
+        Job { name: "refresh-gauges", every: Duration::from_secs(60), step: |c| Box::pin(refresh_gauges(c)) },
+        Job { name: "retire-role-keys", every: Duration::from_secs(300), step: |c| Box::pin(admin::retire_leftover_keys(c, false)) },
+    ]
+}
+
+/// Start every background task: the periodic jobs, the batched bootstrap revoker, and the
+/// watcher of nats-server's authentication failures.
+pub(super) fn start(ctx: &Arc<Ctx>, revoker: BoxFuture<'static, ()>) -> Vec<JoinHandle<()>> {
+    let mut tasks: Vec<JoinHandle<()>> = periodic(ctx).into_iter().map(|job| spawn_job(ctx.clone(), job)).collect();
+    tasks.push(spawn_named("bootstrap-revoker", revoker));
+    tasks.push(spawn_named("auth-error-watch", Box::pin(events::watch_auth_errors(ctx.clone()))));
+    tasks
+}
+
+/// Run `fut` as a task named `name` (its log lines carry the name).
+pub(super) fn spawn_named(name: &'static str, fut: BoxFuture<'static, ()>) -> JoinHandle<()> {
+    tokio::spawn(fut.instrument(tracing::info_span!("task", name)))
+}
+
+fn spawn_job(ctx: Arc<Ctx>, job: Job) -> JoinHandle<()> {
+    let (name, every, step) = (job.name, job.every, job.step);
+    spawn_named(
+        name,
+        Box::pin(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                step(&ctx).await;
+            }
+        }),
+    )
+}
+
+// === the jobs ===
+
+/// The store is made durable in the background; the audit log is the durability point.
+async fn flush_store(ctx: &Arc<Ctx>) {
+    let store = ctx.estate.store_arc();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.sync()).await {
+        tracing::error!("store flush failed: {e}");
+    }
+}
+
+/// Re-push every account JWT nats-server serves out of date ([`reconcile`]).
+async fn reconcile_accounts(ctx: &Arc<Ctx>) {
+    let n = reconcile::check_all(ctx).await;
+    if n > 0 {
+        tracing::warn!(accounts = n, "re-pushed account JWTs nats-server served out of date");
+    }
+}
+
+/// Drop envelope signing keys past their retirement from the trust set.
+async fn retire_envelope_keys(ctx: &Arc<Ctx>) {
+    match ctx.estate.retire_envelope_keys() {
+        Ok(true) => tracing::info!("retired an envelope signing key"),
+        Ok(false) => {}
+        Err(e) => tracing::error!("cannot retire envelope keys: {e}"),
+    }
+}
+
+/// Refresh the gauges that mirror store counts (a scan, off the async threads).
+async fn refresh_gauges(ctx: &Arc<Ctx>) {
+    let c = ctx.clone();
+    let _ = tokio::task::spawn_blocking(move || status::refresh_gauges(&c)).await;
+}
+
+// === at start and at stop ===
+
+/// Make sure the servers hold the current JWT of every account (a restored or new server may
+/// not), then retire role keys left over from permission changes before a restart.
+pub(super) async fn push_all_accounts(ctx: &Arc<Ctx>) -> Result<(), super::ServeError> {
+    let e = &ctx.estate;
+    for acct in e.accounts().map_err(|err| super::ServeError::Creds(err.to_string()))? {
+        if acct.name == crate::estate::SYS_ACCOUNT || acct.name == crate::estate::BOOTSTRAP_ACCOUNT {
+            continue;
+        }
+        let _g = e.account_lock().lock().await;
+        if let Err(err) = accounts::push(ctx, &acct, "reconcile").await {
+            tracing::warn!("{}", err.message);
+        }
+    }
+    Ok(())
+}
+
+/// What the replay cache's snapshot is MACed under.
+const REPLAY_KEY_LABEL: &str = "tillit replay cache v1";
+
+/// Take the previous run's request ids back (a clean stop left them, MACed); without them, refuse
+/// requests signed before this start, which that run may have seen.
+pub(super) fn restore_replay_cache(ctx: &Ctx) {
+    let e = &ctx.estate;
+    let now = e.clock().now_unix();
+    let path = e.dir.replay_snapshot();
+    let key = e.vault_key(REPLAY_KEY_LABEL);
+    let restored = match std::fs::read(&path) {
+        Ok(bytes) => {
+            let _ = std::fs::remove_file(&path);
+            match serde_json::from_slice::<crate::replay::Snapshot>(&bytes) {
+                Ok(snap) if ctx.replay.restore(&snap, &key, now) => {
+                    tracing::info!(ids = snap.ids.len(), "request ids of the previous run restored");
+                    true
+                }
+                _ => {
+                    tracing::warn!(path = %path.display(), "the saved request ids do not verify; refusing requests signed before this start");
+                    false
+                }
+            }
+        }
+        Err(_) => false,
+    };
+    if !restored {
+        ctx.replay.set_not_before(now);
+    }
+}
+
+/// Hand the live request ids to the next run (0600, MACed).
+pub(super) fn save_replay_cache(ctx: &Ctx) {
+    let e = &ctx.estate;
+    let snap = ctx.replay.snapshot(&e.vault_key(REPLAY_KEY_LABEL), e.clock().now_unix());
+    let r = serde_json::to_vec(&snap)
+        .map_err(std::io::Error::other)
+        .and_then(|b| crate::fsutil::write_atomic(&e.dir.replay_snapshot(), &b, 0o600));
+    if let Err(err) = r {
+        tracing::warn!("cannot save the request ids for the next run (it will refuse requests signed before it starts): {err}");
+    }
+}
+
