@@ -92,7 +92,7 @@ pub fn files_from_reply(
     if !san_ok {
         return Err(bad("the certificate does not carry this identity's SPIFFE id"));
     }
-    let renew = crate::rotation::renew_at(reply.issued_at_unix, reply.expires_at_unix, crate::rotation::random_jitter());
+    let renew = crate::policy::renew::renew_at(reply.issued_at_unix, reply.expires_at_unix, crate::policy::renew::random_jitter());
     let xkey_public_key = match &xkey_seed {
         Some(s) => Some(
             nkeys::XKey::from_seed(s.expose()).map(|x| x.public_key()).map_err(|e| ClientError::Credentials(e.to_string()))?,

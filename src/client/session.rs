@@ -15,7 +15,7 @@ use crate::identity::{self, IdentityFiles, IdentityInfo};
 use crate::issuer::x509;
 use crate::layout::IdentityDir;
 use crate::proto::{self, Endpoint, RenewRequest};
-use crate::rotation;
+use crate::policy::renew;
 use crate::subjects;
 use nkeys::KeyPair;
 use serde::Serialize;
@@ -269,7 +269,7 @@ async fn renewal_loop(client: async_nats::Client, inner: Arc<Inner>) {
                     tracing::error!("identity expired before it could be renewed ({e}); enroll again with a new join token");
                     return;
                 }
-                let delay = rotation::retry_delay(attempt, now, expires);
+                let delay = renew::retry_delay(attempt, now, expires);
                 attempt = attempt.saturating_add(1);
                 tracing::warn!("renewal failed: {e}; retrying in {delay:?} (expires {})", rfc3339(expires));
                 tokio::time::sleep(delay).await;

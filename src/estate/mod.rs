@@ -836,7 +836,7 @@ impl Estate {
         b.put_json(Space::Identities, &rec.user_public_key, &rec)?;
         b.put_json(Space::Serials, &rec.cert_serial, &SerialRecord::of_identity(&rec.user_public_key, expires))?;
         self.store().commit(b)?;
-        let renew = crate::rotation::renew_at(now, expires, crate::rotation::random_jitter());
+        let renew = crate::policy::renew::renew_at(now, expires, crate::policy::renew::random_jitter());
         let info = IdentityInfo {
             format: IDENTITY_FORMAT,
             kind: IdentityKind::Admin,

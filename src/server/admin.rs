@@ -16,7 +16,7 @@ use crate::estate::services::default_permissions;
 use crate::estate::{EstateError, IdentityRecord, IdentityState, RoleRecord};
 use crate::identity::IdentityKind;
 use crate::names::ServiceId;
-use crate::permissions::{check_grantable, MAX_GRANTS};
+use crate::policy::grants::{self, Change, ChangeError};
 use crate::estate::services::{MAX_TOKENS_PER_REQUEST, MAX_TOKEN_TTL_SECS};
 use crate::proto::{
     self, GrantRequest, GrantsReply, IdentityEntry, ListReply, ListRequest, RevokeReply, RevokedIdentity, RevokeRequest, ServiceRequest,
@@ -74,64 +74,35 @@ fn estate_err(e: EstateError) -> ApiError {
 
 fn grants_reply(role: &RoleRecord) -> GrantsReply {
     let d = default_permissions(&role.service);
-    let extra = |all: &Vec<String>, def: &Vec<String>| all.iter().filter(|s| !def.contains(s)).cloned().collect::<Vec<_>>();
     GrantsReply {
         service: role.service.clone(),
         publish: role.permissions.publish.allow.clone(),
         subscribe: role.permissions.subscribe.allow.clone(),
-        granted_pub: extra(&role.permissions.publish.allow, &d.publish.allow),
-        granted_sub: extra(&role.permissions.subscribe.allow, &d.subscribe.allow),
+        granted_pub: grants::granted(&role.permissions.publish.allow, &d.publish.allow),
+        granted_sub: grants::granted(&role.permissions.subscribe.allow, &d.subscribe.allow),
     }
 }
 
-enum Change {
-    Grant,
-    Ungrant,
+fn change_err(e: ChangeError) -> ApiError {
+    match e {
+        ChangeError::NotGranted(..) => ApiError::new(ErrorCode::NotFound, e.to_string()),
+        ChangeError::TooMany => ApiError::new(ErrorCode::LimitExceeded, e.to_string()),
+        ChangeError::Empty | ChangeError::Subject(_) | ChangeError::Default(..) => ApiError::bad_request(e.to_string()),
+    }
 }
 
+/// Grant or ungrant: the new permissions ([`grants::apply`]), recorded, pushed, announced.
 async fn change(ctx: &Arc<Ctx>, actor: &str, req: GrantRequest, how: Change) -> Result<GrantsReply, ApiError> {
-    if req.publish.is_empty() && req.subscribe.is_empty() {
-        return Err(ApiError::bad_request("name at least one subject with --pub or --sub"));
-    }
-    for s in req.publish.iter().chain(req.subscribe.iter()) {
-        check_grantable(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    }
+    // A malformed request is refused before any role is looked at (or created).
+    grants::check_change(&req.publish, &req.subscribe).map_err(change_err)?;
     let sid = &req.service;
     let e = &ctx.estate;
     let _g = e.account_lock().lock().await;
     let (acct, role, _) = e.ensure_role_locked(sid).map_err(estate_err)?;
     let mut next = role.clone();
     let defaults = default_permissions(sid);
-    for (list, wanted, def) in [
-        (&mut next.permissions.publish.allow, &req.publish, &defaults.publish.allow),
-        (&mut next.permissions.subscribe.allow, &req.subscribe, &defaults.subscribe.allow),
-    ] {
-        for s in wanted {
-            match how {
-                Change::Grant => {
-                    if !list.contains(s) {
-                        list.push(s.clone());
-                    }
-                }
-                Change::Ungrant => {
-                    if def.contains(s) {
-                        return Err(ApiError::bad_request(format!("{s} is a default permission of {sid} and cannot be taken away")));
-                    }
-                    if !list.contains(s) {
-                        return Err(ApiError::new(ErrorCode::NotFound, format!("{s} is not granted to {sid}")));
-                    }
-                    list.retain(|x| x != s);
-                }
-            }
-        }
-        if list.len() > MAX_GRANTS + def.len() {
-            return Err(ApiError::new(ErrorCode::LimitExceeded, format!("a service may hold at most {MAX_GRANTS} granted subjects per direction")));
-        }
-    }
-    let action = match how {
-        Change::Grant => "grant",
-        Change::Ungrant => "ungrant",
-    };
+    next.permissions = grants::apply(&role.permissions, &defaults, &req.publish, &req.subscribe, how, &sid.to_string()).map_err(change_err)?;
+    let action = how.verb();
     if next.permissions == role.permissions {
         return Ok(grants_reply(&role));
     }

@@ -6,8 +6,7 @@
 
 use super::{origin, After, Ctx};
 use crate::error::{ApiError, ErrorCode};
-use crate::estate::{IdentityRecord, IdentityState};
-use crate::identity::IdentityKind;
+use crate::estate::IdentityRecord;
 use crate::proto::{self, Caller, Endpoint, EndpointSpec};
 use crate::replay::Seen;
 use futures::future::BoxFuture;
@@ -116,7 +115,7 @@ pub(crate) async fn dispatch(ctx: &Arc<Ctx>, route: &Route, msg: &async_nats::Me
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::unauthenticated("the signing key belongs to no identity of this control plane"))?;
     check_replay()?;
-    if let Err(e) = check_caller(&caller, spec, now).and_then(|_| origin::check_request_origin(ctx, &caller, call.info.as_ref())) {
+    if let Err(e) = crate::policy::check_caller(&caller, spec, now).and_then(|_| origin::check_request_origin(ctx, &caller, call.info.as_ref())) {
         audit_refusal(ctx, &caller.id, spec, &e);
         return Err(e);
     }
@@ -145,20 +144,6 @@ fn audit_refusal(ctx: &Ctx, actor: &str, spec: &EndpointSpec, e: &ApiError) {
     );
 }
 
-/// Whether `caller` may call `spec` now (pure).
-pub(crate) fn check_caller(caller: &IdentityRecord, spec: &EndpointSpec, now: i64) -> Result<(), ApiError> {
-    if caller.state == IdentityState::Revoked {
-        return Err(ApiError::forbidden("this identity is revoked; enroll again with a new join token"));
-    }
-    if caller.expires_at <= now {
-        return Err(ApiError::new(ErrorCode::Expired, "this identity has expired; enroll again with a new join token"));
-    }
-    if spec.caller == Caller::Admin && caller.kind != IdentityKind::Admin {
-        return Err(ApiError::forbidden(format!("{} is for admin identities only", spec.subject)));
-    }
-    Ok(())
-}
-
 /// The request body, parsed once into its type (the envelope keeps it raw).
 pub(super) fn body<T: DeserializeOwned>(v: &RawValue) -> Result<T, ApiError> {
     serde_json::from_str(v.get()).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
@@ -172,10 +157,6 @@ pub(super) fn to_value<T: serde::Serialize>(t: T) -> Result<Box<RawValue>, ApiEr
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rec(kind: IdentityKind, state: IdentityState, expires_at: i64) -> IdentityRecord {
-        IdentityRecord { kind, state, ..IdentityRecord::admin("spiffe://td/x", "x", "U", "01", 0, expires_at) }
-    }
 
     #[test]
     fn every_verb_has_a_route() {
@@ -192,23 +173,5 @@ mod tests {
         assert_eq!(verb("tillit.v1.admin.token.create"), "token.create");
         assert_eq!(verb("tillit.v1.enroll"), "enroll");
         assert_eq!(verb("tillit.v1.svc.renew"), "renew");
-    }
-
-    #[test]
-    fn caller_policy_table() {
-        let admin_ep = <proto::Status as Endpoint>::SPEC;
-        let svc_ep = <proto::Renew as Endpoint>::SPEC;
-        let cases = [
-            (rec(IdentityKind::Admin, IdentityState::Active, 100), admin_ep, None),
-            (rec(IdentityKind::Service, IdentityState::Active, 100), admin_ep, Some(ErrorCode::Forbidden)),
-            (rec(IdentityKind::Agent, IdentityState::Active, 100), admin_ep, Some(ErrorCode::Forbidden)),
-            (rec(IdentityKind::Service, IdentityState::Active, 100), svc_ep, None),
-            (rec(IdentityKind::Admin, IdentityState::Revoked, 100), admin_ep, Some(ErrorCode::Forbidden)),
-            (rec(IdentityKind::Service, IdentityState::Active, 50), svc_ep, Some(ErrorCode::Expired)),
-        ];
-        for (r, ep, want) in cases {
-            let got = check_caller(&r, &ep, 50).err().map(|e| e.code);
-            assert_eq!(got, want, "{:?} {:?} on {}", r.kind, r.state, ep.subject);
-        }
     }
 }

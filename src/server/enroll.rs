@@ -14,7 +14,7 @@ use crate::issuer::x509::{self, CsrError};
 use crate::names::ServiceId;
 use crate::proto::{self, EnrollRequest, IssuedReply, RenewRequest};
 use crate::store::{Batch, Space};
-use crate::token::{check_token, TokenRefusal};
+use crate::policy::{check_token, TokenRefusal};
 use crate::estate::TILLIT_ACCOUNT;
 use crate::subjects;
 

@@ -91,7 +91,7 @@ fn spawn_self_renewal(
         loop {
             let now = estate.clock().now_unix();
             let issued = now.min(expires_at);
-            let at = crate::rotation::renew_at(issued, expires_at, crate::rotation::random_jitter());
+            let at = crate::policy::renew::renew_at(issued, expires_at, crate::policy::renew::random_jitter());
             let wait = Duration::from_secs((at - now).max(1) as u64);
             tracing::debug!(connection = account, "own credentials renew in {wait:?}");
             tokio::select! {

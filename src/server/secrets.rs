@@ -16,7 +16,8 @@ use crate::proto::{
     self,    SealedValue, SecretGetReply, SecretGetRequest, SecretInfo, SecretListReply, SecretListRequest, SecretPathRequest, SecretPutRequest,
     SecretReply, SecretRotateRequest, SecretVersionInfo,
 };
-use crate::secrets::{may_read, Reader, SecretPath, MAX_READERS, MAX_VALUE_BYTES};
+use crate::policy::may_read;
+use crate::secrets::{Reader, SecretPath, MAX_READERS, MAX_VALUE_BYTES};
 use data_encoding::BASE64;
 use zeroize::Zeroizing;
 
@@ -203,7 +204,7 @@ async fn get(ctx: &Ctx, caller: &IdentityRecord, req: SecretGetRequest) -> Resul
         return Err(deny("no such secret"));
     };
     let allowed = match agent_site {
-        Some(site) => crate::secrets::site_may_read(&meta.readers, site),
+        Some(site) => crate::policy::site_may_read(&meta.readers, site),
         None => may_read(&path, &meta.readers, who),
     };
     if !allowed {

@@ -1,0 +1,20 @@
+//! Every pure decision of tillit, in one place and table-tested (house rule 7). The async code
+//! around them fetches, applies and reports; it does not decide.
+//!
+//! - [`renew`]: when a credential is renewed (services, agents, the site server, the control
+//!   plane's own), and how a failed renewal is retried.
+//! - [`grants`]: which subjects may be granted, and what a grant or ungrant makes of a role's
+//!   permissions.
+//! - [`readers`]: who may read a secret.
+//! - [`caller`]: whether an identity may call an endpoint now.
+//! - [`tokens`]: whether a presented join token may enroll.
+
+pub mod caller;
+pub mod grants;
+pub mod readers;
+pub mod renew;
+pub mod tokens;
+
+pub use caller::check_caller;
+pub use readers::{may_read, site_may_read};
+pub use tokens::{check_token, TokenRefusal};
