@@ -11,7 +11,7 @@ use super::Ctx;
 use crate::audit::Entry;
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ErrorCode};
-use crate::estate::services::default_permissions;
+use crate::estate::default_permissions;
 use crate::estate::{EstateError, IdentityRecord, IdentityState, RoleRecord};
 use crate::identity::IdentityKind;
 use crate::names::ServiceId;

@@ -4,7 +4,7 @@
 use super::{After, Ctx};
 use crate::error::{ApiError, ErrorCode};
 use crate::estate::{AccountRecord, IdentityRecord, IdentityState, RoleRecord, SerialRecord, TILLIT_ACCOUNT};
-use crate::estate::services::{MAX_TOKENS_PER_REQUEST, MAX_TOKEN_TTL_SECS};
+use crate::estate::{MAX_TOKENS_PER_REQUEST, MAX_TOKEN_TTL_SECS};
 use crate::identity::IdentityKind;
 use crate::issuer::x509::{self, CsrError};
 use crate::names::ServiceId;
