@@ -136,7 +136,7 @@ fn run_id() -> String {
 async fn mint_tokens(admin: &TillitClient, sid: &ServiceId, n: usize) -> Result<Vec<String>, ClientError> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
-        let count = (n - out.len()).min(crate::estate::services::MAX_TOKENS_PER_REQUEST as usize) as u32;
+        let count = (n - out.len()).min(crate::estate::MAX_TOKENS_PER_REQUEST as usize) as u32;
         let r: TokenCreateReply = admin
             .call::<crate::proto::TokenCreate>(TokenCreateRequest { identity: sid.clone(), ttl_secs: 600, count },
             )
@@ -454,7 +454,7 @@ pub fn account_jwt_size(services: usize) -> Result<usize, String> {
             account: "acme-prod".into(),
             service: sid.clone(),
             key: nkeys::KeyPair::new_account().public_key(),
-            permissions: crate::estate::services::default_permissions(&sid),
+            permissions: crate::estate::default_permissions(&sid),
             created_at: 0,
             updated_at: 0,
             previous: vec![],

@@ -168,7 +168,7 @@ fn account_size(json: bool) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for n in [100usize, 1_000, 2_000, 5_000] {
         let bytes = crate::bench::account_jwt_size(n).map_err(anyhow::Error::msg)?;
-        let fits = bytes <= crate::estate::services::MAX_ACCOUNT_JWT_BYTES && n <= crate::estate::services::MAX_SERVICES_PER_ACCOUNT;
+        let fits = bytes <= crate::estate::MAX_ACCOUNT_JWT_BYTES && n <= crate::estate::MAX_SERVICES_PER_ACCOUNT;
         println!("{n:>6} services: account JWT {bytes:>9} bytes ({:.0} B/service){}", bytes as f64 / n as f64,
             if fits { "" } else { "  — refused: over tillit's per-account limit or nats-server's 1 MiB cap" });
         rows.push(serde_json::json!({"services": n, "bytes": bytes, "accepted": fits}));

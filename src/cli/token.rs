@@ -63,7 +63,7 @@ async fn create(a: CreateArgs) -> anyhow::Result<()> {
     let mut left = a.count;
     let mut expires = String::new();
     while left > 0 {
-        let count = left.min(crate::estate::services::MAX_TOKENS_PER_REQUEST);
+        let count = left.min(crate::estate::MAX_TOKENS_PER_REQUEST);
         let reply: TokenCreateReply = client
             .call::<crate::proto::TokenCreate>(TokenCreateRequest { identity: identity.clone(), ttl_secs: ttl.as_secs() as i64, count },
             )

@@ -360,7 +360,7 @@ impl Estate {
 
     /// Sign an agent's user JWT (by the agents' scoped key; its name is its consumer, its tag
     /// its site) and its client certificate for `public_key`.
-    pub fn issue_agent(&self, site: &str, user_public_key: &str, public_key: &impl rcgen::PublicKeyData) -> Result<services::ServiceIssue> {
+    pub fn issue_agent(&self, site: &str, user_public_key: &str, public_key: &impl rcgen::PublicKeyData) -> Result<ServiceIssue> {
         let role = self.agent_role()?.ok_or_else(|| EstateError::Key("agent role".into(), "no site was added yet".into()))?;
         let tillit = self.account(TILLIT_ACCOUNT)?;
         let now = self.clock.now_unix();
@@ -370,7 +370,7 @@ impl Estate {
         let jwt = self.sign_user_with(&key, &tillit, user_public_key, &consumer, UserPermissions::default(), expires_at, vec![format!("site:{site}")])?;
         let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "site", site, "agent"]);
         let (cert_pem, serial) = self.ca().issue_client(public_key, &spiffe, &consumer, now, expires_at)?;
-        Ok(services::ServiceIssue { user_jwt: jwt, cert_pem, serial, issued_at: now, expires_at })
+        Ok(ServiceIssue { user_jwt: jwt, cert_pem, serial, issued_at: now, expires_at })
     }
 }
 

@@ -12,12 +12,12 @@ use super::Ctx;
 use crate::audit::Entry;
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ErrorCode};
-use crate::estate::services::default_permissions;
+use crate::estate::default_permissions;
 use crate::estate::{EstateError, IdentityRecord, IdentityState, RoleRecord};
 use crate::identity::IdentityKind;
 use crate::names::ServiceId;
 use crate::policy::grants::{self, Change, ChangeError};
-use crate::estate::services::{MAX_TOKENS_PER_REQUEST, MAX_TOKEN_TTL_SECS};
+use crate::estate::{MAX_TOKENS_PER_REQUEST, MAX_TOKEN_TTL_SECS};
 use crate::proto::{
     self, GrantRequest, GrantsReply, IdentityEntry, ListReply, ListRequest, RevokeReply, RevokedIdentity, RevokeRequest, ServiceRequest,
     TokenCreateReply, TokenCreateRequest,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::audit::Entry;
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ErrorCode};
-use crate::estate::services::SecretMeta;
+use crate::estate::SecretMeta;
 use crate::estate::IdentityRecord;
 use crate::identity::IdentityKind;
 use crate::proto::{

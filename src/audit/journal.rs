@@ -1,0 +1,96 @@
+//! The journal: the writer's async face, group commit on its own thread.
+
+use super::{AuditError, Entry, Writer, AUDIT_FILE, MAX_GROUP};
+use tokio::sync::{mpsc, oneshot};
+
+// === the journal (async face) ===
+
+/// Entries to write and, unless relaxed, who waits for them to be durable.
+type Job = (Vec<Entry>, Option<oneshot::Sender<Result<Vec<u64>, String>>>);
+
+/// How long relaxed records (reads, refusals) may wait to share an fsync.
+const RELAXED_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Handle to the journal thread: group commit of audit records and their store writes.
+#[derive(Clone, Debug)]
+pub struct Journal {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl Journal {
+    /// Run `writer` on its own thread.
+    pub fn start(mut writer: Writer) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let spawned = std::thread::Builder::new().name("tillit-audit".into()).spawn(move || {
+            while let Some(first) = rx.blocking_recv() {
+                let mut urgent = first.1.is_some();
+                let mut jobs = vec![first];
+                let mut count = jobs[0].0.len();
+                // Relaxed records wait a little to share an fsync, unless someone is waiting.
+                let deadline = std::time::Instant::now() + RELAXED_WAIT;
+                while count < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(j) => {
+                            urgent |= j.1.is_some();
+                            count += j.0.len();
+                            jobs.push(j);
+                        }
+                        Err(_) if !urgent && std::time::Instant::now() < deadline => {
+                            std::thread::sleep(std::time::Duration::from_micros(500));
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let sizes: Vec<usize> = jobs.iter().map(|j| j.0.len()).collect();
+                let (entries, waiters): (Vec<Vec<Entry>>, Vec<Option<oneshot::Sender<_>>>) = jobs.into_iter().unzip();
+                match writer.append(entries.into_iter().flatten().collect()) {
+                    Ok(seqs) => {
+                        let mut it = seqs.into_iter();
+                        for (w, n) in waiters.into_iter().zip(sizes) {
+                            let mine: Vec<u64> = it.by_ref().take(n).collect();
+                            if let Some(w) = w {
+                                let _ = w.send(Ok(mine));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("audit write failed: {e}");
+                        for w in waiters.into_iter().flatten() {
+                            let _ = w.send(Err(e.to_string()));
+                        }
+                    }
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the audit thread: {e}");
+        }
+        Journal { tx }
+    }
+
+    /// Write `entries` and their store writes; returns once they are durable.
+    pub async fn commit(&self, entries: Vec<Entry>) -> Result<Vec<u64>, AuditError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send((entries, Some(tx))).map_err(|_| AuditError::Stopped)?;
+        match rx.await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(AuditError::Io { path: AUDIT_FILE.into(), source: std::io::Error::other(e) }),
+            Err(_) => Err(AuditError::Stopped),
+        }
+    }
+
+    /// Record without waiting (reads, refusals: not changes): the entry shares the next fsync,
+    /// at most a few milliseconds later. Failures are logged by the journal.
+    pub fn record_relaxed(&self, entry: Entry) {
+        if entry.batch.is_empty() {
+            let _ = self.tx.send((vec![entry], None));
+        } else {
+            tracing::error!("a record with store writes must be committed, not relaxed; dropped");
+        }
+    }
+
+    /// [`Journal::commit`] of one entry.
+    pub async fn record(&self, entry: Entry) -> Result<u64, AuditError> {
+        self.commit(vec![entry]).await.map(|s| s.first().copied().unwrap_or(0))
+    }
+}

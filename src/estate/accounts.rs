@@ -1,0 +1,412 @@
+//! Accounts: the account records (SYS, TILLIT, BOOTSTRAP, tenant accounts), rendering and
+//! signing their JWTs, signing user JWTs, and revocation previews.
+
+use super::*;
+
+/// The largest account JWT tillit pushes (nats-server refuses more than 1 MiB).
+pub const MAX_ACCOUNT_JWT_BYTES: usize = 1_000_000;
+
+/// What an account is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountKind {
+    System,
+    Tillit,
+    Bootstrap,
+    Tenant,
+}
+
+impl AccountKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::System => "system",
+            AccountKind::Tillit => "tillit",
+            AccountKind::Bootstrap => "bootstrap",
+            AccountKind::Tenant => "tenant",
+        }
+    }
+}
+
+/// An account record (`accounts/<name>`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountRecord {
+    pub name: String,
+    pub kind: AccountKind,
+    pub public_key: String,
+    /// The account signing key that signs its users (the identity key signs nothing: the operator
+    /// sets `strict_signing_key_usage`).
+    pub signing_key: String,
+    pub jwt: String,
+    pub iat: i64,
+    pub created_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// Revoked user keys → revocation time (covers JWTs issued at or before it).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub revocations: BTreeMap<String, i64>,
+    /// Revoked user keys → when the revocation may leave: the expiry of the longest-lived JWT
+    /// that key held when it was revoked. A revocation pruned earlier would let that JWT in again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub revoked_until: BTreeMap<String, i64>,
+}
+
+/// An export of the TILLIT account; services answer one reply each.
+fn export(name: &str, subject: &str, kind: &str, description: &str) -> Export {
+    Export {
+        name: name.into(),
+        subject: subject.into(),
+        kind: kind.into(),
+        response_type: (kind == "service").then(|| "Singleton".to_string()),
+        description: Some(description.into()),
+    }
+}
+
+impl Estate {
+    /// The `nats` section of an account as its records say it is now: base limits, exports or
+    /// imports by kind, its signing key, the scoped keys of its roles, its revocations.
+    pub(crate) fn render_account(&self, rec: &AccountRecord, tillit_pub: &str) -> Result<AccountNats> {
+        self.render_account_with(rec, tillit_pub, None)
+    }
+
+    /// [`Self::render_account`], with one role as it is about to be (not yet stored).
+    pub(crate) fn render_account_with(&self, rec: &AccountRecord, tillit_pub: &str, role: Option<&RoleRecord>) -> Result<AccountNats> {
+        let mut n = match rec.kind {
+            AccountKind::System => {
+                let mut n = AccountNats::new(AccountLimits::unlimited_without_jetstream());
+                n.description = Some("nats-server system account".into());
+                n
+            }
+            AccountKind::Tillit => {
+                let mut n = AccountNats::new(AccountLimits::unlimited_with_jetstream());
+                n.description = Some("tillit control plane and admins".into());
+                n.exports = vec![
+                    export("tillit service api", subjects::SVC_EXPORT, "service", "requests services make of the control plane"),
+                    export("tillit enrollment", subjects::ENROLL, "service", "enrollment with a join token"),
+                    export("tillit events", subjects::EVENTS_EXPORT, "stream", "signed event envelopes"),
+                    export("tillit notifications", subjects::NOTIFY_EXPORT, "stream", "notifications to the instances of one service"),
+                ];
+                n
+            }
+            AccountKind::Bootstrap => {
+                let mut limits = AccountLimits::unlimited_without_jetstream();
+                limits.wildcards = false;
+                let mut n = AccountNats::new(limits);
+                n.description = Some("join-token bootstrap users: enrollment only".into());
+                n.imports = vec![Import {
+                    name: "tillit enrollment".into(),
+                    subject: subjects::ENROLL.into(),
+                    account: tillit_pub.into(),
+                    kind: "service".into(),
+                    local_subject: None,
+                    share: true,
+                }];
+                n
+            }
+            AccountKind::Tenant => {
+                let mut n = AccountNats::new(AccountLimits::unlimited_with_jetstream());
+                n.description = Some(format!(
+                    "tenant {}, environment {}",
+                    rec.tenant.as_deref().unwrap_or("?"),
+                    rec.env.as_deref().unwrap_or("?")
+                ));
+                n.imports = vec![
+                    Import {
+                        name: "tillit service api".into(),
+                        subject: subjects::SVC_EXPORT.into(),
+                        account: tillit_pub.into(),
+                        kind: "service".into(),
+                        local_subject: None,
+                        share: true,
+                    },
+                    Import {
+                        name: "tillit notifications".into(),
+                        subject: subjects::notify_import(&rec.name),
+                        account: tillit_pub.into(),
+                        kind: "stream".into(),
+                        local_subject: None,
+                        share: false,
+                    },
+                ];
+                n
+            }
+        };
+        n.signing_keys = vec![SigningKeyEntry::Plain(rec.signing_key.clone())];
+        if rec.kind == AccountKind::Tillit {
+            if let Some(agents) = self.agent_role()? {
+                n.signing_keys.push(SigningKeyEntry::Scoped(Box::new(agents.scope())));
+            }
+        }
+        if rec.kind == AccountKind::Tenant {
+            let mut replaced = false;
+            for stored in self.roles_of(&rec.name)? {
+                match role {
+                    Some(r) if r.service == stored.service => {
+                        n.signing_keys.extend(r.scopes().into_iter().map(|k| SigningKeyEntry::Scoped(Box::new(k))));
+                        replaced = true;
+                    }
+                    _ => n.signing_keys.extend(stored.scopes().into_iter().map(|k| SigningKeyEntry::Scoped(Box::new(k)))),
+                }
+            }
+            if let (Some(r), false) = (role, replaced) {
+                n.signing_keys.extend(r.scopes().into_iter().map(|k| SigningKeyEntry::Scoped(Box::new(k))));
+            }
+        }
+        n.revocations = rec.revocations.clone();
+        Ok(n)
+    }
+
+    /// Sign `rec` with `nats` as its new JWT; `iat` strictly above the previous one.
+    pub(crate) fn sign_account(&self, mut rec: AccountRecord, nats: AccountNats) -> Result<AccountRecord> {
+        let now = self.clock.now_unix();
+        let iat = if rec.iat >= now { rec.iat + 1 } else { now };
+        let claims = Claims {
+            jti: jwt::new_jti()?,
+            iat,
+            iss: self.operator_signing.public_key(),
+            sub: rec.public_key.clone(),
+            name: Some(rec.name.clone()),
+            aud: None,
+            exp: None,
+            nbf: None,
+            nats,
+        };
+        rec.jwt = jwt::encode(&claims, &self.operator_signing)?;
+        rec.iat = iat;
+        Ok(rec)
+    }
+
+    /// Re-render and re-sign an account from its records (after a role or revocation change).
+    pub(crate) fn resign_account(&self, rec: AccountRecord) -> Result<AccountRecord> {
+        let tillit = self.account(TILLIT_ACCOUNT)?;
+        let nats = self.render_account(&rec, &tillit.public_key)?;
+        self.sign_account(rec, nats)
+    }
+
+    /// One account by name.
+    pub fn account(&self, name: &str) -> Result<AccountRecord> {
+        get_json(self.store(), Space::Accounts, name)?.ok_or_else(|| EstateError::NoSuchAccount(name.into()))
+    }
+
+    /// Every account, by name.
+    pub fn accounts(&self) -> Result<Vec<AccountRecord>> {
+        self.scan_json(Space::Accounts, "")
+    }
+
+    /// The account of `tenant` + `env` (`acme-prod`), created if missing. Returns the record and
+    /// whether it was created (then the caller pushes its JWT). Hold [`Self::account_lock`].
+    pub fn ensure_tenant_account_locked(&self, tenant: &str, env: &str) -> Result<(AccountRecord, bool)> {
+        names::check_segment("tenant", tenant)?;
+        names::check_segment("env", env)?;
+        let name = names::account_name(tenant, env);
+        if let Some(rec) = get_json::<AccountRecord>(self.store(), Space::Accounts, &name)? {
+            // The record says whose it is: an account is never handed to another pair.
+            if rec.kind != AccountKind::Tenant || rec.tenant.as_deref() != Some(tenant) || rec.env.as_deref() != Some(env) {
+                return Err(EstateError::Key(
+                    format!("account {name}"),
+                    format!("it belongs to {:?}/{:?}, not {tenant}/{env}", rec.tenant, rec.env),
+                ));
+            }
+            return Ok((rec, false));
+        }
+        let mut b = Batch::new();
+        let (id, signing) = new_account_keys(&self.vault, &mut b, &name)?;
+        let draft = AccountRecord {
+            name: name.clone(),
+            kind: AccountKind::Tenant,
+            public_key: id.public_key(),
+            signing_key: signing.public_key(),
+            jwt: String::new(),
+            iat: 0,
+            created_at: self.clock.now_unix(),
+            tenant: Some(tenant.into()),
+            env: Some(env.into()),
+            revocations: BTreeMap::new(),
+            revoked_until: BTreeMap::new(),
+        };
+        let rec = self.resign_account(draft)?;
+        b.put_json(Space::Accounts, &name, &rec)?;
+        self.store().commit(b)?;
+        Ok((rec, true))
+    }
+
+    /// [`Self::ensure_tenant_account_locked`], taking the lock.
+    pub async fn ensure_tenant_account(&self, tenant: &str, env: &str) -> Result<(AccountRecord, bool)> {
+        let _guard = self.account_lock.lock().await;
+        self.ensure_tenant_account_locked(tenant, env)
+    }
+
+    /// Sign a user JWT in `account` (by its plain signing key) with explicit permissions.
+    pub fn sign_user(
+        &self,
+        account: &AccountRecord,
+        user_public_key: &str,
+        name: &str,
+        permissions: UserPermissions,
+        expires_at: i64,
+    ) -> Result<String> {
+        let key = self.account_signing_key(account)?;
+        self.sign_user_with(&key, account, user_public_key, name, permissions, expires_at, vec![])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn sign_user_with(
+        &self,
+        key: &KeyPair,
+        account: &AccountRecord,
+        user_public_key: &str,
+        name: &str,
+        permissions: UserPermissions,
+        expires_at: i64,
+        tags: Vec<String>,
+    ) -> Result<String> {
+        let claims = Claims {
+            jti: jwt::new_jti()?,
+            iat: self.clock.now_unix(),
+            iss: key.public_key(),
+            sub: user_public_key.to_string(),
+            name: Some(name.to_string()),
+            aud: None,
+            exp: Some(expires_at),
+            nbf: None,
+            nats: UserNats {
+                kind: "user".into(),
+                version: 2,
+                permissions,
+                bearer_token: false,
+                issuer_account: Some(account.public_key.clone()),
+                tags,
+            },
+        };
+        Ok(jwt::encode(&claims, key)?)
+    }
+
+    /// The inbox prefix of a user: only its holder may subscribe below it.
+    pub fn inbox_prefix(user_public_key: &str) -> String {
+        format!("{}.{user_public_key}", subjects::INBOX_ROOT)
+    }
+
+    /// The account with `users` revoked as of now (not stored), each revocation kept until
+    /// `until`: the expiry of the last JWT any of them was issued.
+    pub fn preview_revocation(&self, acct: &AccountRecord, users: &[String], until: i64) -> Result<AccountRecord> {
+        let now = self.clock.now_unix();
+        let mut rec = acct.clone();
+        self.prune_revocations(&mut rec);
+        for u in users {
+            rec.revocations.insert(u.clone(), now);
+            let keep = rec.revoked_until.get(u).copied().unwrap_or(0).max(until);
+            rec.revoked_until.insert(u.clone(), keep);
+        }
+        let signed = self.resign_account(rec)?;
+        self.check_jwt_size(&signed)?;
+        Ok(signed)
+    }
+
+    /// A revocation only matters while a JWT issued before it can still be valid: it leaves once
+    /// the longest-lived JWT it covers expired ([`AccountRecord::revoked_until`], plus an hour of
+    /// clock skew). Revocations recorded before that was kept stay as long as the longest JWT
+    /// tillit issues in that account could live.
+    pub(super) fn prune_revocations(&self, rec: &mut AccountRecord) {
+        let now = self.clock.now_unix();
+        let longest = match rec.kind {
+            AccountKind::Tenant => self.config.service_ttl,
+            _ => self.config.service_ttl.max(self.config.server_cert_ttl).max(self.config.admin_ttl),
+        }
+        .as_secs() as i64;
+        let AccountRecord { revocations, revoked_until, .. } = rec;
+        revocations.retain(|u, t| revoked_until.get(u).copied().unwrap_or(*t + longest) + 3600 > now);
+        revoked_until.retain(|u, _| revocations.contains_key(u));
+    }
+
+    pub(super) fn check_jwt_size(&self, rec: &AccountRecord) -> Result<()> {
+        if rec.jwt.len() > MAX_ACCOUNT_JWT_BYTES {
+            return Err(EstateError::Limit(format!(
+                "account {} JWT would be {} bytes, over nats-server's 1 MiB cap; remove grants or split the tenant",
+                rec.name,
+                rec.jwt.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::estate::tests::new_estate;
+
+    #[tokio::test]
+    async fn tenant_accounts_are_created_once_and_names_are_checked() {
+        let clock = Arc::new(ManualClock::new(1_780_000_000));
+        let (_d, e, store, _m) = new_estate(clock);
+        let (a, created) = e.ensure_tenant_account("acme", "prod").await.unwrap();
+        assert!(created);
+        assert_eq!(a.name, "acme-prod");
+        let (b, created) = e.ensure_tenant_account("acme", "prod").await.unwrap();
+        assert!(!created);
+        assert_eq!(a.public_key, b.public_key);
+        let raw = store.get(Space::Keys, &keys_account(&a.public_key)).unwrap().unwrap();
+        let seed = e.vault.get_sealed(Space::Keys, &keys_account(&a.public_key)).unwrap().unwrap();
+        assert!(seed.starts_with(b"SA"));
+        assert!(!raw.windows(seed.len()).any(|w| w == &seed[..]), "account seed is sealed");
+        for (t, env) in [("*", "prod"), ("acme", ">"), ("a.b", "prod"), ("acme", "")] {
+            assert!(e.ensure_tenant_account(t, env).await.is_err(), "{t}/{env}");
+        }
+        assert_eq!(e.accounts().unwrap().len(), 4, "SYS, TILLIT, BOOTSTRAP, acme-prod");
+    }
+
+    #[test]
+    fn account_iat_strictly_increases() {
+        let clock = Arc::new(ManualClock::new(1_780_000_000));
+        let (_d, e, _s, _m) = new_estate(clock.clone());
+        let t = e.account(TILLIT_ACCOUNT).unwrap();
+        let again = e.resign_account(t.clone()).unwrap();
+        assert!(again.iat > t.iat, "same second: iat bumped");
+        clock.advance(100);
+        let later = e.resign_account(again).unwrap();
+        assert_eq!(later.iat, 1_780_000_100);
+    }
+
+    /// A removed site's leafnode users hold JWTs for a year: their revocations must stay as long
+    /// (they used to leave after a day, and the next push let the site link to the hub again).
+    #[test]
+    fn revocations_stay_until_the_jwts_they_cover_expired() {
+        use crate::clock::Clock;
+        let clock = Arc::new(ManualClock::new(1_780_000_000));
+        let (_d, e, _s, _m) = new_estate(clock.clone());
+        let t0 = clock.now_unix();
+        let year = 365 * 86_400;
+        let tillit = e.account(TILLIT_ACCOUNT).unwrap();
+        let leaf = KeyPair::new_user().public_key();
+        let agent = KeyPair::new_user().public_key();
+        let a = e.preview_revocation(&tillit, std::slice::from_ref(&leaf), t0 + year).unwrap();
+        let a = e.preview_revocation(&a, std::slice::from_ref(&agent), t0 + 86_400).unwrap();
+        let in_jwt = |rec: &AccountRecord, u: &str| {
+            let c: Claims<AccountNats> = jwt::decode(&rec.jwt).unwrap();
+            serde_json::to_value(&c.nats).unwrap()["revocations"].get(u).is_some()
+        };
+        assert!(in_jwt(&a, &leaf) && in_jwt(&a, &agent));
+        // Two days on, another revocation is pushed: the agent's (its JWT expired) leaves, the
+        // leafnode user's stays.
+        clock.advance(2 * 86_400);
+        let other = KeyPair::new_user().public_key();
+        let b = e.preview_revocation(&a, std::slice::from_ref(&other), clock.now_unix() + 3600).unwrap();
+        assert!(in_jwt(&b, &leaf), "a year-long JWT's revocation was pruned after two days");
+        assert!(!in_jwt(&b, &agent), "an expired JWT's revocation is pruned");
+        assert!(in_jwt(&b, &other));
+        // After the year (and the hour of skew) it may go.
+        clock.advance(year);
+        let c = e.preview_revocation(&b, &[], clock.now_unix()).unwrap();
+        assert!(!in_jwt(&c, &leaf));
+        assert!(c.revoked_until.is_empty() && c.revocations.is_empty());
+        // A revocation recorded before `revoked_until` existed stays as long as the longest JWT
+        // of that account can live.
+        let mut legacy = e.account(TILLIT_ACCOUNT).unwrap();
+        legacy.revocations.insert(leaf.clone(), clock.now_unix());
+        clock.advance(30 * 86_400);
+        let d = e.preview_revocation(&legacy, &[], clock.now_unix()).unwrap();
+        assert!(d.revocations.contains_key(&leaf));
+    }
+}

@@ -1,0 +1,380 @@
+//! Identities: identity and serial records, issuing and renewing admins, services' user JWTs
+//! and certificates, the control plane's own credentials, the hub's server certificate, and
+//! what OCSP and the CRL say of a serial.
+
+use super::*;
+use crate::names::ServiceId;
+
+/// Lifecycle state of an identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityState {
+    Active,
+    Revoked,
+}
+
+/// An identity record (`identities/<user public key>`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdentityRecord {
+    pub id: String,
+    pub kind: IdentityKind,
+    pub name: String,
+    pub account: String,
+    pub user_public_key: String,
+    pub cert_serial: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+    pub state: IdentityState,
+    /// For services: `tenant/project/env/service`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<crate::names::ServiceId>,
+    /// The identity's public xkey (curve25519), for sealed deliveries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xkey: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<i64>,
+    /// For site agents: their site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// For services: the scoped key that signed the current user JWT (a permission change
+    /// retires the old key early once every instance moved off it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_key: Option<String>,
+    /// The scoped key of the JWT before that one: a renewal whose reply was lost leaves the
+    /// instance holding it, so it stays usable until the next renewal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_role_key: Option<String>,
+}
+
+impl IdentityRecord {
+    /// An active admin identity's record (in TILLIT).
+    pub fn admin(id: &str, name: &str, user_public_key: &str, cert_serial: &str, issued_at: i64, expires_at: i64) -> Self {
+        IdentityRecord {
+            id: id.to_string(),
+            kind: IdentityKind::Admin,
+            name: name.to_string(),
+            account: TILLIT_ACCOUNT.into(),
+            user_public_key: user_public_key.to_string(),
+            cert_serial: cert_serial.to_string(),
+            issued_at,
+            expires_at,
+            state: IdentityState::Active,
+            service: None,
+            xkey: None,
+            revoked_at: None,
+            site: None,
+            role_key: None,
+            prev_role_key: None,
+        }
+    }
+}
+
+/// Credentials minted in memory for a party of the control plane itself (never written to disk).
+#[derive(Debug)]
+pub struct EphemeralCreds {
+    pub user_jwt: String,
+    pub user_seed: SecretString,
+    pub cert_pem: String,
+    pub key_pem: SecretString,
+    pub expires_at: i64,
+}
+
+/// An issued certificate (`serials/<hex>`), for OCSP and the CRL. Every certificate tillit
+/// issues has one (identities, join tokens' bootstrap certificates, the control plane's own,
+/// site and hub servers'); OCSP answers `unknown` for any other serial, which nats-server
+/// refuses.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct SerialRecord {
+    pub user_public_key: String,
+    pub not_after: i64,
+    /// Revoked on its own (a removed site's server, a replaced server certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<i64>,
+    /// A join token's bootstrap certificate: revoked once the token is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// What it is for, when not an identity's: `bootstrap`, `control-plane`, `site:<name>`, `hub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub what: Option<String>,
+}
+
+impl SerialRecord {
+    /// A server's certificate (the hub's, a site's), not a client's.
+    pub fn is_server(&self) -> bool {
+        self.what.as_deref().is_some_and(|w| w == "hub" || w.starts_with("site:"))
+    }
+
+    /// The record of an identity's certificate.
+    pub fn of_identity(user_public_key: &str, not_after: i64) -> Self {
+        SerialRecord { user_public_key: user_public_key.into(), not_after, ..Default::default() }
+    }
+}
+
+/// What an admin identity may do on NATS: call the admin and service APIs and micro discovery,
+/// receive on its own inbox, watch events.
+fn admin_permissions(inbox: &str) -> UserPermissions {
+    UserPermissions::new(
+        subjects::ADMIN_PUBLISH.iter().map(|s| s.to_string()).collect(),
+        vec![format!("{inbox}.>"), subjects::EVENTS_ALL.to_string()],
+    )
+}
+
+/// What enrollment or renewal issues to a service.
+#[derive(Debug, Clone)]
+pub struct ServiceIssue {
+    pub user_jwt: String,
+    pub cert_pem: String,
+    pub serial: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+}
+
+impl Estate {
+    /// Issue an admin identity (user in TILLIT + client certificate), record it, and return the
+    /// files of its identity dir. Keys are generated here: `init` runs on the admin's machine.
+    pub fn issue_admin(&self, name: &str) -> Result<IdentityFiles> {
+        names::check_segment("admin name", name)?;
+        let now = self.clock.now_unix();
+        let expires = now + self.config.admin_ttl.as_secs() as i64;
+        let account = self.account(TILLIT_ACCOUNT)?;
+        let user = KeyPair::new_user();
+        let inbox = Self::inbox_prefix(&user.public_key());
+        let perms = admin_permissions(&inbox);
+        let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "admin", name]);
+        let jwt = self.sign_user(&account, &user.public_key(), &format!("admin {name}"), perms, expires)?;
+        let cert = self.ca().issue_client_with_new_key(&spiffe, &format!("admin {name}"), now, expires)?;
+        let rec = IdentityRecord::admin(&spiffe, name, &user.public_key(), &cert.serial, now, expires);
+        let mut b = Batch::new();
+        b.put_json(Space::Identities, &rec.user_public_key, &rec)?;
+        b.put_json(Space::Serials, &rec.cert_serial, &SerialRecord::of_identity(&rec.user_public_key, expires))?;
+        self.store().commit(b)?;
+        let renew = crate::policy::renew::renew_at(now, expires, crate::policy::renew::random_jitter());
+        let info = IdentityInfo {
+            format: IDENTITY_FORMAT,
+            kind: IdentityKind::Admin,
+            id: spiffe,
+            name: name.to_string(),
+            trust_domain: self.trust_domain().to_string(),
+            account: TILLIT_ACCOUNT.into(),
+            account_public_key: account.public_key.clone(),
+            user_public_key: user.public_key(),
+            inbox_prefix: inbox,
+            nats_urls: self.config.urls(),
+            ca_fingerprint: self.meta.ca_fingerprint.clone(),
+            cert_serial: cert.serial,
+            issued_at: String::new(),
+            expires_at: String::new(),
+            renew_at: String::new(),
+            issued_at_unix: 0,
+            expires_at_unix: 0,
+            renew_at_unix: 0,
+            service: None,
+            xkey_public_key: None,
+        }
+        .with_times(now, expires, renew);
+        Ok(IdentityFiles {
+            info,
+            user_jwt: jwt,
+            user_seed: seed_of(&user, "admin user")?,
+            cert_pem: cert.cert_pem,
+            key_pem: cert.key_pem,
+            ca_pem: self.meta.ca_cert_pem.clone(),
+            trust_jwks: Some(self.trust_jwks()),
+            xkey_seed: None,
+        })
+    }
+
+    /// Renew an admin identity: a new JWT for the same nkey and a certificate for `public_key`.
+    pub fn reissue_admin(&self, rec: &IdentityRecord, public_key: &impl rcgen::PublicKeyData) -> Result<ServiceIssue> {
+        let now = self.clock.now_unix();
+        let expires_at = now + self.config.admin_ttl.as_secs() as i64;
+        let account = self.account(TILLIT_ACCOUNT)?;
+        let perms = admin_permissions(&Self::inbox_prefix(&rec.user_public_key));
+        let user_jwt = self.sign_user(&account, &rec.user_public_key, &format!("admin {}", rec.name), perms, expires_at)?;
+        let (cert_pem, serial) = self.ca().issue_client(public_key, &rec.id, &format!("admin {}", rec.name), now, expires_at)?;
+        Ok(ServiceIssue { user_jwt, cert_pem, serial, issued_at: now, expires_at })
+    }
+
+    /// Credentials for the control plane's own connections, minted in memory: a user of `account`
+    /// (TILLIT for the API, SYS for account pushes and server events) and a client certificate.
+    pub fn control_plane_creds(&self, account_name: &str, permissions: UserPermissions) -> Result<(EphemeralCreds, String)> {
+        let now = self.clock.now_unix();
+        let expires = now + self.config.control_plane_ttl.as_secs() as i64;
+        let account = self.account(account_name)?;
+        let user = KeyPair::new_user();
+        let name = format!("tillit control plane ({account_name})");
+        let jwt = self.sign_user(&account, &user.public_key(), &name, permissions, expires)?;
+        let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "control-plane", &account_name.to_lowercase()]);
+        let cert = self.ca().issue_client_with_new_key(&spiffe, &name, now, expires)?;
+        let mut b = Batch::new();
+        let rec = SerialRecord { user_public_key: user.public_key(), not_after: expires, what: Some("control-plane".into()), ..Default::default() };
+        b.put_json(Space::Serials, &cert.serial, &rec)?;
+        self.store().commit(b)?;
+        Ok((
+            EphemeralCreds {
+                user_jwt: jwt,
+                user_seed: seed_of(&user, "control plane user")?,
+                cert_pem: cert.cert_pem,
+                key_pem: cert.key_pem,
+                expires_at: expires,
+            },
+            user.public_key(),
+        ))
+    }
+
+    /// Issue the hub nats-server's certificate.
+    pub fn issue_server_cert(&self) -> Result<x509::Issued> {
+        let now = self.clock.now_unix();
+        let expires = now + self.config.server_cert_ttl.as_secs() as i64;
+        let issued = self.ca().issue_server(&self.config.server_name, &self.config.server_cert_hosts(), now, expires)?;
+        let mut b = Batch::new();
+        b.put_json(Space::Serials, &issued.serial, &SerialRecord { not_after: expires, what: Some("hub".into()), ..Default::default() })?;
+        self.store().commit(b)?;
+        Ok(issued)
+    }
+
+    /// An identity record by user public key.
+    pub fn identity(&self, user_public_key: &str) -> Result<Option<IdentityRecord>> {
+        Ok(get_json(self.store(), Space::Identities, user_public_key)?)
+    }
+
+    /// What OCSP says of a serial (lower-case hex): unknown if tillit never recorded it;
+    /// revoked if it was revoked on its own, if its join token was used, or if its identity is
+    /// revoked; good otherwise.
+    pub fn revocation_status(&self, serial: &str) -> Result<crate::ocsp::Status> {
+        let Some(s) = get_json::<SerialRecord>(self.store(), Space::Serials, serial)? else {
+            return Ok(crate::ocsp::Status::Unknown);
+        };
+        Ok(self.serial_revoked(&s)?.map(crate::ocsp::Status::Revoked).unwrap_or(crate::ocsp::Status::Good))
+    }
+
+    /// When the certificate of `s` was revoked, if it was.
+    fn serial_revoked(&self, s: &SerialRecord) -> Result<Option<i64>> {
+        if let Some(t) = s.revoked_at {
+            return Ok(Some(t));
+        }
+        if let Some(id) = &s.token {
+            return Ok(match self.token(id)? {
+                Some(t) if t.state == TokenState::Used => Some(t.used_at.unwrap_or(0)),
+                _ => None,
+            });
+        }
+        Ok(match self.identity(&s.user_public_key)? {
+            Some(i) if i.state == IdentityState::Revoked => Some(i.revoked_at.unwrap_or(0)),
+            _ => None,
+        })
+    }
+
+    /// Serials of unexpired certificates whose identities are revoked, with the revocation time.
+    pub fn revoked_serials(&self) -> Result<Vec<(String, i64)>> {
+        let now = self.clock.now_unix();
+        let mut out = Vec::new();
+        for (serial, v) in self.store().scan(Space::Serials)? {
+            let s: SerialRecord = serde_json::from_slice(&v)
+                .map_err(|e| EstateError::Store(StoreError::Corrupt(format!("serials/{serial}"), e.to_string())))?;
+            if s.not_after <= now {
+                continue;
+            }
+            if let Some(at) = self.serial_revoked(&s)? {
+                out.push((serial, if at == 0 { now } else { at }));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every identity record.
+    pub fn identities(&self) -> Result<Vec<IdentityRecord>> {
+        self.scan_json(Space::Identities, "")
+    }
+
+    /// How many identities are recorded.
+    pub fn identity_count(&self) -> Result<usize> {
+        Ok(self.store().count(Space::Identities)?)
+    }
+
+    /// Every identity of a service.
+    pub fn identities_of(&self, sid: &ServiceId) -> Result<Vec<IdentityRecord>> {
+        Ok(self.identities()?.into_iter().filter(|i| i.service.as_ref() == Some(sid)).collect())
+    }
+
+    /// Sign a service's user JWT (by its role's scoped key, no permissions of its own) and its
+    /// client certificate for `public_key`, both expiring together.
+    pub fn issue_service(
+        &self,
+        acct: &AccountRecord,
+        role: &RoleRecord,
+        user_public_key: &str,
+        public_key: &impl rcgen::PublicKeyData,
+    ) -> Result<ServiceIssue> {
+        let now = self.clock.now_unix();
+        let expires_at = now + self.config.service_ttl.as_secs() as i64;
+        let key = self.key(&keys_scoped(&role.key))?;
+        let sid = &role.service;
+        let jwt = self.sign_user_with(
+            &key,
+            acct,
+            user_public_key,
+            &sid.service,
+            UserPermissions::default(),
+            expires_at,
+            vec![format!("project:{}", sid.project), format!("service:{}", sid.service)],
+        )?;
+        let (cert_pem, serial) = self.ca().issue_client(public_key, &sid.spiffe_id(self.trust_domain()), &sid.service, now, expires_at)?;
+        Ok(ServiceIssue { user_jwt: jwt, cert_pem, serial, issued_at: now, expires_at })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::estate::tests::new_estate;
+
+    #[test]
+    fn admin_identity_is_recorded_and_scoped() {
+        let clock = Arc::new(ManualClock::new(1_780_000_000));
+        let (_d, e, _s, _m) = new_estate(clock);
+        let files = e.issue_admin("admin").unwrap();
+        let rec = e.identity(&files.info.user_public_key).unwrap().unwrap();
+        assert_eq!(rec.kind, IdentityKind::Admin);
+        assert_eq!(rec.state, IdentityState::Active);
+        let tillit = e.account(TILLIT_ACCOUNT).unwrap();
+        let c: Claims<UserNats> = jwt::decode_from(&files.user_jwt, &[&tillit.signing_key]).unwrap();
+        assert_eq!(c.nats.issuer_account.as_deref(), Some(tillit.public_key.as_str()));
+        assert!(!c.nats.bearer_token);
+        assert_eq!(c.exp, Some(1_780_000_000 + 30 * 86_400));
+        assert!(c.nats.permissions.subscribe.allow.contains(&format!("{}.>", files.info.inbox_prefix)));
+        assert!(!c.nats.permissions.subscribe.allow.iter().any(|s| s == ">" || s == "_INBOX.>"));
+        assert_eq!(e.identity_count().unwrap(), 1);
+        assert!(files.info.renew_at_unix > files.info.issued_at_unix && files.info.renew_at_unix < files.info.expires_at_unix);
+    }
+
+    /// Every certificate tillit issues is known to OCSP and the CRL; anything else is unknown.
+    #[test]
+    fn ocsp_knows_every_certificate_and_nothing_else() {
+        use crate::ocsp::Status;
+        let clock = Arc::new(ManualClock::new(1_780_000_000));
+        let (_d, e, _s, _m) = new_estate(clock.clone());
+        assert_eq!(e.revocation_status("00deadbeef").unwrap(), Status::Unknown);
+        // A join token's bootstrap certificate: good until the token is used.
+        let sid = crate::names::ServiceId::parse("acme/shop/prod/orders").unwrap();
+        let (tokens, b) = e.create_tokens(&sid, 900, 1, "test").unwrap();
+        e.store().commit(b).unwrap();
+        let cert = tokens[0].cert_pem().unwrap();
+        let serial = crate::issuer::x509::serial_hex(&cert).unwrap();
+        assert_eq!(e.revocation_status(&serial).unwrap(), Status::Good);
+        let mut t = e.token(&tokens[0].id).unwrap().unwrap();
+        t.state = TokenState::Used;
+        t.used_at = Some(1_780_000_100);
+        let mut b = Batch::new();
+        b.put_json(Space::Tokens, &t.id, &t).unwrap();
+        e.store().commit(b).unwrap();
+        assert_eq!(e.revocation_status(&serial).unwrap(), Status::Revoked(1_780_000_100));
+        assert!(e.revoked_serials().unwrap().iter().any(|(s, _)| *s == serial), "the CRL lists it");
+        // The control plane's own and the hub's certificates are recorded as they are made.
+        let (cp, _) = e.control_plane_creds(TILLIT_ACCOUNT, UserPermissions::default()).unwrap();
+        assert_eq!(e.revocation_status(&crate::issuer::x509::serial_hex(&cp.cert_pem).unwrap()).unwrap(), Status::Good);
+        let hub = e.issue_server_cert().unwrap();
+        assert_eq!(e.revocation_status(&hub.serial).unwrap(), Status::Good);
+    }
+}

@@ -1,0 +1,183 @@
+//! Roles: one scoped signing key per service in its tenant account, the permission template
+//! its users get, and permission changes (re-keying, grace periods, previews).
+
+use super::*;
+use crate::names::ServiceId;
+
+/// Most services (scoped signing keys) per tenant-env account. A scoped key with tillit's default
+/// template is about 380 bytes of the account JWT (`tillit bench account-size`), which
+/// nats-server caps at 1 MiB; 2,000 services take ~765 KB and leave headroom for grants and
+/// revocations. Larger tenants split across environments (accounts), e.g. `acme-prod-eu`, or move
+/// to auth-callout mode (DESIGN.md §9), where permissions are not carried in the account JWT.
+pub const MAX_SERVICES_PER_ACCOUNT: usize = 2_000;
+
+/// A service's role: its scoped signing key in the tenant account, and the permission template
+/// users signed by that key get.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoleRecord {
+    pub account: String,
+    pub service: ServiceId,
+    /// Public key of the scoped signing key.
+    pub key: String,
+    pub permissions: UserPermissions,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Keys this role signed with before its last permission change, still in the account so
+    /// their users stay connected until they move to the new key (or `retire_at` passes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous: Vec<RetiringKey>,
+}
+
+/// A role's former scoped key after a permission change. During the grace period it keeps the
+/// old template, so its users stay connected until they move to the new key; then its template
+/// becomes the new permissions (its remaining users are reconnected by the server and get them);
+/// it leaves the account once no JWT it signed can still be valid.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RetiringKey {
+    pub key: String,
+    pub permissions: UserPermissions,
+    /// End of the grace period.
+    pub retire_at: i64,
+    /// When the last JWT it signed has expired.
+    pub remove_at: i64,
+}
+
+impl RoleRecord {
+    /// Entries of the account JWT for this role: the current key, then the retiring ones.
+    pub fn scopes(&self) -> Vec<jwt::ScopedSigningKey> {
+        let mut v = vec![self.scope()];
+        for p in &self.previous {
+            v.push(jwt::ScopedSigningKey {
+                kind: "user_scope".into(),
+                key: p.key.clone(),
+                role: self.service.role(),
+                template: p.permissions.clone(),
+                description: None,
+            });
+        }
+        v
+    }
+
+    pub fn store_key(sid: &ServiceId) -> String {
+        format!("{}/{}", sid.account_name(), sid.role())
+    }
+    /// The scoped-key entry of the account JWT.
+    pub fn scope(&self) -> jwt::ScopedSigningKey {
+        jwt::ScopedSigningKey {
+            kind: "user_scope".into(),
+            key: self.key.clone(),
+            role: self.service.role(),
+            template: self.permissions.clone(),
+            // The role names the service; a description would cost ~40 bytes per service of the
+            // 1 MiB account JWT.
+            description: None,
+        }
+    }
+}
+
+/// What a service may do before any grant: publish and subscribe its own namespace
+/// `<project>.<service>.>`, receive on its own inbox and its notification subject, and call
+/// the tillit service API.
+pub fn default_permissions(sid: &ServiceId) -> UserPermissions {
+    let ns = format!("{}.>", sid.subject_prefix());
+    UserPermissions::new(
+        vec![ns.clone(), subjects::SVC_EXPORT.into()],
+        vec![
+            ns,
+            format!("{}.{{{{subject()}}}}.>", subjects::INBOX_ROOT),
+            subjects::notify_subject(&sid.account_name(), &sid.project, &sid.service),
+        ],
+    )
+}
+
+impl Estate {
+    /// Every role of an account.
+    pub fn roles_of(&self, account: &str) -> Result<Vec<RoleRecord>> {
+        self.scan_json(Space::Roles, &format!("{account}/"))
+    }
+
+    /// A service's role, if it has one.
+    pub fn role(&self, sid: &ServiceId) -> Result<Option<RoleRecord>> {
+        Ok(get_json(self.store(), Space::Roles, &RoleRecord::store_key(sid))?)
+    }
+
+    /// The tenant account and role of `sid`, creating either if missing. Returns whether the
+    /// account JWT changed (the caller pushes it while still holding [`Self::account_lock`]).
+    pub fn ensure_role_locked(&self, sid: &ServiceId) -> Result<(AccountRecord, RoleRecord, bool)> {
+        let (acct, created) = self.ensure_tenant_account_locked(&sid.tenant, &sid.env)?;
+        if let Some(role) = self.role(sid)? {
+            return Ok((acct, role, created));
+        }
+        if self.roles_of(&acct.name)?.len() >= MAX_SERVICES_PER_ACCOUNT {
+            return Err(EstateError::Limit(format!(
+                "account {} already has {MAX_SERVICES_PER_ACCOUNT} services, the most one account JWT can carry; \
+                 put further services in another environment (account), e.g. {}-2",
+                acct.name, sid.env
+            )));
+        }
+        let now = self.clock.now_unix();
+        let key = KeyPair::new_account();
+        let role = RoleRecord {
+            account: acct.name.clone(),
+            service: sid.clone(),
+            key: key.public_key(),
+            permissions: default_permissions(sid),
+            created_at: now,
+            updated_at: now,
+            previous: vec![],
+        };
+        let mut b = Batch::new();
+        self.vault.put_sealed(&mut b, Space::Keys, &keys_scoped(&role.key), seed_of(&key, "scoped key")?.expose().as_bytes())?;
+        b.put_json(Space::Roles, RoleRecord::store_key(sid), &role)?;
+        // The account JWT is rendered from the role records, so store the role first.
+        self.store().apply(b)?;
+        let acct = self.resign_account(acct)?;
+        let mut b = Batch::new();
+        b.put_json(Space::Accounts, &acct.name, &acct)?;
+        self.store().commit(b)?;
+        Ok((acct, role, true))
+    }
+
+    /// `role` with `permissions` under a *new* scoped key; the current key joins `previous`
+    /// until `retire_at` (adding a key to an account closes no connection, changing or removing
+    /// one closes its users'). Returns the new role and the batch holding the new key's seed.
+    pub fn rekey_role(&self, role: &RoleRecord, permissions: UserPermissions, retire_at: i64) -> Result<(RoleRecord, Batch)> {
+        let key = KeyPair::new_account();
+        let mut next = role.clone();
+        let remove_at = self.clock.now_unix() + self.config.service_ttl.as_secs() as i64 + 60;
+        next.previous.push(RetiringKey { key: role.key.clone(), permissions: role.permissions.clone(), retire_at, remove_at });
+        next.key = key.public_key();
+        next.permissions = permissions;
+        next.updated_at = self.clock.now_unix();
+        let mut b = Batch::new();
+        self.vault.put_sealed(&mut b, Space::Keys, &keys_scoped(&next.key), seed_of(&key, "scoped key")?.expose().as_bytes())?;
+        Ok((next, b))
+    }
+
+    /// `role` after its grace periods: former keys whose grace is over (or all, when `now_all`)
+    /// carry the current permissions, and those no valid JWT can name any more (every holder
+    /// renewed onto a newer key, or the JWTs expired) are gone. None when nothing changes.
+    /// `held` says whether an identity may still hold a valid JWT signed by a key.
+    pub fn role_settled(&self, role: &RoleRecord, now: i64, now_all: bool, held: impl Fn(&str) -> bool) -> Option<RoleRecord> {
+        let mut next = role.clone();
+        next.previous.retain(|p| p.remove_at > now && held(&p.key));
+        for p in next.previous.iter_mut() {
+            if (now_all || p.retire_at <= now) && p.permissions != role.permissions {
+                p.permissions = role.permissions.clone();
+            }
+        }
+        (next.previous != role.previous).then_some(next)
+    }
+
+    /// The account of `role` re-signed with `role` as given (not stored): the caller pushes it,
+    /// then records both. Revocations older than any JWT still valid are pruned.
+    pub fn preview_role_change(&self, acct: &AccountRecord, role: &RoleRecord) -> Result<AccountRecord> {
+        let tillit = self.account(TILLIT_ACCOUNT)?;
+        let mut rec = acct.clone();
+        self.prune_revocations(&mut rec);
+        let nats = self.render_account_with(&rec, &tillit.public_key, Some(role))?;
+        let signed = self.sign_account(rec, nats)?;
+        self.check_jwt_size(&signed)?;
+        Ok(signed)
+    }
+}

@@ -1,0 +1,161 @@
+//! Join tokens: their records, minting them with their bootstrap users and certificates, and
+//! the BOOTSTRAP account's revocations of used tokens' bootstrap users.
+
+use super::*;
+use crate::names::ServiceId;
+use crate::token::{self, JoinToken};
+
+/// Most tokens one `token create` may mint (a token is about 4 KiB; the reply must stay well
+/// under nats-server's 1 MiB max_payload). The CLI asks in chunks for larger counts.
+pub const MAX_TOKENS_PER_REQUEST: u32 = 200;
+/// Longest a join token may live.
+pub const MAX_TOKEN_TTL_SECS: i64 = 7 * 86_400;
+
+/// Most live bootstrap revocations kept in the BOOTSTRAP account JWT (~75 bytes each; every
+/// push re-sends the whole JWT, and nats-server re-checks the account's connections). Past it,
+/// the oldest burned tokens' bootstrap users are left to expire with their tokens: the tokens
+/// themselves are already refused, and those users may only request enrollment.
+pub const MAX_BOOTSTRAP_REVOCATIONS: usize = 2_000;
+
+/// State of a join token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenState {
+    Unused,
+    Used,
+}
+
+/// A join token as the control plane keeps it: never the secret, only its hash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub secret_sha256: String,
+    pub identity: ServiceId,
+    pub expires_at: i64,
+    pub bootstrap_user: String,
+    pub created_at: i64,
+    pub created_by: String,
+    pub state: TokenState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_at: Option<i64>,
+}
+
+impl Estate {
+    /// Mint `count` join tokens for `sid`, valid for `ttl_secs`, with the batch of their records
+    /// (the caller commits it with its audit record). The printable tokens exist only in the
+    /// return value.
+    pub fn create_tokens(&self, sid: &ServiceId, ttl_secs: i64, count: u32, created_by: &str) -> Result<(Vec<JoinToken>, Batch)> {
+        let now = self.clock.now_unix();
+        let expires_at = now + ttl_secs;
+        let bootstrap = self.account(BOOTSTRAP_ACCOUNT)?;
+        let boot_key = self.account_signing_key(&bootstrap)?;
+        let bundle = self.ca_bundle_pem();
+        let ca_ders: Vec<String> = crate::pem::certs(&bundle)
+            .map_err(|e| EstateError::Key("CA bundle".into(), e.to_string()))?
+            .iter()
+            .map(|c| token::b64(c.as_ref()))
+            .collect();
+        let ca_fingerprint = self.ca_fingerprint();
+        let mut out = Vec::with_capacity(count as usize);
+        let mut b = Batch::new();
+        for _ in 0..count {
+            let id = data_encoding::BASE32_NOPAD.encode(&crypto::random_bytes(15)?);
+            let secret = data_encoding::BASE64URL_NOPAD.encode(&crypto::random_bytes(32)?);
+            let user = KeyPair::new_user();
+            let inbox = Self::inbox_prefix(&user.public_key());
+            let perms = UserPermissions::new(vec![subjects::ENROLL.into()], vec![format!("{inbox}.>")]);
+            let jwt = self.sign_user_with(&boot_key, &bootstrap, &user.public_key(), &format!("bootstrap {id}"), perms, expires_at, vec![])?;
+            let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "bootstrap", &id.to_lowercase()]);
+            let cert = self.ca().issue_client_with_new_key(&spiffe, &format!("bootstrap {id}"), now, expires_at)?;
+            let cert_der = token::pem_to_der(&cert.cert_pem).ok_or_else(|| EstateError::Key("bootstrap cert".into(), "PEM".into()))?;
+            let key_der = zeroize::Zeroizing::new(
+                token::pem_to_der(cert.key_pem.expose()).ok_or_else(|| EstateError::Key("bootstrap key".into(), "PEM".into()))?,
+            );
+            let rec = TokenRecord {
+                id: id.clone(),
+                secret_sha256: JoinToken::secret_hash(&secret),
+                identity: sid.clone(),
+                expires_at,
+                bootstrap_user: user.public_key(),
+                created_at: now,
+                created_by: created_by.to_string(),
+                state: TokenState::Unused,
+                used_by: None,
+                used_at: None,
+            };
+            b.put_json(Space::Tokens, &id, &rec)?;
+            let serial = SerialRecord {
+                user_public_key: user.public_key(),
+                not_after: expires_at,
+                token: Some(id.clone()),
+                what: Some("bootstrap".into()),
+                ..Default::default()
+            };
+            b.put_json(Space::Serials, &cert.serial, &serial)?;
+            out.push(JoinToken {
+                id,
+                secret,
+                trust_domain: self.trust_domain().to_string(),
+                identity: sid.clone(),
+                expires_at,
+                nats_urls: self.config.urls(),
+                ca_fingerprint: ca_fingerprint.clone(),
+                ca: ca_ders.clone(),
+                bootstrap_jwt: jwt,
+                bootstrap_seed: seed_of(&user, "bootstrap user")?.expose().to_string(),
+                cert: token::b64(&cert_der),
+                key: token::b64(&key_der),
+            });
+        }
+        Ok((out, b))
+    }
+
+    /// A token record.
+    pub fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
+        Ok(get_json(self.store(), Space::Tokens, id)?)
+    }
+
+    /// The record of `rec` once used by `by_user`.
+    pub fn used_token(&self, rec: &TokenRecord, by_user: &str) -> TokenRecord {
+        let mut used = rec.clone();
+        used.state = TokenState::Used;
+        used.used_by = Some(by_user.into());
+        used.used_at = Some(self.clock.now_unix());
+        used
+    }
+
+    /// The bootstrap users that must stay revoked: those of used tokens whose bootstrap JWTs
+    /// have not expired yet (user → (revoked at, bootstrap JWT expiry)). Derived from the token
+    /// records, so it survives restarts without being stored twice.
+    pub fn live_bootstrap_revocations(&self) -> Result<BTreeMap<String, (i64, i64)>> {
+        let now = self.clock.now_unix();
+        let mut out = BTreeMap::new();
+        for t in self.scan_json::<TokenRecord>(Space::Tokens, "")? {
+            if t.state == TokenState::Used && t.expires_at > now {
+                out.insert(t.bootstrap_user, (t.used_at.unwrap_or(now), t.expires_at));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The BOOTSTRAP account JWT with `revocations` (at most [`MAX_BOOTSTRAP_REVOCATIONS`], the
+    /// newest kept), `iat` above `min_iat`. Not stored: the revocations are derived from the
+    /// token records. Hold [`Self::account_lock`] and push the result.
+    pub fn sign_bootstrap(&self, revocations: &BTreeMap<String, (i64, i64)>, min_iat: i64) -> Result<AccountRecord> {
+        let mut acct = self.account(BOOTSTRAP_ACCOUNT)?;
+        let mut live: Vec<(&String, &(i64, i64))> = revocations.iter().collect();
+        if live.len() > MAX_BOOTSTRAP_REVOCATIONS {
+            tracing::warn!(
+                live = live.len(),
+                "more live bootstrap revocations than the BOOTSTRAP account JWT holds; the oldest are left to expire on their own"
+            );
+            live.sort_by_key(|(_, (at, _))| std::cmp::Reverse(*at));
+            live.truncate(MAX_BOOTSTRAP_REVOCATIONS);
+        }
+        acct.revocations = live.into_iter().map(|(u, (at, _))| (u.clone(), *at)).collect();
+        acct.iat = acct.iat.max(min_iat);
+        self.resign_account(acct)
+    }
+}
