@@ -7,30 +7,10 @@ pub const API_PREFIX: &str = "tillit.v1";
 /// Name of the NATS micro service (`$SRV.PING.tillit`, …).
 pub const SERVICE_NAME: &str = "tillit";
 
-/// Enrollment with a join token (bootstrap users only).
-pub const ENROLL: &str = "tillit.v1.enroll";
 
-/// Admin API group and verbs (TILLIT account only).
-pub const ADMIN_GROUP: &str = "tillit.v1.admin";
-pub const ADMIN_STATUS: &str = "tillit.v1.admin.status";
-pub const ADMIN_TOKEN_CREATE: &str = "tillit.v1.admin.token.create";
-pub const ADMIN_GRANT: &str = "tillit.v1.admin.grant";
-pub const ADMIN_UNGRANT: &str = "tillit.v1.admin.ungrant";
-pub const ADMIN_GRANTS: &str = "tillit.v1.admin.grants";
-pub const ADMIN_REVOKE: &str = "tillit.v1.admin.revoke";
-pub const ADMIN_LIST: &str = "tillit.v1.admin.list";
-pub const ADMIN_ROTATE_SIGNING_KEY: &str = "tillit.v1.admin.rotate.signing-key";
-pub const ADMIN_SECRET_PUT: &str = "tillit.v1.admin.secret.put";
-pub const ADMIN_SECRET_ROTATE: &str = "tillit.v1.admin.secret.rotate";
-pub const ADMIN_SECRET_LIST: &str = "tillit.v1.admin.secret.list";
-pub const ADMIN_SECRET_VERSIONS: &str = "tillit.v1.admin.secret.versions";
-pub const ADMIN_SECRET_DELETE: &str = "tillit.v1.admin.secret.delete";
 
 /// Service API group, exported to tenant accounts.
-pub const SVC_GROUP: &str = "tillit.v1.svc";
 pub const SVC_EXPORT: &str = "tillit.v1.svc.>";
-pub const SVC_RENEW: &str = "tillit.v1.svc.renew";
-pub const SVC_SECRET_GET: &str = "tillit.v1.svc.secret.get";
 
 /// Event stream subjects: `tillit.v1.events.<site|all>.<kind>`.
 pub const EVENTS_EXPORT: &str = "tillit.v1.events.>";
@@ -42,13 +22,65 @@ pub const EVENTS_STREAM: &str = "TILLIT_EVENTS";
 pub fn event_subject(scope: &str, kind: &str) -> String {
     format!("tillit.v1.events.{scope}.{kind}")
 }
-/// Event kinds (the subject's last tokens; the envelope type is `io.tillit.v1.<kind>`).
-pub const EVENT_SECRET_ROTATED: &str = "secret.rotated";
-pub const EVENT_IDENTITY_REVOKED: &str = "identity.revoked";
-pub const EVENT_PERMISSIONS_CHANGED: &str = "permissions.changed";
-pub const EVENT_TRUST_ROTATED: &str = "trust.rotated";
+/// The scope and kind an event subject names (`tillit.v1.events.<scope>.<kind…>`).
+pub fn parse_event_subject(subject: &str) -> Option<(&str, &str)> {
+    let rest = subject.strip_prefix("tillit.v1.events.")?;
+    let (scope, kind) = rest.split_once('.')?;
+    (!scope.is_empty() && !kind.is_empty()).then_some((scope, kind))
+}
+/// The envelope `type` of an event or notification of kind `name`: `io.tillit.v1.<name>`.
+pub fn event_type(name: &str) -> String {
+    format!("io.tillit.v1.{name}")
+}
 
-pub const EVENT_CA_ROTATED: &str = "ca.rotated";
+/// The events tillit broadcasts (and notifies instances of). The kind's name is the event
+/// subject's last tokens and, after `io.tillit.v1.`, its envelope's `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A secret has a new version (sites holding it fetch and write it).
+    SecretRotated,
+    /// A service's identities were revoked.
+    IdentityRevoked,
+    /// A service's permissions changed (its instances move to the new role key).
+    PermissionsChanged,
+    /// The envelope signing key rotated: the new trust set.
+    TrustRotated,
+    /// A CA rotation step: the bundle sites must trust.
+    CaRotated,
+}
+
+impl EventKind {
+    /// Every kind.
+    pub const ALL: [EventKind; 5] =
+        [EventKind::SecretRotated, EventKind::IdentityRevoked, EventKind::PermissionsChanged, EventKind::TrustRotated, EventKind::CaRotated];
+
+    /// Its name: `secret.rotated`, ….
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::SecretRotated => "secret.rotated",
+            EventKind::IdentityRevoked => "identity.revoked",
+            EventKind::PermissionsChanged => "permissions.changed",
+            EventKind::TrustRotated => "trust.rotated",
+            EventKind::CaRotated => "ca.rotated",
+        }
+    }
+
+    /// Its envelope `type` ([`event_type`]).
+    pub fn envelope_type(self) -> String {
+        event_type(self.name())
+    }
+
+    /// The kind named `name`, if tillit knows it.
+    pub fn from_name(name: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// The hub's JetStream domain (site servers run their own, `site-<name>`).
 pub const HUB_DOMAIN: &str = "hub";
@@ -82,24 +114,9 @@ pub fn stream_source(value: &str) -> Option<(&str, u64)> {
     let seq = it.next()?.parse().ok()?;
     Some((name, seq))
 }
-/// Agents acknowledge applied events here (a signed envelope).
-pub const SVC_ACK: &str = "tillit.v1.svc.ack";
-pub const KIND_ACK: &str = "io.tillit.v1.svc.ack";
-/// A site's agent renews its server's certificate and leafnode users' JWTs here.
-pub const SVC_SITE_RENEW: &str = "tillit.v1.svc.site.renew";
-pub const KIND_SITE_RENEW: &str = "io.tillit.v1.svc.site.renew";
+
 /// The envelope type of an agent's acknowledgement.
 pub const ENVELOPE_AGENT_ACK: &str = "io.tillit.v1.agent.ack";
-/// Site administration.
-pub const ADMIN_SITE_ADD: &str = "tillit.v1.admin.site.add";
-pub const ADMIN_SITE_LIST: &str = "tillit.v1.admin.site.list";
-pub const KIND_SITE_ADD: &str = "io.tillit.v1.admin.site.add";
-pub const KIND_SITE_LIST: &str = "io.tillit.v1.admin.site.list";
-pub const ADMIN_SITE_REMOVE: &str = "tillit.v1.admin.site.remove";
-pub const KIND_SITE_REMOVE: &str = "io.tillit.v1.admin.site.remove";
-/// CA rotation.
-pub const ADMIN_ROTATE_CA: &str = "tillit.v1.admin.rotate.ca";
-pub const KIND_ROTATE_CA: &str = "io.tillit.v1.admin.rotate.ca";
 
 /// Notifications the control plane sends to the instances of one service (stream export of
 /// TILLIT; each tenant account imports its own `tillit.v1.notify.<account>.>`).
@@ -182,27 +199,25 @@ pub const HDR_REQUEST_INFO: &str = "Nats-Request-Info";
 pub const HDR_SERVICE_ERROR: &str = "Nats-Service-Error";
 pub const HDR_SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
 
-/// Request types (`type` of a signed request), one per subject.
-pub const KIND_STATUS: &str = "io.tillit.v1.admin.status";
-pub const KIND_TOKEN_CREATE: &str = "io.tillit.v1.admin.token.create";
-pub const KIND_ENROLL: &str = "io.tillit.v1.enroll";
-pub const KIND_GRANT: &str = "io.tillit.v1.admin.grant";
-pub const KIND_UNGRANT: &str = "io.tillit.v1.admin.ungrant";
-pub const KIND_GRANTS: &str = "io.tillit.v1.admin.grants";
-pub const KIND_REVOKE: &str = "io.tillit.v1.admin.revoke";
-pub const KIND_LIST: &str = "io.tillit.v1.admin.list";
-pub const KIND_ROTATE_SIGNING_KEY: &str = "io.tillit.v1.admin.rotate.signing-key";
-pub const KIND_SECRET_PUT: &str = "io.tillit.v1.admin.secret.put";
-pub const KIND_SECRET_ROTATE: &str = "io.tillit.v1.admin.secret.rotate";
-pub const KIND_SECRET_LIST: &str = "io.tillit.v1.admin.secret.list";
-pub const KIND_SECRET_VERSIONS: &str = "io.tillit.v1.admin.secret.versions";
-pub const KIND_SECRET_DELETE: &str = "io.tillit.v1.admin.secret.delete";
-pub const KIND_SECRET_GET: &str = "io.tillit.v1.svc.secret.get";
-pub const KIND_RENEW: &str = "io.tillit.v1.svc.renew";
 
 #[cfg(test)]
 mod reply_tests {
     use super::*;
+
+    #[test]
+    fn event_subjects_and_kinds() {
+        assert_eq!(parse_event_subject("tillit.v1.events.all.secret.rotated"), Some(("all", "secret.rotated")));
+        assert_eq!(parse_event_subject("tillit.v1.events.east.ca.rotated"), Some(("east", "ca.rotated")));
+        for bad in ["tillit.v1.events.east", "tillit.v1.events..x", "tillit.v1.events.east.", "other.subject"] {
+            assert_eq!(parse_event_subject(bad), None, "{bad}");
+        }
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::from_name(k.name()), Some(k));
+            assert_eq!(parse_event_subject(&event_subject("all", k.name())), Some(("all", k.name())));
+            assert_eq!(k.envelope_type(), format!("io.tillit.v1.{k}"));
+        }
+        assert_eq!(EventKind::from_name("nope"), None);
+    }
 
     #[test]
     fn only_inboxes_are_reply_subjects() {

@@ -96,12 +96,12 @@ pub fn write_seeds(out: &Path) {
 
     // --- signed_request ---
     let bodies: Vec<(&str, &str, serde_json::Value)> = vec![
-        (subjects::ENROLL, subjects::KIND_ENROLL, json!({"token_id": "T1", "token_secret": "s", "identity": "acme/shop/prod/orders", "xkey": "XABC", "csr": "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"})),
-        (subjects::ADMIN_STATUS, subjects::KIND_STATUS, json!({})),
-        (subjects::ADMIN_GRANT, subjects::KIND_GRANT, json!({"service": "acme/shop/prod/orders", "publish": ["acme.shop.orders.>"], "subscribe": []})),
-        (subjects::ADMIN_SECRET_PUT, subjects::KIND_SECRET_PUT, json!({"path": "acme/shop/prod/db", "readers": ["acme/shop/prod/orders"], "value": {"sealed": "AAAA", "sender_xkey": "XABC"}})),
-        (subjects::SVC_ACK, subjects::KIND_ACK, json!({"envelope": "a.b.c"})),
-        (subjects::ADMIN_SITE_ADD, subjects::KIND_SITE_ADD, json!({"name": "east"})),
+        (proto::Enroll::SUBJECT, proto::Enroll::KIND, json!({"token_id": "T1", "token_secret": "s", "identity": "acme/shop/prod/orders", "xkey": "XABC", "csr": "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"})),
+        (proto::Status::SUBJECT, proto::Status::KIND, json!({})),
+        (proto::Grant::SUBJECT, proto::Grant::KIND, json!({"service": "acme/shop/prod/orders", "publish": ["acme.shop.orders.>"], "subscribe": []})),
+        (proto::SecretPut::SUBJECT, proto::SecretPut::KIND, json!({"path": "acme/shop/prod/db", "readers": ["acme/shop/prod/orders"], "value": {"sealed": "AAAA", "sender_xkey": "XABC"}})),
+        (proto::Ack::SUBJECT, proto::Ack::KIND, json!({"envelope": "a.b.c"})),
+        (proto::SiteAdd::SUBJECT, proto::SiteAdd::KIND, json!({"name": "east"})),
     ];
     for (i, (subject, kind, body)) in bodies.iter().enumerate() {
         let tok = proto::sign_request(user, TD, subject, kind, body, NOW).expect("signed request");
@@ -111,7 +111,7 @@ pub fn write_seeds(out: &Path) {
         }
     }
     let expired = json!({"jti": "x", "iat": NOW - 500, "exp": NOW - 400, "iss": user.public_key(), "aud": proto::audience(TD),
-                         "sub": subjects::ENROLL, "type": subjects::KIND_ENROLL, "body": {}});
+                         "sub": proto::Enroll::SUBJECT, "type": proto::Enroll::KIND, "body": {}});
     put(&out, "signed_request", "claims-expired", format!("{}\n{}", std::str::from_utf8(JWT_HEADER).unwrap_or(""), expired));
 
     // --- envelope ---

@@ -1,6 +1,7 @@
 //! Applying a verified event: writing secrets, the CA bundle and the trust set atomically,
 //! and running the hook.
 
+use crate::subjects::EventKind;
 use super::decide::Verified;
 use super::{io_err, keep_alive, Agent, AgentError, AgentState, HOOK_TIMEOUT, PROGRESS_EVERY};
 use crate::client::ClientError;
@@ -40,8 +41,8 @@ struct TrustRotated {
 impl Agent {
     /// Apply one verified event to `next` and the files; true if a file changed.
     pub(super) async fn apply(&mut self, next: &mut AgentState, v: &Verified) -> Result<bool, AgentError> {
-        match v.kind.as_str() {
-            "secret.rotated" => {
+        match EventKind::from_name(&v.kind) {
+            Some(EventKind::SecretRotated) => {
                 let Ok(d) = serde_json::from_value::<SecretRotated>(v.data.clone()) else {
                     tracing::warn!(seq = v.seq, "secret.rotated without path/version; skipped");
                     return Ok(false);
@@ -72,7 +73,7 @@ impl Agent {
                 tracing::info!(path = %d.path, version, "secret written");
                 Ok(true)
             }
-            "ca.rotated" => {
+            Some(EventKind::CaRotated) => {
                 let Ok(d) = serde_json::from_value::<CaRotated>(v.data.clone()) else {
                     tracing::warn!(seq = v.seq, "ca.rotated without a bundle; skipped");
                     return Ok(false);
@@ -103,7 +104,7 @@ impl Agent {
                 tracing::info!("CA bundle written");
                 Ok(true)
             }
-            "trust.rotated" => {
+            Some(EventKind::TrustRotated) => {
                 // Signed by a key we trust: adopt the new trust set for the next envelopes.
                 if let Ok(d) = serde_json::from_value::<TrustRotated>(v.data.clone()) {
                     let text = d.trust_jwks.to_string();

@@ -25,13 +25,6 @@ pub(super) struct Verified {
     pub(super) data: serde_json::Value,
 }
 
-/// The event kind a subject names (`tillit.v1.events.<scope>.<kind…>`) and its scope.
-pub fn subject_kind(subject: &str) -> Option<(&str, &str)> {
-    let rest = subject.strip_prefix("tillit.v1.events.")?;
-    let (scope, kind) = rest.split_once('.')?;
-    (!kind.is_empty()).then_some((scope, kind))
-}
-
 /// The `TILLIT_EVENTS` sequence a message of the site's stream was copied from.
 pub(super) fn origin_seq(m: &jetstream::Message) -> Result<u64, String> {
     let v = m
@@ -50,7 +43,7 @@ pub(super) fn decide(verifier: &Verifier, site: &str, state: &AgentState, subjec
     if stream_seq <= state.last_seq {
         return Decision::Skip;
     }
-    let Some((scope, kind)) = subject_kind(subject) else {
+    let Some((scope, kind)) = subjects::parse_event_subject(subject) else {
         return Decision::Reject(format!("subject {subject} is not an event subject"));
     };
     if scope != "all" && scope != site {
@@ -59,7 +52,7 @@ pub(super) fn decide(verifier: &Verifier, site: &str, state: &AgentState, subjec
     let Ok(token) = std::str::from_utf8(payload) else {
         return Decision::Reject("payload is not text".into());
     };
-    let ev = match verifier.check::<serde_json::Value>(token, &format!("io.tillit.v1.{kind}"), now) {
+    let ev = match verifier.check::<serde_json::Value>(token, &subjects::event_type(kind), now) {
         Ok(ev) => ev,
         Err(e) => return Decision::Reject(e.to_string()),
     };
@@ -73,14 +66,6 @@ pub(super) fn decide(verifier: &Verifier, site: &str, state: &AgentState, subjec
 mod tests {
     use super::*;
     use crate::envelope::TrustSet;
-
-    #[test]
-    fn subjects_name_scope_and_kind() {
-        assert_eq!(subject_kind("tillit.v1.events.all.secret.rotated"), Some(("all", "secret.rotated")));
-        assert_eq!(subject_kind("tillit.v1.events.east.ca.rotated"), Some(("east", "ca.rotated")));
-        assert_eq!(subject_kind("tillit.v1.events.east"), None);
-        assert_eq!(subject_kind("other.subject"), None);
-    }
 
     fn signer() -> (crate::envelope::Signer, Verifier) {
         let kp = nkeys::KeyPair::new_account();

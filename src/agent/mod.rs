@@ -32,7 +32,6 @@ mod site_cert;
 use decide::{decide, origin_seq, Decision};
 use site_cert::SITE_CHECK_EVERY;
 pub use apply::secret_file;
-pub use decide::subject_kind;
 pub use site_cert::server_cert_due;
 
 /// Name of the agent's state file inside FILES.
@@ -323,7 +322,7 @@ impl Agent {
                 Decision::Apply(v) => {
                     changed |= self.apply(&mut next, &v).await?;
                     next.last_seq = v.seq;
-                    applied.push((v.seq, v.id.clone(), format!("io.tillit.v1.{}", v.kind)));
+                    applied.push((v.seq, v.id.clone(), subjects::event_type(&v.kind)));
                 }
             }
         }

@@ -176,9 +176,9 @@ pub async fn enroll(admin_dir: &Path, n: usize, c: usize, nats: Option<&str>) ->
             let (token, keys, nc) = &p[i];
             let start = Instant::now();
             let body = keys.enroll_request(token);
-            let signed = proto::sign_request(&keys.user, &td, subjects::ENROLL, subjects::KIND_ENROLL, body, now())
+            let signed = proto::sign_request(&keys.user, &td, crate::proto::Enroll::SUBJECT, proto::Enroll::KIND, body, now())
                 .map_err(|e| e.to_string())?;
-            let r: Result<IssuedReply, _> = request(nc, subjects::ENROLL, signed).await;
+            let r: Result<IssuedReply, _> = request(nc, crate::proto::Enroll::SUBJECT, signed).await;
             let took = start.elapsed();
             // The bootstrap user is revoked next: close its connection (untimed).
             let nc = nc.clone();
@@ -225,9 +225,9 @@ pub async fn renew(admin_dir: &Path, n: usize, c: usize, nats: Option<&str>, scr
             let (session, signer, csrs, used) = &w[wi];
             let k = used.fetch_add(1, Ordering::Relaxed) % csrs.len();
             let start = Instant::now();
-            let signed = proto::sign_request(signer, &td, subjects::SVC_RENEW, subjects::KIND_RENEW, RenewRequest { csr: csrs[k].clone() }, now())
+            let signed = proto::sign_request(signer, &td, proto::Renew::SUBJECT, proto::Renew::KIND, RenewRequest { csr: csrs[k].clone() }, now())
                 .map_err(|e| e.to_string())?;
-            let _r: IssuedReply = request(&session.client(), subjects::SVC_RENEW, signed).await.map_err(|e| e.to_string())?;
+            let _r: IssuedReply = request(&session.client(), proto::Renew::SUBJECT, signed).await.map_err(|e| e.to_string())?;
             Ok(start.elapsed())
         }
     })

@@ -225,7 +225,7 @@ async fn notification_loop(client: async_nats::Client, inner: Arc<Inner>, mut su
         let Ok(trust) = crate::envelope::TrustSet::from_jwks(f.trust_jwks.as_deref().unwrap_or("{\"keys\":[]}")) else { return };
         crate::envelope::Verifier::new(trust, vec![f.info.id.clone()], 1024)
     };
-    let kind = format!("io.tillit.v1.{}", subjects::EVENT_PERMISSIONS_CHANGED);
+    let kind = subjects::EventKind::PermissionsChanged.envelope_type();
     while let Some(msg) = sub.next().await {
         let Ok(token) = std::str::from_utf8(&msg.payload) else { continue };
         match verifier.verify::<serde_json::Value>(token, &kind, inner.clock.now_unix()) {

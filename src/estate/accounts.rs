@@ -83,7 +83,7 @@ impl Estate {
                 n.description = Some("tillit control plane and admins".into());
                 n.exports = vec![
                     export("tillit service api", subjects::SVC_EXPORT, "service", "requests services make of the control plane"),
-                    export("tillit enrollment", subjects::ENROLL, "service", "enrollment with a join token"),
+                    export("tillit enrollment", crate::proto::Enroll::SUBJECT, "service", "enrollment with a join token"),
                     export("tillit events", subjects::EVENTS_EXPORT, "stream", "signed event envelopes"),
                     export("tillit notifications", subjects::NOTIFY_EXPORT, "stream", "notifications to the instances of one service"),
                 ];
@@ -96,7 +96,7 @@ impl Estate {
                 n.description = Some("join-token bootstrap users: enrollment only".into());
                 n.imports = vec![Import {
                     name: "tillit enrollment".into(),
-                    subject: subjects::ENROLL.into(),
+                    subject: crate::proto::Enroll::SUBJECT.into(),
                     account: tillit_pub.into(),
                     kind: "service".into(),
                     local_subject: None,

@@ -187,7 +187,7 @@ impl Estate {
             return Ok(n.clone());
         }
         if records.iter().any(|r| r.state == CaState::Previous) {
-            return Err(EstateError::Limit(
+            return Err(EstateError::Conflict(
                 "a previous CA is still trusted (its certificates have not all expired); finish that rotation first".into(),
             ));
         }

@@ -77,6 +77,27 @@ pub enum EstateError {
     NoSuchAccount(String),
     #[error("{0}")]
     Limit(String),
+    /// The caller asked for something malformed (the request is refused, nothing changed).
+    #[error("{0}")]
+    Invalid(String),
+    /// The estate is mid-way through something that must finish first.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// How an estate error reaches the wire: the caller's mistakes and limits by their codes,
+/// everything else as `internal` (its detail stays in the log).
+impl From<EstateError> for crate::error::ApiError {
+    fn from(e: EstateError) -> Self {
+        use crate::error::{ApiError, ErrorCode};
+        match e {
+            EstateError::Limit(m) => ApiError::new(ErrorCode::LimitExceeded, m),
+            EstateError::Name(n) => ApiError::bad_request(n.to_string()),
+            EstateError::Invalid(m) => ApiError::bad_request(m),
+            EstateError::Conflict(m) => ApiError::new(ErrorCode::Conflict, m),
+            other => ApiError::internal(other),
+        }
+    }
 }
 
 pub type Result<T, E = EstateError> = std::result::Result<T, E>;
@@ -456,7 +477,7 @@ mod tests {
         assert!(c.nats.exports.iter().any(|x| x.subject == subjects::SVC_EXPORT && x.kind == "service"));
         let tillit = e.account(TILLIT_ACCOUNT).unwrap();
         let boot: Claims<AccountNats> = jwt::decode(&e.account(BOOTSTRAP_ACCOUNT).unwrap().jwt).unwrap();
-        assert_eq!(boot.nats.imports[0].subject, subjects::ENROLL);
+        assert_eq!(boot.nats.imports[0].subject, crate::proto::Enroll::SUBJECT);
         assert_eq!(boot.nats.imports[0].account, tillit.public_key);
         assert!(boot.nats.imports[0].share);
     }

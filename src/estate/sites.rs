@@ -273,7 +273,7 @@ impl Estate {
         names::check_segment("site name", name)?;
         for u in [sys_user, tillit_user] {
             if KeyPair::from_public_key(u).map(|k| k.key_pair_type()).ok() != Some(nkeys::KeyPairType::User) {
-                return Err(EstateError::Key("site".into(), format!("{u:?} is not a user public key")));
+                return Err(EstateError::Invalid(format!("{u:?} is not a user public key")));
             }
         }
         if self.site(name)?.is_some() {
@@ -403,7 +403,7 @@ pub fn site_tillit_permissions(site: &str) -> UserPermissions {
     let hub = subjects::HUB_DOMAIN;
     UserPermissions::new(
         vec![
-            subjects::ENROLL.into(),
+            crate::proto::Enroll::SUBJECT.into(),
             subjects::SVC_EXPORT.into(),
             format!("$JS.{hub}.API.CONSUMER.MSG.NEXT.{s}.*"),
             format!("$JS.{hub}.API.CONSUMER.INFO.{s}.*"),

@@ -65,7 +65,7 @@ impl Estate {
             let secret = data_encoding::BASE64URL_NOPAD.encode(&crypto::random_bytes(32)?);
             let user = KeyPair::new_user();
             let inbox = Self::inbox_prefix(&user.public_key());
-            let perms = UserPermissions::new(vec![subjects::ENROLL.into()], vec![format!("{inbox}.>")]);
+            let perms = UserPermissions::new(vec![crate::proto::Enroll::SUBJECT.into()], vec![format!("{inbox}.>")]);
             let jwt = self.sign_user_with(&boot_key, &bootstrap, &user.public_key(), &format!("bootstrap {id}"), perms, expires_at, vec![])?;
             let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "bootstrap", &id.to_lowercase()]);
             let cert = self.ca().issue_client_with_new_key(&spiffe, &format!("bootstrap {id}"), now, expires_at)?;

@@ -194,6 +194,12 @@ macro_rules! endpoint {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy)]
         pub struct $name;
+        impl $name {
+            /// The NATS subject it is served on ([`Endpoint::SUBJECT`](crate::proto::Endpoint::SUBJECT)).
+            pub const SUBJECT: &'static str = $subject;
+            /// The `type` claim of its signed requests ([`Endpoint::KIND`](crate::proto::Endpoint::KIND)).
+            pub const KIND: &'static str = concat!("io.", $subject);
+        }
         impl $crate::proto::Endpoint for $name {
             const SUBJECT: &'static str = $subject;
             const KIND: &'static str = concat!("io.", $subject);

@@ -46,10 +46,7 @@ pub(super) async fn ensure_role_pushed(ctx: &Ctx, sid: &ServiceId) -> Result<Rol
     }
     let e = &ctx.estate;
     let _g = e.account_lock().lock().await;
-    let (acct, role, _changed) = e.ensure_role_locked(sid).map_err(|err| match err {
-        crate::estate::EstateError::Name(n) => ApiError::bad_request(n.to_string()),
-        other => ApiError::internal(other),
-    })?;
+    let (acct, role, _changed) = e.ensure_role_locked(sid)?;
     if !pushed_current(ctx, &acct) {
         push(ctx, &acct, "role").await?;
     }

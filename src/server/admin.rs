@@ -64,14 +64,6 @@ impl Handle for proto::List {
     }
 }
 
-fn estate_err(e: EstateError) -> ApiError {
-    match e {
-        EstateError::Limit(m) => ApiError::new(ErrorCode::LimitExceeded, m),
-        EstateError::Name(n) => ApiError::bad_request(n.to_string()),
-        other => ApiError::internal(other),
-    }
-}
-
 fn grants_reply(role: &RoleRecord) -> GrantsReply {
     let d = default_permissions(&role.service);
     GrantsReply {
@@ -98,7 +90,7 @@ async fn change(ctx: &Arc<Ctx>, actor: &str, req: GrantRequest, how: Change) -> 
     let sid = &req.service;
     let e = &ctx.estate;
     let _g = e.account_lock().lock().await;
-    let (acct, role, _) = e.ensure_role_locked(sid).map_err(estate_err)?;
+    let (acct, role, _) = e.ensure_role_locked(sid).map_err(ApiError::from)?;
     let mut next = role.clone();
     let defaults = default_permissions(sid);
     next.permissions = grants::apply(&role.permissions, &defaults, &req.publish, &req.subscribe, how, &sid.to_string()).map_err(change_err)?;
@@ -110,16 +102,16 @@ async fn change(ctx: &Arc<Ctx>, actor: &str, req: GrantRequest, how: Change) -> 
     // until they moved to the new key or the grace period ends. Adding a key closes nothing.
     let now = e.clock().now_unix();
     let in_place = next.clone();
-    let (rekeyed, key_batch) = e.rekey_role(&role, next.permissions.clone(), now + RETIRE_GRACE.as_secs().max(1) as i64).map_err(estate_err)?;
+    let (rekeyed, key_batch) = e.rekey_role(&role, next.permissions.clone(), now + RETIRE_GRACE.as_secs().max(1) as i64).map_err(ApiError::from)?;
     let (next, signed, rekey) = match e.preview_role_change(&acct, &rekeyed) {
         Ok(signed) => (rekeyed, signed, true),
         // No room in the account JWT for a second key: change the template in place (the
         // server reconnects the role's users at once, with the new permissions).
         Err(EstateError::Limit(_)) => {
-            let signed = e.preview_role_change(&acct, &in_place).map_err(estate_err)?;
+            let signed = e.preview_role_change(&acct, &in_place).map_err(ApiError::from)?;
             (in_place, signed, false)
         }
-        Err(other) => return Err(estate_err(other)),
+        Err(other) => return Err(other.into()),
     };
     if rekey {
         // The new key's seed is durable before the account that names it reaches the server
@@ -144,7 +136,7 @@ async fn change(ctx: &Arc<Ctx>, actor: &str, req: GrantRequest, how: Change) -> 
         notify_instances(ctx, sid, &data).await;
         spawn_retirement(ctx, sid.clone(), role.key.clone());
     }
-    if let Err(err) = ctx.events.publish(crate::subjects::EVENT_PERMISSIONS_CHANGED, None, &sid.to_string(), &data, e.clock().now_unix()).await {
+    if let Err(err) = ctx.events.publish(crate::subjects::EventKind::PermissionsChanged, None, &sid.to_string(), &data, e.clock().now_unix()).await {
         tracing::error!(service = %sid, "cannot publish permissions.changed: {err}");
     }
     Ok(grants_reply(&next))
@@ -163,7 +155,7 @@ async fn notify_instances(ctx: &Ctx, sid: &ServiceId, data: &serde_json::Value) 
     let e = &ctx.estate;
     let aud = sid.spiffe_id(e.trust_domain());
     let subject = crate::subjects::notify_subject(&sid.account_name(), &sid.project, &sid.service);
-    match ctx.events.sign_only(crate::subjects::EVENT_PERMISSIONS_CHANGED, &sid.to_string(), &aud, data, e.clock().now_unix()) {
+    match ctx.events.sign_only(crate::subjects::EventKind::PermissionsChanged, &sid.to_string(), &aud, data, e.clock().now_unix()) {
         Ok(token) => {
             if let Err(err) = ctx.api.publish(subject, token.into()).await {
                 tracing::warn!(service = %sid, "cannot notify instances: {err}");
@@ -232,7 +224,7 @@ async fn settle_role(ctx: &Ctx, sid: &ServiceId, grace_over: bool, why: serde_js
     let Some(next) = e.role_settled(&role, now, grace_over, held) else { return Ok(()) };
     let removed: Vec<String> = role.previous.iter().filter(|p| !next.previous.iter().any(|n| n.key == p.key)).map(|p| p.key.clone()).collect();
     let acct = e.account(&role.account).map_err(ApiError::internal)?;
-    let signed = e.preview_role_change(&acct, &next).map_err(estate_err)?;
+    let signed = e.preview_role_change(&acct, &next).map_err(ApiError::from)?;
     let mut b = Batch::new();
     b.put_json(Space::Roles, RoleRecord::store_key(sid), &next).map_err(ApiError::internal)?;
     b.put_json(Space::Accounts, &signed.name, &signed).map_err(ApiError::internal)?;
@@ -311,7 +303,7 @@ async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> Resul
     let acct = e.account(&targets[0].account).map_err(ApiError::internal)?;
     let users: Vec<String> = targets.iter().map(|t| t.user_public_key.clone()).collect();
     let until = targets.iter().map(|t| t.expires_at).max().unwrap_or(now);
-    let signed = e.preview_revocation(&acct, &users, until).map_err(estate_err)?;
+    let signed = e.preview_revocation(&acct, &users, until).map_err(ApiError::from)?;
     let mut b = Batch::new();
     let mut revoked = Vec::new();
     for t in &targets {
@@ -337,7 +329,7 @@ async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> Resul
     push_recorded(ctx, &signed, "revoke").await?;
     tracing::info!(service = %sid, count = revoked.len(), "revoked");
     let data = serde_json::json!({ "service": sid.to_string(), "users": users, "serials": revoked.iter().map(|r| &r.cert_serial).collect::<Vec<_>>() });
-    if let Err(err) = ctx.events.publish(crate::subjects::EVENT_IDENTITY_REVOKED, None, &sid.to_string(), &data, now).await {
+    if let Err(err) = ctx.events.publish(crate::subjects::EventKind::IdentityRevoked, None, &sid.to_string(), &data, now).await {
         tracing::error!(service = %sid, "cannot publish identity.revoked: {err}");
     }
     Ok(RevokeReply { service: sid.clone(), revoked, revoked_at: rfc3339(now) })

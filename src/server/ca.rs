@@ -13,7 +13,6 @@ use crate::error::{ApiError, ErrorCode};
 use crate::estate::ca::{CaState, RolloutRecord};
 use crate::estate::{Estate, IdentityRecord};
 use crate::proto::{self, CaInfo, CaRollout, RotateCaReply, RotateCaRequest, RotateSigningKeyReply, RotateSigningKeyRequest};
-use crate::subjects;
 use std::time::Duration;
 
 // === verbs ===
@@ -112,7 +111,7 @@ pub(super) async fn announce(ctx: &Ctx, site: Option<&str>, phase: &str) -> Resu
         "cas": ca_infos(e),
     });
     ctx.events
-        .publish(subjects::EVENT_CA_ROTATED, site, "ca.pem", &data, e.clock().now_unix())
+        .publish(crate::subjects::EventKind::CaRotated, site, "ca.pem", &data, e.clock().now_unix())
         .await
         .map_err(|err| ApiError::new(ErrorCode::Unavailable, format!("cannot broadcast ca.rotated ({err}); retry `tillit rotate ca`")))
 }
@@ -121,10 +120,7 @@ pub(super) async fn announce(ctx: &Ctx, site: Option<&str>, phase: &str) -> Resu
 async fn rotate(ctx: &Ctx, caller: &IdentityRecord) -> Result<RotateCaReply, ApiError> {
     let e = &ctx.estate;
     let _g = ctx.ca_lock.lock().await;
-    let next = e.add_next_ca().map_err(|err| match err {
-        crate::estate::EstateError::Limit(m) => ApiError::new(ErrorCode::Conflict, m),
-        other => ApiError::internal(other),
-    })?;
+    let next = e.add_next_ca()?;
     update_hub(ctx, None).await.map_err(|m| ApiError::new(ErrorCode::Unavailable, format!("{m}; the new CA is in the bundle, retry `tillit rotate ca`")))?;
     let seq = announce(ctx, None, "added").await?;
     let rec = RolloutRecord { next: next.fingerprint.clone(), event_seq: seq, started_at: e.clock().now_unix() };
@@ -254,7 +250,7 @@ async fn rotate_signing_key(ctx: &Ctx, caller: &IdentityRecord, req: crate::prot
     let now = e.clock().now_unix();
     let data = serde_json::json!({ "trust_jwks": jwks, "next": next.kid });
     ctx.events
-        .publish(crate::subjects::EVENT_TRUST_ROTATED, None, "trust.jwks", &data, now)
+        .publish(crate::subjects::EventKind::TrustRotated, None, "trust.jwks", &data, now)
         .await
         .map_err(|err| ApiError::new(ErrorCode::Unavailable, format!("cannot broadcast the new trust set ({err}); nothing switched, retry")))?;
     ctx.journal

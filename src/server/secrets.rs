@@ -152,7 +152,7 @@ async fn announce(ctx: &Ctx, meta: &SecretMeta) {
     let scopes: Vec<Option<&str>> = if sites.is_empty() { vec![None] } else { sites.into_iter().map(Some).collect() };
     let now = ctx.estate.clock().now_unix();
     for site in scopes {
-        if let Err(err) = ctx.events.publish(crate::subjects::EVENT_SECRET_ROTATED, site, &meta.path.to_string(), &data, now).await {
+        if let Err(err) = ctx.events.publish(crate::subjects::EventKind::SecretRotated, site, &meta.path.to_string(), &data, now).await {
             tracing::error!(path = %meta.path, "cannot publish secret.rotated: {err}");
         }
     }

@@ -11,7 +11,7 @@ use crate::clock::rfc3339;
 use crate::envelope::{TrustSet, Verifier};
 use crate::error::{ApiError, ErrorCode};
 use crate::estate::sites::{agent_service_id, AgentStatus, SiteRecord};
-use crate::estate::{EstateError, IdentityRecord, BOOTSTRAP_ACCOUNT, SYS_ACCOUNT, TILLIT_ACCOUNT};
+use crate::estate::{IdentityRecord, BOOTSTRAP_ACCOUNT, SYS_ACCOUNT, TILLIT_ACCOUNT};
 use crate::identity::IdentityKind;
 use crate::proto::{
     self, AckData, AckReply, AckRequest, SiteAddReply, SiteAddRequest, SiteInfo, SiteListReply, SiteListRequest, SiteRemoveReply, SiteRemoveRequest,
@@ -57,15 +57,6 @@ const MAX_AGENT_TOKEN_TTL: i64 = 7 * 86_400;
 /// Longest error text kept from an agent's failure report.
 const MAX_ERROR_CHARS: usize = 512;
 
-fn estate_err(e: EstateError) -> ApiError {
-    match e {
-        EstateError::Limit(m) => ApiError::new(ErrorCode::LimitExceeded, m),
-        EstateError::Name(n) => ApiError::bad_request(n.to_string()),
-        EstateError::Key(what, m) if what == "site" => ApiError::bad_request(m),
-        other => ApiError::internal(other),
-    }
-}
-
 fn check_listen(listen: &str) -> Result<(), ApiError> {
     let bad = || ApiError::bad_request(format!("listen address {listen:?} must be HOST:PORT"));
     let (h, p) = listen.rsplit_once(':').ok_or_else(bad)?;
@@ -102,7 +93,7 @@ async fn add(ctx: &Ctx, caller: &IdentityRecord, req: SiteAddRequest) -> Result<
     }
     let (issue, mut batch) = e
         .issue_site(&req.name, &req.listen, &req.hosts, &csr_key, &req.sys_user, &req.tillit_user, &caller.id)
-        .map_err(estate_err)?;
+        .map_err(ApiError::from)?;
     let (tokens, token_batch) = e.create_tokens(&sid, req.agent_token_ttl_secs, 1, &caller.id).map_err(ApiError::internal)?;
     batch.extend(token_batch);
     let token = tokens.into_iter().next().ok_or_else(|| ApiError::internal("no agent token minted"))?;
@@ -216,7 +207,7 @@ async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: SiteRenewRequest) -> Res
     }
     let tillit_user = site.leaf_users.get(1).ok_or_else(|| ApiError::internal("site record without its TILLIT leafnode user"))?;
     let csr_key = crate::issuer::x509::parse_csr(&req.csr, tillit_user).map_err(|err| ApiError::bad_request(err.to_string()))?;
-    let (issue, batch) = e.reissue_site(name, &csr_key).map_err(estate_err)?;
+    let (issue, batch) = e.reissue_site(name, &csr_key).map_err(ApiError::from)?;
     let ca = e.ca_fingerprint();
     let entry = Entry::ok(&caller.id, "site.renew", name)
         .detail(serde_json::json!({ "serial": issue.site.cert_serial, "expires_at": issue.site.cert_expires_at, "ca": ca }))
@@ -388,10 +379,10 @@ async fn remove(ctx: &Ctx, caller: &IdentityRecord, req: crate::proto::SiteRemov
     // server's certificate (a year by default), the agents' as long as their identities.
     let until = agents.iter().map(|a| a.expires_at).max().unwrap_or(now).max(site.cert_expires_at);
     let tillit =
-        e.preview_revocation(&e.account(TILLIT_ACCOUNT).map_err(ApiError::internal)?, &tillit_revoked, until).map_err(estate_err)?;
+        e.preview_revocation(&e.account(TILLIT_ACCOUNT).map_err(ApiError::internal)?, &tillit_revoked, until).map_err(ApiError::from)?;
     let sys = e
         .preview_revocation(&e.account(SYS_ACCOUNT).map_err(ApiError::internal)?, std::slice::from_ref(&sys_user), site.cert_expires_at)
-        .map_err(estate_err)?;
+        .map_err(ApiError::from)?;
     let mut b = crate::store::Batch::new();
     for a in &agents {
         let mut r = a.clone();

@@ -4,7 +4,7 @@
 //! `Nats-Expected-Last-Sequence`, so readers see gaps and reordering.
 
 use crate::envelope::{Signer, AUD_ALL};
-use crate::subjects;
+use crate::subjects::{self, EventKind};
 use async_nats::jetstream;
 use serde::Serialize;
 use tokio::sync::Mutex;
@@ -150,9 +150,9 @@ impl Events {
     }
 
     /// Sign an event without storing it (a notification sent straight to its audience).
-    pub fn sign_only<D: Serialize>(&self, kind: &str, subject: &str, aud: &str, data: D, now: i64) -> Result<String, StreamError> {
+    pub fn sign_only<D: Serialize>(&self, kind: EventKind, subject: &str, aud: &str, data: D, now: i64) -> Result<String, StreamError> {
         let signer = self.signer.read().map(|s| s.clone()).map_err(|_| StreamError::Sign("signer lock".into()))?;
-        signer.sign(&format!("io.tillit.v1.{kind}"), subject, aud, NOTIFY_TTL_SECS, None, data, now).map_err(|e| StreamError::Sign(e.to_string()))
+        signer.sign(&kind.envelope_type(), subject, aud, NOTIFY_TTL_SECS, None, data, now).map_err(|e| StreamError::Sign(e.to_string()))
     }
 
     /// Sign with another key from now on (after a signing-key rotation).
@@ -165,7 +165,7 @@ impl Events {
     /// Sign and store one event of `kind` (e.g. `secret.rotated`) for `site` (or all sites).
     /// The stream is the truth for the next sequence: if something else wrote to it (or a
     /// publish was lost), the expected sequence is re-read and the event signed again.
-    pub async fn publish<D: Serialize>(&self, kind: &str, site: Option<&str>, subject: &str, data: D, now: i64) -> Result<u64, StreamError> {
+    pub async fn publish<D: Serialize>(&self, kind: EventKind, site: Option<&str>, subject: &str, data: D, now: i64) -> Result<u64, StreamError> {
         let scope = site.unwrap_or("all");
         let aud = site.map(|s| format!("site:{s}")).unwrap_or_else(|| AUD_ALL.to_string());
         let mut last = self.last_seq.lock().await;
@@ -175,11 +175,11 @@ impl Events {
         loop {
             let seq = *last + 1;
             let token = signer
-                .sign(&format!("io.tillit.v1.{kind}"), subject, &aud, EVENT_TTL_SECS, Some(seq), &data, now)
+                .sign(&kind.envelope_type(), subject, &aud, EVENT_TTL_SECS, Some(seq), &data, now)
                 .map_err(|e| StreamError::Sign(e.to_string()))?;
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Expected-Last-Sequence", last.to_string().as_str());
-            let r = match self.js.publish_with_headers(subjects::event_subject(scope, kind), headers, token.into()).await {
+            let r = match self.js.publish_with_headers(subjects::event_subject(scope, kind.name()), headers, token.into()).await {
                 Ok(f) => f.await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };

@@ -557,14 +557,14 @@ async fn the_control_plane_answers_only_on_inboxes() {
     nc.flush().await.unwrap();
     let signer = nkeys::KeyPair::from_seed(admin.user_seed.expose()).unwrap();
     let now = tillit::clock::Clock::now_unix(&tillit::clock::SystemClock);
-    let body = tillit::proto::sign_request(&signer, "reply.example", tillit::subjects::ADMIN_STATUS, tillit::subjects::KIND_STATUS, serde_json::json!({}), now).unwrap();
-    nc.publish_with_reply(tillit::subjects::ADMIN_STATUS, "tillit.v1.events.all.secret.rotated", body.into()).await.unwrap();
-    nc.publish_with_reply(tillit::subjects::ADMIN_STATUS, "tillit.v1.events.all.ca.rotated", "garbage".into()).await.unwrap();
+    let body = tillit::proto::sign_request(&signer, "reply.example", tillit::proto::Status::SUBJECT, tillit::proto::Status::KIND, serde_json::json!({}), now).unwrap();
+    nc.publish_with_reply(tillit::proto::Status::SUBJECT, "tillit.v1.events.all.secret.rotated", body.into()).await.unwrap();
+    nc.publish_with_reply(tillit::proto::Status::SUBJECT, "tillit.v1.events.all.ca.rotated", "garbage".into()).await.unwrap();
     nc.flush().await.unwrap();
     assert!(tokio::time::timeout(Duration::from_millis(800), events.next()).await.is_err(), "the control plane wrote into the event stream");
     // The same request on an inbox is answered.
-    let body = tillit::proto::sign_request(&signer, "reply.example", tillit::subjects::ADMIN_STATUS, tillit::subjects::KIND_STATUS, serde_json::json!({}), now).unwrap();
-    let r = nc.request(tillit::subjects::ADMIN_STATUS, body.into()).await.expect("answered on an inbox");
+    let body = tillit::proto::sign_request(&signer, "reply.example", tillit::proto::Status::SUBJECT, tillit::proto::Status::KIND, serde_json::json!({}), now).unwrap();
+    let r = nc.request(tillit::proto::Status::SUBJECT, body.into()).await.expect("answered on an inbox");
     assert!(String::from_utf8_lossy(&r.payload).contains("\"result\""), "{:?}", r.payload);
 }
 
@@ -614,11 +614,11 @@ async fn a_forged_request_info_header_is_refused() {
     let (_, admin) = admin_connect(&e).await;
     let now = tillit::clock::Clock::now_unix(&tillit::clock::SystemClock);
     let csr = tillit::issuer::x509::make_csr(&files.info.user_public_key).unwrap().0;
-    let body = tillit::proto::sign_request(&signer, "reqinfo.example", tillit::subjects::SVC_RENEW, tillit::subjects::KIND_RENEW, serde_json::json!({ "csr": csr }), now).unwrap();
+    let body = tillit::proto::sign_request(&signer, "reqinfo.example", tillit::proto::Renew::SUBJECT, tillit::proto::Renew::KIND, serde_json::json!({ "csr": csr }), now).unwrap();
     let mut headers = async_nats::HeaderMap::new();
     let forged = serde_json::json!({ "acc": files.info.account_public_key, "user": files.info.user_public_key });
     headers.insert("Nats-Request-Info", forged.to_string().as_str());
-    let r = admin.request_with_headers(tillit::subjects::SVC_RENEW, headers, body.into()).await.expect("a reply");
+    let r = admin.request_with_headers(tillit::proto::Renew::SUBJECT, headers, body.into()).await.expect("a reply");
     let text = String::from_utf8_lossy(&r.payload).to_string();
     assert!(text.contains("\"error\"") && text.contains("unauthenticated"), "a forged Nats-Request-Info was believed: {text}");
 }

@@ -105,7 +105,7 @@ async fn bad_requests_get_typed_errors() {
     let files = admin_files(&e);
     let nc = client::connect(&ConnectParams::from_identity(&files, None).unwrap()).await.unwrap();
     let signer = nkeys::KeyPair::from_seed(files.user_seed.expose()).unwrap();
-    let subject = tillit::subjects::ADMIN_STATUS;
+    let subject = tillit::proto::Status::SUBJECT;
     let kind = "io.tillit.v1.admin.status";
 
     async fn ask(nc: &async_nats::Client, subject: &str, payload: Vec<u8>) -> serde_json::Value {
