@@ -324,6 +324,47 @@ impl Estate {
     }
 }
 
+// === batches the handlers record ===
+
+impl Estate {
+    /// An enrollment: the new identity, its certificate's serial, the token burned by it, and
+    /// (for a site's agent) its status record. Durable together, with their audit record.
+    pub fn enrollment_batch(&self, rec: &IdentityRecord, token: &TokenRecord, agent: Option<&crate::estate::sites::AgentStatus>) -> Result<Batch> {
+        let mut b = Batch::new();
+        b.put_json(Space::Identities, &rec.user_public_key, rec)?;
+        if let Some(st) = agent {
+            self.put_new_agent_status(&mut b, st)?;
+        }
+        b.put_json(Space::Tokens, &token.id, &self.used_token(token, &rec.user_public_key))?;
+        b.put_json(Space::Serials, &rec.cert_serial, &SerialRecord::of_identity(&rec.user_public_key, rec.expires_at))?;
+        Ok(b)
+    }
+
+    /// A renewal (or any re-issue): the identity as it is now, and its new certificate's serial.
+    pub fn reissue_batch(&self, rec: &IdentityRecord) -> Result<Batch> {
+        let mut b = Batch::new();
+        b.put_json(Space::Identities, &rec.user_public_key, rec)?;
+        b.put_json(Space::Serials, &rec.cert_serial, &SerialRecord::of_identity(&rec.user_public_key, rec.expires_at))?;
+        Ok(b)
+    }
+
+    /// Revoking `targets` at `now`: the records as revoked, and `account` as re-signed with
+    /// their revocations ([`Estate::preview_revocation`]). Returns the batch and the records.
+    pub fn revocation_batch(&self, targets: &[IdentityRecord], account: &AccountRecord, now: i64) -> Result<(Batch, Vec<IdentityRecord>)> {
+        let mut b = Batch::new();
+        let mut revoked = Vec::with_capacity(targets.len());
+        for t in targets {
+            let mut r = t.clone();
+            r.state = IdentityState::Revoked;
+            r.revoked_at = Some(now);
+            b.put_json(Space::Identities, &r.user_public_key, &r)?;
+            revoked.push(r);
+        }
+        b.put_json(Space::Accounts, &account.name, account)?;
+        Ok((b, revoked))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

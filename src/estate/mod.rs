@@ -38,7 +38,7 @@ mod tokens;
 pub use accounts::{AccountKind, AccountRecord, MAX_ACCOUNT_JWT_BYTES};
 pub use envelope_keys::{EnvelopeKey, KEYS_XKEY};
 pub use identities::{EphemeralCreds, IdentityRecord, IdentityState, SerialRecord, ServiceIssue};
-pub use roles::{default_permissions, RetiringKey, RoleRecord, MAX_SERVICES_PER_ACCOUNT};
+pub use roles::{default_permissions, RetiringKey, RoleChange, RoleRecord, MAX_SERVICES_PER_ACCOUNT};
 pub use secrets::{SecretMeta, SecretVersion};
 pub use tokens::{TokenRecord, TokenState, MAX_BOOTSTRAP_REVOCATIONS, MAX_TOKENS_PER_REQUEST, MAX_TOKEN_TTL_SECS};
 
@@ -403,6 +403,20 @@ impl Estate {
         self.vault.store_arc()
     }
     /// Held while an account JWT is re-signed and pushed, so updates never interleave.
+    /// A small fact the control plane keeps about itself in `meta` (e.g. which CA a reissue was
+    /// last asked for), if set.
+    pub fn meta_flag<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        Ok(get_json(self.store(), Space::Meta, key)?)
+    }
+
+    /// Set a [`Estate::meta_flag`], durably.
+    pub fn set_meta_flag<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
+        let mut b = Batch::new();
+        b.put_json(Space::Meta, key, value)?;
+        self.store().commit(b)?;
+        Ok(())
+    }
+
     pub fn account_lock(&self) -> &Mutex<()> {
         &self.account_lock
     }

@@ -181,3 +181,55 @@ impl Estate {
         Ok(signed)
     }
 }
+
+// === batches the handlers record ===
+
+/// A role change, decided: the role and its account as they will be, whether the permissions
+/// went to a new key, and the batch to record.
+#[derive(Debug)]
+pub struct RoleChange {
+    pub role: RoleRecord,
+    pub account: AccountRecord,
+    /// Whether the permissions went to a new scoped key (the old one keeps its users for a
+    /// grace period) rather than changing the template in place.
+    pub rekeyed: bool,
+    pub batch: Batch,
+}
+
+impl Estate {
+    /// Give `role` of `acct` new `permissions`: under a new scoped key when the account JWT has
+    /// room for one (the current key keeps its users until `retire_at`; adding a key closes no
+    /// connection), else in place (the server reconnects the role's users at once). A new key's
+    /// seed is made durable here, before the account that names it can reach a server (the
+    /// audit log, the redo log of records, never carries key material).
+    pub fn change_role(&self, acct: &AccountRecord, role: &RoleRecord, permissions: UserPermissions, retire_at: i64) -> Result<RoleChange> {
+        let mut in_place = role.clone();
+        in_place.permissions = permissions.clone();
+        let (rekeyed, key_batch) = self.rekey_role(role, permissions, retire_at)?;
+        let (role, account, rekeyed) = match self.preview_role_change(acct, &rekeyed) {
+            Ok(signed) => {
+                self.store().commit(key_batch)?;
+                (rekeyed, signed, true)
+            }
+            Err(EstateError::Limit(_)) => {
+                let signed = self.preview_role_change(acct, &in_place)?;
+                (in_place, signed, false)
+            }
+            Err(other) => return Err(other),
+        };
+        let batch = self.role_batch(&role, &account, &[])?;
+        Ok(RoleChange { role, account, rekeyed, batch })
+    }
+
+    /// A role change: the role as it is now, its account as re-signed for it
+    /// ([`Estate::preview_role_change`]), and the seeds of `removed` former keys deleted.
+    pub fn role_batch(&self, role: &RoleRecord, account: &AccountRecord, removed: &[String]) -> Result<Batch> {
+        let mut b = Batch::new();
+        b.put_json(Space::Roles, RoleRecord::store_key(&role.service), role)?;
+        b.put_json(Space::Accounts, &account.name, account)?;
+        for k in removed {
+            b.delete(Space::Keys, keys_scoped(k));
+        }
+        Ok(b)
+    }
+}

@@ -175,6 +175,16 @@ pub struct SiteIssue {
     pub tillit_user_jwt: String,
 }
 
+/// Where sites and agents' statuses live in [`Space::Sites`].
+const SITE_PREFIX: &str = "site/";
+const AGENT_PREFIX: &str = "agent/";
+fn site_key(name: &str) -> String {
+    format!("{SITE_PREFIX}{name}")
+}
+fn agent_key(user_public_key: &str) -> String {
+    format!("{AGENT_PREFIX}{user_public_key}")
+}
+
 impl Estate {
     /// The agents' scoped key, if sites were ever added.
     pub fn agent_role(&self) -> Result<Option<AgentRole>> {
@@ -214,12 +224,12 @@ impl Estate {
 
     /// A site by name.
     pub fn site(&self, name: &str) -> Result<Option<SiteRecord>> {
-        Ok(get_json(self.store(), Space::Sites, &format!("site/{name}"))?)
+        Ok(get_json(self.store(), Space::Sites, &site_key(name))?)
     }
 
     /// Every site.
     pub fn sites(&self) -> Result<Vec<SiteRecord>> {
-        self.scan_json(Space::Sites, "site/")
+        self.scan_json(Space::Sites, SITE_PREFIX)
     }
 
     /// The status of every agent whose identity is live (not revoked, not expired): the agents
@@ -227,7 +237,7 @@ impl Estate {
     pub fn agent_statuses(&self) -> Result<Vec<AgentStatus>> {
         let now = self.clock.now_unix();
         let mut out = Vec::new();
-        for st in self.scan_json::<AgentStatus>(Space::Sites, "agent/")? {
+        for st in self.scan_json::<AgentStatus>(Space::Sites, AGENT_PREFIX)? {
             if let Some(i) = self.identity(&st.user_public_key)? {
                 if i.state == IdentityState::Active && i.expires_at > now {
                     out.push(st);
@@ -239,18 +249,18 @@ impl Estate {
 
     /// Every agent status on record, live or not.
     pub fn all_agent_statuses(&self) -> Result<Vec<AgentStatus>> {
-        self.scan_json(Space::Sites, "agent/")
+        self.scan_json(Space::Sites, AGENT_PREFIX)
     }
 
     /// One agent's status.
     pub fn agent_status(&self, user_public_key: &str) -> Result<Option<AgentStatus>> {
-        Ok(get_json(self.store(), Space::Sites, &format!("agent/{user_public_key}"))?)
+        Ok(get_json(self.store(), Space::Sites, &agent_key(user_public_key))?)
     }
 
     /// Store an agent's status (not fsynced: it is re-derived from the next ack).
     pub fn put_agent_status(&self, st: &AgentStatus) -> Result<()> {
         let mut b = Batch::new();
-        b.put_json(Space::Sites, format!("agent/{}", st.user_public_key), st)?;
+        b.put_json(Space::Sites, agent_key(&st.user_public_key), st)?;
         self.store().apply(b)?;
         Ok(())
     }
@@ -300,7 +310,7 @@ impl Estate {
             leaf_perms: LEAF_PERMS_VERSION,
         };
         let mut b = Batch::new();
-        b.put_json(Space::Sites, format!("site/{name}"), &site)?;
+        b.put_json(Space::Sites, site_key(name), &site)?;
         b.put_json(Space::Serials, &site.cert_serial, &site_serial(&site))?;
         Ok((SiteIssue { site, cert_pem, sys_user_jwt: sys_jwt, tillit_user_jwt: tillit_jwt }, b))
     }
@@ -354,7 +364,7 @@ impl Estate {
         site.cert_ca = Some(self.ca_fingerprint());
         site.leaf_perms = LEAF_PERMS_VERSION;
         b.put_json(Space::Serials, &site.cert_serial, &site_serial(&site))?;
-        b.put_json(Space::Sites, format!("site/{name}"), &site)?;
+        b.put_json(Space::Sites, site_key(name), &site)?;
         Ok((SiteIssue { site, cert_pem, sys_user_jwt: sys_jwt, tillit_user_jwt: tillit_jwt }, b))
     }
 
@@ -411,6 +421,39 @@ pub fn site_tillit_permissions(site: &str) -> UserPermissions {
         ],
         vec![format!("{}.>", subjects::site_inbox_root(site)), "_R_.>".into()],
     )
+}
+
+// === batches the handlers record ===
+
+impl Estate {
+    /// Removing site `site`: its agents revoked (`agents`, as of now), their statuses and the
+    /// site record gone, the TILLIT and SYS accounts as re-signed with the revocations
+    /// (`tillit`, `sys`), and its server's certificate revoked.
+    pub fn site_removal_batch(&self, site: &SiteRecord, agents: &[IdentityRecord], tillit: &AccountRecord, sys: &AccountRecord, now: i64) -> Result<Batch> {
+        let mut b = Batch::new();
+        for a in agents {
+            let mut r = a.clone();
+            r.state = IdentityState::Revoked;
+            r.revoked_at = Some(now);
+            b.put_json(Space::Identities, &r.user_public_key, &r)?;
+        }
+        for st in self.all_agent_statuses()?.iter().filter(|s| s.site == site.name) {
+            b.delete(Space::Sites, agent_key(&st.user_public_key));
+        }
+        b.put_json(Space::Accounts, &tillit.name, tillit)?;
+        b.put_json(Space::Accounts, &sys.name, sys)?;
+        b.delete(Space::Sites, site_key(&site.name));
+        let mut serial = site_serial(site);
+        serial.revoked_at = Some(now);
+        b.put_json(Space::Serials, &site.cert_serial, &serial)?;
+        Ok(b)
+    }
+
+    /// A new agent's status record (written with its enrollment).
+    pub(crate) fn put_new_agent_status(&self, b: &mut Batch, st: &AgentStatus) -> Result<()> {
+        b.put_json(Space::Sites, agent_key(&st.user_public_key), st)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

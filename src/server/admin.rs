@@ -13,7 +13,7 @@ use crate::audit::Entry;
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ErrorCode};
 use crate::estate::default_permissions;
-use crate::estate::{EstateError, IdentityRecord, IdentityState, RoleRecord};
+use crate::estate::{IdentityRecord, IdentityState, RoleRecord};
 use crate::identity::IdentityKind;
 use crate::names::ServiceId;
 use crate::policy::grants::{self, Change, ChangeError};
@@ -22,7 +22,6 @@ use crate::proto::{
     self, GrantRequest, GrantsReply, IdentityEntry, ListReply, ListRequest, RevokeReply, RevokedIdentity, RevokeRequest, ServiceRequest,
     TokenCreateReply, TokenCreateRequest,
 };
-use crate::store::{Batch, Space};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,36 +90,17 @@ async fn change(ctx: &Arc<Ctx>, actor: &str, req: GrantRequest, how: Change) -> 
     let e = &ctx.estate;
     let _g = e.account_lock().lock().await;
     let (acct, role, _) = e.ensure_role_locked(sid).map_err(ApiError::from)?;
-    let mut next = role.clone();
     let defaults = default_permissions(sid);
-    next.permissions = grants::apply(&role.permissions, &defaults, &req.publish, &req.subscribe, how, &sid.to_string()).map_err(change_err)?;
+    let permissions = grants::apply(&role.permissions, &defaults, &req.publish, &req.subscribe, how, &sid.to_string()).map_err(change_err)?;
     let action = how.verb();
-    if next.permissions == role.permissions {
+    if permissions == role.permissions {
         return Ok(grants_reply(&role));
     }
     // The new permissions go to a new scoped key; the old one stays (its users stay connected)
-    // until they moved to the new key or the grace period ends. Adding a key closes nothing.
+    // until they moved to the new key or the grace period ends.
     let now = e.clock().now_unix();
-    let in_place = next.clone();
-    let (rekeyed, key_batch) = e.rekey_role(&role, next.permissions.clone(), now + RETIRE_GRACE.as_secs().max(1) as i64).map_err(ApiError::from)?;
-    let (next, signed, rekey) = match e.preview_role_change(&acct, &rekeyed) {
-        Ok(signed) => (rekeyed, signed, true),
-        // No room in the account JWT for a second key: change the template in place (the
-        // server reconnects the role's users at once, with the new permissions).
-        Err(EstateError::Limit(_)) => {
-            let signed = e.preview_role_change(&acct, &in_place).map_err(ApiError::from)?;
-            (in_place, signed, false)
-        }
-        Err(other) => return Err(other.into()),
-    };
-    if rekey {
-        // The new key's seed is durable before the account that names it reaches the server
-        // (the audit log, the redo log of records, never carries key material).
-        e.store().commit(key_batch).map_err(ApiError::internal)?;
-    }
-    let mut b = Batch::new();
-    b.put_json(Space::Roles, RoleRecord::store_key(sid), &next).map_err(ApiError::internal)?;
-    b.put_json(Space::Accounts, &signed.name, &signed).map_err(ApiError::internal)?;
+    let change = e.change_role(&acct, &role, permissions, now + RETIRE_GRACE.as_secs().max(1) as i64)?;
+    let (next, signed, rekey, b) = (change.role, change.account, change.rekeyed, change.batch);
     let entry = Entry::ok(actor, action, &sid.to_string())
         .detail(serde_json::json!({ "pub": req.publish, "sub": req.subscribe, "account_iat": signed.iat }))
         .batch(b);
@@ -225,12 +205,7 @@ async fn settle_role(ctx: &Ctx, sid: &ServiceId, grace_over: bool, why: serde_js
     let removed: Vec<String> = role.previous.iter().filter(|p| !next.previous.iter().any(|n| n.key == p.key)).map(|p| p.key.clone()).collect();
     let acct = e.account(&role.account).map_err(ApiError::internal)?;
     let signed = e.preview_role_change(&acct, &next).map_err(ApiError::from)?;
-    let mut b = Batch::new();
-    b.put_json(Space::Roles, RoleRecord::store_key(sid), &next).map_err(ApiError::internal)?;
-    b.put_json(Space::Accounts, &signed.name, &signed).map_err(ApiError::internal)?;
-    for k in &removed {
-        b.delete(Space::Keys, crate::estate::keys_scoped(k));
-    }
+    let b = e.role_batch(&next, &signed, &removed).map_err(ApiError::internal)?;
     ctx.journal
         .record(Entry::ok("tillit", "retire_key", &sid.to_string()).detail(serde_json::json!({ "why": why, "removed": removed })).batch(b))
         .await
@@ -304,16 +279,9 @@ async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> Resul
     let users: Vec<String> = targets.iter().map(|t| t.user_public_key.clone()).collect();
     let until = targets.iter().map(|t| t.expires_at).max().unwrap_or(now);
     let signed = e.preview_revocation(&acct, &users, until).map_err(ApiError::from)?;
-    let mut b = Batch::new();
-    let mut revoked = Vec::new();
-    for t in &targets {
-        let mut r = t.clone();
-        r.state = IdentityState::Revoked;
-        r.revoked_at = Some(now);
-        b.put_json(Space::Identities, &r.user_public_key, &r).map_err(ApiError::internal)?;
-        revoked.push(RevokedIdentity { user_public_key: r.user_public_key.clone(), cert_serial: r.cert_serial.clone() });
-    }
-    b.put_json(Space::Accounts, &signed.name, &signed).map_err(ApiError::internal)?;
+    let (b, records) = e.revocation_batch(&targets, &signed, now).map_err(ApiError::internal)?;
+    let revoked: Vec<RevokedIdentity> =
+        records.iter().map(|r| RevokedIdentity { user_public_key: r.user_public_key.clone(), cert_serial: r.cert_serial.clone() }).collect();
     let entry = Entry::ok(&caller.id, "revoke", &sid.to_string())
         .detail(serde_json::json!({ "reason": req.reason, "revoked": revoked.iter().map(|r| &r.user_public_key).collect::<Vec<_>>(),
             "serials": revoked.iter().map(|r| &r.cert_serial).collect::<Vec<_>>() }))

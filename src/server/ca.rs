@@ -174,12 +174,10 @@ async fn retire(ctx: &Ctx) -> Result<(), ApiError> {
     let waiting: Vec<String> =
         e.sites().map_err(ApiError::internal)?.into_iter().filter(|s| s.cert_ca.as_deref() != Some(current.as_str())).map(|s| s.name).collect();
     if !waiting.is_empty() {
-        let asked: Option<String> = crate::store::get_json(e.store(), crate::store::Space::Meta, META_REISSUE).map_err(ApiError::internal)?;
+        let asked: Option<String> = e.meta_flag(META_REISSUE).map_err(ApiError::internal)?;
         if asked.as_deref() != Some(current.as_str()) {
             let seq = announce(ctx, None, "reissue").await?;
-            let mut b = crate::store::Batch::new();
-            b.put_json(crate::store::Space::Meta, META_REISSUE, &current).map_err(ApiError::internal)?;
-            e.store().commit(b).map_err(ApiError::internal)?;
+            e.set_meta_flag(META_REISSUE, &current).map_err(ApiError::internal)?;
             ctx.journal.record_relaxed(Entry::ok("tillit", "rotate.ca", &current).detail(serde_json::json!({
                 "phase": "reissue", "event_seq": seq, "sites": waiting,
             })));

@@ -8,12 +8,11 @@ use super::{After, Ctx};
 use std::sync::Arc;
 use crate::audit::Entry;
 use crate::error::{ApiError, ErrorCode};
-use crate::estate::{AccountRecord, IdentityRecord, IdentityState, SerialRecord};
+use crate::estate::{AccountRecord, IdentityRecord, IdentityState};
 use crate::identity::IdentityKind;
 use crate::issuer::x509::{self, CsrError};
 use crate::names::ServiceId;
 use crate::proto::{self, EnrollRequest, IssuedReply, RenewRequest};
-use crate::store::{Batch, Space};
 use crate::policy::{check_token, TokenRefusal};
 use crate::estate::TILLIT_ACCOUNT;
 use crate::subjects;
@@ -205,20 +204,13 @@ async fn enroll(
         role_key: role.as_ref().map(|r| r.key.clone()),
         prev_role_key: None,
     };
-    let mut b = Batch::new();
-    b.put_json(Space::Identities, user_pub, &rec).map_err(ApiError::internal)?;
-    if let Some(site) = &site {
-        let st = crate::estate::sites::AgentStatus {
-            site: site.clone(),
-            user_public_key: user_pub.to_string(),
-            consumer: rec.name.clone(),
-            ..Default::default()
-        };
-        b.put_json(Space::Sites, format!("agent/{user_pub}"), &st).map_err(ApiError::internal)?;
-    }
-    b.put_json(Space::Tokens, &tok.id, &e.used_token(&tok, user_pub)).map_err(ApiError::internal)?;
-    b.put_json(Space::Serials, &issue.serial, &SerialRecord::of_identity(user_pub, issue.expires_at))
-        .map_err(ApiError::internal)?;
+    let agent = site.as_ref().map(|site| crate::estate::sites::AgentStatus {
+        site: site.clone(),
+        user_public_key: user_pub.to_string(),
+        consumer: rec.name.clone(),
+        ..Default::default()
+    });
+    let b = e.enrollment_batch(&rec, &tok, agent.as_ref()).map_err(ApiError::internal)?;
     // The token burn and the identity become durable together, with their audit record.
     let entry = Entry::ok(&rec.id, "enroll", &rec.id)
         .detail(serde_json::json!({ "user": user_pub, "serial": issue.serial, "token_id": tok.id, "expires_at": issue.expires_at }))
@@ -266,10 +258,7 @@ async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: RenewRequest) -> Result<
     rec.cert_serial = serial;
     rec.issued_at = issued;
     rec.expires_at = expires;
-    let mut b = Batch::new();
-    b.put_json(Space::Identities, &rec.user_public_key, &rec).map_err(ApiError::internal)?;
-    b.put_json(Space::Serials, &rec.cert_serial, &SerialRecord::of_identity(&rec.user_public_key, rec.expires_at))
-        .map_err(ApiError::internal)?;
+    let b = e.reissue_batch(&rec).map_err(ApiError::internal)?;
     let entry = Entry::ok(&caller.id, "renew", &rec.id)
         .detail(serde_json::json!({ "user": rec.user_public_key, "serial": rec.cert_serial, "expires_at": rec.expires_at }))
         .batch(b);

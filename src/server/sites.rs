@@ -323,14 +323,13 @@ pub async fn start_sites(ctx: &Ctx) {
         // agent is asked (once) to re-issue its server's certificate and leafnode JWTs, which
         // come with the current permissions.
         let key = format!("site_upgrade_asked/{}", site.name);
-        let asked: Option<u32> = crate::store::get_json(e.store(), crate::store::Space::Meta, &key).ok().flatten();
+        let asked: Option<u32> = e.meta_flag(&key).ok().flatten();
         if site.leaf_perms < crate::estate::sites::LEAF_PERMS_VERSION && asked != Some(crate::estate::sites::LEAF_PERMS_VERSION) {
             match super::ca::announce(ctx, Some(&site.name), "reissue").await {
                 Ok(seq) => {
                     tracing::warn!(site = %site.name, seq, "site's leafnode credentials predate confined sites; asked its agent to re-issue them");
-                    let mut b = crate::store::Batch::new();
-                    if b.put_json(crate::store::Space::Meta, &key, &crate::estate::sites::LEAF_PERMS_VERSION).is_ok() {
-                        let _ = e.store().commit(b);
+                    if let Err(err) = e.set_meta_flag(&key, &crate::estate::sites::LEAF_PERMS_VERSION) {
+                        tracing::warn!(site = %site.name, "cannot note that the site was asked: {err}");
                     }
                     ctx.journal.record_relaxed(
                         Entry::ok("tillit", "site.upgrade", &format!("site:{}", site.name))
@@ -383,23 +382,8 @@ async fn remove(ctx: &Ctx, caller: &IdentityRecord, req: crate::proto::SiteRemov
     let sys = e
         .preview_revocation(&e.account(SYS_ACCOUNT).map_err(ApiError::internal)?, std::slice::from_ref(&sys_user), site.cert_expires_at)
         .map_err(ApiError::from)?;
-    let mut b = crate::store::Batch::new();
-    for a in &agents {
-        let mut r = a.clone();
-        r.state = crate::estate::IdentityState::Revoked;
-        r.revoked_at = Some(now);
-        b.put_json(crate::store::Space::Identities, &r.user_public_key, &r).map_err(ApiError::internal)?;
-    }
-    for st in e.all_agent_statuses().map_err(ApiError::internal)?.iter().filter(|s| s.site == site.name) {
-        b.delete(crate::store::Space::Sites, format!("agent/{}", st.user_public_key));
-    }
-    b.put_json(crate::store::Space::Accounts, &tillit.name, &tillit).map_err(ApiError::internal)?;
-    b.put_json(crate::store::Space::Accounts, &sys.name, &sys).map_err(ApiError::internal)?;
-    b.delete(crate::store::Space::Sites, format!("site/{}", site.name));
     // Its server's certificate is revoked too (OCSP and the CRL say so).
-    let mut serial = crate::estate::sites::site_serial(&site);
-    serial.revoked_at = Some(now);
-    b.put_json(crate::store::Space::Serials, &site.cert_serial, &serial).map_err(ApiError::internal)?;
+    let b = e.site_removal_batch(&site, &agents, &tillit, &sys, now).map_err(ApiError::internal)?;
     let agents_revoked: Vec<String> = agents.iter().map(|a| a.user_public_key.clone()).collect();
     let entry = Entry::ok(&caller.id, "site.remove", &format!("site:{}", site.name))
         .detail(serde_json::json!({ "reason": req.reason, "agents": agents_revoked, "leaf_users": [sys_user, tillit_user],
