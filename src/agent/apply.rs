@@ -30,7 +30,7 @@ struct CaRotated {
     bundle_pem: String,
     /// `added`, `switched`, `reissue` (re-issue the site server's certificate) or `retired`.
     #[serde(default)]
-    phase: Option<String>,
+    phase: Option<crate::proto::CaEventPhase>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,7 +87,7 @@ impl Agent {
                 let digest = bundle_set_digest(&d.bundle_pem);
                 // The control plane asks for the site server's certificate from the current CA
                 // before the old one leaves the bundle.
-                let reissue = d.phase.as_deref() == Some("reissue") && v.seq >= next.ca_seq;
+                let reissue = d.phase == Some(crate::proto::CaEventPhase::Reissue) && v.seq >= next.ca_seq;
                 if reissue {
                     // The agent's own certificate too: the old CA is about to leave the bundle.
                     self.session.renew_now().await?;
@@ -140,7 +140,7 @@ impl Agent {
                 Ok(()) => return Ok(()),
                 Err(why) => {
                     tracing::error!(site = %self.site, "hook failed: {why}; retrying in {delay:?} (events stay unacknowledged)");
-                    if let Err(e) = self.report(applied, "failed", Some(why)).await {
+                    if let Err(e) = self.report(applied, crate::proto::AckOutcome::Failed, Some(why)).await {
                         tracing::warn!("cannot report the failure: {e}");
                     }
                     keep_alive(msgs).await;

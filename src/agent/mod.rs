@@ -332,7 +332,7 @@ impl Agent {
         next.save(&self.opts.files)?;
         self.state = next;
         if !applied.is_empty() {
-            let r = self.report(&applied, "applied", None).await?;
+            let r = self.report(&applied, crate::proto::AckOutcome::Applied, None).await?;
             if let Some(tx) = &self.opts.notify {
                 let _ = tx.send(Applied { consumer: self.consumer.clone(), last_seq: r.last_seq, events: applied.len(), at: std::time::Instant::now() });
             }
@@ -345,7 +345,7 @@ impl Agent {
     }
 
     /// Acknowledge to the control plane with a signed envelope.
-    async fn report(&self, batch: &[(u64, String, String)], outcome: &str, error: Option<String>) -> Result<AckReply, AgentError> {
+    async fn report(&self, batch: &[(u64, String, String)], outcome: crate::proto::AckOutcome, error: Option<String>) -> Result<AckReply, AgentError> {
         let info = self.session.identity();
         let data = AckData {
             site: self.site.clone(),

@@ -75,7 +75,7 @@ async fn rotate_ca(c: CaArgs) -> anyhow::Result<()> {
         println!("{:<9} {} (expires {}{})", ca.state, ca.fingerprint, ca.expires_at, ca.retire_at.as_ref().map(|t| format!(", leaves the bundle {t}")).unwrap_or_default());
     }
     match &r.rollout {
-        _ if r.phase == "retiring" => {
+        _ if r.phase == crate::proto::RotatePhase::Retiring => {
             println!("the previous CA retires as soon as every site server's certificate was re-issued (see `tillit site list`)");
         }
         Some(ro) if !ro.sites_pending.is_empty() => {

@@ -43,7 +43,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     for (name, acct) in &s.accounts {
         println!("  {name:<20} {:<7} {}", acct.kind, acct.public_key);
     }
-    for ca in s.cas.iter().filter(|c| c.state != "current" && c.state != "retired") {
+    for ca in s.cas.iter().filter(|c| c.state != crate::proto::CaStatus::Current && c.state != crate::proto::CaStatus::Retired) {
         println!("  CA {:<9}   {}{}", ca.state, ca.fingerprint, ca.retire_at.as_ref().map(|t| format!(" (trusted until {t})")).unwrap_or_default());
     }
     if let Some(r) = &s.ca_rollout {

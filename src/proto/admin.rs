@@ -39,12 +39,23 @@ pub struct TokenCreateRequest {
 }
 
 /// `tillit.v1.admin.token.create` reply: the printable tokens (secrets, shown once).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct TokenCreateReply {
     pub tokens: Vec<String>,
     pub identity: crate::names::ServiceId,
     pub expires_at: String,
     pub expires_at_unix: i64,
+}
+
+/// The tokens never print.
+impl std::fmt::Debug for TokenCreateReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCreateReply")
+            .field("tokens", &format_args!("<{} redacted>", self.tokens.len()))
+            .field("identity", &self.identity)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `tillit.v1.admin.grant` / `ungrant` request body.
@@ -108,6 +119,15 @@ pub struct RevokeReply {
 #[serde(deny_unknown_fields)]
 pub struct ListRequest {}
 
+wire_enum! {
+    /// Where an identity stands.
+    IdentityStatus {
+        Active => "active",
+        Revoked => "revoked",
+        Expired => "expired",
+    }
+}
+
 /// One identity in a listing.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IdentityEntry {
@@ -116,8 +136,7 @@ pub struct IdentityEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<crate::names::ServiceId>,
     pub user_public_key: String,
-    /// `active`, `revoked` or `expired`.
-    pub state: String,
+    pub state: IdentityStatus,
     pub cert_serial: String,
     pub expires_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -40,12 +40,51 @@ pub struct RotateCaRequest {
     pub finish: bool,
 }
 
+wire_enum! {
+    /// Where a CA stands in the bundle.
+    CaStatus {
+        /// It issues.
+        Current => "current",
+        /// In the bundle, waiting for the sites before it issues.
+        Next => "next",
+        /// In the bundle until its last certificate expired.
+        Previous => "previous",
+        /// Gone from the bundle.
+        Retired => "retired",
+    }
+}
+
+wire_enum! {
+    /// What `rotate ca` reached.
+    RotatePhase {
+        /// The new CA is in the bundle, waiting for sites to acknowledge it.
+        Distributing => "distributing",
+        /// Issuance switched (no site to wait for).
+        Switched => "switched",
+        /// `--finish`: the previous CA leaves once every site server was re-issued.
+        Retiring => "retiring",
+    }
+}
+
+wire_enum! {
+    /// The step a `ca.rotated` event announces (its `phase`).
+    CaEventPhase {
+        /// A next CA joined the bundle.
+        Added => "added",
+        /// Issuance switched to it.
+        Switched => "switched",
+        /// Site agents re-issue their servers' certificates from the current CA.
+        Reissue => "reissue",
+        /// The previous CA left the bundle.
+        Retired => "retired",
+    }
+}
+
 /// One CA as status shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CaInfo {
     pub fingerprint: String,
-    /// `current`, `next`, `previous` or `retired`.
-    pub state: String,
+    pub state: CaStatus,
     pub created_at: String,
     pub expires_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,8 +105,7 @@ pub struct CaRollout {
 /// `tillit.v1.admin.rotate.ca` reply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RotateCaReply {
-    /// `distributing` (waiting for sites) or `switched` (no site to wait for).
-    pub phase: String,
+    pub phase: RotatePhase,
     pub cas: Vec<CaInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<CaRollout>,

@@ -15,7 +15,7 @@ endpoint! {
 
 /// `tillit.v1.enroll` request body. The request is signed by the *new* user nkey (proof of
 /// possession); the CSR's subject CN must be that nkey's public key, binding the TLS key to it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     pub token_id: String,
@@ -25,6 +25,18 @@ pub struct EnrollRequest {
     pub xkey: String,
     /// PKCS#10 CSR (PEM) for an ECDSA P-256 key.
     pub csr: String,
+}
+
+/// The token secret never prints.
+impl std::fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollRequest")
+            .field("token_id", &self.token_id)
+            .field("token_secret", &"<redacted>")
+            .field("identity", &self.identity)
+            .field("xkey", &self.xkey)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `tillit.v1.svc.renew` request body, signed by the identity's current nkey.

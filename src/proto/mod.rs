@@ -212,6 +212,32 @@ macro_rules! endpoint {
     };
 }
 
+/// Declares a wire enum: serde spells each variant in snake_case, `as_str` and `Display` say the
+/// same (a CLI pads it like a string).
+macro_rules! wire_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $v:ident => $s:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vdoc])* $v),+
+        }
+        impl $name {
+            /// How the wire spells it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$v => $s),+
+                }
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    };
+}
+
 /// Calls `$m!` with every verb, in the order the service registers them: the one list that
 /// [`ENDPOINTS`] and the server's dispatch table are made from.
 macro_rules! for_each_endpoint {
@@ -324,6 +350,31 @@ mod tests {
         assert_eq!(err.into_result().unwrap_err().code, ErrorCode::Forbidden);
         let v = serde_json::to_value(Reply::<u32>::Error(ApiError::new(ErrorCode::TokenUsed, "x"))).unwrap();
         assert_eq!(v["error"]["code"], "token_used");
+    }
+
+    #[test]
+    fn secrets_in_wire_types_never_print() {
+        let req = EnrollRequest {
+            token_id: "T1".into(),
+            token_secret: "s3cret-token-secret".into(),
+            identity: crate::names::ServiceId::parse("acme/shop/prod/orders").unwrap(),
+            xkey: "X".into(),
+            csr: "csr".into(),
+        };
+        let reply = TokenCreateReply {
+            tokens: vec!["tillit1.s3cret".into()],
+            identity: req.identity.clone(),
+            expires_at: "t".into(),
+            expires_at_unix: 0,
+        };
+        for text in [format!("{req:?}"), format!("{reply:?}")] {
+            assert!(!text.contains("s3cret"), "{text}");
+            assert!(text.contains("redacted"), "{text}");
+        }
+        assert_eq!(serde_json::to_value(&req).unwrap()["token_secret"], "s3cret-token-secret", "the wire still carries it");
+        assert_eq!(serde_json::to_value(IdentityStatus::Expired).unwrap(), "expired");
+        assert_eq!(format!("{:<9}|", CaStatus::Next), "next     |");
+        assert!(serde_json::from_value::<AckOutcome>(serde_json::json!("maybe")).is_err());
     }
 
     #[test]

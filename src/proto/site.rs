@@ -45,7 +45,7 @@ pub struct SiteAddRequest {
 }
 
 /// `tillit.v1.admin.site.add` reply: everything the site directory holds but private keys.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct SiteAddReply {
     pub site: SiteInfo,
     pub cert_pem: String,
@@ -61,6 +61,13 @@ pub struct SiteAddReply {
     pub hub_urls: Vec<String>,
     /// A join token for the site's agent (shown once).
     pub agent_token: String,
+}
+
+/// The agent's join token never prints.
+impl std::fmt::Debug for SiteAddReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SiteAddReply").field("site", &self.site).field("agent_token", &"<redacted>").finish_non_exhaustive()
+    }
 }
 
 /// A site as status and list show it.
@@ -130,13 +137,22 @@ pub struct AckRequest {
     pub envelope: String,
 }
 
+wire_enum! {
+    /// What became of the events an agent acknowledges.
+    AckOutcome {
+        /// Written (and the reload hook ran).
+        Applied => "applied",
+        /// Not applied; `error` says why.
+        Failed => "failed",
+    }
+}
+
 /// What an agent acknowledges (the envelope's `data`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AckData {
     pub site: String,
-    /// `applied` or `failed`.
-    pub outcome: String,
+    pub outcome: AckOutcome,
     /// Stream sequences of the batch's events (applied or attempted).
     pub seqs: Vec<u64>,
     /// Envelope ids of the batch's events.

@@ -19,7 +19,7 @@ use crate::names::ServiceId;
 use crate::policy::grants::{self, Change, ChangeError};
 use crate::estate::{MAX_TOKENS_PER_REQUEST, MAX_TOKEN_TTL_SECS};
 use crate::proto::{
-    self, GrantRequest, GrantsReply, IdentityEntry, ListReply, ListRequest, RevokeReply, RevokedIdentity, RevokeRequest, ServiceRequest,
+    self, IdentityStatus, GrantRequest, GrantsReply, IdentityEntry, ListReply, ListRequest, RevokeReply, RevokedIdentity, RevokeRequest, ServiceRequest,
     TokenCreateReply, TokenCreateRequest,
 };
 use std::sync::Arc;
@@ -316,11 +316,11 @@ pub(super) async fn push_recorded(ctx: &Ctx, acct: &crate::estate::AccountRecord
 }
 
 /// The state of an identity as shown to operators (pure).
-pub(super) fn state_of(rec: &IdentityRecord, now: i64) -> &'static str {
+pub(super) fn state_of(rec: &IdentityRecord, now: i64) -> IdentityStatus {
     match rec.state {
-        IdentityState::Revoked => "revoked",
-        IdentityState::Active if rec.expires_at <= now => "expired",
-        IdentityState::Active => "active",
+        IdentityState::Revoked => IdentityStatus::Revoked,
+        IdentityState::Active if rec.expires_at <= now => IdentityStatus::Expired,
+        IdentityState::Active => IdentityStatus::Active,
     }
 }
 
@@ -336,7 +336,7 @@ async fn list(ctx: &Ctx) -> Result<ListReply, ApiError> {
             kind: r.kind,
             service: r.service.clone(),
             user_public_key: r.user_public_key.clone(),
-            state: state_of(&r, now).into(),
+            state: state_of(&r, now),
             cert_serial: r.cert_serial.clone(),
             expires_at: rfc3339(r.expires_at),
             revoked_at: r.revoked_at.map(rfc3339),

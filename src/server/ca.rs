@@ -12,7 +12,7 @@ use crate::clock::rfc3339;
 use crate::error::{ApiError, ErrorCode};
 use crate::estate::ca::{CaState, RolloutRecord};
 use crate::estate::{Estate, IdentityRecord};
-use crate::proto::{self, CaInfo, CaRollout, RotateCaReply, RotateCaRequest, RotateSigningKeyReply, RotateSigningKeyRequest};
+use crate::proto::{self, CaEventPhase, CaStatus, RotatePhase, CaInfo, CaRollout, RotateCaReply, RotateCaRequest, RotateSigningKeyReply, RotateSigningKeyRequest};
 use std::time::Duration;
 
 // === verbs ===
@@ -36,12 +36,12 @@ impl Handle for proto::RotateSigningKey {
 /// How often the rollout is checked.
 pub const ROLLOUT_TICK: Duration = Duration::from_secs(1);
 
-fn state_str(s: CaState) -> &'static str {
+fn state_str(s: CaState) -> CaStatus {
     match s {
-        CaState::Current => "current",
-        CaState::Next => "next",
-        CaState::Previous => "previous",
-        CaState::Retired => "retired",
+        CaState::Current => CaStatus::Current,
+        CaState::Next => CaStatus::Next,
+        CaState::Previous => CaStatus::Previous,
+        CaState::Retired => CaStatus::Retired,
     }
 }
 
@@ -50,7 +50,7 @@ pub fn ca_infos(e: &Estate) -> Vec<CaInfo> {
         .iter()
         .map(|r| CaInfo {
             fingerprint: r.fingerprint.clone(),
-            state: state_str(r.state).into(),
+            state: state_str(r.state),
             created_at: rfc3339(r.created_at),
             expires_at: crate::issuer::x509::not_after(&r.cert_pem).map(rfc3339).unwrap_or_default(),
             retire_at: r.retire_at.map(rfc3339),
@@ -102,7 +102,7 @@ async fn update_hub(ctx: &Ctx, server_cert: Option<(&str, &str)>) -> Result<(), 
 }
 
 /// Broadcast `ca.rotated` at `phase`, to every site or to one.
-pub(super) async fn announce(ctx: &Ctx, site: Option<&str>, phase: &str) -> Result<u64, ApiError> {
+pub(super) async fn announce(ctx: &Ctx, site: Option<&str>, phase: CaEventPhase) -> Result<u64, ApiError> {
     let e = &ctx.estate;
     let data = serde_json::json!({
         "phase": phase,
@@ -122,7 +122,7 @@ async fn rotate(ctx: &Ctx, caller: &IdentityRecord) -> Result<RotateCaReply, Api
     let _g = ctx.ca_lock.lock().await;
     let next = e.add_next_ca()?;
     update_hub(ctx, None).await.map_err(|m| ApiError::new(ErrorCode::Unavailable, format!("{m}; the new CA is in the bundle, retry `tillit rotate ca`")))?;
-    let seq = announce(ctx, None, "added").await?;
+    let seq = announce(ctx, None, CaEventPhase::Added).await?;
     let rec = RolloutRecord { next: next.fingerprint.clone(), event_seq: seq, started_at: e.clock().now_unix() };
     e.set_ca_rollout(Some(&rec)).map_err(ApiError::internal)?;
     ctx.journal
@@ -132,7 +132,7 @@ async fn rotate(ctx: &Ctx, caller: &IdentityRecord) -> Result<RotateCaReply, Api
     tracing::info!(next = %next.fingerprint, event_seq = seq, "CA rotation started: new CA in the bundle, waiting for sites");
     let switched = advance(ctx).await?;
     Ok(RotateCaReply {
-        phase: if switched { "switched".into() } else { "distributing".into() },
+        phase: if switched { RotatePhase::Switched } else { RotatePhase::Distributing },
         cas: ca_infos(e),
         rollout: rollout_info(ctx).await?,
     })
@@ -149,7 +149,7 @@ async fn advance(ctx: &Ctx) -> Result<bool, ApiError> {
     let cur = e.switch_ca(retire_at).map_err(ApiError::internal)?;
     e.set_ca_rollout(None).map_err(ApiError::internal)?;
     // The hub already trusts both CAs (step 1); the set did not change, so no reload.
-    let seq = announce(ctx, None, "switched").await?;
+    let seq = announce(ctx, None, CaEventPhase::Switched).await?;
     ctx.journal.record_relaxed(Entry::ok("tillit", "rotate.ca", &cur.fingerprint).detail(serde_json::json!({
         "phase": "switched", "event_seq": seq, "previous_retire_at": retire_at,
     })));
@@ -176,7 +176,7 @@ async fn retire(ctx: &Ctx) -> Result<(), ApiError> {
     if !waiting.is_empty() {
         let asked: Option<String> = e.meta_flag(META_REISSUE).map_err(ApiError::internal)?;
         if asked.as_deref() != Some(current.as_str()) {
-            let seq = announce(ctx, None, "reissue").await?;
+            let seq = announce(ctx, None, CaEventPhase::Reissue).await?;
             e.set_meta_flag(META_REISSUE, &current).map_err(ApiError::internal)?;
             ctx.journal.record_relaxed(Entry::ok("tillit", "rotate.ca", &current).detail(serde_json::json!({
                 "phase": "reissue", "event_seq": seq, "sites": waiting,
@@ -190,7 +190,7 @@ async fn retire(ctx: &Ctx) -> Result<(), ApiError> {
     if let Err(m) = update_hub(ctx, Some((&hub.cert_pem, hub.key_pem.expose()))).await {
         tracing::error!("{m}");
     }
-    let seq = announce(ctx, None, "retired").await?;
+    let seq = announce(ctx, None, CaEventPhase::Retired).await?;
     ctx.journal.record_relaxed(Entry::ok("tillit", "rotate.ca", "retired").detail(serde_json::json!({ "phase": "retired", "retired": gone, "event_seq": seq })));
     tracing::info!(retired = ?gone, "CA rotation: old CA left the bundle");
     Ok(())
@@ -220,7 +220,7 @@ async fn finish(ctx: &Ctx, caller: &IdentityRecord) -> Result<RotateCaReply, Api
     // The control plane's own connections move to the current CA now; the next tick (a second
     // away) asks the sites and, once they moved, drops the old CA.
     ctx.renew_own.notify_waiters();
-    Ok(RotateCaReply { phase: "retiring".into(), cas: ca_infos(e), rollout: rollout_info(ctx).await? })
+    Ok(RotateCaReply { phase: RotatePhase::Retiring, cas: ca_infos(e), rollout: rollout_info(ctx).await? })
 }
 
 /// One background step: advance a rollout, retire what is due.

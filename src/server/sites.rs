@@ -14,7 +14,7 @@ use crate::estate::sites::{agent_service_id, AgentStatus, SiteRecord};
 use crate::estate::{IdentityRecord, BOOTSTRAP_ACCOUNT, SYS_ACCOUNT, TILLIT_ACCOUNT};
 use crate::identity::IdentityKind;
 use crate::proto::{
-    self, AckData, AckReply, AckRequest, SiteAddReply, SiteAddRequest, SiteInfo, SiteListReply, SiteListRequest, SiteRemoveReply, SiteRemoveRequest,
+    self, AckData, AckOutcome, AckReply, AckRequest, SiteAddReply, SiteAddRequest, SiteInfo, SiteListReply, SiteListRequest, SiteRemoveReply, SiteRemoveRequest,
     SiteRenewReply, SiteRenewRequest,
 };
 use crate::replay::Seen;
@@ -268,8 +268,8 @@ async fn ack(ctx: &Ctx, caller: &IdentityRecord, req: AckRequest) -> Result<AckR
             ..Default::default()
         });
     let top = d.seqs.iter().copied().max().unwrap_or(0);
-    match d.outcome.as_str() {
-        "applied" => {
+    match d.outcome {
+        AckOutcome::Applied => {
             if top > st.last_seq {
                 st.last_seq = top;
                 st.last_event_id = d.event_ids.last().cloned();
@@ -279,17 +279,16 @@ async fn ack(ctx: &Ctx, caller: &IdentityRecord, req: AckRequest) -> Result<AckR
             st.last_ack_at = Some(now);
             ctx.metrics.site_acks.inc();
         }
-        "failed" => {
+        AckOutcome::Failed => {
             st.failures += 1;
             st.last_failure_at = Some(now);
             st.last_error = Some(d.error.clone().unwrap_or_else(|| "unspecified".into()).chars().take(MAX_ERROR_CHARS).collect());
             ctx.metrics.site_failures.inc();
             tracing::warn!(site, agent = %caller.name, error = ?st.last_error, "site agent could not apply events");
         }
-        other => return Err(ApiError::bad_request(format!("outcome {other:?} is neither applied nor failed"))),
     }
     e.put_agent_status(&st).map_err(ApiError::internal)?;
-    let what = if d.outcome == "applied" { Entry::ok(&caller.id, "ack", &format!("site:{site}")) } else {
+    let what = if d.outcome == AckOutcome::Applied { Entry::ok(&caller.id, "ack", &format!("site:{site}")) } else {
         Entry::denied(&caller.id, "ack", &format!("site:{site}"), "apply_failed")
     };
     ctx.journal.record_relaxed(what.detail(serde_json::json!({
@@ -325,7 +324,7 @@ pub async fn start_sites(ctx: &Ctx) {
         let key = format!("site_upgrade_asked/{}", site.name);
         let asked: Option<u32> = e.meta_flag(&key).ok().flatten();
         if site.leaf_perms < crate::estate::sites::LEAF_PERMS_VERSION && asked != Some(crate::estate::sites::LEAF_PERMS_VERSION) {
-            match super::ca::announce(ctx, Some(&site.name), "reissue").await {
+            match super::ca::announce(ctx, Some(&site.name), crate::proto::CaEventPhase::Reissue).await {
                 Ok(seq) => {
                     tracing::warn!(site = %site.name, seq, "site's leafnode credentials predate confined sites; asked its agent to re-issue them");
                     if let Err(err) = e.set_meta_flag(&key, &crate::estate::sites::LEAF_PERMS_VERSION) {

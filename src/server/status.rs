@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::clock::rfc3339;
 use crate::error::ApiError;
 use crate::estate::{AccountKind, IdentityRecord, IdentityState};
-use crate::proto::{self, AccountStatus, Counts, StatusReply, StatusRequest};
+use crate::proto::{self, IdentityStatus, AccountStatus, Counts, StatusReply, StatusRequest};
 
 impl Handle for proto::Status {
     async fn handle(ctx: &Arc<Ctx>, call: &mut Call, _req: StatusRequest) -> Result<StatusReply, ApiError> {
@@ -41,7 +41,7 @@ fn status(ctx: &Ctx, caller: &IdentityRecord) -> Result<StatusReply, ApiError> {
     let accounts = e.accounts().map_err(ApiError::internal)?;
     let all = e.identities().map_err(ApiError::internal)?;
     let now = e.clock().now_unix();
-    let by_state = |st: &str| all.iter().filter(|r| super::admin::state_of(r, now) == st).count();
+    let by_state = |st: IdentityStatus| all.iter().filter(|r| super::admin::state_of(r, now) == st).count();
     set_gauges(ctx, accounts.len(), &all);
     Ok(StatusReply {
         trust_domain: e.trust_domain().to_string(),
@@ -53,9 +53,9 @@ fn status(ctx: &Ctx, caller: &IdentityRecord) -> Result<StatusReply, ApiError> {
         nats_urls: e.config.urls(),
         counts: Counts {
             identities: all.len(),
-            active: by_state("active"),
-            revoked: by_state("revoked"),
-            expired: by_state("expired"),
+            active: by_state(IdentityStatus::Active),
+            revoked: by_state(IdentityStatus::Revoked),
+            expired: by_state(IdentityStatus::Expired),
             accounts: accounts.len(),
             tenant_accounts: accounts.iter().filter(|a| a.kind == AccountKind::Tenant).count(),
         },

@@ -443,7 +443,7 @@ async fn site_and_ack_refusals_are_typed_and_change_nothing() {
     let agent = tillit::client::Identity::load(&agent_dir).unwrap().connect().await.unwrap();
     let service = tillit::client::Identity::load(&orders).unwrap().connect().await.unwrap();
     let aud = tillit::envelope::issuer("refuse.example");
-    let data = |site: &str| AckData { site: site.into(), outcome: "applied".into(), seqs: vec![1], event_ids: vec!["x".into()], last_event_type: None, error: None };
+    let data = |site: &str| AckData { site: site.into(), outcome: tillit::proto::AckOutcome::Applied, seqs: vec![1], event_ids: vec!["x".into()], last_event_type: None, error: None };
     let good = agent.sign_envelope(tillit::subjects::ENVELOPE_AGENT_ACK, "site:east", &aud, 60, data("east")).unwrap();
     async fn call(s: &tillit::client::session::Session, envelope: String) -> Result<tillit::proto::AckReply, String> {
         s.call::<tillit::proto::Ack>(AckRequest { envelope }).await.map_err(|e| e.to_string())
