@@ -3,7 +3,7 @@
 //! (`tillit enroll --token-file …`), so its keys are made where it runs; the last live admin
 //! cannot be revoked.
 
-use super::grant::AdminArgs;
+use super::AdminArgs;
 use crate::estate::sites::admin_service_id;
 use crate::proto::{RevokeReply, RevokeRequest, TokenCreateReply, TokenCreateRequest};
 
@@ -63,9 +63,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             let service = admin_service_id(&a.name)?;
             let client = a.admin.client().await?;
             let r: RevokeReply = client.call::<crate::proto::Revoke>(RevokeRequest { service, reason: a.reason }).await?;
-            if a.admin.json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
+            if !a.admin.json(&r)? {
                 println!("revoked admin {} ({} identit{}) at {}", a.name, r.revoked.len(), if r.revoked.len() == 1 { "y" } else { "ies" }, r.revoked_at);
             }
             Ok(())

@@ -1,11 +1,9 @@
 //! `tillit grant SERVICE --pub SUBJ… --sub SUBJ…`, `tillit ungrant SERVICE …`,
 //! `tillit grants SERVICE [--json]` (SERVICE is `tenant/project/env/service`).
 
-use crate::client::TillitClient;
-use crate::layout::IdentityDir;
+use super::AdminArgs;
 use crate::names::ServiceId;
 use crate::proto::{GrantRequest, GrantsReply, ServiceRequest};
-use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
 pub struct ChangeArgs {
@@ -29,29 +27,9 @@ pub struct ShowArgs {
     pub admin: AdminArgs,
 }
 
-/// Who acts, and where.
-#[derive(Debug, clap::Args)]
-pub struct AdminArgs {
-    /// Admin identity dir (e.g. DATA/admin).
-    #[arg(long, env = "TILLIT_IDENTITY")]
-    pub identity: PathBuf,
-    /// NATS URL to use instead of the identity's.
-    #[arg(long, env = "TILLIT_NATS_URL")]
-    pub nats: Option<String>,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-impl AdminArgs {
-    pub async fn client(&self) -> anyhow::Result<TillitClient> {
-        Ok(TillitClient::connect_dir(&IdentityDir::new(&self.identity), self.nats.as_deref()).await?)
-    }
-}
 
 fn print(r: &GrantsReply, json: bool) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(r)?);
+    if super::print_json(json, r)? {
         return Ok(());
     }
     println!("{}", r.service);

@@ -18,8 +18,11 @@ pub mod site;
 pub mod status;
 pub mod token;
 
+use crate::client::TillitClient;
+use crate::layout::IdentityDir;
 use crate::telemetry::LogFormat;
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 
 /// tillit — a NATS-native trust control plane.
 #[derive(Debug, Parser)]
@@ -72,6 +75,41 @@ pub enum Command {
     Agent(agent::Args),
     /// Admin identities: add another (a join token), revoke one (admin).
     Admin(admin::Args),
+}
+
+/// The flags every call to the control plane takes: who acts, where, and how to print.
+#[derive(Debug, clap::Args)]
+pub struct AdminArgs {
+    /// Identity dir to act as (an admin's, e.g. DATA/admin).
+    #[arg(long, env = "TILLIT_IDENTITY")]
+    pub identity: PathBuf,
+    /// NATS URL to use instead of the identity's.
+    #[arg(long, env = "TILLIT_NATS_URL")]
+    pub nats: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl AdminArgs {
+    /// [`print_json`] when `--json` was given.
+    pub fn json<T: serde::Serialize>(&self, value: &T) -> anyhow::Result<bool> {
+        print_json(self.json, value)
+    }
+
+    /// Connect as the identity.
+    pub async fn client(&self) -> anyhow::Result<TillitClient> {
+        Ok(TillitClient::connect_dir(&IdentityDir::new(&self.identity), self.nats.as_deref()).await?)
+    }
+}
+
+/// The one JSON printer: with `json`, print `value` as pretty JSON and say so (the caller then
+/// prints no text).
+pub fn print_json<T: serde::Serialize>(json: bool, value: &T) -> anyhow::Result<bool> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    }
+    Ok(json)
 }
 
 /// Run the parsed command.

@@ -1,6 +1,6 @@
 //! `tillit revoke SERVICE [--reason R]` and `tillit list [--json]`.
 
-use super::grant::AdminArgs;
+use super::AdminArgs;
 use crate::names::ServiceId;
 use crate::proto::{ListReply, ListRequest, RevokeReply, RevokeRequest};
 
@@ -25,9 +25,7 @@ pub async fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
     let service = ServiceId::parse(&a.service)?;
     let client = a.admin.client().await?;
     let r: RevokeReply = client.call::<crate::proto::Revoke>(RevokeRequest { service, reason: a.reason }).await?;
-    if a.admin.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-    } else {
+    if !a.admin.json(&r)? {
         println!("revoked {} identit{} of {} at {}", r.revoked.len(), if r.revoked.len() == 1 { "y" } else { "ies" }, r.service, r.revoked_at);
         for i in &r.revoked {
             println!("  {}  serial {}", i.user_public_key, i.cert_serial);
@@ -39,8 +37,7 @@ pub async fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
 pub async fn list(a: ListArgs) -> anyhow::Result<()> {
     let client = a.admin.client().await?;
     let r: ListReply = client.call::<crate::proto::List>(ListRequest {}).await?;
-    if a.admin.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+    if a.admin.json(&r)? {
         return Ok(());
     }
     for i in &r.identities {

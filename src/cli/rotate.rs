@@ -1,6 +1,6 @@
 //! `tillit rotate signing-key [--retire-after 24h]`, `tillit rotate ca [--finish]`
 
-use super::grant::AdminArgs;
+use super::AdminArgs;
 use crate::proto::{RotateSigningKeyReply, RotateSigningKeyRequest};
 
 #[derive(Debug, clap::Args)]
@@ -48,9 +48,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let r: RotateSigningKeyReply = client
         .call::<crate::proto::RotateSigningKey>(RotateSigningKeyRequest { retire_after_secs: after.as_secs() as i64 })
         .await?;
-    if s.admin.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-    } else {
+    if !s.admin.json(&r)? {
         println!("envelopes are now signed by {}", r.current);
         println!("{} keeps verifying until {}", r.previous, r.retire_at);
     }
@@ -67,8 +65,7 @@ async fn rotate_ca(c: CaArgs) -> anyhow::Result<()> {
     }
     let client = c.admin.client().await?;
     let r: crate::proto::RotateCaReply = client.call::<crate::proto::RotateCa>(crate::proto::RotateCaRequest { finish: c.finish }).await?;
-    if c.admin.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+    if c.admin.json(&r)? {
         return Ok(());
     }
     for ca in &r.cas {

@@ -1,6 +1,6 @@
 //! `tillit secret put|rotate|list|versions|delete` (admin) and `tillit secret get` (service).
 
-use super::grant::AdminArgs;
+use super::AdminArgs;
 use crate::client::secrets::seal_for_control_plane;
 use crate::client::session::Session;
 use crate::layout::IdentityDir;
@@ -114,9 +114,7 @@ fn read_value(file: &Option<PathBuf>, stdin: bool) -> anyhow::Result<Zeroizing<V
 }
 
 fn print(s: &SecretInfo, json: bool) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(s)?);
-    } else {
+    if !super::print_json(json, s)? {
         println!("{}  v{}  readers {}", s.path, s.current_version, s.readers.join(" "));
         for v in &s.versions {
             println!("  v{:<4} {}  {} bytes  by {}", v.version, v.created_at, v.bytes, v.created_by);
@@ -159,9 +157,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             let r: SecretListReply = client
                 .call::<crate::proto::SecretList>(SecretListRequest { prefix: l.prefix.unwrap_or_default() })
                 .await?;
-            if l.admin.json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
+            if !l.admin.json(&r)? {
                 for s in &r.secrets {
                     println!("{}  v{}  readers {}", s.path, s.current_version, s.readers.join(" "));
                 }

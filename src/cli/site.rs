@@ -5,7 +5,7 @@
 //! (they never travel), asks the control plane for the certificate, the users' JWTs and an agent
 //! join token, and writes the site directory through a staging dir renamed into place.
 
-use super::grant::AdminArgs;
+use super::AdminArgs;
 use crate::client::TillitClient;
 use crate::clock::parse_duration;
 use crate::fsutil::{create_dir, write_atomic};
@@ -87,9 +87,7 @@ async fn remove(a: RemoveArgs) -> anyhow::Result<()> {
     let r: crate::proto::SiteRemoveReply = client
         .call::<crate::proto::SiteRemove>(crate::proto::SiteRemoveRequest { name: a.name.clone(), reason: a.reason })
         .await?;
-    if a.admin.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-    } else {
+    if !a.admin.json(&r)? {
         println!("site {} removed: {} agent(s) revoked, its server's links to the hub revoked", r.name, r.agents_revoked.len());
     }
     Ok(())
@@ -189,8 +187,7 @@ fn write_site_dir(out: &Path, files: &[(&str, Vec<u8>, u32)]) -> anyhow::Result<
 async fn list(a: ListArgs) -> anyhow::Result<()> {
     let client = a.admin.client().await?;
     let reply: SiteListReply = client.call::<crate::proto::SiteList>(SiteListRequest {}).await?;
-    if a.admin.json {
-        println!("{}", serde_json::to_string_pretty(&reply)?);
+    if a.admin.json(&reply)? {
         return Ok(());
     }
     println!("{:<16} {:<22} {:>6} {:>8} {:>6} {:>8}  LAST ACK", "SITE", "LISTEN", "AGENTS", "APPLIED", "LAG", "FAILURES");

@@ -1,36 +1,26 @@
 //! `tillit status --identity DIR [--json]`
 
-use crate::client::TillitClient;
-use crate::layout::IdentityDir;
-use std::path::PathBuf;
+use super::AdminArgs;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Identity dir to act as (e.g. DATA/admin).
-    #[arg(long, env = "TILLIT_IDENTITY")]
-    pub identity: PathBuf,
-    /// NATS URL to use instead of the identity's.
-    #[arg(long, env = "TILLIT_NATS_URL")]
-    pub nats: Option<String>,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    let client = TillitClient::connect_dir(&IdentityDir::new(&a.identity), a.nats.as_deref()).await?;
+    let client = a.admin.client().await?;
     let s = client.status().await?;
     let mine = &client.identity().info.trust_domain;
     if &s.trust_domain != mine {
         anyhow::bail!(
             "the control plane serves trust domain {:?} but identity {} belongs to {:?}; use an identity of this estate",
             s.trust_domain,
-            a.identity.display(),
+            a.admin.identity.display(),
             mine
         );
     }
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+    if a.admin.json(&s)? {
         return Ok(());
     }
     println!("trust domain   {}", s.trust_domain);
