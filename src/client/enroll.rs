@@ -9,7 +9,7 @@
 use super::{connect, ClientError, ConnectParams, NatsCreds, RequestSigner};
 use crate::clock::SharedClock;
 use crate::crypto::SecretString;
-use crate::identity::{self, IdentityFiles, IdentityInfo, IDENTITY_FORMAT};
+use crate::identity::{self, IdentityFiles, IdentityInfo};
 use crate::issuer::{jwt, x509};
 use crate::layout::IdentityDir;
 use crate::proto::{self, EnrollRequest, IssuedReply};
@@ -92,36 +92,13 @@ pub fn files_from_reply(
     if !san_ok {
         return Err(bad("the certificate does not carry this identity's SPIFFE id"));
     }
-    let renew = crate::policy::renew::renew_at(reply.issued_at_unix, reply.expires_at_unix, crate::policy::renew::random_jitter());
     let xkey_public_key = match &xkey_seed {
         Some(s) => Some(
             nkeys::XKey::from_seed(s.expose()).map(|x| x.public_key()).map_err(|e| ClientError::Credentials(e.to_string()))?,
         ),
         None => None,
     };
-    let info = IdentityInfo {
-        format: IDENTITY_FORMAT,
-        kind: reply.kind,
-        id: reply.id.clone(),
-        name: reply.name.clone(),
-        trust_domain: reply.trust_domain.clone(),
-        account: reply.account.clone(),
-        account_public_key: reply.account_public_key.clone(),
-        user_public_key: reply.user_public_key.clone(),
-        inbox_prefix: reply.inbox_prefix.clone(),
-        nats_urls,
-        ca_fingerprint: reply.ca_fingerprint.clone(),
-        cert_serial: reply.cert_serial.clone(),
-        issued_at: String::new(),
-        expires_at: String::new(),
-        renew_at: String::new(),
-        issued_at_unix: 0,
-        expires_at_unix: 0,
-        renew_at_unix: 0,
-        service: reply.service.clone(),
-        xkey_public_key,
-    }
-    .with_times(reply.issued_at_unix, reply.expires_at_unix, renew);
+    let info = IdentityInfo::issued(&reply, nats_urls, xkey_public_key);
     Ok(IdentityFiles {
         info,
         user_jwt: reply.user_jwt,

@@ -282,11 +282,6 @@ impl Estate {
         Ok(jwt::encode(&claims, key)?)
     }
 
-    /// The inbox prefix of a user: only its holder may subscribe below it.
-    pub fn inbox_prefix(user_public_key: &str) -> String {
-        format!("{}.{user_public_key}", subjects::INBOX_ROOT)
-    }
-
     /// The account with `users` revoked as of now (not stored), each revocation kept until
     /// `until`: the expiry of the last JWT any of them was issued.
     pub fn preview_revocation(&self, acct: &AccountRecord, users: &[String], until: i64) -> Result<AccountRecord> {

@@ -138,7 +138,7 @@ impl Estate {
         let expires = now + self.config.admin_ttl.as_secs() as i64;
         let account = self.account(TILLIT_ACCOUNT)?;
         let user = KeyPair::new_user();
-        let inbox = Self::inbox_prefix(&user.public_key());
+        let inbox = crate::subjects::inbox_prefix(&user.public_key());
         let perms = admin_permissions(&inbox);
         let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "admin", name]);
         let jwt = self.sign_user(&account, &user.public_key(), &format!("admin {name}"), perms, expires)?;
@@ -148,38 +148,16 @@ impl Estate {
         b.put_json(Space::Identities, &rec.user_public_key, &rec)?;
         b.put_json(Space::Serials, &rec.cert_serial, &SerialRecord::of_identity(&rec.user_public_key, expires))?;
         self.store().commit(b)?;
-        let renew = crate::policy::renew::renew_at(now, expires, crate::policy::renew::random_jitter());
-        let info = IdentityInfo {
-            format: IDENTITY_FORMAT,
-            kind: IdentityKind::Admin,
-            id: spiffe,
-            name: name.to_string(),
-            trust_domain: self.trust_domain().to_string(),
-            account: TILLIT_ACCOUNT.into(),
-            account_public_key: account.public_key.clone(),
-            user_public_key: user.public_key(),
-            inbox_prefix: inbox,
-            nats_urls: self.config.urls(),
-            ca_fingerprint: self.meta.ca_fingerprint.clone(),
-            cert_serial: cert.serial,
-            issued_at: String::new(),
-            expires_at: String::new(),
-            renew_at: String::new(),
-            issued_at_unix: 0,
-            expires_at_unix: 0,
-            renew_at_unix: 0,
-            service: None,
-            xkey_public_key: None,
-        }
-        .with_times(now, expires, renew);
+        let reply = self.issued_reply(&rec, &account, jwt, cert.cert_pem);
+        let info = IdentityInfo::issued(&reply, reply.nats_urls.clone(), None);
         Ok(IdentityFiles {
             info,
-            user_jwt: jwt,
+            user_jwt: reply.user_jwt,
             user_seed: seed_of(&user, "admin user")?,
-            cert_pem: cert.cert_pem,
+            cert_pem: reply.cert_pem,
             key_pem: cert.key_pem,
-            ca_pem: self.meta.ca_cert_pem.clone(),
-            trust_jwks: Some(self.trust_jwks()),
+            ca_pem: reply.ca_pem,
+            trust_jwks: Some(reply.trust_jwks),
             xkey_seed: None,
         })
     }
@@ -189,7 +167,7 @@ impl Estate {
         let now = self.clock.now_unix();
         let expires_at = now + self.config.admin_ttl.as_secs() as i64;
         let account = self.account(TILLIT_ACCOUNT)?;
-        let perms = admin_permissions(&Self::inbox_prefix(&rec.user_public_key));
+        let perms = admin_permissions(&crate::subjects::inbox_prefix(&rec.user_public_key));
         let user_jwt = self.sign_user(&account, &rec.user_public_key, &format!("admin {}", rec.name), perms, expires_at)?;
         let (cert_pem, serial) = self.ca().issue_client(public_key, &rec.id, &format!("admin {}", rec.name), now, expires_at)?;
         Ok(ServiceIssue { user_jwt, cert_pem, serial, issued_at: now, expires_at })
@@ -327,6 +305,33 @@ impl Estate {
 // === batches the handlers record ===
 
 impl Estate {
+    /// What an identity is told it was issued: everything its identity dir holds but its keys.
+    pub fn issued_reply(&self, rec: &IdentityRecord, acct: &AccountRecord, user_jwt: String, cert_pem: String) -> crate::proto::IssuedReply {
+        crate::proto::IssuedReply {
+            id: rec.id.clone(),
+            kind: rec.kind,
+            name: rec.name.clone(),
+            service: rec.service.clone(),
+            trust_domain: self.trust_domain().to_string(),
+            account: acct.name.clone(),
+            account_public_key: acct.public_key.clone(),
+            user_public_key: rec.user_public_key.clone(),
+            inbox_prefix: match &rec.site {
+                Some(site) => crate::estate::sites::agent_inbox_prefix(site, &rec.user_public_key),
+                None => crate::subjects::inbox_prefix(&rec.user_public_key),
+            },
+            user_jwt,
+            cert_pem,
+            ca_pem: self.ca_bundle_pem(),
+            trust_jwks: self.trust_jwks(),
+            nats_urls: self.config.urls(),
+            ca_fingerprint: self.ca_fingerprint(),
+            cert_serial: rec.cert_serial.clone(),
+            issued_at_unix: rec.issued_at,
+            expires_at_unix: rec.expires_at,
+        }
+    }
+
     /// An enrollment: the new identity, its certificate's serial, the token burned by it, and
     /// (for a site's agent) its status record. Durable together, with their audit record.
     pub fn enrollment_batch(&self, rec: &IdentityRecord, token: &TokenRecord, agent: Option<&crate::estate::sites::AgentStatus>) -> Result<Batch> {

@@ -64,7 +64,7 @@ impl Estate {
             let id = data_encoding::BASE32_NOPAD.encode(&crypto::random_bytes(15)?);
             let secret = data_encoding::BASE64URL_NOPAD.encode(&crypto::random_bytes(32)?);
             let user = KeyPair::new_user();
-            let inbox = Self::inbox_prefix(&user.public_key());
+            let inbox = crate::subjects::inbox_prefix(&user.public_key());
             let perms = UserPermissions::new(vec![crate::proto::Enroll::SUBJECT.into()], vec![format!("{inbox}.>")]);
             let jwt = self.sign_user_with(&boot_key, &bootstrap, &user.public_key(), &format!("bootstrap {id}"), perms, expires_at, vec![])?;
             let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "bootstrap", &id.to_lowercase()]);

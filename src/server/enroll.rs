@@ -8,7 +8,7 @@ use super::{After, Ctx};
 use std::sync::Arc;
 use crate::audit::Entry;
 use crate::error::{ApiError, ErrorCode};
-use crate::estate::{AccountRecord, IdentityRecord, IdentityState};
+use crate::estate::{IdentityRecord, IdentityState};
 use crate::identity::IdentityKind;
 use crate::issuer::x509::{self, CsrError};
 use crate::names::ServiceId;
@@ -33,33 +33,6 @@ impl Handle for proto::Renew {
 
 fn csr_error(e: CsrError) -> ApiError {
     ApiError::bad_request(e.to_string())
-}
-
-fn issued_reply(ctx: &Ctx, rec: &IdentityRecord, acct: &AccountRecord, user_jwt: String, cert_pem: String) -> IssuedReply {
-    let e = &ctx.estate;
-    IssuedReply {
-        id: rec.id.clone(),
-        kind: rec.kind,
-        name: rec.name.clone(),
-        service: rec.service.clone(),
-        trust_domain: e.trust_domain().to_string(),
-        account: acct.name.clone(),
-        account_public_key: acct.public_key.clone(),
-        user_public_key: rec.user_public_key.clone(),
-        inbox_prefix: match &rec.site {
-            Some(site) => crate::estate::sites::agent_inbox_prefix(site, &rec.user_public_key),
-            None => crate::estate::Estate::inbox_prefix(&rec.user_public_key),
-        },
-        user_jwt,
-        cert_pem,
-        ca_pem: e.ca_bundle_pem(),
-        trust_jwks: e.trust_jwks(),
-        nats_urls: e.config.urls(),
-        ca_fingerprint: e.ca_fingerprint(),
-        cert_serial: rec.cert_serial.clone(),
-        issued_at_unix: rec.issued_at,
-        expires_at_unix: rec.expires_at,
-    }
 }
 
 // === enroll ===
@@ -219,7 +192,7 @@ async fn enroll(
     ctx.metrics.identities.inc();
     ctx.metrics.issued("enroll");
     tracing::info!(identity = %rec.id, user = user_pub, serial = %issue.serial, "enrolled");
-    Ok((issued_reply(ctx, &rec, acct, issue.user_jwt, issue.cert_pem), After::RevokeBootstrap(tok.bootstrap_user, tok.expires_at)))
+    Ok((ctx.estate.issued_reply(&rec, acct, issue.user_jwt, issue.cert_pem), After::RevokeBootstrap(tok.bootstrap_user, tok.expires_at)))
 }
 
 // === renew ===
@@ -265,7 +238,7 @@ async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: RenewRequest) -> Result<
     ctx.journal.record(entry).await.map_err(ApiError::internal)?;
     ctx.metrics.issued("renew");
     tracing::debug!(identity = %rec.id, user = %rec.user_public_key, "renewed");
-    Ok(issued_reply(ctx, &rec, &acct, jwt, cert_pem))
+    Ok(ctx.estate.issued_reply(&rec, &acct, jwt, cert_pem))
 }
 
 #[cfg(test)]
