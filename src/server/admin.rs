@@ -7,7 +7,6 @@
 //! renew; certificate serials of revoked identities are what CRL and OCSP report.
 
 use super::accounts::{push, RoleEntry};
-use super::dispatch::{Call, Handle};
 use super::Ctx;
 use crate::audit::Entry;
 use crate::clock::rfc3339;
@@ -19,7 +18,7 @@ use crate::names::ServiceId;
 use crate::policy::grants::{self, Change, ChangeError};
 use crate::estate::{MAX_TOKENS_PER_REQUEST, MAX_TOKEN_TTL_SECS};
 use crate::proto::{
-    self, IdentityStatus, GrantRequest, GrantsReply, IdentityEntry, ListReply, ListRequest, RevokeReply, RevokedIdentity, RevokeRequest, ServiceRequest,
+    IdentityStatus, GrantRequest, GrantsReply, IdentityEntry, ListReply, ListRequest, RevokeReply, RevokedIdentity, RevokeRequest, ServiceRequest,
     TokenCreateReply, TokenCreateRequest,
 };
 use std::sync::Arc;
@@ -27,41 +26,7 @@ use std::time::Duration;
 
 // === verbs ===
 
-impl Handle for proto::TokenCreate {
-    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: TokenCreateRequest) -> Result<TokenCreateReply, ApiError> {
-        token_create(ctx, call.caller()?, req).await
-    }
-}
-
-impl Handle for proto::Grant {
-    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: GrantRequest) -> Result<GrantsReply, ApiError> {
-        grant(ctx, call.caller()?, req).await
-    }
-}
-
-impl Handle for proto::Ungrant {
-    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: GrantRequest) -> Result<GrantsReply, ApiError> {
-        ungrant(ctx, call.caller()?, req).await
-    }
-}
-
-impl Handle for proto::Grants {
-    async fn handle(ctx: &Arc<Ctx>, _call: &mut Call, req: ServiceRequest) -> Result<GrantsReply, ApiError> {
-        grants(ctx, req).await
-    }
-}
-
-impl Handle for proto::Revoke {
-    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: RevokeRequest) -> Result<RevokeReply, ApiError> {
-        revoke(ctx, call.caller()?, req).await
-    }
-}
-
-impl Handle for proto::List {
-    async fn handle(ctx: &Arc<Ctx>, _call: &mut Call, _req: ListRequest) -> Result<ListReply, ApiError> {
-        list(ctx).await
-    }
-}
+serve_verbs! { TokenCreate(caller) => token_create, Grant(caller) => grant, Ungrant(caller) => ungrant, Grants => grants, Revoke(caller) => revoke, List => list }
 
 fn grants_reply(role: &RoleRecord) -> GrantsReply {
     let d = default_permissions(&role.service);
@@ -324,7 +289,7 @@ pub(super) fn state_of(rec: &IdentityRecord, now: i64) -> IdentityStatus {
     }
 }
 
-async fn list(ctx: &Ctx) -> Result<ListReply, ApiError> {
+async fn list(ctx: &Ctx, _req: ListRequest) -> Result<ListReply, ApiError> {
     let now = ctx.estate.clock().now_unix();
     let mut identities: Vec<IdentityEntry> = ctx
         .estate

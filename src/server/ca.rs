@@ -12,7 +12,7 @@ use crate::clock::rfc3339;
 use crate::error::{ApiError, ErrorCode};
 use crate::estate::ca::{CaState, RolloutRecord};
 use crate::estate::{Estate, IdentityRecord};
-use crate::proto::{self, CaEventPhase, CaStatus, RotatePhase, CaInfo, CaRollout, RotateCaReply, RotateCaRequest, RotateSigningKeyReply, RotateSigningKeyRequest};
+use crate::proto::{self, CaEventPhase, CaStatus, RotatePhase, CaInfo, CaRollout, RotateCaReply, RotateCaRequest};
 use std::time::Duration;
 
 // === verbs ===
@@ -27,11 +27,7 @@ impl Handle for proto::RotateCa {
     }
 }
 
-impl Handle for proto::RotateSigningKey {
-    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: RotateSigningKeyRequest) -> Result<RotateSigningKeyReply, ApiError> {
-        rotate_signing_key(ctx, call.caller()?, req).await
-    }
-}
+serve_verbs! { RotateSigningKey(caller) => rotate_signing_key }
 
 /// How often the rollout is checked.
 pub const ROLLOUT_TICK: Duration = Duration::from_secs(1);

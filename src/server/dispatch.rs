@@ -41,6 +41,29 @@ pub(crate) trait Handle: Endpoint {
     fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: Self::Request) -> impl Future<Output = Result<Self::Reply, ApiError>> + Send;
 }
 
+/// Serve verbs with functions of their family's file: `Grant(caller) => grant` calls
+/// `grant(ctx, caller, req)`; `Grants => grants` calls `grants(ctx, req)`.
+macro_rules! serve_verbs {
+    ($($verb:ident $(($who:ident))? => $f:ident),* $(,)?) => {$(
+        impl $crate::server::dispatch::Handle for $crate::proto::$verb {
+            async fn handle(
+                ctx: &std::sync::Arc<$crate::server::Ctx>,
+                call: &mut $crate::server::dispatch::Call,
+                req: <Self as $crate::proto::Endpoint>::Request,
+            ) -> Result<<Self as $crate::proto::Endpoint>::Reply, $crate::error::ApiError> {
+                serve_verbs!(@call $f, ctx, call, req $(, $who)?)
+            }
+        }
+    )*};
+    (@call $f:ident, $ctx:ident, $call:ident, $req:ident) => {{
+        let _ = &$call;
+        $f($ctx, $req).await
+    }};
+    (@call $f:ident, $ctx:ident, $call:ident, $req:ident, caller) => {
+        $f($ctx, $call.caller()?, $req).await
+    };
+}
+
 type Run = for<'a> fn(&'a Arc<Ctx>, &'a mut Call, &'a RawValue) -> BoxFuture<'a, Result<Box<RawValue>, ApiError>>;
 
 fn run<'a, E: Handle>(ctx: &'a Arc<Ctx>, call: &'a mut Call, raw: &'a RawValue) -> BoxFuture<'a, Result<Box<RawValue>, ApiError>> {

@@ -25,11 +25,7 @@ impl Handle for proto::Enroll {
     }
 }
 
-impl Handle for proto::Renew {
-    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: RenewRequest) -> Result<IssuedReply, ApiError> {
-        renew(ctx, call.caller()?, req).await
-    }
-}
+serve_verbs! { Renew(caller) => renew }
 
 fn csr_error(e: CsrError) -> ApiError {
     ApiError::bad_request(e.to_string())

@@ -8,10 +8,11 @@
 //! replay cache, its signer looked up in the identity store, then dispatched. The reply is always
 //! `{"result": …}` or `{"error": {"code", "message"}}`.
 
+#[macro_use]
+mod dispatch;
 mod accounts;
 mod admin;
 mod ca;
-mod dispatch;
 mod enroll;
 mod events;
 pub mod http;

@@ -3,9 +3,7 @@
 //! and cross the broker only as ciphertext. Every write is recorded before it happens; every read
 //! (allowed or denied) is recorded.
 
-use super::dispatch::{Call, Handle};
 use super::Ctx;
-use std::sync::Arc;
 use crate::audit::Entry;
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ErrorCode};
@@ -13,7 +11,7 @@ use crate::estate::SecretMeta;
 use crate::estate::IdentityRecord;
 use crate::identity::IdentityKind;
 use crate::proto::{
-    self,    SealedValue, SecretGetReply, SecretGetRequest, SecretInfo, SecretListReply, SecretListRequest, SecretPathRequest, SecretPutRequest,
+    SealedValue, SecretGetReply, SecretGetRequest, SecretInfo, SecretListReply, SecretListRequest, SecretPathRequest, SecretPutRequest,
     SecretReply, SecretRotateRequest, SecretVersionInfo,
 };
 use crate::policy::may_read;
@@ -23,40 +21,9 @@ use zeroize::Zeroizing;
 
 // === verbs ===
 
-impl Handle for proto::SecretPut {
-    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: SecretPutRequest) -> Result<SecretReply, ApiError> {
-        put(ctx, call.caller()?, req).await
-    }
-}
-
-impl Handle for proto::SecretRotate {
-    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: SecretRotateRequest) -> Result<SecretReply, ApiError> {
-        rotate(ctx, call.caller()?, req).await
-    }
-}
-
-impl Handle for proto::SecretList {
-    async fn handle(ctx: &Arc<Ctx>, _call: &mut Call, req: SecretListRequest) -> Result<SecretListReply, ApiError> {
-        list(ctx, req).await
-    }
-}
-
-impl Handle for proto::SecretVersions {
-    async fn handle(ctx: &Arc<Ctx>, _call: &mut Call, req: SecretPathRequest) -> Result<SecretReply, ApiError> {
-        versions(ctx, req).await
-    }
-}
-
-impl Handle for proto::SecretDelete {
-    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: SecretPathRequest) -> Result<SecretReply, ApiError> {
-        delete(ctx, call.caller()?, req).await
-    }
-}
-
-impl Handle for proto::SecretGet {
-    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: SecretGetRequest) -> Result<SecretGetReply, ApiError> {
-        get(ctx, call.caller()?, req).await
-    }
+serve_verbs! {
+    SecretPut(caller) => put, SecretRotate(caller) => rotate, SecretList => list, SecretVersions => versions, SecretDelete(caller) => delete,
+    SecretGet(caller) => get,
 }
 
 fn info(m: &SecretMeta) -> SecretInfo {

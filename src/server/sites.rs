@@ -3,9 +3,7 @@
 //! server's certificate and leafnode users (`tillit.v1.svc.site.renew`).
 
 use super::accounts::push;
-use super::dispatch::{Call, Handle};
 use super::Ctx;
-use std::sync::Arc;
 use crate::audit::Entry;
 use crate::clock::rfc3339;
 use crate::envelope::{TrustSet, Verifier};
@@ -14,7 +12,7 @@ use crate::estate::sites::{agent_service_id, AgentStatus, SiteRecord};
 use crate::estate::{IdentityRecord, BOOTSTRAP_ACCOUNT, SYS_ACCOUNT, TILLIT_ACCOUNT};
 use crate::identity::IdentityKind;
 use crate::proto::{
-    self, AckData, AckOutcome, AckReply, AckRequest, SiteAddReply, SiteAddRequest, SiteInfo, SiteListReply, SiteListRequest, SiteRemoveReply, SiteRemoveRequest,
+    AckData, AckOutcome, AckReply, AckRequest, SiteAddReply, SiteAddRequest, SiteInfo, SiteListReply, SiteListRequest,
     SiteRenewReply, SiteRenewRequest,
 };
 use crate::replay::Seen;
@@ -22,35 +20,7 @@ use crate::subjects;
 
 // === verbs ===
 
-impl Handle for proto::SiteAdd {
-    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: SiteAddRequest) -> Result<SiteAddReply, ApiError> {
-        add(ctx, call.caller()?, req).await
-    }
-}
-
-impl Handle for proto::SiteList {
-    async fn handle(ctx: &Arc<Ctx>, _call: &mut Call, _req: SiteListRequest) -> Result<SiteListReply, ApiError> {
-        list(ctx).await
-    }
-}
-
-impl Handle for proto::SiteRemove {
-    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: SiteRemoveRequest) -> Result<SiteRemoveReply, ApiError> {
-        remove(ctx, call.caller()?, req).await
-    }
-}
-
-impl Handle for proto::Ack {
-    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: AckRequest) -> Result<AckReply, ApiError> {
-        ack(ctx, call.caller()?, req).await
-    }
-}
-
-impl Handle for proto::SiteRenew {
-    async fn handle(ctx: &Arc<Ctx>, call: &mut Call, req: SiteRenewRequest) -> Result<SiteRenewReply, ApiError> {
-        renew(ctx, call.caller()?, req).await
-    }
-}
+serve_verbs! { SiteAdd(caller) => add, SiteList => list, SiteRemove(caller) => remove, Ack(caller) => ack, SiteRenew(caller) => renew }
 
 /// Longest an agent token may live.
 const MAX_AGENT_TOKEN_TTL: i64 = 7 * 86_400;
@@ -226,7 +196,7 @@ async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: SiteRenewRequest) -> Res
     })
 }
 
-async fn list(ctx: &Ctx) -> Result<SiteListReply, ApiError> {
+async fn list(ctx: &Ctx, _req: SiteListRequest) -> Result<SiteListReply, ApiError> {
     Ok(SiteListReply { sites: site_infos(ctx).await? })
 }
 
