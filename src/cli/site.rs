@@ -8,7 +8,7 @@
 use super::grant::AdminArgs;
 use crate::client::TillitClient;
 use crate::clock::parse_duration;
-use crate::fsutil::{create_dir, write_atomic};
+use crate::fsutil::{create_dir, write_atomic, write_dir_atomic, Replace, WriteDirError};
 use crate::layout::IdentityDir;
 use crate::natsconf::{render_site, site_files, SiteServer};
 use crate::proto::{SiteAddReply, SiteAddRequest, SiteListReply, SiteListRequest};
@@ -160,12 +160,7 @@ async fn add(a: AddArgs) -> anyhow::Result<()> {
 
 /// Write the site directory through a staging dir beside it, renamed into place.
 fn write_site_dir(out: &Path, files: &[(&str, Vec<u8>, u32)]) -> anyhow::Result<()> {
-    let parent = out.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    std::fs::create_dir_all(&parent).with_context(|| format!("create {}", parent.display()))?;
-    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("site");
-    let staging = parent.join(format!(".{name}.site-{}", uuid::Uuid::new_v4().simple()));
-    let r = (|| -> std::io::Result<()> {
-        create_dir(&staging, 0o700)?;
+    let fill = |staging: &Path| -> std::io::Result<()> {
         create_dir(&staging.join("tls"), 0o700)?;
         create_dir(&staging.join(site_files::RESOLVER), 0o700)?;
         create_dir(&staging.join(site_files::JETSTREAM), 0o700)?;
@@ -173,17 +168,15 @@ fn write_site_dir(out: &Path, files: &[(&str, Vec<u8>, u32)]) -> anyhow::Result<
             write_atomic(&staging.join(name), data, *mode)?;
         }
         Ok(())
-    })();
-    if let Err(e) = r {
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(anyhow::anyhow!("cannot write the site directory: {e}"));
-    }
-    if out.exists() {
-        std::fs::remove_dir(out).with_context(|| format!("{} is not empty", out.display()))?;
-    }
-    std::fs::rename(&staging, out).with_context(|| format!("move the site directory into {}", out.display()))?;
-    crate::fsutil::sync_dir(&parent)?;
-    Ok(())
+    };
+    write_dir_atomic(out, "site", Replace::IfEmpty, fill).map_err(|e| match e {
+        WriteDirError::Fill(e) => anyhow::anyhow!("cannot write the site directory: {e}"),
+        WriteDirError::NotEmpty { path, source } => anyhow::Error::new(source).context(format!("{} is not empty", path.display())),
+        WriteDirError::Io { op: "rename", path, source } => {
+            anyhow::Error::new(source).context(format!("move the site directory into {}", path.display()))
+        }
+        WriteDirError::Io { op, path, source } => anyhow::Error::new(source).context(format!("{op} {}", path.display())),
+    })
 }
 
 async fn list(a: ListArgs) -> anyhow::Result<()> {
