@@ -144,9 +144,9 @@ fn build(staging: &Path, target: &Path, config: Config, clock: SharedClock) -> R
         fsutil::create_dir(&d, PRIVATE_DIR).map_err(io(&d))?;
     }
     w(stage.operator_jwt(), estate.meta.operator_jwt.as_bytes(), PUBLIC)?;
-    w(stage.nats_tls().join("cert.pem"), server.cert_pem.as_bytes(), PUBLIC)?;
-    w(stage.nats_tls().join("key.pem"), server.key_pem.expose().as_bytes(), PRIVATE)?;
-    w(stage.nats_tls().join("ca.pem"), estate.meta.ca_cert_pem.as_bytes(), PUBLIC)?;
+    w(stage.nats_cert(), server.cert_pem.as_bytes(), PUBLIC)?;
+    w(stage.nats_key(), server.key_pem.expose().as_bytes(), PRIVATE)?;
+    w(stage.nats_ca(), estate.meta.ca_cert_pem.as_bytes(), PUBLIC)?;
     let conf = natsconf::render(
         &config,
         &fin,

@@ -139,7 +139,7 @@ pub fn files_from_reply(
 /// `nats` overrides the token's URLs and is what `identity.json` records.
 pub async fn enroll(token: &str, out: &Path, nats: Option<&str>, clock: SharedClock) -> Result<IdentityInfo, ClientError> {
     let token = JoinToken::decode(token).map_err(|e| ClientError::Credentials(e.to_string()))?;
-    if out.join("identity.json").exists() {
+    if IdentityDir::new(out).identity_json().exists() {
         return Err(ClientError::Credentials(format!(
             "{} already holds an identity; enroll into a new dir (or remove it first)",
             out.display()
