@@ -15,8 +15,6 @@ use zeroize::Zeroizing;
 
 /// Environment variable that carries the master key (64 hex characters) instead of the file.
 pub const MASTER_KEY_ENV: &str = "TILLIT_MASTER_KEY";
-/// File name of the master key inside the data dir.
-pub const MASTER_KEY_FILE: &str = "master.key";
 
 const NONCE_LEN: usize = 24;
 const SEAL_VERSION: u8 = 1;
@@ -131,7 +129,7 @@ impl MasterKey {
             let v = Zeroizing::new(v);
             return Self::from_hex(&v, MASTER_KEY_ENV);
         }
-        let path = data_dir.join(MASTER_KEY_FILE);
+        let path = crate::layout::DataDir::new(data_dir).master_key();
         let meta = match std::fs::metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -318,7 +316,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(MasterKey::load(dir.path()), Err(CryptoError::MasterKeyMissing { .. })));
-        let p = dir.path().join(MASTER_KEY_FILE);
+        let p = crate::layout::DataDir::new(dir.path()).master_key();
         let k = MasterKey::generate().unwrap();
         std::fs::write(&p, k.to_hex().as_bytes()).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();

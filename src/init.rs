@@ -8,7 +8,7 @@ use crate::clock::SharedClock;
 use crate::config::{raw_for_init, Config, ConfigError};
 use crate::crypto::{CryptoError, MasterKey, MASTER_KEY_ENV};
 use crate::estate::{Estate, EstateError, SYS_ACCOUNT, TILLIT_ACCOUNT};
-use crate::fsutil::{self, PRIVATE, PRIVATE_DIR, PUBLIC};
+use crate::fsutil::{self, Replace, WriteDirError, PRIVATE, PRIVATE_DIR, PUBLIC};
 use crate::identity;
 use crate::layout::DataDir;
 use crate::natsconf::{self, ServerTrust};
@@ -93,8 +93,6 @@ pub fn init(opts: &InitOptions, clock: SharedClock) -> Result<InitSummary, InitE
     raw.http.metrics_addr = opts.metrics_addr.clone();
     let config = Config::from_raw(raw)?;
     let target = absolute(&opts.data_dir)?;
-    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("tillit").to_string();
-    let parent = target.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
 
     let empty = fsutil::is_absent_or_empty_dir(&target).map_err(io(&target))?;
     if !empty {
@@ -108,45 +106,20 @@ pub fn init(opts: &InitOptions, clock: SharedClock) -> Result<InitSummary, InitE
         }
     }
 
-    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
-    let staging = parent.join(format!(".{name}.init-{}", uuid::Uuid::new_v4().simple()));
-    let result = build(&staging, &target, config, clock);
-    let summary = match result {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(e);
+    // Build in a staging dir, then swap it into place (a replaced data dir is restored if the
+    // new one cannot take its place).
+    let replace = if empty { Replace::IfEmpty } else { Replace::Swap };
+    fsutil::write_dir_atomic(&target, "init", replace, |staging| build(staging, &target, config, clock)).map_err(|e| match e {
+        WriteDirError::Fill(e) => e,
+        WriteDirError::NotEmpty { path, source } | WriteDirError::Io { path, source, .. } => {
+            InitError::Io { path: path.display().to_string(), source }
         }
-    };
-    // Swap into place.
-    let mut replaced = None;
-    if target.exists() {
-        if empty {
-            std::fs::remove_dir(&target).map_err(io(&target))?;
-        } else {
-            let old = parent.join(format!(".{name}.replaced-{}", uuid::Uuid::new_v4().simple()));
-            std::fs::rename(&target, &old).map_err(io(&target))?;
-            replaced = Some(old);
-        }
-    }
-    if let Err(e) = std::fs::rename(&staging, &target) {
-        if let Some(old) = &replaced {
-            let _ = std::fs::rename(old, &target);
-        }
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(io(&target)(e));
-    }
-    fsutil::sync_dir(&parent).map_err(io(&parent))?;
-    if let Some(old) = replaced {
-        let _ = std::fs::remove_dir_all(old);
-    }
-    Ok(summary)
+    })
 }
 
 fn build(staging: &Path, target: &Path, config: Config, clock: SharedClock) -> Result<InitSummary, InitError> {
     let stage = DataDir::new(staging);
     let fin = DataDir::new(target);
-    fsutil::create_dir(staging, PRIVATE_DIR).map_err(io(staging))?;
 
     let (master, master_key_file) = match std::env::var(MASTER_KEY_ENV) {
         Ok(v) => (MasterKey::from_hex(&v, MASTER_KEY_ENV)?, None),
@@ -171,9 +144,9 @@ fn build(staging: &Path, target: &Path, config: Config, clock: SharedClock) -> R
         fsutil::create_dir(&d, PRIVATE_DIR).map_err(io(&d))?;
     }
     w(stage.operator_jwt(), estate.meta.operator_jwt.as_bytes(), PUBLIC)?;
-    w(stage.nats_tls().join("cert.pem"), server.cert_pem.as_bytes(), PUBLIC)?;
-    w(stage.nats_tls().join("key.pem"), server.key_pem.expose().as_bytes(), PRIVATE)?;
-    w(stage.nats_tls().join("ca.pem"), estate.meta.ca_cert_pem.as_bytes(), PUBLIC)?;
+    w(stage.nats_cert(), server.cert_pem.as_bytes(), PUBLIC)?;
+    w(stage.nats_key(), server.key_pem.expose().as_bytes(), PRIVATE)?;
+    w(stage.nats_ca(), estate.meta.ca_cert_pem.as_bytes(), PUBLIC)?;
     let conf = natsconf::render(
         &config,
         &fin,

@@ -1,9 +1,16 @@
 //! Every file name tillit reads or writes, in one place (house rule 1).
 //!
-//! Two layouts are *contract*: the data dir of a control plane ([`DataDir`]) and the identity dir
-//! every enrolled party holds ([`IdentityDir`]).
+//! Three layouts are *contract*: the data dir of a control plane ([`DataDir`]), the identity dir
+//! every enrolled party holds ([`IdentityDir`]) and the site dir `tillit site add` writes and the
+//! site agent materialises into ([`SiteDir`]).
 
+use crate::secrets::SecretPath;
 use std::path::{Path, PathBuf};
+
+/// File name of the audit log inside `DATA/audit` ([`DataDir::audit`]).
+pub const AUDIT_FILE: &str = "audit.jsonl";
+/// File name of the audit log's head anchor inside `DATA/audit`.
+pub const AUDIT_HEAD_FILE: &str = "head.json";
 
 /// The control plane's data dir (`--data-dir`).
 #[derive(Debug, Clone)]
@@ -22,7 +29,7 @@ impl DataDir {
     }
     /// `master.key` (0600) unless `TILLIT_MASTER_KEY` is set.
     pub fn master_key(&self) -> PathBuf {
-        self.0.join(crate::crypto::MASTER_KEY_FILE)
+        self.0.join("master.key")
     }
     /// sled database.
     pub fn store(&self) -> PathBuf {
@@ -46,9 +53,29 @@ impl DataDir {
     pub fn jetstream(&self) -> PathBuf {
         self.nats().join("jetstream")
     }
-    /// The hub server's own TLS material (`cert.pem`, `key.pem`, `ca.pem`).
+    /// The hub server's own TLS material.
     pub fn nats_tls(&self) -> PathBuf {
         self.nats().join("tls")
+    }
+    /// The hub server's certificate (PEM).
+    pub fn nats_cert(&self) -> PathBuf {
+        self.nats_tls().join("cert.pem")
+    }
+    /// The hub server's private key (PEM), 0600.
+    pub fn nats_key(&self) -> PathBuf {
+        self.nats_tls().join("key.pem")
+    }
+    /// The CA bundle the hub server verifies clients and leafnodes with (PEM).
+    pub fn nats_ca(&self) -> PathBuf {
+        self.nats_tls().join("ca.pem")
+    }
+    /// The hub server's OCSP answer cache.
+    pub fn ocsp_cache(&self) -> PathBuf {
+        self.nats().join("ocsp-cache")
+    }
+    /// The hub server's output under `tillit dev`.
+    pub fn nats_log(&self) -> PathBuf {
+        self.nats().join("nats-server.log")
     }
     /// The operator's CLI identity written by `init`.
     pub fn admin(&self) -> IdentityDir {
@@ -57,6 +84,10 @@ impl DataDir {
     /// Append-only audit log directory.
     pub fn audit(&self) -> PathBuf {
         self.0.join("audit")
+    }
+    /// The audit log itself.
+    pub fn audit_log(&self) -> PathBuf {
+        self.audit().join(AUDIT_FILE)
     }
     /// The request-replay cache a stopped `serve` hands to the next one (MACed, 0600).
     pub fn replay_snapshot(&self) -> PathBuf {
@@ -105,5 +136,197 @@ impl IdentityDir {
     /// Who this is, where to connect, when it expires.
     pub fn identity_json(&self) -> PathBuf {
         self.0.join("identity.json")
+    }
+}
+
+/// A site dir (*contract*): what `tillit site add` writes for a site's leaf nats-server, and the
+/// directory the site's agent materialises into (`tillit agent --out`, FILES): the CA bundle,
+/// secrets, its state and, when `site add` wrote them there, the site server's files it renews.
+#[derive(Debug, Clone)]
+pub struct SiteDir(PathBuf);
+
+impl SiteDir {
+    pub fn new(p: impl Into<PathBuf>) -> Self {
+        SiteDir(p.into())
+    }
+    pub fn root(&self) -> &Path {
+        &self.0
+    }
+    /// The site server's configuration (`nats-server -c`).
+    pub fn server_conf(&self) -> PathBuf {
+        self.0.join("server.conf")
+    }
+    pub fn operator_jwt(&self) -> PathBuf {
+        self.0.join("operator.jwt")
+    }
+    /// CA bundle (PEM) the site server verifies with; the agent rewrites it on a CA rotation.
+    pub fn ca(&self) -> PathBuf {
+        self.0.join("ca.pem")
+    }
+    pub fn tls(&self) -> PathBuf {
+        self.0.join("tls")
+    }
+    /// The site server's certificate (PEM).
+    pub fn cert(&self) -> PathBuf {
+        self.tls().join("cert.pem")
+    }
+    /// The site server's private key (PEM), 0600.
+    pub fn key(&self) -> PathBuf {
+        self.tls().join("key.pem")
+    }
+    /// Creds (0600) of the leafnode remote in the system account.
+    pub fn sys_creds(&self) -> PathBuf {
+        self.0.join("leaf-sys.creds")
+    }
+    /// Creds (0600) of the leafnode remote in the TILLIT account.
+    pub fn tillit_creds(&self) -> PathBuf {
+        self.0.join("leaf-tillit.creds")
+    }
+    /// The agent's join token (0600).
+    pub fn agent_token(&self) -> PathBuf {
+        self.0.join("agent.token")
+    }
+    /// Where `site add` tells the agent to enroll.
+    pub fn agent_identity(&self) -> IdentityDir {
+        IdentityDir::new(self.0.join("agent"))
+    }
+    /// The site server's full resolver JWT directory.
+    pub fn resolver(&self) -> PathBuf {
+        self.0.join("jwt")
+    }
+    /// JetStream storage of the site server.
+    pub fn jetstream(&self) -> PathBuf {
+        self.0.join("jetstream")
+    }
+    /// The site server's pid (the agent's hook signals it).
+    pub fn pid_file(&self) -> PathBuf {
+        self.0.join("nats-server.pid")
+    }
+    /// The site server's OCSP answer cache.
+    pub fn ocsp_cache(&self) -> PathBuf {
+        self.0.join("ocsp-cache")
+    }
+    /// The agent's state (last sequence applied, secrets' versions), 0600.
+    pub fn agent_state(&self) -> PathBuf {
+        self.0.join(".tillit-agent.json")
+    }
+    /// Materialised secrets.
+    pub fn secrets(&self) -> PathBuf {
+        self.0.join("secrets")
+    }
+    /// Where the secret `path` is materialised: `secrets/TENANT/PROJECT/ENV/NAME`.
+    pub fn secret(&self, path: &SecretPath) -> PathBuf {
+        self.secrets().join(&path.tenant).join(&path.project).join(&path.env).join(&path.name)
+    }
+}
+
+/// Files of `tillit bench`'s cfssl baseline in its scratch dir (relative: cfssl runs there).
+pub mod cfssl {
+    pub const CA_CSR: &str = "ca-csr.json";
+    pub const CA: &str = "ca.pem";
+    pub const CA_KEY: &str = "ca-key.pem";
+    pub const LOG: &str = "cfssl.log";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(root: &str, p: PathBuf) -> String {
+        p.strip_prefix(root).unwrap().display().to_string()
+    }
+
+    /// The layouts are a contract: these names never change.
+    #[test]
+    fn file_names_are_the_contract() {
+        let d = DataDir::new("/d");
+        let got: Vec<String> = [
+            d.config_file(),
+            d.master_key(),
+            d.store(),
+            d.server_conf(),
+            d.operator_jwt(),
+            d.resolver(),
+            d.jetstream(),
+            d.nats_cert(),
+            d.nats_key(),
+            d.nats_ca(),
+            d.ocsp_cache(),
+            d.nats_log(),
+            d.admin().creds(),
+            d.audit_log(),
+            d.audit().join(AUDIT_HEAD_FILE),
+            d.replay_snapshot(),
+        ]
+        .into_iter()
+        .map(|p| rel("/d", p))
+        .collect();
+        assert_eq!(
+            got,
+            [
+                "tillit.toml",
+                "master.key",
+                "store",
+                "nats/server.conf",
+                "nats/operator.jwt",
+                "nats/resolver",
+                "nats/jetstream",
+                "nats/tls/cert.pem",
+                "nats/tls/key.pem",
+                "nats/tls/ca.pem",
+                "nats/ocsp-cache",
+                "nats/nats-server.log",
+                "admin/nats.creds",
+                "audit/audit.jsonl",
+                "audit/head.json",
+                "replay.json",
+            ]
+        );
+        let i = IdentityDir::new("/i");
+        let got: Vec<String> =
+            [i.creds(), i.cert(), i.key(), i.ca(), i.trust_jwks(), i.xkey(), i.identity_json()].into_iter().map(|p| rel("/i", p)).collect();
+        assert_eq!(got, ["nats.creds", "tls/cert.pem", "tls/key.pem", "tls/ca.pem", "trust.jwks", "xkey.seed", "identity.json"]);
+        let s = SiteDir::new("/s");
+        let secret = SecretPath { tenant: "t".into(), project: "p".into(), env: "e".into(), name: "n".into() };
+        let got: Vec<String> = [
+            s.server_conf(),
+            s.operator_jwt(),
+            s.ca(),
+            s.cert(),
+            s.key(),
+            s.sys_creds(),
+            s.tillit_creds(),
+            s.agent_token(),
+            s.agent_identity().root().to_path_buf(),
+            s.resolver(),
+            s.jetstream(),
+            s.pid_file(),
+            s.ocsp_cache(),
+            s.agent_state(),
+            s.secret(&secret),
+        ]
+        .into_iter()
+        .map(|p| rel("/s", p))
+        .collect();
+        assert_eq!(
+            got,
+            [
+                "server.conf",
+                "operator.jwt",
+                "ca.pem",
+                "tls/cert.pem",
+                "tls/key.pem",
+                "leaf-sys.creds",
+                "leaf-tillit.creds",
+                "agent.token",
+                "agent",
+                "jwt",
+                "jetstream",
+                "nats-server.pid",
+                "ocsp-cache",
+                ".tillit-agent.json",
+                "secrets/t/p/e/n",
+            ]
+        );
     }
 }

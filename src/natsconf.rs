@@ -5,7 +5,7 @@
 //! CA (`verify: true`) *and* a user JWT that chains to the operator: there is no other way in.
 
 use crate::config::Config;
-use crate::layout::DataDir;
+use crate::layout::{DataDir, SiteDir};
 use std::fmt::Write;
 
 /// Public facts of the trust roots the server config needs.
@@ -24,7 +24,6 @@ fn q(s: &str) -> String {
 /// Render `DATA/nats/server.conf`. `dir` must be absolute: nats-server resolves relative paths
 /// against its working directory, not the config file.
 pub fn render(cfg: &Config, dir: &DataDir, trust: &ServerTrust<'_>) -> String {
-    let tls = dir.nats_tls();
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -55,14 +54,14 @@ pub fn render(cfg: &Config, dir: &DataDir, trust: &ServerTrust<'_>) -> String {
         "\ntls {{\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n  verify: true\n  timeout: 2\n  \
          # Client certificates are checked against tillit's OCSP responder (their AIA URL).\n  \
          ocsp_peer: {{\n    verify: true\n    ca_timeout: 2\n    allowed_clockskew: 30\n  }}\n}}",
-        q(&tls.join("cert.pem").display().to_string()),
-        q(&tls.join("key.pem").display().to_string()),
-        q(&tls.join("ca.pem").display().to_string()),
+        q(&dir.nats_cert().display().to_string()),
+        q(&dir.nats_key().display().to_string()),
+        q(&dir.nats_ca().display().to_string()),
     );
     let _ = writeln!(
         s,
         "\n# OCSP answers are cached here (not in the working directory).\nocsp_cache {{\n  type: local\n  local_store: {}\n}}",
-        q(&dir.nats().join("ocsp-cache").display().to_string())
+        q(&dir.ocsp_cache().display().to_string())
     );
     if let Some(leaf) = &cfg.leaf_listen {
         let _ = writeln!(
@@ -70,9 +69,9 @@ pub fn render(cfg: &Config, dir: &DataDir, trust: &ServerTrust<'_>) -> String {
             "\n# Site servers (`tillit site add`) connect here: mutual TLS, then a user JWT per account.\n\
              leafnodes {{\n  listen: {}\n  tls {{\n    cert_file: {}\n    key_file: {}\n    ca_file: {}\n    verify: true\n    timeout: 2\n  }}\n}}",
             q(leaf),
-            q(&tls.join("cert.pem").display().to_string()),
-            q(&tls.join("key.pem").display().to_string()),
-            q(&tls.join("ca.pem").display().to_string()),
+            q(&dir.nats_cert().display().to_string()),
+            q(&dir.nats_key().display().to_string()),
+            q(&dir.nats_ca().display().to_string()),
         );
     }
     let _ = writeln!(
@@ -101,32 +100,17 @@ pub struct SiteServer<'a> {
     pub hub_urls: &'a [String],
 }
 
-/// File names inside a site directory.
-pub mod site_files {
-    pub const SERVER_CONF: &str = "server.conf";
-    pub const OPERATOR_JWT: &str = "operator.jwt";
-    pub const CA: &str = "ca.pem";
-    pub const CERT: &str = "tls/cert.pem";
-    pub const KEY: &str = "tls/key.pem";
-    pub const SYS_CREDS: &str = "leaf-sys.creds";
-    pub const TILLIT_CREDS: &str = "leaf-tillit.creds";
-    pub const AGENT_TOKEN: &str = "agent.token";
-    pub const RESOLVER: &str = "jwt";
-    pub const JETSTREAM: &str = "jetstream";
-    pub const PID_FILE: &str = "nats-server.pid";
-}
-
 /// Render a site's `server.conf`: a leaf nats-server in operator mode trusting the same operator,
 /// its own certificate from the tillit CA, mutual TLS (with OCSP) for its clients, leafnode
 /// remotes to the hub for SYS (account JWTs stay in sync: a full resolver fed over the leaf) and
 /// TILLIT (enrollment, the service API, the event stream), and JetStream in its own domain.
 /// The CA bundle (`ca.pem`) is what the site's agent rewrites on a CA rotation.
 pub fn render_site(p: &SiteServer<'_>) -> String {
-    use site_files::*;
-    let f = |name: &str| q(&p.dir.join(name).display().to_string());
+    let d = SiteDir::new(p.dir);
+    let f = |path: std::path::PathBuf| q(&path.display().to_string());
     let urls: Vec<String> = p.hub_urls.iter().map(|u| q(u)).collect();
     let urls = urls.join(", ");
-    let remote_tls = format!("tls {{ cert_file: {}, key_file: {}, ca_file: {}, timeout: 2 }}", f(CERT), f(KEY), f(CA));
+    let remote_tls = format!("tls {{ cert_file: {}, key_file: {}, ca_file: {}, timeout: 2 }}", f(d.cert()), f(d.key()), f(d.ca()));
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -134,18 +118,18 @@ pub fn render_site(p: &SiteServer<'_>) -> String {
          # Start it with `nats-server -c {conf}` and run `tillit agent` against it.\n",
         site = p.site,
         td = p.trust_domain,
-        conf = p.dir.join(SERVER_CONF).display()
+        conf = d.server_conf().display()
     );
     let _ = writeln!(s, "server_name: {}", q(&crate::subjects::site_server_name(p.site)));
     let _ = writeln!(s, "listen: {}", q(p.listen));
-    let _ = writeln!(s, "# The agent's hook reloads the server with: kill -HUP $(cat {})", p.dir.join(PID_FILE).display());
-    let _ = writeln!(s, "pid_file: {}", f(PID_FILE));
-    let _ = writeln!(s, "\noperator: {}", f(OPERATOR_JWT));
+    let _ = writeln!(s, "# The agent's hook reloads the server with: kill -HUP $(cat {})", d.pid_file().display());
+    let _ = writeln!(s, "pid_file: {}", f(d.pid_file()));
+    let _ = writeln!(s, "\noperator: {}", f(d.operator_jwt()));
     let _ = writeln!(s, "system_account: {}", q(p.system_account));
     let _ = writeln!(
         s,
         "\nresolver: {{\n  type: full\n  dir: {}\n  allow_delete: false\n  interval: \"30s\"\n  timeout: \"1.9s\"\n}}",
-        f(RESOLVER)
+        f(d.resolver())
     );
     let _ = writeln!(s, "\nresolver_preload: {{");
     for (k, jwt) in &p.preload {
@@ -156,25 +140,25 @@ pub fn render_site(p: &SiteServer<'_>) -> String {
         s,
         "\ntls {{\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n  verify: true\n  timeout: 2\n  \
          ocsp_peer: {{\n    verify: true\n    ca_timeout: 2\n    allowed_clockskew: 30\n  }}\n}}",
-        f(CERT),
-        f(KEY),
-        f(CA)
+        f(d.cert()),
+        f(d.key()),
+        f(d.ca())
     );
-    let _ = writeln!(s, "\nocsp_cache {{\n  type: local\n  local_store: {}\n}}", f("ocsp-cache"));
+    let _ = writeln!(s, "\nocsp_cache {{\n  type: local\n  local_store: {}\n}}", f(d.ocsp_cache()));
     let _ = writeln!(
         s,
         "\nleafnodes {{\n  reconnect: 1\n  remotes: [\n    {{ urls: [{urls}], account: {sys}, credentials: {sysc}, {remote_tls} }}\n    \
          {{ urls: [{urls}], account: {til}, credentials: {tilc}, {remote_tls} }}\n  ]\n}}",
         sys = q(p.system_account),
-        sysc = f(SYS_CREDS),
+        sysc = f(d.sys_creds()),
         til = q(p.tillit_account),
-        tilc = f(TILLIT_CREDS),
+        tilc = f(d.tillit_creds()),
     );
     let _ = writeln!(
         s,
         "\njetstream {{\n  domain: {}\n  store_dir: {}\n  max_memory_store: 67108864\n  max_file_store: 1073741824\n}}",
         q(&crate::subjects::site_domain(p.site)),
-        f(JETSTREAM)
+        f(d.jetstream())
     );
     s
 }

@@ -7,7 +7,7 @@ use super::{io_err, keep_alive, Agent, AgentError, AgentState, HOOK_TIMEOUT, PRO
 use crate::client::ClientError;
 use crate::envelope::{TrustSet, Verifier};
 use crate::fsutil::write_atomic;
-use crate::layout::IdentityDir;
+use crate::layout::{IdentityDir, SiteDir};
 use crate::secrets::SecretPath;
 use async_nats::jetstream;
 use serde::Deserialize;
@@ -16,7 +16,7 @@ use std::time::Duration;
 
 /// Where a secret is materialised.
 pub fn secret_file(files: &Path, path: &SecretPath) -> PathBuf {
-    files.join("secrets").join(&path.tenant).join(&path.project).join(&path.env).join(&path.name)
+    SiteDir::new(files).secret(path)
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,7 +97,7 @@ impl Agent {
                     next.ca_seq = next.ca_seq.max(v.seq);
                     return Ok(reissued);
                 }
-                let file = self.opts.files.join("ca.pem");
+                let file = SiteDir::new(&self.opts.files).ca();
                 write_atomic(&file, d.bundle_pem.as_bytes(), 0o600).map_err(io_err(&file))?;
                 next.ca_bundle_sha256 = Some(digest);
                 next.ca_seq = v.seq;

@@ -16,7 +16,7 @@ use crate::client::session::Session;
 use crate::client::ClientError;
 use crate::envelope::{EnvelopeError, TrustSet, Verifier};
 use crate::fsutil::write_atomic;
-use crate::layout::IdentityDir;
+use crate::layout::{IdentityDir, SiteDir};
 use crate::proto::{AckData, AckReply, AckRequest};
 use crate::subjects;
 use async_nats::jetstream;
@@ -34,8 +34,6 @@ use site_cert::SITE_CHECK_EVERY;
 pub use apply::secret_file;
 pub use site_cert::server_cert_due;
 
-/// Name of the agent's state file inside FILES.
-pub const STATE_FILE: &str = ".tillit-agent.json";
 /// Most events applied as one batch (one hook run, one acknowledgement).
 pub const MAX_BATCH: usize = 256;
 /// How long an acknowledgement envelope is valid.
@@ -85,7 +83,7 @@ pub struct AgentState {
 
 impl AgentState {
     pub fn load(files: &Path) -> Result<Self, AgentError> {
-        let p = files.join(STATE_FILE);
+        let p = SiteDir::new(files).agent_state();
         match std::fs::read(&p) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| AgentError::State { path: p.display().to_string(), reason: e.to_string() }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AgentState::default()),
@@ -94,7 +92,7 @@ impl AgentState {
     }
 
     fn save(&self, files: &Path) -> Result<(), AgentError> {
-        let p = files.join(STATE_FILE);
+        let p = SiteDir::new(files).agent_state();
         let b = serde_json::to_vec_pretty(self).map_err(|e| AgentError::State { path: p.display().to_string(), reason: e.to_string() })?;
         write_atomic(&p, &b, 0o600).map_err(|e| AgentError::Io { path: p.display().to_string(), source: e })
     }
@@ -162,7 +160,7 @@ impl Agent {
         let verifier = Verifier::new(trust, vec![format!("site:{site}")], 1);
         crate::fsutil::create_dir(&opts.files, 0o700).map_err(io_err(&opts.files))?;
         let state = AgentState::load(&opts.files)?;
-        let ca = opts.files.join("ca.pem");
+        let ca = SiteDir::new(&opts.files).ca();
         if !ca.exists() {
             write_atomic(&ca, files.ca_pem.as_bytes(), 0o600).map_err(io_err(&ca))?;
         }
@@ -385,7 +383,7 @@ mod tests {
         st.secrets.insert("a/b/c/d".into(), 3);
         st.save(dir.path()).unwrap();
         assert_eq!(AgentState::load(dir.path()).unwrap(), st);
-        std::fs::write(dir.path().join(STATE_FILE), b"{not json").unwrap();
+        std::fs::write(SiteDir::new(dir.path()).agent_state(), b"{not json").unwrap();
         assert!(matches!(AgentState::load(dir.path()), Err(AgentError::State { .. })));
     }
 }

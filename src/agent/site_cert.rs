@@ -4,6 +4,7 @@
 use super::apply::run_hook;
 use super::{io_err, Agent, AgentError};
 use crate::fsutil::write_atomic;
+use crate::layout::SiteDir;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -37,9 +38,8 @@ impl Agent {
     /// The site server's files in the directory this agent materialises into (`site add` wrote
     /// them there); `None` when it manages no site server.
     fn site_server_files(&self) -> Option<SiteServerFiles> {
-        use crate::natsconf::site_files;
-        let d = &self.opts.files;
-        let f = SiteServerFiles { cert: d.join(site_files::CERT), key: d.join(site_files::KEY), sys_creds: d.join(site_files::SYS_CREDS), tillit_creds: d.join(site_files::TILLIT_CREDS) };
+        let d = SiteDir::new(&self.opts.files);
+        let f = SiteServerFiles { cert: d.cert(), key: d.key(), sys_creds: d.sys_creds(), tillit_creds: d.tillit_creds() };
         [&f.cert, &f.key, &f.sys_creds, &f.tillit_creds].iter().all(|p| p.exists()).then_some(f)
     }
 
@@ -63,9 +63,11 @@ impl Agent {
         };
         let read = |p: &Path| std::fs::read_to_string(p).map_err(io_err(p));
         let bad = |what: &str, e: String| AgentError::SiteFiles(format!("{what}: {e}"));
-        let (_, tillit_seed) = crate::issuer::creds::parse(&read(&f.tillit_creds)?).map_err(|e| bad("leaf-tillit.creds", e.to_string()))?;
-        let (_, sys_seed) = crate::issuer::creds::parse(&read(&f.sys_creds)?).map_err(|e| bad("leaf-sys.creds", e.to_string()))?;
-        let tillit_user = nkeys::KeyPair::from_seed(tillit_seed.expose()).map_err(|e| bad("leaf-tillit.creds seed", e.to_string()))?;
+        let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let (_, tillit_seed) = crate::issuer::creds::parse(&read(&f.tillit_creds)?).map_err(|e| bad(&name(&f.tillit_creds), e.to_string()))?;
+        let (_, sys_seed) = crate::issuer::creds::parse(&read(&f.sys_creds)?).map_err(|e| bad(&name(&f.sys_creds), e.to_string()))?;
+        let tillit_user = nkeys::KeyPair::from_seed(tillit_seed.expose())
+            .map_err(|e| bad(&format!("{} seed", name(&f.tillit_creds)), e.to_string()))?;
         let (csr, key_pem) = crate::issuer::x509::make_csr(&tillit_user.public_key()).map_err(|e| bad("CSR", e.to_string()))?;
         let r: crate::proto::SiteRenewReply =
             self.session.call::<crate::proto::SiteRenew>(crate::proto::SiteRenewRequest { csr }).await?;

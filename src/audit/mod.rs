@@ -30,10 +30,8 @@ pub use journal::Journal;
 pub use read::{tail, verify, ChainError, Verified};
 pub use writer::Writer;
 
-/// File name of the log inside `DATA/audit`.
-pub const AUDIT_FILE: &str = "audit.jsonl";
-/// The head anchor's file name inside `DATA/audit`.
-pub const HEAD_FILE: &str = "head.json";
+/// File names of the log and of its head anchor inside `DATA/audit` (their home is [`crate::layout`]).
+pub use crate::layout::{AUDIT_FILE, AUDIT_HEAD_FILE as HEAD_FILE};
 /// What the audit MAC key is derived under ([`crate::crypto::MasterKey::derive`]).
 pub const AUDIT_KEY_LABEL: &str = "tillit audit mac v1";
 /// `,"mac":"` + 64 hex + `"}`: how an authenticated line ends.

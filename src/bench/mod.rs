@@ -241,24 +241,25 @@ fn now() -> i64 {
 
 /// cfssl 1.2's bare CSR signing, if `cfssl` is on PATH: `None` when it is not.
 pub async fn cfssl_baseline(n: usize, c: usize, scratch: &Path) -> Result<Option<Figures>, String> {
+    use crate::layout::cfssl;
     let Ok(bin) = which("cfssl") else { return Ok(None) };
     std::fs::create_dir_all(scratch).map_err(|e| e.to_string())?;
-    std::fs::write(scratch.join("ca-csr.json"), r#"{"CN":"bench CA","key":{"algo":"ecdsa","size":256}}"#).map_err(|e| e.to_string())?;
+    std::fs::write(scratch.join(cfssl::CA_CSR), r#"{"CN":"bench CA","key":{"algo":"ecdsa","size":256}}"#).map_err(|e| e.to_string())?;
     let out = std::process::Command::new(&bin)
-        .args(["gencert", "-initca", "ca-csr.json"])
+        .args(["gencert", "-initca", cfssl::CA_CSR])
         .current_dir(scratch)
         .output()
         .map_err(|e| format!("cfssl gencert: {e}"))?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("cfssl gencert output: {e}"))?;
-    std::fs::write(scratch.join("ca.pem"), v["cert"].as_str().unwrap_or_default()).map_err(|e| e.to_string())?;
-    std::fs::write(scratch.join("ca-key.pem"), v["key"].as_str().unwrap_or_default()).map_err(|e| e.to_string())?;
+    std::fs::write(scratch.join(cfssl::CA), v["cert"].as_str().unwrap_or_default()).map_err(|e| e.to_string())?;
+    std::fs::write(scratch.join(cfssl::CA_KEY), v["key"].as_str().unwrap_or_default()).map_err(|e| e.to_string())?;
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
         l.local_addr().map_err(|e| e.to_string())?.port()
     };
-    let log = std::fs::File::create(scratch.join("cfssl.log")).map_err(|e| e.to_string())?;
+    let log = std::fs::File::create(scratch.join(cfssl::LOG)).map_err(|e| e.to_string())?;
     let mut child = tokio::process::Command::new(&bin)
-        .args(["serve", "-address", "127.0.0.1", "-port", &port.to_string(), "-ca", "ca.pem", "-ca-key", "ca-key.pem"])
+        .args(["serve", "-address", "127.0.0.1", "-port", &port.to_string(), "-ca", cfssl::CA, "-ca-key", cfssl::CA_KEY])
         .current_dir(scratch)
         .stdout(std::process::Stdio::null())
         .stderr(log)

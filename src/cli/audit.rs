@@ -54,7 +54,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     match a.command {
         AuditCommand::Verify(v) => {
             let c = v.common;
-            let path = DataDir::new(&c.data_dir).audit().join(audit::AUDIT_FILE);
+            let path = DataDir::new(&c.data_dir).audit_log();
             let key = if v.chain_only {
                 None
             } else {
@@ -94,7 +94,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }
         }
         AuditCommand::Tail(t) => {
-            let path = DataDir::new(&t.common.data_dir).audit().join(audit::AUDIT_FILE);
+            let path = DataDir::new(&t.common.data_dir).audit_log();
             for r in audit::tail(&path, t.n)? {
                 if t.common.json {
                     println!("{}", serde_json::to_string(&r)?);

@@ -51,7 +51,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     }
     let estate = Estate::open(dir.clone(), Arc::new(SystemClock))?;
     let bin = crate::natsbin::locate().map_err(anyhow::Error::msg)?;
-    let log_path = dir.nats().join("nats-server.log");
+    let log_path = dir.nats_log();
     let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let mut child = tokio::process::Command::new(&bin)
         .arg("-c")

@@ -8,9 +8,9 @@
 use super::AdminArgs;
 use crate::client::TillitClient;
 use crate::clock::parse_duration;
-use crate::fsutil::{create_dir, write_atomic};
-use crate::layout::IdentityDir;
-use crate::natsconf::{render_site, site_files, SiteServer};
+use crate::fsutil::{create_dir, write_atomic, write_dir_atomic, Replace, WriteDirError};
+use crate::layout::{IdentityDir, SiteDir};
+use crate::natsconf::{render_site, SiteServer};
 use crate::proto::{SiteAddReply, SiteAddRequest, SiteListReply, SiteListRequest};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -131,57 +131,55 @@ async fn add(a: AddArgs) -> anyhow::Result<()> {
         preload: reply.preload.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
         hub_urls: &reply.hub_urls,
     });
-    let files: Vec<(&str, Vec<u8>, u32)> = vec![
-        (site_files::SERVER_CONF, conf.into_bytes(), 0o644),
-        (site_files::OPERATOR_JWT, reply.operator_jwt.clone().into_bytes(), 0o644),
-        (site_files::CA, reply.ca_pem.clone().into_bytes(), 0o644),
-        (site_files::CERT, reply.cert_pem.clone().into_bytes(), 0o644),
-        (site_files::KEY, key_pem.expose().as_bytes().to_vec(), 0o600),
-        (site_files::SYS_CREDS, crate::issuer::creds::format(&reply.sys_user_jwt, &seed(&sys_user)?).expose().as_bytes().to_vec(), 0o600),
-        (site_files::TILLIT_CREDS, crate::issuer::creds::format(&reply.tillit_user_jwt, &seed(&tillit_user)?).expose().as_bytes().to_vec(), 0o600),
-        (site_files::AGENT_TOKEN, format!("{}\n", reply.agent_token).into_bytes(), 0o600),
+    let files: Vec<(SiteFile, Vec<u8>, u32)> = vec![
+        (SiteDir::server_conf, conf.into_bytes(), 0o644),
+        (SiteDir::operator_jwt, reply.operator_jwt.clone().into_bytes(), 0o644),
+        (SiteDir::ca, reply.ca_pem.clone().into_bytes(), 0o644),
+        (SiteDir::cert, reply.cert_pem.clone().into_bytes(), 0o644),
+        (SiteDir::key, key_pem.expose().as_bytes().to_vec(), 0o600),
+        (SiteDir::sys_creds, crate::issuer::creds::format(&reply.sys_user_jwt, &seed(&sys_user)?).expose().as_bytes().to_vec(), 0o600),
+        (SiteDir::tillit_creds, crate::issuer::creds::format(&reply.tillit_user_jwt, &seed(&tillit_user)?).expose().as_bytes().to_vec(), 0o600),
+        (SiteDir::agent_token, format!("{}\n", reply.agent_token).into_bytes(), 0o600),
     ];
     write_site_dir(&out, &files)?;
+    let site = SiteDir::new(&out);
     println!("site {} registered; files in {}", a.name, out.display());
-    println!("  leaf server   nats-server -c {}", out.join(site_files::SERVER_CONF).display());
+    println!("  leaf server   nats-server -c {}", site.server_conf().display());
     println!(
         "  agent         tillit agent --token-file {} --identity {} --out {} --nats nats://HOST:{} --exec 'kill -HUP $(cat {})'",
-        out.join(site_files::AGENT_TOKEN).display(),
-        out.join("agent").display(),
+        site.agent_token().display(),
+        site.agent_identity().root().display(),
         out.display(),
         a.nats_port,
-        out.join(site_files::PID_FILE).display()
+        site.pid_file().display()
     );
     println!("  hub leafnodes {}", reply.hub_urls.join(", "));
     Ok(())
 }
 
+/// One file of a site dir: its path in a given one.
+type SiteFile = fn(&SiteDir) -> PathBuf;
+
 /// Write the site directory through a staging dir beside it, renamed into place.
-fn write_site_dir(out: &Path, files: &[(&str, Vec<u8>, u32)]) -> anyhow::Result<()> {
-    let parent = out.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    std::fs::create_dir_all(&parent).with_context(|| format!("create {}", parent.display()))?;
-    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("site");
-    let staging = parent.join(format!(".{name}.site-{}", uuid::Uuid::new_v4().simple()));
-    let r = (|| -> std::io::Result<()> {
-        create_dir(&staging, 0o700)?;
-        create_dir(&staging.join("tls"), 0o700)?;
-        create_dir(&staging.join(site_files::RESOLVER), 0o700)?;
-        create_dir(&staging.join(site_files::JETSTREAM), 0o700)?;
-        for (name, data, mode) in files {
-            write_atomic(&staging.join(name), data, *mode)?;
+fn write_site_dir(out: &Path, files: &[(SiteFile, Vec<u8>, u32)]) -> anyhow::Result<()> {
+    let fill = |staging: &Path| -> std::io::Result<()> {
+        let stage = SiteDir::new(staging);
+        create_dir(&stage.tls(), 0o700)?;
+        create_dir(&stage.resolver(), 0o700)?;
+        create_dir(&stage.jetstream(), 0o700)?;
+        for (file, data, mode) in files {
+            write_atomic(&file(&stage), data, *mode)?;
         }
         Ok(())
-    })();
-    if let Err(e) = r {
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(anyhow::anyhow!("cannot write the site directory: {e}"));
-    }
-    if out.exists() {
-        std::fs::remove_dir(out).with_context(|| format!("{} is not empty", out.display()))?;
-    }
-    std::fs::rename(&staging, out).with_context(|| format!("move the site directory into {}", out.display()))?;
-    crate::fsutil::sync_dir(&parent)?;
-    Ok(())
+    };
+    write_dir_atomic(out, "site", Replace::IfEmpty, fill).map_err(|e| match e {
+        WriteDirError::Fill(e) => anyhow::anyhow!("cannot write the site directory: {e}"),
+        WriteDirError::NotEmpty { path, source } => anyhow::Error::new(source).context(format!("{} is not empty", path.display())),
+        WriteDirError::Io { op: "rename", path, source } => {
+            anyhow::Error::new(source).context(format!("move the site directory into {}", path.display()))
+        }
+        WriteDirError::Io { op, path, source } => anyhow::Error::new(source).context(format!("{op} {}", path.display())),
+    })
 }
 
 async fn list(a: ListArgs) -> anyhow::Result<()> {

@@ -9,13 +9,14 @@
 use super::{connect, ClientError, ConnectParams, NatsCreds, RequestSigner};
 use crate::clock::SharedClock;
 use crate::crypto::SecretString;
+use crate::fsutil::{Replace, WriteDirError};
 use crate::identity::{self, IdentityFiles, IdentityInfo};
 use crate::issuer::{jwt, x509};
 use crate::layout::IdentityDir;
 use crate::proto::{self, EnrollRequest, IssuedReply};
 use crate::token::JoinToken;
 use nkeys::KeyPair;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 /// Keys and CSR an enrollment or renewal sends.
@@ -115,7 +116,7 @@ pub fn files_from_reply(
 /// `nats` overrides the token's URLs and is what `identity.json` records.
 pub async fn enroll(token: &str, out: &Path, nats: Option<&str>, clock: SharedClock) -> Result<IdentityInfo, ClientError> {
     let token = JoinToken::decode(token).map_err(|e| ClientError::Credentials(e.to_string()))?;
-    if out.join("identity.json").exists() {
+    if IdentityDir::new(out).identity_json().exists() {
         return Err(ClientError::Credentials(format!(
             "{} already holds an identity; enroll into a new dir (or remove it first)",
             out.display()
@@ -175,25 +176,13 @@ pub fn bootstrap_params(token: &JoinToken, urls: Vec<String>) -> Result<ConnectP
 
 /// Write a whole identity dir through a staging dir beside it, renamed into place.
 pub fn write_new_dir(out: &Path, files: &IdentityFiles) -> Result<(), ClientError> {
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    std::fs::create_dir_all(&parent).map_err(|e| io(&parent, e))?;
-    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("identity");
-    let staging = parent.join(format!(".{name}.enroll-{}", uuid::Uuid::new_v4().simple()));
-    let r = identity::write(&IdentityDir::new(&staging), files).map_err(ClientError::from);
-    if let Err(e) = r {
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(e);
-    }
-    if out.exists() {
-        // Only an empty dir may be replaced (checked for identity.json by the caller).
-        if let Err(e) = std::fs::remove_dir(out) {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(ClientError::Credentials(format!("{} exists and is not empty: {e}", out.display())));
-        }
-    }
-    std::fs::rename(&staging, out).map_err(|e| io(out, e))?;
-    crate::fsutil::sync_dir(&parent).map_err(|e| io(&parent, e))?;
-    Ok(())
+    // Only an empty dir may be replaced (checked for identity.json by the caller).
+    let fill = |staging: &Path| identity::write(&IdentityDir::new(staging), files).map_err(ClientError::from);
+    crate::fsutil::write_dir_atomic(out, "enroll", Replace::IfEmpty, fill).map_err(|e| match e {
+        WriteDirError::Fill(e) => e,
+        WriteDirError::NotEmpty { path, source } => ClientError::Credentials(format!("{} exists and is not empty: {source}", path.display())),
+        WriteDirError::Io { path, source, .. } => io(&path, source),
+    })
 }
 
 fn io(p: &Path, e: std::io::Error) -> ClientError {

@@ -77,12 +77,11 @@ pub async fn rollout_info(ctx: &Ctx) -> Result<Option<CaRollout>, ApiError> {
 /// reload its configuration. The hub's files live in the data dir the control plane owns.
 async fn update_hub(ctx: &Ctx, server_cert: Option<(&str, &str)>) -> Result<(), String> {
     let e = &ctx.estate;
-    let tls = e.dir.nats_tls();
     if let Some((cert, key)) = server_cert {
-        crate::fsutil::write_atomic(&tls.join("key.pem"), key.as_bytes(), 0o600).map_err(|x| format!("hub key: {x}"))?;
-        crate::fsutil::write_atomic(&tls.join("cert.pem"), cert.as_bytes(), 0o644).map_err(|x| format!("hub certificate: {x}"))?;
+        crate::fsutil::write_atomic(&e.dir.nats_key(), key.as_bytes(), 0o600).map_err(|x| format!("hub key: {x}"))?;
+        crate::fsutil::write_atomic(&e.dir.nats_cert(), cert.as_bytes(), 0o644).map_err(|x| format!("hub certificate: {x}"))?;
     }
-    crate::fsutil::write_atomic(&tls.join("ca.pem"), e.ca_bundle_pem().as_bytes(), 0o644).map_err(|x| format!("hub CA bundle: {x}"))?;
+    crate::fsutil::write_atomic(&e.dir.nats_ca(), e.ca_bundle_pem().as_bytes(), 0o644).map_err(|x| format!("hub CA bundle: {x}"))?;
     let id = ctx.sys.server_info().server_id;
     let subject = format!("$SYS.REQ.SERVER.{id}.RELOAD");
     let reply = tokio::time::timeout(Duration::from_secs(5), ctx.sys.request(subject, "".into()))
