@@ -8,21 +8,6 @@ use crate::layout::SiteDir;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Why a server certificate should be re-issued at `now` (pure): its key does not match it,
-/// it cannot be read, or a third of its life is left.
-pub fn server_cert_due(cert_pem: &str, key_pem: &str, now: i64) -> Option<String> {
-    if crate::pem::key_matches(cert_pem, key_pem).is_err() {
-        return Some("the site server's key does not match its certificate".into());
-    }
-    let validity = crate::issuer::x509::first_cert_der(cert_pem).ok().and_then(|der| {
-        x509_parser::parse_x509_certificate(&der).ok().map(|(_, c)| (c.validity().not_before.timestamp(), c.validity().not_after.timestamp()))
-    });
-    let Some((from, to)) = validity else {
-        return Some("the site server's certificate cannot be parsed".into());
-    };
-    (now >= to - (to - from) / 3).then(|| format!("the site server's certificate expires {}", crate::clock::rfc3339(to)))
-}
-
 /// The files of the site server an agent looks after.
 struct SiteServerFiles {
     cert: PathBuf,
@@ -48,7 +33,7 @@ impl Agent {
     pub fn site_server_due(&self) -> Option<String> {
         let f = self.site_server_files()?;
         match (std::fs::read_to_string(&f.cert), std::fs::read_to_string(&f.key)) {
-            (Ok(cert), Ok(key)) => server_cert_due(&cert, &key, self.clock.now_unix()),
+            (Ok(cert), Ok(key)) => crate::policy::renew::server_cert_due(&cert, &key, self.clock.now_unix()),
             _ => Some("the site server's certificate or key cannot be read".into()),
         }
     }
@@ -98,30 +83,5 @@ impl Agent {
             Ok(false) => {}
             Err(e) => tracing::warn!(site = %self.site, "cannot re-issue the site server's certificate yet: {e}; trying again later"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_server_certificate_is_due_with_a_third_of_its_life_left_or_a_foreign_key() {
-        use crate::issuer::x509::CertAuthority;
-        let t0 = 1_780_000_000;
-        let ca = CertAuthority::generate("td", t0, t0 + 10 * 365 * 86_400).unwrap();
-        let ca = CertAuthority::load(&ca.cert_pem, &ca.key_pem).unwrap();
-        let year = 365 * 86_400;
-        let leaf = ca.issue_server("site", &["site".into()], t0, t0 + year).unwrap();
-        let other = ca.issue_server("site", &["site".into()], t0, t0 + year).unwrap();
-        let (cert, key) = (leaf.cert_pem.as_str(), leaf.key_pem.expose());
-        // notBefore is backdated a little; the third is measured on the certificate itself.
-        let cases: &[(i64, bool)] = &[(t0, false), (t0 + year / 2, false), (t0 + year * 2 / 3 - 86_400, false), (t0 + year * 2 / 3 + 86_400, true), (t0 + year + 1, true)];
-        for (now, due) in cases {
-            assert_eq!(server_cert_due(cert, key, *now).is_some(), *due, "at +{}d", (now - t0) / 86_400);
-        }
-        let why = server_cert_due(cert, other.key_pem.expose(), t0).expect("a key that is not the certificate's");
-        assert!(why.contains("does not match"), "{why}");
-        assert!(server_cert_due("not a cert", key, t0).is_some());
     }
 }

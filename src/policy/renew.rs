@@ -1,4 +1,6 @@
-//! When to renew: a pure policy (house rule 7).
+//! When to renew, every credential tillit issues: services and admins ([`renew_at`], with
+//! jitter), the control plane's own credentials (the same), a site server's certificate
+//! ([`server_cert_due`]); and how a failed renewal is retried ([`retry_delay`]). Pure (house rule 7).
 //!
 //! A credential valid from `issued` to `expires` is renewed at two thirds of its life, minus a
 //! jitter of up to a tenth of its life so a fleet enrolled together does not renew together.
@@ -10,6 +12,27 @@ pub fn renew_at(issued: i64, expires: i64, jitter: f64) -> i64 {
     let base = issued + life * 2 / 3;
     let spread = (life as f64 / 10.0 * jitter) as i64;
     (base - spread).max(issued)
+}
+
+/// Whether a credential valid from `issued` to `expires` is due at `now`: two thirds of its
+/// life are gone (no jitter: for one credential checked now and then, like a site server's).
+pub fn due(issued: i64, expires: i64, now: i64) -> bool {
+    now >= renew_at(issued, expires, 0.0)
+}
+
+/// Why a server certificate should be re-issued at `now` (pure): its key does not match it,
+/// it cannot be read, or a third of its life is left.
+pub fn server_cert_due(cert_pem: &str, key_pem: &str, now: i64) -> Option<String> {
+    if crate::pem::key_matches(cert_pem, key_pem).is_err() {
+        return Some("the site server's key does not match its certificate".into());
+    }
+    let validity = crate::issuer::x509::first_cert_der(cert_pem).ok().and_then(|der| {
+        x509_parser::parse_x509_certificate(&der).ok().map(|(_, c)| (c.validity().not_before.timestamp(), c.validity().not_after.timestamp()))
+    });
+    let Some((from, to)) = validity else {
+        return Some("the site server's certificate cannot be parsed".into());
+    };
+    due(from, to, now).then(|| format!("the site server's certificate expires {}", crate::clock::rfc3339(to)))
 }
 
 /// A uniform random jitter in `[0, 1)`.
@@ -78,5 +101,30 @@ mod retry_tests {
         for &(a, now, exp, want) in table {
             assert_eq!(retry_delay(a, now, exp), Duration::from_secs(want), "attempt {a} now {now} exp {exp}");
         }
+    }
+}
+
+#[cfg(test)]
+mod server_cert_tests {
+    use super::*;
+
+    #[test]
+    fn a_server_certificate_is_due_with_a_third_of_its_life_left_or_a_foreign_key() {
+        use crate::issuer::x509::CertAuthority;
+        let t0 = 1_780_000_000;
+        let ca = CertAuthority::generate("td", t0, t0 + 10 * 365 * 86_400).unwrap();
+        let ca = CertAuthority::load(&ca.cert_pem, &ca.key_pem).unwrap();
+        let year = 365 * 86_400;
+        let leaf = ca.issue_server("site", &["site".into()], t0, t0 + year).unwrap();
+        let other = ca.issue_server("site", &["site".into()], t0, t0 + year).unwrap();
+        let (cert, key) = (leaf.cert_pem.as_str(), leaf.key_pem.expose());
+        // notBefore is backdated a little; the third is measured on the certificate itself.
+        let cases: &[(i64, bool)] = &[(t0, false), (t0 + year / 2, false), (t0 + year * 2 / 3 - 86_400, false), (t0 + year * 2 / 3 + 86_400, true), (t0 + year + 1, true)];
+        for (now, due) in cases {
+            assert_eq!(server_cert_due(cert, key, *now).is_some(), *due, "at +{}d", (now - t0) / 86_400);
+        }
+        let why = server_cert_due(cert, other.key_pem.expose(), t0).expect("a key that is not the certificate's");
+        assert!(why.contains("does not match"), "{why}");
+        assert!(server_cert_due("not a cert", key, t0).is_some());
     }
 }
