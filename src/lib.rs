@@ -20,34 +20,60 @@
 
 // Data from the wire, disk or user never reaches unwrap/expect outside tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![warn(missing_docs, unreachable_pub)]
 
-pub mod agent;
-pub mod audit;
-pub mod bench;
-pub mod cli;
 pub mod client;
-pub mod clock;
-pub mod config;
-pub mod crypto;
 pub mod envelope;
 pub mod error;
-pub mod estate;
-pub mod fsutil;
-pub mod identity;
-pub mod init;
-pub mod issuer;
-pub mod layout;
-pub mod names;
-pub mod natsbin;
-pub mod natsconf;
-pub mod ocsp;
-pub mod pem;
-pub mod policy;
 pub mod proto;
-pub mod replay;
-pub mod secrets;
-pub mod server;
-pub mod store;
 pub mod subjects;
+
+#[doc(hidden)]
+pub mod agent;
+#[doc(hidden)]
+pub mod audit;
+#[doc(hidden)]
+pub mod cli;
+#[doc(hidden)]
+pub mod clock;
+#[doc(hidden)]
+pub mod config;
+#[doc(hidden)]
+pub mod crypto;
+#[doc(hidden)]
+pub mod estate;
+#[doc(hidden)]
+pub mod identity;
+#[doc(hidden)]
+pub mod issuer;
+#[doc(hidden)]
+pub mod layout;
+#[doc(hidden)]
+pub mod names;
+#[doc(hidden)]
+pub mod natsbin;
+#[doc(hidden)]
+pub mod ocsp;
+#[doc(hidden)]
+pub mod server;
+#[doc(hidden)]
+pub mod store;
+#[doc(hidden)]
 pub mod token;
+#[doc(hidden)]
 pub mod telemetry;
+#[doc(hidden)]
+pub mod secrets;
+#[doc(hidden)]
+pub mod init;
+#[doc(hidden)]
+pub mod natsconf;
+#[doc(hidden)]
+pub mod policy;
+#[doc(hidden)]
+pub mod replay;
+#[doc(hidden)]
+pub mod pem;
+#[doc(hidden)]
+pub mod fsutil;
+mod bench;

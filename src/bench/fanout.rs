@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 /// What a fanout run measured.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Fanout {
+pub(crate) struct Fanout {
     pub agents: usize,
     pub sites: usize,
     pub rounds: usize,
@@ -84,7 +84,7 @@ async fn collect(
     Ok(done.into_values().collect())
 }
 
-pub async fn fanout(admin_dir: &Path, agents: usize, sites: usize, rounds: usize, nats: Option<&str>, scratch: &Path) -> Result<Fanout, ClientError> {
+pub(crate) async fn fanout(admin_dir: &Path, agents: usize, sites: usize, rounds: usize, nats: Option<&str>, scratch: &Path) -> Result<Fanout, ClientError> {
     let setup = Instant::now();
     let admin = TillitClient::connect_dir(&IdentityDir::new(admin_dir), nats).await?;
     let run = run_id();

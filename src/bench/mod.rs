@@ -8,7 +8,7 @@
 //! - the baseline: cfssl's bare CSR signing (`cfssl serve`, `/api/v1/cfssl/sign`, P-256,
 //!   8 keep-alive connections), measured in the same run when `cfssl` is on PATH.
 
-pub mod fanout;
+pub(crate) mod fanout;
 
 use crate::client::enroll::{bootstrap_params, LocalKeys};
 use crate::client::request;
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 /// Figures of one run.
 #[derive(Debug, Clone, Serialize)]
-pub struct Figures {
+pub(crate) struct Figures {
     pub name: String,
     pub n: usize,
     pub c: usize,
@@ -65,7 +65,7 @@ impl Figures {
         }
     }
 
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         format!(
             "{:<34} n={:<6} c={:<3} {:>9.0}/s   p50 {:>7.3} ms   p99 {:>7.3} ms   (p90 {:.3}, p99.9 {:.3}, max {:.3}){}",
             self.name,
@@ -147,7 +147,7 @@ async fn mint_tokens(admin: &TillitClient, sid: &ServiceId, n: usize) -> Result<
 }
 
 /// `tillit bench enroll`.
-pub async fn enroll(admin_dir: &Path, n: usize, c: usize, nats: Option<&str>) -> Result<Figures, ClientError> {
+pub(crate) async fn enroll(admin_dir: &Path, n: usize, c: usize, nats: Option<&str>) -> Result<Figures, ClientError> {
     let admin = TillitClient::connect_dir(&IdentityDir::new(admin_dir), nats).await?;
     let td = admin.identity().info.trust_domain.clone();
     let sid = ServiceId::new("bench", "bench", &run_id(), "svc").map_err(|e| ClientError::Credentials(e.to_string()))?;
@@ -194,7 +194,7 @@ pub async fn enroll(admin_dir: &Path, n: usize, c: usize, nats: Option<&str>) ->
 }
 
 /// `tillit bench renew`: `c` identities (enrolled untimed) renew `n` times in all.
-pub async fn renew(admin_dir: &Path, n: usize, c: usize, nats: Option<&str>, scratch: &Path) -> Result<Figures, ClientError> {
+pub(crate) async fn renew(admin_dir: &Path, n: usize, c: usize, nats: Option<&str>, scratch: &Path) -> Result<Figures, ClientError> {
     let admin = TillitClient::connect_dir(&IdentityDir::new(admin_dir), nats).await?;
     let td = admin.identity().info.trust_domain.clone();
     let sid = ServiceId::new("bench", "bench", &run_id(), "svc").map_err(|e| ClientError::Credentials(e.to_string()))?;
@@ -240,7 +240,7 @@ fn now() -> i64 {
 }
 
 /// cfssl 1.2's bare CSR signing, if `cfssl` is on PATH: `None` when it is not.
-pub async fn cfssl_baseline(n: usize, c: usize, scratch: &Path) -> Result<Option<Figures>, String> {
+pub(crate) async fn cfssl_baseline(n: usize, c: usize, scratch: &Path) -> Result<Option<Figures>, String> {
     use crate::layout::cfssl;
     let Ok(bin) = which("cfssl") else { return Ok(None) };
     std::fs::create_dir_all(scratch).map_err(|e| e.to_string())?;
@@ -359,7 +359,7 @@ fn lat_figures(name: &str, lat: Vec<Duration>, errors: usize) -> Figures {
 }
 
 /// `tillit bench grant`: time from sending `grant` to the connected client using the new subject.
-pub async fn grant(admin_dir: &Path, n: usize, nats: Option<&str>, scratch: &Path) -> Result<Figures, ClientError> {
+pub(crate) async fn grant(admin_dir: &Path, n: usize, nats: Option<&str>, scratch: &Path) -> Result<Figures, ClientError> {
     let admin = TillitClient::connect_dir(&IdentityDir::new(admin_dir), nats).await?;
     let sid = ServiceId::new("bench", "bench", &run_id(), "svc").map_err(|e| ClientError::Credentials(e.to_string()))?;
     let token = mint_tokens(&admin, &sid, 1).await?.remove(0);
@@ -396,7 +396,7 @@ pub async fn grant(admin_dir: &Path, n: usize, nats: Option<&str>, scratch: &Pat
 }
 
 /// `tillit bench revoke`: time from sending `revoke` to the server dropping the connection.
-pub async fn revoke(admin_dir: &Path, n: usize, nats: Option<&str>, scratch: &Path) -> Result<Figures, ClientError> {
+pub(crate) async fn revoke(admin_dir: &Path, n: usize, nats: Option<&str>, scratch: &Path) -> Result<Figures, ClientError> {
     let admin = TillitClient::connect_dir(&IdentityDir::new(admin_dir), nats).await?;
     let run = run_id();
     eprintln!("timing {n} revocations (revoke → connection dropped); each enrolls a fresh service first (untimed)…");
@@ -435,7 +435,7 @@ pub async fn revoke(admin_dir: &Path, n: usize, nats: Option<&str>, scratch: &Pa
 
 /// Size in bytes of a tenant account JWT carrying `services` scoped signing keys with default
 /// templates, as tillit signs it (pure: throwaway keys).
-pub fn account_jwt_size(services: usize) -> Result<usize, String> {
+pub(crate) fn account_jwt_size(services: usize) -> Result<usize, String> {
     use crate::issuer::jwt::{self, AccountLimits, AccountNats, Claims, Import, SigningKeyEntry};
     let op = nkeys::KeyPair::new_operator();
     let acct = nkeys::KeyPair::new_account();
@@ -480,7 +480,7 @@ pub fn account_jwt_size(services: usize) -> Result<usize, String> {
 }
 
 /// `tillit bench secret-get`: sealed reads by one enrolled service at concurrency `c`.
-pub async fn secret_get(admin_dir: &Path, n: usize, c: usize, nats: Option<&str>, scratch: &Path) -> Result<Figures, ClientError> {
+pub(crate) async fn secret_get(admin_dir: &Path, n: usize, c: usize, nats: Option<&str>, scratch: &Path) -> Result<Figures, ClientError> {
     let admin = TillitClient::connect_dir(&IdentityDir::new(admin_dir), nats).await?;
     let sid = ServiceId::new("bench", "bench", &run_id(), "svc").map_err(|e| ClientError::Credentials(e.to_string()))?;
     let token = mint_tokens(&admin, &sid, 1).await?.remove(0);
@@ -517,7 +517,7 @@ pub async fn secret_get(admin_dir: &Path, n: usize, c: usize, nats: Option<&str>
 }
 
 /// Envelope sign and verify rates on this machine (single thread).
-pub fn envelope_rates(n: usize) -> Result<(f64, f64), String> {
+pub(crate) fn envelope_rates(n: usize) -> Result<(f64, f64), String> {
     let kp = Arc::new(nkeys::KeyPair::new_account());
     let issuer = "tillit://bench.local";
     let jwk = crate::envelope::jwk("k1", issuer, &kp.public_key(), "current").ok_or("jwk")?;
@@ -541,7 +541,7 @@ pub fn envelope_rates(n: usize) -> Result<(f64, f64), String> {
 }
 
 /// `openssl speed ed25519` on this machine: (sign/s, verify/s), if openssl is there.
-pub fn openssl_ed25519() -> Option<(f64, f64)> {
+pub(crate) fn openssl_ed25519() -> Option<(f64, f64)> {
     let out = std::process::Command::new("openssl").args(["speed", "-seconds", "1", "ed25519"]).output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     // "... 253 bits EdDSA (Ed25519)   0.0000s   0.0001s  43906.0  14221.0"

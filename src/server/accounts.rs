@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Push `acct`'s JWT (caller holds the account lock) and remember what the servers hold.
-pub async fn push(ctx: &Ctx, acct: &AccountRecord, why: &str) -> Result<(), ApiError> {
+pub(super) async fn push(ctx: &Ctx, acct: &AccountRecord, why: &str) -> Result<(), ApiError> {
     let r = super::push::push_account(&ctx.sys, &acct.name, &acct.jwt).await;
     let outcome = if r.is_ok() { "ok" } else { "error" };
     ctx.metrics.account_pushes.get_or_create(&RequestLabels { endpoint: why.into(), outcome: outcome.into() }).inc();
@@ -34,7 +34,7 @@ fn pushed_current(ctx: &Ctx, acct: &AccountRecord) -> bool {
 }
 
 /// A service's account and role, as last pushed.
-pub type RoleEntry = std::sync::Arc<(AccountRecord, RoleRecord)>;
+pub(super) type RoleEntry = std::sync::Arc<(AccountRecord, RoleRecord)>;
 
 /// The tenant account and role of `sid`, created and pushed if needed (cached in memory; every
 /// change to either goes through here).
@@ -93,13 +93,13 @@ pub(super) async fn agent_entry(ctx: &Ctx, site: &str, user_pub: &str) -> Result
 // === bootstrap revocations ===
 
 /// The live set of revoked bootstrap users and the last BOOTSTRAP JWT `iat` pushed.
-pub struct Revocations {
+pub(super) struct Revocations {
     live: std::collections::BTreeMap<String, (i64, i64)>,
     last_iat: i64,
 }
 
 /// Load the live revocations from the token records and push them (serve start).
-pub async fn start_revocations(ctx: &Ctx) -> Result<Revocations, ApiError> {
+pub(super) async fn start_revocations(ctx: &Ctx) -> Result<Revocations, ApiError> {
     let live = ctx.estate.live_bootstrap_revocations().map_err(ApiError::internal)?;
     let mut r = Revocations { live, last_iat: 0 };
     push_revocations(ctx, &mut r, "reconcile").await?;
@@ -122,8 +122,8 @@ async fn push_revocations(ctx: &Ctx, r: &mut Revocations, why: &str) -> Result<(
 /// [`REVOKE_SPACING`]. Measured with 8,000 bootstrap connections open: one push a second took a
 /// third of nats-server's CPU. A burned token's user can only ask for an enrollment the control
 /// plane refuses (`token_used`), so these delays are a fair bound.
-pub const REVOKE_SOON: Duration = Duration::from_millis(200);
-pub const REVOKE_SPACING: Duration = Duration::from_secs(5);
+pub(super) const REVOKE_SOON: Duration = Duration::from_millis(200);
+pub(super) const REVOKE_SPACING: Duration = Duration::from_secs(5);
 
 /// When the next push may happen: soon after the first revocation, at least `spacing` after the
 /// previous push.
@@ -137,7 +137,7 @@ fn next_push(first_at: tokio::time::Instant, last_push: Option<tokio::time::Inst
 
 /// Revoke burned tokens' bootstrap users, gathering those that arrive before the next allowed
 /// push into one BOOTSTRAP account update.
-pub async fn run_revoker(ctx: std::sync::Arc<Ctx>, mut r: Revocations, mut rx: mpsc::UnboundedReceiver<(String, i64)>) {
+pub(super) async fn run_revoker(ctx: std::sync::Arc<Ctx>, mut r: Revocations, mut rx: mpsc::UnboundedReceiver<(String, i64)>) {
     let mut last_push = None;
     while let Some(first) = rx.recv().await {
         tokio::time::sleep_until(next_push(tokio::time::Instant::now(), last_push)).await;

@@ -92,7 +92,7 @@ async fn change(ctx: &Arc<Ctx>, actor: &str, req: GrantRequest, how: Change) -> 
 /// reconnect they start themselves, after flushing: nothing in flight is lost); instances that
 /// do not (other clients, dead processes) are disconnected when the key is removed, and
 /// reconnect with the new permissions. Either way the change holds within 2 s.
-pub const RETIRE_GRACE: Duration = Duration::from_millis(1500);
+pub(super) const RETIRE_GRACE: Duration = Duration::from_millis(1500);
 
 /// Tell a service's running instances their permissions changed (a signed envelope on their
 /// notification subject): the client library renews onto the new key and reconnects.
@@ -147,7 +147,7 @@ fn spawn_retirement(ctx: &Arc<Ctx>, sid: ServiceId, old_key: String) {
 
 /// Settle a role's former keys (grace over: current permissions; JWTs all expired: removed),
 /// push, record.
-pub async fn retire_role_key(ctx: &Ctx, sid: &ServiceId, old_key: &str, all_moved: bool) -> Result<(), ApiError> {
+pub(super) async fn retire_role_key(ctx: &Ctx, sid: &ServiceId, old_key: &str, all_moved: bool) -> Result<(), ApiError> {
     settle_role(ctx, sid, true, serde_json::json!({ "key": old_key, "all_moved": all_moved })).await
 }
 
@@ -185,7 +185,7 @@ async fn settle_role(ctx: &Ctx, sid: &ServiceId, grace_over: bool, why: serde_js
 
 /// Settle every role's former keys (at start, and periodically: keys whose JWTs all expired
 /// leave the account).
-pub async fn retire_leftover_keys(ctx: &Ctx, grace_over: bool) {
+pub(super) async fn retire_leftover_keys(ctx: &Ctx, grace_over: bool) {
     let roles: Vec<RoleRecord> = ctx.estate.accounts().unwrap_or_default().iter().flat_map(|a| ctx.estate.roles_of(&a.name).unwrap_or_default()).collect();
     for r in roles.iter().filter(|r| !r.previous.is_empty()) {
         if let Err(err) = settle_role(ctx, &r.service, grace_over, serde_json::json!("settle")).await {

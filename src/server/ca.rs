@@ -30,7 +30,7 @@ impl Handle for proto::RotateCa {
 serve_verbs! { RotateSigningKey(caller) => rotate_signing_key }
 
 /// How often the rollout is checked.
-pub const ROLLOUT_TICK: Duration = Duration::from_secs(1);
+pub(super) const ROLLOUT_TICK: Duration = Duration::from_secs(1);
 
 fn state_str(s: CaState) -> CaStatus {
     match s {
@@ -41,7 +41,7 @@ fn state_str(s: CaState) -> CaStatus {
     }
 }
 
-pub fn ca_infos(e: &Estate) -> Vec<CaInfo> {
+pub(super) fn ca_infos(e: &Estate) -> Vec<CaInfo> {
     e.ca_records()
         .iter()
         .map(|r| CaInfo {
@@ -68,7 +68,7 @@ async fn sites_pending(ctx: &Ctx, seq: u64) -> Result<Vec<String>, ApiError> {
     Ok(pending)
 }
 
-pub async fn rollout_info(ctx: &Ctx) -> Result<Option<CaRollout>, ApiError> {
+pub(super) async fn rollout_info(ctx: &Ctx) -> Result<Option<CaRollout>, ApiError> {
     let Some(r) = ctx.estate.ca_rollout().map_err(ApiError::internal)? else { return Ok(None) };
     Ok(Some(CaRollout { next: r.next.clone(), event_seq: r.event_seq, started_at: rfc3339(r.started_at), sites_pending: sites_pending(ctx, r.event_seq).await? }))
 }
@@ -219,7 +219,7 @@ async fn finish(ctx: &Ctx, caller: &IdentityRecord) -> Result<RotateCaReply, Api
 }
 
 /// One background step: advance a rollout, retire what is due.
-pub async fn tick(ctx: &Ctx) {
+pub(super) async fn tick(ctx: &Ctx) {
     let _g = ctx.ca_lock.lock().await;
     if let Err(err) = advance(ctx).await {
         tracing::warn!("CA rollout: {}", err.message);

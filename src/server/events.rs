@@ -12,7 +12,7 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 /// Most auth failures recorded in the audit log per second.
-pub const MAX_RECORDS_PER_SEC: u32 = 20;
+pub(super) const MAX_RECORDS_PER_SEC: u32 = 20;
 
 #[derive(Debug, Deserialize)]
 struct AuthError {
@@ -46,7 +46,7 @@ struct ServerInfo {
 
 /// The reasons nats-server gives for refusing a connection, as metric labels. Anything else is
 /// counted as `other`, so whatever reaches the event subject cannot grow the label set.
-pub const KNOWN_REASONS: &[&str] = &[
+pub(super) const KNOWN_REASONS: &[&str] = &[
     "authentication_failure",
     "authentication_timeout",
     "authorization_violation",
@@ -64,7 +64,7 @@ pub const KNOWN_REASONS: &[&str] = &[
 ];
 
 /// A bounded metric label for a server's reason text ([`KNOWN_REASONS`], else `other`).
-pub fn reason_metric_label(reason: &str) -> String {
+pub(super) fn reason_metric_label(reason: &str) -> String {
     let label = reason_label(reason);
     if KNOWN_REASONS.contains(&label.as_str()) {
         label
@@ -75,7 +75,7 @@ pub fn reason_metric_label(reason: &str) -> String {
 
 /// A metric-label-safe form of a server's reason text: `Authentication Failure` →
 /// `authentication_failure` (at most 48 characters).
-pub fn reason_label(reason: &str) -> String {
+pub(super) fn reason_label(reason: &str) -> String {
     let mut out = String::new();
     for c in reason.trim().chars() {
         if c.is_ascii_alphanumeric() {
@@ -96,7 +96,7 @@ pub fn reason_label(reason: &str) -> String {
 }
 
 /// Watch auth errors until the subscription ends.
-pub async fn watch_auth_errors(ctx: Arc<Ctx>) {
+pub(super) async fn watch_auth_errors(ctx: Arc<Ctx>) {
     let mut sub = match ctx.sys.subscribe(subjects::SYS_AUTH_ERRORS).await {
         Ok(s) => s,
         Err(e) => {

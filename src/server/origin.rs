@@ -10,7 +10,7 @@ use serde::Deserialize;
 /// The caller as nats-server stamps it on requests that cross a service import
 /// (`Nats-Request-Info`, trustworthy from nats-server 2.12.6 on).
 #[derive(Debug, Clone, Deserialize)]
-pub struct RequestInfo {
+pub(super) struct RequestInfo {
     /// The requester's account (public key in operator mode).
     pub acc: String,
     /// The requester's user public key (JWT users).
@@ -22,7 +22,7 @@ pub struct RequestInfo {
 /// service import, and then always rewrites the reply subject to one of its own (`_R_.…`); but
 /// inside the TILLIT account nothing stops a publisher from sending the header itself. So a
 /// header on a request whose reply is not a service-import reply was forged, and is refused.
-pub fn request_info(msg: &async_nats::Message) -> Result<Option<RequestInfo>, ApiError> {
+pub(super) fn request_info(msg: &async_nats::Message) -> Result<Option<RequestInfo>, ApiError> {
     let Some(h) = msg.headers.as_ref().and_then(|h| h.get(subjects::HDR_REQUEST_INFO)) else {
         return Ok(None);
     };
@@ -48,7 +48,7 @@ fn account_key(ctx: &Ctx, name: &str) -> Result<String, ApiError> {
 
 /// A request must come from the signer's own account: through the service import (the server
 /// stamps the account and user), or, for identities of the TILLIT account, from inside it.
-pub fn check_request_origin(ctx: &Ctx, caller: &IdentityRecord, info: Option<&RequestInfo>) -> Result<(), ApiError> {
+pub(super) fn check_request_origin(ctx: &Ctx, caller: &IdentityRecord, info: Option<&RequestInfo>) -> Result<(), ApiError> {
     let acct_key = account_key(ctx, &caller.account)?;
     match info {
         Some(i) => {

@@ -122,7 +122,7 @@ fn info(site: &SiteRecord, agents: &[&AgentStatus], lag: u64, current_ca: &str) 
 }
 
 /// Every site with its agents' progress; the lag comes from each agent's durable consumer.
-pub async fn site_infos(ctx: &Ctx) -> Result<Vec<SiteInfo>, ApiError> {
+pub(super) async fn site_infos(ctx: &Ctx) -> Result<Vec<SiteInfo>, ApiError> {
     let e = &ctx.estate;
     let sites = e.sites().map_err(ApiError::internal)?;
     if sites.is_empty() {
@@ -147,7 +147,7 @@ pub async fn site_infos(ctx: &Ctx) -> Result<Vec<SiteInfo>, ApiError> {
 }
 
 /// Refresh the per-site gauges (`tillit_site_lag_events`, `tillit_site_last_ack_seconds`).
-pub async fn refresh_site_gauges(ctx: &Ctx) {
+pub(super) async fn refresh_site_gauges(ctx: &Ctx) {
     let Ok(infos) = site_infos(ctx).await else { return };
     let now = ctx.estate.clock().now_unix();
     for i in infos {
@@ -270,7 +270,7 @@ async fn ack(ctx: &Ctx, caller: &IdentityRecord, req: AckRequest) -> Result<AckR
 /// At start: every site's stream and every live agent's consumer on it exist (estates from
 /// before per-site streams get them here; an agent re-reads its site's events from the start
 /// and skips what it applied), and the agents' template is current.
-pub async fn start_sites(ctx: &Ctx) {
+pub(super) async fn start_sites(ctx: &Ctx) {
     let e = &ctx.estate;
     if matches!(e.agent_role(), Ok(Some(_))) {
         let _g = e.account_lock().lock().await;
