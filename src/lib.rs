@@ -3,18 +3,50 @@
 //! tillit owns the trust roots of a NATS estate (operator, accounts, an internal X.509 CA), gives
 //! every service a strong identity over NATS request-reply, and serves it all over NATS itself.
 //!
+//! ## Using the library
+//! A service loads the identity dir `tillit enroll` wrote and connects; the session renews
+//! itself and keeps the same `async_nats::Client` valid across renewals:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tillit::ClientError> {
+//! let session = tillit::Identity::load("./orders")?.connect().await?;
+//! let password = session.secret("db-password").await?;     // sealed to this identity end to end
+//! session.client().publish("shop.orders.created", "o-1".into()).await.ok();
+//! # drop(password); Ok(()) }
+//! ```
+//!
+//! The public interface is what this page lists: the re-exports below ([`Identity`],
+//! [`Session`], [`TillitClient`], [`Agent`], [`serve`], the error types), the wire contract
+//! ([`proto`]: every verb as a type; [`subjects`]: every subject, header and event kind;
+//! [`envelope`]: the signed events and their verification; [`error`]: the wire error codes) and
+//! the [`client`] it is called with. Modules marked hidden are reachable for the `tillit`
+//! binary, the integration tests and the fuzz targets; they are not a stable interface.
+//!
 //! ## Layout
-//! - [`cli`]: one file per subcommand; thin.
-//! - [`init`]: creating a data dir, all or nothing. [`estate`]: the trust roots and operations on
-//!   them (accounts, users, certificates, identity records).
-//! - [`issuer`]: pure minting and parsing: NATS JWTs, X.509, `.creds`.
-//! - [`store`]: the `Store` trait, sled backend, sealing [`store::Vault`]. [`crypto`]: master key,
-//!   sealing, secrets in memory.
-//! - [`server`]: the control plane (`tillit serve`): NATS micro service, HTTP health/metrics.
-//! - [`client`]: connecting as an identity (mutual TLS + JWT), signed request-reply.
-//! - [`proto`]: wire types; [`subjects`]: every subject; [`error`]: wire error codes;
-//!   [`layout`]: every file name; [`natsconf`]: the nats-server config.
-//! - [`clock`], [`rotation`], [`replay`], [`names`]: small pure pieces, table-tested.
+//! A verb lives in three files: its type in `proto/<family>.rs`, its handler in
+//! `server/<family>.rs` (one `serve_verbs!` line), its command in `cli/<verb>.rs`.
+//!
+//! - **The contract**: `proto/` (signed requests, [`proto::Endpoint`], [`proto::ENDPOINTS`]; one
+//!   file per family: status, enroll, admin, secret, site, ca), `subjects.rs` (every subject,
+//!   header and event kind, with their parsers), `envelope.rs`, `error.rs`, `layout.rs` (every file
+//!   name of the data, identity and site dirs).
+//! - **Policy** (`policy/`): every pure decision, table-tested: when to renew, grant arithmetic,
+//!   who may read a secret, who may call a verb, whether a join token may enroll.
+//! - **The estate** (`estate/`): the trust roots and the only code that builds store writes, by
+//!   capability: accounts, identities, tokens, roles, secrets, envelope keys, sites, CAs. Below
+//!   it: `store/` (the `Store` trait, sled, the sealing `Vault`), `crypto.rs`, `issuer/` (pure
+//!   minting and parsing of NATS JWTs, X.509 and `.creds`), `names.rs`, `token.rs`, `secrets.rs`,
+//!   `identity.rs` (the identity dir), `pem.rs`, `fsutil.rs` (atomic file and directory writes).
+//! - **The control plane** (`server/`): `serve()` a short list of steps; `dispatch.rs` (the
+//!   checks every request passes, routes made from `ENDPOINTS`), one file per family, `tasks.rs`
+//!   (every periodic job, by name), `own.rs` (its own credentials), `accounts.rs` (JWT pushes),
+//!   `reconcile.rs`, `stream.rs` (signed events), `events.rs` (nats-server auth failures),
+//!   `http.rs` (health, OCSP, CRL, metrics). `audit/` is its authenticated, hash-chained redo log.
+//! - **The edges**: `client/` (connect as an identity, one signed caller, enrollment, the
+//!   self-renewing session; no path to the estate), `agent/` (the site agent: decide, apply,
+//!   the site server's certificate), `init.rs`, `natsconf.rs` (nats-server configs), `cli/` (one
+//!   file per subcommand; shared flags and the JSON printer in `cli/mod.rs`), `bench/`.
+//! - Small pieces: `clock.rs` (injected time), `replay.rs`, `telemetry.rs`, `natsbin.rs`, `ocsp.rs`.
 //!
 //! See `README.md` for a quick start and `../DESIGN.md` (shared) for the architecture.
 
@@ -22,11 +54,24 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs, unreachable_pub)]
 
+// === the public interface ===
+
+pub use agent::{Agent, AgentError, AgentOptions};
+pub use client::session::Session;
+pub use client::{ClientError, Identity, TillitClient};
+pub use envelope::{TrustSet, Verifier};
+pub use error::{ApiError, ErrorCode};
+pub use estate::{Estate, EstateError};
+pub use names::ServiceId;
+pub use server::{serve, ServeError};
+
 pub mod client;
 pub mod envelope;
 pub mod error;
 pub mod proto;
 pub mod subjects;
+
+// === internals (see the crate docs) ===
 
 #[doc(hidden)]
 pub mod agent;

@@ -19,7 +19,7 @@ pub struct Args {
     /// Address of the control plane's HTTP port (health, metrics).
     #[arg(long, env = "TILLIT_HTTP_ADDR")]
     pub http_addr: Option<String>,
-    /// URL nats-servers reach the HTTP port at for OCSP (default: http://<http-addr>), e.g.
+    /// URL nats-servers reach the HTTP port at for OCSP (default: http://HTTP-ADDR), e.g.
     /// http://tillit:8080 in docker compose.
     #[arg(long, env = "TILLIT_HTTP_PUBLIC_URL")]
     pub http_public_url: Option<String>,

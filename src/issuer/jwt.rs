@@ -3,7 +3,7 @@
 //! A JWT is `b64url(header).b64url(claims).b64url(sig)`, header `{"typ":"JWT","alg":"ed25519-nkey"}`,
 //! signature Ed25519 by the issuer's nkey over the first two parts. Claims follow nats-server's
 //! `jwt/v2` shapes for operators, accounts and users. The same codec signs tillit's own requests
-//! ([`crate::proto::SignedRequest`]), so there is one signing path to audit.
+//! (`crate::proto::sign_request`), so there is one signing path to audit.
 //!
 //! Parsing verifies the signature with the key the token names as `iss`; *which* issuers are
 //! acceptable is always the caller's decision ([`decode_from`] takes the pinned set).

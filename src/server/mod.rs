@@ -81,7 +81,7 @@ pub struct Ctx {
     pub burning: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Account name → `iat` of the JWT last pushed to nats-server.
     pub pushed: std::sync::Mutex<HashMap<String, i64>>,
-    /// Bootstrap users to revoke, batched by [`accounts::run_revoker`].
+    /// Bootstrap users to revoke, batched by `accounts::run_revoker`.
     pub revoke_tx: mpsc::UnboundedSender<(String, i64)>,
     /// Public key of the BOOTSTRAP account (enrollment requests must come from it).
     pub bootstrap_account: String,
@@ -108,7 +108,7 @@ fn stopped(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'sta
 
 /// Run the control plane until `shutdown` completes: HTTP first (so `/healthz` answers while
 /// NATS comes up), then its own NATS connections, the context every handler shares, the start-up
-/// steps, the named background tasks ([`tasks`]), and the endpoints ([`dispatch::routes`]).
+/// steps, the named background tasks (`tasks.rs`), and the endpoints (`dispatch::routes`).
 pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
     let estate = Arc::new(estate);
     let metrics = Arc::new(Metrics::new(estate.trust_domain()));
