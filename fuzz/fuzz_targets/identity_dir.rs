@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(params) = tillit::client::ConnectParams::from_identity(&files, None) {
         let _ = tillit::client::tls::client_config(&files.ca_pem, params.cert.clone());
     }
-    let _ = tillit::client::tls::key_matches(&files.cert_pem, files.key_pem.expose());
+    let _ = tillit::pem::key_matches(&files.cert_pem, files.key_pem.expose());
     let _ = tillit::issuer::x509::fingerprint(&files.ca_pem);
     let _ = tillit::issuer::x509::not_after(&files.cert_pem);
     if let Some(j) = &files.trust_jwks {

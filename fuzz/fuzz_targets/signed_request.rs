@@ -28,8 +28,8 @@ fuzz_target!(|data: &[u8]| {
         .ok()
         .and_then(peek_claims)
         .and_then(|c| c["type"].as_str().map(str::to_string))
-        .unwrap_or_else(|| proto::Enroll::KIND.to_string());
-    let subject = kind.strip_prefix("io.").unwrap_or(proto::Enroll::SUBJECT).to_string();
+        .unwrap_or_else(|| tillit::proto::Enroll::KIND.to_string());
+    let subject = kind.strip_prefix("io.").unwrap_or(tillit::proto::Enroll::SUBJECT).to_string();
     let Ok(claims) = verify_request::<Box<RawValue>>(payload, &subject, &kind, TD, NOW) else { return };
     assert!(claims.iss.starts_with('U'));
     assert!(claims.exp > NOW && claims.exp - claims.iat <= MAX_REQUEST_LIFETIME);
