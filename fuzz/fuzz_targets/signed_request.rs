@@ -7,7 +7,6 @@
 use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
 use tillit::proto::*;
-use tillit::subjects;
 use tillit_fuzz::*;
 
 fn body<T: serde::de::DeserializeOwned>(raw: &RawValue) {
