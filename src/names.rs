@@ -47,9 +47,54 @@ pub fn spiffe_id(trust_domain: &str, segments: &[&str]) -> String {
     format!("spiffe://{trust_domain}/{}", segments.join("/"))
 }
 
+// === tillit's own identities ===
+
+/// The tenant of tillit's own identities (site agents, admins); refused for anyone else's.
+pub const AGENT_TENANT: &str = "tillit";
+const AGENT_PROJECT: &str = "sites";
+const AGENT_SERVICE: &str = "agent";
+/// Project segment of admin identities' join tokens (`tillit/admins/<name>/admin`).
+const ADMIN_PROJECT: &str = "admins";
+const ADMIN_SERVICE: &str = "admin";
+
+/// The id a join token for a new admin identity `name` is bound to.
+pub fn admin_service_id(name: &str) -> Result<ServiceId, NameError> {
+    ServiceId::new(AGENT_TENANT, ADMIN_PROJECT, name, ADMIN_SERVICE)
+}
+
+/// The admin name a service id stands for, if it is an admin's.
+pub fn admin_name(sid: &ServiceId) -> Option<&str> {
+    (sid.tenant == AGENT_TENANT && sid.project == ADMIN_PROJECT && sid.service == ADMIN_SERVICE).then_some(sid.env.as_str())
+}
+
+/// The service id of a site's agents.
+pub fn agent_service_id(site: &str) -> Result<ServiceId, NameError> {
+    ServiceId::new(AGENT_TENANT, AGENT_PROJECT, site, AGENT_SERVICE)
+}
+
+/// The site a service id names, if it is a site agent's.
+pub fn agent_site(sid: &ServiceId) -> Option<&str> {
+    (sid.tenant == AGENT_TENANT && sid.project == AGENT_PROJECT && sid.service == AGENT_SERVICE).then_some(sid.env.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_ids_round_trip() {
+        let sid = agent_service_id("east").unwrap();
+        assert_eq!(sid.to_string(), "tillit/sites/east/agent");
+        assert_eq!(agent_site(&sid), Some("east"));
+        assert_eq!(agent_site(&ServiceId::parse("acme/shop/prod/orders").unwrap()), None);
+        assert!(agent_service_id("a.b").is_err());
+        assert!(agent_service_id("*").is_err());
+        let admin = admin_service_id("alice").unwrap();
+        assert_eq!(admin.to_string(), "tillit/admins/alice/admin");
+        assert_eq!(admin_name(&admin), Some("alice"));
+        assert_eq!(admin_name(&sid), None);
+        assert_eq!(agent_site(&admin), None);
+    }
 
     #[test]
     fn segments() {

@@ -157,6 +157,10 @@ fn below(subject: &str, root: &str) -> bool {
 pub fn site_inbox_root(site: &str) -> String {
     format!("{INBOX_ROOT}.site-{site}")
 }
+/// The inbox prefix of an agent of `site`: `_INBOX.site-<site>.<user public key>`.
+pub fn agent_inbox_prefix(site: &str, user_public_key: &str) -> String {
+    format!("{}.{user_public_key}", site_inbox_root(site))
+}
 /// The hash nats-server names itself by in `$SYS` (`getHash` in its events.go: SHA-256 of the
 /// server name, the first 8 bytes mapped onto base62 digits). Its account resolver receives
 /// lookup and pack replies on `$SYS._INBOX.<hash>.*`.

@@ -149,7 +149,7 @@ impl Agent {
         let site = info
             .service
             .as_ref()
-            .and_then(crate::estate::sites::agent_site)
+            .and_then(crate::names::agent_site)
             .map(str::to_string)
             .filter(|_| info.kind == crate::identity::IdentityKind::Agent)
             .ok_or_else(|| AgentError::NotAnAgent(info.id.clone()))?;

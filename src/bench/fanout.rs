@@ -96,7 +96,7 @@ pub(crate) async fn fanout(admin_dir: &Path, agents: usize, sites: usize, rounds
     let mut tokens = Vec::new();
     for (i, s) in site_names.iter().enumerate() {
         let share = agents / sites + usize::from(i < agents % sites);
-        let sid = crate::estate::sites::agent_service_id(s).map_err(err)?;
+        let sid = crate::names::agent_service_id(s).map_err(err)?;
         for t in mint_tokens(&admin, &sid, share).await? {
             tokens.push((s.clone(), t));
         }

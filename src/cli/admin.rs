@@ -4,7 +4,7 @@
 //! cannot be revoked.
 
 use super::AdminArgs;
-use crate::estate::sites::admin_service_id;
+use crate::names::admin_service_id;
 use crate::proto::{RevokeReply, RevokeRequest, TokenCreateReply, TokenCreateRequest};
 
 #[derive(Debug, clap::Args)]

@@ -53,7 +53,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
 
 async fn create(a: CreateArgs) -> anyhow::Result<()> {
     let identity = match (&a.site, &a.tenant, &a.project, &a.env, &a.service) {
-        (Some(site), ..) => crate::estate::sites::agent_service_id(site)?,
+        (Some(site), ..) => crate::names::agent_service_id(site)?,
         (None, Some(t), Some(p), Some(e), Some(s)) => ServiceId::new(t, p, e, s)?,
         _ => anyhow::bail!("name the service with --tenant, --project, --env and --service (or a site with --site)"),
     };

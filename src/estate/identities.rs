@@ -317,7 +317,7 @@ impl Estate {
             account_public_key: acct.public_key.clone(),
             user_public_key: rec.user_public_key.clone(),
             inbox_prefix: match &rec.site {
-                Some(site) => crate::estate::sites::agent_inbox_prefix(site, &rec.user_public_key),
+                Some(site) => crate::subjects::agent_inbox_prefix(site, &rec.user_public_key),
                 None => crate::subjects::inbox_prefix(&rec.user_public_key),
             },
             user_jwt,

@@ -7,12 +7,9 @@
 //! applied and acknowledged is kept per agent and summed up per site.
 
 use super::*;
-use crate::names::ServiceId;
 
 /// Tenant segment reserved for site agents' service ids (`tillit/sites/<site>/agent`).
-pub const AGENT_TENANT: &str = "tillit";
-const AGENT_PROJECT: &str = "sites";
-const AGENT_SERVICE: &str = "agent";
+pub use crate::names::AGENT_TENANT;
 /// Meta record of the agents' scoped signing key.
 const META_AGENT_ROLE: &str = "agent_role";
 /// Most sites one estate registers.
@@ -128,34 +125,6 @@ pub fn agent_permissions() -> UserPermissions {
     UserPermissions::new(publish, vec![format!("{}.{{{{subject()}}}}.>", subjects::site_inbox_root("{{tag(site)}}"))])
 }
 
-/// The inbox prefix of an agent of `site`.
-pub fn agent_inbox_prefix(site: &str, user_public_key: &str) -> String {
-    format!("{}.{user_public_key}", subjects::site_inbox_root(site))
-}
-
-/// Project segment of admin identities' join tokens (`tillit/admins/<name>/admin`).
-const ADMIN_PROJECT: &str = "admins";
-const ADMIN_SERVICE: &str = "admin";
-
-/// The id a join token for a new admin identity `name` is bound to.
-pub fn admin_service_id(name: &str) -> Result<ServiceId, names::NameError> {
-    ServiceId::new(AGENT_TENANT, ADMIN_PROJECT, name, ADMIN_SERVICE)
-}
-
-/// The admin name a service id stands for, if it is an admin's.
-pub fn admin_name(sid: &ServiceId) -> Option<&str> {
-    (sid.tenant == AGENT_TENANT && sid.project == ADMIN_PROJECT && sid.service == ADMIN_SERVICE).then_some(sid.env.as_str())
-}
-
-/// The service id of a site's agents.
-pub fn agent_service_id(site: &str) -> Result<ServiceId, names::NameError> {
-    ServiceId::new(AGENT_TENANT, AGENT_PROJECT, site, AGENT_SERVICE)
-}
-
-/// The site a service id names, if it is a site agent's.
-pub fn agent_site(sid: &ServiceId) -> Option<&str> {
-    (sid.tenant == AGENT_TENANT && sid.project == AGENT_PROJECT && sid.service == AGENT_SERVICE).then_some(sid.env.as_str())
-}
 
 /// A site server's certificate and leafnode users' JWTs, freshly signed.
 struct SiteCreds {
@@ -459,16 +428,6 @@ impl Estate {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn agent_ids_round_trip() {
-        let sid = agent_service_id("east").unwrap();
-        assert_eq!(sid.to_string(), "tillit/sites/east/agent");
-        assert_eq!(agent_site(&sid), Some("east"));
-        assert_eq!(agent_site(&ServiceId::parse("acme/shop/prod/orders").unwrap()), None);
-        assert!(agent_service_id("a.b").is_err());
-        assert!(agent_service_id("*").is_err());
-    }
 
     #[test]
     fn agents_are_confined_to_their_own_consumer() {

@@ -77,7 +77,7 @@ pub(super) async fn agent_entry(ctx: &Ctx, site: &str, user_pub: &str) -> Result
         tracing::error!("cannot create the agent's consumer {consumer}: {err}");
         ApiError::new(ErrorCode::Unavailable, "could not create the agent's event consumer; retry shortly")
     })?;
-    let sid = crate::estate::sites::agent_service_id(site).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let sid = crate::names::agent_service_id(site).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let role = RoleRecord {
         account: acct.name.clone(),
         service: sid,

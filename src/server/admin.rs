@@ -219,7 +219,7 @@ async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> Resul
     let e = &ctx.estate;
     let _g = e.account_lock().lock().await;
     let now = e.clock().now_unix();
-    let admin = crate::estate::sites::admin_name(sid);
+    let admin = crate::names::admin_name(sid);
     let targets: Vec<IdentityRecord> = match admin {
         // An admin identity (`tillit admin revoke NAME`): never the last live one.
         Some(name) => {
@@ -320,17 +320,17 @@ async fn token_create(ctx: &Ctx, caller: &IdentityRecord, req: TokenCreateReques
     if !(1..=MAX_TOKENS_PER_REQUEST).contains(&req.count) {
         return Err(ApiError::bad_request(format!("count must be between 1 and {MAX_TOKENS_PER_REQUEST}")));
     }
-    match crate::estate::sites::agent_site(&req.identity) {
+    match crate::names::agent_site(&req.identity) {
         Some(site) if ctx.estate.site(site).map_err(ApiError::internal)?.is_none() => {
             return Err(ApiError::new(ErrorCode::NotFound, format!("no site {site}; add it first with `tillit site add`")));
         }
         Some(_) => {}
         // A token for a new admin identity (`tillit admin add`).
-        None if crate::estate::sites::admin_name(&req.identity).is_some() => {}
-        None if req.identity.tenant == crate::estate::sites::AGENT_TENANT => {
+        None if crate::names::admin_name(&req.identity).is_some() => {}
+        None if req.identity.tenant == crate::names::AGENT_TENANT => {
             return Err(ApiError::bad_request(format!(
                 "tenant {:?} is reserved for tillit itself; pick another tenant name",
-                crate::estate::sites::AGENT_TENANT
+                crate::names::AGENT_TENANT
             )));
         }
         None => {}

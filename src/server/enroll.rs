@@ -118,8 +118,8 @@ async fn enroll(
 
     // Everything that can fail is done before the token burns.
     let sid = tok.identity.clone();
-    let site = crate::estate::sites::agent_site(&sid).map(str::to_string);
-    let admin = crate::estate::sites::admin_name(&sid).map(str::to_string);
+    let site = crate::names::agent_site(&sid).map(str::to_string);
+    let admin = crate::names::admin_name(&sid).map(str::to_string);
     let (acct, role) = match (&site, &admin) {
         (Some(site), _) => (agent_entry(ctx, site, user_pub).await?.0.clone(), None),
         (None, Some(_)) => (e.account(TILLIT_ACCOUNT).map_err(ApiError::internal)?, None),

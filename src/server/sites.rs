@@ -8,7 +8,8 @@ use crate::audit::Entry;
 use crate::clock::rfc3339;
 use crate::envelope::{TrustSet, Verifier};
 use crate::error::{ApiError, ErrorCode};
-use crate::estate::sites::{agent_service_id, AgentStatus, SiteRecord};
+use crate::estate::sites::{AgentStatus, SiteRecord};
+use crate::names::agent_service_id;
 use crate::estate::{IdentityRecord, BOOTSTRAP_ACCOUNT, SYS_ACCOUNT, TILLIT_ACCOUNT};
 use crate::identity::IdentityKind;
 use crate::proto::{
