@@ -88,34 +88,6 @@ pub struct IdentityInfo {
 }
 
 impl IdentityInfo {
-    /// What the identity dir says of an identity issued as `reply`, reached at `nats_urls`; its
-    /// renewal is planned now ([`crate::policy::renew::renew_at`], with jitter).
-    pub fn issued(reply: &crate::proto::IssuedReply, nats_urls: Vec<String>, xkey_public_key: Option<String>) -> Self {
-        let renew = crate::policy::renew::renew_at(reply.issued_at_unix, reply.expires_at_unix, crate::policy::renew::random_jitter());
-        IdentityInfo {
-            format: IDENTITY_FORMAT,
-            kind: reply.kind,
-            id: reply.id.clone(),
-            name: reply.name.clone(),
-            trust_domain: reply.trust_domain.clone(),
-            account: reply.account.clone(),
-            account_public_key: reply.account_public_key.clone(),
-            user_public_key: reply.user_public_key.clone(),
-            inbox_prefix: reply.inbox_prefix.clone(),
-            nats_urls,
-            ca_fingerprint: reply.ca_fingerprint.clone(),
-            cert_serial: reply.cert_serial.clone(),
-            issued_at: String::new(),
-            expires_at: String::new(),
-            renew_at: String::new(),
-            issued_at_unix: 0,
-            expires_at_unix: 0,
-            renew_at_unix: 0,
-            service: reply.service.clone(),
-            xkey_public_key,
-        }
-        .with_times(reply.issued_at_unix, reply.expires_at_unix, renew)
-    }
 
     /// Fill the human-readable times from the Unix ones.
     pub fn with_times(mut self, issued: i64, expires: i64, renew: i64) -> Self {

@@ -99,7 +99,8 @@ pub fn files_from_reply(
         ),
         None => None,
     };
-    let info = IdentityInfo::issued(&reply, nats_urls, xkey_public_key);
+    let renew = crate::policy::renew::renew_at(reply.issued_at_unix, reply.expires_at_unix, crate::policy::renew::random_jitter());
+    let info = reply.identity_info(nats_urls, xkey_public_key, renew);
     Ok(IdentityFiles {
         info,
         user_jwt: reply.user_jwt,

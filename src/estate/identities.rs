@@ -47,6 +47,11 @@ pub struct IdentityRecord {
 }
 
 impl IdentityRecord {
+    /// What the call policy needs of it ([`crate::policy::check_caller`]).
+    pub fn facts(&self) -> crate::policy::CallerFacts {
+        crate::policy::CallerFacts { kind: self.kind, revoked: self.state == IdentityState::Revoked, expires_at: self.expires_at }
+    }
+
     /// An active admin identity's record (in TILLIT).
     pub fn admin(id: &str, name: &str, user_public_key: &str, cert_serial: &str, issued_at: i64, expires_at: i64) -> Self {
         IdentityRecord {
@@ -149,7 +154,8 @@ impl Estate {
         b.put_json(Space::Serials, &rec.cert_serial, &SerialRecord::of_identity(&rec.user_public_key, expires))?;
         self.store().commit(b)?;
         let reply = self.issued_reply(&rec, &account, jwt, cert.cert_pem);
-        let info = IdentityInfo::issued(&reply, reply.nats_urls.clone(), None);
+        let renew = crate::policy::renew::renew_at(now, expires, crate::policy::renew::random_jitter());
+        let info = reply.identity_info(reply.nats_urls.clone(), None, renew);
         Ok(IdentityFiles {
             info,
             user_jwt: reply.user_jwt,

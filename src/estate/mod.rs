@@ -12,7 +12,7 @@
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::crypto::{self, MasterKey, SecretString};
-use crate::identity::{IdentityFiles, IdentityInfo, IdentityKind};
+use crate::identity::{IdentityFiles, IdentityKind};
 use crate::issuer::jwt::{
     self, AccountLimits, AccountNats, Claims, Export, Import, OperatorNats, SigningKeyEntry, UserNats, UserPermissions,
 };

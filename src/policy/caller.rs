@@ -2,19 +2,29 @@
 //! identities may call nothing; admin verbs are for admin identities.
 
 use crate::error::{ApiError, ErrorCode};
-use crate::estate::{IdentityRecord, IdentityState};
 use crate::identity::IdentityKind;
 use crate::proto::{Caller, EndpointSpec};
 
-/// Whether `caller` may call `spec` now (pure).
-pub fn check_caller(caller: &IdentityRecord, spec: &EndpointSpec, now: i64) -> Result<(), ApiError> {
-    if caller.state == IdentityState::Revoked {
+/// What the policy needs to know of a caller (from its identity record).
+#[derive(Debug, Clone, Copy)]
+pub struct CallerFacts {
+    /// What kind of identity it is.
+    pub kind: IdentityKind,
+    /// Whether it was revoked.
+    pub revoked: bool,
+    /// When its credentials expire (Unix seconds).
+    pub expires_at: i64,
+}
+
+/// Whether a caller with `facts` may call `spec` at `now`.
+pub fn check_caller(facts: CallerFacts, spec: &EndpointSpec, now: i64) -> Result<(), ApiError> {
+    if facts.revoked {
         return Err(ApiError::forbidden("this identity is revoked; enroll again with a new join token"));
     }
-    if caller.expires_at <= now {
+    if facts.expires_at <= now {
         return Err(ApiError::new(ErrorCode::Expired, "this identity has expired; enroll again with a new join token"));
     }
-    if spec.caller == Caller::Admin && caller.kind != IdentityKind::Admin {
+    if spec.caller == Caller::Admin && facts.kind != IdentityKind::Admin {
         return Err(ApiError::forbidden(format!("{} is for admin identities only", spec.subject)));
     }
     Ok(())
@@ -25,8 +35,8 @@ mod tests {
     use super::*;
     use crate::proto::Endpoint;
 
-    fn rec(kind: IdentityKind, state: IdentityState, expires_at: i64) -> IdentityRecord {
-        IdentityRecord { kind, state, ..IdentityRecord::admin("spiffe://td/x", "x", "U", "01", 0, expires_at) }
+    fn facts(kind: IdentityKind, revoked: bool, expires_at: i64) -> CallerFacts {
+        CallerFacts { kind, revoked, expires_at }
     }
 
     #[test]
@@ -34,16 +44,17 @@ mod tests {
         let admin_ep = <crate::proto::Status as Endpoint>::SPEC;
         let svc_ep = <crate::proto::Renew as Endpoint>::SPEC;
         let cases = [
-            (rec(IdentityKind::Admin, IdentityState::Active, 100), admin_ep, None),
-            (rec(IdentityKind::Service, IdentityState::Active, 100), admin_ep, Some(ErrorCode::Forbidden)),
-            (rec(IdentityKind::Agent, IdentityState::Active, 100), admin_ep, Some(ErrorCode::Forbidden)),
-            (rec(IdentityKind::Service, IdentityState::Active, 100), svc_ep, None),
-            (rec(IdentityKind::Admin, IdentityState::Revoked, 100), admin_ep, Some(ErrorCode::Forbidden)),
-            (rec(IdentityKind::Service, IdentityState::Active, 50), svc_ep, Some(ErrorCode::Expired)),
+            (facts(IdentityKind::Admin, false, 100), admin_ep, None),
+            (facts(IdentityKind::Service, false, 100), admin_ep, Some(ErrorCode::Forbidden)),
+            (facts(IdentityKind::Agent, false, 100), admin_ep, Some(ErrorCode::Forbidden)),
+            (facts(IdentityKind::Service, false, 100), svc_ep, None),
+            (facts(IdentityKind::Admin, true, 100), admin_ep, Some(ErrorCode::Forbidden)),
+            (facts(IdentityKind::Service, false, 50), svc_ep, Some(ErrorCode::Expired)),
+            (facts(IdentityKind::Service, true, 50), svc_ep, Some(ErrorCode::Forbidden)),
         ];
-        for (r, ep, want) in cases {
-            let got = check_caller(&r, &ep, 50).err().map(|e| e.code);
-            assert_eq!(got, want, "{:?} {:?} on {}", r.kind, r.state, ep.subject);
+        for (f, ep, want) in cases {
+            let got = check_caller(f, &ep, 50).err().map(|e| e.code);
+            assert_eq!(got, want, "{f:?} on {}", ep.subject);
         }
     }
 }

@@ -15,6 +15,6 @@ pub mod readers;
 pub mod renew;
 pub mod tokens;
 
-pub use caller::check_caller;
+pub use caller::{check_caller, CallerFacts};
 pub use readers::{may_read, site_may_read};
 pub use tokens::{check_token, TokenRefusal};

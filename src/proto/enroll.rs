@@ -2,6 +2,7 @@
 //!
 //! The verbs of this family ([`super::Endpoint`]) and the bodies they carry.
 
+use crate::identity::IdentityInfo;
 use serde::{Deserialize, Serialize};
 
 endpoint! {
@@ -69,4 +70,35 @@ pub struct IssuedReply {
     pub cert_serial: String,
     pub issued_at_unix: i64,
     pub expires_at_unix: i64,
+}
+
+impl IssuedReply {
+    /// What the identity dir says of the identity this reply issued, reached at `nats_urls`,
+    /// to be renewed at `renew_at` (Unix seconds; see `policy::renew`).
+    pub fn identity_info(&self, nats_urls: Vec<String>, xkey_public_key: Option<String>, renew_at: i64) -> IdentityInfo {
+        let reply = self;
+        IdentityInfo {
+            format: crate::identity::IDENTITY_FORMAT,
+            kind: reply.kind,
+            id: reply.id.clone(),
+            name: reply.name.clone(),
+            trust_domain: reply.trust_domain.clone(),
+            account: reply.account.clone(),
+            account_public_key: reply.account_public_key.clone(),
+            user_public_key: reply.user_public_key.clone(),
+            inbox_prefix: reply.inbox_prefix.clone(),
+            nats_urls,
+            ca_fingerprint: reply.ca_fingerprint.clone(),
+            cert_serial: reply.cert_serial.clone(),
+            issued_at: String::new(),
+            expires_at: String::new(),
+            renew_at: String::new(),
+            issued_at_unix: 0,
+            expires_at_unix: 0,
+            renew_at_unix: 0,
+            service: reply.service.clone(),
+            xkey_public_key,
+        }
+        .with_times(reply.issued_at_unix, reply.expires_at_unix, renew_at)
+    }
 }

@@ -138,7 +138,7 @@ pub(crate) async fn dispatch(ctx: &Arc<Ctx>, route: &Route, msg: &async_nats::Me
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::unauthenticated("the signing key belongs to no identity of this control plane"))?;
     check_replay()?;
-    if let Err(e) = crate::policy::check_caller(&caller, spec, now).and_then(|_| origin::check_request_origin(ctx, &caller, call.info.as_ref())) {
+    if let Err(e) = crate::policy::check_caller(caller.facts(), spec, now).and_then(|_| origin::check_request_origin(ctx, &caller, call.info.as_ref())) {
         audit_refusal(ctx, &caller.id, spec, &e);
         return Err(e);
     }
