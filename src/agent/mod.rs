@@ -346,7 +346,7 @@ impl Agent {
         let info = self.session.identity();
         let data = AckData {
             site: self.site.clone(),
-            outcome: outcome.into(),
+            outcome,
             seqs: batch.iter().map(|b| b.0).collect(),
             event_ids: batch.iter().map(|b| b.1.clone()).collect(),
             last_event_type: batch.last().map(|b| b.2.clone()),
