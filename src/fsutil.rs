@@ -8,14 +8,14 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Mode for private files: keys, creds, secrets.
-pub const PRIVATE: u32 = 0o600;
+pub(crate) const PRIVATE: u32 = 0o600;
 /// Mode for public files: certificates, JWTs, configs.
-pub const PUBLIC: u32 = 0o644;
+pub(crate) const PUBLIC: u32 = 0o644;
 /// Mode for directories holding private files.
-pub const PRIVATE_DIR: u32 = 0o700;
+pub(crate) const PRIVATE_DIR: u32 = 0o700;
 
 /// Atomically replace `path` with `data`, created with `mode`.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple()));
@@ -34,18 +34,18 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
 }
 
 /// Create `path` (and parents) and set its mode.
-pub fn create_dir(path: &Path, mode: u32) -> std::io::Result<()> {
+pub(crate) fn create_dir(path: &Path, mode: u32) -> std::io::Result<()> {
     fs::create_dir_all(path)?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
 }
 
 /// fsync a directory so a rename in it is durable.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
 /// True when `path` does not exist or is an empty directory.
-pub fn is_absent_or_empty_dir(path: &Path) -> std::io::Result<bool> {
+pub(crate) fn is_absent_or_empty_dir(path: &Path) -> std::io::Result<bool> {
     match fs::read_dir(path) {
         Ok(mut it) => Ok(it.next().is_none()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
@@ -55,7 +55,7 @@ pub fn is_absent_or_empty_dir(path: &Path) -> std::io::Result<bool> {
 
 /// What [`write_dir_atomic`] may do with a target that already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Replace {
+pub(crate) enum Replace {
     /// Only a missing or empty directory: an empty one is removed first, anything else is
     /// refused ([`WriteDirError::NotEmpty`]).
     IfEmpty,
@@ -68,7 +68,7 @@ pub enum Replace {
 /// Why [`write_dir_atomic`] failed; in every case no staging dir is left behind and the target
 /// is as it was (except an empty target dir, which may be gone).
 #[derive(Debug)]
-pub enum WriteDirError<E> {
+pub(crate) enum WriteDirError<E> {
     /// The `fill` closure failed.
     Fill(E),
     /// The target exists and is not an empty directory ([`Replace::IfEmpty`]).
@@ -94,7 +94,7 @@ impl<E: std::fmt::Debug + std::fmt::Display> std::error::Error for WriteDirError
 /// missing), which is then fsynced and renamed into place, and the parent fsynced. A failure at
 /// any step removes the staging dir, so a crash or an error never leaves half of `target`;
 /// `replace` says what happens to a target that already exists. Returns what `fill` returned.
-pub fn write_dir_atomic<T, E>(
+pub(crate) fn write_dir_atomic<T, E>(
     target: &Path,
     purpose: &str,
     replace: Replace,

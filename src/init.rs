@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 /// What `init` is asked to do.
 #[derive(Debug, Clone)]
-pub struct InitOptions {
+pub(crate) struct InitOptions {
     pub data_dir: PathBuf,
     pub trust_domain: String,
     pub nats_url: String,
@@ -47,7 +47,7 @@ pub struct InitSummary {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum InitError {
+pub(crate) enum InitError {
     #[error("{dir} already holds a tillit data dir{}; pass --force to replace it (its keys and identities are lost) or choose another --data-dir", trust_domain.as_ref().map(|t| format!(" for trust domain {t:?}")).unwrap_or_default())]
     Exists { dir: String, trust_domain: Option<String> },
     #[error("{dir} exists and is not a tillit data dir; choose an empty or new --data-dir")]
@@ -85,7 +85,7 @@ fn absolute(p: &Path) -> Result<PathBuf, InitError> {
 }
 
 /// Create a new data dir.
-pub fn init(opts: &InitOptions, clock: SharedClock) -> Result<InitSummary, InitError> {
+pub(crate) fn init(opts: &InitOptions, clock: SharedClock) -> Result<InitSummary, InitError> {
     let mut raw = raw_for_init(&opts.trust_domain, &opts.nats_url, opts.http_addr.as_deref());
     raw.nats.monitor_addr = opts.monitor_addr.clone();
     raw.nats.leaf_port = opts.leaf_port;

@@ -7,6 +7,11 @@
 use crate::secrets::SecretPath;
 use std::path::{Path, PathBuf};
 
+/// The TLS subdirectory of an identity dir and a site dir, and its certificate and key.
+const TLS_DIR: &str = "tls";
+const CERT_FILE: &str = "cert.pem";
+const KEY_FILE: &str = "key.pem";
+
 /// File name of the audit log inside `DATA/audit` ([`DataDir::audit`]).
 pub const AUDIT_FILE: &str = "audit.jsonl";
 /// File name of the audit log's head anchor inside `DATA/audit`.
@@ -111,15 +116,15 @@ impl IdentityDir {
         self.0.join("nats.creds")
     }
     pub fn tls(&self) -> PathBuf {
-        self.0.join("tls")
+        self.0.join(TLS_DIR)
     }
     /// Client certificate (PEM).
     pub fn cert(&self) -> PathBuf {
-        self.tls().join("cert.pem")
+        self.tls().join(CERT_FILE)
     }
     /// Client private key (PEM), 0600.
     pub fn key(&self) -> PathBuf {
-        self.tls().join("key.pem")
+        self.tls().join(KEY_FILE)
     }
     /// CA bundle to verify the server with (PEM).
     pub fn ca(&self) -> PathBuf {
@@ -164,15 +169,15 @@ impl SiteDir {
         self.0.join("ca.pem")
     }
     pub fn tls(&self) -> PathBuf {
-        self.0.join("tls")
+        self.0.join(TLS_DIR)
     }
     /// The site server's certificate (PEM).
     pub fn cert(&self) -> PathBuf {
-        self.tls().join("cert.pem")
+        self.tls().join(CERT_FILE)
     }
     /// The site server's private key (PEM), 0600.
     pub fn key(&self) -> PathBuf {
-        self.tls().join("key.pem")
+        self.tls().join(KEY_FILE)
     }
     /// Creds (0600) of the leafnode remote in the system account.
     pub fn sys_creds(&self) -> PathBuf {

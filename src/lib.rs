@@ -73,52 +73,17 @@ pub mod subjects;
 
 // === internals (see the crate docs) ===
 
-#[doc(hidden)]
-pub mod agent;
-#[doc(hidden)]
-pub mod audit;
-#[doc(hidden)]
-pub mod cli;
-#[doc(hidden)]
-pub mod clock;
-#[doc(hidden)]
-pub mod config;
-#[doc(hidden)]
-pub mod crypto;
-#[doc(hidden)]
-pub mod estate;
-#[doc(hidden)]
-pub mod identity;
-#[doc(hidden)]
-pub mod issuer;
-#[doc(hidden)]
-pub mod layout;
-#[doc(hidden)]
-pub mod names;
-#[doc(hidden)]
-pub mod natsbin;
-#[doc(hidden)]
-pub mod ocsp;
-#[doc(hidden)]
-pub mod server;
-#[doc(hidden)]
-pub mod store;
-#[doc(hidden)]
-pub mod token;
-#[doc(hidden)]
-pub mod telemetry;
-#[doc(hidden)]
-pub mod secrets;
-#[doc(hidden)]
-pub mod init;
-#[doc(hidden)]
-pub mod natsconf;
-#[doc(hidden)]
-pub mod policy;
-#[doc(hidden)]
-pub mod replay;
-#[doc(hidden)]
-pub mod pem;
-#[doc(hidden)]
-pub mod fsutil;
+/// Modules the `tillit` binary, the integration tests and the fuzz targets reach; hidden from the
+/// docs, not a stable interface.
+macro_rules! internal {
+    ($($m:ident),* $(,)?) => { $( #[doc(hidden)] pub mod $m; )* };
+}
+internal!(
+    agent, audit, cli, clock, config, crypto, estate, identity, issuer, layout, names, natsbin, ocsp, server, store, token, telemetry, secrets, pem
+);
 mod bench;
+mod fsutil;
+mod init;
+mod natsconf;
+mod policy;
+mod replay;

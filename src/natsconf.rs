@@ -10,7 +10,7 @@ use std::fmt::Write;
 
 /// Public facts of the trust roots the server config needs.
 #[derive(Debug, Clone)]
-pub struct ServerTrust<'a> {
+pub(crate) struct ServerTrust<'a> {
     pub system_account: &'a str,
     /// `(account public key, account JWT)` preloaded into the resolver (SYS and TILLIT).
     pub preload: Vec<(&'a str, &'a str)>,
@@ -23,7 +23,7 @@ fn q(s: &str) -> String {
 
 /// Render `DATA/nats/server.conf`. `dir` must be absolute: nats-server resolves relative paths
 /// against its working directory, not the config file.
-pub fn render(cfg: &Config, dir: &DataDir, trust: &ServerTrust<'_>) -> String {
+pub(crate) fn render(cfg: &Config, dir: &DataDir, trust: &ServerTrust<'_>) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -85,7 +85,7 @@ pub fn render(cfg: &Config, dir: &DataDir, trust: &ServerTrust<'_>) -> String {
 
 /// What a site's leaf nats-server config needs.
 #[derive(Debug, Clone)]
-pub struct SiteServer<'a> {
+pub(crate) struct SiteServer<'a> {
     pub trust_domain: &'a str,
     pub site: &'a str,
     /// `host:port` the site server listens on for clients.
@@ -105,7 +105,7 @@ pub struct SiteServer<'a> {
 /// remotes to the hub for SYS (account JWTs stay in sync: a full resolver fed over the leaf) and
 /// TILLIT (enrollment, the service API, the event stream), and JetStream in its own domain.
 /// The CA bundle (`ca.pem`) is what the site's agent rewrites on a CA rotation.
-pub fn render_site(p: &SiteServer<'_>) -> String {
+pub(crate) fn render_site(p: &SiteServer<'_>) -> String {
     let d = SiteDir::new(p.dir);
     let f = |path: std::path::PathBuf| q(&path.display().to_string());
     let urls: Vec<String> = p.hub_urls.iter().map(|u| q(u)).collect();

@@ -17,7 +17,7 @@ pub struct CallerFacts {
 }
 
 /// Whether a caller with `facts` may call `spec` at `now`.
-pub fn check_caller(facts: CallerFacts, spec: &EndpointSpec, now: i64) -> Result<(), ApiError> {
+pub(crate) fn check_caller(facts: CallerFacts, spec: &EndpointSpec, now: i64) -> Result<(), ApiError> {
     if facts.revoked {
         return Err(ApiError::forbidden("this identity is revoked; enroll again with a new join token"));
     }

@@ -9,13 +9,13 @@
 use crate::issuer::jwt::UserPermissions;
 
 /// Longest subject accepted.
-pub const MAX_SUBJECT_LEN: usize = 256;
+pub(crate) const MAX_SUBJECT_LEN: usize = 256;
 /// Most granted subjects per direction per service.
-pub const MAX_GRANTS: usize = 256;
+pub(crate) const MAX_GRANTS: usize = 256;
 
 /// Why a subject was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SubjectError {
+pub(crate) enum SubjectError {
     #[error("subject {0:?} is malformed (empty tokens, spaces, or a wildcard inside a token)")]
     Malformed(String),
     #[error("subject {0:?} is too long (at most {MAX_SUBJECT_LEN} characters)")]
@@ -31,7 +31,7 @@ pub enum SubjectError {
 }
 
 /// Check one subject an operator wants to grant.
-pub fn check_grantable(subject: &str) -> Result<(), SubjectError> {
+pub(crate) fn check_grantable(subject: &str) -> Result<(), SubjectError> {
     let s = subject.to_string();
     if subject.len() > MAX_SUBJECT_LEN {
         return Err(SubjectError::TooLong(s));
@@ -65,14 +65,14 @@ pub fn check_grantable(subject: &str) -> Result<(), SubjectError> {
 
 /// A grant, or taking a grant back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     Grant,
     Ungrant,
 }
 
 impl Change {
     /// The verb, as the CLI, the audit log and the metrics say it.
-    pub fn verb(self) -> &'static str {
+    pub(crate) fn verb(self) -> &'static str {
         match self {
             Change::Grant => "grant",
             Change::Ungrant => "ungrant",
@@ -82,7 +82,7 @@ impl Change {
 
 /// Why a grant or ungrant is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ChangeError {
+pub(crate) enum ChangeError {
     #[error("name at least one subject with --pub or --sub")]
     Empty,
     #[error(transparent)]
@@ -97,7 +97,7 @@ pub enum ChangeError {
 
 /// Whether a grant or ungrant of `publish` and `subscribe` is well formed at all (before any
 /// role is looked at).
-pub fn check_change(publish: &[String], subscribe: &[String]) -> Result<(), ChangeError> {
+pub(crate) fn check_change(publish: &[String], subscribe: &[String]) -> Result<(), ChangeError> {
     if publish.is_empty() && subscribe.is_empty() {
         return Err(ChangeError::Empty);
     }
@@ -109,7 +109,7 @@ pub fn check_change(publish: &[String], subscribe: &[String]) -> Result<(), Chan
 
 /// What `current` becomes when `who` is granted (or ungranted) `publish` and `subscribe`;
 /// `defaults` are never taken away. Granting what is held, or nothing new, changes nothing.
-pub fn apply(
+pub(crate) fn apply(
     current: &UserPermissions,
     defaults: &UserPermissions,
     publish: &[String],
@@ -140,7 +140,7 @@ pub fn apply(
 }
 
 /// The subjects of `all` that are not `defaults`: what operators granted.
-pub fn granted(all: &[String], defaults: &[String]) -> Vec<String> {
+pub(crate) fn granted(all: &[String], defaults: &[String]) -> Vec<String> {
     all.iter().filter(|s| !defaults.contains(s)).cloned().collect()
 }
 

@@ -9,12 +9,12 @@
 //! - [`caller`]: whether an identity may call an endpoint now.
 //! - [`tokens`]: whether a presented join token may enroll.
 
-pub mod caller;
-pub mod grants;
-pub mod readers;
-pub mod renew;
-pub mod tokens;
+pub(crate) mod caller;
+pub(crate) mod grants;
+pub(crate) mod readers;
+pub(crate) mod renew;
+pub(crate) mod tokens;
 
-pub use caller::{check_caller, CallerFacts};
-pub use readers::{may_read, site_may_read};
-pub use tokens::{check_token, TokenRefusal};
+pub(crate) use caller::{check_caller, CallerFacts};
+pub(crate) use readers::{may_read, site_may_read};
+pub(crate) use tokens::{check_token, TokenRefusal};

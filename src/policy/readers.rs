@@ -6,12 +6,12 @@ use crate::secrets::{Reader, SecretPath};
 
 /// May service `who` read a secret at `path` with `readers`? Never across tenant or env, even if
 /// a stored reader list somehow said otherwise.
-pub fn may_read(path: &SecretPath, readers: &[Reader], who: &ServiceId) -> bool {
+pub(crate) fn may_read(path: &SecretPath, readers: &[Reader], who: &ServiceId) -> bool {
     who.tenant == path.tenant && who.env == path.env && readers.iter().any(|r| r.admits_service(who))
 }
 
 /// Whether site `site`'s agents may read a secret with `readers`.
-pub fn site_may_read(readers: &[Reader], site: &str) -> bool {
+pub(crate) fn site_may_read(readers: &[Reader], site: &str) -> bool {
     readers.iter().any(|r| matches!(r, Reader::Site(s) if s == site))
 }
 

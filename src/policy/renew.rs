@@ -6,7 +6,7 @@
 //! jitter of up to a tenth of its life so a fleet enrolled together does not renew together.
 
 /// Unix time at which to renew. `jitter` is a uniform random number in `[0, 1)`.
-pub fn renew_at(issued: i64, expires: i64, jitter: f64) -> i64 {
+pub(crate) fn renew_at(issued: i64, expires: i64, jitter: f64) -> i64 {
     let life = (expires - issued).max(0);
     let jitter = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 };
     let base = issued + life * 2 / 3;
@@ -16,13 +16,13 @@ pub fn renew_at(issued: i64, expires: i64, jitter: f64) -> i64 {
 
 /// Whether a credential valid from `issued` to `expires` is due at `now`: two thirds of its
 /// life are gone (no jitter: for one credential checked now and then, like a site server's).
-pub fn due(issued: i64, expires: i64, now: i64) -> bool {
+pub(crate) fn due(issued: i64, expires: i64, now: i64) -> bool {
     now >= renew_at(issued, expires, 0.0)
 }
 
 /// Why a server certificate should be re-issued at `now` (pure): its key does not match it,
 /// it cannot be read, or a third of its life is left.
-pub fn server_cert_due(cert_pem: &str, key_pem: &str, now: i64) -> Option<String> {
+pub(crate) fn server_cert_due(cert_pem: &str, key_pem: &str, now: i64) -> Option<String> {
     if crate::pem::key_matches(cert_pem, key_pem).is_err() {
         return Some("the site server's key does not match its certificate".into());
     }
@@ -36,7 +36,7 @@ pub fn server_cert_due(cert_pem: &str, key_pem: &str, now: i64) -> Option<String
 }
 
 /// A uniform random jitter in `[0, 1)`.
-pub fn random_jitter() -> f64 {
+pub(crate) fn random_jitter() -> f64 {
     let mut b = [0u8; 8];
     if crate::crypto::fill_random(&mut b).is_err() {
         return 0.5;
@@ -75,7 +75,7 @@ mod tests {
 
 /// How long to wait before retrying a failed renewal: doubling from 1 s, at most 60 s, and at
 /// most a quarter of the time left, so several attempts fit before expiry.
-pub fn retry_delay(attempt: u32, now: i64, expires: i64) -> std::time::Duration {
+pub(crate) fn retry_delay(attempt: u32, now: i64, expires: i64) -> std::time::Duration {
     let exp = 1u64 << attempt.min(6);
     let left = ((expires - now).max(4) / 4) as u64;
     std::time::Duration::from_secs(exp.min(60).min(left).max(1))

@@ -6,7 +6,7 @@ use crate::token::JoinToken;
 
 /// Why a presented token is refused (pure policy, table-tested).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenRefusal {
+pub(crate) enum TokenRefusal {
     /// Unknown id or wrong secret: tampered or forged.
     Invalid,
     Used,
@@ -18,7 +18,7 @@ pub enum TokenRefusal {
 /// Decide whether `presented_secret` for `identity` may use a token whose record says
 /// `secret_sha256`, `used`, `expires_at`, `bound_to`. The secret is checked first, in constant
 /// time, so nothing about a token is revealed to someone who does not hold it.
-pub fn check_token(
+pub(crate) fn check_token(
     secret_sha256: &str,
     used: bool,
     expires_at: i64,
