@@ -24,28 +24,54 @@ pub const AUD_ALL: &str = "all";
 /// Largest envelope read.
 pub const MAX_ENVELOPE_BYTES: usize = 64 * 1024;
 
+/// Why an envelope was refused, or could not be signed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EnvelopeError {
+    /// Not an envelope tillit reads: not a JWS compact serialization, bad base64 or JSON, another `specversion`, larger
+    /// than `MAX_ENVELOPE_BYTES`; or a malformed trust set or key. Says what.
     #[error("envelope is malformed: {0}")]
     Malformed(String),
+    /// The header's `alg` (carried) is not `EdDSA`: `none`, HMAC and every other algorithm are refused.
     #[error("envelope algorithm {0:?} is not accepted (only EdDSA)")]
     Algorithm(String),
+    /// The header's `kid` (carried) is not in the trust set: a key of another control plane, a retired one, or one this
+    /// party has not received yet (refresh its `trust.jwks`).
     #[error("envelope key {0:?} is not in the trust set")]
     UnknownKey(String),
+    /// The key the header names is bound to another issuer than the body's `source` claims (one party signing as another).
     #[error("envelope key {kid:?} belongs to {key_issuer:?}, not to the claimed source {claimed:?}")]
-    IssuerMismatch { kid: String, key_issuer: String, claimed: String },
+    IssuerMismatch {
+        /// The key the header names.
+        kid: String,
+        /// The issuer the trust set binds that key to.
+        key_issuer: String,
+        /// The issuer the body claims (its `source`).
+        claimed: String,
+    },
+    /// The signature does not verify with the key the header's `kid` names: the envelope was altered, or another key signed it.
     #[error("envelope signature does not verify")]
     Signature,
+    /// The envelope is another kind of event than the one expected.
     #[error("envelope type {got:?} is not {want:?}")]
-    Type { got: String, want: String },
+    Type {
+        /// The envelope's `type`.
+        got: String,
+        /// The type the verifier expected.
+        want: String,
+    },
+    /// The envelope is addressed to another party (its `aud`, carried), neither to this one nor to `all`.
     #[error("envelope is for audience {0:?}, not this party")]
     Audience(String),
+    /// The envelope's `exp` has passed (if it should not have, check the clocks).
     #[error("envelope expired")]
     Expired,
+    /// An envelope with this `id` (carried) was already accepted: a replay.
     #[error("envelope {0} was already seen (replay)")]
     Replayed(String),
+    /// The replay cache is full; retry shortly.
     #[error("replay cache is full; retry shortly")]
     Busy,
+    /// Signing failed (the event did not serialize, or the key refused); says why.
     #[error("signing failed: {0}")]
     Sign(String),
 }
@@ -53,18 +79,31 @@ pub enum EnvelopeError {
 /// A CloudEvents 1.0 body with tillit's extensions.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Event<D> {
+    /// CloudEvents version: always `1.0`.
     pub specversion: String,
+    /// Unique id (UUID v4); a verifier refuses one it has seen.
     pub id: String,
+    /// The issuer: `tillit://<trust-domain>` for a control plane, the SPIFFE id for an identity. The signing key must be
+    /// bound to it in the trust set.
     pub source: String,
+    /// The event type, `io.tillit.v1.<name>`; `type` on the wire.
     #[serde(rename = "type")]
     pub kind: String,
+    /// When it was signed (RFC 3339).
     pub time: String,
+    /// What it is about: a secret path, a service, or `trust.jwks`.
     pub subject: String,
+    /// Who it is for: `site:<name>`, a SPIFFE id, a control plane's issuer, or [`AUD_ALL`] for every party.
     pub aud: String,
+    /// When it stops being accepted (Unix seconds).
     pub exp: i64,
+    /// On streams, the `TILLIT_EVENTS` sequence it was stored at (a consumer checks it against the message's); absent
+    /// elsewhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// Media type of `data`: always `application/json`.
     pub datacontenttype: String,
+    /// The event's payload (per kind: see `subjects/asyncapi.yaml`).
     pub data: D,
 }
 
@@ -97,6 +136,7 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
+    /// A signer with `key`, named `kid` in trust sets, signing as `issuer` (the envelopes' `source`).
     pub fn new(kid: &str, issuer: &str, key: std::sync::Arc<nkeys::KeyPair>) -> Self {
         Signer { kid: kid.into(), issuer: issuer.into(), key }
     }
@@ -142,7 +182,9 @@ impl Signer {
 /// One pinned key.
 #[derive(Debug, Clone)]
 pub struct TrustedKey {
+    /// The key id, as envelope headers name it (`kid`).
     pub kid: String,
+    /// The only issuer (`source`) it may sign for (the JWK's `iss`).
     pub issuer: String,
     key: ed25519_dalek::VerifyingKey,
 }
@@ -203,9 +245,11 @@ impl TrustSet {
         Ok(TrustSet { keys: vec![TrustedKey { kid: public_nkey.into(), issuer: issuer.into(), key }] })
     }
 
+    /// How many keys the set holds.
     pub fn len(&self) -> usize {
         self.keys.len()
     }
+    /// Whether the set holds no key (it then verifies nothing).
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }

@@ -89,20 +89,26 @@ impl fmt::Display for ErrorCode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ApiError {
+    /// What went wrong, machine-readable: clients match on it.
     pub code: ErrorCode,
+    /// What went wrong, for people: safe to show the caller, never internal detail.
     pub message: String,
 }
 
 impl ApiError {
+    /// An error with `code` and `message`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError { code, message: message.into() }
     }
+    /// A `bad_request` error: the request is malformed or missing fields.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::BadRequest, message)
     }
+    /// A `forbidden` error: the caller is known but may not do this.
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Forbidden, message)
     }
+    /// An `unauthenticated` error: the request's signature, signer or audience is not acceptable.
     pub fn unauthenticated(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unauthenticated, message)
     }

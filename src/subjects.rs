@@ -14,6 +14,7 @@ pub const SVC_EXPORT: &str = "tillit.v1.svc.>";
 
 /// Event stream subjects: `tillit.v1.events.<site|all>.<kind>`.
 pub const EVENTS_EXPORT: &str = "tillit.v1.events.>";
+/// Every event subject: what admin identities may subscribe to, to watch events.
 pub const EVENTS_ALL: &str = "tillit.v1.events.>";
 
 /// The JetStream stream of signed events, created by `serve`.
@@ -184,6 +185,7 @@ pub const SRV_ALL: &str = "$SRV.>";
 pub const SYS_CLAIMS_UPDATE: &str = "$SYS.REQ.CLAIMS.UPDATE";
 /// nats-server: push an account JWT, per account (and the pre-2.2 form).
 pub const SYS_ACCOUNT_CLAIMS_UPDATE: &str = "$SYS.REQ.ACCOUNT.*.CLAIMS.UPDATE";
+/// nats-server: push an account JWT, per account, in the pre-2.2 form.
 pub const SYS_ACCOUNT_CLAIMS_UPDATE_OLD: &str = "$SYS.ACCOUNT.*.CLAIMS.UPDATE";
 /// nats-server: look up an account JWT (any account; [`account_lookup`] for one).
 pub const SYS_ACCOUNT_LOOKUP: &str = "$SYS.REQ.ACCOUNT.*.CLAIMS.LOOKUP";
@@ -201,6 +203,7 @@ pub const SYS_AUTH_ERRORS: &str = "$SYS.SERVER.*.CLIENT.AUTH.ERR";
 pub const HDR_REQUEST_INFO: &str = "Nats-Request-Info";
 /// Micro-protocol error headers.
 pub const HDR_SERVICE_ERROR: &str = "Nats-Service-Error";
+/// Micro-protocol header of an error reply carrying the HTTP-like status of its code (`ErrorCode::status`).
 pub const HDR_SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
 
 

@@ -21,9 +21,13 @@ use std::sync::{Arc, RwLock};
 
 /// Keys and CSR an enrollment or renewal sends.
 pub struct LocalKeys {
+    /// The identity's user nkey: it signs the request, and its public key is the CSR's subject CN.
     pub user: KeyPair,
+    /// The identity's curve25519 xkey: the control plane seals secrets to it.
     pub xkey: nkeys::XKey,
+    /// PKCS#10 CSR (PEM) for the TLS key, subject CN = the user nkey's public key.
     pub csr_pem: String,
+    /// The ECDSA P-256 TLS private key (PEM, a secret).
     pub tls_key_pem: SecretString,
 }
 

@@ -27,24 +27,54 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The identity dir could not be read, or its files are missing or malformed (was it written by `tillit enroll`?).
     #[error("identity: {0}")]
     Identity(#[from] identity::IdentityError),
+    /// Key material is unusable: a bad seed, a malformed join token, a trust set without the control plane's xkey, a dir
+    /// that already holds an identity. The message says which; fix the dir or enroll again.
     #[error("identity credentials are unusable: {0}")]
     Credentials(String),
+    /// The TLS material (CA bundle, client certificate or key) could not be loaded.
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
+    /// No connection could be made to NATS; `reason` says why.
     #[error("cannot connect to {url}: {reason}")]
-    Connect { url: String, reason: String },
+    Connect {
+        /// The URLs tried, comma-separated.
+        url: String,
+        /// Why it failed (refused, timed out, credentials refused, TLS), with a hint.
+        reason: String,
+    },
+    /// The control plane did not answer within `timeout`: it is not running, or is overloaded; retry later.
     #[error("no reply from the control plane on {subject} within {timeout:?}; is `tillit serve` running?")]
-    Timeout { subject: String, timeout: Duration },
+    Timeout {
+        /// The subject the request was sent on.
+        subject: String,
+        /// How long the client waited ([`REQUEST_TIMEOUT`]).
+        timeout: Duration,
+    },
+    /// Nothing subscribes to `subject`: the control plane is not running, or not connected to this NATS server.
     #[error("nothing answers {subject}; is `tillit serve` running and connected to this server?")]
-    NoResponders { subject: String },
+    NoResponders {
+        /// The subject the request was sent on.
+        subject: String,
+    },
+    /// The request could not be sent (the connection closed, …).
     #[error("request on {subject} failed: {reason}")]
-    Request { subject: String, reason: String },
+    Request {
+        /// The subject the request was for.
+        subject: String,
+        /// Why it could not be sent (the connection closed, …).
+        reason: String,
+    },
+    /// The control plane refused the request or failed; match on the error's `code`.
     #[error("control plane refused: {0}")]
     Api(ApiError),
+    /// The reply does not decode, or what it carries fails the client's checks (credentials not for this key or not
+    /// from the pinned CA, a secret sealed by another key); nothing of it was used.
     #[error("reply from the control plane is malformed: {0}")]
     Protocol(String),
 }
@@ -58,18 +88,26 @@ impl From<ApiError> for ClientError {
 /// The NATS credentials of an identity, replaceable on renewal.
 #[derive(Debug)]
 pub struct NatsCreds {
+    /// The user JWT the connection presents.
     pub user_jwt: String,
+    /// The user nkey's seed, which signs the server's nonce (a secret).
     pub user_seed: SecretString,
 }
 
 /// Everything a connection needs, shared with the renewal task.
 #[derive(Debug, Clone)]
 pub struct ConnectParams {
+    /// The NATS URLs to connect to.
     pub urls: Vec<String>,
+    /// The connection's name, as the server reports it (an identity's SPIFFE id).
     pub name: String,
+    /// The identity's private inbox prefix (`_INBOX.<user public key>`); the server refuses other inboxes.
     pub inbox_prefix: String,
+    /// The CA bundle (PEM) servers are verified against, unless one was already swapped into `cert`.
     pub ca_pem: String,
+    /// The NATS credentials; a renewal replaces them and the next (re)connect uses them.
     pub creds: Arc<RwLock<NatsCreds>>,
+    /// The client certificate and CA bundle, replaceable while connections use them.
     pub cert: Arc<tls::SwappableCert>,
     /// Give up after this many failed reconnects (`None`: never give up).
     pub max_reconnects: Option<usize>,
@@ -232,9 +270,11 @@ impl TillitClient {
         Ok(TillitClient { nats, signer, files })
     }
 
+    /// The NATS connection.
     pub fn nats(&self) -> &async_nats::Client {
         &self.nats
     }
+    /// The identity's files as loaded (keys included: keep them in memory only).
     pub fn identity(&self) -> &IdentityFiles {
         &self.files
     }

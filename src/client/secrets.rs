@@ -34,6 +34,7 @@ pub struct Opener {
 }
 
 impl Opener {
+    /// An opener for the identity in `files`: needs its `trust.jwks` (the pinned control-plane xkey) and `xkey.seed`.
     pub fn new(files: &IdentityFiles) -> Result<Self, ClientError> {
         let jwks = files.trust_jwks.as_deref().ok_or_else(|| ClientError::Credentials("no trust.jwks in the identity dir".into()))?;
         let pinned = control_plane_xkey(jwks)?;

@@ -11,16 +11,22 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::sync::{Arc, RwLock};
 
+/// Why TLS material could not be loaded or a client configuration built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// The CA bundle is unusable: no certificate in it, or one rustls will not take as a root.
     #[error("CA bundle: {0}")]
     Ca(String),
+    /// The client certificate is unusable.
     #[error("client certificate: {0}")]
     Cert(String),
+    /// The client key is unusable.
     #[error("client key: {0}")]
     Key(String),
+    /// The client certificate or key PEM does not parse, or the key does not belong to the certificate.
     #[error("client {0}")]
     Pem(#[from] crate::pem::PemError),
+    /// rustls refused the configuration (its protocol versions).
     #[error("TLS setup: {0}")]
     Config(String),
 }
@@ -50,6 +56,7 @@ pub struct SwappableCert {
 }
 
 impl SwappableCert {
+    /// Start with the certificate `ck` and no CA bundle yet ([`client_config`] or [`SwappableCert::swap_roots`] sets one).
     pub fn new(ck: Arc<CertifiedKey>) -> Arc<Self> {
         Arc::new(SwappableCert { cert: RwLock::new(ck), roots: RwLock::new(None) })
     }

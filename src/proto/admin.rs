@@ -33,17 +33,25 @@ endpoint! {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenCreateRequest {
+    /// The identity the tokens enroll: `tenant/project/env/service`, `tillit/sites/<site>/agent` for a site's agents, or
+    /// `tillit/admins/<name>/admin` for a new admin.
     pub identity: crate::names::ServiceId,
+    /// How long the tokens stay usable, in seconds (60 s to 7 days).
     pub ttl_secs: i64,
+    /// How many tokens to mint (1 to 200); each enrolls one instance, once.
     pub count: u32,
 }
 
 /// `tillit.v1.admin.token.create` reply: the printable tokens (secrets, shown once).
 #[derive(Clone, Serialize, Deserialize)]
 pub struct TokenCreateReply {
+    /// The join tokens, `tillit1.<base64url(JSON)>`: secrets, shown once (`Debug` prints only their number).
     pub tokens: Vec<String>,
+    /// The identity they enroll.
     pub identity: crate::names::ServiceId,
+    /// When the tokens expire (RFC 3339).
     pub expires_at: String,
+    /// When the tokens expire (Unix seconds).
     pub expires_at_unix: i64,
 }
 
@@ -62,9 +70,13 @@ impl std::fmt::Debug for TokenCreateReply {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrantRequest {
+    /// The service whose permissions change (`tenant/project/env/service`).
     pub service: crate::names::ServiceId,
+    /// Subjects to grant (or take back) for publishing; `pub` on the wire. Wildcards are allowed, but not `>` alone, a
+    /// wildcard first token, system subjects (`$SYS`, `$JS`, …), `tillit.*` or inboxes.
     #[serde(rename = "pub", default)]
     pub publish: Vec<String>,
+    /// Subjects to grant (or take back) for subscribing, under the same rules; `sub` on the wire.
     #[serde(rename = "sub", default)]
     pub subscribe: Vec<String>,
 }
@@ -73,20 +85,24 @@ pub struct GrantRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceRequest {
+    /// The service to show (`tenant/project/env/service`).
     pub service: crate::names::ServiceId,
 }
 
 /// A service's permissions (reply of grant, ungrant and grants).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GrantsReply {
+    /// The service (`tenant/project/env/service`).
     pub service: crate::names::ServiceId,
     /// Everything the service may publish / subscribe now (defaults and grants).
     #[serde(rename = "pub")]
     pub publish: Vec<String>,
+    /// Everything it may subscribe to now; `sub` on the wire.
     #[serde(rename = "sub")]
     pub subscribe: Vec<String>,
     /// What operators granted on top of the defaults.
     pub granted_pub: Vec<String>,
+    /// What operators granted for subscribing on top of the defaults.
     pub granted_sub: Vec<String>,
 }
 
@@ -94,7 +110,10 @@ pub struct GrantsReply {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
+    /// The service whose active identities are all revoked (`tillit/admins/<name>/admin` for an admin's; the last live
+    /// admin cannot be revoked).
     pub service: crate::names::ServiceId,
+    /// Why, for the audit log (at most 512 characters).
     #[serde(default)]
     pub reason: Option<String>,
 }
@@ -102,15 +121,20 @@ pub struct RevokeRequest {
 /// One revoked credential.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RevokedIdentity {
+    /// Its user nkey, now in the account's revocations: nats-server drops its connections and refuses it.
     pub user_public_key: String,
+    /// Its certificate's serial (hex), now reported revoked by the CRL and OCSP.
     pub cert_serial: String,
 }
 
 /// `tillit.v1.admin.revoke` reply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RevokeReply {
+    /// The service revoked.
     pub service: crate::names::ServiceId,
+    /// Every credential revoked, one per identity that was active.
     pub revoked: Vec<RevokedIdentity>,
+    /// When (RFC 3339).
     pub revoked_at: String,
 }
 
@@ -122,8 +146,11 @@ pub struct ListRequest {}
 wire_enum! {
     /// Where an identity stands.
     IdentityStatus {
+        /// Recorded, not revoked, and its credentials have not expired.
         Active => "active",
+        /// Revoked by an admin (or with its site); it can never renew.
         Revoked => "revoked",
+        /// Not revoked, but its credentials expired without a renewal; it must enroll again.
         Expired => "expired",
     }
 }
@@ -131,14 +158,22 @@ wire_enum! {
 /// One identity in a listing.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IdentityEntry {
+    /// The identity's SPIFFE id.
     pub id: String,
+    /// What it is: a service, an admin or a site agent.
     pub kind: crate::identity::IdentityKind,
+    /// `tenant/project/env/service` of a service or site agent; absent for admins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<crate::names::ServiceId>,
+    /// Its public user nkey (`U…`); one service has one identity per enrolled instance.
     pub user_public_key: String,
+    /// Where it stands now.
     pub state: IdentityStatus,
+    /// Serial of its current certificate (hex).
     pub cert_serial: String,
+    /// When its certificate and user JWT expire (RFC 3339).
     pub expires_at: String,
+    /// When it was revoked (RFC 3339); absent unless revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<String>,
 }
@@ -146,5 +181,6 @@ pub struct IdentityEntry {
 /// `tillit.v1.admin.list` reply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ListReply {
+    /// Every recorded identity, in any state, sorted by SPIFFE id then user key.
     pub identities: Vec<IdentityEntry>,
 }

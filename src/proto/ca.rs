@@ -24,8 +24,11 @@ pub struct RotateSigningKeyRequest {
 /// `tillit.v1.admin.rotate.signing-key` reply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RotateSigningKeyReply {
+    /// Key id (`kid`, the key's public nkey) of the key that signs envelopes from now on.
     pub current: String,
+    /// Key id of the former key, which keeps verifying until `retire_at`.
     pub previous: String,
+    /// When the former key leaves the trust set (RFC 3339).
     pub retire_at: String,
     /// The trust set now (what `trust.rotated` carried).
     pub trust_jwks: serde_json::Value,
@@ -36,6 +39,8 @@ pub struct RotateSigningKeyReply {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RotateCaRequest {
+    /// Retire the previous CA now instead of once its last client certificate expired: the sites' and the hub's server
+    /// certificates are re-issued first; clients still holding its certificates must renew. Absent: start a rotation.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub finish: bool,
 }
@@ -83,10 +88,15 @@ wire_enum! {
 /// One CA as status shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CaInfo {
+    /// `sha256:<hex>` of the CA certificate's DER.
     pub fingerprint: String,
+    /// Where it stands in the bundle.
     pub state: CaStatus,
+    /// When it was created (RFC 3339).
     pub created_at: String,
+    /// When its certificate expires (RFC 3339).
     pub expires_at: String,
+    /// When it leaves (or left) the bundle (RFC 3339), set once it stops issuing; absent before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retire_at: Option<String>,
 }
@@ -94,9 +104,11 @@ pub struct CaInfo {
 /// A CA rollout under way: the new CA is in the bundle, waiting for sites to acknowledge it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CaRollout {
+    /// Fingerprint (`sha256:<hex>`) of the CA being distributed.
     pub next: String,
     /// Stream sequence of the `ca.rotated` event sites must have applied.
     pub event_seq: u64,
+    /// When the rotation started (RFC 3339).
     pub started_at: String,
     /// Sites that have not acknowledged it yet.
     pub sites_pending: Vec<String>,
@@ -105,8 +117,11 @@ pub struct CaRollout {
 /// `tillit.v1.admin.rotate.ca` reply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RotateCaReply {
+    /// How far this step got.
     pub phase: RotatePhase,
+    /// Every CA after the step, with its state.
     pub cas: Vec<CaInfo>,
+    /// The rollout still waiting for sites; absent when none is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<CaRollout>,
 }

@@ -19,8 +19,11 @@ endpoint! {
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
+    /// The join token's id.
     pub token_id: String,
+    /// The join token's secret (base64url, 32 bytes; the control plane keeps only its SHA-256). `Debug` never prints it.
     pub token_secret: String,
+    /// The identity the token was minted for (`tenant/project/env/service`); a token for another one is `forbidden`.
     pub identity: crate::names::ServiceId,
     /// The service's public xkey (curve25519), for sealed deliveries.
     pub xkey: String,
@@ -51,24 +54,44 @@ pub struct RenewRequest {
 /// What enrollment and renewal return: everything an identity dir holds but the private keys.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IssuedReply {
+    /// The identity's SPIFFE id (`spiffe://<trust-domain>/…`), also the certificate's URI SAN.
     pub id: String,
+    /// What the identity is: a service, an admin or a site agent.
     pub kind: crate::identity::IdentityKind,
+    /// Its short name: the service's name, the admin's name, or for a site agent its consumer name (`agent-<site>-<key>`).
     pub name: String,
+    /// `tenant/project/env/service` of a service (`tillit/sites/<site>/agent` for a site agent); absent for admins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<crate::names::ServiceId>,
+    /// The trust domain it belongs to.
     pub trust_domain: String,
+    /// Name of the NATS account its user lives in: the tenant account (`<tenant>-<env>`), or `TILLIT` for admins and agents.
     pub account: String,
+    /// That account's public nkey (`A…`).
     pub account_public_key: String,
+    /// The identity's public user nkey (`U…`): the key that signed the request, and the subject of `user_jwt`.
     pub user_public_key: String,
+    /// The inbox prefix its connections must use (`_INBOX.<user public key>`; `_INBOX.site-<site>.<key>` for agents):
+    /// only it may subscribe below it.
     pub inbox_prefix: String,
+    /// The NATS user JWT, signed by the account's scoped key for the identity's role: no permissions of its own, not a
+    /// bearer token, expires with the certificate.
     pub user_jwt: String,
+    /// The client certificate (PEM) for the CSR's key, with the SPIFFE id as URI SAN.
     pub cert_pem: String,
+    /// The CA bundle to trust (PEM): every CA trusted now, more than one during a CA rotation.
     pub ca_pem: String,
+    /// The trust set (`trust.jwks`, an RFC 7517 JWK Set): the keys that sign envelopes, and the control plane's xkey.
     pub trust_jwks: String,
+    /// The hub's client URLs.
     pub nats_urls: Vec<String>,
+    /// The CA that issued `cert_pem`, `sha256:<hex>` of its DER; the identity pins it.
     pub ca_fingerprint: String,
+    /// The certificate's serial number (hex): what revocations, the CRL and OCSP name.
     pub cert_serial: String,
+    /// When the certificate and the user JWT were issued (Unix seconds).
     pub issued_at_unix: i64,
+    /// When the certificate and the user JWT expire (Unix seconds).
     pub expires_at_unix: i64,
 }
 

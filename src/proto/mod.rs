@@ -33,14 +33,23 @@ pub const MAX_CLOCK_SKEW: i64 = 30;
 /// Claims of a signed request.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RequestClaims<B> {
+    /// Unique request id (1 to 64 characters); the control plane refuses a second use with `replayed`.
     pub jti: String,
+    /// When the caller signed it (Unix seconds); at most `MAX_CLOCK_SKEW` ahead of the control plane's clock.
     pub iat: i64,
+    /// When it stops being valid (Unix seconds); after `iat`, by at most `MAX_REQUEST_LIFETIME`.
     pub exp: i64,
+    /// The caller's public user nkey (`U…`), whose key signed the token; it must be a recorded, active identity's
+    /// (for enrollment: the new identity's key, proven by this signature).
     pub iss: String,
+    /// The control plane it is for: `tillit:<trust-domain>` ([`audience`]).
     pub aud: String,
+    /// The NATS subject it is sent on, so it cannot be replayed against another verb.
     pub sub: String,
+    /// The request type, `io.` + the subject (the verb's [`Endpoint::KIND`]); `type` on the wire.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The verb's request body ([`Endpoint::Request`]).
     pub body: B,
 }
 
@@ -120,11 +129,14 @@ pub fn verify_request<B: DeserializeOwned>(
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply<T> {
+    /// The verb succeeded: `{"result": …}`, the verb's reply body.
     Result(T),
+    /// The verb was refused or failed: `{"error": {"code", "message"}}`.
     Error(ApiError),
 }
 
 impl<T> Reply<T> {
+    /// The reply as a `Result`: `Ok` with the reply body, `Err` with the control plane's error.
     pub fn into_result(self) -> Result<T, ApiError> {
         match self {
             Reply::Result(t) => Ok(t),

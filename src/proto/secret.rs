@@ -34,7 +34,9 @@ endpoint! {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SealedValue {
+    /// The box, base64: nkeys xkey format (`xkv1` + nonce + ciphertext).
     pub sealed: String,
+    /// The sender's public xkey (`X…`): a one-off key when an admin seals, the control plane's pinned xkey when it seals.
     pub sender_xkey: String,
 }
 
@@ -42,8 +44,12 @@ pub struct SealedValue {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretPutRequest {
+    /// Where the secret lives, `tenant/project/env/name`; it must not exist yet (`conflict`: rotate instead).
     pub path: crate::secrets::SecretPath,
+    /// Who may read it (1 to 64): `tenant/project/env/service`, `tenant/project/env/*` or `site:NAME`, never outside
+    /// the secret's tenant and environment.
     pub readers: Vec<String>,
+    /// The value (at most 32 KiB), sealed to the control plane's xkey from `trust.jwks`.
     pub value: SealedValue,
 }
 
@@ -52,9 +58,12 @@ pub struct SecretPutRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretRotateRequest {
+    /// The secret to add a version to, `tenant/project/env/name`.
     pub path: crate::secrets::SecretPath,
+    /// The new value, sealed like a put's; give this or `generate`, not both.
     #[serde(default)]
     pub value: Option<SealedValue>,
+    /// Have the control plane generate the value instead: this many random bytes (16 to 4096), stored base64url.
     #[serde(default)]
     pub generate: Option<usize>,
 }
@@ -63,6 +72,7 @@ pub struct SecretRotateRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretPathRequest {
+    /// The secret, `tenant/project/env/name`.
     pub path: crate::secrets::SecretPath,
 }
 
@@ -70,6 +80,7 @@ pub struct SecretPathRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretListRequest {
+    /// Only secrets whose path starts with this (at most 256 characters); empty for all.
     #[serde(default)]
     pub prefix: String,
 }
@@ -77,29 +88,40 @@ pub struct SecretListRequest {
 /// A secret's metadata, as shown to operators (never the value).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SecretInfo {
+    /// Where it lives, `tenant/project/env/name`.
     pub path: String,
+    /// Who may read it (`tenant/project/env/service`, `tenant/project/env/*` or `site:NAME`).
     pub readers: Vec<String>,
+    /// The version a read gets unless it asks for another (the latest).
     pub current_version: u32,
+    /// Every version kept, oldest first.
     pub versions: Vec<SecretVersionInfo>,
 }
 
+/// One version of a secret, as shown to operators (never the value).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SecretVersionInfo {
+    /// Its number: 1 for the put, one more per rotation.
     pub version: u32,
+    /// When it was written (RFC 3339).
     pub created_at: String,
+    /// SPIFFE id of the admin who wrote it.
     pub created_by: String,
+    /// Length of the value, in bytes.
     pub bytes: usize,
 }
 
 /// Reply of put, rotate, versions, delete.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SecretReply {
+    /// The secret after the change (for a delete: what was deleted).
     pub secret: SecretInfo,
 }
 
 /// `tillit.v1.admin.secret.list` reply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SecretListReply {
+    /// Every secret under the prefix.
     pub secrets: Vec<SecretInfo>,
 }
 
@@ -108,7 +130,9 @@ pub struct SecretListReply {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretGetRequest {
+    /// A bare name (looked up in the caller's own tenant/project/env) or a full `tenant/project/env/name`.
     pub name: String,
+    /// The version to read (from 1); absent for the current one.
     #[serde(default)]
     pub version: Option<u32>,
 }
@@ -116,7 +140,10 @@ pub struct SecretGetRequest {
 /// `tillit.v1.svc.secret.get` reply: the value sealed to the caller's xkey by the control plane.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SecretGetReply {
+    /// The secret's full path, `tenant/project/env/name`.
     pub path: String,
+    /// The version returned.
     pub version: u32,
+    /// The value, sealed by the control plane's xkey to the xkey the caller enrolled with.
     pub value: SealedValue,
 }

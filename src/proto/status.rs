@@ -18,34 +18,52 @@ pub struct StatusRequest {}
 /// One account in a status reply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AccountStatus {
+    /// The account's public nkey (`A…`).
     pub public_key: String,
+    /// What the account is for: `system` (SYS), `tillit` (the control plane, admins and site agents), `bootstrap`
+    /// (join tokens' bootstrap users) or `tenant` (one per tenant + environment).
     pub kind: String,
+    /// When tillit created it (RFC 3339).
     pub created_at: String,
 }
 
 /// Counts of things the control plane manages.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Counts {
+    /// Every recorded identity, whatever its state.
     pub identities: usize,
     /// Identities by state.
     pub active: usize,
+    /// Identities revoked (they never renew again).
     pub revoked: usize,
+    /// Identities not revoked whose credentials expired without a renewal (they must enroll again).
     pub expired: usize,
+    /// Accounts of the operator, of every kind.
     pub accounts: usize,
+    /// Tenant accounts among them (one per tenant + environment).
     pub tenant_accounts: usize,
 }
 
 /// `tillit.v1.admin.status` reply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReply {
+    /// The trust domain this control plane serves (the authority of every SPIFFE id it issues, e.g. `example.org`).
     pub trust_domain: String,
+    /// The control plane's tillit version.
     pub version: String,
+    /// The control plane's clock when it answered (RFC 3339): compare it with the caller's to spot skew.
     pub server_time: String,
+    /// The NATS operator's public nkey (`O…`).
     pub operator: String,
+    /// The CA that issues certificates now: `sha256:<hex>` of its DER.
     pub ca_fingerprint: String,
+    /// When the control plane's CA certificate expires (RFC 3339).
     pub ca_expires_at: String,
+    /// The hub's client URLs, as identities are told to connect.
     pub nats_urls: Vec<String>,
+    /// Every account by name: `SYS`, `TILLIT`, `BOOTSTRAP` and one per tenant + environment (e.g. `acme-prod`).
     pub accounts: std::collections::BTreeMap<String, AccountStatus>,
+    /// How many identities and accounts there are.
     pub counts: Counts,
     /// Sites and how far their agents are.
     #[serde(default)]
@@ -53,6 +71,7 @@ pub struct StatusReply {
     /// The CAs in the bundle (and retired ones).
     #[serde(default)]
     pub cas: Vec<CaInfo>,
+    /// The CA rotation waiting for sites, if one is under way (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_rollout: Option<CaRollout>,
     /// Resident memory of the control plane process.
