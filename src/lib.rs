@@ -52,7 +52,7 @@
 
 // Data from the wire, disk or user never reaches unwrap/expect outside tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
-#![warn(missing_docs, unreachable_pub)]
+#![deny(missing_docs, unreachable_pub)]
 
 // === the public interface ===
 

@@ -192,7 +192,7 @@ impl std::fmt::Debug for Estate {
 
 impl Estate {
     /// Create the trust roots of a new estate in `store` (an empty store), returning the opened
-    /// estate. Files are the caller's business ([`crate::init`]).
+    /// estate. Files are the caller's business (`init.rs`).
     pub fn create(
         dir: DataDir,
         config: Config,
