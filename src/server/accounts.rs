@@ -17,7 +17,7 @@ pub(super) async fn push(ctx: &Ctx, acct: &AccountRecord, why: &str) -> Result<(
     ctx.metrics.account_pushes.get_or_create(&RequestLabels { endpoint: why.into(), outcome: outcome.into() }).inc();
     match r {
         Ok(()) => {
-            if let Ok(mut p) = ctx.pushed.lock() {
+            if let Ok(mut p) = ctx.cache.pushed.lock() {
                 p.insert(acct.name.clone(), acct.iat);
             }
             Ok(())
@@ -30,7 +30,7 @@ pub(super) async fn push(ctx: &Ctx, acct: &AccountRecord, why: &str) -> Result<(
 }
 
 fn pushed_current(ctx: &Ctx, acct: &AccountRecord) -> bool {
-    ctx.pushed.lock().map(|p| p.get(&acct.name) == Some(&acct.iat)).unwrap_or(false)
+    ctx.cache.pushed.lock().map(|p| p.get(&acct.name) == Some(&acct.iat)).unwrap_or(false)
 }
 
 /// A service's account and role, as last pushed.
@@ -39,7 +39,7 @@ pub(super) type RoleEntry = std::sync::Arc<(AccountRecord, RoleRecord)>;
 /// The tenant account and role of `sid`, created and pushed if needed (cached in memory; every
 /// change to either goes through here).
 pub(super) async fn ensure_role_pushed(ctx: &Ctx, sid: &ServiceId) -> Result<RoleEntry, ApiError> {
-    if let Some(hit) = ctx.roles.read().ok().and_then(|m| m.get(sid).cloned()) {
+    if let Some(hit) = ctx.cache.roles.read().ok().and_then(|m| m.get(sid).cloned()) {
         if pushed_current(ctx, &hit.0) {
             return Ok(hit);
         }
@@ -51,7 +51,7 @@ pub(super) async fn ensure_role_pushed(ctx: &Ctx, sid: &ServiceId) -> Result<Rol
         push(ctx, &acct, "role").await?;
     }
     let entry = std::sync::Arc::new((acct, role));
-    if let Ok(mut m) = ctx.roles.write() {
+    if let Ok(mut m) = ctx.cache.roles.write() {
         m.insert(sid.clone(), entry.clone());
     }
     Ok(entry)

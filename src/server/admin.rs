@@ -71,7 +71,7 @@ async fn change(ctx: &Arc<Ctx>, actor: &str, req: GrantRequest, how: Change) -> 
         .batch(b);
     // Recorded first, then live (the reconciler completes a push that fails here).
     ctx.journal.record(entry).await.map_err(ApiError::internal)?;
-    if let Ok(mut m) = ctx.roles.write() {
+    if let Ok(mut m) = ctx.cache.roles.write() {
         m.insert(sid.clone(), RoleEntry::new((signed.clone(), next.clone())));
     }
     push_recorded(ctx, &signed, action).await?;
@@ -175,7 +175,7 @@ async fn settle_role(ctx: &Ctx, sid: &ServiceId, grace_over: bool, why: serde_js
         .record(Entry::ok("tillit", "retire_key", &sid.to_string()).detail(serde_json::json!({ "why": why, "removed": removed })).batch(b))
         .await
         .map_err(ApiError::internal)?;
-    if let Ok(mut m) = ctx.roles.write() {
+    if let Ok(mut m) = ctx.cache.roles.write() {
         m.insert(sid.clone(), RoleEntry::new((signed.clone(), next)));
     }
     push_recorded(ctx, &signed, "retire_key").await?;
@@ -254,7 +254,7 @@ async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> Resul
     // Recorded first (the record is the change; OCSP and the CRL answer from it at once), then
     // live: if nats-server cannot take it now, the reconciler pushes it until it does.
     ctx.journal.record(entry).await.map_err(ApiError::internal)?;
-    if let Ok(mut m) = ctx.roles.write() {
+    if let Ok(mut m) = ctx.cache.roles.write() {
         if let Some(entry) = m.get(sid).cloned() {
             m.insert(sid.clone(), Arc::new((signed.clone(), entry.1.clone())));
         }

@@ -41,14 +41,14 @@ struct Burning<'a> {
 
 impl<'a> Burning<'a> {
     fn claim(ctx: &'a Ctx, id: &str) -> Option<Self> {
-        let mut set = ctx.burning.lock().ok()?;
+        let mut set = ctx.cache.burning.lock().ok()?;
         set.insert(id.to_string()).then(|| Burning { ctx, id: id.to_string() })
     }
 }
 
 impl Drop for Burning<'_> {
     fn drop(&mut self) {
-        if let Ok(mut set) = self.ctx.burning.lock() {
+        if let Ok(mut set) = self.ctx.cache.burning.lock() {
             set.remove(&self.id);
         }
     }

@@ -68,6 +68,20 @@ pub enum After {
     RevokeBootstrap(String, i64),
 }
 
+/// In-memory state of the control plane: derived from the store or the servers, rebuilt after a
+/// restart, never the only copy of anything.
+#[derive(Default)]
+pub struct Cache {
+    /// Join tokens being enrolled with right now.
+    pub burning: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Account name → `iat` of the JWT last pushed to nats-server.
+    pub pushed: std::sync::Mutex<HashMap<String, i64>>,
+    /// Service → its tenant account and role, as pushed.
+    pub roles: std::sync::RwLock<HashMap<crate::names::ServiceId, accounts::RoleEntry>>,
+    /// Account name → public key.
+    pub account_keys: std::sync::RwLock<HashMap<String, String>>,
+}
+
 /// What every handler can reach.
 pub struct Ctx {
     pub estate: Arc<Estate>,
@@ -77,22 +91,16 @@ pub struct Ctx {
     pub api: async_nats::Client,
     /// The audit log: every change is recorded (and made durable) through it.
     pub journal: Journal,
-    /// Join tokens being enrolled with right now.
-    pub burning: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// Account name → `iat` of the JWT last pushed to nats-server.
-    pub pushed: std::sync::Mutex<HashMap<String, i64>>,
+    /// What the control plane remembers between requests (nothing the store does not hold).
+    pub cache: Cache,
     /// Bootstrap users to revoke, batched by `accounts::run_revoker`.
     pub revoke_tx: mpsc::UnboundedSender<(String, i64)>,
     /// Public key of the BOOTSTRAP account (enrollment requests must come from it).
     pub bootstrap_account: String,
-    /// Service → its tenant account and role, as pushed.
-    pub roles: std::sync::RwLock<HashMap<crate::names::ServiceId, accounts::RoleEntry>>,
     /// The signed event stream.
     pub events: stream::Events,
     /// The control plane's xkey (secrets in and out), opened once, with a box per reader.
     pub xkey: crate::crypto::Sealer,
-    /// Account name → public key.
-    pub account_keys: std::sync::RwLock<HashMap<String, String>>,
     /// Serialises CA rotation steps.
     pub ca_lock: tokio::sync::Mutex<()>,
     /// Wakes the renewal of the control plane's own credentials now (`rotate ca --finish`).
@@ -205,14 +213,11 @@ impl Ctx {
             sys,
             api,
             journal: Journal::start(writer),
-            burning: Default::default(),
-            pushed: Default::default(),
+            cache: Cache::default(),
             revoke_tx,
             bootstrap_account: estate.account(crate::estate::BOOTSTRAP_ACCOUNT).map_err(|e| creds_err(&e))?.public_key,
-            roles: Default::default(),
             events,
             xkey: crate::crypto::Sealer::new(&estate.xkey().map_err(|e| creds_err(&e))?).map_err(|e| creds_err(&e))?,
-            account_keys: Default::default(),
             ca_lock: Default::default(),
             renew_own,
             estate,

@@ -36,11 +36,11 @@ pub(super) fn request_info(msg: &async_nats::Message) -> Result<Option<RequestIn
 
 /// An account's public key by name (it never changes; cached).
 fn account_key(ctx: &Ctx, name: &str) -> Result<String, ApiError> {
-    if let Some(k) = ctx.account_keys.read().ok().and_then(|m| m.get(name).cloned()) {
+    if let Some(k) = ctx.cache.account_keys.read().ok().and_then(|m| m.get(name).cloned()) {
         return Ok(k);
     }
     let key = ctx.estate.account(name).map_err(ApiError::internal)?.public_key;
-    if let Ok(mut m) = ctx.account_keys.write() {
+    if let Ok(mut m) = ctx.cache.account_keys.write() {
         m.insert(name.to_string(), key.clone());
     }
     Ok(key)
