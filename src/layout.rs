@@ -7,10 +7,33 @@
 use crate::secrets::SecretPath;
 use std::path::{Path, PathBuf};
 
-/// The TLS subdirectory of an identity dir and a site dir, and its certificate and key.
+/// `tls()`, `cert()` and `key()` of a directory with a `tls/` subdirectory (identity, site).
+macro_rules! tls_files {
+    ($whose:literal) => {
+        /// The TLS subdirectory.
+        pub fn tls(&self) -> PathBuf {
+            self.0.join(TLS_DIR)
+        }
+        #[doc = concat!($whose, " certificate (PEM).")]
+        pub fn cert(&self) -> PathBuf {
+            self.tls().join(CERT_FILE)
+        }
+        #[doc = concat!($whose, " private key (PEM), 0600.")]
+        pub fn key(&self) -> PathBuf {
+            self.tls().join(KEY_FILE)
+        }
+    };
+}
+
+/// Names the data dir's `nats/`, the identity dir and the site dir share.
 const TLS_DIR: &str = "tls";
 const CERT_FILE: &str = "cert.pem";
 const KEY_FILE: &str = "key.pem";
+const SERVER_CONF: &str = "server.conf";
+const OPERATOR_JWT: &str = "operator.jwt";
+const JETSTREAM_DIR: &str = "jetstream";
+const CA_FILE: &str = "ca.pem";
+const OCSP_CACHE_DIR: &str = "ocsp-cache";
 
 /// File name of the audit log inside `DATA/audit` ([`DataDir::audit`]).
 pub const AUDIT_FILE: &str = "audit.jsonl";
@@ -45,10 +68,10 @@ impl DataDir {
         self.0.join("nats")
     }
     pub fn server_conf(&self) -> PathBuf {
-        self.nats().join("server.conf")
+        self.nats().join(SERVER_CONF)
     }
     pub fn operator_jwt(&self) -> PathBuf {
-        self.nats().join("operator.jwt")
+        self.nats().join(OPERATOR_JWT)
     }
     /// The full resolver's JWT directory.
     pub fn resolver(&self) -> PathBuf {
@@ -56,7 +79,7 @@ impl DataDir {
     }
     /// JetStream storage of the hub server.
     pub fn jetstream(&self) -> PathBuf {
-        self.nats().join("jetstream")
+        self.nats().join(JETSTREAM_DIR)
     }
     /// The hub server's own TLS material.
     pub fn nats_tls(&self) -> PathBuf {
@@ -72,11 +95,11 @@ impl DataDir {
     }
     /// The CA bundle the hub server verifies clients and leafnodes with (PEM).
     pub fn nats_ca(&self) -> PathBuf {
-        self.nats_tls().join("ca.pem")
+        self.nats_tls().join(CA_FILE)
     }
     /// The hub server's OCSP answer cache.
     pub fn ocsp_cache(&self) -> PathBuf {
-        self.nats().join("ocsp-cache")
+        self.nats().join(OCSP_CACHE_DIR)
     }
     /// The hub server's output under `tillit dev`.
     pub fn nats_log(&self) -> PathBuf {
@@ -115,20 +138,10 @@ impl IdentityDir {
     pub fn creds(&self) -> PathBuf {
         self.0.join("nats.creds")
     }
-    pub fn tls(&self) -> PathBuf {
-        self.0.join(TLS_DIR)
-    }
-    /// Client certificate (PEM).
-    pub fn cert(&self) -> PathBuf {
-        self.tls().join(CERT_FILE)
-    }
-    /// Client private key (PEM), 0600.
-    pub fn key(&self) -> PathBuf {
-        self.tls().join(KEY_FILE)
-    }
+    tls_files!("Client");
     /// CA bundle to verify the server with (PEM).
     pub fn ca(&self) -> PathBuf {
-        self.tls().join("ca.pem")
+        self.tls().join(CA_FILE)
     }
     /// Public keys that sign envelopes (RFC 7517 JWK Set).
     pub fn trust_jwks(&self) -> PathBuf {
@@ -159,26 +172,16 @@ impl SiteDir {
     }
     /// The site server's configuration (`nats-server -c`).
     pub fn server_conf(&self) -> PathBuf {
-        self.0.join("server.conf")
+        self.0.join(SERVER_CONF)
     }
     pub fn operator_jwt(&self) -> PathBuf {
-        self.0.join("operator.jwt")
+        self.0.join(OPERATOR_JWT)
     }
     /// CA bundle (PEM) the site server verifies with; the agent rewrites it on a CA rotation.
     pub fn ca(&self) -> PathBuf {
-        self.0.join("ca.pem")
+        self.0.join(CA_FILE)
     }
-    pub fn tls(&self) -> PathBuf {
-        self.0.join(TLS_DIR)
-    }
-    /// The site server's certificate (PEM).
-    pub fn cert(&self) -> PathBuf {
-        self.tls().join(CERT_FILE)
-    }
-    /// The site server's private key (PEM), 0600.
-    pub fn key(&self) -> PathBuf {
-        self.tls().join(KEY_FILE)
-    }
+    tls_files!("The site server's");
     /// Creds (0600) of the leafnode remote in the system account.
     pub fn sys_creds(&self) -> PathBuf {
         self.0.join("leaf-sys.creds")
@@ -201,7 +204,7 @@ impl SiteDir {
     }
     /// JetStream storage of the site server.
     pub fn jetstream(&self) -> PathBuf {
-        self.0.join("jetstream")
+        self.0.join(JETSTREAM_DIR)
     }
     /// The site server's pid (the agent's hook signals it).
     pub fn pid_file(&self) -> PathBuf {
@@ -209,7 +212,7 @@ impl SiteDir {
     }
     /// The site server's OCSP answer cache.
     pub fn ocsp_cache(&self) -> PathBuf {
-        self.0.join("ocsp-cache")
+        self.0.join(OCSP_CACHE_DIR)
     }
     /// The agent's state (last sequence applied, secrets' versions), 0600.
     pub fn agent_state(&self) -> PathBuf {
