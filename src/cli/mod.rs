@@ -9,6 +9,7 @@ pub mod dev;
 pub mod enroll;
 pub mod grant;
 pub mod init;
+pub mod list;
 pub mod renew;
 pub mod revoke;
 pub mod rotate;
@@ -64,7 +65,7 @@ pub enum Command {
     /// Revoke every active identity of a service: connections dropped, never renewed (admin).
     Revoke(revoke::RevokeArgs),
     /// List identities with their state and expiry (admin).
-    List(revoke::ListArgs),
+    List(list::Args),
     /// Secrets: put, rotate, list, versions, delete (admin); get (service).
     Secret(secret::Args),
     /// Rotate trust material (admin): `signing-key`.
@@ -129,7 +130,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Grants(a) => grant::grants(a).await,
         Command::Admin(a) => admin::run(a).await,
         Command::Revoke(a) => revoke::revoke(a).await,
-        Command::List(a) => revoke::list(a).await,
+        Command::List(a) => list::run(a).await,
         Command::Secret(a) => secret::run(a).await,
         Command::Rotate(a) => rotate::run(a).await,
         Command::Site(a) => site::run(a).await,

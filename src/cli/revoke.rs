@@ -1,8 +1,8 @@
-//! `tillit revoke SERVICE [--reason R]` and `tillit list [--json]`.
+//! `tillit revoke SERVICE [--reason R]`.
 
 use super::AdminArgs;
 use crate::names::ServiceId;
-use crate::proto::{ListReply, ListRequest, RevokeReply, RevokeRequest};
+use crate::proto::{RevokeReply, RevokeRequest};
 
 #[derive(Debug, clap::Args)]
 pub struct RevokeArgs {
@@ -11,12 +11,6 @@ pub struct RevokeArgs {
     /// Why (recorded in the audit log).
     #[arg(long)]
     pub reason: Option<String>,
-    #[command(flatten)]
-    pub admin: AdminArgs,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct ListArgs {
     #[command(flatten)]
     pub admin: AdminArgs,
 }
@@ -30,18 +24,6 @@ pub async fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
         for i in &r.revoked {
             println!("  {}  serial {}", i.user_public_key, i.cert_serial);
         }
-    }
-    Ok(())
-}
-
-pub async fn list(a: ListArgs) -> anyhow::Result<()> {
-    let client = a.admin.client().await?;
-    let r: ListReply = client.call::<crate::proto::List>(ListRequest {}).await?;
-    if a.admin.json(&r)? {
-        return Ok(());
-    }
-    for i in &r.identities {
-        println!("{:<8} {:<52} {}  expires {}", i.state, i.id, &i.user_public_key[..12.min(i.user_public_key.len())], i.expires_at);
     }
     Ok(())
 }
