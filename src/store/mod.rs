@@ -7,9 +7,11 @@
 //! associated data, so a sealed value can be neither read without the key nor moved to another
 //! record.
 
+mod jetstream;
 mod sled_store;
 
 
+pub use jetstream::{Connect, JetStreamStore};
 pub use sled_store::SledStore;
 
 use crate::crypto::{CryptoError, MasterKey};
@@ -42,6 +44,25 @@ pub enum Space {
 }
 
 impl Space {
+    /// Every space.
+    pub const ALL: [Space; 10] = [
+        Space::Meta,
+        Space::Keys,
+        Space::Accounts,
+        Space::Identities,
+        Space::Tokens,
+        Space::Roles,
+        Space::Serials,
+        Space::Secrets,
+        Space::SecretValues,
+        Space::Sites,
+    ];
+
+    /// The space named `name` ([`Space::as_str`]).
+    pub fn named(name: &str) -> Option<Space> {
+        Space::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Space::Meta => "meta",
@@ -68,6 +89,9 @@ pub enum StoreError {
     Corrupt(String, String),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// A compare-and-set write found the record changed by someone else (another replica).
+    #[error("conflict: {0}")]
+    Conflict(String),
 }
 
 /// One write of a batch: `None` deletes.

@@ -11,3 +11,4 @@ mod refusals;
 mod revocation;
 mod secrets;
 mod sites;
+mod store;

@@ -1,0 +1,380 @@
+//! The [`Store`] on a JetStream KV bucket, for control planes that run as several replicas.
+//!
+//! Every record is one key of the bucket, `<space>.<base64url(key)>` (KV keys allow only
+//! `[-/_=.a-zA-Z0-9]`; the base64url alphabet is inside it, so any record key maps to a valid KV
+//! key and back). Values are stored as the estate hands them over: sealed values stay sealed
+//! ([`super::Vault`]), so the bucket never holds a clear key or secret.
+//!
+//! **Reads** come from a local mirror of the bucket, loaded at open and kept current by a watch,
+//! so a read costs no round trip; a replica sees another's writes as soon as the watch delivers
+//! them, and its own at once (read-your-writes).
+//!
+//! **Writes** are compare-and-set on the record's revision as this replica last saw it
+//! (`Nats-Expected-Last-Subject-Sequence`): a put of a record another replica changed meanwhile is
+//! refused with [`StoreError::Conflict`], never silently lost. A batch's writes are applied in
+//! order, each acknowledged by JetStream (durable when acknowledged, so [`Store::sync`] has
+//! nothing left to do); a batch is not atomic across records: the audit journal, which records a
+//! change before it is applied and replays it after a crash, makes multi-record changes whole.
+//!
+//! The store drives its NATS connection on a runtime thread of its own, so its synchronous
+//! [`Store`] methods can be called from anywhere (async handlers, blocking tasks, the CLI).
+
+use super::{Batch, Space, Store, StoreError};
+use data_encoding::BASE64URL_NOPAD;
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// How long one write may wait for JetStream's acknowledgement.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long opening may take (connect, create or bind the bucket, load the mirror).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A record as this replica last saw it: its revision in the bucket and its value (`None`: deleted).
+#[derive(Debug, Clone)]
+struct Seen {
+    revision: u64,
+    value: Option<Vec<u8>>,
+}
+
+/// The local mirror: `(space, record key)` → what the bucket holds, in key order.
+type Mirror = BTreeMap<(&'static str, String), Seen>;
+
+/// One write to the bucket, with the revision it expects (`None`: the key must not exist).
+struct Write {
+    kv_key: String,
+    value: Option<Vec<u8>>,
+    expect: Option<u64>,
+}
+
+/// What the runtime thread is asked to do.
+enum Cmd {
+    Write(Vec<Write>, std::sync::mpsc::Sender<Result<Vec<u64>, StoreError>>),
+}
+
+/// Connects to NATS (on the store's own runtime).
+pub type Connect = Box<dyn FnOnce() -> BoxFuture<'static, Result<async_nats::Client, String>> + Send>;
+
+/// The [`Store`] on a JetStream KV bucket.
+pub struct JetStreamStore {
+    bucket: String,
+    mirror: Arc<RwLock<Mirror>>,
+    cmds: tokio::sync::mpsc::UnboundedSender<Cmd>,
+}
+
+impl std::fmt::Debug for JetStreamStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamStore").field("bucket", &self.bucket).finish_non_exhaustive()
+    }
+}
+
+/// The KV key of a record.
+pub(crate) fn kv_key(space: Space, key: &str) -> String {
+    // `=` is outside the base64url alphabet: it stands for the empty key, which encodes to nothing.
+    let enc = if key.is_empty() { "=".to_string() } else { BASE64URL_NOPAD.encode(key.as_bytes()) };
+    format!("{}.{enc}", space.as_str())
+}
+
+/// The record a KV key names (`None`: not one of ours).
+pub(crate) fn record_key(kv_key: &str) -> Option<(Space, String)> {
+    let (space, enc) = kv_key.split_once('.')?;
+    let space = Space::named(space)?;
+    if enc == "=" {
+        return Some((space, String::new()));
+    }
+    let raw = BASE64URL_NOPAD.decode(enc.as_bytes()).ok()?;
+    Some((space, String::from_utf8(raw).ok()?))
+}
+
+fn backend(what: &str) -> impl FnOnce(String) -> StoreError + '_ {
+    move |e| StoreError::Backend(format!("{what}: {e}"))
+}
+
+impl JetStreamStore {
+    /// Open (creating it if missing) the bucket `bucket` with `replicas` copies, through the
+    /// connection `connect` makes, and load the mirror.
+    pub fn open(connect: Connect, bucket: &str, replicas: usize) -> Result<Self, StoreError> {
+        let mirror: Arc<RwLock<Mirror>> = Arc::default();
+        let (cmds, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), StoreError>>();
+        let (m, name) = (mirror.clone(), bucket.to_string());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Backend(format!("store runtime: {e}")))?;
+        std::thread::Builder::new()
+            .name(format!("store-{bucket}"))
+            .spawn(move || rt.block_on(run(connect, name, replicas, m, rx, ready_tx)))
+            .map_err(|e| StoreError::Backend(format!("store thread: {e}")))?;
+        match ready_rx.recv_timeout(OPEN_TIMEOUT) {
+            Ok(Ok(())) => Ok(JetStreamStore { bucket: bucket.to_string(), mirror, cmds }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(StoreError::Backend(format!("the KV bucket {bucket} did not open within {OPEN_TIMEOUT:?}; is JetStream enabled and reachable?"))),
+        }
+    }
+
+    fn read(&self) -> Result<std::sync::RwLockReadGuard<'_, Mirror>, StoreError> {
+        self.mirror.read().map_err(|_| StoreError::Backend("store mirror lock poisoned".into()))
+    }
+
+    /// The revision this replica last saw for a record (`None`: never existed here).
+    fn revision(&self, space: Space, key: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.read()?.get(&(space.as_str(), key.to_string())).map(|s| s.revision))
+    }
+
+    /// Send writes to the runtime thread and wait for their revisions; the mirror is updated
+    /// with them before this returns.
+    fn write(&self, writes: Vec<Write>) -> Result<Vec<u64>, StoreError> {
+        if writes.is_empty() {
+            return Ok(vec![]);
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.cmds.send(Cmd::Write(writes, tx)).map_err(|_| StoreError::Backend("the store's runtime has stopped".into()))?;
+        rx.recv_timeout(WRITE_TIMEOUT * 2).map_err(|_| StoreError::Backend("no answer from the store's runtime".into()))?
+    }
+
+    fn scan_range(&self, space: Space, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let m = self.read()?;
+        let from = (space.as_str(), prefix.to_string());
+        Ok(m
+            .range(from..)
+            .take_while(|((s, k), _)| *s == space.as_str() && k.starts_with(prefix))
+            .filter_map(|((_, k), seen)| seen.value.clone().map(|v| (k.clone(), v)))
+            .collect())
+    }
+}
+
+impl Store for JetStreamStore {
+    fn get(&self, space: Space, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.read()?.get(&(space.as_str(), key.to_string())).and_then(|s| s.value.clone()))
+    }
+
+    fn scan(&self, space: Space) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.scan_range(space, "")
+    }
+
+    fn count(&self, space: Space) -> Result<usize, StoreError> {
+        let m = self.read()?;
+        let from = (space.as_str(), String::new());
+        Ok(m.range(from..).take_while(|((s, _), _)| *s == space.as_str()).filter(|(_, seen)| seen.value.is_some()).count())
+    }
+
+    fn scan_prefix(&self, space: Space, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.scan_range(space, prefix)
+    }
+
+    fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        // Each write expects the revision this replica saw; a key written twice in one batch
+        // expects the revision of the batch's own earlier write (filled in on the thread).
+        let mut writes = Vec::with_capacity(batch.ops.len());
+        for op in batch.ops {
+            writes.push(Write { kv_key: kv_key(op.space, &op.key), expect: self.revision(op.space, &op.key)?, value: op.value });
+        }
+        self.write(writes).map(|_| ())
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        // Every write was acknowledged by JetStream, which stores it before it acknowledges.
+        Ok(())
+    }
+
+    fn compare_and_swap(&self, space: Space, key: &str, old: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool, StoreError> {
+        let seen = self.read()?.get(&(space.as_str(), key.to_string())).cloned();
+        if seen.as_ref().and_then(|s| s.value.as_deref()) != old {
+            return Ok(false);
+        }
+        match self.write(vec![Write { kv_key: kv_key(space, key), value: new, expect: seen.map(|s| s.revision) }]) {
+            Ok(_) => Ok(true),
+            Err(StoreError::Conflict(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+// === the runtime thread ===
+
+async fn run(
+    connect: Connect,
+    bucket: String,
+    replicas: usize,
+    mirror: Arc<RwLock<Mirror>>,
+    mut cmds: tokio::sync::mpsc::UnboundedReceiver<Cmd>,
+    ready: std::sync::mpsc::Sender<Result<(), StoreError>>,
+) {
+    let (kv, first, next) = match open_bucket(connect, &bucket, replicas, &mirror).await {
+        Ok(opened) => opened,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    // The watch exists before the store is handed out: no write after the load is missed.
+    let _ = ready.send(Ok(()));
+    let watch = tokio::spawn(follow(kv.clone(), mirror.clone(), first, next));
+    while let Some(cmd) = cmds.recv().await {
+        match cmd {
+            Cmd::Write(writes, reply) => {
+                let _ = reply.send(apply_writes(&kv, &mirror, writes).await);
+            }
+        }
+    }
+    // The last handle is gone: the store was dropped.
+    watch.abort();
+}
+
+type Opened = (async_nats::jetstream::kv::Store, async_nats::jetstream::kv::Watch, u64);
+
+/// Bind (or create) the bucket, load the mirror, and start watching right after what was loaded.
+async fn open_bucket(connect: Connect, bucket: &str, replicas: usize, mirror: &Arc<RwLock<Mirror>>) -> Result<Opened, StoreError> {
+    let client = connect().await.map_err(backend("connect"))?;
+    let js = async_nats::jetstream::new(client);
+    let kv = match js.get_key_value(bucket).await {
+        Ok(kv) => kv,
+        Err(_) => js
+            .create_key_value(async_nats::jetstream::kv::Config {
+                bucket: bucket.to_string(),
+                description: "tillit: the estate's records (sealed where secret)".into(),
+                history: 1,
+                num_replicas: replicas.max(1),
+                storage: async_nats::jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| StoreError::Backend(format!("create the KV bucket {bucket}: {e}")))?,
+    };
+    let last = load(&kv, mirror).await?;
+    let watch = kv.watch_all_from_revision(last + 1).await.map_err(|e| StoreError::Backend(format!("watch the bucket: {e}")))?;
+    Ok((kv, watch, last + 1))
+}
+
+/// Load every current record into the mirror; the bucket's last revision loaded.
+async fn load(kv: &async_nats::jetstream::kv::Store, mirror: &Arc<RwLock<Mirror>>) -> Result<u64, StoreError> {
+    let status = kv.status().await.map_err(|e| StoreError::Backend(format!("bucket status: {e}")))?;
+    let (messages, last) = (status.info.state.messages, status.info.state.last_sequence);
+    if messages == 0 {
+        return Ok(last);
+    }
+    let mut watch = kv.watch_with_history(">").await.map_err(|e| StoreError::Backend(format!("watch the bucket: {e}")))?;
+    while let Some(entry) = watch.next().await {
+        let entry = entry.map_err(|e| StoreError::Backend(format!("read the bucket: {e}")))?;
+        note(mirror, &entry);
+        if entry.seen_current || entry.revision >= last {
+            break;
+        }
+    }
+    Ok(last)
+}
+
+/// Take an entry into the mirror, unless the mirror already holds a newer revision.
+fn note(mirror: &Arc<RwLock<Mirror>>, entry: &async_nats::jetstream::kv::Entry) {
+    let Some((space, key)) = record_key(&entry.key) else { return };
+    let value = match entry.operation {
+        async_nats::jetstream::kv::Operation::Put => Some(entry.value.to_vec()),
+        _ => None,
+    };
+    if let Ok(mut m) = mirror.write() {
+        let slot = m.entry((space.as_str(), key)).or_insert(Seen { revision: 0, value: None });
+        if entry.revision > slot.revision {
+            *slot = Seen { revision: entry.revision, value };
+        }
+    }
+}
+
+/// Keep the mirror current with every replica's writes, from revision `next` on (a watch that
+/// fails is made again from the first revision it did not deliver, so nothing is skipped).
+async fn follow(kv: async_nats::jetstream::kv::Store, mirror: Arc<RwLock<Mirror>>, first: async_nats::jetstream::kv::Watch, mut next: u64) {
+    let mut watch = Some(first);
+    loop {
+        let w = match watch.take() {
+            Some(w) => Ok(w),
+            None => kv.watch_all_from_revision(next).await,
+        };
+        match w {
+            Ok(mut w) => {
+                while let Some(entry) = w.next().await {
+                    match entry {
+                        Ok(e) => {
+                            next = next.max(e.revision + 1);
+                            note(&mirror, &e);
+                        }
+                        Err(err) => {
+                            tracing::warn!("store watch: {err}; watching again");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(err) => tracing::warn!("cannot watch the store bucket: {err}; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Apply writes in order, each a compare-and-set; the mirror takes each as it is acknowledged.
+async fn apply_writes(kv: &async_nats::jetstream::kv::Store, mirror: &Arc<RwLock<Mirror>>, writes: Vec<Write>) -> Result<Vec<u64>, StoreError> {
+    use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
+    let mut done: BTreeMap<String, u64> = BTreeMap::new();
+    let mut revisions = Vec::with_capacity(writes.len());
+    for w in writes {
+        let expect = done.get(&w.kv_key).copied().or(w.expect);
+        let conflict = || StoreError::Conflict(format!("{} changed under this replica; read it again and retry", w.kv_key));
+        let revision = match (&w.value, expect) {
+            (Some(v), Some(rev)) => tokio::time::timeout(WRITE_TIMEOUT, kv.update(&w.kv_key, v.clone().into(), rev))
+                .await
+                .map_err(|_| StoreError::Backend(format!("write {}: timed out", w.kv_key)))?
+                .map_err(|e| if e.kind() == UpdateErrorKind::WrongLastRevision { conflict() } else { StoreError::Backend(format!("write {}: {e}", w.kv_key)) })?,
+            (Some(v), None) => tokio::time::timeout(WRITE_TIMEOUT, kv.create(&w.kv_key, v.clone().into()))
+                .await
+                .map_err(|_| StoreError::Backend(format!("write {}: timed out", w.kv_key)))?
+                .map_err(|e| if e.kind() == CreateErrorKind::AlreadyExists { conflict() } else { StoreError::Backend(format!("write {}: {e}", w.kv_key)) })?,
+            (None, None) => continue,
+            (None, Some(rev)) => {
+                tokio::time::timeout(WRITE_TIMEOUT, kv.delete_expect_revision(&w.kv_key, Some(rev)))
+                    .await
+                    .map_err(|_| StoreError::Backend(format!("delete {}: timed out", w.kv_key)))?
+                    .map_err(|e| if e.kind() == UpdateErrorKind::WrongLastRevision { conflict() } else { StoreError::Backend(format!("delete {}: {e}", w.kv_key)) })?;
+                // The delete's revision arrives with the watch; until then the record reads as gone.
+                rev
+            }
+        };
+        if let Some((space, key)) = record_key(&w.kv_key) {
+            if let Ok(mut m) = mirror.write() {
+                let slot = m.entry((space.as_str(), key)).or_insert(Seen { revision: 0, value: None });
+                if revision >= slot.revision {
+                    *slot = Seen { revision, value: w.value.clone() };
+                }
+            }
+        }
+        done.insert(w.kv_key.clone(), revision);
+        revisions.push(revision);
+    }
+    Ok(revisions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_record_key_maps_to_a_valid_kv_key_and_back() {
+        for (space, key) in [
+            (Space::Identities, "UABC"),
+            (Space::SecretValues, "acme/shop/prod/db#3"),
+            (Space::Sites, "agent/UXYZ"),
+            (Space::Meta, ""),
+            (Space::Roles, "acme--prod/shop/orders"),
+            (Space::Meta, "site_upgrade_asked/east"),
+            (Space::Keys, "ünïcödé key with spaces"),
+        ] {
+            let k = kv_key(space, key);
+            assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || "-/_=.".contains(c)), "{k}");
+            assert_eq!(k.matches('.').count(), 1, "{k}");
+            assert_eq!(record_key(&k), Some((space, key.to_string())), "{k}");
+        }
+        assert_eq!(record_key("nope.abc"), None);
+        assert_eq!(record_key("meta.!!"), None);
+        assert_eq!(record_key("meta"), None);
+    }
+}
