@@ -3,16 +3,10 @@
 use super::AdminArgs;
 use crate::proto::{ListReply, ListRequest};
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    #[command(flatten)]
-    pub admin: AdminArgs,
-}
-
-pub async fn run(a: Args) -> anyhow::Result<()> {
-    let client = a.admin.client().await?;
+pub async fn run(admin: AdminArgs) -> anyhow::Result<()> {
+    let client = admin.client().await?;
     let r: ListReply = client.call::<crate::proto::List>(ListRequest {}).await?;
-    if a.admin.json(&r)? {
+    if admin.json(&r)? {
         return Ok(());
     }
     for i in &r.identities {

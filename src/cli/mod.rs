@@ -43,7 +43,7 @@ pub enum Command {
     /// Run the control plane against a running nats-server.
     Serve(serve::Args),
     /// Ask the control plane for its status, as an identity.
-    Status(status::Args),
+    Status(AdminArgs),
     /// Run a local stack: nats-server and the control plane (creates a data dir if missing).
     Dev(dev::Args),
     /// Join tokens (admin).
@@ -65,7 +65,7 @@ pub enum Command {
     /// Revoke every active identity of a service: connections dropped, never renewed (admin).
     Revoke(revoke::RevokeArgs),
     /// List identities with their state and expiry (admin).
-    List(list::Args),
+    List(AdminArgs),
     /// Secrets: put, rotate, list, versions, delete (admin); get (service).
     Secret(secret::Args),
     /// Rotate trust material (admin): `signing-key`.

@@ -2,25 +2,19 @@
 
 use super::AdminArgs;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    #[command(flatten)]
-    pub admin: AdminArgs,
-}
-
-pub async fn run(a: Args) -> anyhow::Result<()> {
-    let client = a.admin.client().await?;
+pub async fn run(admin: AdminArgs) -> anyhow::Result<()> {
+    let client = admin.client().await?;
     let s = client.status().await?;
     let mine = &client.identity().info.trust_domain;
     if &s.trust_domain != mine {
         anyhow::bail!(
             "the control plane serves trust domain {:?} but identity {} belongs to {:?}; use an identity of this estate",
             s.trust_domain,
-            a.admin.identity.display(),
+            admin.identity.display(),
             mine
         );
     }
-    if a.admin.json(&s)? {
+    if admin.json(&s)? {
         return Ok(());
     }
     println!("trust domain   {}", s.trust_domain);
