@@ -79,11 +79,10 @@ macro_rules! internal {
     ($($m:ident),* $(,)?) => { $( #[doc(hidden)] pub mod $m; )* };
 }
 internal!(
-    agent, audit, cli, clock, config, crypto, estate, identity, issuer, layout, names, natsbin, ocsp, server, store, token, telemetry, secrets, pem
+    agent, audit, cli, clock, config, crypto, estate, identity, issuer, layout, names, natsbin, ocsp, server, store, token, telemetry, secrets, pem, policy
 );
 mod bench;
 mod fsutil;
 mod init;
 mod natsconf;
-mod policy;
 mod replay;

@@ -31,6 +31,7 @@ mod accounts;
 pub mod ca;
 mod envelope_keys;
 mod identities;
+pub mod lease;
 mod roles;
 mod secrets;
 pub mod sites;

@@ -1,16 +1,18 @@
 //! Every pure decision of tillit, in one place and table-tested (house rule 7). The async code
 //! around them fetches, applies and reports; it does not decide.
 //!
-//! - [`renew`]: when a credential is renewed (services, agents, the site server, the control
+//! - `renew`: when a credential is renewed (services, agents, the site server, the control
 //!   plane's own), and how a failed renewal is retried.
-//! - [`grants`]: which subjects may be granted, and what a grant or ungrant makes of a role's
+//! - `grants`: which subjects may be granted, and what a grant or ungrant makes of a role's
 //!   permissions.
-//! - [`readers`]: who may read a secret.
-//! - [`caller`]: whether an identity may call an endpoint now.
-//! - [`tokens`]: whether a presented join token may enroll.
+//! - `readers`: who may read a secret.
+//! - `caller`: whether an identity may call an endpoint now.
+//! - `tokens`: whether a presented join token may enroll.
+//! - [`lease`]: which replica leads, with which fencing token.
 
 pub(crate) mod caller;
 pub(crate) mod grants;
+pub mod lease;
 pub(crate) mod readers;
 pub(crate) mod renew;
 pub(crate) mod tokens;

@@ -123,3 +123,54 @@ fn values_sealed_by_the_vault_reach_the_bucket_sealed() {
     let raw = open(&server.url(), "TILLIT_SEALED").get(Space::Keys, "operator").unwrap().expect("the record");
     assert!(!raw.windows(16).any(|w| w == b"SOOPERSECRETSEED"), "the bucket holds the seed in clear");
 }
+
+/// Replicas racing for the leader lease on one bucket: at every moment at most one leads, a
+/// takeover after expiry brings the next fencing token, and the deposed leader is fenced off.
+#[test]
+fn replicas_on_one_bucket_agree_on_one_leader() {
+    use tillit::estate::lease::{holds, lease_step};
+    let tmp = tempfile::tempdir().unwrap();
+    let server = jetstream_server(tmp.path());
+    let stores: Vec<Arc<JetStreamStore>> = (0..3).map(|_| Arc::new(open(&server.url(), "TILLIT_LEASE"))).collect();
+    const TTL: i64 = 3_000;
+    let race = |now_ms: i64| -> Vec<bool> {
+        let handles: Vec<_> = stores
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let s = s.clone();
+                std::thread::spawn(move || lease_step(s.as_ref(), &format!("r{i}"), now_ms, TTL).unwrap().leader)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    };
+    // Three replicas start at once: one leads.
+    let first = race(0);
+    assert_eq!(first.iter().filter(|l| **l).count(), 1, "{first:?}");
+    let leader = first.iter().position(|l| *l).unwrap();
+    let name = format!("r{leader}");
+    wait_for(Duration::from_secs(5), || stores.iter().all(|s| holds(s.as_ref(), &name, 1, 100).unwrap())).expect("every replica sees one lease");
+    // While it renews, nobody else leads.
+    assert!(lease_step(stores[leader].as_ref(), &name, 1_500, TTL).unwrap().leader);
+    wait_for(Duration::from_secs(5), || stores.iter().all(|s| holds(s.as_ref(), &name, 1, 4_000).unwrap())).unwrap();
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    for i in &others {
+        assert!(!lease_step(stores[*i].as_ref(), &format!("r{i}"), 4_000, TTL).unwrap().leader);
+    }
+    // The leader stalls past its lease: the others race for it; one wins with token 2.
+    let handles: Vec<_> = others
+        .iter()
+        .map(|i| {
+            let (s, me) = (stores[*i].clone(), format!("r{i}"));
+            std::thread::spawn(move || (me.clone(), lease_step(s.as_ref(), &me, 5_000, TTL).unwrap()))
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let winners: Vec<_> = results.iter().filter(|(_, v)| v.leader).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    let (new_name, view) = winners[0];
+    assert_eq!(view.token(), Some(2));
+    wait_for(Duration::from_secs(5), || holds(stores[leader].as_ref(), new_name, 2, 5_100).unwrap()).expect("the old leader sees the takeover");
+    assert!(!holds(stores[leader].as_ref(), &name, 1, 5_100).unwrap(), "the deposed leader's token no longer acts");
+    assert!(!lease_step(stores[leader].as_ref(), &name, 5_100, TTL).unwrap().leader, "and it cannot take the lease back while it lives");
+}
