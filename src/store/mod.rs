@@ -7,10 +7,12 @@
 //! associated data, so a sealed value can be neither read without the key nor moved to another
 //! record.
 
+mod copy;
 mod jetstream;
 mod sled_store;
 
 
+pub use copy::{copy_all, verify, Copied};
 pub use jetstream::{Connect, JetStreamStore};
 pub use sled_store::SledStore;
 

@@ -174,3 +174,41 @@ fn replicas_on_one_bucket_agree_on_one_leader() {
     assert!(!holds(stores[leader].as_ref(), &name, 1, 5_100).unwrap(), "the deposed leader's token no longer acts");
     assert!(!lease_step(stores[leader].as_ref(), &name, 5_100, TTL).unwrap().leader, "and it cannot take the lease back while it lives");
 }
+
+/// `store migrate`'s core: an estate `tillit init` made on sled is copied into a JetStream bucket,
+/// checked, and opens from there with the same master key (the sled store is left as it was).
+#[test]
+fn an_estate_copied_from_sled_opens_from_jetstream() {
+    let e = Estate::init("migrate.example");
+    let dir = tillit::layout::DataDir::new(e.data());
+    let server = jetstream_server(e.tmp.path());
+    let clock: tillit::clock::SharedClock = Arc::new(tillit::clock::SystemClock);
+    let (identities, ca, copied) = {
+        let sled: Arc<dyn Store> = Arc::new(tillit::store::SledStore::open(&dir.store()).unwrap());
+        let before = tillit::Estate::open(dir.clone(), clock.clone()).map(|_| ()).err();
+        assert!(before.is_some(), "the sled store is locked while it is open here");
+        let js = open(&server.url(), "TILLIT_MIGRATE");
+        let copied = tillit::store::copy_all(sled.as_ref(), &js, |_, _| {}).unwrap();
+        let config = tillit::config::Config::load(&dir.config_file()).unwrap();
+        let master = tillit::crypto::MasterKey::load(dir.root()).unwrap();
+        let from_sled = tillit::Estate::open_with(dir.clone(), config, sled, master, clock.clone()).unwrap();
+        (from_sled.identities().unwrap().len(), from_sled.ca_fingerprint(), copied)
+    };
+    assert!(copied.total() > 10, "{copied:?}");
+    // A fresh opener of the bucket (another replica) sees the estate.
+    let js: Arc<dyn Store> = Arc::new(open(&server.url(), "TILLIT_MIGRATE"));
+    let config = tillit::config::Config::load(&dir.config_file()).unwrap();
+    let master = tillit::crypto::MasterKey::load(dir.root()).unwrap();
+    let estate = tillit::Estate::open_with(dir.clone(), config, js, master, clock.clone()).expect("the estate opens from the bucket");
+    assert_eq!(estate.trust_domain(), "migrate.example");
+    assert_eq!(estate.identities().unwrap().len(), identities);
+    assert_eq!(estate.ca_fingerprint(), ca);
+    // The wrong master key does not open it.
+    let config = tillit::config::Config::load(&dir.config_file()).unwrap();
+    let js2: Arc<dyn Store> = Arc::new(open(&server.url(), "TILLIT_MIGRATE"));
+    let wrong = tillit::Estate::open_with(dir.clone(), config, js2, tillit::crypto::MasterKey::generate().unwrap(), clock);
+    assert!(matches!(wrong, Err(tillit::EstateError::WrongMasterKey(_))), "{:?}", wrong.err());
+    // The source is untouched and still opens.
+    drop(estate);
+    tillit::Estate::open(dir, Arc::new(tillit::clock::SystemClock)).expect("the sled estate still opens");
+}
