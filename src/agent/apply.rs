@@ -11,13 +11,8 @@ use crate::layout::{IdentityDir, SiteDir};
 use crate::secrets::SecretPath;
 use async_nats::jetstream;
 use serde::Deserialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
-
-/// Where a secret is materialised.
-pub fn secret_file(files: &Path, path: &SecretPath) -> PathBuf {
-    SiteDir::new(files).secret(path)
-}
 
 #[derive(Debug, Deserialize)]
 struct SecretRotated {
@@ -64,7 +59,7 @@ impl Agent {
                     }
                     Err(e) => return Err(e.into()),
                 };
-                let file = secret_file(&self.opts.files, &path);
+                let file = SiteDir::new(&self.opts.files).secret(&path);
                 if let Some(dir) = file.parent() {
                     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
                 }

@@ -31,7 +31,6 @@ mod decide;
 mod site_cert;
 use decide::{decide, origin_seq, Decision};
 use site_cert::SITE_CHECK_EVERY;
-pub use apply::secret_file;
 
 /// Most events applied as one batch (one hook run, one acknowledgement).
 pub const MAX_BATCH: usize = 256;

@@ -17,12 +17,6 @@ pub enum TlsError {
     /// The CA bundle is unusable: no certificate in it, or one rustls will not take as a root.
     #[error("CA bundle: {0}")]
     Ca(String),
-    /// The client certificate is unusable.
-    #[error("client certificate: {0}")]
-    Cert(String),
-    /// The client key is unusable.
-    #[error("client key: {0}")]
-    Key(String),
     /// The client certificate or key PEM does not parse, or the key does not belong to the certificate.
     #[error("client {0}")]
     Pem(#[from] crate::pem::PemError),

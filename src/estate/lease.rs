@@ -36,7 +36,7 @@ pub fn lease_step(store: &dyn Store, me: &str, now_ms: i64, ttl_ms: i64) -> std:
         Step::Write(next) => {
             let bytes = serde_json::to_vec(&next).map_err(|e| StoreError::Backend(e.to_string()))?;
             if store.compare_and_swap(Space::Meta, LEASE_KEY, raw.as_deref(), Some(bytes))? {
-                return Ok(LeaseView { lease: Some(next), leader: false }.lead());
+                return Ok(LeaseView { lease: Some(next), leader: true });
             }
             // Another replica moved first.
             Ok(LeaseView { lease: read(store)?.1, leader: false })
@@ -47,9 +47,6 @@ pub fn lease_step(store: &dyn Store, me: &str, now_ms: i64, ttl_ms: i64) -> std:
 }
 
 impl LeaseView {
-    fn lead(self) -> Self {
-        LeaseView { leader: true, ..self }
-    }
     /// The fencing token, when this replica leads.
     pub fn token(&self) -> Option<u64> {
         self.lease.as_ref().filter(|_| self.leader).map(|l| l.token)

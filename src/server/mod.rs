@@ -58,9 +58,6 @@ pub enum ServeError {
     Push(#[from] push::PushError),
 }
 
-/// Every endpoint the control plane serves ([`crate::proto::ENDPOINTS`]).
-pub use crate::proto::ENDPOINTS;
-
 /// Work done after a reply has been sent.
 #[derive(Debug)]
 pub enum After {

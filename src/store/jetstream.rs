@@ -51,7 +51,7 @@ struct Write {
 
 /// What the runtime thread is asked to do.
 enum Cmd {
-    Write(Vec<Write>, std::sync::mpsc::Sender<Result<Vec<u64>, StoreError>>),
+    Write(Vec<Write>, std::sync::mpsc::Sender<Result<(), StoreError>>),
 }
 
 /// Connects to NATS (on the store's own runtime).
@@ -124,24 +124,25 @@ impl JetStreamStore {
         Ok(self.read()?.get(&(space.as_str(), key.to_string())).map(|s| s.revision))
     }
 
-    /// Send writes to the runtime thread and wait for their revisions; the mirror is updated
-    /// with them before this returns.
-    fn write(&self, writes: Vec<Write>) -> Result<Vec<u64>, StoreError> {
+    /// Send writes to the runtime thread and wait until they are acknowledged; the mirror holds
+    /// them before this returns.
+    fn write(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         if writes.is_empty() {
-            return Ok(vec![]);
+            return Ok(());
         }
         let (tx, rx) = std::sync::mpsc::channel();
         self.cmds.send(Cmd::Write(writes, tx)).map_err(|_| StoreError::Backend("the store's runtime has stopped".into()))?;
         rx.recv_timeout(WRITE_TIMEOUT * 2).map_err(|_| StoreError::Backend("no answer from the store's runtime".into()))?
     }
 
-    fn scan_range(&self, space: Space, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    /// The live records of `space` whose key starts with `prefix`, in key order, as `f` maps them.
+    fn in_range<T>(&self, space: Space, prefix: &str, f: impl Fn(&str, &[u8]) -> T) -> Result<Vec<T>, StoreError> {
         let m = self.read()?;
         let from = (space.as_str(), prefix.to_string());
         Ok(m
             .range(from..)
             .take_while(|((s, k), _)| *s == space.as_str() && k.starts_with(prefix))
-            .filter_map(|((_, k), seen)| seen.value.clone().map(|v| (k.clone(), v)))
+            .filter_map(|((_, k), seen)| seen.value.as_deref().map(|v| f(k, v)))
             .collect())
     }
 }
@@ -152,27 +153,24 @@ impl Store for JetStreamStore {
     }
 
     fn scan(&self, space: Space) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        self.scan_range(space, "")
+        self.scan_prefix(space, "")
     }
 
     fn count(&self, space: Space) -> Result<usize, StoreError> {
-        let m = self.read()?;
-        let from = (space.as_str(), String::new());
-        Ok(m.range(from..).take_while(|((s, _), _)| *s == space.as_str()).filter(|(_, seen)| seen.value.is_some()).count())
+        Ok(self.in_range(space, "", |_, _| ())?.len())
     }
 
     fn scan_prefix(&self, space: Space, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        self.scan_range(space, prefix)
+        self.in_range(space, prefix, |k, v| (k.to_string(), v.to_vec()))
     }
 
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
-        // Each write expects the revision this replica saw; a key written twice in one batch
-        // expects the revision of the batch's own earlier write (filled in on the thread).
+        // Each write expects the revision this replica saw.
         let mut writes = Vec::with_capacity(batch.ops.len());
         for op in batch.ops {
             writes.push(Write { kv_key: kv_key(op.space, &op.key), expect: self.revision(op.space, &op.key)?, value: op.value });
         }
-        self.write(writes).map(|_| ())
+        self.write(writes)
     }
 
     fn sync(&self) -> Result<(), StoreError> {
@@ -186,7 +184,7 @@ impl Store for JetStreamStore {
             return Ok(false);
         }
         match self.write(vec![Write { kv_key: kv_key(space, key), value: new, expect: seen.map(|s| s.revision) }]) {
-            Ok(_) => Ok(true),
+            Ok(()) => Ok(true),
             Err(StoreError::Conflict(_)) => Ok(false),
             Err(e) => Err(e),
         }
@@ -267,19 +265,34 @@ async fn load(kv: &async_nats::jetstream::kv::Store, mirror: &Arc<RwLock<Mirror>
     Ok(last)
 }
 
-/// Take an entry into the mirror, unless the mirror already holds a newer revision.
+/// Where a value the mirror takes comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The watch (any replica's write, this one's included, possibly late).
+    Watch,
+    /// This replica's own acknowledged write. A delete is noted at the revision it replaced (its
+    /// own revision arrives with the watch), so an own write also wins a tie.
+    Own,
+}
+
+/// Take a record's `revision` into the mirror, unless the mirror already holds a newer one.
+fn remember(mirror: &Arc<RwLock<Mirror>>, kv_key: &str, revision: u64, value: Option<Vec<u8>>, from: Source) {
+    let Some((space, key)) = record_key(kv_key) else { return };
+    if let Ok(mut m) = mirror.write() {
+        let slot = m.entry((space.as_str(), key)).or_insert(Seen { revision: 0, value: None });
+        if revision > slot.revision || (from == Source::Own && revision == slot.revision) {
+            *slot = Seen { revision, value };
+        }
+    }
+}
+
+/// Take a watched entry into the mirror.
 fn note(mirror: &Arc<RwLock<Mirror>>, entry: &async_nats::jetstream::kv::Entry) {
-    let Some((space, key)) = record_key(&entry.key) else { return };
     let value = match entry.operation {
         async_nats::jetstream::kv::Operation::Put => Some(entry.value.to_vec()),
         _ => None,
     };
-    if let Ok(mut m) = mirror.write() {
-        let slot = m.entry((space.as_str(), key)).or_insert(Seen { revision: 0, value: None });
-        if entry.revision > slot.revision {
-            *slot = Seen { revision: entry.revision, value };
-        }
-    }
+    remember(mirror, &entry.key, entry.revision, value, Source::Watch);
 }
 
 /// Keep the mirror current with every replica's writes, from revision `next` on (a watch that
@@ -312,45 +325,47 @@ async fn follow(kv: async_nats::jetstream::kv::Store, mirror: Arc<RwLock<Mirror>
     }
 }
 
+/// Wait (bounded) for JetStream to acknowledge one write; `conflict` says whether its error
+/// means the record changed under this replica.
+async fn acked<T, E: std::fmt::Display>(
+    what: &str,
+    kv_key: &str,
+    write: impl std::future::Future<Output = Result<T, E>>,
+    conflict: impl FnOnce(&E) -> bool,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Err(_) => Err(StoreError::Backend(format!("{what} {kv_key}: timed out"))),
+        Ok(Err(e)) if conflict(&e) => Err(StoreError::Conflict(format!("{kv_key} changed under this replica; read it again and retry"))),
+        Ok(Err(e)) => Err(StoreError::Backend(format!("{what} {kv_key}: {e}"))),
+        Ok(Ok(t)) => Ok(t),
+    }
+}
+
 /// Apply writes in order, each a compare-and-set; the mirror takes each as it is acknowledged.
-async fn apply_writes(kv: &async_nats::jetstream::kv::Store, mirror: &Arc<RwLock<Mirror>>, writes: Vec<Write>) -> Result<Vec<u64>, StoreError> {
+async fn apply_writes(kv: &async_nats::jetstream::kv::Store, mirror: &Arc<RwLock<Mirror>>, writes: Vec<Write>) -> Result<(), StoreError> {
     use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
+    let stale = |e: &async_nats::jetstream::kv::UpdateError| e.kind() == UpdateErrorKind::WrongLastRevision;
+    // A key written twice in one batch: the second write expects the first one's revision.
     let mut done: BTreeMap<String, u64> = BTreeMap::new();
-    let mut revisions = Vec::with_capacity(writes.len());
     for w in writes {
         let expect = done.get(&w.kv_key).copied().or(w.expect);
-        let conflict = || StoreError::Conflict(format!("{} changed under this replica; read it again and retry", w.kv_key));
         let revision = match (&w.value, expect) {
-            (Some(v), Some(rev)) => tokio::time::timeout(WRITE_TIMEOUT, kv.update(&w.kv_key, v.clone().into(), rev))
-                .await
-                .map_err(|_| StoreError::Backend(format!("write {}: timed out", w.kv_key)))?
-                .map_err(|e| if e.kind() == UpdateErrorKind::WrongLastRevision { conflict() } else { StoreError::Backend(format!("write {}: {e}", w.kv_key)) })?,
-            (Some(v), None) => tokio::time::timeout(WRITE_TIMEOUT, kv.create(&w.kv_key, v.clone().into()))
-                .await
-                .map_err(|_| StoreError::Backend(format!("write {}: timed out", w.kv_key)))?
-                .map_err(|e| if e.kind() == CreateErrorKind::AlreadyExists { conflict() } else { StoreError::Backend(format!("write {}: {e}", w.kv_key)) })?,
+            (Some(v), Some(rev)) => acked("write", &w.kv_key, kv.update(&w.kv_key, v.clone().into(), rev), stale).await?,
+            (Some(v), None) => {
+                acked("write", &w.kv_key, kv.create(&w.kv_key, v.clone().into()), |e| e.kind() == CreateErrorKind::AlreadyExists).await?
+            }
             (None, None) => continue,
             (None, Some(rev)) => {
-                tokio::time::timeout(WRITE_TIMEOUT, kv.delete_expect_revision(&w.kv_key, Some(rev)))
-                    .await
-                    .map_err(|_| StoreError::Backend(format!("delete {}: timed out", w.kv_key)))?
-                    .map_err(|e| if e.kind() == UpdateErrorKind::WrongLastRevision { conflict() } else { StoreError::Backend(format!("delete {}: {e}", w.kv_key)) })?;
-                // The delete's revision arrives with the watch; until then the record reads as gone.
+                acked("delete", &w.kv_key, kv.delete_expect_revision(&w.kv_key, Some(rev)), stale).await?;
+                // The delete's own revision arrives with the watch; until then the record reads
+                // as gone at the revision it replaced.
                 rev
             }
         };
-        if let Some((space, key)) = record_key(&w.kv_key) {
-            if let Ok(mut m) = mirror.write() {
-                let slot = m.entry((space.as_str(), key)).or_insert(Seen { revision: 0, value: None });
-                if revision >= slot.revision {
-                    *slot = Seen { revision, value: w.value.clone() };
-                }
-            }
-        }
-        done.insert(w.kv_key.clone(), revision);
-        revisions.push(revision);
+        remember(mirror, &w.kv_key, revision, w.value, Source::Own);
+        done.insert(w.kv_key, revision);
     }
-    Ok(revisions)
+    Ok(())
 }
 
 #[cfg(test)]
