@@ -38,6 +38,104 @@ pub struct RawConfig {
     pub issuance: RawIssuance,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
+    pub store: RawStore,
+}
+
+/// `[store]`: where the estate's records live.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// `sled` (embedded, one `serve`) or `jetstream` (KV bucket and journal stream on the hub's
+    /// NATS, several `serve` replicas).
+    #[serde(default = "d_backend")]
+    pub backend: String,
+    /// JetStream KV bucket of the records.
+    #[serde(default = "d_bucket")]
+    pub bucket: String,
+    /// JetStream stream of the audit journal.
+    #[serde(default = "d_journal")]
+    pub journal: String,
+    /// Replication of the bucket and the stream (1 on one server, 3 on a cluster).
+    #[serde(default = "d_replicas")]
+    pub replicas: usize,
+    /// Lifetime of the leader lease (renewed at a third of it).
+    #[serde(default = "d_lease_ttl")]
+    pub lease_ttl: String,
+}
+
+fn d_backend() -> String {
+    "sled".into()
+}
+fn d_bucket() -> String {
+    "tillit".into()
+}
+fn d_journal() -> String {
+    "TILLIT_JOURNAL".into()
+}
+fn d_replicas() -> usize {
+    1
+}
+fn d_lease_ttl() -> String {
+    "3s".into()
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore { backend: d_backend(), bucket: d_bucket(), journal: d_journal(), replicas: d_replicas(), lease_ttl: d_lease_ttl() }
+    }
+}
+
+/// Where the estate's records live (`[store]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// The embedded sled store in the data dir, with the audit log in a local file.
+    Sled,
+    /// A JetStream KV bucket and a journal stream on the hub's NATS.
+    JetStream {
+        bucket: String,
+        journal: String,
+        replicas: usize,
+        lease_ttl: Duration,
+    },
+}
+
+impl StoreBackend {
+    /// `sled` or `jetstream`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StoreBackend::Sled => "sled",
+            StoreBackend::JetStream { .. } => "jetstream",
+        }
+    }
+}
+
+fn store_backend(raw: &RawStore) -> Result<StoreBackend, ConfigError> {
+    let token = |key: &str, v: &str, max: usize| -> Result<String, ConfigError> {
+        if v.is_empty() || v.len() > max || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err(invalid(format!("store.{key} {v:?}: use 1 to {max} letters, digits, '_' or '-'")));
+        }
+        Ok(v.to_string())
+    };
+    match raw.backend.as_str() {
+        "sled" => Ok(StoreBackend::Sled),
+        "jetstream" => {
+            let lease_ttl = parse_duration(&raw.lease_ttl).map_err(|e| invalid(format!("store.lease_ttl: {e}")))?;
+            if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&lease_ttl) {
+                return Err(invalid("store.lease_ttl must be between 1s and 60s"));
+            }
+            if ![1, 3, 5].contains(&raw.replicas) {
+                return Err(invalid(format!("store.replicas {}: use 1 (one server), 3 or 5 (a cluster)", raw.replicas)));
+            }
+            Ok(StoreBackend::JetStream {
+                bucket: token("bucket", &raw.bucket, 64)?,
+                journal: token("journal", &raw.journal, 64)?,
+                replicas: raw.replicas,
+                lease_ttl,
+            })
+        }
+        other => Err(invalid(format!("store.backend {other:?}: use \"sled\" or \"jetstream\""))),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -262,6 +360,8 @@ pub struct Config {
     pub ca_ttl: Duration,
     pub token_ttl: Duration,
     pub max_request_bytes: usize,
+    /// Where the records live (`[store]`).
+    pub store: StoreBackend,
     raw: RawConfig,
 }
 
@@ -355,6 +455,7 @@ impl Config {
             ca_ttl: dur("ca_ttl", &i.ca_ttl)?,
             token_ttl: dur("token_ttl", &i.token_ttl)?,
             max_request_bytes: raw.limits.max_request_bytes,
+            store: store_backend(&raw.store)?,
             nats_urls,
             raw,
         };
@@ -442,6 +543,7 @@ pub fn raw_for_init(trust_domain: &str, nats_url: &str, http_addr: Option<&str>)
         http: RawHttp { addr: http_addr.map(str::to_string).unwrap_or_else(default_http_addr), public_url: None, ..RawHttp::default() },
         issuance: RawIssuance::default(),
         limits: RawLimits::default(),
+        store: RawStore::default(),
     }
 }
 
@@ -494,6 +596,10 @@ mod tests {
             ("trust_domain = \"td\"\n[nats]\nurls = []", "nats.urls"),
             ("trust_domain = \"td\"\nunknown_key = 1", "unknown"),
             ("not toml at all [", "TOML"),
+            ("trust_domain = \"td\"\n[store]\nbackend = \"etcd\"", "store.backend"),
+            ("trust_domain = \"td\"\n[store]\nbackend = \"jetstream\"\nreplicas = 2", "store.replicas"),
+            ("trust_domain = \"td\"\n[store]\nbackend = \"jetstream\"\nbucket = \"a.b\"", "store.bucket"),
+            ("trust_domain = \"td\"\n[store]\nbackend = \"jetstream\"\nlease_ttl = \"5m\"", "store.lease_ttl"),
         ];
         for (text, needle) in cases {
             let err = Config::from_toml(text, "t.toml").unwrap_err().to_string();

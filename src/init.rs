@@ -30,8 +30,15 @@ pub(crate) struct InitOptions {
     pub monitor_addr: Option<String>,
     /// Port of the hub's leafnode listener for site servers (off when absent).
     pub leaf_port: Option<u16>,
+    /// `store.backend`: `sled` or `jetstream`.
+    pub store: String,
+    /// `store.replicas`.
+    pub store_replicas: usize,
     pub force: bool,
 }
+
+/// How long the store access `init` writes is valid; every running replica renews it.
+pub(crate) const STORE_ACCESS_TTL: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
 
 /// What `init` made.
 #[derive(Debug, Clone)]
@@ -91,6 +98,8 @@ pub(crate) fn init(opts: &InitOptions, clock: SharedClock) -> Result<InitSummary
     raw.nats.leaf_port = opts.leaf_port;
     raw.http.public_url = opts.http_public_url.clone();
     raw.http.metrics_addr = opts.metrics_addr.clone();
+    raw.store.backend = opts.store.clone();
+    raw.store.replicas = opts.store_replicas;
     let config = Config::from_raw(raw)?;
     let target = absolute(&opts.data_dir)?;
 
@@ -132,7 +141,10 @@ fn build(staging: &Path, target: &Path, config: Config, clock: SharedClock) -> R
 
     fsutil::create_dir(&stage.store(), PRIVATE_DIR).map_err(io(&stage.store()))?;
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&stage.store()).map_err(EstateError::from)?);
-    let estate = Estate::create(fin.clone(), config.clone(), store, master, clock)?;
+    let estate = Estate::create(fin.clone(), config.clone(), store, master.clone(), clock)?;
+    if let crate::config::StoreBackend::JetStream { bucket, .. } = &config.store {
+        estate.store_access(bucket, STORE_ACCESS_TTL)?.write(&stage, &master).map_err(EstateError::from)?;
+    }
     let admin = estate.issue_admin("admin")?;
     let server = estate.issue_server_cert()?;
     let sys = estate.account(SYS_ACCOUNT)?;

@@ -63,6 +63,11 @@ impl DataDir {
     pub fn store(&self) -> PathBuf {
         self.0.join("store")
     }
+    /// `store-access.sealed` (0600): the credentials that reach a JetStream store, sealed by the
+    /// master key.
+    pub fn store_access(&self) -> PathBuf {
+        self.0.join("store-access.sealed")
+    }
     /// Everything the hub nats-server reads.
     pub fn nats(&self) -> PathBuf {
         self.0.join("nats")

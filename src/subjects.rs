@@ -19,6 +19,9 @@ pub const EVENTS_ALL: &str = "tillit.v1.events.>";
 
 /// The JetStream stream of signed events, created by `serve`.
 pub const EVENTS_STREAM: &str = "TILLIT_EVENTS";
+/// The audit journal's subject, in the TILLIT account (a JetStream store): only the control
+/// plane's store user may publish it.
+pub const JOURNAL: &str = "tillit.journal";
 /// Event subject: `tillit.v1.events.<site|all>.<kind>`.
 pub fn event_subject(scope: &str, kind: &str) -> String {
     format!("tillit.v1.events.{scope}.{kind}")

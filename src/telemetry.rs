@@ -101,6 +101,14 @@ pub struct Metrics {
     pub site_failures: Counter,
     /// Account JWTs the hub served that were not the stored ones (older: a rollback), re-pushed.
     pub account_rollbacks: Counter,
+    /// Requests served again because another replica changed the estate first.
+    pub raced: Counter,
+    /// 1 while this replica holds the leader lease (always 1 on sled).
+    pub leader: Gauge,
+    /// Leader lease steps that took or renewed the lease.
+    pub lease_renewals: Counter,
+    /// Compare-and-set writes the store refused (another replica wrote first).
+    pub store_conflicts: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -164,6 +172,14 @@ impl Metrics {
             "Account JWTs nats-server served that were not the control plane's current ones (re-pushed)",
             account_rollbacks.clone(),
         );
+        let raced = Counter::default();
+        registry.register("requests_raced", "Requests served again because another replica changed the estate first", raced.clone());
+        let leader = Gauge::default();
+        registry.register("leader", "1 while this replica holds the leader lease and runs the singleton jobs", leader.clone());
+        let lease_renewals = Counter::default();
+        registry.register("lease_renewals", "Leader lease takes and renewals by this replica", lease_renewals.clone());
+        let store_conflicts = Gauge::default();
+        registry.register("store_cas_conflicts", "Compare-and-set writes the store refused since start (another replica wrote first)", store_conflicts.clone());
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").into(), trust_domain: trust_domain.into() })
@@ -187,6 +203,10 @@ impl Metrics {
             site_acks,
             site_failures,
             account_rollbacks,
+            raced,
+            leader,
+            lease_renewals,
+            store_conflicts,
         }
     }
 

@@ -1,12 +1,64 @@
 //! The journal: the writer's async face, group commit on its own thread.
 
-use super::{AuditError, Entry, Writer, AUDIT_FILE, MAX_GROUP};
+use super::{Append, AuditError, Entry, AUDIT_FILE};
 use tokio::sync::{mpsc, oneshot};
 
 // === the journal (async face) ===
 
+/// Why a group was not written.
+enum Failed {
+    Conflict,
+    Other(String),
+}
+
 /// Entries to write and, unless relaxed, who waits for them to be durable.
-type Job = (Vec<Entry>, Option<oneshot::Sender<Result<Vec<u64>, String>>>);
+type Job = (Vec<Entry>, Option<oneshot::Sender<Result<Vec<u64>, Failed>>>);
+
+/// Write one group and answer its waiters. After a conflict (another replica's change came
+/// first), the entries without store writes are written again on the new head; the others'
+/// requests are served again by their callers.
+fn write_group(writer: &mut impl Append, jobs: Vec<Job>, retry: usize) {
+    let sizes: Vec<usize> = jobs.iter().map(|j| j.0.len()).collect();
+    let relaxed: Vec<Option<Vec<Entry>>> =
+        jobs.iter().map(|j| j.0.iter().all(|e| e.batch.is_empty()).then(|| j.0.clone())).collect();
+    let (entries, waiters): (Vec<Vec<Entry>>, Vec<Option<oneshot::Sender<_>>>) = jobs.into_iter().unzip();
+    match writer.append(entries.into_iter().flatten().collect()) {
+        Ok(seqs) => {
+            let mut it = seqs.into_iter();
+            for (w, n) in waiters.into_iter().zip(sizes) {
+                let mine: Vec<u64> = it.by_ref().take(n).collect();
+                if let Some(w) = w {
+                    let _ = w.send(Ok(mine));
+                }
+            }
+        }
+        Err(AuditError::Conflict) if retry < 5 => {
+            let mut again = Vec::new();
+            for (w, copy) in waiters.into_iter().zip(relaxed) {
+                match copy {
+                    Some(entries) => again.push((entries, w)),
+                    None => {
+                        if let Some(w) = w {
+                            let _ = w.send(Err(Failed::Conflict));
+                        }
+                    }
+                }
+            }
+            if !again.is_empty() {
+                write_group(writer, again, retry + 1);
+            }
+        }
+        Err(e) => {
+            tracing::error!("audit write failed: {e}");
+            for w in waiters.into_iter().flatten() {
+                let _ = w.send(Err(match e {
+                    AuditError::Conflict => Failed::Conflict,
+                    _ => Failed::Other(e.to_string()),
+                }));
+            }
+        }
+    }
+}
 
 /// How long relaxed records (reads, refusals) may wait to share an fsync.
 const RELAXED_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
@@ -19,8 +71,9 @@ pub struct Journal {
 
 impl Journal {
     /// Run `writer` on its own thread.
-    pub fn start(mut writer: Writer) -> Self {
+    pub fn start(mut writer: impl Append) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let max_group = writer.max_group();
         let spawned = std::thread::Builder::new().name("tillit-audit".into()).spawn(move || {
             while let Some(first) = rx.blocking_recv() {
                 let mut urgent = first.1.is_some();
@@ -28,7 +81,7 @@ impl Journal {
                 let mut count = jobs[0].0.len();
                 // Relaxed records wait a little to share an fsync, unless someone is waiting.
                 let deadline = std::time::Instant::now() + RELAXED_WAIT;
-                while count < MAX_GROUP {
+                while count < max_group {
                     match rx.try_recv() {
                         Ok(j) => {
                             urgent |= j.1.is_some();
@@ -41,25 +94,7 @@ impl Journal {
                         Err(_) => break,
                     }
                 }
-                let sizes: Vec<usize> = jobs.iter().map(|j| j.0.len()).collect();
-                let (entries, waiters): (Vec<Vec<Entry>>, Vec<Option<oneshot::Sender<_>>>) = jobs.into_iter().unzip();
-                match writer.append(entries.into_iter().flatten().collect()) {
-                    Ok(seqs) => {
-                        let mut it = seqs.into_iter();
-                        for (w, n) in waiters.into_iter().zip(sizes) {
-                            let mine: Vec<u64> = it.by_ref().take(n).collect();
-                            if let Some(w) = w {
-                                let _ = w.send(Ok(mine));
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!("audit write failed: {e}");
-                        for w in waiters.into_iter().flatten() {
-                            let _ = w.send(Err(e.to_string()));
-                        }
-                    }
-                }
+                write_group(&mut writer, jobs, 0);
             }
         });
         if let Err(e) = spawned {
@@ -69,12 +104,14 @@ impl Journal {
     }
 
     /// Write `entries` and their store writes; returns once they are durable.
+    /// [`AuditError::Conflict`]: another replica changed the estate first; compute the change again.
     pub async fn commit(&self, entries: Vec<Entry>) -> Result<Vec<u64>, AuditError> {
         let (tx, rx) = oneshot::channel();
         self.tx.send((entries, Some(tx))).map_err(|_| AuditError::Stopped)?;
         match rx.await {
             Ok(Ok(s)) => Ok(s),
-            Ok(Err(e)) => Err(AuditError::Io { path: AUDIT_FILE.into(), source: std::io::Error::other(e) }),
+            Ok(Err(Failed::Conflict)) => Err(AuditError::Conflict),
+            Ok(Err(Failed::Other(e))) => Err(AuditError::Io { path: AUDIT_FILE.into(), source: std::io::Error::other(e) }),
             Err(_) => Err(AuditError::Stopped),
         }
     }

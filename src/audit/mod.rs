@@ -25,10 +25,38 @@ use serde::{Deserialize, Serialize};
 
 mod journal;
 mod read;
+mod stream;
 mod writer;
 pub use journal::Journal;
 pub use read::{tail, verify, ChainError, Verified};
+pub use stream::{stream_config, StreamCheckpoint, StreamWriter, APPLY_GRACE, CHECKPOINT_KEY as STREAM_CHECKPOINT_KEY};
 pub use writer::Writer;
+
+/// Where the journal's records go: a local file ([`Writer`]) or a JetStream stream
+/// ([`StreamWriter`]).
+pub trait Append: Send + 'static {
+    /// Append `entries` and apply their store writes, all or nothing.
+    fn append(&mut self, entries: Vec<Entry>) -> Result<Vec<u64>, AuditError>;
+    /// Most entries in one append.
+    fn max_group(&self) -> usize {
+        MAX_GROUP
+    }
+}
+
+impl Append for Writer {
+    fn append(&mut self, entries: Vec<Entry>) -> Result<Vec<u64>, AuditError> {
+        Writer::append(self, entries)
+    }
+}
+
+impl Append for StreamWriter {
+    fn append(&mut self, entries: Vec<Entry>) -> Result<Vec<u64>, AuditError> {
+        StreamWriter::append(self, entries)
+    }
+    fn max_group(&self) -> usize {
+        256
+    }
+}
 
 /// File names of the log and of its head anchor inside `DATA/audit` (their home is [`crate::layout`]).
 pub use crate::layout::{AUDIT_FILE, AUDIT_HEAD_FILE as HEAD_FILE};
@@ -51,6 +79,9 @@ pub enum AuditError {
     Broken,
     #[error("audit journal stopped")]
     Stopped,
+    /// Another replica changed the store first: the change must be computed again.
+    #[error("another replica changed the estate at the same time; try again")]
+    Conflict,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -115,7 +146,7 @@ fn line_mac(key: &MacKey, line: &[u8]) -> Option<bool> {
 }
 
 /// A record to write, with the store writes it stands for.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Entry {
     pub actor: String,
     pub action: String,

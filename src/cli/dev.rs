@@ -43,6 +43,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 leaf_port: None,
                 http_public_url: None,
                 metrics_addr: None,
+                store: "sled".into(),
+                store_replicas: 1,
                 force: false,
             },
             Arc::new(SystemClock),

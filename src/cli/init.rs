@@ -33,6 +33,14 @@ pub struct Args {
     /// Add a leafnode listener (TLS) on this port for site servers (`tillit site add`).
     #[arg(long, env = "TILLIT_LEAF_PORT")]
     pub leaf_port: Option<u16>,
+    /// Where the records live: `sled` (embedded; one `tillit serve`) or `jetstream` (a KV bucket
+    /// and a journal stream on the hub's NATS; `tillit serve` may run several times). With
+    /// `jetstream` the estate is made here and copied into the bucket at the first `serve`.
+    #[arg(long, env = "TILLIT_STORE", default_value = "sled", value_parser = ["sled", "jetstream"])]
+    pub store: String,
+    /// Replication of the JetStream bucket and journal (1 on one server, 3 on a cluster).
+    #[arg(long, default_value_t = 1)]
+    pub store_replicas: usize,
     /// Replace an existing data dir (its keys and identities are lost).
     #[arg(long)]
     pub force: bool,
@@ -49,6 +57,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             metrics_addr: a.metrics_addr,
             monitor_addr: a.monitor_addr,
             leaf_port: a.leaf_port,
+            store: a.store,
+            store_replicas: a.store_replicas,
             force: a.force,
         },
         Arc::new(SystemClock),

@@ -30,7 +30,7 @@ pub enum CaState {
 }
 
 /// One CA (`meta/cas`); its key is sealed under `keys/<key_ref>`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CaRecord {
     pub fingerprint: String,
     pub cert_pem: String,
@@ -109,7 +109,7 @@ impl CaSet {
     }
 }
 
-const META_CAS: &str = "cas";
+pub(super) const META_CAS: &str = "cas";
 
 /// The short id of a CA in URLs (`/crl/<id>`): the first 16 hex digits of its fingerprint.
 pub fn ca_url_id(fingerprint: &str) -> String {

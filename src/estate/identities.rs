@@ -206,6 +206,34 @@ impl Estate {
         ))
     }
 
+    /// Credentials for a replica's connection to a JetStream store ([`crate::store::StoreAccess`]):
+    /// a TILLIT user allowed the bucket and the journal, valid for `ttl`, and a certificate
+    /// without an OCSP responder (the store must be reachable while no replica answers OCSP).
+    pub fn store_access(&self, bucket: &str, ttl: std::time::Duration) -> Result<crate::store::StoreAccess> {
+        let now = self.clock.now_unix();
+        let expires = now + ttl.as_secs() as i64;
+        let account = self.account(TILLIT_ACCOUNT)?;
+        let user = KeyPair::new_user();
+        let name = "tillit store access";
+        let inbox = crate::subjects::inbox_prefix(&user.public_key());
+        let perms = crate::store::access_permissions(bucket, crate::subjects::JOURNAL, &inbox);
+        let jwt = self.sign_user(&account, &user.public_key(), name, perms, expires)?;
+        let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "control-plane", "store"]);
+        let cert = self.ca().issue_client_without_revocation_urls(&spiffe, name, now, expires)?;
+        let mut b = Batch::new();
+        let rec = SerialRecord { user_public_key: user.public_key(), not_after: expires, what: Some("store-access".into()), ..Default::default() };
+        b.put_json(Space::Serials, &cert.serial, &rec)?;
+        self.store().commit(b)?;
+        Ok(crate::store::StoreAccess {
+            user_jwt: jwt,
+            user_seed: seed_of(&user, "store access user")?,
+            cert_pem: cert.cert_pem,
+            key_pem: cert.key_pem,
+            ca_pem: self.ca_bundle_pem(),
+            expires_at: expires,
+        })
+    }
+
     /// Issue the hub nats-server's certificate.
     pub fn issue_server_cert(&self) -> Result<x509::Issued> {
         let now = self.clock.now_unix();

@@ -96,12 +96,72 @@ impl From<EstateError> for crate::error::ApiError {
             EstateError::Name(n) => ApiError::bad_request(n.to_string()),
             EstateError::Invalid(m) => ApiError::bad_request(m),
             EstateError::Conflict(m) => ApiError::new(ErrorCode::Conflict, m),
+            // Another replica wrote the record first: the request is served again.
+            EstateError::Store(StoreError::Conflict(_)) => ApiError::new(ErrorCode::Unavailable, crate::server::RACED),
             other => ApiError::internal(other),
         }
     }
 }
 
 pub type Result<T, E = EstateError> = std::result::Result<T, E>;
+
+/// The marker a data dir keeps once its sled store was copied into a JetStream bucket: an empty
+/// bucket is then an accident (or an attack), never a reason to copy the old records again.
+const MIGRATED_MARKER: &str = "store.migrated";
+
+/// Open the store the config names. A JetStream bucket found empty on the first start of a
+/// data dir whose estate is in sled (`tillit init --store jetstream`) is filled from it first
+/// (copied, checked record by record; the sled store is left as it was).
+pub fn open_store(dir: &DataDir, config: &Config, master: &MasterKey) -> Result<Arc<dyn Store>> {
+    let not_init = || EstateError::NotInitialised { dir: dir.root().display().to_string() };
+    let crate::config::StoreBackend::JetStream { bucket, replicas, .. } = &config.store else {
+        if !dir.store().is_dir() {
+            return Err(not_init());
+        }
+        return Ok(Arc::new(SledStore::open(&dir.store())?));
+    };
+    let js = Arc::new(open_bucket(dir, config, master, bucket, *replicas)?);
+    if js.count(Space::Meta)? > 0 {
+        return Ok(js);
+    }
+    let marker = dir.root().join(MIGRATED_MARKER);
+    if marker.exists() {
+        return Err(EstateError::Store(StoreError::Backend(format!(
+            "the KV bucket {bucket} is empty, but this data dir's estate was copied into it before ({}): restore the bucket from a backup; the sled store here is older than the bucket was",
+            marker.display()
+        ))));
+    }
+    if !dir.store().is_dir() {
+        return Err(EstateError::Store(StoreError::Backend(format!(
+            "the KV bucket {bucket} is empty and {} holds no estate to copy into it: run `tillit init --store jetstream` (or `tillit store migrate`) on the first replica",
+            dir.root().display()
+        ))));
+    }
+    migrate_into(dir, js.as_ref(), bucket)?;
+    Ok(js)
+}
+
+/// Connect with the data dir's store access and open `bucket`.
+pub fn open_bucket(dir: &DataDir, config: &Config, master: &MasterKey, bucket: &str, replicas: usize) -> Result<crate::store::JetStreamStore> {
+    let access = crate::store::StoreAccess::read(dir, master)?;
+    let params = access.connect_params(config.urls(), "tillit-store").map_err(StoreError::Backend)?;
+    let connect: crate::store::Connect =
+        Box::new(move || Box::pin(async move { crate::client::connect(&params).await.map_err(|e| e.to_string()) }));
+    Ok(crate::store::JetStreamStore::open(connect, bucket, replicas)?)
+}
+
+/// Copy the data dir's sled store into the (empty) `target`, check it, and leave the marker.
+pub fn migrate_into(dir: &DataDir, target: &dyn Store, bucket: &str) -> Result<crate::store::Copied> {
+    let sled = SledStore::open(&dir.store())?;
+    tracing::info!(bucket, "copying the sled store into the JetStream bucket");
+    let copied = crate::store::copy_all(&sled, target, |space, n| tracing::info!(space = space.as_str(), records = n, "copied"))?;
+    crate::store::verify(&sled, target)?;
+    let note = format!("{{\"bucket\":\"{bucket}\",\"records\":{},\"at\":{}}}\n", copied.total(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
+    crate::fsutil::write_atomic(&dir.root().join(MIGRATED_MARKER), note.as_bytes(), crate::fsutil::PRIVATE)
+        .map_err(|e| StoreError::Backend(format!("cannot write the migration marker: {e}")))?;
+    tracing::info!(records = copied.total(), bucket, "sled store copied into JetStream and checked; the sled store is left as it was");
+    Ok(copied)
+}
 
 /// Estate-wide public facts (`meta/estate`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -326,10 +386,7 @@ impl Estate {
     pub fn open(dir: DataDir, clock: SharedClock) -> Result<Estate> {
         let config = Config::load(&dir.config_file())?;
         let master = MasterKey::load(dir.root())?;
-        if !dir.store().is_dir() {
-            return Err(EstateError::NotInitialised { dir: dir.root().display().to_string() });
-        }
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.store())?);
+        let store = open_store(&dir, &config, &master)?;
         Self::open_with(dir, config, store, master, clock)
     }
 
@@ -384,6 +441,31 @@ impl Estate {
 
     pub fn trust_domain(&self) -> &str {
         &self.meta.trust_domain
+    }
+
+    /// Re-read what this estate keeps in memory from the store (another replica changed it):
+    /// the CA set when its records changed, the envelope keys, and the cached nkeys.
+    pub fn reload_caches(&self) {
+        let stored: Option<Vec<ca::CaRecord>> = get_json(self.store(), Space::Meta, ca::META_CAS).ok().flatten();
+        let current = self.cas.read().map(|c| c.records.clone()).unwrap_or_default();
+        if stored.as_ref().is_some_and(|s| *s != current) {
+            match Self::load_cas(&self.vault, &self.meta, &self.config) {
+                Ok(set) => {
+                    if let Ok(mut c) = self.cas.write() {
+                        *c = set;
+                    }
+                }
+                Err(e) => tracing::error!("cannot reload the CA set another replica changed: {e}"),
+            }
+        }
+        if let Ok(Some(keys)) = get_json::<Vec<EnvelopeKey>>(self.store(), Space::Meta, "envelope_keys") {
+            if let Ok(mut k) = self.envelope_keys.write() {
+                *k = keys;
+            }
+        }
+        if let Ok(mut k) = self.keys.lock() {
+            k.clear();
+        }
     }
     pub fn clock(&self) -> &SharedClock {
         &self.clock

@@ -299,13 +299,43 @@ impl CertAuthority {
         now: i64,
         not_after: i64,
     ) -> Result<(String, String), X509Error> {
+        self.client_cert(public_key, spiffe_id, cn, now, not_after, true)
+    }
+
+    fn client_cert(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        spiffe_id: &str,
+        cn: &str,
+        now: i64,
+        not_after: i64,
+        revocable: bool,
+    ) -> Result<(String, String), X509Error> {
         let (mut p, serial) = leaf_params(cn, now, not_after)?;
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         p.subject_alt_names =
             vec![SanType::URI(spiffe_id.to_string().try_into().map_err(|_| X509Error::San(spiffe_id.into()))?)];
-        self.add_revocation_urls(&mut p);
+        if revocable {
+            self.add_revocation_urls(&mut p);
+        }
         let cert = p.signed_by(public_key, &self.issuer)?;
         Ok((cert.pem(), serial))
+    }
+
+    /// [`CertAuthority::issue_client_with_new_key`] without an OCSP responder or CRL in the
+    /// certificate: nats-server's `ocsp_peer` lets such a chain through without asking anyone.
+    /// Only for the control plane's store access, which must connect while no responder runs
+    /// (every replica down); its user JWT is what revokes it.
+    pub fn issue_client_without_revocation_urls(
+        &self,
+        spiffe_id: &str,
+        cn: &str,
+        now: i64,
+        not_after: i64,
+    ) -> Result<Issued, X509Error> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let (cert_pem, serial) = self.client_cert(&key, spiffe_id, cn, now, not_after, false)?;
+        Ok(Issued { cert_pem, key_pem: SecretString::new(key.serialize_pem()), serial, not_after })
     }
 
     /// Generate a P-256 key locally and a client certificate for it (identities whose owner is

@@ -61,12 +61,12 @@ pub(super) async fn ensure_role_pushed(ctx: &Ctx, sid: &ServiceId) -> Result<Rol
 /// durable consumer, ready before the token burns.
 pub(super) async fn agent_entry(ctx: &Ctx, site: &str, user_pub: &str) -> Result<RoleEntry, ApiError> {
     let e = &ctx.estate;
-    if e.site(site).map_err(ApiError::internal)?.is_none() {
+    if e.site(site).map_err(ApiError::from)?.is_none() {
         return Err(ApiError::forbidden(format!("site {site} is not registered (tillit site add)")));
     }
     let acct = {
         let _g = e.account_lock().lock().await;
-        let (acct, changed) = e.ensure_agent_role_locked().map_err(ApiError::internal)?;
+        let (acct, changed) = e.ensure_agent_role_locked().map_err(ApiError::from)?;
         if changed || !pushed_current(ctx, &acct) {
             push(ctx, &acct, "agent_role").await?;
         }
@@ -81,7 +81,7 @@ pub(super) async fn agent_entry(ctx: &Ctx, site: &str, user_pub: &str) -> Result
     let role = RoleRecord {
         account: acct.name.clone(),
         service: sid,
-        key: e.agent_role().map_err(ApiError::internal)?.map(|r| r.key).unwrap_or_default(),
+        key: e.agent_role().map_err(ApiError::from)?.map(|r| r.key).unwrap_or_default(),
         permissions: crate::estate::sites::agent_permissions(),
         created_at: 0,
         updated_at: 0,
@@ -100,7 +100,7 @@ pub(super) struct Revocations {
 
 /// Load the live revocations from the token records and push them (serve start).
 pub(super) async fn start_revocations(ctx: &Ctx) -> Result<Revocations, ApiError> {
-    let live = ctx.estate.live_bootstrap_revocations().map_err(ApiError::internal)?;
+    let live = ctx.estate.live_bootstrap_revocations().map_err(ApiError::from)?;
     let mut r = Revocations { live, last_iat: 0 };
     push_revocations(ctx, &mut r, "reconcile").await?;
     Ok(r)
@@ -110,7 +110,7 @@ async fn push_revocations(ctx: &Ctx, r: &mut Revocations, why: &str) -> Result<(
     let now = ctx.estate.clock().now_unix();
     r.live.retain(|_, (_, exp)| *exp > now);
     let _g = ctx.estate.account_lock().lock().await;
-    let acct = ctx.estate.sign_bootstrap(&r.live, r.last_iat).map_err(ApiError::internal)?;
+    let acct = ctx.estate.sign_bootstrap(&r.live, r.last_iat).map_err(ApiError::from)?;
     r.last_iat = acct.iat;
     push(ctx, &acct, why).await
 }
@@ -137,7 +137,14 @@ fn next_push(first_at: tokio::time::Instant, last_push: Option<tokio::time::Inst
 
 /// Revoke burned tokens' bootstrap users, gathering those that arrive before the next allowed
 /// push into one BOOTSTRAP account update.
+///
+/// With several replicas only the leader pushes: the used tokens are in the shared store, so it
+/// checks every second whether their live set differs from what it pushed last, whichever
+/// replica enrolled them.
 pub(super) async fn run_revoker(ctx: std::sync::Arc<Ctx>, mut r: Revocations, mut rx: mpsc::UnboundedReceiver<(String, i64)>) {
+    if ctx.leader.replicated() {
+        return run_replicated_revoker(ctx, r, rx).await;
+    }
     let mut last_push = None;
     while let Some(first) = rx.recv().await {
         tokio::time::sleep_until(next_push(tokio::time::Instant::now(), last_push)).await;
@@ -152,6 +159,41 @@ pub(super) async fn run_revoker(ctx: std::sync::Arc<Ctx>, mut r: Revocations, mu
         match push_revocations(&ctx, &mut r, "bootstrap_revocation").await {
             Ok(()) => tracing::debug!(count = n, live = r.live.len(), "bootstrap users revoked"),
             Err(e) => tracing::error!("cannot revoke bootstrap users: {}", e.message),
+        }
+    }
+}
+
+async fn run_replicated_revoker(ctx: std::sync::Arc<Ctx>, mut r: Revocations, mut rx: mpsc::UnboundedReceiver<(String, i64)>) {
+    let mut tick = tokio::time::interval(REVOKE_SOON.max(Duration::from_millis(500)));
+    let mut last_push: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            m = rx.recv() => if m.is_none() { return },
+            _ = tick.tick() => {}
+        }
+        while rx.try_recv().is_ok() {}
+        if !ctx.leader.is_leader() {
+            r.live.clear();
+            continue;
+        }
+        let Ok(stored) = ctx.estate.live_bootstrap_revocations() else { continue };
+        if stored.keys().eq(r.live.keys()) {
+            continue;
+        }
+        if last_push.is_some_and(|p| p.elapsed() < REVOKE_SPACING) && stored.len() > r.live.len() && !r.live.is_empty() {
+            continue;
+        }
+        if !ctx.leader.fenced(ctx.estate.store()) {
+            continue;
+        }
+        r.live = stored;
+        last_push = Some(tokio::time::Instant::now());
+        match push_revocations(&ctx, &mut r, "bootstrap_revocation").await {
+            Ok(()) => tracing::debug!(live = r.live.len(), "bootstrap users revoked"),
+            Err(e) => {
+                r.live.clear();
+                tracing::error!("cannot revoke bootstrap users: {}", e.message)
+            }
         }
     }
 }

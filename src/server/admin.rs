@@ -70,7 +70,7 @@ async fn change(ctx: &Arc<Ctx>, actor: &str, req: GrantRequest, how: Change) -> 
         .detail(serde_json::json!({ "pub": req.publish, "sub": req.subscribe, "account_iat": signed.iat }))
         .batch(b);
     // Recorded first, then live (the reconciler completes a push that fails here).
-    ctx.journal.record(entry).await.map_err(ApiError::internal)?;
+    ctx.journal.record(entry).await.map_err(super::journal_error)?;
     if let Ok(mut m) = ctx.cache.roles.write() {
         m.insert(sid.clone(), RoleEntry::new((signed.clone(), next.clone())));
     }
@@ -154,13 +154,13 @@ pub(super) async fn retire_role_key(ctx: &Ctx, sid: &ServiceId, old_key: &str, a
 async fn settle_role(ctx: &Ctx, sid: &ServiceId, grace_over: bool, why: serde_json::Value) -> Result<(), ApiError> {
     let e = &ctx.estate;
     let _g = e.account_lock().lock().await;
-    let Some(role) = e.role(sid).map_err(ApiError::internal)? else { return Ok(()) };
+    let Some(role) = e.role(sid).map_err(ApiError::from)? else { return Ok(()) };
     let now = e.clock().now_unix();
     // Who may still hold a JWT signed by a former key: live identities of the service whose
     // current JWT it signed (or, for records from before keys were tracked, any live one).
     let live: Vec<(Option<String>, Option<String>)> = e
         .identities_of(sid)
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)?
         .into_iter()
         .filter(|i| i.state == IdentityState::Active && i.expires_at > now)
         .map(|i| (i.role_key, i.prev_role_key))
@@ -168,13 +168,13 @@ async fn settle_role(ctx: &Ctx, sid: &ServiceId, grace_over: bool, why: serde_js
     let held = |k: &str| live.iter().any(|(cur, prev)| cur.as_deref().is_none_or(|r| r == k) || prev.as_deref() == Some(k));
     let Some(next) = e.role_settled(&role, now, grace_over, held) else { return Ok(()) };
     let removed: Vec<String> = role.previous.iter().filter(|p| !next.previous.iter().any(|n| n.key == p.key)).map(|p| p.key.clone()).collect();
-    let acct = e.account(&role.account).map_err(ApiError::internal)?;
+    let acct = e.account(&role.account).map_err(ApiError::from)?;
     let signed = e.preview_role_change(&acct, &next).map_err(ApiError::from)?;
-    let b = e.role_batch(&next, &signed, &removed).map_err(ApiError::internal)?;
+    let b = e.role_batch(&next, &signed, &removed).map_err(ApiError::from)?;
     ctx.journal
         .record(Entry::ok("tillit", "retire_key", &sid.to_string()).detail(serde_json::json!({ "why": why, "removed": removed })).batch(b))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(super::journal_error)?;
     if let Ok(mut m) = ctx.cache.roles.write() {
         m.insert(sid.clone(), RoleEntry::new((signed.clone(), next)));
     }
@@ -206,7 +206,7 @@ async fn grants(ctx: &Ctx, req: ServiceRequest) -> Result<GrantsReply, ApiError>
     let role = ctx
         .estate
         .role(&req.service)
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("{} has no permissions yet (never enrolled or granted)", req.service)))?;
     Ok(grants_reply(&role))
 }
@@ -223,7 +223,7 @@ async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> Resul
     let targets: Vec<IdentityRecord> = match admin {
         // An admin identity (`tillit admin revoke NAME`): never the last live one.
         Some(name) => {
-            let all = e.identities().map_err(ApiError::internal)?;
+            let all = e.identities().map_err(ApiError::from)?;
             let live = |i: &&IdentityRecord| i.kind == IdentityKind::Admin && i.state == IdentityState::Active && i.expires_at > now;
             let targets: Vec<IdentityRecord> = all.iter().filter(live).filter(|i| i.name == name).cloned().collect();
             let others = all.iter().filter(live).filter(|i| i.name != name).count();
@@ -234,17 +234,17 @@ async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> Resul
             }
             targets
         }
-        None => e.identities_of(sid).map_err(ApiError::internal)?.into_iter().filter(|i| i.state == IdentityState::Active).collect(),
+        None => e.identities_of(sid).map_err(ApiError::from)?.into_iter().filter(|i| i.state == IdentityState::Active).collect(),
     };
     if targets.is_empty() {
         return Err(ApiError::new(ErrorCode::NotFound, format!("{sid} has no active identity to revoke")));
     }
     // The service's account (TILLIT for a site's agents).
-    let acct = e.account(&targets[0].account).map_err(ApiError::internal)?;
+    let acct = e.account(&targets[0].account).map_err(ApiError::from)?;
     let users: Vec<String> = targets.iter().map(|t| t.user_public_key.clone()).collect();
     let until = targets.iter().map(|t| t.expires_at).max().unwrap_or(now);
     let signed = e.preview_revocation(&acct, &users, until).map_err(ApiError::from)?;
-    let (b, records) = e.revocation_batch(&targets, &signed, now).map_err(ApiError::internal)?;
+    let (b, records) = e.revocation_batch(&targets, &signed, now).map_err(ApiError::from)?;
     let revoked: Vec<RevokedIdentity> =
         records.iter().map(|r| RevokedIdentity { user_public_key: r.user_public_key.clone(), cert_serial: r.cert_serial.clone() }).collect();
     let entry = Entry::ok(&caller.id, "revoke", &sid.to_string())
@@ -253,7 +253,7 @@ async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> Resul
         .batch(b);
     // Recorded first (the record is the change; OCSP and the CRL answer from it at once), then
     // live: if nats-server cannot take it now, the reconciler pushes it until it does.
-    ctx.journal.record(entry).await.map_err(ApiError::internal)?;
+    ctx.journal.record(entry).await.map_err(super::journal_error)?;
     if let Ok(mut m) = ctx.cache.roles.write() {
         if let Some(entry) = m.get(sid).cloned() {
             m.insert(sid.clone(), Arc::new((signed.clone(), entry.1.clone())));
@@ -294,7 +294,7 @@ async fn list(ctx: &Ctx, _req: ListRequest) -> Result<ListReply, ApiError> {
     let mut identities: Vec<IdentityEntry> = ctx
         .estate
         .identities()
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)?
         .into_iter()
         .map(|r| IdentityEntry {
             id: r.id.clone(),
@@ -321,7 +321,7 @@ async fn token_create(ctx: &Ctx, caller: &IdentityRecord, req: TokenCreateReques
         return Err(ApiError::bad_request(format!("count must be between 1 and {MAX_TOKENS_PER_REQUEST}")));
     }
     match crate::names::agent_site(&req.identity) {
-        Some(site) if ctx.estate.site(site).map_err(ApiError::internal)?.is_none() => {
+        Some(site) if ctx.estate.site(site).map_err(ApiError::from)?.is_none() => {
             return Err(ApiError::new(ErrorCode::NotFound, format!("no site {site}; add it first with `tillit site add`")));
         }
         Some(_) => {}
@@ -341,13 +341,13 @@ async fn token_create(ctx: &Ctx, caller: &IdentityRecord, req: TokenCreateReques
     let (tokens, batch) = tokio::task::spawn_blocking(move || estate.create_tokens(&sid, req.ttl_secs, req.count, &by))
         .await
         .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::from)?;
     let expires = tokens.first().map(|t| t.expires_at).unwrap_or_default();
     let ids: Vec<&str> = tokens.iter().map(|t| t.id.as_str()).collect();
     let entry = Entry::ok(&caller.id, "token.create", &req.identity.to_string())
         .detail(serde_json::json!({ "count": req.count, "expires_at": expires, "token_ids": ids }))
         .batch(batch);
-    ctx.journal.record(entry).await.map_err(ApiError::internal)?;
+    ctx.journal.record(entry).await.map_err(super::journal_error)?;
     tracing::info!(identity = %req.identity, count = req.count, by = %caller.id, "join tokens created");
     Ok(TokenCreateReply {
         tokens: tokens.iter().map(|t| t.encode().expose().to_string()).collect(),

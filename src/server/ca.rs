@@ -57,9 +57,9 @@ pub(super) fn ca_infos(e: &Estate) -> Vec<CaInfo> {
 /// Sites whose agents have not all applied stream sequence `seq` (a site without agents has not).
 async fn sites_pending(ctx: &Ctx, seq: u64) -> Result<Vec<String>, ApiError> {
     let e = &ctx.estate;
-    let statuses = e.agent_statuses().map_err(ApiError::internal)?;
+    let statuses = e.agent_statuses().map_err(ApiError::from)?;
     let mut pending = Vec::new();
-    for s in e.sites().map_err(ApiError::internal)? {
+    for s in e.sites().map_err(ApiError::from)? {
         let agents: Vec<_> = statuses.iter().filter(|a| a.site == s.name).collect();
         if agents.is_empty() || agents.iter().any(|a| a.last_seq < seq) {
             pending.push(s.name);
@@ -69,7 +69,7 @@ async fn sites_pending(ctx: &Ctx, seq: u64) -> Result<Vec<String>, ApiError> {
 }
 
 pub(super) async fn rollout_info(ctx: &Ctx) -> Result<Option<CaRollout>, ApiError> {
-    let Some(r) = ctx.estate.ca_rollout().map_err(ApiError::internal)? else { return Ok(None) };
+    let Some(r) = ctx.estate.ca_rollout().map_err(ApiError::from)? else { return Ok(None) };
     Ok(Some(CaRollout { next: r.next.clone(), event_seq: r.event_seq, started_at: rfc3339(r.started_at), sites_pending: sites_pending(ctx, r.event_seq).await? }))
 }
 
@@ -119,11 +119,11 @@ async fn rotate(ctx: &Ctx, caller: &IdentityRecord) -> Result<RotateCaReply, Api
     update_hub(ctx, None).await.map_err(|m| ApiError::new(ErrorCode::Unavailable, format!("{m}; the new CA is in the bundle, retry `tillit rotate ca`")))?;
     let seq = announce(ctx, None, CaEventPhase::Added).await?;
     let rec = RolloutRecord { next: next.fingerprint.clone(), event_seq: seq, started_at: e.clock().now_unix() };
-    e.set_ca_rollout(Some(&rec)).map_err(ApiError::internal)?;
+    e.set_ca_rollout(Some(&rec)).map_err(ApiError::from)?;
     ctx.journal
         .record(Entry::ok(&caller.id, "rotate.ca", &next.fingerprint).detail(serde_json::json!({ "phase": "added", "event_seq": seq })))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(super::journal_error)?;
     tracing::info!(next = %next.fingerprint, event_seq = seq, "CA rotation started: new CA in the bundle, waiting for sites");
     let switched = advance(ctx).await?;
     Ok(RotateCaReply {
@@ -136,13 +136,13 @@ async fn rotate(ctx: &Ctx, caller: &IdentityRecord) -> Result<RotateCaReply, Api
 /// Switch issuance when every site applied the bundle; true if it switched.
 async fn advance(ctx: &Ctx) -> Result<bool, ApiError> {
     let e = &ctx.estate;
-    let Some(r) = e.ca_rollout().map_err(ApiError::internal)? else { return Ok(false) };
+    let Some(r) = e.ca_rollout().map_err(ApiError::from)? else { return Ok(false) };
     if !sites_pending(ctx, r.event_seq).await?.is_empty() {
         return Ok(false);
     }
-    let retire_at = e.last_issued_expiry().map_err(ApiError::internal)?;
-    let cur = e.switch_ca(retire_at).map_err(ApiError::internal)?;
-    e.set_ca_rollout(None).map_err(ApiError::internal)?;
+    let retire_at = e.last_issued_expiry().map_err(ApiError::from)?;
+    let cur = e.switch_ca(retire_at).map_err(ApiError::from)?;
+    e.set_ca_rollout(None).map_err(ApiError::from)?;
     // The hub already trusts both CAs (step 1); the set did not change, so no reload.
     let seq = announce(ctx, None, CaEventPhase::Switched).await?;
     ctx.journal.record_relaxed(Entry::ok("tillit", "rotate.ca", &cur.fingerprint).detail(serde_json::json!({
@@ -167,12 +167,12 @@ async fn retire(ctx: &Ctx) -> Result<(), ApiError> {
     }
     let current = e.ca_fingerprint();
     let waiting: Vec<String> =
-        e.sites().map_err(ApiError::internal)?.into_iter().filter(|s| s.cert_ca.as_deref() != Some(current.as_str())).map(|s| s.name).collect();
+        e.sites().map_err(ApiError::from)?.into_iter().filter(|s| s.cert_ca.as_deref() != Some(current.as_str())).map(|s| s.name).collect();
     if !waiting.is_empty() {
-        let asked: Option<String> = e.meta_flag(META_REISSUE).map_err(ApiError::internal)?;
+        let asked: Option<String> = e.meta_flag(META_REISSUE).map_err(ApiError::from)?;
         if asked.as_deref() != Some(current.as_str()) {
             let seq = announce(ctx, None, CaEventPhase::Reissue).await?;
-            e.set_meta_flag(META_REISSUE, &current).map_err(ApiError::internal)?;
+            e.set_meta_flag(META_REISSUE, &current).map_err(ApiError::from)?;
             ctx.journal.record_relaxed(Entry::ok("tillit", "rotate.ca", &current).detail(serde_json::json!({
                 "phase": "reissue", "event_seq": seq, "sites": waiting,
             })));
@@ -180,8 +180,8 @@ async fn retire(ctx: &Ctx) -> Result<(), ApiError> {
         }
         return Ok(());
     }
-    let hub = e.issue_server_cert().map_err(ApiError::internal)?;
-    let gone = e.retire_cas().map_err(ApiError::internal)?;
+    let hub = e.issue_server_cert().map_err(ApiError::from)?;
+    let gone = e.retire_cas().map_err(ApiError::from)?;
     if let Err(m) = update_hub(ctx, Some((&hub.cert_pem, hub.key_pem.expose()))).await {
         tracing::error!("{m}");
     }
@@ -197,20 +197,20 @@ async fn retire(ctx: &Ctx) -> Result<(), ApiError> {
 async fn finish(ctx: &Ctx, caller: &IdentityRecord) -> Result<RotateCaReply, ApiError> {
     let e = &ctx.estate;
     let _g = ctx.ca_lock.lock().await;
-    if e.ca_rollout().map_err(ApiError::internal)?.is_some() {
+    if e.ca_rollout().map_err(ApiError::from)?.is_some() {
         return Err(ApiError::new(
             ErrorCode::Conflict,
             "the new CA is still being distributed to sites (see `tillit status`); finish after issuance switched",
         ));
     }
-    let moved = e.finish_ca_rotation().map_err(ApiError::internal)?;
+    let moved = e.finish_ca_rotation().map_err(ApiError::from)?;
     if moved.is_empty() && !e.ca_records().iter().any(|r| r.state == CaState::Previous) {
         return Err(ApiError::new(ErrorCode::Conflict, "no CA rotation to finish: there is no previous CA"));
     }
     ctx.journal
         .record(Entry::ok(&caller.id, "rotate.ca", "finish").detail(serde_json::json!({ "phase": "finish", "previous": moved })))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(super::journal_error)?;
     tracing::warn!(previous = ?moved, "CA rotation finished early by an admin: the previous CA retires as soon as the servers' certificates moved");
     // The control plane's own connections move to the current CA now; the next tick (a second
     // away) asks the sites and, once they moved, drops the old CA.
@@ -238,7 +238,7 @@ async fn rotate_signing_key(ctx: &Ctx, caller: &IdentityRecord, req: crate::prot
     }
     let e = &ctx.estate;
     let _g = e.account_lock().lock().await;
-    let next = e.add_next_envelope_key().map_err(ApiError::internal)?;
+    let next = e.add_next_envelope_key().map_err(ApiError::from)?;
     let jwks: serde_json::Value = serde_json::from_str(&e.trust_jwks()).map_err(ApiError::internal)?;
     let now = e.clock().now_unix();
     let data = serde_json::json!({ "trust_jwks": jwks, "next": next.kid });
@@ -249,9 +249,9 @@ async fn rotate_signing_key(ctx: &Ctx, caller: &IdentityRecord, req: crate::prot
     ctx.journal
         .record(Entry::ok(&caller.id, "rotate.signing-key", &next.kid).detail(serde_json::json!({ "retire_after_secs": req.retire_after_secs })))
         .await
-        .map_err(ApiError::internal)?;
-    let (current, previous, retire_at) = e.switch_envelope_key(req.retire_after_secs).map_err(ApiError::internal)?;
-    ctx.events.set_signer(e.envelope_signer().map_err(ApiError::internal)?);
+        .map_err(super::journal_error)?;
+    let (current, previous, retire_at) = e.switch_envelope_key(req.retire_after_secs).map_err(ApiError::from)?;
+    ctx.events.set_signer(e.envelope_signer().map_err(ApiError::from)?);
     tracing::info!(current = %current, previous = %previous, "envelope signing key rotated");
     Ok(crate::proto::RotateSigningKeyReply {
         current,

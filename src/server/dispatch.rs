@@ -124,7 +124,7 @@ pub(crate) async fn dispatch(ctx: &Arc<Ctx>, route: &Route, msg: &async_nats::Me
             return Err(ApiError::unauthenticated("enrollment must come from a join token's bootstrap connection"));
         }
         check_replay()?;
-        return match (route.run)(ctx, &mut call, &claims.body).await {
+        return match run_raced(ctx, route, &mut call, &claims.body).await {
             Ok(v) => Ok((v, call.after)),
             Err(e) => {
                 audit_refusal(ctx, &format!("nkey:{}", claims.iss), spec, &e);
@@ -135,7 +135,7 @@ pub(crate) async fn dispatch(ctx: &Arc<Ctx>, route: &Route, msg: &async_nats::Me
     let caller = ctx
         .estate
         .identity(&claims.iss)
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::unauthenticated("the signing key belongs to no identity of this control plane"))?;
     check_replay()?;
     if let Err(e) = crate::policy::check_caller(caller.facts(), spec, now).and_then(|_| origin::check_request_origin(ctx, &caller, call.info.as_ref())) {
@@ -143,8 +143,29 @@ pub(crate) async fn dispatch(ctx: &Arc<Ctx>, route: &Route, msg: &async_nats::Me
         return Err(e);
     }
     call.caller = Some(caller);
-    let value = (route.run)(ctx, &mut call, &claims.body).await?;
+    let value = run_raced(ctx, route, &mut call, &claims.body).await?;
     Ok((value, call.after))
+}
+
+/// How often a request whose change raced another replica's is served again.
+const RACE_RETRIES: u32 = 8;
+
+/// Serve the verb; when another replica changed the estate first ([`super::RACED`]), serve it
+/// again from the fresh state, a few times, after a short random pause.
+async fn run_raced(ctx: &Arc<Ctx>, route: &Route, call: &mut Call, body: &RawValue) -> Result<Box<RawValue>, ApiError> {
+    let mut attempt = 0;
+    loop {
+        call.after = None;
+        match (route.run)(ctx, call, body).await {
+            Err(e) if e.code == ErrorCode::Unavailable && e.message == super::RACED && attempt < RACE_RETRIES => {
+                attempt += 1;
+                ctx.metrics.raced.inc();
+                let pause = 1 + (uuid::Uuid::new_v4().as_u128() % (5 * attempt as u128)) as u64;
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            }
+            r => return r,
+        }
+    }
 }
 
 /// The verb of a subject, as the audit log names it: `status`, `token.create`, `enroll`, `renew`.

@@ -92,7 +92,7 @@ async fn enroll(
     if req.token_id.len() > 64 || req.token_secret.len() > 128 {
         return Err(ApiError::new(ErrorCode::TokenInvalid, "join token is not valid (unknown, forged or tampered with)"));
     }
-    let Some(tok) = e.token(&req.token_id).map_err(ApiError::internal)? else {
+    let Some(tok) = e.token(&req.token_id).map_err(ApiError::from)? else {
         return Err(refusal(TokenRefusal::Invalid, &req.identity));
     };
     check_token(
@@ -112,7 +112,7 @@ async fn enroll(
     }
     check_xkey(&req.xkey)?;
     let csr_key = x509::parse_csr(&req.csr, user_pub).map_err(csr_error)?;
-    if e.identity(user_pub).map_err(ApiError::internal)?.is_some() {
+    if e.identity(user_pub).map_err(ApiError::from)?.is_some() {
         return Err(ApiError::new(ErrorCode::Conflict, "this nkey is already enrolled; generate a new one"));
     }
 
@@ -122,7 +122,7 @@ async fn enroll(
     let admin = crate::names::admin_name(&sid).map(str::to_string);
     let (acct, role) = match (&site, &admin) {
         (Some(site), _) => (agent_entry(ctx, site, user_pub).await?.0.clone(), None),
-        (None, Some(_)) => (e.account(TILLIT_ACCOUNT).map_err(ApiError::internal)?, None),
+        (None, Some(_)) => (e.account(TILLIT_ACCOUNT).map_err(ApiError::from)?, None),
         (None, None) => {
             let entry = ensure_role_pushed(ctx, &sid).await?;
             (entry.0.clone(), Some(entry.1.clone()))
@@ -131,17 +131,17 @@ async fn enroll(
     let acct = &acct;
     let admin_id = admin.as_ref().map(|n| crate::names::spiffe_id(e.trust_domain(), &["tillit", "admin", n]));
     let issue = match (&site, &admin, &role) {
-        (Some(site), _, _) => e.issue_agent(site, user_pub, &csr_key).map_err(ApiError::internal)?,
+        (Some(site), _, _) => e.issue_agent(site, user_pub, &csr_key).map_err(ApiError::from)?,
         (None, Some(name), _) => {
             let draft = IdentityRecord::admin(admin_id.as_deref().unwrap_or_default(), name, user_pub, "", 0, 0);
-            e.reissue_admin(&draft, &csr_key).map_err(ApiError::internal)?
+            e.reissue_admin(&draft, &csr_key).map_err(ApiError::from)?
         }
-        (None, None, Some(role)) => e.issue_service(acct, role, user_pub, &csr_key).map_err(ApiError::internal)?,
+        (None, None, Some(role)) => e.issue_service(acct, role, user_pub, &csr_key).map_err(ApiError::from)?,
         (None, None, None) => return Err(ApiError::internal("no role for a service")),
     };
     // One enrollment per token: concurrent uses race here; the loser sees token_used.
     let _burning = Burning::claim(ctx, &tok.id).ok_or_else(|| refusal(TokenRefusal::Used, &sid))?;
-    if e.token(&tok.id).map_err(ApiError::internal)?.map(|t| t.state) != Some(crate::estate::TokenState::Unused) {
+    if e.token(&tok.id).map_err(ApiError::from)?.map(|t| t.state) != Some(crate::estate::TokenState::Unused) {
         return Err(refusal(TokenRefusal::Used, &sid));
     }
     let rec = IdentityRecord {
@@ -179,12 +179,12 @@ async fn enroll(
         consumer: rec.name.clone(),
         ..Default::default()
     });
-    let b = e.enrollment_batch(&rec, &tok, agent.as_ref()).map_err(ApiError::internal)?;
+    let b = e.enrollment_batch(&rec, &tok, agent.as_ref()).map_err(ApiError::from)?;
     // The token burn and the identity become durable together, with their audit record.
     let entry = Entry::ok(&rec.id, "enroll", &rec.id)
         .detail(serde_json::json!({ "user": user_pub, "serial": issue.serial, "token_id": tok.id, "expires_at": issue.expires_at }))
         .batch(b);
-    ctx.journal.record(entry).await.map_err(ApiError::internal)?;
+    ctx.journal.record(entry).await.map_err(super::journal_error)?;
     ctx.metrics.identities.inc();
     ctx.metrics.issued("enroll");
     tracing::info!(identity = %rec.id, user = user_pub, serial = %issue.serial, "enrolled");
@@ -196,25 +196,25 @@ async fn enroll(
 async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: RenewRequest) -> Result<IssuedReply, ApiError> {
     let e = &ctx.estate;
     let csr_key = x509::parse_csr(&req.csr, &caller.user_public_key).map_err(csr_error)?;
-    let acct = e.account(&caller.account).map_err(ApiError::internal)?;
+    let acct = e.account(&caller.account).map_err(ApiError::from)?;
     let mut role_key = None;
     let (jwt, cert_pem, serial, issued, expires) = match (caller.kind, &caller.service) {
         (IdentityKind::Service, Some(sid)) => {
             let entry = ensure_role_pushed(ctx, sid).await?;
-            let i = e.issue_service(&entry.0, &entry.1, &caller.user_public_key, &csr_key).map_err(ApiError::internal)?;
+            let i = e.issue_service(&entry.0, &entry.1, &caller.user_public_key, &csr_key).map_err(ApiError::from)?;
             role_key = Some(entry.1.key.clone());
             (i.user_jwt, i.cert_pem, i.serial, i.issued_at, i.expires_at)
         }
         (IdentityKind::Admin, _) => {
-            let i = e.reissue_admin(caller, &csr_key).map_err(ApiError::internal)?;
+            let i = e.reissue_admin(caller, &csr_key).map_err(ApiError::from)?;
             (i.user_jwt, i.cert_pem, i.serial, i.issued_at, i.expires_at)
         }
         (IdentityKind::Agent, _) => {
             let site = caller.site.as_deref().ok_or_else(|| ApiError::internal("agent identity without a site"))?;
-            if e.site(site).map_err(ApiError::internal)?.is_none() {
+            if e.site(site).map_err(ApiError::from)?.is_none() {
                 return Err(ApiError::forbidden(format!("site {site} was removed; its agents cannot renew")));
             }
-            let i = e.issue_agent(site, &caller.user_public_key, &csr_key).map_err(ApiError::internal)?;
+            let i = e.issue_agent(site, &caller.user_public_key, &csr_key).map_err(ApiError::from)?;
             (i.user_jwt, i.cert_pem, i.serial, i.issued_at, i.expires_at)
         }
         _ => return Err(ApiError::forbidden("this kind of identity cannot renew here")),
@@ -227,11 +227,11 @@ async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: RenewRequest) -> Result<
     rec.cert_serial = serial;
     rec.issued_at = issued;
     rec.expires_at = expires;
-    let b = e.reissue_batch(&rec).map_err(ApiError::internal)?;
+    let b = e.reissue_batch(&rec).map_err(ApiError::from)?;
     let entry = Entry::ok(&caller.id, "renew", &rec.id)
         .detail(serde_json::json!({ "user": rec.user_public_key, "serial": rec.cert_serial, "expires_at": rec.expires_at }))
         .batch(b);
-    ctx.journal.record(entry).await.map_err(ApiError::internal)?;
+    ctx.journal.record(entry).await.map_err(super::journal_error)?;
     ctx.metrics.issued("renew");
     tracing::debug!(identity = %rec.id, user = %rec.user_public_key, "renewed");
     Ok(ctx.estate.issued_reply(&rec, &acct, jwt, cert_pem))

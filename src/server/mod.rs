@@ -17,6 +17,7 @@ mod enroll;
 mod events;
 pub mod http;
 mod origin;
+pub mod leader;
 mod own;
 pub mod push;
 pub mod reconcile;
@@ -77,6 +78,23 @@ pub struct Cache {
     pub roles: std::sync::RwLock<HashMap<crate::names::ServiceId, accounts::RoleEntry>>,
     /// Account name → public key.
     pub account_keys: std::sync::RwLock<HashMap<String, String>>,
+    /// The store's count of other replicas' changes when the caches were last checked.
+    pub seen_changes: std::sync::atomic::AtomicU64,
+}
+
+impl Cache {
+    /// Forget what was derived from the store (another replica changed it).
+    pub fn clear(&self) {
+        if let Ok(mut m) = self.pushed.lock() {
+            m.clear();
+        }
+        if let Ok(mut m) = self.roles.write() {
+            m.clear();
+        }
+        if let Ok(mut m) = self.account_keys.write() {
+            m.clear();
+        }
+    }
 }
 
 /// What every handler can reach.
@@ -102,6 +120,8 @@ pub struct Ctx {
     pub ca_lock: tokio::sync::Mutex<()>,
     /// Wakes the renewal of the control plane's own credentials now (`rotate ca --finish`).
     pub renew_own: Arc<tokio::sync::Notify>,
+    /// Whether this replica runs the singleton jobs.
+    pub leader: leader::Leadership,
 }
 
 fn stopped(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
@@ -137,9 +157,13 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     let ctx = Arc::new(Ctx::new(estate.clone(), metrics, own.api.clone(), own.sys, revoke_tx, renew_own).await?);
 
     tasks::restore_replay_cache(&ctx);
+    // A replica learns whether it leads before the start-up steps that only the leader takes.
+    tasks::first_lease_step(&ctx).await;
     tasks::push_all_accounts(&ctx).await?;
     sites::start_sites(&ctx).await;
-    admin::retire_leftover_keys(&ctx, true).await;
+    if ctx.leader.is_leader() {
+        admin::retire_leftover_keys(&ctx, true).await;
+    }
     // BOOTSTRAP carries the live revocations of used tokens' bootstrap users.
     let revocations = accounts::start_revocations(&ctx).await.map_err(|e| ServeError::Service(e.message))?;
     status::refresh_gauges(&ctx);
@@ -201,15 +225,14 @@ impl Ctx {
     ) -> Result<Ctx, ServeError> {
         let service_err = |e: &dyn std::fmt::Display| ServeError::Service(e.to_string());
         let creds_err = |e: &dyn std::fmt::Display| ServeError::Creds(e.to_string());
-        let writer = audit::Writer::open(&estate.dir.audit(), estate.store_arc(), estate.clock().clone(), estate.audit_key())
-            .map_err(|e| service_err(&e))?;
+        let journal = open_journal(&estate).await.map_err(|e| service_err(&e))?;
         let signer = estate.envelope_signer().map_err(|e| service_err(&e))?;
         let events = stream::Events::start(api.clone(), signer).await.map_err(|e| ServeError::Service(format!("event stream: {e}")))?;
         Ok(Ctx {
             replay: ReplayCache::new(REPLAY_CAPACITY),
             sys,
             api,
-            journal: Journal::start(writer),
+            journal,
             cache: Cache::default(),
             revoke_tx,
             bootstrap_account: estate.account(crate::estate::BOOTSTRAP_ACCOUNT).map_err(|e| creds_err(&e))?.public_key,
@@ -217,6 +240,13 @@ impl Ctx {
             xkey: crate::crypto::Sealer::new(&estate.xkey().map_err(|e| creds_err(&e))?).map_err(|e| creds_err(&e))?,
             ca_lock: Default::default(),
             renew_own,
+            leader: leader::Leadership::new(
+                match &estate.config.store {
+                    crate::config::StoreBackend::JetStream { lease_ttl, .. } => Some(*lease_ttl),
+                    crate::config::StoreBackend::Sled => None,
+                },
+                estate.clock().now_unix(),
+            ),
             estate,
             metrics,
         })
@@ -327,6 +357,39 @@ async fn handle(ctx: Arc<Ctx>, route: dispatch::Route, req: async_nats::service:
 }
 
 /// An error for a request the control plane cannot take right now.
+/// The message of a change another replica raced (the request is served again, never seen by
+/// the caller unless it keeps racing).
+pub(crate) const RACED: &str = "another replica changed the estate at the same time; retry";
+
+/// The journal the store calls for: the local file beside sled, a stream beside a JetStream
+/// bucket (opened on a thread of its own: it waits on NATS synchronously).
+async fn open_journal(estate: &Estate) -> Result<Journal, audit::AuditError> {
+    let (store, clock, key) = (estate.store_arc(), estate.clock().clone(), estate.audit_key());
+    match (&estate.config.store, store.nats()) {
+        (crate::config::StoreBackend::JetStream { journal, replicas, .. }, Some(client)) => {
+            let (name, replicas, file) = (journal.clone(), *replicas, estate.dir.audit_log());
+            let imported = store.get(crate::store::Space::Meta, "audit_checkpoint").ok().flatten().is_some();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(audit::StreamWriter::open(client, &name, replicas, store, clock, key, imported.then_some(file)));
+            });
+            let w = rx.await.map_err(|_| audit::AuditError::Stopped)??;
+            Ok(Journal::start(w))
+        }
+        _ => Ok(Journal::start(audit::Writer::open(&estate.dir.audit(), store, clock, key)?)),
+    }
+}
+
+/// A journal failure as the caller sees it: a race with another replica is
+/// [`ErrorCode::Unavailable`] with [`RACED`] (dispatch serves the request again), anything else
+/// internal.
+pub(crate) fn journal_error(e: crate::audit::AuditError) -> ApiError {
+    match e {
+        crate::audit::AuditError::Conflict => ApiError::new(ErrorCode::Unavailable, RACED),
+        e => ApiError::internal(e),
+    }
+}
+
 pub fn unavailable(msg: &str) -> ApiError {
     ApiError::new(ErrorCode::Unavailable, msg)
 }

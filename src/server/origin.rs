@@ -39,7 +39,7 @@ fn account_key(ctx: &Ctx, name: &str) -> Result<String, ApiError> {
     if let Some(k) = ctx.cache.account_keys.read().ok().and_then(|m| m.get(name).cloned()) {
         return Ok(k);
     }
-    let key = ctx.estate.account(name).map_err(ApiError::internal)?.public_key;
+    let key = ctx.estate.account(name).map_err(ApiError::from)?.public_key;
     if let Ok(mut m) = ctx.cache.account_keys.write() {
         m.insert(name.to_string(), key.clone());
     }

@@ -74,25 +74,25 @@ fn readers(path: &SecretPath, given: &[String]) -> Result<Vec<Reader>, ApiError>
 
 /// Record first (fail closed), then change.
 async fn record(ctx: &Ctx, actor: &str, action: &str, path: &SecretPath, detail: serde_json::Value) -> Result<(), ApiError> {
-    ctx.journal.record(Entry::ok(actor, action, &path.to_string()).detail(detail)).await.map_err(ApiError::internal).map(|_| ())
+    ctx.journal.record(Entry::ok(actor, action, &path.to_string()).detail(detail)).await.map_err(super::journal_error).map(|_| ())
 }
 
 async fn put(ctx: &Ctx, caller: &IdentityRecord, req: SecretPutRequest) -> Result<SecretReply, ApiError> {
     let readers = readers(&req.path, &req.readers)?;
     let value = open(ctx, &req.value)?;
     let e = &ctx.estate;
-    if e.secret(&req.path).map_err(ApiError::internal)?.is_some() {
+    if e.secret(&req.path).map_err(ApiError::from)?.is_some() {
         return Err(ApiError::new(ErrorCode::Conflict, format!("{} exists; use `tillit secret rotate` for a new version", req.path)));
     }
     record(ctx, &caller.id, "secret.put", &req.path, serde_json::json!({ "version": 1, "readers": req.readers, "bytes": value.len() })).await?;
-    let meta = e.write_secret(&req.path, Some(readers), &value, &caller.id).map_err(ApiError::internal)?;
+    let meta = e.write_secret(&req.path, Some(readers), &value, &caller.id).map_err(ApiError::from)?;
     announce(ctx, &meta).await;
     Ok(SecretReply { secret: info(&meta) })
 }
 
 async fn rotate(ctx: &Ctx, caller: &IdentityRecord, req: SecretRotateRequest) -> Result<SecretReply, ApiError> {
     let e = &ctx.estate;
-    let meta = e.secret(&req.path).map_err(ApiError::internal)?.ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no secret at {}", req.path)))?;
+    let meta = e.secret(&req.path).map_err(ApiError::from)?.ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no secret at {}", req.path)))?;
     let value = match (&req.value, req.generate) {
         (Some(v), None) => open(ctx, v)?,
         (None, Some(n)) => {
@@ -106,7 +106,7 @@ async fn rotate(ctx: &Ctx, caller: &IdentityRecord, req: SecretRotateRequest) ->
     };
     let version = meta.current() + 1;
     record(ctx, &caller.id, "secret.rotate", &req.path, serde_json::json!({ "version": version, "bytes": value.len(), "generated": req.generate.is_some() })).await?;
-    let meta = e.write_secret(&req.path, None, &value, &caller.id).map_err(ApiError::internal)?;
+    let meta = e.write_secret(&req.path, None, &value, &caller.id).map_err(ApiError::from)?;
     announce(ctx, &meta).await;
     Ok(SecretReply { secret: info(&meta) })
 }
@@ -129,20 +129,20 @@ async fn list(ctx: &Ctx, req: SecretListRequest) -> Result<SecretListReply, ApiE
     if req.prefix.len() > 256 || req.prefix.contains("..") {
         return Err(ApiError::bad_request("prefix is malformed"));
     }
-    let all = ctx.estate.secrets(&req.prefix).map_err(ApiError::internal)?;
+    let all = ctx.estate.secrets(&req.prefix).map_err(ApiError::from)?;
     Ok(SecretListReply { secrets: all.iter().map(info).collect() })
 }
 
 async fn versions(ctx: &Ctx, req: SecretPathRequest) -> Result<SecretReply, ApiError> {
-    let meta = ctx.estate.secret(&req.path).map_err(ApiError::internal)?.ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no secret at {}", req.path)))?;
+    let meta = ctx.estate.secret(&req.path).map_err(ApiError::from)?.ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no secret at {}", req.path)))?;
     Ok(SecretReply { secret: info(&meta) })
 }
 
 async fn delete(ctx: &Ctx, caller: &IdentityRecord, req: SecretPathRequest) -> Result<SecretReply, ApiError> {
     let e = &ctx.estate;
-    let meta = e.secret(&req.path).map_err(ApiError::internal)?.ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no secret at {}", req.path)))?;
+    let meta = e.secret(&req.path).map_err(ApiError::from)?.ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no secret at {}", req.path)))?;
     record(ctx, &caller.id, "secret.delete", &req.path, serde_json::json!({ "versions": meta.versions.len() })).await?;
-    e.delete_secret(&meta).map_err(ApiError::internal)?;
+    e.delete_secret(&meta).map_err(ApiError::from)?;
     Ok(SecretReply { secret: info(&meta) })
 }
 
@@ -167,7 +167,7 @@ async fn get(ctx: &Ctx, caller: &IdentityRecord, req: SecretGetRequest) -> Resul
         // The same answer whether the secret exists or not: nothing leaks to non-readers.
         ApiError::forbidden(format!("{} may not read {path}", caller.id))
     };
-    let Some(meta) = e.secret(&path).map_err(ApiError::internal)? else {
+    let Some(meta) = e.secret(&path).map_err(ApiError::from)? else {
         return Err(deny("no such secret"));
     };
     let allowed = match agent_site {
@@ -180,7 +180,7 @@ async fn get(ctx: &Ctx, caller: &IdentityRecord, req: SecretGetRequest) -> Resul
     let version = req.version.unwrap_or_else(|| meta.current());
     let value = e
         .secret_value(&path, version)
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("{path} has no version {version}")))?;
     let recipient = caller.xkey.as_deref().ok_or_else(|| ApiError::forbidden("this identity has no xkey to seal to; enroll again"))?;
     let cp = &ctx.xkey;

@@ -58,14 +58,14 @@ async fn add(ctx: &Ctx, caller: &IdentityRecord, req: SiteAddRequest) -> Result<
     let csr_key = crate::issuer::x509::parse_csr(&req.csr, &req.tillit_user).map_err(|err| ApiError::bad_request(err.to_string()))?;
     let sid = agent_service_id(&req.name).map_err(|err| ApiError::bad_request(err.to_string()))?;
     let _g = e.account_lock().lock().await;
-    let (tillit, changed) = e.ensure_agent_role_locked().map_err(ApiError::internal)?;
+    let (tillit, changed) = e.ensure_agent_role_locked().map_err(ApiError::from)?;
     if changed {
         push(ctx, &tillit, "agent_role").await?;
     }
     let (issue, mut batch) = e
         .issue_site(&req.name, &req.listen, &req.hosts, &csr_key, &req.sys_user, &req.tillit_user, &caller.id)
         .map_err(ApiError::from)?;
-    let (tokens, token_batch) = e.create_tokens(&sid, req.agent_token_ttl_secs, 1, &caller.id).map_err(ApiError::internal)?;
+    let (tokens, token_batch) = e.create_tokens(&sid, req.agent_token_ttl_secs, 1, &caller.id).map_err(ApiError::from)?;
     batch.extend(token_batch);
     let token = tokens.into_iter().next().ok_or_else(|| ApiError::internal("no agent token minted"))?;
     let entry = Entry::ok(&caller.id, "site.add", &format!("site:{}", req.name))
@@ -74,14 +74,14 @@ async fn add(ctx: &Ctx, caller: &IdentityRecord, req: SiteAddRequest) -> Result<
             "agent_token_id": token.id, "agent_token_expires_at": token.expires_at,
         }))
         .batch(batch);
-    ctx.journal.record(entry).await.map_err(ApiError::internal)?;
+    ctx.journal.record(entry).await.map_err(super::journal_error)?;
     if let Err(err) = ctx.events.ensure_site_stream(&req.name).await {
         tracing::warn!(site = %req.name, "cannot create the site's stream yet (its first agent does): {err}");
     }
     tracing::info!(site = %req.name, listen = %req.listen, by = %caller.id, "site added");
     let mut preload = std::collections::BTreeMap::new();
     for name in [SYS_ACCOUNT, TILLIT_ACCOUNT, BOOTSTRAP_ACCOUNT] {
-        let a = e.account(name).map_err(ApiError::internal)?;
+        let a = e.account(name).map_err(ApiError::from)?;
         preload.insert(a.public_key, a.jwt);
     }
     Ok(SiteAddReply {
@@ -89,7 +89,7 @@ async fn add(ctx: &Ctx, caller: &IdentityRecord, req: SiteAddRequest) -> Result<
         cert_pem: issue.cert_pem,
         ca_pem: e.ca_bundle_pem(),
         operator_jwt: e.meta.operator_jwt.clone(),
-        system_account: e.account(SYS_ACCOUNT).map_err(ApiError::internal)?.public_key,
+        system_account: e.account(SYS_ACCOUNT).map_err(ApiError::from)?.public_key,
         tillit_account: tillit.public_key,
         preload,
         sys_user_jwt: issue.sys_user_jwt,
@@ -125,11 +125,11 @@ fn info(site: &SiteRecord, agents: &[&AgentStatus], lag: u64, current_ca: &str) 
 /// Every site with its agents' progress; the lag comes from each agent's durable consumer.
 pub(super) async fn site_infos(ctx: &Ctx) -> Result<Vec<SiteInfo>, ApiError> {
     let e = &ctx.estate;
-    let sites = e.sites().map_err(ApiError::internal)?;
+    let sites = e.sites().map_err(ApiError::from)?;
     if sites.is_empty() {
         return Ok(vec![]);
     }
-    let statuses = e.agent_statuses().map_err(ApiError::internal)?;
+    let statuses = e.agent_statuses().map_err(ApiError::from)?;
     let current_ca = e.ca_fingerprint();
     let mut out = Vec::with_capacity(sites.len());
     for s in &sites {
@@ -168,7 +168,7 @@ async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: SiteRenewRequest) -> Res
     };
     let site = e
         .site(name)
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::forbidden(format!("site {name} was removed; its agents cannot renew it")))?;
     if !e.server_issuance_open() {
         return Err(ApiError::new(
@@ -183,7 +183,7 @@ async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: SiteRenewRequest) -> Res
     let entry = Entry::ok(&caller.id, "site.renew", name)
         .detail(serde_json::json!({ "serial": issue.site.cert_serial, "expires_at": issue.site.cert_expires_at, "ca": ca }))
         .batch(batch);
-    ctx.journal.record(entry).await.map_err(ApiError::internal)?;
+    ctx.journal.record(entry).await.map_err(super::journal_error)?;
     tracing::info!(site = name, serial = %issue.site.cert_serial, "site server certificate re-issued");
     Ok(SiteRenewReply {
         site: name.to_string(),
@@ -231,7 +231,7 @@ async fn ack(ctx: &Ctx, caller: &IdentityRecord, req: AckRequest) -> Result<AckR
     }
     let mut st = e
         .agent_status(&caller.user_public_key)
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)?
         .unwrap_or_else(|| AgentStatus {
             site: site.to_string(),
             user_public_key: caller.user_public_key.clone(),
@@ -258,7 +258,7 @@ async fn ack(ctx: &Ctx, caller: &IdentityRecord, req: AckRequest) -> Result<AckR
             tracing::warn!(site, agent = %caller.name, error = ?st.last_error, "site agent could not apply events");
         }
     }
-    e.put_agent_status(&st).map_err(ApiError::internal)?;
+    e.put_agent_status(&st).map_err(ApiError::from)?;
     let what = if d.outcome == AckOutcome::Applied { Entry::ok(&caller.id, "ack", &format!("site:{site}")) } else {
         Entry::denied(&caller.id, "ack", &format!("site:{site}"), "apply_failed")
     };
@@ -328,13 +328,13 @@ async fn remove(ctx: &Ctx, caller: &IdentityRecord, req: crate::proto::SiteRemov
     }
     let site = e
         .site(&req.name)
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no site {}", req.name)))?;
     let now = e.clock().now_unix();
     let _g = e.account_lock().lock().await;
     let agents: Vec<IdentityRecord> = e
         .identities()
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)?
         .into_iter()
         .filter(|i| i.site.as_deref() == Some(site.name.as_str()) && i.state == crate::estate::IdentityState::Active)
         .collect();
@@ -348,19 +348,19 @@ async fn remove(ctx: &Ctx, caller: &IdentityRecord, req: crate::proto::SiteRemov
     // server's certificate (a year by default), the agents' as long as their identities.
     let until = agents.iter().map(|a| a.expires_at).max().unwrap_or(now).max(site.cert_expires_at);
     let tillit =
-        e.preview_revocation(&e.account(TILLIT_ACCOUNT).map_err(ApiError::internal)?, &tillit_revoked, until).map_err(ApiError::from)?;
+        e.preview_revocation(&e.account(TILLIT_ACCOUNT).map_err(ApiError::from)?, &tillit_revoked, until).map_err(ApiError::from)?;
     let sys = e
-        .preview_revocation(&e.account(SYS_ACCOUNT).map_err(ApiError::internal)?, std::slice::from_ref(&sys_user), site.cert_expires_at)
+        .preview_revocation(&e.account(SYS_ACCOUNT).map_err(ApiError::from)?, std::slice::from_ref(&sys_user), site.cert_expires_at)
         .map_err(ApiError::from)?;
     // Its server's certificate is revoked too (OCSP and the CRL say so).
-    let b = e.site_removal_batch(&site, &agents, &tillit, &sys, now).map_err(ApiError::internal)?;
+    let b = e.site_removal_batch(&site, &agents, &tillit, &sys, now).map_err(ApiError::from)?;
     let agents_revoked: Vec<String> = agents.iter().map(|a| a.user_public_key.clone()).collect();
     let entry = Entry::ok(&caller.id, "site.remove", &format!("site:{}", site.name))
         .detail(serde_json::json!({ "reason": req.reason, "agents": agents_revoked, "leaf_users": [sys_user, tillit_user],
             "serials": agents.iter().map(|a| &a.cert_serial).collect::<Vec<_>>() }))
         .batch(b);
     // Recorded first, then live (the reconciler completes a push that fails here).
-    ctx.journal.record(entry).await.map_err(ApiError::internal)?;
+    ctx.journal.record(entry).await.map_err(super::journal_error)?;
     super::admin::push_recorded(ctx, &tillit, "site_remove").await?;
     super::admin::push_recorded(ctx, &sys, "site_remove").await?;
     for a in &agents {

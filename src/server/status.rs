@@ -38,8 +38,8 @@ fn set_gauges(ctx: &Ctx, accounts: usize, ids: &[IdentityRecord]) {
 
 fn status(ctx: &Ctx, caller: &IdentityRecord) -> Result<StatusReply, ApiError> {
     let e = &ctx.estate;
-    let accounts = e.accounts().map_err(ApiError::internal)?;
-    let all = e.identities().map_err(ApiError::internal)?;
+    let accounts = e.accounts().map_err(ApiError::from)?;
+    let all = e.identities().map_err(ApiError::from)?;
     let now = e.clock().now_unix();
     let by_state = |st: IdentityStatus| all.iter().filter(|r| super::admin::state_of(r, now) == st).count();
     set_gauges(ctx, accounts.len(), &all);

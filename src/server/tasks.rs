@@ -16,19 +16,22 @@ type Step = for<'a> fn(&'a Arc<Ctx>) -> BoxFuture<'a, ()>;
 pub(super) struct Job {
     pub(super) name: &'static str,
     pub(super) every: Duration,
+    /// Run by the leader only (one replica of several; always on sled).
+    pub(super) singleton: bool,
     step: Step,
 }
 
 /// Every periodic job of the control plane.
 pub(super) fn periodic(ctx: &Ctx) -> Vec<Job> {
     vec![
-        Job { name: "flush-store", every: Duration::from_secs(1), step: |c| Box::pin(flush_store(c)) },
-        Job { name: "ca-rollout", every: ca::ROLLOUT_TICK, step: |c| Box::pin(ca::tick(c)) },
-        Job { name: "site-gauges", every: Duration::from_secs(5), step: |c| Box::pin(sites::refresh_site_gauges(c)) },
-        Job { name: "reconcile-accounts", every: ctx.estate.config.reconcile_interval, step: |c| Box::pin(reconcile_accounts(c)) },
-        Job { name: "retire-envelope-keys", every: Duration::from_secs(60), step: |c| Box::pin(retire_envelope_keys(c)) },
-        Job { name: "refresh-gauges", every: Duration::from_secs(60), step: |c| Box::pin(refresh_gauges(c)) },
-        Job { name: "retire-role-keys", every: Duration::from_secs(300), step: |c| Box::pin(admin::retire_leftover_keys(c, false)) },
+        Job { name: "flush-store", every: Duration::from_secs(1), singleton: false, step: |c| Box::pin(flush_store(c)) },
+        Job { name: "refresh-caches", every: Duration::from_millis(250), singleton: false, step: |c| Box::pin(refresh_caches(c)) },
+        Job { name: "ca-rollout", every: ca::ROLLOUT_TICK, singleton: true, step: |c| Box::pin(ca::tick(c)) },
+        Job { name: "site-gauges", every: Duration::from_secs(5), singleton: false, step: |c| Box::pin(sites::refresh_site_gauges(c)) },
+        Job { name: "reconcile-accounts", every: ctx.estate.config.reconcile_interval, singleton: true, step: |c| Box::pin(reconcile_accounts(c)) },
+        Job { name: "retire-envelope-keys", every: Duration::from_secs(60), singleton: true, step: |c| Box::pin(retire_envelope_keys(c)) },
+        Job { name: "refresh-gauges", every: Duration::from_secs(60), singleton: false, step: |c| Box::pin(refresh_gauges(c)) },
+        Job { name: "retire-role-keys", every: Duration::from_secs(300), singleton: true, step: |c| Box::pin(admin::retire_leftover_keys(c, false)) },
     ]
 }
 
@@ -37,6 +40,7 @@ pub(super) fn periodic(ctx: &Ctx) -> Vec<Job> {
 pub(super) fn start(ctx: &Arc<Ctx>, revoker: BoxFuture<'static, ()>) -> Vec<JoinHandle<()>> {
     let mut tasks: Vec<JoinHandle<()>> = periodic(ctx).into_iter().map(|job| spawn_job(ctx.clone(), job)).collect();
     tasks.push(spawn_named("bootstrap-revoker", revoker));
+    tasks.push(spawn_named("leader-lease", Box::pin(super::leader::run(ctx.clone()))));
     tasks.push(spawn_named("auth-error-watch", Box::pin(events::watch_auth_errors(ctx.clone()))));
     tasks
 }
@@ -47,16 +51,39 @@ pub(super) fn spawn_named(name: &'static str, fut: BoxFuture<'static, ()>) -> Jo
 }
 
 fn spawn_job(ctx: Arc<Ctx>, job: Job) -> JoinHandle<()> {
-    let (name, every, step) = (job.name, job.every, job.step);
+    let (name, every, step, singleton) = (job.name, job.every, job.step, job.singleton);
     spawn_named(
         name,
         Box::pin(async move {
             loop {
                 tokio::time::sleep(every).await;
+                if singleton && !ctx.leader.fenced(ctx.estate.store()) {
+                    continue;
+                }
                 step(&ctx).await;
             }
         }),
     )
+}
+
+/// Step the lease once, before the start-up steps (a replicated control plane only).
+pub(super) async fn first_lease_step(ctx: &Arc<Ctx>) {
+    if !ctx.leader.replicated() {
+        return;
+    }
+    let c = ctx.clone();
+    let _ = tokio::task::spawn_blocking(move || super::leader::step_now(&c)).await;
+}
+
+/// Drop what this replica derived from the store once another replica changed it (on one
+/// `serve` nothing else changes the store, and this costs one atomic load).
+async fn refresh_caches(ctx: &Arc<Ctx>) {
+    let n = ctx.estate.store().others_changes();
+    if n == ctx.cache.seen_changes.swap(n, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    ctx.estate.reload_caches();
+    ctx.cache.clear();
 }
 
 // === the jobs ===

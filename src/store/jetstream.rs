@@ -24,6 +24,7 @@ use data_encoding::BASE64URL_NOPAD;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -62,6 +63,11 @@ pub struct JetStreamStore {
     bucket: String,
     mirror: Arc<RwLock<Mirror>>,
     cmds: tokio::sync::mpsc::UnboundedSender<Cmd>,
+    client: async_nats::Client,
+    /// Records the watch brought from other replicas (or this one's older self).
+    foreign: Arc<AtomicU64>,
+    /// Compare-and-set writes refused because another replica wrote first.
+    conflicts: AtomicU64,
 }
 
 impl std::fmt::Debug for JetStreamStore {
@@ -97,19 +103,22 @@ impl JetStreamStore {
     /// connection `connect` makes, and load the mirror.
     pub fn open(connect: Connect, bucket: &str, replicas: usize) -> Result<Self, StoreError> {
         let mirror: Arc<RwLock<Mirror>> = Arc::default();
+        let foreign: Arc<AtomicU64> = Arc::default();
         let (cmds, rx) = tokio::sync::mpsc::unbounded_channel();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), StoreError>>();
-        let (m, name) = (mirror.clone(), bucket.to_string());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<async_nats::Client, StoreError>>();
+        let (m, name, f) = (mirror.clone(), bucket.to_string(), foreign.clone());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| StoreError::Backend(format!("store runtime: {e}")))?;
         std::thread::Builder::new()
             .name(format!("store-{bucket}"))
-            .spawn(move || rt.block_on(run(connect, name, replicas, m, rx, ready_tx)))
+            .spawn(move || rt.block_on(run(connect, name, replicas, m, f, rx, ready_tx)))
             .map_err(|e| StoreError::Backend(format!("store thread: {e}")))?;
         match ready_rx.recv_timeout(OPEN_TIMEOUT) {
-            Ok(Ok(())) => Ok(JetStreamStore { bucket: bucket.to_string(), mirror, cmds }),
+            Ok(Ok(client)) => {
+                Ok(JetStreamStore { bucket: bucket.to_string(), mirror, cmds, client, foreign, conflicts: AtomicU64::new(0) })
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(StoreError::Backend(format!("the KV bucket {bucket} did not open within {OPEN_TIMEOUT:?}; is JetStream enabled and reachable?"))),
         }
@@ -132,7 +141,16 @@ impl JetStreamStore {
         }
         let (tx, rx) = std::sync::mpsc::channel();
         self.cmds.send(Cmd::Write(writes, tx)).map_err(|_| StoreError::Backend("the store's runtime has stopped".into()))?;
-        rx.recv_timeout(WRITE_TIMEOUT * 2).map_err(|_| StoreError::Backend("no answer from the store's runtime".into()))?
+        let r = rx.recv_timeout(WRITE_TIMEOUT * 2).map_err(|_| StoreError::Backend("no answer from the store's runtime".into()))?;
+        if let Err(StoreError::Conflict(_)) = &r {
+            self.conflicts.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// The bucket's name.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
     }
 
     /// The live records of `space` whose key starts with `prefix`, in key order, as `f` maps them.
@@ -178,6 +196,26 @@ impl Store for JetStreamStore {
         Ok(())
     }
 
+    fn others_changes(&self) -> u64 {
+        self.foreign.load(Ordering::Relaxed)
+    }
+
+    fn conflicts(&self) -> u64 {
+        self.conflicts.load(Ordering::Relaxed)
+    }
+
+    fn reachable(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    fn nats(&self) -> Option<async_nats::Client> {
+        Some(self.client.clone())
+    }
+
+    fn backend(&self) -> &'static str {
+        "jetstream"
+    }
+
     fn compare_and_swap(&self, space: Space, key: &str, old: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool, StoreError> {
         let seen = self.read()?.get(&(space.as_str(), key.to_string())).cloned();
         if seen.as_ref().and_then(|s| s.value.as_deref()) != old {
@@ -198,10 +236,11 @@ async fn run(
     bucket: String,
     replicas: usize,
     mirror: Arc<RwLock<Mirror>>,
+    foreign: Arc<AtomicU64>,
     mut cmds: tokio::sync::mpsc::UnboundedReceiver<Cmd>,
-    ready: std::sync::mpsc::Sender<Result<(), StoreError>>,
+    ready: std::sync::mpsc::Sender<Result<async_nats::Client, StoreError>>,
 ) {
-    let (kv, first, next) = match open_bucket(connect, &bucket, replicas, &mirror).await {
+    let (kv, first, next, client) = match open_bucket(connect, &bucket, replicas, &mirror).await {
         Ok(opened) => opened,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -209,8 +248,8 @@ async fn run(
         }
     };
     // The watch exists before the store is handed out: no write after the load is missed.
-    let _ = ready.send(Ok(()));
-    let watch = tokio::spawn(follow(kv.clone(), mirror.clone(), first, next));
+    let _ = ready.send(Ok(client));
+    let watch = tokio::spawn(follow(kv.clone(), mirror.clone(), foreign, first, next));
     while let Some(cmd) = cmds.recv().await {
         match cmd {
             Cmd::Write(writes, reply) => {
@@ -222,12 +261,12 @@ async fn run(
     watch.abort();
 }
 
-type Opened = (async_nats::jetstream::kv::Store, async_nats::jetstream::kv::Watch, u64);
+type Opened = (async_nats::jetstream::kv::Store, async_nats::jetstream::kv::Watch, u64, async_nats::Client);
 
 /// Bind (or create) the bucket, load the mirror, and start watching right after what was loaded.
 async fn open_bucket(connect: Connect, bucket: &str, replicas: usize, mirror: &Arc<RwLock<Mirror>>) -> Result<Opened, StoreError> {
     let client = connect().await.map_err(backend("connect"))?;
-    let js = async_nats::jetstream::new(client);
+    let js = async_nats::jetstream::new(client.clone());
     let kv = match js.get_key_value(bucket).await {
         Ok(kv) => kv,
         Err(_) => js
@@ -244,7 +283,7 @@ async fn open_bucket(connect: Connect, bucket: &str, replicas: usize, mirror: &A
     };
     let last = load(&kv, mirror).await?;
     let watch = kv.watch_all_from_revision(last + 1).await.map_err(|e| StoreError::Backend(format!("watch the bucket: {e}")))?;
-    Ok((kv, watch, last + 1))
+    Ok((kv, watch, last + 1, client))
 }
 
 /// Load every current record into the mirror; the bucket's last revision loaded.
@@ -275,29 +314,37 @@ enum Source {
     Own,
 }
 
-/// Take a record's `revision` into the mirror, unless the mirror already holds a newer one.
-fn remember(mirror: &Arc<RwLock<Mirror>>, kv_key: &str, revision: u64, value: Option<Vec<u8>>, from: Source) {
-    let Some((space, key)) = record_key(kv_key) else { return };
-    if let Ok(mut m) = mirror.write() {
-        let slot = m.entry((space.as_str(), key)).or_insert(Seen { revision: 0, value: None });
-        if revision > slot.revision || (from == Source::Own && revision == slot.revision) {
-            *slot = Seen { revision, value };
-        }
+/// Take a record's `revision` into the mirror, unless the mirror already holds a newer one;
+/// true if it did.
+fn remember(mirror: &Arc<RwLock<Mirror>>, kv_key: &str, revision: u64, value: Option<Vec<u8>>, from: Source) -> bool {
+    let Some((space, key)) = record_key(kv_key) else { return false };
+    let Ok(mut m) = mirror.write() else { return false };
+    let slot = m.entry((space.as_str(), key)).or_insert(Seen { revision: 0, value: None });
+    if revision > slot.revision || (from == Source::Own && revision == slot.revision) {
+        *slot = Seen { revision, value };
+        return true;
     }
+    false
 }
 
-/// Take a watched entry into the mirror.
-fn note(mirror: &Arc<RwLock<Mirror>>, entry: &async_nats::jetstream::kv::Entry) {
+/// Take a watched entry into the mirror; true if it was news (another replica's write).
+fn note(mirror: &Arc<RwLock<Mirror>>, entry: &async_nats::jetstream::kv::Entry) -> bool {
     let value = match entry.operation {
         async_nats::jetstream::kv::Operation::Put => Some(entry.value.to_vec()),
         _ => None,
     };
-    remember(mirror, &entry.key, entry.revision, value, Source::Watch);
+    remember(mirror, &entry.key, entry.revision, value, Source::Watch)
 }
 
 /// Keep the mirror current with every replica's writes, from revision `next` on (a watch that
 /// fails is made again from the first revision it did not deliver, so nothing is skipped).
-async fn follow(kv: async_nats::jetstream::kv::Store, mirror: Arc<RwLock<Mirror>>, first: async_nats::jetstream::kv::Watch, mut next: u64) {
+async fn follow(
+    kv: async_nats::jetstream::kv::Store,
+    mirror: Arc<RwLock<Mirror>>,
+    foreign: Arc<AtomicU64>,
+    first: async_nats::jetstream::kv::Watch,
+    mut next: u64,
+) {
     let mut watch = Some(first);
     loop {
         let w = match watch.take() {
@@ -310,7 +357,9 @@ async fn follow(kv: async_nats::jetstream::kv::Store, mirror: Arc<RwLock<Mirror>
                     match entry {
                         Ok(e) => {
                             next = next.max(e.revision + 1);
-                            note(&mirror, &e);
+                            if note(&mirror, &e) {
+                                foreign.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                         Err(err) => {
                             tracing::warn!("store watch: {err}; watching again");

@@ -7,11 +7,13 @@
 //! associated data, so a sealed value can be neither read without the key nor moved to another
 //! record.
 
+mod access;
 mod copy;
 mod jetstream;
 mod sled_store;
 
 
+pub use access::{permissions as access_permissions, StoreAccess};
 pub use copy::{copy_all, verify, Copied};
 pub use jetstream::{Connect, JetStreamStore};
 pub use sled_store::SledStore;
@@ -164,6 +166,27 @@ pub trait Store: Send + Sync + 'static {
     /// Replace `key`'s value if it is currently `old` (`None`: absent), atomically; false if it
     /// was not. Durable after the next [`sync`](Store::sync).
     fn compare_and_swap(&self, space: Space, key: &str, old: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool, StoreError>;
+    /// How many records other replicas changed since this store was opened (a counter: caches
+    /// built from the store are stale once it moves). Always 0 for a store of one process.
+    fn others_changes(&self) -> u64 {
+        0
+    }
+    /// Compare-and-set writes refused so far because another replica wrote first.
+    fn conflicts(&self) -> u64 {
+        0
+    }
+    /// Whether the store can be reached now (a remote store's connection is up).
+    fn reachable(&self) -> bool {
+        true
+    }
+    /// The NATS connection of a store on JetStream.
+    fn nats(&self) -> Option<async_nats::Client> {
+        None
+    }
+    /// `sled` or `jetstream`.
+    fn backend(&self) -> &'static str {
+        "sled"
+    }
     /// Apply a batch atomically; when this returns `Ok`, the batch is on stable storage.
     fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         self.apply(batch)?;
