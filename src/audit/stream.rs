@@ -128,7 +128,11 @@ impl StreamWriter {
             .enable_all()
             .build()
             .map_err(|e| nats_err("runtime")(e.to_string()))?;
-        let js = jetstream::new(client);
+        // The context's acknowledgement task runs on this runtime (polled while a call waits).
+        let js = {
+            let _in = rt.enter();
+            jetstream::new(client)
+        };
         let mut w = StreamWriter {
             rt,
             js,

@@ -47,6 +47,19 @@ pub async fn run(admin: AdminArgs) -> anyhow::Result<()> {
             );
         }
     }
+    if let Some(st) = &s.store {
+        match (&st.bucket, &st.journal) {
+            (Some(b), Some(j)) => println!("store          jetstream bucket {b}, journal {j}, R{}{}", st.replication, if st.reachable { "" } else { " (UNREACHABLE)" }),
+            _ => println!("store          {}", st.backend),
+        }
+        if let Some(l) = &st.leader {
+            println!("leader         {} (token {}, lease until {})", l.replica, l.token, l.expires_at);
+        }
+        for r in &st.replicas {
+            let me = if r.id == st.answered_by { "  (answered)" } else { "" };
+            println!("  replica      {:<32} http {:<22} seen {}{me}", r.id, r.http_addr, r.seen_at);
+        }
+    }
     if let Some(rss) = s.rss_bytes {
         println!("serve memory   {:.1} MiB", rss as f64 / 1048576.0);
     }

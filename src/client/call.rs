@@ -47,9 +47,31 @@ impl RequestSigner {
     }
 }
 
-/// Send a signed request token on `subject` and decode the reply.
+/// How long one attempt of a request waits for its reply.
+pub const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(2_500);
+
+/// Send a signed request token on `subject` and decode the reply. A request that gets no reply
+/// (the replica serving it died, or the reply was lost) is sent again, the very same signed
+/// bytes, until [`REQUEST_TIMEOUT`] has passed: the control plane answers a repeated changing
+/// request with its first reply, so a retry never has a second effect.
 pub async fn request<R: DeserializeOwned>(nc: &async_nats::Client, subject: &str, signed: String) -> Result<R, ClientError> {
-    let req = async_nats::Request::new().payload(signed.into()).timeout(Some(REQUEST_TIMEOUT));
+    let payload: bytes::Bytes = signed.into();
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match attempt(nc, subject, payload.clone(), left.min(ATTEMPT_TIMEOUT)).await {
+            Err(ClientError::Timeout { .. }) | Err(ClientError::NoResponders { .. }) if left > ATTEMPT_TIMEOUT => {
+                tracing::debug!(subject, "no reply yet; sending the same request again");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(ClientError::Timeout { .. }) => return Err(ClientError::Timeout { subject: subject.into(), timeout: REQUEST_TIMEOUT }),
+            r => return r,
+        }
+    }
+}
+
+async fn attempt<R: DeserializeOwned>(nc: &async_nats::Client, subject: &str, payload: bytes::Bytes, timeout: std::time::Duration) -> Result<R, ClientError> {
+    let req = async_nats::Request::new().payload(payload).timeout(Some(timeout));
     let msg = nc.send_request(subject.to_string(), req).await.map_err(|e| {
         use async_nats::RequestErrorKind as K;
         match e.kind() {

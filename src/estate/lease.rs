@@ -58,6 +58,18 @@ pub fn holds(store: &dyn Store, me: &str, token: u64, now_ms: i64) -> std::resul
     Ok(lease::may_act(read(store)?.1.as_ref(), me, token, now_ms))
 }
 
+/// Hand the lease back: `me` holding it with `token` sets its expiry to `now_ms`.
+pub fn release(store: &dyn Store, me: &str, token: u64, now_ms: i64) -> std::result::Result<bool, StoreError> {
+    let (raw, current) = read(store)?;
+    match current {
+        Some(l) if l.holder == me && l.token == token && l.expires_at_ms > now_ms => {
+            let bytes = serde_json::to_vec(&Lease { expires_at_ms: now_ms, ..l }).map_err(|e| StoreError::Backend(e.to_string()))?;
+            store.compare_and_swap(Space::Meta, LEASE_KEY, raw.as_deref(), Some(bytes))
+        }
+        _ => Ok(false),
+    }
+}
+
 impl Estate {
     /// [`lease_step`] on this estate's store, at its clock's time.
     pub fn lease_step(&self, me: &str, ttl_ms: i64) -> Result<LeaseView> {

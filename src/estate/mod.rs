@@ -145,9 +145,23 @@ pub fn open_store(dir: &DataDir, config: &Config, master: &MasterKey) -> Result<
 pub fn open_bucket(dir: &DataDir, config: &Config, master: &MasterKey, bucket: &str, replicas: usize) -> Result<crate::store::JetStreamStore> {
     let access = crate::store::StoreAccess::read(dir, master)?;
     let params = access.connect_params(config.urls(), "tillit-store").map_err(StoreError::Backend)?;
-    let connect: crate::store::Connect =
-        Box::new(move || Box::pin(async move { crate::client::connect(&params).await.map_err(|e| e.to_string()) }));
-    Ok(crate::store::JetStreamStore::open(connect, bucket, replicas)?)
+    // NATS may come up after `serve` (a compose stack, a reboot): wait for it, a minute at most.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut delay = std::time::Duration::from_millis(200);
+    loop {
+        let p = params.clone();
+        let connect: crate::store::Connect =
+            Box::new(move || Box::pin(async move { crate::client::connect(&p).await.map_err(|e| e.to_string()) }));
+        match crate::store::JetStreamStore::open(connect, bucket, replicas) {
+            Ok(s) => return Ok(s),
+            Err(StoreError::Backend(m)) if m.starts_with("connect:") && std::time::Instant::now() < deadline => {
+                tracing::warn!("waiting for NATS to reach the store: {m}; retrying in {delay:?}");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Copy the data dir's sled store into the (empty) `target`, check it, and leave the marker.
@@ -384,7 +398,15 @@ impl Estate {
 
     /// Open an existing estate: its config, master key and store, each checked.
     pub fn open(dir: DataDir, clock: SharedClock) -> Result<Estate> {
-        let config = Config::load(&dir.config_file())?;
+        Self::open_serving(dir, clock, None)
+    }
+
+    /// [`Estate::open`] for `serve`, listening for HTTP at `http_addr` rather than the config's.
+    pub fn open_serving(dir: DataDir, clock: SharedClock, http_addr: Option<std::net::SocketAddr>) -> Result<Estate> {
+        let mut config = Config::load(&dir.config_file())?;
+        if let Some(a) = http_addr {
+            config.http_addr = a;
+        }
         let master = MasterKey::load(dir.root())?;
         let store = open_store(&dir, &config, &master)?;
         Self::open_with(dir, config, store, master, clock)

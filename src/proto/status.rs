@@ -74,9 +74,61 @@ pub struct StatusReply {
     /// The CA rotation waiting for sites, if one is under way (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_rollout: Option<CaRollout>,
+    /// Where the records live, the replicas serving them and the leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreStatus>,
     /// Resident memory of the control plane process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_bytes: Option<u64>,
     /// Who asked (the verified caller).
     pub caller: String,
+}
+
+/// The store and the replicas of the control plane.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreStatus {
+    /// `sled` (embedded, one `serve`) or `jetstream` (a KV bucket and a journal stream; several replicas).
+    pub backend: String,
+    /// The JetStream KV bucket of the records (jetstream only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// The journal stream (jetstream only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<String>,
+    /// Copies JetStream keeps of the bucket and the journal (1 with sled).
+    pub replication: usize,
+    /// The replica that answered this request.
+    pub answered_by: String,
+    /// Whether the store is reachable from the replica that answered.
+    pub reachable: bool,
+    /// The leader lease (jetstream only): the replica running the singleton jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<LeaderInfo>,
+    /// The replicas that announced themselves lately (three lease lives, at least 5 s).
+    #[serde(default)]
+    pub replicas: Vec<ReplicaInfo>,
+}
+
+/// The leader lease.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaderInfo {
+    /// The replica holding the lease.
+    pub replica: String,
+    /// The fencing token: one more at every change of leader.
+    pub token: u64,
+    /// When the lease lapses unless renewed (RFC 3339).
+    pub expires_at: String,
+}
+
+/// A replica of the control plane.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaInfo {
+    /// Its id (`TILLIT_REPLICA_ID`, or host, process id and a random suffix).
+    pub id: String,
+    /// Its HTTP address (health, OCSP, metrics).
+    pub http_addr: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// When it last announced itself (RFC 3339).
+    pub seen_at: String,
 }

@@ -122,6 +122,8 @@ async fn push_revocations(ctx: &Ctx, r: &mut Revocations, why: &str) -> Result<(
 /// [`REVOKE_SPACING`]. Measured with 8,000 bootstrap connections open: one push a second took a
 /// third of nats-server's CPU. A burned token's user can only ask for an enrollment the control
 /// plane refuses (`token_used`), so these delays are a fair bound.
+/// How long a used token's bootstrap user stays, so the enrollee gets its reply (replicas).
+const REPLY_GRACE_SECS: i64 = 2;
 pub(super) const REVOKE_SOON: Duration = Duration::from_millis(200);
 pub(super) const REVOKE_SPACING: Duration = Duration::from_secs(5);
 
@@ -176,7 +178,11 @@ async fn run_replicated_revoker(ctx: std::sync::Arc<Ctx>, mut r: Revocations, mu
             r.live.clear();
             continue;
         }
-        let Ok(stored) = ctx.estate.live_bootstrap_revocations() else { continue };
+        let Ok(mut stored) = ctx.estate.live_bootstrap_revocations() else { continue };
+        // A token used a moment ago: its enrollee may still be reading the reply on the
+        // bootstrap connection (or retrying it); revoke after a short grace.
+        let now = ctx.estate.clock().now_unix();
+        stored.retain(|_, (at, _)| *at + REPLY_GRACE_SECS <= now);
         if stored.keys().eq(r.live.keys()) {
             continue;
         }

@@ -136,8 +136,18 @@ fn spawn_retirement(ctx: &Arc<Ctx>, sid: ServiceId, old_key: String) {
                 && all_moved(&polled, &old_key, now)
                 && e.identities_of(&sid).map(|ids| all_moved(&ids, &old_key, now)).unwrap_or(false);
             if moved || start.elapsed() >= RETIRE_GRACE {
-                if let Err(err) = retire_role_key(&ctx, &sid, &old_key, moved).await {
-                    tracing::error!(service = %sid, "cannot retire the former key: {}", err.message);
+                // Another replica's change may come first: settle again from the fresh state.
+                for attempt in 0..5u64 {
+                    match retire_role_key(&ctx, &sid, &old_key, moved).await {
+                        Err(err) if err.message == super::RACED && attempt < 4 => {
+                            tokio::time::sleep(Duration::from_millis(20 * (attempt + 1))).await;
+                        }
+                        Err(err) => {
+                            tracing::error!(service = %sid, "cannot retire the former key: {}", err.message);
+                            break;
+                        }
+                        Ok(()) => break,
+                    }
                 }
                 return;
             }

@@ -4,7 +4,7 @@
 //! [`Handle`] impl does not compile. Each handler lives in its family's file (`status.rs`,
 //! `enroll.rs`, `admin.rs`, `secrets.rs`, `sites.rs`, `ca.rs`).
 
-use super::{origin, After, Ctx};
+use super::{origin, replies, After, Ctx};
 use crate::error::{ApiError, ErrorCode};
 use crate::estate::IdentityRecord;
 use crate::proto::{self, Caller, Endpoint, EndpointSpec};
@@ -118,14 +118,39 @@ pub(crate) async fn dispatch(ctx: &Arc<Ctx>, route: &Route, msg: &async_nats::Me
             )),
         }
     };
+    // A changing request's reply is kept: the same request again (a client retrying after a
+    // lost reply) gets it instead of a second effect.
+    let kept = changes(spec).then(|| (replies::key(&claims.iss, &claims.jti), replies::digest(&msg.payload)));
+    let first_time = || async {
+        if let Some((k, d)) = &kept {
+            if let Some(v) = replies::lookup(ctx, k, d) {
+                return Err(Ok(v));
+            }
+        }
+        match check_replay() {
+            Ok(()) => Ok(()),
+            Err(e) if e.code == ErrorCode::Replayed => match &kept {
+                Some((k, d)) => Err(replies::wait(ctx, k, d).await.ok_or(e)),
+                None => Err(Err(e)),
+            },
+            Err(e) => Err(Err(e)),
+        }
+    };
     let mut call = Call { signer: claims.iss.clone(), caller: None, info, after: None };
     if spec.caller == Caller::Enrollee {
         if call.info.as_ref().map(|i| i.acc.as_str()) != Some(ctx.bootstrap_account.as_str()) {
             return Err(ApiError::unauthenticated("enrollment must come from a join token's bootstrap connection"));
         }
-        check_replay()?;
+        if let Err(answer) = first_time().await {
+            return answer.map(|v| (v, None));
+        }
         return match run_raced(ctx, route, &mut call, &claims.body).await {
-            Ok(v) => Ok((v, call.after)),
+            Ok(v) => {
+                if let Some((k, d)) = kept {
+                    replies::keep(ctx, k, d, claims.exp, &v).await;
+                }
+                Ok((v, call.after))
+            }
             Err(e) => {
                 audit_refusal(ctx, &format!("nkey:{}", claims.iss), spec, &e);
                 Err(e)
@@ -137,14 +162,34 @@ pub(crate) async fn dispatch(ctx: &Arc<Ctx>, route: &Route, msg: &async_nats::Me
         .identity(&claims.iss)
         .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::unauthenticated("the signing key belongs to no identity of this control plane"))?;
-    check_replay()?;
+    if let Err(answer) = first_time().await {
+        return answer.map(|v| (v, None));
+    }
     if let Err(e) = crate::policy::check_caller(caller.facts(), spec, now).and_then(|_| origin::check_request_origin(ctx, &caller, call.info.as_ref())) {
         audit_refusal(ctx, &caller.id, spec, &e);
         return Err(e);
     }
     call.caller = Some(caller);
     let value = run_raced(ctx, route, &mut call, &claims.body).await?;
+    if let Some((k, d)) = kept {
+        replies::keep(ctx, k, d, claims.exp, &value).await;
+    }
     Ok((value, call.after))
+}
+
+/// Whether a verb changes the estate (its replies are kept for retries); reads are simply
+/// served again.
+fn changes(spec: &EndpointSpec) -> bool {
+    !matches!(
+        spec.subject,
+        proto::Status::SUBJECT
+            | proto::Grants::SUBJECT
+            | proto::List::SUBJECT
+            | proto::SecretList::SUBJECT
+            | proto::SecretVersions::SUBJECT
+            | proto::SecretGet::SUBJECT
+            | proto::SiteList::SUBJECT
+    )
 }
 
 /// How often a request whose change raced another replica's is served again.

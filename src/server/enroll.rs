@@ -95,6 +95,18 @@ async fn enroll(
     let Some(tok) = e.token(&req.token_id).map_err(ApiError::from)? else {
         return Err(refusal(TokenRefusal::Invalid, &req.identity));
     };
+    // This very key already enrolled with this token: its reply was lost (the replica serving
+    // it died before the reply left). Deliver fresh credentials for the same key, never
+    // `token_used` for the enrollee's own enrollment.
+    if tok.state == crate::estate::TokenState::Used && tok.used_by.as_deref() == Some(user_pub) {
+        check_token(&tok.secret_sha256, false, tok.expires_at, &tok.identity, &req.token_secret, &req.identity, now)
+            .map_err(|r| refusal(r, &req.identity))?;
+        if let Some(rec) = e.identity(user_pub).map_err(ApiError::from)?.filter(|r| r.state == IdentityState::Active) {
+            tracing::info!(identity = %rec.id, user = user_pub, "enrollment asked again by its own key: credentials delivered again");
+            let reply = renew(ctx, &rec, RenewRequest { csr: req.csr }).await?;
+            return Ok((reply, After::RevokeBootstrap(tok.bootstrap_user, tok.expires_at)));
+        }
+    }
     check_token(
         &tok.secret_sha256,
         tok.state == crate::estate::TokenState::Used,

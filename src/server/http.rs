@@ -52,7 +52,13 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
-    if s.connections_up() && s.serving.load(Ordering::SeqCst) {
+    if !s.estate.store().reachable() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "application/json")],
+            "{\"status\":\"not_ready\",\"reason\":\"the store is not reachable\"}\n",
+        )
+    } else if s.connections_up() && s.serving.load(Ordering::SeqCst) {
         (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{\"status\":\"ready\"}\n")
     } else {
         (

@@ -37,7 +37,8 @@ pub struct Leadership {
     leader: AtomicBool,
     token: AtomicU64,
     lease: Mutex<Option<Lease>>,
-    started_at: i64,
+    /// When this replica started (Unix seconds).
+    pub started_at: i64,
 }
 
 pub(super) fn now_ms() -> i64 {
@@ -141,6 +142,30 @@ fn step(ctx: &Ctx, ttl: Duration) {
         let old = store.get(crate::store::Space::Meta, &key).ok().flatten();
         let _ = store.compare_and_swap(crate::store::Space::Meta, &key, old.as_deref(), Some(bytes));
     }
+}
+
+/// A replica stopping: it no longer announces itself, and a leader hands the lease back (its
+/// expiry set to now), so another replica takes over at its next step instead of a lease later.
+pub(super) fn leave(ctx: &Ctx) {
+    let l = &ctx.leader;
+    if !l.replicated() {
+        return;
+    }
+    let store = ctx.estate.store();
+    let key = format!("{REPLICA_PREFIX}{}", l.me);
+    if let Ok(Some(old)) = store.get(crate::store::Space::Meta, &key) {
+        let _ = store.compare_and_swap(crate::store::Space::Meta, &key, Some(&old), None);
+    }
+    if l.is_leader() {
+        let _ = crate::estate::lease::release(store, &l.me, l.token.load(Ordering::SeqCst), now_ms());
+        l.leader.store(false, Ordering::SeqCst);
+        tracing::info!(replica = %l.me, "leader lease handed back");
+    }
+}
+
+/// How long a replica counts as live after its last announcement.
+pub fn live_window(ctx: &Ctx) -> Duration {
+    ctx.leader.ttl.map(|t| (t * 3).max(Duration::from_secs(5))).unwrap_or(Duration::from_secs(30))
 }
 
 /// The replicas seen within the last `within` (this one included), by id.

@@ -19,6 +19,7 @@ pub mod http;
 mod origin;
 pub mod leader;
 mod own;
+mod replies;
 pub mod push;
 pub mod reconcile;
 mod secrets;
@@ -122,6 +123,8 @@ pub struct Ctx {
     pub renew_own: Arc<tokio::sync::Notify>,
     /// Whether this replica runs the singleton jobs.
     pub leader: leader::Leadership,
+    /// Replies kept for requests retried after a lost reply.
+    pub replies: replies::ReplyCache,
 }
 
 fn stopped(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
@@ -206,6 +209,10 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         let _ = t.await;
     }
     tasks::save_replay_cache(&ctx);
+    {
+        let c = ctx.clone();
+        let _ = tokio::task::spawn_blocking(move || leader::leave(&c)).await;
+    }
     // Flush the store (the audit log already holds every change), then let go of it.
     let store = estate.store_arc();
     let _ = tokio::task::spawn_blocking(move || store.sync()).await;
@@ -240,6 +247,7 @@ impl Ctx {
             xkey: crate::crypto::Sealer::new(&estate.xkey().map_err(|e| creds_err(&e))?).map_err(|e| creds_err(&e))?,
             ca_lock: Default::default(),
             renew_own,
+            replies: Default::default(),
             leader: leader::Leadership::new(
                 match &estate.config.store {
                     crate::config::StoreBackend::JetStream { lease_ttl, .. } => Some(*lease_ttl),

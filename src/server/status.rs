@@ -68,8 +68,43 @@ fn status(ctx: &Ctx, caller: &IdentityRecord) -> Result<StatusReply, ApiError> {
         sites: vec![],
         cas: super::ca::ca_infos(e),
         ca_rollout: None,
+        store: Some(store_status(ctx)),
         rss_bytes: crate::telemetry::rss_bytes(),
         caller: caller.id.clone(),
     })
 }
 
+
+/// The store, the replicas and the leader, as this replica knows them.
+pub(super) fn store_status(ctx: &Ctx) -> crate::proto::StoreStatus {
+    let e = &ctx.estate;
+    let (bucket, journal, replication) = match &e.config.store {
+        crate::config::StoreBackend::JetStream { bucket, journal, replicas, .. } => (Some(bucket.clone()), Some(journal.clone()), *replicas),
+        crate::config::StoreBackend::Sled => (None, None, 1),
+    };
+    let secs = |ms: i64| rfc3339(ms.div_euclid(1000));
+    let l = &ctx.leader;
+    let replicas = if l.replicated() {
+        super::leader::replicas(e.store(), super::leader::live_window(ctx))
+            .into_iter()
+            .map(|r| crate::proto::ReplicaInfo { id: r.id, http_addr: r.http_addr, started_at: rfc3339(r.started_at), seen_at: secs(r.seen_at_ms) })
+            .collect()
+    } else {
+        vec![crate::proto::ReplicaInfo {
+            id: l.me.clone(),
+            http_addr: e.config.http_addr.to_string(),
+            started_at: rfc3339(l.started_at),
+            seen_at: rfc3339(e.clock().now_unix()),
+        }]
+    };
+    crate::proto::StoreStatus {
+        backend: e.store().backend().into(),
+        bucket,
+        journal,
+        replication,
+        answered_by: l.me.clone(),
+        reachable: e.store().reachable(),
+        leader: l.lease().map(|x| crate::proto::LeaderInfo { replica: x.holder, token: x.token, expires_at: secs(x.expires_at_ms) }),
+        replicas,
+    }
+}

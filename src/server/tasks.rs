@@ -31,6 +31,7 @@ pub(super) fn periodic(ctx: &Ctx) -> Vec<Job> {
         Job { name: "reconcile-accounts", every: ctx.estate.config.reconcile_interval, singleton: true, step: |c| Box::pin(reconcile_accounts(c)) },
         Job { name: "retire-envelope-keys", every: Duration::from_secs(60), singleton: true, step: |c| Box::pin(retire_envelope_keys(c)) },
         Job { name: "refresh-gauges", every: Duration::from_secs(60), singleton: false, step: |c| Box::pin(refresh_gauges(c)) },
+        Job { name: "drop-expired-replies", every: Duration::from_secs(30), singleton: true, step: |c| Box::pin(super::replies::drop_expired(c)) },
         Job { name: "retire-role-keys", every: Duration::from_secs(300), singleton: true, step: |c| Box::pin(admin::retire_leftover_keys(c, false)) },
     ]
 }

@@ -45,11 +45,14 @@ pub enum Space {
     SecretValues,
     /// Sites (`site/<name>`) and their agents' progress (`agent/<user public key>`).
     Sites,
+    /// Replies to changing requests, by signer and request id, until the request expires: a
+    /// request retried after a lost reply gets the first reply (several replicas share them).
+    Replies,
 }
 
 impl Space {
     /// Every space.
-    pub const ALL: [Space; 10] = [
+    pub const ALL: [Space; 11] = [
         Space::Meta,
         Space::Keys,
         Space::Accounts,
@@ -60,6 +63,7 @@ impl Space {
         Space::Secrets,
         Space::SecretValues,
         Space::Sites,
+        Space::Replies,
     ];
 
     /// The space named `name` ([`Space::as_str`]).
@@ -79,6 +83,7 @@ impl Space {
             Space::Secrets => "secrets",
             Space::SecretValues => "secret_values",
             Space::Sites => "sites",
+            Space::Replies => "replies",
         }
     }
 }
