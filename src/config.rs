@@ -77,7 +77,7 @@ fn d_replicas() -> usize {
     1
 }
 fn d_lease_ttl() -> String {
-    "3s".into()
+    "2s".into()
 }
 
 impl Default for RawStore {
@@ -198,6 +198,10 @@ pub struct RawHttp {
     /// `http://<addr>` (an unspecified address becomes 127.0.0.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_url: Option<String>,
+    /// The other `serve` replicas' base URLs: certificates name every replica's OCSP responder
+    /// and CRL (after `public_url`), and nats-server asks the next when one does not answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replica_urls: Vec<String>,
     /// A listener of its own for `/metrics` (`HOST:PORT`). Without it `/metrics` is served on
     /// `addr` only when that is a loopback address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -214,7 +218,7 @@ fn default_http_max_connections() -> usize {
 
 impl Default for RawHttp {
     fn default() -> Self {
-        RawHttp { addr: default_http_addr(), public_url: None, metrics_addr: None, max_connections: default_http_max_connections() }
+        RawHttp { addr: default_http_addr(), public_url: None, replica_urls: vec![], metrics_addr: None, max_connections: default_http_max_connections() }
     }
 }
 
@@ -353,6 +357,8 @@ pub struct Config {
     pub http_max_connections: usize,
     /// Base URL of the HTTP port as others reach it (no trailing slash).
     pub http_public_url: String,
+    /// The other replicas' base URLs (`http.replica_urls`), no trailing slash.
+    pub http_replica_urls: Vec<String>,
     pub service_ttl: Duration,
     pub admin_ttl: Duration,
     pub control_plane_ttl: Duration,
@@ -448,6 +454,17 @@ impl Config {
             metrics_addr: raw.http.metrics_addr.as_deref().map(|m| socket("http.metrics_addr", m)).transpose()?,
             http_max_connections: raw.http.max_connections,
             http_public_url,
+            http_replica_urls: raw
+                .http
+                .replica_urls
+                .iter()
+                .map(|u| {
+                    if !(u.starts_with("http://") || u.starts_with("https://")) || u.contains(char::is_whitespace) {
+                        return Err(invalid(format!("http.replica_urls: {u:?} must be an http:// or https:// URL")));
+                    }
+                    Ok(u.trim_end_matches('/').to_string())
+                })
+                .collect::<Result<_, _>>()?,
             service_ttl: dur("service_ttl", &i.service_ttl)?,
             admin_ttl: dur("admin_ttl", &i.admin_ttl)?,
             control_plane_ttl: dur("control_plane_ttl", &i.control_plane_ttl)?,
@@ -527,6 +544,17 @@ impl Config {
             .collect();
         out.dedup();
         out
+    }
+
+    /// The base URLs of every replica's HTTP port, `http.public_url` first.
+    pub fn responder_urls(&self) -> Vec<String> {
+        let mut v = vec![self.http_public_url.clone()];
+        for u in &self.http_replica_urls {
+            if !v.contains(u) {
+                v.push(u.clone());
+            }
+        }
+        v
     }
 
     /// The URLs as plain strings.

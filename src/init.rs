@@ -34,6 +34,8 @@ pub(crate) struct InitOptions {
     pub store: String,
     /// `store.replicas`.
     pub store_replicas: usize,
+    /// `http.replica_urls`.
+    pub replica_urls: Vec<String>,
     pub force: bool,
 }
 
@@ -100,6 +102,7 @@ pub(crate) fn init(opts: &InitOptions, clock: SharedClock) -> Result<InitSummary
     raw.http.metrics_addr = opts.metrics_addr.clone();
     raw.store.backend = opts.store.clone();
     raw.store.replicas = opts.store_replicas;
+    raw.http.replica_urls = opts.replica_urls.clone();
     let config = Config::from_raw(raw)?;
     let target = absolute(&opts.data_dir)?;
 
@@ -143,7 +146,9 @@ fn build(staging: &Path, target: &Path, config: Config, clock: SharedClock) -> R
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&stage.store()).map_err(EstateError::from)?);
     let estate = Estate::create(fin.clone(), config.clone(), store, master.clone(), clock)?;
     if let crate::config::StoreBackend::JetStream { bucket, .. } = &config.store {
-        estate.store_access(bucket, STORE_ACCESS_TTL)?.write(&stage, &master).map_err(EstateError::from)?;
+        let (access, serial) = estate.store_access(bucket, STORE_ACCESS_TTL)?;
+        estate.store().commit(serial).map_err(EstateError::from)?;
+        access.write(&stage, &master).map_err(EstateError::from)?;
     }
     let admin = estate.issue_admin("admin")?;
     let server = estate.issue_server_cert()?;

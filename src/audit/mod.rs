@@ -29,7 +29,7 @@ mod stream;
 mod writer;
 pub use journal::Journal;
 pub use read::{tail, verify, ChainError, Verified};
-pub use stream::{stream_config, StreamCheckpoint, StreamWriter, APPLY_GRACE, CHECKPOINT_KEY as STREAM_CHECKPOINT_KEY};
+pub use stream::{read_stream, stream_config, StreamCheckpoint, StreamWriter, APPLY_GRACE, CHECKPOINT_KEY as STREAM_CHECKPOINT_KEY};
 pub use writer::Writer;
 
 /// Where the journal's records go: a local file ([`Writer`]) or a JetStream stream

@@ -237,20 +237,7 @@ impl StreamWriter {
                 .map_err(|e| nats_err("read")(e.to_string()))
         })?;
         let changes = msg.headers.get(HDR_CHANGES).is_some();
-        let (mut seq, mut hash) = (seq, hash.to_string());
-        let mut records = Vec::new();
-        for line in msg.payload.split(|b| *b == b'\n') {
-            if line_mac(&self.key, line) != Some(true) {
-                return Err(damaged(stream_seq, format!("a record after seq {seq} is not authenticated by this estate's master key; it is not applied")));
-            }
-            let rec: Record = serde_json::from_slice(line).map_err(|e| damaged(stream_seq, format!("record after seq {seq}: {e}")))?;
-            if rec.seq != seq + 1 || rec.prev != hash {
-                return Err(damaged(stream_seq, format!("record seq {} does not follow seq {seq}", rec.seq)));
-            }
-            seq = rec.seq;
-            hash = crypto::sha256_hex(line);
-            records.push(rec);
-        }
+        let (records, hash) = check_message(&self.key, &msg.payload, seq, hash).map_err(|reason| damaged(stream_seq, reason))?;
         Ok(Read { stream_seq, records, hash, changes })
     }
 
@@ -429,4 +416,64 @@ impl StreamWriter {
             }
         }
     }
+}
+
+/// Check one message's records: each authenticated by `key`, each following the one before,
+/// starting after `(seq, hash)`. Its records and the hash of its last line, or why not.
+fn check_message(key: &MacKey, payload: &[u8], seq: u64, hash: &str) -> Result<(Vec<Record>, String), String> {
+    let (mut seq, mut hash) = (seq, hash.to_string());
+    let mut records = Vec::new();
+    for line in payload.split(|b| *b == b'\n') {
+        if line_mac(key, line) != Some(true) {
+            return Err(format!("a record after seq {seq} is not authenticated by this estate's master key; it is not applied"));
+        }
+        let rec: Record = serde_json::from_slice(line).map_err(|e| format!("record after seq {seq}: {e}"))?;
+        if rec.seq != seq + 1 || rec.prev != hash {
+            return Err(format!("record seq {} does not follow seq {seq}", rec.seq));
+        }
+        seq = rec.seq;
+        hash = crypto::sha256_hex(line);
+        records.push(rec);
+    }
+    Ok((records, hash))
+}
+
+/// Read the whole journal stream `name` in order, checking every record (its MAC under `key`,
+/// the chain); `each` sees every record. What was found, or the first bad record.
+pub async fn read_stream(
+    client: async_nats::Client,
+    name: &str,
+    key: &MacKey,
+    mut each: impl FnMut(&Record),
+) -> Result<Result<super::Verified, super::ChainError>, AuditError> {
+    use futures::StreamExt;
+    let js = jetstream::new(client);
+    let stream = js.get_stream(name).await.map_err(|e| nats_err("open")(e.to_string()))?;
+    let last = stream.get_info().await.map_err(|e| nats_err("info")(e.to_string()))?.state.last_sequence;
+    let (mut seq, mut hash) = (0u64, GENESIS.to_string());
+    if last > 0 {
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig { deliver_policy: jetstream::consumer::DeliverPolicy::All, ..Default::default() })
+            .await
+            .map_err(|e| nats_err("read")(e.to_string()))?;
+        let mut msgs = consumer.messages().await.map_err(|e| nats_err("read")(e.to_string()))?;
+        while let Some(m) = tokio::time::timeout(IO_TIMEOUT, msgs.next()).await.map_err(|_| nats_err("read")("timed out".into()))? {
+            let m = m.map_err(|e| nats_err("read")(e.to_string()))?;
+            let at = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+            match check_message(key, &m.payload, seq, &hash) {
+                Ok((records, h)) => {
+                    for r in &records {
+                        each(r);
+                    }
+                    seq = records.last().map(|r| r.seq).unwrap_or(seq);
+                    hash = h;
+                }
+                Err(reason) => return Ok(Err(super::ChainError { line: at as usize, seq: seq + 1, reason })),
+            }
+            if at >= last {
+                break;
+            }
+        }
+    }
+    Ok(Ok(super::Verified { records: seq, head: hash, authenticated: seq, legacy: 0, anchored: true }))
 }

@@ -1,5 +1,6 @@
 //! `tillit audit verify --data-dir D` and `tillit audit tail --data-dir D [--json] [-n N]`.
-//! Both read the plain log file, so they work while `serve` runs. `verify` checks every record's
+//! Both read the plain log file (or, with a JetStream store, the journal stream through the data
+//! dir's store access), so they work while `serve` runs. `verify` checks every record's
 //! MAC with the master key (`DATA/master.key` or `TILLIT_MASTER_KEY`); `--chain-only` checks the
 //! hash chain alone where the master key is not at hand.
 
@@ -50,6 +51,23 @@ pub struct TailArgs {
     pub n: usize,
 }
 
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+/// The journal stream of a data dir whose store is on JetStream, with a connection to it
+/// (the data dir's store access); `None` for a file log.
+fn journal_stream(data_dir: &std::path::Path) -> anyhow::Result<Option<(async_nats::Client, String)>> {
+    let dir = DataDir::new(data_dir);
+    let config = crate::config::Config::load(&dir.config_file())?;
+    let crate::config::StoreBackend::JetStream { journal, .. } = &config.store else { return Ok(None) };
+    let master = crate::crypto::MasterKey::load(data_dir)?;
+    let access = crate::store::StoreAccess::read(&dir, &master)?;
+    let params = access.connect_params(config.urls(), "tillit-audit").map_err(anyhow::Error::msg)?;
+    let client = block_on(crate::client::connect(&params))?;
+    Ok(Some((client, journal.clone())))
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
     match a.command {
         AuditCommand::Verify(v) => {
@@ -63,7 +81,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 })?;
                 Some(master.derive(audit::AUDIT_KEY_LABEL))
             };
-            match audit::verify(&path, key.as_ref())? {
+            let result = match (journal_stream(&c.data_dir)?, &key) {
+                (Some(_), None) => anyhow::bail!("the journal is on JetStream: `audit verify` needs the master key to reach it (no --chain-only)"),
+                (Some((client, name)), Some(key)) => block_on(audit::read_stream(client, &name, key, |_| {}))?,
+                (None, _) => audit::verify(&path, key.as_ref())?,
+            };
+            match result {
                 Ok(r) => {
                     if c.json {
                         println!(
@@ -95,7 +118,22 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         AuditCommand::Tail(t) => {
             let path = DataDir::new(&t.common.data_dir).audit_log();
-            for r in audit::tail(&path, t.n)? {
+            let records = match journal_stream(&t.common.data_dir)? {
+                Some((client, name)) => {
+                    let key = crate::crypto::MasterKey::load(&t.common.data_dir)?.derive(audit::AUDIT_KEY_LABEL);
+                    let mut last = std::collections::VecDeque::with_capacity(t.n);
+                    let r = block_on(audit::read_stream(client, &name, &key, |r| {
+                        if last.len() == t.n {
+                            last.pop_front();
+                        }
+                        last.push_back(r.clone());
+                    }))?;
+                    r?;
+                    last.into_iter().collect()
+                }
+                None => audit::tail(&path, t.n)?,
+            };
+            for r in records {
                 if t.common.json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {

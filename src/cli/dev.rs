@@ -44,6 +44,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 http_public_url: None,
                 metrics_addr: None,
                 store: "sled".into(),
+                replica_urls: vec![],
                 store_replicas: 1,
                 force: false,
             },

@@ -38,6 +38,10 @@ pub struct Args {
     /// `jetstream` the estate is made here and copied into the bucket at the first `serve`.
     #[arg(long, env = "TILLIT_STORE", default_value = "sled", value_parser = ["sled", "jetstream"])]
     pub store: String,
+    /// The HTTP base URL of another `serve` replica (repeatable): certificates name every
+    /// replica's OCSP responder, so new connections keep working when one replica is down.
+    #[arg(long = "replica-url")]
+    pub replica_urls: Vec<String>,
     /// Replication of the JetStream bucket and journal (1 on one server, 3 on a cluster).
     #[arg(long, default_value_t = 1)]
     pub store_replicas: usize,
@@ -58,6 +62,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             monitor_addr: a.monitor_addr,
             leaf_port: a.leaf_port,
             store: a.store,
+            replica_urls: a.replica_urls,
             store_replicas: a.store_replicas,
             force: a.force,
         },

@@ -17,6 +17,7 @@ pub mod secret;
 pub mod serve;
 pub mod site;
 pub mod status;
+pub mod store;
 pub mod token;
 
 use crate::client::TillitClient;
@@ -76,6 +77,8 @@ pub enum Command {
     Agent(agent::Args),
     /// Admin identities: add another (a join token), revoke one (admin).
     Admin(admin::Args),
+    /// The store: migrate a sled estate to JetStream, make a replica's data dir.
+    Store(store::Args),
 }
 
 /// The flags every call to the control plane takes: who acts, where, and how to print.
@@ -125,6 +128,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Renew(a) => renew::run(a).await,
         Command::Bench(a) => bench::run(a).await,
         Command::Audit(a) => audit::run(a),
+        Command::Store(a) => store::run(a).await,
         Command::Grant(a) => grant::grant(a, false).await,
         Command::Ungrant(a) => grant::grant(a, true).await,
         Command::Grants(a) => grant::grants(a).await,

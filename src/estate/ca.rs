@@ -117,12 +117,16 @@ pub fn ca_url_id(fingerprint: &str) -> String {
 }
 
 pub(crate) fn revocation_urls_for(config: &Config, fingerprint: Option<&str>) -> x509::RevocationUrls {
+    let bases = config.responder_urls();
     x509::RevocationUrls {
-        ocsp: format!("{}/ocsp", config.http_public_url),
-        crl: match fingerprint {
-            Some(fp) => format!("{}/crl/{}", config.http_public_url, ca_url_id(fp)),
-            None => format!("{}/crl", config.http_public_url),
-        },
+        ocsp: bases.iter().map(|b| format!("{b}/ocsp")).collect(),
+        crl: bases
+            .iter()
+            .map(|b| match fingerprint {
+                Some(fp) => format!("{b}/crl/{}", ca_url_id(fp)),
+                None => format!("{b}/crl"),
+            })
+            .collect(),
     }
 }
 

@@ -209,7 +209,9 @@ impl Estate {
     /// Credentials for a replica's connection to a JetStream store ([`crate::store::StoreAccess`]):
     /// a TILLIT user allowed the bucket and the journal, valid for `ttl`, and a certificate
     /// without an OCSP responder (the store must be reachable while no replica answers OCSP).
-    pub fn store_access(&self, bucket: &str, ttl: std::time::Duration) -> Result<crate::store::StoreAccess> {
+    /// With the batch that records its certificate's serial, for the caller to commit where
+    /// the records live.
+    pub fn store_access(&self, bucket: &str, ttl: std::time::Duration) -> Result<(crate::store::StoreAccess, Batch)> {
         let now = self.clock.now_unix();
         let expires = now + ttl.as_secs() as i64;
         let account = self.account(TILLIT_ACCOUNT)?;
@@ -223,15 +225,15 @@ impl Estate {
         let mut b = Batch::new();
         let rec = SerialRecord { user_public_key: user.public_key(), not_after: expires, what: Some("store-access".into()), ..Default::default() };
         b.put_json(Space::Serials, &cert.serial, &rec)?;
-        self.store().commit(b)?;
-        Ok(crate::store::StoreAccess {
+        let access = crate::store::StoreAccess {
             user_jwt: jwt,
             user_seed: seed_of(&user, "store access user")?,
             cert_pem: cert.cert_pem,
             key_pem: cert.key_pem,
             ca_pem: self.ca_bundle_pem(),
             expires_at: expires,
-        })
+        };
+        Ok((access, b))
     }
 
     /// Issue the hub nats-server's certificate.

@@ -236,10 +236,7 @@ fn new_account_keys(vault: &Vault, b: &mut Batch, name: &str) -> Result<(KeyPair
 
 /// The OCSP and CRL URLs certificates carry.
 fn revocation_urls(config: &Config) -> x509::RevocationUrls {
-    x509::RevocationUrls {
-        ocsp: format!("{}/ocsp", config.http_public_url),
-        crl: format!("{}/crl", config.http_public_url),
-    }
+    ca::revocation_urls_for(config, None)
 }
 
 // === impl Estate ===

@@ -115,8 +115,10 @@ fn san_for_host(host: &str) -> Result<SanType, X509Error> {
 /// CRL distribution point).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevocationUrls {
-    pub ocsp: String,
-    pub crl: String,
+    /// OCSP responders, tried in order by relying parties (nats-server takes the first that answers).
+    pub ocsp: Vec<String>,
+    /// CRL distribution point URLs.
+    pub crl: Vec<String>,
 }
 
 /// The root CA with its signing key in memory (loaded from the sealed store).
@@ -150,13 +152,16 @@ fn der_tlv(tag: u8, body: &[u8]) -> Vec<u8> {
     v
 }
 
-/// The Authority Information Access extension with one OCSP URL (RFC 5280 §4.2.2.1).
-fn aia_ocsp(url: &str) -> rcgen::CustomExtension {
-    // id-ad-ocsp 1.3.6.1.5.5.7.48.1
-    let oid = der_tlv(0x06, &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01]);
-    let location = der_tlv(0x86, url.as_bytes()); // [6] IA5String uniformResourceIdentifier
-    let access = der_tlv(0x30, &[oid, location].concat());
-    let content = der_tlv(0x30, &access);
+/// The Authority Information Access extension with OCSP URLs, in order (RFC 5280 §4.2.2.1).
+fn aia_ocsp(urls: &[String]) -> rcgen::CustomExtension {
+    let mut descriptions = Vec::new();
+    for url in urls {
+        // id-ad-ocsp 1.3.6.1.5.5.7.48.1
+        let oid = der_tlv(0x06, &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01]);
+        let location = der_tlv(0x86, url.as_bytes()); // [6] IA5String uniformResourceIdentifier
+        descriptions.extend(der_tlv(0x30, &[oid, location].concat()));
+    }
+    let content = der_tlv(0x30, &descriptions);
     rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 5, 5, 7, 1, 1], content)
 }
 
@@ -214,7 +219,7 @@ impl CertAuthority {
     fn add_revocation_urls(&self, p: &mut CertificateParams) {
         if let Some(u) = &self.urls {
             p.custom_extensions.push(aia_ocsp(&u.ocsp));
-            p.crl_distribution_points = vec![rcgen::CrlDistributionPoint { uris: vec![u.crl.clone()] }];
+            p.crl_distribution_points = vec![rcgen::CrlDistributionPoint { uris: u.crl.clone() }];
         }
     }
 
@@ -414,7 +419,10 @@ mod tests {
 
     #[test]
     fn leaves_carry_revocation_urls_and_the_crl_lists_revoked_serials() {
-        let ca = ca().with_revocation_urls(RevocationUrls { ocsp: "http://127.0.0.1:8080/ocsp".into(), crl: "http://127.0.0.1:8080/crl".into() });
+        let ca = ca().with_revocation_urls(RevocationUrls {
+            ocsp: vec!["http://127.0.0.1:8080/ocsp".into(), "http://127.0.0.1:8081/ocsp".into()],
+            crl: vec!["http://127.0.0.1:8080/crl".into()],
+        });
         let a = ca.issue_client_with_new_key("spiffe://example.org/a/b/c/d", "d", NOW, NOW + 60).unwrap();
         let der = first_cert_der(&a.cert_pem).unwrap();
         let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();

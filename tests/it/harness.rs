@@ -146,11 +146,17 @@ pub struct Serve {
 
 impl Serve {
     pub fn start(data_dir: &Path) -> Self {
+        Self::start_args(data_dir, &[])
+    }
+
+    /// `tillit serve --data-dir D` with extra flags.
+    pub fn start_args(data_dir: &Path, extra: &[&str]) -> Self {
         let log = data_dir.join(format!("serve-{}.log", free_port()));
         let f = std::fs::File::create(&log).expect("log");
         let child = Command::new(tillit_bin())
             .args(["serve", "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .env_remove("TILLIT_MASTER_KEY")
             .env("RUST_LOG", "info")
             .stdout(f.try_clone().expect("dup"))

@@ -8,6 +8,7 @@ mod grants;
 mod harness;
 mod interop;
 mod refusals;
+mod replicas;
 mod revocation;
 mod secrets;
 mod sites;

@@ -1,0 +1,297 @@
+//! Several `tillit serve` replicas on one JetStream store: they share the estate, serve every
+//! verb, never lose a concurrent change, and one leader at a time runs the singleton jobs; a
+//! killed or paused leader is replaced, and a retried request has its first effect only.
+
+use crate::harness::*;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const SVC: &str = "acme/shop/prod/orders";
+
+/// A replica started from its own data dir (made by `tillit store replica`).
+struct Replica {
+    serve: Serve,
+    port: u16,
+}
+
+/// An estate on JetStream whose certificates name a second replica's OCSP responder at `port`.
+fn jetstream_estate(td: &str, port: u16) -> Estate {
+    Estate::init_args(td, &["--store", "jetstream", "--replica-url", &format!("http://127.0.0.1:{port}")])
+}
+
+fn start_replica(e: &Estate, name: &str, port: u16) -> Replica {
+    let dir = e.tmp.path().join(name);
+    let out = tillit(&["store", "replica", "--data-dir", e.data(), "--out", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "store replica: {}", stderr(&out));
+    let serve = Serve::start_args(&dir, &["--http-addr", &format!("127.0.0.1:{port}")]);
+    wait_for(Duration::from_secs(20), || http_get(port, "/readyz").map(|(c, _)| c == 200).unwrap_or(false))
+        .unwrap_or_else(|| panic!("replica {name} never became ready:\n{}", serve.log_text()));
+    Replica { serve, port }
+}
+
+fn status(e: &Estate) -> serde_json::Value {
+    let out = tillit(&["status", "--identity", &e.admin(), "--json"]);
+    assert!(out.status.success(), "status: {}", stderr(&out));
+    serde_json::from_str(&stdout(&out)).expect("status JSON")
+}
+
+/// The sum of a metric's samples whose line starts with `prefix` on the replica at `port`.
+fn metric(port: u16, prefix: &str) -> f64 {
+    let (_, text) = http_get(port, "/metrics").expect("metrics");
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// The leader's replica id and fencing token, as the store says.
+fn leader(e: &Estate) -> (String, u64) {
+    let s = status(e);
+    let l = &s["store"]["leader"];
+    (l["replica"].as_str().unwrap_or_default().to_string(), l["token"].as_u64().unwrap_or(0))
+}
+
+/// Which of `ports` the replica `id` listens on (from `status`).
+fn port_of(e: &Estate, id: &str) -> u16 {
+    let s = status(e);
+    let r = s["store"]["replicas"].as_array().unwrap().iter().find(|r| r["id"] == id).unwrap_or_else(|| panic!("{id} not in {s}"));
+    r["http_addr"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn two_replicas_share_one_estate_and_lose_no_concurrent_change() {
+    let pb = free_port();
+    let e = jetstream_estate("replicas.example", pb);
+    let _nats = e.start_nats();
+    let _a = e.start_serve_ready();
+    let b = start_replica(&e, "replica-b", pb);
+    let orders = enroll_one(&e, SVC, "orders");
+
+    // Sixteen grants to one service at the same instant, through both replicas: every one
+    // stays (each replica's change was computed again when the other's came first).
+    let handles: Vec<_> = (0..16)
+        .map(|i| {
+            let admin = e.admin();
+            std::thread::spawn(move || tillit(&["grant", "--identity", &admin, SVC, "--pub", &format!("orders.g{i}")]))
+        })
+        .collect();
+    for h in handles {
+        let out = h.join().unwrap();
+        assert!(out.status.success(), "grant: {}", stderr(&out));
+    }
+    let out = tillit(&["grants", "--identity", &e.admin(), SVC, "--json"]);
+    let grants = stdout(&out);
+    for i in 0..16 {
+        assert!(grants.contains(&format!("\"orders.g{i}\"")), "grant {i} lost: {grants}");
+    }
+    let ok = |port| metric(port, "tillit_requests_total{endpoint=\"tillit.v1.admin.grant\",outcome=\"ok\"}");
+    assert!(ok(e.http_port) > 0.0 && ok(b.port) > 0.0, "both replicas answered grants: {} and {}", ok(e.http_port), ok(b.port));
+    assert_eq!(ok(e.http_port) + ok(b.port), 16.0, "each grant answered once");
+
+    // The service reads a secret any replica serves.
+    let out = secret_put(&e, "acme/shop/prod/db-password", "hunter2-replicated", &[SVC]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for _ in 0..6 {
+        let out = tillit(&["secret", "get", "db-password", "--identity", orders.to_str().unwrap()]);
+        assert_eq!(stdout(&out), "hunter2-replicated", "{}", stderr(&out));
+    }
+
+    // Status names the store, both replicas and the one leader.
+    let s = status(&e);
+    assert_eq!(s["store"]["backend"], "jetstream", "{s}");
+    assert_eq!(s["store"]["bucket"], "tillit");
+    let ids: Vec<&str> = s["store"]["replicas"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2, "{s}");
+    let (lead, token) = leader(&e);
+    assert!(ids.contains(&lead.as_str()) && token >= 1, "{s}");
+    let leaders = metric(e.http_port, "tillit_leader ") + metric(b.port, "tillit_leader ");
+    assert_eq!(leaders, 1.0, "exactly one replica leads");
+
+    // The journal: one chain across both replicas, every record authenticated.
+    let out = tillit(&["audit", "verify", "--data-dir", e.data(), "--json"]);
+    assert!(out.status.success(), "audit verify: {}{}", stdout(&out), stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(v["records"].as_u64().unwrap() >= 20, "{v}");
+    let out = tillit(&["audit", "tail", "--data-dir", e.data(), "-n", "200", "--json"]);
+    assert_eq!(stdout(&out).matches("\"action\":\"grant\"").count(), 16, "one record per grant");
+
+    // Nothing in clear in the bucket.
+    let js = e.dir.root().join("nats").join("jetstream");
+    for entry in walk(&js) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(!bytes.windows(18).any(|w| w == b"hunter2-replicated"), "plaintext in {}", entry.display());
+    }
+}
+
+#[test]
+fn killing_the_leader_loses_no_enrollment_and_moves_the_jobs() {
+    let pb = free_port();
+    let e = jetstream_estate("failover.example", pb);
+    let _nats = e.start_nats();
+    let mut a = e.start_serve_ready();
+    let mut b = start_replica(&e, "replica-b", pb);
+    const N: usize = 48;
+    let tokens = create_tokens(&e, "acme/shop/prod/api", N as u32, "15m");
+    let (lead, token) = leader(&e);
+    let lead_port = port_of(&e, &lead);
+
+    // Enroll and renew at 8 in flight; kill -9 the leader once a quarter is done.
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(tokens.into_iter().enumerate().collect::<Vec<_>>()));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let failures = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let root = e.tmp.path().to_path_buf();
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (queue, done, failures, root) = (queue.clone(), done.clone(), failures.clone(), root.clone());
+            std::thread::spawn(move || loop {
+                let Some((i, token)) = queue.lock().unwrap().pop() else { return };
+                let dir = root.join(format!("api-{i}"));
+                let out = enroll_cli(&token, &dir);
+                if !out.status.success() {
+                    failures.lock().unwrap().push(format!("enroll {i}: {}", stderr(&out)));
+                    continue;
+                }
+                let out = tillit(&["renew", "--identity", dir.to_str().unwrap()]);
+                if !out.status.success() {
+                    failures.lock().unwrap().push(format!("renew {i}: {}", stderr(&out)));
+                }
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })
+        })
+        .collect();
+    wait_for(Duration::from_secs(60), || done.load(std::sync::atomic::Ordering::SeqCst) >= N / 4).expect("a quarter enrolled");
+    let killed_at = Instant::now();
+    let (survivor_port, survivor_log): (u16, Box<dyn Fn() -> String>) = if lead_port == e.http_port {
+        a.child.kill().unwrap();
+        let _ = a.child.wait();
+        (b.port, Box::new(move || b.serve.log_text()))
+    } else {
+        b.serve.child.kill().unwrap();
+        let _ = b.serve.child.wait();
+        let log = a.log.clone();
+        (e.http_port, Box::new(move || std::fs::read_to_string(&log).unwrap_or_default()))
+    };
+    // The survivor takes the lease over with the next fencing token.
+    wait_for(Duration::from_secs(10), || metric(survivor_port, "tillit_leader ") == 1.0).expect("a new leader");
+    let gap = killed_at.elapsed();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let failures = failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "no client sees an error: {failures:#?}\n{}", survivor_log());
+    assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), N);
+    assert!(gap < Duration::from_secs(3), "the jobs moved to a new leader in {gap:?}");
+    let (new_lead, new_token) = leader(&e);
+    assert_ne!(new_lead, lead);
+    assert!(new_token > token, "fencing token grew: {token} → {new_token}");
+
+    // Every enrollment is there once, and every identity works.
+    let out = tillit(&["list", "--identity", &e.admin(), "--json"]);
+    let list = stdout(&out);
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let api = v.as_array().or_else(|| v["identities"].as_array()).unwrap().iter().filter(|i| i.to_string().contains("acme/shop/prod/api")).count();
+    assert_eq!(api, N, "one identity per token: {list}");
+    for i in [0, N / 2, N - 1] {
+        let dir = root.join(format!("api-{i}"));
+        let out = tillit(&["renew", "--identity", dir.to_str().unwrap()]);
+        assert!(out.status.success(), "renew {i}: {}", stderr(&out));
+    }
+    let out = tillit(&["audit", "verify", "--data-dir", e.data()]);
+    assert!(out.status.success(), "audit verify: {}{}", stdout(&out), stderr(&out));
+}
+
+#[test]
+fn a_paused_leader_is_deposed_and_acts_no_more_when_it_resumes() {
+    let pb = free_port();
+    let e = jetstream_estate("fencing.example", pb);
+    let _nats = e.start_nats();
+    let a = e.start_serve_ready();
+    let b = start_replica(&e, "replica-b", pb);
+    let (lead, token) = leader(&e);
+    let (paused_pid, paused_port, other_port) =
+        if port_of(&e, &lead) == e.http_port { (a.child.id(), e.http_port, b.port) } else { (b.serve.child.id(), b.port, e.http_port) };
+    let kill = |sig: &str| assert!(std::process::Command::new("kill").args([sig, &paused_pid.to_string()]).status().unwrap().success());
+    kill("-STOP");
+    wait_for(Duration::from_secs(10), || metric(other_port, "tillit_leader ") == 1.0).expect("the other replica takes over");
+    let (new_lead, new_token) = leader(&e);
+    assert_ne!(new_lead, lead);
+    assert_eq!(new_token, token + 1);
+    kill("-CONT");
+    // Resumed, the old leader finds its lease gone and follows; the new one keeps its token.
+    wait_for(Duration::from_secs(5), || metric(paused_port, "tillit_leader ") == 0.0).expect("the resumed replica follows");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(leader(&e), (new_lead, new_token), "no second change of leader");
+    assert_eq!(metric(paused_port, "tillit_leader ") + metric(other_port, "tillit_leader "), 1.0);
+    // Both keep serving, and the journal has one chain.
+    let _svc = enroll_one(&e, SVC, "orders");
+    for i in 0..4 {
+        let out = tillit(&["grant", "--identity", &e.admin(), SVC, "--pub", &format!("after.{i}")]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = tillit(&["audit", "verify", "--data-dir", e.data()]);
+    assert!(out.status.success(), "audit verify: {}{}", stdout(&out), stderr(&out));
+}
+
+#[test]
+fn a_sled_estate_migrates_and_is_served_by_two_replicas() {
+    let e = Estate::init("migrate.example");
+    let _nats = e.start_nats();
+    let mut serve = e.start_serve_ready();
+    let orders = enroll_one(&e, SVC, "orders");
+    let out = secret_put(&e, "acme/shop/prod/db-password", "before-migration", &[SVC]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Refused while serve runs on the data dir.
+    let out = tillit(&["store", "migrate", "--to", "jetstream", "--data-dir", e.data()]);
+    assert!(!out.status.success() && stderr(&out).contains("in use"), "{}", stderr(&out));
+    serve.terminate(Duration::from_secs(10));
+    let records_before = {
+        let out = tillit(&["audit", "verify", "--data-dir", e.data(), "--json"]);
+        serde_json::from_str::<serde_json::Value>(&stdout(&out)).unwrap()["records"].as_u64().unwrap()
+    };
+    let sled_before = sled_records(&e);
+
+    let out = tillit(&["store", "migrate", "--to", "jetstream", "--data-dir", e.data()]);
+    assert!(out.status.success(), "migrate: {}{}", stdout(&out), stderr(&out));
+    assert_eq!(sled_records(&e), sled_before, "the sled store is left as it was");
+    let out = tillit(&["store", "migrate", "--to", "jetstream", "--data-dir", e.data()]);
+    assert!(!out.status.success(), "a second migration is refused");
+
+    let _a = e.start_serve_ready();
+    let _b = start_replica(&e, "replica-b", free_port());
+    // The audit chain came along, and grows on the stream.
+    let out = tillit(&["audit", "verify", "--data-dir", e.data(), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(v["records"].as_u64().unwrap() >= records_before, "{v}");
+    // The migrated identity renews and reads its secret, through either replica.
+    for _ in 0..3 {
+        let out = tillit(&["renew", "--identity", orders.to_str().unwrap()]);
+        assert!(out.status.success(), "renew: {}", stderr(&out));
+        let out = tillit(&["secret", "get", "db-password", "--identity", orders.to_str().unwrap()]);
+        assert_eq!(stdout(&out), "before-migration", "{}", stderr(&out));
+    }
+    assert_eq!(status(&e)["store"]["backend"], "jetstream");
+}
+
+/// Every record of the data dir's sled store.
+fn sled_records(e: &Estate) -> Vec<(&'static str, String, Vec<u8>)> {
+    use tillit::store::{SledStore, Space, Store};
+    let s = SledStore::open(&e.dir.store()).unwrap();
+    Space::ALL.iter().flat_map(|sp| s.scan(*sp).unwrap().into_iter().map(move |(k, v)| (sp.as_str(), k, v))).collect()
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
