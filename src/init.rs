@@ -36,6 +36,9 @@ pub(crate) struct InitOptions {
     pub store_replicas: usize,
     /// `http.replica_urls`.
     pub replica_urls: Vec<String>,
+    /// A clustered hub: how many nodes, and the first node's route port (the others count up
+    /// from it, as their client ports count up from `nats_url`'s).
+    pub cluster: Option<(usize, u16)>,
     pub force: bool,
 }
 
@@ -50,6 +53,8 @@ pub struct InitSummary {
     pub nats_urls: Vec<String>,
     pub http_addr: String,
     pub server_conf: PathBuf,
+    /// With a clustered hub: every node's configuration (no `server_conf` then).
+    pub node_confs: Vec<PathBuf>,
     pub admin_dir: PathBuf,
     pub master_key_file: Option<PathBuf>,
     pub operator: String,
@@ -93,6 +98,47 @@ fn absolute(p: &Path) -> Result<PathBuf, InitError> {
     Ok(out)
 }
 
+/// One node of a clustered hub, as `init --cluster` lays it out.
+struct ClusterNode {
+    index: usize,
+    url: String,
+    listen: String,
+    leaf_listen: Option<String>,
+    route_listen: String,
+    route_url: String,
+}
+
+/// The nodes of `--cluster N --cluster-port P`: node n listens for clients on `nats_url`'s port
+/// + n-1 and for routes on P + n-1, on `nats_url`'s host (one machine; on several, edit each
+/// `server-<n>.conf`'s addresses).
+fn cluster_nodes(opts: &InitOptions) -> Result<Vec<ClusterNode>, InitError> {
+    let Some((size, route_port)) = opts.cluster else { return Ok(vec![]) };
+    if !(3..=7).contains(&size) || size % 2 == 0 {
+        return Err(ConfigError::Invalid("--cluster takes an odd number of nodes from 3 to 7 (JetStream needs a majority)".into()).into());
+    }
+    let u = crate::config::NatsUrl::parse(&opts.nats_url)?;
+    let host = u.bare_host().to_string();
+    let listen_host = if host == "localhost" { "127.0.0.1".to_string() } else { host.clone() };
+    let bracket = |h: &str| if h.contains(':') { format!("[{h}]") } else { h.to_string() };
+    let scheme = opts.nats_url.split("://").next().unwrap_or("nats");
+    let port_at = |base: u16, i: usize| -> Result<u16, InitError> {
+        base.checked_add(i as u16).ok_or_else(|| ConfigError::Invalid(format!("port {base} + {i} is past 65535")).into())
+    };
+    (0..size)
+        .map(|i| {
+            let (client, route) = (port_at(u.port, i)?, port_at(route_port, i)?);
+            Ok(ClusterNode {
+                index: i + 1,
+                url: format!("{scheme}://{}:{client}", bracket(&host)),
+                listen: format!("{}:{client}", bracket(&listen_host)),
+                leaf_listen: opts.leaf_port.map(|p| port_at(p, i).map(|p| format!("{}:{p}", bracket(&listen_host)))).transpose()?,
+                route_listen: format!("{}:{route}", bracket(&listen_host)),
+                route_url: format!("nats-route://{}:{route}", bracket(&host)),
+            })
+        })
+        .collect()
+}
+
 /// Create a new data dir.
 pub(crate) fn init(opts: &InitOptions, clock: SharedClock) -> Result<InitSummary, InitError> {
     let mut raw = raw_for_init(&opts.trust_domain, &opts.nats_url, opts.http_addr.as_deref());
@@ -103,6 +149,10 @@ pub(crate) fn init(opts: &InitOptions, clock: SharedClock) -> Result<InitSummary
     raw.store.backend = opts.store.clone();
     raw.store.replicas = opts.store_replicas;
     raw.http.replica_urls = opts.replica_urls.clone();
+    let nodes = cluster_nodes(opts)?;
+    if !nodes.is_empty() {
+        raw.nats.urls = nodes.iter().map(|n| n.url.clone()).collect();
+    }
     let config = Config::from_raw(raw)?;
     let target = absolute(&opts.data_dir)?;
 
@@ -121,7 +171,7 @@ pub(crate) fn init(opts: &InitOptions, clock: SharedClock) -> Result<InitSummary
     // Build in a staging dir, then swap it into place (a replaced data dir is restored if the
     // new one cannot take its place).
     let replace = if empty { Replace::IfEmpty } else { Replace::Swap };
-    fsutil::write_dir_atomic(&target, "init", replace, |staging| build(staging, &target, config, clock)).map_err(|e| match e {
+    fsutil::write_dir_atomic(&target, "init", replace, |staging| build(staging, &target, config, &nodes, clock)).map_err(|e| match e {
         WriteDirError::Fill(e) => e,
         WriteDirError::NotEmpty { path, source } | WriteDirError::Io { path, source, .. } => {
             InitError::Io { path: path.display().to_string(), source }
@@ -129,7 +179,7 @@ pub(crate) fn init(opts: &InitOptions, clock: SharedClock) -> Result<InitSummary
     })
 }
 
-fn build(staging: &Path, target: &Path, config: Config, clock: SharedClock) -> Result<InitSummary, InitError> {
+fn build(staging: &Path, target: &Path, config: Config, nodes: &[ClusterNode], clock: SharedClock) -> Result<InitSummary, InitError> {
     let stage = DataDir::new(staging);
     let fin = DataDir::new(target);
 
@@ -172,7 +222,36 @@ fn build(staging: &Path, target: &Path, config: Config, clock: SharedClock) -> R
             preload: vec![(&sys.public_key, &sys.jwt), (&tillit.public_key, &tillit.jwt)],
         },
     );
-    w(stage.server_conf(), conf.as_bytes(), PUBLIC)?;
+    if nodes.is_empty() {
+        w(stage.server_conf(), conf.as_bytes(), PUBLIC)?;
+    }
+    let trust = ServerTrust {
+        system_account: &sys.public_key,
+        preload: vec![(&sys.public_key, &sys.jwt), (&tillit.public_key, &tillit.jwt)],
+    };
+    for n in nodes {
+        let name = format!("{}-{}", config.server_name, n.index);
+        let (sd, fd) = (DataDir::new(stage.node_dir(n.index)), DataDir::new(fin.node_dir(n.index)));
+        for d in [sd.root().to_path_buf(), sd.root().join("tls"), sd.root().join("resolver"), sd.root().join("jetstream")] {
+            fsutil::create_dir(&d, PRIVATE_DIR).map_err(io(&d))?;
+        }
+        let cert = estate.issue_node_cert(&name)?;
+        w(sd.root().join("tls/cert.pem"), cert.cert_pem.as_bytes(), PUBLIC)?;
+        w(sd.root().join("tls/key.pem"), cert.key_pem.expose().as_bytes(), PRIVATE)?;
+        let node = natsconf::HubNode {
+            server_name: name,
+            listen: n.listen.clone(),
+            monitor: None,
+            leaf_listen: n.leaf_listen.clone(),
+            cert: fd.root().join("tls/cert.pem"),
+            key: fd.root().join("tls/key.pem"),
+            resolver: fd.root().join("resolver"),
+            jetstream: fd.root().join("jetstream"),
+            ocsp_cache: fd.root().join("ocsp"),
+            cluster: Some((config.server_name.clone(), n.route_listen.clone(), nodes.iter().filter(|o| o.index != n.index).map(|o| o.route_url.clone()).collect())),
+        };
+        w(stage.node_conf(n.index), natsconf::render_node(&config, &fin, &trust, &node).as_bytes(), PUBLIC)?;
+    }
     identity::write(&stage.admin(), &admin)?;
     // The first audit record: the estate and its first admin.
     let mut audit = crate::audit::Writer::open(&stage.audit(), estate.store_arc(), estate.clock().clone(), estate.audit_key())
@@ -191,6 +270,7 @@ fn build(staging: &Path, target: &Path, config: Config, clock: SharedClock) -> R
         nats_urls: config.urls(),
         http_addr: config.http_addr.to_string(),
         server_conf: fin.server_conf(),
+        node_confs: nodes.iter().map(|n| fin.node_conf(n.index)).collect(),
         admin_dir: fin.admin().root().to_path_buf(),
         master_key_file,
         operator: estate.meta.operator_public_key.clone(),

@@ -75,6 +75,14 @@ impl DataDir {
     pub fn server_conf(&self) -> PathBuf {
         self.nats().join(SERVER_CONF)
     }
+    /// With a clustered hub: node `n`'s configuration (`DATA/nats/server-<n>.conf`).
+    pub fn node_conf(&self, n: usize) -> PathBuf {
+        self.nats().join(format!("server-{n}.conf"))
+    }
+    /// With a clustered hub: node `n`'s own files (certificate, resolver, JetStream, OCSP cache).
+    pub fn node_dir(&self, n: usize) -> PathBuf {
+        self.nats().join(format!("node-{n}"))
+    }
     pub fn operator_jwt(&self) -> PathBuf {
         self.nats().join(OPERATOR_JWT)
     }

@@ -21,9 +21,52 @@ fn q(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| format!("\"{}\"", s.replace('"', "")))
 }
 
+/// One hub nats-server: its name, listeners and files.
+#[derive(Debug, Clone)]
+pub(crate) struct HubNode {
+    pub server_name: String,
+    /// `host:port` for clients.
+    pub listen: String,
+    pub monitor: Option<String>,
+    /// `host:port` for site servers' leafnode connections.
+    pub leaf_listen: Option<String>,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub resolver: std::path::PathBuf,
+    pub jetstream: std::path::PathBuf,
+    pub ocsp_cache: std::path::PathBuf,
+    /// With a clustered hub: the cluster's name, this node's route listener and the other
+    /// nodes' route URLs.
+    pub cluster: Option<(String, String, Vec<String>)>,
+}
+
+impl HubNode {
+    /// The single hub of a data dir (`DATA/nats/…`).
+    pub(crate) fn single(cfg: &Config, dir: &DataDir) -> Self {
+        HubNode {
+            server_name: cfg.server_name.clone(),
+            listen: cfg.nats_listen.clone(),
+            monitor: cfg.monitor_addr.map(|m| m.to_string()),
+            leaf_listen: cfg.leaf_listen.clone(),
+            cert: dir.nats_cert(),
+            key: dir.nats_key(),
+            resolver: dir.resolver(),
+            jetstream: dir.jetstream(),
+            ocsp_cache: dir.ocsp_cache(),
+            cluster: None,
+        }
+    }
+}
+
 /// Render `DATA/nats/server.conf`. `dir` must be absolute: nats-server resolves relative paths
 /// against its working directory, not the config file.
 pub(crate) fn render(cfg: &Config, dir: &DataDir, trust: &ServerTrust<'_>) -> String {
+    render_node(cfg, dir, trust, &HubNode::single(cfg, dir))
+}
+
+/// Render one hub node's configuration.
+pub(crate) fn render_node(cfg: &Config, dir: &DataDir, trust: &ServerTrust<'_>, node: &HubNode) -> String {
+    let path = |p: &std::path::Path| q(&p.display().to_string());
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -32,17 +75,17 @@ pub(crate) fn render(cfg: &Config, dir: &DataDir, trust: &ServerTrust<'_>) -> St
          # the tillit CA and a user JWT issued by tillit. Regenerate with `tillit init --force`.\n",
         cfg.trust_domain
     );
-    let _ = writeln!(s, "server_name: {}", q(&cfg.server_name));
-    let _ = writeln!(s, "listen: {}", q(&cfg.nats_listen));
-    if let Some(m) = cfg.monitor_addr {
-        let _ = writeln!(s, "http: {}", q(&m.to_string()));
+    let _ = writeln!(s, "server_name: {}", q(&node.server_name));
+    let _ = writeln!(s, "listen: {}", q(&node.listen));
+    if let Some(m) = &node.monitor {
+        let _ = writeln!(s, "http: {}", q(m));
     }
-    let _ = writeln!(s, "\noperator: {}", q(&dir.operator_jwt().display().to_string()));
+    let _ = writeln!(s, "\noperator: {}", path(&dir.operator_jwt()));
     let _ = writeln!(s, "system_account: {}", q(trust.system_account));
     let _ = writeln!(
         s,
         "\nresolver: {{\n  type: full\n  dir: {}\n  allow_delete: false\n  interval: \"2m\"\n  timeout: \"1.9s\"\n}}",
-        q(&dir.resolver().display().to_string())
+        path(&node.resolver)
     );
     let _ = writeln!(s, "\nresolver_preload: {{");
     for (k, jwt) in &trust.preload {
@@ -54,31 +97,45 @@ pub(crate) fn render(cfg: &Config, dir: &DataDir, trust: &ServerTrust<'_>) -> St
         "\ntls {{\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n  verify: true\n  timeout: 2\n  \
          # Client certificates are checked against tillit's OCSP responder (their AIA URL).\n  \
          ocsp_peer: {{\n    verify: true\n    ca_timeout: 2\n    allowed_clockskew: 30\n  }}\n}}",
-        q(&dir.nats_cert().display().to_string()),
-        q(&dir.nats_key().display().to_string()),
-        q(&dir.nats_ca().display().to_string()),
+        path(&node.cert),
+        path(&node.key),
+        path(&dir.nats_ca()),
     );
     let _ = writeln!(
         s,
         "\n# OCSP answers are cached here (not in the working directory).\nocsp_cache {{\n  type: local\n  local_store: {}\n}}",
-        q(&dir.ocsp_cache().display().to_string())
+        path(&node.ocsp_cache)
     );
-    if let Some(leaf) = &cfg.leaf_listen {
+    if let Some(leaf) = &node.leaf_listen {
         let _ = writeln!(
             s,
             "\n# Site servers (`tillit site add`) connect here: mutual TLS, then a user JWT per account.\n\
              leafnodes {{\n  listen: {}\n  tls {{\n    cert_file: {}\n    key_file: {}\n    ca_file: {}\n    verify: true\n    timeout: 2\n  }}\n}}",
             q(leaf),
-            q(&dir.nats_cert().display().to_string()),
-            q(&dir.nats_key().display().to_string()),
-            q(&dir.nats_ca().display().to_string()),
+            path(&node.cert),
+            path(&node.key),
+            path(&dir.nats_ca()),
+        );
+    }
+    if let Some((name, listen, routes)) = &node.cluster {
+        let routes: Vec<String> = routes.iter().map(|r| format!("    {}", q(r))).collect();
+        let _ = writeln!(
+            s,
+            "\n# The hub's other nodes: routes with mutual TLS (each node's certificate from the tillit CA).\n\
+             cluster {{\n  name: {}\n  listen: {}\n  routes: [\n{}\n  ]\n  tls {{\n    cert_file: {}\n    key_file: {}\n    ca_file: {}\n    verify: true\n    timeout: 2\n  }}\n}}",
+            q(name),
+            q(listen),
+            routes.join("\n"),
+            path(&node.cert),
+            path(&node.key),
+            path(&dir.nats_ca()),
         );
     }
     let _ = writeln!(
         s,
         "\njetstream {{\n  domain: {}\n  store_dir: {}\n  max_memory_store: 268435456\n  max_file_store: 2147483648\n}}",
         q(crate::subjects::HUB_DOMAIN),
-        q(&dir.jetstream().display().to_string())
+        path(&node.jetstream)
     );
     s
 }

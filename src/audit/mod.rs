@@ -79,6 +79,10 @@ pub enum AuditError {
     Broken,
     #[error("audit journal stopped")]
     Stopped,
+    /// The journal could not be written now (its stream is electing a leader, NATS is away);
+    /// nothing was recorded or changed.
+    #[error("the journal is not writable right now: {0}")]
+    Unavailable(String),
     /// Another replica changed the store first: the change must be computed again.
     #[error("another replica changed the estate at the same time; try again")]
     Conflict,

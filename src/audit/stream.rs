@@ -35,6 +35,8 @@ const HDR_CHANGES: &str = "Tillit-Changes";
 const MAX_MESSAGE: usize = 512 * 1024;
 /// How long one publish or read may take.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a committed record's changes are retried against a store that is away.
+const COMMITTED_APPLY_WAIT: Duration = Duration::from_secs(30);
 /// The checkpoint's record key in [`Space::Meta`].
 pub const CHECKPOINT_KEY: &str = "journal_checkpoint";
 
@@ -216,13 +218,15 @@ impl StreamWriter {
                 .js
                 .publish_with_headers(crate::subjects::JOURNAL, headers, body.into())
                 .await
-                .map_err(|e| nats_err("publish")(e.to_string()))?;
+                .map_err(|e| AuditError::Unavailable(e.to_string()))?;
             match tokio::time::timeout(IO_TIMEOUT, ack).await {
-                Err(_) => Err(nats_err("publish")("no acknowledgement within 5s".into())),
+                // Not acknowledged: it may or may not be in the stream; the next append's
+                // expected sequence finds out (and reads it if it is).
+                Err(_) => Err(AuditError::Unavailable("no acknowledgement within 5s".into())),
                 Ok(Ok(a)) => Ok(Ok(a.sequence)),
                 // 10071: wrong last sequence.
                 Ok(Err(e)) if e.to_string().contains("10071") || e.to_string().to_lowercase().contains("wrong last sequence") => Ok(Err(())),
-                Ok(Err(e)) => Err(nats_err("publish")(e.to_string())),
+                Ok(Err(e)) => Err(AuditError::Unavailable(e.to_string())),
             }
         })
     }
@@ -270,6 +274,13 @@ impl StreamWriter {
             std::thread::sleep(Duration::from_millis(5));
         }
         Err(AuditError::Store(StoreError::Conflict("the journal checkpoint kept changing".into())))
+    }
+
+    fn advance_checkpoint_if(&mut self, changes: bool, stream_seq: u64) -> Result<(), AuditError> {
+        if changes || self.last_checkpoint.elapsed() > Duration::from_secs(1) {
+            self.advance_checkpoint(stream_seq)?;
+        }
+        Ok(())
     }
 
     /// Read every message past this writer's head; make sure the store holds their changes
@@ -394,18 +405,29 @@ impl StreamWriter {
                     for e in entries {
                         batch.ops.extend(e.batch.ops);
                     }
-                    if !batch.is_empty() {
-                        match self.store.apply_in_order(batch) {
-                            Ok(()) => {}
+                    // The record is committed: its changes must reach the store. A store that is
+                    // away for a moment (its stream electing a leader) is waited for.
+                    let deadline = Instant::now() + COMMITTED_APPLY_WAIT;
+                    loop {
+                        let applied = match self.store.apply_in_order(batch.clone()) {
+                            Ok(()) => self.advance_checkpoint_if(changes, stream_seq),
+                            Err(e) => Err(e.into()),
+                        };
+                        match applied {
+                            Ok(()) => return Ok(seqs),
                             // Another replica applied this record for us (it took us too long).
-                            Err(StoreError::Conflict(_)) if self.checkpoint()?.map(|c| c.stream_seq).unwrap_or(0) >= stream_seq => {}
-                            Err(e) => return Err(e.into()),
+                            Err(AuditError::Store(StoreError::Conflict(_)))
+                                if self.checkpoint().ok().flatten().map(|c| c.stream_seq).unwrap_or(0) >= stream_seq =>
+                            {
+                                return Ok(seqs)
+                            }
+                            Err(e) if Instant::now() < deadline => {
+                                tracing::warn!("journal: record {seq} is committed but its changes are not in the store yet ({e}); retrying");
+                                std::thread::sleep(Duration::from_millis(250));
+                            }
+                            Err(e) => return Err(e),
                         }
                     }
-                    if changes || self.last_checkpoint.elapsed() > Duration::from_secs(1) {
-                        self.advance_checkpoint(stream_seq)?;
-                    }
-                    return Ok(seqs);
                 }
                 Err(()) => {
                     let others_changed = self.catch_up()?;
@@ -446,20 +468,22 @@ pub async fn read_stream(
     key: &MacKey,
     mut each: impl FnMut(&Record),
 ) -> Result<Result<super::Verified, super::ChainError>, AuditError> {
-    use futures::StreamExt;
     let js = jetstream::new(client);
     let stream = js.get_stream(name).await.map_err(|e| nats_err("open")(e.to_string()))?;
     let last = stream.get_info().await.map_err(|e| nats_err("info")(e.to_string()))?.state.last_sequence;
     let (mut seq, mut hash) = (0u64, GENESIS.to_string());
-    if last > 0 {
-        let consumer = stream
-            .create_consumer(jetstream::consumer::pull::OrderedConfig { deliver_policy: jetstream::consumer::DeliverPolicy::All, ..Default::default() })
-            .await
-            .map_err(|e| nats_err("read")(e.to_string()))?;
-        let mut msgs = consumer.messages().await.map_err(|e| nats_err("read")(e.to_string()))?;
-        while let Some(m) = tokio::time::timeout(IO_TIMEOUT, msgs.next()).await.map_err(|_| nats_err("read")("timed out".into()))? {
-            let m = m.map_err(|e| nats_err("read")(e.to_string()))?;
-            let at = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+    // Direct gets: any of the stream's replicas answers, so a node down does not stall the read.
+    for at in 1..=last {
+        let mut tries = 0;
+        let m = loop {
+            match tokio::time::timeout(IO_TIMEOUT, stream.direct_get(at)).await {
+                Ok(Ok(m)) => break m,
+                Ok(Err(e)) if tries >= 3 => return Err(nats_err("read")(format!("message {at}: {e}"))),
+                Err(_) if tries >= 3 => return Err(nats_err("read")(format!("message {at}: timed out"))),
+                _ => tries += 1,
+            }
+        };
+        {
             match check_message(key, &m.payload, seq, &hash) {
                 Ok((records, h)) => {
                     for r in &records {
@@ -469,9 +493,6 @@ pub async fn read_stream(
                     hash = h;
                 }
                 Err(reason) => return Ok(Err(super::ChainError { line: at as usize, seq: seq + 1, reason })),
-            }
-            if at >= last {
-                break;
             }
         }
     }

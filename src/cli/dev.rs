@@ -45,6 +45,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 metrics_addr: None,
                 store: "sled".into(),
                 replica_urls: vec![],
+                cluster: None,
                 store_replicas: 1,
                 force: false,
             },

@@ -42,6 +42,14 @@ pub struct Args {
     /// replica's OCSP responder, so new connections keep working when one replica is down.
     #[arg(long = "replica-url")]
     pub replica_urls: Vec<String>,
+    /// Generate the configs of a clustered hub of this many nodes (3, 5 or 7): one
+    /// `nats/server-<n>.conf` per node with its own certificate, routes with mutual TLS. Node n
+    /// listens on --nats-url's port + n-1 (and --leaf-port + n-1), routes on --cluster-port + n-1.
+    #[arg(long, requires = "cluster_port")]
+    pub cluster: Option<usize>,
+    /// The first node's route port (with --cluster).
+    #[arg(long)]
+    pub cluster_port: Option<u16>,
     /// Replication of the JetStream bucket and journal (1 on one server, 3 on a cluster).
     #[arg(long, default_value_t = 1)]
     pub store_replicas: usize,
@@ -63,6 +71,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             leaf_port: a.leaf_port,
             store: a.store,
             replica_urls: a.replica_urls,
+            cluster: a.cluster.zip(a.cluster_port),
             store_replicas: a.store_replicas,
             force: a.force,
         },
@@ -75,14 +84,24 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 pub fn print_summary(s: &InitSummary) {
     println!("initialised trust domain {} in {}", s.trust_domain, s.data_dir.display());
     println!("  operator            {}", s.operator);
-    println!("  nats-server config  {}", s.server_conf.display());
+    if s.node_confs.is_empty() {
+        println!("  nats-server config  {}", s.server_conf.display());
+    }
+    for (i, c) in s.node_confs.iter().enumerate() {
+        println!("  hub node {}          {}", i + 1, c.display());
+    }
     println!("  admin identity      {}", s.admin_dir.display());
     match &s.master_key_file {
         Some(p) => println!("  master key          {} (back it up: without it the data dir cannot be opened)", p.display()),
         None => println!("  master key          from TILLIT_MASTER_KEY (not written to disk)"),
     }
     println!("next:");
-    println!("  nats-server -c {}", s.server_conf.display());
+    if s.node_confs.is_empty() {
+        println!("  nats-server -c {}", s.server_conf.display());
+    }
+    for c in &s.node_confs {
+        println!("  nats-server -c {}", c.display());
+    }
     println!("  tillit serve --data-dir {}", s.data_dir.display());
     println!("  tillit status --identity {}", s.admin_dir.display());
 }

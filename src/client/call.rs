@@ -47,6 +47,9 @@ impl RequestSigner {
     }
 }
 
+/// How long a request is sent again while nobody serves its subject.
+const NO_RESPONDERS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long one attempt of a request waits for its reply.
 pub const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(2_500);
 
@@ -56,11 +59,17 @@ pub const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_milli
 /// request with its first reply, so a retry never has a second effect.
 pub async fn request<R: DeserializeOwned>(nc: &async_nats::Client, subject: &str, signed: String) -> Result<R, ClientError> {
     let payload: bytes::Bytes = signed.into();
-    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    let start = tokio::time::Instant::now();
+    let deadline = start + REQUEST_TIMEOUT;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match attempt(nc, subject, payload.clone(), left.min(ATTEMPT_TIMEOUT)).await {
-            Err(ClientError::Timeout { .. }) | Err(ClientError::NoResponders { .. }) if left > ATTEMPT_TIMEOUT => {
+            // Nobody serves the subject: a replica restarting is back within moments; no
+            // `serve` at all is said soon.
+            Err(ClientError::NoResponders { .. }) if start.elapsed() < NO_RESPONDERS_WAIT => {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            Err(ClientError::Timeout { .. }) if left > ATTEMPT_TIMEOUT => {
                 tracing::debug!(subject, "no reply yet; sending the same request again");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }

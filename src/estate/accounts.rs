@@ -189,6 +189,14 @@ impl Estate {
         get_json(self.store(), Space::Accounts, name)?.ok_or_else(|| EstateError::NoSuchAccount(name.into()))
     }
 
+    /// An account record as the store holds it now ([`crate::store::Store::get_fresh`]).
+    pub fn account_fresh(&self, name: &str) -> Result<AccountRecord> {
+        match self.store().get_fresh(Space::Accounts, name)? {
+            Some(v) => serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(format!("accounts/{name}"), e.to_string()).into()),
+            None => Err(EstateError::NoSuchAccount(name.into())),
+        }
+    }
+
     /// Every account, by name.
     pub fn accounts(&self) -> Result<Vec<AccountRecord>> {
         self.scan_json(Space::Accounts, "")

@@ -236,6 +236,17 @@ impl Estate {
         Ok((access, b))
     }
 
+    /// Issue one clustered hub node's certificate (`name`, the config's hosts).
+    pub fn issue_node_cert(&self, name: &str) -> Result<x509::Issued> {
+        let now = self.clock.now_unix();
+        let expires = now + self.config.server_cert_ttl.as_secs() as i64;
+        let issued = self.ca().issue_server(name, &self.config.server_cert_hosts(), now, expires)?;
+        let mut b = Batch::new();
+        b.put_json(Space::Serials, &issued.serial, &SerialRecord { not_after: expires, what: Some(format!("hub node {name}")), ..Default::default() })?;
+        self.store().commit(b)?;
+        Ok(issued)
+    }
+
     /// Issue the hub nats-server's certificate.
     pub fn issue_server_cert(&self) -> Result<x509::Issued> {
         let now = self.clock.now_unix();

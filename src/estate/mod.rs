@@ -98,6 +98,10 @@ impl From<EstateError> for crate::error::ApiError {
             EstateError::Conflict(m) => ApiError::new(ErrorCode::Conflict, m),
             // Another replica wrote the record first: the request is served again.
             EstateError::Store(StoreError::Conflict(_)) => ApiError::new(ErrorCode::Unavailable, crate::server::RACED),
+            EstateError::Store(StoreError::Backend(m)) => {
+                tracing::warn!("store: {m}");
+                ApiError::new(ErrorCode::Unavailable, crate::server::STORE_AWAY)
+            }
             other => ApiError::internal(other),
         }
     }
@@ -154,8 +158,9 @@ pub fn open_bucket(dir: &DataDir, config: &Config, master: &MasterKey, bucket: &
             Box::new(move || Box::pin(async move { crate::client::connect(&p).await.map_err(|e| e.to_string()) }));
         match crate::store::JetStreamStore::open(connect, bucket, replicas) {
             Ok(s) => return Ok(s),
-            Err(StoreError::Backend(m)) if m.starts_with("connect:") && std::time::Instant::now() < deadline => {
-                tracing::warn!("waiting for NATS to reach the store: {m}; retrying in {delay:?}");
+            // NATS not up yet, or a clustered JetStream still electing its leader.
+            Err(StoreError::Backend(m)) if std::time::Instant::now() < deadline => {
+                tracing::warn!("waiting for NATS and JetStream to reach the store: {m}; retrying in {delay:?}");
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(std::time::Duration::from_secs(5));
             }

@@ -197,8 +197,12 @@ const RACE_RETRIES: u32 = 8;
 
 /// Serve the verb; when another replica changed the estate first ([`super::RACED`]), serve it
 /// again from the fresh state, a few times, after a short random pause.
+///
+/// A store that is away for a moment (a clustered JetStream electing a stream leader after a
+/// node died) is waited for up to [`STORE_AWAY_WAIT`]: nothing was changed by the failed try.
 async fn run_raced(ctx: &Arc<Ctx>, route: &Route, call: &mut Call, body: &RawValue) -> Result<Box<RawValue>, ApiError> {
     let mut attempt = 0;
+    let deadline = tokio::time::Instant::now() + STORE_AWAY_WAIT;
     loop {
         call.after = None;
         match (route.run)(ctx, call, body).await {
@@ -208,10 +212,16 @@ async fn run_raced(ctx: &Arc<Ctx>, route: &Route, call: &mut Call, body: &RawVal
                 let pause = 1 + (uuid::Uuid::new_v4().as_u128() % (5 * attempt as u128)) as u64;
                 tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
             }
+            Err(e) if e.code == ErrorCode::Unavailable && e.message == super::STORE_AWAY && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
             r => return r,
         }
     }
 }
+
+/// How long a request waits for a store that is away (a stream leader election takes 4 to 9 s).
+const STORE_AWAY_WAIT: std::time::Duration = std::time::Duration::from_secs(9);
 
 /// The verb of a subject, as the audit log names it: `status`, `token.create`, `enroll`, `renew`.
 pub(crate) fn verb(subject: &str) -> &str {

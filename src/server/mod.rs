@@ -368,6 +368,9 @@ async fn handle(ctx: Arc<Ctx>, route: dispatch::Route, req: async_nats::service:
 /// The message of a change another replica raced (the request is served again, never seen by
 /// the caller unless it keeps racing).
 pub(crate) const RACED: &str = "another replica changed the estate at the same time; retry";
+/// The message of a change the store could not take right now (JetStream electing a leader):
+/// nothing changed; dispatch serves the request again for a while.
+pub(crate) const STORE_AWAY: &str = "the store is not reachable right now; nothing was changed; retry shortly";
 
 /// The journal the store calls for: the local file beside sled, a stream beside a JetStream
 /// bucket (opened on a thread of its own: it waits on NATS synchronously).
@@ -394,6 +397,10 @@ async fn open_journal(estate: &Estate) -> Result<Journal, audit::AuditError> {
 pub(crate) fn journal_error(e: crate::audit::AuditError) -> ApiError {
     match e {
         crate::audit::AuditError::Conflict => ApiError::new(ErrorCode::Unavailable, RACED),
+        crate::audit::AuditError::Unavailable(m) => {
+            tracing::warn!("the journal is not writable right now: {m}");
+            ApiError::new(ErrorCode::Unavailable, STORE_AWAY)
+        }
         e => ApiError::internal(e),
     }
 }

@@ -72,14 +72,21 @@ pub async fn check_all(ctx: &Ctx) -> usize {
             continue;
         }
         // Look again under the account lock: a change may have been between store and push.
+        // The record as the store holds it now, not as this replica's copy last saw it (with
+        // several replicas, a copy that lags must not push an older JWT over a newer one).
         let _g = ctx.estate.account_lock().lock().await;
-        let Ok(stored) = ctx.estate.account(&acct.name) else { continue };
+        let Ok(stored) = ctx.estate.account_fresh(&acct.name) else { continue };
         let Some(served) = lookup(ctx, &stored.public_key).await else { continue };
         let verdict = judge(&stored, &served);
         if verdict == Served::Current {
             continue;
         }
         let older = matches!(&verdict, Served::Other { iat: Some(i), .. } if *i < stored.iat);
+        if matches!(&verdict, Served::Other { iat: Some(i), .. } if *i > stored.iat) {
+            // Newer than the store's: another replica's push this one's store has not seen yet.
+            tracing::info!(account = %stored.name, ?verdict, stored_iat = stored.iat, "nats-server serves a newer account JWT than this replica knows; left alone");
+            continue;
+        }
         tracing::warn!(account = %stored.name, ?verdict, stored_iat = stored.iat, "nats-server serves another account JWT than the current one; pushing the current one again");
         ctx.metrics.account_rollbacks.inc();
         let (served_iat, served_jti) = match &verdict {

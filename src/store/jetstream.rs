@@ -53,6 +53,8 @@ struct Write {
 /// What the runtime thread is asked to do.
 enum Cmd {
     Write(Vec<Write>, std::sync::mpsc::Sender<Result<(), StoreError>>),
+    /// Read one key from the bucket itself.
+    Get(String, std::sync::mpsc::Sender<Result<(), StoreError>>),
 }
 
 /// Connects to NATS (on the store's own runtime).
@@ -196,6 +198,13 @@ impl Store for JetStreamStore {
         Ok(())
     }
 
+    fn get_fresh(&self, space: Space, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.cmds.send(Cmd::Get(kv_key(space, key), tx)).map_err(|_| StoreError::Backend("the store's runtime has stopped".into()))?;
+        rx.recv_timeout(WRITE_TIMEOUT * 2).map_err(|_| StoreError::Backend("no answer from the store's runtime".into()))??;
+        self.get(space, key)
+    }
+
     fn others_changes(&self) -> u64 {
         self.foreign.load(Ordering::Relaxed)
     }
@@ -254,6 +263,18 @@ async fn run(
         match cmd {
             Cmd::Write(writes, reply) => {
                 let _ = reply.send(apply_writes(&kv, &mirror, writes).await);
+            }
+            Cmd::Get(key, reply) => {
+                let r = match tokio::time::timeout(WRITE_TIMEOUT, kv.entry(&key)).await {
+                    Err(_) => Err(StoreError::Backend(format!("read {key}: timed out"))),
+                    Ok(Err(e)) => Err(StoreError::Backend(format!("read {key}: {e}"))),
+                    Ok(Ok(Some(entry))) => {
+                        note(&mirror, &entry);
+                        Ok(())
+                    }
+                    Ok(Ok(None)) => Ok(()),
+                };
+                let _ = reply.send(r);
             }
         }
     }
@@ -398,18 +419,42 @@ async fn apply_writes(kv: &async_nats::jetstream::kv::Store, mirror: &Arc<RwLock
     let mut done: BTreeMap<String, u64> = BTreeMap::new();
     for w in writes {
         let expect = done.get(&w.kv_key).copied().or(w.expect);
-        let revision = match (&w.value, expect) {
-            (Some(v), Some(rev)) => acked("write", &w.kv_key, kv.update(&w.kv_key, v.clone().into(), rev), stale).await?,
+        let written = match (&w.value, expect) {
+            (Some(v), Some(rev)) => acked("write", &w.kv_key, kv.update(&w.kv_key, v.clone().into(), rev), stale).await,
             (Some(v), None) => {
-                acked("write", &w.kv_key, kv.create(&w.kv_key, v.clone().into()), |e| e.kind() == CreateErrorKind::AlreadyExists).await?
+                acked("write", &w.kv_key, kv.create(&w.kv_key, v.clone().into()), |e| e.kind() == CreateErrorKind::AlreadyExists).await
             }
             (None, None) => continue,
             (None, Some(rev)) => {
-                acked("delete", &w.kv_key, kv.delete_expect_revision(&w.kv_key, Some(rev)), stale).await?;
                 // The delete's own revision arrives with the watch; until then the record reads
                 // as gone at the revision it replaced.
-                rev
+                acked("delete", &w.kv_key, kv.delete_expect_revision(&w.kv_key, Some(rev)), stale).await.map(|_| rev)
             }
+        };
+        let revision = match written {
+            Ok(r) => r,
+            // A refused compare-and-set: read the record from the bucket. It may hold this very
+            // write (a publish JetStream stored but whose answer was lost when a node went down,
+            // retried by the client): then it is done. Otherwise the mirror learns the newer
+            // revision, so the caller's next try compares with it.
+            Err(StoreError::Conflict(m)) => match tokio::time::timeout(WRITE_TIMEOUT, kv.entry(&w.kv_key)).await {
+                Ok(Ok(entry)) => {
+                    let held = entry.as_ref().filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put).map(|e| e.value.to_vec());
+                    if let Some(e) = &entry {
+                        note(mirror, e);
+                    }
+                    if held == w.value {
+                        match entry {
+                            Some(e) => e.revision,
+                            None => continue,
+                        }
+                    } else {
+                        return Err(StoreError::Conflict(m));
+                    }
+                }
+                _ => return Err(StoreError::Conflict(m)),
+            },
+            Err(e) => return Err(e),
         };
         remember(mirror, &w.kv_key, revision, w.value, Source::Own);
         done.insert(w.kv_key, revision);

@@ -171,6 +171,11 @@ pub trait Store: Send + Sync + 'static {
     /// Replace `key`'s value if it is currently `old` (`None`: absent), atomically; false if it
     /// was not. Durable after the next [`sync`](Store::sync).
     fn compare_and_swap(&self, space: Space, key: &str, old: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool, StoreError>;
+    /// One value as the backend holds it now, not as a local copy last saw it (a replica whose
+    /// watch lags reads the truth before acting on it). The same as [`Store::get`] in one process.
+    fn get_fresh(&self, space: Space, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(space, key)
+    }
     /// How many records other replicas changed since this store was opened (a counter: caches
     /// built from the store are stale once it moves). Always 0 for a store of one process.
     fn others_changes(&self) -> u64 {

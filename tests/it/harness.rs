@@ -57,6 +57,19 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// `n` consecutive free loopback ports; the first one.
+pub fn free_ports(n: u16) -> u16 {
+    'again: loop {
+        let first = free_port();
+        for k in 1..n {
+            if free_port() != first + k {
+                continue 'again;
+            }
+        }
+        return first;
+    }
+}
+
 /// The pinned nats-server binary.
 pub fn nats_server_bin() -> PathBuf {
     tillit::natsbin::locate().unwrap_or_else(|e| panic!("{e}"))
@@ -216,9 +229,13 @@ impl Estate {
 
     /// `tillit init` with extra flags.
     pub fn init_args(trust_domain: &str, extra: &[&str]) -> Self {
+        Self::init_on(trust_domain, free_port(), extra)
+    }
+
+    /// `tillit init` with the hub's client port and extra flags.
+    pub fn init_on(trust_domain: &str, nats_port: u16, extra: &[&str]) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data = tmp.path().join("data");
-        let nats_port = free_port();
         let http_port = free_port();
         let mut args = vec![
             "init".to_string(),

@@ -272,6 +272,65 @@ fn a_sled_estate_migrates_and_is_served_by_two_replicas() {
     assert_eq!(status(&e)["store"]["backend"], "jetstream");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_node_hub_keeps_serving_when_a_node_dies_and_nothing_diverges() {
+    let (client, route, pb) = (free_ports(3), free_ports(3), free_port());
+    let e = Estate::init_on(
+        "cluster.example",
+        client,
+        &["--store", "jetstream", "--store-replicas", "3", "--cluster", "3", "--cluster-port", &route.to_string(), "--replica-url", &format!("http://127.0.0.1:{pb}")],
+    );
+    assert!(!e.dir.server_conf().exists(), "a clustered hub has one config per node");
+    let conf = std::fs::read_to_string(e.dir.node_conf(2)).unwrap();
+    assert!(conf.contains("cluster {") && conf.contains(&format!("nats-route://127.0.0.1:{route}")) && conf.contains("verify: true"), "{conf}");
+    let mut nodes: Vec<NatsServer> = (1..=3).map(|n| NatsServer::start(&e.dir.node_conf(n), client + n as u16 - 1)).collect();
+    let a = e.start_serve_ready();
+    let b = start_replica(&e, "replica-b", pb);
+    let logs = || format!("--- a:\n{}\n--- b:\n{}", a.log_text(), b.serve.log_text());
+    let orders = enroll_one(&e, SVC, "orders");
+    let out = secret_put(&e, "acme/shop/prod/db-password", "clustered", &[SVC]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // kill -9 one node of three: tillit keeps serving every verb.
+    nodes[1].stop();
+    let later = enroll_one(&e, SVC, "orders-2");
+    for (i, svc) in [&orders, &later].into_iter().enumerate() {
+        let out = tillit(&["renew", "--identity", svc.to_str().unwrap()]);
+        assert!(out.status.success(), "renew: {}", stderr(&out));
+        let out = tillit(&["secret", "get", "db-password", "--identity", svc.to_str().unwrap()]);
+        assert_eq!(stdout(&out), "clustered", "{}", stderr(&out));
+        let out = tillit(&["grant", "--identity", &e.admin(), SVC, "--pub", &format!("during.{i}")]);
+        assert!(out.status.success(), "grant: {}\n{}", stderr(&out), logs());
+    }
+
+    // The node returns and catches up: every replica of the bucket and the journal is current.
+    nodes[1] = NatsServer::start(&e.dir.node_conf(2), client + 1);
+    let _more = enroll_one(&e, SVC, "orders-3");
+    let master = tillit::crypto::MasterKey::load(e.dir.root()).unwrap();
+    let access = tillit::store::StoreAccess::read(&e.dir, &master).unwrap();
+    let nc = tillit::client::connect(&access.connect_params(vec![e.nats_url()], "test").unwrap()).await.unwrap();
+    let js = async_nats::jetstream::new(nc);
+    for stream in ["KV_tillit", "TILLIT_JOURNAL"] {
+        let mut current = false;
+        let mut last = String::new();
+        for _ in 0..100 {
+            let info = js.get_stream(stream).await.unwrap().get_info().await.unwrap();
+            let c = info.cluster.clone().expect("clustered");
+            last = format!("{c:?}");
+            if c.replicas.len() == 2 && c.replicas.iter().all(|r| r.current && !r.offline && r.lag.unwrap_or(0) == 0) && c.leader.is_some() {
+                current = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(current, "{stream}: every replica current, none lagging: {last}");
+    }
+    let out = tillit(&["audit", "verify", "--data-dir", e.data()]);
+    assert!(out.status.success(), "audit verify: {}{}", stdout(&out), stderr(&out));
+    let out = tillit(&["grants", "--identity", &e.admin(), SVC, "--json"]);
+    assert!(stdout(&out).contains("\"during.0\"") && stdout(&out).contains("\"during.1\""), "{}", stdout(&out));
+}
+
 /// Every record of the data dir's sled store.
 fn sled_records(e: &Estate) -> Vec<(&'static str, String, Vec<u8>)> {
     use tillit::store::{SledStore, Space, Store};
