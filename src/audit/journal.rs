@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 /// Why a group was not written.
 enum Failed {
     Conflict,
+    Unavailable(String),
     Other(String),
 }
 
@@ -51,8 +52,9 @@ fn write_group(writer: &mut impl Append, jobs: Vec<Job>, retry: usize) {
         Err(e) => {
             tracing::error!("audit write failed: {e}");
             for w in waiters.into_iter().flatten() {
-                let _ = w.send(Err(match e {
+                let _ = w.send(Err(match &e {
                     AuditError::Conflict => Failed::Conflict,
+                    AuditError::Unavailable(m) => Failed::Unavailable(m.clone()),
                     _ => Failed::Other(e.to_string()),
                 }));
             }
@@ -111,6 +113,7 @@ impl Journal {
         match rx.await {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(Failed::Conflict)) => Err(AuditError::Conflict),
+            Ok(Err(Failed::Unavailable(m))) => Err(AuditError::Unavailable(m)),
             Ok(Err(Failed::Other(e))) => Err(AuditError::Io { path: AUDIT_FILE.into(), source: std::io::Error::other(e) }),
             Err(_) => Err(AuditError::Stopped),
         }

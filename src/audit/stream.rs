@@ -276,6 +276,18 @@ impl StreamWriter {
         Err(AuditError::Store(StoreError::Conflict("the journal checkpoint kept changing".into())))
     }
 
+    /// Whether the store's checkpoint (read from the store itself, not the local copy) is at or
+    /// past `stream_seq`.
+    fn applied_by_another(&self, stream_seq: u64) -> bool {
+        self.store
+            .get_fresh(Space::Meta, CHECKPOINT_KEY)
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<StreamCheckpoint>(&b).ok())
+            .filter(|c| c.authentic(&self.key))
+            .is_some_and(|c| c.stream_seq >= stream_seq)
+    }
+
     fn advance_checkpoint_if(&mut self, changes: bool, stream_seq: u64) -> Result<(), AuditError> {
         if changes || self.last_checkpoint.elapsed() > Duration::from_secs(1) {
             self.advance_checkpoint(stream_seq)?;
@@ -342,6 +354,7 @@ impl StreamWriter {
 
     /// Apply a record's redo ops, re-reading what another replica changed meanwhile.
     fn apply_redo(&self, batch: crate::store::Batch) -> Result<(), AuditError> {
+        let deadline = Instant::now() + APPLY_GRACE * 5;
         for op in batch.ops {
             let mut tries = 0;
             loop {
@@ -353,6 +366,8 @@ impl StreamWriter {
                         tries += 1;
                         std::thread::sleep(Duration::from_millis(5));
                     }
+                    // The store is away (a stream electing its leader): wait for it.
+                    Err(StoreError::Backend(_)) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(250)),
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -415,13 +430,14 @@ impl StreamWriter {
                         };
                         match applied {
                             Ok(()) => return Ok(seqs),
-                            // Another replica applied this record for us (it took us too long).
-                            Err(AuditError::Store(StoreError::Conflict(_)))
-                                if self.checkpoint().ok().flatten().map(|c| c.stream_seq).unwrap_or(0) >= stream_seq =>
-                            {
-                                return Ok(seqs)
-                            }
+                            // Another replica applied this record for us (it took us too long):
+                            // the checkpoint, read from the store itself, is past it. Writing it
+                            // again could undo a later record's change.
+                            Err(AuditError::Store(StoreError::Conflict(_))) if self.applied_by_another(stream_seq) => return Ok(seqs),
                             Err(e) if Instant::now() < deadline => {
+                                if self.applied_by_another(stream_seq) {
+                                    return Ok(seqs);
+                                }
                                 tracing::warn!("journal: record {seq} is committed but its changes are not in the store yet ({e}); retrying");
                                 std::thread::sleep(Duration::from_millis(250));
                             }
@@ -430,7 +446,12 @@ impl StreamWriter {
                     }
                 }
                 Err(()) => {
-                    let others_changed = self.catch_up()?;
+                    // Nothing of ours is committed yet: a store that is away makes this append
+                    // fail as "unavailable", and its request be served again.
+                    let others_changed = self.catch_up().map_err(|e| match e {
+                        AuditError::Store(StoreError::Backend(m)) => AuditError::Unavailable(m),
+                        e => e,
+                    })?;
                     if others_changed && changes {
                         return Err(AuditError::Conflict);
                     }

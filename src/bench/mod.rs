@@ -9,6 +9,7 @@
 //!   8 keep-alive connections), measured in the same run when `cfssl` is on PATH.
 
 pub(crate) mod fanout;
+pub(crate) mod stores;
 
 use crate::client::enroll::{bootstrap_params, LocalKeys};
 use crate::client::request;

@@ -29,6 +29,20 @@ pub enum What {
     },
     /// Time from `secret rotate` until N in-process site agents over S sites acknowledged.
     Fanout(FanoutArgs),
+    /// enroll, renew and secret-get against three stacks built in this run: sled, JetStream R1
+    /// and JetStream R3 (three nodes, two replicas), with ratios to sled; then the failover gap
+    /// when the leader replica is killed. Needs nats-server (NATS_SERVER_BIN).
+    Stores {
+        #[arg(short = 'n', default_value_t = 1000)]
+        n: usize,
+        #[arg(short = 'c', default_value_t = 8)]
+        c: usize,
+        /// Leave out the three-node stack.
+        #[arg(long)]
+        no_r3: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Size of a tenant account JWT at 100, 1,000 and 5,000 services (no server needed).
     AccountSize {
         #[arg(long)]
@@ -94,6 +108,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         What::Envelope { n, json } => return envelope(*n, *json),
         What::SecretGet(o) => return secret_get(o).await,
         What::Fanout(f) => return fanout(f).await,
+        What::Stores { n, c, no_r3, json } => return stores(*n, *c, *no_r3, *json).await,
     };
     anyhow::ensure!(o.n > 0 && o.c > 0 && o.c <= 1024, "-n and -c must be positive (and -c at most 1024)");
     let scratch = tempfile_dir()?;
@@ -207,6 +222,48 @@ fn envelope(n: usize, json: bool) -> anyhow::Result<()> {
             v["openssl_verify_per_sec"] = serde_json::json!(r);
         }
         println!("{v}");
+    }
+    Ok(())
+}
+
+async fn stores(n: usize, c: usize, no_r3: bool, json: bool) -> anyhow::Result<()> {
+    use crate::bench::stores::{measure, Kind};
+    anyhow::ensure!((1..=100_000).contains(&n) && (1..=256).contains(&c), "-n between 1 and 100000, -c between 1 and 256");
+    let scratch = tempfile_dir()?;
+    let mut kinds = vec![Kind::Sled, Kind::JetStreamR1];
+    if !no_r3 {
+        kinds.push(Kind::JetStreamR3);
+    }
+    let mut rows = Vec::new();
+    for k in kinds {
+        rows.push(measure(k, n, c, &scratch).await.map_err(|e| anyhow::anyhow!("{}: {e}", k.name()))?);
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    println!("\nstores, n={n} c={c}, {cpus} CPUs, same run (per second; p50/p99 ms; ratio to sled)");
+    let sled = |f: fn(&crate::bench::stores::Measured) -> &crate::bench::Figures| rows.first().map(|m| f(m).per_sec).unwrap_or(1.0);
+    type Pick = fn(&crate::bench::stores::Measured) -> &crate::bench::Figures;
+    let benches: [(&str, Pick); 3] = [("enroll", |m| &m.enroll), ("renew", |m| &m.renew), ("secret-get", |m| &m.secret_get)];
+    let mut out = serde_json::json!({ "bench": "stores", "n": n, "c": c, "cpus": cpus });
+    for (name, pick) in benches {
+        let base = sled(pick);
+        let mut line = format!("{name:<11}");
+        for m in &rows {
+            let f = pick(m);
+            line.push_str(&format!("  {:>13} {:>7.0}/s {:>5.1}/{:<6.1} {:.2}x", m.kind.name(), f.per_sec, f.p50_ms, f.p99_ms, f.per_sec / base.max(1e-9)));
+            out[name][m.kind.name()] = serde_json::json!({ "per_sec": round(f.per_sec), "p50_ms": round(f.p50_ms), "p99_ms": round(f.p99_ms),
+                "errors": f.errors, "ratio_to_sled": round(f.per_sec / base.max(1e-9)) });
+        }
+        println!("{line}");
+    }
+    for m in &rows {
+        if let Some(g) = m.failover_gap {
+            println!("failover gap ({}): {:.2} s  (longest stretch without a successful change; leader killed with kill -9)", m.kind.name(), g.as_secs_f64());
+            out["failover_gap_s"] = serde_json::json!(round(g.as_secs_f64()));
+        }
+    }
+    if json {
+        println!("{out}");
     }
     Ok(())
 }

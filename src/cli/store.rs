@@ -107,19 +107,27 @@ fn migrate(m: MigrateArgs) -> anyhow::Result<()> {
 }
 
 fn replica(r: ReplicaArgs) -> anyhow::Result<()> {
-    let from = DataDir::new(&r.data_dir);
+    let (to, key_copied) = make_replica_dir(&DataDir::new(&r.data_dir), &r.out)?;
+    println!("replica data dir {} made (config, store access{})", to.root().display(), if key_copied { ", master key" } else { "; give it TILLIT_MASTER_KEY" });
+    println!("next: tillit serve --data-dir {} --http-addr HOST:PORT", to.root().display());
+    Ok(())
+}
+
+/// Make `out` the data dir of one more replica of `from`'s estate; whether the master key file
+/// was copied (not when TILLIT_MASTER_KEY gives it).
+pub(crate) fn make_replica_dir(from: &DataDir, out: &std::path::Path) -> anyhow::Result<(DataDir, bool)> {
     let config = Config::load(&from.config_file())?;
     if config.store == StoreBackend::Sled {
         anyhow::bail!("{} keeps its records in sled: only one `serve` may use them; `tillit store migrate --to jetstream` first", from.root().display());
     }
     let master = MasterKey::load(from.root())?;
     // The store access must open with this master key before it is copied.
-    crate::store::StoreAccess::read(&from, &master)?;
-    if r.out.exists() && std::fs::read_dir(&r.out)?.next().is_some() {
-        anyhow::bail!("{} exists and is not empty", r.out.display());
+    crate::store::StoreAccess::read(from, &master)?;
+    if out.exists() && std::fs::read_dir(out)?.next().is_some() {
+        anyhow::bail!("{} exists and is not empty", out.display());
     }
-    let to = DataDir::new(&r.out);
-    crate::fsutil::create_dir(to.root(), 0o700).with_context(|| format!("creating {}", r.out.display()))?;
+    let to = DataDir::new(out);
+    crate::fsutil::create_dir(to.root(), 0o700).with_context(|| format!("creating {}", out.display()))?;
     std::fs::copy(from.config_file(), to.config_file())?;
     let access = std::fs::read(from.store_access())?;
     crate::fsutil::write_atomic(&to.store_access(), &access, crate::fsutil::PRIVATE)?;
@@ -130,7 +138,5 @@ fn replica(r: ReplicaArgs) -> anyhow::Result<()> {
     } else {
         false
     };
-    println!("replica data dir {} made (config, store access{})", to.root().display(), if key_copied { ", master key" } else { "; give it TILLIT_MASTER_KEY" });
-    println!("next: tillit serve --data-dir {} --http-addr HOST:PORT", to.root().display());
-    Ok(())
+    Ok((to, key_copied))
 }

@@ -161,6 +161,9 @@ pub async fn enroll(token: &str, out: &Path, nats: Option<&str>, clock: SharedCl
 pub fn bootstrap_params(token: &JoinToken, urls: Vec<String>) -> Result<ConnectParams, ClientError> {
     let err = |e: crate::token::TokenError| ClientError::Credentials(e.to_string());
     let boot_user = KeyPair::from_seed(&token.bootstrap_seed).map_err(|e| ClientError::Credentials(e.to_string()))?;
+    // The bootstrap user is revoked right after enrollment: never chase it, but try each of a
+    // clustered hub's URLs (a node may be down).
+    let max_reconnects = Some(2 * urls.len().max(1));
     Ok(ConnectParams {
         urls,
         name: format!("tillit-enroll {}", token.identity),
@@ -174,8 +177,7 @@ pub fn bootstrap_params(token: &JoinToken, urls: Vec<String>) -> Result<ConnectP
             &token.cert_pem().map_err(err)?,
             token.key_pem().map_err(err)?.expose(),
         )?),
-        // The bootstrap user is revoked right after enrollment: never chase it.
-        max_reconnects: Some(2),
+        max_reconnects,
     })
 }
 

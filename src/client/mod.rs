@@ -22,8 +22,10 @@ use nkeys::KeyPair;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-/// How long a request waits for the control plane.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request waits for the control plane (sent again, the same, each
+/// [`call::ATTEMPT_TIMEOUT`]): long enough to ride out a clustered JetStream electing a new
+/// leader after a node died (4 to 9 s) while the control plane waits for it.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -11,8 +11,27 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Push `acct`'s JWT (caller holds the account lock) and remember what the servers hold.
+///
+/// With several replicas, the caller's copy of the record may lag another replica's newer one
+/// (its store's watch had not delivered it yet): the record is read fresh from the store and
+/// the newer of the two pushed, so a push never takes a newer JWT (a new role's key, a
+/// revocation) back.
 pub(super) async fn push(ctx: &Ctx, acct: &AccountRecord, why: &str) -> Result<(), ApiError> {
-    let r = super::push::push_account(&ctx.sys, &acct.name, &acct.jwt).await;
+    let fresh = match ctx.leader.replicated() {
+        true => tokio::task::block_in_place(|| ctx.estate.account_fresh(&acct.name)).ok().filter(|f| f.iat > acct.iat),
+        false => None,
+    };
+    let acct = fresh.as_ref().unwrap_or(acct);
+    // The SYS connection may be moving to another node of a clustered hub (its node died):
+    // try a few times over a few seconds before giving up.
+    let mut r = super::push::push_account(&ctx.sys, &acct.name, &acct.jwt).await;
+    for pause in [250u64, 750, 1500, 2500] {
+        if r.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        r = super::push::push_account(&ctx.sys, &acct.name, &acct.jwt).await;
+    }
     let outcome = if r.is_ok() { "ok" } else { "error" };
     ctx.metrics.account_pushes.get_or_create(&RequestLabels { endpoint: why.into(), outcome: outcome.into() }).inc();
     match r {

@@ -221,7 +221,7 @@ async fn run_raced(ctx: &Arc<Ctx>, route: &Route, call: &mut Call, body: &RawVal
 }
 
 /// How long a request waits for a store that is away (a stream leader election takes 4 to 9 s).
-const STORE_AWAY_WAIT: std::time::Duration = std::time::Duration::from_secs(9);
+const STORE_AWAY_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The verb of a subject, as the audit log names it: `status`, `token.create`, `enroll`, `renew`.
 pub(crate) fn verb(subject: &str) -> &str {

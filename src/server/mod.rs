@@ -234,7 +234,11 @@ impl Ctx {
         let creds_err = |e: &dyn std::fmt::Display| ServeError::Creds(e.to_string());
         let journal = open_journal(&estate).await.map_err(|e| service_err(&e))?;
         let signer = estate.envelope_signer().map_err(|e| service_err(&e))?;
-        let events = stream::Events::start(api.clone(), signer).await.map_err(|e| ServeError::Service(format!("event stream: {e}")))?;
+        let replicas = match &estate.config.store {
+            crate::config::StoreBackend::JetStream { replicas, .. } => *replicas,
+            crate::config::StoreBackend::Sled => 1,
+        };
+        let events = stream::Events::start(api.clone(), signer, replicas).await.map_err(|e| ServeError::Service(format!("event stream: {e}")))?;
         Ok(Ctx {
             replay: ReplayCache::new(REPLAY_CAPACITY),
             sys,

@@ -20,7 +20,7 @@ use std::time::Duration;
 /// Most replies kept in memory (expired ones go first; past this, the oldest half).
 const MAX_LOCAL: usize = 20_000;
 /// How long a retry waits for the first attempt, still in flight, to answer.
-pub(super) const IN_FLIGHT_WAIT: Duration = Duration::from_secs(9);
+pub(super) const IN_FLIGHT_WAIT: Duration = Duration::from_secs(15);
 
 #[derive(Serialize, Deserialize)]
 struct Kept {

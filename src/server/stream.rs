@@ -40,8 +40,9 @@ impl std::fmt::Debug for Events {
 }
 
 impl Events {
-    /// Create (or find) the stream and learn where it is.
-    pub async fn start(client: async_nats::Client, signer: Signer) -> Result<Self, StreamError> {
+    /// Create (or find) the stream (`replicas` copies: as the store's, so a clustered hub keeps
+    /// its events when a node dies) and learn where it is.
+    pub async fn start(client: async_nats::Client, signer: Signer, replicas: usize) -> Result<Self, StreamError> {
         let js = jetstream::new(client);
         let mut stream = js
             .get_or_create_stream(jetstream::stream::Config {
@@ -51,6 +52,7 @@ impl Events {
                 max_age: EVENTS_MAX_AGE,
                 max_bytes: 1 << 30,
                 duplicate_window: std::time::Duration::from_secs(120),
+                num_replicas: replicas.max(1),
                 ..Default::default()
             })
             .await

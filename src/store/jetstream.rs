@@ -30,6 +30,8 @@ use std::time::Duration;
 
 /// How long one write may wait for JetStream's acknowledgement.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the watch is checked against the bucket's last revision.
+const WATCH_PROBE: Duration = Duration::from_secs(1);
 /// How long opening may take (connect, create or bind the bucket, load the mirror).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -169,7 +171,17 @@ impl JetStreamStore {
 
 impl Store for JetStreamStore {
     fn get(&self, space: Space, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.read()?.get(&(space.as_str(), key.to_string())).and_then(|s| s.value.clone()))
+        if let Some(seen) = self.read()?.get(&(space.as_str(), key.to_string())) {
+            return Ok(seen.value.clone());
+        }
+        // Never seen here: another replica may have just made it (an identity enrolled there a
+        // moment ago, asking here; a certificate issued there, checked by OCSP here) and the
+        // watch not have brought it yet. Ask the bucket. (Kept replies are looked up for every
+        // request and mostly missing: those the watch brings are enough for a retry.)
+        if space == Space::Replies {
+            return Ok(None);
+        }
+        self.get_fresh(space, key)
     }
 
     fn scan(&self, space: Space) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
@@ -202,7 +214,7 @@ impl Store for JetStreamStore {
         let (tx, rx) = std::sync::mpsc::channel();
         self.cmds.send(Cmd::Get(kv_key(space, key), tx)).map_err(|_| StoreError::Backend("the store's runtime has stopped".into()))?;
         rx.recv_timeout(WRITE_TIMEOUT * 2).map_err(|_| StoreError::Backend("no answer from the store's runtime".into()))??;
-        self.get(space, key)
+        Ok(self.read()?.get(&(space.as_str(), key.to_string())).and_then(|s| s.value.clone()))
     }
 
     fn others_changes(&self) -> u64 {
@@ -374,24 +386,47 @@ async fn follow(
         };
         match w {
             Ok(mut w) => {
-                while let Some(entry) = w.next().await {
-                    match entry {
-                        Ok(e) => {
-                            next = next.max(e.revision + 1);
-                            if note(&mirror, &e) {
-                                foreign.fetch_add(1, Ordering::Relaxed);
+                // A watch whose server died delivers nothing until its heartbeat is missed
+                // (seconds): every second the bucket's last revision is compared with what
+                // came, and a watch behind twice in a row without progress is made again.
+                let mut probe = tokio::time::interval(WATCH_PROBE);
+                let (mut behind, mut seen_at_probe) = (0, next);
+                loop {
+                    tokio::select! {
+                        entry = w.next() => match entry {
+                            Some(Ok(e)) => {
+                                next = next.max(e.revision + 1);
+                                if note(&mirror, &e) {
+                                    foreign.fetch_add(1, Ordering::Relaxed);
+                                }
                             }
-                        }
-                        Err(err) => {
-                            tracing::warn!("store watch: {err}; watching again");
-                            break;
+                            Some(Err(err)) => {
+                                tracing::warn!("store watch: {err}; watching again");
+                                break;
+                            }
+                            None => break,
+                        },
+                        _ = probe.tick() => {
+                            let last = tokio::time::timeout(WATCH_PROBE, kv.status()).await.ok().and_then(|s| s.ok()).map(|s| s.info.state.last_sequence);
+                            // Behind: the bucket has revisions the watch did not bring, and it
+                            // brought nothing since the last probe.
+                            match last {
+                                Some(l) if l >= next && next == seen_at_probe => behind += 1,
+                                Some(_) => behind = 0,
+                                None => {}
+                            }
+                            seen_at_probe = next;
+                            if behind >= 2 {
+                                tracing::warn!(next, "store watch fell behind the bucket; watching again");
+                                break;
+                            }
                         }
                     }
                 }
             }
             Err(err) => tracing::warn!("cannot watch the store bucket: {err}; retrying"),
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
