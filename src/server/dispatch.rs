@@ -129,9 +129,11 @@ pub(crate) async fn dispatch(ctx: &Arc<Ctx>, route: &Route, msg: &async_nats::Me
         }
         match check_replay() {
             Ok(()) => Ok(()),
+            // The same request while its first attempt is still being served here (the client
+            // gave up waiting and sent it again): wait for the first attempt's reply.
             Err(e) if e.code == ErrorCode::Replayed => match &kept {
-                Some((k, d)) => Err(replies::wait(ctx, k, d).await.ok_or(e)),
-                None => Err(Err(e)),
+                Some((k, d)) if ctx.replies.is_serving(k) => Err(replies::wait(ctx, k, d).await.ok_or(e)),
+                _ => Err(Err(e)),
             },
             Err(e) => Err(Err(e)),
         }
@@ -144,6 +146,7 @@ pub(crate) async fn dispatch(ctx: &Arc<Ctx>, route: &Route, msg: &async_nats::Me
         if let Err(answer) = first_time().await {
             return answer.map(|v| (v, None));
         }
+        let _serving = kept.as_ref().map(|(k, _)| ctx.replies.serving(k));
         return match run_raced(ctx, route, &mut call, &claims.body).await {
             Ok(v) => {
                 if let Some((k, d)) = kept {
@@ -170,6 +173,7 @@ pub(crate) async fn dispatch(ctx: &Arc<Ctx>, route: &Route, msg: &async_nats::Me
         return Err(e);
     }
     call.caller = Some(caller);
+    let _serving = kept.as_ref().map(|(k, _)| ctx.replies.serving(k));
     let value = run_raced(ctx, route, &mut call, &claims.body).await?;
     if let Some((k, d)) = kept {
         replies::keep(ctx, k, d, claims.exp, &value).await;

@@ -31,10 +31,40 @@ struct Kept {
     result: Box<RawValue>,
 }
 
-/// Replies kept in memory.
+/// Replies kept in memory, and the requests being served here right now.
 #[derive(Default)]
 pub struct ReplyCache {
     local: Mutex<HashMap<String, (i64, String, Box<RawValue>)>>,
+    in_flight: Mutex<std::collections::HashSet<String>>,
+}
+
+/// A request being served here (its key leaves the in-flight set when this drops).
+pub(super) struct Serving<'a> {
+    cache: &'a ReplyCache,
+    key: String,
+}
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.cache.in_flight.lock() {
+            s.remove(&self.key);
+        }
+    }
+}
+
+impl ReplyCache {
+    /// Mark `key` as being served here.
+    pub(super) fn serving(&self, key: &str) -> Serving<'_> {
+        if let Ok(mut s) = self.in_flight.lock() {
+            s.insert(key.to_string());
+        }
+        Serving { cache: self, key: key.to_string() }
+    }
+
+    /// Whether `key` is being served here right now.
+    pub(super) fn is_serving(&self, key: &str) -> bool {
+        self.in_flight.lock().map(|s| s.contains(key)).unwrap_or(false)
+    }
 }
 
 /// The cache key of a request.

@@ -357,6 +357,84 @@ async fn a_three_node_hub_keeps_serving_when_a_node_dies_and_nothing_diverges() 
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_again_gets_its_first_reply_on_any_replica() {
+    use tillit::client::enroll::{bootstrap_params, LocalKeys};
+    use tillit::token::JoinToken;
+    let pb = free_port();
+    let e = jetstream_estate("retry.example", pb);
+    let _nats = e.start_nats();
+    let _a = e.start_serve_ready();
+    let _b = start_replica(&e, "replica-b", pb);
+    let count = |e: &Estate| status(e)["counts"]["identities"].as_u64().unwrap();
+    let before = count(&e);
+
+    // The very same signed enrollment, sent six times (a client whose replies were lost): the
+    // same reply every time, whichever replica answers; one identity; never `token_used`.
+    let token_text = create_tokens(&e, SVC, 1, "15m").remove(0);
+    let token = JoinToken::decode(&token_text).unwrap();
+    let nc = tillit::client::connect(&bootstrap_params(&token, token.nats_urls.clone()).unwrap()).await.unwrap();
+    let keys = LocalKeys::generate().unwrap();
+    let signed = tillit::proto::sign_request(
+        &keys.user,
+        "retry.example",
+        "tillit.v1.enroll",
+        "io.tillit.v1.enroll",
+        keys.enroll_request(&token),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64,
+    )
+    .unwrap();
+    let mut replies = Vec::new();
+    for _ in 0..6 {
+        let m = nc.request("tillit.v1.enroll", signed.clone().into_bytes().into()).await.expect("a reply");
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        assert!(v["result"]["cert_serial"].is_string(), "{v}");
+        replies.push(v);
+    }
+    assert!(replies.windows(2).all(|w| w[0] == w[1]), "one reply, sent again: {replies:#?}");
+    assert_eq!(count(&e), before + 1, "one identity for six sends");
+
+    // A grant sent twice: one change, one audit record, the same reply.
+    let (admin, anc) = admin_connect(&e).await;
+    let admin_key = nkeys::KeyPair::from_seed(admin.user_seed.expose()).unwrap();
+    let body = serde_json::json!({ "service": SVC, "pub": ["retried.once"], "sub": [] });
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let signed = tillit::proto::sign_request(&admin_key, "retry.example", "tillit.v1.admin.grant", "io.tillit.v1.admin.grant", body, now).unwrap();
+    let mut replies = Vec::new();
+    for _ in 0..4 {
+        let m = anc.request("tillit.v1.admin.grant", signed.clone().into_bytes().into()).await.expect("a reply");
+        replies.push(String::from_utf8(m.payload.to_vec()).unwrap());
+    }
+    assert!(replies[0].contains("\"result\""), "{}", replies[0]);
+    assert!(replies.windows(2).all(|w| w[0] == w[1]), "{replies:#?}");
+    let out = tillit(&["audit", "tail", "--data-dir", e.data(), "-n", "100", "--json"]);
+    let grants = stdout(&out).lines().filter(|l| l.contains("\"action\":\"grant\"") && l.contains("retried.once")).count();
+    assert_eq!(grants, 1, "one record: {}", stdout(&out));
+
+    // An admin is in the control plane's account, yet reaches neither the bucket, the journal
+    // nor the JetStream API: only the control plane's own users may.
+    let records = |e: &Estate| {
+        let out = tillit(&["audit", "verify", "--data-dir", e.data(), "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str::<serde_json::Value>(&stdout(&out)).unwrap()["records"].as_u64().unwrap()
+    };
+    records(&e);
+    for subject in ["$JS.API.STREAM.INFO.TILLIT_JOURNAL", "$JS.API.STREAM.DELETE.KV_tillit", "$JS.API.INFO"] {
+        let r = tokio::time::timeout(Duration::from_secs(2), anc.request(subject, "".into())).await;
+        assert!(!matches!(r, Ok(Ok(_))), "{subject} answered an admin: {r:?}");
+    }
+    anc.publish("tillit.journal", "{\"seq\":999}".into()).await.unwrap();
+    anc.publish("$KV.tillit.meta.bGVhZGVyX2xlYXNl", "{\"holder\":\"admin\",\"token\":99,\"expires_at_ms\":99999999999999}".into()).await.unwrap();
+    anc.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A message of an admin in the journal would fail its MAC: the chain still verifies.
+    records(&e);
+    let out = tillit(&["audit", "tail", "--data-dir", e.data(), "-n", "200", "--json"]);
+    assert!(!stdout(&out).contains("\"seq\":999"), "the journal took nothing from an admin");
+    let (lead, token) = leader(&e);
+    assert!(lead != "admin" && token < 99, "the lease is the replicas': {lead} {token}");
+}
+
 /// Every record of the data dir's sled store.
 fn sled_records(e: &Estate) -> Vec<(&'static str, String, Vec<u8>)> {
     use tillit::store::{SledStore, Space, Store};
