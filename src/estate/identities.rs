@@ -236,6 +236,21 @@ impl Estate {
         Ok((access, b))
     }
 
+    /// Renew this data dir's store access once half its life is gone (every replica keeps its
+    /// own file current); true if it was renewed.
+    pub fn refresh_store_access(&self, ttl: std::time::Duration) -> Result<bool> {
+        let crate::config::StoreBackend::JetStream { bucket, .. } = &self.config.store else { return Ok(false) };
+        let now = self.clock.now_unix();
+        let current = crate::store::StoreAccess::read(&self.dir, self.vault.master())?;
+        if current.expires_at - now > ttl.as_secs() as i64 / 2 {
+            return Ok(false);
+        }
+        let (access, serial) = self.store_access(bucket, ttl)?;
+        self.store().commit(serial)?;
+        access.write(&self.dir, self.vault.master())?;
+        Ok(true)
+    }
+
     /// Issue one clustered hub node's certificate (`name`, the config's hosts).
     pub fn issue_node_cert(&self, name: &str) -> Result<x509::Issued> {
         let now = self.clock.now_unix();

@@ -135,88 +135,72 @@ async fn push_revocations(ctx: &Ctx, r: &mut Revocations, why: &str) -> Result<(
 }
 
 /// Burned tokens' bootstrap users are revoked by pushing the BOOTSTRAP account with the live
-/// revocations. Each push makes nats-server re-check every connection of that account (two user
-/// JWT signature checks each), so pushes are spaced: the first revocation after a quiet spell is
-/// pushed after [`REVOKE_SOON`], and while enrollments keep coming at most one push per
-/// [`REVOKE_SPACING`]. Measured with 8,000 bootstrap connections open: one push a second took a
-/// third of nats-server's CPU. A burned token's user can only ask for an enrollment the control
-/// plane refuses (`token_used`), so these delays are a fair bound.
-/// How long a used token's bootstrap user stays, so the enrollee gets its reply (replicas).
-const REPLY_GRACE_SECS: i64 = 2;
-pub(super) const REVOKE_SOON: Duration = Duration::from_millis(200);
+/// revocations, read from the token records (so with several replicas the leader revokes the
+/// users of tokens any replica burned). A token is revoked [`REPLY_GRACE_SECS`] after its use:
+/// its enrollee may still be reading the reply on the bootstrap connection, or sending the same
+/// request again after a lost reply (after [`crate::client::call::ATTEMPT_TIMEOUT`]), and a push
+/// closes that connection. Each push makes nats-server re-check every connection of that
+/// account (two user JWT signature checks each), so pushes are at least [`REVOKE_SPACING`]
+/// apart: measured with 8,000 bootstrap connections open, one push a second took a third of
+/// nats-server's CPU. A burned token's user can only ask for an enrollment the control plane
+/// refuses (`token_used`), or answers with its first reply, so these delays are a fair bound.
+pub(super) const REPLY_GRACE_SECS: i64 = 3;
 pub(super) const REVOKE_SPACING: Duration = Duration::from_secs(5);
+/// How often the revoker looks for revocations due.
+const REVOKE_TICK: Duration = Duration::from_millis(500);
 
-/// When the next push may happen: soon after the first revocation, at least `spacing` after the
-/// previous push.
-fn next_push(first_at: tokio::time::Instant, last_push: Option<tokio::time::Instant>) -> tokio::time::Instant {
-    let soon = first_at + REVOKE_SOON;
-    match last_push {
-        Some(p) => soon.max(p + REVOKE_SPACING),
-        None => soon,
-    }
+/// The revocations due at `now` (used at least [`REPLY_GRACE_SECS`] ago) and whether some are
+/// still in their grace.
+fn due(mut live: std::collections::BTreeMap<String, (i64, i64)>, now: i64) -> (std::collections::BTreeMap<String, (i64, i64)>, bool) {
+    let young = live.values().any(|(at, _)| *at + REPLY_GRACE_SECS > now);
+    live.retain(|_, (at, _)| *at + REPLY_GRACE_SECS <= now);
+    (live, young)
 }
 
-/// Revoke burned tokens' bootstrap users, gathering those that arrive before the next allowed
-/// push into one BOOTSTRAP account update.
-///
-/// With several replicas only the leader pushes: the used tokens are in the shared store, so it
-/// checks every second whether their live set differs from what it pushed last, whichever
-/// replica enrolled them.
+/// Revoke burned tokens' bootstrap users (on the leader), gathering those due into one
+/// BOOTSTRAP account update, at most one per [`REVOKE_SPACING`].
 pub(super) async fn run_revoker(ctx: std::sync::Arc<Ctx>, mut r: Revocations, mut rx: mpsc::UnboundedReceiver<(String, i64)>) {
-    if ctx.leader.replicated() {
-        return run_replicated_revoker(ctx, r, rx).await;
-    }
-    let mut last_push = None;
-    while let Some(first) = rx.recv().await {
-        tokio::time::sleep_until(next_push(tokio::time::Instant::now(), last_push)).await;
-        let now = ctx.estate.clock().now_unix();
-        let mut n = 1;
-        r.live.insert(first.0, (now, first.1));
-        while let Ok((user, exp)) = rx.try_recv() {
-            r.live.insert(user, (now, exp));
-            n += 1;
-        }
-        last_push = Some(tokio::time::Instant::now());
-        match push_revocations(&ctx, &mut r, "bootstrap_revocation").await {
-            Ok(()) => tracing::debug!(count = n, live = r.live.len(), "bootstrap users revoked"),
-            Err(e) => tracing::error!("cannot revoke bootstrap users: {}", e.message),
-        }
-    }
-}
-
-async fn run_replicated_revoker(ctx: std::sync::Arc<Ctx>, mut r: Revocations, mut rx: mpsc::UnboundedReceiver<(String, i64)>) {
-    let mut tick = tokio::time::interval(REVOKE_SOON.max(Duration::from_millis(500)));
+    let mut tick = tokio::time::interval(REVOKE_TICK);
     let mut last_push: Option<tokio::time::Instant> = None;
+    // Whether a revocation may be waiting: a token was used here (or, with replicas, anywhere).
+    let mut pending = true;
     loop {
         tokio::select! {
-            m = rx.recv() => if m.is_none() { return },
+            m = rx.recv() => match m {
+                Some(_) => pending = true,
+                None => return,
+            },
             _ = tick.tick() => {}
         }
-        while rx.try_recv().is_ok() {}
+        while rx.try_recv().is_ok() {
+            pending = true;
+        }
+        pending |= ctx.leader.replicated();
         if !ctx.leader.is_leader() {
             r.live.clear();
             continue;
         }
-        let Ok(mut stored) = ctx.estate.live_bootstrap_revocations() else { continue };
-        // A token used a moment ago: its enrollee may still be reading the reply on the
-        // bootstrap connection (or retrying it); revoke after a short grace.
-        let now = ctx.estate.clock().now_unix();
-        stored.retain(|_, (at, _)| *at + REPLY_GRACE_SECS <= now);
+        if !pending {
+            continue;
+        }
+        let Ok(stored) = ctx.estate.live_bootstrap_revocations() else { continue };
+        let (stored, young) = due(stored, ctx.estate.clock().now_unix());
+        pending = young;
         if stored.keys().eq(r.live.keys()) {
             continue;
         }
-        if last_push.is_some_and(|p| p.elapsed() < REVOKE_SPACING) && stored.len() > r.live.len() && !r.live.is_empty() {
+        if last_push.is_some_and(|p| p.elapsed() < REVOKE_SPACING) || !ctx.leader.fenced(ctx.estate.store()) {
+            pending = true;
             continue;
         }
-        if !ctx.leader.fenced(ctx.estate.store()) {
-            continue;
-        }
+        let n = stored.len();
         r.live = stored;
         last_push = Some(tokio::time::Instant::now());
         match push_revocations(&ctx, &mut r, "bootstrap_revocation").await {
-            Ok(()) => tracing::debug!(live = r.live.len(), "bootstrap users revoked"),
+            Ok(()) => tracing::debug!(live = n, "bootstrap users revoked"),
             Err(e) => {
                 r.live.clear();
+                pending = true;
                 tracing::error!("cannot revoke bootstrap users: {}", e.message)
             }
         }
@@ -228,12 +212,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn revocation_pushes_are_soon_after_quiet_and_spaced_under_load() {
-        let t0 = tokio::time::Instant::now();
-        assert_eq!(next_push(t0, None), t0 + REVOKE_SOON, "first ever: soon");
-        let long_ago = t0 - Duration::from_secs(60);
-        assert_eq!(next_push(t0, Some(long_ago)), t0 + REVOKE_SOON, "after a quiet spell: soon");
-        let just_now = t0 - Duration::from_secs(1);
-        assert_eq!(next_push(t0, Some(just_now)), just_now + REVOKE_SPACING, "under load: spaced");
+    fn revocations_are_due_after_the_reply_grace() {
+        let live: std::collections::BTreeMap<String, (i64, i64)> =
+            [("old".to_string(), (100, 900)), ("young".to_string(), (104, 900))].into_iter().collect();
+        let (due_now, young) = due(live.clone(), 105);
+        assert_eq!(due_now.keys().collect::<Vec<_>>(), vec!["old"], "used 5 s ago: due; 1 s ago: in its grace");
+        assert!(young);
+        let (due_later, young) = due(live, 104 + REPLY_GRACE_SECS);
+        assert_eq!(due_later.len(), 2);
+        assert!(!young);
     }
 }

@@ -31,6 +31,7 @@ pub(super) fn periodic(ctx: &Ctx) -> Vec<Job> {
         Job { name: "reconcile-accounts", every: ctx.estate.config.reconcile_interval, singleton: true, step: |c| Box::pin(reconcile_accounts(c)) },
         Job { name: "retire-envelope-keys", every: Duration::from_secs(60), singleton: true, step: |c| Box::pin(retire_envelope_keys(c)) },
         Job { name: "refresh-gauges", every: Duration::from_secs(60), singleton: false, step: |c| Box::pin(refresh_gauges(c)) },
+        Job { name: "refresh-store-access", every: Duration::from_secs(3600), singleton: false, step: |c| Box::pin(refresh_store_access(c)) },
         Job { name: "drop-expired-replies", every: Duration::from_secs(30), singleton: true, step: |c| Box::pin(super::replies::drop_expired(c)) },
         Job { name: "retire-role-keys", every: Duration::from_secs(300), singleton: true, step: |c| Box::pin(admin::retire_leftover_keys(c, false)) },
     ]
@@ -94,6 +95,20 @@ async fn flush_store(ctx: &Arc<Ctx>) {
     let store = ctx.estate.store_arc();
     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.sync()).await {
         tracing::error!("store flush failed: {e}");
+    }
+}
+
+/// Keep this replica's store access valid (a JetStream store only).
+async fn refresh_store_access(ctx: &Arc<Ctx>) {
+    if !ctx.leader.replicated() {
+        return;
+    }
+    let c = ctx.clone();
+    match tokio::task::spawn_blocking(move || c.estate.refresh_store_access(crate::init::STORE_ACCESS_TTL)).await {
+        Ok(Ok(true)) => tracing::info!("store access renewed in this replica's data dir"),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => tracing::error!("cannot renew the store access: {e}; the replica cannot reach the store once it expires"),
+        Err(e) => tracing::error!("store access renewal: {e}"),
     }
 }
 

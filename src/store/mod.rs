@@ -249,6 +249,10 @@ impl Vault {
     pub fn store(&self) -> &dyn Store {
         self.store.as_ref()
     }
+    /// The master key itself (to seal a file of the data dir).
+    pub(crate) fn master(&self) -> &MasterKey {
+        &self.master
+    }
     pub fn store_arc(&self) -> Arc<dyn Store> {
         self.store.clone()
     }
