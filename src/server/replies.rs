@@ -131,17 +131,17 @@ pub(super) async fn keep(ctx: &std::sync::Arc<Ctx>, key: String, request: String
     if !ctx.leader.replicated() {
         return;
     }
+    // Shared in the background: a retry comes after the client waited seconds, and the reply
+    // need not wait for the bucket.
     let kept = Kept { request, exp, result: result.to_owned() };
     let c = ctx.clone();
-    let r = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let mut b = Batch::new();
-        b.put_json(Space::Replies, &key, &kept)?;
-        c.estate.store().apply(b)
-    })
-    .await;
-    if let Ok(Err(e)) = r {
-        tracing::warn!("cannot share a reply with the other replicas (a retry elsewhere would not find it): {e}");
-    }
+        let r = b.put_json(Space::Replies, &key, &kept).and_then(|b| c.estate.store().apply(std::mem::take(b)));
+        if let Err(e) = r {
+            tracing::warn!("cannot share a reply with the other replicas (a retry elsewhere would not find it): {e}");
+        }
+    });
 }
 
 /// Drop replies whose requests expired (the leader, every so often).

@@ -269,26 +269,33 @@ async fn run(
         }
     };
     // The watch exists before the store is handed out: no write after the load is missed.
+    let js = async_nats::jetstream::new(client.clone());
     let _ = ready.send(Ok(client));
     let watch = tokio::spawn(follow(kv.clone(), mirror.clone(), foreign, first, next));
+    // Each command runs as a task of its own: callers on other threads (the journal, requests
+    // keeping their replies, reads of records never seen) overlap their round trips instead of
+    // queueing behind each other. Writes to one record still meet at its compare-and-set.
     while let Some(cmd) = cmds.recv().await {
-        match cmd {
-            Cmd::Write(writes, reply) => {
-                let _ = reply.send(apply_writes(&kv, &mirror, writes).await);
+        let (js, kv, mirror) = (js.clone(), kv.clone(), mirror.clone());
+        tokio::spawn(async move {
+            match cmd {
+                Cmd::Write(writes, reply) => {
+                    let _ = reply.send(apply_writes(&js, &kv, &mirror, writes).await);
+                }
+                Cmd::Get(key, reply) => {
+                    let r = match tokio::time::timeout(WRITE_TIMEOUT, kv.entry(&key)).await {
+                        Err(_) => Err(StoreError::Backend(format!("read {key}: timed out"))),
+                        Ok(Err(e)) => Err(StoreError::Backend(format!("read {key}: {e}"))),
+                        Ok(Ok(Some(entry))) => {
+                            note(&mirror, &entry);
+                            Ok(())
+                        }
+                        Ok(Ok(None)) => Ok(()),
+                    };
+                    let _ = reply.send(r);
+                }
             }
-            Cmd::Get(key, reply) => {
-                let r = match tokio::time::timeout(WRITE_TIMEOUT, kv.entry(&key)).await {
-                    Err(_) => Err(StoreError::Backend(format!("read {key}: timed out"))),
-                    Ok(Err(e)) => Err(StoreError::Backend(format!("read {key}: {e}"))),
-                    Ok(Ok(Some(entry))) => {
-                        note(&mirror, &entry);
-                        Ok(())
-                    }
-                    Ok(Ok(None)) => Ok(()),
-                };
-                let _ = reply.send(r);
-            }
-        }
+        });
     }
     // The last handle is gone: the store was dropped.
     watch.abort();
@@ -446,8 +453,90 @@ async fn acked<T, E: std::fmt::Display>(
     }
 }
 
-/// Apply writes in order, each a compare-and-set; the mirror takes each as it is acknowledged.
-async fn apply_writes(kv: &async_nats::jetstream::kv::Store, mirror: &Arc<RwLock<Mirror>>, writes: Vec<Write>) -> Result<(), StoreError> {
+/// Apply writes, each a compare-and-set; the mirror takes each as it is acknowledged. Writes
+/// to distinct keys are published one after the other without waiting, then their
+/// acknowledgements awaited (one round trip for the batch instead of one per record; the
+/// stream stores them in the order they were sent).
+async fn apply_writes(
+    js: &async_nats::jetstream::Context,
+    kv: &async_nats::jetstream::kv::Store,
+    mirror: &Arc<RwLock<Mirror>>,
+    writes: Vec<Write>,
+) -> Result<(), StoreError> {
+    let distinct = writes.iter().map(|w| w.kv_key.as_str()).collect::<std::collections::BTreeSet<_>>().len() == writes.len();
+    if writes.len() < 2 || !distinct || kv.use_jetstream_prefix {
+        return apply_one_by_one(kv, mirror, writes).await;
+    }
+    let prefix = kv.put_prefix.clone().unwrap_or_else(|| kv.prefix.clone());
+    let mut sent = Vec::with_capacity(writes.len());
+    for w in writes {
+        if w.value.is_none() && w.expect.is_none() {
+            continue;
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, w.expect.unwrap_or(0).to_string().as_str());
+        if w.value.is_none() {
+            headers.insert("KV-Operation", "DEL");
+        }
+        let payload = w.value.clone().unwrap_or_default();
+        let ack = js.publish_with_headers(format!("{prefix}{}", w.kv_key), headers, payload.into()).await;
+        sent.push((w, ack));
+    }
+    let mut failed = None;
+    for (w, ack) in sent {
+        let r = match ack {
+            Ok(f) => match tokio::time::timeout(WRITE_TIMEOUT, f).await {
+                Ok(Ok(a)) => Ok(a.sequence),
+                Ok(Err(e)) if e.kind() == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence => {
+                    Err(StoreError::Conflict(format!("{} changed under this replica; read it again and retry", w.kv_key)))
+                }
+                Ok(Err(e)) => Err(StoreError::Backend(format!("write {}: {e}", w.kv_key))),
+                Err(_) => Err(StoreError::Backend(format!("write {}: timed out", w.kv_key))),
+            },
+            Err(e) => Err(StoreError::Backend(format!("write {}: {e}", w.kv_key))),
+        };
+        let revision = match r {
+            // A delete is noted at the revision it replaced (its own arrives with the watch).
+            Ok(seq) => match w.value {
+                Some(_) => seq,
+                None => w.expect.unwrap_or(seq),
+            },
+            Err(StoreError::Conflict(m)) => match settled(kv, mirror, &w).await {
+                Some(rev) => rev,
+                None => {
+                    failed.get_or_insert(StoreError::Conflict(m));
+                    continue;
+                }
+            },
+            Err(e) => {
+                failed.get_or_insert(e);
+                continue;
+            }
+        };
+        remember(mirror, &w.kv_key, revision, w.value, Source::Own);
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+/// After a refused compare-and-set: read the record from the bucket. It may hold this very
+/// write (a publish JetStream stored but whose answer was lost when a node went down, retried
+/// by the client): then it is done, at the revision returned. Otherwise the mirror learns the
+/// newer revision, so the caller's next try compares with it.
+async fn settled(kv: &async_nats::jetstream::kv::Store, mirror: &Arc<RwLock<Mirror>>, w: &Write) -> Option<u64> {
+    let entry = tokio::time::timeout(WRITE_TIMEOUT, kv.entry(&w.kv_key)).await.ok()?.ok()?;
+    let held = entry.as_ref().filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put).map(|e| e.value.to_vec());
+    if let Some(e) = &entry {
+        note(mirror, e);
+    }
+    match (held == w.value, entry) {
+        (true, Some(e)) => Some(e.revision),
+        (true, None) => w.expect.or(Some(0)),
+        _ => None,
+    }
+}
+
+/// [`apply_writes`] one write at a time (a key written twice in the batch).
+async fn apply_one_by_one(kv: &async_nats::jetstream::kv::Store, mirror: &Arc<RwLock<Mirror>>, writes: Vec<Write>) -> Result<(), StoreError> {
     use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
     let stale = |e: &async_nats::jetstream::kv::UpdateError| e.kind() == UpdateErrorKind::WrongLastRevision;
     // A key written twice in one batch: the second write expects the first one's revision.
@@ -468,26 +557,9 @@ async fn apply_writes(kv: &async_nats::jetstream::kv::Store, mirror: &Arc<RwLock
         };
         let revision = match written {
             Ok(r) => r,
-            // A refused compare-and-set: read the record from the bucket. It may hold this very
-            // write (a publish JetStream stored but whose answer was lost when a node went down,
-            // retried by the client): then it is done. Otherwise the mirror learns the newer
-            // revision, so the caller's next try compares with it.
-            Err(StoreError::Conflict(m)) => match tokio::time::timeout(WRITE_TIMEOUT, kv.entry(&w.kv_key)).await {
-                Ok(Ok(entry)) => {
-                    let held = entry.as_ref().filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put).map(|e| e.value.to_vec());
-                    if let Some(e) = &entry {
-                        note(mirror, e);
-                    }
-                    if held == w.value {
-                        match entry {
-                            Some(e) => e.revision,
-                            None => continue,
-                        }
-                    } else {
-                        return Err(StoreError::Conflict(m));
-                    }
-                }
-                _ => return Err(StoreError::Conflict(m)),
+            Err(StoreError::Conflict(m)) => match settled(kv, mirror, &w).await {
+                Some(rev) => rev,
+                None => return Err(StoreError::Conflict(m)),
             },
             Err(e) => return Err(e),
         };
