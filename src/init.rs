@@ -108,9 +108,9 @@ struct ClusterNode {
     route_url: String,
 }
 
-/// The nodes of `--cluster N --cluster-port P`: node n listens for clients on `nats_url`'s port
-/// + n-1 and for routes on P + n-1, on `nats_url`'s host (one machine; on several, edit each
-/// `server-<n>.conf`'s addresses).
+/// The nodes of `--cluster N --cluster-port P`: node n listens for clients on `nats_url`'s
+/// port plus n-1 and for routes on P plus n-1, on `nats_url`'s host (one machine; on several,
+/// edit each `server-<n>.conf`'s addresses).
 fn cluster_nodes(opts: &InitOptions) -> Result<Vec<ClusterNode>, InitError> {
     let Some((size, route_port)) = opts.cluster else { return Ok(vec![]) };
     if !(3..=7).contains(&size) || size % 2 == 0 {

@@ -1,6 +1,6 @@
 //! Which replica runs the singleton jobs. On sled there is one `serve`, always the leader; on a
 //! JetStream store every replica steps the lease in the store (`estate::lease`) at a third of
-//! its life, and only the holder runs the singleton jobs ([`super::tasks`]). A job checks
+//! its life, and only the holder runs the singleton jobs (the `tasks` list). A job checks
 //! [`Leadership::fenced`] right before it writes or pushes: the stored lease must still name
 //! this replica with its token, and still be valid a margin from now by this machine's clock. A
 //! leader that was paused past its lease (SIGSTOP, a long GC-like stall, a VM migration) finds

@@ -31,10 +31,13 @@ struct Kept {
     result: Box<RawValue>,
 }
 
+/// A kept reply in memory: when its request expires, the request's digest, the reply.
+type Local = (i64, String, Box<RawValue>);
+
 /// Replies kept in memory, and the requests being served here right now.
 #[derive(Default)]
 pub struct ReplyCache {
-    local: Mutex<HashMap<String, (i64, String, Box<RawValue>)>>,
+    local: Mutex<HashMap<String, Local>>,
     in_flight: Mutex<std::collections::HashSet<String>>,
 }
 
