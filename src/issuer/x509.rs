@@ -338,9 +338,7 @@ impl CertAuthority {
         now: i64,
         not_after: i64,
     ) -> Result<Issued, X509Error> {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let (cert_pem, serial) = self.client_cert(&key, spiffe_id, cn, now, not_after, false)?;
-        Ok(Issued { cert_pem, key_pem: SecretString::new(key.serialize_pem()), serial, not_after })
+        self.client_with_new_key(spiffe_id, cn, now, not_after, false)
     }
 
     /// Generate a P-256 key locally and a client certificate for it (identities whose owner is
@@ -352,8 +350,12 @@ impl CertAuthority {
         now: i64,
         not_after: i64,
     ) -> Result<Issued, X509Error> {
+        self.client_with_new_key(spiffe_id, cn, now, not_after, true)
+    }
+
+    fn client_with_new_key(&self, spiffe_id: &str, cn: &str, now: i64, not_after: i64, revocable: bool) -> Result<Issued, X509Error> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let (cert_pem, serial) = self.issue_client(&key, spiffe_id, cn, now, not_after)?;
+        let (cert_pem, serial) = self.client_cert(&key, spiffe_id, cn, now, not_after, revocable)?;
         Ok(Issued { cert_pem, key_pem: SecretString::new(key.serialize_pem()), serial, not_after })
     }
 }

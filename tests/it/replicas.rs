@@ -19,6 +19,16 @@ fn jetstream_estate(td: &str, port: u16) -> Estate {
     Estate::init_args(td, &["--store", "jetstream", "--replica-url", &format!("http://127.0.0.1:{port}")])
 }
 
+/// An estate on JetStream with its hub and two replicas, both ready.
+fn two_replicas(td: &str) -> (Estate, NatsServer, Serve, Replica) {
+    let pb = free_port();
+    let e = jetstream_estate(td, pb);
+    let nats = e.start_nats();
+    let a = e.start_serve_ready();
+    let b = start_replica(&e, "replica-b", pb);
+    (e, nats, a, b)
+}
+
 fn start_replica(e: &Estate, name: &str, port: u16) -> Replica {
     let dir = e.tmp.path().join(name);
     let out = tillit(&["store", "replica", "--data-dir", e.data(), "--out", dir.to_str().unwrap()]);
@@ -60,11 +70,7 @@ fn port_of(e: &Estate, id: &str) -> u16 {
 
 #[test]
 fn two_replicas_share_one_estate_and_lose_no_concurrent_change() {
-    let pb = free_port();
-    let e = jetstream_estate("replicas.example", pb);
-    let _nats = e.start_nats();
-    let _a = e.start_serve_ready();
-    let b = start_replica(&e, "replica-b", pb);
+    let (e, _nats, _a, b) = two_replicas("replicas.example");
     let orders = enroll_one(&e, SVC, "orders");
 
     // Sixteen grants to one service at the same instant, through both replicas: every one
@@ -125,11 +131,7 @@ fn two_replicas_share_one_estate_and_lose_no_concurrent_change() {
 
 #[test]
 fn killing_the_leader_loses_no_enrollment_and_moves_the_jobs() {
-    let pb = free_port();
-    let e = jetstream_estate("failover.example", pb);
-    let _nats = e.start_nats();
-    let mut a = e.start_serve_ready();
-    let mut b = start_replica(&e, "replica-b", pb);
+    let (e, _nats, mut a, mut b) = two_replicas("failover.example");
     const N: usize = 48;
     let tokens = create_tokens(&e, "acme/shop/prod/api", N as u32, "15m");
     let (lead, token) = leader(&e);
@@ -202,11 +204,7 @@ fn killing_the_leader_loses_no_enrollment_and_moves_the_jobs() {
 
 #[test]
 fn a_paused_leader_is_deposed_and_acts_no_more_when_it_resumes() {
-    let pb = free_port();
-    let e = jetstream_estate("fencing.example", pb);
-    let _nats = e.start_nats();
-    let a = e.start_serve_ready();
-    let b = start_replica(&e, "replica-b", pb);
+    let (e, _nats, a, b) = two_replicas("fencing.example");
     let (lead, token) = leader(&e);
     let (paused_pid, paused_port, other_port) =
         if port_of(&e, &lead) == e.http_port { (a.child.id(), e.http_port, b.port) } else { (b.serve.child.id(), b.port, e.http_port) };
@@ -361,11 +359,7 @@ async fn a_three_node_hub_keeps_serving_when_a_node_dies_and_nothing_diverges() 
 async fn a_request_sent_again_gets_its_first_reply_on_any_replica() {
     use tillit::client::enroll::{bootstrap_params, LocalKeys};
     use tillit::token::JoinToken;
-    let pb = free_port();
-    let e = jetstream_estate("retry.example", pb);
-    let _nats = e.start_nats();
-    let _a = e.start_serve_ready();
-    let _b = start_replica(&e, "replica-b", pb);
+    let (e, _nats, _a, _b) = two_replicas("retry.example");
     let count = |e: &Estate| status(e)["counts"]["identities"].as_u64().unwrap();
     let before = count(&e);
 
