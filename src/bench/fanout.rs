@@ -155,7 +155,12 @@ pub(crate) async fn fanout(admin_dir: &Path, agents: usize, sites: usize, rounds
     let none_yet: HashMap<String, u64> = consumers.iter().map(|c| (c.clone(), 0)).collect();
     collect(&mut rx, &none_yet, start, Duration::from_secs(120)).await?;
     let setup_secs = setup.elapsed().as_secs_f64();
-    eprintln!("setup done in {setup_secs:.1}s; timing {rounds} rotations…");
+    // The agents' used join tokens are revoked a few seconds after their enrollments (a reply
+    // grace, then one BOOTSTRAP push that makes nats-server re-check every bootstrap
+    // connection): let that land before the clock starts.
+    eprintln!("setup done in {setup_secs:.1}s; letting the bootstrap revocations land…");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    eprintln!("timing {rounds} rotations…");
     let mut all_acked_ms = Vec::new();
     let mut lat = Vec::new();
     let mut total = Duration::ZERO;

@@ -162,8 +162,10 @@ fn due(mut live: std::collections::BTreeMap<String, (i64, i64)>, now: i64) -> (s
 pub(super) async fn run_revoker(ctx: std::sync::Arc<Ctx>, mut r: Revocations, mut rx: mpsc::UnboundedReceiver<(String, i64)>) {
     let mut tick = tokio::time::interval(REVOKE_TICK);
     let mut last_push: Option<tokio::time::Instant> = None;
-    // Whether a revocation may be waiting: a token was used here (or, with replicas, anywhere).
+    // Whether a revocation may be waiting: a token was used here, or (with replicas) another
+    // replica changed the store.
     let mut pending = true;
+    let mut seen_changes = ctx.estate.store().others_changes();
     loop {
         tokio::select! {
             m = rx.recv() => match m {
@@ -175,7 +177,9 @@ pub(super) async fn run_revoker(ctx: std::sync::Arc<Ctx>, mut r: Revocations, mu
         while rx.try_recv().is_ok() {
             pending = true;
         }
-        pending |= ctx.leader.replicated();
+        let changes = ctx.estate.store().others_changes();
+        pending |= changes != seen_changes;
+        seen_changes = changes;
         if !ctx.leader.is_leader() {
             r.live.clear();
             continue;
