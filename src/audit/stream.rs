@@ -235,10 +235,20 @@ impl StreamWriter {
     fn read(&self, stream_seq: u64, seq: u64, hash: &str) -> Result<Read, AuditError> {
         let msg = self.rt.block_on(async {
             let s = self.js.get_stream_no_info(&self.stream).await.map_err(|e| nats_err("read")(e.to_string()))?;
-            tokio::time::timeout(IO_TIMEOUT, s.direct_get(stream_seq))
-                .await
-                .map_err(|_| nats_err("read")("timed out".into()))?
-                .map_err(|e| nats_err("read")(e.to_string()))
+            // From the stream's leader (a direct get may be answered by a follower that has not
+            // received the message yet); a moment of leader election is waited out.
+            let mut tries = 0;
+            loop {
+                match tokio::time::timeout(IO_TIMEOUT, s.get_raw_message(stream_seq)).await {
+                    Ok(Ok(m)) => break Ok(m),
+                    Ok(Err(e)) if tries >= 20 => break Err(nats_err("read")(e.to_string())),
+                    Err(_) if tries >= 20 => break Err(nats_err("read")("timed out".into())),
+                    _ => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
         })?;
         let changes = msg.headers.get(HDR_CHANGES).is_some();
         let (records, hash) = check_message(&self.key, &msg.payload, seq, hash).map_err(|reason| damaged(stream_seq, reason))?;
@@ -493,15 +503,18 @@ pub async fn read_stream(
     let stream = js.get_stream(name).await.map_err(|e| nats_err("open")(e.to_string()))?;
     let last = stream.get_info().await.map_err(|e| nats_err("info")(e.to_string()))?.state.last_sequence;
     let (mut seq, mut hash) = (0u64, GENESIS.to_string());
-    // Direct gets: any of the stream's replicas answers, so a node down does not stall the read.
+    // From the stream's leader, each message in turn (a moment of leader election is waited out).
     for at in 1..=last {
         let mut tries = 0;
         let m = loop {
-            match tokio::time::timeout(IO_TIMEOUT, stream.direct_get(at)).await {
+            match tokio::time::timeout(IO_TIMEOUT, stream.get_raw_message(at)).await {
                 Ok(Ok(m)) => break m,
-                Ok(Err(e)) if tries >= 3 => return Err(nats_err("read")(format!("message {at}: {e}"))),
-                Err(_) if tries >= 3 => return Err(nats_err("read")(format!("message {at}: timed out"))),
-                _ => tries += 1,
+                Ok(Err(e)) if tries >= 20 => return Err(nats_err("read")(format!("message {at}: {e}"))),
+                Err(_) if tries >= 20 => return Err(nats_err("read")(format!("message {at}: timed out"))),
+                _ => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         };
         {

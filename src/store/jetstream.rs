@@ -271,26 +271,27 @@ async fn run(
     // The watch exists before the store is handed out: no write after the load is missed.
     let js = async_nats::jetstream::new(client.clone());
     let _ = ready.send(Ok(client));
-    let watch = tokio::spawn(follow(kv.clone(), mirror.clone(), foreign, first, next));
+    let watch = tokio::spawn(follow(kv.clone(), mirror.clone(), foreign.clone(), first, next));
     // Each command runs as a task of its own: callers on other threads (the journal, requests
     // keeping their replies, reads of records never seen) overlap their round trips instead of
     // queueing behind each other. Writes to one record still meet at its compare-and-set.
     while let Some(cmd) = cmds.recv().await {
-        let (js, kv, mirror) = (js.clone(), kv.clone(), mirror.clone());
+        let (js, kv, mirror, foreign) = (js.clone(), kv.clone(), mirror.clone(), foreign.clone());
         tokio::spawn(async move {
             match cmd {
                 Cmd::Write(writes, reply) => {
                     let _ = reply.send(apply_writes(&js, &kv, &mirror, writes).await);
                 }
                 Cmd::Get(key, reply) => {
-                    let r = match tokio::time::timeout(WRITE_TIMEOUT, kv.entry(&key)).await {
-                        Err(_) => Err(StoreError::Backend(format!("read {key}: timed out"))),
-                        Ok(Err(e)) => Err(StoreError::Backend(format!("read {key}: {e}"))),
-                        Ok(Ok(Some(entry))) => {
-                            note(&mirror, &entry);
+                    let r = match fresh(&kv, &key).await {
+                        Ok(Some((revision, value))) => {
+                            if remember(&mirror, &key, revision, value, Source::Watch) {
+                                foreign.fetch_add(1, Ordering::Relaxed);
+                            }
                             Ok(())
                         }
-                        Ok(Ok(None)) => Ok(()),
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e),
                     };
                     let _ = reply.send(r);
                 }
@@ -518,19 +519,39 @@ async fn apply_writes(
     failed.map_or(Ok(()), Err)
 }
 
+/// A record as the bucket's stream leader holds it: its revision and value (`None`: deleted), or
+/// `None` if it never existed. (The KV's own read may be answered by a follower that has not
+/// received the latest write yet.)
+async fn fresh(kv: &async_nats::jetstream::kv::Store, key: &str) -> Result<Option<(u64, Option<Vec<u8>>)>, StoreError> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let subject = format!("{}{key}", kv.prefix);
+    match tokio::time::timeout(WRITE_TIMEOUT, kv.stream.get_last_raw_message_by_subject(&subject)).await {
+        Err(_) => Err(StoreError::Backend(format!("read {key}: timed out"))),
+        Ok(Err(e)) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Ok(Err(e)) => Err(StoreError::Backend(format!("read {key}: {e}"))),
+        Ok(Ok(m)) => {
+            let op = m.headers.get("KV-Operation").map(|v| v.as_str().to_string());
+            let value = match op.as_deref() {
+                Some("DEL") | Some("PURGE") => None,
+                _ => Some(m.payload.to_vec()),
+            };
+            Ok(Some((m.sequence, value)))
+        }
+    }
+}
+
 /// After a refused compare-and-set: read the record from the bucket. It may hold this very
 /// write (a publish JetStream stored but whose answer was lost when a node went down, retried
 /// by the client): then it is done, at the revision returned. Otherwise the mirror learns the
 /// newer revision, so the caller's next try compares with it.
 async fn settled(kv: &async_nats::jetstream::kv::Store, mirror: &Arc<RwLock<Mirror>>, w: &Write) -> Option<u64> {
-    let entry = tokio::time::timeout(WRITE_TIMEOUT, kv.entry(&w.kv_key)).await.ok()?.ok()?;
-    let held = entry.as_ref().filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put).map(|e| e.value.to_vec());
-    if let Some(e) = &entry {
-        note(mirror, e);
+    let found = fresh(kv, &w.kv_key).await.ok()?;
+    if let Some((revision, value)) = &found {
+        remember(mirror, &w.kv_key, *revision, value.clone(), Source::Watch);
     }
-    match (held == w.value, entry) {
-        (true, Some(e)) => Some(e.revision),
-        (true, None) => w.expect.or(Some(0)),
+    match found {
+        Some((revision, value)) if value == w.value => Some(revision),
+        None if w.value.is_none() => w.expect.or(Some(0)),
         _ => None,
     }
 }
