@@ -65,7 +65,16 @@ pub(super) async fn ensure_role_pushed(ctx: &Ctx, sid: &ServiceId) -> Result<Rol
     }
     let e = &ctx.estate;
     let _g = e.account_lock().lock().await;
-    let (acct, role, _changed) = e.ensure_role_locked(sid)?;
+    let (mut acct, role, _changed) = e.ensure_role_locked(sid)?;
+    if !carries_key(&acct, &role.key) {
+        // Another replica made the role and has not stored the account JWT that carries its
+        // key yet (or this replica has not seen it): an identity signed with that key now
+        // would be refused. Read the account from the store; still without: serve again.
+        acct = e.account_fresh(&acct.name).map_err(ApiError::from)?;
+        if !carries_key(&acct, &role.key) {
+            return Err(ApiError::new(ErrorCode::Unavailable, super::RACED));
+        }
+    }
     if !pushed_current(ctx, &acct) {
         push(ctx, &acct, "role").await?;
     }
@@ -74,6 +83,13 @@ pub(super) async fn ensure_role_pushed(ctx: &Ctx, sid: &ServiceId) -> Result<Rol
         m.insert(sid.clone(), entry.clone());
     }
     Ok(entry)
+}
+
+/// Whether `acct`'s JWT names `key` as one of its signing keys.
+fn carries_key(acct: &AccountRecord, key: &str) -> bool {
+    crate::issuer::jwt::decode_any::<serde_json::Value>(&acct.jwt)
+        .map(|(claims, _)| claims["nats"]["signing_keys"].as_array().is_some_and(|keys| keys.iter().any(|k| k == key || k["key"] == key)))
+        .unwrap_or(false)
 }
 
 /// The TILLIT account (with the agents' scoped key pushed) for an agent of `site`, and its
