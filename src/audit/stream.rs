@@ -235,20 +235,7 @@ impl StreamWriter {
     fn read(&self, stream_seq: u64, seq: u64, hash: &str) -> Result<Read, AuditError> {
         let msg = self.rt.block_on(async {
             let s = self.js.get_stream_no_info(&self.stream).await.map_err(|e| nats_err("read")(e.to_string()))?;
-            // From the stream's leader (a direct get may be answered by a follower that has not
-            // received the message yet); a moment of leader election is waited out.
-            let mut tries = 0;
-            loop {
-                match tokio::time::timeout(IO_TIMEOUT, s.get_raw_message(stream_seq)).await {
-                    Ok(Ok(m)) => break Ok(m),
-                    Ok(Err(e)) if tries >= 20 => break Err(nats_err("read")(e.to_string())),
-                    Err(_) if tries >= 20 => break Err(nats_err("read")("timed out".into())),
-                    _ => {
-                        tries += 1;
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
+            leader_get(&s, stream_seq).await
         })?;
         let changes = msg.headers.get(HDR_CHANGES).is_some();
         let (records, hash) = check_message(&self.key, &msg.payload, seq, hash).map_err(|reason| damaged(stream_seq, reason))?;
@@ -491,6 +478,23 @@ fn check_message(key: &MacKey, payload: &[u8], seq: u64, hash: &str) -> Result<(
     Ok((records, hash))
 }
 
+/// Message `seq` from the stream's leader (a direct get may be answered by a follower that has
+/// not received it yet), waiting out a moment of leader election (20 tries, 100 ms apart).
+async fn leader_get<I>(stream: &jetstream::stream::Stream<I>, seq: u64) -> Result<jetstream::message::StreamMessage, AuditError> {
+    let mut tries = 0;
+    loop {
+        match tokio::time::timeout(IO_TIMEOUT, stream.get_raw_message(seq)).await {
+            Ok(Ok(m)) => return Ok(m),
+            Ok(Err(e)) if tries >= 20 => return Err(nats_err("read")(format!("message {seq}: {e}"))),
+            Err(_) if tries >= 20 => return Err(nats_err("read")(format!("message {seq}: timed out"))),
+            _ => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// Read the whole journal stream `name` in order, checking every record (its MAC under `key`,
 /// the chain); `each` sees every record. What was found, or the first bad record.
 pub async fn read_stream(
@@ -503,31 +507,17 @@ pub async fn read_stream(
     let stream = js.get_stream(name).await.map_err(|e| nats_err("open")(e.to_string()))?;
     let last = stream.get_info().await.map_err(|e| nats_err("info")(e.to_string()))?.state.last_sequence;
     let (mut seq, mut hash) = (0u64, GENESIS.to_string());
-    // From the stream's leader, each message in turn (a moment of leader election is waited out).
     for at in 1..=last {
-        let mut tries = 0;
-        let m = loop {
-            match tokio::time::timeout(IO_TIMEOUT, stream.get_raw_message(at)).await {
-                Ok(Ok(m)) => break m,
-                Ok(Err(e)) if tries >= 20 => return Err(nats_err("read")(format!("message {at}: {e}"))),
-                Err(_) if tries >= 20 => return Err(nats_err("read")(format!("message {at}: timed out"))),
-                _ => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+        let m = leader_get(&stream, at).await?;
+        match check_message(key, &m.payload, seq, &hash) {
+            Ok((records, h)) => {
+                for r in &records {
+                    each(r);
                 }
+                seq = records.last().map(|r| r.seq).unwrap_or(seq);
+                hash = h;
             }
-        };
-        {
-            match check_message(key, &m.payload, seq, &hash) {
-                Ok((records, h)) => {
-                    for r in &records {
-                        each(r);
-                    }
-                    seq = records.last().map(|r| r.seq).unwrap_or(seq);
-                    hash = h;
-                }
-                Err(reason) => return Ok(Err(super::ChainError { line: at as usize, seq: seq + 1, reason })),
-            }
+            Err(reason) => return Ok(Err(super::ChainError { line: at as usize, seq: seq + 1, reason })),
         }
     }
     Ok(Ok(super::Verified { records: seq, head: hash, authenticated: seq, legacy: 0, anchored: true }))

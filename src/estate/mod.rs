@@ -239,11 +239,6 @@ fn new_account_keys(vault: &Vault, b: &mut Batch, name: &str) -> Result<(KeyPair
     Ok((id, signing))
 }
 
-/// The OCSP and CRL URLs certificates carry.
-fn revocation_urls(config: &Config) -> x509::RevocationUrls {
-    ca::revocation_urls_for(config, None)
-}
-
 // === impl Estate ===
 
 /// An opened estate.
@@ -353,7 +348,7 @@ impl Estate {
 
         let cas = std::sync::RwLock::new(ca::CaSet::initial(
             &meta,
-            CertAuthority::load(&ca.cert_pem, &ca.key_pem)?.with_revocation_urls(revocation_urls(&config)),
+            CertAuthority::load(&ca.cert_pem, &ca.key_pem)?.with_revocation_urls(ca::revocation_urls_for(&config, None)),
         ));
         let estate = Estate {
             cas,

@@ -150,7 +150,7 @@ pub(crate) async fn dispatch(ctx: &Arc<Ctx>, route: &Route, msg: &async_nats::Me
         return match run_raced(ctx, route, &mut call, &claims.body).await {
             Ok(v) => {
                 if let Some((k, d)) = kept {
-                    replies::keep(ctx, k, d, claims.exp, &v).await;
+                    replies::keep(ctx, k, d, claims.exp, &v);
                 }
                 Ok((v, call.after))
             }
@@ -176,7 +176,7 @@ pub(crate) async fn dispatch(ctx: &Arc<Ctx>, route: &Route, msg: &async_nats::Me
     let _serving = kept.as_ref().map(|(k, _)| ctx.replies.serving(k));
     let value = run_raced(ctx, route, &mut call, &claims.body).await?;
     if let Some((k, d)) = kept {
-        replies::keep(ctx, k, d, claims.exp, &value).await;
+        replies::keep(ctx, k, d, claims.exp, &value);
     }
     Ok((value, call.after))
 }

@@ -128,7 +128,7 @@ pub(super) async fn wait(ctx: &Ctx, key: &str, request: &str) -> Option<Box<RawV
 }
 
 /// Keep the reply to a changing request until it expires.
-pub(super) async fn keep(ctx: &std::sync::Arc<Ctx>, key: String, request: String, exp: i64, result: &RawValue) {
+pub(super) fn keep(ctx: &std::sync::Arc<Ctx>, key: String, request: String, exp: i64, result: &RawValue) {
     let now = ctx.estate.clock().now_unix();
     ctx.replies.put_local(key.clone(), exp, request.clone(), result.to_owned(), now);
     if !ctx.leader.replicated() {
