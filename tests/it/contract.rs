@@ -87,6 +87,7 @@ fn every_endpoint_is_in_the_asyncapi_document_with_its_schemas() {
         tillit::subjects::EVENTS_EXPORT,
         tillit::subjects::NOTIFY_EXPORT,
         tillit::subjects::SYS_CLAIMS_UPDATE,
+        tillit::subjects::JOURNAL,
         "$SRV.PING.tillit",
         "$SRV.INFO.tillit",
         "$SRV.STATS.tillit",
