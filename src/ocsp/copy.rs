@@ -1,0 +1,299 @@
+//! A responder's copy of the pre-signed OCSP answers ([`super::presign`]).
+//!
+//! The control plane publishes answers in the KV bucket `TILLIT_OCSP` (key: the certificate's
+//! serial, lower-case hex; value: [`Published`], one DER answer per trusted CA). Every responder
+//! follows the bucket's stream ([`super::follow`]) into a [`Copy`] and answers from it, so a
+//! nats-server next to it admits and refuses certificates while the control plane is away.
+//! A copy with a file is saved at most once a second and loaded at start: a site agent started
+//! while its site is cut off from the hub still answers.
+//!
+//! An answer is served only for the CertID it was signed for, and only until its `nextUpdate`;
+//! anything else gets no answer (HTTP 404), and nats-server asks the next responder the
+//! certificate names.
+
+use super::{read_answer, Answer, Status};
+use crate::fsutil::write_atomic;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
+
+/// Largest value read from the bucket (a handful of answers of ~300 bytes).
+pub const MAX_VALUE_BYTES: usize = 16 * 1024;
+
+/// A value of the `TILLIT_OCSP` bucket.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Published {
+    /// DER answers, base64: one per CA of the trusted set when it was signed.
+    pub answers: Vec<String>,
+}
+
+impl Published {
+    pub fn new(ders: &[Vec<u8>]) -> Self {
+        Published { answers: ders.iter().map(|d| data_encoding::BASE64.encode(d)).collect() }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parse a bucket value; `None` if it is not one (too large, not JSON, not base64).
+    pub fn parse(bytes: &[u8]) -> Option<Vec<(Answer, Vec<u8>)>> {
+        if bytes.len() > MAX_VALUE_BYTES {
+            return None;
+        }
+        let p: Published = serde_json::from_slice(bytes).ok()?;
+        p.answers
+            .iter()
+            .map(|a| {
+                let der = data_encoding::BASE64.decode(a.as_bytes()).ok()?;
+                Some((read_answer(&der)?, der))
+            })
+            .collect()
+    }
+}
+
+/// What the copy holds of one serial.
+#[derive(Debug, Clone)]
+pub struct Held {
+    /// The bucket revision (stream sequence) it came from.
+    pub revision: u64,
+    /// The answers and their DER.
+    pub answers: Vec<(Answer, Vec<u8>)>,
+    /// The raw bucket value (saved as is).
+    raw: Vec<u8>,
+}
+
+impl Held {
+    /// The status the answers give (all say the same).
+    pub fn status(&self) -> Status {
+        self.answers.first().map(|(a, _)| a.status).unwrap_or(Status::Unknown)
+    }
+
+    /// The earliest `nextUpdate` of the answers.
+    pub fn next_update(&self) -> i64 {
+        self.answers.iter().map(|(a, _)| a.next_update).min().unwrap_or(0)
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    last_seq: u64,
+    by_serial: HashMap<String, Held>,
+}
+
+/// The copy: answers by serial, and how far into the bucket's stream it has read.
+pub struct Copy {
+    inner: RwLock<Inner>,
+    file: Option<PathBuf>,
+    dirty: AtomicBool,
+}
+
+impl std::fmt::Debug for Copy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Copy").field("file", &self.file).field("len", &self.len()).finish()
+    }
+}
+
+/// The file form of a copy.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    last_seq: u64,
+    /// serial → [revision, bucket value as text]
+    answers: HashMap<String, (u64, String)>,
+}
+
+impl Copy {
+    /// An empty copy kept in memory only.
+    pub fn in_memory() -> Self {
+        Copy { inner: RwLock::new(Inner::default()), file: None, dirty: AtomicBool::new(false) }
+    }
+
+    /// A copy saved to `file`, loaded from it when it exists. A damaged file is set aside (the
+    /// copy starts empty and reads the bucket again) with a warning.
+    pub fn load(file: PathBuf) -> Self {
+        let mut inner = Inner::default();
+        match std::fs::read(&file) {
+            Ok(bytes) => match serde_json::from_slice::<Saved>(&bytes) {
+                Ok(saved) => {
+                    inner.last_seq = saved.last_seq;
+                    for (serial, (revision, raw)) in saved.answers {
+                        if let Some(answers) = Published::parse(raw.as_bytes()) {
+                            inner.by_serial.insert(serial, Held { revision, answers, raw: raw.into_bytes() });
+                        }
+                    }
+                    tracing::info!(file = %file.display(), answers = inner.by_serial.len(), last_seq = inner.last_seq, "OCSP answers loaded");
+                }
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), "OCSP answer copy is damaged ({e}); reading the bucket again");
+                    let _ = std::fs::rename(&file, file.with_extension("damaged"));
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(file = %file.display(), "cannot read the OCSP answer copy: {e}"),
+        }
+        Copy { inner: RwLock::new(inner), file: Some(file), dirty: AtomicBool::new(false) }
+    }
+
+    /// The bucket stream sequence read up to.
+    pub fn last_seq(&self) -> u64 {
+        self.inner.read().map(|i| i.last_seq).unwrap_or(0)
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.read().map(|i| i.by_serial.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What the copy holds of `serial`.
+    pub fn get(&self, serial: &str) -> Option<Held> {
+        self.inner.read().ok()?.by_serial.get(serial).cloned()
+    }
+
+    /// Every serial held, with its status and earliest `nextUpdate`.
+    pub fn statuses(&self) -> Vec<(String, Status, i64, u64)> {
+        let Ok(i) = self.inner.read() else { return vec![] };
+        i.by_serial.iter().map(|(k, h)| (k.clone(), h.status(), h.next_update(), h.revision)).collect()
+    }
+
+    /// Take in the bucket message at stream sequence `seq` for `serial`: `Some(value)` is a put,
+    /// `None` a delete. A value that does not parse is dropped (the serial then gets no answer).
+    /// Sequences at or below what was read are ignored.
+    pub fn apply(&self, seq: u64, serial: &str, value: Option<&[u8]>) {
+        let Ok(mut i) = self.inner.write() else { return };
+        if seq <= i.last_seq {
+            return;
+        }
+        i.last_seq = seq;
+        match value.and_then(|v| Some((Published::parse(v)?, v))) {
+            Some((answers, raw)) if answers.iter().all(|(a, _)| a.serial_hex == serial) => {
+                i.by_serial.insert(serial.to_string(), Held { revision: seq, answers, raw: raw.to_vec() });
+            }
+            Some(_) => {
+                tracing::warn!(serial, "an OCSP answer in the bucket names another serial; dropped");
+                i.by_serial.remove(serial);
+            }
+            None => {
+                if value.is_some() {
+                    tracing::warn!(serial, seq, "an OCSP answer in the bucket does not parse; dropped");
+                }
+                i.by_serial.remove(serial);
+            }
+        }
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Forget everything (the bucket was made anew).
+    pub fn reset(&self) {
+        if let Ok(mut i) = self.inner.write() {
+            *i = Inner::default();
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The DER answer to an OCSP request, if the copy holds one for exactly that CertID that
+    /// is still current at `now`.
+    pub fn answer(&self, request_der: &[u8], now: i64) -> Option<Vec<u8>> {
+        let id = super::requested(request_der)?;
+        let serial = data_encoding::HEXLOWER.encode(id.serial_number.as_bytes());
+        let i = self.inner.read().ok()?;
+        let held = i.by_serial.get(&serial)?;
+        held.answers
+            .iter()
+            .find(|(a, _)| {
+                a.hash_oid == id.hash_algorithm.oid
+                    && a.issuer_name_hash == id.issuer_name_hash.as_bytes()
+                    && a.issuer_key_hash == id.issuer_key_hash.as_bytes()
+                    && a.next_update > now
+            })
+            .map(|(_, der)| der.clone())
+    }
+
+    /// Write the copy to its file if it changed since the last save.
+    pub fn save(&self) {
+        let Some(file) = &self.file else { return };
+        if !self.dirty.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let saved = {
+            let Ok(i) = self.inner.read() else { return };
+            Saved {
+                last_seq: i.last_seq,
+                answers: i.by_serial.iter().map(|(k, h)| (k.clone(), (h.revision, String::from_utf8_lossy(&h.raw).into_owned()))).collect(),
+            }
+        };
+        let bytes = match serde_json::to_vec(&saved) {
+            Ok(b) => b,
+            Err(_) => return,
+        };
+        if let Err(e) = write_atomic(file, &bytes, 0o600) {
+            self.dirty.store(true, Ordering::Relaxed);
+            tracing::warn!(file = %file.display(), "cannot save the OCSP answer copy: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::issuer::x509::CertAuthority;
+
+    fn ca() -> CertAuthority {
+        let root = CertAuthority::generate("example.org", 1_780_000_000, 1_790_000_000).unwrap();
+        CertAuthority::load(&root.cert_pem, &root.key_pem).unwrap()
+    }
+
+    #[test]
+    fn answers_only_the_certid_it_was_signed_for_and_only_while_current() {
+        let ca = ca();
+        let other = CertAuthority::generate("other.org", 1_780_000_000, 1_790_000_000).unwrap();
+        let other = CertAuthority::load(&other.cert_pem, &other.key_pem).unwrap();
+        let serial = "4a1b2c3d4e5f60718293a4b5c6d7e8f9";
+        let ders = super::super::presign(std::slice::from_ref(&ca), serial, Status::Good, 1_780_000_000, 1_780_086_400);
+        assert_eq!(ders.len(), 1);
+        let copy = Copy::in_memory();
+        copy.apply(7, serial, Some(&Published::new(&ders).to_bytes()));
+        assert_eq!(copy.get(serial).unwrap().status(), Status::Good);
+        // A request as Go's ocsp.CreateRequest makes it (SHA-1 CertID) for that serial.
+        let req = |ca: &CertAuthority, serial: &str| super::super::tests::request_for(ca, serial);
+        assert!(copy.answer(&req(&ca, serial), 1_780_000_100).is_some());
+        assert!(copy.answer(&req(&ca, serial), 1_780_086_401).is_none(), "past nextUpdate");
+        assert!(copy.answer(&req(&other, serial), 1_780_000_100).is_none(), "another issuer");
+        assert!(copy.answer(&req(&ca, "01"), 1_780_000_100).is_none(), "another serial");
+        assert!(copy.answer(b"garbage", 1_780_000_100).is_none());
+        // A revocation replaces the answer; an older sequence changes nothing; a delete drops it.
+        let revoked = super::super::presign(std::slice::from_ref(&ca), serial, Status::Revoked(1_780_000_050), 1_780_000_050, 1_780_086_400);
+        copy.apply(9, serial, Some(&Published::new(&revoked).to_bytes()));
+        copy.apply(8, serial, Some(&Published::new(&ders).to_bytes()));
+        assert_eq!(copy.get(serial).unwrap().status(), Status::Revoked(1_780_000_050));
+        copy.apply(10, serial, None);
+        assert!(copy.get(serial).is_none());
+        // A value for another serial under this key is not taken.
+        copy.apply(11, "01", Some(&Published::new(&ders).to_bytes()));
+        assert!(copy.get("01").is_none());
+        assert_eq!(copy.last_seq(), 11);
+    }
+
+    #[test]
+    fn a_saved_copy_loads_and_a_damaged_one_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ocsp.json");
+        let ca = ca();
+        let ders = super::super::presign(std::slice::from_ref(&ca), "0a0b", Status::Good, 1_780_000_000, 1_780_086_400);
+        let copy = Copy::load(file.clone());
+        copy.apply(3, "0a0b", Some(&Published::new(&ders).to_bytes()));
+        copy.save();
+        let again = Copy::load(file.clone());
+        assert_eq!(again.last_seq(), 3);
+        assert_eq!(again.get("0a0b").unwrap().status(), Status::Good);
+        std::fs::write(&file, b"{not json").unwrap();
+        let damaged = Copy::load(file.clone());
+        assert!(damaged.is_empty());
+        assert_eq!(damaged.last_seq(), 0);
+        assert!(file.with_extension("damaged").exists());
+    }
+}
