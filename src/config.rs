@@ -40,6 +40,39 @@ pub struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub store: RawStore,
+    #[serde(default)]
+    pub ocsp: RawOcsp,
+}
+
+/// `[ocsp]`: how nats-servers learn whether a client certificate is revoked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOcsp {
+    /// Base URL of the responder that runs next to every nats-server (a site's agent with
+    /// `--ocsp-addr`, `tillit responder` at the hub), named first in every certificate; the
+    /// control plane's own responders follow. `""`: none.
+    #[serde(default = "d_local_url")]
+    pub local_url: String,
+    /// What nats-server does when no responder answers: `refuse` the connection (default), or
+    /// `admit` it when its JWT is valid and no `revoked` answer was seen for it.
+    #[serde(default = "d_when_unreachable")]
+    pub when_unreachable: String,
+}
+
+/// Where the local responder listens unless told otherwise.
+pub const DEFAULT_OCSP_LOCAL_ADDR: &str = "127.0.0.1:7871";
+
+fn d_local_url() -> String {
+    format!("http://{DEFAULT_OCSP_LOCAL_ADDR}")
+}
+fn d_when_unreachable() -> String {
+    "refuse".into()
+}
+
+impl Default for RawOcsp {
+    fn default() -> Self {
+        RawOcsp { local_url: d_local_url(), when_unreachable: d_when_unreachable() }
+    }
 }
 
 /// `[store]`: where the estate's records live.
@@ -368,6 +401,11 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Where the records live (`[store]`).
     pub store: StoreBackend,
+    /// The responder next to every nats-server (`ocsp.local_url`), no trailing slash.
+    pub ocsp_local_url: Option<String>,
+    /// nats-server admits a connection whose certificate status it cannot learn
+    /// (`ocsp.when_unreachable = "admit"`).
+    pub ocsp_admit_when_unreachable: bool,
     raw: RawConfig,
 }
 
@@ -473,6 +511,16 @@ impl Config {
             token_ttl: dur("token_ttl", &i.token_ttl)?,
             max_request_bytes: raw.limits.max_request_bytes,
             store: store_backend(&raw.store)?,
+            ocsp_local_url: match raw.ocsp.local_url.trim() {
+                "" => None,
+                u if (u.starts_with("http://") || u.starts_with("https://")) && !u.contains(char::is_whitespace) => Some(u.trim_end_matches('/').to_string()),
+                u => return Err(invalid(format!("ocsp.local_url: {u:?} must be an http:// URL (or \"\" for none)"))),
+            },
+            ocsp_admit_when_unreachable: match raw.ocsp.when_unreachable.as_str() {
+                "refuse" => false,
+                "admit" => true,
+                other => return Err(invalid(format!("ocsp.when_unreachable: {other:?} must be \"refuse\" or \"admit\""))),
+            },
             nats_urls,
             raw,
         };
@@ -557,6 +605,18 @@ impl Config {
         v
     }
 
+    /// The OCSP responders a certificate names, in the order nats-server asks them: the one
+    /// next to every server first, then every replica's.
+    pub fn ocsp_urls(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.ocsp_local_url.iter().cloned().collect();
+        for u in self.responder_urls() {
+            if !v.contains(&u) {
+                v.push(u);
+            }
+        }
+        v
+    }
+
     /// The URLs as plain strings.
     pub fn urls(&self) -> Vec<String> {
         self.nats_urls.iter().map(|u| u.url.clone()).collect()
@@ -572,6 +632,7 @@ pub fn raw_for_init(trust_domain: &str, nats_url: &str, http_addr: Option<&str>)
         issuance: RawIssuance::default(),
         limits: RawLimits::default(),
         store: RawStore::default(),
+        ocsp: RawOcsp::default(),
     }
 }
 

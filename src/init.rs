@@ -39,10 +39,17 @@ pub(crate) struct InitOptions {
     /// A clustered hub: how many nodes, and the first node's route port (the others count up
     /// from it, as their client ports count up from `nats_url`'s).
     pub cluster: Option<(usize, u16)>,
+    /// `ocsp.local_url` (`None`: the default; `""`: none).
+    pub ocsp_local_url: Option<String>,
+    /// `ocsp.when_unreachable` (`None`: the default).
+    pub ocsp_when_unreachable: Option<String>,
     pub force: bool,
 }
 
 /// How long the store access `init` writes is valid; every running replica renews it.
+/// How long the OCSP responder's access is valid; `serve` renews it at half its life, and a
+/// responder keeps answering from its copy after it expired.
+pub(crate) const RESPONDER_ACCESS_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 pub(crate) const STORE_ACCESS_TTL: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
 
 /// What `init` made.
@@ -149,6 +156,12 @@ pub(crate) fn init(opts: &InitOptions, clock: SharedClock) -> Result<InitSummary
     raw.store.backend = opts.store.clone();
     raw.store.replicas = opts.store_replicas;
     raw.http.replica_urls = opts.replica_urls.clone();
+    if let Some(u) = &opts.ocsp_local_url {
+        raw.ocsp.local_url = u.clone();
+    }
+    if let Some(w) = &opts.ocsp_when_unreachable {
+        raw.ocsp.when_unreachable = w.clone();
+    }
     let nodes = cluster_nodes(opts)?;
     if !nodes.is_empty() {
         raw.nats.urls = nodes.iter().map(|n| n.url.clone()).collect();
@@ -200,6 +213,9 @@ fn build(staging: &Path, target: &Path, config: Config, nodes: &[ClusterNode], c
         estate.store().commit(serial).map_err(EstateError::from)?;
         access.write(&stage, &master).map_err(EstateError::from)?;
     }
+    let (responder, serial) = estate.responder_access(RESPONDER_ACCESS_TTL)?;
+    estate.store().commit(serial).map_err(EstateError::from)?;
+    responder.write_plain(&stage.responder_access()).map_err(EstateError::from)?;
     let admin = estate.issue_admin("admin")?;
     let server = estate.issue_server_cert()?;
     let sys = estate.account(SYS_ACCOUNT)?;
@@ -247,7 +263,6 @@ fn build(staging: &Path, target: &Path, config: Config, nodes: &[ClusterNode], c
             key: fd.root().join("tls/key.pem"),
             resolver: fd.root().join("resolver"),
             jetstream: fd.root().join("jetstream"),
-            ocsp_cache: fd.root().join("ocsp"),
             cluster: Some((config.server_name.clone(), n.route_listen.clone(), nodes.iter().filter(|o| o.index != n.index).map(|o| o.route_url.clone()).collect())),
         };
         w(stage.node_conf(n.index), natsconf::render_node(&config, &fin, &trust, &node).as_bytes(), PUBLIC)?;

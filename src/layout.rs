@@ -130,6 +130,23 @@ impl DataDir {
     pub fn audit_log(&self) -> PathBuf {
         self.audit().join(AUDIT_FILE)
     }
+    /// What `tillit responder` runs with (`responder/`).
+    pub fn responder(&self) -> PathBuf {
+        self.0.join("responder")
+    }
+    /// The responder's NATS access (`responder/access.json`, 0600): a user that may only read
+    /// the pre-signed OCSP answers.
+    pub fn responder_access(&self) -> PathBuf {
+        self.responder().join("access.json")
+    }
+    /// The responder's copy of the answers.
+    pub fn responder_answers(&self) -> PathBuf {
+        self.responder().join("ocsp-answers.json")
+    }
+    /// `serve`'s copy of the pre-signed OCSP answers (public data; answered from at start).
+    pub fn ocsp_answers(&self) -> PathBuf {
+        self.0.join("ocsp-answers.json")
+    }
     /// The request-replay cache a stopped `serve` hands to the next one (MACed, 0600).
     pub fn replay_snapshot(&self) -> PathBuf {
         self.0.join("replay.json")
@@ -230,6 +247,10 @@ impl SiteDir {
     /// The agent's state (last sequence applied, secrets' versions), 0600.
     pub fn agent_state(&self) -> PathBuf {
         self.0.join(".tillit-agent.json")
+    }
+    /// The agent's copy of the pre-signed OCSP answers (`--ocsp-addr`).
+    pub fn ocsp_answers(&self) -> PathBuf {
+        self.0.join(".tillit-ocsp.json")
     }
     /// Materialised secrets.
     pub fn secrets(&self) -> PathBuf {

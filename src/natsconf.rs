@@ -34,7 +34,6 @@ pub(crate) struct HubNode {
     pub key: std::path::PathBuf,
     pub resolver: std::path::PathBuf,
     pub jetstream: std::path::PathBuf,
-    pub ocsp_cache: std::path::PathBuf,
     /// With a clustered hub: the cluster's name, this node's route listener and the other
     /// nodes' route URLs.
     pub cluster: Option<(String, String, Vec<String>)>,
@@ -52,11 +51,25 @@ impl HubNode {
             key: dir.nats_key(),
             resolver: dir.resolver(),
             jetstream: dir.jetstream(),
-            ocsp_cache: dir.ocsp_cache(),
             cluster: None,
         }
     }
 }
+
+/// The `ocsp_peer` block of a `tls` block: client certificates are checked with the responders
+/// their AIA names, in order (the one next to this server first); with `admit`, a certificate
+/// whose status no responder gives is admitted (its JWT still has to be valid).
+fn ocsp_peer(admit: bool) -> String {
+    format!(
+        "  # Client certificates are checked with the OCSP responders they name, in order.\n  \
+         ocsp_peer: {{\n    verify: true\n    ca_timeout: 2\n    allowed_clockskew: 30\n    allow_when_ca_unreachable: {admit}\n  }}\n"
+    )
+}
+
+/// No OCSP cache: a cached `good` would outlive a revocation until its `nextUpdate`, and
+/// answers are valid for as long as the certificate. Every handshake asks the responder next
+/// to the server (one loopback round trip).
+const OCSP_CACHE: &str = "\n# Every handshake asks the OCSP responder: no cached `good` outlives a revocation.\nocsp_cache {\n  type: none\n}\n";
 
 /// Render `DATA/nats/server.conf`. `dir` must be absolute: nats-server resolves relative paths
 /// against its working directory, not the config file.
@@ -94,18 +107,13 @@ pub(crate) fn render_node(cfg: &Config, dir: &DataDir, trust: &ServerTrust<'_>, 
     let _ = writeln!(s, "}}");
     let _ = writeln!(
         s,
-        "\ntls {{\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n  verify: true\n  timeout: 2\n  \
-         # Client certificates are checked against tillit's OCSP responder (their AIA URL).\n  \
-         ocsp_peer: {{\n    verify: true\n    ca_timeout: 2\n    allowed_clockskew: 30\n  }}\n}}",
+        "\ntls {{\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n  verify: true\n  timeout: 2\n{}}}",
         path(&node.cert),
         path(&node.key),
         path(&dir.nats_ca()),
+        ocsp_peer(cfg.ocsp_admit_when_unreachable),
     );
-    let _ = writeln!(
-        s,
-        "\n# OCSP answers are cached here (not in the working directory).\nocsp_cache {{\n  type: local\n  local_store: {}\n}}",
-        path(&node.ocsp_cache)
-    );
+    s.push_str(OCSP_CACHE);
     if let Some(leaf) = &node.leaf_listen {
         let _ = writeln!(
             s,
@@ -155,6 +163,8 @@ pub(crate) struct SiteServer<'a> {
     pub preload: Vec<(&'a str, &'a str)>,
     /// The hub's leafnode URLs.
     pub hub_urls: &'a [String],
+    /// `ocsp.when_unreachable = "admit"`.
+    pub admit_when_unreachable: bool,
 }
 
 /// Render a site's `server.conf`: a leaf nats-server in operator mode trusting the same operator,
@@ -185,7 +195,8 @@ pub(crate) fn render_site(p: &SiteServer<'_>) -> String {
     let _ = writeln!(s, "system_account: {}", q(p.system_account));
     let _ = writeln!(
         s,
-        "\nresolver: {{\n  type: full\n  dir: {}\n  allow_delete: false\n  interval: \"30s\"\n  timeout: \"1.9s\"\n}}",
+        "\n# Syncs with the hub every 2 s: account JWTs changed while the site was cut off (revocations)\n\
+         # arrive within seconds of the heal.\nresolver: {{\n  type: full\n  dir: {}\n  allow_delete: false\n  interval: \"2s\"\n  timeout: \"1.9s\"\n}}",
         f(d.resolver())
     );
     let _ = writeln!(s, "\nresolver_preload: {{");
@@ -195,13 +206,13 @@ pub(crate) fn render_site(p: &SiteServer<'_>) -> String {
     let _ = writeln!(s, "}}");
     let _ = writeln!(
         s,
-        "\ntls {{\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n  verify: true\n  timeout: 2\n  \
-         ocsp_peer: {{\n    verify: true\n    ca_timeout: 2\n    allowed_clockskew: 30\n  }}\n}}",
+        "\ntls {{\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n  verify: true\n  timeout: 2\n{}}}",
         f(d.cert()),
         f(d.key()),
-        f(d.ca())
+        f(d.ca()),
+        ocsp_peer(p.admit_when_unreachable),
     );
-    let _ = writeln!(s, "\nocsp_cache {{\n  type: local\n  local_store: {}\n}}", f(d.ocsp_cache()));
+    s.push_str(OCSP_CACHE);
     let _ = writeln!(
         s,
         "\nleafnodes {{\n  reconnect: 1\n  remotes: [\n    {{ urls: [{urls}], account: {sys}, credentials: {sysc}, {remote_tls} }}\n    \
@@ -244,7 +255,8 @@ mod tests {
         assert!(text.contains("ca_file: \"/var/lib/tillit/nats/tls/ca.pem\""));
         assert!(!text.contains("http:"), "monitoring is off unless asked for");
         assert!(text.contains("domain: \"hub\""));
-        assert!(text.contains("local_store: \"/var/lib/tillit/nats/ocsp-cache\""), "the OCSP cache lives in the data dir");
+        assert!(text.contains("type: none"), "no OCSP cache: a cached good would outlive a revocation");
+        assert!(text.contains("allow_when_ca_unreachable: false"));
         assert!(!text.contains("leafnodes"), "no leafnode listener unless asked for");
     }
 
@@ -261,6 +273,7 @@ mod tests {
             tillit_account: "ATIL",
             preload: vec![("ASYS", "jwt.sys"), ("ATIL", "jwt.til")],
             hub_urls: &hub,
+            admit_when_unreachable: false,
         });
         assert!(text.contains("listen: \"0.0.0.0:4333\""));
         assert!(text.contains("operator: \"/srv/site-east/operator.jwt\""));

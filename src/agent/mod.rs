@@ -166,6 +166,11 @@ impl Agent {
         Ok(Agent { session, opts, site, consumer, verifier, state, pull: None, clock })
     }
 
+    /// The agent's NATS connection.
+    pub fn client(&self) -> async_nats::Client {
+        self.session.client()
+    }
+
     pub fn state(&self) -> &AgentState {
         &self.state
     }

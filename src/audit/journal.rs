@@ -66,9 +66,23 @@ fn write_group(writer: &mut impl Append, jobs: Vec<Job>, retry: usize) {
 const RELAXED_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Handle to the journal thread: group commit of audit records and their store writes.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Journal {
     tx: mpsc::UnboundedSender<Job>,
+    observer: Option<Observer>,
+}
+
+/// Told of the writes of every committed change that pass its filter, once they are durable.
+#[derive(Clone)]
+pub struct Observer {
+    pub filter: fn(&crate::store::Op) -> bool,
+    pub notify: std::sync::Arc<dyn Fn(Vec<crate::store::Op>) + Send + Sync>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("observed", &self.observer.is_some()).finish_non_exhaustive()
+    }
 }
 
 impl Journal {
@@ -102,16 +116,31 @@ impl Journal {
         if let Err(e) = spawned {
             tracing::error!("cannot start the audit thread: {e}");
         }
-        Journal { tx }
+        Journal { tx, observer: None }
+    }
+
+    /// Tell `observer` of every committed change's writes (the OCSP answer publisher).
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Write `entries` and their store writes; returns once they are durable.
     /// [`AuditError::Conflict`]: another replica changed the estate first; compute the change again.
     pub async fn commit(&self, entries: Vec<Entry>) -> Result<Vec<u64>, AuditError> {
+        let watched: Vec<crate::store::Op> = match &self.observer {
+            Some(o) => entries.iter().flat_map(|e| e.batch.ops.iter()).filter(|op| (o.filter)(op)).cloned().collect(),
+            None => Vec::new(),
+        };
         let (tx, rx) = oneshot::channel();
         self.tx.send((entries, Some(tx))).map_err(|_| AuditError::Stopped)?;
         match rx.await {
-            Ok(Ok(s)) => Ok(s),
+            Ok(Ok(s)) => {
+                if let (Some(o), false) = (&self.observer, watched.is_empty()) {
+                    (o.notify)(watched);
+                }
+                Ok(s)
+            }
             Ok(Err(Failed::Conflict)) => Err(AuditError::Conflict),
             Ok(Err(Failed::Unavailable(m))) => Err(AuditError::Unavailable(m)),
             Ok(Err(Failed::Other(e))) => Err(AuditError::Io { path: AUDIT_FILE.into(), source: std::io::Error::other(e) }),

@@ -27,7 +27,7 @@ mod journal;
 mod read;
 mod stream;
 mod writer;
-pub use journal::Journal;
+pub use journal::{Journal, Observer};
 pub use read::{tail, verify, ChainError, Verified};
 pub use stream::{read_stream, stream_config, StreamCheckpoint, StreamWriter, APPLY_GRACE, CHECKPOINT_KEY as STREAM_CHECKPOINT_KEY};
 pub use writer::Writer;

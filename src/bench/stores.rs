@@ -110,6 +110,8 @@ fn start(kind: Kind, root: &Path) -> Result<Stack, String> {
         store_replicas: if kind == Kind::JetStreamR3 { 3 } else { 1 },
         replica_urls: if kind == Kind::JetStreamR3 { vec![format!("http://127.0.0.1:{http2}")] } else { vec![] },
         cluster: (kind == Kind::JetStreamR3).then(|| free_ports(3).map(|p| (3, p))).transpose()?,
+        ocsp_local_url: None,
+        ocsp_when_unreachable: None,
         force: false,
     };
     init(&opts, Arc::new(crate::clock::SystemClock)).map_err(|e| e.to_string())?;

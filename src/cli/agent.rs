@@ -35,6 +35,11 @@ pub struct Args {
     /// Most events applied per batch.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
+    /// Answer OCSP here for the site's nats-server, from a copy of the pre-signed answers kept
+    /// in the out dir: the site admits valid certificates and refuses revoked ones while cut off
+    /// from the hub. Use the host and port of the estate's `ocsp.local_url`.
+    #[arg(long, env = "TILLIT_AGENT_OCSP_ADDR")]
+    pub ocsp_addr: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -43,6 +48,20 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         crate::config::NatsUrl::parse(u)?;
     }
     let dir = IdentityDir::new(&a.identity);
+    // The responder first, from the saved copy: the site's server may need it to admit this
+    // very agent while the hub is out of reach.
+    let answers = match a.ocsp_addr {
+        Some(addr) => {
+            crate::fsutil::create_dir(&a.out, 0o700).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", a.out.display()))?;
+            let copy = Arc::new(crate::ocsp::copy::Copy::load(crate::layout::SiteDir::new(&a.out).ocsp_answers()));
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen for OCSP on {addr}: {e}"))?;
+            tracing::info!(%addr, answers = copy.len(), "agent: OCSP responder listening");
+            let router = crate::ocsp::responder::router(copy.clone(), Arc::new(SystemClock));
+            tokio::spawn(crate::server::http::serve_http(listener, router, 1024, std::future::pending::<()>()));
+            Some(copy)
+        }
+        None => None,
+    };
     if !dir.identity_json().exists() {
         let token = match (&a.token, &a.token_file) {
             (Some(t), _) => SecretString::new(t.clone()),
@@ -74,6 +93,16 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         tracing::info!(id = %info.id, "agent enrolled");
     }
     let agent = Agent::start(AgentOptions { identity: a.identity, files: a.out, exec: a.exec, nats: a.nats, batch: a.batch, notify: None }).await?;
-    agent.run(super::shutdown_signal()).await?;
+    let follower = answers.clone().map(|copy| {
+        tokio::spawn(crate::ocsp::follow::follow(agent.client(), format!("$JS.{}.API", crate::subjects::HUB_DOMAIN), copy))
+    });
+    let r = agent.run(super::shutdown_signal()).await;
+    if let Some(f) = follower {
+        f.abort();
+    }
+    if let Some(copy) = answers {
+        copy.save();
+    }
+    r?;
     Ok(())
 }

@@ -47,6 +47,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 replica_urls: vec![],
                 cluster: None,
                 store_replicas: 1,
+                ocsp_local_url: None,
+                ocsp_when_unreachable: None,
                 force: false,
             },
             Arc::new(SystemClock),

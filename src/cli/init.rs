@@ -53,6 +53,15 @@ pub struct Args {
     /// Replication of the JetStream bucket and journal (1 on one server, 3 on a cluster).
     #[arg(long, default_value_t = 1)]
     pub store_replicas: usize,
+    /// Base URL of the OCSP responder that runs next to every nats-server (`tillit responder`
+    /// at the hub, `tillit agent --ocsp-addr` at a site), named first in every certificate;
+    /// `""` for none. Default `http://127.0.0.1:7871`.
+    #[arg(long, env = "TILLIT_OCSP_LOCAL_URL")]
+    pub ocsp_local_url: Option<String>,
+    /// What nats-servers do when no OCSP responder answers: `refuse` the connection, or `admit`
+    /// it when its JWT is valid (see the README's "Availability and revocation").
+    #[arg(long, env = "TILLIT_OCSP_WHEN_UNREACHABLE", value_parser = ["refuse", "admit"])]
+    pub ocsp_when_unreachable: Option<String>,
     /// Replace an existing data dir (its keys and identities are lost).
     #[arg(long)]
     pub force: bool,
@@ -73,6 +82,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             replica_urls: a.replica_urls,
             cluster: a.cluster.zip(a.cluster_port),
             store_replicas: a.store_replicas,
+            ocsp_local_url: a.ocsp_local_url,
+            ocsp_when_unreachable: a.ocsp_when_unreachable,
             force: a.force,
         },
         Arc::new(SystemClock),

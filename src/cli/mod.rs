@@ -11,6 +11,7 @@ pub mod grant;
 pub mod init;
 pub mod list;
 pub mod renew;
+pub mod responder;
 pub mod revoke;
 pub mod rotate;
 pub mod secret;
@@ -79,6 +80,8 @@ pub enum Command {
     Admin(admin::Args),
     /// The store: migrate a sled estate to JetStream, make a replica's data dir.
     Store(store::Args),
+    /// Answer OCSP next to a hub nats-server from the pre-signed answers (no `serve` needed).
+    Responder(responder::Args),
 }
 
 /// The flags every call to the control plane takes: who acts, where, and how to print.
@@ -129,6 +132,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a).await,
         Command::Audit(a) => audit::run(a),
         Command::Store(a) => store::run(a).await,
+        Command::Responder(a) => responder::run(a).await,
         Command::Grant(a) => grant::grant(a, false).await,
         Command::Ungrant(a) => grant::grant(a, true).await,
         Command::Grants(a) => grant::grants(a).await,

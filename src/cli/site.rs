@@ -130,6 +130,7 @@ async fn add(a: AddArgs) -> anyhow::Result<()> {
         tillit_account: &reply.tillit_account,
         preload: reply.preload.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
         hub_urls: &reply.hub_urls,
+        admit_when_unreachable: reply.ocsp_when_unreachable.as_deref() == Some("admit"),
     });
     let files: Vec<(SiteFile, Vec<u8>, u32)> = vec![
         (SiteDir::server_conf, conf.into_bytes(), 0o644),

@@ -119,7 +119,7 @@ pub fn ca_url_id(fingerprint: &str) -> String {
 pub(crate) fn revocation_urls_for(config: &Config, fingerprint: Option<&str>) -> x509::RevocationUrls {
     let bases = config.responder_urls();
     x509::RevocationUrls {
-        ocsp: bases.iter().map(|b| format!("{b}/ocsp")).collect(),
+        ocsp: config.ocsp_urls().iter().map(|b| format!("{b}/ocsp")).collect(),
         crl: bases
             .iter()
             .map(|b| match fingerprint {

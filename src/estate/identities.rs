@@ -212,18 +212,40 @@ impl Estate {
     /// With the batch that records its certificate's serial, for the caller to commit where
     /// the records live.
     pub fn store_access(&self, bucket: &str, ttl: std::time::Duration) -> Result<(crate::store::StoreAccess, Batch)> {
+        self.tillit_access("tillit store access", "store", "store-access", ttl, |inbox| {
+            crate::store::access_permissions(bucket, crate::subjects::JOURNAL, inbox)
+        })
+    }
+
+    /// Credentials for `tillit responder` (an OCSP responder next to a hub nats-server): a
+    /// TILLIT user that may only read the bucket of pre-signed answers, and a certificate
+    /// without an OCSP responder of its own.
+    pub fn responder_access(&self, ttl: std::time::Duration) -> Result<(crate::store::StoreAccess, Batch)> {
+        self.tillit_access("tillit OCSP responder", "responder", "responder", ttl, |inbox| {
+            UserPermissions::new(vec![crate::subjects::ocsp_direct_get("$JS.API")], vec![format!("{inbox}.>")])
+        })
+    }
+
+    /// A TILLIT user with `perms(inbox)` and a certificate without revocation URLs, valid for
+    /// `ttl`, with the batch recording the certificate's serial.
+    fn tillit_access(
+        &self,
+        name: &str,
+        spiffe_leaf: &str,
+        what: &str,
+        ttl: std::time::Duration,
+        perms: impl FnOnce(&str) -> UserPermissions,
+    ) -> Result<(crate::store::StoreAccess, Batch)> {
         let now = self.clock.now_unix();
         let expires = now + ttl.as_secs() as i64;
         let account = self.account(TILLIT_ACCOUNT)?;
         let user = KeyPair::new_user();
-        let name = "tillit store access";
         let inbox = crate::subjects::inbox_prefix(&user.public_key());
-        let perms = crate::store::access_permissions(bucket, crate::subjects::JOURNAL, &inbox);
-        let jwt = self.sign_user(&account, &user.public_key(), name, perms, expires)?;
-        let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "control-plane", "store"]);
+        let jwt = self.sign_user(&account, &user.public_key(), name, perms(&inbox), expires)?;
+        let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "control-plane", spiffe_leaf]);
         let cert = self.ca().issue_client_without_revocation_urls(&spiffe, name, now, expires)?;
         let mut b = Batch::new();
-        let rec = SerialRecord { user_public_key: user.public_key(), not_after: expires, what: Some("store-access".into()), ..Default::default() };
+        let rec = SerialRecord { user_public_key: user.public_key(), not_after: expires, what: Some(what.into()), ..Default::default() };
         b.put_json(Space::Serials, &cert.serial, &rec)?;
         let access = crate::store::StoreAccess {
             user_jwt: jwt,
@@ -248,6 +270,22 @@ impl Estate {
         let (access, serial) = self.store_access(bucket, ttl)?;
         self.store().commit(serial)?;
         access.write(&self.dir, self.vault.master())?;
+        Ok(true)
+    }
+
+    /// Renew this data dir's OCSP responder access (`DATA/responder/access.json`) once half its
+    /// life is gone or when it is missing; true if it was written.
+    pub fn refresh_responder_access(&self, ttl: std::time::Duration) -> Result<bool> {
+        let path = self.dir.responder_access();
+        let now = self.clock.now_unix();
+        if let Ok(current) = crate::store::StoreAccess::read_plain(&path) {
+            if current.expires_at - now > ttl.as_secs() as i64 / 2 {
+                return Ok(false);
+            }
+        }
+        let (access, serial) = self.responder_access(ttl)?;
+        self.store().commit(serial)?;
+        access.write_plain(&path)?;
         Ok(true)
     }
 

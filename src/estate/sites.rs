@@ -120,6 +120,9 @@ pub fn agent_permissions() -> UserPermissions {
         publish.push(format!("{api}.CONSUMER.INFO.{s}.{{{{name()}}}}"));
     }
     publish.push(format!("$JS.ACK.{s}.{{{{name()}}}}.>"));
+    // The pre-signed OCSP answers (public), read for the agent's responder.
+    publish.push(subjects::ocsp_direct_get(&format!("$JS.{}.API", subjects::HUB_DOMAIN)));
+    publish.push(subjects::ocsp_direct_get("$JS.API"));
     // The inbox sits below the site's root ({{tag(site)}} is the agent's `site:<name>` tag), the
     // only inboxes the site server's link to the hub may receive on.
     UserPermissions::new(publish, vec![format!("{}.{{{{subject()}}}}.>", subjects::site_inbox_root("{{tag(site)}}"))])
@@ -387,6 +390,7 @@ pub fn site_tillit_permissions(site: &str) -> UserPermissions {
             format!("$JS.{hub}.API.CONSUMER.MSG.NEXT.{s}.*"),
             format!("$JS.{hub}.API.CONSUMER.INFO.{s}.*"),
             format!("$JS.ACK.{s}.>"),
+            subjects::ocsp_direct_get(&format!("$JS.{hub}.API")),
         ],
         vec![format!("{}.>", subjects::site_inbox_root(site)), "_R_.>".into()],
     )

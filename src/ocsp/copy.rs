@@ -169,6 +169,30 @@ impl Copy {
             return;
         }
         i.last_seq = seq;
+        Self::put(&mut i, seq, serial, value);
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Take in a write the holder made (or read back) itself at `revision`, without moving how
+    /// far the stream was read: the follower reads it again in order.
+    pub fn note(&self, revision: u64, serial: &str, value: Option<&[u8]>) {
+        let Ok(mut i) = self.inner.write() else { return };
+        Self::put(&mut i, revision, serial, value);
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Drop what is held of `serial`.
+    pub fn forget(&self, serial: &str) {
+        if let Ok(mut i) = self.inner.write() {
+            i.by_serial.remove(serial);
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn put(i: &mut Inner, seq: u64, serial: &str, value: Option<&[u8]>) {
+        if i.by_serial.get(serial).is_some_and(|h| h.revision >= seq) {
+            return; // already holds something newer
+        }
         match value.and_then(|v| Some((Published::parse(v)?, v))) {
             Some((answers, raw)) if answers.iter().all(|(a, _)| a.serial_hex == serial) => {
                 i.by_serial.insert(serial.to_string(), Held { revision: seq, answers, raw: raw.to_vec() });
@@ -184,7 +208,6 @@ impl Copy {
                 i.by_serial.remove(serial);
             }
         }
-        self.dirty.store(true, Ordering::Relaxed);
     }
 
     /// Forget everything (the bucket was made anew).

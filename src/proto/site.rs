@@ -70,6 +70,10 @@ pub struct SiteAddReply {
     pub tillit_user_jwt: String,
     /// The hub's leafnode URLs.
     pub hub_urls: Vec<String>,
+    /// What the site server does when no OCSP responder answers: `refuse` or `admit`
+    /// (`ocsp.when_unreachable` of the estate). Absent from older control planes: `refuse`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ocsp_when_unreachable: Option<String>,
     /// A join token for the site's agent (shown once).
     pub agent_token: String,
 }

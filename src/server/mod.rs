@@ -12,6 +12,7 @@
 mod dispatch;
 mod accounts;
 mod admin;
+pub mod answers;
 mod ca;
 mod enroll;
 mod events;
@@ -125,6 +126,8 @@ pub struct Ctx {
     pub leader: leader::Leadership,
     /// Replies kept for requests retried after a lost reply.
     pub replies: replies::ReplyCache,
+    /// The pre-signed OCSP answers this replica publishes and answers from.
+    pub answers: Arc<answers::Answers>,
 }
 
 fn stopped(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
@@ -147,7 +150,10 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let http_state = http::HttpState { serving: serving.clone(), conns: conns.clone(), metrics: metrics.clone(), estate: estate.clone() };
+    // Pre-signed OCSP answers, kept current from the bucket once NATS is up; saved, so a
+    // restarted replica answers from them before it reaches the bucket.
+    let copy = Arc::new(crate::ocsp::copy::Copy::load(estate.dir.ocsp_answers()));
+    let http_state = http::HttpState { serving: serving.clone(), conns: conns.clone(), metrics: metrics.clone(), estate: estate.clone(), answers: copy.clone() };
     let http_task = start_http(&estate, http_state, &stop_rx).await?;
 
     let renew_own = Arc::new(tokio::sync::Notify::new());
@@ -157,7 +163,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     };
     let _ = conns.set(vec![("api".into(), own.api.clone()), ("sys".into(), own.sys.clone())]);
     let (revoke_tx, revoke_rx) = mpsc::unbounded_channel();
-    let ctx = Arc::new(Ctx::new(estate.clone(), metrics, own.api.clone(), own.sys, revoke_tx, renew_own).await?);
+    let ctx = Arc::new(Ctx::new(estate.clone(), metrics, own.api.clone(), own.sys, revoke_tx, renew_own, copy).await?);
 
     tasks::restore_replay_cache(&ctx);
     // A replica learns whether it leads before the start-up steps that only the leader takes.
@@ -170,6 +176,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     // BOOTSTRAP carries the live revocations of used tokens' bootstrap users.
     let revocations = accounts::start_revocations(&ctx).await.map_err(|e| ServeError::Service(e.message))?;
     status::refresh_gauges(&ctx);
+    tasks::refresh_responder_access(&ctx).await;
     let mut background = own.renewals;
     background.extend(tasks::start(&ctx, Box::pin(accounts::run_revoker(ctx.clone(), revocations, revoke_rx))));
 
@@ -229,15 +236,21 @@ impl Ctx {
         sys: async_nats::Client,
         revoke_tx: mpsc::UnboundedSender<(String, i64)>,
         renew_own: Arc<tokio::sync::Notify>,
+        copy: Arc<crate::ocsp::copy::Copy>,
     ) -> Result<Ctx, ServeError> {
         let service_err = |e: &dyn std::fmt::Display| ServeError::Service(e.to_string());
         let creds_err = |e: &dyn std::fmt::Display| ServeError::Creds(e.to_string());
-        let journal = open_journal(&estate).await.map_err(|e| service_err(&e))?;
         let signer = estate.envelope_signer().map_err(|e| service_err(&e))?;
         let replicas = match &estate.config.store {
             crate::config::StoreBackend::JetStream { replicas, .. } => *replicas,
             crate::config::StoreBackend::Sled => 1,
         };
+        let answers = Arc::new(answers::Answers::open(api.clone(), copy, replicas).await.map_err(|e| ServeError::Service(e))?);
+        let told = answers.clone();
+        let journal = open_journal(&estate).await.map_err(|e| service_err(&e))?.with_observer(crate::audit::Observer {
+            filter: answers::watched,
+            notify: Arc::new(move |ops| told.touch(answers::touches(&ops))),
+        });
         let events = stream::Events::start(api.clone(), signer, replicas).await.map_err(|e| ServeError::Service(format!("event stream: {e}")))?;
         Ok(Ctx {
             replay: ReplayCache::new(REPLAY_CAPACITY),
@@ -252,6 +265,7 @@ impl Ctx {
             ca_lock: Default::default(),
             renew_own,
             replies: Default::default(),
+            answers,
             leader: leader::Leadership::new(
                 match &estate.config.store {
                     crate::config::StoreBackend::JetStream { lease_ttl, .. } => Some(*lease_ttl),

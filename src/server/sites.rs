@@ -95,6 +95,7 @@ async fn add(ctx: &Ctx, caller: &IdentityRecord, req: SiteAddRequest) -> Result<
         sys_user_jwt: issue.sys_user_jwt,
         tillit_user_jwt: issue.tillit_user_jwt,
         hub_urls,
+        ocsp_when_unreachable: Some(if e.config.ocsp_admit_when_unreachable { "admit" } else { "refuse" }.into()),
         agent_token: token.encode().expose().to_string(),
     })
 }

@@ -31,8 +31,10 @@ pub(super) fn periodic(ctx: &Ctx) -> Vec<Job> {
         Job { name: "reconcile-accounts", every: ctx.estate.config.reconcile_interval, singleton: true, step: |c| Box::pin(reconcile_accounts(c)) },
         Job { name: "retire-envelope-keys", every: Duration::from_secs(60), singleton: true, step: |c| Box::pin(retire_envelope_keys(c)) },
         Job { name: "refresh-gauges", every: Duration::from_secs(60), singleton: false, step: |c| Box::pin(refresh_gauges(c)) },
+        Job { name: "refresh-responder-access", every: Duration::from_secs(3600), singleton: false, step: |c| Box::pin(refresh_responder_access(c)) },
         Job { name: "refresh-store-access", every: Duration::from_secs(3600), singleton: false, step: |c| Box::pin(refresh_store_access(c)) },
         Job { name: "drop-expired-replies", every: Duration::from_secs(30), singleton: true, step: |c| Box::pin(super::replies::drop_expired(c)) },
+        Job { name: "sweep-ocsp-answers", every: super::answers::SWEEP_EVERY, singleton: true, step: |c| Box::pin(super::answers::sweep(c)) },
         Job { name: "retire-role-keys", every: Duration::from_secs(300), singleton: true, step: |c| Box::pin(admin::retire_leftover_keys(c, false)) },
     ]
 }
@@ -44,6 +46,11 @@ pub(super) fn start(ctx: &Arc<Ctx>, revoker: BoxFuture<'static, ()>) -> Vec<Join
     tasks.push(spawn_named("bootstrap-revoker", revoker));
     tasks.push(spawn_named("leader-lease", Box::pin(super::leader::run(ctx.clone()))));
     tasks.push(spawn_named("auth-error-watch", Box::pin(events::watch_auth_errors(ctx.clone()))));
+    tasks.push(spawn_named("publish-ocsp-answers", Box::pin(super::answers::run(ctx.clone()))));
+    tasks.push(spawn_named(
+        "follow-ocsp-answers",
+        Box::pin(crate::ocsp::follow::follow(ctx.api.clone(), "$JS.API".into(), ctx.answers.copy.clone())),
+    ));
     tasks
 }
 
@@ -99,6 +106,17 @@ async fn flush_store(ctx: &Arc<Ctx>) {
 }
 
 /// Keep this replica's store access valid (a JetStream store only).
+/// Keep this data dir's `responder/access.json` current (`tillit responder` reads it).
+pub(super) async fn refresh_responder_access(ctx: &Arc<Ctx>) {
+    let c = ctx.clone();
+    match tokio::task::spawn_blocking(move || c.estate.refresh_responder_access(crate::init::RESPONDER_ACCESS_TTL)).await {
+        Ok(Ok(true)) => tracing::info!("OCSP responder access renewed in this data dir"),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => tracing::error!("cannot renew the OCSP responder access: {e}; `tillit responder` cannot follow the answers once it expires"),
+        Err(e) => tracing::error!("responder access renewal: {e}"),
+    }
+}
+
 async fn refresh_store_access(ctx: &Arc<Ctx>) {
     if !ctx.leader.replicated() {
         return;

@@ -81,6 +81,38 @@ impl StoreAccess {
             .map_err(|e| StoreError::Backend(format!("cannot write {}: {e}", path.display())))
     }
 
+    /// Write unsealed to `path` (0600): the OCSP responder's access, which reads only public
+    /// answers and must start without the master key.
+    pub fn write_plain(&self, path: &std::path::Path) -> Result<(), StoreError> {
+        let wire = Wire {
+            user_jwt: self.user_jwt.clone(),
+            user_seed: self.user_seed.expose().to_string(),
+            cert_pem: self.cert_pem.clone(),
+            key_pem: self.key_pem.expose().to_string(),
+            ca_pem: self.ca_pem.clone(),
+            expires_at: self.expires_at,
+        };
+        let plain = zeroize::Zeroizing::new(serde_json::to_vec_pretty(&wire).map_err(|e| StoreError::Backend(e.to_string()))?);
+        if let Some(parent) = path.parent() {
+            crate::fsutil::create_dir(parent, 0o700).map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        crate::fsutil::write_atomic(path, &plain, crate::fsutil::PRIVATE).map_err(|e| StoreError::Backend(format!("cannot write {}: {e}", path.display())))
+    }
+
+    /// Read what [`StoreAccess::write_plain`] wrote.
+    pub fn read_plain(path: &std::path::Path) -> Result<StoreAccess, StoreError> {
+        let plain = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| StoreError::Backend(format!("cannot read {}: {e}", path.display())))?);
+        let wire: Wire = serde_json::from_slice(&plain).map_err(|e| StoreError::Corrupt(path.display().to_string(), e.to_string()))?;
+        Ok(StoreAccess {
+            user_jwt: wire.user_jwt.clone(),
+            user_seed: SecretString::new(wire.user_seed.clone()),
+            cert_pem: wire.cert_pem.clone(),
+            key_pem: SecretString::new(wire.key_pem.clone()),
+            ca_pem: wire.ca_pem.clone(),
+            expires_at: wire.expires_at,
+        })
+    }
+
     /// Read and open `dir`'s store access.
     pub fn read(dir: &DataDir, master: &MasterKey) -> Result<StoreAccess, StoreError> {
         let path = dir.store_access();

@@ -1,0 +1,320 @@
+//! Publishing pre-signed OCSP answers into the `TILLIT_OCSP` bucket ([`crate::ocsp::copy`]).
+//!
+//! Every certificate tillit issued and that has not expired has one answer in the bucket, signed
+//! ahead of time by the CA and valid until the certificate expires (at most
+//! [`crate::ocsp::PRESIGN_MAX_SECS`]). Responders next to every nats-server answer from their
+//! copy, so the data plane admits and refuses certificates while no `serve` runs.
+//!
+//! When an answer changes:
+//! - a change committed by this replica that touches a serial, an identity's revocation, a used
+//!   join token or a site is published at once (the journal tells [`Touch`]es after each
+//!   commit);
+//! - the leader sweeps every serial every [`SWEEP_EVERY`]: answers another replica did not get
+//!   to publish, answers that must be signed again before they run out, answers of certificates
+//!   expired for an hour are deleted.
+//!
+//! Writes are compare-and-set on the revision last seen, and a `revoked` answer is never
+//! replaced by a `good` one: an identity is never un-revoked, so a replica acting on an older
+//! view cannot undo a revocation.
+
+use super::Ctx;
+use crate::estate::{IdentityRecord, IdentityState, SerialRecord, TokenRecord, TokenState};
+use crate::ocsp::copy::{Copy, Published};
+use crate::ocsp::Status;
+use crate::store::{Op, Space};
+use async_nats::jetstream;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How often the leader compares every serial with its published answer.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// Answers of certificates expired this long are deleted from the bucket.
+const KEEP_EXPIRED_SECS: i64 = 3600;
+/// The bucket's size limit.
+const BUCKET_MAX_BYTES: i64 = 256 << 20;
+
+/// What a committed change touched that may change an answer.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Touch {
+    /// A certificate was recorded (issued) or changed.
+    Serial(String),
+    /// An identity was revoked: every certificate of it.
+    Identity(String),
+    /// A join token was used: its bootstrap certificate.
+    Token(String),
+    /// Anything else (a site removed or re-issued): sweep.
+    All,
+}
+
+/// Which writes the journal reports ([`crate::audit::Observer::filter`]).
+pub fn watched(op: &Op) -> bool {
+    matches!(op.space, Space::Serials | Space::Identities | Space::Tokens | Space::Sites)
+}
+
+/// The touches of committed writes.
+pub fn touches(ops: &[Op]) -> Vec<Touch> {
+    let mut out = Vec::new();
+    for op in ops {
+        match op.space {
+            Space::Serials => out.push(Touch::Serial(op.key.clone())),
+            Space::Identities => {
+                let revoked = op
+                    .value
+                    .as_deref()
+                    .and_then(|v| serde_json::from_slice::<IdentityRecord>(v).ok())
+                    .is_some_and(|r| r.state == IdentityState::Revoked);
+                if revoked {
+                    out.push(Touch::Identity(op.key.clone()));
+                }
+            }
+            Space::Tokens => {
+                let used = op.value.as_deref().and_then(|v| serde_json::from_slice::<TokenRecord>(v).ok()).is_some_and(|t| t.state == TokenState::Used);
+                if used {
+                    out.push(Touch::Token(op.key.clone()));
+                }
+            }
+            Space::Sites => out.push(Touch::All),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The publisher: the bucket, this replica's copy of it, and what is waiting to be published.
+pub struct Answers {
+    kv: jetstream::kv::Store,
+    pub copy: Arc<Copy>,
+    tx: mpsc::UnboundedSender<Touch>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Touch>>>,
+    /// Join token → its bootstrap certificate's serial (learnt from serial records).
+    by_token: Mutex<HashMap<String, String>>,
+}
+
+impl std::fmt::Debug for Answers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answers").field("copy", &self.copy).finish_non_exhaustive()
+    }
+}
+
+impl Answers {
+    /// Find or create the bucket (`replicas` copies, as the store's).
+    pub async fn open(client: async_nats::Client, copy: Arc<Copy>, replicas: usize) -> Result<Answers, String> {
+        let js = jetstream::new(client);
+        let kv = match js.get_key_value(crate::subjects::OCSP_BUCKET).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(jetstream::kv::Config {
+                    bucket: crate::subjects::OCSP_BUCKET.into(),
+                    description: "tillit: pre-signed OCSP answers by certificate serial".into(),
+                    history: 1,
+                    max_bytes: BUCKET_MAX_BYTES,
+                    storage: jetstream::stream::StorageType::File,
+                    num_replicas: replicas.max(1),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("cannot create the KV bucket {}: {e}", crate::subjects::OCSP_BUCKET))?,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok(Answers { kv, copy, tx, rx: Mutex::new(Some(rx)), by_token: Mutex::new(HashMap::new()) })
+    }
+
+    /// Queue touches for publishing.
+    pub fn touch(&self, t: Vec<Touch>) {
+        for t in t {
+            let _ = self.tx.send(t);
+        }
+    }
+
+    /// The receiving end, once (for [`run`]).
+    fn take_rx(&self) -> Option<mpsc::UnboundedReceiver<Touch>> {
+        self.rx.lock().ok()?.take()
+    }
+}
+
+/// Publish what is touched, as it comes (coalesced: one pass per burst).
+pub async fn run(ctx: Arc<Ctx>) {
+    let Some(mut rx) = ctx.answers.take_rx() else { return };
+    // Everything once at start: answers of certificates issued before this version, and what
+    // changed while no replica ran.
+    sweep(&ctx).await;
+    while let Some(first) = rx.recv().await {
+        let mut batch = BTreeSet::from([first]);
+        while let Ok(t) = rx.try_recv() {
+            batch.insert(t);
+        }
+        if batch.contains(&Touch::All) {
+            sweep(&ctx).await;
+            continue;
+        }
+        let c = ctx.clone();
+        let serials = tokio::task::spawn_blocking(move || serials_of(&c, batch)).await.unwrap_or_default();
+        for serial in serials {
+            if let Err(e) = publish(&ctx, &serial).await {
+                tracing::warn!(serial, "cannot publish the OCSP answer: {e}; the next sweep tries again");
+            }
+        }
+    }
+}
+
+/// The serials the touches name.
+fn serials_of(ctx: &Ctx, touches: BTreeSet<Touch>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut wanted_users = BTreeSet::new();
+    let mut wanted_tokens = BTreeSet::new();
+    for t in touches {
+        match t {
+            Touch::Serial(s) => {
+                if let Ok(Some(rec)) = crate::store::get_json::<SerialRecord>(ctx.estate.store(), Space::Serials, &s) {
+                    if let (Some(tok), Ok(mut m)) = (&rec.token, ctx.answers.by_token.lock()) {
+                        m.insert(tok.clone(), s.clone());
+                    }
+                }
+                out.insert(s);
+            }
+            Touch::Identity(u) => {
+                wanted_users.insert(u);
+            }
+            Touch::Token(t) => match ctx.answers.by_token.lock().ok().and_then(|m| m.get(&t).cloned()) {
+                Some(s) => {
+                    out.insert(s);
+                }
+                None => {
+                    wanted_tokens.insert(t);
+                }
+            },
+            Touch::All => {}
+        }
+    }
+    if !wanted_users.is_empty() || !wanted_tokens.is_empty() {
+        for (serial, v) in ctx.estate.store().scan(Space::Serials).unwrap_or_default() {
+            let Ok(rec) = serde_json::from_slice::<SerialRecord>(&v) else { continue };
+            if wanted_users.contains(&rec.user_public_key) || rec.token.as_ref().is_some_and(|t| wanted_tokens.contains(t)) {
+                out.insert(serial);
+            }
+        }
+    }
+    out
+}
+
+/// Compare every serial with its published answer; publish, re-sign or delete what differs.
+pub async fn sweep(ctx: &Arc<Ctx>) {
+    let c = ctx.clone();
+    let serials: Vec<String> = tokio::task::spawn_blocking(move || {
+        let mut keys: BTreeSet<String> = BTreeSet::new();
+        let mut by_token = HashMap::new();
+        for (serial, v) in c.estate.store().scan(Space::Serials).unwrap_or_default() {
+            if let Ok(rec) = serde_json::from_slice::<SerialRecord>(&v) {
+                if let Some(t) = rec.token {
+                    by_token.insert(t, serial.clone());
+                }
+            }
+            keys.insert(serial);
+        }
+        // Answers whose record is gone.
+        keys.extend(c.answers.copy.statuses().into_iter().map(|(s, ..)| s));
+        if let Ok(mut m) = c.answers.by_token.lock() {
+            *m = by_token;
+        }
+        keys.into_iter().collect()
+    })
+    .await
+    .unwrap_or_default();
+    let mut changed = 0usize;
+    for serial in &serials {
+        match publish(ctx, serial).await {
+            Ok(true) => changed += 1,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(serial, "cannot publish the OCSP answer: {e}"),
+        }
+    }
+    if changed > 0 {
+        tracing::info!(changed, serials = serials.len(), "OCSP answers published");
+    }
+}
+
+/// What the answer for `serial` should be now: `None` to delete it, `Some(None)` to leave it as
+/// it is, `Some(Some((status, next_update)))` to sign one.
+fn wanted(ctx: &Ctx, serial: &str, now: i64) -> Result<Option<Option<(Status, i64)>>, String> {
+    let e = &ctx.estate;
+    let rec = crate::store::get_json::<SerialRecord>(e.store(), Space::Serials, serial).map_err(|x| x.to_string())?;
+    let held = ctx.answers.copy.get(serial);
+    let Some(rec) = rec else {
+        // Not ours (any more): no answer.
+        return Ok(if held.is_some() { None } else { Some(None) });
+    };
+    if rec.not_after <= now {
+        return Ok(if held.is_some() && rec.not_after < now - KEEP_EXPIRED_SECS { None } else { Some(None) });
+    }
+    let status = e.revocation_status(serial).map_err(|x| x.to_string())?;
+    let next = rec.not_after.min(now + crate::ocsp::PRESIGN_MAX_SECS);
+    if let Some(h) = held {
+        let same = match (h.status(), status) {
+            (Status::Revoked(_), _) => true, // never back to good
+            (a, b) => a == b,
+        };
+        let lasts = h.next_update() >= rec.not_after || h.next_update() - now > crate::ocsp::PRESIGN_MAX_SECS / 2;
+        if same && lasts {
+            return Ok(Some(None));
+        }
+        if matches!(h.status(), Status::Revoked(_)) {
+            // Revoked, but running out: sign `revoked` again.
+            return Ok(Some(Some((h.status(), next))));
+        }
+    }
+    Ok(Some(Some((status, next))))
+}
+
+/// Make the bucket's answer for `serial` what it should be; true if it wrote.
+pub async fn publish(ctx: &Arc<Ctx>, serial: &str) -> Result<bool, String> {
+    let a = &ctx.answers;
+    for _ in 0..3 {
+        let now = ctx.estate.clock().now_unix();
+        let c = ctx.clone();
+        let s = serial.to_string();
+        let want = tokio::task::spawn_blocking(move || wanted(&c, &s, now)).await.map_err(|e| e.to_string())??;
+        let held = a.copy.get(serial);
+        let result = match want {
+            Some(None) => return Ok(false),
+            None => {
+                let rev = held.map(|h| h.revision).unwrap_or(0);
+                a.kv.delete_expect_revision(serial, Some(rev)).await.map(|_| None).map_err(|e| e.to_string())
+            }
+            Some(Some((status, next))) => {
+                let cas: Vec<_> = ctx.estate.trusted_cas().into_iter().map(|(_, c)| c).collect();
+                let ders = crate::ocsp::presign(&cas, serial, status, now - crate::ocsp::PRESIGN_BACKDATE_SECS, next);
+                if ders.is_empty() {
+                    return Err("signing failed".into());
+                }
+                let value = Published::new(&ders).to_bytes();
+                let r = match &held {
+                    Some(h) => a.kv.update(serial, value.clone().into(), h.revision).await.map_err(|e| e.to_string()),
+                    None => a.kv.create(serial, value.clone().into()).await.map_err(|e| e.to_string()),
+                };
+                r.map(|rev| Some((rev, value)))
+            }
+        };
+        match result {
+            Ok(Some((rev, value))) => {
+                a.copy.note(rev, serial, Some(&value));
+                return Ok(true);
+            }
+            Ok(None) => {
+                a.copy.forget(serial);
+                return Ok(true);
+            }
+            Err(e) => {
+                // Someone wrote first (or the copy is behind): read what is there and decide again.
+                tracing::debug!(serial, "OCSP answer write refused ({e}); reading it again");
+                match a.kv.entry(serial).await {
+                    Ok(Some(entry)) if entry.operation == jetstream::kv::Operation::Put => a.copy.note(entry.revision, serial, Some(&entry.value)),
+                    Ok(_) => a.copy.forget(serial),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        }
+    }
+    Err("the answer kept changing under this replica".into())
+}
