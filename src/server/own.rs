@@ -36,7 +36,7 @@ fn own_params(
 }
 
 /// The control plane's TILLIT user: it receives the API, discovery and its own inbox; it
-/// publishes only events (and the JetStream API that stores them), notifications, and replies
+/// publishes only events (and the JetStream API that stores them), pre-signed OCSP answers, notifications, and replies
 /// to inboxes (`_INBOX.`, and `_R_.` for requests that crossed a service import). [`super::handle`]
 /// answers only such reply subjects, so a requester-chosen reply subject cannot make the
 /// control plane publish into the stream API or anywhere else. (nats-server's `resp` permission
@@ -45,6 +45,8 @@ pub(super) fn api_permissions() -> UserPermissions {
     UserPermissions::new(
         vec![
             "$JS.API.>".into(),
+            // The pre-signed OCSP answers (`server::answers`).
+            format!("$KV.{}.>", subjects::OCSP_BUCKET),
             subjects::EVENTS_EXPORT.into(),
             subjects::NOTIFY_EXPORT.into(),
             format!("{}.>", subjects::INBOX_ROOT),

@@ -164,12 +164,17 @@ impl Serve {
 
     /// `tillit serve --data-dir D` with extra flags.
     pub fn start_args(data_dir: &Path, extra: &[&str]) -> Self {
-        let log = data_dir.join(format!("serve-{}.log", free_port()));
+        let mut args = vec!["serve", "--data-dir", data_dir.to_str().expect("utf-8 path")];
+        args.extend(extra);
+        Self::command(data_dir, &args)
+    }
+
+    /// `tillit <args>` as a long-running process logging into `data_dir`.
+    pub fn command(data_dir: &Path, args: &[&str]) -> Self {
+        let log = data_dir.join(format!("{}-{}.log", args[0], free_port()));
         let f = std::fs::File::create(&log).expect("log");
         let child = Command::new(tillit_bin())
-            .args(["serve", "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
+            .args(args)
             .env_remove("TILLIT_MASTER_KEY")
             .env("RUST_LOG", "info")
             .stdout(f.try_clone().expect("dup"))
@@ -213,6 +218,8 @@ pub struct Estate {
     pub nats_port: u16,
     pub http_port: u16,
     pub trust_domain: String,
+    /// Where the responder next to every server listens (`ocsp.local_url`).
+    pub ocsp_port: u16,
 }
 
 impl Estate {
@@ -237,6 +244,7 @@ impl Estate {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data = tmp.path().join("data");
         let http_port = free_port();
+        let ocsp_port = free_port();
         let mut args = vec![
             "init".to_string(),
             "--data-dir".into(),
@@ -248,11 +256,14 @@ impl Estate {
             "--http-addr".into(),
             format!("127.0.0.1:{http_port}"),
         ];
+        if !extra.contains(&"--ocsp-local-url") {
+            args.extend(["--ocsp-local-url".to_string(), format!("http://127.0.0.1:{ocsp_port}")]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = tillit(&args);
         assert!(out.status.success(), "init failed: {}", stderr(&out));
-        Estate { tmp, dir: DataDir::new(data), nats_port, http_port, trust_domain: trust_domain.into() }
+        Estate { tmp, dir: DataDir::new(data), nats_port, http_port, trust_domain: trust_domain.into(), ocsp_port }
     }
 
     pub fn data(&self) -> &str {
@@ -271,6 +282,14 @@ impl Estate {
 
     pub fn start_serve(&self) -> Serve {
         Serve::start(self.dir.root())
+    }
+
+    /// `tillit responder --data-dir D` (on `ocsp_port`), once it answers `/healthz`.
+    pub fn start_responder(&self) -> Serve {
+        let s = Serve::command(self.dir.root(), &["responder", "--data-dir", self.data()]);
+        wait_for(Duration::from_secs(10), || http_get(self.ocsp_port, "/healthz").is_some())
+            .unwrap_or_else(|| panic!("the responder never listened:\n{}", s.log_text()));
+        s
     }
 
     /// Start serve and wait until `/readyz` says ready.

@@ -1,0 +1,104 @@
+//! The data plane without the control plane: pre-signed OCSP answers served next to every
+//! nats-server keep valid certificates connecting and revoked ones refused while no `serve`
+//! runs, and while a site is cut off from the hub.
+
+use crate::harness::*;
+use std::time::{Duration, Instant};
+use tillit::client::tls;
+use tillit::layout::IdentityDir;
+
+/// Connect with the certificate of `cert_of` and the JWT of `creds_of` (a fresh connection: a
+/// TLS handshake with OCSP).
+async fn connect_with(url: &str, cert_of: &std::path::Path, creds_of: &std::path::Path) -> Result<async_nats::Client, String> {
+    let c = tillit::identity::load(&IdentityDir::new(cert_of)).unwrap();
+    let j = tillit::identity::load(&IdentityDir::new(creds_of)).unwrap();
+    let tls_cfg = tls::client_config(&c.ca_pem, tls::SwappableCert::new(tls::certified_key(&c.cert_pem, c.key_pem.expose()).unwrap())).unwrap();
+    let creds = tillit::issuer::creds::format(&j.user_jwt, &j.user_seed);
+    async_nats::ConnectOptions::with_credentials(creds.expose())
+        .unwrap()
+        .require_tls(true)
+        .tls_client_config(tls_cfg)
+        .custom_inbox_prefix(&j.info.inbox_prefix)
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(Some(1))
+        .connect(url)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// A fresh connection works end to end (a request through the server and back).
+async fn usable(url: &str, cert_of: &std::path::Path, creds_of: &std::path::Path) -> Result<(), String> {
+    let c = connect_with(url, cert_of, creds_of).await?;
+    c.flush().await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn serial_of(dir: &std::path::Path) -> String {
+    tillit::issuer::x509::serial_hex(&std::fs::read_to_string(dir.join("tls/cert.pem")).unwrap()).unwrap()
+}
+
+/// Wait until the responder's saved copy (or serve's) holds `serial` with `status`.
+fn copy_says(file: &std::path::Path, serial: &str, revoked: bool, within: Duration) -> Option<tillit::ocsp::copy::Held> {
+    let deadline = Instant::now() + within;
+    loop {
+        let held = tillit::ocsp::copy::Copy::load(file.to_path_buf()).get(serial);
+        if let Some(h) = &held {
+            if matches!(h.status(), tillit::ocsp::Status::Revoked(_)) == revoked {
+                return held;
+            }
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_replica_stopped_the_hub_admits_valid_certificates_and_refuses_revoked_ones() {
+    let e = Estate::init("example.org");
+    let nats = e.start_nats();
+    let mut serve = e.start_serve_ready();
+    let responder = e.start_responder();
+    let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
+    let pay = enroll_one(&e, "acme/shop/prod/payments", "payments");
+    // Both connect while serve runs: the hub has checked payments' certificate as good.
+    usable(&nats.url(), &orders, &orders).await.expect("orders connects");
+    usable(&nats.url(), &pay, &pay).await.expect("payments connects");
+    let answers = e.dir.responder_answers();
+    let held = copy_says(&answers, &serial_of(&orders), false, Duration::from_secs(5)).unwrap_or_else(|| panic!("the responder holds orders' answer:\n{}\n--- serve:\n{}", responder.log_text(), serve.log_text()));
+    // Answers last as long as the certificate (24 h here): far past a 30-minute outage.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!(held.next_update() > now + 3 * 3600, "a pre-signed answer lasts hours: {} vs now {now}", held.next_update());
+
+    // Revoked while serve runs: refused within 2 s, the certificate as well as the JWT.
+    let started = Instant::now();
+    let out = tillit(&["revoke", "acme/shop/prod/payments", "--identity", &e.admin()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut refused_after = None;
+    while started.elapsed() < Duration::from_secs(3) {
+        if usable(&nats.url(), &pay, &orders).await.is_err() {
+            refused_after = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = refused_after.expect("payments' certificate (checked good before) still admitted 3 s after the revocation");
+    eprintln!("revoked certificate refused after {took:?}");
+    assert!(took <= Duration::from_secs(2), "took {took:?}");
+    copy_says(&answers, &serial_of(&pay), true, Duration::from_secs(5)).expect("the responder's copy says revoked");
+
+    // Every replica stopped.
+    serve.terminate(Duration::from_secs(15));
+    assert!(http_get(e.http_port, "/healthz").is_none(), "serve is down");
+    for round in 0..3 {
+        // Fresh connections (new instances, reconnects) of the valid service keep working.
+        usable(&nats.url(), &orders, &orders).await.unwrap_or_else(|err| panic!("round {round}: orders refused with serve down: {err}"));
+        // The revoked one stays refused: with its own JWT, and its certificate with a valid JWT.
+        assert!(usable(&nats.url(), &pay, &pay).await.is_err(), "round {round}: revoked payments admitted");
+        assert!(usable(&nats.url(), &pay, &orders).await.is_err(), "round {round}: revoked certificate admitted");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let log = nats.log_text();
+    assert!(log.contains("Revoked") || log.contains("revoked"), "the hub says why:\n{}", &log[log.len().saturating_sub(3000)..]);
+}
