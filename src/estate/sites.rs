@@ -458,7 +458,10 @@ mod tests {
         let t = site_tillit_permissions("east");
         assert_eq!(t.subscribe.allow, vec!["_INBOX.site-east.>".to_string(), "_R_.>".to_string()]);
         // Only its own site's stream: another site's consumers cannot be pulled or inspected.
-        assert!(t.publish.allow.iter().filter(|s| s.starts_with("$JS.")).all(|s| s.contains(".TILLIT_SITE_east.")), "{:?}", t.publish.allow);
+        // (and the public pre-signed OCSP answers, read-only).
+        let ocsp = crate::subjects::ocsp_direct_get("$JS.hub.API");
+        assert!(t.publish.allow.iter().filter(|s| s.starts_with("$JS.") && **s != ocsp).all(|s| s.contains(".TILLIT_SITE_east.")), "{:?}", t.publish.allow);
+        assert!(t.publish.allow.contains(&ocsp));
         assert_ne!(site_sys_permissions("west").subscribe.allow, p.subscribe.allow);
     }
 }

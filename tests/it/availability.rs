@@ -102,3 +102,56 @@ async fn with_every_replica_stopped_the_hub_admits_valid_certificates_and_refuse
     let log = nats.log_text();
     assert!(log.contains("Revoked") || log.contains("revoked"), "the hub says why:\n{}", &log[log.len().saturating_sub(3000)..]);
 }
+
+/// Poll until a fresh connection of `cert_of` + `creds_of` at `url` is refused; how long it took.
+async fn refused_within(url: &str, cert_of: &std::path::Path, creds_of: &std::path::Path, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if usable(url, cert_of, creds_of).await.is_err() {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_cut_off_from_the_hub_keeps_admitting_its_valid_services_and_refusing_revoked_ones() {
+    let (e, _leaf) = Estate::init_with_leaf("partition.example");
+    let mut hub = e.start_nats();
+    let serve = e.start_serve_ready();
+    let east = site_add(&e, "east");
+    let east_srv = east.start();
+    // The site's agent answers OCSP next to the site's server (the estate's local responder URL).
+    let files = e.tmp.path().join("east-files");
+    let ocsp_addr = format!("127.0.0.1:{}", e.ocsp_port);
+    let agent = AgentProc::start_args(&east, &e.tmp.path().join("east-agent"), &files, &east.url(), None, &["--ocsp-addr", &ocsp_addr]);
+    let logs = || format!("serve:\n{}\nagent:\n{}\nsite:\n{}", serve.log_text(), agent.log_text(), east_srv.log_text());
+    let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
+    let pay = enroll_one(&e, "acme/shop/prod/payments", "payments");
+    let copy = tillit::layout::SiteDir::new(&files).ocsp_answers();
+    for dir in [&orders, &pay] {
+        copy_says(&copy, &serial_of(dir), false, Duration::from_secs(15)).unwrap_or_else(|| panic!("the agent's copy never got {}:\n{}", dir.display(), logs()));
+        usable(&east.url(), dir, dir).await.unwrap_or_else(|err| panic!("{} at the site: {err}\n{}", dir.display(), logs()));
+    }
+
+    // Revoked while connected: refused at the site within 2 s (certificate and JWT).
+    let out = tillit(&["revoke", "acme/shop/prod/payments", "--identity", &e.admin()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let took = refused_within(&east.url(), &pay, &orders, Duration::from_secs(3)).await.unwrap_or_else(|| panic!("the site still admits a revoked certificate:\n{}", logs()));
+    eprintln!("site refused the revoked certificate after {took:?}");
+    assert!(took <= Duration::from_secs(2), "took {took:?}");
+    let took = refused_within(&east.url(), &orders, &pay, Duration::from_secs(3)).await.unwrap_or_else(|| panic!("the site still admits a revoked JWT:\n{}", logs()));
+    assert!(took <= Duration::from_secs(2), "took {took:?}");
+
+    // The cut: the hub goes away (and with it every path to the control plane).
+    hub.stop();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for round in 0..3 {
+        usable(&east.url(), &orders, &orders).await.unwrap_or_else(|err| panic!("round {round}: orders refused at the cut-off site: {err}\n{}", logs()));
+        assert!(usable(&east.url(), &pay, &pay).await.is_err(), "round {round}: revoked payments admitted");
+        assert!(usable(&east.url(), &pay, &orders).await.is_err(), "round {round}: revoked certificate admitted");
+        assert!(usable(&east.url(), &orders, &pay).await.is_err(), "round {round}: revoked JWT admitted");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

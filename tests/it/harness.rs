@@ -469,6 +469,11 @@ impl AgentProc {
     /// Start an agent for `site` with identity `identity` (enrolled on first start with the
     /// site's token), files in `files`, dialing `url`.
     pub fn start(site: &SiteDir, identity: &Path, files: &Path, url: &str, exec: Option<&str>) -> Self {
+        Self::start_args(site, identity, files, url, exec, &[])
+    }
+
+    /// [`AgentProc::start`] with extra flags.
+    pub fn start_args(site: &SiteDir, identity: &Path, files: &Path, url: &str, exec: Option<&str>, extra: &[&str]) -> Self {
         let log = identity.with_extension(format!("agent-{}.log", free_port()));
         let f = std::fs::File::create(&log).expect("log");
         let mut c = Command::new(tillit_bin());
@@ -485,6 +490,7 @@ impl AgentProc {
         if let Some(x) = exec {
             c.args(["--exec", x]);
         }
+        c.args(extra);
         AgentProc { child: c.spawn().expect("start tillit agent"), log }
     }
 
