@@ -32,6 +32,8 @@ use tokio::sync::mpsc;
 pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Answers of certificates expired this long are deleted from the bucket.
 const KEEP_EXPIRED_SECS: i64 = 3600;
+/// How long a used join token's bootstrap certificate keeps its `good` answer.
+const BOOTSTRAP_GRACE_SECS: i64 = 10;
 /// The bucket's size limit.
 const BUCKET_MAX_BYTES: i64 = 256 << 20;
 
@@ -249,6 +251,14 @@ fn wanted(ctx: &Ctx, serial: &str, now: i64) -> Result<Option<Option<(Status, i6
         return Ok(if held.is_some() && rec.not_after < now - KEEP_EXPIRED_SECS { None } else { Some(None) });
     }
     let status = e.revocation_status(serial).map_err(|x| x.to_string())?;
+    // A used join token's bootstrap certificate stays `good` a little longer: its enrollee may
+    // send the same request again to read a lost reply (its user JWT is revoked after a grace
+    // too). The sweep publishes `revoked` after that.
+    if let (Some(_), Status::Revoked(at)) = (&rec.token, status) {
+        if now - at < BOOTSTRAP_GRACE_SECS {
+            return Ok(Some(None));
+        }
+    }
     let next = rec.not_after.min(now + crate::ocsp::PRESIGN_MAX_SECS);
     if let Some(h) = held {
         let same = match (h.status(), status) {
