@@ -209,6 +209,20 @@ pub const HDR_SERVICE_ERROR: &str = "Nats-Service-Error";
 /// Micro-protocol header of an error reply carrying the HTTP-like status of its code (`ErrorCode::status`).
 pub const HDR_SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
 
+/// The KV bucket of pre-signed OCSP answers (key: certificate serial, lower-case hex), in the
+/// TILLIT account at the hub.
+pub const OCSP_BUCKET: &str = "TILLIT_OCSP";
+
+/// The stream behind [`OCSP_BUCKET`].
+pub fn ocsp_stream() -> String {
+    format!("KV_{OCSP_BUCKET}")
+}
+
+/// The direct-get subject of [`OCSP_BUCKET`]'s stream under a JetStream API prefix (`$JS.API`,
+/// `$JS.hub.API`).
+pub fn ocsp_direct_get(api: &str) -> String {
+    format!("{api}.DIRECT.GET.{}", ocsp_stream())
+}
 
 #[cfg(test)]
 mod reply_tests {
@@ -243,17 +257,3 @@ mod reply_tests {
     }
 }
 
-/// The KV bucket of pre-signed OCSP answers (key: certificate serial, lower-case hex), in the
-/// TILLIT account at the hub.
-pub const OCSP_BUCKET: &str = "TILLIT_OCSP";
-
-/// The stream behind [`OCSP_BUCKET`].
-pub fn ocsp_stream() -> String {
-    format!("KV_{OCSP_BUCKET}")
-}
-
-/// The direct-get subject of [`OCSP_BUCKET`]'s stream under a JetStream API prefix (`$JS.API`,
-/// `$JS.hub.API`).
-pub fn ocsp_direct_get(api: &str) -> String {
-    format!("{api}.DIRECT.GET.{}", ocsp_stream())
-}

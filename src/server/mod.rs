@@ -245,7 +245,7 @@ impl Ctx {
             crate::config::StoreBackend::JetStream { replicas, .. } => *replicas,
             crate::config::StoreBackend::Sled => 1,
         };
-        let answers = Arc::new(answers::Answers::open(api.clone(), copy, replicas).await.map_err(|e| ServeError::Service(e))?);
+        let answers = Arc::new(answers::Answers::open(api.clone(), copy, replicas).await.map_err(ServeError::Service)?);
         let told = answers.clone();
         let journal = open_journal(&estate).await.map_err(|e| service_err(&e))?.with_observer(crate::audit::Observer {
             filter: answers::watched,
