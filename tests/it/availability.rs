@@ -155,3 +155,97 @@ async fn a_site_cut_off_from_the_hub_keeps_admitting_its_valid_services_and_refu
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// A TCP relay the site's leafnode links go through: `cut` drops every link and refuses new
+/// ones (a partition between the site and the hub, both servers running), `heal` lets them
+/// through again.
+struct Relay {
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(port: u16, target: u16) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Default::default();
+        let (o, l) = (open.clone(), links.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !o.load(Ordering::SeqCst) {
+                    continue; // dropped: refused while cut
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                l.lock().unwrap().push(task);
+            }
+        });
+        Relay { open, links }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for t in self.links.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    fn heal(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_made_while_a_site_was_cut_off_bite_there_within_five_seconds_of_the_heal() {
+    let (e, leaf) = Estate::init_with_leaf("heal.example");
+    // The site's leafnode links go through a relay; the hub advertises the relay's port, so a
+    // reconnecting site never dials around it.
+    let relay_port = free_port();
+    let relay = Relay::start(relay_port, leaf).await;
+    let hub_conf = std::fs::read_to_string(e.dir.server_conf()).unwrap();
+    let hub_conf = hub_conf.replacen("leafnodes {\n", &format!("leafnodes {{\n  advertise: \"127.0.0.1:{relay_port}\"\n"), 1);
+    std::fs::write(e.dir.server_conf(), hub_conf).unwrap();
+    let _hub = e.start_nats();
+    let serve = e.start_serve_ready();
+    let east = site_add(&e, "east");
+    let conf = std::fs::read_to_string(east.conf()).unwrap();
+    assert!(conf.contains(&format!("tls://127.0.0.1:{leaf}")), "{conf}");
+    std::fs::write(east.conf(), conf.replace(&format!("tls://127.0.0.1:{leaf}"), &format!("tls://127.0.0.1:{relay_port}"))).unwrap();
+    let east_srv = east.start();
+    let files = e.tmp.path().join("east-files");
+    let ocsp_addr = format!("127.0.0.1:{}", e.ocsp_port);
+    let agent = AgentProc::start_args(&east, &e.tmp.path().join("east-agent"), &files, &east.url(), None, &["--ocsp-addr", &ocsp_addr]);
+    let logs = || format!("serve:\n{}\nagent:\n{}\nsite:\n{}", serve.log_text(), agent.log_text(), east_srv.log_text());
+    let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
+    let ship = enroll_one(&e, "acme/shop/prod/shipping", "shipping");
+    let copy = tillit::layout::SiteDir::new(&files).ocsp_answers();
+    for dir in [&orders, &ship] {
+        copy_says(&copy, &serial_of(dir), false, Duration::from_secs(15)).unwrap_or_else(|| panic!("the agent's copy never got {}:\n{}", dir.display(), logs()));
+        usable(&east.url(), dir, dir).await.unwrap_or_else(|err| panic!("{} at the site: {err}\n{}", dir.display(), logs()));
+    }
+
+    relay.cut();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Revoked during the cut: the site cannot know yet, and keeps serving.
+    let out = tillit(&["revoke", "acme/shop/prod/shipping", "--identity", &e.admin()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    usable(&east.url(), &orders, &orders).await.unwrap_or_else(|err| panic!("orders refused at the cut-off site: {err}\n{}", logs()));
+    if let Err(err) = usable(&east.url(), &ship, &orders).await {
+        let held = tillit::ocsp::copy::Copy::load(copy.clone()).get(&serial_of(&ship)).map(|h| h.status());
+        panic!("the cut-off site refused shipping before the heal ({err}; agent's copy: {held:?}): is the relay bypassed?\n{}", logs());
+    }
+    // The heal: certificate and JWT revocation both bite within 5 s.
+    let healed = Instant::now();
+    relay.heal();
+    let cert = refused_within(&east.url(), &ship, &orders, Duration::from_secs(10)).await.unwrap_or_else(|| panic!("the site never learnt the revocation made during the cut:\n{}", logs()));
+    let jwt = refused_within(&east.url(), &orders, &ship, Duration::from_secs(10)).await.unwrap_or_else(|| panic!("the site never learnt the JWT revocation made during the cut:\n{}", logs()));
+    let both = healed.elapsed();
+    eprintln!("after the heal: certificate refused after {cert:?}, both refused after {both:?}");
+    assert!(both <= Duration::from_secs(5), "certificate {cert:?}, both {both:?}");
+    usable(&east.url(), &orders, &orders).await.expect("orders still admitted after the heal");
+}
