@@ -63,6 +63,22 @@ pub async fn run(admin: AdminArgs) -> anyhow::Result<()> {
     if let Some(rss) = s.rss_bytes {
         println!("serve memory   {:.1} MiB", rss as f64 / 1048576.0);
     }
+    if let Some(a) = &s.availability {
+        println!(
+            "OCSP           {} answers; local responder {}; when none answers: {}",
+            a.ocsp_answers,
+            match (&a.ocsp_local_url, a.local_responder_answers) {
+                (None, _) => "none".to_string(),
+                (Some(u), Some(true)) => format!("{u} (answering)"),
+                (Some(u), Some(false)) => format!("{u} (NOT answering here)"),
+                (Some(u), None) => u.clone(),
+            },
+            a.when_unreachable
+        );
+        for w in &a.warnings {
+            println!("WARNING        {w}");
+        }
+    }
     println!("you are        {}", s.caller);
     Ok(())
 }

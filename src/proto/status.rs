@@ -77,11 +77,34 @@ pub struct StatusReply {
     /// Where the records live, the replicas serving them and the leader.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<StoreStatus>,
+    /// Whether the data plane keeps working without the control plane, and what says it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability: Option<AvailabilityStatus>,
     /// Resident memory of the control plane process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_bytes: Option<u64>,
     /// Who asked (the verified caller).
     pub caller: String,
+}
+
+/// How new connections are checked when the control plane is away.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AvailabilityStatus {
+    /// The OCSP responder next to every nats-server that certificates name first
+    /// (`ocsp.local_url`); absent when none is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ocsp_local_url: Option<String>,
+    /// Whether a responder answers at that URL from the host of the replica that answered
+    /// (absent when not checked: no URL, or not an `http://IP:PORT` one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_responder_answers: Option<bool>,
+    /// What nats-servers do when no responder answers: `refuse` or `admit`.
+    pub when_unreachable: String,
+    /// Pre-signed OCSP answers this replica holds.
+    pub ocsp_answers: usize,
+    /// Every way the estate depends on a single control-plane process, in words with what to do.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// The store and the replicas of the control plane.

@@ -11,6 +11,11 @@ use crate::proto::{self, IdentityStatus, AccountStatus, Counts, StatusReply, Sta
 impl Handle for proto::Status {
     async fn handle(ctx: &Arc<Ctx>, call: &mut Call, _req: StatusRequest) -> Result<StatusReply, ApiError> {
         let mut st = status(ctx, call.caller()?)?;
+        let probe = match ctx.estate.config.ocsp_local_url.as_deref().and_then(crate::cli::responder::addr_of_url) {
+            Some(addr) => Some(responder_answers(addr).await),
+            None => None,
+        };
+        st.availability = Some(availability(ctx, probe, st.store.as_ref().map(|s| s.replicas.len()).unwrap_or(1)));
         st.sites = super::sites::site_infos(ctx).await?;
         st.ca_rollout = super::ca::rollout_info(ctx).await?;
         Ok(st)
@@ -69,11 +74,60 @@ fn status(ctx: &Ctx, caller: &IdentityRecord) -> Result<StatusReply, ApiError> {
         cas: super::ca::ca_infos(e),
         ca_rollout: None,
         store: Some(store_status(ctx)),
+        availability: None,
         rss_bytes: crate::telemetry::rss_bytes(),
         caller: caller.id.clone(),
     })
 }
 
+
+/// Whether an OCSP responder answers `/healthz` at `addr` within 500 ms.
+async fn responder_answers(addr: std::net::SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: responder\r\nConnection: close\r\n\r\n").await.ok()?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.ok()?;
+        Some(head.starts_with(b"HTTP/1.1 200"))
+    };
+    matches!(tokio::time::timeout(std::time::Duration::from_millis(500), attempt).await, Ok(Some(true)))
+}
+
+/// The data plane's dependence on the control plane, with warnings for each single point of
+/// failure.
+fn availability(ctx: &Ctx, local_answers: Option<bool>, replicas: usize) -> crate::proto::AvailabilityStatus {
+    let c = &ctx.estate.config;
+    let mut warnings = Vec::new();
+    match (&c.ocsp_local_url, local_answers) {
+        (None, _) if !c.ocsp_admit_when_unreachable => warnings.push(
+            "certificates name no OCSP responder next to the nats-servers (ocsp.local_url is empty): while no `serve` replica runs, \
+             every new connection is refused; set ocsp.local_url, run `tillit responder` next to each hub server and \
+             `tillit agent --ocsp-addr` at each site"
+                .to_string(),
+        ),
+        (Some(url), Some(false)) => warnings.push(format!(
+            "no OCSP responder answers at {url} on this host: while no `serve` replica runs, new connections to a hub server here \
+             are {}; run `tillit responder --data-dir DATA` next to it",
+            if c.ocsp_admit_when_unreachable { "admitted on their JWT alone" } else { "refused" }
+        )),
+        _ => {}
+    }
+    if replicas <= 1 {
+        warnings.push(
+            "one `serve` replica: enrollment, renewal, grants, revocation and secret reads stop while it is down (connections keep \
+             working where an OCSP responder runs next to the servers); run more replicas on the JetStream store"
+                .to_string(),
+        );
+    }
+    crate::proto::AvailabilityStatus {
+        ocsp_local_url: c.ocsp_local_url.clone(),
+        local_responder_answers: local_answers,
+        when_unreachable: if c.ocsp_admit_when_unreachable { "admit" } else { "refuse" }.into(),
+        ocsp_answers: ctx.answers.copy.len(),
+        warnings,
+    }
+}
 
 /// The store, the replicas and the leader, as this replica knows them.
 pub(super) fn store_status(ctx: &Ctx) -> crate::proto::StoreStatus {

@@ -59,7 +59,24 @@ async fn with_every_replica_stopped_the_hub_admits_valid_certificates_and_refuse
     let e = Estate::init("example.org");
     let nats = e.start_nats();
     let mut serve = e.start_serve_ready();
+    // Without a responder next to the hub, status says the control plane is a single point of failure.
+    let status = |e: &Estate| -> serde_json::Value {
+        let out = tillit(&["status", "--identity", &e.admin(), "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str::<serde_json::Value>(&stdout(&out)).unwrap()["availability"].clone()
+    };
+    let a = status(&e);
+    assert_eq!(a["local_responder_answers"], false, "{a}");
+    assert_eq!(a["when_unreachable"], "refuse", "{a}");
+    let warns = a["warnings"].as_array().unwrap();
+    assert!(warns.iter().any(|w| w.as_str().unwrap().contains("no OCSP responder answers")), "{a}");
+    assert!(warns.iter().any(|w| w.as_str().unwrap().contains("one `serve` replica")), "{a}");
+    let text = stdout(&tillit(&["status", "--identity", &e.admin()]));
+    assert!(text.contains("WARNING") && text.contains("tillit responder"), "{text}");
     let responder = e.start_responder();
+    let a = status(&e);
+    assert_eq!(a["local_responder_answers"], true, "{a}");
+    assert!(!a["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("no OCSP responder answers")), "{a}");
     let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
     let pay = enroll_one(&e, "acme/shop/prod/payments", "payments");
     // Both connect while serve runs: the hub has checked payments' certificate as good.
