@@ -41,8 +41,9 @@ pub struct SiteRecord {
 }
 
 /// The leafnode permissions' version: 2 confines a site to its own replies, consumers and
-/// read-only account sync.
-pub const LEAF_PERMS_VERSION: u32 = 2;
+/// read-only account sync; 3 adds the read of the pre-signed OCSP answers (the agent's
+/// responder).
+pub const LEAF_PERMS_VERSION: u32 = 3;
 
 /// The serial record of a site server's certificate.
 pub fn site_serial(site: &SiteRecord) -> SerialRecord {

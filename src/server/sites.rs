@@ -298,7 +298,7 @@ pub(super) async fn start_sites(ctx: &Ctx) {
         if site.leaf_perms < crate::estate::sites::LEAF_PERMS_VERSION && asked != Some(crate::estate::sites::LEAF_PERMS_VERSION) {
             match super::ca::announce(ctx, Some(&site.name), crate::proto::CaEventPhase::Reissue).await {
                 Ok(seq) => {
-                    tracing::warn!(site = %site.name, seq, "site's leafnode credentials predate confined sites; asked its agent to re-issue them");
+                    tracing::warn!(site = %site.name, seq, "site's leafnode credentials predate the current permissions; asked its agent to re-issue them");
                     if let Err(err) = e.set_meta_flag(&key, &crate::estate::sites::LEAF_PERMS_VERSION) {
                         tracing::warn!(site = %site.name, "cannot note that the site was asked: {err}");
                     }
