@@ -79,7 +79,7 @@ macro_rules! internal {
     ($($m:ident),* $(,)?) => { $( #[doc(hidden)] pub mod $m; )* };
 }
 internal!(
-    agent, audit, cli, clock, config, crypto, estate, identity, issuer, layout, names, natsbin, ocsp, server, store, token, telemetry, secrets, pem, policy
+    agent, audit, backup, cli, clock, config, crypto, estate, identity, issuer, layout, names, natsbin, ocsp, server, store, token, telemetry, secrets, pem, policy
 );
 mod bench;
 mod fsutil;
