@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod agent;
 pub mod audit;
+pub mod backup;
 pub mod bench;
 pub mod dev;
 pub mod enroll;
@@ -11,6 +12,7 @@ pub mod grant;
 pub mod init;
 pub mod list;
 pub mod renew;
+pub mod restore;
 pub mod revoke;
 pub mod rotate;
 pub mod secret;
@@ -79,6 +81,10 @@ pub enum Command {
     Admin(admin::Args),
     /// The store: migrate a sled estate to JetStream, make a replica's data dir.
     Store(store::Args),
+    /// Back up an estate (while serve runs) into one file, or verify a backup.
+    Backup(backup::Args),
+    /// Restore a backup into a new data dir.
+    Restore(restore::Args),
 }
 
 /// The flags every call to the control plane takes: who acts, where, and how to print.
@@ -129,6 +135,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a).await,
         Command::Audit(a) => audit::run(a),
         Command::Store(a) => store::run(a).await,
+        Command::Backup(a) => backup::run(a).await,
+        Command::Restore(a) => restore::run(a).await,
         Command::Grant(a) => grant::grant(a, false).await,
         Command::Ungrant(a) => grant::grant(a, true).await,
         Command::Grants(a) => grant::grants(a).await,
