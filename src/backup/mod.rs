@@ -6,7 +6,7 @@
 //! JSON lines, each a message that says what it is (`type`), in this order:
 //!
 //! 1. the header: `{"type":"io.tillit.v1.backup","format":1,"created_at":…,"trust_domain":…,
-//!    "store":"sled"|"jetstream","tillit":"0.1.0","key_check":…}`;
+//!    "data_dir":…,"store":"sled"|"jetstream","tillit":"0.1.0","key_check":…}`;
 //! 2. the store's records, space by space in key order:
 //!    `{"type":"io.tillit.v1.backup.record","space":"identities","key":…,"value_b64":…}`. Values
 //!    are as the store holds them: private keys and secret values stay sealed by the master key
@@ -43,7 +43,7 @@ pub mod snapshot;
 mod write;
 
 pub use read::{read, Item, Verified};
-pub use restore::{restore, Restored};
+pub use restore::{restore, Restored, EVENTS_GAP};
 pub use snapshot::{AuditLines, Taken};
 pub use write::write;
 
@@ -128,6 +128,9 @@ pub struct Header {
     /// When the snapshot was taken (Unix seconds).
     pub created_at: i64,
     pub trust_domain: String,
+    /// The data dir it was taken from (absolute): a restore moves the paths in the hub's
+    /// nats-server configs from it to the new data dir.
+    pub data_dir: String,
     /// The store it was taken from: `sled` or `jetstream`.
     pub store: String,
     /// The tillit version that wrote it.

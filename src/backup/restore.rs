@@ -19,6 +19,10 @@ use std::path::{Path, PathBuf};
 
 /// Records written to the new store per batch.
 const CHUNK: usize = 256;
+/// How far past the last sequence the backup knows of the hub's new event stream starts, by
+/// default: room for the events published between the backup and its restore, which agents
+/// may have applied (an agent never applies a sequence at or below one it applied).
+pub const EVENTS_GAP: u64 = 1_000_000;
 
 /// What [`restore`] did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -35,15 +39,17 @@ pub struct Restored {
 }
 
 /// Restore the backup `file` into `target` (missing or an empty directory) with `master`;
-/// `master_key_file`: also write it as the new data dir's `master.key`.
-pub fn restore(file: &Path, target: &Path, master: &MasterKey, master_key_file: bool) -> Result<Restored, BackupError> {
+/// `master_key_file`: also write it as the new data dir's `master.key`. The hub's new event
+/// stream starts `events_gap` past every sequence the backup knows ([`EVENTS_GAP`]).
+pub fn restore(file: &Path, target: &Path, master: &MasterKey, master_key_file: bool, events_gap: u64) -> Result<Restored, BackupError> {
     let not_empty = || BackupError::NotEmpty { path: target.display().to_string() };
     if !fsutil::is_absent_or_empty_dir(target).map_err(|_| not_empty())? {
         return Err(not_empty());
     }
+    let to = std::path::absolute(target).map_err(|source| BackupError::Io { path: target.display().to_string(), source })?;
     // Everything is checked before anything is written.
     let checked = read(file, master, |_| Ok(()))?;
-    let filled = fsutil::write_dir_atomic(target, "restore", Replace::IfEmpty, |stage| fill(file, &DataDir::new(stage), master, master_key_file, &checked));
+    let filled = fsutil::write_dir_atomic(target, "restore", Replace::IfEmpty, |stage| fill(file, &DataDir::new(stage), &to, master, (master_key_file, events_gap), &checked));
     let (verified, events_first_seq) = filled.map_err(|e| match e {
         WriteDirError::Fill(e) => e,
         WriteDirError::NotEmpty { .. } => not_empty(),
@@ -58,8 +64,9 @@ pub fn restore(file: &Path, target: &Path, master: &MasterKey, master_key_file: 
     })
 }
 
-/// Write the data dir into the staging dir `stage`, reading (and checking) the backup again.
-fn fill(file: &Path, stage: &DataDir, master: &MasterKey, master_key_file: bool, checked: &Verified) -> Result<(Verified, u64), BackupError> {
+/// Write the data dir into the staging dir `stage` (renamed to `to` afterwards), reading (and
+/// checking) the backup again.
+fn fill(file: &Path, stage: &DataDir, to: &Path, master: &MasterKey, (master_key_file, events_gap): (bool, u64), checked: &Verified) -> Result<(Verified, u64), BackupError> {
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |source| BackupError::Io { path: p.display().to_string(), source }
@@ -95,11 +102,15 @@ fn fill(file: &Path, stage: &DataDir, master: &MasterKey, master_key_file: bool,
                 if jetstream && stage.root().join(&path) == stage.store_access() {
                     return Ok(());
                 }
-                let to = stage.root().join(&path);
-                if let Some(parent) = to.parent() {
+                let at = stage.root().join(&path);
+                if let Some(parent) = at.parent() {
                     fsutil::create_dir(parent, PRIVATE_DIR).map_err(io(parent))?;
                 }
-                fsutil::write_atomic(&to, &data, mode).map_err(io(&to))?;
+                let data = match path.extension() == Some("conf".as_ref()) {
+                    true => moved_paths(&data, &checked.header.data_dir, to),
+                    false => data,
+                };
+                fsutil::write_atomic(&at, &data, mode).map_err(io(&at))?;
             }
             Item::Audit { line, seq } => {
                 log.write_all(line).and_then(|_| log.write_all(b"\n")).map_err(io(&log_path))?;
@@ -120,7 +131,7 @@ fn fill(file: &Path, stage: &DataDir, master: &MasterKey, master_key_file: bool,
         batch.put_json(Space::Meta, crate::audit::FILE_CHECKPOINT_KEY, &Checkpoint::signed(&key, applied, offset, hash))?;
     }
     // The hub's new event stream starts after every sequence an agent may have applied.
-    let events_first_seq = verified.manifest.events_last_seq.unwrap_or(0).max(agents_seq) + 1;
+    let events_first_seq = verified.manifest.events_last_seq.unwrap_or(0).max(agents_seq).saturating_add(events_gap.max(1));
     batch.put_json(Space::Meta, crate::server::stream::EVENTS_FIRST_SEQ, &events_first_seq)?;
     store.apply(batch)?;
     store.sync()?;
@@ -148,4 +159,15 @@ fn fill(file: &Path, stage: &DataDir, master: &MasterKey, master_key_file: bool,
         fsutil::write_atomic(&stage.master_key(), hex.as_bytes(), PRIVATE).map_err(io(&stage.master_key()))?;
     }
     Ok((verified, events_first_seq))
+}
+
+/// A nats-server config's paths into the old data dir `from` (quoted, absolute: how
+/// [`crate::natsconf`] writes them) moved into `to`.
+pub(super) fn moved_paths(conf: &[u8], from: &str, to: &Path) -> zeroize::Zeroizing<Vec<u8>> {
+    let (Ok(text), false) = (std::str::from_utf8(conf), from.is_empty()) else { return zeroize::Zeroizing::new(conf.to_vec()) };
+    let quoted = |p: &str| serde_json::to_string(&format!("{p}/")).map(|q| q.trim_end_matches('"').to_string());
+    match (quoted(from), quoted(&to.display().to_string())) {
+        (Ok(old), Ok(new)) => zeroize::Zeroizing::new(text.replace(&old, &new).into_bytes()),
+        _ => zeroize::Zeroizing::new(conf.to_vec()),
+    }
 }

@@ -193,9 +193,9 @@ fn restore_writes_a_data_dir_that_opens_or_nothing() {
     let full = t.path().join("full");
     std::fs::create_dir(&full).unwrap();
     std::fs::write(full.join("x"), b"x").unwrap();
-    assert!(matches!(restore(&file, &full, &master, true).unwrap_err(), BackupError::NotEmpty { .. }));
+    assert!(matches!(restore(&file, &full, &master, true, 1).unwrap_err(), BackupError::NotEmpty { .. }));
     let fresh = t.path().join("fresh");
-    assert!(matches!(restore(&file, &fresh, &MasterKey::generate().unwrap(), true).unwrap_err(), BackupError::WrongKey { .. }));
+    assert!(matches!(restore(&file, &fresh, &MasterKey::generate().unwrap(), true, 1).unwrap_err(), BackupError::WrongKey { .. }));
     assert!(!fresh.exists());
     let names = || {
         let mut v: Vec<String> = std::fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -204,7 +204,7 @@ fn restore_writes_a_data_dir_that_opens_or_nothing() {
     };
     let before = names();
 
-    let r = restore(&file, &fresh, &master, true).unwrap();
+    let r = restore(&file, &fresh, &master, true, 1).unwrap();
     assert_eq!(names().len(), before.len() + 1, "the target, no staging dir left: {:?}", names());
     assert!(r.master_key_written && !r.switched_to_sled);
     assert_eq!(r.events_first_seq, 8);
@@ -230,9 +230,9 @@ fn restore_writes_a_data_dir_that_opens_or_nothing() {
     // Into an empty target too (it is replaced); not into the restored one.
     let empty = t.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    restore(&file, &empty, &master, false).unwrap();
+    restore(&file, &empty, &master, false, 1).unwrap();
     assert!(!DataDir::new(&empty).master_key().exists());
-    assert!(matches!(restore(&file, &fresh, &master, true).unwrap_err(), BackupError::NotEmpty { .. }));
+    assert!(matches!(restore(&file, &fresh, &master, true, 1).unwrap_err(), BackupError::NotEmpty { .. }));
 }
 
 #[test]
@@ -259,9 +259,20 @@ fn records_after_the_checkpoint_are_replayed_by_the_restored_estate() {
     assert_eq!((m.audit.records, m.audit.applied), (6, 5));
     drop(store);
     let new = DataDir::new(t.path().join("new"));
-    restore(&file, new.root(), &master, true).unwrap();
+    restore(&file, new.root(), &master, true, EVENTS_GAP).unwrap();
     let s: Arc<dyn Store> = Arc::new(SledStore::open(&new.store()).unwrap());
     assert!(s.get(Space::Identities, "U9").unwrap().is_none());
     Writer::open(&new.audit(), s.clone(), Arc::new(ManualClock::new(0)), key).unwrap();
     assert!(s.get(Space::Identities, "U9").unwrap().is_some(), "replayed at the restored estate's first start");
+}
+
+#[test]
+fn a_restore_moves_the_hub_configs_paths_into_the_new_data_dir() {
+    let conf = b"operator: \"/old/data/nats/operator.jwt\"\nstore_dir: \"/old/data2/js\"\nother: \"/old/data\"\n";
+    let moved = restore::moved_paths(conf, "/old/data", Path::new("/new/place"));
+    assert_eq!(
+        String::from_utf8(moved.to_vec()).unwrap(),
+        "operator: \"/new/place/nats/operator.jwt\"\nstore_dir: \"/old/data2/js\"\nother: \"/old/data\"\n"
+    );
+    assert_eq!(&restore::moved_paths(conf, "", Path::new("/x"))[..], conf);
 }

@@ -39,6 +39,7 @@ pub fn write(w: &mut dyn Write, taken: &Taken, dir: &DataDir, master: &MasterKey
         format: super::FORMAT,
         created_at: now,
         trust_domain: trust_domain.into(),
+        data_dir: std::fs::canonicalize(dir.root()).unwrap_or_else(|_| dir.root().to_path_buf()).display().to_string(),
         store: taken.store.into(),
         tillit: env!("CARGO_PKG_VERSION").into(),
         key_check: key_check(master),

@@ -15,6 +15,10 @@ pub struct Args {
     /// TILLIT_MASTER_KEY gives the key and nothing is written.
     #[arg(long, value_name = "FILE", env = "TILLIT_MASTER_KEY_FILE")]
     pub master_key: Option<PathBuf>,
+    /// How far past the last event sequence the backup knows the hub's new event stream
+    /// starts: room for events agents applied after the backup was taken.
+    #[arg(long, default_value_t = backup::EVENTS_GAP)]
+    pub events_gap: u64,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -29,7 +33,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         anyhow::bail!("the estate's master key is needed: pass --master-key FILE (written into the new data dir) or set TILLIT_MASTER_KEY");
     }
     let master = super::backup::master_key(a.master_key.as_deref(), None)?;
-    let r = tokio::task::block_in_place(|| backup::restore(&a.file, &a.data_dir, &master, !from_env))?;
+    let r = tokio::task::block_in_place(|| backup::restore(&a.file, &a.data_dir, &master, !from_env, a.events_gap))?;
     if super::print_json(a.json, &r)? {
         return Ok(());
     }

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, real nats-server processes, real `tillit` binaries.
 
 mod attacks;
+mod backup;
 mod contract;
 mod enroll;
 mod foundation;
