@@ -146,7 +146,8 @@ fn a_reader_refuses_wrong_keys_truncation_edits_and_what_hides_behind_a_good_mac
 
     // Behind a good MAC: a file that climbs out of the data dir, a master key, an altered
     // audit record, a lying manifest, sections out of order.
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<String>)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut Vec<String>)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
         ("traversal", Box::new(|l: &mut Vec<String>| {
             let f = serde_json::json!({"type": TYPE_FILE, "path": "../../etc/evil", "mode": 420, "sealed": false, "data_b64": ""});
             let at = l.iter().position(|x| x.contains(TYPE_FILE)).unwrap();
