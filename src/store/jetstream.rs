@@ -196,8 +196,10 @@ impl Store for JetStreamStore {
         self.in_range(space, prefix, |k, v| (k.to_string(), v.to_vec()))
     }
 
-    /// The mirror under one lock. The watch brings the bucket's writes in stream order, so
-    /// the mirror is always a prefix of the bucket's history: a state the bucket was in.
+    /// The mirror under one lock. The watch brings the bucket's writes in stream order, so in
+    /// a process that only reads (`tillit backup`) the mirror is a prefix of the bucket's
+    /// history: a state the bucket was in. (A replica's own writes and fresh reads enter it
+    /// out of that order.)
     fn snapshot(&self) -> Result<Snapshot, StoreError> {
         let m = self.read()?;
         let mut out: Snapshot = Space::ALL.into_iter().map(|s| (s, Vec::new())).collect();
