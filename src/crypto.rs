@@ -129,7 +129,13 @@ impl MasterKey {
             let v = Zeroizing::new(v);
             return Self::from_hex(&v, MASTER_KEY_ENV);
         }
-        let path = crate::layout::DataDir::new(data_dir).master_key();
+        Self::load_file(&crate::layout::DataDir::new(data_dir).master_key())
+    }
+
+    /// Load the key from a `master.key` file (64 hex characters), which must not be readable by
+    /// group or others.
+    pub fn load_file(path: &Path) -> Result<Self, CryptoError> {
+        let path = path.to_path_buf();
         let meta = match std::fs::metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -141,17 +141,58 @@ impl DataDir {
     }
     /// The responder's copy of the answers.
     pub fn responder_answers(&self) -> PathBuf {
-        self.responder().join("ocsp-answers.json")
+        self.responder().join(OCSP_ANSWERS_FILE)
     }
     /// `serve`'s copy of the pre-signed OCSP answers (public data; answered from at start).
     pub fn ocsp_answers(&self) -> PathBuf {
-        self.0.join("ocsp-answers.json")
+        self.0.join(OCSP_ANSWERS_FILE)
     }
     /// The request-replay cache a stopped `serve` hands to the next one (MACed, 0600).
     pub fn replay_snapshot(&self) -> PathBuf {
         self.0.join("replay.json")
     }
+    /// The marker a data dir keeps once its sled store was copied into a JetStream bucket.
+    pub fn migrated_marker(&self) -> PathBuf {
+        self.0.join(MIGRATED_MARKER)
+    }
+    /// The Unix socket (0600) a running `serve` on a sled store answers `tillit backup` on.
+    pub fn serve_socket(&self) -> PathBuf {
+        self.0.join(SERVE_SOCKET)
+    }
+
+    /// Whether the data dir entry at `rel` (relative to the root) stays out of a backup: the
+    /// master key (kept separately, never in a backup), what a backup carries in another form
+    /// (the store: its records; the audit log: its lines), and what is regenerated at run time
+    /// (nats-server's JetStream and OCSP cache, logs, pid files, the replay cache, the serve
+    /// socket, the migration marker, temp and staging files, which are hidden).
+    pub fn not_backed_up(rel: &Path) -> bool {
+        let mut parts = rel.components().filter_map(|c| match c {
+            std::path::Component::Normal(n) => n.to_str(),
+            _ => None,
+        });
+        let Some(first) = parts.next() else { return true };
+        if ["master.key", "store", "audit", "replay.json", MIGRATED_MARKER, SERVE_SOCKET].contains(&first) {
+            return true;
+        }
+        rel.components().any(|c| {
+            let n = c.as_os_str().to_string_lossy();
+            n.starts_with('.')
+                || n == JETSTREAM_DIR
+                || n == OCSP_CACHE_DIR
+                || n == OCSP_ANSWERS_FILE
+                || n.ends_with(".log")
+                || n.ends_with(".pid")
+        })
+    }
 }
+
+/// File name of a responder's copy of the pre-signed OCSP answers (public, read again from the
+/// bucket: never backed up).
+const OCSP_ANSWERS_FILE: &str = "ocsp-answers.json";
+/// File name of the marker [`DataDir::migrated_marker`].
+const MIGRATED_MARKER: &str = "store.migrated";
+/// File name of [`DataDir::serve_socket`].
+const SERVE_SOCKET: &str = "serve.sock";
 
 /// An identity dir (*contract*): what an enrolled party holds.
 #[derive(Debug, Clone)]
@@ -299,6 +340,8 @@ mod tests {
             d.audit_log(),
             d.audit().join(AUDIT_HEAD_FILE),
             d.replay_snapshot(),
+            d.migrated_marker(),
+            d.serve_socket(),
         ]
         .into_iter()
         .map(|p| rel("/d", p))
@@ -322,8 +365,31 @@ mod tests {
                 "audit/audit.jsonl",
                 "audit/head.json",
                 "replay.json",
+                "store.migrated",
+                "serve.sock",
             ]
         );
+        for (rel, out) in [
+            ("master.key", true),
+            ("store/db", true),
+            ("audit/audit.jsonl", true),
+            ("replay.json", true),
+            ("serve.sock", true),
+            ("nats/jetstream/x", true),
+            ("nats/node-1/jetstream/y", true),
+            ("nats/ocsp-cache/a", true),
+            ("nats/nats-server.log", true),
+            ("serve-123.log", true),
+            ("nats/.key.pem.tmp-1", true),
+            (".data.restore-1", true),
+            ("tillit.toml", false),
+            ("nats/tls/key.pem", false),
+            ("nats/resolver/ABC.jwt", false),
+            ("admin/nats.creds", false),
+            ("store-access.sealed", false),
+        ] {
+            assert_eq!(DataDir::not_backed_up(Path::new(rel)), out, "{rel}");
+        }
         let i = IdentityDir::new("/i");
         let got: Vec<String> =
             [i.creds(), i.cert(), i.key(), i.ca(), i.trust_jwks(), i.xkey(), i.identity_json()].into_iter().map(|p| rel("/i", p)).collect();

@@ -41,7 +41,8 @@
 //!   checks every request passes, routes made from `ENDPOINTS`), one file per family, `tasks.rs`
 //!   (every periodic job, by name), `own.rs` (its own credentials), `accounts.rs` (JWT pushes),
 //!   `reconcile.rs`, `stream.rs` (signed events), `events.rs` (nats-server auth failures),
-//!   `http.rs` (health, OCSP, CRL, metrics). `audit/` is its authenticated, hash-chained redo log.
+//!   `http.rs` (health, OCSP, CRL, metrics), `backup.rs` (the backup socket). `audit/` is its
+//!   authenticated, hash-chained redo log; `backup/` the backup format, snapshots and restore.
 //! - **The edges**: `client/` (connect as an identity, one signed caller, enrollment, the
 //!   self-renewing session; no path to the estate), `agent/` (the site agent: decide, apply,
 //!   the site server's certificate), `init.rs`, `natsconf.rs` (nats-server configs), `cli/` (one
@@ -79,7 +80,7 @@ macro_rules! internal {
     ($($m:ident),* $(,)?) => { $( #[doc(hidden)] pub mod $m; )* };
 }
 internal!(
-    agent, audit, cli, clock, config, crypto, estate, identity, issuer, layout, names, natsbin, ocsp, server, store, token, telemetry, secrets, pem, policy
+    agent, audit, backup, cli, clock, config, crypto, estate, identity, issuer, layout, names, natsbin, ocsp, server, store, token, telemetry, secrets, pem, policy
 );
 mod bench;
 mod fsutil;

@@ -29,8 +29,12 @@ mod stream;
 mod writer;
 pub use journal::{Journal, Observer};
 pub use read::{tail, verify, ChainError, Verified};
-pub use stream::{read_stream, stream_config, StreamCheckpoint, StreamWriter, APPLY_GRACE, CHECKPOINT_KEY as STREAM_CHECKPOINT_KEY};
-pub use writer::Writer;
+pub use stream::{read_stream, read_stream_lines, stream_config, StreamCheckpoint, StreamWriter, APPLY_GRACE, CHECKPOINT_KEY as STREAM_CHECKPOINT_KEY};
+pub use writer::{write_head, Checkpoint, Writer};
+
+/// The record key in [`Space::Meta`] of the file log's checkpoint ([`Checkpoint`]): where the
+/// store is up to in `audit.jsonl`.
+pub const FILE_CHECKPOINT_KEY: &str = "audit_checkpoint";
 
 /// Where the journal's records go: a local file ([`Writer`]) or a JetStream stream
 /// ([`StreamWriter`]).
@@ -147,6 +151,47 @@ fn line_mac(key: &MacKey, line: &[u8]) -> Option<bool> {
     let mut body = line[..cut].to_vec();
     body.push(b'}');
     Some(key.verify_hex(&body, mac))
+}
+
+/// The chain checked one line at a time (a backup's audit lines, read without the file):
+/// each line's MAC under the key (lines from before records were authenticated are accepted
+/// only at the start), its seq and its `prev`.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    key: MacKey,
+    /// The last record's seq (0: none yet).
+    pub seq: u64,
+    /// The hash of the last record's line ([`GENESIS`] before the first).
+    pub hash: String,
+    /// Records whose MAC was checked.
+    pub authenticated: u64,
+    /// Records from before records were authenticated.
+    pub legacy: u64,
+}
+
+impl Chain {
+    /// An empty chain checked under `key`.
+    pub fn new(key: MacKey) -> Self {
+        Chain { key, seq: 0, hash: GENESIS.into(), authenticated: 0, legacy: 0 }
+    }
+
+    /// Take the next line (without its newline); why not, if it does not follow.
+    pub fn push(&mut self, line: &[u8]) -> Result<(), String> {
+        let next = self.seq + 1;
+        match line_mac(&self.key, line) {
+            Some(true) => self.authenticated += 1,
+            Some(false) => return Err(format!("record {next}: its MAC does not match (written or altered without the master key)")),
+            None if self.authenticated == 0 => self.legacy += 1,
+            None => return Err(format!("record {next}: it carries no MAC after authenticated records")),
+        }
+        let rec: Record = serde_json::from_slice(line).map_err(|e| format!("record {next}: not a record: {e}"))?;
+        if rec.seq != next || rec.prev != self.hash {
+            return Err(format!("record seq {} does not follow seq {} (deleted, reordered or altered)", rec.seq, self.seq));
+        }
+        self.seq = rec.seq;
+        self.hash = crate::crypto::sha256_hex(line);
+        Ok(())
+    }
 }
 
 /// A record to write, with the store writes it stands for.

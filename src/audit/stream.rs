@@ -55,7 +55,8 @@ impl StreamCheckpoint {
         let mac = key.mac_hex(format!("journal-checkpoint:{stream_seq}:{seq}:{hash}").as_bytes());
         StreamCheckpoint { stream_seq, seq, hash: hash.to_string(), mac }
     }
-    fn authentic(&self, key: &MacKey) -> bool {
+    /// Whether `key` made it.
+    pub fn authentic(&self, key: &MacKey) -> bool {
         key.verify_hex(format!("journal-checkpoint:{}:{}:{}", self.stream_seq, self.seq, self.hash).as_bytes(), &self.mac)
     }
 }
@@ -503,16 +504,28 @@ pub async fn read_stream(
     key: &MacKey,
     mut each: impl FnMut(&Record),
 ) -> Result<Result<super::Verified, super::ChainError>, AuditError> {
+    read_stream_lines(client, name, key, u64::MAX, |_, r| each(r)).await.map(|r| r.map(|(v, _)| v))
+}
+
+/// [`read_stream`] up to stream message `upto` (or the end), `each` seeing every record with
+/// its line exactly as stored; also the last stream message read.
+pub async fn read_stream_lines(
+    client: async_nats::Client,
+    name: &str,
+    key: &MacKey,
+    upto: u64,
+    mut each: impl FnMut(&[u8], &Record),
+) -> Result<Result<(super::Verified, u64), super::ChainError>, AuditError> {
     let js = jetstream::new(client);
     let stream = js.get_stream(name).await.map_err(|e| nats_err("open")(e.to_string()))?;
-    let last = stream.get_info().await.map_err(|e| nats_err("info")(e.to_string()))?.state.last_sequence;
+    let last = stream.get_info().await.map_err(|e| nats_err("info")(e.to_string()))?.state.last_sequence.min(upto);
     let (mut seq, mut hash) = (0u64, GENESIS.to_string());
     for at in 1..=last {
         let m = leader_get(&stream, at).await?;
         match check_message(key, &m.payload, seq, &hash) {
             Ok((records, h)) => {
-                for r in &records {
-                    each(r);
+                for (line, r) in m.payload.split(|b| *b == b'\n').zip(&records) {
+                    each(line, r);
                 }
                 seq = records.last().map(|r| r.seq).unwrap_or(seq);
                 hash = h;
@@ -520,5 +533,5 @@ pub async fn read_stream(
             Err(reason) => return Ok(Err(super::ChainError { line: at as usize, seq: seq + 1, reason })),
         }
     }
-    Ok(Ok(super::Verified { records: seq, head: hash, authenticated: seq, legacy: 0, anchored: true }))
+    Ok(Ok((super::Verified { records: seq, head: hash, authenticated: seq, legacy: 0, anchored: true }, last)))
 }

@@ -14,20 +14,26 @@ use std::sync::Arc;
 /// Where the store is up to, stored in the store with each applied group (MACed, so a store
 /// edited without the master key cannot move it).
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
-struct Checkpoint {
-    seq: u64,
-    offset: u64,
-    hash: String,
+pub struct Checkpoint {
+    /// The last record applied.
+    pub seq: u64,
+    /// Where the next record starts in the log file.
+    pub offset: u64,
+    /// The hash of the last record's line.
+    pub hash: String,
+    /// HMAC under the audit key (absent on checkpoints from before records were MACed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    mac: Option<String>,
+    pub mac: Option<String>,
 }
 
 impl Checkpoint {
-    fn signed(key: &MacKey, seq: u64, offset: u64, hash: String) -> Self {
+    /// A checkpoint at record `seq`, ending at byte `offset`, MACed by `key`.
+    pub fn signed(key: &MacKey, seq: u64, offset: u64, hash: String) -> Self {
         let mac = key.mac_hex(format!("checkpoint:{seq}:{offset}:{hash}").as_bytes());
         Checkpoint { seq, offset, hash, mac: Some(mac) }
     }
-    fn authentic(&self, key: &MacKey) -> bool {
+    /// Whether `key` made it.
+    pub fn authentic(&self, key: &MacKey) -> bool {
         self.mac.as_deref().is_some_and(|m| key.verify_hex(format!("checkpoint:{}:{}:{}", self.seq, self.offset, self.hash).as_bytes(), m))
     }
 }
@@ -61,7 +67,7 @@ impl Writer {
         let io = |source| AuditError::Io { path: path.display().to_string(), source };
         std::fs::create_dir_all(dir).map_err(io)?;
         let file = OpenOptions::new().create(true).read(true).append(true).open(&path).map_err(io)?;
-        let cp: Checkpoint = crate::store::get_json(store.as_ref(), Space::Meta, "audit_checkpoint")?.unwrap_or(Checkpoint {
+        let cp: Checkpoint = crate::store::get_json(store.as_ref(), Space::Meta, super::FILE_CHECKPOINT_KEY)?.unwrap_or(Checkpoint {
             seq: 0,
             offset: 0,
             hash: GENESIS.into(),
@@ -139,7 +145,7 @@ impl Writer {
             self.seq = rec.seq;
             self.hash = crypto::sha256_hex(text.as_bytes());
             let mut b = batch_of(&rec.redo);
-            b.put_json(Space::Meta, "audit_checkpoint", &Checkpoint::signed(&self.key, self.seq, offset, self.hash.clone()))?;
+            b.put_json(Space::Meta, super::FILE_CHECKPOINT_KEY, &Checkpoint::signed(&self.key, self.seq, offset, self.hash.clone()))?;
             self.store.apply(b)?;
             replayed += 1;
         }
@@ -199,7 +205,7 @@ impl Writer {
         self.seq = seq;
         self.hash = hash;
         // The checkpoint is the last write: a crash before it makes recovery replay the group.
-        batch.put_json(Space::Meta, "audit_checkpoint", &Checkpoint::signed(&self.key, seq, self.offset, self.hash.clone()))?;
+        batch.put_json(Space::Meta, super::FILE_CHECKPOINT_KEY, &Checkpoint::signed(&self.key, seq, self.offset, self.hash.clone()))?;
         self.store.apply_in_order(batch)?;
         self.write_head();
         Ok(seqs)
@@ -211,14 +217,18 @@ impl Writer {
     /// never lead it).
     fn write_head(&self) {
         let Some(dir) = self.path.parent() else { return };
-        let head = Head::signed(&self.key, self.seq, &self.hash);
-        let tmp = dir.join(format!(".{HEAD_FILE}.tmp"));
-        let r = serde_json::to_vec(&head)
-            .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|_| std::fs::rename(&tmp, dir.join(HEAD_FILE)));
-        if let Err(e) = r {
+        if let Err(e) = write_head(dir, &self.key, self.seq, &self.hash) {
             tracing::warn!("cannot update the audit head anchor: {e}");
         }
     }
+}
+
+/// Write the head anchor `dir/head.json` naming record `seq` (whose line hashes to `hash`).
+pub fn write_head(dir: &Path, key: &MacKey, seq: u64, hash: &str) -> std::io::Result<()> {
+    let head = Head::signed(key, seq, hash);
+    let tmp = dir.join(format!(".{HEAD_FILE}.tmp"));
+    serde_json::to_vec(&head)
+        .map_err(std::io::Error::other)
+        .and_then(|b| std::fs::write(&tmp, b))
+        .and_then(|_| std::fs::rename(&tmp, dir.join(HEAD_FILE)))
 }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod agent;
 pub mod audit;
+pub mod backup;
 pub mod bench;
 pub mod dev;
 pub mod enroll;
@@ -12,6 +13,7 @@ pub mod init;
 pub mod list;
 pub mod renew;
 pub mod responder;
+pub mod restore;
 pub mod revoke;
 pub mod rotate;
 pub mod secret;
@@ -82,6 +84,10 @@ pub enum Command {
     Store(store::Args),
     /// Answer OCSP next to a hub nats-server from the pre-signed answers (no `serve` needed).
     Responder(responder::Args),
+    /// Back up an estate (while serve runs) into one file, or verify a backup.
+    Backup(backup::Args),
+    /// Restore a backup into a new data dir.
+    Restore(restore::Args),
 }
 
 /// The flags every call to the control plane takes: who acts, where, and how to print.
@@ -133,6 +139,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(a) => audit::run(a),
         Command::Store(a) => store::run(a).await,
         Command::Responder(a) => responder::run(a).await,
+        Command::Backup(a) => backup::run(a).await,
+        Command::Restore(a) => restore::run(a).await,
         Command::Grant(a) => grant::grant(a, false).await,
         Command::Ungrant(a) => grant::grant(a, true).await,
         Command::Grants(a) => grant::grants(a).await,

@@ -7,7 +7,7 @@ use crate::policy::lease::{self, Lease, Step};
 use crate::store::{Space, Store, StoreError};
 
 /// Where the lease lives in [`Space::Meta`].
-const LEASE_KEY: &str = "leader_lease";
+pub(crate) const LEASE_KEY: &str = "leader_lease";
 
 /// The lease after a replica's step, and whether that replica leads.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -109,10 +109,6 @@ impl From<EstateError> for crate::error::ApiError {
 
 pub type Result<T, E = EstateError> = std::result::Result<T, E>;
 
-/// The marker a data dir keeps once its sled store was copied into a JetStream bucket: an empty
-/// bucket is then an accident (or an attack), never a reason to copy the old records again.
-const MIGRATED_MARKER: &str = "store.migrated";
-
 /// Open the store the config names. A JetStream bucket found empty on the first start of a
 /// data dir whose estate is in sled (`tillit init --store jetstream`) is filled from it first
 /// (copied, checked record by record; the sled store is left as it was).
@@ -128,7 +124,9 @@ pub fn open_store(dir: &DataDir, config: &Config, master: &MasterKey) -> Result<
     if js.count(Space::Meta)? > 0 {
         return Ok(js);
     }
-    let marker = dir.root().join(MIGRATED_MARKER);
+    // The marker a data dir keeps once its sled store was copied into a JetStream bucket: an
+    // empty bucket is then an accident (or an attack), never a reason to copy the old records again.
+    let marker = dir.migrated_marker();
     if marker.exists() {
         return Err(EstateError::Store(StoreError::Backend(format!(
             "the KV bucket {bucket} is empty, but this data dir's estate was copied into it before ({}): restore the bucket from a backup; the sled store here is older than the bucket was",
@@ -176,7 +174,7 @@ pub fn migrate_into(dir: &DataDir, target: &dyn Store, bucket: &str) -> Result<c
     let copied = crate::store::copy_all(&sled, target, |space, n| tracing::info!(space = space.as_str(), records = n, "copied"))?;
     crate::store::verify(&sled, target)?;
     let note = format!("{{\"bucket\":\"{bucket}\",\"records\":{},\"at\":{}}}\n", copied.total(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
-    crate::fsutil::write_atomic(&dir.root().join(MIGRATED_MARKER), note.as_bytes(), crate::fsutil::PRIVATE)
+    crate::fsutil::write_atomic(&dir.migrated_marker(), note.as_bytes(), crate::fsutil::PRIVATE)
         .map_err(|e| StoreError::Backend(format!("cannot write the migration marker: {e}")))?;
     tracing::info!(records = copied.total(), bucket, "sled store copied into JetStream and checked; the sled store is left as it was");
     Ok(copied)
@@ -495,6 +493,10 @@ impl Estate {
     /// A key derived from the master key for `label`.
     pub fn vault_key(&self, label: &str) -> crate::crypto::MacKey {
         self.vault.derive_key(label)
+    }
+    /// The master key (to seal a backup's private files and MAC it).
+    pub(crate) fn master_key(&self) -> &MasterKey {
+        self.vault.master()
     }
     /// The key that authenticates audit records ([`crate::audit::AUDIT_KEY_LABEL`]).
     pub fn audit_key(&self) -> crate::crypto::MacKey {

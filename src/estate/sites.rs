@@ -150,7 +150,7 @@ pub struct SiteIssue {
 
 /// Where sites and agents' statuses live in [`Space::Sites`].
 const SITE_PREFIX: &str = "site/";
-const AGENT_PREFIX: &str = "agent/";
+pub(crate) const AGENT_PREFIX: &str = "agent/";
 fn site_key(name: &str) -> String {
     format!("{SITE_PREFIX}{name}")
 }

@@ -13,6 +13,7 @@ mod dispatch;
 mod accounts;
 mod admin;
 pub mod answers;
+mod backup;
 mod ca;
 mod enroll;
 mod events;
@@ -192,6 +193,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     for route in dispatch::routes() {
         endpoint_tasks.push(serve_route(&service, route, &ctx, &permits, &stop_rx).await?);
     }
+    let backup_socket = backup::start(&ctx, &stop_rx);
     serving.store(true, Ordering::SeqCst);
     tracing::info!(trust_domain = estate.trust_domain(), urls = ?estate.config.urls(), "tillit control plane serving");
 
@@ -211,6 +213,9 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), own.api.flush()).await;
     let _ = http_task.await;
+    if let Some(t) = backup_socket {
+        let _ = t.await;
+    }
     for t in background {
         t.abort();
         let _ = t.await;
@@ -251,7 +256,8 @@ impl Ctx {
             filter: answers::watched,
             notify: Arc::new(move |ops| told.touch(answers::touches(&ops))),
         });
-        let events = stream::Events::start(api.clone(), signer, replicas).await.map_err(|e| ServeError::Service(format!("event stream: {e}")))?;
+        let first_seq: Option<u64> = estate.meta_flag(stream::EVENTS_FIRST_SEQ).ok().flatten();
+        let events = stream::Events::start(api.clone(), signer, replicas, first_seq).await.map_err(|e| ServeError::Service(format!("event stream: {e}")))?;
         Ok(Ctx {
             replay: ReplayCache::new(REPLAY_CAPACITY),
             sys,

@@ -26,6 +26,10 @@ pub enum StreamError {
     Sign(String),
 }
 
+/// Where a restored estate keeps the sequence its new event stream starts at (`meta`): after
+/// every sequence its agents may have applied, so none of them takes a new event for an old one.
+pub const EVENTS_FIRST_SEQ: &str = "events_first_seq";
+
 /// Publishes signed events in order.
 pub struct Events {
     js: jetstream::Context,
@@ -42,10 +46,12 @@ impl std::fmt::Debug for Events {
 impl Events {
     /// Create (or find) the stream (`replicas` copies: as the store's, so a clustered hub keeps
     /// its events when a node dies) and learn where it is.
-    pub async fn start(client: async_nats::Client, signer: Signer, replicas: usize) -> Result<Self, StreamError> {
+    /// A stream made here (none was found: a new or restored estate) starts at `first_seq`.
+    pub async fn start(client: async_nats::Client, signer: Signer, replicas: usize, first_seq: Option<u64>) -> Result<Self, StreamError> {
         let js = jetstream::new(client);
         let mut stream = js
             .get_or_create_stream(jetstream::stream::Config {
+                first_sequence: first_seq.filter(|s| *s > 1),
                 name: subjects::EVENTS_STREAM.into(),
                 subjects: vec![subjects::EVENTS_EXPORT.into()],
                 storage: jetstream::stream::StorageType::File,
@@ -59,6 +65,11 @@ impl Events {
             .map_err(|e| StreamError::JetStream(e.to_string()))?;
         let last = stream.info().await.map_err(|e| StreamError::JetStream(e.to_string()))?.state.last_sequence;
         Ok(Events { js, signer: std::sync::RwLock::new(std::sync::Arc::new(signer)), last_seq: Mutex::new(last) })
+    }
+
+    /// The sequence of the last event published (or found at start).
+    pub async fn last_seq(&self) -> u64 {
+        *self.last_seq.lock().await
     }
 
     /// A site's stream (`TILLIT_SITE_<site>`): the hub's JetStream copies into it, from the

@@ -19,7 +19,7 @@
 //! The store drives its NATS connection on a runtime thread of its own, so its synchronous
 //! [`Store`] methods can be called from anywhere (async handlers, blocking tasks, the CLI).
 
-use super::{Batch, Space, Store, StoreError};
+use super::{Batch, Snapshot, Space, Store, StoreError};
 use data_encoding::BASE64URL_NOPAD;
 use futures::future::BoxFuture;
 use futures::StreamExt;
@@ -194,6 +194,20 @@ impl Store for JetStreamStore {
 
     fn scan_prefix(&self, space: Space, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.in_range(space, prefix, |k, v| (k.to_string(), v.to_vec()))
+    }
+
+    /// The mirror under one lock. The watch brings the bucket's writes in stream order, so in
+    /// a process that only reads (`tillit backup`) the mirror is a prefix of the bucket's
+    /// history: a state the bucket was in. (A replica's own writes and fresh reads enter it
+    /// out of that order.)
+    fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let m = self.read()?;
+        let mut out: Snapshot = Space::ALL.into_iter().map(|s| (s, Vec::new())).collect();
+        for ((space, key), seen) in m.iter() {
+            let (Some(v), Some(slot)) = (&seen.value, out.iter_mut().find(|(s, _)| s.as_str() == *space)) else { continue };
+            slot.1.push((key.clone(), v.clone()));
+        }
+        Ok(out)
     }
 
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {

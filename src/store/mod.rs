@@ -197,12 +197,22 @@ pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> &'static str {
         "sled"
     }
+    /// Every record of every space as of one instant: no write lands halfway through it, so
+    /// what it holds is a state the store was in (a backup's records). In [`Space::ALL`] order,
+    /// each space in key order. The default scans space by space, which is one instant only
+    /// while nothing writes; both backends do better.
+    fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        Space::ALL.into_iter().map(|s| Ok((s, self.scan(s)?))).collect()
+    }
     /// Apply a batch atomically; when this returns `Ok`, the batch is on stable storage.
     fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         self.apply(batch)?;
         self.sync()
     }
 }
+
+/// Every space's `(key, value)` records, as [`Store::snapshot`] returns them.
+pub type Snapshot = Vec<(Space, Vec<(String, Vec<u8>)>)>;
 
 /// Read a JSON record.
 pub fn get_json<T: serde::de::DeserializeOwned>(

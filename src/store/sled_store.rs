@@ -1,13 +1,20 @@
 //! The embedded sled backend: one tree, keys prefixed `space/`, batches applied atomically and
 //! flushed (fsync) before `commit` returns.
+//!
+//! sled's iterators are not snapshots, so writes pass a gate (a read lock, uncontended but for a
+//! snapshot) and [`Store::snapshot`] closes it (the write lock) while it reads every record: a
+//! backup taken while `serve` runs sees the store as it was at one instant.
 
-use super::{Batch, Space, Store, StoreError};
+use super::{Batch, Snapshot, Space, Store, StoreError};
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 /// sled under `DATA/store`.
 #[derive(Debug, Clone)]
 pub struct SledStore {
     db: sled::Db,
+    /// Writes hold it shared, a snapshot exclusively.
+    gate: Arc<RwLock<()>>,
 }
 
 fn full_key(space: Space, key: &str) -> Vec<u8> {
@@ -20,6 +27,10 @@ fn full_key(space: Space, key: &str) -> Vec<u8> {
 
 fn backend(e: sled::Error) -> StoreError {
     StoreError::Backend(e.to_string())
+}
+
+fn poisoned<T>(_: T) -> StoreError {
+    StoreError::Backend("the store's write gate is poisoned (a writer panicked)".into())
 }
 
 impl SledStore {
@@ -41,7 +52,7 @@ impl SledStore {
     fn open_once(dir: &Path) -> Result<Self, StoreError> {
         // Durability is explicit (`sync`, group-committed), so no background flusher.
         match sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).flush_every_ms(None).open() {
-            Ok(db) => Ok(SledStore { db }),
+            Ok(db) => Ok(SledStore { db, gate: Arc::default() }),
             Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock || e.raw_os_error() == Some(11) => {
                 Err(StoreError::Locked { path: dir.display().to_string() })
             }
@@ -93,6 +104,7 @@ impl Store for SledStore {
             return Ok(());
         }
         let mut b = sled::Batch::default();
+        let _open = self.gate.read().map_err(poisoned)?;
         for op in batch.ops {
             match op.value {
                 Some(v) => b.insert(full_key(op.space, &op.key), v),
@@ -105,6 +117,7 @@ impl Store for SledStore {
     fn apply_in_order(&self, batch: Batch) -> Result<(), StoreError> {
         // sled recovers a prefix of its log, so after a crash the store holds some leading part
         // of these writes; the journal replays from its checkpoint, the last write here.
+        let _open = self.gate.read().map_err(poisoned)?;
         for op in batch.ops {
             match op.value {
                 Some(v) => self.db.insert(full_key(op.space, &op.key), v).map(|_| ()),
@@ -120,8 +133,14 @@ impl Store for SledStore {
     }
 
     fn compare_and_swap(&self, space: Space, key: &str, old: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool, StoreError> {
+        let _open = self.gate.read().map_err(poisoned)?;
         let r = self.db.compare_and_swap(full_key(space, key), old, new).map_err(backend)?;
         Ok(r.is_ok())
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let _closed = self.gate.write().map_err(poisoned)?;
+        Space::ALL.into_iter().map(|s| Ok((s, self.scan(s)?))).collect()
     }
 }
 

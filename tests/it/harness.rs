@@ -266,6 +266,11 @@ impl Estate {
         Estate { tmp, dir: DataDir::new(data), nats_port, http_port, trust_domain: trust_domain.into(), ocsp_port }
     }
 
+    /// Point at another data dir of this estate (a restored copy): same ports, same temp dir.
+    pub fn relocate(&mut self, data: &Path) {
+        self.dir = DataDir::new(data);
+    }
+
     pub fn data(&self) -> &str {
         self.dir.root().to_str().unwrap()
     }

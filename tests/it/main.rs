@@ -2,6 +2,7 @@
 
 mod attacks;
 mod availability;
+mod backup;
 mod contract;
 mod enroll;
 mod foundation;
