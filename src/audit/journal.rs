@@ -9,7 +9,17 @@ use tokio::sync::{mpsc, oneshot};
 enum Failed {
     Conflict,
     Unavailable(String),
+    /// The data dir took no more writes: full, or read-only.
+    NoSpace(String),
     Other(String),
+}
+
+/// Whether an error says the disk took no more writes (ENOSPC, EROFS, a quota).
+fn no_space(e: &AuditError) -> bool {
+    let text = e.to_string();
+    ["No space left on device", "Read-only file system", "Disk quota exceeded", "os error 28", "os error 30", "os error 122"]
+        .iter()
+        .any(|m| text.contains(m))
 }
 
 /// Entries to write and, unless relaxed, who waits for them to be durable.
@@ -55,6 +65,7 @@ fn write_group(writer: &mut impl Append, jobs: Vec<Job>, retry: usize) {
                 let _ = w.send(Err(match &e {
                     AuditError::Conflict => Failed::Conflict,
                     AuditError::Unavailable(m) => Failed::Unavailable(m.clone()),
+                    e if no_space(e) => Failed::NoSpace(e.to_string()),
                     _ => Failed::Other(e.to_string()),
                 }));
             }
@@ -143,6 +154,7 @@ impl Journal {
             }
             Ok(Err(Failed::Conflict)) => Err(AuditError::Conflict),
             Ok(Err(Failed::Unavailable(m))) => Err(AuditError::Unavailable(m)),
+            Ok(Err(Failed::NoSpace(m))) => Err(AuditError::NoSpace(m)),
             Ok(Err(Failed::Other(e))) => Err(AuditError::Io { path: AUDIT_FILE.into(), source: std::io::Error::other(e) }),
             Err(_) => Err(AuditError::Stopped),
         }

@@ -77,6 +77,9 @@ const MAX_GROUP: usize = 4096;
 pub enum AuditError {
     #[error("audit log {path}: {source}")]
     Io { path: String, source: std::io::Error },
+    /// The data dir takes no more writes (full, read-only): nothing of the change was written.
+    #[error("the data dir takes no more writes ({0})")]
+    NoSpace(String),
     #[error("audit log {path} is damaged at line {line}: {reason}; run `tillit audit verify` and restore it from backup")]
     Damaged { path: String, line: usize, reason: String },
     #[error("audit log is not writable (an earlier write failed); no change is accepted until `tillit serve` restarts")]

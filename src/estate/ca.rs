@@ -184,11 +184,13 @@ impl Estate {
         Ok(())
     }
 
-    /// Rotation step 1: a `next` CA in the bundle (the existing one if a rotation is under way).
-    pub fn add_next_ca(&self) -> Result<CaRecord> {
+    /// Rotation step 1: a `next` CA in the bundle (the existing one if a rotation is under way,
+    /// with no batch). The batch holds its sealed key and the new CA records: the caller commits
+    /// it with its audit record, then calls [`Estate::reload_caches`].
+    pub fn next_ca(&self) -> Result<(CaRecord, Option<Batch>)> {
         let mut records = self.ca_records();
         if let Some(n) = records.iter().find(|r| r.state == CaState::Next) {
-            return Ok(n.clone());
+            return Ok((n.clone(), None));
         }
         if records.iter().any(|r| r.state == CaState::Previous) {
             return Err(EstateError::Conflict(
@@ -204,8 +206,8 @@ impl Estate {
         self.vault.put_sealed(&mut b, Space::Keys, &key_ref, issued.key_pem.expose().as_bytes())?;
         let rec = CaRecord { fingerprint, cert_pem: issued.cert_pem, state: CaState::Next, created_at: now, key_ref, retire_at: None, switched_at: None };
         records.push(rec.clone());
-        self.store_cas(records, b)?;
-        Ok(rec)
+        b.put_json(Space::Meta, META_CAS, &records)?;
+        Ok((rec, Some(b)))
     }
 
     /// Rotation step 2: `next` issues from now on; the old CA stays trusted until `retire_at`.

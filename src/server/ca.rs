@@ -115,7 +115,15 @@ pub(super) async fn announce(ctx: &Ctx, site: Option<&str>, phase: CaEventPhase)
 async fn rotate(ctx: &Ctx, caller: &IdentityRecord) -> Result<RotateCaReply, ApiError> {
     let e = &ctx.estate;
     let _g = ctx.ca_lock.lock().await;
-    let next = e.add_next_ca()?;
+    let (next, added) = e.next_ca()?;
+    if let Some(b) = added {
+        // The new CA exists only with its audit record: a refused write leaves no CA behind.
+        ctx.journal
+            .record(Entry::ok(&caller.id, "rotate.ca", &next.fingerprint).detail(serde_json::json!({ "phase": "prepared" })).batch(b))
+            .await
+            .map_err(super::journal_error)?;
+        e.reload_caches();
+    }
     update_hub(ctx, None).await.map_err(|m| ApiError::new(ErrorCode::Unavailable, format!("{m}; the new CA is in the bundle, retry `tillit rotate ca`")))?;
     let seq = announce(ctx, None, CaEventPhase::Added).await?;
     let rec = RolloutRecord { next: next.fingerprint.clone(), event_seq: seq, started_at: e.clock().now_unix() };

@@ -425,9 +425,16 @@ pub(crate) fn journal_error(e: crate::audit::AuditError) -> ApiError {
             tracing::warn!("the journal is not writable right now: {m}");
             ApiError::new(ErrorCode::Unavailable, STORE_AWAY)
         }
+        crate::audit::AuditError::NoSpace(m) => {
+            tracing::error!("cannot record a change: {m}; free space in (or remount read-write) the data dir: {}", DATA_FULL);
+            ApiError::new(ErrorCode::Unavailable, DATA_FULL)
+        }
         e => ApiError::internal(e),
     }
 }
+
+/// The message of a change refused because the data dir takes no more writes.
+pub(crate) const DATA_FULL: &str = "the control plane's data dir takes no more writes (disk full or read-only); nothing was changed; an operator must free space";
 
 pub fn unavailable(msg: &str) -> ApiError {
     ApiError::new(ErrorCode::Unavailable, msg)

@@ -262,7 +262,7 @@ async fn revocations_made_while_a_site_was_cut_off_bite_there_within_five_second
     let cert = refused_within(&east.url(), &ship, &orders, Duration::from_secs(10)).await.unwrap_or_else(|| panic!("the site never learnt the revocation made during the cut:\n{}", logs()));
     let jwt = refused_within(&east.url(), &orders, &ship, Duration::from_secs(10)).await.unwrap_or_else(|| panic!("the site never learnt the JWT revocation made during the cut:\n{}", logs()));
     let both = healed.elapsed();
-    eprintln!("after the heal: certificate refused after {cert:?}, both refused after {both:?}");
+    eprintln!("after the heal: certificate refused after {cert:?}, the JWT {jwt:?} later, both after {both:?}");
     assert!(both <= Duration::from_secs(5), "certificate {cert:?}, both {both:?}");
     usable(&east.url(), &orders, &orders).await.expect("orders still admitted after the heal");
 }

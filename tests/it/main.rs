@@ -5,6 +5,7 @@ mod availability;
 mod backup;
 mod contract;
 mod enroll;
+mod faults;
 mod foundation;
 mod grants;
 mod harness;
