@@ -1,4 +1,4 @@
-//! Faults that must fail closed: a full disk under the control plane
+//! Faults that must fail closed: a full disk and a read-only data dir under the control plane
 //! (its store and its audit log on their own small tmpfs), a store that cannot be opened, a
 //! master key that does not match. Each refused change leaves one clear line and nothing
 //! half-written; once the fault is gone the estate carries on and `audit verify` passes.
@@ -40,6 +40,12 @@ impl Tmpfs {
         let _ = std::fs::remove_file(self.filler());
     }
 
+    /// Remount read-only (nothing may hold a file of it open for writing) or read-write.
+    fn read_only(&self, ro: bool) {
+        let st = Command::new("mount").args(["-o", if ro { "remount,ro" } else { "remount,rw" }]).arg(&self.at).status().unwrap();
+        assert!(st.success(), "remount {} {}", if ro { "ro" } else { "rw" }, self.at.display());
+    }
+
     fn filler(&self) -> PathBuf {
         self.at.join("filler")
     }
@@ -67,14 +73,14 @@ fn one_clear_line(out: &std::process::Output, what: &str) -> String {
 }
 
 #[test]
-fn a_full_disk_refuses_a_change_whole_and_the_estate_carries_on() {
+fn a_full_disk_refuses_a_change_whole_a_read_only_data_dir_stops_serve_and_the_estate_carries_on() {
     let e = Estate::init("faults.example");
     let (Some(store), Some(audit)) = (Tmpfs::over(&e.dir.store(), "64m"), Tmpfs::over(&e.dir.audit(), "8m")) else {
         eprintln!("SKIPPED: mounting a tmpfs needs root with CAP_SYS_ADMIN");
         return;
     };
     let _nats = e.start_nats();
-    let serve = e.start_serve_ready();
+    let mut serve = e.start_serve_ready();
     let admin = e.admin();
     let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
     assert!(secret_put(&e, "acme/shop/prod/db", "v1", &["acme/shop/prod/orders"]).status.success());
@@ -115,6 +121,30 @@ fn a_full_disk_refuses_a_change_whole_and_the_estate_carries_on() {
     assert_eq!(cas["cas"].as_array().map(|a| a.len()), Some(1), "disk full: a CA was added: {}", cas["cas"]);
     store.unfill();
     audit.unfill();
+    // A data dir that went read-only (the kernel remounts a failing disk so): serve refuses to
+    // start on it with one line, and starts once it is writable again.
+    serve.terminate(Duration::from_secs(15));
+    store.read_only(true);
+    audit.read_only(true);
+    let mut stuck = e.start_serve();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Ok(Some(st)) = stuck.child.try_wait() {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "serve kept running on a read-only data dir:\n{}", stuck.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let log = stuck.log_text();
+    assert!(log.contains("Read-only file system") || log.contains("read-only"), "serve says why:\n{log}");
+    // Reads still work offline.
+    let out = tillit(&["audit", "verify", "--data-dir", e.data()]);
+    assert!(out.status.success(), "audit verify on a read-only data dir: {}{}", stdout(&out), stderr(&out));
+    store.read_only(false);
+    audit.read_only(false);
+    serve = e.start_serve_ready();
+
     // The estate carries on: the same changes now succeed.
     let out = enroll_cli(&token, &e.tmp.path().join("payments"));
     assert!(out.status.success(), "enroll after the faults: {}\n{}", stderr(&out), serve.log_text());
