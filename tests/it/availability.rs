@@ -171,6 +171,11 @@ async fn a_site_cut_off_from_the_hub_keeps_admitting_its_valid_services_and_refu
         assert!(usable(&east.url(), &orders, &pay).await.is_err(), "round {round}: revoked JWT admitted");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // The agent keeps running and keeps its files (the site server's CA bundle among them).
+    let mut agent = agent;
+    assert!(agent.child.try_wait().unwrap().is_none(), "the agent stopped when the hub went away:\n{}", agent.log_text());
+    let ca = tillit::layout::SiteDir::new(&files).ca();
+    assert!(std::fs::read_to_string(&ca).unwrap().contains("BEGIN CERTIFICATE"), "the agent's files are gone");
 }
 
 /// A TCP relay the site's leafnode links go through: `cut` drops every link and refuses new
