@@ -64,16 +64,31 @@ pub fn permissions(bucket: &str, journal_subject: &str, inbox_prefix: &str) -> U
 }
 
 impl StoreAccess {
-    /// Seal and write to `dir` (0600, atomically).
-    pub fn write(&self, dir: &DataDir, master: &MasterKey) -> Result<(), StoreError> {
-        let wire = Wire {
+    fn wire(&self) -> Wire {
+        Wire {
             user_jwt: self.user_jwt.clone(),
             user_seed: self.user_seed.expose().to_string(),
             cert_pem: self.cert_pem.clone(),
             key_pem: self.key_pem.expose().to_string(),
             ca_pem: self.ca_pem.clone(),
             expires_at: self.expires_at,
-        };
+        }
+    }
+
+    fn from_wire(wire: &Wire) -> StoreAccess {
+        StoreAccess {
+            user_jwt: wire.user_jwt.clone(),
+            user_seed: SecretString::new(wire.user_seed.clone()),
+            cert_pem: wire.cert_pem.clone(),
+            key_pem: SecretString::new(wire.key_pem.clone()),
+            ca_pem: wire.ca_pem.clone(),
+            expires_at: wire.expires_at,
+        }
+    }
+
+    /// Seal and write to `dir` (0600, atomically).
+    pub fn write(&self, dir: &DataDir, master: &MasterKey) -> Result<(), StoreError> {
+        let wire = self.wire();
         let plain = zeroize::Zeroizing::new(serde_json::to_vec(&wire).map_err(|e| StoreError::Backend(e.to_string()))?);
         let sealed = master.seal(AAD, &plain)?;
         let path = dir.store_access();
@@ -84,14 +99,7 @@ impl StoreAccess {
     /// Write unsealed to `path` (0600): the OCSP responder's access, which reads only public
     /// answers and must start without the master key.
     pub fn write_plain(&self, path: &std::path::Path) -> Result<(), StoreError> {
-        let wire = Wire {
-            user_jwt: self.user_jwt.clone(),
-            user_seed: self.user_seed.expose().to_string(),
-            cert_pem: self.cert_pem.clone(),
-            key_pem: self.key_pem.expose().to_string(),
-            ca_pem: self.ca_pem.clone(),
-            expires_at: self.expires_at,
-        };
+        let wire = self.wire();
         let plain = zeroize::Zeroizing::new(serde_json::to_vec_pretty(&wire).map_err(|e| StoreError::Backend(e.to_string()))?);
         if let Some(parent) = path.parent() {
             crate::fsutil::create_dir(parent, 0o700).map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", parent.display())))?;
@@ -103,14 +111,7 @@ impl StoreAccess {
     pub fn read_plain(path: &std::path::Path) -> Result<StoreAccess, StoreError> {
         let plain = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| StoreError::Backend(format!("cannot read {}: {e}", path.display())))?);
         let wire: Wire = serde_json::from_slice(&plain).map_err(|e| StoreError::Corrupt(path.display().to_string(), e.to_string()))?;
-        Ok(StoreAccess {
-            user_jwt: wire.user_jwt.clone(),
-            user_seed: SecretString::new(wire.user_seed.clone()),
-            cert_pem: wire.cert_pem.clone(),
-            key_pem: SecretString::new(wire.key_pem.clone()),
-            ca_pem: wire.ca_pem.clone(),
-            expires_at: wire.expires_at,
-        })
+        Ok(Self::from_wire(&wire))
     }
 
     /// Read and open `dir`'s store access.
@@ -124,14 +125,7 @@ impl StoreAccess {
         })?;
         let plain = master.open(AAD, &sealed)?;
         let wire: Wire = serde_json::from_slice(&plain).map_err(|e| StoreError::Corrupt(path.display().to_string(), e.to_string()))?;
-        Ok(StoreAccess {
-            user_jwt: wire.user_jwt.clone(),
-            user_seed: SecretString::new(wire.user_seed.clone()),
-            cert_pem: wire.cert_pem.clone(),
-            key_pem: SecretString::new(wire.key_pem.clone()),
-            ca_pem: wire.ca_pem.clone(),
-            expires_at: wire.expires_at,
-        })
+        Ok(Self::from_wire(&wire))
     }
 
     /// How to connect with these credentials to `urls`.

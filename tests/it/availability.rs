@@ -4,31 +4,10 @@
 
 use crate::harness::*;
 use std::time::{Duration, Instant};
-use tillit::client::tls;
-use tillit::layout::IdentityDir;
-
-/// Connect with the certificate of `cert_of` and the JWT of `creds_of` (a fresh connection: a
-/// TLS handshake with OCSP).
-async fn connect_with(url: &str, cert_of: &std::path::Path, creds_of: &std::path::Path) -> Result<async_nats::Client, String> {
-    let c = tillit::identity::load(&IdentityDir::new(cert_of)).unwrap();
-    let j = tillit::identity::load(&IdentityDir::new(creds_of)).unwrap();
-    let tls_cfg = tls::client_config(&c.ca_pem, tls::SwappableCert::new(tls::certified_key(&c.cert_pem, c.key_pem.expose()).unwrap())).unwrap();
-    let creds = tillit::issuer::creds::format(&j.user_jwt, &j.user_seed);
-    async_nats::ConnectOptions::with_credentials(creds.expose())
-        .unwrap()
-        .require_tls(true)
-        .tls_client_config(tls_cfg)
-        .custom_inbox_prefix(&j.info.inbox_prefix)
-        .connection_timeout(Duration::from_secs(5))
-        .max_reconnects(Some(1))
-        .connect(url)
-        .await
-        .map_err(|e| e.to_string())
-}
 
 /// A fresh connection works end to end (a request through the server and back).
 async fn usable(url: &str, cert_of: &std::path::Path, creds_of: &std::path::Path) -> Result<(), String> {
-    let c = connect_with(url, cert_of, creds_of).await?;
+    let c = connect_with_cert_of(url, cert_of, creds_of).await?;
     c.flush().await.map_err(|e| e.to_string())?;
     Ok(())
 }
@@ -132,6 +111,25 @@ async fn refused_within(url: &str, cert_of: &std::path::Path, creds_of: &std::pa
     None
 }
 
+/// Start `east`'s agent answering OCSP next to its server (on the estate's local responder
+/// port), enroll `services` (identity, name), and wait until the agent's copy holds each one's
+/// answer and each connects at the site. The agent, its files dir, the identity dirs.
+async fn agent_and_services(e: &Estate, serve: &Serve, east: &SiteDir, east_srv: &NatsServer, services: &[(&str, &str)]) -> (AgentProc, std::path::PathBuf, Vec<std::path::PathBuf>) {
+    let files = e.tmp.path().join("east-files");
+    let ocsp_addr = format!("127.0.0.1:{}", e.ocsp_port);
+    let agent = AgentProc::start_args(east, &e.tmp.path().join("east-agent"), &files, &east.url(), None, &["--ocsp-addr", &ocsp_addr]);
+    let logs = || format!("serve:\n{}\nagent:\n{}\nsite:\n{}", serve.log_text(), agent.log_text(), east_srv.log_text());
+    let copy = tillit::layout::SiteDir::new(&files).ocsp_answers();
+    let mut dirs = Vec::new();
+    for (id, name) in services {
+        let dir = enroll_one(e, id, name);
+        copy_says(&copy, &serial_of(&dir), false, Duration::from_secs(15)).unwrap_or_else(|| panic!("the agent's copy never got {}:\n{}", dir.display(), logs()));
+        usable(&east.url(), &dir, &dir).await.unwrap_or_else(|err| panic!("{} at the site: {err}\n{}", dir.display(), logs()));
+        dirs.push(dir);
+    }
+    (agent, files, dirs)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_cut_off_from_the_hub_keeps_admitting_its_valid_services_and_refusing_revoked_ones() {
     let (e, _leaf) = Estate::init_with_leaf("partition.example");
@@ -139,18 +137,9 @@ async fn a_site_cut_off_from_the_hub_keeps_admitting_its_valid_services_and_refu
     let serve = e.start_serve_ready();
     let east = site_add(&e, "east");
     let east_srv = east.start();
-    // The site's agent answers OCSP next to the site's server (the estate's local responder URL).
-    let files = e.tmp.path().join("east-files");
-    let ocsp_addr = format!("127.0.0.1:{}", e.ocsp_port);
-    let agent = AgentProc::start_args(&east, &e.tmp.path().join("east-agent"), &files, &east.url(), None, &["--ocsp-addr", &ocsp_addr]);
+    let (agent, files, dirs) = agent_and_services(&e, &serve, &east, &east_srv, &[("acme/shop/prod/orders", "orders"), ("acme/shop/prod/payments", "payments")]).await;
+    let (orders, pay) = (dirs[0].clone(), dirs[1].clone());
     let logs = || format!("serve:\n{}\nagent:\n{}\nsite:\n{}", serve.log_text(), agent.log_text(), east_srv.log_text());
-    let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
-    let pay = enroll_one(&e, "acme/shop/prod/payments", "payments");
-    let copy = tillit::layout::SiteDir::new(&files).ocsp_answers();
-    for dir in [&orders, &pay] {
-        copy_says(&copy, &serial_of(dir), false, Duration::from_secs(15)).unwrap_or_else(|| panic!("the agent's copy never got {}:\n{}", dir.display(), logs()));
-        usable(&east.url(), dir, dir).await.unwrap_or_else(|err| panic!("{} at the site: {err}\n{}", dir.display(), logs()));
-    }
 
     // Revoked while connected: refused at the site within 2 s (certificate and JWT).
     let out = tillit(&["revoke", "acme/shop/prod/payments", "--identity", &e.admin()]);
@@ -238,17 +227,10 @@ async fn revocations_made_while_a_site_was_cut_off_bite_there_within_five_second
     assert!(conf.contains(&format!("tls://127.0.0.1:{leaf}")), "{conf}");
     std::fs::write(east.conf(), conf.replace(&format!("tls://127.0.0.1:{leaf}"), &format!("tls://127.0.0.1:{relay_port}"))).unwrap();
     let east_srv = east.start();
-    let files = e.tmp.path().join("east-files");
-    let ocsp_addr = format!("127.0.0.1:{}", e.ocsp_port);
-    let agent = AgentProc::start_args(&east, &e.tmp.path().join("east-agent"), &files, &east.url(), None, &["--ocsp-addr", &ocsp_addr]);
+    let (agent, files, dirs) = agent_and_services(&e, &serve, &east, &east_srv, &[("acme/shop/prod/orders", "orders"), ("acme/shop/prod/shipping", "shipping")]).await;
+    let (orders, ship) = (dirs[0].clone(), dirs[1].clone());
     let logs = || format!("serve:\n{}\nagent:\n{}\nsite:\n{}", serve.log_text(), agent.log_text(), east_srv.log_text());
-    let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
-    let ship = enroll_one(&e, "acme/shop/prod/shipping", "shipping");
     let copy = tillit::layout::SiteDir::new(&files).ocsp_answers();
-    for dir in [&orders, &ship] {
-        copy_says(&copy, &serial_of(dir), false, Duration::from_secs(15)).unwrap_or_else(|| panic!("the agent's copy never got {}:\n{}", dir.display(), logs()));
-        usable(&east.url(), dir, dir).await.unwrap_or_else(|err| panic!("{} at the site: {err}\n{}", dir.display(), logs()));
-    }
 
     relay.cut();
     tokio::time::sleep(Duration::from_secs(1)).await;

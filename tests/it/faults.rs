@@ -64,6 +64,18 @@ fn rotate(e: &Estate, path: &str, value: &str) -> std::process::Output {
     tillit(&["secret", "rotate", path, "--value-file", file.to_str().unwrap(), "--identity", &e.admin()])
 }
 
+/// Wait (up to 30 s) for `serve` to stop by itself; its exit status.
+fn exits_by_itself(serve: &mut Serve, on: &str) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(st)) = serve.child.try_wait() {
+            return st;
+        }
+        assert!(std::time::Instant::now() < deadline, "serve kept running on {on}:\n{}", serve.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn one_clear_line(out: &std::process::Output, what: &str) -> String {
     assert!(!out.status.success(), "{what} succeeded on a faulty disk");
     let err = stderr(out);
@@ -127,14 +139,7 @@ fn a_full_disk_refuses_a_change_whole_a_read_only_data_dir_stops_serve_and_the_e
     store.read_only(true);
     audit.read_only(true);
     let mut stuck = e.start_serve();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Ok(Some(st)) = stuck.child.try_wait() {
-            break st;
-        }
-        assert!(std::time::Instant::now() < deadline, "serve kept running on a read-only data dir:\n{}", stuck.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = exits_by_itself(&mut stuck, "a read-only data dir");
     assert!(!status.success());
     let log = stuck.log_text();
     assert!(log.contains("Read-only file system") || log.contains("read-only"), "serve says why:\n{log}");
@@ -170,15 +175,7 @@ fn a_store_that_cannot_be_opened_stops_serve_with_one_line_and_writes_nothing() 
     std::fs::write(&store, b"this is not a sled database").unwrap();
     let audit_before = std::fs::read(e.dir.audit_log()).unwrap();
     let mut serve = e.start_serve();
-    // It stops by itself.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Ok(Some(st)) = serve.child.try_wait() {
-            break st;
-        }
-        assert!(std::time::Instant::now() < deadline, "serve kept running on a store it cannot open:\n{}", serve.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = exits_by_itself(&mut serve, "a store it cannot open");
     assert!(!status.success(), "serve ran on a store it cannot open");
     let log = serve.log_text();
     let errors: Vec<&str> = log.lines().filter(|l| l.contains("rror")).collect();

@@ -528,3 +528,23 @@ pub fn secret_put(e: &Estate, path: &str, value: &str, readers: &[&str]) -> Outp
     args.extend(["--identity", &admin]);
     tillit(&args)
 }
+
+/// Connect with the certificate of identity dir `cert_of` and the JWT of `creds_of` (a fresh
+/// connection: a TLS handshake with OCSP, then authorization). At most one reconnect.
+pub async fn connect_with_cert_of(url: &str, cert_of: &Path, creds_of: &Path) -> Result<async_nats::Client, String> {
+    use tillit::client::tls;
+    let c = tillit::identity::load(&tillit::layout::IdentityDir::new(cert_of)).unwrap();
+    let j = tillit::identity::load(&tillit::layout::IdentityDir::new(creds_of)).unwrap();
+    let tls_cfg = tls::client_config(&c.ca_pem, tls::SwappableCert::new(tls::certified_key(&c.cert_pem, c.key_pem.expose()).unwrap())).unwrap();
+    let creds = tillit::issuer::creds::format(&j.user_jwt, &j.user_seed);
+    async_nats::ConnectOptions::with_credentials(creds.expose())
+        .unwrap()
+        .require_tls(true)
+        .tls_client_config(tls_cfg)
+        .custom_inbox_prefix(&j.info.inbox_prefix)
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(Some(1))
+        .connect(url)
+        .await
+        .map_err(|e| e.to_string())
+}

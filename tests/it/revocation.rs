@@ -1,25 +1,7 @@
 //! Certificate revocation the server enforces: OCSP (nats-server's ocsp_peer) and the CRL.
 
 use crate::harness::*;
-use std::time::Duration;
-use tillit::client::tls;
 use tillit::layout::IdentityDir;
-
-async fn connect_with(url: &str, cert_of: &std::path::Path, creds_of: &std::path::Path) -> Result<async_nats::Client, String> {
-    let c = tillit::identity::load(&IdentityDir::new(cert_of)).unwrap();
-    let j = tillit::identity::load(&IdentityDir::new(creds_of)).unwrap();
-    let tls_cfg = tls::client_config(&c.ca_pem, tls::SwappableCert::new(tls::certified_key(&c.cert_pem, c.key_pem.expose()).unwrap())).unwrap();
-    let creds = tillit::issuer::creds::format(&j.user_jwt, &j.user_seed);
-    async_nats::ConnectOptions::with_credentials(creds.expose())
-        .unwrap()
-        .require_tls(true)
-        .tls_client_config(tls_cfg)
-        .custom_inbox_prefix(&j.info.inbox_prefix)
-        .connection_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await
-        .map_err(|e| e.to_string())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_certificate_is_refused_at_the_handshake_even_with_a_valid_jwt() {
@@ -32,9 +14,9 @@ async fn a_revoked_certificate_is_refused_at_the_handshake_even_with_a_valid_jwt
     assert!(out.status.success(), "{}", stderr(&out));
 
     // Control: orders' own certificate and JWT connect.
-    connect_with(&nats.url(), &orders, &orders).await.expect("valid cert + valid JWT");
+    connect_with_cert_of(&nats.url(), &orders, &orders).await.expect("valid cert + valid JWT");
     // The revoked payments certificate with orders' perfectly valid JWT: refused by OCSP.
-    let err = connect_with(&nats.url(), &pay, &orders).await.expect_err("a revoked certificate must be refused");
+    let err = connect_with_cert_of(&nats.url(), &pay, &orders).await.expect_err("a revoked certificate must be refused");
     eprintln!("refused: {err}");
     let log = nats.log_text();
     assert!(log.to_lowercase().contains("ocsp") || log.contains("revoked"), "server log says why:\n{log}");
