@@ -26,7 +26,7 @@
 //!    byte before this line and an HMAC-SHA256 of it under a key derived from the master key.
 //!
 //! The header's `key_check` (an HMAC of a constant under another derived key) tells a backup
-//! made with another master key apart from an altered one. A reader ([`read`]) treats the file
+//! made with another master key apart from an altered one. A reader (`read`) treats the file
 //! as untrusted until the MAC matches: lines and the file are size-bounded, every line is
 //! checked as it comes (order, counts, each sealed file opens, the audit chain and its MACs),
 //! and a caller acts on what it saw only once `read` returned `Ok`.

@@ -30,7 +30,7 @@ pub enum FollowError {
     Status(String),
 }
 
-/// One read: every message from `copy.last_seq() + 1` on, up to [`BATCH`]. Returns how many
+/// One read: every message from `copy.last_seq() + 1` on, up to 256. Returns how many
 /// were read and whether more are waiting.
 pub async fn read_once(client: &async_nats::Client, api: &str, copy: &Copy) -> Result<(usize, bool), FollowError> {
     let from = copy.last_seq() + 1;
