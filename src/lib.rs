@@ -47,7 +47,7 @@
 //!   self-renewing session; no path to the estate), `agent/` (the site agent: decide, apply,
 //!   the site server's certificate), `init.rs`, `natsconf.rs` (nats-server configs), `cli/` (one
 //!   file per subcommand; shared flags and the JSON printer in `cli/mod.rs`), `bench/`.
-//! - Small pieces: `clock.rs` (injected time), `replay.rs`, `telemetry.rs`, `natsbin.rs`, `ocsp.rs`.
+//! - Small pieces: `clock.rs` (injected time), `replay.rs`, `telemetry.rs`, `natsbin.rs`; `ocsp/` (OCSP answers signed on request or ahead of time, a responder's copy of the `TILLIT_OCSP` bucket, its follower and its HTTP face).
 //!
 //! See `README.md` for a quick start and `../DESIGN.md` (shared) for the architecture.
 

@@ -253,6 +253,14 @@ pub fn write_seeds(out: &Path) {
             eprintln!("openssl ocsp not available: no {name} seed");
         }
     }
+    // --- ocsp_answers: real bucket values (presigned with the fixed CA), and the re-signed form ---
+    for (name, status) in [("good", tillit::ocsp::Status::Good), ("revoked", tillit::ocsp::Status::Revoked(crate::NOW - 10))] {
+        let ders = tillit::ocsp::presign(&[crate::ca()], "4a1b2c3d4e5f60718293a4b5c6d7e8f9", status, crate::NOW - 300, crate::NOW + 3600);
+        put(&out, "ocsp_answers", name, tillit::ocsp::copy::Published::new(&ders).to_bytes());
+        put(&out, "ocsp_answers", &format!("presign-{name}"), format!("#{name}:4a1b2c3d4e5f60718293a4b5c6d7e8f9"));
+    }
+    // --- backup_file: the shape of a backup's first lines (a real one needs an estate) ---
+    put(&out, "backup_file", "header", format!("{{\"type\":\"{}\",\"format\":1}}\n", tillit::backup::TYPE_HEADER));
     let _ = std::fs::remove_dir_all(&tmp);
     eprintln!("seeds written to {}", out.display());
 }

@@ -116,6 +116,30 @@ pub fn presign<C: AsRef<CertAuthority>>(cas: &[C], serial_hex: &str, status: Sta
         .collect()
 }
 
+/// An OCSP request for `serial_hex` issued by `ca`, as nats-server (Go's `ocsp.CreateRequest`)
+/// makes it: one SHA-1 CertID, no nonce. For probes and tests.
+pub fn request(ca: &CertAuthority, serial_hex: &str) -> Option<Vec<u8>> {
+    let issuer = IssuerIds::of(ca)?;
+    let raw = data_encoding::HEXLOWER.decode(serial_hex.as_bytes()).ok()?;
+    let id = x509_ocsp::CertId {
+        hash_algorithm: spki::AlgorithmIdentifierOwned { oid: OID_SHA1, parameters: Some(der::Any::null()) },
+        issuer_name_hash: OctetString::new(issuer.sha1_name.clone()).ok()?,
+        issuer_key_hash: OctetString::new(issuer.sha1_key.clone()).ok()?,
+        serial_number: serial_from_raw(&raw)?,
+    };
+    OcspRequest {
+        tbs_request: x509_ocsp::TbsRequest {
+            version: Version::V1,
+            requestor_name: None,
+            request_list: vec![x509_ocsp::Request { req_cert: id, single_request_extensions: None }],
+            request_extensions: None,
+        },
+        optional_signature: None,
+    }
+    .to_der()
+    .ok()
+}
+
 /// A serial number from its content bytes as a certificate carries them.
 fn serial_from_raw(raw: &[u8]) -> Option<x509_cert::serial_number::SerialNumber> {
     if raw.is_empty() || raw.len() > 20 {
@@ -272,27 +296,8 @@ mod tests {
         assert_eq!(decode_get("!!!"), None);
     }
 
-    /// An OCSP request as Go's `ocsp.CreateRequest` makes it: one SHA-1 CertID.
     pub(crate) fn request_for(ca: &CertAuthority, serial_hex: &str) -> Vec<u8> {
-        let issuer = IssuerIds::of(ca).unwrap();
-        let raw = data_encoding::HEXLOWER.decode(serial_hex.as_bytes()).unwrap();
-        let id = x509_ocsp::CertId {
-            hash_algorithm: spki::AlgorithmIdentifierOwned { oid: OID_SHA1, parameters: Some(der::Any::null()) },
-            issuer_name_hash: OctetString::new(issuer.sha1_name.clone()).unwrap(),
-            issuer_key_hash: OctetString::new(issuer.sha1_key.clone()).unwrap(),
-            serial_number: serial_from_raw(&raw).unwrap(),
-        };
-        OcspRequest {
-            tbs_request: x509_ocsp::TbsRequest {
-                version: Version::V1,
-                requestor_name: None,
-                request_list: vec![x509_ocsp::Request { req_cert: id, single_request_extensions: None }],
-                request_extensions: None,
-            },
-            optional_signature: None,
-        }
-        .to_der()
-        .unwrap()
+        request(ca, serial_hex).unwrap()
     }
 
     #[test]
