@@ -169,7 +169,7 @@ impl Estate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::clock::{Clock, ManualClock};
     use crate::estate::tests::new_estate;
 
     #[test]
