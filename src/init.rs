@@ -65,6 +65,9 @@ pub struct InitSummary {
     pub admin_dir: PathBuf,
     pub master_key_file: Option<PathBuf>,
     pub operator: String,
+    /// The break-glass bundle (to be moved offline) and its fingerprint.
+    pub break_glass_bundle: PathBuf,
+    pub break_glass_fingerprint: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +219,10 @@ fn build(staging: &Path, target: &Path, config: Config, nodes: &[ClusterNode], c
     let (responder, serial) = estate.responder_access(RESPONDER_ACCESS_TTL)?;
     estate.store().commit(serial).map_err(EstateError::from)?;
     responder.write_plain(&stage.responder_access()).map_err(EstateError::from)?;
+    // The break-glass bundle: its private half goes to one file only (moved offline by the
+    // operator), its public half into the store, the operator JWT and the hub's trust file.
+    let break_glass = estate.mint_break_glass()?;
+    estate.commit_break_glass(&break_glass, true)?;
     let admin = estate.issue_admin("admin")?;
     let server = estate.issue_server_cert()?;
     let sys = estate.account(SYS_ACCOUNT)?;
@@ -226,10 +233,13 @@ fn build(staging: &Path, target: &Path, config: Config, nodes: &[ClusterNode], c
     for d in [stage.nats(), stage.resolver(), stage.jetstream(), stage.nats_tls(), stage.audit()] {
         fsutil::create_dir(&d, PRIVATE_DIR).map_err(io(&d))?;
     }
-    w(stage.operator_jwt(), estate.meta.operator_jwt.as_bytes(), PUBLIC)?;
+    w(stage.operator_jwt(), break_glass.operator_jwt.as_bytes(), PUBLIC)?;
+    w(stage.break_glass_bundle(), break_glass.bundle.to_json().expose().as_bytes(), PRIVATE)?;
+    let record = serde_json::to_vec_pretty(&break_glass.record).map_err(|e| InitError::Io { path: stage.break_glass_record().display().to_string(), source: std::io::Error::other(e) })?;
+    w(stage.break_glass_record(), &record, PUBLIC)?;
     w(stage.nats_cert(), server.cert_pem.as_bytes(), PUBLIC)?;
     w(stage.nats_key(), server.key_pem.expose().as_bytes(), PRIVATE)?;
-    w(stage.nats_ca(), estate.meta.ca_cert_pem.as_bytes(), PUBLIC)?;
+    w(stage.nats_ca(), estate.server_ca_bundle_pem().as_bytes(), PUBLIC)?;
     let conf = natsconf::render(
         &config,
         &fin,
@@ -276,6 +286,12 @@ fn build(staging: &Path, target: &Path, config: Config, nodes: &[ClusterNode], c
             "operator": estate.meta.operator_public_key,
             "ca_fingerprint": estate.meta.ca_fingerprint,
             "admin": { "id": admin.info.id, "user": admin.info.user_public_key, "serial": admin.info.cert_serial },
+            "break_glass": {
+                "fingerprint": break_glass.record.fingerprint,
+                "user": break_glass.record.user_public_key,
+                "operator_signing_key": break_glass.record.operator_signing_key,
+                "expires_at": break_glass.record.expires_at,
+            },
         }))])
         .map_err(|e| InitError::Io { path: stage.audit().display().to_string(), source: std::io::Error::other(e.to_string()) })?;
     estate.store().sync().map_err(EstateError::from)?;
@@ -289,6 +305,8 @@ fn build(staging: &Path, target: &Path, config: Config, nodes: &[ClusterNode], c
         admin_dir: fin.admin().root().to_path_buf(),
         master_key_file,
         operator: estate.meta.operator_public_key.clone(),
+        break_glass_bundle: fin.break_glass_bundle(),
+        break_glass_fingerprint: break_glass.record.fingerprint.clone(),
     };
     drop(estate);
     Ok(summary)

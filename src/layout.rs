@@ -155,6 +155,15 @@ impl DataDir {
     pub fn migrated_marker(&self) -> PathBuf {
         self.0.join(MIGRATED_MARKER)
     }
+    /// Where `init` writes the break-glass bundle (0600), to be moved offline at once.
+    pub fn break_glass_bundle(&self) -> PathBuf {
+        self.0.join(BREAK_GLASS_BUNDLE)
+    }
+    /// The public facts of the break-glass bundle (`crate::breakglass::PublicRecord`), for
+    /// `tillit break-glass verify --data-dir` without the master key.
+    pub fn break_glass_record(&self) -> PathBuf {
+        self.0.join(BREAK_GLASS_RECORD)
+    }
     /// The Unix socket (0600) a running `serve` on a sled store answers `tillit backup` on.
     pub fn serve_socket(&self) -> PathBuf {
         self.0.join(SERVE_SOCKET)
@@ -171,7 +180,8 @@ impl DataDir {
             _ => None,
         });
         let Some(first) = parts.next() else { return true };
-        if ["master.key", "store", "audit", "replay.json", MIGRATED_MARKER, SERVE_SOCKET].contains(&first) {
+        // The break-glass bundle never travels with the estate, not even sealed.
+        if ["master.key", "store", "audit", "replay.json", MIGRATED_MARKER, SERVE_SOCKET, BREAK_GLASS_BUNDLE].contains(&first) {
             return true;
         }
         rel.components().any(|c| {
@@ -191,6 +201,10 @@ impl DataDir {
 const OCSP_ANSWERS_FILE: &str = "ocsp-answers.json";
 /// File name of the marker [`DataDir::migrated_marker`].
 const MIGRATED_MARKER: &str = "store.migrated";
+/// File name of [`DataDir::break_glass_bundle`].
+const BREAK_GLASS_BUNDLE: &str = "break-glass.bundle";
+/// File name of [`DataDir::break_glass_record`].
+const BREAK_GLASS_RECORD: &str = "break-glass.json";
 /// File name of [`DataDir::serve_socket`].
 const SERVE_SOCKET: &str = "serve.sock";
 

@@ -80,7 +80,7 @@ macro_rules! internal {
     ($($m:ident),* $(,)?) => { $( #[doc(hidden)] pub mod $m; )* };
 }
 internal!(
-    agent, audit, backup, cli, clock, config, crypto, estate, identity, issuer, layout, names, natsbin, ocsp, server, store, token, telemetry, secrets, pem, policy
+    agent, audit, backup, breakglass, cli, clock, config, crypto, estate, identity, issuer, layout, names, natsbin, ocsp, server, store, token, telemetry, secrets, pem, policy
 );
 mod bench;
 mod fsutil;

@@ -199,6 +199,18 @@ pub fn account_lookup(account_public_key: &str) -> String {
 /// nats-server: full resolvers exchange the JWTs they hold.
 pub const SYS_CLAIMS_PACK: &str = "$SYS.REQ.CLAIMS.PACK";
 
+/// nats-server: a client of account `account_public_key` connected (its connect event). The
+/// SYS account exports its own as a stream; TILLIT imports it as [`SYS_CONNECT_EVENTS`].
+pub fn account_connect_events(account_public_key: &str) -> String {
+    format!("$SYS.ACCOUNT.{account_public_key}.CONNECT")
+}
+/// Where the TILLIT account receives the SYS account's connect events (the import's local
+/// subject). No TILLIT user may publish here: only nats-server's own events arrive.
+pub const SYS_CONNECT_EVENTS: &str = "tillit.sys.connect";
+/// The stream that keeps [`SYS_CONNECT_EVENTS`] while `serve` is down: break-glass
+/// connections are recorded once `serve` is back.
+pub const BREAK_GLASS_STREAM: &str = "TILLIT_BREAK_GLASS";
+
 /// nats-server: a client failed authentication (any server).
 pub const SYS_AUTH_ERRORS: &str = "$SYS.SERVER.*.CLIENT.AUTH.ERR";
 

@@ -106,6 +106,9 @@ pub fn print_summary(s: &InitSummary) {
         Some(p) => println!("  master key          {} (back it up: without it the data dir cannot be opened)", p.display()),
         None => println!("  master key          from TILLIT_MASTER_KEY (not written to disk)"),
     }
+    println!("  break-glass bundle  {} ({})", s.break_glass_bundle.display(), s.break_glass_fingerprint);
+    println!("    MOVE IT OFFLINE NOW (a safe, an offline medium) and delete it here: it opens the system account");
+    println!("    with a CA and an operator signing key of its own. Check a copy with `tillit break-glass verify`.");
     println!("next:");
     if s.node_confs.is_empty() {
         println!("  nats-server -c {}", s.server_conf.display());

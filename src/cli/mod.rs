@@ -6,6 +6,7 @@ pub mod agent;
 pub mod audit;
 pub mod backup;
 pub mod bench;
+pub mod breakglass;
 pub mod dev;
 pub mod enroll;
 pub mod grant;
@@ -88,6 +89,9 @@ pub enum Command {
     Backup(backup::Args),
     /// Restore a backup into a new data dir.
     Restore(restore::Args),
+    /// The break-glass bundle: verify one without using it, rotate it (offline).
+    #[command(name = "break-glass")]
+    BreakGlass(breakglass::Args),
 }
 
 /// The flags every call to the control plane takes: who acts, where, and how to print.
@@ -141,6 +145,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Responder(a) => responder::run(a).await,
         Command::Backup(a) => backup::run(a).await,
         Command::Restore(a) => restore::run(a).await,
+        Command::BreakGlass(a) => breakglass::run(a).await,
         Command::Grant(a) => grant::grant(a, false).await,
         Command::Ungrant(a) => grant::grant(a, true).await,
         Command::Grants(a) => grant::grants(a).await,

@@ -79,6 +79,22 @@ pub async fn run(admin: AdminArgs) -> anyhow::Result<()> {
             println!("WARNING        {w}");
         }
     }
+    if let Some(b) = &s.break_glass {
+        println!("break-glass    {} (expires {}, {} rotated away)", b.fingerprint, b.expires_at, b.rotated);
+        if b.bundle_in_data_dir {
+            println!("WARNING        the break-glass bundle is still in the data dir (break-glass.bundle): move it offline");
+        }
+        if b.connections_total > 0 {
+            println!(
+                "WARNING        {} connection(s) made with a break-glass bundle, the last at {}: check the audit log (break-glass.connect); rotate it (`tillit break-glass rotate`) once the emergency is over",
+                b.connections_total,
+                b.last_connection.as_deref().unwrap_or("?")
+            );
+            for c in &b.connections {
+                println!("  break-glass  {}  server {}  from {}  bundle {}", c.at, c.server, c.host, c.bundle);
+            }
+        }
+    }
     println!("you are        {}", s.caller);
     Ok(())
 }

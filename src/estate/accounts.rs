@@ -76,6 +76,9 @@ impl Estate {
             AccountKind::System => {
                 let mut n = AccountNats::new(AccountLimits::unlimited_without_jetstream());
                 n.description = Some("nats-server system account".into());
+                // Its connect events, for the TILLIT account's stream of them: break-glass
+                // connections are seen even when they happen while `serve` is down.
+                n.exports = vec![export("sys connect events", &subjects::account_connect_events(&rec.public_key), "stream", "connections of system account users")];
                 n
             }
             AccountKind::Tillit => {
@@ -87,6 +90,15 @@ impl Estate {
                     export("tillit events", subjects::EVENTS_EXPORT, "stream", "signed event envelopes"),
                     export("tillit notifications", subjects::NOTIFY_EXPORT, "stream", "notifications to the instances of one service"),
                 ];
+                let sys = jwt::decode::<OperatorNats>(&self.meta.operator_jwt)?.nats.system_account;
+                n.imports = vec![Import {
+                    name: "sys connect events".into(),
+                    subject: subjects::account_connect_events(&sys),
+                    account: sys,
+                    kind: "stream".into(),
+                    local_subject: Some(subjects::SYS_CONNECT_EVENTS.into()),
+                    share: false,
+                }];
                 n
             }
             AccountKind::Bootstrap => {

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 mod accounts;
+pub mod breakglass;
 pub mod ca;
 mod envelope_keys;
 mod identities;

@@ -80,11 +80,53 @@ pub struct StatusReply {
     /// Whether the data plane keeps working without the control plane, and what says it does not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub availability: Option<AvailabilityStatus>,
+    /// The break-glass bundle: which one is current, and every connection made with one (absent
+    /// in an estate without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<BreakGlassStatus>,
     /// Resident memory of the control plane process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_bytes: Option<u64>,
     /// Who asked (the verified caller).
     pub caller: String,
+}
+
+/// The break-glass bundle in a status reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BreakGlassStatus {
+    /// The current bundle: `sha256:<hex>` of its CA certificate.
+    pub fingerprint: String,
+    /// When it was made (RFC 3339).
+    pub created_at: String,
+    /// When it expires (RFC 3339).
+    pub expires_at: String,
+    /// How many bundles were rotated away before it.
+    pub rotated: usize,
+    /// How many connections were ever made with a break-glass bundle (this or a rotated one).
+    pub connections_total: u64,
+    /// When the last one was made (RFC 3339, the server's clock); absent if never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_connection: Option<String>,
+    /// The last connections, newest first (at most 20).
+    #[serde(default)]
+    pub connections: Vec<BreakGlassConnection>,
+    /// Whether the bundle file `init` wrote is still in the data dir (it belongs offline).
+    pub bundle_in_data_dir: bool,
+}
+
+/// One connection made with a break-glass bundle, as nats-server reported it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BreakGlassConnection {
+    /// When (RFC 3339, the server's clock).
+    pub at: String,
+    /// The server's name.
+    pub server: String,
+    /// The client's IP address.
+    pub host: String,
+    /// The break-glass user's public nkey.
+    pub user: String,
+    /// The bundle it belongs to (its fingerprint).
+    pub bundle: String,
 }
 
 /// How new connections are checked when the control plane is away.

@@ -81,7 +81,7 @@ async fn update_hub(ctx: &Ctx, server_cert: Option<(&str, &str)>) -> Result<(), 
         crate::fsutil::write_atomic(&e.dir.nats_key(), key.as_bytes(), 0o600).map_err(|x| format!("hub key: {x}"))?;
         crate::fsutil::write_atomic(&e.dir.nats_cert(), cert.as_bytes(), 0o644).map_err(|x| format!("hub certificate: {x}"))?;
     }
-    crate::fsutil::write_atomic(&e.dir.nats_ca(), e.ca_bundle_pem().as_bytes(), 0o644).map_err(|x| format!("hub CA bundle: {x}"))?;
+    crate::fsutil::write_atomic(&e.dir.nats_ca(), e.server_ca_bundle_pem().as_bytes(), 0o644).map_err(|x| format!("hub CA bundle: {x}"))?;
     let id = ctx.sys.server_info().server_id;
     let subject = format!("$SYS.REQ.SERVER.{id}.RELOAD");
     let reply = tokio::time::timeout(Duration::from_secs(5), ctx.sys.request(subject, "".into()))
@@ -90,6 +90,11 @@ async fn update_hub(ctx: &Ctx, server_cert: Option<(&str, &str)>) -> Result<(), 
         .map_err(|x| format!("hub reload: {x}"))?;
     let v: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap_or_default();
     if let Some(err) = v.get("error") {
+        if err.to_string().contains("TrustedOperators") {
+            return Err(format!(
+                "hub reload refused: its operator JWT changed on disk (a break-glass rotation) and nats-server reads it only at start; restart the hub's nats-server(s), then retry ({err})"
+            ));
+        }
         return Err(format!("hub reload refused: {err}"));
     }
     tracing::info!(server = %id, "hub reloaded its TLS files");

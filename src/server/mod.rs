@@ -14,6 +14,7 @@ mod accounts;
 mod admin;
 pub mod answers;
 mod backup;
+mod breakglass;
 mod ca;
 mod enroll;
 mod events;
@@ -170,6 +171,15 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     // A replica learns whether it leads before the start-up steps that only the leader takes.
     tasks::first_lease_step(&ctx).await;
     tasks::push_all_accounts(&ctx).await?;
+    // The stream that keeps break-glass connections while `serve` is down exists from the
+    // first start on (the next run of its reader records what it holds).
+    let replicas = match &estate.config.store {
+        crate::config::StoreBackend::JetStream { replicas, .. } => *replicas,
+        crate::config::StoreBackend::Sled => 1,
+    };
+    if let Err(e) = breakglass::ensure_stream(&ctx.api, replicas).await {
+        tracing::error!("cannot create the {} stream: break-glass connections are not kept while serve is down: {e}", subjects::BREAK_GLASS_STREAM);
+    }
     sites::start_sites(&ctx).await;
     if ctx.leader.is_leader() {
         admin::retire_leftover_keys(&ctx, true).await;

@@ -75,6 +75,7 @@ fn status(ctx: &Ctx, caller: &IdentityRecord) -> Result<StatusReply, ApiError> {
         ca_rollout: None,
         store: Some(store_status(ctx)),
         availability: None,
+        break_glass: super::breakglass::status(ctx),
         rss_bytes: crate::telemetry::rss_bytes(),
         caller: caller.id.clone(),
     })

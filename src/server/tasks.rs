@@ -3,7 +3,7 @@
 //! too, so a log line or a stuck task says which it is. Time inside a job comes from the
 //! injected clock ([`crate::clock`]).
 
-use super::{accounts, admin, ca, events, reconcile, sites, status, Ctx};
+use super::{accounts, admin, breakglass, ca, events, reconcile, sites, status, Ctx};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +35,7 @@ pub(super) fn periodic(ctx: &Ctx) -> Vec<Job> {
         Job { name: "refresh-store-access", every: Duration::from_secs(3600), singleton: false, step: |c| Box::pin(refresh_store_access(c)) },
         Job { name: "drop-expired-replies", every: Duration::from_secs(30), singleton: true, step: |c| Box::pin(super::replies::drop_expired(c)) },
         Job { name: "sweep-ocsp-answers", every: super::answers::SWEEP_EVERY, singleton: true, step: |c| Box::pin(super::answers::sweep(c)) },
+        Job { name: "read-break-glass-connections", every: breakglass::READ_EVERY, singleton: true, step: |c| Box::pin(breakglass::read_connections(c)) },
         Job { name: "retire-role-keys", every: Duration::from_secs(300), singleton: true, step: |c| Box::pin(admin::retire_leftover_keys(c, false)) },
     ]
 }
@@ -160,7 +161,10 @@ async fn refresh_gauges(ctx: &Arc<Ctx>) {
 pub(super) async fn push_all_accounts(ctx: &Arc<Ctx>) -> Result<(), super::ServeError> {
     let e = &ctx.estate;
     for acct in e.accounts().map_err(|err| super::ServeError::Creds(err.to_string()))? {
-        if acct.name == crate::estate::SYS_ACCOUNT || acct.name == crate::estate::BOOTSTRAP_ACCOUNT {
+        // BOOTSTRAP is pushed with its live revocations (`accounts::start_revocations`). SYS is
+        // pushed too: a break-glass rotation (done with `serve` stopped) revoked a user in it,
+        // and the hub's restart brought back the JWT its config preloads.
+        if acct.name == crate::estate::BOOTSTRAP_ACCOUNT {
             continue;
         }
         let _g = e.account_lock().lock().await;

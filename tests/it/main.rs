@@ -3,6 +3,7 @@
 mod attacks;
 mod availability;
 mod backup;
+mod breakglass;
 mod contract;
 mod enroll;
 mod faults;
