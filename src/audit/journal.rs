@@ -175,3 +175,34 @@ impl Journal {
         self.commit(vec![entry]).await.map(|s| s.first().copied().unwrap_or(0))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Batch, Space};
+
+    /// A writer whose disk fails with `errno` for every write.
+    struct Failing(i32);
+
+    impl Append for Failing {
+        fn append(&mut self, _entries: Vec<Entry>) -> Result<Vec<u64>, AuditError> {
+            Err(AuditError::Io { path: "audit.jsonl".into(), source: std::io::Error::from_raw_os_error(self.0) })
+        }
+    }
+
+    fn change() -> Entry {
+        let mut b = Batch::new();
+        b.put(Space::Meta, "k", b"v".to_vec());
+        Entry::ok("tester", "grant", "acme/shop/prod/orders").batch(b)
+    }
+
+    #[tokio::test]
+    async fn a_full_or_read_only_disk_is_told_apart_from_other_failures() {
+        for errno in [28 /* ENOSPC */, 30 /* EROFS */, 122 /* EDQUOT */] {
+            let j = Journal::start(Failing(errno));
+            assert!(matches!(j.record(change()).await, Err(AuditError::NoSpace(_))), "errno {errno}");
+        }
+        let j = Journal::start(Failing(5 /* EIO */));
+        assert!(matches!(j.record(change()).await, Err(AuditError::Io { .. })));
+    }
+}
