@@ -548,3 +548,16 @@ pub async fn connect_with_cert_of(url: &str, cert_of: &Path, creds_of: &Path) ->
         .await
         .map_err(|e| e.to_string())
 }
+
+/// How many of tillit's own CAs a PEM bundle holds: its certificates, less the break-glass CA
+/// the hub's trust file also pins (`DATA/break-glass.json`).
+pub fn tillit_cas_in(e: &Estate, bundle: &Path) -> usize {
+    let text = std::fs::read_to_string(bundle).unwrap_or_default();
+    let all = text.matches("BEGIN CERTIFICATE").count();
+    let pinned = std::fs::read_to_string(e.dir.break_glass_record())
+        .ok()
+        .and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok())
+        .and_then(|v| v["ca_cert_pem"].as_str().map(|p| text.contains(p.trim())))
+        .unwrap_or(false);
+    all - usize::from(pinned)
+}
