@@ -72,6 +72,14 @@ pub enum ClientError {
         /// Why it could not be sent (the connection closed, …).
         reason: String,
     },
+    /// An admin verb asked with an identity that is not an admin's: nothing was sent.
+    #[error("{id} is a {kind} identity, not an admin's: this command needs an admin identity (`--identity DATA/admin`, or one from `tillit admin add`)")]
+    NotAdmin {
+        /// The identity used.
+        id: String,
+        /// Its kind (`service`, `agent`).
+        kind: String,
+    },
     /// The control plane refused the request or failed; match on the error's `code`.
     #[error("control plane refused: {0}")]
     Api(ApiError),
@@ -283,6 +291,9 @@ impl TillitClient {
 
     /// Call verb `E` of the control plane with `body`.
     pub async fn call<E: Endpoint>(&self, body: E::Request) -> Result<E::Reply, ClientError> {
+        if E::CALLER == proto::Caller::Admin && self.files.info.kind != crate::identity::IdentityKind::Admin {
+            return Err(ClientError::NotAdmin { id: self.files.info.id.clone(), kind: self.files.info.kind.as_str().to_string() });
+        }
         self.signer.call::<E>(&self.nats, body).await
     }
 

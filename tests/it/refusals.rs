@@ -292,3 +292,17 @@ async fn the_audit_log_records_changes_and_refusals_and_detects_tampering() {
     std::fs::write(&path, &original).unwrap();
     assert!(tillit(&["audit", "verify", "--data-dir", e.data()]).status.success());
 }
+
+#[test]
+fn an_admin_command_with_a_service_identity_is_refused_at_once() {
+    let e = Estate::init("example.org");
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
+    let started = std::time::Instant::now();
+    let out = tillit(&["list", "--identity", orders.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not an admin's"), "{}", stderr(&out));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert_eq!(stderr(&out).lines().filter(|l| !l.trim().is_empty()).count(), 1, "{}", stderr(&out));
+}
