@@ -19,28 +19,57 @@ pub struct Args {
     /// Data dir (created with `init` defaults when missing).
     #[arg(long, env = "TILLIT_DATA_DIR", default_value = ".tillit-dev")]
     pub data_dir: PathBuf,
-    /// Trust domain for a new data dir.
-    #[arg(long, env = "TILLIT_TRUST_DOMAIN", default_value = "dev.tillit.local")]
-    pub trust_domain: String,
-    /// NATS URL for a new data dir.
-    #[arg(long, env = "TILLIT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-    /// HTTP address for a new data dir.
-    #[arg(long, env = "TILLIT_HTTP_ADDR", default_value = "127.0.0.1:8080")]
-    pub http_addr: String,
+    /// Trust domain for a new data dir (default `dev.tillit.local`).
+    #[arg(long, env = "TILLIT_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+    /// NATS URL for a new data dir (default `nats://127.0.0.1:4222`).
+    #[arg(long, env = "TILLIT_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// HTTP address for a new data dir (default `127.0.0.1:8080`).
+    #[arg(long, env = "TILLIT_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// A leafnode listener on this port for a new data dir, to try sites (`tillit site add`).
+    #[arg(long, env = "TILLIT_LEAF_PORT")]
+    pub leaf_port: Option<u16>,
+}
+
+/// Fail with one line when `addr` (`host:port`) cannot be listened on: something else has it.
+fn port_free(addr: &str, what: &str, flag: &str) -> anyhow::Result<()> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) => anyhow::bail!("{what} port {addr} is not free ({e}): stop what listens there, or start a new data dir with {flag}"),
+    }
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let dir = DataDir::new(&a.data_dir);
-    if !dir.config_file().exists() {
+    if dir.config_file().exists() {
+        // Settings of a new data dir: refused, not ignored, for an existing one.
+        let given: Vec<&str> = [
+            (a.trust_domain.is_some(), "--trust-domain"),
+            (a.nats_url.is_some(), "--nats-url"),
+            (a.http_addr.is_some(), "--http-addr"),
+            (a.leaf_port.is_some(), "--leaf-port"),
+        ]
+        .into_iter()
+        .filter_map(|(set, f)| set.then_some(f))
+        .collect();
+        anyhow::ensure!(
+            given.is_empty(),
+            "{} exists: {} only apply when `tillit dev` creates a data dir; edit {} or pass another --data-dir",
+            a.data_dir.display(),
+            given.join(", "),
+            dir.config_file().display()
+        );
+    } else {
         let s = init(
             &InitOptions {
                 data_dir: a.data_dir.clone(),
-                trust_domain: a.trust_domain.clone(),
-                nats_url: a.nats_url.clone(),
-                http_addr: Some(a.http_addr.clone()),
+                trust_domain: a.trust_domain.clone().unwrap_or_else(|| "dev.tillit.local".into()),
+                nats_url: a.nats_url.clone().unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+                http_addr: Some(a.http_addr.clone().unwrap_or_else(|| "127.0.0.1:8080".into())),
                 monitor_addr: None,
-                leaf_port: None,
+                leaf_port: a.leaf_port,
                 http_public_url: None,
                 metrics_addr: None,
                 store: "sled".into(),
@@ -53,9 +82,15 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             },
             Arc::new(SystemClock),
         )?;
-        super::init::print_summary(&s);
+        super::init::print_summary(&s, false);
     }
     let estate = Estate::open(dir.clone(), Arc::new(SystemClock))?;
+    // Both ports must be ours: a port already taken would otherwise look like a server that is up.
+    port_free(&estate.config.nats_listen, "the NATS", "--nats-url nats://127.0.0.1:PORT")?;
+    port_free(&estate.config.http_addr.to_string(), "the HTTP", "--http-addr 127.0.0.1:PORT")?;
+    if let Some(leaf) = &estate.config.leaf_listen {
+        port_free(leaf, "the leafnode", "--leaf-port PORT")?;
+    }
     let bin = crate::natsbin::locate().map_err(anyhow::Error::msg)?;
     let log_path = dir.nats_log();
     let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;

@@ -88,11 +88,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         },
         Arc::new(SystemClock),
     )?;
-    print_summary(&s);
+    print_summary(&s, true);
     Ok(())
 }
 
-pub fn print_summary(s: &InitSummary) {
+pub fn print_summary(s: &InitSummary, next_steps: bool) {
     println!("initialised trust domain {} in {}", s.trust_domain, s.data_dir.display());
     println!("  operator            {}", s.operator);
     if s.node_confs.is_empty() {
@@ -109,13 +109,19 @@ pub fn print_summary(s: &InitSummary) {
     println!("  break-glass bundle  {} ({})", s.break_glass_bundle.display(), s.break_glass_fingerprint);
     println!("    MOVE IT OFFLINE NOW (a safe, an offline medium) and delete it here: it opens the system account");
     println!("    with a CA and an operator signing key of its own. Check a copy with `tillit break-glass verify`.");
+    if !next_steps {
+        return;
+    }
+    // The nats-server to run: where this machine has one (the pinned PyPI package keeps it off PATH).
+    let ns = crate::natsbin::locate().map(|p| p.display().to_string()).unwrap_or_else(|_| "nats-server".into());
     println!("next:");
     if s.node_confs.is_empty() {
-        println!("  nats-server -c {}", s.server_conf.display());
+        println!("  {ns} -c {}", s.server_conf.display());
     }
     for c in &s.node_confs {
-        println!("  nats-server -c {}", c.display());
+        println!("  {ns} -c {}", c.display());
     }
+    println!("  tillit responder --data-dir {}   # OCSP next to nats-server, also while serve is down", s.data_dir.display());
     println!("  tillit serve --data-dir {}", s.data_dir.display());
     println!("  tillit status --identity {}", s.admin_dir.display());
 }

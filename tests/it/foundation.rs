@@ -217,3 +217,33 @@ fn serve_stops_on_sigterm_even_when_nats_is_gone() {
     let st = serve.terminate(Duration::from_secs(15));
     assert!(st.success(), "{}", serve.log_text());
 }
+
+#[test]
+fn dev_refuses_a_taken_port_and_settings_it_would_ignore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("dev");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let http_port = free_port();
+    let run = |args: &[&str]| {
+        let started = std::time::Instant::now();
+        let out = std::process::Command::new(tillit_bin())
+            .arg("dev")
+            .args(args)
+            .env("NATS_SERVER_BIN", nats_server_bin())
+            .env_remove("TILLIT_MASTER_KEY")
+            .output()
+            .unwrap();
+        (out, started.elapsed())
+    };
+    let (out, took) = run(&["--data-dir", data.to_str().unwrap(), "--nats-url", &format!("nats://127.0.0.1:{taken_port}"), "--http-addr", &format!("127.0.0.1:{http_port}")]);
+    assert!(!out.status.success(), "dev ran with its NATS port taken: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr(&out).contains("is not free"), "{}", stderr(&out));
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("stack running"), "said running: {}", String::from_utf8_lossy(&out.stdout));
+    // The data dir now exists: settings for a new one are refused, not ignored.
+    let (out, _) = run(&["--data-dir", data.to_str().unwrap(), "--http-addr", "127.0.0.1:1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--http-addr only apply when"), "{}", stderr(&out));
+    drop(taken);
+}
