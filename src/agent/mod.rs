@@ -39,6 +39,12 @@ const ACK_TTL_SECS: i64 = 300;
 /// How often a long batch tells the consumer it is still being worked on (its ack wait is 5 s:
 /// the bound on how long a killed agent's unacknowledged batch waits before redelivery).
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// Authorization violations in a row after which the agent stops (a revoked agent's reconnects
+/// are refused every time; a server reloading refuses once or twice).
+const REFUSALS_TO_GIVE_UP: u64 = 5;
+/// How long the connection may stay down before the agent checks whether its credentials are
+/// refused (checked again as often; twice refused in a row, it stops).
+const PROBE_AFTER: Duration = Duration::from_secs(5);
 /// Longest a hook may run.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -58,6 +64,8 @@ pub enum AgentError {
     Trust(#[from] EnvelopeError),
     #[error("site server files: {0}")]
     SiteFiles(String),
+    #[error("the servers refuse this agent's credentials ({0}): it was revoked, or its site removed; enroll a new agent with a token from `tillit token create --site SITE` (or `tillit site add`)")]
+    Refused(String),
 }
 
 /// What the agent has applied (persisted after each successful batch).
@@ -197,7 +205,30 @@ impl Agent {
             }
         }
         let mut site_checked: Option<std::time::Instant> = None;
+        let mut down_since: Option<std::time::Instant> = None;
+        let mut refused_probes = 0u64;
         loop {
+            // Refused again and again: revoked, or the site was removed. Say so once and stop.
+            let refused = self.session.refusals();
+            if refused >= REFUSALS_TO_GIVE_UP {
+                return Err(AgentError::Refused(format!("{refused} authorization violations in a row")));
+            }
+            // Down for a while: is it a partition (carry on) or are these credentials refused?
+            if self.session.client().connection_state() == async_nats::connection::State::Connected {
+                down_since = None;
+                refused_probes = 0;
+            } else if down_since.get_or_insert_with(std::time::Instant::now).elapsed() >= PROBE_AFTER {
+                down_since = Some(std::time::Instant::now());
+                match self.session.refused_now().await {
+                    Some(why) => {
+                        refused_probes += 1;
+                        if refused_probes >= 2 {
+                            return Err(AgentError::Refused(why));
+                        }
+                    }
+                    None => refused_probes = 0,
+                }
+            }
             // Between batches (a step returns within its 5 s wait), never in the middle of one.
             if site_checked.is_none_or(|t| t.elapsed() >= SITE_CHECK_EVERY) {
                 self.maintain_site_server().await;

@@ -178,6 +178,7 @@ pub fn bootstrap_params(token: &JoinToken, urls: Vec<String>) -> Result<ConnectP
             token.key_pem().map_err(err)?.expose(),
         )?),
         max_reconnects,
+        refusals: Default::default(),
     })
 }
 

@@ -121,6 +121,9 @@ pub struct ConnectParams {
     pub cert: Arc<tls::SwappableCert>,
     /// Give up after this many failed reconnects (`None`: never give up).
     pub max_reconnects: Option<usize>,
+    /// Authorization violations since the connection was last up (the server refuses these
+    /// credentials: revoked, expired, a removed site's agent).
+    pub refusals: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ConnectParams {
@@ -139,6 +142,7 @@ impl ConnectParams {
             creds: Arc::new(RwLock::new(NatsCreds { user_jwt: files.user_jwt.clone(), user_seed: files.user_seed.clone() })),
             cert,
             max_reconnects: None,
+            refusals: Default::default(),
         })
     }
 }
@@ -191,6 +195,21 @@ pub async fn connect(params: &ConnectParams) -> Result<async_nats::Client, Clien
     .name(&params.name)
     .connection_timeout(CONNECT_TIMEOUT)
     .reconnect_delay_callback(reconnect_delay)
+    .event_callback({
+        let refusals = params.refusals.clone();
+        move |event| {
+            use std::sync::atomic::Ordering;
+            match &event {
+                async_nats::Event::Connected => refusals.store(0, Ordering::Relaxed),
+                async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) => {
+                    refusals.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+            tracing::info!("event: {event}");
+            async {}
+        }
+    })
     .max_reconnects(params.max_reconnects);
     let url_list = params.urls.join(",");
     let addrs: Vec<async_nats::ServerAddr> = params

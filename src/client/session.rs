@@ -58,6 +58,33 @@ impl Drop for Session {
 }
 
 impl Session {
+    /// How many times in a row the server refused this identity's credentials since the
+    /// connection was last up (0 while connected).
+    pub fn refusals(&self) -> u64 {
+        self.inner.params.refusals.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Try a fresh connection with this session's credentials (while its own keeps failing):
+    /// `Some(why)` when the servers refuse them (an authorization violation, a certificate
+    /// refused at the handshake: revoked, expired, from a retired CA), `None` when it connects or
+    /// fails for any other reason (a partition, a server restarting).
+    pub async fn refused_now(&self) -> Option<String> {
+        match connect(&self.inner.params).await {
+            Ok(c) => {
+                drop(c);
+                None
+            }
+            Err(ClientError::Connect { reason, .. }) => {
+                let r = reason.to_lowercase();
+                ["authorization violation", "badcertificate", "certificaterevoked", "certificateexpired", "unknownca", "unknownissuer"]
+                    .iter()
+                    .any(|m| r.replace(' ', "").contains(&m.replace(' ', "")))
+                    .then_some(reason)
+            }
+            Err(_) => None,
+        }
+    }
+
     /// Load `dir`, connect, and start renewing. `url` overrides the identity's NATS URLs.
     pub async fn connect(dir: &IdentityDir, url: Option<&str>) -> Result<Session, ClientError> {
         Self::connect_with_clock(dir, url, Arc::new(SystemClock)).await

@@ -193,6 +193,7 @@ fn stream_writer(e: &Estate) -> (tillit::client::ConnectParams, tillit::envelope
         creds: std::sync::Arc::new(std::sync::RwLock::new(tillit::client::NatsCreds { user_jwt: creds.user_jwt, user_seed: creds.user_seed })),
         cert: tillit::client::tls::SwappableCert::new(tillit::client::tls::certified_key(&creds.cert_pem, creds.key_pem.expose()).unwrap()),
         max_reconnects: None,
+        refusals: Default::default(),
     };
     (params, estate.envelope_signer().unwrap())
 }
@@ -659,4 +660,29 @@ async fn finishing_a_ca_rotation_moves_the_site_servers_certificate_first_then_d
     wait_file(&secret_file(&east.dir, "acme/shop/prod/db"), "v1", Duration::from_secs(40), "after the site server restart", &|| {
         format!("{}\nleaf:\n{}", l(), east_srv2.log_text())
     });
+}
+
+#[test]
+fn the_agent_of_a_removed_site_says_so_once_and_stops() {
+    let (e, _leaf) = Estate::init_with_leaf("gone.example");
+    let _hub = e.start_nats();
+    let serve = e.start_serve_ready();
+    let east = site_add(&e, "east");
+    let _east_srv = east.start();
+    let mut agent = AgentProc::start(&east, &e.tmp.path().join("east-agent"), &e.tmp.path().join("east-files"), &east.url(), None);
+    wait_for(Duration::from_secs(30), || site_status(&e, "east")["agents"] == 1)
+        .unwrap_or_else(|| panic!("serve:\n{}\nagent:\n{}", serve.log_text(), agent.log_text()));
+    let out = tillit(&["site", "remove", "east", "--reason", "decommissioned", "--identity", &e.admin()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Ok(Some(st)) = agent.child.try_wait() {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "the removed site's agent kept running:\n{}", agent.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success(), "it exits non-zero");
+    let log = agent.log_text();
+    assert_eq!(log.matches("refuse this agent's credentials").count(), 1, "said once:\n{log}");
 }
