@@ -4,6 +4,7 @@ mod attacks;
 mod availability;
 mod backup;
 mod breakglass;
+mod context;
 mod contract;
 mod enroll;
 mod faults;
