@@ -41,7 +41,7 @@
 //!   checks every request passes, routes made from `ENDPOINTS`), one file per family, `tasks.rs`
 //!   (every periodic job, by name), `own.rs` (its own credentials), `accounts.rs` (JWT pushes),
 //!   `reconcile.rs`, `stream.rs` (signed events), `events.rs` (nats-server auth failures),
-//!   `http.rs` (health, OCSP, CRL, metrics), `backup.rs` (the backup socket). `audit/` is its
+//!   `http.rs` (health, OCSP, CRL, metrics), `micro.rs` (the NATS micro service protocol), `backup.rs` (the backup socket). `audit/` is its
 //!   authenticated, hash-chained redo log; `backup/` the backup format, snapshots and restore.
 //! - **The edges**: `client/` (connect as an identity, one signed caller, enrollment, the
 //!   self-renewing session; no path to the estate), `agent/` (the site agent: decide, apply,

@@ -15,6 +15,7 @@ mod interop;
 mod refusals;
 mod replicas;
 mod revocation;
+mod schemas;
 mod secrets;
 mod sites;
 mod store;
