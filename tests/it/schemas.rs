@@ -23,8 +23,8 @@ impl Tap {
         self.cases.push(serde_json::json!({ "what": what.into(), "schema": schema, "instance": instance }));
     }
 
-    /// Validate everything at once; panics with every failure.
-    fn check(&self) {
+    /// Run the validator: whether everything matched, and what it said.
+    fn run(&self) -> (bool, String) {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/fixtures/validate.py");
         let mut child = std::process::Command::new("python3")
             .arg(script)
@@ -38,12 +38,14 @@ impl Tap {
             child.stdin.take().unwrap().write_all(&serde_json::to_vec(&self.cases).unwrap()).unwrap();
         }
         let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "live traffic does not match the contract:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success() && said.trim() == format!("ok {}", self.cases.len()), said)
+    }
+
+    /// Validate everything at once; panics with every failure.
+    fn check(&self) {
+        let (ok, said) = self.run();
+        assert!(ok, "live traffic does not match the contract:\n{said}");
     }
 }
 
@@ -95,6 +97,26 @@ fn envelope_body(jws: &[u8]) -> serde_json::Value {
     let payload = text.split('.').nth(1).unwrap_or_else(|| panic!("not a JWS: {text}"));
     let raw = data_encoding::BASE64URL_NOPAD.decode(payload.trim_end_matches('=').as_bytes()).unwrap();
     serde_json::from_slice(&raw).unwrap()
+}
+
+/// The validator refuses what the schemas refuse (so a green run means something).
+#[test]
+fn the_validator_refuses_mismatches() {
+    let mut tap = Tap::default();
+    tap.add("a status reply without its fields", "status-reply.json", serde_json::json!({"result": {}}));
+    tap.add("a stats reply without metadata", "micro/micro-stats-response.json", serde_json::json!({
+        "type": "io.nats.micro.v1.stats_response", "name": "tillit", "id": "x", "version": "0.1.0",
+        "started": "2026-01-01T00:00:00Z", "endpoints": []
+    }));
+    tap.add("an unknown account kind", "status-reply.json", serde_json::json!({"result": {"accounts": {"X": {"public_key": "A", "kind": "nope", "created_at": "x"}}}}));
+    let (ok, said) = tap.run();
+    assert!(!ok, "{said}");
+    for what in ["a status reply without its fields", "a stats reply without metadata", "an unknown account kind"] {
+        assert!(said.contains(what), "{what} not refused: {said}");
+    }
+    let mut good = Tap::default();
+    good.add("an error", "error.json", serde_json::json!({"error": {"code": "forbidden", "message": "no"}}));
+    assert!(good.run().0, "{}", good.run().1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
