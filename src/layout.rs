@@ -317,6 +317,38 @@ impl SiteDir {
     }
 }
 
+/// The `nats` CLI's configuration dir (not ours; its layout is the CLI's, written by `tillit
+/// context`): `$XDG_CONFIG_HOME/nats`, else `~/.config/nats`.
+#[derive(Debug, Clone)]
+pub struct NatsConfigDir(PathBuf);
+
+impl NatsConfigDir {
+    pub fn new(p: impl Into<PathBuf>) -> Self {
+        NatsConfigDir(p.into())
+    }
+    /// Where the `nats` CLI looks: `$XDG_CONFIG_HOME/nats`, else `$HOME/.config/nats`.
+    pub fn default_location() -> Option<Self> {
+        let xdg = std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()).map(PathBuf::from);
+        let base = xdg.or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".config")))?;
+        Some(NatsConfigDir(base.join("nats")))
+    }
+    pub fn root(&self) -> &Path {
+        &self.0
+    }
+    /// The contexts: `context/<name>.json`.
+    pub fn contexts(&self) -> PathBuf {
+        self.0.join("context")
+    }
+    /// One context's file.
+    pub fn context(&self, name: &str) -> PathBuf {
+        self.contexts().join(format!("{name}.json"))
+    }
+    /// The selected context's name (`nats context select`).
+    pub fn selected(&self) -> PathBuf {
+        self.0.join("context.txt")
+    }
+}
+
 /// Files of `tillit bench`'s cfssl baseline in its scratch dir (relative: cfssl runs there).
 pub mod cfssl {
     pub const CA_CSR: &str = "ca-csr.json";

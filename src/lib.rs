@@ -41,13 +41,13 @@
 //!   checks every request passes, routes made from `ENDPOINTS`), one file per family, `tasks.rs`
 //!   (every periodic job, by name), `own.rs` (its own credentials), `accounts.rs` (JWT pushes),
 //!   `reconcile.rs`, `stream.rs` (signed events), `events.rs` (nats-server auth failures),
-//!   `http.rs` (health, OCSP, CRL, metrics), `backup.rs` (the backup socket). `audit/` is its
+//!   `http.rs` (health, OCSP, CRL, metrics), `micro.rs` (the NATS micro service protocol), `backup.rs` (the backup socket). `audit/` is its
 //!   authenticated, hash-chained redo log; `backup/` the backup format, snapshots and restore.
 //! - **The edges**: `client/` (connect as an identity, one signed caller, enrollment, the
 //!   self-renewing session; no path to the estate), `agent/` (the site agent: decide, apply,
 //!   the site server's certificate), `init.rs`, `natsconf.rs` (nats-server configs), `cli/` (one
 //!   file per subcommand; shared flags and the JSON printer in `cli/mod.rs`), `bench/`.
-//! - Small pieces: `clock.rs` (injected time), `replay.rs`, `telemetry.rs`, `natsbin.rs`; `ocsp/` (OCSP answers signed on request or ahead of time, a responder's copy of the `TILLIT_OCSP` bucket, its follower and its HTTP face).
+//! - Small pieces: `clock.rs` (injected time), `replay.rs`, `telemetry.rs`, `natsbin.rs`, `natscontext.rs` (a `nats` CLI context for an identity); `ocsp/` (OCSP answers signed on request or ahead of time, a responder's copy of the `TILLIT_OCSP` bucket, its follower and its HTTP face).
 //!
 //! See `README.md` for a quick start and `../DESIGN.md` (shared) for the architecture.
 
@@ -80,7 +80,7 @@ macro_rules! internal {
     ($($m:ident),* $(,)?) => { $( #[doc(hidden)] pub mod $m; )* };
 }
 internal!(
-    agent, audit, backup, breakglass, cli, clock, config, crypto, estate, identity, issuer, layout, names, natsbin, ocsp, server, store, token, telemetry, secrets, pem, policy
+    agent, audit, backup, breakglass, cli, clock, config, crypto, estate, identity, issuer, layout, names, natsbin, natscontext, ocsp, server, store, token, telemetry, secrets, pem, policy
 );
 mod bench;
 mod fsutil;

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod backup;
 pub mod bench;
 pub mod breakglass;
+pub mod context;
 pub mod dev;
 pub mod enroll;
 pub mod grant;
@@ -53,6 +54,8 @@ pub enum Command {
     Dev(dev::Args),
     /// Join tokens (admin).
     Token(token::Args),
+    /// Write a `nats` CLI context for an identity dir (URL, creds, certificate, key, CA, inbox prefix).
+    Context(context::Args),
     /// Enroll this service with a join token: keys made here, identity dir written.
     Enroll(enroll::Args),
     /// Renew an identity in place (once, or as a daemon).
@@ -137,6 +140,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(a) => status::run(a).await,
         Command::Dev(a) => dev::run(a).await,
         Command::Token(a) => token::run(a).await,
+        Command::Context(a) => context::run(a),
         Command::Enroll(a) => enroll::run(a).await,
         Command::Renew(a) => renew::run(a).await,
         Command::Bench(a) => bench::run(a).await,

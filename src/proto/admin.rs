@@ -114,7 +114,7 @@ pub struct RevokeRequest {
     /// admin cannot be revoked).
     pub service: crate::names::ServiceId,
     /// Why, for the audit log (at most 512 characters).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 

@@ -61,10 +61,10 @@ pub struct SecretRotateRequest {
     /// The secret to add a version to, `tenant/project/env/name`.
     pub path: crate::secrets::SecretPath,
     /// The new value, sealed like a put's; give this or `generate`, not both.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<SealedValue>,
     /// Have the control plane generate the value instead: this many random bytes (16 to 4096), stored base64url.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generate: Option<usize>,
 }
 
@@ -133,7 +133,7 @@ pub struct SecretGetRequest {
     /// A bare name (looked up in the caller's own tenant/project/env) or a full `tenant/project/env/name`.
     pub name: String,
     /// The version to read (from 1); absent for the current one.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
 }
 

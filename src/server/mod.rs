@@ -2,7 +2,7 @@
 //!
 //! It connects to NATS twice with credentials it mints for itself in memory (a TILLIT user for the
 //! API, a SYS user for account pushes), answers the `tillit.v1.…` subjects as a NATS micro
-//! service (`$SRV.PING|INFO|STATS`), and serves `/healthz`, `/readyz` and `/metrics` over HTTP.
+//! service (`$SRV.PING|INFO|STATS`, spoken by `micro.rs`), and serves `/healthz`, `/readyz` and `/metrics` over HTTP.
 //!
 //! Every request is a signed token ([`crate::proto`]): size-checked, verified, checked against the
 //! replay cache, its signer looked up in the identity store, then dispatched. The reply is always
@@ -17,6 +17,7 @@ mod backup;
 mod breakglass;
 mod ca;
 mod enroll;
+mod micro;
 mod events;
 pub mod http;
 mod origin;
@@ -36,8 +37,6 @@ use crate::estate::Estate;
 use crate::replay::ReplayCache;
 use crate::subjects;
 use crate::telemetry::Metrics;
-use async_nats::service::ServiceExt;
-use futures::StreamExt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -191,13 +190,22 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     let mut background = own.renewals;
     background.extend(tasks::start(&ctx, Box::pin(accounts::run_revoker(ctx.clone(), revocations, revoke_rx))));
 
-    let service = own
-        .api
-        .service_builder()
-        .description("tillit trust control plane")
-        .start(subjects::SERVICE_NAME, env!("CARGO_PKG_VERSION"))
-        .await
-        .map_err(|e| ServeError::Service(e.to_string()))?;
+    let service = micro::Service::start(
+        &own.api,
+        micro::Config {
+            name: subjects::SERVICE_NAME,
+            version: env!("CARGO_PKG_VERSION"),
+            description: "tillit trust control plane",
+            metadata: [
+                ("trust_domain".to_string(), estate.trust_domain().to_string()),
+                ("api".to_string(), subjects::API_PREFIX.to_string()),
+            ]
+            .into(),
+            started: crate::clock::rfc3339(estate.clock().now_unix()),
+        },
+    )
+    .await
+    .map_err(|e| ServeError::Service(e.to_string()))?;
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut endpoint_tasks = Vec::new();
     for route in dispatch::routes() {
@@ -216,11 +224,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     // Let in-flight requests finish (bounded).
     let _ = tokio::time::timeout(Duration::from_secs(5), permits.acquire_many(MAX_IN_FLIGHT as u32)).await;
     // NATS calls at shutdown are bounded: the server may be gone.
-    match tokio::time::timeout(Duration::from_secs(2), service.stop()).await {
-        Ok(Err(e)) => tracing::debug!("service stop: {e}"),
-        Err(_) => tracing::warn!("NATS did not confirm the service stop within 2s"),
-        Ok(Ok(())) => {}
-    }
+    service.stop();
     let _ = tokio::time::timeout(Duration::from_secs(2), own.api.flush()).await;
     let _ = http_task.await;
     if let Some(t) = backup_socket {
@@ -327,15 +331,14 @@ async fn start_http(estate: &Estate, state: http::HttpState, stop: &watch::Recei
 /// Add `route`'s endpoint to the micro service and serve its requests, at most
 /// [`MAX_IN_FLIGHT`] at once across all endpoints, until told to stop.
 async fn serve_route(
-    service: &async_nats::service::Service,
+    service: &micro::Service,
     route: dispatch::Route,
     ctx: &Arc<Ctx>,
     permits: &Arc<Semaphore>,
     stop: &watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, ServeError> {
     let subject = route.spec.subject;
-    let (group, name) = subject.rsplit_once('.').unwrap_or(("", subject));
-    let mut endpoint = service.group(group).endpoint(name).await.map_err(|e| ServeError::Service(format!("{subject}: {e}")))?;
+    let mut endpoint = service.endpoint(subject).await.map_err(|e| ServeError::Service(format!("{subject}: {e}")))?;
     let (ctx, permits, stop) = (ctx.clone(), permits.clone(), stop.clone());
     Ok(tokio::spawn(async move {
         loop {
@@ -353,7 +356,7 @@ async fn serve_route(
     }))
 }
 
-async fn handle(ctx: Arc<Ctx>, route: dispatch::Route, req: async_nats::service::Request) {
+async fn handle(ctx: Arc<Ctx>, route: dispatch::Route, req: micro::Request) {
     let spec = route.spec;
     let start = Instant::now();
     // A reply goes to an inbox, never to a subject the requester picked elsewhere (the
@@ -366,6 +369,7 @@ async fn handle(ctx: Arc<Ctx>, route: dispatch::Route, req: async_nats::service:
     let result = dispatch::dispatch(&ctx, &route, &req.message).await;
     let mut headers = async_nats::HeaderMap::new();
     let mut after = None;
+    let mut failed = None;
     let body = match result {
         Ok((v, a)) => {
             after = a;
@@ -377,6 +381,7 @@ async fn handle(ctx: Arc<Ctx>, route: dispatch::Route, req: async_nats::service:
             tracing::info!(subject = spec.subject, code = e.code.as_str(), "refused: {}", e.message);
             headers.insert(subjects::HDR_SERVICE_ERROR, e.message.as_str());
             headers.insert(subjects::HDR_SERVICE_ERROR_CODE, e.code.status().to_string().as_str());
+            failed = Some(format!("{}:{}", e.code.status(), e.message));
             serde_json::json!({ "error": e })
         }
     };
@@ -387,7 +392,7 @@ async fn handle(ctx: Arc<Ctx>, route: dispatch::Route, req: async_nats::service:
         let e = ApiError::new(ErrorCode::LimitExceeded, format!("the reply would be {} bytes, over the server's max_payload {max}", bytes.len()));
         bytes = serde_json::to_vec(&serde_json::json!({ "error": e })).unwrap_or_default();
     }
-    if let Err(e) = req.respond_with_headers(Ok(bytes.into()), headers).await {
+    if let Err(e) = req.respond(bytes.into(), headers, failed).await {
         tracing::warn!(subject = spec.subject, "could not send reply: {e}");
     }
     match after {
