@@ -33,6 +33,14 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     if let Some(u) = &a.nats {
         crate::config::NatsUrl::parse(u)?;
     }
+    // A typo in --out must not burn the single-use token: the parent has to exist already.
+    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        anyhow::ensure!(
+            parent.is_dir(),
+            "{} does not exist: create it first (nothing was sent; the token is still unused)",
+            parent.display()
+        );
+    }
     let info = crate::client::enroll::enroll(token.expose().trim(), &a.out, a.nats.as_deref(), Arc::new(SystemClock)).await?;
     println!("enrolled {} into {}", info.id, a.out.display());
     println!("  expires   {}", info.expires_at);

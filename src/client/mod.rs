@@ -206,7 +206,7 @@ pub async fn connect(params: &ConnectParams) -> Result<async_nats::Client, Clien
                 }
                 _ => {}
             }
-            tracing::info!("event: {event}");
+            tracing::debug!("event: {event}");
             async {}
         }
     })

@@ -285,7 +285,7 @@ async fn renewal_loop(client: async_nats::Client, inner: Arc<Inner>) {
         let now = inner.clock.now_unix();
         if attempt == 0 {
             let wait = (renew_at - now).max(0) as u64;
-            tracing::info!(at = %rfc3339(renew_at), "next renewal");
+            tracing::debug!(at = %rfc3339(renew_at), "next renewal");
             tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
         }
         match renew_once(&client, &inner).await {

@@ -381,3 +381,21 @@ async fn the_library_entry_point_loads_and_connects() {
     let err = tillit::client::Identity::load(&dir).unwrap_err().to_string();
     assert!(err.contains("key"), "{err}");
 }
+
+#[test]
+fn enrolling_into_a_missing_directory_keeps_the_token_unused() {
+    let e = Estate::init("example.org");
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let token = create_tokens(&e, "acme/shop/prod/orders", 1, "15m").remove(0);
+    let deep = e.tmp.path().join("no/such/dir/orders");
+    let file = e.tmp.path().join("orders.token");
+    std::fs::write(&file, &token).unwrap();
+    let out = tillit(&["enroll", "--token-file", file.to_str().unwrap(), "--out", deep.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("does not exist") && stderr(&out).contains("still unused"), "{}", stderr(&out));
+    assert!(!e.tmp.path().join("no").exists(), "the path was created");
+    // The token still enrolls where the directory exists.
+    let out = enroll_cli(&token, &e.tmp.path().join("orders"));
+    assert!(out.status.success(), "{}", stderr(&out));
+}
