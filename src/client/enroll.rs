@@ -127,6 +127,14 @@ pub async fn enroll(token: &str, out: &Path, nats: Option<&str>, clock: SharedCl
             out.display()
         )));
     }
+    // An expired token is known here, before anything is sent (the server would only answer
+    // with a TLS alert about the bootstrap certificate).
+    if token.expires_at <= clock.now_unix() {
+        return Err(ClientError::Api(crate::error::ApiError::new(
+            crate::error::ErrorCode::TokenExpired,
+            "this join token has expired; ask for a new one (`tillit token create`)",
+        )));
+    }
     let urls = match nats {
         Some(u) => vec![u.to_string()],
         None => token.nats_urls.clone(),
@@ -134,6 +142,11 @@ pub async fn enroll(token: &str, out: &Path, nats: Option<&str>, clock: SharedCl
     let keys = LocalKeys::generate()?;
     let params = bootstrap_params(&token, urls.clone())?;
     let nc = connect(&params).await.map_err(|e| match e {
+        // A used token's bootstrap user and certificate are revoked: the server refuses them.
+        ClientError::Connect { reason, .. } if refused_credentials(&reason) => ClientError::Api(crate::error::ApiError::new(
+            crate::error::ErrorCode::TokenUsed,
+            "this join token was already used (its bootstrap credentials are revoked); ask for a new one (`tillit token create`)",
+        )),
         ClientError::Connect { url, reason } => ClientError::Connect {
             url,
             reason: format!("{reason} (with the join token's bootstrap credentials: is the token complete, unused and unexpired?)"),
@@ -155,6 +168,13 @@ pub async fn enroll(token: &str, out: &Path, nats: Option<&str>, clock: SharedCl
     )?;
     write_new_dir(out, &files)?;
     Ok(files.info)
+}
+
+/// Whether a connect failure says the server refuses the credentials themselves (as opposed to a
+/// network or configuration problem).
+pub(crate) fn refused_credentials(reason: &str) -> bool {
+    let r = reason.to_lowercase().replace(' ', "");
+    ["authorizationviolation", "badcertificate", "certificaterevoked", "certificateexpired"].iter().any(|m| r.contains(m))
 }
 
 /// Connection parameters for a join token's bootstrap user.

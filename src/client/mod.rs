@@ -165,6 +165,13 @@ fn describe_connect_error(e: &async_nats::ConnectError) -> String {
         K::AuthorizationViolation => {
             "authorization violation: the server refused this identity's credentials (expired, revoked, or from another operator)".into()
         }
+        K::Tls | K::Io if text.contains("UnknownIssuer") => format!(
+            "TLS handshake failed ({text}): the server's certificate is not from this identity's CA; it belongs to another estate, or this identity's CA bundle predates a CA rotation (enroll again)"
+        ),
+        K::Tls | K::Io if text.contains("BadCertificate") || text.contains("CertificateRevoked") => format!(
+            "TLS handshake failed ({text}): the server refused this identity's certificate: it was revoked, or is from a retired CA; enroll again"
+        ),
+        K::Tls | K::Io if text.contains("CertificateExpired") => format!("TLS handshake failed ({text}): this identity's certificate has expired; enroll again"),
         K::Tls => format!("TLS handshake failed ({text}); does the server use the tillit CA in this identity's tls/ca.pem?"),
         _ => text,
     }

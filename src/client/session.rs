@@ -75,11 +75,8 @@ impl Session {
                 None
             }
             Err(ClientError::Connect { reason, .. }) => {
-                let r = reason.to_lowercase();
-                ["authorization violation", "badcertificate", "certificaterevoked", "certificateexpired", "unknownca", "unknownissuer"]
-                    .iter()
-                    .any(|m| r.replace(' ', "").contains(&m.replace(' ', "")))
-                    .then_some(reason)
+                let r = reason.to_lowercase().replace(' ', "");
+                (super::enroll::refused_credentials(&reason) || r.contains("unknownca") || r.contains("unknownissuer")).then_some(reason)
             }
             Err(_) => None,
         }

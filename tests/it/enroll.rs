@@ -399,3 +399,25 @@ fn enrolling_into_a_missing_directory_keeps_the_token_unused() {
     let out = enroll_cli(&token, &e.tmp.path().join("orders"));
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn a_reused_or_expired_token_says_token_used_or_token_expired() {
+    let e = Estate::init("example.org");
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let token = create_tokens(&e, "acme/shop/prod/orders", 1, "15m").remove(0);
+    assert!(enroll_cli(&token, &e.tmp.path().join("first")).status.success());
+    // Once the bootstrap credentials are revoked (a few seconds after use), the server refuses
+    // them at connect: the user still hears `token_used`.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let out = enroll_cli(&token, &e.tmp.path().join("second"));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("token_used"), "{}", stderr(&out));
+    // A token past its expiry (as it would be after its TTL) is refused before anything is sent.
+    let fresh = create_tokens(&e, "acme/shop/prod/orders", 1, "15m").remove(0);
+    let mut t = tillit::token::JoinToken::decode(&fresh).unwrap();
+    t.expires_at = 1_000_000_000;
+    let out = enroll_cli(t.encode().expose(), &e.tmp.path().join("third"));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("token_expired"), "{}", stderr(&out));
+}
