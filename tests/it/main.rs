@@ -11,6 +11,7 @@ mod foundation;
 mod grants;
 mod harness;
 mod interop;
+mod metrics;
 mod refusals;
 mod replicas;
 mod revocation;
