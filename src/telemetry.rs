@@ -449,17 +449,20 @@ impl Collector for ProcessCollector {
             let m = ConstCounter::new(v);
             m.encode(enc.encode_descriptor("process_cpu_seconds", "Total user and system CPU time spent in seconds.", None, ConstCounter::<f64>::TYPE)?)?;
         }
-        let gauges: [(&str, &str, Option<f64>); 5] = [
-            ("process_resident_memory_bytes", "Resident memory size in bytes.", p.resident_bytes.map(|b| b as f64)),
-            ("process_virtual_memory_bytes", "Virtual memory size in bytes.", p.virtual_bytes.map(|b| b as f64)),
-            ("process_open_fds", "Number of open file descriptors.", p.open_fds.map(|n| n as f64)),
-            ("process_max_fds", "Maximum number of open file descriptors.", p.max_fds.map(|n| n as f64)),
-            ("process_start_time_seconds", "Start time of the process since unix epoch in seconds.", p.start_time_seconds),
+        let counts: [(&str, &str, Option<u64>); 4] = [
+            ("process_resident_memory_bytes", "Resident memory size in bytes.", p.resident_bytes),
+            ("process_virtual_memory_bytes", "Virtual memory size in bytes.", p.virtual_bytes),
+            ("process_open_fds", "Number of open file descriptors.", p.open_fds),
+            ("process_max_fds", "Maximum number of open file descriptors.", p.max_fds),
         ];
-        for (name, help, value) in gauges {
+        for (name, help, value) in counts {
             if let Some(v) = value {
-                ConstGauge::new(v).encode(enc.encode_descriptor(name, help, None, ConstGauge::<f64>::TYPE)?)?;
+                ConstGauge::new(v).encode(enc.encode_descriptor(name, help, None, ConstGauge::<u64>::TYPE)?)?;
             }
+        }
+        if let Some(v) = p.start_time_seconds {
+            let help = "Start time of the process since unix epoch in seconds.";
+            ConstGauge::new(v).encode(enc.encode_descriptor("process_start_time_seconds", help, None, ConstGauge::<f64>::TYPE)?)?;
         }
         Ok(())
     }
