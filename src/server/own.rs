@@ -90,17 +90,25 @@ fn connection_name(account: &str) -> &'static str {
     }
 }
 
-/// Renew the control plane's own credentials at 2/3 of their life and reconnect with them.
-fn spawn_self_renewal(
-    estate: Arc<Estate>,
-    metrics: Arc<Metrics>,
+/// One of the control plane's connections, as its renewal task keeps it.
+struct OwnConnection {
     account: &'static str,
     params: ConnectParams,
     client: async_nats::Client,
-    mut expires_at: i64,
+    /// When its current credentials expire (Unix time).
+    expires_at: i64,
+}
+
+/// Renew the control plane's own credentials at 2/3 of their life and reconnect with them; their
+/// expiry goes to `tillit_own_credentials_expiry_timestamp_seconds`.
+fn spawn_self_renewal(
+    estate: Arc<Estate>,
+    metrics: Arc<Metrics>,
+    conn: OwnConnection,
     stop: watch::Receiver<bool>,
     now_please: Arc<tokio::sync::Notify>,
 ) -> tokio::task::JoinHandle<()> {
+    let OwnConnection { account, params, client, mut expires_at } = conn;
     tokio::spawn(async move {
         let connection = connection_name(account);
         metrics.set_own_credentials_expiry(connection, expires_at);
@@ -158,8 +166,20 @@ pub(super) async fn connect(estate: &Arc<Estate>, metrics: &Arc<Metrics>, stop: 
     let Some(api) = connect_until(&api_params, "api", stop).await else { return Ok(None) };
     let Some(sys) = connect_until(&sys_params, "sys", stop).await else { return Ok(None) };
     let renewals = vec![
-        spawn_self_renewal(estate.clone(), metrics.clone(), crate::estate::TILLIT_ACCOUNT, api_params, api.clone(), api_exp, stop.clone(), now_please.clone()),
-        spawn_self_renewal(estate.clone(), metrics.clone(), SYS_ACCOUNT, sys_params, sys.clone(), sys_exp, stop.clone(), now_please),
+        spawn_self_renewal(
+            estate.clone(),
+            metrics.clone(),
+            OwnConnection { account: crate::estate::TILLIT_ACCOUNT, params: api_params, client: api.clone(), expires_at: api_exp },
+            stop.clone(),
+            now_please.clone(),
+        ),
+        spawn_self_renewal(
+            estate.clone(),
+            metrics.clone(),
+            OwnConnection { account: SYS_ACCOUNT, params: sys_params, client: sys.clone(), expires_at: sys_exp },
+            stop.clone(),
+            now_please,
+        ),
     ];
     Ok(Some(Own { api, sys, renewals }))
 }
