@@ -1,5 +1,5 @@
 //! The control plane's HTTP port: `/healthz` (the process answers), `/readyz` (connected to NATS
-//! and serving), `/metrics` (Prometheus text), `/ocsp` and `/crl`.
+//! and serving), `/metrics` (OpenMetrics or Prometheus text 0.0.4, by `Accept`), `/ocsp` and `/crl`.
 //!
 //! nats-server's `ocsp_peer` fails closed, so whoever can hold this port can refuse every new
 //! connection of the estate. The port therefore runs its own accept loop ([`serve_http`]):
@@ -11,7 +11,7 @@
 //! cannot crowd out nats-server's queries. `/metrics` is served on a listener of its own
 //! (`http.metrics_addr`), or on this port only when it is bound to loopback.
 
-use crate::telemetry::{ConnectionLabels, Metrics};
+use crate::telemetry::{ConnectionLabels, Format, Metrics};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -71,13 +71,11 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+/// `/metrics` in the format the scraper's `Accept` asks for (OpenMetrics, else text 0.0.4).
+async fn metrics(State(s): State<HttpState>, headers: axum::http::HeaderMap) -> impl IntoResponse {
     s.connections_up();
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        s.metrics.render(),
-    )
+    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    (StatusCode::OK, [(header::CONTENT_TYPE, format.content_type()), (header::VARY, "Accept")], s.metrics.render(format))
 }
 
 fn ocsp_answer(s: &HttpState, request: &[u8]) -> axum::response::Response {

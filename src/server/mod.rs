@@ -158,7 +158,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     let http_task = start_http(&estate, http_state, &stop_rx).await?;
 
     let renew_own = Arc::new(tokio::sync::Notify::new());
-    let Some(own) = own::connect(&estate, &stop_rx, renew_own.clone()).await? else {
+    let Some(own) = own::connect(&estate, &metrics, &stop_rx, renew_own.clone()).await? else {
         let _ = http_task.await;
         return Ok(());
     };

@@ -7,6 +7,7 @@ use crate::client::{self, tls, ConnectParams, NatsCreds};
 use crate::estate::{Estate, SYS_ACCOUNT};
 use crate::issuer::jwt::UserPermissions;
 use crate::subjects;
+use crate::telemetry::Metrics;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -80,17 +81,38 @@ async fn connect_until(params: &ConnectParams, what: &str, stop: &watch::Receive
     }
 }
 
-/// Renew the control plane's own credentials at 2/3 of their life and reconnect with them.
-fn spawn_self_renewal(
-    estate: Arc<Estate>,
+/// The name of the connection an account's credentials are for, as `/readyz` and the metrics
+/// label it (`api`, `sys`).
+fn connection_name(account: &str) -> &'static str {
+    if account == SYS_ACCOUNT {
+        "sys"
+    } else {
+        "api"
+    }
+}
+
+/// One of the control plane's connections, as its renewal task keeps it.
+struct OwnConnection {
     account: &'static str,
     params: ConnectParams,
     client: async_nats::Client,
-    mut expires_at: i64,
+    /// When its current credentials expire (Unix time).
+    expires_at: i64,
+}
+
+/// Renew the control plane's own credentials at 2/3 of their life and reconnect with them; their
+/// expiry goes to `tillit_own_credentials_expiry_timestamp_seconds`.
+fn spawn_self_renewal(
+    estate: Arc<Estate>,
+    metrics: Arc<Metrics>,
+    conn: OwnConnection,
     stop: watch::Receiver<bool>,
     now_please: Arc<tokio::sync::Notify>,
 ) -> tokio::task::JoinHandle<()> {
+    let OwnConnection { account, params, client, mut expires_at } = conn;
     tokio::spawn(async move {
+        let connection = connection_name(account);
+        metrics.set_own_credentials_expiry(connection, expires_at);
         loop {
             let now = estate.clock().now_unix();
             let issued = now.min(expires_at);
@@ -114,6 +136,7 @@ fn spawn_self_renewal(
                     }
                     params.cert.swap(ck);
                     expires_at = exp;
+                    metrics.set_own_credentials_expiry(connection, exp);
                     if let Err(e) = client.force_reconnect().await {
                         tracing::warn!(connection = account, "reconnect with renewed credentials failed: {e}");
                     } else {
@@ -138,14 +161,26 @@ pub(super) struct Own {
 
 /// Mint the control plane's credentials, connect both (retrying until NATS is up; `None` if told
 /// to stop first), and start renewing them ([`spawn_self_renewal`], woken early by `now_please`).
-pub(super) async fn connect(estate: &Arc<Estate>, stop: &watch::Receiver<bool>, now_please: Arc<tokio::sync::Notify>) -> Result<Option<Own>, ServeError> {
+pub(super) async fn connect(estate: &Arc<Estate>, metrics: &Arc<Metrics>, stop: &watch::Receiver<bool>, now_please: Arc<tokio::sync::Notify>) -> Result<Option<Own>, ServeError> {
     let (api_params, _, api_exp) = own_params(estate, crate::estate::TILLIT_ACCOUNT, api_permissions())?;
     let (sys_params, _, sys_exp) = own_params(estate, SYS_ACCOUNT, sys_permissions())?;
     let Some(api) = connect_until(&api_params, "api", stop).await else { return Ok(None) };
     let Some(sys) = connect_until(&sys_params, "sys", stop).await else { return Ok(None) };
     let renewals = vec![
-        spawn_self_renewal(estate.clone(), crate::estate::TILLIT_ACCOUNT, api_params, api.clone(), api_exp, stop.clone(), now_please.clone()),
-        spawn_self_renewal(estate.clone(), SYS_ACCOUNT, sys_params, sys.clone(), sys_exp, stop.clone(), now_please),
+        spawn_self_renewal(
+            estate.clone(),
+            metrics.clone(),
+            OwnConnection { account: crate::estate::TILLIT_ACCOUNT, params: api_params, client: api.clone(), expires_at: api_exp },
+            stop.clone(),
+            now_please.clone(),
+        ),
+        spawn_self_renewal(
+            estate.clone(),
+            metrics.clone(),
+            OwnConnection { account: SYS_ACCOUNT, params: sys_params, client: sys.clone(), expires_at: sys_exp },
+            stop.clone(),
+            now_please,
+        ),
     ];
     Ok(Some(Own { api, sys, renewals }))
 }

@@ -148,12 +148,11 @@ pub(super) async fn site_infos(ctx: &Ctx) -> Result<Vec<SiteInfo>, ApiError> {
     Ok(out)
 }
 
-/// Refresh the per-site gauges (`tillit_site_lag_events`, `tillit_site_last_ack_seconds`).
+/// Refresh the per-site gauges (`tillit_site_lag_events`, `tillit_site_last_ack_timestamp_seconds`).
 pub(super) async fn refresh_site_gauges(ctx: &Ctx) {
     let Ok(infos) = site_infos(ctx).await else { return };
-    let now = ctx.estate.clock().now_unix();
     for i in infos {
-        ctx.metrics.set_site(&i.name, i.lag_events, i.last_ack_unix.map(|t| now - t));
+        ctx.metrics.set_site(&i.name, i.lag_events, i.last_ack_unix);
     }
 }
 

@@ -37,7 +37,7 @@ fn set_gauges(ctx: &Ctx, accounts: usize, ids: &[IdentityRecord]) {
     let soon = ids.iter().filter(|i| i.state == IdentityState::Active && i.expires_at > now && i.expires_at <= now + 86_400).count();
     ctx.metrics.identities_expiring_24h.set(soon as i64);
     if let Ok(exp) = crate::issuer::x509::not_after(ctx.estate.ca().cert_pem()) {
-        ctx.metrics.ca_expiry_seconds.set(exp - ctx.estate.clock().now_unix());
+        ctx.metrics.ca_expiry.set(exp);
     }
 }
 

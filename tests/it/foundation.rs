@@ -126,6 +126,8 @@ async fn serve_answers_status_health_metrics_and_micro_discovery() {
     assert!(metrics.contains("tillit_requests_total{endpoint=\"tillit.v1.admin.status\",outcome=\"ok\"} 2"), "{metrics}");
     assert!(metrics.contains("tillit_nats_connected{connection=\"api\"} 1"));
     assert!(metrics.contains("tillit_identities 1"));
+    // No `Accept`: the Prometheus text format 0.0.4 (`tests/it/metrics.rs` checks both formats).
+    assert!(metrics.contains("# TYPE tillit_requests_total counter\n") && !metrics.contains("# EOF"), "{metrics}");
 
     // Standard micro-service discovery.
     let files = tillit::identity::load(&IdentityDir::new(e.admin())).unwrap();

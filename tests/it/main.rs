@@ -12,6 +12,7 @@ mod foundation;
 mod grants;
 mod harness;
 mod interop;
+mod metrics;
 mod readme;
 mod refusals;
 mod replicas;

@@ -403,7 +403,7 @@ fn a_failing_hook_is_retried_and_reported_never_acked_and_other_sites_events_nev
     let (_, metrics) = http_get(e.http_port, "/metrics").unwrap();
     assert!(metrics.contains("tillit_site_failures_total"), "{metrics}");
     wait_for(Duration::from_secs(10), || {
-        http_get(e.http_port, "/metrics").map(|(_, m)| m.contains("tillit_site_lag_events{site=\"east\"} 0") && m.contains("tillit_site_last_ack_seconds{site=\"east\"}")).unwrap_or(false)
+        http_get(e.http_port, "/metrics").map(|(_, m)| m.contains("tillit_site_lag_events{site=\"east\"} 0") && m.contains("tillit_site_last_ack_timestamp_seconds{site=\"east\"}")).unwrap_or(false)
     })
     .unwrap_or_else(|| panic!("site gauges missing:\n{}", http_get(e.http_port, "/metrics").unwrap().1));
 }
