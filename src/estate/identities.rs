@@ -33,6 +33,9 @@ pub struct IdentityRecord {
     pub xkey: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<i64>,
+    /// Why it was revoked (`tillit revoke --reason`; the CRL's reason code is derived from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_reason: Option<String>,
     /// For site agents: their site.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
@@ -67,6 +70,7 @@ impl IdentityRecord {
             service: None,
             xkey: None,
             revoked_at: None,
+            revoke_reason: None,
             site: None,
             role_key: None,
             prev_role_key: None,
@@ -343,8 +347,9 @@ impl Estate {
         })
     }
 
-    /// Serials of unexpired certificates whose identities are revoked, with the revocation time.
-    pub fn revoked_serials(&self) -> Result<Vec<(String, i64)>> {
+    /// Serials of unexpired certificates whose identities are revoked, with the revocation time
+    /// and the CRL reason (derived from the recorded reason).
+    pub fn revoked_serials(&self) -> Result<Vec<(String, i64, rcgen::RevocationReason)>> {
         let now = self.clock.now_unix();
         let mut out = Vec::new();
         for (serial, v) in self.store().scan(Space::Serials)? {
@@ -354,7 +359,15 @@ impl Estate {
                 continue;
             }
             if let Some(at) = self.serial_revoked(&s)? {
-                out.push((serial, if at == 0 { now } else { at }));
+                let reason = if s.token.is_some() {
+                    rcgen::RevocationReason::Superseded // a used join token's bootstrap certificate
+                } else if s.is_server() || s.revoked_at.is_some() {
+                    rcgen::RevocationReason::CessationOfOperation // a removed site, a replaced server certificate
+                } else {
+                    let why = self.identity(&s.user_public_key)?.and_then(|i| i.revoke_reason);
+                    crate::policy::crl_reason(why.as_deref())
+                };
+                out.push((serial, if at == 0 { now } else { at }, reason));
             }
         }
         Ok(out)
@@ -455,13 +468,14 @@ impl Estate {
 
     /// Revoking `targets` at `now`: the records as revoked, and `account` as re-signed with
     /// their revocations ([`Estate::preview_revocation`]). Returns the batch and the records.
-    pub fn revocation_batch(&self, targets: &[IdentityRecord], account: &AccountRecord, now: i64) -> Result<(Batch, Vec<IdentityRecord>)> {
+    pub fn revocation_batch(&self, targets: &[IdentityRecord], account: &AccountRecord, now: i64, reason: Option<&str>) -> Result<(Batch, Vec<IdentityRecord>)> {
         let mut b = Batch::new();
         let mut revoked = Vec::with_capacity(targets.len());
         for t in targets {
             let mut r = t.clone();
             r.state = IdentityState::Revoked;
             r.revoked_at = Some(now);
+            r.revoke_reason = reason.map(str::to_string);
             b.put_json(Space::Identities, &r.user_public_key, &r)?;
             revoked.push(r);
         }
@@ -516,7 +530,7 @@ mod tests {
         b.put_json(Space::Tokens, &t.id, &t).unwrap();
         e.store().commit(b).unwrap();
         assert_eq!(e.revocation_status(&serial).unwrap(), Status::Revoked(1_780_000_100));
-        assert!(e.revoked_serials().unwrap().iter().any(|(s, _)| *s == serial), "the CRL lists it");
+        assert!(e.revoked_serials().unwrap().iter().any(|(s, ..)| *s == serial), "the CRL lists it");
         // The control plane's own and the hub's certificates are recorded as they are made.
         let (cp, _) = e.control_plane_creds(TILLIT_ACCOUNT, UserPermissions::default()).unwrap();
         assert_eq!(e.revocation_status(&crate::issuer::x509::serial_hex(&cp.cert_pem).unwrap()).unwrap(), Status::Good);

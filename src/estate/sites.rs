@@ -409,6 +409,7 @@ impl Estate {
             let mut r = a.clone();
             r.state = IdentityState::Revoked;
             r.revoked_at = Some(now);
+            r.revoke_reason = Some(format!("site {} removed", site.name));
             b.put_json(Space::Identities, &r.user_public_key, &r)?;
         }
         for st in self.all_agent_statuses()?.iter().filter(|s| s.site == site.name) {

@@ -230,14 +230,14 @@ impl CertAuthority {
     }
 
     /// A DER CRL listing `revoked` (serial hex, revocation time), valid from `now` to `next`.
-    pub fn crl(&self, revoked: &[(String, i64)], crl_number: u64, now: i64, next: i64) -> Result<Vec<u8>, X509Error> {
+    pub fn crl(&self, revoked: &[(String, i64, rcgen::RevocationReason)], crl_number: u64, now: i64, next: i64) -> Result<Vec<u8>, X509Error> {
         let mut list = Vec::with_capacity(revoked.len());
-        for (serial, at) in revoked {
+        for (serial, at, reason) in revoked {
             let bytes = data_encoding::HEXLOWER_PERMISSIVE.decode(serial.as_bytes()).map_err(|_| X509Error::San(serial.clone()))?;
             list.push(rcgen::RevokedCertParams {
                 serial_number: SerialNumber::from_slice(&bytes),
                 revocation_time: ts(*at)?,
-                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                reason_code: Some(*reason),
                 invalidity_date: None,
             });
         }
@@ -440,7 +440,7 @@ mod tests {
             }
         }
         assert!(saw_aia && saw_crl);
-        let crl = ca.crl(&[(a.serial.clone(), NOW + 10)], 7, NOW + 20, NOW + 620).unwrap();
+        let crl = ca.crl(&[(a.serial.clone(), NOW + 10, rcgen::RevocationReason::KeyCompromise)], 7, NOW + 20, NOW + 620).unwrap();
         let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(&crl).unwrap();
         let serials: Vec<String> = parsed.iter_revoked_certificates().map(|r| data_encoding::HEXLOWER.encode(r.raw_serial())).collect();
         assert_eq!(serials, vec![a.serial]);

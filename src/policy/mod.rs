@@ -9,14 +9,17 @@
 //! - `caller`: whether an identity may call an endpoint now.
 //! - `tokens`: whether a presented join token may enroll.
 //! - [`lease`]: which replica leads, with which fencing token.
+//! - `revocation`: the CRL reason code of a revocation.
 
 pub(crate) mod caller;
 pub(crate) mod grants;
 pub mod lease;
 pub(crate) mod readers;
 pub(crate) mod renew;
+pub(crate) mod revocation;
 pub(crate) mod tokens;
 
 pub(crate) use caller::{check_caller, CallerFacts};
+pub(crate) use revocation::crl_reason;
 pub(crate) use readers::{may_read, site_may_read};
 pub(crate) use tokens::{check_token, TokenRefusal};

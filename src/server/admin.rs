@@ -254,7 +254,7 @@ async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> Resul
     let users: Vec<String> = targets.iter().map(|t| t.user_public_key.clone()).collect();
     let until = targets.iter().map(|t| t.expires_at).max().unwrap_or(now);
     let signed = e.preview_revocation(&acct, &users, until).map_err(ApiError::from)?;
-    let (b, records) = e.revocation_batch(&targets, &signed, now).map_err(ApiError::from)?;
+    let (b, records) = e.revocation_batch(&targets, &signed, now, req.reason.as_deref()).map_err(ApiError::from)?;
     let revoked: Vec<RevokedIdentity> =
         records.iter().map(|r| RevokedIdentity { user_public_key: r.user_public_key.clone(), cert_serial: r.cert_serial.clone() }).collect();
     let entry = Entry::ok(&caller.id, "revoke", &sid.to_string())

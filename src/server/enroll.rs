@@ -181,6 +181,7 @@ async fn enroll(
         service: admin.is_none().then(|| sid.clone()),
         xkey: Some(req.xkey.clone()),
         revoked_at: None,
+        revoke_reason: None,
         site: site.clone(),
         role_key: role.as_ref().map(|r| r.key.clone()),
         prev_role_key: None,

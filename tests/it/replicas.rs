@@ -379,7 +379,13 @@ async fn a_request_sent_again_gets_its_first_reply_on_any_replica() {
     )
     .unwrap();
     let mut replies = Vec::new();
-    for _ in 0..6 {
+    for k in 0..6 {
+        // A client sends again only after a reply was lost (it waits 2.5 s); the replica that
+        // answered shares the reply in the background meanwhile. 300 ms between sends keeps that
+        // order on a loaded machine, and every send within the bootstrap user's 3 s grace.
+        if k > 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         let m = nc.request("tillit.v1.enroll", signed.clone().into_bytes().into()).await.expect("a reply");
         let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
         assert!(v["result"]["cert_serial"].is_string(), "{v}");
@@ -395,7 +401,10 @@ async fn a_request_sent_again_gets_its_first_reply_on_any_replica() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let signed = tillit::proto::sign_request(&admin_key, "retry.example", "tillit.v1.admin.grant", "io.tillit.v1.admin.grant", body, now).unwrap();
     let mut replies = Vec::new();
-    for _ in 0..4 {
+    for k in 0..4 {
+        if k > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await; // as above: a client resends after a wait
+        }
         let m = anc.request("tillit.v1.admin.grant", signed.clone().into_bytes().into()).await.expect("a reply");
         replies.push(String::from_utf8(m.payload.to_vec()).unwrap());
     }
