@@ -552,7 +552,12 @@ impl Config {
     /// Read and validate a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => ConfigError::Invalid(format!(
+                "{p} does not exist: this is not a data dir; create one with `tillit init --data-dir DIR --trust-domain DOMAIN` (or `tillit dev`)"
+            )),
+            _ => ConfigError::Read { path: p.clone(), source },
+        })?;
         Self::from_toml(&text, &p)
     }
 

@@ -25,7 +25,24 @@ fn main() {
         }
     };
     if let Err(e) = rt.block_on(tillit::cli::run(cli)) {
-        eprintln!("tillit: error: {e:#}");
+        eprintln!("tillit: error: {}", one_line(&e));
         std::process::exit(1);
     }
+}
+
+/// An error and its causes on one line, each said once: most of tillit's errors already carry
+/// their cause's text, which `{:#}` would print again.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
