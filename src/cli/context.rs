@@ -11,7 +11,7 @@ pub struct Args {
     /// The identity dir to connect as.
     #[arg(long, env = "TILLIT_IDENTITY")]
     pub identity: PathBuf,
-    /// Context name (default: tillit-<tenant>-<project>-<env>-<service>, tillit-admin-<name>, tillit-agent-<site>).
+    /// Context name (default: `tillit-<tenant>-<project>-<env>-<service>`, `tillit-admin-<name>`, `tillit-agent-<site>`).
     #[arg(long)]
     pub name: Option<String>,
     /// Also make it the `nats` CLI's selected context (`context.txt`).
