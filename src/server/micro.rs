@@ -67,6 +67,7 @@ pub(super) struct Config {
     pub started: String,
 }
 
+/// What every micro reply starts with (the whole PING reply).
 #[derive(Serialize)]
 struct Ping<'a> {
     #[serde(rename = "type")]
@@ -79,12 +80,8 @@ struct Ping<'a> {
 
 #[derive(Serialize)]
 struct Info<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    name: &'a str,
-    id: &'a str,
-    version: &'a str,
-    metadata: &'a BTreeMap<String, String>,
+    #[serde(flatten)]
+    head: Ping<'a>,
     description: &'a str,
     endpoints: Vec<EndpointInfo>,
 }
@@ -99,12 +96,8 @@ struct EndpointInfo {
 
 #[derive(Serialize)]
 struct Stats<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    name: &'a str,
-    id: &'a str,
-    version: &'a str,
-    metadata: &'a BTreeMap<String, String>,
+    #[serde(flatten)]
+    head: Ping<'a>,
     started: &'a str,
     endpoints: Vec<EndpointStats>,
 }
@@ -126,16 +119,12 @@ struct EndpointStats {
 impl Inner {
     /// The reply to a verb (`PING`, `INFO`, `STATS`).
     fn answer(&self, verb: &str) -> Option<Vec<u8>> {
-        let (name, id, version, metadata) = (self.name.as_str(), self.id.as_str(), self.version.as_str(), &self.metadata);
+        let head = |kind| Ping { kind, name: &self.name, id: &self.id, version: &self.version, metadata: &self.metadata };
         let endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         let json = match verb {
-            "PING" => serde_json::to_vec(&Ping { kind: "io.nats.micro.v1.ping_response", name, id, version, metadata }),
+            "PING" => serde_json::to_vec(&head("io.nats.micro.v1.ping_response")),
             "INFO" => serde_json::to_vec(&Info {
-                kind: "io.nats.micro.v1.info_response",
-                name,
-                id,
-                version,
-                metadata,
+                head: head("io.nats.micro.v1.info_response"),
                 description: &self.description,
                 endpoints: endpoints
                     .iter()
@@ -143,11 +132,7 @@ impl Inner {
                     .collect(),
             }),
             "STATS" => serde_json::to_vec(&Stats {
-                kind: "io.nats.micro.v1.stats_response",
-                name,
-                id,
-                version,
-                metadata,
+                head: head("io.nats.micro.v1.stats_response"),
                 started: &self.started,
                 endpoints: endpoints.iter().map(endpoint_stats).collect(),
             }),
