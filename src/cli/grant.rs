@@ -29,6 +29,9 @@ pub struct ShowArgs {
 
 
 fn print(r: &GrantsReply, json: bool) -> anyhow::Result<()> {
+    for w in &r.warnings {
+        eprintln!("tillit: warning: {w}");
+    }
     if super::print_json(json, r)? {
         return Ok(());
     }

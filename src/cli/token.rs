@@ -43,6 +43,10 @@ pub struct CreateArgs {
     /// NATS URL to use instead of the identity's.
     #[arg(long, env = "TILLIT_NATS_URL")]
     pub nats: Option<String>,
+    /// Write the tokens to this file (0600, one per line, written only when every token was
+    /// made; refuses an existing file) instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -59,20 +63,34 @@ async fn create(a: CreateArgs) -> anyhow::Result<()> {
     };
     let ttl = crate::clock::parse_duration(&a.ttl).map_err(anyhow::Error::msg)?;
     anyhow::ensure!(a.count >= 1 && a.count <= 100_000, "--count must be between 1 and 100000");
+    if let Some(out) = &a.out {
+        anyhow::ensure!(!out.exists(), "{} exists: tokens are never written over a file", out.display());
+    }
     let client = TillitClient::connect_dir(&IdentityDir::new(&a.identity), a.nats.as_deref()).await?;
     let mut left = a.count;
     let mut expires = String::new();
+    let mut all = Vec::new();
     while left > 0 {
         let count = left.min(crate::estate::MAX_TOKENS_PER_REQUEST);
         let reply: TokenCreateReply = client
             .call::<crate::proto::TokenCreate>(TokenCreateRequest { identity: identity.clone(), ttl_secs: ttl.as_secs() as i64, count },
             )
             .await?;
-        for t in &reply.tokens {
-            println!("{t}");
+        match &a.out {
+            Some(_) => all.extend(reply.tokens.iter().cloned()),
+            None => {
+                for t in &reply.tokens {
+                    println!("{t}");
+                }
+            }
         }
         left -= count;
         expires = reply.expires_at;
+    }
+    if let Some(out) = &a.out {
+        let mut text = zeroize::Zeroizing::new(all.join("\n"));
+        text.push('\n');
+        crate::fsutil::write_atomic(out, text.as_bytes(), crate::fsutil::PRIVATE).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
     }
     tracing::info!(identity = %identity, count = a.count, expires = %expires, "join tokens created");
     Ok(())

@@ -104,6 +104,9 @@ pub struct GrantsReply {
     pub granted_pub: Vec<String>,
     /// What operators granted for subscribing on top of the defaults.
     pub granted_sub: Vec<String>,
+    /// What the operator should check (a service that never enrolled: a typo?).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// `tillit.v1.admin.revoke` request body.

@@ -36,6 +36,18 @@ fn grants_reply(role: &RoleRecord) -> GrantsReply {
         subscribe: role.permissions.subscribe.allow.clone(),
         granted_pub: grants::granted(&role.permissions.publish.allow, &d.publish.allow),
         granted_sub: grants::granted(&role.permissions.subscribe.allow, &d.subscribe.allow),
+        warnings: vec![],
+    }
+}
+
+/// A grant for a service nothing ever enrolled as is kept (it applies from the first
+/// enrollment), but it is often a typo: say so.
+fn never_enrolled(ctx: &Ctx, sid: &crate::names::ServiceId) -> Vec<String> {
+    match ctx.estate.identities_of(sid) {
+        Ok(ids) if ids.is_empty() => vec![format!(
+            "{sid} has never enrolled: check the name (the grant is kept and applies from its first enrollment)"
+        )],
+        _ => vec![],
     }
 }
 
@@ -59,7 +71,7 @@ async fn change(ctx: &Arc<Ctx>, actor: &str, req: GrantRequest, how: Change) -> 
     let permissions = grants::apply(&role.permissions, &defaults, &req.publish, &req.subscribe, how, &sid.to_string()).map_err(change_err)?;
     let action = how.verb();
     if permissions == role.permissions {
-        return Ok(grants_reply(&role));
+        return Ok(GrantsReply { warnings: never_enrolled(ctx, sid), ..grants_reply(&role) });
     }
     // The new permissions go to a new scoped key; the old one stays (its users stay connected)
     // until they moved to the new key or the grace period ends.
@@ -84,7 +96,7 @@ async fn change(ctx: &Arc<Ctx>, actor: &str, req: GrantRequest, how: Change) -> 
     if let Err(err) = ctx.events.publish(crate::subjects::EventKind::PermissionsChanged, None, &sid.to_string(), &data, e.clock().now_unix()).await {
         tracing::error!(service = %sid, "cannot publish permissions.changed: {err}");
     }
-    Ok(grants_reply(&next))
+    Ok(GrantsReply { warnings: never_enrolled(ctx, sid), ..grants_reply(&next) })
 }
 
 /// How long a role's former key stays after a permission change. Instances using the tillit

@@ -122,6 +122,17 @@ fn refused_grants_change_nothing() {
     let admin = e.admin();
     let ok = tillit(&["grant", "acme/shop/prod/orders", "--sub", "shop.events.>", "--identity", &admin]);
     assert!(ok.status.success(), "{}", stderr(&ok));
+    // Nothing enrolled as that service yet: kept, with a word about a possible typo.
+    assert!(stderr(&ok).contains("has never enrolled"), "{}", stderr(&ok));
+    // Tokens into a file: 0600, never over an existing file.
+    let file = e.tmp.path().join("t.tokens");
+    let args = ["token", "create", "--identity", &admin, "--tenant", "acme", "--project", "shop", "--env", "prod", "--service", "orders", "--count", "2", "--out"];
+    let out = tillit(&[&args[..], &[file.to_str().unwrap()]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 2);
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions()) & 0o777, 0o600);
+    let again = tillit(&[&args[..], &[file.to_str().unwrap()]].concat());
+    assert!(!again.status.success() && stderr(&again).contains("never written over"), "{}", stderr(&again));
     let before = stdout(&tillit(&["grants", "acme/shop/prod/orders", "--identity", &admin, "--json"]));
     for (subj, needle) in [
         (">", "everything"),
