@@ -311,3 +311,16 @@ fn build(staging: &Path, target: &Path, config: Config, nodes: &[ClusterNode], c
     drop(estate);
     Ok(summary)
 }
+
+/// The hub's `server.conf` as `init` writes it, from the estate's current config and accounts
+/// (`tillit config render`: settings changed in `tillit.toml` reach the server; no key changes).
+/// A clustered hub's node configs are not rendered here.
+pub(crate) fn render_hub_config(estate: &Estate) -> Result<String, InitError> {
+    let sys = estate.account(SYS_ACCOUNT)?;
+    let tillit = estate.account(TILLIT_ACCOUNT)?;
+    Ok(natsconf::render(
+        &estate.config,
+        &estate.dir,
+        &ServerTrust { system_account: &sys.public_key, preload: vec![(&sys.public_key, &sys.jwt), (&tillit.public_key, &tillit.jwt)] },
+    ))
+}

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod audit;
 pub mod backup;
 pub mod bench;
+pub mod config;
 pub mod breakglass;
 pub mod context;
 pub mod dev;
@@ -88,6 +89,8 @@ pub enum Command {
     Store(store::Args),
     /// Answer OCSP next to a hub nats-server from the pre-signed answers (no `serve` needed).
     Responder(responder::Args),
+    /// The generated configs: `render` rewrites the hub's server.conf from tillit.toml.
+    Config(config::Args),
     /// Back up an estate (while serve runs) into one file, or verify a backup.
     Backup(backup::Args),
     /// Restore a backup into a new data dir.
@@ -147,6 +150,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(a) => audit::run(a),
         Command::Store(a) => store::run(a).await,
         Command::Responder(a) => responder::run(a).await,
+        Command::Config(a) => tokio::task::block_in_place(|| config::run(a)),
         Command::Backup(a) => backup::run(a).await,
         Command::Restore(a) => restore::run(a).await,
         Command::BreakGlass(a) => breakglass::run(a).await,

@@ -249,3 +249,29 @@ fn dev_refuses_a_taken_port_and_settings_it_would_ignore() {
     assert!(stderr(&out).contains("--http-addr only apply when"), "{}", stderr(&out));
     drop(taken);
 }
+
+#[test]
+fn config_render_carries_a_changed_setting_to_the_server_and_keeps_the_keys() {
+    let e = Estate::init("example.org");
+    let out = tillit(&["config", "render", "--data-dir", e.data(), "--check"]);
+    assert!(out.status.success() && stdout(&out).contains("is current"), "{}{}", stdout(&out), stderr(&out));
+    let key_before = std::fs::read(e.dir.nats_key()).unwrap();
+    let toml = std::fs::read_to_string(e.dir.config_file()).unwrap();
+    assert!(toml.contains("when_unreachable = \"refuse\""), "{toml}");
+    std::fs::write(e.dir.config_file(), toml.replace("when_unreachable = \"refuse\"", "when_unreachable = \"admit\"")).unwrap();
+    let out = tillit(&["config", "render", "--data-dir", e.data(), "--check"]);
+    assert!(!out.status.success() && stdout(&out).contains("would change"), "{}", stdout(&out));
+    let out = tillit(&["config", "render", "--data-dir", e.data()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let conf = std::fs::read_to_string(e.dir.server_conf()).unwrap();
+    assert!(conf.contains("allow_when_ca_unreachable: true"), "{conf}");
+    assert!(!conf.contains("init --force"), "the header no longer advises init --force");
+    assert_eq!(std::fs::read(e.dir.nats_key()).unwrap(), key_before, "keys stay");
+    // The rendered config runs, and the estate serves on it.
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let out = tillit(&["status", "--identity", &e.admin(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(s["availability"]["when_unreachable"], "admit");
+}
