@@ -38,6 +38,12 @@ fn check_listen(listen: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Whether something accepts TCP connections at a leafnode URL (`tls://host:port`) within 1 s.
+async fn leaf_answers(url: &str) -> bool {
+    let hostport = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    matches!(tokio::time::timeout(std::time::Duration::from_secs(1), tokio::net::TcpStream::connect(hostport)).await, Ok(Ok(_)))
+}
+
 async fn add(ctx: &Ctx, caller: &IdentityRecord, req: SiteAddRequest) -> Result<SiteAddReply, ApiError> {
     let e = ctx.estate.clone();
     let hub_urls = e.config.leaf_urls();
@@ -45,7 +51,22 @@ async fn add(ctx: &Ctx, caller: &IdentityRecord, req: SiteAddRequest) -> Result<
         return Err(ApiError::new(
             ErrorCode::Conflict,
             "the hub has no leafnode listener: set nats.leaf_port in tillit.toml (or `tillit init --leaf-port P`), \
-             add the leafnodes block to the hub's server.conf, and restart both",
+             run `tillit config render`, and restart both",
+        ));
+    }
+    // The listener the config names must really be there: a site server would dial nothing.
+    let mut answers = false;
+    for u in &hub_urls {
+        answers = answers || leaf_answers(u).await;
+    }
+    if !answers {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "the hub's leafnode listener ({}) does not answer: restart the hub's nats-server with the config tillit wrote \
+                 (`tillit config render` after changing nats.leaf_port)",
+                hub_urls.join(", ")
+            ),
         ));
     }
     check_listen(&req.listen)?;

@@ -686,3 +686,20 @@ fn the_agent_of_a_removed_site_says_so_once_and_stops() {
     let log = agent.log_text();
     assert_eq!(log.matches("refuse this agent's credentials").count(), 1, "said once:\n{log}");
 }
+
+#[test]
+fn site_add_refuses_when_the_hubs_leafnode_listener_is_not_there() {
+    let (e, _leaf) = Estate::init_with_leaf("noleaf.example");
+    // The hub runs without the leafnodes block tillit wrote.
+    let conf = std::fs::read_to_string(e.dir.server_conf()).unwrap();
+    let start = conf.find("leafnodes {").unwrap();
+    let end = start + conf[start..].find("\n}\n").unwrap() + 3;
+    std::fs::write(e.dir.server_conf(), format!("{}{}", &conf[..start], &conf[end..])).unwrap();
+    let _hub = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let dir = e.tmp.path().join("site-east");
+    let out = tillit(&["site", "add", "east", "--nats-port", &free_port().to_string(), "--out", dir.to_str().unwrap(), "--identity", &e.admin()]);
+    assert!(!out.status.success(), "site add with no leafnode listener");
+    assert!(stderr(&out).contains("does not answer"), "{}", stderr(&out));
+    assert!(!dir.join("server.conf").exists(), "nothing written");
+}
