@@ -25,6 +25,10 @@ pub struct CaArgs {
     /// still holding its certificates must renew.
     #[arg(long)]
     pub finish: bool,
+    /// Follow the rotation until its next phase is reached (issuance switched; with --finish,
+    /// the previous CA gone), printing each change, for at most this long (s, m, h).
+    #[arg(long, value_name = "TIMEOUT", num_args = 0..=1, default_missing_value = "10m")]
+    pub wait: Option<String>,
     #[command(flatten)]
     pub admin: AdminArgs,
 }
@@ -63,8 +67,12 @@ async fn rotate_ca(c: CaArgs) -> anyhow::Result<()> {
         let session = crate::client::session::Session::connect(&dir, c.admin.nats.as_deref()).await?;
         session.renew_now().await?;
     }
+    let wait = c.wait.as_deref().map(crate::clock::parse_duration).transpose().map_err(anyhow::Error::msg)?;
     let client = c.admin.client().await?;
     let r: crate::proto::RotateCaReply = client.call::<crate::proto::RotateCa>(crate::proto::RotateCaRequest { finish: c.finish }).await?;
+    if let Some(within) = wait {
+        return follow_rotation(&client, r, c.finish, within, c.admin.json).await;
+    }
     if c.admin.json(&r)? {
         return Ok(());
     }
@@ -82,4 +90,39 @@ async fn rotate_ca(c: CaArgs) -> anyhow::Result<()> {
         _ => println!("issuance switched to the new CA"),
     }
     Ok(())
+}
+
+/// Print the rotation's progress from `status` until its next phase: issuance switched (every
+/// site acknowledged the new CA) or, with `--finish`, a single CA left. Fails after `within`.
+async fn follow_rotation(client: &crate::client::TillitClient, first: crate::proto::RotateCaReply, finish: bool, within: std::time::Duration, json: bool) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let mut said = String::new();
+    loop {
+        let s = client.status().await?;
+        let current = s.cas.iter().filter(|ca| ca.state.to_string().trim() != "retired").count();
+        let line = match &s.ca_rollout {
+            Some(ro) if !ro.sites_pending.is_empty() => format!("distributing: waiting for sites {}", ro.sites_pending.join(", ")),
+            _ if finish && current > 1 => "retiring: waiting for every server certificate to come from the new CA".to_string(),
+            _ if finish => "done: one CA left, the previous one retired".to_string(),
+            _ => "switched: new certificates come from the new CA".to_string(),
+        };
+        if line != said {
+            if !json {
+                println!("[{:>4}s] {line}", started.elapsed().as_secs());
+            }
+            said = line;
+        }
+        let done = s.ca_rollout.as_ref().is_none_or(|ro| ro.sites_pending.is_empty()) && (!finish || current <= 1);
+        if done {
+            if json {
+                super::print_json(true, &first)?;
+            }
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < within,
+            "the rotation did not reach its next phase within {within:?} ({said}); `tillit site list` shows which sites lag"
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }

@@ -703,3 +703,16 @@ fn site_add_refuses_when_the_hubs_leafnode_listener_is_not_there() {
     assert!(stderr(&out).contains("does not answer"), "{}", stderr(&out));
     assert!(!dir.join("server.conf").exists(), "nothing written");
 }
+
+#[test]
+fn rotate_ca_wait_follows_the_phases() {
+    let e = Estate::init("wait.example");
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let out = tillit(&["rotate", "ca", "--wait", "60s", "--identity", &e.admin()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("switched: new certificates come from the new CA"), "{}", stdout(&out));
+    let out = tillit(&["rotate", "ca", "--finish", "--wait", "90s", "--identity", &e.admin()]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("done: one CA left"), "{}", stdout(&out));
+}
