@@ -92,6 +92,17 @@ where
     let job = Arc::new(job);
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
+    // Progress on a terminal: jobs started so far, redrawn twice a second (never in a pipe or a log).
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let next = next.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let done = next.load(Ordering::Relaxed).min(n);
+                eprint!("\r  {done}/{n} ({:.0} s)", start.elapsed().as_secs_f64());
+            }
+        })
+    });
     let mut tasks = Vec::new();
     for w in 0..c {
         let job = job.clone();
@@ -126,6 +137,10 @@ where
                 tracing::warn!("bench error: {f}");
             }
         }
+    }
+    if let Some(p) = progress {
+        p.abort();
+        eprint!("\r\x1b[K");
     }
     (start.elapsed(), all, errors)
 }
