@@ -101,6 +101,15 @@ impl Estate {
         Ok(get_json(self.store(), Space::Roles, &RoleRecord::store_key(sid))?)
     }
 
+    /// [`Estate::role`] as the store holds it now, not as this replica's copy last saw it (a
+    /// change computed from a copy that lags would undo another replica's change).
+    pub fn role_fresh(&self, sid: &ServiceId) -> Result<Option<RoleRecord>> {
+        match self.store().get_fresh(Space::Roles, &RoleRecord::store_key(sid))? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(format!("roles/{sid}"), e.to_string()))?)),
+            None => Ok(None),
+        }
+    }
+
     /// The tenant account and role of `sid`, creating either if missing. Returns whether the
     /// account JWT changed (the caller pushes it while still holding [`Self::account_lock`]).
     pub fn ensure_role_locked(&self, sid: &ServiceId) -> Result<(AccountRecord, RoleRecord, bool)> {

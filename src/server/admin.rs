@@ -67,6 +67,9 @@ async fn change(ctx: &Arc<Ctx>, actor: &str, req: GrantRequest, how: Change) -> 
     let e = &ctx.estate;
     let _g = e.account_lock().lock().await;
     let (acct, role, _) = e.ensure_role_locked(sid).map_err(ApiError::from)?;
+    // What another replica changed a moment ago must be the base (a lagging copy would undo it).
+    let role = e.role_fresh(sid).map_err(ApiError::from)?.unwrap_or(role);
+    let acct = e.account_fresh(&acct.name).map_err(ApiError::from)?;
     let defaults = default_permissions(sid);
     let permissions = grants::apply(&role.permissions, &defaults, &req.publish, &req.subscribe, how, &sid.to_string()).map_err(change_err)?;
     let action = how.verb();
