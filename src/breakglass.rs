@@ -228,7 +228,6 @@ impl Bundle {
             creds: std::sync::Arc::new(std::sync::RwLock::new(NatsCreds { user_jwt, user_seed })),
             cert: tls::SwappableCert::new(ck),
             max_reconnects: Some(0),
-            refusals: Default::default(),
         })
     }
 

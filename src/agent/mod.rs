@@ -39,9 +39,6 @@ const ACK_TTL_SECS: i64 = 300;
 /// How often a long batch tells the consumer it is still being worked on (its ack wait is 5 s:
 /// the bound on how long a killed agent's unacknowledged batch waits before redelivery).
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
-/// Authorization violations in a row after which the agent stops (a revoked agent's reconnects
-/// are refused every time; a server reloading refuses once or twice).
-const REFUSALS_TO_GIVE_UP: u64 = 5;
 /// How long the connection may stay down before the agent checks whether its credentials are
 /// refused (checked again as often; twice refused in a row, it stops).
 const PROBE_AFTER: Duration = Duration::from_secs(5);
@@ -208,12 +205,8 @@ impl Agent {
         let mut down_since: Option<std::time::Instant> = None;
         let mut refused_probes = 0u64;
         loop {
-            // Refused again and again: revoked, or the site was removed. Say so once and stop.
-            let refused = self.session.refusals();
-            if refused >= REFUSALS_TO_GIVE_UP {
-                return Err(AgentError::Refused(format!("{refused} authorization violations in a row")));
-            }
-            // Down for a while: is it a partition (carry on) or are these credentials refused?
+            // Down for a while: a partition (carry on), or credentials refused (revoked, the site
+            // removed)? Refused twice in a row, say so once and stop.
             if self.session.client().connection_state() == async_nats::connection::State::Connected {
                 down_since = None;
                 refused_probes = 0;

@@ -143,13 +143,14 @@ pub async fn enroll(token: &str, out: &Path, nats: Option<&str>, clock: SharedCl
     let params = bootstrap_params(&token, urls.clone())?;
     let nc = connect(&params).await.map_err(|e| match e {
         // A used token's bootstrap user and certificate are revoked: the server refuses them.
-        ClientError::Connect { reason, .. } if refused_credentials(&reason) => ClientError::Api(crate::error::ApiError::new(
+        ClientError::Connect { failure: super::ConnectFailure::Refused, .. } => ClientError::Api(crate::error::ApiError::new(
             crate::error::ErrorCode::TokenUsed,
             "this join token was already used (its bootstrap credentials are revoked); ask for a new one (`tillit token create`)",
         )),
-        ClientError::Connect { url, reason } => ClientError::Connect {
+        ClientError::Connect { url, reason, failure } => ClientError::Connect {
             url,
             reason: format!("{reason} (with the join token's bootstrap credentials: is the token complete, unused and unexpired?)"),
+            failure,
         },
         other => other,
     })?;
@@ -168,13 +169,6 @@ pub async fn enroll(token: &str, out: &Path, nats: Option<&str>, clock: SharedCl
     )?;
     write_new_dir(out, &files)?;
     Ok(files.info)
-}
-
-/// Whether a connect failure says the server refuses the credentials themselves (as opposed to a
-/// network or configuration problem).
-pub(crate) fn refused_credentials(reason: &str) -> bool {
-    let r = reason.to_lowercase().replace(' ', "");
-    ["authorizationviolation", "badcertificate", "certificaterevoked", "certificateexpired"].iter().any(|m| r.contains(m))
 }
 
 /// Connection parameters for a join token's bootstrap user.
@@ -198,7 +192,6 @@ pub fn bootstrap_params(token: &JoinToken, urls: Vec<String>) -> Result<ConnectP
             token.key_pem().map_err(err)?.expose(),
         )?),
         max_reconnects,
-        refusals: Default::default(),
     })
 }
 

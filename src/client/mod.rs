@@ -29,6 +29,19 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What kind of failure a connection attempt met, as far as the client can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// The server refuses these credentials: an authorization violation, or the certificate
+    /// refused at the handshake (revoked, expired, from a retired CA).
+    Refused,
+    /// The server's certificate is not from this identity's CA (another estate's server, or a
+    /// bundle older than a CA rotation).
+    Untrusted,
+    /// Anything else: unreachable, timed out, a malformed URL, a server restarting.
+    Other,
+}
+
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -49,6 +62,8 @@ pub enum ClientError {
         url: String,
         /// Why it failed (refused, timed out, credentials refused, TLS), with a hint.
         reason: String,
+        /// What kind of failure it was.
+        failure: ConnectFailure,
     },
     /// The control plane did not answer within `timeout`: it is not running, or is overloaded; retry later.
     #[error("no reply from the control plane on {subject} within {timeout:?}; is `tillit serve` running?")]
@@ -121,9 +136,6 @@ pub struct ConnectParams {
     pub cert: Arc<tls::SwappableCert>,
     /// Give up after this many failed reconnects (`None`: never give up).
     pub max_reconnects: Option<usize>,
-    /// Authorization violations since the connection was last up (the server refuses these
-    /// credentials: revoked, expired, a removed site's agent).
-    pub refusals: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ConnectParams {
@@ -142,7 +154,6 @@ impl ConnectParams {
             creds: Arc::new(RwLock::new(NatsCreds { user_jwt: files.user_jwt.clone(), user_seed: files.user_seed.clone() })),
             cert,
             max_reconnects: None,
-            refusals: Default::default(),
         })
     }
 }
@@ -156,24 +167,33 @@ pub fn reconnect_delay(attempts: usize) -> Duration {
     }
 }
 
-fn describe_connect_error(e: &async_nats::ConnectError) -> String {
+/// What a failed connection attempt says, with a hint, and what kind of failure it was.
+fn describe_connect_error(e: &async_nats::ConnectError) -> (String, ConnectFailure) {
     use async_nats::ConnectErrorKind as K;
+    use ConnectFailure::{Other, Refused, Untrusted};
     let text = e.to_string();
     match e.kind() {
-        K::Io if text.contains("refused") => "connection refused; is nats-server running and is the URL right?".into(),
-        K::TimedOut => "timed out; is the host reachable?".into(),
-        K::AuthorizationViolation => {
-            "authorization violation: the server refused this identity's credentials (expired, revoked, or from another operator)".into()
+        K::Io if text.contains("refused") => ("connection refused; is nats-server running and is the URL right?".into(), Other),
+        K::TimedOut => ("timed out; is the host reachable?".into(), Other),
+        K::AuthorizationViolation => (
+            "authorization violation: the server refused this identity's credentials (expired, revoked, or from another operator)".into(),
+            Refused,
+        ),
+        K::Tls | K::Io if text.contains("UnknownIssuer") => (
+            format!(
+                "TLS handshake failed ({text}): the server's certificate is not from this identity's CA; it belongs to another estate, or this identity's CA bundle predates a CA rotation (enroll again)"
+            ),
+            Untrusted,
+        ),
+        K::Tls | K::Io if text.contains("BadCertificate") || text.contains("CertificateRevoked") => (
+            format!("TLS handshake failed ({text}): the server refused this identity's certificate: it was revoked, or is from a retired CA; enroll again"),
+            Refused,
+        ),
+        K::Tls | K::Io if text.contains("CertificateExpired") => {
+            (format!("TLS handshake failed ({text}): this identity's certificate has expired; enroll again"), Refused)
         }
-        K::Tls | K::Io if text.contains("UnknownIssuer") => format!(
-            "TLS handshake failed ({text}): the server's certificate is not from this identity's CA; it belongs to another estate, or this identity's CA bundle predates a CA rotation (enroll again)"
-        ),
-        K::Tls | K::Io if text.contains("BadCertificate") || text.contains("CertificateRevoked") => format!(
-            "TLS handshake failed ({text}): the server refused this identity's certificate: it was revoked, or is from a retired CA; enroll again"
-        ),
-        K::Tls | K::Io if text.contains("CertificateExpired") => format!("TLS handshake failed ({text}): this identity's certificate has expired; enroll again"),
-        K::Tls => format!("TLS handshake failed ({text}); does the server use the tillit CA in this identity's tls/ca.pem?"),
-        _ => text,
+        K::Tls => (format!("TLS handshake failed ({text}); does the server use the tillit CA in this identity's tls/ca.pem?"), Other),
+        _ => (text, Other),
     }
 }
 
@@ -202,27 +222,12 @@ pub async fn connect(params: &ConnectParams) -> Result<async_nats::Client, Clien
     .name(&params.name)
     .connection_timeout(CONNECT_TIMEOUT)
     .reconnect_delay_callback(reconnect_delay)
-    .event_callback({
-        let refusals = params.refusals.clone();
-        move |event| {
-            use std::sync::atomic::Ordering;
-            match &event {
-                async_nats::Event::Connected => refusals.store(0, Ordering::Relaxed),
-                async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) => {
-                    refusals.fetch_add(1, Ordering::Relaxed);
-                }
-                _ => {}
-            }
-            tracing::debug!("event: {event}");
-            async {}
-        }
-    })
     .max_reconnects(params.max_reconnects);
     let url_list = params.urls.join(",");
     let addrs: Vec<async_nats::ServerAddr> = params
         .urls
         .iter()
-        .map(|u| u.parse::<async_nats::ServerAddr>().map_err(|e| ClientError::Connect { url: u.clone(), reason: e.to_string() }))
+        .map(|u| u.parse::<async_nats::ServerAddr>().map_err(|e| ClientError::Connect { url: u.clone(), reason: e.to_string(), failure: ConnectFailure::Other }))
         .collect::<Result<_, _>>()?;
     // A first connection is tried three times (now, after 50 ms, after 200 ms) when the server
     // refused it or the link failed: nats-server refuses new connections for a few milliseconds
@@ -243,8 +248,8 @@ pub async fn connect(params: &ConnectParams) -> Result<async_nats::Client, Clien
             }
         }
     }
-    let e = last.map(|e| describe_connect_error(&e)).unwrap_or_default();
-    Err(ClientError::Connect { url: url_list, reason: e })
+    let (reason, failure) = last.map(|e| describe_connect_error(&e)).unwrap_or_else(|| (String::new(), ConnectFailure::Other));
+    Err(ClientError::Connect { url: url_list, reason, failure })
 }
 
 /// An identity dir, loaded: the entry point of the client library.

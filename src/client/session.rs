@@ -58,12 +58,6 @@ impl Drop for Session {
 }
 
 impl Session {
-    /// How many times in a row the server refused this identity's credentials since the
-    /// connection was last up (0 while connected).
-    pub fn refusals(&self) -> u64 {
-        self.inner.params.refusals.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// Try a fresh connection with this session's credentials (while its own keeps failing):
     /// `Some(why)` when the servers refuse them (an authorization violation, a certificate
     /// refused at the handshake: revoked, expired, from a retired CA), `None` when it connects or
@@ -74,10 +68,7 @@ impl Session {
                 drop(c);
                 None
             }
-            Err(ClientError::Connect { reason, .. }) => {
-                let r = reason.to_lowercase().replace(' ', "");
-                (super::enroll::refused_credentials(&reason) || r.contains("unknownca") || r.contains("unknownissuer")).then_some(reason)
-            }
+            Err(ClientError::Connect { reason, failure: super::ConnectFailure::Refused | super::ConnectFailure::Untrusted, .. }) => Some(reason),
             Err(_) => None,
         }
     }

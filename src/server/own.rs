@@ -30,7 +30,6 @@ fn own_params(
             creds: Arc::new(RwLock::new(NatsCreds { user_jwt: creds.user_jwt, user_seed: creds.user_seed })),
             cert: tls::SwappableCert::new(ck.clone()),
             max_reconnects: None,
-            refusals: Default::default(),
         },
         ck,
         creds.expires_at,

@@ -140,7 +140,6 @@ impl StoreAccess {
             creds: Arc::new(RwLock::new(NatsCreds { user_jwt: self.user_jwt.clone(), user_seed: self.user_seed.clone() })),
             cert: tls::SwappableCert::new(ck),
             max_reconnects: None,
-            refusals: Default::default(),
         })
     }
 }

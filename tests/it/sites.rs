@@ -193,7 +193,6 @@ fn stream_writer(e: &Estate) -> (tillit::client::ConnectParams, tillit::envelope
         creds: std::sync::Arc::new(std::sync::RwLock::new(tillit::client::NatsCreds { user_jwt: creds.user_jwt, user_seed: creds.user_seed })),
         cert: tillit::client::tls::SwappableCert::new(tillit::client::tls::certified_key(&creds.cert_pem, creds.key_pem.expose()).unwrap()),
         max_reconnects: None,
-        refusals: Default::default(),
     };
     (params, estate.envelope_signer().unwrap())
 }
