@@ -324,10 +324,15 @@ impl Estate {
     /// revoked if it was revoked on its own, if its join token was used, or if its identity is
     /// revoked; good otherwise.
     pub fn revocation_status(&self, serial: &str) -> Result<crate::ocsp::Status> {
-        let Some(s) = get_json::<SerialRecord>(self.store(), Space::Serials, serial)? else {
-            return Ok(crate::ocsp::Status::Unknown);
-        };
-        Ok(self.serial_revoked(&s)?.map(crate::ocsp::Status::Revoked).unwrap_or(crate::ocsp::Status::Good))
+        match get_json::<SerialRecord>(self.store(), Space::Serials, serial)? {
+            Some(s) => self.serial_status(&s),
+            None => Ok(crate::ocsp::Status::Unknown),
+        }
+    }
+
+    /// [`Estate::revocation_status`] of a serial record already read.
+    pub fn serial_status(&self, s: &SerialRecord) -> Result<crate::ocsp::Status> {
+        Ok(self.serial_revoked(s)?.map(crate::ocsp::Status::Revoked).unwrap_or(crate::ocsp::Status::Good))
     }
 
     /// When the certificate of `s` was revoked, if it was.

@@ -154,10 +154,10 @@ impl Copy {
         self.inner.read().ok()?.by_serial.get(serial).cloned()
     }
 
-    /// Every serial held, with its status and earliest `nextUpdate`.
-    pub fn statuses(&self) -> Vec<(String, Status, i64, u64)> {
+    /// Every serial held.
+    pub fn serials(&self) -> Vec<String> {
         let Ok(i) = self.inner.read() else { return vec![] };
-        i.by_serial.iter().map(|(k, h)| (k.clone(), h.status(), h.next_update(), h.revision)).collect()
+        i.by_serial.keys().cloned().collect()
     }
 
     /// Take in the bucket message at stream sequence `seq` for `serial`: `Some(value)` is a put,

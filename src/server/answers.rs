@@ -6,24 +6,24 @@
 //! copy, so the data plane admits and refuses certificates while no `serve` runs.
 //!
 //! When an answer changes:
-//! - a change committed by this replica that touches a serial, an identity's revocation, a used
-//!   join token or a site is published at once (the journal tells [`Touch`]es after each
-//!   commit);
+//! - a change committed by this replica that touches a serial, an identity's revocation or a
+//!   site is published at once (the journal tells [`Touch`]es after each commit);
 //! - the leader sweeps every serial every [`SWEEP_EVERY`]: answers another replica did not get
-//!   to publish, answers that must be signed again before they run out, answers of certificates
-//!   expired for an hour are deleted.
+//!   to publish, answers that must be signed again before they run out, a used join token's
+//!   bootstrap certificate once its grace is over, answers of certificates expired for an hour
+//!   are deleted.
 //!
 //! Writes are compare-and-set on the revision last seen, and a `revoked` answer is never
 //! replaced by a `good` one: an identity is never un-revoked, so a replica acting on an older
 //! view cannot undo a revocation.
 
 use super::Ctx;
-use crate::estate::{IdentityRecord, IdentityState, SerialRecord, TokenRecord, TokenState};
+use crate::estate::{IdentityRecord, IdentityState, SerialRecord};
 use crate::ocsp::copy::{Copy, Published};
 use crate::ocsp::Status;
 use crate::store::{Op, Space};
 use async_nats::jetstream;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -44,15 +44,13 @@ pub enum Touch {
     Serial(String),
     /// An identity was revoked: every certificate of it.
     Identity(String),
-    /// A join token was used: its bootstrap certificate.
-    Token(String),
     /// Anything else (a site removed or re-issued): sweep.
     All,
 }
 
 /// Which writes the journal reports ([`crate::audit::Observer::filter`]).
 pub fn watched(op: &Op) -> bool {
-    matches!(op.space, Space::Serials | Space::Identities | Space::Tokens | Space::Sites)
+    matches!(op.space, Space::Serials | Space::Identities | Space::Sites)
 }
 
 /// The touches of committed writes.
@@ -71,12 +69,6 @@ pub fn touches(ops: &[Op]) -> Vec<Touch> {
                     out.push(Touch::Identity(op.key.clone()));
                 }
             }
-            Space::Tokens => {
-                let used = op.value.as_deref().and_then(|v| serde_json::from_slice::<TokenRecord>(v).ok()).is_some_and(|t| t.state == TokenState::Used);
-                if used {
-                    out.push(Touch::Token(op.key.clone()));
-                }
-            }
             Space::Sites => out.push(Touch::All),
             _ => {}
         }
@@ -90,8 +82,6 @@ pub struct Answers {
     pub copy: Arc<Copy>,
     tx: mpsc::UnboundedSender<Touch>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<Touch>>>,
-    /// Join token → its bootstrap certificate's serial (learnt from serial records).
-    by_token: Mutex<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for Answers {
@@ -120,7 +110,7 @@ impl Answers {
                 .map_err(|e| format!("cannot create the KV bucket {}: {e}", crate::subjects::OCSP_BUCKET))?,
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        Ok(Answers { kv, copy, tx, rx: Mutex::new(Some(rx)), by_token: Mutex::new(HashMap::new()) })
+        Ok(Answers { kv, copy, tx, rx: Mutex::new(Some(rx)) })
     }
 
     /// Queue touches for publishing.
@@ -161,39 +151,24 @@ pub async fn run(ctx: Arc<Ctx>) {
     }
 }
 
-/// The serials the touches name.
+/// The serials the touches name (an identity's: every certificate it was issued).
 fn serials_of(ctx: &Ctx, touches: BTreeSet<Touch>) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    let mut wanted_users = BTreeSet::new();
-    let mut wanted_tokens = BTreeSet::new();
+    let mut users = BTreeSet::new();
     for t in touches {
         match t {
             Touch::Serial(s) => {
-                if let Ok(Some(rec)) = crate::store::get_json::<SerialRecord>(ctx.estate.store(), Space::Serials, &s) {
-                    if let (Some(tok), Ok(mut m)) = (&rec.token, ctx.answers.by_token.lock()) {
-                        m.insert(tok.clone(), s.clone());
-                    }
-                }
                 out.insert(s);
             }
             Touch::Identity(u) => {
-                wanted_users.insert(u);
+                users.insert(u);
             }
-            Touch::Token(t) => match ctx.answers.by_token.lock().ok().and_then(|m| m.get(&t).cloned()) {
-                Some(s) => {
-                    out.insert(s);
-                }
-                None => {
-                    wanted_tokens.insert(t);
-                }
-            },
             Touch::All => {}
         }
     }
-    if !wanted_users.is_empty() || !wanted_tokens.is_empty() {
+    if !users.is_empty() {
         for (serial, v) in ctx.estate.store().scan(Space::Serials).unwrap_or_default() {
-            let Ok(rec) = serde_json::from_slice::<SerialRecord>(&v) else { continue };
-            if wanted_users.contains(&rec.user_public_key) || rec.token.as_ref().is_some_and(|t| wanted_tokens.contains(t)) {
+            if serde_json::from_slice::<SerialRecord>(&v).is_ok_and(|rec| users.contains(&rec.user_public_key)) {
                 out.insert(serial);
             }
         }
@@ -204,23 +179,15 @@ fn serials_of(ctx: &Ctx, touches: BTreeSet<Touch>) -> BTreeSet<String> {
 /// Compare every serial with its published answer; publish, re-sign or delete what differs.
 pub async fn sweep(ctx: &Arc<Ctx>) {
     let c = ctx.clone();
-    let serials: Vec<String> = tokio::task::spawn_blocking(move || {
-        let mut keys: BTreeSet<String> = BTreeSet::new();
-        let mut by_token = HashMap::new();
-        for (serial, v) in c.estate.store().scan(Space::Serials).unwrap_or_default() {
-            if let Ok(rec) = serde_json::from_slice::<SerialRecord>(&v) {
-                if let Some(t) = rec.token {
-                    by_token.insert(t, serial.clone());
-                }
-            }
-            keys.insert(serial);
-        }
+    // One blocking pass decides; only the serials whose answer must change are published (each
+    // decided again there, under its compare-and-set).
+    let (total, serials): (usize, Vec<String>) = tokio::task::spawn_blocking(move || {
+        let mut keys: BTreeSet<String> = c.estate.store().scan(Space::Serials).unwrap_or_default().into_iter().map(|(serial, _)| serial).collect();
         // Answers whose record is gone.
-        keys.extend(c.answers.copy.statuses().into_iter().map(|(s, ..)| s));
-        if let Ok(mut m) = c.answers.by_token.lock() {
-            *m = by_token;
-        }
-        keys.into_iter().collect()
+        keys.extend(c.answers.copy.serials());
+        let now = c.estate.clock().now_unix();
+        let total = keys.len();
+        (total, keys.into_iter().filter(|s| !matches!(wanted(&c, s, now), Ok(Some(None)))).collect())
     })
     .await
     .unwrap_or_default();
@@ -233,7 +200,7 @@ pub async fn sweep(ctx: &Arc<Ctx>) {
         }
     }
     if changed > 0 {
-        tracing::info!(changed, serials = serials.len(), "OCSP answers published");
+        tracing::info!(changed, serials = total, "OCSP answers published");
     }
 }
 
@@ -250,7 +217,7 @@ fn wanted(ctx: &Ctx, serial: &str, now: i64) -> Result<Option<Option<(Status, i6
     if rec.not_after <= now {
         return Ok(if held.is_some() && rec.not_after < now - KEEP_EXPIRED_SECS { None } else { Some(None) });
     }
-    let status = e.revocation_status(serial).map_err(|x| x.to_string())?;
+    let status = e.serial_status(&rec).map_err(|x| x.to_string())?;
     // A used join token's bootstrap certificate stays `good` a little longer: its enrollee may
     // send the same request again to read a lost reply (its user JWT is revoked after a grace
     // too). The sweep publishes `revoked` after that.
