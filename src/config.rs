@@ -622,6 +622,14 @@ impl Config {
         v
     }
 
+    /// The `HOST:PORT` of `ocsp.local_url` when its host is an IP address: where a local
+    /// responder listens by default, and what `status` probes.
+    pub fn ocsp_local_addr(&self) -> Option<SocketAddr> {
+        let rest = self.ocsp_local_url.as_deref()?.split_once("://")?.1;
+        let hostport = rest.split('/').next()?;
+        hostport.parse().ok().or_else(|| format!("{hostport}:80").parse().ok())
+    }
+
     /// The URLs as plain strings.
     pub fn urls(&self) -> Vec<String> {
         self.nats_urls.iter().map(|u| u.url.clone()).collect()
@@ -644,6 +652,20 @@ pub fn raw_for_init(trust_domain: &str, nats_url: &str, http_addr: Option<&str>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_local_responder_listens_where_its_url_says() {
+        let with = |url: &str| {
+            let mut raw = raw_for_init("example.org", "nats://127.0.0.1:4222", None);
+            raw.ocsp.local_url = url.into();
+            Config::from_raw(raw).unwrap().ocsp_local_addr()
+        };
+        assert_eq!(with("http://127.0.0.1:7871"), Some("127.0.0.1:7871".parse().unwrap()));
+        assert_eq!(with("http://127.0.0.1:7871/ocsp"), Some("127.0.0.1:7871".parse().unwrap()));
+        assert_eq!(with("http://[::1]:9"), Some("[::1]:9".parse().unwrap()));
+        assert_eq!(with("http://ocsp.example:7871"), None);
+        assert_eq!(with(""), None);
+    }
 
     #[test]
     fn nats_urls() {

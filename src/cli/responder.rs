@@ -26,19 +26,12 @@ pub struct Args {
     pub nats: Option<String>,
 }
 
-/// The `HOST:PORT` of a base URL with an IP host (`http://127.0.0.1:7871` → `127.0.0.1:7871`).
-pub fn addr_of_url(url: &str) -> Option<std::net::SocketAddr> {
-    let rest = url.split_once("://")?.1;
-    let hostport = rest.split('/').next()?;
-    hostport.parse().ok().or_else(|| format!("{hostport}:80").parse().ok())
-}
-
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let dir = DataDir::new(&a.data_dir);
     let config = crate::config::Config::load(&dir.config_file())?;
     let addr = match a.addr {
         Some(a) => a,
-        None => config.ocsp_local_url.as_deref().and_then(addr_of_url).ok_or_else(|| {
+        None => config.ocsp_local_addr().ok_or_else(|| {
             anyhow::anyhow!("ocsp.local_url is not an http://IP:PORT URL this responder can listen on; pass --addr HOST:PORT")
         })?,
     };
@@ -76,15 +69,4 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     follower.abort();
     copy.save();
     served.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn listen_addresses_come_from_base_urls() {
-        assert_eq!(super::addr_of_url("http://127.0.0.1:7871"), Some("127.0.0.1:7871".parse().unwrap()));
-        assert_eq!(super::addr_of_url("http://127.0.0.1:7871/ocsp"), Some("127.0.0.1:7871".parse().unwrap()));
-        assert_eq!(super::addr_of_url("http://[::1]:9"), Some("[::1]:9".parse().unwrap()));
-        assert_eq!(super::addr_of_url("http://ocsp.example:7871"), None);
-    }
 }

@@ -11,7 +11,7 @@ use crate::proto::{self, IdentityStatus, AccountStatus, Counts, StatusReply, Sta
 impl Handle for proto::Status {
     async fn handle(ctx: &Arc<Ctx>, call: &mut Call, _req: StatusRequest) -> Result<StatusReply, ApiError> {
         let mut st = status(ctx, call.caller()?)?;
-        let probe = match ctx.estate.config.ocsp_local_url.as_deref().and_then(crate::cli::responder::addr_of_url) {
+        let probe = match ctx.estate.config.ocsp_local_addr() {
             Some(addr) => Some(responder_answers(addr).await),
             None => None,
         };
