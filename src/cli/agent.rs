@@ -54,10 +54,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         Some(addr) => {
             crate::fsutil::create_dir(&a.out, 0o700).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", a.out.display()))?;
             let copy = Arc::new(crate::ocsp::copy::Copy::load(crate::layout::SiteDir::new(&a.out).ocsp_answers()));
+            // Bound here, so a taken port is this command's error, not a background task's.
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen for OCSP on {addr}: {e}"))?;
-            tracing::info!(%addr, answers = copy.len(), "agent: OCSP responder listening");
-            let router = crate::ocsp::responder::router(copy.clone(), Arc::new(SystemClock));
-            tokio::spawn(crate::server::http::serve_http(listener, router, 1024, std::future::pending::<()>()));
+            tokio::spawn(crate::ocsp::responder::serve(listener, copy.clone(), Arc::new(SystemClock), std::future::pending::<()>()));
             Some(copy)
         }
         None => None,

@@ -43,7 +43,7 @@ async fn healthz(State(s): State<St>) -> impl IntoResponse {
 }
 
 /// The responder's routes: `/ocsp` (POST), `/ocsp/<request>` (GET), `/healthz`.
-pub fn router(copy: Arc<Copy>, clock: SharedClock) -> Router {
+fn router(copy: Arc<Copy>, clock: SharedClock) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/ocsp", axum::routing::post(ocsp_post))
@@ -60,7 +60,14 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, answers = copy.len(), "OCSP responder listening");
-    crate::server::http::serve_http(listener, router(copy, clock), 1024, stop).await;
+    serve(listener, copy, clock, stop).await;
     Ok(())
+}
+
+/// Answer on a bound `listener` until `stop` resolves.
+pub async fn serve(listener: tokio::net::TcpListener, copy: Arc<Copy>, clock: SharedClock, stop: impl std::future::Future<Output = ()> + Send) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, answers = copy.len(), "OCSP responder listening");
+    }
+    crate::server::http::serve_http(listener, router(copy, clock), 1024, stop).await;
 }
