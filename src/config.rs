@@ -141,6 +141,15 @@ impl StoreBackend {
             StoreBackend::JetStream { .. } => "jetstream",
         }
     }
+
+    /// How many copies JetStream keeps of what tillit stores there (the store's replication;
+    /// 1 with sled, where the hub's JetStream still holds the events and the OCSP answers).
+    pub fn replicas(&self) -> usize {
+        match self {
+            StoreBackend::JetStream { replicas, .. } => *replicas,
+            StoreBackend::Sled => 1,
+        }
+    }
 }
 
 fn store_backend(raw: &RawStore) -> Result<StoreBackend, ConfigError> {

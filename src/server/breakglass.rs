@@ -57,10 +57,7 @@ pub(super) async fn read_connections(ctx: &Arc<Ctx>) {
 async fn read_once(ctx: &Arc<Ctx>) -> Result<(), String> {
     let e = &ctx.estate;
     let Some(record) = e.break_glass().map_err(|x| x.to_string())? else { return Ok(()) };
-    let replicas = match &e.config.store {
-        crate::config::StoreBackend::JetStream { replicas, .. } => *replicas,
-        crate::config::StoreBackend::Sled => 1,
-    };
+    let replicas = e.config.store.replicas();
     let mut stream = ensure_stream(&ctx.api, replicas).await?;
     let state = stream.info().await.map_err(|x| x.to_string())?.state.clone();
     let seen = e.break_glass_seen().map_err(|x| x.to_string())?;

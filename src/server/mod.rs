@@ -172,10 +172,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     tasks::push_all_accounts(&ctx).await?;
     // The stream that keeps break-glass connections while `serve` is down exists from the
     // first start on (the next run of its reader records what it holds).
-    let replicas = match &estate.config.store {
-        crate::config::StoreBackend::JetStream { replicas, .. } => *replicas,
-        crate::config::StoreBackend::Sled => 1,
-    };
+    let replicas = estate.config.store.replicas();
     if let Err(e) = breakglass::ensure_stream(&ctx.api, replicas).await {
         tracing::error!("cannot create the {} stream: break-glass connections are not kept while serve is down: {e}", subjects::BREAK_GLASS_STREAM);
     }
@@ -260,10 +257,7 @@ impl Ctx {
         let service_err = |e: &dyn std::fmt::Display| ServeError::Service(e.to_string());
         let creds_err = |e: &dyn std::fmt::Display| ServeError::Creds(e.to_string());
         let signer = estate.envelope_signer().map_err(|e| service_err(&e))?;
-        let replicas = match &estate.config.store {
-            crate::config::StoreBackend::JetStream { replicas, .. } => *replicas,
-            crate::config::StoreBackend::Sled => 1,
-        };
+        let replicas = estate.config.store.replicas();
         let answers = Arc::new(answers::Answers::open(api.clone(), copy, replicas).await.map_err(ServeError::Service)?);
         let told = answers.clone();
         let journal = open_journal(&estate).await.map_err(|e| service_err(&e))?.with_observer(crate::audit::Observer {
