@@ -240,16 +240,9 @@ fn build(staging: &Path, target: &Path, config: Config, nodes: &[ClusterNode], c
     w(stage.nats_cert(), server.cert_pem.as_bytes(), PUBLIC)?;
     w(stage.nats_key(), server.key_pem.expose().as_bytes(), PRIVATE)?;
     w(stage.nats_ca(), estate.server_ca_bundle_pem().as_bytes(), PUBLIC)?;
-    let conf = natsconf::render(
-        &config,
-        &fin,
-        &ServerTrust {
-            system_account: &sys.public_key,
-            preload: vec![(&sys.public_key, &sys.jwt), (&tillit.public_key, &tillit.jwt)],
-        },
-    );
     if nodes.is_empty() {
-        w(stage.server_conf(), conf.as_bytes(), PUBLIC)?;
+        // The estate lives at `fin`: the config names its final paths.
+        w(stage.server_conf(), render_hub_config(&estate)?.as_bytes(), PUBLIC)?;
     }
     let trust = ServerTrust {
         system_account: &sys.public_key,

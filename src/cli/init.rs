@@ -59,7 +59,7 @@ pub struct Args {
     #[arg(long, env = "TILLIT_OCSP_LOCAL_URL")]
     pub ocsp_local_url: Option<String>,
     /// What nats-servers do when no OCSP responder answers: `refuse` the connection, or `admit`
-    /// it when its JWT is valid (see the README's "Availability and revocation").
+    /// it when its JWT is valid (see the README's "When the control plane or the hub is away").
     #[arg(long, env = "TILLIT_OCSP_WHEN_UNREACHABLE", value_parser = ["refuse", "admit"])]
     pub ocsp_when_unreachable: Option<String>,
     /// Replace an existing data dir (its keys and identities are lost).
