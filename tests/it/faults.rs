@@ -66,14 +66,7 @@ fn rotate(e: &Estate, path: &str, value: &str) -> std::process::Output {
 
 /// Wait (up to 30 s) for `serve` to stop by itself; its exit status.
 fn exits_by_itself(serve: &mut Serve, on: &str) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(Some(st)) = serve.child.try_wait() {
-            return st;
-        }
-        assert!(std::time::Instant::now() < deadline, "serve kept running on {on}:\n{}", serve.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    exited_within(&mut serve.child, Duration::from_secs(30)).unwrap_or_else(|| panic!("serve kept running on {on}:\n{}", serve.log_text()))
 }
 
 fn one_clear_line(out: &std::process::Output, what: &str) -> String {

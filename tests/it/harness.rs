@@ -306,6 +306,16 @@ impl Estate {
     }
 }
 
+/// The exit status of `child` once it exits by itself within `within` (`None`: still running).
+pub fn exited_within(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let mut status = None;
+    wait_for(within, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    status
+}
+
 /// Poll `f` until it is true or `within` passes.
 pub fn wait_for(within: Duration, mut f: impl FnMut() -> bool) -> Option<()> {
     let deadline = Instant::now() + within;

@@ -673,14 +673,8 @@ fn the_agent_of_a_removed_site_says_so_once_and_stops() {
         .unwrap_or_else(|| panic!("serve:\n{}\nagent:\n{}", serve.log_text(), agent.log_text()));
     let out = tillit(&["site", "remove", "east", "--reason", "decommissioned", "--identity", &e.admin()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Ok(Some(st)) = agent.child.try_wait() {
-            break st;
-        }
-        assert!(std::time::Instant::now() < deadline, "the removed site's agent kept running:\n{}", agent.log_text());
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = exited_within(&mut agent.child, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("the removed site's agent kept running:\n{}", agent.log_text()));
     assert!(!status.success(), "it exits non-zero");
     let log = agent.log_text();
     assert_eq!(log.matches("refuse this agent's credentials").count(), 1, "said once:\n{log}");
