@@ -88,6 +88,7 @@ fn every_endpoint_is_in_the_asyncapi_document_with_its_schemas() {
         tillit::subjects::NOTIFY_EXPORT,
         tillit::subjects::SYS_CLAIMS_UPDATE,
         tillit::subjects::JOURNAL,
+        tillit::subjects::SYS_CONNECT_EVENTS,
         "$KV.TILLIT_OCSP.{serial}",
         "$SRV.PING.tillit",
         "$SRV.INFO.tillit",
