@@ -29,7 +29,7 @@ mod stream;
 mod writer;
 pub use journal::{Journal, Observer};
 pub use read::{tail, verify, ChainError, Verified};
-pub use stream::{read_stream, read_stream_lines, stream_config, StreamCheckpoint, StreamWriter, APPLY_GRACE, CHECKPOINT_KEY as STREAM_CHECKPOINT_KEY};
+pub use stream::{read_stream, read_stream_lines, tail_stream, stream_config, StreamCheckpoint, StreamWriter, APPLY_GRACE, CHECKPOINT_KEY as STREAM_CHECKPOINT_KEY};
 pub use writer::{write_head, Checkpoint, Writer};
 
 /// The record key in [`Space::Meta`] of the file log's checkpoint ([`Checkpoint`]): where the

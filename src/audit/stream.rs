@@ -535,3 +535,30 @@ pub async fn read_stream_lines(
     }
     Ok(Ok((super::Verified { records: seq, head: hash, authenticated: seq, legacy: 0, anchored: true }, last)))
 }
+
+/// The last records of journal stream `name` that `keep` selects (at most `n`, oldest first),
+/// read backwards from its end, looking at no more than `scan` records. Not MAC-checked
+/// ([`read_stream`] checks the whole stream).
+pub async fn tail_stream(
+    client: async_nats::Client,
+    name: &str,
+    n: usize,
+    scan: usize,
+    mut keep: impl FnMut(&Record) -> bool,
+) -> Result<Vec<Record>, AuditError> {
+    let js = jetstream::new(client);
+    let stream = js.get_stream(name).await.map_err(|e| nats_err("open")(e.to_string()))?;
+    let state = stream.get_info().await.map_err(|e| nats_err("info")(e.to_string()))?.state;
+    let (first, mut at) = (state.first_sequence.max(1), state.last_sequence);
+    let (mut out, mut seen) = (Vec::new(), 0usize);
+    while at >= first && at > 0 && out.len() < n && seen < scan {
+        let m = leader_get(&stream, at).await?;
+        let mut recs: Vec<Record> = m.payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()).filter_map(|l| serde_json::from_slice(l).ok()).collect();
+        seen += recs.len();
+        recs.reverse();
+        out.extend(recs.into_iter().filter(|r| keep(r)).take(n - out.len()));
+        at -= 1;
+    }
+    out.reverse();
+    Ok(out)
+}

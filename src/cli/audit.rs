@@ -1,5 +1,6 @@
-//! `tillit audit verify --data-dir D` and `tillit audit tail --data-dir D [--json] [-n N]`.
-//! Both read the plain log file (or, with a JetStream store, the journal stream through the data
+//! `tillit audit verify --data-dir D` and `tillit audit tail --data-dir D [--json] [-n N]`, or
+//! with `--identity ADMIN` instead of `--data-dir`, over NATS (owners and auditors; a
+//! tenant-confined auditor's tail shows its tenants' records). With a data dir, both read the plain log file (or, with a JetStream store, the journal stream through the data
 //! dir's store access), so they work while `serve` runs. `verify` checks every record's
 //! MAC with the master key (`DATA/master.key` or `TILLIT_MASTER_KEY`); `--chain-only` checks the
 //! hash chain alone where the master key is not at hand.
@@ -25,8 +26,15 @@ pub enum AuditCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct Common {
-    #[arg(long, env = "TILLIT_DATA_DIR")]
-    pub data_dir: PathBuf,
+    /// The data dir whose log to read (on the control plane's machine).
+    #[arg(long, env = "TILLIT_DATA_DIR", required_unless_present = "identity", conflicts_with = "identity")]
+    pub data_dir: Option<PathBuf>,
+    /// Or an admin identity dir: ask the control plane over NATS (owners and auditors).
+    #[arg(long)]
+    pub identity: Option<PathBuf>,
+    /// NATS URL to use instead of the identity's.
+    #[arg(long, requires = "identity")]
+    pub nats: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -68,20 +76,59 @@ fn journal_stream(data_dir: &std::path::Path) -> anyhow::Result<Option<(async_na
     Ok(Some((client, journal.clone())))
 }
 
+/// The control plane's client for `--identity`.
+fn remote(c: &Common) -> anyhow::Result<crate::client::TillitClient> {
+    let dir = c.identity.as_ref().ok_or_else(|| anyhow::anyhow!("give --identity"))?;
+    Ok(block_on(crate::client::TillitClient::connect_dir(&crate::layout::IdentityDir::new(dir), c.nats.as_deref()))?)
+}
+
+fn print_record(json: bool, r: &crate::proto::AuditRecordInfo) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(r)?);
+    } else {
+        println!("{:>6}  {}  {:<13} {:<8} {}  by {}", r.seq, r.time, r.action, r.outcome, r.target, r.actor);
+    }
+    Ok(())
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
     match a.command {
+        AuditCommand::Verify(v) if v.common.identity.is_some() => {
+            let client = remote(&v.common)?;
+            let r = block_on(client.call::<crate::proto::AuditVerify>(crate::proto::AuditVerifyRequest {}))?;
+            if v.common.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            }
+            match (&r.error, v.common.json) {
+                (Some(e), _) => anyhow::bail!("{e}"),
+                (None, true) => Ok(()),
+                (None, false) => {
+                    println!("audit chain ok: {} records, head {}; {} authenticated{}", r.records, r.head, r.authenticated, if r.anchored { ", head anchor matches" } else { "" });
+                    Ok(())
+                }
+            }
+        }
+        AuditCommand::Tail(t) if t.common.identity.is_some() => {
+            let client = remote(&t.common)?;
+            let r = block_on(client.call::<crate::proto::AuditTail>(crate::proto::AuditTailRequest { n: t.n }))?;
+            for rec in &r.records {
+                print_record(t.common.json, rec)?;
+            }
+            Ok(())
+        }
         AuditCommand::Verify(v) => {
             let c = v.common;
-            let path = DataDir::new(&c.data_dir).audit_log();
+            let data_dir = c.data_dir.clone().ok_or_else(|| anyhow::anyhow!("give --data-dir or --identity"))?;
+            let path = DataDir::new(&data_dir).audit_log();
             let key = if v.chain_only {
                 None
             } else {
-                let master = crate::crypto::MasterKey::load(&c.data_dir).map_err(|e| {
+                let master = crate::crypto::MasterKey::load(&data_dir).map_err(|e| {
                     anyhow::anyhow!("{e}\n(`audit verify` checks each record's MAC with the master key; `--chain-only` checks the hash chain without it)")
                 })?;
                 Some(master.derive(audit::AUDIT_KEY_LABEL))
             };
-            let result = match (journal_stream(&c.data_dir)?, &key) {
+            let result = match (journal_stream(&data_dir)?, &key) {
                 (Some(_), None) => anyhow::bail!("the journal is on JetStream: `audit verify` needs the master key to reach it (no --chain-only)"),
                 (Some((client, name)), Some(key)) => block_on(audit::read_stream(client, &name, key, |_| {}))?,
                 (None, _) => audit::verify(&path, key.as_ref())?,
@@ -117,10 +164,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }
         }
         AuditCommand::Tail(t) => {
-            let path = DataDir::new(&t.common.data_dir).audit_log();
-            let records = match journal_stream(&t.common.data_dir)? {
+            let data_dir = t.common.data_dir.clone().ok_or_else(|| anyhow::anyhow!("give --data-dir or --identity"))?;
+            let path = DataDir::new(&data_dir).audit_log();
+            let records = match journal_stream(&data_dir)? {
                 Some((client, name)) => {
-                    let key = crate::crypto::MasterKey::load(&t.common.data_dir)?.derive(audit::AUDIT_KEY_LABEL);
+                    let key = crate::crypto::MasterKey::load(&data_dir)?.derive(audit::AUDIT_KEY_LABEL);
                     let mut last = std::collections::VecDeque::with_capacity(t.n);
                     let r = block_on(audit::read_stream(client, &name, &key, |r| {
                         if last.len() == t.n {

@@ -39,6 +39,12 @@ pub struct IdentityRecord {
     /// For site agents: their site.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
+    /// For admins: the role (absent on admins from before roles: they are owners) and the
+    /// tenants it is confined to (empty: the whole estate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_role: Option<crate::proto::AdminRole>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admin_tenants: Vec<String>,
     /// For services: the scoped key that signed the current user JWT (a permission change
     /// retires the old key early once every instance moved off it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,6 +80,16 @@ impl IdentityRecord {
             site: None,
             role_key: None,
             prev_role_key: None,
+            admin_role: Some(crate::proto::AdminRole::Owner),
+            admin_tenants: vec![],
+        }
+    }
+
+    /// An admin identity's powers (an admin from before roles is an owner).
+    pub fn access(&self) -> crate::policy::roles::Access {
+        crate::policy::roles::Access {
+            role: self.admin_role.unwrap_or(crate::proto::AdminRole::Owner),
+            tenants: self.admin_tenants.clone(),
         }
     }
 }
@@ -523,7 +539,7 @@ mod tests {
         assert_eq!(e.revocation_status("00deadbeef").unwrap(), Status::Unknown);
         // A join token's bootstrap certificate: good until the token is used.
         let sid = crate::names::ServiceId::parse("acme/shop/prod/orders").unwrap();
-        let (tokens, b) = e.create_tokens(&sid, 900, 1, "test").unwrap();
+        let (tokens, b) = e.create_tokens(&sid, 900, 1, "test", None).unwrap();
         e.store().commit(b).unwrap();
         let cert = tokens[0].cert_pem().unwrap();
         let serial = crate::issuer::x509::serial_hex(&cert).unwrap();

@@ -40,13 +40,25 @@ pub struct TokenRecord {
     pub used_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub used_at: Option<i64>,
+    /// For a new admin's token: the role and tenants its identity gets (`tillit admin add`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_role: Option<crate::proto::AdminRole>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admin_tenants: Vec<String>,
 }
 
 impl Estate {
     /// Mint `count` join tokens for `sid`, valid for `ttl_secs`, with the batch of their records
     /// (the caller commits it with its audit record). The printable tokens exist only in the
-    /// return value.
-    pub fn create_tokens(&self, sid: &ServiceId, ttl_secs: i64, count: u32, created_by: &str) -> Result<(Vec<JoinToken>, Batch)> {
+    /// return value. A new admin's token carries the `admin` access its identity gets.
+    pub fn create_tokens(
+        &self,
+        sid: &ServiceId,
+        ttl_secs: i64,
+        count: u32,
+        created_by: &str,
+        admin: Option<&crate::policy::roles::Access>,
+    ) -> Result<(Vec<JoinToken>, Batch)> {
         let now = self.clock.now_unix();
         let expires_at = now + ttl_secs;
         let bootstrap = self.account(BOOTSTRAP_ACCOUNT)?;
@@ -84,6 +96,8 @@ impl Estate {
                 state: TokenState::Unused,
                 used_by: None,
                 used_at: None,
+                admin_role: admin.map(|a| a.role),
+                admin_tenants: admin.map(|a| a.tenants.clone()).unwrap_or_default(),
             };
             b.put_json(Space::Tokens, &id, &rec)?;
             let serial = SerialRecord {

@@ -187,3 +187,83 @@ pub struct ListReply {
     /// Every recorded identity, in any state, sorted by SPIFFE id then user key.
     pub identities: Vec<IdentityEntry>,
 }
+
+wire_enum! {
+    /// What an admin may do ([`crate::policy::roles`] has the verb × role matrix).
+    AdminRole {
+        /// Everything, including adding and revoking admins. Never confined to tenants.
+        Owner => "owner",
+        /// Tokens, grants, revocations, secrets, sites, rotations; not admins, not the audit log.
+        Operator => "operator",
+        /// Read-only: status, listings, grants, secret metadata (never values), the audit log.
+        Auditor => "auditor",
+    }
+}
+
+impl std::str::FromStr for AdminRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "owner" => Ok(AdminRole::Owner),
+            "operator" => Ok(AdminRole::Operator),
+            "auditor" => Ok(AdminRole::Auditor),
+            _ => Err(format!("unknown role {s:?}: owner, operator or auditor")),
+        }
+    }
+}
+
+endpoint! {
+    /// `tillit.v1.admin.admins.add`: Mint a join token for a new admin identity with a role (owners only).
+    AdminAdd: "tillit.v1.admin.admins.add", Admin, AdminAddRequest => TokenCreateReply, "admin-add-request.json" => "token-create-reply.json"
+}
+endpoint! {
+    /// `tillit.v1.admin.admins.list`: List admins with their roles and tenants (owners and auditors).
+    AdminList: "tillit.v1.admin.admins.list", Admin, AdminListRequest => AdminListReply, "admin-list-request.json" => "admin-list-reply.json"
+}
+
+/// The most tenants one admin can be confined to.
+pub const MAX_ADMIN_TENANTS: usize = 64;
+
+/// `tillit.v1.admin.admins.add` request body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminAddRequest {
+    /// The new admin's name (a-z, 0-9, '-', '_'); its identity is `spiffe://<td>/tillit/admin/<name>`.
+    pub name: String,
+    /// What it may do: `owner`, `operator` or `auditor`.
+    pub role: AdminRole,
+    /// The tenants an operator or auditor is confined to (at most 64); empty: the whole estate. Owners are never confined.
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    /// How long the join token stays usable, in seconds (60 s to 7 days).
+    pub ttl_secs: i64,
+}
+
+/// `tillit.v1.admin.admins.list` request body (empty).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminListRequest {}
+
+/// One admin (all the identities enrolled under its name).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminInfo {
+    /// The admin's name.
+    pub name: String,
+    /// Its role.
+    pub role: AdminRole,
+    /// The tenants it is confined to; empty: the whole estate.
+    pub tenants: Vec<String>,
+    /// `active` when at least one of its identities is; else `revoked` or `expired`.
+    pub state: IdentityStatus,
+    /// How many live identities it has (one per enrolled machine or person's dir).
+    pub active_identities: usize,
+    /// When its latest identity's credentials expire (RFC 3339).
+    pub expires_at: String,
+}
+
+/// `tillit.v1.admin.admins.list` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminListReply {
+    /// Every admin, sorted by name.
+    pub admins: Vec<AdminInfo>,
+}

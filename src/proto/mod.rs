@@ -158,6 +158,29 @@ pub enum Caller {
     Enrollee,
 }
 
+/// What a request reaches, for admin roles' tenant confinement ([`crate::policy::roles`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// Nothing beyond the caller itself (enrollment, renewal, acknowledgements).
+    Own,
+    /// One tenant's things (a service, a secret): a confined admin must hold that tenant.
+    Tenant(String),
+    /// Every tenant's things, each shown only to admins who hold its tenant (listings).
+    EachTenant,
+    /// Estate-wide facts that belong to no tenant, read only (site list, audit verification).
+    Shared,
+    /// An estate-wide change (sites, rotations, site agents): admins confined to tenants may not.
+    Estate,
+    /// Admin identities themselves: owners only.
+    Admins,
+}
+
+/// What a request body reaches ([`Reach`]); every request type says it.
+pub trait Reaches {
+    /// What this request reaches.
+    fn reach(&self) -> Reach;
+}
+
 /// An endpoint as data (what [`Endpoint`] says, for tables and tests).
 #[derive(Debug, Clone, Copy)]
 pub struct EndpointSpec {
@@ -187,7 +210,7 @@ pub trait Endpoint: Send + Sync + 'static {
     /// JSON Schema of the reply's `result` (`subjects/schemas/`).
     const REPLY_SCHEMA: &'static str;
     /// The request body.
-    type Request: Serialize + DeserializeOwned + Send + Sync + 'static;
+    type Request: Serialize + DeserializeOwned + Reaches + Send + Sync + 'static;
     /// The reply's `result`.
     type Reply: Serialize + DeserializeOwned + Send + 'static;
     /// All of it as data.
@@ -257,7 +280,7 @@ macro_rules! for_each_endpoint {
         $m!(
             Status, TokenCreate, Grant, Ungrant, Grants, Revoke, List, RotateSigningKey, SecretPut, SecretRotate,
             SecretList, SecretVersions, SecretDelete, SecretGet, Enroll, Renew, Ack, SiteRenew, SiteAdd, SiteList,
-            RotateCa, SiteRemove
+            RotateCa, SiteRemove, AdminAdd, AdminList, AuditTail, AuditVerify
         )
     };
 }
@@ -276,12 +299,14 @@ pub fn endpoint(subject: &str) -> Option<&'static EndpointSpec> {
 }
 
 pub mod admin;
+pub mod audit;
 pub mod ca;
 pub mod enroll;
 pub mod secret;
 pub mod site;
 pub mod status;
 pub use admin::*;
+pub use audit::*;
 pub use ca::*;
 pub use enroll::*;
 pub use secret::*;

@@ -21,12 +21,17 @@ use crate::proto::{
     IdentityStatus, GrantRequest, GrantsReply, IdentityEntry, ListReply, ListRequest, RevokeReply, RevokedIdentity, RevokeRequest, ServiceRequest,
     TokenCreateReply, TokenCreateRequest,
 };
+use crate::policy::roles::Access;
+use crate::proto::{AdminAddRequest, AdminInfo, AdminListReply, AdminListRequest, AdminRole};
 use std::sync::Arc;
 use std::time::Duration;
 
 // === verbs ===
 
-serve_verbs! { TokenCreate(caller) => token_create, Grant(caller) => grant, Ungrant(caller) => ungrant, Grants => grants, Revoke(caller) => revoke, List => list }
+serve_verbs! {
+    TokenCreate(caller) => token_create, Grant(caller) => grant, Ungrant(caller) => ungrant, Grants => grants, Revoke(caller) => revoke,
+    List(call) => list, AdminAdd(caller) => admin_add, AdminList => admin_list,
+}
 
 fn grants_reply(role: &RoleRecord) -> GrantsReply {
     let d = default_permissions(&role.service);
@@ -246,15 +251,16 @@ async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> Resul
     let now = e.clock().now_unix();
     let admin = crate::names::admin_name(sid);
     let targets: Vec<IdentityRecord> = match admin {
-        // An admin identity (`tillit admin revoke NAME`): never the last live one.
+        // An admin identity (`tillit admin revoke NAME`): never the last live owner.
         Some(name) => {
             let all = e.identities().map_err(ApiError::from)?;
             let live = |i: &&IdentityRecord| i.kind == IdentityKind::Admin && i.state == IdentityState::Active && i.expires_at > now;
+            let owner = |i: &&IdentityRecord| i.access().role == AdminRole::Owner;
             let targets: Vec<IdentityRecord> = all.iter().filter(live).filter(|i| i.name == name).cloned().collect();
-            let others = all.iter().filter(live).filter(|i| i.name != name).count();
-            if !targets.is_empty() && others == 0 {
+            let other_owners = all.iter().filter(live).filter(owner).filter(|i| i.name != name).count();
+            if targets.iter().any(|t| owner(&t)) && other_owners == 0 {
                 return Err(ApiError::forbidden(format!(
-                    "admin {name} is the last live admin; add another first (`tillit admin add`), so someone can still act"
+                    "admin {name} is the last live owner; add another owner first (`tillit admin add NAME --role owner`), so someone can still manage admins"
                 )));
             }
             targets
@@ -314,13 +320,21 @@ pub(super) fn state_of(rec: &IdentityRecord, now: i64) -> IdentityStatus {
     }
 }
 
-async fn list(ctx: &Ctx, _req: ListRequest) -> Result<ListReply, ApiError> {
+/// Whether an admin with `access` sees identity `r` (a confined admin sees its tenants' services
+/// only: not admins, not site agents).
+pub(super) fn sees_identity(access: &Access, r: &IdentityRecord) -> bool {
+    !access.confined() || (r.kind == IdentityKind::Service && r.service.as_ref().is_some_and(|s| access.sees(&s.tenant)))
+}
+
+async fn list(ctx: &Ctx, call: &mut super::dispatch::Call, _req: ListRequest) -> Result<ListReply, ApiError> {
+    let access = call.access()?;
     let now = ctx.estate.clock().now_unix();
     let mut identities: Vec<IdentityEntry> = ctx
         .estate
         .identities()
         .map_err(ApiError::from)?
         .into_iter()
+        .filter(|r| sees_identity(access, r))
         .map(|r| IdentityEntry {
             id: r.id.clone(),
             kind: r.kind,
@@ -350,7 +364,7 @@ async fn token_create(ctx: &Ctx, caller: &IdentityRecord, req: TokenCreateReques
             return Err(ApiError::new(ErrorCode::NotFound, format!("no site {site}; add it first with `tillit site add`")));
         }
         Some(_) => {}
-        // A token for a new admin identity (`tillit admin add`).
+        // A token for a new admin identity: an owner (`tillit admin add` names a role).
         None if crate::names::admin_name(&req.identity).is_some() => {}
         None if req.identity.tenant == crate::names::AGENT_TENANT => {
             return Err(ApiError::bad_request(format!(
@@ -363,7 +377,8 @@ async fn token_create(ctx: &Ctx, caller: &IdentityRecord, req: TokenCreateReques
     let estate = ctx.estate.clone();
     let by = caller.id.clone();
     let sid = req.identity.clone();
-    let (tokens, batch) = tokio::task::spawn_blocking(move || estate.create_tokens(&sid, req.ttl_secs, req.count, &by))
+    let admin = crate::names::admin_name(&sid).map(|_| Access::owner());
+    let (tokens, batch) = tokio::task::spawn_blocking(move || estate.create_tokens(&sid, req.ttl_secs, req.count, &by, admin.as_ref()))
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::from)?;
@@ -380,4 +395,88 @@ async fn token_create(ctx: &Ctx, caller: &IdentityRecord, req: TokenCreateReques
         expires_at: crate::clock::rfc3339(expires),
         expires_at_unix: expires,
     })
+}
+
+// === admins ===
+
+/// `admins.add`: a join token for a new admin with a role (and tenants, for operators and auditors).
+async fn admin_add(ctx: &Ctx, caller: &IdentityRecord, req: AdminAddRequest) -> Result<TokenCreateReply, ApiError> {
+    let identity = crate::names::admin_service_id(&req.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if req.role == AdminRole::Owner && !req.tenants.is_empty() {
+        return Err(ApiError::bad_request("owners are never confined to tenants; give --tenant to operators and auditors"));
+    }
+    if req.tenants.len() > crate::proto::MAX_ADMIN_TENANTS {
+        return Err(ApiError::new(ErrorCode::LimitExceeded, format!("at most {} tenants per admin", crate::proto::MAX_ADMIN_TENANTS)));
+    }
+    let mut tenants = req.tenants.clone();
+    for t in &tenants {
+        crate::names::check_segment("tenant", t).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if t == crate::names::AGENT_TENANT {
+            return Err(ApiError::bad_request(format!("tenant {t:?} is tillit's own; confine admins to tenants of services")));
+        }
+    }
+    tenants.sort();
+    tenants.dedup();
+    if !(60..=MAX_TOKEN_TTL_SECS).contains(&req.ttl_secs) {
+        return Err(ApiError::bad_request(format!("ttl must be between 60s and {}s", MAX_TOKEN_TTL_SECS)));
+    }
+    let e = &ctx.estate;
+    let now = e.clock().now_unix();
+    // One name, one role: a new token for a live admin's name must not change what it may do.
+    if let Some(live) = e.identities().map_err(ApiError::from)?.into_iter().find(|i| {
+        i.kind == IdentityKind::Admin && i.name == req.name && i.state == IdentityState::Active && i.expires_at > now
+    }) {
+        let a = live.access();
+        if a.role != req.role || a.tenants != tenants {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("admin {} is live as {}; revoke it first to give the name another role or tenants", req.name, a.role),
+            ));
+        }
+    }
+    let access = Access { role: req.role, tenants: tenants.clone() };
+    let estate = ctx.estate.clone();
+    let by = caller.id.clone();
+    let sid = identity.clone();
+    let ttl = req.ttl_secs;
+    let (tokens, batch) = tokio::task::spawn_blocking(move || estate.create_tokens(&sid, ttl, 1, &by, Some(&access)))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::from)?;
+    let expires = tokens.first().map(|t| t.expires_at).unwrap_or_default();
+    let entry = Entry::ok(&caller.id, "admins.add", &req.name)
+        .detail(serde_json::json!({ "role": req.role, "tenants": tenants, "expires_at": expires,
+            "token_ids": tokens.iter().map(|t| t.id.as_str()).collect::<Vec<_>>() }))
+        .batch(batch);
+    ctx.journal.record(entry).await.map_err(super::journal_error)?;
+    tracing::info!(admin = %req.name, role = %req.role, by = %caller.id, "admin join token created");
+    Ok(TokenCreateReply {
+        tokens: tokens.iter().map(|t| t.encode().expose().to_string()).collect(),
+        identity,
+        expires_at: rfc3339(expires),
+        expires_at_unix: expires,
+    })
+}
+
+/// `admins.list`: every admin name with its role, tenants and live identities.
+async fn admin_list(ctx: &Ctx, _req: AdminListRequest) -> Result<AdminListReply, ApiError> {
+    let now = ctx.estate.clock().now_unix();
+    let mut by_name: std::collections::BTreeMap<String, Vec<IdentityRecord>> = Default::default();
+    for i in ctx.estate.identities().map_err(ApiError::from)?.into_iter().filter(|i| i.kind == IdentityKind::Admin) {
+        by_name.entry(i.name.clone()).or_default().push(i);
+    }
+    let admins = by_name
+        .into_iter()
+        .map(|(name, ids)| {
+            let live: Vec<&IdentityRecord> = ids.iter().filter(|i| state_of(i, now) == IdentityStatus::Active).collect();
+            // The newest identity says the role (all of a live name's agree: `admins.add` sees to it).
+            let newest = live.iter().copied().max_by_key(|i| i.issued_at).or_else(|| ids.iter().max_by_key(|i| i.issued_at));
+            let (access, state, expires) = match newest {
+                Some(n) => (n.access(), state_of(n, now), n.expires_at),
+                None => (Access::owner(), IdentityStatus::Expired, 0),
+            };
+            AdminInfo { name, role: access.role, tenants: access.tenants, state, active_identities: live.len(), expires_at: rfc3339(expires) }
+        })
+        .collect();
+    Ok(AdminListReply { admins })
 }

@@ -26,9 +26,16 @@ pub(crate) struct Call {
     pub(crate) info: Option<origin::RequestInfo>,
     /// Work to do once the reply is sent.
     pub(crate) after: Option<After>,
+    /// An admin caller's role and tenants (checked against the verb before its handler runs).
+    pub(crate) access: Option<crate::policy::roles::Access>,
 }
 
 impl Call {
+    /// An admin caller's role and tenants.
+    pub(crate) fn access(&self) -> Result<&crate::policy::roles::Access, ApiError> {
+        self.access.as_ref().ok_or_else(|| ApiError::internal("this verb needs an admin caller"))
+    }
+
     /// The identity that signed the request.
     pub(crate) fn caller(&self) -> Result<&IdentityRecord, ApiError> {
         self.caller.as_ref().ok_or_else(|| ApiError::internal("this verb needs a recorded caller"))
@@ -55,6 +62,9 @@ macro_rules! serve_verbs {
             }
         }
     )*};
+    (@call $f:ident, $ctx:ident, $call:ident, $req:ident, call) => {
+        $f($ctx, $call, $req).await
+    };
     (@call $f:ident, $ctx:ident, $call:ident, $req:ident) => {{
         let _ = &$call;
         $f($ctx, $req).await
@@ -69,6 +79,11 @@ type Run = for<'a> fn(&'a Arc<Ctx>, &'a mut Call, &'a RawValue) -> BoxFuture<'a,
 fn run<'a, E: Handle>(ctx: &'a Arc<Ctx>, call: &'a mut Call, raw: &'a RawValue) -> BoxFuture<'a, Result<Box<RawValue>, ApiError>> {
     Box::pin(async move {
         let req: E::Request = body(raw)?;
+        // An admin verb: the caller's role must allow it, on what the request reaches.
+        if E::CALLER == Caller::Admin {
+            let access = call.access.as_ref().ok_or_else(|| ApiError::internal("an admin verb without the caller's access"))?;
+            crate::policy::roles::authorize(access, E::SUBJECT, &proto::Reaches::reach(&req))?;
+        }
         to_value(E::handle(ctx, call, req).await?)
     })
 }
@@ -138,7 +153,7 @@ pub(crate) async fn dispatch(ctx: &Arc<Ctx>, route: &Route, msg: &async_nats::Me
             Err(e) => Err(Err(e)),
         }
     };
-    let mut call = Call { signer: claims.iss.clone(), caller: None, info, after: None };
+    let mut call = Call { signer: claims.iss.clone(), caller: None, info, after: None, access: None };
     if spec.caller == Caller::Enrollee {
         if call.info.as_ref().map(|i| i.acc.as_str()) != Some(ctx.bootstrap_account.as_str()) {
             return Err(ApiError::unauthenticated("enrollment must come from a join token's bootstrap connection"));
@@ -172,9 +187,19 @@ pub(crate) async fn dispatch(ctx: &Arc<Ctx>, route: &Route, msg: &async_nats::Me
         audit_refusal(ctx, &caller.id, spec, &e);
         return Err(e);
     }
+    if spec.caller == Caller::Admin {
+        call.access = Some(caller.access());
+    }
+    let actor = caller.id.clone();
     call.caller = Some(caller);
     let _serving = kept.as_ref().map(|(k, _)| ctx.replies.serving(k));
-    let value = run_raced(ctx, route, &mut call, &claims.body).await?;
+    let value = match run_raced(ctx, route, &mut call, &claims.body).await {
+        Ok(v) => v,
+        Err(e) => {
+            audit_refusal(ctx, &actor, spec, &e);
+            return Err(e);
+        }
+    };
     if let Some((k, d)) = kept {
         replies::keep(ctx, k, d, claims.exp, &value);
     }

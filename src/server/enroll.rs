@@ -185,6 +185,9 @@ async fn enroll(
         site: site.clone(),
         role_key: role.as_ref().map(|r| r.key.clone()),
         prev_role_key: None,
+        // An admin gets the role and tenants its token was minted with.
+        admin_role: admin.is_some().then(|| tok.admin_role.unwrap_or(crate::proto::AdminRole::Owner)),
+        admin_tenants: if admin.is_some() { tok.admin_tenants.clone() } else { vec![] },
     };
     let agent = site.as_ref().map(|site| crate::estate::sites::AgentStatus {
         site: site.clone(),

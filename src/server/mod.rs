@@ -11,6 +11,7 @@
 #[macro_use]
 mod dispatch;
 mod accounts;
+mod auditlog;
 mod admin;
 pub mod answers;
 mod backup;

@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 // === verbs ===
 
 serve_verbs! {
-    SecretPut(caller) => put, SecretRotate(caller) => rotate, SecretList => list, SecretVersions => versions, SecretDelete(caller) => delete,
+    SecretPut(caller) => put, SecretRotate(caller) => rotate, SecretList(call) => list, SecretVersions => versions, SecretDelete(caller) => delete,
     SecretGet(caller) => get,
 }
 
@@ -125,12 +125,14 @@ async fn announce(ctx: &Ctx, meta: &SecretMeta) {
     }
 }
 
-async fn list(ctx: &Ctx, req: SecretListRequest) -> Result<SecretListReply, ApiError> {
+async fn list(ctx: &Ctx, call: &mut super::dispatch::Call, req: SecretListRequest) -> Result<SecretListReply, ApiError> {
     if req.prefix.len() > 256 || req.prefix.contains("..") {
         return Err(ApiError::bad_request("prefix is malformed"));
     }
+    let access = call.access()?;
     let all = ctx.estate.secrets(&req.prefix).map_err(ApiError::from)?;
-    Ok(SecretListReply { secrets: all.iter().map(info).collect() })
+    // A tenant-confined admin sees its tenants' secrets only.
+    Ok(SecretListReply { secrets: all.iter().filter(|m| access.sees(&m.path.tenant)).map(info).collect() })
 }
 
 async fn versions(ctx: &Ctx, req: SecretPathRequest) -> Result<SecretReply, ApiError> {

@@ -86,7 +86,7 @@ async fn add(ctx: &Ctx, caller: &IdentityRecord, req: SiteAddRequest) -> Result<
     let (issue, mut batch) = e
         .issue_site(&req.name, &req.listen, &req.hosts, &csr_key, &req.sys_user, &req.tillit_user, &caller.id)
         .map_err(ApiError::from)?;
-    let (tokens, token_batch) = e.create_tokens(&sid, req.agent_token_ttl_secs, 1, &caller.id).map_err(ApiError::from)?;
+    let (tokens, token_batch) = e.create_tokens(&sid, req.agent_token_ttl_secs, 1, &caller.id, None).map_err(ApiError::from)?;
     batch.extend(token_batch);
     let token = tokens.into_iter().next().ok_or_else(|| ApiError::internal("no agent token minted"))?;
     let entry = Entry::ok(&caller.id, "site.add", &format!("site:{}", req.name))

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use crate::clock::rfc3339;
 use crate::error::ApiError;
 use crate::estate::{AccountKind, IdentityRecord, IdentityState};
+use crate::policy::roles::Access;
 use crate::proto::{self, IdentityStatus, AccountStatus, Counts, StatusReply, StatusRequest};
 
 impl Handle for proto::Status {
     async fn handle(ctx: &Arc<Ctx>, call: &mut Call, _req: StatusRequest) -> Result<StatusReply, ApiError> {
-        let mut st = status(ctx, call.caller()?)?;
+        let mut st = status(ctx, call.caller()?, call.access()?)?;
         let probe = match ctx.estate.config.ocsp_local_addr() {
             Some(addr) => Some(responder_answers(addr).await),
             None => None,
@@ -41,13 +42,19 @@ fn set_gauges(ctx: &Ctx, accounts: usize, ids: &[IdentityRecord]) {
     }
 }
 
-fn status(ctx: &Ctx, caller: &IdentityRecord) -> Result<StatusReply, ApiError> {
+/// The estate as `access` may see it: an admin confined to tenants counts only their services
+/// and sees only their accounts.
+fn status(ctx: &Ctx, caller: &IdentityRecord, access: &Access) -> Result<StatusReply, ApiError> {
     let e = &ctx.estate;
-    let accounts = e.accounts().map_err(ApiError::from)?;
-    let all = e.identities().map_err(ApiError::from)?;
+    let mut accounts = e.accounts().map_err(ApiError::from)?;
+    let mut all = e.identities().map_err(ApiError::from)?;
     let now = e.clock().now_unix();
-    let by_state = |st: IdentityStatus| all.iter().filter(|r| super::admin::state_of(r, now) == st).count();
     set_gauges(ctx, accounts.len(), &all);
+    if access.confined() {
+        all.retain(|r| super::admin::sees_identity(access, r));
+        accounts.retain(|a| a.kind == AccountKind::Tenant && a.tenant.as_deref().is_some_and(|t| access.sees(t)));
+    }
+    let by_state = |st: IdentityStatus| all.iter().filter(|r| super::admin::state_of(r, now) == st).count();
     Ok(StatusReply {
         trust_domain: e.trust_domain().to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),

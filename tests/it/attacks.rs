@@ -575,7 +575,7 @@ async fn an_admin_can_be_revoked_by_another_and_the_last_one_stays() {
     let _nats = e.start_nats();
     let _serve = e.start_serve_ready();
     let out = tillit(&["admin", "revoke", "admin", "--identity", &e.admin()]);
-    assert!(!out.status.success() && stderr(&out).contains("last live admin"), "{}", stderr(&out));
+    assert!(!out.status.success() && stderr(&out).contains("last live owner"), "{}", stderr(&out));
 
     let out = tillit(&["admin", "add", "bob", "--identity", &e.admin()]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -595,7 +595,7 @@ async fn an_admin_can_be_revoked_by_another_and_the_last_one_stays() {
     let out = tillit(&["status", "--identity", &e.admin()]);
     assert!(!out.status.success(), "a revoked admin still acts: {}", stdout(&out));
     let out = tillit(&["admin", "revoke", "bob", "--identity", bob_s]);
-    assert!(!out.status.success() && stderr(&out).contains("last live admin"), "{}", stderr(&out));
+    assert!(!out.status.success() && stderr(&out).contains("last live owner"), "{}", stderr(&out));
     let audit = stdout(&tillit(&["audit", "tail", "--data-dir", e.data(), "--json", "-n", "50"]));
     assert!(audit.lines().any(|l| l.contains("\"action\":\"revoke\"") && l.contains("tillit/admins/admin/admin") && l.contains("spiffe://admins.example/tillit/admin/bob")), "{audit}");
 }

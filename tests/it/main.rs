@@ -16,6 +16,7 @@ mod metrics;
 mod readme;
 mod refusals;
 mod replicas;
+mod roles;
 mod revocation;
 mod schemas;
 mod secrets;

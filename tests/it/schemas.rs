@@ -142,6 +142,13 @@ async fn live_replies_requests_and_events_match_the_contract() {
 
     ok::<proto::Status>(&mut tap, &nc, &admin_signer, proto::StatusRequest {}).await;
 
+    // Admins and the audit log.
+    let add = proto::AdminAddRequest { name: "carol".into(), role: proto::AdminRole::Auditor, tenants: vec!["acme".into()], ttl_secs: 600 };
+    ok::<proto::AdminAdd>(&mut tap, &nc, &admin_signer, add).await;
+    ok::<proto::AdminList>(&mut tap, &nc, &admin_signer, proto::AdminListRequest {}).await;
+    ok::<proto::AuditTail>(&mut tap, &nc, &admin_signer, proto::AuditTailRequest { n: 20 }).await;
+    ok::<proto::AuditVerify>(&mut tap, &nc, &admin_signer, proto::AuditVerifyRequest {}).await;
+
     // Enrollment and renewal, raw, as the service's own new key.
     let t = ok::<proto::TokenCreate>(
         &mut tap,
