@@ -2,6 +2,8 @@
 //! `TILLIT_*` environment fallbacks) and calls the library.
 
 pub mod admin;
+pub mod dashboard;
+pub mod estate;
 pub mod agent;
 pub mod audit;
 pub mod backup;
@@ -83,8 +85,14 @@ pub enum Command {
     Site(site::Args),
     /// Run a site agent: apply rotations from the event stream to files, run a hook, acknowledge.
     Agent(agent::Args),
-    /// Admin identities: add another (a join token), revoke one (admin).
+    /// Admins with roles: add one (a join token), list them, revoke one (owners).
     Admin(admin::Args),
+    /// Print a one-time URL that opens the read-only dashboard as this admin.
+    Dashboard(AdminArgs),
+    /// Write the live estate as a document (services' grants, secrets' readers, sites).
+    Export(estate::ExportArgs),
+    /// Make the live estate what a document says; `--plan` shows the change and makes none.
+    Apply(estate::ApplyArgs),
     /// The store: migrate a sled estate to JetStream, make a replica's data dir.
     Store(store::Args),
     /// Answer OCSP next to a hub nats-server from the pre-signed answers (no `serve` needed).
@@ -158,6 +166,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ungrant(a) => grant::grant(a, true).await,
         Command::Grants(a) => grant::grants(a).await,
         Command::Admin(a) => admin::run(a).await,
+        Command::Dashboard(a) => dashboard::run(a).await,
+        Command::Export(a) => estate::export(a).await,
+        Command::Apply(a) => estate::apply(a).await,
         Command::Revoke(a) => revoke::revoke(a).await,
         Command::List(a) => list::run(a).await,
         Command::Secret(a) => secret::run(a).await,

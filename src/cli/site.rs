@@ -94,10 +94,25 @@ async fn remove(a: RemoveArgs) -> anyhow::Result<()> {
 }
 
 async fn add(a: AddArgs) -> anyhow::Result<()> {
-    crate::names::check_segment("site name", &a.name)?;
     anyhow::ensure!(a.nats_port != 0, "--nats-port must be a port number");
     let ttl = parse_duration(&a.token_ttl).map_err(anyhow::Error::msg)?;
-    let out = std::path::absolute(&a.out).with_context(|| format!("--out {}", a.out.display()))?;
+    let listen = if a.host.contains(':') { format!("[{}]:{}", a.host, a.nats_port) } else { format!("{}:{}", a.host, a.nats_port) };
+    let client = TillitClient::connect_dir(&IdentityDir::new(&a.identity), a.nats.as_deref()).await?;
+    register(&client, &a.name, &listen, &a.cert_hosts, ttl, &a.out).await
+}
+
+/// Register site `name` (its leaf server listening on `listen`) and write its directory to
+/// `out`: keys made here, only public keys and a CSR sent (`tillit site add`, `tillit apply`).
+pub(crate) async fn register(
+    client: &TillitClient,
+    name: &str,
+    listen: &str,
+    cert_hosts: &[String],
+    ttl: std::time::Duration,
+    out: &Path,
+) -> anyhow::Result<()> {
+    crate::names::check_segment("site name", name)?;
+    let out = std::path::absolute(out).with_context(|| format!("--out {}", out.display()))?;
     anyhow::ensure!(
         crate::fsutil::is_absent_or_empty_dir(&out).unwrap_or(false),
         "{} exists and is not empty; pick a new directory for the site",
@@ -106,13 +121,11 @@ async fn add(a: AddArgs) -> anyhow::Result<()> {
     let sys_user = nkeys::KeyPair::new_user();
     let tillit_user = nkeys::KeyPair::new_user();
     let (csr, key_pem) = crate::issuer::x509::make_csr(&tillit_user.public_key())?;
-    let listen = if a.host.contains(':') { format!("[{}]:{}", a.host, a.nats_port) } else { format!("{}:{}", a.host, a.nats_port) };
-    let client = TillitClient::connect_dir(&IdentityDir::new(&a.identity), a.nats.as_deref()).await?;
     let reply: SiteAddReply = client
         .call::<crate::proto::SiteAdd>(SiteAddRequest {
-                name: a.name.clone(),
-                listen: listen.clone(),
-                hosts: a.cert_hosts.clone(),
+                name: name.to_string(),
+                listen: listen.to_string(),
+                hosts: cert_hosts.to_vec(),
                 csr,
                 sys_user: sys_user.public_key(),
                 tillit_user: tillit_user.public_key(),
@@ -123,8 +136,8 @@ async fn add(a: AddArgs) -> anyhow::Result<()> {
     let seed = |kp: &nkeys::KeyPair| kp.seed().map(crate::crypto::SecretString::new).map_err(|e| anyhow::anyhow!("nkey seed: {e}"));
     let conf = render_site(&SiteServer {
         trust_domain: &client.identity().info.trust_domain,
-        site: &a.name,
-        listen: &listen,
+        site: name,
+        listen,
         dir: &out,
         system_account: &reply.system_account,
         tillit_account: &reply.tillit_account,
@@ -144,14 +157,14 @@ async fn add(a: AddArgs) -> anyhow::Result<()> {
     ];
     write_site_dir(&out, &files)?;
     let site = SiteDir::new(&out);
-    println!("site {} registered; files in {}", a.name, out.display());
+    let port = listen.rsplit(':').next().unwrap_or("PORT");
+    println!("site {name} registered; files in {}", out.display());
     println!("  leaf server   nats-server -c {}", site.server_conf().display());
     println!(
-        "  agent         tillit agent --token-file {} --identity {} --out {} --nats nats://HOST:{} --exec 'kill -HUP $(cat {})'",
+        "  agent         tillit agent --token-file {} --identity {} --out {} --nats nats://HOST:{port} --exec 'kill -HUP $(cat {})'",
         site.agent_token().display(),
         site.agent_identity().root().display(),
         out.display(),
-        a.nats_port,
         site.pid_file().display()
     );
     println!("  hub leafnodes {}", reply.hub_urls.join(", "));

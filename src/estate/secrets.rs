@@ -67,6 +67,15 @@ impl Estate {
         Ok(meta)
     }
 
+    /// The batch that gives secret `meta` new readers (the caller commits it with its audit
+    /// record); the metadata as it will be.
+    pub fn readers_batch(&self, meta: &SecretMeta, readers: Vec<crate::secrets::Reader>) -> Result<(SecretMeta, Batch)> {
+        let next = SecretMeta { readers, ..meta.clone() };
+        let mut b = Batch::new();
+        b.put_json(Space::Secrets, next.path.to_string(), &next)?;
+        Ok((next, b))
+    }
+
     /// One version's value.
     pub fn secret_value(&self, path: &crate::secrets::SecretPath, version: u32) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
         Ok(self.vault.get_sealed(Space::SecretValues, &value_key(path, version))?)

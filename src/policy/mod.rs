@@ -10,6 +10,7 @@
 //! - `tokens`: whether a presented join token may enroll.
 //! - [`lease`]: which replica leads, with which fencing token.
 //! - `revocation`: the CRL reason code of a revocation.
+//! - [`plan`]: what `tillit apply` changes to make the live estate a document.
 //! - [`roles`]: which admin role may call which verb, and how far a tenant-confined admin reaches.
 
 pub(crate) mod caller;
@@ -18,6 +19,7 @@ pub mod lease;
 pub(crate) mod readers;
 pub(crate) mod renew;
 pub(crate) mod revocation;
+pub mod plan;
 pub mod roles;
 pub(crate) mod tokens;
 

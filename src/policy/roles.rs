@@ -60,6 +60,9 @@ pub const MATRIX: &[(&str, &[AdminRole])] = &[
     (proto::AuditVerify::SUBJECT, &[O, A]),
     (proto::AdminList::SUBJECT, &[O, A]),
     (proto::AdminAdd::SUBJECT, &[O]),
+    (proto::EstateExport::SUBJECT, &[O, P, A]),
+    (proto::DashboardSession::SUBJECT, &[O, P, A]),
+    (proto::SecretReaders::SUBJECT, &[O, P]),
 ];
 
 /// The roles that may call the admin verb on `subject` (none for an unknown verb).
@@ -139,6 +142,9 @@ reach! {
     proto::RotateCaRequest => |r| Reach::Estate,
     proto::AdminAddRequest => |r| Reach::Admins,
     proto::AdminListRequest => |r| Reach::Estate,
+    proto::EstateExportRequest => |r| Reach::EachTenant,
+    proto::DashboardSessionRequest => |r| Reach::EachTenant,
+    proto::SecretReadersRequest => |r| Reach::Tenant(r.path.tenant.clone()),
     proto::SecretGetRequest => |r| Reach::Own,
     proto::EnrollRequest => |r| Reach::Own,
     proto::RenewRequest => |r| Reach::Own,

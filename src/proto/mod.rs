@@ -280,7 +280,7 @@ macro_rules! for_each_endpoint {
         $m!(
             Status, TokenCreate, Grant, Ungrant, Grants, Revoke, List, RotateSigningKey, SecretPut, SecretRotate,
             SecretList, SecretVersions, SecretDelete, SecretGet, Enroll, Renew, Ack, SiteRenew, SiteAdd, SiteList,
-            RotateCa, SiteRemove, AdminAdd, AdminList, AuditTail, AuditVerify
+            RotateCa, SiteRemove, AdminAdd, AdminList, AuditTail, AuditVerify, EstateExport, SecretReaders, DashboardSession
         )
     };
 }
@@ -302,6 +302,7 @@ pub mod admin;
 pub mod audit;
 pub mod ca;
 pub mod enroll;
+pub mod estate;
 pub mod secret;
 pub mod site;
 pub mod status;
@@ -309,6 +310,7 @@ pub use admin::*;
 pub use audit::*;
 pub use ca::*;
 pub use enroll::*;
+pub use estate::*;
 pub use secret::*;
 pub use site::*;
 pub use status::*;

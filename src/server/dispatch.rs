@@ -218,6 +218,10 @@ fn changes(spec: &EndpointSpec) -> bool {
             | proto::SecretVersions::SUBJECT
             | proto::SecretGet::SUBJECT
             | proto::SiteList::SUBJECT
+            | proto::AdminList::SUBJECT
+            | proto::AuditTail::SUBJECT
+            | proto::AuditVerify::SUBJECT
+            | proto::EstateExport::SUBJECT
     )
 }
 

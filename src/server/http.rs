@@ -33,6 +33,8 @@ pub struct HttpState {
     pub estate: Arc<crate::estate::Estate>,
     /// Pre-signed OCSP answers (answered first; the estate signs what they do not hold).
     pub answers: Arc<crate::ocsp::copy::Copy>,
+    /// The dashboard's sessions (and the control plane's context, once up).
+    pub dashboard: Arc<super::dashboard::Sessions>,
 }
 
 impl HttpState {
@@ -162,6 +164,7 @@ pub fn router(state: HttpState, with_metrics: bool) -> Router {
         .route("/ocsp/{*req}", get(ocsp_get))
         .route("/crl", get(crl))
         .route("/crl/{id}", get(crl_by_id))
+        .merge(super::dashboard::routes())
         .layer(axum::extract::DefaultBodyLimit::max(crate::ocsp::MAX_REQUEST_BYTES))
         .with_state(state)
 }

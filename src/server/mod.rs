@@ -12,6 +12,8 @@
 mod dispatch;
 mod accounts;
 mod auditlog;
+pub mod dashboard;
+mod export;
 mod admin;
 pub mod answers;
 mod backup;
@@ -130,6 +132,8 @@ pub struct Ctx {
     pub replies: replies::ReplyCache,
     /// The pre-signed OCSP answers this replica publishes and answers from.
     pub answers: Arc<answers::Answers>,
+    /// The dashboard's one-time URLs and browser sessions (shared with the HTTP port).
+    pub dashboard: Arc<dashboard::Sessions>,
 }
 
 fn stopped(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
@@ -155,7 +159,15 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     // Pre-signed OCSP answers, kept current from the bucket once NATS is up; saved, so a
     // restarted replica answers from them before it reaches the bucket.
     let copy = Arc::new(crate::ocsp::copy::Copy::load(estate.dir.ocsp_answers()));
-    let http_state = http::HttpState { serving: serving.clone(), conns: conns.clone(), metrics: metrics.clone(), estate: estate.clone(), answers: copy.clone() };
+    let sessions = Arc::new(dashboard::Sessions::default());
+    let http_state = http::HttpState {
+        serving: serving.clone(),
+        conns: conns.clone(),
+        metrics: metrics.clone(),
+        estate: estate.clone(),
+        answers: copy.clone(),
+        dashboard: sessions.clone(),
+    };
     let http_task = start_http(&estate, http_state, &stop_rx).await?;
 
     let renew_own = Arc::new(tokio::sync::Notify::new());
@@ -165,7 +177,8 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     };
     let _ = conns.set(vec![("api".into(), own.api.clone()), ("sys".into(), own.sys.clone())]);
     let (revoke_tx, revoke_rx) = mpsc::unbounded_channel();
-    let ctx = Arc::new(Ctx::new(estate.clone(), metrics, own.api.clone(), own.sys, revoke_tx, renew_own, copy).await?);
+    let ctx = Arc::new(Ctx::new(estate.clone(), metrics, own.api.clone(), own.sys, revoke_tx, renew_own, copy, sessions.clone()).await?);
+    let _ = sessions.ctx.set(ctx.clone());
 
     tasks::restore_replay_cache(&ctx);
     // A replica learns whether it leads before the start-up steps that only the leader takes.
@@ -254,6 +267,7 @@ impl Ctx {
         revoke_tx: mpsc::UnboundedSender<(String, i64)>,
         renew_own: Arc<tokio::sync::Notify>,
         copy: Arc<crate::ocsp::copy::Copy>,
+        dashboard: Arc<dashboard::Sessions>,
     ) -> Result<Ctx, ServeError> {
         let service_err = |e: &dyn std::fmt::Display| ServeError::Service(e.to_string());
         let creds_err = |e: &dyn std::fmt::Display| ServeError::Creds(e.to_string());
@@ -281,6 +295,7 @@ impl Ctx {
             renew_own,
             replies: Default::default(),
             answers,
+            dashboard,
             leader: leader::Leadership::new(
                 match &estate.config.store {
                     crate::config::StoreBackend::JetStream { lease_ttl, .. } => Some(*lease_ttl),
@@ -312,7 +327,7 @@ async fn start_http(estate: &Estate, state: http::HttpState, stop: &watch::Recei
     };
     let main_router = http::router(state.clone(), metrics_here);
     let task = tokio::spawn(http::serve_http(listener, main_router, estate.config.http_max_connections, stopped(stop)));
-    tracing::info!(%addr, metrics = metrics_here, "HTTP: /healthz /readyz /ocsp /crl{}", if metrics_here { " /metrics" } else { "" });
+    tracing::info!(%addr, metrics = metrics_here, "HTTP: /healthz /readyz /ocsp /crl /dashboard{}", if metrics_here { " /metrics" } else { "" });
     if let Some(maddr) = estate.config.metrics_addr {
         let l = tokio::net::TcpListener::bind(maddr)
             .await

@@ -23,7 +23,7 @@ use zeroize::Zeroizing;
 
 serve_verbs! {
     SecretPut(caller) => put, SecretRotate(caller) => rotate, SecretList(call) => list, SecretVersions => versions, SecretDelete(caller) => delete,
-    SecretGet(caller) => get,
+    SecretGet(caller) => get, SecretReaders(caller) => set_readers,
 }
 
 fn info(m: &SecretMeta) -> SecretInfo {
@@ -88,6 +88,23 @@ async fn put(ctx: &Ctx, caller: &IdentityRecord, req: SecretPutRequest) -> Resul
     let meta = e.write_secret(&req.path, Some(readers), &value, &caller.id).map_err(ApiError::from)?;
     announce(ctx, &meta).await;
     Ok(SecretReply { secret: info(&meta) })
+}
+
+/// New readers for a secret (its versions untouched), recorded with the change.
+async fn set_readers(ctx: &Ctx, caller: &IdentityRecord, req: crate::proto::SecretReadersRequest) -> Result<SecretReply, ApiError> {
+    let readers = readers(&req.path, &req.readers)?;
+    let e = &ctx.estate;
+    let meta = e.secret(&req.path).map_err(ApiError::from)?.ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no secret at {}", req.path)))?;
+    if meta.readers == readers {
+        return Ok(SecretReply { secret: info(&meta) });
+    }
+    let before: Vec<String> = meta.readers.iter().map(|r| r.to_string()).collect();
+    let (next, b) = e.readers_batch(&meta, readers).map_err(ApiError::from)?;
+    let entry = Entry::ok(&caller.id, "secret.readers", &req.path.to_string())
+        .detail(serde_json::json!({ "before": before, "readers": req.readers }))
+        .batch(b);
+    ctx.journal.record(entry).await.map_err(super::journal_error)?;
+    Ok(SecretReply { secret: info(&next) })
 }
 
 async fn rotate(ctx: &Ctx, caller: &IdentityRecord, req: SecretRotateRequest) -> Result<SecretReply, ApiError> {

@@ -53,7 +53,9 @@ fn request(subject: &str, t: &str) -> serde_json::Value {
     let path = format!("{t}/shop/prod/nope");
     match subject {
         "tillit.v1.admin.status" | "tillit.v1.admin.list" | "tillit.v1.admin.secret.list" | "tillit.v1.admin.site.list"
-        | "tillit.v1.admin.audit.verify" | "tillit.v1.admin.admins.list" => json!({}),
+        | "tillit.v1.admin.audit.verify" | "tillit.v1.admin.admins.list" | "tillit.v1.admin.estate.export"
+        | "tillit.v1.admin.dashboard.session" => json!({}),
+        "tillit.v1.admin.secret.readers" => json!({ "path": path, "readers": [] }),
         "tillit.v1.admin.audit.tail" => json!({ "n": 1 }),
         "tillit.v1.admin.grants" => json!({ "service": svc }),
         "tillit.v1.admin.grant" | "tillit.v1.admin.ungrant" => json!({ "service": svc, "pub": [] }),
@@ -95,6 +97,9 @@ const ROLE_TABLE: &[(&str, bool, bool, bool)] = &[
     ("tillit.v1.admin.audit.verify", true, false, true),
     ("tillit.v1.admin.admins.list", true, false, true),
     ("tillit.v1.admin.admins.add", true, false, false),
+    ("tillit.v1.admin.estate.export", true, true, true),
+    ("tillit.v1.admin.dashboard.session", true, true, true),
+    ("tillit.v1.admin.secret.readers", true, true, false),
 ];
 
 /// Verbs an admin confined to tenants may not call at all (estate-wide changes, admins).
@@ -118,6 +123,7 @@ const TENANT_VERBS: &[&str] = &[
     "tillit.v1.admin.secret.put",
     "tillit.v1.admin.secret.rotate",
     "tillit.v1.admin.secret.delete",
+    "tillit.v1.admin.secret.readers",
 ];
 
 /// The table covers every admin verb, agrees with the product's matrix and with the README's.

@@ -148,6 +148,7 @@ async fn live_replies_requests_and_events_match_the_contract() {
     ok::<proto::AdminList>(&mut tap, &nc, &admin_signer, proto::AdminListRequest {}).await;
     ok::<proto::AuditTail>(&mut tap, &nc, &admin_signer, proto::AuditTailRequest { n: 20 }).await;
     ok::<proto::AuditVerify>(&mut tap, &nc, &admin_signer, proto::AuditVerifyRequest {}).await;
+    ok::<proto::DashboardSession>(&mut tap, &nc, &admin_signer, proto::DashboardSessionRequest {}).await;
 
     // Enrollment and renewal, raw, as the service's own new key.
     let t = ok::<proto::TokenCreate>(
@@ -188,6 +189,13 @@ async fn live_replies_requests_and_events_match_the_contract() {
     ok::<proto::SecretRotate>(&mut tap, &nc, &admin_signer, rotate).await;
     ok::<proto::SecretList>(&mut tap, &nc, &admin_signer, proto::SecretListRequest { prefix: String::new() }).await;
     ok::<proto::SecretVersions>(&mut tap, &nc, &admin_signer, proto::SecretPathRequest { path: path.clone() }).await;
+    let readers = proto::SecretReadersRequest { path: path.clone(), readers: vec!["acme/shop/prod/*".into()] };
+    ok::<proto::SecretReaders>(&mut tap, &nc, &admin_signer, readers).await;
+    let mut grant_more = proto::GrantRequest { service: orders.clone(), publish: vec!["shop.audit.>".into()], subscribe: vec![] };
+    ok::<proto::Grant>(&mut tap, &nc, &admin_signer, grant_more.clone()).await;
+    ok::<proto::EstateExport>(&mut tap, &nc, &admin_signer, proto::EstateExportRequest {}).await;
+    grant_more.subscribe.clear();
+    ok::<proto::Ungrant>(&mut tap, &nc, &admin_signer, grant_more).await;
     ok::<proto::SecretGet>(&mut tap, &svc_nc, &svc_signer, proto::SecretGetRequest { name: "db-password".into(), version: None }).await;
 
     // Sites (added through the CLI: its request carries keys made where it runs).
