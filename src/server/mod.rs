@@ -177,7 +177,8 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     };
     let _ = conns.set(vec![("api".into(), own.api.clone()), ("sys".into(), own.sys.clone())]);
     let (revoke_tx, revoke_rx) = mpsc::unbounded_channel();
-    let ctx = Arc::new(Ctx::new(estate.clone(), metrics, own.api.clone(), own.sys, revoke_tx, renew_own, copy, sessions.clone()).await?);
+    let ctx = Ctx::new(estate.clone(), metrics, own.api.clone(), own.sys, revoke_tx, renew_own, copy).await?;
+    let ctx = Arc::new(Ctx { dashboard: sessions.clone(), ..ctx });
     let _ = sessions.ctx.set(ctx.clone());
 
     tasks::restore_replay_cache(&ctx);
@@ -267,7 +268,6 @@ impl Ctx {
         revoke_tx: mpsc::UnboundedSender<(String, i64)>,
         renew_own: Arc<tokio::sync::Notify>,
         copy: Arc<crate::ocsp::copy::Copy>,
-        dashboard: Arc<dashboard::Sessions>,
     ) -> Result<Ctx, ServeError> {
         let service_err = |e: &dyn std::fmt::Display| ServeError::Service(e.to_string());
         let creds_err = |e: &dyn std::fmt::Display| ServeError::Creds(e.to_string());
@@ -295,7 +295,7 @@ impl Ctx {
             renew_own,
             replies: Default::default(),
             answers,
-            dashboard,
+            dashboard: Default::default(),
             leader: leader::Leadership::new(
                 match &estate.config.store {
                     crate::config::StoreBackend::JetStream { lease_ttl, .. } => Some(*lease_ttl),

@@ -66,18 +66,18 @@ fn cookie(headers: &HeaderMap) -> Option<String> {
 }
 
 /// The admin behind a request's session, with the context; or the refusal to send.
-fn authorized(s: &HttpState, headers: &HeaderMap) -> Result<(Arc<crate::server::Ctx>, crate::estate::IdentityRecord, String), Response> {
+fn authorized(s: &HttpState, headers: &HeaderMap) -> Result<(Arc<crate::server::Ctx>, crate::estate::IdentityRecord, String), Box<Response>> {
     let Some(ctx) = s.dashboard.ctx.get().cloned() else {
-        return Err(refused(StatusCode::SERVICE_UNAVAILABLE, "the control plane is starting; retry in a moment"));
+        return Err(Box::new(refused(StatusCode::SERVICE_UNAVAILABLE, "the control plane is starting; retry in a moment")));
     };
-    let unauth = || refused(StatusCode::UNAUTHORIZED, "no dashboard session: run `tillit dashboard --identity ADMIN` and open the URL it prints");
+    let unauth = || Box::new(refused(StatusCode::UNAUTHORIZED, "no dashboard session: run `tillit dashboard --identity ADMIN` and open the URL it prints"));
     let value = cookie(headers).ok_or_else(unauth)?;
     let grant: Grant = s.dashboard.session(&value, now(s)).ok_or_else(unauth)?;
     match admin_of(&ctx, &grant, now(s)) {
         Some(admin) => Ok((ctx, admin, value)),
         None => {
             s.dashboard.end(&value);
-            Err(refused(StatusCode::UNAUTHORIZED, "this admin was revoked or expired; the session ended"))
+            Err(Box::new(refused(StatusCode::UNAUTHORIZED, "this admin was revoked or expired; the session ended")))
         }
     }
 }
@@ -114,7 +114,7 @@ async fn login(State(s): State<HttpState>, Query(q): Query<LoginQuery>) -> Respo
 async fn asset(s: HttpState, headers: HeaderMap, body: &'static str, kind: &'static str) -> Response {
     match authorized(&s, &headers) {
         Ok(_) => hardened(([(header::CONTENT_TYPE, kind)], body).into_response()),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -133,7 +133,7 @@ async fn app_css(State(s): State<HttpState>, headers: HeaderMap) -> Response {
 async fn api_state(State(s): State<HttpState>, headers: HeaderMap) -> Response {
     let (ctx, admin, _) = match authorized(&s, &headers) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match state(&ctx, &admin).await {
         Ok(v) => hardened(([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()),
@@ -148,7 +148,7 @@ async fn api_events(State(s): State<HttpState>, headers: HeaderMap) -> Response 
     use axum::response::sse::{Event, KeepAlive, Sse};
     let (ctx, admin, value) = match authorized(&s, &headers) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let sessions = s.dashboard.clone();
     let clock = s.estate.clock().clone();
