@@ -57,6 +57,11 @@ pub fn site_serial(site: &SiteRecord) -> SerialRecord {
 
 /// The names a site server's certificate carries: the site name, loopback, the listen host, and
 /// the extra names given at `site add`.
+/// The names every site server's certificate carries besides the extra ones asked for.
+pub fn derived_site_hosts(name: &str, listen: &str) -> Vec<String> {
+    site_hosts(name, listen, &[])
+}
+
 fn site_hosts(name: &str, listen: &str, extra: &[String]) -> Vec<String> {
     let mut all = vec![name.to_string(), "localhost".to_string(), "127.0.0.1".to_string()];
     if let Some((h, _)) = listen.rsplit_once(':') {

@@ -62,6 +62,12 @@ fn minus(a: &BTreeSet<String>, b: &BTreeSet<String>) -> Vec<String> {
     a.difference(b).cloned().collect()
 }
 
+/// A desired site's certificate names, without those every site gets anyway.
+fn extra_hosts(s: &SiteDoc) -> BTreeSet<String> {
+    let derived = crate::estate::sites::derived_site_hosts(&s.name, &s.listen);
+    s.hosts.iter().filter(|h| !derived.contains(h)).cloned().collect()
+}
+
 fn tenant_of(id: &str) -> &str {
     id.split('/').next().unwrap_or_default()
 }
@@ -156,7 +162,7 @@ pub fn plan(live: &EstateDoc, desired: &EstateDoc, confined_to: &[String]) -> Pl
         for (name, w) in &want {
             match have.get(name) {
                 None => p.steps.push(Step::AddSite { name: name.to_string(), listen: w.listen.clone(), hosts: w.hosts.clone() }),
-                Some(h) if h.listen != w.listen || set(&h.hosts) != set(&w.hosts) => p.problems.push(format!(
+                Some(h) if h.listen != w.listen || set(&h.hosts) != extra_hosts(w) => p.problems.push(format!(
                     "site {name}: its listen address or certificate names differ from the live site's; remove and add it again to change them"
                 )),
                 Some(_) => {}

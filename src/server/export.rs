@@ -59,7 +59,9 @@ pub(crate) fn live_document(ctx: &Ctx, access: &Access) -> Result<EstateDoc, Api
             .map_err(ApiError::from)?
             .into_iter()
             .map(|s| {
-                let mut hosts = s.hosts.clone();
+                // The names every site's certificate gets are not the document's to say.
+                let derived = crate::estate::sites::derived_site_hosts(&s.name, &s.listen);
+                let mut hosts: Vec<String> = s.hosts.iter().filter(|h| !derived.contains(h)).cloned().collect();
                 hosts.sort();
                 SiteDoc { name: s.name, listen: s.listen, hosts }
             })

@@ -7,6 +7,7 @@ mod breakglass;
 mod context;
 mod contract;
 mod enroll;
+mod estate_code;
 mod faults;
 mod foundation;
 mod grants;
