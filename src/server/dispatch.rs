@@ -203,6 +203,11 @@ pub(crate) async fn dispatch(ctx: &Arc<Ctx>, route: &Route, msg: &async_nats::Me
     if let Some((k, d)) = kept {
         replies::keep(ctx, k, d, claims.exp, &value);
     }
+    // Every admin call is in the audit log: changes record themselves with what they changed;
+    // reads are recorded here (who read what), without holding up the reply.
+    if spec.caller == Caller::Admin && !changes(spec) {
+        ctx.journal.record_relaxed(crate::audit::Entry::ok(&actor, verb(spec.subject), spec.subject));
+    }
     Ok((value, call.after))
 }
 
