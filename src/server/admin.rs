@@ -260,7 +260,7 @@ async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> Resul
             let other_owners = all.iter().filter(live).filter(owner).filter(|i| i.name != name).count();
             if targets.iter().any(|t| owner(&t)) && other_owners == 0 {
                 return Err(ApiError::forbidden(format!(
-                    "admin {name} is the last live owner; add another owner first (`tillit admin add NAME --role owner`), so someone can still manage admins"
+                    "admin {name} is the last live admin with the owner role (the last live owner); add another owner first (`tillit admin add NAME --role owner`), so someone can still manage admins"
                 )));
             }
             targets
