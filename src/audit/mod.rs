@@ -332,6 +332,24 @@ mod tests {
         assert_eq!(t[1].redo[0].key, "U3");
     }
 
+    /// The tail is read backwards in chunks: across chunk boundaries, for more records than the
+    /// log holds, for none, and for a log longer than one chunk.
+    #[test]
+    fn tail_reads_the_end_whatever_the_chunks() {
+        let (d, store, clock) = setup();
+        let mut w = Writer::open(&d.path().join("audit"), store, clock, key()).unwrap();
+        for k in 0..40 {
+            w.append((k * 50 + 1..=k * 50 + 50).map(entry).collect()).unwrap();
+        }
+        let path = d.path().join("audit").join(AUDIT_FILE);
+        assert!(std::fs::metadata(&path).unwrap().len() > 4 * 64 * 1024, "several chunks");
+        for n in [0usize, 1, 7, 300, 1999, 2000, 5000] {
+            let t = tail(&path, n).unwrap();
+            let want: Vec<u64> = (2000u64.saturating_sub(n as u64) + 1..=2000).collect();
+            assert_eq!(t.iter().map(|r| r.seq).collect::<Vec<_>>(), want, "n = {n}");
+        }
+    }
+
     #[test]
     fn verify_names_edited_deleted_and_reordered_records() {
         let (d, store, clock) = setup();

@@ -124,24 +124,42 @@ pub fn verify(path: &Path, key: Option<&MacKey>) -> Result<Result<Verified, Chai
     Ok(Ok(Verified { records: prev_seq, head: prev_hash, authenticated, legacy, anchored }))
 }
 
-/// The last `n` records.
+/// The last `n` records, read backwards from the end of the file (a long log costs no more
+/// than its last `n` lines).
 pub fn tail(path: &Path, n: usize) -> Result<Vec<Record>, AuditError> {
+    use std::io::{Read, Seek, SeekFrom};
     let io = |source| AuditError::Io { path: path.display().to_string(), source };
-    let rd = BufReader::new(File::open(path).map_err(io)?);
-    let mut ring = std::collections::VecDeque::with_capacity(n.min(10_000));
-    for (i, line) in rd.lines().enumerate() {
-        let line = line.map_err(io)?;
-        let rec: Record = serde_json::from_str(&line).map_err(|e| AuditError::Damaged {
-            path: path.display().to_string(),
-            line: i + 1,
-            reason: e.to_string(),
-        })?;
-        if ring.len() == n {
-            ring.pop_front();
-        }
-        if n > 0 {
-            ring.push_back(rec);
-        }
+    let mut f = File::open(path).map_err(io)?;
+    let len = f.seek(SeekFrom::End(0)).map_err(io)?;
+    const CHUNK: u64 = 64 * 1024;
+    // Bytes from `at` to the end; read backwards until they hold `n` whole lines (or the file).
+    let (mut at, mut buf) = (len, Vec::<u8>::new());
+    while at > 0 && bytecount_lines(&buf) <= n {
+        let step = CHUNK.min(at);
+        at -= step;
+        f.seek(SeekFrom::Start(at)).map_err(io)?;
+        let mut chunk = vec![0u8; step as usize];
+        f.read_exact(&mut chunk).map_err(io)?;
+        chunk.extend_from_slice(&buf);
+        buf = chunk;
     }
-    Ok(ring.into_iter().collect())
+    let lines: Vec<&[u8]> = buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    // The first line is whole only if the read reached the start of the file.
+    let whole = if at == 0 { &lines[..] } else { lines.get(1..).unwrap_or(&[]) };
+    let keep = &whole[whole.len().saturating_sub(n)..];
+    let mut out = Vec::with_capacity(keep.len());
+    for (i, line) in keep.iter().enumerate() {
+        let from_end = keep.len() - i;
+        let rec: Record = serde_json::from_slice(line).map_err(|e| AuditError::Damaged {
+            path: path.display().to_string(),
+            line: from_end,
+            reason: format!("{e} (counting lines from the end of the log)"),
+        })?;
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+fn bytecount_lines(b: &[u8]) -> usize {
+    b.iter().filter(|x| **x == b'\n').count()
 }

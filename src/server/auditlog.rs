@@ -9,7 +9,7 @@ use crate::proto::{AuditRecordInfo, AuditTailReply, AuditTailRequest, AuditVerif
 serve_verbs! { AuditTail(call) => tail, AuditVerify => verify }
 
 /// How many records a tail looks through for a tenant-confined auditor's.
-const TAIL_SCAN: usize = 20_000;
+pub(crate) const TAIL_SCAN: usize = 20_000;
 
 /// The tenant an audit record is about, if any: the first segment of its target (a service id,
 /// a secret path, or a SPIFFE id of this trust domain); never tillit's own.
@@ -24,17 +24,19 @@ fn info(r: Record) -> AuditRecordInfo {
     AuditRecordInfo { seq: r.seq, time: r.time, actor: r.actor, action: r.action, target: r.target, outcome: r.outcome, detail: r.detail }
 }
 
-/// The last `n` records `keep` selects, oldest first, wherever the journal is kept.
-pub(crate) async fn last_records(ctx: &Ctx, n: usize, keep: impl FnMut(&Record) -> bool + Send + 'static) -> Result<Vec<Record>, ApiError> {
+/// The last `n` records `keep` selects among the last `scan` (at least `n`), oldest first,
+/// wherever the journal is kept.
+pub(crate) async fn last_records(ctx: &Ctx, n: usize, scan: usize, keep: impl FnMut(&Record) -> bool + Send + 'static) -> Result<Vec<Record>, ApiError> {
+    let scan = scan.max(n);
     let e = &ctx.estate;
     match (&e.config.store, e.store().nats()) {
         (crate::config::StoreBackend::JetStream { journal, .. }, Some(client)) => {
-            audit::tail_stream(client, journal, n, TAIL_SCAN, keep).await.map_err(|err| super::unavailable(&format!("cannot read the journal: {err}")))
+            audit::tail_stream(client, journal, n, scan, keep).await.map_err(|err| super::unavailable(&format!("cannot read the journal: {err}")))
         }
         _ => {
             let path = e.dir.audit_log();
             let mut keep = keep;
-            tokio::task::spawn_blocking(move || audit::tail(&path, TAIL_SCAN).map(|all| {
+            tokio::task::spawn_blocking(move || audit::tail(&path, scan).map(|all| {
                 let mut v: Vec<Record> = all.into_iter().filter(|r| keep(r)).collect();
                 let skip = v.len().saturating_sub(n);
                 v.drain(..skip);
@@ -53,8 +55,10 @@ async fn tail(ctx: &Ctx, call: &mut super::dispatch::Call, req: AuditTailRequest
     }
     let access = call.access()?.clone();
     let td = ctx.estate.trust_domain().to_string();
+    // A confined auditor's records are found among more (most belong to other tenants).
+    let scan = if access.confined() { TAIL_SCAN } else { req.n };
     let keep = move |r: &Record| !access.confined() || record_tenant(&td, &r.target).is_some_and(|t| access.sees(t));
-    let records = last_records(ctx, req.n, keep).await?;
+    let records = last_records(ctx, req.n, scan, keep).await?;
     Ok(AuditTailReply { records: records.into_iter().map(info).collect() })
 }
 
