@@ -511,6 +511,26 @@ mod tests {
     use crate::clock::ManualClock;
     use crate::estate::tests::new_estate;
 
+    /// Admins recorded before roles existed (no `admin_role`) are owners: estates upgrade in place.
+    #[test]
+    fn admins_from_before_roles_are_owners() {
+        let clock = Arc::new(ManualClock::new(1_780_000_000));
+        let (_d, e, _s, _m) = new_estate(clock);
+        let files = e.issue_admin("admin").unwrap();
+        let rec = e.identity(&files.info.user_public_key).unwrap().unwrap();
+        assert_eq!(rec.access(), crate::policy::roles::Access::owner(), "the init admin is the first owner");
+        let mut old = serde_json::to_value(&rec).unwrap();
+        old.as_object_mut().unwrap().remove("admin_role");
+        assert!(old.get("admin_tenants").is_none(), "an unconfined admin's record names no tenants");
+        let old: IdentityRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(old.access(), crate::policy::roles::Access::owner());
+        let mut auditor = rec.clone();
+        auditor.admin_role = Some(crate::proto::AdminRole::Auditor);
+        auditor.admin_tenants = vec!["acme".into()];
+        let back: IdentityRecord = serde_json::from_str(&serde_json::to_string(&auditor).unwrap()).unwrap();
+        assert_eq!(back.access(), crate::policy::roles::Access { role: crate::proto::AdminRole::Auditor, tenants: vec!["acme".into()] });
+    }
+
     #[test]
     fn admin_identity_is_recorded_and_scoped() {
         let clock = Arc::new(ManualClock::new(1_780_000_000));
