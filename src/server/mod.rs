@@ -179,7 +179,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     let (revoke_tx, revoke_rx) = mpsc::unbounded_channel();
     let ctx = Ctx::new(estate.clone(), metrics, own.api.clone(), own.sys, revoke_tx, renew_own, copy).await?;
     let ctx = Arc::new(Ctx { dashboard: sessions.clone(), ..ctx });
-    let _ = sessions.ctx.set(ctx.clone());
+    let _ = sessions.ctx.set(Arc::downgrade(&ctx));
 
     tasks::restore_replay_cache(&ctx);
     // A replica learns whether it leads before the start-up steps that only the leader takes.

@@ -67,7 +67,7 @@ fn cookie(headers: &HeaderMap) -> Option<String> {
 
 /// The admin behind a request's session, with the context; or the refusal to send.
 fn authorized(s: &HttpState, headers: &HeaderMap) -> Result<(Arc<crate::server::Ctx>, crate::estate::IdentityRecord, String), Box<Response>> {
-    let Some(ctx) = s.dashboard.ctx.get().cloned() else {
+    let Some(ctx) = s.dashboard.ctx() else {
         return Err(Box::new(refused(StatusCode::SERVICE_UNAVAILABLE, "the control plane is starting; retry in a moment")));
     };
     let unauth = || Box::new(refused(StatusCode::UNAUTHORIZED, "no dashboard session: run `tillit dashboard --identity ADMIN` and open the URL it prints"));
@@ -88,7 +88,7 @@ struct LoginQuery {
 }
 
 async fn login(State(s): State<HttpState>, Query(q): Query<LoginQuery>) -> Response {
-    let Some(ctx) = s.dashboard.ctx.get().cloned() else {
+    let Some(ctx) = s.dashboard.ctx() else {
         return refused(StatusCode::SERVICE_UNAVAILABLE, "the control plane is starting; retry in a moment");
     };
     let code = q.code.unwrap_or_default();

@@ -40,8 +40,9 @@ pub const COOKIE: &str = "tillit_dashboard";
 #[derive(Default)]
 pub struct Sessions {
     inner: Mutex<Inner>,
-    /// The control plane's context, once it is up (the HTTP port starts before NATS).
-    pub ctx: OnceLock<Arc<Ctx>>,
+    /// The control plane's context, once it is up (the HTTP port starts before NATS); weak, as
+    /// the context holds these sessions (a strong link would keep both, and the store, alive).
+    pub ctx: OnceLock<std::sync::Weak<Ctx>>,
 }
 
 #[derive(Default)]
@@ -76,6 +77,11 @@ fn prune(m: &mut HashMap<String, Grant>, now: i64) {
 }
 
 impl Sessions {
+    /// The control plane's context, while it runs.
+    pub fn ctx(&self) -> Option<Arc<Ctx>> {
+        self.ctx.get().and_then(std::sync::Weak::upgrade)
+    }
+
     /// A one-time code for `admin_user`.
     pub fn mint(&self, admin_user: &str, now: i64) -> Result<(String, i64), ApiError> {
         let code = secret()?;
