@@ -164,7 +164,7 @@ fn the_dashboard_renders_the_estate_live_in_a_real_browser_and_confines_sessions
     assert_eq!(b.call(json!({ "cmd": "count", "css": "#identities-body tr" })).unwrap(), 2);
     assert_eq!(b.call(json!({ "cmd": "count", "css": "#identities-body tr[data-tenant=\"acme\"]" })).unwrap(), 2);
     b.call(json!({ "cmd": "select", "css": "#filter-env", "value": "staging" })).unwrap();
-    assert_eq!(b.call(json!({ "cmd": "texts", "css": "#identities-body tr td:first-child" })).unwrap(), json!(["spiffe://dash.example/acme/shop/staging/orders"]));
+    assert_eq!(b.call(json!({ "cmd": "texts", "css": "#identities-body tr td:first-child" })).unwrap(), json!(["acme/shop/staging/orders"]), "ids are shown without spiffe://<trust domain>/");
     b.call(json!({ "cmd": "select", "css": "#filter-env", "value": "" })).unwrap();
     // The site, its certificate from the current CA; the signing key; the audit tail.
     let site = "tr[data-site=\"east\"]";
@@ -208,6 +208,8 @@ fn the_dashboard_renders_the_estate_live_in_a_real_browser_and_confines_sessions
     let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard.png");
     assert_eq!(b.call(json!({ "cmd": "screenshot", "path": shot.to_str().unwrap() })).unwrap(), true);
     assert!(std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false), "{}", shot.display());
+    let dark = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard-dark.png");
+    assert_eq!(b.call(json!({ "cmd": "screenshot", "path": dark.to_str().unwrap(), "dark": true })).unwrap(), true);
 
     // === the session, over plain HTTP ===
     let cookie = b.call(json!({ "cmd": "cookie", "name": "tillit_dashboard" })).unwrap();
@@ -242,7 +244,7 @@ fn the_dashboard_renders_the_estate_live_in_a_real_browser_and_confines_sessions
     assert_eq!(b.call(json!({ "cmd": "text", "browser": "aud", "css": "#count-total" })).unwrap(), c["identities"].to_string(), "{c}");
     let ids = b.call(json!({ "cmd": "texts", "browser": "aud", "css": "#identities-body tr td:first-child" })).unwrap();
     let ids: Vec<&str> = ids.as_array().unwrap().iter().filter_map(Value::as_str).collect();
-    assert!(ids.contains(&"spiffe://dash.example/acme/shop/prod/orders") && ids.contains(&"spiffe://dash.example/acme/shop/staging/orders"), "{ids:?}");
+    assert!(ids.contains(&"acme/shop/prod/orders") && ids.contains(&"acme/shop/staging/orders"), "{ids:?}");
     let text = page_text(&mut b, "aud");
     assert!(!text.contains("globex"), "the acme auditor sees nothing of globex:\n{text}");
     assert_eq!(b.call(json!({ "cmd": "count", "browser": "aud", "css": "#sites-body tr" })).unwrap(), 0, "no sites for a confined admin");

@@ -8,6 +8,7 @@
   const $ = (id) => document.getElementById(id);
   let current = null; // the last state rendered
   let source = null; // the EventSource
+  let idPrefix = null; // `spiffe://<trust domain>/`, left out of displayed ids (the header names it)
 
   // === DOM helpers ===
 
@@ -32,9 +33,16 @@
     if (e) e.textContent = text === undefined || text === null ? '–' : String(text);
   }
 
+  // Replace a table's rows, unless they are the same as shown (no churn under the user's
+  // pointer or selection when an event changes something else).
+  const shown = new Map();
   function fill(tbodyId, rows, emptyId) {
     const body = $(tbodyId);
-    body.replaceChildren(...rows);
+    const markup = rows.map((r) => r.outerHTML).join('');
+    if (shown.get(tbodyId) !== markup) {
+      body.replaceChildren(...rows);
+      shown.set(tbodyId, markup);
+    }
     if (emptyId) $(emptyId).classList.toggle('hidden', rows.length > 0);
   }
 
@@ -51,6 +59,7 @@
 
   function span(secs) {
     const s = Math.abs(Math.round(secs));
+    if (s >= 365 * 86400) return Math.floor(s / (365 * 86400)) + 'y ' + (Math.floor(s / 86400) % 365) + 'd';
     if (s < 60) return s + 's';
     if (s < 3600) return Math.floor(s / 60) + 'm';
     if (s < 86400) return Math.floor(s / 3600) + 'h ' + (Math.floor(s / 60) % 60) + 'm';
@@ -75,13 +84,26 @@
 
   function timeCell(iso, now, cls) {
     if (!iso) return td(null, cls);
-    return td(relative(iso, now), cls, shortTime(iso) + ' (' + iso + ')');
+    return td(relative(iso, now), 'time ' + (cls || ''), shortTime(iso) + ' (' + iso + ')');
   }
 
   function shortFingerprint(fp) {
     if (!fp) return '–';
     const [alg, hex] = fp.includes(':') ? fp.split(':', 2) : ['', fp];
     return (alg ? alg + ':' : '') + hex.slice(0, 16) + '…';
+  }
+
+  // An id without this estate's `spiffe://<trust domain>/` (the full id is the cell's title).
+  function shortId(id) {
+    return idPrefix && typeof id === 'string' && id.startsWith(idPrefix) ? id.slice(idPrefix.length) : id;
+  }
+
+  function idCell(id, cls, title) {
+    return td(shortId(id), 'mono wrap ' + (cls || ''), title || id);
+  }
+
+  function shortKid(kid) {
+    return kid && kid.length > 16 ? kid.slice(0, 12) + '…' : kid;
   }
 
   function stateBadge(state) {
@@ -121,7 +143,7 @@
     }));
     fill('next-expiries', (o.next_expiries || []).map((x) =>
       el('tr', { data: { id: x.id } },
-        td(x.id, 'mono wrap'),
+        idCell(x.id),
         td(shortTime(x.expires_at), null, x.expires_at),
         td(x.in_secs >= 0 ? 'in ' + span(x.in_secs) : 'expired', 'num' + (x.in_secs < 3600 ? ' soon' : '')))), 'next-expiries-empty');
 
@@ -149,7 +171,7 @@
         timeCell(x.retire_at, now))));
     fill('signing-keys', (o.signing_keys || []).map((k) =>
       el('tr', { data: { kid: k.kid, state: k.state } },
-        td(k.kid, 'mono wrap'),
+        td(shortKid(k.kid), 'mono', k.kid),
         el('td', null, stateBadge(k.state)),
         timeCell(k.created_at, now),
         timeCell(k.retire_at, now))));
@@ -187,7 +209,7 @@
       .sort((a, b) => (a.state === b.state ? a.id.localeCompare(b.id) : a.state === 'active' ? -1 : b.state === 'active' ? 1 : a.state.localeCompare(b.state)));
     fill('identities-body', rows.map((r) =>
       el('tr', { data: { id: r.id, state: r.state, tenant: r.tenant || '' } },
-        td(r.id, 'mono wrap', r.user_public_key),
+        idCell(r.id, 'id', r.id + '\nkey ' + r.user_public_key),
         td(r.kind),
         td(r.tenant),
         td(r.project),
@@ -230,14 +252,15 @@
       el('tr', { data: { seq: r.seq, outcome: r.outcome } },
         td(r.seq, 'num'),
         timeCell(r.time, now),
-        td(r.actor, 'mono wrap actor'),
+        idCell(r.actor, 'actor'),
         td(r.action, 'action'),
-        td(r.target, 'mono wrap target'),
+        idCell(r.target, 'target'),
         el('td', null, el('span', { cls: 'badge ' + (String(r.outcome).startsWith('denied') ? 'state-revoked' : 'state-active'), text: r.outcome })))), emptyId);
   }
 
   function render(s) {
     current = s;
+    idPrefix = 'spiffe://' + s.trust_domain + '/';
     const now = parseTime(s.generated_at);
     renderHeader(s);
     renderOverview(s, now);
