@@ -251,6 +251,8 @@ fn the_dashboard_renders_the_estate_live_in_a_real_browser_and_confines_sessions
     assert!(!text.contains("data-site="), "no site rows:\n{text}");
     let msg = b.call(json!({ "cmd": "text", "browser": "aud", "css": "#sites-empty" })).unwrap();
     assert!(msg.as_str().unwrap().contains("estate-wide"), "{msg}");
+    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard-auditor.png");
+    assert_eq!(b.call(json!({ "cmd": "screenshot", "browser": "aud", "path": shot.to_str().unwrap() })).unwrap(), true);
     // Revoked: its session ends at the next request, and the open page says so.
     let cookie = b.call(json!({ "cmd": "cookie", "browser": "aud", "name": "tillit_dashboard" })).unwrap();
     let aud_cookie = format!("tillit_dashboard={}", cookie["value"].as_str().unwrap());
