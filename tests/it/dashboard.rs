@@ -3,7 +3,8 @@
 //! real estate with a site and an agent. The page stays open while the estate changes, so the
 //! live update (server-sent events, no reload) is what is checked; a tenant-confined auditor
 //! sees its tenant only; the session rules are checked over plain HTTP. `.ci/run` installs
-//! chromium, chromium-driver and selenium; a machine without them fails this test, saying so.
+//! chromium, chromium-driver and selenium; a machine without them fails this test, saying so
+//! (`TILLIT_CHROMIUM` and `TILLIT_CHROMEDRIVER` point at other binaries).
 
 use crate::harness::*;
 use crate::roles::add_admin;
@@ -16,7 +17,8 @@ use std::time::Duration;
 /// The browser driver: `python3 tests/it/fixtures/dashboard.py`, spoken to in JSON lines.
 struct Browser {
     child: Child,
-    stdin: ChildStdin,
+    /// Closed on drop: the driver then quits its browsers and removes their profiles.
+    stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
 }
 
@@ -30,7 +32,7 @@ impl Browser {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run python3 ({e}): install python3, chromium, chromium-driver and selenium==4.27.1 (.ci/run does)"));
-        let stdin = child.stdin.take().unwrap();
+        let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let mut b = Browser { child, stdin, stdout };
         let hello = b.read().unwrap_or_else(|e| panic!("the browser driver cannot run: {e}"));
@@ -54,17 +56,21 @@ impl Browser {
 
     /// One command; its value, or what went wrong.
     fn call(&mut self, c: Value) -> Result<Value, String> {
-        writeln!(self.stdin, "{c}").map_err(|e| e.to_string())?;
-        self.stdin.flush().map_err(|e| e.to_string())?;
+        let stdin = self.stdin.as_mut().ok_or("the browser driver's input is closed")?;
+        writeln!(stdin, "{c}").map_err(|e| e.to_string())?;
+        stdin.flush().map_err(|e| e.to_string())?;
         self.read().map(|v| v["value"].clone()).map_err(|e| format!("{c}: {e}"))
     }
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // Closing stdin ends the driver, which quits its browsers; then make sure.
-        let _ = writeln!(self.stdin);
-        let _ = exited_within(&mut self.child, Duration::from_secs(10)).is_none().then(|| self.child.kill());
+        // End of input ends the driver, which quits its browsers (and their chromedriver); a
+        // driver that hangs is killed.
+        drop(self.stdin.take());
+        if exited_within(&mut self.child, Duration::from_secs(20)).is_none() {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }
@@ -99,6 +105,8 @@ fn page_text(b: &mut Browser, browser: &str) -> String {
 
 #[test]
 fn the_dashboard_renders_the_estate_live_in_a_real_browser_and_confines_sessions() {
+    // First, so a machine without the browser fails at once, saying what to install.
+    let mut b = Browser::start();
     let (e, _leaf) = Estate::init_with_leaf("dash.example");
     let _hub = e.start_nats();
     let serve = e.start_serve_ready();
@@ -133,7 +141,6 @@ fn the_dashboard_renders_the_estate_live_in_a_real_browser_and_confines_sessions
     .unwrap_or_else(|| panic!("the agent never acked: {}\n{}", site_status(&e, "east"), l(&agent)));
 
     // === the owner's page ===
-    let mut b = Browser::start();
     let url = dashboard_url(&e, &owner);
     let landed = b.call(json!({ "cmd": "open", "url": url })).unwrap();
     assert_eq!(landed, format!("http://127.0.0.1:{}/dashboard/", e.http_port), "the login redirects to the page (the code leaves the address bar)");

@@ -43,11 +43,11 @@
       body.replaceChildren(...rows);
       shown.set(tbodyId, markup);
     }
-    if (emptyId) $(emptyId).classList.toggle('hidden', rows.length > 0);
-  }
-
-  function show(id, on) {
-    $(id).classList.toggle('hidden', !on);
+    if (emptyId) {
+      // An empty table shows its sentence instead of bare headers.
+      $(emptyId).classList.toggle('hidden', rows.length > 0);
+      body.closest('.scroll, table').classList.toggle('hidden', rows.length === 0);
+    }
   }
 
   // === time ===
@@ -240,10 +240,8 @@
         x.last_ack_at ? timeCell(x.last_ack_at, now, 'last-ack') : td('never', 'last-ack muted'),
         failures,
         el('td', { cls: 'cert', title: x.cert_expires_at ? 'expires ' + x.cert_expires_at : null }, cert));
-    }));
-    const empty = $('sites-empty');
-    empty.textContent = confined ? 'Sites are estate-wide: an admin confined to tenants does not see them.' : 'No site yet (tillit site add).';
-    show('sites-empty', sites.length === 0);
+    }), 'sites-empty');
+    $('sites-empty').textContent = confined ? 'Sites are estate-wide: an admin confined to tenants does not see them.' : 'No site yet (tillit site add).';
     $('sites').dataset.confined = String(confined);
   }
 
