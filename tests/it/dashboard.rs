@@ -103,6 +103,19 @@ fn page_text(b: &mut Browser, browser: &str) -> String {
     format!("{}\n{}", text.as_str().unwrap(), dom.as_str().unwrap())
 }
 
+/// Connect to the hub with the admin's certificate and no credentials: nats-server refuses it.
+fn refused_connection(e: &Estate) {
+    let admin = tillit::identity::load(&tillit::layout::IdentityDir::new(e.admin())).unwrap();
+    let cert = tillit::client::tls::certified_key(&admin.cert_pem, admin.key_pem.expose()).unwrap();
+    let tls = tillit::client::tls::client_config(&admin.ca_pem, tillit::client::tls::SwappableCert::new(cert)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let refused = rt.block_on(async {
+        let c = async_nats::ConnectOptions::new().require_tls(true).tls_client_config(tls).connection_timeout(Duration::from_secs(5));
+        tokio::time::timeout(Duration::from_secs(10), c.connect(e.nats_url())).await
+    });
+    assert!(matches!(refused, Ok(Err(_))), "the hub took a connection without credentials");
+}
+
 #[test]
 fn the_dashboard_renders_the_estate_live_in_a_real_browser_and_confines_sessions() {
     // First, so a machine without the browser fails at once, saying what to install.
@@ -126,6 +139,8 @@ fn the_dashboard_renders_the_estate_live_in_a_real_browser_and_confines_sessions
     let aud = aud.to_str().unwrap();
     let out = tillit(&["token", "create", "--tenant", "acme", "--project", "shop", "--env", "prod", "--service", "orders", "--identity", aud]);
     assert!(!out.status.success(), "an auditor minted a token");
+    // A real refusal at the hub for the auth failures table: the admin's certificate, no JWT.
+    refused_connection(&e);
     let east = site_add(&e, "east");
     let east_srv = east.start();
     let out = secret_put(&e, "acme/shop/prod/db", "v1", &["site:east"]);
@@ -185,6 +200,9 @@ fn the_dashboard_renders_the_estate_live_in_a_real_browser_and_confines_sessions
     for action in ["revoke", "site.add", "dashboard.login"] {
         assert!(audit.as_array().unwrap().iter().any(|a| a == action), "{action} in the audit tail: {audit}");
     }
+    b.call(json!({ "cmd": "wait", "css": "#auth-failures-body td.action", "equals": "connect", "timeout": 10 })).unwrap();
+    let actor = b.call(json!({ "cmd": "text", "css": "#auth-failures-body td.actor" })).unwrap();
+    assert!(actor.as_str().unwrap().starts_with("nats-server:"), "{actor}");
     let refused = b.call(json!({ "cmd": "texts", "css": "#refusals-body td.action" })).unwrap();
     assert!(refused.as_array().unwrap().iter().any(|a| a == "token.create"), "the auditor's refusal: {refused}");
 
@@ -256,6 +274,7 @@ fn the_dashboard_renders_the_estate_live_in_a_real_browser_and_confines_sessions
     assert!(!text.contains("globex"), "the acme auditor sees nothing of globex:\n{text}");
     assert_eq!(b.call(json!({ "cmd": "count", "browser": "aud", "css": "#sites-body tr" })).unwrap(), 0, "no sites for a confined admin");
     assert!(!text.contains("data-site="), "no site rows:\n{text}");
+    assert_eq!(b.call(json!({ "cmd": "count", "browser": "aud", "css": "#auth-failures-body tr" })).unwrap(), 0, "hub refusals belong to no tenant");
     let msg = b.call(json!({ "cmd": "text", "browser": "aud", "css": "#sites-empty" })).unwrap();
     assert!(msg.as_str().unwrap().contains("estate-wide"), "{msg}");
     let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard-auditor.png");

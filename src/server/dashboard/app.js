@@ -46,7 +46,7 @@
     if (emptyId) {
       // An empty table shows its sentence instead of bare headers.
       $(emptyId).classList.toggle('hidden', rows.length > 0);
-      body.closest('.scroll, table').classList.toggle('hidden', rows.length === 0);
+      (body.closest('.scroll') || body.closest('table')).classList.toggle('hidden', rows.length === 0);
     }
   }
 
