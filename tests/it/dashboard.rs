@@ -190,8 +190,8 @@ fn the_dashboard_renders_the_estate_live_in_a_real_browser_and_confines_sessions
     b.call(json!({ "cmd": "select", "css": "#filter-env", "value": "" })).unwrap();
     // The site, its certificate from the current CA; the signing key; the audit tail.
     let site = "tr[data-site=\"east\"]";
-    b.call(json!({ "cmd": "wait", "css": format!("{site} .agents"), "equals": "1", "timeout": 10 })).unwrap();
-    b.call(json!({ "cmd": "wait", "css": format!("{site} .lag"), "equals": "0", "timeout": 10 })).unwrap();
+    b.call(json!({ "cmd": "wait", "css": format!("{site} .agents"), "equals": "1", "timeout": 20 })).unwrap();
+    b.call(json!({ "cmd": "wait", "css": format!("{site} .lag"), "equals": "0", "timeout": 20 })).unwrap();
     assert_eq!(b.call(json!({ "cmd": "text", "css": format!("{site} .cert") })).unwrap(), "current CA");
     let applied: u64 = b.call(json!({ "cmd": "text", "css": format!("{site} .applied") })).unwrap().as_str().unwrap().parse().unwrap();
     assert!(applied > 0, "the agent applied the secret's event");
@@ -245,6 +245,21 @@ fn the_dashboard_renders_the_estate_live_in_a_real_browser_and_confines_sessions
     let ok = http_get_with(e.http_port, "/dashboard/api/state", &[("Cookie", &owner_cookie)]).unwrap();
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert!(ok.header("content-security-policy").unwrap().contains("script-src 'self'"));
+    // The page: hardened headers, and nothing inline the CSP would have to allow.
+    let page = http_get_with(e.http_port, "/dashboard/", &[("Cookie", &owner_cookie)]).unwrap();
+    assert_eq!(page.status, 200);
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
+    assert_eq!(page.header("cache-control"), Some("no-store"));
+    assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
+    assert!(!page.body.contains("<script>") && !page.body.contains("<style") && !page.body.contains("style="), "{}", page.body);
+    let js = http_get_with(e.http_port, "/dashboard/app.js", &[("Cookie", &owner_cookie)]).unwrap();
+    assert_eq!(js.header("content-type"), Some("text/javascript; charset=utf-8"));
+    assert!(js.body.contains("EventSource") && !js.body.contains(".innerHTML") && !js.body.contains("insertAdjacentHTML"), "data goes in as text");
+    for bad in ["/dashboard/login?code=not-a-code", "/dashboard/login?code=", "/dashboard/login"] {
+        let a = http_get_with(e.http_port, bad, &[]).unwrap();
+        assert!(a.status == 403 || a.status == 400, "{bad}: {} {}", a.status, a.body);
+        assert!(a.header("set-cookie").is_none(), "{bad}");
+    }
     let path = url.split_once(&format!(":{}", e.http_port)).unwrap().1;
     let again = http_get(e.http_port, path).unwrap();
     assert_eq!(again.0, 403, "a one-time URL works once: {}", again.1);
