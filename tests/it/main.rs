@@ -5,6 +5,7 @@ mod availability;
 mod backup;
 mod breakglass;
 mod context;
+mod dashboard;
 mod contract;
 mod enroll;
 mod estate_code;

@@ -97,7 +97,7 @@ fn every_sh_block_of_the_readme_runs_as_written_against_a_dev_stack() {
         std::fs::read_to_string(tmp.path().join("dev.err")).unwrap_or_default()
     );
     let trace = String::from_utf8_lossy(&out.stderr);
-    for cmd in ["+ tillit enroll", "+ tillit grant", "+ tillit revoke", "+ tillit secret get", "+ tillit backup --verify", "+ tillit break-glass verify", "+ tillit admin add", "+ tillit export", "+ tillit apply"] {
+    for cmd in ["+ tillit enroll", "+ tillit grant", "+ tillit revoke", "+ tillit secret get", "+ tillit backup --verify", "+ tillit break-glass verify", "+ tillit admin add", "+ tillit export", "+ tillit apply", "+ tillit dashboard"] {
         assert!(trace.contains(cmd), "the walkthrough did not run `{cmd}`:\n{trace}");
     }
     // Nothing the README runs leaves files named like flags (an unquoted `>` would).
