@@ -57,7 +57,9 @@ async fn tail(ctx: &Ctx, call: &mut super::dispatch::Call, req: AuditTailRequest
     let td = ctx.estate.trust_domain().to_string();
     // A confined auditor's records are found among more (most belong to other tenants).
     let scan = if access.confined() { TAIL_SCAN } else { req.n };
-    let keep = move |r: &Record| !access.confined() || record_tenant(&td, &r.target).is_some_and(|t| access.sees(t));
+    // A confined auditor sees its tenants' records, and its own (its refusals name no tenant).
+    let me = call.caller()?.id.clone();
+    let keep = move |r: &Record| !access.confined() || r.actor == me || record_tenant(&td, &r.target).is_some_and(|t| access.sees(t));
     let records = last_records(ctx, req.n, scan, keep).await?;
     Ok(AuditTailReply { records: records.into_iter().map(info).collect() })
 }

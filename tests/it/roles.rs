@@ -230,6 +230,8 @@ async fn confined_admins_see_only_their_tenants_and_the_last_owner_stays() {
     assert!(!tail.contains("\"redo\""), "store changes never leave the control plane: {tail}");
     let out = tillit(&["grants", "--identity", acme, "globex/web/prod/api"]);
     assert!(!out.status.success() && stderr(&out).contains("outside this admin's tenants"), "{}", stderr(&out));
+    let mine = stdout(&tillit(&["audit", "tail", "--identity", acme, "--json", "-n", "5"]));
+    assert!(mine.lines().any(|l| l.contains("denied:forbidden") && l.contains("tillit/admin/acme-aud")), "a confined admin sees its own refusals: {mine}");
     let owner_view = stdout(&tillit(&["audit", "tail", "--data-dir", e.data(), "--json", "-n", "100"]));
     assert!(
         owner_view.lines().any(|l| l.contains("\"action\":\"list\"") && l.contains("spiffe://scoped.example/tillit/admin/acme-aud")),

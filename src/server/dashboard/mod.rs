@@ -176,7 +176,9 @@ pub async fn state(ctx: &Ctx, admin: &IdentityRecord) -> Result<serde_json::Valu
     };
     let sees = {
         let tenant_of = tenant_of.clone();
-        move |r: &crate::audit::Record| !a.confined() || tenant_of(r).is_some_and(|t| a.sees(&t))
+        let me = admin.id.clone();
+        // Its tenants' records, and its own (its refusals name no tenant).
+        move |r: &crate::audit::Record| !a.confined() || r.actor == me || tenant_of(r).is_some_and(|t| a.sees(&t))
     };
     let scan = if confined { 2_000 } else { 200 };
     let records = super::auditlog::last_records(ctx, 200, scan, sees).await?;
