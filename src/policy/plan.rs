@@ -110,8 +110,13 @@ pub fn plan(live: &EstateDoc, desired: &EstateDoc, confined_to: &[String]) -> Pl
             }
         }
     }
-    let have: BTreeMap<&str, &ServiceDoc> =
-        live.services.iter().filter(|s| managed.contains(tenant_of(&s.id))).map(|s| (s.id.as_str(), s)).collect();
+    // (A live entry whose id does not parse is no service: it is planned neither way.)
+    let have: BTreeMap<&str, &ServiceDoc> = live
+        .services
+        .iter()
+        .filter(|s| managed.contains(tenant_of(&s.id)) && crate::names::ServiceId::parse(&s.id).is_ok())
+        .map(|s| (s.id.as_str(), s))
+        .collect();
     let empty = ServiceDoc::default();
     let ids: BTreeSet<&str> = want.keys().chain(have.keys()).copied().collect();
     for id in ids {
@@ -196,6 +201,16 @@ mod tests {
         live.services = vec![svc("acme/shop/prod/orders", &["shop.events.>"], &[])];
         live.secrets = vec![SecretDoc { path: "acme/shop/prod/db".into(), readers: vec!["acme/shop/prod/orders".into()] }];
         assert_eq!(plan(&live, &live, &[]), Plan::default());
+    }
+
+    /// Found by the `estate_doc` fuzz target: a malformed service id planned against itself.
+    #[test]
+    fn a_malformed_service_planned_against_itself_is_a_problem_not_an_ungrant() {
+        let mut d = doc(&["acme"]);
+        d.services = vec![svc("acme/shop/vev<evrders", &["shop.events.>"], &[])];
+        let p = plan(&d, &d, &[]);
+        assert!(p.steps.is_empty(), "{p:?}");
+        assert_eq!(p.problems.len(), 1, "{p:?}");
     }
 
     #[test]
