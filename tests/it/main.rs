@@ -11,6 +11,7 @@ mod faults;
 mod foundation;
 mod grants;
 mod harness;
+mod import;
 mod interop;
 mod metrics;
 mod readme;
