@@ -29,7 +29,9 @@ fn unlimited() -> Value {
 
 /// An operator `ACME` with its SYS account, `acme-prod` (a signing key, a stream export) and
 /// `legacy` (a signing key, importing that stream), one user in each signed by the account's
-/// signing key (with its `.creds`), and an expired user in `legacy`.
+/// signing key (with its `.creds`), and an expired user in `legacy`. With `billing`, also an
+/// account no tenant maps to, whose user nsc signed with the account's identity key (as
+/// `nsc add user` does without `--signing-key`).
 struct NscFixture {
     store: PathBuf,
     keys: PathBuf,
@@ -41,7 +43,7 @@ struct NscFixture {
 }
 
 impl NscFixture {
-    fn build(root: &Path) -> Self {
+    fn build(root: &Path, billing: bool) -> Self {
         let store = root.join("nsc/stores");
         let keys = root.join("nsc/nkeys");
         let op_dir = store.join("ACME");
@@ -101,6 +103,15 @@ impl NscFixture {
         user("acme-prod", &acme, &acme_signing, "orders-bot", &["orders.>"], &["orders.>", "_INBOX.>"], now() + 3600);
         user("legacy", &legacy, &legacy_signing, "legacy-app", &["legacy.>"], &["orders.events.>", "legacy.>", "_INBOX.>"], now() + 7200);
         user("legacy", &legacy, &legacy_signing, "retired", &["legacy.>"], &["legacy.>"], now() - 60);
+        if billing {
+            let bill = KeyPair::new_account();
+            put_seed(&keys, &bill);
+            write(
+                &op_dir.join("accounts/billing/billing.jwt"),
+                &sign(&operator, &bill.public_key(), "billing", json!({ "type": "account", "version": 2, "limits": unlimited() }), None),
+            );
+            user("billing", &bill, &bill, "billing-job", &["billing.>"], &["billing.>", "_INBOX.>"], now() + 3600);
+        }
         NscFixture { store, keys, operator, operator_signing, acme, legacy, acme_signing }
     }
 
@@ -159,7 +170,7 @@ async fn next(sub: &mut async_nats::Subscriber) -> Option<async_nats::Message> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_nsc_operator_is_taken_over_and_its_users_keep_connecting() {
     let tmp = tempfile::tempdir().unwrap();
-    let nsc = NscFixture::build(tmp.path());
+    let nsc = NscFixture::build(tmp.path(), true);
 
     // 1. The plan writes nothing and says what becomes what.
     let data = tmp.path().join("data");
@@ -168,7 +179,7 @@ async fn an_nsc_operator_is_taken_over_and_its_users_keep_connecting() {
     assert!(!data.exists(), "--plan wrote the data dir");
     let plan: Value = serde_json::from_str(&stdout(&plan_out)).unwrap();
     assert_eq!(plan["operator"]["public_key"], nsc.operator.public_key());
-    assert_eq!(plan["operator"]["strict_signing_key_usage"], true, "no user is signed by an account identity key");
+    assert_eq!(plan["operator"]["strict_signing_key_usage"], false, "billing-job is signed by its account's identity key");
     let acct = |name: &str| plan["accounts"].as_array().unwrap().iter().find(|a| a["name"] == name).cloned().unwrap_or_else(|| panic!("{name} in {plan}"));
     assert_eq!(acct("SYS")["becomes"], "system");
     assert_eq!(acct("acme-prod")["becomes"], "tenant");
@@ -178,19 +189,35 @@ async fn an_nsc_operator_is_taken_over_and_its_users_keep_connecting() {
     assert_eq!(acct("legacy")["tenant"], "globex/dev");
     assert_eq!(acct("legacy")["tillit_name"], "globex-dev");
     assert_eq!(acct("legacy")["imports"], 1);
+    assert_eq!(acct("billing")["becomes"], "as-is");
+    assert_eq!(acct("billing")["users"][0]["signed_by"], "account");
     let users = acct("legacy")["users"].as_array().unwrap().clone();
     let user = |n: &str| users.iter().find(|u| u["name"] == n).unwrap().clone();
     assert_eq!(user("legacy-app")["keeps_working"], true);
     assert_eq!(user("legacy-app")["creds"], true);
     assert_eq!(user("retired")["keeps_working"], false);
     let cannot = plan["cannot_represent"].to_string();
-    for said in [nsc.operator_signing.public_key().as_str(), "account_server_url", "user retired of account legacy will not connect", "not re-issued"] {
+    for said in [
+        nsc.operator_signing.public_key().as_str(),
+        "account_server_url",
+        "user retired of account legacy will not connect",
+        "not re-issued",
+        "stream export $SYS.ACCOUNT.*.> (account-monitoring-streams) is dropped",
+        "strict signing key usage stays off",
+    ] {
         assert!(cannot.contains(said), "the plan names {said:?}: {cannot}");
     }
     assert_eq!(plan["blocking"], json!([]));
-    // The text form says the same, one fact a line.
-    let text = stdout(&tillit(&[&["import", "nsc"][..], &nsc.args(&["--plan", "--data-dir", data.to_str().unwrap(), "--trust-domain", "example.org"])].concat()));
-    assert!(text.contains("account legacy") && text.contains("tenant globex/dev") && text.contains("nothing written"), "{text}");
+    // The text form says the same, one fact a line; --store may name the operator's dir and
+    // --keys the `keys/` dir itself.
+    let (op_dir, keys_dir) = (nsc.store.join("ACME"), nsc.keys.join("keys"));
+    let text = stdout(&tillit(&[
+        "import", "nsc", "--plan", "--store", op_dir.to_str().unwrap(), "--keys", keys_dir.to_str().unwrap(), "--map", "legacy=globex/dev",
+        "--data-dir", data.to_str().unwrap(), "--trust-domain", "example.org",
+    ]));
+    for said in ["account legacy", "tenant globex/dev", "account billing", "adopted as-is", "creds file found", "nothing written"] {
+        assert!(text.contains(said), "{said:?} in {text}");
+    }
     assert!(!data.exists());
 
     // 2. The import; nats-server and serve on it; the users nsc issued connect and talk across
@@ -208,13 +235,19 @@ async fn an_nsc_operator_is_taken_over_and_its_users_keep_connecting() {
     let app = connect_nsc(&nats.url(), &clients, &nsc.creds("legacy", "legacy-app")).await.expect("nsc's legacy user connects");
     let mut own = bot.subscribe("orders.own").await.unwrap();
     let mut imported = app.subscribe("orders.events.>").await.unwrap();
-    barrier_plain(&bot).await;
-    barrier_plain(&app).await;
+    barrier_plain(&bot, "orders.nobody").await;
+    barrier_plain(&app, "legacy.nobody").await;
     bot.publish("orders.own", "self".into()).await.unwrap();
     bot.publish("orders.events.created", "o-1".into()).await.unwrap();
     bot.flush().await.unwrap();
     assert_eq!(next(&mut own).await.expect("its own subject").payload, "self");
     assert_eq!(next(&mut imported).await.expect("the stream legacy imports from acme-prod").payload, "o-1");
+    // The as-is account's user, signed by the account's identity key, works in its subjects.
+    let job = connect_nsc(&nats.url(), &clients, &nsc.creds("billing", "billing-job")).await.expect("nsc's billing user connects");
+    let mut bills = job.subscribe("billing.run").await.unwrap();
+    barrier_plain(&job, "billing.nobody").await;
+    job.publish("billing.run", "b-1".into()).await.unwrap();
+    assert_eq!(next(&mut bills).await.expect("billing's own subject").payload, "b-1");
     let err = connect_nsc(&nats.url(), &clients, &nsc.creds("legacy", "retired")).await.expect_err("an expired nsc user");
     eprintln!("expired nsc user refused: {err}");
 
@@ -250,15 +283,16 @@ async fn an_nsc_operator_is_taken_over_and_its_users_keep_connecting() {
     let audit = std::fs::read_to_string(e.dir.audit_log()).unwrap();
     let adopted: Vec<Value> = audit.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).filter(|v| v.to_string().contains("\"import\"")).collect();
     let targets: Vec<String> = adopted.iter().map(|v| v.to_string()).collect();
-    for t in ["operator.adopt", "\"SYS\"", "\"acme-prod\"", "\"globex-dev\""] {
+    for t in ["operator.adopt", "\"SYS\"", "\"acme-prod\"", "\"globex-dev\"", "\"billing\""] {
         assert!(targets.iter().any(|x| x.contains(t)), "audit has {t}: {targets:#?}");
     }
 }
 
-/// Wait until nothing is pending on the server for `c`: a request to a subject nobody answers
-/// comes back as "no responders" only after the server processed what `c` sent before.
-async fn barrier_plain(c: &async_nats::Client) {
-    let _ = c.request("nobody.answers.this", "".into()).await;
+/// Wait until the server processed what `c` sent before: a request to `subject` (one it may
+/// publish, nobody answers) comes back as "no responders" only after that.
+async fn barrier_plain(c: &async_nats::Client, subject: &str) {
+    let r = c.request(subject.to_string(), "".into()).await;
+    assert!(matches!(&r, Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders), "barrier on {subject}: {r:?}");
 }
 
 async fn wait_async(within: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -305,7 +339,7 @@ fn an_import_is_refused_whole_when_a_key_or_a_signature_is_wrong() {
     ];
     for (what, break_it, says) in cases {
         let tmp = tempfile::tempdir().unwrap();
-        let nsc = NscFixture::build(tmp.path());
+        let nsc = NscFixture::build(tmp.path(), false);
         break_it(&nsc);
         let (out, e) = Estate::import_nsc("example.org", tmp, &nsc.args(&[]));
         let err = stderr(&out);
@@ -320,16 +354,30 @@ fn an_import_is_refused_whole_when_a_key_or_a_signature_is_wrong() {
     }
     // A missing account seed is blocking in the plan too (and the plan still writes nothing).
     let tmp = tempfile::tempdir().unwrap();
-    let nsc = NscFixture::build(tmp.path());
+    let nsc = NscFixture::build(tmp.path(), false);
     std::fs::remove_file(seed_path(&nsc.keys, &nsc.legacy.public_key())).unwrap();
     let data = tmp.path().join("data");
     let out = tillit(&[&["import", "nsc"][..], &nsc.args(&["--plan", "--json", "--data-dir", data.to_str().unwrap(), "--trust-domain", "example.org"])].concat());
     assert!(out.status.success(), "{}", stderr(&out));
     let plan: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert!(plan["blocking"].to_string().contains("account legacy"), "{plan}");
+    assert_eq!(plan["operator"]["strict_signing_key_usage"], true, "every user is signed by a signing key");
     assert!(!data.exists());
     // An account both mapped and left out is a mistake, said as such.
     let out = tillit(&[&["import", "nsc"][..], &nsc.args(&["--plan", "--json", "--skip", "legacy", "--data-dir", data.to_str().unwrap(), "--trust-domain", "example.org"])].concat());
     let err = stderr(&out);
     assert!(!out.status.success() && err.contains("--skip"), "mapped and skipped at once: {err}");
+    // A store of several operators needs --operator.
+    write(&nsc.store.join("OTHER/OTHER.jwt"), "not read");
+    let out = tillit(&[&["import", "nsc"][..], &nsc.args(&["--plan", "--skip", "acme-prod", "--data-dir", data.to_str().unwrap(), "--trust-domain", "example.org"])].concat());
+    assert!(stderr(&out).contains("several operators (ACME, OTHER); choose one with --operator"), "{}", stderr(&out));
+    let out = tillit(&[
+        "import", "nsc", "--plan", "--json", "--operator", "ACME", "--skip", "legacy", "--store", nsc.store.to_str().unwrap(), "--keys", nsc.keys.to_str().unwrap(),
+        "--data-dir", data.to_str().unwrap(), "--trust-domain", "example.org",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(plan["skipped"], json!(["legacy"]));
+    assert_eq!(plan["blocking"], json!([]), "left out, its missing seed blocks nothing");
+    assert!(!data.exists());
 }
