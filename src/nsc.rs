@@ -602,10 +602,14 @@ pub fn read(src: &Source, now: i64) -> Result<Adoption, NscError> {
             imports,
             users,
         });
+        tracing::debug!(account = %name, public_key = %public_key, ?becomes, kept_keys = signing.len(), exports, imports, "read nsc account");
         accounts.push(Account { name, public_key, becomes, seed, signing, nats });
     }
     if !system_account.is_empty() && !accounts.iter().any(|a| a.becomes == Becomes::System) {
         cannot.push(format!("the operator's system account {system_account} is not adopted (not in the store, or skipped): tillit makes a SYS account of its own"));
+    }
+    for c in &cannot {
+        tracing::debug!("nsc import cannot represent: {c}");
     }
     let strict = !identity_signed_users;
     if !strict {
@@ -669,5 +673,37 @@ impl Adoption {
     /// The other accounts, to adopt once the estate exists.
     pub fn other_accounts(&self) -> Result<Vec<crate::estate::adopt::AdoptedAccount>, NscError> {
         self.accounts.iter().filter(|a| a.becomes != Becomes::System).map(|a| self.adopted_account(a)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mappings_parse_and_refuse_bad_names() {
+        let m: Mapping = "legacy=globex/dev".parse().unwrap();
+        assert_eq!(m, Mapping { account: "legacy".into(), tenant: "globex".into(), env: "dev".into() });
+        for bad in ["legacy", "legacy=globex", "=globex/dev", "legacy=glo.bex/dev", "legacy=*/dev", "legacy=globex/>", "legacy=globex/"] {
+            assert!(bad.parse::<Mapping>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn seeds_are_found_by_nscs_layout_and_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let kp = KeyPair::new_account();
+        let pk = kp.public_key();
+        let file = d.path().join("keys").join("A").join(&pk[1..3]).join(format!("{pk}.nk"));
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, format!("{}\n", kp.seed().unwrap())).unwrap();
+        for given in [d.path().to_path_buf(), d.path().join("keys")] {
+            let root = keys_root(&given);
+            assert_eq!(seed_for(&root, &pk).unwrap().unwrap().expose(), kp.seed().unwrap());
+            assert!(seed_for(&root, &KeyPair::new_account().public_key()).unwrap().is_none());
+        }
+        // Another key's seed filed under this key: refused.
+        std::fs::write(&file, KeyPair::new_account().seed().unwrap()).unwrap();
+        assert!(matches!(seed_for(&keys_root(d.path()), &pk), Err(NscError::SeedMismatch { .. })));
     }
 }

@@ -66,7 +66,12 @@ fn import_nsc(a: NscArgs) -> anyhow::Result<()> {
         .or_else(nsc::default_keys_dir)
         .ok_or_else(|| anyhow::anyhow!("no --keys, {} or HOME: say where nsc's keys dir is with --keys", nsc::NKEYS_PATH_ENV))?;
     let src = Source { store: a.nsc_store, keys, operator: a.operator, map: a.map, skip: a.skip };
-    let adoption = nsc::read(&src, SystemClock.now_unix())?;
+    let mut adoption = nsc::read(&src, SystemClock.now_unix())?;
+    // `init` would refuse an existing data dir: the plan says so too.
+    let dir = &a.estate.data_dir;
+    if !a.estate.force && dir.read_dir().map(|mut d| d.next().is_some()).unwrap_or(false) {
+        adoption.plan.blocking.push(format!("{} is not empty: choose a new --data-dir (or --force to replace the estate in it)", dir.display()));
+    }
     tracing::info!(
         operator = %adoption.operator.name,
         accounts = adoption.accounts.len(),

@@ -459,6 +459,53 @@ mod tests {
         assert_eq!(e.accounts().unwrap().len(), 4, "SYS, TILLIT, BOOTSTRAP, acme-prod");
     }
 
+    /// An adopted account's claims merged with tillit's: tillit's entries first, the adopted
+    /// ones after, duplicates and overlapping exports left out, revocations joined, the adopted
+    /// limits and other claims verbatim (fields tillit has no type for included).
+    #[test]
+    fn adopted_claims_merge_with_tillits_own() {
+        use serde_json::json;
+        let mut n = AccountNats::new(AccountLimits::unlimited_with_jetstream());
+        n.signing_keys = vec![SigningKeyEntry::Plain("ATILLIT".into())];
+        n.exports = vec![export("connect events", "$SYS.ACCOUNT.ASYS.CONNECT", "stream", "d")];
+        n.imports = vec![Import { name: "api".into(), subject: "tillit.v1.svc.>".into(), account: "AT".into(), kind: "service".into(), local_subject: None, share: true }];
+        n.revocations = BTreeMap::from([("UA".to_string(), 10), ("UB".to_string(), 30)]);
+        let scoped = json!({ "kind": "user_scope", "key": "ASCOPED", "role": "ops", "template": { "pub": { "allow": ["ops.>"] }, "times": [{ "start": "08:00:00", "end": "17:00:00" }] } });
+        let a = Adopted {
+            from: "nsc".into(),
+            source_name: "SYS".into(),
+            nats: serde_json::from_value(json!({
+                "limits": { "subs": -1, "conn": 5, "wildcards": true, "max_ack_pending": 100 },
+                "exports": [
+                    { "name": "monitoring", "subject": "$SYS.ACCOUNT.*.>", "type": "stream", "account_token_position": 3 },
+                    { "name": "monitoring services", "subject": "$SYS.REQ.ACCOUNT.*.*", "type": "service", "account_token_position": 4 },
+                ],
+                "imports": [
+                    { "name": "api again", "subject": "tillit.v1.svc.>", "account": "AT", "type": "service" },
+                    { "name": "orders", "subject": "orders.>", "account": "AO", "type": "stream", "to": "x" },
+                ],
+                "revocations": { "UA": 20, "UB": 5, "UC": 1 },
+                "mappings": { "old.>": [{ "subject": "new.>", "weight": 100 }] },
+                "type": "ignored", "version": 9,
+            }))
+            .unwrap(),
+            signing_keys: vec![json!("ATILLIT"), json!("ANSC"), scoped.clone()],
+        };
+        let m = merge_adopted(&n, &a).unwrap();
+        assert_eq!(m["type"], "account");
+        assert_eq!(m["version"], 2);
+        assert_eq!(m["signing_keys"], json!(["ATILLIT", "ANSC", scoped]), "a scoped key's template kept whole");
+        let exports: Vec<&str> = m["exports"].as_array().unwrap().iter().map(|x| x["subject"].as_str().unwrap()).collect();
+        assert_eq!(exports, ["$SYS.ACCOUNT.ASYS.CONNECT", "$SYS.REQ.ACCOUNT.*.*"], "the overlapping stream export is left out");
+        assert_eq!(m["exports"][1]["account_token_position"], 4);
+        let imports: Vec<&str> = m["imports"].as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
+        assert_eq!(imports, ["api", "orders"]);
+        assert_eq!(m["imports"][1]["to"], "x");
+        assert_eq!(m["revocations"], json!({ "UA": 20, "UB": 30, "UC": 1 }));
+        assert_eq!(m["limits"], json!({ "subs": -1, "conn": 5, "wildcards": true, "max_ack_pending": 100 }));
+        assert_eq!(m["mappings"]["old.>"][0]["subject"], "new.>");
+    }
+
     #[test]
     fn account_iat_strictly_increases() {
         let clock = Arc::new(ManualClock::new(1_780_000_000));

@@ -224,6 +224,10 @@ async fn an_nsc_operator_is_taken_over_and_its_users_keep_connecting() {
     // the export/import nsc set up.
     let (out, e) = Estate::import_nsc("example.org", tmp, &nsc.args(&[]));
     assert!(out.status.success(), "import: {}", stderr(&out));
+    // Planned again into the data dir it made: init would refuse it, so the plan does.
+    let again = tillit(&[&["import", "nsc"][..], &nsc.args(&["--plan", "--json", "--data-dir", e.data(), "--trust-domain", "example.org"])].concat());
+    let again: Value = serde_json::from_str(&stdout(&again)).unwrap();
+    assert!(again["blocking"].to_string().contains("is not empty"), "{again}");
     let nats = e.start_nats();
     let _serve = e.start_serve_ready();
     let op = std::fs::read_to_string(e.dir.operator_jwt()).unwrap();
