@@ -60,7 +60,7 @@ pub struct AccountRecord {
     pub adopted: Option<Adopted>,
 }
 
-/// The claims of an adopted account that tillit keeps verbatim ([`Estate::sign_account`]
+/// The claims of an adopted account that tillit keeps verbatim (`Estate::sign_account`
 /// merges them with its own): exports, imports, limits, revocations, mappings and whatever else
 /// its `nats` section held, and the signing keys whose seeds it took over (sealed under
 /// `account-signing/<key>` like its own), so the users they signed keep connecting.
