@@ -40,6 +40,11 @@ use std::path::{Path, PathBuf};
 
 /// Where the keys dir is when `--keys` is not given and `NKEYS_PATH` is not set, under `$HOME`.
 pub const DEFAULT_KEYS_DIR: &str = ".local/share/nats/nsc/keys";
+/// nsc's names inside an operator dir and a keys dir.
+const ACCOUNTS_DIR: &str = "accounts";
+const USERS_DIR: &str = "users";
+const KEYS_DIR: &str = "keys";
+const CREDS_DIR: &str = "creds";
 /// The environment variable nsc reads its keys dir from.
 pub const NKEYS_PATH_ENV: &str = "NKEYS_PATH";
 /// The longest a client certificate for nsc's users is valid (users whose JWTs never expire
@@ -339,7 +344,7 @@ fn operator_dir(store: &Path, operator: Option<&str>) -> Result<PathBuf, NscErro
 
 /// The dir the `O/`, `A/`, `U/` key dirs are in: `keys/keys` or `keys` itself.
 fn keys_root(keys: &Path) -> PathBuf {
-    let inner = keys.join("keys");
+    let inner = keys.join(KEYS_DIR);
     if inner.is_dir() {
         inner
     } else {
@@ -452,7 +457,7 @@ pub fn read(src: &Source, now: i64) -> Result<Adoption, NscError> {
     let mut skipped = vec![];
     let mut identity_signed_users = false;
     let mut clients_until: Option<i64> = None;
-    let accounts_dir = op_dir.join("accounts");
+    let accounts_dir = op_dir.join(ACCOUNTS_DIR);
     let mut dirs: Vec<(String, PathBuf)> = vec![];
     if accounts_dir.is_dir() {
         for e in std::fs::read_dir(&accounts_dir).map_err(io(&accounts_dir))? {
@@ -488,6 +493,12 @@ pub fn read(src: &Source, now: i64) -> Result<Adoption, NscError> {
         if src.skip.contains(&name) {
             skipped.push(name);
             continue;
+        }
+        for claim in ["exp", "nbf"].iter().filter(|c| claims.get(**c).is_some()) {
+            cannot.push(format!("account {name}: its JWT's `{claim}` is dropped (tillit's account JWTs do not expire)"));
+        }
+        if public_key == system_account && src.map.iter().any(|m| m.account == name) {
+            return Err(NscError::Map(format!("{name}: it is the operator's system account, which becomes tillit's SYS")));
         }
         let becomes = if public_key == system_account {
             Becomes::System
@@ -546,9 +557,9 @@ pub fn read(src: &Source, now: i64) -> Result<Adoption, NscError> {
         }
         // Users: which keep working.
         let mut users = vec![];
-        for (uname, upath) in jwt_files(&dir.join("users"))? {
-            let creds = src.keys.join("creds").join(&op_name).join(&name).join(format!("{uname}.creds")).is_file()
-                || src.keys.parent().is_some_and(|p| p.join("creds").join(&op_name).join(&name).join(format!("{uname}.creds")).is_file());
+        for (uname, upath) in jwt_files(&dir.join(USERS_DIR))? {
+            let creds_in = |k: &Path| k.join(CREDS_DIR).join(&op_name).join(&name).join(format!("{uname}.creds")).is_file();
+            let creds = creds_in(&src.keys) || src.keys.parent().is_some_and(creds_in);
             let text = std::fs::read_to_string(&upath).map_err(io(&upath))?;
             let (claims, why_not) = match jwt::decode_any::<Value>(text.trim()) {
                 Ok((c, _)) => (c, None),
@@ -565,6 +576,9 @@ pub fn read(src: &Source, now: i64) -> Result<Adoption, NscError> {
             if let Some(why) = &why_not {
                 cannot.push(format!("user {uname} of account {name} will not connect: {why}"));
             } else {
+                if claims.pointer("/nats/bearer_token").and_then(Value::as_bool) == Some(true) {
+                    cannot.push(format!("user {uname} of account {name} is a bearer token (its JWT connects without its seed): tillit never issues those; it keeps working until it expires"));
+                }
                 if iss == public_key {
                     identity_signed_users = true;
                 }
