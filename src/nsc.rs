@@ -630,8 +630,12 @@ pub fn read(src: &Source, now: i64) -> Result<Adoption, NscError> {
         cannot.push("strict signing key usage stays off while users signed by an account's identity key keep working: the operator's identity key could sign accounts, so keep its seed offline once imported".into());
     }
     let clients_until = clients_until.map(|u| u.clamp(now + NSC_CLIENTS_MIN_TTL_SECS, now + NSC_CLIENTS_MAX_TTL_SECS));
-    if clients_until.is_some() {
-        cannot.push(format!("nsc's users have no client certificate: the hub requires mutual TLS, so they use the one in DATA/nsc-clients/tls/ (valid {} days at most)", NSC_CLIENTS_MAX_TTL_SECS / 86_400));
+    if let Some(until) = clients_until {
+        cannot.push(format!(
+            "nsc's users have no client certificate and the hub requires one: they present the one written to DATA/nsc-clients/tls/ with their .creds, valid until {} (the last of them expires; {} days at most)",
+            crate::clock::rfc3339(until),
+            NSC_CLIENTS_MAX_TTL_SECS / 86_400
+        ));
     }
     let plan = Plan {
         operator: PlanOperator { name: op_name.clone(), public_key: op_pub.clone(), system_account: system_account.clone(), strict_signing_key_usage: strict },
