@@ -172,12 +172,66 @@ pub struct Account {
 impl Account {
     /// The name of its tillit account record.
     pub fn tillit_name(&self) -> String {
-        match &self.becomes {
-            Becomes::System => crate::estate::SYS_ACCOUNT.into(),
-            Becomes::Tenant { tenant, env } => names::account_name(tenant, env),
-            Becomes::AsIs => self.name.clone(),
+        self.becomes.tillit_name(&self.name)
+    }
+}
+
+impl Becomes {
+    /// What the nsc account `name` (key `public_key`) becomes: SYS when it is the operator's
+    /// system account, the tenant `--map` names, the tenant its name is the account of
+    /// (`tenant-env`), else itself (pure).
+    pub fn of(name: &str, public_key: &str, system_account: &str, map: &[Mapping]) -> Becomes {
+        if public_key == system_account {
+            return Becomes::System;
+        }
+        if let Some(m) = map.iter().find(|m| m.account == name) {
+            return Becomes::Tenant { tenant: m.tenant.clone(), env: m.env.clone() };
+        }
+        match names::parse_account_name(name) {
+            Some((tenant, env)) if names::check_segment("tenant", &tenant).is_ok() && names::check_segment("env", &env).is_ok() => {
+                Becomes::Tenant { tenant, env }
+            }
+            _ => Becomes::AsIs,
         }
     }
+
+    /// The name of the tillit account record the nsc account `name` becomes.
+    pub fn tillit_name(&self, name: &str) -> String {
+        match self {
+            Becomes::System => crate::estate::SYS_ACCOUNT.into(),
+            Becomes::Tenant { tenant, env } => names::account_name(tenant, env),
+            Becomes::AsIs => name.to_string(),
+        }
+    }
+
+    fn as_str(&self) -> &'static str {
+        match self {
+            Becomes::System => "system",
+            Becomes::Tenant { .. } => "tenant",
+            Becomes::AsIs => "as-is",
+        }
+    }
+}
+
+/// Why a user JWT nsc issued in an account will not connect after the import (`None`: it
+/// keeps working): `claims` as decoded (`None`: it did not verify, `why` says how), the keys
+/// the account keeps as signers (its identity key first), as of `now` (pure).
+pub fn user_fails(claims: &Value, account: &str, signers: &[String], now: i64) -> Option<String> {
+    let iss = str_of(claims, "iss");
+    let issuer_account = claims.pointer("/nats/issuer_account").and_then(Value::as_str);
+    if claims.pointer("/nats/type").and_then(Value::as_str) != Some("user") {
+        return Some("it is not a user JWT".into());
+    }
+    if !signers.iter().any(|s| s == iss) {
+        return Some(format!("it is signed by {iss}, a key the account does not keep"));
+    }
+    if iss != account && issuer_account != Some(account) {
+        return Some("its issuer_account is not the account".into());
+    }
+    if claims.get("exp").and_then(Value::as_i64).is_some_and(|e| e <= now) {
+        return Some("it has expired".into());
+    }
+    None
 }
 
 /// The operator, checked.
@@ -500,16 +554,7 @@ pub fn read(src: &Source, now: i64) -> Result<Adoption, NscError> {
         if public_key == system_account && src.map.iter().any(|m| m.account == name) {
             return Err(NscError::Map(format!("{name}: it is the operator's system account, which becomes tillit's SYS")));
         }
-        let becomes = if public_key == system_account {
-            Becomes::System
-        } else if let Some(m) = src.map.iter().find(|m| m.account == name) {
-            Becomes::Tenant { tenant: m.tenant.clone(), env: m.env.clone() }
-        } else {
-            match names::parse_account_name(&name) {
-                Some((tenant, env)) if names::check_segment("tenant", &tenant).is_ok() && names::check_segment("env", &env).is_ok() => Becomes::Tenant { tenant, env },
-                _ => Becomes::AsIs,
-            }
-        };
+        let becomes = Becomes::of(&name, &public_key, &system_account, &src.map);
         let seed = seed_for(&keys, &public_key)?;
         if seed.is_none() {
             refusals.push(NscError::SeedMissing { what: format!("account {name}"), public_key: public_key.clone(), keys: keys_shown.clone() });
@@ -548,7 +593,7 @@ pub fn read(src: &Source, now: i64) -> Result<Adoption, NscError> {
         }
         let count = |k: &str| nats.get(k).and_then(Value::as_array).map(Vec::len).unwrap_or(0);
         let (exports, imports) = (count("exports"), count("imports"));
-        let tillit_name = Account { name: name.clone(), public_key: public_key.clone(), becomes: becomes.clone(), seed: None, signing: vec![], nats: Map::new() }.tillit_name();
+        let tillit_name = becomes.tillit_name(&name);
         if becomes == Becomes::AsIs && [crate::estate::SYS_ACCOUNT, crate::estate::TILLIT_ACCOUNT, crate::estate::BOOTSTRAP_ACCOUNT].contains(&tillit_name.as_str()) {
             return Err(NscError::Conflict(format!("account {name} has the name of one of tillit's own accounts: map it to a tenant with --map {name}=TENANT/ENV or leave it out with --skip {name}")));
         }
@@ -562,17 +607,15 @@ pub fn read(src: &Source, now: i64) -> Result<Adoption, NscError> {
             let creds = creds_in(&src.keys) || src.keys.parent().is_some_and(creds_in);
             let text = std::fs::read_to_string(&upath).map_err(io(&upath))?;
             let (claims, why_not) = match jwt::decode_any::<Value>(text.trim()) {
-                Ok((c, _)) => (c, None),
+                Ok((c, _)) => {
+                    let why = user_fails(&c, &public_key, &signers, now);
+                    (c, why)
+                }
                 Err(e) => (Value::Null, Some(format!("its JWT does not verify ({e})"))),
             };
             let upub = str_of(&claims, "sub").to_string();
             let iss = str_of(&claims, "iss").to_string();
             let exp = claims.get("exp").and_then(Value::as_i64);
-            let issuer_account = claims.pointer("/nats/issuer_account").and_then(Value::as_str);
-            let why_not = why_not
-                .or_else(|| (!signers.contains(&iss)).then(|| format!("it is signed by {iss}, a key account {name} does not keep")))
-                .or_else(|| (iss != public_key && issuer_account != Some(public_key.as_str())).then(|| "its issuer_account is not the account".to_string()))
-                .or_else(|| exp.filter(|e| *e <= now).map(|_| "it has expired".to_string()));
             if let Some(why) = &why_not {
                 cannot.push(format!("user {uname} of account {name} will not connect: {why}"));
             } else {
@@ -600,12 +643,7 @@ pub fn read(src: &Source, now: i64) -> Result<Adoption, NscError> {
         plan_accounts.push(PlanAccount {
             name: name.clone(),
             public_key: public_key.clone(),
-            becomes: match &becomes {
-                Becomes::System => "system",
-                Becomes::Tenant { .. } => "tenant",
-                Becomes::AsIs => "as-is",
-            }
-            .into(),
+            becomes: becomes.as_str().into(),
             tenant: match &becomes {
                 Becomes::Tenant { tenant, env } => Some(format!("{tenant}/{env}")),
                 _ => None,
@@ -704,6 +742,57 @@ mod tests {
         assert_eq!(m, Mapping { account: "legacy".into(), tenant: "globex".into(), env: "dev".into() });
         for bad in ["legacy", "legacy=globex", "=globex/dev", "legacy=glo.bex/dev", "legacy=*/dev", "legacy=globex/>", "legacy=globex/"] {
             assert!(bad.parse::<Mapping>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn what_an_account_becomes_table() {
+        let map = vec!["legacy=globex/dev".parse::<Mapping>().unwrap()];
+        let t = |tenant: &str, env: &str| Becomes::Tenant { tenant: tenant.into(), env: env.into() };
+        for (name, key, becomes, tillit) in [
+            ("SYS", "ASYS", Becomes::System, "SYS"),
+            ("anything", "ASYS", Becomes::System, "SYS"),
+            ("legacy", "AL", t("globex", "dev"), "globex-dev"),
+            ("acme-prod", "AP", t("acme", "prod"), "acme-prod"),
+            ("acme--corp-prod", "AP", t("acme-corp", "prod"), "acme--corp-prod"),
+            ("billing", "AB", Becomes::AsIs, "billing"),
+            ("a-b-c", "AB", Becomes::AsIs, "a-b-c"),
+            ("SYS", "AOTHER", Becomes::AsIs, "SYS"),
+        ] {
+            let b = Becomes::of(name, key, "ASYS", &map);
+            assert_eq!(b, becomes, "{name}");
+            assert_eq!(b.tillit_name(name), tillit, "{name}");
+        }
+    }
+
+    #[test]
+    fn which_users_keep_working_table() {
+        let signers = vec!["AACCT".to_string(), "ASIGN".to_string()];
+        let user = |iss: &str, ia: Option<&str>, exp: Option<i64>| {
+            let mut c = serde_json::json!({ "iss": iss, "sub": "UX", "nats": { "type": "user" } });
+            if let Some(a) = ia {
+                c["nats"]["issuer_account"] = a.into();
+            }
+            if let Some(e) = exp {
+                c["exp"] = e.into();
+            }
+            c
+        };
+        let now = 1_000;
+        for (claims, fails) in [
+            (user("AACCT", None, None), None),
+            (user("ASIGN", Some("AACCT"), Some(2_000)), None),
+            (user("ASIGN", None, None), Some("issuer_account")),
+            (user("ASIGN", Some("AOTHER"), None), Some("issuer_account")),
+            (user("ADROPPED", Some("AACCT"), None), Some("does not keep")),
+            (user("ASIGN", Some("AACCT"), Some(1_000)), Some("expired")),
+            (serde_json::json!({ "iss": "AACCT", "nats": { "type": "account" } }), Some("not a user")),
+        ] {
+            let got = user_fails(&claims, "AACCT", &signers, now);
+            match fails {
+                None => assert!(got.is_none(), "{claims}: {got:?}"),
+                Some(why) => assert!(got.as_deref().is_some_and(|g| g.contains(why)), "{claims}: {got:?}"),
+            }
         }
     }
 

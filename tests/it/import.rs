@@ -228,6 +228,14 @@ async fn an_nsc_operator_is_taken_over_and_its_users_keep_connecting() {
     let again = tillit(&[&["import", "nsc"][..], &nsc.args(&["--plan", "--json", "--data-dir", e.data(), "--trust-domain", "example.org"])].concat());
     let again: Value = serde_json::from_str(&stdout(&again)).unwrap();
     assert!(again["blocking"].to_string().contains("is not empty"), "{again}");
+    // The hub knows the adopted accounts before serve first pushes them, and `config render`
+    // makes the same configuration.
+    let conf = std::fs::read_to_string(e.dir.server_conf()).unwrap();
+    for k in [nsc.acme.public_key(), nsc.legacy.public_key()] {
+        assert!(conf.contains(&k), "{k} preloaded");
+    }
+    let check = tillit(&["config", "render", "--data-dir", e.data(), "--check"]);
+    assert!(stdout(&check).contains("is current"), "{}{}", stdout(&check), stderr(&check));
     let nats = e.start_nats();
     let _serve = e.start_serve_ready();
     let op = std::fs::read_to_string(e.dir.operator_jwt()).unwrap();
