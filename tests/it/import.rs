@@ -291,7 +291,9 @@ async fn an_nsc_operator_is_taken_over_and_its_users_keep_connecting() {
     assert!(again.is_err(), "a revoked service connects again");
     assert!(connect_nsc(&nats.url(), &clients, &nsc.creds("legacy", "legacy-app")).await.is_ok(), "nsc users are untouched by a service's revocation");
 
-    // Every adopted item is in the audit log, by `import`.
+    // Every adopted item is in the audit log, by `import`; the log verifies.
+    let out = tillit(&["audit", "verify", "--data-dir", e.data()]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     let audit = std::fs::read_to_string(e.dir.audit_log()).unwrap();
     let adopted: Vec<Value> = audit.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).filter(|v| v.to_string().contains("\"import\"")).collect();
     let targets: Vec<String> = adopted.iter().map(|v| v.to_string()).collect();
@@ -322,7 +324,7 @@ async fn wait_async(within: Duration, mut f: impl FnMut() -> bool) -> bool {
 fn an_import_is_refused_whole_when_a_key_or_a_signature_is_wrong() {
     // Each case: a fresh fixture, one thing broken, a refusal that says what, no data dir.
     type Break = fn(&NscFixture);
-    let cases: [(&str, Break, &[&str]); 4] = [
+    let cases: [(&str, Break, &[&str]); 6] = [
         ("missing operator seed", |n| std::fs::remove_file(seed_path(&n.keys, &n.operator.public_key())).unwrap(), &["seed of operator ACME", "--keys"]),
         ("missing account seed", |n| std::fs::remove_file(seed_path(&n.keys, &n.acme.public_key())).unwrap(), &["seed of account acme-prod", "--skip"]),
         (
@@ -347,6 +349,12 @@ fn an_import_is_refused_whole_when_a_key_or_a_signature_is_wrong() {
                 write(&n.account_jwt("acme-prod"), &j);
             },
             &["acme-prod", "neither the operator", "--skip acme-prod"],
+        ),
+        ("malformed store", |n| std::fs::remove_file(n.account_jwt("legacy")).unwrap(), &["an account dir without legacy.jwt"]),
+        (
+            "a seed filed under another key",
+            |n| write(&seed_path(&n.keys, &n.acme.public_key()), &KeyPair::new_account().seed().unwrap()),
+            &["the seed there is for", "not for"],
         ),
     ];
     for (what, break_it, says) in cases {
