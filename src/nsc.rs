@@ -38,8 +38,6 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 
-/// Where the keys dir is when `--keys` is not given and `NKEYS_PATH` is not set, under `$HOME`.
-pub const DEFAULT_KEYS_DIR: &str = ".local/share/nats/nsc/keys";
 /// nsc's names inside an operator dir and a keys dir.
 const ACCOUNTS_DIR: &str = "accounts";
 const USERS_DIR: &str = "users";
@@ -126,12 +124,21 @@ pub struct Source {
     pub skip: Vec<String>,
 }
 
-/// The keys dir to use: `--keys`, else `$NKEYS_PATH`, else nsc's default under `$HOME`.
+/// The keys dir nsc uses when `--keys` is not given: `$NKEYS_PATH`, else
+/// `$XDG_DATA_HOME/nats/nsc/keys` (`~/.local/share/nats/nsc/keys`), else the `~/.nkeys` of older
+/// nsc releases when only that exists.
 pub fn default_keys_dir() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(NKEYS_PATH_ENV).filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
     }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(DEFAULT_KEYS_DIR))
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let data = std::env::var_os("XDG_DATA_HOME").filter(|p| !p.is_empty()).map(PathBuf::from).or_else(|| home.as_ref().map(|h| h.join(".local/share")));
+    let current = data.map(|d| d.join("nats/nsc/keys"));
+    let old = home.map(|h| h.join(".nkeys"));
+    match (current, old) {
+        (Some(c), Some(o)) if !c.is_dir() && o.is_dir() => Some(o),
+        (c, o) => c.or(o),
+    }
 }
 
 // === what was read ===

@@ -28,7 +28,7 @@ pub struct NscArgs {
     #[arg(long = "store", value_name = "DIR")]
     pub nsc_store: PathBuf,
     /// nsc's keys dir (the one holding `keys/` and `creds/`, or that `keys/` itself)
-    /// [default: $NKEYS_PATH, else ~/.local/share/nats/nsc/keys].
+    /// [default: $NKEYS_PATH, else $XDG_DATA_HOME/nats/nsc/keys, i.e. ~/.local/share/nats/nsc/keys].
     #[arg(long, value_name = "DIR")]
     pub keys: Option<PathBuf>,
     /// The operator to take over, when the store holds several.

@@ -398,6 +398,15 @@ fn an_import_is_refused_whole_when_a_key_or_a_signature_is_wrong() {
     assert!(out.status.success(), "{}", stderr(&out));
     let plan: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(plan["skipped"], json!(["legacy"]));
+    // Without --keys: NKEYS_PATH, as nsc reads it.
+    let store = nsc.store.join("ACME");
+    let out = tillit_env(
+        &["import", "nsc", "--plan", "--json", "--skip", "legacy", "--store", store.to_str().unwrap(), "--data-dir", data.to_str().unwrap(), "--trust-domain", "example.org"],
+        &[("NKEYS_PATH", nsc.keys.to_str().unwrap())],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let by_env: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(by_env["blocking"], json!([]), "{by_env}");
     assert_eq!(plan["blocking"], json!([]), "left out, its missing seed blocks nothing");
     assert!(!data.exists());
 }
