@@ -228,6 +228,24 @@ async fn an_nsc_operator_is_taken_over_and_its_users_keep_connecting() {
     let again = tillit(&[&["import", "nsc"][..], &nsc.args(&["--plan", "--json", "--data-dir", e.data(), "--trust-domain", "example.org"])].concat());
     let again: Value = serde_json::from_str(&stdout(&again)).unwrap();
     assert!(again["blocking"].to_string().contains("is not empty"), "{again}");
+    // Every seed taken over is sealed: none is in any file of the data dir in clear.
+    let seeds: Vec<String> = [&nsc.operator, &nsc.acme, &nsc.acme_signing, &nsc.legacy].iter().map(|k| k.seed().unwrap()).collect();
+    let mut files = vec![e.dir.root().to_path_buf()];
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            files.extend(std::fs::read_dir(&p).unwrap().map(|d| d.unwrap().path()));
+        } else {
+            let bytes = std::fs::read(&p).unwrap();
+            for seed in &seeds {
+                assert!(!bytes.windows(seed.len()).any(|w| w == seed.as_bytes()), "a seed in clear in {}", p.display());
+            }
+        }
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(e.dir.nsc_clients().key()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the nsc users' client key");
+    }
     // The hub knows the adopted accounts before serve first pushes them, and `config render`
     // makes the same configuration.
     let conf = std::fs::read_to_string(e.dir.server_conf()).unwrap();
