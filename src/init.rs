@@ -3,6 +3,10 @@
 //! Everything is built in a hidden staging directory beside the target and renamed into place at
 //! the end, so a failure at any step leaves no half-made data dir. An existing, non-empty data dir
 //! is replaced only with `--force` (its keys are gone afterwards: the estate is new).
+//!
+//! `tillit import nsc` is the same path with [`InitOptions::adopt`]: the operator key, the system
+//! account and the other accounts come from an nsc store ([`crate::nsc`]) instead of being made
+//! new, each recorded in the audit log by `import`.
 
 use crate::clock::SharedClock;
 use crate::config::{raw_for_init, Config, ConfigError};
@@ -301,22 +305,8 @@ fn build(staging: &Path, target: &Path, config: Config, nodes: &[ClusterNode], a
         .map_err(|e| InitError::Io { path: stage.audit().display().to_string(), source: std::io::Error::other(e.to_string()) })?;
     let mut nsc_clients = None;
     if let Some(a) = adopt {
-        // One audit record per adopted item, by `import`.
         let sys = estate.account(SYS_ACCOUNT)?;
-        let mut entries = vec![crate::audit::Entry::ok("import", "operator.adopt", &a.operator.name).detail(serde_json::json!({
-            "from": "nsc", "public_key": a.operator.public_key, "strict_signing_key_usage": a.operator.strict,
-        }))];
-        for rec in std::iter::once(&sys).filter(|s| s.adopted.is_some()).chain(adopted.iter()) {
-            let from = rec.adopted.as_ref().map(|x| x.source_name.clone()).unwrap_or_default();
-            let plan = a.plan.accounts.iter().find(|p| p.name == from);
-            entries.push(crate::audit::Entry::ok("import", "account.adopt", &rec.name).detail(serde_json::json!({
-                "from": "nsc", "nsc_account": from, "public_key": rec.public_key, "kind": rec.kind.as_str(),
-                "tenant": rec.tenant, "env": rec.env,
-                "signing_keys_kept": plan.map(|p| p.signing_keys.clone()).unwrap_or_default(),
-                "exports": plan.map(|p| p.exports), "imports": plan.map(|p| p.imports),
-                "users_kept": plan.map(|p| p.users.iter().filter(|u| u.keeps_working).map(|u| u.public_key.clone()).collect::<Vec<_>>()),
-            })));
-        }
+        let entries = adoption_records(a, std::iter::once(&sys).filter(|s| s.adopted.is_some()).chain(adopted.iter()));
         audit
             .append(entries)
             .map_err(|e| InitError::Io { path: stage.audit().display().to_string(), source: std::io::Error::other(e.to_string()) })?;
@@ -350,6 +340,25 @@ fn build(staging: &Path, target: &Path, config: Config, nodes: &[ClusterNode], a
     };
     drop(estate);
     Ok(summary)
+}
+
+/// One audit record per adopted item, by `import`: the operator, then each account.
+fn adoption_records<'a>(a: &crate::nsc::Adoption, accounts: impl Iterator<Item = &'a crate::estate::AccountRecord>) -> Vec<crate::audit::Entry> {
+    let mut entries = vec![crate::audit::Entry::ok("import", "operator.adopt", &a.operator.name).detail(serde_json::json!({
+        "from": "nsc", "public_key": a.operator.public_key, "strict_signing_key_usage": a.operator.strict,
+    }))];
+    for rec in accounts {
+        let from = rec.adopted.as_ref().map(|x| x.source_name.clone()).unwrap_or_default();
+        let plan = a.plan.accounts.iter().find(|p| p.name == from);
+        entries.push(crate::audit::Entry::ok("import", "account.adopt", &rec.name).detail(serde_json::json!({
+            "from": "nsc", "nsc_account": from, "public_key": rec.public_key, "kind": rec.kind.as_str(),
+            "tenant": rec.tenant, "env": rec.env,
+            "signing_keys_kept": plan.map(|p| p.signing_keys.clone()).unwrap_or_default(),
+            "exports": plan.map(|p| p.exports), "imports": plan.map(|p| p.imports),
+            "users_kept": plan.map(|p| p.users.iter().filter(|u| u.keeps_working).map(|u| u.public_key.clone()).collect::<Vec<_>>()),
+        })));
+    }
+    entries
 }
 
 /// The hub's `server.conf` as `init` writes it, from the estate's current config and accounts
