@@ -3,6 +3,10 @@
 //! Everything is built in a hidden staging directory beside the target and renamed into place at
 //! the end, so a failure at any step leaves no half-made data dir. An existing, non-empty data dir
 //! is replaced only with `--force` (its keys are gone afterwards: the estate is new).
+//!
+//! `tillit import nsc` is the same path with [`InitOptions::adopt`]: the operator key, the system
+//! account and the other accounts come from an nsc store ([`crate::nsc`]) instead of being made
+//! new, each recorded in the audit log by `import`.
 
 use crate::clock::SharedClock;
 use crate::config::{raw_for_init, Config, ConfigError};
@@ -44,6 +48,8 @@ pub(crate) struct InitOptions {
     /// `ocsp.when_unreachable` (`None`: the default).
     pub ocsp_when_unreachable: Option<String>,
     pub force: bool,
+    /// Take over an operator managed with nsc (`tillit import nsc`) instead of making new roots.
+    pub adopt: Option<Arc<crate::nsc::Adoption>>,
 }
 
 /// How long the store access `init` writes is valid; every running replica renews it.
@@ -68,6 +74,10 @@ pub struct InitSummary {
     /// The break-glass bundle (to be moved offline) and its fingerprint.
     pub break_glass_bundle: PathBuf,
     pub break_glass_fingerprint: String,
+    /// Adopted accounts (`tillit import nsc`): the tillit account each became.
+    pub adopted: Vec<String>,
+    /// The client certificate dir for users adopted from nsc, when any keep working.
+    pub nsc_clients: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +96,8 @@ pub(crate) enum InitError {
     Io { path: String, source: std::io::Error },
     #[error("{0}")]
     Identity(#[from] identity::IdentityError),
+    #[error("{0}")]
+    Nsc(#[from] crate::nsc::NscError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InitError + '_ {
@@ -187,7 +199,7 @@ pub(crate) fn init(opts: &InitOptions, clock: SharedClock) -> Result<InitSummary
     // Build in a staging dir, then swap it into place (a replaced data dir is restored if the
     // new one cannot take its place).
     let replace = if empty { Replace::IfEmpty } else { Replace::Swap };
-    fsutil::write_dir_atomic(&target, "init", replace, |staging| build(staging, &target, config, &nodes, clock)).map_err(|e| match e {
+    fsutil::write_dir_atomic(&target, "init", replace, |staging| build(staging, &target, config, &nodes, opts.adopt.as_deref(), clock)).map_err(|e| match e {
         WriteDirError::Fill(e) => e,
         WriteDirError::NotEmpty { path, source } | WriteDirError::Io { path, source, .. } => {
             InitError::Io { path: path.display().to_string(), source }
@@ -195,7 +207,7 @@ pub(crate) fn init(opts: &InitOptions, clock: SharedClock) -> Result<InitSummary
     })
 }
 
-fn build(staging: &Path, target: &Path, config: Config, nodes: &[ClusterNode], clock: SharedClock) -> Result<InitSummary, InitError> {
+fn build(staging: &Path, target: &Path, config: Config, nodes: &[ClusterNode], adopt: Option<&crate::nsc::Adoption>, clock: SharedClock) -> Result<InitSummary, InitError> {
     let stage = DataDir::new(staging);
     let fin = DataDir::new(target);
 
@@ -210,7 +222,12 @@ fn build(staging: &Path, target: &Path, config: Config, nodes: &[ClusterNode], c
 
     fsutil::create_dir(&stage.store(), PRIVATE_DIR).map_err(io(&stage.store()))?;
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&stage.store()).map_err(EstateError::from)?);
-    let estate = Estate::create(fin.clone(), config.clone(), store, master.clone(), clock)?;
+    let roots = adopt.map(|a| a.roots()).transpose()?;
+    let estate = Estate::create_with(fin.clone(), config.clone(), store, master.clone(), clock, roots.as_ref())?;
+    let adopted = match adopt {
+        Some(a) => estate.adopt_accounts(&a.other_accounts()?)?,
+        None => vec![],
+    };
     if let crate::config::StoreBackend::JetStream { bucket, .. } = &config.store {
         let (access, serial) = estate.store_access(bucket, STORE_ACCESS_TTL)?;
         estate.store().commit(serial).map_err(EstateError::from)?;
@@ -225,8 +242,7 @@ fn build(staging: &Path, target: &Path, config: Config, nodes: &[ClusterNode], c
     estate.commit_break_glass(&break_glass, true)?;
     let admin = estate.issue_admin("admin")?;
     let server = estate.issue_server_cert()?;
-    let sys = estate.account(SYS_ACCOUNT)?;
-    let tillit = estate.account(TILLIT_ACCOUNT)?;
+    let preload = preload_accounts(&estate)?;
 
     let w = |p: PathBuf, data: &[u8], mode: u32| fsutil::write_atomic(&p, data, mode).map_err(io(&p));
     w(stage.config_file(), config.to_toml().as_bytes(), PUBLIC)?;
@@ -245,8 +261,8 @@ fn build(staging: &Path, target: &Path, config: Config, nodes: &[ClusterNode], c
         w(stage.server_conf(), render_hub_config(&estate)?.as_bytes(), PUBLIC)?;
     }
     let trust = ServerTrust {
-        system_account: &sys.public_key,
-        preload: vec![(&sys.public_key, &sys.jwt), (&tillit.public_key, &tillit.jwt)],
+        system_account: &preload[0].public_key,
+        preload: preload.iter().map(|a| (a.public_key.as_str(), a.jwt.as_str())).collect(),
     };
     for n in nodes {
         let name = format!("{}-{}", config.server_name, n.index);
@@ -287,6 +303,25 @@ fn build(staging: &Path, target: &Path, config: Config, nodes: &[ClusterNode], c
             },
         }))])
         .map_err(|e| InitError::Io { path: stage.audit().display().to_string(), source: std::io::Error::other(e.to_string()) })?;
+    let mut nsc_clients = None;
+    if let Some(a) = adopt {
+        let sys = estate.account(SYS_ACCOUNT)?;
+        let entries = adoption_records(a, std::iter::once(&sys).filter(|s| s.adopted.is_some()).chain(adopted.iter()));
+        audit
+            .append(entries)
+            .map_err(|e| InitError::Io { path: stage.audit().display().to_string(), source: std::io::Error::other(e.to_string()) })?;
+        if let Some(until) = a.nsc_clients_until {
+            let cert = estate.issue_adopted_clients_cert("nsc", until)?;
+            let dir = stage.nsc_clients();
+            for d in [dir.root().to_path_buf(), dir.tls()] {
+                fsutil::create_dir(&d, PRIVATE_DIR).map_err(io(&d))?;
+            }
+            w(dir.cert(), cert.cert_pem.as_bytes(), PUBLIC)?;
+            w(dir.key(), cert.key_pem.expose().as_bytes(), PRIVATE)?;
+            w(dir.ca(), estate.ca_bundle_pem().as_bytes(), PUBLIC)?;
+            nsc_clients = Some(fin.nsc_clients().root().to_path_buf());
+        }
+    }
     estate.store().sync().map_err(EstateError::from)?;
     let summary = InitSummary {
         data_dir: target.to_path_buf(),
@@ -300,20 +335,51 @@ fn build(staging: &Path, target: &Path, config: Config, nodes: &[ClusterNode], c
         operator: estate.meta.operator_public_key.clone(),
         break_glass_bundle: fin.break_glass_bundle(),
         break_glass_fingerprint: break_glass.record.fingerprint.clone(),
+        adopted: adopted.iter().map(|r| r.name.clone()).collect(),
+        nsc_clients,
     };
     drop(estate);
     Ok(summary)
+}
+
+/// One audit record per adopted item, by `import`: the operator, then each account.
+fn adoption_records<'a>(a: &crate::nsc::Adoption, accounts: impl Iterator<Item = &'a crate::estate::AccountRecord>) -> Vec<crate::audit::Entry> {
+    let mut entries = vec![crate::audit::Entry::ok("import", "operator.adopt", &a.operator.name).detail(serde_json::json!({
+        "from": "nsc", "public_key": a.operator.public_key, "strict_signing_key_usage": a.operator.strict,
+    }))];
+    for rec in accounts {
+        let from = rec.adopted.as_ref().map(|x| x.source_name.clone()).unwrap_or_default();
+        let plan = a.plan.accounts.iter().find(|p| p.name == from);
+        entries.push(crate::audit::Entry::ok("import", "account.adopt", &rec.name).detail(serde_json::json!({
+            "from": "nsc", "nsc_account": from, "public_key": rec.public_key, "kind": rec.kind.as_str(),
+            "tenant": rec.tenant, "env": rec.env,
+            "signing_keys_kept": plan.map(|p| p.signing_keys.clone()).unwrap_or_default(),
+            "exports": plan.map(|p| p.exports), "imports": plan.map(|p| p.imports),
+            "users_kept": plan.map(|p| p.users.iter().filter(|u| u.keeps_working).map(|u| u.public_key.clone()).collect::<Vec<_>>()),
+        })));
+    }
+    entries
 }
 
 /// The hub's `server.conf` as `init` writes it, from the estate's current config and accounts
 /// (`tillit config render`: settings changed in `tillit.toml` reach the server; no key changes).
 /// A clustered hub's node configs are not rendered here.
 pub(crate) fn render_hub_config(estate: &Estate) -> Result<String, InitError> {
-    let sys = estate.account(SYS_ACCOUNT)?;
-    let tillit = estate.account(TILLIT_ACCOUNT)?;
+    let preload = preload_accounts(estate)?;
     Ok(natsconf::render(
         &estate.config,
         &estate.dir,
-        &ServerTrust { system_account: &sys.public_key, preload: vec![(&sys.public_key, &sys.jwt), (&tillit.public_key, &tillit.jwt)] },
+        &ServerTrust {
+            system_account: &preload[0].public_key,
+            preload: preload.iter().map(|a| (a.public_key.as_str(), a.jwt.as_str())).collect(),
+        },
     ))
+}
+
+/// The accounts the hub's resolver is preloaded with, SYS first: SYS, TILLIT, and the accounts
+/// adopted from nsc (their users connect before `serve` first pushes them).
+fn preload_accounts(estate: &Estate) -> Result<Vec<crate::estate::AccountRecord>, InitError> {
+    let mut out = vec![estate.account(SYS_ACCOUNT)?, estate.account(TILLIT_ACCOUNT)?];
+    out.extend(estate.accounts()?.into_iter().filter(|a| a.adopted.is_some() && a.name != SYS_ACCOUNT));
+    Ok(out)
 }

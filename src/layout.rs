@@ -164,6 +164,11 @@ impl DataDir {
     pub fn break_glass_record(&self) -> PathBuf {
         self.0.join(BREAK_GLASS_RECORD)
     }
+    /// The client certificate (`tls/cert.pem`, `tls/key.pem` 0600, `tls/ca.pem`) the users of an
+    /// operator taken over from nsc present with their `.creds` (`tillit import nsc`).
+    pub fn nsc_clients(&self) -> IdentityDir {
+        IdentityDir::new(self.0.join(NSC_CLIENTS_DIR))
+    }
     /// The Unix socket (0600) a running `serve` on a sled store answers `tillit backup` on.
     pub fn serve_socket(&self) -> PathBuf {
         self.0.join(SERVE_SOCKET)
@@ -205,6 +210,8 @@ const MIGRATED_MARKER: &str = "store.migrated";
 const BREAK_GLASS_BUNDLE: &str = "break-glass.bundle";
 /// File name of [`DataDir::break_glass_record`].
 const BREAK_GLASS_RECORD: &str = "break-glass.json";
+/// Directory name of [`DataDir::nsc_clients`].
+const NSC_CLIENTS_DIR: &str = "nsc-clients";
 /// File name of [`DataDir::serve_socket`].
 const SERVE_SOCKET: &str = "serve.sock";
 

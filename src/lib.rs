@@ -45,7 +45,8 @@
 //!   authenticated, hash-chained redo log; `backup/` the backup format, snapshots and restore.
 //! - **The edges**: `client/` (connect as an identity, one signed caller, enrollment, the
 //!   self-renewing session; no path to the estate), `agent/` (the site agent: decide, apply,
-//!   the site server's certificate), `init.rs`, `natsconf.rs` (nats-server configs), `cli/` (one
+//!   the site server's certificate), `init.rs` (also `tillit import nsc`, reading the nsc store with
+//!   `nsc.rs` and taking it over with `estate/adopt.rs`), `natsconf.rs` (nats-server configs), `cli/` (one
 //!   file per subcommand; shared flags and the JSON printer in `cli/mod.rs`), `bench/`.
 //! - Small pieces: `clock.rs` (injected time), `replay.rs`, `telemetry.rs`, `natsbin.rs`, `natscontext.rs` (a `nats` CLI context for an identity); `ocsp/` (OCSP answers signed on request or ahead of time, a responder's copy of the `TILLIT_OCSP` bucket, its follower and its HTTP face).
 //!
@@ -80,7 +81,7 @@ macro_rules! internal {
     ($($m:ident),* $(,)?) => { $( #[doc(hidden)] pub mod $m; )* };
 }
 internal!(
-    agent, audit, backup, breakglass, cli, clock, config, crypto, estate, identity, issuer, layout, names, natsbin, natscontext, ocsp, server, store, token, telemetry, secrets, pem, policy
+    agent, audit, backup, breakglass, cli, clock, config, crypto, estate, identity, issuer, layout, names, natsbin, natscontext, nsc, ocsp, server, store, token, telemetry, secrets, pem, policy
 );
 mod bench;
 mod fsutil;

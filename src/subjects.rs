@@ -204,6 +204,21 @@ pub const SYS_CLAIMS_PACK: &str = "$SYS.REQ.CLAIMS.PACK";
 pub fn account_connect_events(account_public_key: &str) -> String {
     format!("$SYS.ACCOUNT.{account_public_key}.CONNECT")
 }
+/// Whether two subjects (wildcards allowed) can match a common subject. nats-server refuses an
+/// account whose exports of one type overlap ("already exports"), so an adopted export that
+/// overlaps one of tillit's own cannot be kept beside it.
+pub fn subjects_overlap(a: &str, b: &str) -> bool {
+    let (mut x, mut y) = (a.split('.'), b.split('.'));
+    loop {
+        match (x.next(), y.next()) {
+            (None, None) => return true,
+            (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+            (Some(p), Some(q)) if p == q || p == "*" || q == "*" => continue,
+            _ => return false,
+        }
+    }
+}
+
 /// Where the TILLIT account receives the SYS account's connect events (the import's local
 /// subject). No TILLIT user may publish here: only nats-server's own events arrive.
 pub const SYS_CONNECT_EVENTS: &str = "tillit.sys.connect";
@@ -253,6 +268,23 @@ mod reply_tests {
             assert_eq!(k.envelope_type(), format!("io.tillit.v1.{k}"));
         }
         assert_eq!(EventKind::from_name("nope"), None);
+    }
+
+    #[test]
+    fn overlapping_subjects_table() {
+        for (a, b, overlap) in [
+            ("$SYS.ACCOUNT.*.>", "$SYS.ACCOUNT.AX.CONNECT", true),
+            ("$SYS.REQ.ACCOUNT.*.*", "$SYS.ACCOUNT.AX.CONNECT", false),
+            ("orders.>", "orders", false),
+            ("orders.*", "orders.a.b", false),
+            ("orders.*.b", "orders.a.*", true),
+            ("a.b", "a.b", true),
+            (">", "anything.at.all", true),
+            ("a.b", "a.c", false),
+        ] {
+            assert_eq!(subjects_overlap(a, b), overlap, "{a} / {b}");
+            assert_eq!(subjects_overlap(b, a), overlap, "{b} / {a}");
+        }
     }
 
     #[test]

@@ -113,6 +113,7 @@ fn start(kind: Kind, root: &Path) -> Result<Stack, String> {
         ocsp_local_url: None,
         ocsp_when_unreachable: None,
         force: false,
+        adopt: None,
     };
     init(&opts, Arc::new(crate::clock::SystemClock)).map_err(|e| e.to_string())?;
     let dir = DataDir::new(&data);

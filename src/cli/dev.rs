@@ -79,6 +79,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 ocsp_local_url: None,
                 ocsp_when_unreachable: None,
                 force: false,
+                adopt: None,
             },
             Arc::new(SystemClock),
         )?;

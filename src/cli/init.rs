@@ -7,6 +7,19 @@ use std::sync::Arc;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    pub estate: EstateArgs,
+    /// Where the records live: `sled` (embedded; one `tillit serve`) or `jetstream` (a KV bucket
+    /// and a journal stream on the hub's NATS; `tillit serve` may run several times). With
+    /// `jetstream` the estate is made here and copied into the bucket at the first `serve`.
+    #[arg(long, env = "TILLIT_STORE", default_value = "sled", value_parser = ["sled", "jetstream"])]
+    pub store: String,
+}
+
+/// The flags of the data dir to make, shared by `init` and `import nsc` (whose `--store` names
+/// nsc's store, so the backend is each command's own flag).
+#[derive(Debug, clap::Args)]
+pub struct EstateArgs {
     /// Data dir to create (refused if it already holds one, unless --force).
     #[arg(long, env = "TILLIT_DATA_DIR")]
     pub data_dir: PathBuf,
@@ -33,11 +46,6 @@ pub struct Args {
     /// Add a leafnode listener (TLS) on this port for site servers (`tillit site add`).
     #[arg(long, env = "TILLIT_LEAF_PORT")]
     pub leaf_port: Option<u16>,
-    /// Where the records live: `sled` (embedded; one `tillit serve`) or `jetstream` (a KV bucket
-    /// and a journal stream on the hub's NATS; `tillit serve` may run several times). With
-    /// `jetstream` the estate is made here and copied into the bucket at the first `serve`.
-    #[arg(long, env = "TILLIT_STORE", default_value = "sled", value_parser = ["sled", "jetstream"])]
-    pub store: String,
     /// The HTTP base URL of another `serve` replica (repeatable): certificates name every
     /// replica's OCSP responder, so new connections keep working when one replica is down.
     #[arg(long = "replica-url")]
@@ -68,8 +76,16 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let s = init(
-        &InitOptions {
+    let s = init(&a.estate.options(a.store, None), Arc::new(SystemClock))?;
+    print_summary(&s, true);
+    Ok(())
+}
+
+impl EstateArgs {
+    /// What `init` is asked to do, with the store backend and what to take over.
+    pub(crate) fn options(self, store: String, adopt: Option<Arc<crate::nsc::Adoption>>) -> InitOptions {
+        let a = self;
+        InitOptions {
             data_dir: a.data_dir,
             trust_domain: a.trust_domain,
             nats_url: a.nats_url,
@@ -78,18 +94,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             metrics_addr: a.metrics_addr,
             monitor_addr: a.monitor_addr,
             leaf_port: a.leaf_port,
-            store: a.store,
+            store,
             replica_urls: a.replica_urls,
             cluster: a.cluster.zip(a.cluster_port),
             store_replicas: a.store_replicas,
             ocsp_local_url: a.ocsp_local_url,
             ocsp_when_unreachable: a.ocsp_when_unreachable,
             force: a.force,
-        },
-        Arc::new(SystemClock),
-    )?;
-    print_summary(&s, true);
-    Ok(())
+            adopt,
+        }
+    }
 }
 
 pub fn print_summary(s: &InitSummary, next_steps: bool) {

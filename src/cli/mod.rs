@@ -14,6 +14,7 @@ pub mod context;
 pub mod dev;
 pub mod enroll;
 pub mod grant;
+pub mod import;
 pub mod init;
 pub mod list;
 pub mod renew;
@@ -49,6 +50,8 @@ pub struct Cli {
 pub enum Command {
     /// Create a data dir: trust roots, nats-server config, admin identity.
     Init(init::Args),
+    /// Take over an estate another tool manages: `nsc` (operator, accounts, keys).
+    Import(import::Args),
     /// Run the control plane against a running nats-server.
     Serve(serve::Args),
     /// Ask the control plane for its status, as an identity.
@@ -147,6 +150,7 @@ pub fn print_json<T: serde::Serialize>(json: bool, value: &T) -> anyhow::Result<
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(a) => init::run(a),
+        Command::Import(a) => import::run(a),
         Command::Serve(a) => serve::run(a).await,
         Command::Status(a) => status::run(a).await,
         Command::Dev(a) => dev::run(a).await,

@@ -14,6 +14,9 @@ pub enum AccountKind {
     Tillit,
     Bootstrap,
     Tenant,
+    /// Taken over from another tool (`tillit import nsc`) and kept as it was: not a tenant,
+    /// nothing enrolls into it.
+    Adopted,
 }
 
 impl AccountKind {
@@ -23,6 +26,7 @@ impl AccountKind {
             AccountKind::Tillit => "tillit",
             AccountKind::Bootstrap => "bootstrap",
             AccountKind::Tenant => "tenant",
+            AccountKind::Adopted => "adopted",
         }
     }
 }
@@ -50,6 +54,81 @@ pub struct AccountRecord {
     /// that key held when it was revoked. A revocation pruned earlier would let that JWT in again.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub revoked_until: BTreeMap<String, i64>,
+    /// What the account was before tillit adopted it (`tillit import nsc`): its claims go into
+    /// every JWT tillit signs for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<Adopted>,
+}
+
+/// The claims of an adopted account that tillit keeps verbatim (`Estate::sign_account`
+/// merges them with its own): exports, imports, limits, revocations, mappings and whatever else
+/// its `nats` section held, and the signing keys whose seeds it took over (sealed under
+/// `account-signing/<key>` like its own), so the users they signed keep connecting.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Adopted {
+    /// The tool it came from: `nsc`.
+    pub from: String,
+    /// Its name there.
+    pub source_name: String,
+    /// Its JWT's `nats` section without `type`, `version` and `signing_keys`.
+    #[serde(default)]
+    pub nats: serde_json::Map<String, serde_json::Value>,
+    /// Its signing key entries as it listed them (a key, or a scoped key with its template).
+    #[serde(default)]
+    pub signing_keys: Vec<serde_json::Value>,
+}
+
+/// The `nats` section tillit signs for an adopted account: tillit's own (`n`) with the adopted
+/// claims merged in. tillit's signing keys, exports and imports come first and the adopted ones
+/// follow (an adopted entry for the same key or import, or an export overlapping one of tillit's,
+/// is left out: nats-server refuses overlapping exports); revocations are
+/// the union (the later time wins); `limits` and every other adopted claim are the adopted ones.
+pub(crate) fn merge_adopted(n: &AccountNats, a: &Adopted) -> Result<serde_json::Value> {
+    use serde_json::Value;
+    let json = |e: serde_json::Error| EstateError::Jwt(jwt::JwtError::Json(e.to_string()));
+    let mut v = serde_json::to_value(n).map_err(json)?;
+    let Some(obj) = v.as_object_mut() else { return Ok(v) };
+    let same = |k: &str, x: &Value, y: &Value| match k {
+        "signing_keys" => {
+            let key = |e: &Value| e.as_str().or_else(|| e.get("key").and_then(Value::as_str)).map(str::to_string);
+            key(x) == key(y)
+        }
+        "imports" => ["subject", "account", "type"].iter().all(|f| x.get(f) == y.get(f)),
+        _ => {
+            x.get("type") == y.get("type")
+                && matches!((x.get("subject").and_then(Value::as_str), y.get("subject").and_then(Value::as_str)), (Some(a), Some(b)) if subjects::subjects_overlap(a, b))
+        }
+    };
+    let append = |obj: &mut serde_json::Map<String, Value>, k: &str, items: &[Value]| {
+        let slot = obj.entry(k.to_string()).or_insert_with(|| Value::Array(vec![]));
+        if let Value::Array(arr) = slot {
+            for x in items {
+                if !arr.iter().any(|y| same(k, x, y)) {
+                    arr.push(x.clone());
+                }
+            }
+        }
+    };
+    append(obj, "signing_keys", &a.signing_keys);
+    for (k, val) in &a.nats {
+        match k.as_str() {
+            "type" | "version" | "signing_keys" => {}
+            "exports" | "imports" => append(obj, k, val.as_array().map(Vec::as_slice).unwrap_or_default()),
+            "revocations" => {
+                let slot = obj.entry(k.clone()).or_insert_with(|| Value::Object(Default::default()));
+                if let (Value::Object(mine), Some(theirs)) = (slot, val.as_object()) {
+                    for (u, t) in theirs {
+                        let later = mine.get(u).and_then(Value::as_i64).unwrap_or(i64::MIN).max(t.as_i64().unwrap_or(0));
+                        mine.insert(u.clone(), Value::from(later));
+                    }
+                }
+            }
+            _ => {
+                obj.insert(k.clone(), val.clone());
+            }
+        }
+    }
+    Ok(v)
 }
 
 /// An export of the TILLIT account; services answer one reply each.
@@ -116,6 +195,8 @@ impl Estate {
                 }];
                 n
             }
+            // Its claims are the adopted ones ([`merge_adopted`]).
+            AccountKind::Adopted => AccountNats::new(AccountLimits::unlimited_without_jetstream()),
             AccountKind::Tenant => {
                 let mut n = AccountNats::new(AccountLimits::unlimited_with_jetstream());
                 n.description = Some(format!(
@@ -169,10 +250,15 @@ impl Estate {
         Ok(n)
     }
 
-    /// Sign `rec` with `nats` as its new JWT; `iat` strictly above the previous one.
+    /// Sign `rec` with `nats` as its new JWT (an adopted account's claims merged in,
+    /// [`merge_adopted`]); `iat` strictly above the previous one.
     pub(crate) fn sign_account(&self, mut rec: AccountRecord, nats: AccountNats) -> Result<AccountRecord> {
         let now = self.clock.now_unix();
         let iat = if rec.iat >= now { rec.iat + 1 } else { now };
+        let nats = match &rec.adopted {
+            Some(a) => merge_adopted(&nats, a)?,
+            None => serde_json::to_value(&nats).map_err(|e| EstateError::Jwt(jwt::JwtError::Json(e.to_string())))?,
+        };
         let claims = Claims {
             jti: jwt::new_jti()?,
             iat,
@@ -244,6 +330,7 @@ impl Estate {
             env: Some(env.into()),
             revocations: BTreeMap::new(),
             revoked_until: BTreeMap::new(),
+            adopted: None,
         };
         let rec = self.resign_account(draft)?;
         b.put_json(Space::Accounts, &name, &rec)?;
@@ -370,6 +457,53 @@ mod tests {
             assert!(e.ensure_tenant_account(t, env).await.is_err(), "{t}/{env}");
         }
         assert_eq!(e.accounts().unwrap().len(), 4, "SYS, TILLIT, BOOTSTRAP, acme-prod");
+    }
+
+    /// An adopted account's claims merged with tillit's: tillit's entries first, the adopted
+    /// ones after, duplicates and overlapping exports left out, revocations joined, the adopted
+    /// limits and other claims verbatim (fields tillit has no type for included).
+    #[test]
+    fn adopted_claims_merge_with_tillits_own() {
+        use serde_json::json;
+        let mut n = AccountNats::new(AccountLimits::unlimited_with_jetstream());
+        n.signing_keys = vec![SigningKeyEntry::Plain("ATILLIT".into())];
+        n.exports = vec![export("connect events", "$SYS.ACCOUNT.ASYS.CONNECT", "stream", "d")];
+        n.imports = vec![Import { name: "api".into(), subject: "tillit.v1.svc.>".into(), account: "AT".into(), kind: "service".into(), local_subject: None, share: true }];
+        n.revocations = BTreeMap::from([("UA".to_string(), 10), ("UB".to_string(), 30)]);
+        let scoped = json!({ "kind": "user_scope", "key": "ASCOPED", "role": "ops", "template": { "pub": { "allow": ["ops.>"] }, "times": [{ "start": "08:00:00", "end": "17:00:00" }] } });
+        let a = Adopted {
+            from: "nsc".into(),
+            source_name: "SYS".into(),
+            nats: serde_json::from_value(json!({
+                "limits": { "subs": -1, "conn": 5, "wildcards": true, "max_ack_pending": 100 },
+                "exports": [
+                    { "name": "monitoring", "subject": "$SYS.ACCOUNT.*.>", "type": "stream", "account_token_position": 3 },
+                    { "name": "monitoring services", "subject": "$SYS.REQ.ACCOUNT.*.*", "type": "service", "account_token_position": 4 },
+                ],
+                "imports": [
+                    { "name": "api again", "subject": "tillit.v1.svc.>", "account": "AT", "type": "service" },
+                    { "name": "orders", "subject": "orders.>", "account": "AO", "type": "stream", "to": "x" },
+                ],
+                "revocations": { "UA": 20, "UB": 5, "UC": 1 },
+                "mappings": { "old.>": [{ "subject": "new.>", "weight": 100 }] },
+                "type": "ignored", "version": 9,
+            }))
+            .unwrap(),
+            signing_keys: vec![json!("ATILLIT"), json!("ANSC"), scoped.clone()],
+        };
+        let m = merge_adopted(&n, &a).unwrap();
+        assert_eq!(m["type"], "account");
+        assert_eq!(m["version"], 2);
+        assert_eq!(m["signing_keys"], json!(["ATILLIT", "ANSC", scoped]), "a scoped key's template kept whole");
+        let exports: Vec<&str> = m["exports"].as_array().unwrap().iter().map(|x| x["subject"].as_str().unwrap()).collect();
+        assert_eq!(exports, ["$SYS.ACCOUNT.ASYS.CONNECT", "$SYS.REQ.ACCOUNT.*.*"], "the overlapping stream export is left out");
+        assert_eq!(m["exports"][1]["account_token_position"], 4);
+        let imports: Vec<&str> = m["imports"].as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
+        assert_eq!(imports, ["api", "orders"]);
+        assert_eq!(m["imports"][1]["to"], "x");
+        assert_eq!(m["revocations"], json!({ "UA": 20, "UB": 30, "UC": 1 }));
+        assert_eq!(m["limits"], json!({ "subs": -1, "conn": 5, "wildcards": true, "max_ack_pending": 100 }));
+        assert_eq!(m["mappings"]["old.>"][0]["subject"], "new.>");
     }
 
     #[test]

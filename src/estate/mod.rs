@@ -28,6 +28,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 mod accounts;
+pub mod adopt;
 pub mod breakglass;
 pub mod ca;
 mod envelope_keys;
@@ -37,7 +38,7 @@ mod roles;
 mod secrets;
 pub mod sites;
 mod tokens;
-pub use accounts::{AccountKind, AccountRecord, MAX_ACCOUNT_JWT_BYTES};
+pub use accounts::{AccountKind, AccountRecord, Adopted, MAX_ACCOUNT_JWT_BYTES};
 pub use envelope_keys::{EnvelopeKey, KEYS_XKEY};
 pub use identities::{EphemeralCreds, IdentityRecord, IdentityState, SerialRecord, ServiceIssue};
 pub use roles::{default_permissions, RetiringKey, RoleChange, RoleRecord, MAX_SERVICES_PER_ACCOUNT};
@@ -271,12 +272,32 @@ impl Estate {
         master: MasterKey,
         clock: SharedClock,
     ) -> Result<Estate> {
+        Self::create_with(dir, config, store, master, clock, None)
+    }
+
+    /// [`Estate::create`], taking over the operator key (and the system account) of `roots`
+    /// instead of making new ones (`tillit import nsc`).
+    pub fn create_with(
+        dir: DataDir,
+        config: Config,
+        store: Arc<dyn Store>,
+        master: MasterKey,
+        clock: SharedClock,
+        roots: Option<&adopt::AdoptedRoots>,
+    ) -> Result<Estate> {
         let now = clock.now_unix();
         let vault = Vault::new(store, master);
-        let operator = KeyPair::new_operator();
+        let operator = match roots {
+            Some(r) => KeyPair::from_seed(r.operator_seed.expose()).map_err(key_err("adopted operator"))?,
+            None => KeyPair::new_operator(),
+        };
         let operator_signing = KeyPair::new_operator();
         let mut b = Batch::new();
-        let sys = new_account_keys(&vault, &mut b, SYS_ACCOUNT)?;
+        let adopted_sys = roots.and_then(|r| r.sys.as_ref());
+        let sys = match adopted_sys {
+            Some(a) => adopt::account_keys(&vault, &mut b, a)?,
+            None => new_account_keys(&vault, &mut b, SYS_ACCOUNT)?,
+        };
         let tillit = new_account_keys(&vault, &mut b, TILLIT_ACCOUNT)?;
         let bootstrap = new_account_keys(&vault, &mut b, BOOTSTRAP_ACCOUNT)?;
         let envelope = KeyPair::new_account();
@@ -302,7 +323,7 @@ impl Estate {
             iat: now,
             iss: operator.public_key(),
             sub: operator.public_key(),
-            name: Some(format!("tillit {}", config.trust_domain)),
+            name: Some(roots.map(|r| r.operator_name.clone()).unwrap_or_else(|| format!("tillit {}", config.trust_domain))),
             aud: None,
             exp: None,
             nbf: None,
@@ -311,7 +332,7 @@ impl Estate {
                 version: 2,
                 signing_keys: vec![operator_signing.public_key()],
                 system_account: sys.0.public_key(),
-                strict_signing_key_usage: true,
+                strict_signing_key_usage: roots.is_none_or(|r| r.strict),
             },
         };
         let operator_jwt = jwt::encode(&op_claims, &operator)?;
@@ -382,6 +403,7 @@ impl Estate {
                 env: None,
                 revocations: BTreeMap::new(),
                 revoked_until: BTreeMap::new(),
+                adopted: if kind == AccountKind::System { adopted_sys.map(|a| a.adopted.clone()) } else { None },
             };
             let tillit_pub = tillit.0.public_key();
             let nats = estate.render_account(&draft, &tillit_pub)?;

@@ -128,6 +128,7 @@ mod tests {
         let stored = AccountRecord {
             name: "acme-prod".into(),
             kind: crate::estate::AccountKind::Tenant,
+            adopted: None,
             public_key: "A".into(),
             signing_key: "A".into(),
             jwt: mk(200),

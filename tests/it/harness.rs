@@ -241,12 +241,25 @@ impl Estate {
 
     /// `tillit init` with the hub's client port and extra flags.
     pub fn init_on(trust_domain: &str, nats_port: u16, extra: &[&str]) -> Self {
-        let tmp = tempfile::tempdir().expect("tempdir");
+        let (out, e) = Self::create_with(&["init"], tempfile::tempdir().expect("tempdir"), trust_domain, nats_port, extra);
+        assert!(out.status.success(), "init failed: {}", stderr(&out));
+        e
+    }
+
+    /// `tillit import nsc ARGS` into `tmp/data` on free ports (with `init`'s flags): its output
+    /// and the estate (whose data dir exists only if it succeeded).
+    pub fn import_nsc(trust_domain: &str, tmp: tempfile::TempDir, args: &[&str]) -> (Output, Self) {
+        let cmd: Vec<&str> = ["import", "nsc"].into_iter().chain(args.iter().copied()).collect();
+        Self::create_with(&cmd, tmp, trust_domain, free_port(), &[])
+    }
+
+    /// Run `tillit CMD` that creates the data dir `tmp/data` (`init`, `import nsc`).
+    fn create_with(cmd: &[&str], tmp: tempfile::TempDir, trust_domain: &str, nats_port: u16, extra: &[&str]) -> (Output, Self) {
         let data = tmp.path().join("data");
         let http_port = free_port();
         let ocsp_port = free_port();
-        let mut args = vec![
-            "init".to_string(),
+        let mut args: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+        args.extend([
             "--data-dir".into(),
             data.to_str().unwrap().into(),
             "--trust-domain".into(),
@@ -255,15 +268,14 @@ impl Estate {
             format!("nats://127.0.0.1:{nats_port}"),
             "--http-addr".into(),
             format!("127.0.0.1:{http_port}"),
-        ];
+        ]);
         if !extra.contains(&"--ocsp-local-url") {
             args.extend(["--ocsp-local-url".to_string(), format!("http://127.0.0.1:{ocsp_port}")]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = tillit(&args);
-        assert!(out.status.success(), "init failed: {}", stderr(&out));
-        Estate { tmp, dir: DataDir::new(data), nats_port, http_port, trust_domain: trust_domain.into(), ocsp_port }
+        (out, Estate { tmp, dir: DataDir::new(data), nats_port, http_port, trust_domain: trust_domain.into(), ocsp_port })
     }
 
     /// Point at another data dir of this estate (a restored copy): same ports, same temp dir.

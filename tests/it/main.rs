@@ -13,6 +13,7 @@ mod faults;
 mod foundation;
 mod grants;
 mod harness;
+mod import;
 mod interop;
 mod metrics;
 mod readme;
