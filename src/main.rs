@@ -6,14 +6,18 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    // Like any Unix tool: a closed pipe (`tillit token create | head -1`) ends the process
-    // quietly instead of a panic on the next print.
-    #[cfg(unix)]
-    // SAFETY: called once at start, before any thread exists; restores the default disposition.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = tillit::cli::Cli::parse();
+    // Like any Unix tool, a one-shot command ends quietly on a closed pipe (`tillit token create
+    // | head -1`) instead of a panic on the next print. A daemon keeps SIGPIPE ignored: a NATS
+    // connection the server closed (a revoked agent) must be an error it reports, not a silent
+    // death by signal in the middle of a write.
+    #[cfg(unix)]
+    if !cli.command.long_running() {
+        // SAFETY: called once at start, before any thread exists; restores the default disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // Benchmarks run many in-process parties: their per-event logs would drown the figures.
     let quiet = matches!(cli.command, tillit::cli::Command::Bench(_));
     tillit::telemetry::init_logging_default(cli.log_format, if quiet { "warn" } else { "info,async_nats=warn" });

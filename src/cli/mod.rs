@@ -111,6 +111,18 @@ pub enum Command {
     BreakGlass(breakglass::Args),
 }
 
+impl Command {
+    /// Whether the command runs until stopped (a daemon: serve, the agent, the responder, the
+    /// dev stack, benchmarks, `renew --daemon`), rather than doing one thing and exiting.
+    pub fn long_running(&self) -> bool {
+        match self {
+            Command::Serve(_) | Command::Agent(_) | Command::Responder(_) | Command::Dev(_) | Command::Bench(_) => true,
+            Command::Renew(r) => r.daemon,
+            _ => false,
+        }
+    }
+}
+
 /// The flags every call to the control plane takes: who acts, where, and how to print.
 #[derive(Debug, clap::Args)]
 pub struct AdminArgs {
