@@ -133,8 +133,11 @@ pub fn plan(live: &EstateDoc, desired: &EstateDoc, confined_to: &[String]) -> Pl
     }
 
     // Secrets: readers as the document says; values never travel here.
-    let have_secrets: BTreeMap<&str, &Vec<String>> =
-        live.secrets.iter().filter(|s| managed.contains(tenant_of(&s.path))).map(|s| (s.path.as_str(), &s.readers)).collect();
+    // The first entry of a path counts, on both sides (a second is a problem below).
+    let mut have_secrets: BTreeMap<&str, &Vec<String>> = BTreeMap::new();
+    for s in live.secrets.iter().filter(|s| managed.contains(tenant_of(&s.path))) {
+        have_secrets.entry(s.path.as_str()).or_insert(&s.readers);
+    }
     let mut named = BTreeSet::new();
     for s in &desired.secrets {
         if !named.insert(s.path.as_str()) {
@@ -211,6 +214,19 @@ mod tests {
         let p = plan(&d, &d, &[]);
         assert!(p.steps.is_empty(), "{p:?}");
         assert_eq!(p.problems.len(), 1, "{p:?}");
+    }
+
+    /// Found by the `estate_doc` fuzz target: a secret listed twice planned against itself.
+    #[test]
+    fn a_secret_listed_twice_planned_against_itself_changes_nothing() {
+        let mut d = doc(&["acme"]);
+        d.secrets = vec![
+            SecretDoc { path: "acme/a/b/db".into(), readers: vec!["acme/a/b/x".into()] },
+            SecretDoc { path: "acme/a/b/db".into(), readers: vec!["acme/a/b/*".into()] },
+        ];
+        let p = plan(&d, &d, &[]);
+        assert!(p.steps.is_empty(), "{p:?}");
+        assert!(p.problems.iter().any(|m| m.contains("listed twice")), "{p:?}");
     }
 
     #[test]
