@@ -20,6 +20,14 @@ pub(crate) fn record_tenant<'a>(trust_domain: &str, target: &'a str) -> Option<&
     (path.contains('/') && first != crate::names::AGENT_TENANT && crate::names::check_segment("tenant", first).is_ok()).then_some(first)
 }
 
+/// The tenant a record concerns: its target's, else the tenant a refused request reached
+/// (`detail.tenant`).
+pub(crate) fn tenant_of_record<'a>(trust_domain: &str, r: &'a Record) -> Option<&'a str> {
+    record_tenant(trust_domain, &r.target).or_else(|| {
+        r.detail.as_ref().and_then(|d| d.get("tenant")).and_then(|t| t.as_str()).filter(|t| crate::names::check_segment("tenant", t).is_ok())
+    })
+}
+
 fn info(r: Record) -> AuditRecordInfo {
     AuditRecordInfo { seq: r.seq, time: r.time, actor: r.actor, action: r.action, target: r.target, outcome: r.outcome, detail: r.detail }
 }
@@ -59,7 +67,7 @@ async fn tail(ctx: &Ctx, call: &mut super::dispatch::Call, req: AuditTailRequest
     let scan = if access.confined() { TAIL_SCAN } else { req.n };
     // A confined auditor sees its tenants' records, and its own (its refusals name no tenant).
     let me = call.caller()?.id.clone();
-    let keep = move |r: &Record| !access.confined() || r.actor == me || record_tenant(&td, &r.target).is_some_and(|t| access.sees(t));
+    let keep = move |r: &Record| !access.confined() || r.actor == me || tenant_of_record(&td, r).is_some_and(|t| access.sees(t));
     let records = last_records(ctx, req.n, scan, keep).await?;
     Ok(AuditTailReply { records: records.into_iter().map(info).collect() })
 }

@@ -28,6 +28,8 @@ pub(crate) struct Call {
     pub(crate) after: Option<After>,
     /// An admin caller's role and tenants (checked against the verb before its handler runs).
     pub(crate) access: Option<crate::policy::roles::Access>,
+    /// What the request reached, once its body was read.
+    pub(crate) reach: Option<proto::Reach>,
 }
 
 impl Call {
@@ -80,9 +82,12 @@ fn run<'a, E: Handle>(ctx: &'a Arc<Ctx>, call: &'a mut Call, raw: &'a RawValue) 
     Box::pin(async move {
         let req: E::Request = body(raw)?;
         // An admin verb: the caller's role must allow it, on what the request reaches.
+        let reach = proto::Reaches::reach(&req);
         if E::CALLER == Caller::Admin {
             let access = call.access.as_ref().ok_or_else(|| ApiError::internal("an admin verb without the caller's access"))?;
-            crate::policy::roles::authorize(access, E::SUBJECT, &proto::Reaches::reach(&req))?;
+            let allowed = crate::policy::roles::authorize(access, E::SUBJECT, &reach);
+            call.reach = Some(reach);
+            allowed?;
         }
         to_value(E::handle(ctx, call, req).await?)
     })
@@ -153,7 +158,7 @@ pub(crate) async fn dispatch(ctx: &Arc<Ctx>, route: &Route, msg: &async_nats::Me
             Err(e) => Err(Err(e)),
         }
     };
-    let mut call = Call { signer: claims.iss.clone(), caller: None, info, after: None, access: None };
+    let mut call = Call { signer: claims.iss.clone(), caller: None, info, after: None, access: None, reach: None };
     if spec.caller == Caller::Enrollee {
         if call.info.as_ref().map(|i| i.acc.as_str()) != Some(ctx.bootstrap_account.as_str()) {
             return Err(ApiError::unauthenticated("enrollment must come from a join token's bootstrap connection"));
@@ -196,7 +201,11 @@ pub(crate) async fn dispatch(ctx: &Arc<Ctx>, route: &Route, msg: &async_nats::Me
     let value = match run_raced(ctx, route, &mut call, &claims.body).await {
         Ok(v) => v,
         Err(e) => {
-            audit_refusal(ctx, &actor, spec, &e);
+            let tenant = match &call.reach {
+                Some(proto::Reach::Tenant(t)) => Some(t.as_str()),
+                _ => None,
+            };
+            audit_refusal_in(ctx, &actor, spec, &e, tenant);
             return Err(e);
         }
     };
@@ -269,6 +278,12 @@ pub(crate) fn verb(subject: &str) -> &str {
 
 /// Record a refusal that matters (who was denied what), without holding up the reply.
 fn audit_refusal(ctx: &Ctx, actor: &str, spec: &EndpointSpec, e: &ApiError) {
+    audit_refusal_in(ctx, actor, spec, e, None)
+}
+
+/// [`audit_refusal`] of a request that reached one tenant's things: the record names the tenant
+/// (`detail.tenant`), so that tenant's confined auditors see it.
+fn audit_refusal_in(ctx: &Ctx, actor: &str, spec: &EndpointSpec, e: &ApiError, tenant: Option<&str>) {
     let worth_recording = matches!(
         e.code,
         ErrorCode::Forbidden | ErrorCode::TokenUsed | ErrorCode::TokenExpired | ErrorCode::TokenInvalid | ErrorCode::Unauthenticated
@@ -277,7 +292,10 @@ fn audit_refusal(ctx: &Ctx, actor: &str, spec: &EndpointSpec, e: &ApiError) {
         return;
     }
     ctx.journal.record_relaxed(
-        crate::audit::Entry::denied(actor, verb(spec.subject), spec.subject, e.code.as_str()).detail(serde_json::json!({ "message": e.message })),
+        crate::audit::Entry::denied(actor, verb(spec.subject), spec.subject, e.code.as_str()).detail(match tenant {
+            Some(t) => serde_json::json!({ "message": e.message, "tenant": t }),
+            None => serde_json::json!({ "message": e.message }),
+        }),
     );
 }
 

@@ -232,6 +232,16 @@ async fn confined_admins_see_only_their_tenants_and_the_last_owner_stays() {
     assert!(!out.status.success() && stderr(&out).contains("outside this admin's tenants"), "{}", stderr(&out));
     let mine = stdout(&tillit(&["audit", "tail", "--identity", acme, "--json", "-n", "5"]));
     assert!(mine.lines().any(|l| l.contains("denied:forbidden") && l.contains("tillit/admin/acme-aud")), "a confined admin sees its own refusals: {mine}");
+    // Another admin refused on acme's things: acme's auditor sees it (the record names the
+    // tenant); the same admin refused on globex's: it does not.
+    let other = add_admin(&e, &owner, "other-aud", "auditor", &[]);
+    let other = other.to_str().unwrap();
+    assert!(!tillit(&["grant", "acme/shop/prod/orders", "--pub", "shop.x", "--identity", other]).status.success());
+    assert!(!tillit(&["grant", "globex/web/prod/api", "--pub", "web.x", "--identity", other]).status.success());
+    let seen = stdout(&tillit(&["audit", "tail", "--identity", acme, "--json", "-n", "20"]));
+    let refusals: Vec<&str> = seen.lines().filter(|l| l.contains("tillit/admin/other-aud") && l.contains("denied:forbidden")).collect();
+    assert_eq!(refusals.len(), 1, "{seen}");
+    assert!(refusals[0].contains("\"tenant\":\"acme\""), "{seen}");
     let owner_view = stdout(&tillit(&["audit", "tail", "--data-dir", e.data(), "--json", "-n", "100"]));
     assert!(
         owner_view.lines().any(|l| l.contains("\"action\":\"list\"") && l.contains("spiffe://scoped.example/tillit/admin/acme-aud")),

@@ -172,7 +172,7 @@ pub async fn state(ctx: &Ctx, admin: &IdentityRecord) -> Result<serde_json::Valu
     let td = e.trust_domain().to_string();
     let a = access.clone();
     let tenant_of = move |r: &crate::audit::Record| {
-        super::auditlog::record_tenant(&td, &r.target).or_else(|| super::auditlog::record_tenant(&td, &r.actor)).map(str::to_string)
+        super::auditlog::tenant_of_record(&td, r).or_else(|| super::auditlog::record_tenant(&td, &r.actor)).map(str::to_string)
     };
     let sees = {
         let tenant_of = tenant_of.clone();
