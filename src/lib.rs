@@ -71,6 +71,7 @@ pub mod client;
 pub mod envelope;
 pub mod error;
 pub mod proto;
+pub mod service;
 pub mod subjects;
 
 // === internals (see the crate docs) ===

@@ -98,3 +98,40 @@ fn a_generic_jose_library_verifies_an_envelope_with_trust_jwks() {
     verifier.verify::<serde_json::Value>(&token, "io.tillit.v1.secret.rotated", now).unwrap();
     assert!(verifier.verify::<serde_json::Value>(&token, "io.tillit.v1.secret.rotated", now).is_err(), "replay refused");
 }
+
+/// Caller tokens with a JOSE library nobody here wrote (joserfc), from the published key sets:
+/// issuer-bound selection (the claimed issuer's set, then the `kid` in it) accepts A's honest
+/// token and refuses A's key claiming to be B; naive selection (one set of every service's keys,
+/// the key by `kid` alone) accepts the forgery. That is why tillit selects by issuer.
+#[test]
+fn a_jose_library_verifies_caller_tokens_issuer_bound_and_naive_selection_is_fooled() {
+    use tillit::service::{sign, KeySetDoc};
+    let (a, b) = (nkeys::KeyPair::new_user(), nkeys::KeyPair::new_user());
+    let (ia, ib) = ("spiffe://example.org/acme/shop/prod/orders", "spiffe://example.org/acme/shop/prod/billing");
+    let callee = "spiffe://example.org/acme/shop/prod/payments";
+    let now = tillit::clock::Clock::now_unix(&tillit::clock::SystemClock);
+    let set = |iss: &str, k: &nkeys::KeyPair| KeySetDoc { iss: iss.into(), keys: vec![KeySetDoc::jwk(&k.public_key(), now + 3600).unwrap()], revoked: vec![] };
+    let cases = serde_json::json!({
+        "sets": { ia: set(ia, &a), ib: set(ib, &b) },
+        "tokens": {
+            "honest": sign(&a, ia, callee, "shop.payments.charge", 30, now).unwrap(),
+            "a_signed_as_b": sign(&a, ib, callee, "shop.payments.charge", 30, now).unwrap(),
+        },
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cases.json");
+    std::fs::write(&file, cases.to_string()).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/verify_caller.py");
+    let out = std::process::Command::new("python3").arg(script).arg(&file).output().expect("python3");
+    assert!(out.status.success(), "joserfc failed (pip install joserfc; .ci/run does it):\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["honest"], serde_json::json!({ "issuer_bound": true, "naive": true }), "{v}");
+    assert_eq!(v["a_signed_as_b"], serde_json::json!({ "issuer_bound": false, "naive": true }), "naive selection must be fooled, bound must not: {v}");
+    // tillit's own verifier refuses the forgery, naming why.
+    let verifier = tillit::service::Callers::new(callee, "example.org");
+    verifier.set_keys(ia, set(ia, &a).key_set());
+    verifier.set_keys(ib, set(ib, &b).key_set());
+    let forged = cases["tokens"]["a_signed_as_b"].as_str().unwrap();
+    let err = verifier.verify(Some(forged), "shop.payments.charge", now).unwrap_err();
+    assert!(matches!(err, tillit::service::CallerRefusal::KeyOfAnotherIssuer { .. }), "{err:?}");
+}
