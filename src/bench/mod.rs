@@ -556,6 +556,58 @@ pub(crate) fn envelope_rates(n: usize) -> Result<(f64, f64), String> {
     Ok((sign_rate, verify_rate))
 }
 
+/// Caller tokens on one core: (sign/s, verify/s), verifying against `issuers` key sets of
+/// `instances` keys each (issuer-bound selection, signature, claims, replay check).
+pub(crate) fn caller_rates(n: usize, issuers: usize, instances: usize) -> Result<(f64, f64), String> {
+    use crate::service::{sign, Callers, KeySetDoc};
+    let td = "bench.local";
+    let callee = format!("spiffe://{td}/acme/shop/prod/payments");
+    let verifier = Callers::new(&callee, td);
+    let t0 = now();
+    let mut callers = Vec::with_capacity(issuers);
+    for i in 0..issuers {
+        let iss = format!("spiffe://{td}/acme/shop/prod/svc-{i}");
+        let keys: Vec<nkeys::KeyPair> = (0..instances).map(|_| nkeys::KeyPair::new_user()).collect();
+        let doc = KeySetDoc { iss: iss.clone(), keys: keys.iter().filter_map(|k| KeySetDoc::jwk(&k.public_key(), t0 + 3600)).collect(), revoked: vec![] };
+        verifier.set_keys(&iss, doc.key_set());
+        callers.push((iss, keys));
+    }
+    let start = Instant::now();
+    let mut tokens = Vec::with_capacity(n);
+    for i in 0..n {
+        let (iss, keys) = &callers[i % issuers];
+        tokens.push(sign(&keys[i % instances], iss, &callee, "shop.payments.charge", 60, t0).map_err(|e| e.to_string())?);
+    }
+    let sign_rate = n as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for t in &tokens {
+        verifier.verify(Some(t), "shop.payments.charge", t0).map_err(|e| e.to_string())?;
+    }
+    let verify_rate = n as f64 / start.elapsed().as_secs_f64();
+    Ok((sign_rate, verify_rate))
+}
+
+/// The floor under [`caller_rates`]: raw Ed25519 `verify_strict` (the same crate and backend)
+/// over messages of a caller token's size, per second on one core.
+pub(crate) fn raw_verify_rate(n: usize) -> f64 {
+    let kp = nkeys::KeyPair::new_user();
+    let Ok((_, raw)) = nkeys::from_public_key(&kp.public_key()) else { return 0.0 };
+    let Ok(vk) = ed25519_dalek::VerifyingKey::from_bytes(&raw) else { return 0.0 };
+    let msgs: Vec<(Vec<u8>, ed25519_dalek::Signature)> = (0..n.min(10_000))
+        .filter_map(|i| {
+            let m = format!("{i:0>300}").into_bytes();
+            let sig = kp.sign(&m).ok()?;
+            Some((m, ed25519_dalek::Signature::from_slice(&sig).ok()?))
+        })
+        .collect();
+    let start = Instant::now();
+    let mut ok = 0usize;
+    for (m, sig) in msgs.iter().cycle().take(n) {
+        ok += vk.verify_strict(m, sig).is_ok() as usize;
+    }
+    ok as f64 / start.elapsed().as_secs_f64()
+}
+
 /// `openssl speed ed25519` on this machine: (sign/s, verify/s), if openssl is there.
 pub(crate) fn openssl_ed25519() -> Option<(f64, f64)> {
     let out = std::process::Command::new("openssl").args(["speed", "-seconds", "1", "ed25519"]).output().ok()?;

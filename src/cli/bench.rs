@@ -27,6 +27,20 @@ pub enum What {
         #[arg(long)]
         json: bool,
     },
+    /// Caller tokens (service-to-service calls): sign and issuer-bound verify rates on one
+    /// core, against `issuers` services of `instances` keys each, vs raw Ed25519 (openssl speed).
+    Caller {
+        #[arg(short = 'n', default_value_t = 50_000)]
+        n: usize,
+        /// Services whose key sets the verifier holds.
+        #[arg(long, default_value_t = 1000)]
+        issuers: usize,
+        /// Live instances (keys) per service.
+        #[arg(long, default_value_t = 3)]
+        instances: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Time from `secret rotate` until N in-process site agents over S sites acknowledged.
     Fanout(FanoutArgs),
     /// enroll, renew and secret-get against three stacks built in this run: sled, JetStream R1
@@ -106,6 +120,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         What::Grant(l) | What::Revoke(l) => return latency(matches!(a.what, What::Grant(_)), l).await,
         What::AccountSize { json } => return account_size(*json),
         What::Envelope { n, json } => return envelope(*n, *json),
+        What::Caller { n, issuers, instances, json } => return caller(*n, *issuers, *instances, *json),
         What::SecretGet(o) => return secret_get(o).await,
         What::Fanout(f) => return fanout(f).await,
         What::Stores { n, c, no_r3, json } => return stores(*n, *c, *no_r3, *json).await,
@@ -217,6 +232,32 @@ fn envelope(n: usize, json: bool) -> anyhow::Result<()> {
     }
     if json {
         let mut v = serde_json::json!({"bench": "envelope", "n": n, "sign_per_sec": round(sign), "verify_per_sec": round(verify)});
+        if let Some((s, r)) = raw {
+            v["openssl_sign_per_sec"] = serde_json::json!(s);
+            v["openssl_verify_per_sec"] = serde_json::json!(r);
+        }
+        println!("{v}");
+    }
+    Ok(())
+}
+
+fn caller(n: usize, issuers: usize, instances: usize, json: bool) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=1_000_000).contains(&n), "-n must be between 1 and 1000000");
+    anyhow::ensure!((1..=100_000).contains(&issuers) && (1..=100).contains(&instances), "--issuers 1 to 100000, --instances 1 to 100");
+    let (sign, verify) = crate::bench::caller_rates(n, issuers, instances).map_err(anyhow::Error::msg)?;
+    println!(
+        "caller token sign {sign:>10.0}/s   verify {verify:>10.0}/s   (one core; {issuers} services x {instances} keys; issuer-bound selection, claims, replay check)"
+    );
+    let floor = crate::bench::raw_verify_rate(n);
+    println!("raw Ed25519 (ed25519-dalek verify_strict)     verify {floor:>10.0}/s   (the floor: tokens reach {:.0}% of it)", 100.0 * verify / floor.max(1e-9));
+    let raw = crate::bench::openssl_ed25519();
+    match raw {
+        Some((s, v)) => println!("openssl Ed25519   {s:>10.0}/s   verify {v:>10.0}/s   (raw signatures); verify ratio {:.2}", verify / v.max(1e-9)),
+        None => println!("(openssl speed ed25519 unavailable: no raw baseline)"),
+    }
+    if json {
+        let mut v = serde_json::json!({"bench": "caller", "n": n, "issuers": issuers, "instances": instances,
+            "sign_per_sec": round(sign), "verify_per_sec": round(verify), "raw_verify_per_sec": round(floor)});
         if let Some((s, r)) = raw {
             v["openssl_sign_per_sec"] = serde_json::json!(s);
             v["openssl_verify_per_sec"] = serde_json::json!(r);
