@@ -96,5 +96,9 @@ pub async fn run(admin: AdminArgs) -> anyhow::Result<()> {
         }
     }
     println!("you are        {}", s.caller);
+    if let Some(role) = s.caller_role {
+        let scope = if s.caller_tenants.is_empty() { "the whole estate".to_string() } else { format!("tenants {}", s.caller_tenants.join(", ")) };
+        println!("role           {role} ({scope})");
+    }
     Ok(())
 }

@@ -89,6 +89,12 @@ pub struct StatusReply {
     pub rss_bytes: Option<u64>,
     /// Who asked (the verified caller).
     pub caller: String,
+    /// The caller's admin role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller_role: Option<super::AdminRole>,
+    /// The tenants the caller is confined to (empty: the whole estate; its counts and accounts are of these tenants only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caller_tenants: Vec<String>,
 }
 
 /// The break-glass bundle in a status reply.

@@ -85,6 +85,8 @@ fn status(ctx: &Ctx, caller: &IdentityRecord, access: &Access) -> Result<StatusR
         break_glass: super::breakglass::status(ctx),
         rss_bytes: crate::telemetry::rss_bytes(),
         caller: caller.id.clone(),
+        caller_role: Some(access.role),
+        caller_tenants: access.tenants.clone(),
     })
 }
 

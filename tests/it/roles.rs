@@ -223,6 +223,7 @@ async fn confined_admins_see_only_their_tenants_and_the_last_owner_stays() {
     assert_eq!(status["counts"]["identities"], 1, "{status}");
     let accounts: Vec<&String> = status["accounts"].as_object().unwrap().keys().collect();
     assert_eq!(accounts, ["acme-prod"], "{status}");
+    assert_eq!((status["caller_role"].as_str(), status["caller_tenants"].clone()), (Some("auditor"), serde_json::json!(["acme"])), "{status}");
     let secrets = stdout(&tillit(&["secret", "list", "--identity", acme, "--json"]));
     assert!(secrets.contains("acme/shop/prod/db") && !secrets.contains("globex") && !secrets.contains("s3cret"), "{secrets}");
     let tail = stdout(&tillit(&["audit", "tail", "--identity", acme, "--json", "-n", "100"]));
