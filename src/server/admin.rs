@@ -233,9 +233,11 @@ async fn ungrant(ctx: &Arc<Ctx>, caller: &IdentityRecord, req: GrantRequest) -> 
 }
 
 async fn grants(ctx: &Ctx, req: ServiceRequest) -> Result<GrantsReply, ApiError> {
+    // As the store holds it now: a replica whose copy lags (it just came back) must not show an
+    // operator permissions from before another replica's change.
     let role = ctx
         .estate
-        .role(&req.service)
+        .role_fresh(&req.service)
         .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("{} has no permissions yet (never enrolled or granted)", req.service)))?;
     Ok(grants_reply(&role))
