@@ -220,6 +220,11 @@ impl Becomes {
     }
 }
 
+/// Whether an nsc account name can be kept as a tillit account record's name (pure).
+fn as_is_name_ok(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) && !name.starts_with('.')
+}
+
 /// Why a user JWT nsc issued in an account will not connect after the import (`None`: it
 /// keeps working): `claims` as decoded (`None`: it did not verify, `why` says how), the keys
 /// the account keeps as signers (its identity key first), as of `now` (pure).
@@ -562,6 +567,12 @@ pub fn read(src: &Source, now: i64) -> Result<Adoption, NscError> {
             return Err(NscError::Map(format!("{name}: it is the operator's system account, which becomes tillit's SYS")));
         }
         let becomes = Becomes::of(&name, &public_key, &system_account, &src.map);
+        // An as-is account keeps its nsc name as tillit's record name: plain, short, printable.
+        if becomes == Becomes::AsIs && !as_is_name_ok(&name) {
+            return Err(NscError::Map(format!(
+                "{name:?}: an account adopted as it is keeps its name, which must be 1 to 64 letters, digits, '-', '_' or '.'; map it (--map {name}=TENANT/ENV) or leave it out (--skip {name})"
+            )));
+        }
         let seed = seed_for(&keys, &public_key)?;
         if seed.is_none() {
             refusals.push(NscError::SeedMissing { what: format!("account {name}"), public_key: public_key.clone(), keys: keys_shown.clone() });
@@ -742,6 +753,13 @@ impl Adoption {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn as_is_names_are_plain() {
+        for (n, ok) in [("billing", true), ("Billing_2.old", true), ("a-b", true), ("", false), (".hidden", false), ("with space", false), ("ünï", false), (&"x".repeat(65), false)] {
+            assert_eq!(as_is_name_ok(n), ok, "{n:?}");
+        }
+    }
 
     #[test]
     fn mappings_parse_and_refuse_bad_names() {
