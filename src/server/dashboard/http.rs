@@ -1,6 +1,6 @@
 //! The dashboard's routes: the one-time login, the static page, its state and its live events.
 
-use super::{admin_of, state, Grant, COOKIE, SESSION_TTL};
+use super::{admin_of, state_shared as state, Grant, COOKIE, SESSION_TTL};
 use crate::server::http::HttpState;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};

@@ -40,6 +40,9 @@ pub const COOKIE: &str = "tillit_dashboard";
 #[derive(Default)]
 pub struct Sessions {
     inner: Mutex<Inner>,
+    /// The last state computed per admin (its user key), with when: pages of one admin open in
+    /// several tabs share one computation per second.
+    recent: Mutex<HashMap<String, (std::time::Instant, serde_json::Value)>>,
     /// The control plane's context, once it is up (the HTTP port starts before NATS); weak, as
     /// the context holds these sessions (a strong link would keep both, and the store, alive).
     pub ctx: OnceLock<std::sync::Weak<Ctx>>,
@@ -130,6 +133,27 @@ async fn session(ctx: &Ctx, caller: &IdentityRecord, _req: DashboardSessionReque
 pub fn admin_of(ctx: &Ctx, grant: &Grant, now: i64) -> Option<IdentityRecord> {
     let rec = ctx.estate.identity(&grant.admin_user).ok().flatten()?;
     (rec.kind == IdentityKind::Admin && rec.state == IdentityState::Active && rec.expires_at > now).then_some(rec)
+}
+
+/// How long a computed state is served again to the same admin.
+const STATE_REUSE: std::time::Duration = std::time::Duration::from_millis(900);
+
+/// [`state`], computed at most once per [`STATE_REUSE`] for one admin.
+pub async fn state_shared(ctx: &Ctx, admin: &IdentityRecord) -> Result<serde_json::Value, ApiError> {
+    let key = admin.user_public_key.clone();
+    if let Ok(m) = ctx.dashboard.recent.lock() {
+        if let Some((at, v)) = m.get(&key) {
+            if at.elapsed() < STATE_REUSE {
+                return Ok(v.clone());
+            }
+        }
+    }
+    let v = state(ctx, admin).await?;
+    if let Ok(mut m) = ctx.dashboard.recent.lock() {
+        m.retain(|_, (at, _)| at.elapsed() < STATE_REUSE);
+        m.insert(key, (std::time::Instant::now(), v.clone()));
+    }
+    Ok(v)
 }
 
 /// The dashboard's state as `admin` may see it (one JSON document; the page renders it).
