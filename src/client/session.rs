@@ -157,6 +157,26 @@ impl Session {
         signer.sign(kind, subject, aud, ttl_secs, None, data, self.inner.clock.now_unix()).map_err(|e| ClientError::Credentials(e.to_string()))
     }
 
+    /// A request to another service of this tenant and environment, carrying a caller token
+    /// ([`crate::service::CALLER_HEADER`]) signed by this instance's own nkey: `iss` this
+    /// service, `aud` the service that owns `subject` (`<project>.<service>.…`), `sub` the
+    /// subject, valid 30 s. The callee checks it with [`crate::service::Callers`].
+    pub async fn request_as(&self, subject: &str, payload: bytes::Bytes) -> Result<async_nats::Message, ClientError> {
+        let files = self.files()?;
+        let me = files.info.service.clone().ok_or_else(|| ClientError::Credentials("caller tokens are for service identities".into()))?;
+        let aud = crate::service::callee_of(&files.info.trust_domain, &me, subject)
+            .ok_or_else(|| ClientError::Credentials(format!("{subject:?} names no service (want <project>.<service>.…)")))?;
+        let key = KeyPair::from_seed(files.user_seed.expose()).map_err(|e| ClientError::Credentials(e.to_string()))?;
+        let token = crate::service::sign(&key, &files.info.id, &aud, subject, 30, self.inner.clock.now_unix())
+            .map_err(|e| ClientError::Credentials(e.to_string()))?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(crate::service::CALLER_HEADER, token.as_str());
+        self.client
+            .request_with_headers(subject.to_string(), headers, payload)
+            .await
+            .map_err(|e| ClientError::Request { subject: subject.into(), reason: e.to_string() })
+    }
+
     /// The identity's files as of the last renewal (keys included: keep them in memory only).
     pub fn files(&self) -> Result<IdentityFiles, ClientError> {
         self.inner.files.read().map(|f| f.clone()).map_err(|_| ClientError::Credentials("identity lock poisoned".into()))

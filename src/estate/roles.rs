@@ -80,14 +80,34 @@ impl RoleRecord {
 /// the tillit service API.
 pub fn default_permissions(sid: &ServiceId) -> UserPermissions {
     let ns = format!("{}.>", sid.subject_prefix());
-    UserPermissions::new(
-        vec![ns.clone(), subjects::SVC_EXPORT.into()],
+    let mut publish = vec![ns.clone(), subjects::SVC_EXPORT.into()];
+    publish.extend(caller_keys_read());
+    let mut p = UserPermissions::new(
+        publish,
         vec![
             ns,
             format!("{}.{{{{subject()}}}}.>", subjects::INBOX_ROOT),
             subjects::notify_subject(&sid.account_name(), &sid.project, &sid.service),
         ],
-    )
+    );
+    // It may answer the requests it receives (one reply each, within 10 s): services call
+    // services (with caller tokens, `crate::service`).
+    p.resp = Some(crate::issuer::jwt::ResponsePermission { max: 1, ttl: 10_000_000_000 });
+    p
+}
+
+/// What a service may publish to watch its account's caller key sets (the JetStream API of
+/// that one bucket, read-only: an ordered consumer and direct gets; never `$KV.` puts).
+pub(crate) fn caller_keys_read() -> Vec<String> {
+    let b = format!("KV_{}", crate::service::CALLERS_BUCKET);
+    vec![
+        format!("$JS.API.STREAM.INFO.{b}"),
+        format!("$JS.API.CONSUMER.CREATE.{b}"),
+        format!("$JS.API.CONSUMER.CREATE.{b}.>"),
+        format!("$JS.API.CONSUMER.DELETE.{b}.>"),
+        format!("$JS.API.DIRECT.GET.{b}.>"),
+        format!("$JS.FC.{b}.>"),
+    ]
 }
 
 impl Estate {

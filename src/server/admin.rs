@@ -482,3 +482,49 @@ async fn admin_list(ctx: &Ctx, _req: AdminListRequest) -> Result<AdminListReply,
         .collect();
     Ok(AdminListReply { admins })
 }
+
+/// Roles from before a default permission existed get it, in place (same key: the template
+/// changes, the service's connections carry on): at start, by the leader.
+pub(super) async fn add_missing_defaults(ctx: &Ctx) {
+    let e = &ctx.estate;
+    let roles: Vec<RoleRecord> = e.accounts().unwrap_or_default().iter().flat_map(|a| e.roles_of(&a.name).unwrap_or_default()).collect();
+    for role in roles {
+        let d = default_permissions(&role.service);
+        let mut next = role.clone();
+        let mut added = vec![];
+        for (have, want) in [(&mut next.permissions.publish.allow, &d.publish.allow), (&mut next.permissions.subscribe.allow, &d.subscribe.allow)] {
+            for s in want {
+                if !have.contains(s) {
+                    have.push(s.clone());
+                    added.push(s.clone());
+                }
+            }
+        }
+        if next.permissions.resp.is_none() && d.resp.is_some() {
+            next.permissions.resp = d.resp.clone();
+            added.push("responses".into());
+        }
+        if added.is_empty() {
+            continue;
+        }
+        let _g = e.account_lock().lock().await;
+        let result = async {
+            let acct = e.account(&role.account).map_err(ApiError::from)?;
+            let signed = e.preview_role_change(&acct, &next).map_err(ApiError::from)?;
+            let b = e.role_batch(&next, &signed, &[]).map_err(ApiError::from)?;
+            ctx.journal
+                .record(Entry::ok("tillit", "role.upgrade", &role.service.to_string()).detail(serde_json::json!({ "added": added })).batch(b))
+                .await
+                .map_err(super::journal_error)?;
+            if let Ok(mut m) = ctx.cache.roles.write() {
+                m.insert(role.service.clone(), RoleEntry::new((signed.clone(), next.clone())));
+            }
+            push_recorded(ctx, &signed, "role.upgrade").await
+        }
+        .await;
+        match result {
+            Ok(()) => tracing::info!(service = %role.service, added = added.len(), "role given the default permissions it lacked"),
+            Err(err) => tracing::error!(service = %role.service, "cannot give the role its default permissions: {}", err.message),
+        }
+    }
+}

@@ -12,6 +12,7 @@
 mod dispatch;
 mod accounts;
 mod auditlog;
+pub mod callers;
 pub mod dashboard;
 mod export;
 mod admin;
@@ -134,6 +135,8 @@ pub struct Ctx {
     pub answers: Arc<answers::Answers>,
     /// The dashboard's one-time URLs and browser sessions (shared with the HTTP port).
     pub dashboard: Arc<dashboard::Sessions>,
+    /// The caller key sets' publisher.
+    pub callers: Arc<callers::Publisher>,
 }
 
 fn stopped(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
@@ -184,6 +187,9 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     tasks::restore_replay_cache(&ctx);
     // A replica learns whether it leads before the start-up steps that only the leader takes.
     tasks::first_lease_step(&ctx).await;
+    if ctx.leader.is_leader() {
+        admin::add_missing_defaults(&ctx).await;
+    }
     tasks::push_all_accounts(&ctx).await?;
     // The stream that keeps break-glass connections while `serve` is down exists from the
     // first start on (the next run of its reader records what it holds).
@@ -194,6 +200,9 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     sites::start_sites(&ctx).await;
     if ctx.leader.is_leader() {
         admin::retire_leftover_keys(&ctx, true).await;
+        // Every service's caller key set, now (a publish the last run did not finish is made good).
+        let c = ctx.clone();
+        tokio::spawn(async move { callers::sweep(&c).await });
     }
     // BOOTSTRAP carries the live revocations of used tokens' bootstrap users.
     let revocations = accounts::start_revocations(&ctx).await.map_err(|e| ServeError::Service(e.message))?;
@@ -275,9 +284,14 @@ impl Ctx {
         let replicas = estate.config.store.replicas();
         let answers = Arc::new(answers::Answers::open(api.clone(), copy, replicas).await.map_err(ServeError::Service)?);
         let told = answers.clone();
+        let callers = Arc::new(callers::Publisher::default());
+        let keys_told = callers.clone();
         let journal = open_journal(&estate).await.map_err(|e| service_err(&e))?.with_observer(crate::audit::Observer {
-            filter: answers::watched,
-            notify: Arc::new(move |ops| told.touch(answers::touches(&ops))),
+            filter: |op| answers::watched(op) || callers::watched(op),
+            notify: Arc::new(move |ops| {
+                keys_told.touch(&ops);
+                told.touch(answers::touches(&ops));
+            }),
         });
         let first_seq: Option<u64> = estate.meta_flag(stream::EVENTS_FIRST_SEQ).ok().flatten();
         let events = stream::Events::start(api.clone(), signer, replicas, first_seq).await.map_err(|e| ServeError::Service(format!("event stream: {e}")))?;
@@ -296,6 +310,7 @@ impl Ctx {
             replies: Default::default(),
             answers,
             dashboard: Default::default(),
+            callers,
             leader: leader::Leadership::new(
                 match &estate.config.store {
                     crate::config::StoreBackend::JetStream { lease_ttl, .. } => Some(*lease_ttl),

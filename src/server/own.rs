@@ -12,6 +12,16 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// Credentials for a connection of the control plane as a user of `account` (the caller-key
+/// publisher's, in each tenant account).
+pub(super) fn params_for(
+    estate: &Estate,
+    account: &str,
+    permissions: UserPermissions,
+) -> Result<(ConnectParams, Arc<rustls::sign::CertifiedKey>, i64), ServeError> {
+    own_params(estate, account, permissions)
+}
+
 /// Mint credentials for one of the control plane's connections.
 fn own_params(
     estate: &Estate,

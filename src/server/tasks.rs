@@ -35,6 +35,7 @@ pub(super) fn periodic(ctx: &Ctx) -> Vec<Job> {
         Job { name: "refresh-store-access", every: Duration::from_secs(3600), singleton: false, step: |c| Box::pin(refresh_store_access(c)) },
         Job { name: "drop-expired-replies", every: Duration::from_secs(30), singleton: true, step: |c| Box::pin(super::replies::drop_expired(c)) },
         Job { name: "sweep-ocsp-answers", every: super::answers::SWEEP_EVERY, singleton: true, step: |c| Box::pin(super::answers::sweep(c)) },
+        Job { name: "sweep-caller-keys", every: super::callers::SWEEP_EVERY, singleton: true, step: |c| Box::pin(super::callers::sweep(c)) },
         Job { name: "read-break-glass-connections", every: breakglass::READ_EVERY, singleton: true, step: |c| Box::pin(breakglass::read_connections(c)) },
         Job { name: "retire-role-keys", every: Duration::from_secs(300), singleton: true, step: |c| Box::pin(admin::retire_leftover_keys(c, false)) },
     ]
@@ -48,6 +49,7 @@ pub(super) fn start(ctx: &Arc<Ctx>, revoker: BoxFuture<'static, ()>) -> Vec<Join
     tasks.push(spawn_named("leader-lease", Box::pin(super::leader::run(ctx.clone()))));
     tasks.push(spawn_named("auth-error-watch", Box::pin(events::watch_auth_errors(ctx.clone()))));
     tasks.push(spawn_named("publish-ocsp-answers", Box::pin(super::answers::run(ctx.clone()))));
+    tasks.push(spawn_named("publish-caller-keys", Box::pin(super::callers::run(ctx.clone()))));
     tasks.push(spawn_named(
         "follow-ocsp-answers",
         Box::pin(crate::ocsp::follow::follow(ctx.api.clone(), "$JS.API".into(), ctx.answers.copy.clone())),

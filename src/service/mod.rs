@@ -26,6 +26,9 @@ pub const CALLER_TYP: &str = "tillit-caller+jwt";
 pub const MAX_CALLER_TTL: i64 = 60;
 /// Tolerated clock skew between caller and callee.
 pub const MAX_SKEW: i64 = 30;
+/// The KV bucket, in every tenant account, that holds its services' key sets (key
+/// `<project>.<service>`, value a [`KeySetDoc`]); written by the control plane only.
+pub const CALLERS_BUCKET: &str = "TILLIT_CALLERS";
 /// Largest caller token read.
 pub const MAX_CALLER_TOKEN_BYTES: usize = 4096;
 
@@ -164,6 +167,17 @@ pub struct KeySet {
     /// Public nkey → when it stops being valid (Unix seconds) and the key itself.
     keys: HashMap<String, (i64, ed25519_dalek::VerifyingKey)>,
     revoked: std::collections::HashSet<String>,
+}
+
+impl KeySet {
+    /// How many live keys it holds.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+    /// Whether it holds no live key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
 }
 
 /// A key set as a JWK Set (what the control plane publishes per issuer; any JOSE library reads it):
@@ -354,3 +368,86 @@ impl Allow {
 
 #[cfg(test)]
 mod tests;
+
+// === live key sets and calls ===
+
+/// The SPIFFE id a service's key set in its account's bucket stands for (`<project>.<service>`
+/// under the follower's own tenant and environment).
+fn issuer_of_key(trust_domain: &str, tenant: &str, env: &str, key: &str) -> Option<String> {
+    let (project, service) = key.split_once('.')?;
+    let sid = crate::names::ServiceId::parse(&format!("{tenant}/{project}/{env}/{service}")).ok()?;
+    Some(sid.spiffe_id(trust_domain))
+}
+
+impl Callers {
+    /// Apply one entry of the account's bucket: a key set (checked: its `iss` must be the service
+    /// its key names), or its removal.
+    fn apply_entry(&self, trust_domain: &str, tenant: &str, env: &str, key: &str, value: Option<&[u8]>) {
+        let Some(issuer) = issuer_of_key(trust_domain, tenant, env, key) else { return };
+        match value.map(serde_json::from_slice::<KeySetDoc>) {
+            Some(Ok(doc)) if doc.iss == issuer => self.set_keys(&issuer, doc.key_set()),
+            Some(Ok(doc)) => tracing::warn!(key, iss = %doc.iss, "a caller key set names another issuer than its key; ignored"),
+            Some(Err(e)) => tracing::warn!(key, "a caller key set does not parse: {e}"),
+            None => self.remove(&issuer),
+        }
+    }
+
+    /// A verifier for the service `session` is, kept current from its account's caller key sets
+    /// (every service of its tenant and environment): loaded before this returns, then followed
+    /// live until the session's connection closes. Verification makes no round trip, and keeps
+    /// working while the control plane is down (the sets live in nats-server's JetStream).
+    pub async fn follow(session: &crate::client::session::Session) -> Result<std::sync::Arc<Callers>, crate::client::ClientError> {
+        use crate::client::ClientError;
+        use futures::StreamExt;
+        let info = session.identity();
+        let sid = info.service.clone().ok_or_else(|| ClientError::Credentials("caller verification is for service identities".into()))?;
+        let me = std::sync::Arc::new(Callers::new(&info.id, &info.trust_domain));
+        let js = async_nats::jetstream::new(session.client());
+        let fail = |e: &dyn std::fmt::Display| ClientError::Request { subject: format!("$KV.{CALLERS_BUCKET}"), reason: e.to_string() };
+        let kv = js.get_key_value(CALLERS_BUCKET).await.map_err(|e| fail(&e))?;
+        let (td, tenant, env) = (info.trust_domain.clone(), sid.tenant.clone(), sid.env.clone());
+        // Everything there now, then every change (`watch_with_history` gives the current
+        // values first): loaded in full before this returns.
+        let mut keys = kv.keys().await.map_err(|e| fail(&e))?;
+        while let Some(k) = keys.next().await {
+            let k = k.map_err(|e| fail(&e))?;
+            if let Ok(v) = kv.get(&k).await {
+                me.apply_entry(&td, &tenant, &env, &k, v.as_deref());
+            }
+        }
+        let follower = me.clone();
+        tokio::spawn(async move {
+            loop {
+                match kv.watch_with_history(">").await {
+                    Ok(mut w) => {
+                        while let Some(Ok(e)) = w.next().await {
+                            let value = matches!(e.operation, async_nats::jetstream::kv::Operation::Put).then_some(e.value.as_ref());
+                            follower.apply_entry(&td, &tenant, &env, &e.key, value);
+                        }
+                    }
+                    Err(e) => tracing::warn!("cannot follow the caller key sets: {e}; again in 1 s"),
+                }
+                if std::sync::Arc::strong_count(&follower) == 1 {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+        Ok(me)
+    }
+
+    /// Verify the caller of a request received on NATS (its [`CALLER_HEADER`], its subject).
+    pub fn verify_message(&self, msg: &async_nats::Message, now: i64) -> Result<Caller, CallerRefusal> {
+        let token = msg.headers.as_ref().and_then(|h| h.get(CALLER_HEADER)).map(|v| v.as_str().to_string());
+        self.verify(token.as_deref(), msg.subject.as_str(), now)
+    }
+}
+
+/// The SPIFFE id of the service that owns `subject` in `caller`'s tenant and environment
+/// (`<project>.<service>.…` is that service's namespace).
+pub fn callee_of(trust_domain: &str, caller: &crate::names::ServiceId, subject: &str) -> Option<String> {
+    let mut t = subject.split('.');
+    let (project, service) = (t.next()?, t.next()?);
+    let sid = crate::names::ServiceId::parse(&format!("{}/{project}/{}/{service}", caller.tenant, caller.env)).ok()?;
+    Some(sid.spiffe_id(trust_domain))
+}

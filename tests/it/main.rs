@@ -4,6 +4,7 @@ mod attacks;
 mod availability;
 mod backup;
 mod breakglass;
+mod callers;
 mod context;
 mod dashboard;
 mod contract;

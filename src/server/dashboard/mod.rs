@@ -138,7 +138,7 @@ pub fn admin_of(ctx: &Ctx, grant: &Grant, now: i64) -> Option<IdentityRecord> {
 /// How long a computed state is served again to the same admin.
 const STATE_REUSE: std::time::Duration = std::time::Duration::from_millis(900);
 
-/// [`state`], computed at most once per [`STATE_REUSE`] for one admin.
+/// [`state`], computed at most once per 0.9 s for one admin.
 pub async fn state_shared(ctx: &Ctx, admin: &IdentityRecord) -> Result<serde_json::Value, ApiError> {
     let key = admin.user_public_key.clone();
     if let Ok(m) = ctx.dashboard.recent.lock() {
