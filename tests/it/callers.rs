@@ -91,6 +91,22 @@ async fn payments_trusts_what_orders_signs_and_nothing_else() {
     let other = tillit::service::sign(&gkey, &g.info.id, "spiffe://callers.example/acme/shop/prod/payments", "shop.payments.charge", 30, now()).unwrap();
     assert!(matches!(callers.verify(Some(&other), "shop.payments.charge", now()), Err(CallerRefusal::UnknownIssuer(_))));
 
+    // With the live sets: another audience, another subject, expired, replayed: each refused, named.
+    let okey0 = nkeys::KeyPair::from_seed(tillit::identity::load(&IdentityDir::new(&orders)).unwrap().user_seed.expose()).unwrap();
+    let payments_id = "spiffe://callers.example/acme/shop/prod/payments";
+    let t = tillit::service::sign(&okey0, orders_id, "spiffe://callers.example/acme/shop/prod/billing", "shop.payments.charge", 30, now()).unwrap();
+    assert!(matches!(callers.verify(Some(&t), "shop.payments.charge", now()), Err(CallerRefusal::Audience(_))));
+    let t = tillit::service::sign(&okey0, orders_id, payments_id, "shop.payments.refund", 30, now()).unwrap();
+    assert!(matches!(callers.verify(Some(&t), "shop.payments.charge", now()), Err(CallerRefusal::Subject { .. })));
+    let t = tillit::service::sign(&okey0, orders_id, payments_id, "shop.payments.charge", 5, now() - 10).unwrap();
+    assert_eq!(callers.verify(Some(&t), "shop.payments.charge", now()), Err(CallerRefusal::Expired));
+    let t = tillit::service::sign(&okey0, orders_id, payments_id, "shop.payments.charge", 30, now()).unwrap();
+    assert!(callers.verify(Some(&t), "shop.payments.charge", now()).is_ok());
+    assert!(matches!(callers.verify(Some(&t), "shop.payments.charge", now()), Err(CallerRefusal::Replayed(_))));
+    // A request with no token at all: unauthenticated.
+    let r = caller.client().request("shop.payments.charge", "1".into()).await.expect("answered");
+    assert_eq!(String::from_utf8_lossy(&r.payload), "refused no caller token on the request");
+
     // A new instance of orders (a new nkey) is accepted as soon as it enrolled.
     let orders2 = enroll_one(&e, "acme/shop/prod/orders", "orders-2");
     let o2 = tillit::identity::load(&IdentityDir::new(&orders2)).unwrap();
