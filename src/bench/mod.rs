@@ -532,6 +532,84 @@ pub(crate) async fn secret_get(admin_dir: &Path, n: usize, c: usize, nats: Optio
     Ok(Figures::from("tillit secret get (sealed)", c, total, lat, errors))
 }
 
+/// `tillit bench caller-call`: request-reply between two enrolled services at concurrency `c`,
+/// first plain, then with a caller token the callee verifies (issuer-bound, from the key sets it
+/// follows): (plain, with token).
+pub(crate) async fn caller_call(admin_dir: &Path, n: usize, c: usize, nats: Option<&str>, scratch: &Path) -> Result<(Figures, Figures), ClientError> {
+    use futures::StreamExt;
+    let admin = TillitClient::connect_dir(&IdentityDir::new(admin_dir), nats).await?;
+    let run = run_id();
+    let bad = |e: &dyn std::fmt::Display| ClientError::Credentials(e.to_string());
+    let caller_sid = ServiceId::new("bench", "bench", &run, "caller").map_err(|e| bad(&e))?;
+    let callee_sid = ServiceId::new("bench", "bench", &run, "callee").map_err(|e| bad(&e))?;
+    let subject = format!("{}.op", callee_sid.subject_prefix());
+    let _: crate::proto::GrantsReply = admin
+        .call::<crate::proto::Grant>(crate::proto::GrantRequest { service: caller_sid.clone(), publish: vec![format!("{}.>", callee_sid.subject_prefix())], subscribe: vec![] })
+        .await?;
+    let mut dirs = vec![];
+    for (sid, name) in [(&caller_sid, "caller"), (&callee_sid, "callee")] {
+        let token = mint_tokens(&admin, sid, 1).await?.remove(0);
+        let dir = scratch.join(name);
+        crate::client::enroll::enroll(&token, &dir, nats, Arc::new(crate::clock::SystemClock)).await?;
+        dirs.push(dir);
+    }
+    let caller = Arc::new(Session::connect(&IdentityDir::new(&dirs[0]), nats).await?);
+    let callee = Session::connect(&IdentityDir::new(&dirs[1]), nats).await?;
+    let callers = crate::service::Callers::follow(&callee).await?;
+    let caller_id = caller_sid.spiffe_id(&caller.identity().trust_domain);
+    // The caller's key set reaches the callee's bucket as its enrollment commits.
+    let probe_key = nkeys::KeyPair::from_seed(caller.files()?.user_seed.expose()).map_err(|e| bad(&e))?;
+    let callee_id = callee.identity().id;
+    for _ in 0..100 {
+        let t = crate::service::sign(&probe_key, &caller_id, &callee_id, &subject, 30, now()).map_err(|e| bad(&e))?;
+        if callers.verify(Some(&t), &subject, now()).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut sub = callee.client().subscribe(subject.clone()).await.map_err(|e| bad(&e))?;
+    callee.client().flush().await.map_err(|e| bad(&e))?;
+    let responder = callee.client();
+    let verifier = callers.clone();
+    tokio::spawn(async move {
+        // Each request served on its own task (as a service would): checks run on every core.
+        while let Some(m) = sub.next().await {
+            let (verifier, responder) = (verifier.clone(), responder.clone());
+            tokio::spawn(async move {
+                let ok = match m.headers.as_ref().and_then(|h| h.get(crate::service::CALLER_HEADER)) {
+                    Some(_) => verifier.verify_message(&m, now()).is_ok(),
+                    None => true,
+                };
+                if let Some(r) = m.reply {
+                    let _ = responder.publish(r, if ok { "ok".into() } else { "refused".into() }).await;
+                }
+            });
+        }
+    });
+    let mut out = vec![];
+    for with_token in [false, true] {
+        eprintln!("timing {n} requests at concurrency {c}{}…", if with_token { " with caller tokens" } else { "" });
+        let (s, subj) = (caller.clone(), subject.clone());
+        let (total, lat, errors) = drive(n, c, move |_, _| {
+            let (s, subj) = (s.clone(), subj.clone());
+            async move {
+                let start = Instant::now();
+                let r = if with_token { s.request_as(&subj, "x".into()).await } else { s.client().request(subj, "x".into()).await.map_err(|e| ClientError::Request { subject: "bench".into(), reason: e.to_string() }) };
+                match r {
+                    Ok(m) if m.payload.as_ref() == b"ok" => Ok(start.elapsed()),
+                    Ok(m) => Err(String::from_utf8_lossy(&m.payload).to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await;
+        out.push(Figures::from(if with_token { "request-reply with a caller token" } else { "request-reply, plain" }, c, total, lat, errors));
+    }
+    let with = out.pop().unwrap_or_else(|| Figures::from("", c, Duration::ZERO, vec![], 0));
+    let plain = out.pop().unwrap_or_else(|| Figures::from("", c, Duration::ZERO, vec![], 0));
+    Ok((plain, with))
+}
+
 /// Envelope sign and verify rates on this machine (single thread).
 pub(crate) fn envelope_rates(n: usize) -> Result<(f64, f64), String> {
     let kp = Arc::new(nkeys::KeyPair::new_account());

@@ -41,6 +41,9 @@ pub enum What {
         #[arg(long)]
         json: bool,
     },
+    /// Request-reply between two services at concurrency C, plain and with caller tokens the
+    /// callee verifies: the latency a token adds (p50, p99).
+    CallerCall(Common),
     /// Time from `secret rotate` until N in-process site agents over S sites acknowledged.
     Fanout(FanoutArgs),
     /// enroll, renew and secret-get against three stacks built in this run: sled, JetStream R1
@@ -122,6 +125,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         What::Envelope { n, json } => return envelope(*n, *json),
         What::Caller { n, issuers, instances, json } => return caller(*n, *issuers, *instances, *json),
         What::SecretGet(o) => return secret_get(o).await,
+        What::CallerCall(o) => return caller_call(o).await,
         What::Fanout(f) => return fanout(f).await,
         What::Stores { n, c, no_r3, json } => return stores(*n, *c, *no_r3, *json).await,
     };
@@ -217,6 +221,23 @@ async fn secret_get(o: &Common) -> anyhow::Result<()> {
     println!("{}", f.line());
     if o.json {
         println!("{}", serde_json::json!({"bench": "secret-get", "per_sec": round(f.per_sec), "p50_ms": round(f.p50_ms), "p99_ms": round(f.p99_ms), "n": f.n, "c": f.c, "errors": f.errors}));
+    }
+    Ok(())
+}
+
+async fn caller_call(o: &Common) -> anyhow::Result<()> {
+    anyhow::ensure!(o.n > 0 && o.c > 0 && o.c <= 1024, "-n and -c must be positive (and -c at most 1024)");
+    let scratch = tempfile_dir()?;
+    let (plain, with) = crate::bench::caller_call(&o.identity, o.n, o.c, o.nats.as_deref(), &scratch).await?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    println!("{}", plain.line());
+    println!("{}", with.line());
+    println!("a caller token adds p50 {:+.3} ms, p99 {:+.3} ms", with.p50_ms - plain.p50_ms, with.p99_ms - plain.p99_ms);
+    if o.json {
+        println!("{}", serde_json::json!({"bench": "caller-call", "n": o.n, "c": o.c,
+            "plain": {"per_sec": round(plain.per_sec), "p50_ms": round(plain.p50_ms), "p99_ms": round(plain.p99_ms), "errors": plain.errors},
+            "with_token": {"per_sec": round(with.per_sec), "p50_ms": round(with.p50_ms), "p99_ms": round(with.p99_ms), "errors": with.errors},
+            "added_p99_ms": round(with.p99_ms - plain.p99_ms)}));
     }
     Ok(())
 }

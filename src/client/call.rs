@@ -29,6 +29,11 @@ impl RequestSigner {
         RequestSigner { key: Arc::new(key), trust_domain: trust_domain.into(), clock }
     }
 
+    /// The identity's own key (to sign caller tokens with, `crate::service::sign`).
+    pub(crate) fn key(&self) -> &KeyPair {
+        &self.key
+    }
+
     /// The public nkey requests are signed by.
     pub fn public_key(&self) -> String {
         self.key.public_key()

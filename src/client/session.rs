@@ -162,12 +162,15 @@ impl Session {
     /// service, `aud` the service that owns `subject` (`<project>.<service>.…`), `sub` the
     /// subject, valid 30 s. The callee checks it with [`crate::service::Callers`].
     pub async fn request_as(&self, subject: &str, payload: bytes::Bytes) -> Result<async_nats::Message, ClientError> {
-        let files = self.files()?;
-        let me = files.info.service.clone().ok_or_else(|| ClientError::Credentials("caller tokens are for service identities".into()))?;
-        let aud = crate::service::callee_of(&files.info.trust_domain, &me, subject)
+        let (me, id, td) = {
+            let f = self.inner.files.read().map_err(|_| ClientError::Credentials("identity lock poisoned".into()))?;
+            (f.info.service.clone(), f.info.id.clone(), f.info.trust_domain.clone())
+        };
+        let me = me.ok_or_else(|| ClientError::Credentials("caller tokens are for service identities".into()))?;
+        let aud = crate::service::callee_of(&td, &me, subject)
             .ok_or_else(|| ClientError::Credentials(format!("{subject:?} names no service (want <project>.<service>.…)")))?;
-        let key = KeyPair::from_seed(files.user_seed.expose()).map_err(|e| ClientError::Credentials(e.to_string()))?;
-        let token = crate::service::sign(&key, &files.info.id, &aud, subject, 30, self.inner.clock.now_unix())
+        // The key the connection authenticates with (it does not change across renewals).
+        let token = crate::service::sign(self.inner.signer.key(), &id, &aud, subject, 30, self.inner.clock.now_unix())
             .map_err(|e| ClientError::Credentials(e.to_string()))?;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(crate::service::CALLER_HEADER, token.as_str());
