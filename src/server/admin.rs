@@ -355,9 +355,7 @@ async fn list(ctx: &Ctx, call: &mut super::dispatch::Call, _req: ListRequest) ->
 // === token create ===
 
 async fn token_create(ctx: &Ctx, caller: &IdentityRecord, req: TokenCreateRequest) -> Result<TokenCreateReply, ApiError> {
-    if !(60..=MAX_TOKEN_TTL_SECS).contains(&req.ttl_secs) {
-        return Err(ApiError::bad_request(format!("ttl must be between 60s and {}s", MAX_TOKEN_TTL_SECS)));
-    }
+    check_ttl(req.ttl_secs)?;
     if !(1..=MAX_TOKENS_PER_REQUEST).contains(&req.count) {
         return Err(ApiError::bad_request(format!("count must be between 1 and {MAX_TOKENS_PER_REQUEST}")));
     }
@@ -376,25 +374,51 @@ async fn token_create(ctx: &Ctx, caller: &IdentityRecord, req: TokenCreateReques
         }
         None => {}
     }
+    let admin = crate::names::admin_name(&req.identity).map(|_| Access::owner());
+    let detail = serde_json::json!({ "count": req.count });
+    let target = req.identity.to_string();
+    let reply = mint(ctx, caller, req.identity, req.ttl_secs, req.count, admin, "token.create", &target, detail).await?;
+    tracing::info!(identity = %target, count = req.count, by = %caller.id, "join tokens created");
+    Ok(reply)
+}
+
+/// A join token's lifetime must be 60 s to [`MAX_TOKEN_TTL_SECS`].
+fn check_ttl(ttl_secs: i64) -> Result<(), ApiError> {
+    if !(60..=MAX_TOKEN_TTL_SECS).contains(&ttl_secs) {
+        return Err(ApiError::bad_request(format!("ttl must be between 60s and {}s", MAX_TOKEN_TTL_SECS)));
+    }
+    Ok(())
+}
+
+/// Mint `count` join tokens for `sid` (lifetime checked by [`check_ttl`]; a new admin's carry `admin`), record them with their
+/// audit entry (`action` on `target`, `detail` plus their expiry and ids), and the reply.
+#[allow(clippy::too_many_arguments)]
+async fn mint(
+    ctx: &Ctx,
+    caller: &IdentityRecord,
+    sid: ServiceId,
+    ttl_secs: i64,
+    count: u32,
+    admin: Option<Access>,
+    action: &str,
+    target: &str,
+    mut detail: serde_json::Value,
+) -> Result<TokenCreateReply, ApiError> {
     let estate = ctx.estate.clone();
     let by = caller.id.clone();
-    let sid = req.identity.clone();
-    let admin = crate::names::admin_name(&sid).map(|_| Access::owner());
-    let (tokens, batch) = tokio::task::spawn_blocking(move || estate.create_tokens(&sid, req.ttl_secs, req.count, &by, admin.as_ref()))
+    let for_sid = sid.clone();
+    let (tokens, batch) = tokio::task::spawn_blocking(move || estate.create_tokens(&for_sid, ttl_secs, count, &by, admin.as_ref()))
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::from)?;
     let expires = tokens.first().map(|t| t.expires_at).unwrap_or_default();
-    let ids: Vec<&str> = tokens.iter().map(|t| t.id.as_str()).collect();
-    let entry = Entry::ok(&caller.id, "token.create", &req.identity.to_string())
-        .detail(serde_json::json!({ "count": req.count, "expires_at": expires, "token_ids": ids }))
-        .batch(batch);
-    ctx.journal.record(entry).await.map_err(super::journal_error)?;
-    tracing::info!(identity = %req.identity, count = req.count, by = %caller.id, "join tokens created");
+    detail["expires_at"] = serde_json::json!(expires);
+    detail["token_ids"] = serde_json::json!(tokens.iter().map(|t| t.id.as_str()).collect::<Vec<_>>());
+    ctx.journal.record(Entry::ok(&caller.id, action, target).detail(detail).batch(batch)).await.map_err(super::journal_error)?;
     Ok(TokenCreateReply {
         tokens: tokens.iter().map(|t| t.encode().expose().to_string()).collect(),
-        identity: req.identity,
-        expires_at: crate::clock::rfc3339(expires),
+        identity: sid,
+        expires_at: rfc3339(expires),
         expires_at_unix: expires,
     })
 }
@@ -419,9 +443,7 @@ async fn admin_add(ctx: &Ctx, caller: &IdentityRecord, req: AdminAddRequest) -> 
     }
     tenants.sort();
     tenants.dedup();
-    if !(60..=MAX_TOKEN_TTL_SECS).contains(&req.ttl_secs) {
-        return Err(ApiError::bad_request(format!("ttl must be between 60s and {}s", MAX_TOKEN_TTL_SECS)));
-    }
+    check_ttl(req.ttl_secs)?;
     let e = &ctx.estate;
     let now = e.clock().now_unix();
     // One name, one role: a new token for a live admin's name must not change what it may do.
@@ -437,27 +459,10 @@ async fn admin_add(ctx: &Ctx, caller: &IdentityRecord, req: AdminAddRequest) -> 
         }
     }
     let access = Access { role: req.role, tenants: tenants.clone() };
-    let estate = ctx.estate.clone();
-    let by = caller.id.clone();
-    let sid = identity.clone();
-    let ttl = req.ttl_secs;
-    let (tokens, batch) = tokio::task::spawn_blocking(move || estate.create_tokens(&sid, ttl, 1, &by, Some(&access)))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::from)?;
-    let expires = tokens.first().map(|t| t.expires_at).unwrap_or_default();
-    let entry = Entry::ok(&caller.id, "admins.add", &req.name)
-        .detail(serde_json::json!({ "role": req.role, "tenants": tenants, "expires_at": expires,
-            "token_ids": tokens.iter().map(|t| t.id.as_str()).collect::<Vec<_>>() }))
-        .batch(batch);
-    ctx.journal.record(entry).await.map_err(super::journal_error)?;
+    let detail = serde_json::json!({ "role": req.role, "tenants": tenants });
+    let reply = mint(ctx, caller, identity, req.ttl_secs, 1, Some(access), "admins.add", &req.name, detail).await?;
     tracing::info!(admin = %req.name, role = %req.role, by = %caller.id, "admin join token created");
-    Ok(TokenCreateReply {
-        tokens: tokens.iter().map(|t| t.encode().expose().to_string()).collect(),
-        identity,
-        expires_at: rfc3339(expires),
-        expires_at_unix: expires,
-    })
+    Ok(reply)
 }
 
 /// `admins.list`: every admin name with its role, tenants and live identities.
