@@ -634,9 +634,24 @@ pub(crate) fn envelope_rates(n: usize) -> Result<(f64, f64), String> {
     Ok((sign_rate, verify_rate))
 }
 
-/// Caller tokens on one core: (sign/s, verify/s), verifying against `issuers` key sets of
-/// `instances` keys each (issuer-bound selection, signature, claims, replay check).
-pub(crate) fn caller_rates(n: usize, issuers: usize, instances: usize) -> Result<(f64, f64), String> {
+/// Caller token rates on one core, measured in interleaved rounds so the ratio to the raw
+/// floor does not depend on what else the (shared) machine did at one moment.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallerRates {
+    /// Tokens signed per second.
+    pub sign: f64,
+    /// Tokens verified per second (issuer-bound selection, signature, claims, replay check): median round.
+    pub verify: f64,
+    /// Raw `verify_strict` per second over messages of a token's size: median round.
+    pub raw: f64,
+    /// Median over rounds of (token verify / raw verify) measured back to back.
+    pub ratio: f64,
+}
+
+/// Caller tokens on one core, verifying against `issuers` key sets of `instances` keys each
+/// (issuer-bound selection, signature, claims, replay check), in `rounds` rounds that alternate
+/// with raw Ed25519 `verify_strict` (the same crate and backend: the floor under a token).
+pub(crate) fn caller_rates(n: usize, issuers: usize, instances: usize, rounds: usize) -> Result<CallerRates, String> {
     use crate::service::{sign, Callers, KeySetDoc};
     let td = "bench.local";
     let callee = format!("spiffe://{td}/acme/shop/prod/payments");
@@ -656,34 +671,44 @@ pub(crate) fn caller_rates(n: usize, issuers: usize, instances: usize) -> Result
         let (iss, keys) = &callers[i % issuers];
         tokens.push(sign(&keys[i % instances], iss, &callee, "shop.payments.charge", 60, t0).map_err(|e| e.to_string())?);
     }
-    let sign_rate = n as f64 / start.elapsed().as_secs_f64();
-    let start = Instant::now();
-    for t in &tokens {
-        verifier.verify(Some(t), "shop.payments.charge", t0).map_err(|e| e.to_string())?;
+    let sign = n as f64 / start.elapsed().as_secs_f64();
+    // The raw floor: signatures by one key over messages of a token's length.
+    let kp = nkeys::KeyPair::new_user();
+    let (_, raw_key) = nkeys::from_public_key(&kp.public_key()).map_err(|e| e.to_string())?;
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&raw_key).map_err(|e| e.to_string())?;
+    let len = tokens.first().map(|t| t.len()).unwrap_or(300);
+    let msgs: Vec<(Vec<u8>, ed25519_dalek::Signature)> = (0..n.min(10_000))
+        .map(|i| {
+            let m = format!("{i:0>len$}").into_bytes();
+            let sig = kp.sign(&m).map_err(|e| e.to_string())?;
+            Ok((m, ed25519_dalek::Signature::from_slice(&sig).map_err(|e| e.to_string())?))
+        })
+        .collect::<Result<_, String>>()?;
+    let rounds = rounds.clamp(1, n);
+    let per = n / rounds;
+    let (mut v, mut r, mut q) = (vec![], vec![], vec![]);
+    for k in 0..rounds {
+        let start = Instant::now();
+        for t in &tokens[k * per..(k + 1) * per] {
+            verifier.verify(Some(t), "shop.payments.charge", t0).map_err(|e| e.to_string())?;
+        }
+        let tv = per as f64 / start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let mut ok = 0usize;
+        for (m, sig) in msgs.iter().cycle().skip(k * per).take(per) {
+            ok += vk.verify_strict(m, sig).is_ok() as usize;
+        }
+        let rv = ok as f64 / start.elapsed().as_secs_f64();
+        v.push(tv);
+        r.push(rv);
+        q.push(tv / rv.max(1e-9));
     }
-    let verify_rate = n as f64 / start.elapsed().as_secs_f64();
-    Ok((sign_rate, verify_rate))
+    Ok(CallerRates { sign, verify: median(v), raw: median(r), ratio: median(q) })
 }
 
-/// The floor under [`caller_rates`]: raw Ed25519 `verify_strict` (the same crate and backend)
-/// over messages of a caller token's size, per second on one core.
-pub(crate) fn raw_verify_rate(n: usize) -> f64 {
-    let kp = nkeys::KeyPair::new_user();
-    let Ok((_, raw)) = nkeys::from_public_key(&kp.public_key()) else { return 0.0 };
-    let Ok(vk) = ed25519_dalek::VerifyingKey::from_bytes(&raw) else { return 0.0 };
-    let msgs: Vec<(Vec<u8>, ed25519_dalek::Signature)> = (0..n.min(10_000))
-        .filter_map(|i| {
-            let m = format!("{i:0>300}").into_bytes();
-            let sig = kp.sign(&m).ok()?;
-            Some((m, ed25519_dalek::Signature::from_slice(&sig).ok()?))
-        })
-        .collect();
-    let start = Instant::now();
-    let mut ok = 0usize;
-    for (m, sig) in msgs.iter().cycle().take(n) {
-        ok += vk.verify_strict(m, sig).is_ok() as usize;
-    }
-    ok as f64 / start.elapsed().as_secs_f64()
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs.get(xs.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// `openssl speed ed25519` on this machine: (sign/s, verify/s), if openssl is there.

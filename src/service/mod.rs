@@ -404,7 +404,14 @@ impl Callers {
         let me = std::sync::Arc::new(Callers::new(&info.id, &info.trust_domain));
         let js = async_nats::jetstream::new(session.client());
         let fail = |e: &dyn std::fmt::Display| ClientError::Request { subject: format!("$KV.{CALLERS_BUCKET}"), reason: e.to_string() };
-        let kv = js.get_key_value(CALLERS_BUCKET).await.map_err(|e| fail(&e))?;
+        let kv = js.get_key_value(CALLERS_BUCKET).await.map_err(|e| ClientError::Request {
+            subject: format!("$KV.{CALLERS_BUCKET}"),
+            reason: format!(
+                "{e}: the caller key sets are not reachable from this connection. They live in the hub's JetStream, \
+                 in this service's account, and tillit publishes them there once serve has started; a service \
+                 connected to a site's leaf server cannot follow them yet (site links carry the control plane only)"
+            ),
+        })?;
         let (td, tenant, env) = (info.trust_domain.clone(), sid.tenant.clone(), sid.env.clone());
         // Everything there now, then every change (`watch_with_history` gives the current
         // values first): loaded in full before this returns.
