@@ -50,6 +50,8 @@ pub(crate) struct InitOptions {
     pub force: bool,
     /// Take over an operator managed with nsc (`tillit import nsc`) instead of making new roots.
     pub adopt: Option<Arc<crate::nsc::Adoption>>,
+    /// How nats-server authenticates connections to tenant accounts (`--auth`).
+    pub auth: crate::estate::callout::AuthMode,
 }
 
 /// How long the store access `init` writes is valid; every running replica renews it.
@@ -199,7 +201,7 @@ pub(crate) fn init(opts: &InitOptions, clock: SharedClock) -> Result<InitSummary
     // Build in a staging dir, then swap it into place (a replaced data dir is restored if the
     // new one cannot take its place).
     let replace = if empty { Replace::IfEmpty } else { Replace::Swap };
-    fsutil::write_dir_atomic(&target, "init", replace, |staging| build(staging, &target, config, &nodes, opts.adopt.as_deref(), clock)).map_err(|e| match e {
+    fsutil::write_dir_atomic(&target, "init", replace, |staging| build(staging, &target, config, &nodes, opts.adopt.as_deref(), opts.auth, clock)).map_err(|e| match e {
         WriteDirError::Fill(e) => e,
         WriteDirError::NotEmpty { path, source } | WriteDirError::Io { path, source, .. } => {
             InitError::Io { path: path.display().to_string(), source }
@@ -207,7 +209,7 @@ pub(crate) fn init(opts: &InitOptions, clock: SharedClock) -> Result<InitSummary
     })
 }
 
-fn build(staging: &Path, target: &Path, config: Config, nodes: &[ClusterNode], adopt: Option<&crate::nsc::Adoption>, clock: SharedClock) -> Result<InitSummary, InitError> {
+fn build(staging: &Path, target: &Path, config: Config, nodes: &[ClusterNode], adopt: Option<&crate::nsc::Adoption>, auth: crate::estate::callout::AuthMode, clock: SharedClock) -> Result<InitSummary, InitError> {
     let stage = DataDir::new(staging);
     let fin = DataDir::new(target);
 
@@ -224,6 +226,9 @@ fn build(staging: &Path, target: &Path, config: Config, nodes: &[ClusterNode], a
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&stage.store()).map_err(EstateError::from)?);
     let roots = adopt.map(|a| a.roots()).transpose()?;
     let estate = Estate::create_with(fin.clone(), config.clone(), store, master.clone(), clock, roots.as_ref())?;
+    if auth != crate::estate::callout::AuthMode::Jwt {
+        estate.set_auth_mode(auth)?;
+    }
     let adopted = match adopt {
         Some(a) => estate.adopt_accounts(&a.other_accounts()?)?,
         None => vec![],

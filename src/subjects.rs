@@ -226,6 +226,18 @@ pub const SYS_CONNECT_EVENTS: &str = "tillit.sys.connect";
 /// connections are recorded once `serve` is back.
 pub const BREAK_GLASS_STREAM: &str = "TILLIT_BREAK_GLASS";
 
+/// Where nats-server publishes an account's auth callout requests (in that account).
+pub const SYS_AUTH_CALLOUT: &str = "$SYS.REQ.USER.AUTH";
+
+/// TILLIT's export of the auth callout: tenant account `<name>` imports
+/// `tillit.v1.callout.<name>` as its [`SYS_AUTH_CALLOUT`] (callout mode).
+pub const CALLOUT_EXPORT: &str = "tillit.v1.callout.*";
+
+/// The auth callout subject of one tenant account in TILLIT.
+pub fn callout_subject(account_name: &str) -> String {
+    format!("tillit.v1.callout.{account_name}")
+}
+
 /// nats-server: a client failed authentication (any server).
 pub const SYS_AUTH_ERRORS: &str = "$SYS.SERVER.*.CLIENT.AUTH.ERR";
 

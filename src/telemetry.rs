@@ -102,6 +102,10 @@ pub struct Metrics {
     pub ocsp_responses: Counter,
     /// Connections nats-server refused (from its `$SYS` auth error events), by reason.
     pub auth_failures: Family<ReasonLabels, Counter>,
+    /// Auth callout decisions by reason (`admitted` or the refusal's reason).
+    pub callout_decisions: Family<ReasonLabels, Counter>,
+    /// Time to decide an auth callout request.
+    pub callout_seconds: Histogram,
     /// Events a site's slowest agent has not applied yet.
     pub site_lag_events: Family<SiteLabels, Gauge>,
     /// When a site's agents last acknowledged an event (Unix time; no series before the first).
@@ -180,6 +184,10 @@ impl Metrics {
         registry.register("ocsp_responses", "OCSP responses served", ocsp_responses.clone());
         let auth_failures = Family::<ReasonLabels, Counter>::default();
         registry.register("auth_failures", "Connections nats-server refused, by reason", auth_failures.clone());
+        let callout_decisions = Family::<ReasonLabels, Counter>::default();
+        registry.register("callout_decisions", "Auth callout decisions, by reason (admitted or why refused)", callout_decisions.clone());
+        let callout_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 16));
+        registry.register("callout_decision_duration_seconds", "Time to decide an auth callout request", callout_seconds.clone());
         let site_lag_events = Family::<SiteLabels, Gauge>::default();
         registry.register("site_lag_events", "Events a site's slowest agent has not applied yet", site_lag_events.clone());
         let site_last_ack = Family::<SiteLabels, Gauge>::default();
@@ -222,6 +230,8 @@ impl Metrics {
             identities_expiring_24h,
             ocsp_responses,
             auth_failures,
+            callout_decisions,
+            callout_seconds,
             site_lag_events,
             site_last_ack,
             site_acks,

@@ -114,6 +114,7 @@ fn start(kind: Kind, root: &Path) -> Result<Stack, String> {
         ocsp_when_unreachable: None,
         force: false,
         adopt: None,
+        auth: crate::estate::callout::AuthMode::Jwt,
     };
     init(&opts, Arc::new(crate::clock::SystemClock)).map_err(|e| e.to_string())?;
     let dir = DataDir::new(&data);

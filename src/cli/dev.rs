@@ -80,6 +80,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 ocsp_when_unreachable: None,
                 force: false,
                 adopt: None,
+                auth: crate::estate::callout::AuthMode::Jwt,
             },
             Arc::new(SystemClock),
         )?;

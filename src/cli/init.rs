@@ -14,6 +14,11 @@ pub struct Args {
     /// `jetstream` the estate is made here and copied into the bucket at the first `serve`.
     #[arg(long, env = "TILLIT_STORE", default_value = "sled", value_parser = ["sled", "jetstream"])]
     pub store: String,
+    /// How nats-server authenticates services: `jwt` (it checks the user JWT and the certificate
+    /// separately) or `callout` (tillit decides each connection: certificate and nkey must be one
+    /// identity's, and no ceiling of services per account). `tillit auth-mode` switches later.
+    #[arg(long, env = "TILLIT_AUTH", default_value = "jwt", value_parser = ["jwt", "callout"])]
+    pub auth: String,
 }
 
 /// The flags of the data dir to make, shared by `init` and `import nsc` (whose `--store` names
@@ -76,7 +81,9 @@ pub struct EstateArgs {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let s = init(&a.estate.options(a.store, None), Arc::new(SystemClock))?;
+    let mut opts = a.estate.options(a.store, None);
+    opts.auth = crate::estate::callout::AuthMode::parse(&a.auth).unwrap_or_default();
+    let s = init(&opts, Arc::new(SystemClock))?;
     print_summary(&s, true);
     Ok(())
 }
@@ -102,6 +109,7 @@ impl EstateArgs {
             ocsp_when_unreachable: a.ocsp_when_unreachable,
             force: a.force,
             adopt,
+            auth: crate::estate::callout::AuthMode::Jwt,
         }
     }
 }
@@ -138,4 +146,40 @@ pub fn print_summary(s: &InitSummary, next_steps: bool) {
     println!("  tillit responder --data-dir {}   # OCSP next to nats-server, also while serve is down", s.data_dir.display());
     println!("  tillit serve --data-dir {}", s.data_dir.display());
     println!("  tillit status --identity {}", s.admin_dir.display());
+}
+
+/// `tillit auth-mode --data-dir D jwt|callout`: switch how nats-server authenticates services,
+/// with `serve` stopped. Every tenant account JWT is re-signed for the mode (the next `serve`
+/// pushes them); services keep their identity dirs either way.
+#[derive(Debug, clap::Args)]
+pub struct AuthModeArgs {
+    /// The data dir (`tillit serve` stopped: the switch is offline, then the hub's `serve` restarts).
+    #[arg(long, env = "TILLIT_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// `jwt` or `callout`.
+    #[arg(value_parser = ["jwt", "callout"])]
+    pub mode: String,
+}
+
+pub fn auth_mode(a: AuthModeArgs) -> anyhow::Result<()> {
+    use crate::estate::callout::AuthMode;
+    let mode = AuthMode::parse(&a.mode).unwrap_or_default();
+    let dir = crate::layout::DataDir::new(&a.data_dir);
+    let clock: crate::clock::SharedClock = Arc::new(SystemClock);
+    let estate = crate::estate::Estate::open(dir.clone(), clock.clone()).map_err(|e| match e {
+        crate::estate::EstateError::Store(crate::store::StoreError::Locked { .. }) => {
+            anyhow::anyhow!("the store is in use: stop `tillit serve` first (the switch is offline, then serve restarts and pushes the accounts)")
+        }
+        e => e.into(),
+    })?;
+    if !matches!(estate.config.store, crate::config::StoreBackend::Sled) {
+        anyhow::bail!("auth-mode works on a sled store only for now (its audit record goes to the local log)");
+    }
+    let before = estate.auth_mode();
+    let accounts = estate.set_auth_mode(mode)?;
+    let mut audit = crate::audit::Writer::open(&dir.audit(), estate.store_arc(), clock, estate.audit_key())?;
+    audit.append(vec![crate::audit::Entry::ok("tillit", "auth.mode", mode.as_str())
+        .detail(serde_json::json!({ "from": before.as_str(), "to": mode.as_str(), "accounts": accounts.iter().map(|a| &a.name).collect::<Vec<_>>() }))])?;
+    println!("auth mode {} (was {}); {} account JWT(s) re-signed: start `tillit serve` to push them", mode.as_str(), before.as_str(), accounts.len());
+    Ok(())
 }

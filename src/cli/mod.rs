@@ -50,6 +50,8 @@ pub struct Cli {
 pub enum Command {
     /// Create a data dir: trust roots, nats-server config, admin identity.
     Init(init::Args),
+    /// Switch how nats-server authenticates services (`jwt` or `callout`), with `serve` stopped.
+    AuthMode(init::AuthModeArgs),
     /// Take over an estate another tool manages: `nsc` (operator, accounts, keys).
     Import(import::Args),
     /// Run the control plane against a running nats-server.
@@ -184,6 +186,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(a) => admin::run(a).await,
         Command::Dashboard(a) => dashboard::run(a).await,
         Command::Export(a) => estate::export(a).await,
+        Command::AuthMode(a) => init::auth_mode(a),
         Command::Apply(a) => estate::apply(a).await,
         Command::Revoke(a) => revoke::revoke(a).await,
         Command::List(a) => list::run(a).await,

@@ -151,6 +151,27 @@ impl Estate {
 
     /// [`Self::render_account`], with one role as it is about to be (not yet stored).
     pub(crate) fn render_account_with(&self, rec: &AccountRecord, tillit_pub: &str, role: Option<&RoleRecord>) -> Result<AccountNats> {
+        self.render_account_for(rec, tillit_pub, role, None)
+    }
+
+    /// [`Self::render_account_with`] for the auth settings `auth` (`None`: as stored).
+    pub(crate) fn render_account_for(
+        &self,
+        rec: &AccountRecord,
+        tillit_pub: &str,
+        role: Option<&RoleRecord>,
+        auth: Option<&callout::AuthSettings>,
+    ) -> Result<AccountNats> {
+        let stored;
+        let auth = match auth {
+            Some(a) => Some(a),
+            None if matches!(rec.kind, AccountKind::Tenant | AccountKind::Tillit) => {
+                stored = self.auth_settings()?;
+                stored.as_ref()
+            }
+            None => None,
+        };
+        let callout = auth.filter(|a| a.mode == callout::AuthMode::Callout);
         let mut n = match rec.kind {
             AccountKind::System => {
                 let mut n = AccountNats::new(AccountLimits::unlimited_without_jetstream());
@@ -169,6 +190,9 @@ impl Estate {
                     export("tillit events", subjects::EVENTS_EXPORT, "stream", "signed event envelopes"),
                     export("tillit notifications", subjects::NOTIFY_EXPORT, "stream", "notifications to the instances of one service"),
                 ];
+                if callout.is_some() {
+                    n.exports.push(export("tillit auth callout", subjects::CALLOUT_EXPORT, "service", "tenant accounts' connections, decided by tillit"));
+                }
                 let sys = jwt::decode::<OperatorNats>(&self.meta.operator_jwt)?.nats.system_account;
                 n.imports = vec![Import {
                     name: "sys connect events".into(),
@@ -222,6 +246,23 @@ impl Estate {
                         share: false,
                     },
                 ];
+                if let Some(a) = callout {
+                    // nats-server publishes the account's authorization requests on
+                    // `$SYS.REQ.USER.AUTH` in the account; the import carries them to TILLIT.
+                    n.imports.push(Import {
+                        name: "tillit auth callout".into(),
+                        subject: subjects::callout_subject(&rec.name),
+                        account: tillit_pub.into(),
+                        kind: "service".into(),
+                        local_subject: Some(subjects::SYS_AUTH_CALLOUT.into()),
+                        share: false,
+                    });
+                    n.authorization = Some(jwt::ExternalAuthorization {
+                        auth_users: vec![a.no_bypass_user.clone()],
+                        allowed_accounts: vec![],
+                        xkey: Some(a.xkey_public.clone()),
+                    });
+                }
                 n
             }
         };
@@ -231,7 +272,8 @@ impl Estate {
                 n.signing_keys.push(SigningKeyEntry::Scoped(Box::new(agents.scope())));
             }
         }
-        if rec.kind == AccountKind::Tenant {
+        // In callout mode permissions travel in each connection's JWT, not as scoped keys.
+        if rec.kind == AccountKind::Tenant && callout.is_none() {
             let mut replaced = false;
             for stored in self.roles_of(&rec.name)? {
                 match role {

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 mod accounts;
+pub mod callout;
 pub mod adopt;
 pub mod breakglass;
 pub mod ca;

@@ -137,7 +137,8 @@ impl Estate {
         if let Some(role) = self.role(sid)? {
             return Ok((acct, role, created));
         }
-        if self.roles_of(&acct.name)?.len() >= MAX_SERVICES_PER_ACCOUNT {
+        // Callout mode carries no scoped key per service in the account JWT: no ceiling there.
+        if self.auth_mode() == callout::AuthMode::Jwt && self.roles_of(&acct.name)?.len() >= MAX_SERVICES_PER_ACCOUNT {
             return Err(EstateError::Limit(format!(
                 "account {} already has {MAX_SERVICES_PER_ACCOUNT} services, the most one account JWT can carry; \
                  put further services in another environment (account), e.g. {}-2",

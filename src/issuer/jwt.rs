@@ -350,8 +350,24 @@ pub struct AccountNats {
     pub imports: Vec<Import>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub revocations: BTreeMap<String, i64>,
+    /// Auth callout: nats-server asks the callout about every connection but `auth_users`'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<ExternalAuthorization>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+}
+
+/// An account's `authorization` (auth callout) section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExternalAuthorization {
+    /// Users that bypass the callout (it is enabled only with one listed).
+    pub auth_users: Vec<String>,
+    /// Accounts the callout may place users in (none: only this one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_accounts: Vec<String>,
+    /// The callout's public xkey: nats-server seals each request to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xkey: Option<String>,
 }
 
 impl AccountNats {
@@ -364,6 +380,7 @@ impl AccountNats {
             exports: vec![],
             imports: vec![],
             revocations: BTreeMap::new(),
+            authorization: None,
             description: None,
         }
     }

@@ -293,6 +293,13 @@ async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> Resul
         }
     }
     push_recorded(ctx, &signed, "revoke").await?;
+    // Callout mode: the connections carry per-connection user keys the account's revocations do
+    // not name; kick them (new ones are refused by the callout from now on).
+    if acct.kind == crate::estate::AccountKind::Tenant && e.auth_mode() == crate::estate::callout::AuthMode::Callout {
+        let id = sid.spiffe_id(e.trust_domain());
+        let kicked = super::callout::kick_identity(&ctx.sys, &acct.public_key, &id, std::time::Duration::from_millis(500)).await;
+        tracing::info!(service = %sid, kicked, "live connections of the revoked identity kicked");
+    }
     tracing::info!(service = %sid, count = revoked.len(), "revoked");
     let data = serde_json::json!({ "service": sid.to_string(), "users": users, "serials": revoked.iter().map(|r| &r.cert_serial).collect::<Vec<_>>() });
     if let Err(err) = ctx.events.publish(crate::subjects::EventKind::IdentityRevoked, None, &sid.to_string(), &data, now).await {

@@ -13,6 +13,7 @@ mod dispatch;
 mod accounts;
 mod auditlog;
 pub mod callers;
+pub mod callout;
 pub mod dashboard;
 mod export;
 mod admin;
@@ -137,6 +138,8 @@ pub struct Ctx {
     pub dashboard: Arc<dashboard::Sessions>,
     /// The caller key sets' publisher.
     pub callers: Arc<callers::Publisher>,
+    /// This replica's auth callout decisions (callout mode).
+    pub callout_stats: Arc<callout::Stats>,
 }
 
 fn stopped(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
@@ -311,6 +314,7 @@ impl Ctx {
             answers,
             dashboard: Default::default(),
             callers,
+            callout_stats: Default::default(),
             leader: leader::Leadership::new(
                 match &estate.config.store {
                     crate::config::StoreBackend::JetStream { lease_ttl, .. } => Some(*lease_ttl),

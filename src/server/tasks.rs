@@ -50,6 +50,7 @@ pub(super) fn start(ctx: &Arc<Ctx>, revoker: BoxFuture<'static, ()>) -> Vec<Join
     tasks.push(spawn_named("auth-error-watch", Box::pin(events::watch_auth_errors(ctx.clone()))));
     tasks.push(spawn_named("publish-ocsp-answers", Box::pin(super::answers::run(ctx.clone()))));
     tasks.push(spawn_named("publish-caller-keys", Box::pin(super::callers::run(ctx.clone()))));
+    tasks.push(spawn_named("auth-callout", Box::pin(super::callout::run(ctx.clone()))));
     tasks.push(spawn_named(
         "follow-ocsp-answers",
         Box::pin(crate::ocsp::follow::follow(ctx.api.clone(), "$JS.API".into(), ctx.answers.copy.clone())),

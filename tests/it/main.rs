@@ -5,6 +5,7 @@ mod availability;
 mod backup;
 mod breakglass;
 mod callers;
+mod callout;
 mod context;
 mod dashboard;
 mod contract;

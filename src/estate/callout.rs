@@ -1,0 +1,464 @@
+//! Auth callout mode: nats-server asks tillit about every new connection to a tenant account,
+//! and tillit answers from the **verified certificate chain** and the **nkey the client proved**
+//! (its signature over the server's nonce), which must belong to the same live identity.
+//!
+//! How it is wired (no server config changes; all of it is in the account JWTs tillit signs):
+//! - each tenant account carries `authorization { auth_users, xkey }`: every connection to it
+//!   goes to the callout (`auth_users` names a key nobody holds, so nothing bypasses it), and
+//!   nats-server seals each request to tillit's callout xkey;
+//! - the request is published in the tenant account on `$SYS.REQ.USER.AUTH`, which that account
+//!   imports from TILLIT as `tillit.v1.callout.<account>`: every `serve` replica answers it in a
+//!   queue group on its own TILLIT connection, one connection for any number of accounts;
+//! - the answer is a user JWT for the server's per-connection user key, signed by the tenant
+//!   account's signing key, carrying the identity's permissions **inline**: the account JWT holds
+//!   no scoped key per service, so there is no ceiling of services per account.
+//!
+//! Services keep the creds they were issued in JWT mode (signed by their role's scoped key): the
+//! callout checks that JWT itself, so a switch of mode needs no re-enrollment either way.
+
+use super::*;
+use crate::issuer::jwt::{Claims, UserNats};
+
+/// The estate's auth mode and what callout mode needs (`meta/auth`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    /// The callout xkey's public half (its seed is sealed under `keys/callout-xkey`).
+    pub xkey_public: String,
+    /// The `auth_users` entry of tenant accounts: a user key whose seed was thrown away, so no
+    /// connection bypasses the callout (nats-server enables a callout only with one listed).
+    pub no_bypass_user: String,
+    /// When the mode last changed.
+    pub since: i64,
+}
+
+/// How nats-server authenticates connections to tenant accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// The default: nats-server checks the user JWT and the certificate separately.
+    #[default]
+    Jwt,
+    /// tillit decides each connection (certificate and nkey bound to one identity).
+    Callout,
+}
+
+impl AuthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Jwt => "jwt",
+            AuthMode::Callout => "callout",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AuthMode> {
+        match s {
+            "jwt" => Some(AuthMode::Jwt),
+            "callout" => Some(AuthMode::Callout),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) const META_AUTH: &str = "auth";
+pub(crate) const KEYS_CALLOUT_XKEY: &str = "callout-xkey";
+/// `aud` of nats-server's authorization requests.
+pub const AUTH_REQUEST_AUDIENCE: &str = "nats-authorization-request";
+/// Largest authorization request tillit reads (a chain of a few certificates and a user JWT).
+pub const MAX_AUTH_REQUEST_BYTES: usize = 64 * 1024;
+/// Lifetime of an authorization response (nats-server reads it at once).
+const RESPONSE_TTL: i64 = 60;
+
+/// `nats` of an authorization request (the fields tillit reads).
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+pub struct AuthRequestNats {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub server_id: ServerId,
+    #[serde(default)]
+    pub user_nkey: String,
+    #[serde(default)]
+    pub client_info: ClientInfo,
+    #[serde(default)]
+    pub connect_opts: ConnectOpts,
+    #[serde(default)]
+    pub client_tls: Option<ClientTls>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+pub struct ServerId {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub xkey: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+pub struct ClientInfo {
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub id: u64,
+    #[serde(default)]
+    pub nonce: String,
+    #[serde(default)]
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+pub struct ConnectOpts {
+    #[serde(default)]
+    pub jwt: String,
+    #[serde(default)]
+    pub sig: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+pub struct ClientTls {
+    #[serde(default)]
+    pub verified_chains: Vec<Vec<String>>,
+}
+
+/// Why a connection was refused: the reason label (`/metrics`) and the text nats-server logs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+fn refuse(reason: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal { reason, message: message.into() }
+}
+
+/// A connection tillit lets in.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    /// The SPIFFE id of the identity (the control plane's own for its connections).
+    pub id: String,
+    /// The identity's user key (what its creds name), not the per-connection key.
+    pub user_public_key: String,
+    pub permissions: UserPermissions,
+    pub expires_at: i64,
+    pub tags: Vec<String>,
+}
+
+/// A decoded, signature-checked authorization request, with the account it came for.
+#[derive(Debug, Clone)]
+pub struct AuthRequest {
+    pub server_key: String,
+    pub account: String,
+    pub nats: AuthRequestNats,
+}
+
+impl AuthRequest {
+    /// Parse nats-server's request JWT (signed by the server's key) for tenant account `account`
+    /// (its public key must be the JWT's `sub`).
+    pub fn parse(token: &[u8], account_public_key: &str, now: i64) -> std::result::Result<AuthRequest, Refusal> {
+        if token.len() > MAX_AUTH_REQUEST_BYTES {
+            return Err(refuse("malformed", format!("authorization request over {MAX_AUTH_REQUEST_BYTES} bytes")));
+        }
+        let text = std::str::from_utf8(token).map_err(|_| refuse("malformed", "authorization request is not UTF-8"))?;
+        let (c, iss) = jwt::decode_any::<Claims<AuthRequestNats>>(text).map_err(|e| refuse("malformed", format!("authorization request: {e}")))?;
+        if !iss.starts_with('N') {
+            return Err(refuse("malformed", "authorization request not signed by a server key"));
+        }
+        if c.nats.kind != "authorization_request" || c.aud.as_deref() != Some(AUTH_REQUEST_AUDIENCE) {
+            return Err(refuse("malformed", "not an authorization request"));
+        }
+        if c.sub != account_public_key {
+            return Err(refuse("malformed", format!("authorization request is for account {}, asked on another's subject", c.sub)));
+        }
+        if c.exp.is_some_and(|e| e + 5 < now) {
+            return Err(refuse("malformed", "authorization request expired"));
+        }
+        if nkeys::KeyPair::from_public_key(&c.nats.user_nkey).map(|k| !c.nats.user_nkey.starts_with('U') || k.public_key().is_empty()).unwrap_or(true) {
+            return Err(refuse("malformed", "authorization request names no user key"));
+        }
+        if !c.nats.server_id.id.starts_with('N') {
+            return Err(refuse("malformed", "authorization request names no server id"));
+        }
+        Ok(AuthRequest { server_key: iss, account: c.sub, nats: c.nats })
+    }
+}
+
+fn decode_b64(s: &str) -> Option<Vec<u8>> {
+    data_encoding::BASE64URL_NOPAD
+        .decode(s.trim_end_matches('=').as_bytes())
+        .ok()
+        .or_else(|| data_encoding::BASE64.decode(s.as_bytes()).ok())
+}
+
+/// The SPIFFE id, serial and notAfter of the leaf of the first verified chain.
+fn verified_leaf(tls: Option<&ClientTls>) -> std::result::Result<(String, String, i64), Refusal> {
+    let pem = tls
+        .and_then(|t| t.verified_chains.first())
+        .and_then(|c| c.first())
+        .ok_or_else(|| refuse("no_certificate", "no verified client certificate: connect with the identity's certificate (tls verify is on)"))?;
+    let der = x509::first_cert_der(pem).map_err(|e| refuse("no_certificate", format!("client certificate: {e}")))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| refuse("no_certificate", format!("client certificate: {e}")))?;
+    let id = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .and_then(|s| {
+            s.value.general_names.iter().find_map(|g| match g {
+                x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => Some(u.to_string()),
+                _ => None,
+            })
+        })
+        .ok_or_else(|| refuse("no_spiffe_id", "the client certificate carries no SPIFFE id"))?;
+    Ok((id, data_encoding::HEXLOWER.encode(cert.raw_serial()), cert.validity().not_after.timestamp()))
+}
+
+impl Estate {
+    /// The auth settings (`None`: JWT mode, as every estate was before callout mode existed).
+    pub fn auth_settings(&self) -> Result<Option<AuthSettings>> {
+        Ok(get_json(self.store(), Space::Meta, META_AUTH)?)
+    }
+
+    /// The current mode.
+    pub fn auth_mode(&self) -> AuthMode {
+        match self.auth_settings() {
+            Ok(Some(s)) => s.mode,
+            Ok(None) => AuthMode::Jwt,
+            Err(e) => {
+                tracing::error!("cannot read the auth mode: {e}; rendering accounts for JWT mode");
+                AuthMode::Jwt
+            }
+        }
+    }
+
+    /// The callout xkey (sealed in the store), for opening requests and sealing answers.
+    pub fn callout_xkey(&self) -> Result<nkeys::XKey> {
+        let seed = self.vault.get_sealed(Space::Keys, KEYS_CALLOUT_XKEY)?.ok_or_else(|| EstateError::Key("callout xkey".into(), "missing: switch to callout mode first".into()))?;
+        let seed = std::str::from_utf8(&seed).map_err(|_| EstateError::Key("callout xkey".into(), "not UTF-8".into()))?;
+        nkeys::XKey::from_seed(seed).map_err(key_err("callout xkey"))
+    }
+
+    /// Switch the estate to `mode`: the settings (a callout xkey made on the first switch) and
+    /// every account JWT re-signed for it, in one batch. Returns the re-signed accounts (push
+    /// them). Back to JWT mode is refused while an account has more services than its JWT can
+    /// carry scoped keys for.
+    pub fn set_auth_mode(&self, mode: AuthMode) -> Result<Vec<AccountRecord>> {
+        let now = self.clock.now_unix();
+        let mut b = Batch::new();
+        let current = self.auth_settings()?;
+        let settings = match (current, mode) {
+            (Some(s), m) => AuthSettings { mode: m, since: if s.mode == m { s.since } else { now }, ..s },
+            (None, AuthMode::Jwt) => return Ok(vec![]),
+            (None, AuthMode::Callout) => {
+                let x = nkeys::XKey::new();
+                self.vault.put_sealed(&mut b, Space::Keys, KEYS_CALLOUT_XKEY, SecretString::new(x.seed().map_err(key_err("callout xkey"))?).expose().as_bytes())?;
+                AuthSettings { mode, xkey_public: x.public_key(), no_bypass_user: KeyPair::new_user().public_key(), since: now }
+            }
+        };
+        if mode == AuthMode::Jwt {
+            for acct in self.accounts()?.into_iter().filter(|a| a.kind == AccountKind::Tenant) {
+                let n = self.roles_of(&acct.name)?.len();
+                if n > MAX_SERVICES_PER_ACCOUNT {
+                    return Err(EstateError::Key(
+                        format!("account {}", acct.name),
+                        format!("{n} services: JWT mode carries at most {MAX_SERVICES_PER_ACCOUNT} per account; stay in callout mode"),
+                    ));
+                }
+            }
+        }
+        b.put_json(Space::Meta, META_AUTH, &settings)?;
+        // Render with the new settings before they are stored: the same batch holds both.
+        let tillit = self.account(TILLIT_ACCOUNT)?;
+        let mut out = vec![];
+        for acct in self.accounts()? {
+            if !matches!(acct.kind, AccountKind::Tenant | AccountKind::Tillit) {
+                continue;
+            }
+            let nats = self.render_account_for(&acct, &tillit.public_key, None, Some(&settings))?;
+            let signed = self.sign_account(acct, nats)?;
+            self.check_jwt_size(&signed)?;
+            b.put_json(Space::Accounts, &signed.name, &signed)?;
+            out.push(signed);
+        }
+        self.store().commit(b)?;
+        Ok(out)
+    }
+
+    /// Decide one connection to tenant account `account_name`. The certificate (from the
+    /// verified chain) and the nkey (the client's signature over the server's nonce, and the
+    /// JWT it presented) must be the same live identity of that account.
+    pub fn decide_connection(&self, account_name: &str, req: &AuthRequest, now: i64) -> std::result::Result<Admitted, Refusal> {
+        let internal = |e: EstateError| refuse("internal", format!("tillit could not decide: {e}"));
+        let acct = self.account(account_name).map_err(internal)?;
+        if acct.kind != AccountKind::Tenant || acct.public_key != req.account {
+            return Err(refuse("malformed", format!("{account_name} is not a tenant account")));
+        }
+        // The JWT the client presented: tillit's own, for this account, unexpired.
+        let (user, iss) = jwt::decode_any::<Claims<UserNats>>(&req.nats.connect_opts.jwt).map_err(|e| refuse("bad_jwt", format!("the client's user JWT: {e}")))?;
+        if user.nats.issuer_account.as_deref().unwrap_or(&iss) != acct.public_key {
+            return Err(refuse("bad_jwt", "the client's user JWT is not of this account"));
+        }
+        if user.exp.is_some_and(|e| e <= now) {
+            return Err(refuse("expired", "the client's user JWT has expired: renew"));
+        }
+        // Possession of the nkey the JWT names: its signature over this connection's nonce.
+        let sig = decode_b64(&req.nats.connect_opts.sig).ok_or_else(|| refuse("no_nonce_signature", "the client did not sign the server's nonce"))?;
+        if req.nats.client_info.nonce.is_empty() {
+            return Err(refuse("no_nonce_signature", "no nonce in the request"));
+        }
+        let kp = KeyPair::from_public_key(&user.sub).map_err(|_| refuse("bad_jwt", "the user JWT's subject is not a user key"))?;
+        kp.verify(req.nats.client_info.nonce.as_bytes(), &sig).map_err(|_| refuse("bad_nonce_signature", "the nonce signature does not verify with the JWT's user key"))?;
+        let (cert_id, serial, cert_exp) = verified_leaf(req.nats.client_tls.as_ref())?;
+        if cert_exp <= now {
+            return Err(refuse("expired", "the client certificate has expired"));
+        }
+        if let Ok(crate::ocsp::Status::Revoked(_)) = self.revocation_status(&serial) {
+            return Err(refuse("revoked", format!("certificate {serial} is revoked")));
+        }
+        // tillit's own connections (signed by the account's plain signing key): their JWT's
+        // permissions, for the control plane's certificate only.
+        if iss == acct.signing_key {
+            let want = names::spiffe_id(self.trust_domain(), &["tillit", "control-plane", &acct.name.to_lowercase()]);
+            if cert_id != want {
+                return Err(refuse("identity_mismatch", format!("certificate {cert_id} presented with the control plane's credentials")));
+            }
+            return Ok(Admitted {
+                id: cert_id,
+                user_public_key: user.sub,
+                permissions: user.nats.permissions,
+                expires_at: user.exp.unwrap_or(cert_exp).min(cert_exp),
+                tags: vec![],
+            });
+        }
+        let rec = self.identity(&user.sub).map_err(internal)?.ok_or_else(|| refuse("unknown_identity", format!("no identity has user key {}", user.sub)))?;
+        let sid = rec.service.clone().filter(|_| rec.account == acct.name).ok_or_else(|| refuse("unknown_identity", "that key is not a service of this account"))?;
+        let id = sid.spiffe_id(self.trust_domain());
+        if cert_id != id {
+            return Err(refuse("identity_mismatch", format!("certificate of {cert_id} presented with the nkey of {id}: both must be one identity's")));
+        }
+        if rec.state == IdentityState::Revoked {
+            return Err(refuse("revoked", format!("{id} is revoked")));
+        }
+        if rec.expires_at <= now {
+            return Err(refuse("expired", format!("{id} expired: renew")));
+        }
+        let role = self.role(&sid).map_err(internal)?.ok_or_else(|| refuse("unknown_identity", format!("{id} has no role")))?;
+        let keys: Vec<&str> = std::iter::once(role.key.as_str())
+            .chain(role.previous.iter().map(|p| p.key.as_str()))
+            .chain(rec.role_key.as_deref())
+            .chain(rec.prev_role_key.as_deref())
+            .collect();
+        if !keys.contains(&iss.as_str()) {
+            return Err(refuse("bad_jwt", format!("the user JWT of {id} was not signed by its role's key")));
+        }
+        let permissions = expand_subject(&role.permissions, &rec.user_public_key);
+        Ok(Admitted {
+            id,
+            user_public_key: rec.user_public_key.clone(),
+            permissions,
+            expires_at: cert_exp.min(rec.expires_at),
+            tags: vec![format!("project:{}", sid.project), format!("service:{}", sid.service)],
+        })
+    }
+
+    /// The authorization response JWT for `req`: the admitted user's JWT, or the refusal's text
+    /// (nats-server logs it). Signed by the tenant account's signing key.
+    pub fn callout_response(&self, req: &AuthRequest, decision: &std::result::Result<Admitted, Refusal>) -> Result<String> {
+        let now = self.clock.now_unix();
+        let acct = self.accounts()?.into_iter().find(|a| a.public_key == req.account && a.kind == AccountKind::Tenant);
+        let acct = acct.ok_or_else(|| EstateError::NoSuchAccount(req.account.clone()))?;
+        let key = self.account_signing_key(&acct)?;
+        let (user_jwt, error) = match decision {
+            Ok(a) => (Some(self.sign_user_with(&key, &acct, &req.nats.user_nkey, &a.id, a.permissions.clone(), a.expires_at, a.tags.clone())?), None),
+            Err(r) => (None, Some(format!("tillit: {}", r.message))),
+        };
+        let claims = Claims {
+            jti: jwt::new_jti()?,
+            iat: now,
+            iss: key.public_key(),
+            sub: req.nats.user_nkey.clone(),
+            name: None,
+            aud: Some(req.nats.server_id.id.clone()),
+            exp: Some(now + RESPONSE_TTL),
+            nbf: None,
+            nats: serde_json::json!({
+                "jwt": user_jwt, "error": error, "issuer_account": acct.public_key,
+                "type": "authorization_response", "version": 2,
+            }),
+        };
+        // nats-server reads `jwt` or `error`, never both: drop the absent one.
+        let mut claims = claims;
+        if let Some(o) = claims.nats.as_object_mut() {
+            o.retain(|_, v| !v.is_null());
+        }
+        Ok(jwt::encode(&claims, &key)?)
+    }
+}
+
+/// A role's permissions with `{{subject()}}` (the user key, in the inbox rule) filled in: in
+/// callout mode the user JWT is signed by a plain key, so nats-server expands no template.
+fn expand_subject(p: &UserPermissions, user_key: &str) -> UserPermissions {
+    let fill = |v: &Vec<String>| v.iter().map(|s| s.replace("{{subject()}}", user_key)).collect::<Vec<_>>();
+    let mut out = p.clone();
+    out.publish.allow = fill(&p.publish.allow);
+    out.publish.deny = fill(&p.publish.deny);
+    out.subscribe.allow = fill(&p.subscribe.allow);
+    out.subscribe.deny = fill(&p.subscribe.deny);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_are_filled_with_the_identity_key() {
+        let p = UserPermissions::new(vec!["a.>".into()], vec!["_INBOX.{{subject()}}.>".into()]);
+        let e = expand_subject(&p, "UABC");
+        assert_eq!(e.subscribe.allow, vec!["_INBOX.UABC.>".to_string()]);
+        assert_eq!(e.publish.allow, vec!["a.>".to_string()]);
+    }
+
+    #[test]
+    fn requests_that_are_not_nats_server_authorization_requests_are_refused() {
+        let now = 1_900_000_000;
+        let server = KeyPair::new_server();
+        let acct = KeyPair::new_account();
+        let user = KeyPair::new_user();
+        let mk = |kind: &str, aud: &str, sub: &str, signer: &KeyPair| {
+            let c = Claims {
+                jti: "j".into(),
+                iat: now,
+                iss: signer.public_key(),
+                sub: sub.into(),
+                name: None,
+                aud: Some(aud.into()),
+                exp: Some(now + 2),
+                nbf: None,
+                nats: serde_json::json!({"type": kind, "user_nkey": user.public_key(), "server_id": {"id": server.public_key(), "name": "n"}}),
+            };
+            jwt::encode(&c, signer).unwrap()
+        };
+        let ok = mk("authorization_request", AUTH_REQUEST_AUDIENCE, &acct.public_key(), &server);
+        let r = AuthRequest::parse(ok.as_bytes(), &acct.public_key(), now).unwrap();
+        assert_eq!(r.nats.user_nkey, user.public_key());
+        assert_eq!(r.server_key, server.public_key());
+        // Asked for one account on another's subject.
+        assert_eq!(AuthRequest::parse(ok.as_bytes(), &KeyPair::new_account().public_key(), now).unwrap_err().reason, "malformed");
+        // Not signed by a server key.
+        let by_account = mk("authorization_request", AUTH_REQUEST_AUDIENCE, &acct.public_key(), &acct);
+        assert!(AuthRequest::parse(by_account.as_bytes(), &acct.public_key(), now).is_err());
+        // Another claim type or audience.
+        assert!(AuthRequest::parse(mk("user", AUTH_REQUEST_AUDIENCE, &acct.public_key(), &server).as_bytes(), &acct.public_key(), now).is_err());
+        assert!(AuthRequest::parse(mk("authorization_request", "x", &acct.public_key(), &server).as_bytes(), &acct.public_key(), now).is_err());
+        // Tampered.
+        let mut t = ok.clone().into_bytes();
+        let i = t.len() - 3;
+        t[i] = if t[i] == b'A' { b'B' } else { b'A' };
+        assert!(AuthRequest::parse(&t, &acct.public_key(), now).is_err());
+        // Expired long ago; oversized; garbage.
+        assert!(AuthRequest::parse(ok.as_bytes(), &acct.public_key(), now + 60).is_err());
+        assert!(AuthRequest::parse(&vec![b'a'; MAX_AUTH_REQUEST_BYTES + 1], &acct.public_key(), now).is_err());
+        assert!(AuthRequest::parse(b"\xff\xfe", &acct.public_key(), now).is_err());
+    }
+}

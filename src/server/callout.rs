@@ -1,0 +1,203 @@
+//! The auth callout responder (callout mode, `estate::callout`): every replica answers
+//! `tillit.v1.callout.<account>` in one queue group on its TILLIT connection. Requests come
+//! sealed to the callout xkey; answers go back sealed to the asking server's xkey.
+//!
+//! Live connections of a revoked identity: [`kick_identity`] asks every server for the
+//! account's connections of that identity (`$SYS.REQ.SERVER.PING.CONNZ`, filtered by the user
+//! name the callout gave them: the SPIFFE id) and kicks each (`$SYS.REQ.SERVER.<id>.KICK`).
+
+use super::Ctx;
+use crate::estate::callout::{AuthRequest, MAX_AUTH_REQUEST_BYTES};
+use crate::subjects;
+use crate::telemetry::ReasonLabels;
+use futures::StreamExt;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The queue group every replica's responder joins.
+const QUEUE: &str = "tillit-callout";
+/// Recent decision times kept for `status` (p50/p99).
+const RECENT: usize = 2048;
+
+/// Decisions this replica made: counts and recent times, for `status`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    inner: Mutex<StatsInner>,
+}
+
+#[derive(Debug, Default)]
+struct StatsInner {
+    admitted: u64,
+    refused: u64,
+    recent: VecDeque<f64>,
+}
+
+impl Stats {
+    fn record(&self, admitted: bool, seconds: f64) {
+        if let Ok(mut s) = self.inner.lock() {
+            if admitted {
+                s.admitted += 1;
+            } else {
+                s.refused += 1;
+            }
+            if s.recent.len() >= RECENT {
+                s.recent.pop_front();
+            }
+            s.recent.push_back(seconds);
+        }
+    }
+
+    /// (admitted, refused, p50 ms, p99 ms) of this replica's decisions since it started.
+    pub fn snapshot(&self) -> (u64, u64, f64, f64) {
+        let Ok(s) = self.inner.lock() else { return (0, 0, 0.0, 0.0) };
+        let mut v: Vec<f64> = s.recent.iter().copied().collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let q = |p: f64| v.get(((v.len() as f64 - 1.0) * p).round().max(0.0) as usize).copied().unwrap_or(0.0) * 1000.0;
+        (s.admitted, s.refused, q(0.5), q(0.99))
+    }
+}
+
+/// Answer authorization requests until the subscription ends (every replica, callout mode or
+/// not: in JWT mode nothing asks).
+pub(super) async fn run(ctx: Arc<Ctx>) {
+    let mut sub = match ctx.api.queue_subscribe(subjects::CALLOUT_EXPORT, QUEUE.into()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot subscribe to {}: connections in callout mode cannot be decided here: {e}", subjects::CALLOUT_EXPORT);
+            return;
+        }
+    };
+    while let Some(msg) = sub.next().await {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let Some(reply) = msg.reply.clone() else { return };
+            match answer(&ctx, &msg) {
+                Ok((body, admitted, reason)) => {
+                    let secs = start.elapsed().as_secs_f64();
+                    ctx.metrics.callout_seconds.observe(secs);
+                    ctx.metrics.callout_decisions.get_or_create(&ReasonLabels { reason: reason.into() }).inc();
+                    ctx.callout_stats.record(admitted, secs);
+                    if let Err(e) = ctx.api.publish(reply, body.into()).await {
+                        tracing::warn!("cannot answer an authorization request: {e}");
+                    }
+                }
+                Err(why) => {
+                    // Nothing to answer with (no user key or server to address): nats-server
+                    // times the connection out.
+                    ctx.metrics.callout_decisions.get_or_create(&ReasonLabels { reason: "unanswerable".into() }).inc();
+                    tracing::warn!(subject = %msg.subject, "authorization request not answered: {why}");
+                }
+            }
+        });
+    }
+}
+
+/// Decide one request: (the sealed or plain response, admitted?, reason label).
+fn answer(ctx: &Ctx, msg: &async_nats::Message) -> Result<(Vec<u8>, bool, &'static str), String> {
+    let e = &ctx.estate;
+    let account = msg.subject.as_str().strip_prefix("tillit.v1.callout.").filter(|a| !a.is_empty() && !a.contains('.')).ok_or("not a callout subject")?;
+    if msg.payload.len() > MAX_AUTH_REQUEST_BYTES + 1024 {
+        return Err("request too large".into());
+    }
+    let acct = e.account(account).map_err(|err| format!("account {account}: {err}"))?;
+    let server_xkey = msg.headers.as_ref().and_then(|h| h.get("Nats-Server-Xkey")).map(|v| v.as_str().to_string());
+    // Callout mode always sets an xkey on the account, so nats-server always seals: a plain
+    // request did not come from a server of this estate.
+    let server_xkey = server_xkey.ok_or("request not sealed (no Nats-Server-Xkey)")?;
+    if nkeys::XKey::from_public_key(&server_xkey).is_err() || is_zero_xkey(&server_xkey) {
+        return Err("the server's xkey is not a usable public xkey".into());
+    }
+    let sealer = crate::crypto::Sealer::new(&e.callout_xkey().map_err(|err| err.to_string())?).map_err(|err| err.to_string())?;
+    let plain = sealer.open(&msg.payload, &server_xkey).map_err(|err| format!("cannot open the request: {err}"))?;
+    let now = e.clock().now_unix();
+    let req = AuthRequest::parse(&plain, &acct.public_key, now).map_err(|r| r.message)?;
+    if req.nats.server_id.xkey != server_xkey {
+        return Err("the request's server xkey differs from its header".into());
+    }
+    let decision = e.decide_connection(account, &req, now);
+    let reason = match &decision {
+        Ok(a) => {
+            tracing::debug!(id = %a.id, account, client = req.nats.client_info.id, server = %req.nats.server_id.name, "connection admitted");
+            "admitted"
+        }
+        Err(r) => {
+            tracing::info!(account, reason = r.reason, host = %req.nats.client_info.host, "connection refused: {}", r.message);
+            r.reason
+        }
+    };
+    let jwt = e.callout_response(&req, &decision).map_err(|err| format!("cannot sign the answer: {err}"))?;
+    let body = sealer.seal(jwt.as_bytes(), &server_xkey).map_err(|err| err.to_string())?;
+    Ok((body, decision.is_ok(), reason))
+}
+
+fn is_zero_xkey(x: &str) -> bool {
+    data_encoding::BASE32_NOPAD.decode(x.as_bytes()).ok().and_then(|r| r.get(1..33).map(|k| k.iter().all(|b| *b == 0))).unwrap_or(true)
+}
+
+/// Kick every live connection that callout mode admitted for `spiffe_id` in `account_pub`, on
+/// every server that answers within `wait`. Returns how many were kicked.
+pub(super) async fn kick_identity(sys: &async_nats::Client, account_pub: &str, spiffe_id: &str, wait: Duration) -> usize {
+    let inbox = sys.new_inbox();
+    let Ok(mut replies) = sys.subscribe(inbox.clone()).await else { return 0 };
+    let filter = serde_json::json!({ "acc": account_pub, "user": spiffe_id, "auth": true, "limit": 1024 });
+    if sys.publish_with_reply("$SYS.REQ.SERVER.PING.CONNZ", inbox, filter.to_string().into()).await.is_err() {
+        return 0;
+    }
+    let _ = sys.flush().await;
+    let mut kicks = vec![];
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, replies.next()).await {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.payload) else { continue };
+        let Some(server) = v.pointer("/server/id").and_then(|s| s.as_str()) else { continue };
+        for c in v.pointer("/data/connections").and_then(|c| c.as_array()).into_iter().flatten() {
+            if c.get("authorized_user").and_then(|u| u.as_str()) == Some(spiffe_id) {
+                if let Some(cid) = c.get("cid").and_then(|x| x.as_u64()) {
+                    kicks.push((server.to_string(), cid));
+                }
+            }
+        }
+    }
+    let mut n = 0;
+    for (server, cid) in kicks {
+        let subject = format!("$SYS.REQ.SERVER.{server}.KICK");
+        match tokio::time::timeout(Duration::from_secs(1), sys.request(subject, serde_json::json!({ "cid": cid }).to_string().into())).await {
+            Ok(Ok(_)) => n += 1,
+            _ => tracing::warn!(server, cid, "cannot kick a revoked identity's connection"),
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_give_quantiles() {
+        let s = Stats::default();
+        for i in 1..=100 {
+            s.record(i % 10 != 0, i as f64 / 1000.0);
+        }
+        let (a, r, p50, p99) = s.snapshot();
+        assert_eq!((a, r), (90, 10));
+        assert!((p50 - 50.0).abs() <= 1.0, "{p50}");
+        assert!((p99 - 99.0).abs() <= 1.0, "{p99}");
+    }
+
+    #[test]
+    fn the_zero_xkey_is_refused() {
+        let zero = {
+            // An X-prefixed public xkey of 32 zero bytes with a valid checksum.
+            let x = nkeys::XKey::new();
+            let mut raw = data_encoding::BASE32_NOPAD.decode(x.public_key().as_bytes()).unwrap();
+            for b in &mut raw[1..33] {
+                *b = 0;
+            }
+            data_encoding::BASE32_NOPAD.encode(&raw)
+        };
+        assert!(is_zero_xkey(&zero));
+        assert!(!is_zero_xkey(&nkeys::XKey::new().public_key()));
+    }
+}
