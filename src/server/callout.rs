@@ -2,7 +2,7 @@
 //! `tillit.v1.callout.<account>` in one queue group on its TILLIT connection. Requests come
 //! sealed to the callout xkey; answers go back sealed to the asking server's xkey.
 //!
-//! Live connections of a revoked identity: [`kick_identity`] asks every server for the
+//! Live connections of a revoked identity: `kick_identity` asks every server for the
 //! account's connections of that identity (`$SYS.REQ.SERVER.PING.CONNZ`, filtered by the user
 //! name the callout gave them: the SPIFFE id) and kicks each (`$SYS.REQ.SERVER.<id>.KICK`).
 
