@@ -10,7 +10,6 @@
 
 use crate::breakglass::{self as bg, EstateFacts};
 use crate::clock::{Clock, SystemClock};
-use crate::estate::Estate;
 use crate::layout::DataDir;
 use anyhow::Context;
 use std::path::PathBuf;
@@ -96,15 +95,7 @@ fn rotate(a: RotateArgs) -> anyhow::Result<()> {
     }
     let dir = DataDir::new(&a.data_dir);
     let clock: crate::clock::SharedClock = Arc::new(SystemClock);
-    let estate = Estate::open(dir.clone(), clock.clone()).map_err(|e| match e {
-        crate::estate::EstateError::Store(crate::store::StoreError::Locked { .. }) => {
-            anyhow::anyhow!("the store is in use: stop `tillit serve` first (a rotation is done offline, then the hub restarts)")
-        }
-        e => e.into(),
-    })?;
-    if !matches!(estate.config.store, crate::config::StoreBackend::Sled) {
-        anyhow::bail!("break-glass rotate works on a sled store only for now (its audit record goes to the local log)");
-    }
+    let estate = super::open_offline(&dir, clock.clone(), "break-glass rotate", "a rotation is done offline, then the hub restarts")?;
     let old = estate.break_glass()?;
     let issued = estate.mint_break_glass()?;
     // The new bundle is on disk before anything changes: a failure after this leaves the old

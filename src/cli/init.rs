@@ -166,15 +166,7 @@ pub fn auth_mode(a: AuthModeArgs) -> anyhow::Result<()> {
     let mode = AuthMode::parse(&a.mode).unwrap_or_default();
     let dir = crate::layout::DataDir::new(&a.data_dir);
     let clock: crate::clock::SharedClock = Arc::new(SystemClock);
-    let estate = crate::estate::Estate::open(dir.clone(), clock.clone()).map_err(|e| match e {
-        crate::estate::EstateError::Store(crate::store::StoreError::Locked { .. }) => {
-            anyhow::anyhow!("the store is in use: stop `tillit serve` first (the switch is offline, then serve restarts and pushes the accounts)")
-        }
-        e => e.into(),
-    })?;
-    if !matches!(estate.config.store, crate::config::StoreBackend::Sled) {
-        anyhow::bail!("auth-mode works on a sled store only for now (its audit record goes to the local log)");
-    }
+    let estate = super::open_offline(&dir, clock.clone(), "auth-mode", "the switch is offline, then serve restarts and pushes the accounts")?;
     let before = estate.auth_mode();
     let accounts = estate.set_auth_mode(mode)?;
     let mut audit = crate::audit::Writer::open(&dir.audit(), estate.store_arc(), clock, estate.audit_key())?;

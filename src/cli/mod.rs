@@ -153,6 +153,20 @@ impl AdminArgs {
 
 /// The one JSON printer: with `json`, print `value` as pretty JSON and say so (the caller then
 /// prints no text).
+/// Open the estate in `dir` for a change made with `serve` stopped, on a sled store (the change's
+/// audit record goes to the local log). `command` names the command in a refusal; `then` says,
+/// in the "store in use" refusal, what happens after the change.
+pub(crate) fn open_offline(dir: &crate::layout::DataDir, clock: crate::clock::SharedClock, command: &str, then: &str) -> anyhow::Result<crate::estate::Estate> {
+    let estate = crate::estate::Estate::open(dir.clone(), clock).map_err(|e| match e {
+        crate::estate::EstateError::Store(crate::store::StoreError::Locked { .. }) => anyhow::anyhow!("the store is in use: stop `tillit serve` first ({then})"),
+        e => e.into(),
+    })?;
+    if !matches!(estate.config.store, crate::config::StoreBackend::Sled) {
+        anyhow::bail!("{command} works on a sled store only for now (its audit record goes to the local log)");
+    }
+    Ok(estate)
+}
+
 pub fn print_json<T: serde::Serialize>(json: bool, value: &T) -> anyhow::Result<bool> {
     if json {
         println!("{}", serde_json::to_string_pretty(value)?);

@@ -174,7 +174,7 @@ impl AuthRequest {
         if c.exp.is_some_and(|e| e + 5 < now) {
             return Err(refuse("malformed", "authorization request expired"));
         }
-        if nkeys::KeyPair::from_public_key(&c.nats.user_nkey).map(|k| !c.nats.user_nkey.starts_with('U') || k.public_key().is_empty()).unwrap_or(true) {
+        if !c.nats.user_nkey.starts_with('U') || KeyPair::from_public_key(&c.nats.user_nkey).is_err() {
             return Err(refuse("malformed", "authorization request names no user key"));
         }
         if !c.nats.server_id.id.starts_with('N') {
@@ -255,8 +255,10 @@ impl Estate {
                 AuthSettings { mode, xkey_public: x.public_key(), no_bypass_user: KeyPair::new_user().public_key(), since: now }
             }
         };
+        // The accounts this mode renders differently: TILLIT (the callout export) and the tenants.
+        let accounts: Vec<AccountRecord> = self.accounts()?.into_iter().filter(|a| matches!(a.kind, AccountKind::Tenant | AccountKind::Tillit)).collect();
         if mode == AuthMode::Jwt {
-            for acct in self.accounts()?.into_iter().filter(|a| a.kind == AccountKind::Tenant) {
+            for acct in accounts.iter().filter(|a| a.kind == AccountKind::Tenant) {
                 let n = self.roles_of(&acct.name)?.len();
                 if n > MAX_SERVICES_PER_ACCOUNT {
                     return Err(EstateError::Key(
@@ -270,10 +272,7 @@ impl Estate {
         // Render with the new settings before they are stored: the same batch holds both.
         let tillit = self.account(TILLIT_ACCOUNT)?;
         let mut out = vec![];
-        for acct in self.accounts()? {
-            if !matches!(acct.kind, AccountKind::Tenant | AccountKind::Tillit) {
-                continue;
-            }
+        for acct in accounts {
             let nats = self.render_account_for(&acct, &tillit.public_key, None, Some(&settings))?;
             let signed = self.sign_account(acct, nats)?;
             self.check_jwt_size(&signed)?;
@@ -284,12 +283,12 @@ impl Estate {
         Ok(out)
     }
 
-    /// Decide one connection to tenant account `account_name`. The certificate (from the
-    /// verified chain) and the nkey (the client's signature over the server's nonce, and the
-    /// JWT it presented) must be the same live identity of that account.
-    pub fn decide_connection(&self, account_name: &str, req: &AuthRequest, now: i64) -> std::result::Result<Admitted, Refusal> {
+    /// Decide one connection to tenant account `acct` (the record the request's subject named).
+    /// The certificate (from the verified chain) and the nkey (the client's signature over the
+    /// server's nonce, and the JWT it presented) must be the same live identity of that account.
+    pub fn decide_connection(&self, acct: &AccountRecord, req: &AuthRequest, now: i64) -> std::result::Result<Admitted, Refusal> {
         let internal = |e: EstateError| refuse("internal", format!("tillit could not decide: {e}"));
-        let acct = self.account(account_name).map_err(internal)?;
+        let account_name = acct.name.as_str();
         if acct.kind != AccountKind::Tenant || acct.public_key != req.account {
             return Err(refuse("malformed", format!("{account_name} is not a tenant account")));
         }
@@ -363,15 +362,18 @@ impl Estate {
 
     /// The authorization response JWT for `req`: the admitted user's JWT, or the refusal's text
     /// (nats-server logs it). Signed by the tenant account's signing key.
-    pub fn callout_response(&self, req: &AuthRequest, decision: &std::result::Result<Admitted, Refusal>) -> Result<String> {
+    pub fn callout_response(&self, acct: &AccountRecord, req: &AuthRequest, decision: &std::result::Result<Admitted, Refusal>) -> Result<String> {
         let now = self.clock.now_unix();
-        let acct = self.accounts()?.into_iter().find(|a| a.public_key == req.account && a.kind == AccountKind::Tenant);
-        let acct = acct.ok_or_else(|| EstateError::NoSuchAccount(req.account.clone()))?;
-        let key = self.account_signing_key(&acct)?;
-        let (user_jwt, error) = match decision {
-            Ok(a) => (Some(self.sign_user_with(&key, &acct, &req.nats.user_nkey, &a.id, a.permissions.clone(), a.expires_at, a.tags.clone())?), None),
-            Err(r) => (None, Some(format!("tillit: {}", r.message))),
-        };
+        if acct.kind != AccountKind::Tenant || acct.public_key != req.account {
+            return Err(EstateError::NoSuchAccount(req.account.clone()));
+        }
+        let key = self.account_signing_key(acct)?;
+        let mut nats = serde_json::json!({ "issuer_account": acct.public_key, "type": "authorization_response", "version": 2 });
+        // nats-server reads `jwt` or `error`, never both: only one is set.
+        match decision {
+            Ok(a) => nats["jwt"] = self.sign_user_with(&key, acct, &req.nats.user_nkey, &a.id, a.permissions.clone(), a.expires_at, a.tags.clone())?.into(),
+            Err(r) => nats["error"] = format!("tillit: {}", r.message).into(),
+        }
         let claims = Claims {
             jti: jwt::new_jti()?,
             iat: now,
@@ -381,16 +383,8 @@ impl Estate {
             aud: Some(req.nats.server_id.id.clone()),
             exp: Some(now + RESPONSE_TTL),
             nbf: None,
-            nats: serde_json::json!({
-                "jwt": user_jwt, "error": error, "issuer_account": acct.public_key,
-                "type": "authorization_response", "version": 2,
-            }),
+            nats,
         };
-        // nats-server reads `jwt` or `error`, never both: drop the absent one.
-        let mut claims = claims;
-        if let Some(o) = claims.nats.as_object_mut() {
-            o.retain(|_, v| !v.is_null());
-        }
         Ok(jwt::encode(&claims, &key)?)
     }
 }

@@ -68,12 +68,14 @@ pub(super) async fn run(ctx: Arc<Ctx>) {
             return;
         }
     };
+    // The callout xkey, unsealed once (at the first request: in JWT mode it may not exist).
+    let sealer: Arc<std::sync::OnceLock<crate::crypto::Sealer>> = Default::default();
     while let Some(msg) = sub.next().await {
-        let ctx = ctx.clone();
+        let (ctx, sealer) = (ctx.clone(), sealer.clone());
         tokio::spawn(async move {
             let start = Instant::now();
             let Some(reply) = msg.reply.clone() else { return };
-            match answer(&ctx, &msg) {
+            match answer(&ctx, &sealer, &msg) {
                 Ok((body, admitted, reason)) => {
                     let secs = start.elapsed().as_secs_f64();
                     ctx.metrics.callout_seconds.observe(secs);
@@ -95,7 +97,7 @@ pub(super) async fn run(ctx: Arc<Ctx>) {
 }
 
 /// Decide one request: (the sealed or plain response, admitted?, reason label).
-fn answer(ctx: &Ctx, msg: &async_nats::Message) -> Result<(Vec<u8>, bool, &'static str), String> {
+fn answer(ctx: &Ctx, sealer: &std::sync::OnceLock<crate::crypto::Sealer>, msg: &async_nats::Message) -> Result<(Vec<u8>, bool, &'static str), String> {
     let e = &ctx.estate;
     let account = msg.subject.as_str().strip_prefix("tillit.v1.callout.").filter(|a| !a.is_empty() && !a.contains('.')).ok_or("not a callout subject")?;
     if msg.payload.len() > MAX_AUTH_REQUEST_BYTES + 1024 {
@@ -109,14 +111,20 @@ fn answer(ctx: &Ctx, msg: &async_nats::Message) -> Result<(Vec<u8>, bool, &'stat
     if nkeys::XKey::from_public_key(&server_xkey).is_err() || is_zero_xkey(&server_xkey) {
         return Err("the server's xkey is not a usable public xkey".into());
     }
-    let sealer = crate::crypto::Sealer::new(&e.callout_xkey().map_err(|err| err.to_string())?).map_err(|err| err.to_string())?;
+    let sealer = match sealer.get() {
+        Some(s) => s,
+        None => {
+            let s = crate::crypto::Sealer::new(&e.callout_xkey().map_err(|err| err.to_string())?).map_err(|err| err.to_string())?;
+            sealer.get_or_init(|| s)
+        }
+    };
     let plain = sealer.open(&msg.payload, &server_xkey).map_err(|err| format!("cannot open the request: {err}"))?;
     let now = e.clock().now_unix();
     let req = AuthRequest::parse(&plain, &acct.public_key, now).map_err(|r| r.message)?;
     if req.nats.server_id.xkey != server_xkey {
         return Err("the request's server xkey differs from its header".into());
     }
-    let decision = e.decide_connection(account, &req, now);
+    let decision = e.decide_connection(&acct, &req, now);
     let reason = match &decision {
         Ok(a) => {
             tracing::debug!(id = %a.id, account, client = req.nats.client_info.id, server = %req.nats.server_id.name, "connection admitted");
@@ -127,7 +135,7 @@ fn answer(ctx: &Ctx, msg: &async_nats::Message) -> Result<(Vec<u8>, bool, &'stat
             r.reason
         }
     };
-    let jwt = e.callout_response(&req, &decision).map_err(|err| format!("cannot sign the answer: {err}"))?;
+    let jwt = e.callout_response(&acct, &req, &decision).map_err(|err| format!("cannot sign the answer: {err}"))?;
     let body = sealer.seal(jwt.as_bytes(), &server_xkey).map_err(|err| err.to_string())?;
     Ok((body, decision.is_ok(), reason))
 }
