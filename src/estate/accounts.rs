@@ -272,10 +272,15 @@ impl Estate {
                 n.signing_keys.push(SigningKeyEntry::Scoped(Box::new(agents.scope())));
             }
         }
-        // In callout mode permissions travel in each connection's JWT, not as scoped keys.
-        if rec.kind == AccountKind::Tenant && callout.is_none() {
+        // Each role's scoped key (its template is the permissions). In callout mode the
+        // permissions travel in each connection's answer instead, and the keys stay only while
+        // they fit (up to the JWT mode ceiling): credentials issued in JWT mode keep connecting
+        // after a switch, until their next renewal signs them with the account's own key.
+        let roles = if rec.kind == AccountKind::Tenant { self.roles_of(&rec.name)? } else { vec![] };
+        let fits = roles.len() + usize::from(role.is_some()) <= super::roles::MAX_SERVICES_PER_ACCOUNT;
+        if rec.kind == AccountKind::Tenant && (callout.is_none() || fits) {
             let mut replaced = false;
-            for stored in self.roles_of(&rec.name)? {
+            for stored in roles {
                 match role {
                     Some(r) if r.service == stored.service => {
                         n.signing_keys.extend(r.scopes().into_iter().map(|k| SigningKeyEntry::Scoped(Box::new(k))));

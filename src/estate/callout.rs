@@ -314,22 +314,24 @@ impl Estate {
         if let Ok(crate::ocsp::Status::Revoked(_)) = self.revocation_status(&serial) {
             return Err(refuse("revoked", format!("certificate {serial} is revoked")));
         }
-        // tillit's own connections (signed by the account's plain signing key): their JWT's
-        // permissions, for the control plane's certificate only.
-        if iss == acct.signing_key {
-            let want = names::spiffe_id(self.trust_domain(), &["tillit", "control-plane", &acct.name.to_lowercase()]);
-            if cert_id != want {
-                return Err(refuse("identity_mismatch", format!("certificate {cert_id} presented with the control plane's credentials")));
+        let Some(rec) = self.identity(&user.sub).map_err(internal)? else {
+            // tillit's own connections (signed by the account's own signing key): their JWT's
+            // permissions, for the control plane's certificate only.
+            if iss == acct.signing_key {
+                let want = names::spiffe_id(self.trust_domain(), &["tillit", "control-plane", &acct.name.to_lowercase()]);
+                if cert_id != want {
+                    return Err(refuse("identity_mismatch", format!("certificate {cert_id} presented with the control plane's credentials")));
+                }
+                return Ok(Admitted {
+                    id: cert_id,
+                    user_public_key: user.sub,
+                    permissions: user.nats.permissions,
+                    expires_at: user.exp.unwrap_or(cert_exp).min(cert_exp),
+                    tags: vec![],
+                });
             }
-            return Ok(Admitted {
-                id: cert_id,
-                user_public_key: user.sub,
-                permissions: user.nats.permissions,
-                expires_at: user.exp.unwrap_or(cert_exp).min(cert_exp),
-                tags: vec![],
-            });
-        }
-        let rec = self.identity(&user.sub).map_err(internal)?.ok_or_else(|| refuse("unknown_identity", format!("no identity has user key {}", user.sub)))?;
+            return Err(refuse("unknown_identity", format!("no identity has user key {}", user.sub)));
+        };
         let sid = rec.service.clone().filter(|_| rec.account == acct.name).ok_or_else(|| refuse("unknown_identity", "that key is not a service of this account"))?;
         let id = sid.spiffe_id(self.trust_domain());
         if cert_id != id {
@@ -342,13 +344,15 @@ impl Estate {
             return Err(refuse("expired", format!("{id} expired: renew")));
         }
         let role = self.role(&sid).map_err(internal)?.ok_or_else(|| refuse("unknown_identity", format!("{id} has no role")))?;
-        let keys: Vec<&str> = std::iter::once(role.key.as_str())
+        // The role's keys (JWT mode issued it) or the account's own key (callout mode did).
+        let keys: Vec<&str> = [role.key.as_str(), acct.signing_key.as_str()]
+            .into_iter()
             .chain(role.previous.iter().map(|p| p.key.as_str()))
             .chain(rec.role_key.as_deref())
             .chain(rec.prev_role_key.as_deref())
             .collect();
         if !keys.contains(&iss.as_str()) {
-            return Err(refuse("bad_jwt", format!("the user JWT of {id} was not signed by its role's key")));
+            return Err(refuse("bad_jwt", format!("the user JWT of {id} was not signed by its role's key or its account's")));
         }
         let permissions = expand_subject(&role.permissions, &rec.user_public_key);
         Ok(Admitted {

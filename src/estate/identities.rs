@@ -152,6 +152,9 @@ pub struct ServiceIssue {
     pub serial: String,
     pub issued_at: i64,
     pub expires_at: i64,
+    /// The role key that signed `user_jwt` (JWT mode); `None` when the account's own signing
+    /// key did (callout mode, or not a service).
+    pub role_key: Option<String>,
 }
 
 impl Estate {
@@ -196,7 +199,7 @@ impl Estate {
         let perms = admin_permissions(&crate::subjects::inbox_prefix(&rec.user_public_key));
         let user_jwt = self.sign_user(&account, &rec.user_public_key, &format!("admin {}", rec.name), perms, expires_at)?;
         let (cert_pem, serial) = self.ca().issue_client(public_key, &rec.id, &format!("admin {}", rec.name), now, expires_at)?;
-        Ok(ServiceIssue { user_jwt, cert_pem, serial, issued_at: now, expires_at })
+        Ok(ServiceIssue { user_jwt, cert_pem, serial, issued_at: now, expires_at, role_key: None })
     }
 
     /// Credentials for the control plane's own connections, minted in memory: a user of `account`
@@ -420,19 +423,24 @@ impl Estate {
     ) -> Result<ServiceIssue> {
         let now = self.clock.now_unix();
         let expires_at = now + self.config.service_ttl.as_secs() as i64;
-        let key = self.key(&keys_scoped(&role.key))?;
         let sid = &role.service;
-        let jwt = self.sign_user_with(
-            &key,
-            acct,
-            user_public_key,
-            &sid.service,
-            UserPermissions::default(),
-            expires_at,
-            vec![format!("project:{}", sid.project), format!("service:{}", sid.service)],
-        )?;
+        let tags = vec![format!("project:{}", sid.project), format!("service:{}", sid.service)];
+        // JWT mode: the role's scoped key signs, and its template is the permissions. Callout
+        // mode: the account's own key signs a JWT that reaches only the control plane (the
+        // callout answers each connection with the real permissions), so no key per service
+        // has to sit in the account JWT, and the JWT still works if the estate goes back to
+        // JWT mode (enough to renew onto the role key).
+        let callout = self.auth_settings()?.is_some_and(|a| a.mode == super::callout::AuthMode::Callout);
+        let (jwt, role_key) = if callout {
+            let key = self.account_signing_key(acct)?;
+            let reach = super::roles::control_plane_reach(sid, user_public_key);
+            (self.sign_user_with(&key, acct, user_public_key, &sid.service, reach, expires_at, tags)?, None)
+        } else {
+            let key = self.key(&keys_scoped(&role.key))?;
+            (self.sign_user_with(&key, acct, user_public_key, &sid.service, UserPermissions::default(), expires_at, tags)?, Some(role.key.clone()))
+        };
         let (cert_pem, serial) = self.ca().issue_client(public_key, &sid.spiffe_id(self.trust_domain()), &sid.service, now, expires_at)?;
-        Ok(ServiceIssue { user_jwt: jwt, cert_pem, serial, issued_at: now, expires_at })
+        Ok(ServiceIssue { user_jwt: jwt, cert_pem, serial, issued_at: now, expires_at, role_key })
     }
 }
 

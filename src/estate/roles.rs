@@ -96,6 +96,16 @@ pub fn default_permissions(sid: &ServiceId) -> UserPermissions {
     p
 }
 
+/// What a service's JWT carries in callout mode (signed by the account's own key): the control
+/// plane's API, its own inbox and its notifications. Enough to renew; everything else comes
+/// from the callout's answer for each connection.
+pub(crate) fn control_plane_reach(sid: &ServiceId, user_public_key: &str) -> UserPermissions {
+    UserPermissions::new(
+        vec![subjects::SVC_EXPORT.into()],
+        vec![format!("{}.>", subjects::inbox_prefix(user_public_key)), subjects::notify_subject(&sid.account_name(), &sid.project, &sid.service)],
+    )
+}
+
 /// What a service may publish to watch its account's caller key sets (the JetStream API of
 /// that one bucket, read-only: an ordered consumer and direct gets; never `$KV.` puts).
 pub(crate) fn caller_keys_read() -> Vec<String> {

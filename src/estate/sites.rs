@@ -358,7 +358,7 @@ impl Estate {
         let jwt = self.sign_user_with(&key, &tillit, user_public_key, &consumer, UserPermissions::default(), expires_at, vec![format!("site:{site}")])?;
         let spiffe = names::spiffe_id(self.trust_domain(), &["tillit", "site", site, "agent"]);
         let (cert_pem, serial) = self.ca().issue_client(public_key, &spiffe, &consumer, now, expires_at)?;
-        Ok(ServiceIssue { user_jwt: jwt, cert_pem, serial, issued_at: now, expires_at })
+        Ok(ServiceIssue { user_jwt: jwt, cert_pem, serial, issued_at: now, expires_at, role_key: None })
     }
 }
 

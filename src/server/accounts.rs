@@ -85,10 +85,16 @@ pub(super) async fn ensure_role_pushed(ctx: &Ctx, sid: &ServiceId) -> Result<Rol
     Ok(entry)
 }
 
-/// Whether `acct`'s JWT names `key` as one of its signing keys.
+/// Whether identities signed with `key` are accepted in `acct`: its JWT names `key` as one of
+/// its signing keys, or the account delegates authentication to tillit's callout (which
+/// checks the role key itself, so scoped keys stay out of the account JWT).
 fn carries_key(acct: &AccountRecord, key: &str) -> bool {
     crate::issuer::jwt::decode_any::<serde_json::Value>(&acct.jwt)
-        .map(|(claims, _)| claims["nats"]["signing_keys"].as_array().is_some_and(|keys| keys.iter().any(|k| k == key || k["key"] == key)))
+        .map(|(claims, _)| {
+            let nats = &claims["nats"];
+            let delegated = nats["authorization"]["auth_users"].as_array().is_some_and(|u| !u.is_empty());
+            delegated || nats["signing_keys"].as_array().is_some_and(|keys| keys.iter().any(|k| k == key || k["key"] == key))
+        })
         .unwrap_or(false)
 }
 

@@ -183,7 +183,7 @@ async fn enroll(
         revoked_at: None,
         revoke_reason: None,
         site: site.clone(),
-        role_key: role.as_ref().map(|r| r.key.clone()),
+        role_key: issue.role_key.clone(),
         prev_role_key: None,
         // An admin gets the role and tenants its token was minted with.
         admin_role: admin.is_some().then(|| tok.admin_role.unwrap_or(crate::proto::AdminRole::Owner)),
@@ -214,11 +214,13 @@ async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: RenewRequest) -> Result<
     let csr_key = x509::parse_csr(&req.csr, &caller.user_public_key).map_err(csr_error)?;
     let acct = e.account(&caller.account).map_err(ApiError::from)?;
     let mut role_key = None;
+    let mut signed_by_account = false;
     let (jwt, cert_pem, serial, issued, expires) = match (caller.kind, &caller.service) {
         (IdentityKind::Service, Some(sid)) => {
             let entry = ensure_role_pushed(ctx, sid).await?;
             let i = e.issue_service(&entry.0, &entry.1, &caller.user_public_key, &csr_key).map_err(ApiError::from)?;
-            role_key = Some(entry.1.key.clone());
+            role_key = i.role_key.clone();
+            signed_by_account = i.role_key.is_none();
             (i.user_jwt, i.cert_pem, i.serial, i.issued_at, i.expires_at)
         }
         (IdentityKind::Admin, _) => {
@@ -239,6 +241,10 @@ async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: RenewRequest) -> Result<
     if role_key.is_some() && role_key != rec.role_key {
         rec.prev_role_key = rec.role_key.take();
         rec.role_key = role_key;
+    } else if signed_by_account {
+        // Callout mode: no role key signs this identity's JWT any more.
+        rec.prev_role_key = None;
+        rec.role_key = None;
     }
     rec.cert_serial = serial;
     rec.issued_at = issued;

@@ -22,7 +22,6 @@ fn metrics(e: &Estate) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 19 in progress: enrollment in callout mode is refused as a concurrent change (role creation leaves the account JWT as it was); run with --ignored"]
 async fn callout_binds_the_certificate_to_the_nkey_and_switching_modes_needs_no_reenrollment() {
     let e = Estate::init_args("callout.example", &["--auth", "callout"]);
     let nats = e.start_nats();
