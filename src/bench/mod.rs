@@ -8,6 +8,7 @@
 //! - the baseline: cfssl's bare CSR signing (`cfssl serve`, `/api/v1/cfssl/sign`, P-256,
 //!   8 keep-alive connections), measured in the same run when `cfssl` is on PATH.
 
+pub(crate) mod connect;
 pub(crate) mod fanout;
 pub(crate) mod stores;
 

@@ -44,10 +44,10 @@ impl Drop for Procs {
 }
 
 /// A running stack: its data dir, processes, and the replicas' HTTP ports.
-struct Stack {
-    dir: DataDir,
+pub(crate) struct Stack {
+    pub(crate) dir: DataDir,
     procs: Procs,
-    http: Vec<u16>,
+    pub(crate) http: Vec<u16>,
 }
 
 fn free_port() -> Result<u16, String> {
@@ -90,12 +90,12 @@ fn wait_ready(port: u16, within: Duration) -> Result<(), String> {
     Err(format!("the control plane on :{port} was not ready within {within:?}"))
 }
 
-fn start(kind: Kind, root: &Path) -> Result<Stack, String> {
+pub(crate) fn start(kind: Kind, root: &Path, auth: crate::estate::callout::AuthMode) -> Result<Stack, String> {
     let bin = crate::natsbin::locate()?;
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let nats = free_ports(3)?;
     let (http, http2) = (free_port()?, free_port()?);
-    let data = root.join(kind.name().replace(' ', "-"));
+    let data = root.join(format!("{}-{}", kind.name().replace(' ', "-"), auth.as_str()));
     let jetstream = kind != Kind::Sled;
     let opts = InitOptions {
         data_dir: data.clone(),
@@ -114,7 +114,7 @@ fn start(kind: Kind, root: &Path) -> Result<Stack, String> {
         ocsp_when_unreachable: None,
         force: false,
         adopt: None,
-        auth: crate::estate::callout::AuthMode::Jwt,
+        auth,
     };
     init(&opts, Arc::new(crate::clock::SystemClock)).map_err(|e| e.to_string())?;
     let dir = DataDir::new(&data);
@@ -161,7 +161,7 @@ pub(crate) struct Measured {
 pub(crate) async fn measure(kind: Kind, n: usize, c: usize, root: &Path) -> Result<Measured, String> {
     eprintln!("== {}: starting the stack…", kind.name());
     let r = root.to_path_buf();
-    let mut stack = tokio::task::spawn_blocking(move || start(kind, &r)).await.map_err(|e| e.to_string())??;
+    let mut stack = tokio::task::spawn_blocking(move || start(kind, &r, crate::estate::callout::AuthMode::Jwt)).await.map_err(|e| e.to_string())??;
     let admin = stack.dir.admin().root().to_path_buf();
     let scratch = stack.dir.root().join("scratch");
     let enroll = enroll(&admin, n, c, None).await.map_err(|e| e.to_string())?;

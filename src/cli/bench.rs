@@ -60,6 +60,19 @@ pub enum What {
         #[arg(long)]
         json: bool,
     },
+    /// New authenticated connections per second and connect time (p50/p99), JWT mode vs auth
+    /// callout mode, against two stacks built in this run. Needs nats-server (NATS_SERVER_BIN).
+    Connect {
+        #[arg(short = 'n', default_value_t = 2000)]
+        n: usize,
+        #[arg(short = 'c', default_value_t = 8)]
+        c: usize,
+        /// Services enrolled in each stack; connections go round-robin over them.
+        #[arg(long, default_value_t = 16)]
+        services: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Size of a tenant account JWT at 100, 1,000 and 5,000 services (no server needed).
     AccountSize {
         #[arg(long)]
@@ -128,6 +141,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         What::CallerCall(o) => return caller_call(o).await,
         What::Fanout(f) => return fanout(f).await,
         What::Stores { n, c, no_r3, json } => return stores(*n, *c, *no_r3, *json).await,
+        What::Connect { n, c, services, json } => return connect(*n, *c, *services, *json).await,
     };
     anyhow::ensure!(o.n > 0 && o.c > 0 && o.c <= 1024, "-n and -c must be positive (and -c at most 1024)");
     let scratch = tempfile_dir()?;
@@ -288,6 +302,35 @@ fn caller(n: usize, issuers: usize, instances: usize, json: bool) -> anyhow::Res
             v["openssl_verify_per_sec"] = serde_json::json!(r);
         }
         println!("{v}");
+    }
+    Ok(())
+}
+
+async fn connect(n: usize, c: usize, services: usize, json: bool) -> anyhow::Result<()> {
+    use crate::bench::connect::measure;
+    use crate::estate::callout::AuthMode;
+    anyhow::ensure!((1..=1_000_000).contains(&n) && (1..=256).contains(&c), "-n between 1 and 1000000, -c between 1 and 256");
+    anyhow::ensure!((1..=1000).contains(&services), "--services between 1 and 1000");
+    let scratch = tempfile_dir()?;
+    let mut rows = Vec::new();
+    for mode in [AuthMode::Jwt, AuthMode::Callout] {
+        let m = measure(mode, n, c, services, &scratch).await.map_err(|e| anyhow::anyhow!("{} mode: {e}", mode.as_str()))?;
+        println!("{}", m.line());
+        rows.push(m);
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let (jwt, callout) = (&rows[0], &rows[1]);
+    let ratio = callout.per_sec / jwt.per_sec.max(1e-9);
+    println!(
+        "\nconnect, n={n} c={c}, {services} services, {cpus} CPUs, same run: callout {:.0}/s vs JWT {:.0}/s = {ratio:.2}x; p99 {:.2} ms vs {:.2} ms",
+        callout.per_sec, jwt.per_sec, callout.p99_ms, jwt.p99_ms
+    );
+    if json {
+        let fig = |f: &crate::bench::Figures| serde_json::json!({ "per_sec": round(f.per_sec), "p50_ms": round(f.p50_ms), "p99_ms": round(f.p99_ms), "errors": f.errors });
+        let out = serde_json::json!({ "bench": "connect", "n": n, "c": c, "services": services, "cpus": cpus,
+            "jwt": fig(jwt), "callout": fig(callout), "callout_to_jwt": round(ratio) });
+        println!("{out}");
     }
     Ok(())
 }
