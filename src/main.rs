@@ -20,6 +20,20 @@ fn main() {
     }
     // Benchmarks run many in-process parties: their per-event logs would drown the figures.
     let quiet = matches!(cli.command, tillit::cli::Command::Bench(_));
+    // async-nats 0.51 reads and parses every system root certificate at each connect even when
+    // it is given a complete rustls config (nats-io/nats.rs#1622), and then throws them away:
+    // two thirds of a benchmark client's CPU per connection on this machine. Nothing tillit
+    // connects to is verified with system roots, so a benchmark (and the stacks it starts)
+    // points the loader at nothing: what it measures is tillit and nats-server, not that.
+    if quiet {
+        let empty = std::env::temp_dir().join("tillit-bench-no-system-roots");
+        if std::fs::create_dir_all(&empty).is_ok() {
+            // Before any thread exists (the runtime starts below). Both must be set: with the
+            // file alone, the loader still reads the platform's directory.
+            std::env::set_var("SSL_CERT_FILE", "/dev/null");
+            std::env::set_var("SSL_CERT_DIR", &empty);
+        }
+    }
     tillit::telemetry::init_logging_default(cli.log_format, if quiet { "warn" } else { "info,async_nats=warn" });
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

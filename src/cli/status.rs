@@ -60,6 +60,20 @@ pub async fn run(admin: AdminArgs) -> anyhow::Result<()> {
             println!("  replica      {:<32} http {:<22} seen {}{me}", r.id, r.http_addr, r.seen_at);
         }
     }
+    if let Some(a) = &s.auth {
+        match a.mode.as_str() {
+            "callout" => println!(
+                "auth           callout{}: {} requests here ({} admitted, {} refused), decision p50 {:.2} ms, p99 {:.2} ms",
+                a.since.as_deref().map(|t| format!(" since {t}")).unwrap_or_default(),
+                a.requests,
+                a.admitted,
+                a.refused,
+                a.p50_ms,
+                a.p99_ms
+            ),
+            m => println!("auth           {m}{}", a.since.as_deref().map(|t| format!(" since {t}")).unwrap_or_default()),
+        }
+    }
     if let Some(rss) = s.rss_bytes {
         println!("serve memory   {:.1} MiB", rss as f64 / 1048576.0);
     }

@@ -87,6 +87,10 @@ pub struct StatusReply {
     /// Resident memory of the control plane process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_bytes: Option<u64>,
+    /// How tenant connections are authenticated, and (callout mode) the answering replica's
+    /// decisions since it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthStatus>,
     /// Who asked (the verified caller).
     pub caller: String,
     /// The caller's admin role.
@@ -95,6 +99,27 @@ pub struct StatusReply {
     /// The tenants the caller is confined to (empty: the whole estate; its counts and accounts are of these tenants only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub caller_tenants: Vec<String>,
+}
+
+/// The authentication mode in a status reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthStatus {
+    /// `jwt` (nats-server checks the user JWT and the certificate separately) or `callout`
+    /// (tillit decides each tenant connection from both).
+    pub mode: String,
+    /// When the estate entered this mode (RFC 3339); absent if it never changed mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Authorization requests this replica answered since it started.
+    pub requests: u64,
+    /// Of those, connections admitted.
+    pub admitted: u64,
+    /// Of those, connections refused.
+    pub refused: u64,
+    /// Median decision time over the last decisions (ms).
+    pub p50_ms: f64,
+    /// 99th percentile decision time over the last decisions (ms).
+    pub p99_ms: f64,
 }
 
 /// The break-glass bundle in a status reply.

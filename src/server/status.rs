@@ -84,12 +84,28 @@ fn status(ctx: &Ctx, caller: &IdentityRecord, access: &Access) -> Result<StatusR
         availability: None,
         break_glass: super::breakglass::status(ctx),
         rss_bytes: crate::telemetry::rss_bytes(),
+        auth: Some(auth_status(ctx)),
         caller: caller.id.clone(),
         caller_role: Some(access.role),
         caller_tenants: access.tenants.clone(),
     })
 }
 
+
+/// The auth mode and this replica's callout decisions.
+fn auth_status(ctx: &Ctx) -> crate::proto::status::AuthStatus {
+    let settings = ctx.estate.auth_settings().ok().flatten();
+    let (admitted, refused, p50_ms, p99_ms) = ctx.callout_stats.snapshot();
+    crate::proto::status::AuthStatus {
+        mode: settings.as_ref().map(|s| s.mode).unwrap_or(crate::estate::callout::AuthMode::Jwt).as_str().into(),
+        since: settings.map(|s| rfc3339(s.since)),
+        requests: admitted + refused,
+        admitted,
+        refused,
+        p50_ms: (p50_ms * 1000.0).round() / 1000.0,
+        p99_ms: (p99_ms * 1000.0).round() / 1000.0,
+    }
+}
 
 /// Whether an OCSP responder answers `/healthz` at `addr` within 500 ms.
 async fn responder_answers(addr: std::net::SocketAddr) -> bool {

@@ -50,6 +50,16 @@ async fn callout_binds_the_certificate_to_the_nkey_and_switching_modes_needs_no_
     let m = metrics(&e);
     assert!(m.contains("tillit_callout_decisions_total{reason=\"identity_mismatch\"}"), "{m}");
     assert!(m.contains("tillit_callout_decisions_total{reason=\"admitted\"}"), "{m}");
+    // `status` shows the mode and this replica's decisions.
+    let out = tillit(&["status", "--identity", &e.admin(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let st: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("status --json");
+    let auth = &st["auth"];
+    assert_eq!(auth["mode"], "callout", "{st}");
+    assert!(auth["admitted"].as_u64().unwrap_or(0) >= 2 && auth["refused"].as_u64().unwrap_or(0) >= 1, "{auth}");
+    assert!(auth["p99_ms"].as_f64().unwrap_or(-1.0) > 0.0, "{auth}");
+    let text = stdout(&tillit(&["status", "--identity", &e.admin()]));
+    assert!(text.contains("auth           callout since"), "{text}");
 
     // JWT mode (switched offline, serve restarted, nobody re-enrolls): the same identity dirs
     // connect, and the mixed pair is accepted: nats-server checks the JWT and the certificate

@@ -91,6 +91,7 @@ fn every_endpoint_is_in_the_asyncapi_document_with_its_schemas() {
         tillit::subjects::SYS_CONNECT_EVENTS,
         "$KV.TILLIT_OCSP.{serial}",
         "$KV.TILLIT_CALLERS.{project}.{service}",
+        "tillit.v1.callout.{account}",
         "$SRV.PING.tillit",
         "$SRV.INFO.tillit",
         "$SRV.STATS.tillit",
