@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 /// Build a stack in `mode`, enroll `services` services (untimed), then open `n` connections at
 /// `c` in flight, round-robin over the services; each is closed once its first PING came back.
-pub(crate) async fn measure(mode: AuthMode, n: usize, c: usize, services: usize, root: &Path) -> Result<Figures, String> {
+pub(crate) async fn measure(mode: AuthMode, n: usize, c: usize, services: usize, root: &Path) -> Result<(Figures, Option<crate::proto::status::AuthStatus>), String> {
     eprintln!("== {} mode: starting the stack…", mode.as_str());
     let r = root.to_path_buf();
     let stack = tokio::task::spawn_blocking(move || start(Kind::Sled, &r, mode)).await.map_err(|e| e.to_string())??;
@@ -53,8 +53,16 @@ pub(crate) async fn measure(mode: AuthMode, n: usize, c: usize, services: usize,
         }
     })
     .await;
+    // tillit's own part: the decision time the replica measured (callout mode).
+    let decisions = match admin.status().await {
+        Ok(st) => st.auth.filter(|a| a.requests > 0),
+        Err(e) => {
+            tracing::warn!("status: {e}");
+            None
+        }
+    };
     // Let the server see the last closes before the stack goes.
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(stack);
-    Ok(Figures::from(&format!("connect ({} mode)", mode.as_str()), c, total, lat, errors))
+    Ok((Figures::from(&format!("connect ({} mode)", mode.as_str()), c, total, lat, errors), decisions))
 }

@@ -313,9 +313,14 @@ async fn connect(n: usize, c: usize, services: usize, json: bool) -> anyhow::Res
     anyhow::ensure!((1..=1000).contains(&services), "--services between 1 and 1000");
     let scratch = tempfile_dir()?;
     let mut rows = Vec::new();
+    let mut decided = None;
     for mode in [AuthMode::Jwt, AuthMode::Callout] {
-        let m = measure(mode, n, c, services, &scratch).await.map_err(|e| anyhow::anyhow!("{} mode: {e}", mode.as_str()))?;
+        let (m, decisions) = measure(mode, n, c, services, &scratch).await.map_err(|e| anyhow::anyhow!("{} mode: {e}", mode.as_str()))?;
         println!("{}", m.line());
+        if let Some(d) = &decisions {
+            println!("  tillit's decisions (serve): {} requests, p50 {:.3} ms, p99 {:.3} ms", d.requests, d.p50_ms, d.p99_ms);
+            decided = Some(d.clone());
+        }
         rows.push(m);
     }
     let _ = std::fs::remove_dir_all(&scratch);
@@ -329,7 +334,8 @@ async fn connect(n: usize, c: usize, services: usize, json: bool) -> anyhow::Res
     if json {
         let fig = |f: &crate::bench::Figures| serde_json::json!({ "per_sec": round(f.per_sec), "p50_ms": round(f.p50_ms), "p99_ms": round(f.p99_ms), "errors": f.errors });
         let out = serde_json::json!({ "bench": "connect", "n": n, "c": c, "services": services, "cpus": cpus,
-            "jwt": fig(jwt), "callout": fig(callout), "callout_to_jwt": round(ratio) });
+            "jwt": fig(jwt), "callout": fig(callout), "callout_to_jwt": round(ratio),
+            "decision_p50_ms": decided.as_ref().map(|d| d.p50_ms), "decision_p99_ms": decided.as_ref().map(|d| d.p99_ms) });
         println!("{out}");
     }
     Ok(())

@@ -422,7 +422,8 @@ impl Estate {
             sub: user_public_key.to_string(),
             name: Some(name.to_string()),
             aud: None,
-            exp: Some(expires_at),
+            // 0: no expiry (a callout-mode service JWT, [`Estate::issue_service`]).
+            exp: (expires_at > 0).then_some(expires_at),
             nbf: None,
             nats: UserNats {
                 kind: "user".into(),

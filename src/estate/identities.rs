@@ -434,7 +434,12 @@ impl Estate {
         let (jwt, role_key) = if callout {
             let key = self.account_signing_key(acct)?;
             let reach = super::roles::control_plane_reach(sid, user_public_key);
-            (self.sign_user_with(&key, acct, user_public_key, &sid.service, reach, expires_at, tags)?, None)
+            // Without `exp`: the certificate (checked at the TLS handshake and by the callout)
+            // bounds the identity's life. nats-server 2.14 arms a timer for the expiry of the
+            // JWT a client presents and, when the callout answers, arms a second one for the
+            // answer's expiry without stopping the first, which keeps every closed connection
+            // in memory until the first would have fired (~60 KB each, measured).
+            (self.sign_user_with(&key, acct, user_public_key, &sid.service, reach, 0, tags)?, None)
         } else {
             let key = self.key(&keys_scoped(&role.key))?;
             (self.sign_user_with(&key, acct, user_public_key, &sid.service, UserPermissions::default(), expires_at, tags)?, Some(role.key.clone()))
