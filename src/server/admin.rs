@@ -134,6 +134,7 @@ async fn notify_instances(ctx: &Ctx, sid: &ServiceId, data: &serde_json::Value) 
 /// its template becomes the new permissions (the server reconnects whoever still uses it).
 fn spawn_retirement(ctx: &Arc<Ctx>, sid: ServiceId, old_key: String) {
     let ctx = ctx.clone();
+    let changed_at = std::time::SystemTime::now();
     // Whether every live instance moved off `old_key`, over these identity records.
     fn all_moved<'a>(ids: impl IntoIterator<Item = &'a IdentityRecord>, old_key: &str, now: i64) -> bool {
         ids.into_iter().filter(|i| i.state == IdentityState::Active && i.expires_at > now).all(|i| i.role_key.as_deref() != Some(old_key))
@@ -167,6 +168,16 @@ fn spawn_retirement(ctx: &Arc<Ctx>, sid: ServiceId, old_key: String) {
                             break;
                         }
                         Ok(()) => break,
+                    }
+                }
+                // Callout mode: connections carry the permissions the callout gave them, which
+                // no account JWT change reaches. Those that did not reconnect since the change
+                // (clients without the library) are kicked and come back with the new ones.
+                if ctx.estate.auth_mode() == crate::estate::callout::AuthMode::Callout {
+                    if let Ok(acct) = ctx.estate.account(&sid.account_name()) {
+                        let id = sid.spiffe_id(ctx.estate.trust_domain());
+                        let kicked = super::callout::kick_identity(&ctx.sys, &acct.public_key, &id, Some(changed_at), Duration::from_millis(500)).await;
+                        tracing::info!(service = %sid, kicked, "connections from before the permission change kicked");
                     }
                 }
                 return;
@@ -297,7 +308,7 @@ async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> Resul
     // not name; kick them (new ones are refused by the callout from now on).
     if acct.kind == crate::estate::AccountKind::Tenant && e.auth_mode() == crate::estate::callout::AuthMode::Callout {
         let id = sid.spiffe_id(e.trust_domain());
-        let kicked = super::callout::kick_identity(&ctx.sys, &acct.public_key, &id, std::time::Duration::from_millis(500)).await;
+        let kicked = super::callout::kick_identity(&ctx.sys, &acct.public_key, &id, None, std::time::Duration::from_millis(500)).await;
         tracing::info!(service = %sid, kicked, "live connections of the revoked identity kicked");
     }
     tracing::info!(service = %sid, count = revoked.len(), "revoked");

@@ -146,7 +146,23 @@ fn is_zero_xkey(x: &str) -> bool {
 
 /// Kick every live connection that callout mode admitted for `spiffe_id` in `account_pub`, on
 /// every server that answers within `wait`. Returns how many were kicked.
-pub(super) async fn kick_identity(sys: &async_nats::Client, account_pub: &str, spiffe_id: &str, wait: Duration) -> usize {
+pub(super) async fn kick_identity(
+    sys: &async_nats::Client,
+    account_pub: &str,
+    spiffe_id: &str,
+    started_before: Option<std::time::SystemTime>,
+    wait: Duration,
+) -> usize {
+    // Connections that started at or after `started_before` are kept (nats-server's clock).
+    let before_ns = started_before.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos() as i128);
+    let older = |c: &serde_json::Value| match before_ns {
+        None => true,
+        Some(limit) => c
+            .get("start")
+            .and_then(|s| s.as_str())
+            .and_then(|s| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok())
+            .is_some_and(|t| t.unix_timestamp_nanos() < limit),
+    };
     let inbox = sys.new_inbox();
     let Ok(mut replies) = sys.subscribe(inbox.clone()).await else { return 0 };
     let filter = serde_json::json!({ "acc": account_pub, "user": spiffe_id, "auth": true, "limit": 1024 });
@@ -160,7 +176,7 @@ pub(super) async fn kick_identity(sys: &async_nats::Client, account_pub: &str, s
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.payload) else { continue };
         let Some(server) = v.pointer("/server/id").and_then(|s| s.as_str()) else { continue };
         for c in v.pointer("/data/connections").and_then(|c| c.as_array()).into_iter().flatten() {
-            if c.get("authorized_user").and_then(|u| u.as_str()) == Some(spiffe_id) {
+            if c.get("authorized_user").and_then(|u| u.as_str()) == Some(spiffe_id) && older(c) {
                 if let Some(cid) = c.get("cid").and_then(|x| x.as_u64()) {
                     kicks.push((server.to_string(), cid));
                 }
@@ -172,7 +188,7 @@ pub(super) async fn kick_identity(sys: &async_nats::Client, account_pub: &str, s
         let subject = format!("$SYS.REQ.SERVER.{server}.KICK");
         match tokio::time::timeout(Duration::from_secs(1), sys.request(subject, serde_json::json!({ "cid": cid }).to_string().into())).await {
             Ok(Ok(_)) => n += 1,
-            _ => tracing::warn!(server, cid, "cannot kick a revoked identity's connection"),
+            _ => tracing::warn!(server, cid, "cannot kick a connection of {spiffe_id}"),
         }
     }
     n

@@ -107,3 +107,44 @@ async fn callout_binds_the_certificate_to_the_nkey_and_switching_modes_needs_no_
     assert!(connect_with_cert_of(&nats.url(), &orders, &orders).await.is_err(), "a revoked identity connects");
     assert!(connect_with_cert_of(&nats.url(), &pay, &pay).await.is_ok(), "others are untouched");
 }
+
+/// In callout mode a connection's permissions are the callout's answer, which no account JWT
+/// change reaches: an ungrant must still take a subject away from a client that never renews
+/// (no tillit library) within the grace, as it does in JWT mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ungrant_reaches_connections_that_never_renew() {
+    let e = Estate::init_args("callout-grants.example", &["--auth", "callout"]);
+    let nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
+    let pay = enroll_one(&e, "acme/shop/prod/payments", "payments");
+    for (svc, flags) in [("acme/shop/prod/orders", ["--sub", "shop.events.>"]), ("acme/shop/prod/payments", ["--pub", "shop.events.>"])] {
+        let out = tillit(&["grant", svc, flags[0], flags[1], "--identity", &e.admin()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    // Granted: applies to new connections at once.
+    let listener = connect_with_cert_of(&nats.url(), &orders, &orders).await.expect("orders");
+    let publisher = connect_with_cert_of(&nats.url(), &pay, &pay).await.expect("payments");
+    let mut sub = listener.subscribe("shop.events.created").await.unwrap();
+    barrier(&listener).await;
+    publisher.publish("shop.events.created", "one".into()).await.unwrap();
+    publisher.flush().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(2), sub.next()).await;
+    assert!(matches!(&got, Ok(Some(m)) if m.payload.as_ref() == b"one"), "the grant reached a new connection: {got:?}");
+
+    // Ungranted: the listener (a plain client: it never renews) loses the subject within the
+    // grace, although nothing it holds changed.
+    let out = tillit(&["ungrant", "acme/shop/prod/orders", "--sub", "shop.events.>", "--identity", &e.admin()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    publisher.publish("shop.events.created", "two".into()).await.unwrap();
+    publisher.flush().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(2), sub.next()).await;
+    assert!(!matches!(&got, Ok(Some(m)) if m.payload.as_ref() == b"two"), "an ungranted subject still delivers to a connection from before: {got:?}");
+    // And it is connected again, with its current permissions (its own namespace works).
+    let again = connect_with_cert_of(&nats.url(), &orders, &orders).await.expect("orders reconnects");
+    let mut own = again.subscribe("shop.orders.x").await.unwrap();
+    barrier(&again).await;
+    again.publish("shop.orders.x", "three".into()).await.unwrap();
+    assert!(matches!(tokio::time::timeout(Duration::from_secs(2), own.next()).await, Ok(Some(_))));
+}
