@@ -173,5 +173,12 @@ pub fn auth_mode(a: AuthModeArgs) -> anyhow::Result<()> {
     audit.append(vec![crate::audit::Entry::ok("tillit", "auth.mode", mode.as_str())
         .detail(serde_json::json!({ "from": before.as_str(), "to": mode.as_str(), "accounts": accounts.iter().map(|a| &a.name).collect::<Vec<_>>() }))])?;
     println!("auth mode {} (was {}); {} account JWT(s) re-signed: start `tillit serve` to push them", mode.as_str(), before.as_str(), accounts.len());
+    if before == AuthMode::Callout && mode == AuthMode::Jwt {
+        // nats-server 2.14 keeps an account's callout after a JWT without it replaces the one
+        // with it (nats-io/nats-server#8272, fixed after 2.14.3): only a restart clears it.
+        println!(
+            "once serve has pushed them, restart the hub's nats-server(s) (and the site servers): nats-server 2.14 keeps asking the callout after the account JWTs change (nats-server#8272)"
+        );
+    }
     Ok(())
 }

@@ -17,6 +17,19 @@ async fn round_trip(c: &async_nats::Client, subject: &str) -> bool {
     matches!(tokio::time::timeout(Duration::from_secs(2), sub.next()).await, Ok(Some(m)) if m.payload.as_ref() == b"ping")
 }
 
+/// Connected *and* admitted: the server answered a PING after the CONNECT. (async-nats reports
+/// a connection as up at the first message after CONNECT, which can be the server's own first
+/// PING while the callout is still deciding.)
+async fn admitted(url: &str, cert_of: &std::path::Path, creds_of: &std::path::Path) -> Result<async_nats::Client, String> {
+    let c = connect_with_cert_of(url, cert_of, creds_of).await?;
+    // A request nothing answers comes back as "no responders" only once the server processed
+    // the CONNECT (admitted) and the request; a refused connection never answers.
+    match tokio::time::timeout(Duration::from_secs(5), c.request("tillit.v1.svc.barrier", "".into())).await {
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(c),
+        other => Err(format!("not admitted: {other:?}")),
+    }
+}
+
 fn metrics(e: &Estate) -> String {
     http_get(e.http_port, "/metrics").map(|(_, b)| b).unwrap_or_default()
 }
@@ -40,7 +53,7 @@ async fn callout_binds_the_certificate_to_the_nkey_and_switching_modes_needs_no_
     drop(p);
 
     // payments' certificate with orders' creds (and orders' nkey): refused, and the server says why.
-    let err = connect_with_cert_of(&nats.url(), &pay, &orders).await.expect_err("cert of one identity with the nkey of another");
+    let err = admitted(&nats.url(), &pay, &orders).await.expect_err("cert of one identity with the nkey of another");
     eprintln!("refused: {err}");
     assert!(
         wait_for(Duration::from_secs(5), || nats.log_text().contains("both must be one identity")).is_some(),
@@ -67,21 +80,37 @@ async fn callout_binds_the_certificate_to_the_nkey_and_switching_modes_needs_no_
     serve.terminate(Duration::from_secs(10));
     let out = tillit(&["auth-mode", "--data-dir", e.data(), "jwt"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("restart the hub's nats-server"), "{}", stdout(&out));
+    // nats-server 2.14 keeps the callout after the account JWT drops it (nats-server#8272):
+    // the switch back takes a restart of the hub once serve pushed the accounts, as
+    // `auth-mode` says.
     let mut serve = e.start_serve_ready();
+    let st: serde_json::Value = serde_json::from_str(&stdout(&tillit(&["status", "--identity", &e.admin(), "--json"]))).unwrap();
+    let acme = st["accounts"]["acme-prod"]["public_key"].as_str().unwrap().to_string();
+    let stored = e.dir.root().join("nats/resolver").join(format!("{acme}.jwt"));
+    let pushed = wait_for(Duration::from_secs(10), || {
+        let jwt = std::fs::read_to_string(&stored).unwrap_or_default();
+        let claims = jwt.split('.').nth(1).and_then(|p| data_encoding::BASE64URL_NOPAD.decode(p.as_bytes()).ok()).unwrap_or_default();
+        !claims.is_empty() && !String::from_utf8_lossy(&claims).contains("auth_users")
+    });
+    assert!(pushed.is_some(), "serve pushed the JWT-mode account to the hub");
+    drop(nats);
+    let nats = e.start_nats();
     let back = |u: &str, who: &std::path::Path| {
         let (u, who) = (u.to_string(), who.to_path_buf());
         async move {
-            for _ in 0..50 {
-                if connect_with_cert_of(&u, &who, &who).await.is_ok() {
-                    return true;
+            for _ in 0..10 {
+                match admitted(&u, &who, &who).await {
+                    Ok(_) => return true,
+                    Err(e) => eprintln!("not yet: {e}"),
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             false
         }
     };
-    assert!(back(&nats.url(), &orders).await, "orders connects in JWT mode with the identity dir it enrolled with in callout mode");
-    let mixed = connect_with_cert_of(&nats.url(), &pay, &orders).await;
+    assert!(back(&nats.url(), &orders).await, "orders connects in JWT mode with the identity dir it enrolled with in callout mode\n{}", nats.log_text().lines().rev().take(15).collect::<Vec<_>>().join("\n"));
+    let mixed = admitted(&nats.url(), &pay, &orders).await;
     assert!(mixed.is_ok(), "JWT mode accepts another identity's certificate with these creds (documented): {mixed:?}");
     drop(mixed);
 
@@ -91,7 +120,7 @@ async fn callout_binds_the_certificate_to_the_nkey_and_switching_modes_needs_no_
     assert!(out.status.success(), "{}", stderr(&out));
     let _serve = e.start_serve_ready();
     assert!(back(&nats.url(), &orders).await, "orders connects in callout mode again");
-    assert!(connect_with_cert_of(&nats.url(), &pay, &orders).await.is_err(), "the mixed pair is refused again");
+    assert!(admitted(&nats.url(), &pay, &orders).await.is_err(), "the mixed pair is refused again");
 
     // Revocation: new connections refused at once; the live one dropped within 2 s.
     let live = connect_with_cert_of(&nats.url(), &orders, &orders).await.expect("orders");
@@ -104,8 +133,8 @@ async fn callout_binds_the_certificate_to_the_nkey_and_switching_modes_needs_no_
     assert!(dropped.is_some(), "the revoked identity's live connection is still up");
     eprintln!("revoked connection dropped {took:?} after `tillit revoke` started");
     assert!(took < Duration::from_secs(3), "{took:?}");
-    assert!(connect_with_cert_of(&nats.url(), &orders, &orders).await.is_err(), "a revoked identity connects");
-    assert!(connect_with_cert_of(&nats.url(), &pay, &pay).await.is_ok(), "others are untouched");
+    assert!(admitted(&nats.url(), &orders, &orders).await.is_err(), "a revoked identity connects");
+    assert!(admitted(&nats.url(), &pay, &pay).await.is_ok(), "others are untouched");
 }
 
 /// In callout mode a connection's permissions are the callout's answer, which no account JWT
@@ -147,4 +176,120 @@ async fn an_ungrant_reaches_connections_that_never_renew() {
     barrier(&again).await;
     again.publish("shop.orders.x", "three".into()).await.unwrap();
     assert!(matches!(tokio::time::timeout(Duration::from_secs(2), own.next()).await, Ok(Some(_))));
+}
+
+/// What a responder other than tillit can do while every `serve` is stopped: answer faithfully
+/// (the control case: the harness can admit), or answer with a reply that is tampered, meant for
+/// another server or for another user key: nats-server must admit nobody on those three; with
+/// nobody answering at all, nobody connects. And one it accepts (see the last case).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rogue_replies_tampered_or_for_another_server_or_user_admit_nobody() {
+    use tillit::estate::callout::AuthRequest;
+    let e = Estate::init_args("callout-rogue.example", &["--auth", "callout"]);
+    let nats = e.start_nats();
+    let mut serve = e.start_serve_ready();
+    // OCSP answers while `serve` is down come from the responder (pre-signed answers): the TLS
+    // handshake passes, and the callout alone decides.
+    let _responder = e.start_responder();
+    let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
+    assert!(admitted(&nats.url(), &orders, &orders).await.is_ok(), "admitted while tillit answers");
+    let serial = tillit::issuer::x509::serial_hex(&std::fs::read_to_string(orders.join("tls/cert.pem")).unwrap()).unwrap();
+    let held = wait_for(Duration::from_secs(10), || tillit::ocsp::copy::Copy::load(e.dir.responder_answers()).get(&serial).is_some());
+    assert!(held.is_some(), "the responder holds orders' OCSP answer");
+    assert!(serve.terminate(Duration::from_secs(10)).success());
+    assert!(admitted(&nats.url(), &orders, &orders).await.is_err(), "nobody answers: nobody connects");
+
+    let est = tillit::Estate::open(e.dir.clone(), std::sync::Arc::new(tillit::clock::SystemClock)).unwrap();
+    let acct = est.account("acme-prod").unwrap();
+    let perms = tillit::issuer::jwt::UserPermissions::new(vec!["_R_.>".into()], vec!["tillit.v1.callout.*".into()]);
+    let (creds, _) = est.control_plane_creds("TILLIT", perms).unwrap();
+    // A certificate without an OCSP responder in it (nobody answers for a new serial now).
+    let cert = est.ca().issue_client_without_revocation_urls("spiffe://callout-rogue.example/rogue", "rogue", now(), now() + 600).unwrap();
+    let files = tillit::identity::load(&tillit::layout::IdentityDir::new(e.admin())).unwrap();
+    let tls_cfg = tillit::client::tls::client_config(
+        &files.ca_pem,
+        tillit::client::tls::SwappableCert::new(tillit::client::tls::certified_key(&cert.cert_pem, cert.key_pem.expose()).unwrap()),
+    )
+    .unwrap();
+    let rogue = async_nats::ConnectOptions::with_credentials(tillit::issuer::creds::format(&creds.user_jwt, &creds.user_seed).expose())
+        .unwrap()
+        .require_tls(true)
+        .tls_client_config(tls_cfg)
+        .connect(nats.url())
+        .await
+        .expect("the rogue responder connects to TILLIT");
+    let mut requests = rogue.subscribe("tillit.v1.callout.*").await.unwrap();
+    rogue.flush().await.unwrap();
+    let sealer = tillit::crypto::Sealer::new(&est.callout_xkey().unwrap()).unwrap();
+
+    // Re-sign a token's claims with `key` (a JWT as nats-server encodes it).
+    fn resign(token: &str, key: &nkeys::KeyPair) -> String {
+        let b64 = data_encoding::BASE64URL_NOPAD;
+        let mut claims: serde_json::Value = serde_json::from_slice(&b64.decode(token.split('.').nth(1).unwrap().as_bytes()).unwrap()).unwrap();
+        claims["iss"] = key.public_key().into();
+        let head = b64.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+        let body = b64.encode(&serde_json::to_vec(&claims).unwrap());
+        let sig = key.sign(format!("{head}.{body}").as_bytes()).unwrap();
+        format!("{head}.{body}.{}", b64.encode(&sig))
+    }
+    // The last case documents a limit of nats-server 2.14 (README, security model): an answer in
+    // clear, signed by a key the account does not name but claiming `issuer_account` = the
+    // account, is accepted even though the request was sealed. A sealed answer is authenticated
+    // by the seal alone. So whoever can publish to the request's one-time reply subject
+    // (`_R_.<random>` in TILLIT: the responder, and nobody else who does not guess it within
+    // the auth timeout) or holds the callout xkey decides the connection.
+    let cases = ["faithful", "tampered", "another server", "another user", "foreign signer, unsealed"];
+    for case in cases {
+        let nc_url = nats.url();
+        let orders_dir = orders.clone();
+        let attempt = tokio::spawn(async move { admitted(&nc_url, &orders_dir, &orders_dir).await });
+        let msg = match tokio::time::timeout(Duration::from_secs(5), requests.next()).await {
+            Ok(Some(m)) => m,
+            _ => panic!("{case}: no authorization request reached the rogue; the attempt: {:?}\n{}", attempt.await, nats.log_text()),
+        };
+        let server_xkey = msg.headers.as_ref().and_then(|h| h.get("Nats-Server-Xkey")).map(|v| v.as_str().to_string()).expect("sealed");
+        let plain = sealer.open(&msg.payload, &server_xkey).unwrap();
+        let mut req = AuthRequest::parse(&plain, &acct.public_key, now()).unwrap();
+        match case {
+            "another server" => req.nats.server_id.id = nkeys::KeyPair::new_server().public_key(),
+            "another user" => req.nats.user_nkey = nkeys::KeyPair::new_user().public_key(),
+            _ => {}
+        }
+        let decision = est.decide_connection(&acct, &req, now());
+        assert!(decision.is_ok(), "{case}: the identity itself is fine: {decision:?}");
+        let mut jwt = est.callout_response(&acct, &req, &decision).unwrap();
+        match case {
+            "tampered" => {
+                // One character of the signed claims changed: the signature no longer covers them.
+                let mut parts: Vec<String> = jwt.split('.').map(str::to_string).collect();
+                let c = parts[1].pop().unwrap();
+                parts[1].push(if c == 'A' { 'B' } else { 'A' });
+                jwt = parts.join(".");
+            }
+            "foreign signer, unsealed" => jwt = resign(&jwt, &nkeys::KeyPair::new_account()),
+            _ => {}
+        }
+        let body = match case {
+            "foreign signer, unsealed" => jwt.into_bytes(),
+            _ => sealer.seal(jwt.as_bytes(), &server_xkey).unwrap(),
+        };
+        rogue.publish(msg.reply.clone().expect("a reply subject"), body.into()).await.unwrap();
+        rogue.flush().await.unwrap();
+        let result = attempt.await.unwrap();
+        if case == "faithful" {
+            assert!(result.is_ok(), "the control case admits (the harness works): {result:?}");
+        } else if case == "foreign signer, unsealed" {
+            assert!(result.is_ok(), "nats-server now checks an unsealed answer's signer: update the README's security model: {result:?}");
+        } else {
+            assert!(result.is_err(), "{case}: a connection was admitted");
+        }
+        // The client library retries a refused first connection three times: drain the retries.
+        while let Ok(Some(extra)) = tokio::time::timeout(Duration::from_millis(300), requests.next()).await {
+            let _ = extra;
+        }
+    }
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
 }
