@@ -23,8 +23,10 @@ pub(crate) async fn measure(mode: AuthMode, n: usize, c: usize, services: usize,
     let clock: crate::clock::SharedClock = Arc::new(crate::clock::SystemClock);
     eprintln!("enrolling {services} services (untimed)…");
     let mut params = Vec::with_capacity(services);
+    let mut sids = Vec::with_capacity(services);
     for i in 0..services {
         let sid = ServiceId::new("bench", "bench", "connect", &format!("svc{i}")).map_err(|e| e.to_string())?;
+        sids.push(sid.clone());
         let token = mint_tokens(&admin, &sid, 1).await.map_err(|e| e.to_string())?.pop().ok_or("no token minted")?;
         let dir = stack.dir.root().join("scratch").join(format!("svc{i}"));
         crate::client::enroll::enroll(&token, &dir, None, clock.clone()).await.map_err(|e| e.to_string())?;
@@ -32,12 +34,24 @@ pub(crate) async fn measure(mode: AuthMode, n: usize, c: usize, services: usize,
         let mut p = ConnectParams::from_identity(&files, None).map_err(|e| e.to_string())?;
         p.max_reconnects = Some(0);
         params.push(p);
+        if (i + 1) % 500 == 0 {
+            eprintln!("  enrolled {}/{services}", i + 1);
+        }
     }
-    // Warm up: every service connects once (the first connection of an account loads it).
-    for p in &params {
+    // Warm up, untimed: every service connects once and uses a subject of its own namespace
+    // (admitted, with its own permissions).
+    eprintln!("each of the {services} services connects and uses its own subjects (untimed)…");
+    for (p, sid) in params.iter().zip(&sids) {
         let nc = crate::client::connect(p).await.map_err(|e| e.to_string())?;
-        nc.flush().await.map_err(|e| e.to_string())?;
+        let subject = format!("{}.ping", sid.subject_prefix());
+        let mut sub = nc.subscribe(subject.clone()).await.map_err(|e| e.to_string())?;
+        nc.publish(subject.clone(), "ping".into()).await.map_err(|e| e.to_string())?;
+        match tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut sub)).await {
+            Ok(Some(_)) => {}
+            _ => return Err(format!("{sid} did not get its own message on {subject}: not admitted with its permissions")),
+        }
     }
+    eprintln!("all {services} services connected with their own permissions");
     eprintln!("timing {n} connections at concurrency {c}…");
     let params = Arc::new(params);
     let (total, lat, errors) = drive(n, c, move |_, i| {

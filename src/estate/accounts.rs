@@ -5,6 +5,9 @@ use super::*;
 
 /// The largest account JWT tillit pushes (nats-server refuses more than 1 MiB).
 pub const MAX_ACCOUNT_JWT_BYTES: usize = 1_000_000;
+/// In callout mode, the most JSON the role keys may take in a tenant account JWT (base64 makes
+/// it 4/3 larger; nats-server refuses a JWT over 1 MiB).
+const CALLOUT_ROLE_KEYS_BYTES: usize = 640_000;
 
 /// What an account is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -274,11 +277,11 @@ impl Estate {
         }
         // Each role's scoped key (its template is the permissions). In callout mode the
         // permissions travel in each connection's answer instead, and the keys stay only while
-        // they fit (up to the JWT mode ceiling): credentials issued in JWT mode keep connecting
-        // after a switch, until their next renewal signs them with the account's own key.
+        // they fit: credentials issued in JWT mode keep connecting after a switch, until their
+        // next renewal signs them with the account's own key.
         let roles = if rec.kind == AccountKind::Tenant { self.roles_of(&rec.name)? } else { vec![] };
-        let fits = roles.len() + usize::from(role.is_some()) <= super::roles::MAX_SERVICES_PER_ACCOUNT;
-        if rec.kind == AccountKind::Tenant && (callout.is_none() || fits) {
+        let plain_keys = n.signing_keys.len();
+        if rec.kind == AccountKind::Tenant {
             let mut replaced = false;
             for stored in roles {
                 match role {
@@ -291,6 +294,11 @@ impl Estate {
             }
             if let (Some(r), false) = (role, replaced) {
                 n.signing_keys.extend(r.scopes().into_iter().map(|k| SigningKeyEntry::Scoped(Box::new(k))));
+            }
+            // Callout mode keeps them only while the JWT stays well inside nats-server's cap
+            // (base64 adds a third): past that, the callout alone carries permissions.
+            if callout.is_some() && serde_json::to_vec(&n.signing_keys).map(|v| v.len()).unwrap_or(usize::MAX) > CALLOUT_ROLE_KEYS_BYTES {
+                n.signing_keys.truncate(plain_keys);
             }
         }
         n.revocations = rec.revocations.clone();

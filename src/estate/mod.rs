@@ -96,6 +96,12 @@ impl From<EstateError> for crate::error::ApiError {
         use crate::error::{ApiError, ErrorCode};
         match e {
             EstateError::Limit(m) => ApiError::new(ErrorCode::LimitExceeded, m),
+            // An account JWT that would pass nats-server's 1 MiB cap: too many services (or
+            // grants) in one tenant-environment for JWT mode.
+            EstateError::Jwt(crate::issuer::jwt::JwtError::TooLarge) => ApiError::new(
+                ErrorCode::LimitExceeded,
+                "the account JWT would exceed nats-server's 1 MiB limit: this tenant-environment holds as many services (and grants) as JWT mode allows; remove some, split the environment, or switch to callout mode (tillit auth-mode)",
+            ),
             EstateError::Name(n) => ApiError::bad_request(n.to_string()),
             EstateError::Invalid(m) => ApiError::bad_request(m),
             EstateError::Conflict(m) => ApiError::new(ErrorCode::Conflict, m),
