@@ -47,7 +47,7 @@ impl Drop for Procs {
 pub(crate) struct Stack {
     pub(crate) dir: DataDir,
     procs: Procs,
-    pub(crate) http: Vec<u16>,
+    http: Vec<u16>,
 }
 
 fn free_port() -> Result<u16, String> {

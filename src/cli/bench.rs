@@ -330,26 +330,21 @@ async fn connect(n: usize, c: usize, services: usize, json: bool) -> anyhow::Res
     }
     let _ = std::fs::remove_dir_all(&scratch);
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    if !jwt_fits {
-        let f = &rows[0];
-        if json {
-            println!("{}", serde_json::json!({ "bench": "connect", "n": n, "c": c, "services": services, "cpus": cpus,
-                "callout": { "per_sec": round(f.per_sec), "p50_ms": round(f.p50_ms), "p99_ms": round(f.p99_ms), "errors": f.errors },
-                "decision_p50_ms": decided.as_ref().map(|d| d.p50_ms), "decision_p99_ms": decided.as_ref().map(|d| d.p99_ms) }));
-        }
-        return Ok(());
+    let fig = |f: &crate::bench::Figures| serde_json::json!({ "per_sec": round(f.per_sec), "p50_ms": round(f.p50_ms), "p99_ms": round(f.p99_ms), "errors": f.errors });
+    let callout = &rows[rows.len() - 1];
+    let mut out = serde_json::json!({ "bench": "connect", "n": n, "c": c, "services": services, "cpus": cpus, "callout": fig(callout),
+        "decision_p50_ms": decided.as_ref().map(|d| d.p50_ms), "decision_p99_ms": decided.as_ref().map(|d| d.p99_ms) });
+    if jwt_fits {
+        let jwt = &rows[0];
+        let ratio = callout.per_sec / jwt.per_sec.max(1e-9);
+        println!(
+            "\nconnect, n={n} c={c}, {services} services, {cpus} CPUs, same run: callout {:.0}/s vs JWT {:.0}/s = {ratio:.2}x; p99 {:.2} ms vs {:.2} ms",
+            callout.per_sec, jwt.per_sec, callout.p99_ms, jwt.p99_ms
+        );
+        out["jwt"] = fig(jwt);
+        out["callout_to_jwt"] = round(ratio).into();
     }
-    let (jwt, callout) = (&rows[0], &rows[1]);
-    let ratio = callout.per_sec / jwt.per_sec.max(1e-9);
-    println!(
-        "\nconnect, n={n} c={c}, {services} services, {cpus} CPUs, same run: callout {:.0}/s vs JWT {:.0}/s = {ratio:.2}x; p99 {:.2} ms vs {:.2} ms",
-        callout.per_sec, jwt.per_sec, callout.p99_ms, jwt.p99_ms
-    );
     if json {
-        let fig = |f: &crate::bench::Figures| serde_json::json!({ "per_sec": round(f.per_sec), "p50_ms": round(f.p50_ms), "p99_ms": round(f.p99_ms), "errors": f.errors });
-        let out = serde_json::json!({ "bench": "connect", "n": n, "c": c, "services": services, "cpus": cpus,
-            "jwt": fig(jwt), "callout": fig(callout), "callout_to_jwt": round(ratio),
-            "decision_p50_ms": decided.as_ref().map(|d| d.p50_ms), "decision_p99_ms": decided.as_ref().map(|d| d.p99_ms) });
         println!("{out}");
     }
     Ok(())

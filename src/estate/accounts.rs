@@ -61,6 +61,10 @@ pub struct AccountRecord {
     /// every JWT tillit signs for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopted: Option<Adopted>,
+    /// Callout mode: the epoch of each bucket's signing key that was rotated
+    /// ([`callout::CALLOUT_BUCKETS`]; a bucket not named is at epoch 0).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub callout_epochs: BTreeMap<u16, u32>,
 }
 
 /// The claims of an adopted account that tillit keeps verbatim (`Estate::sign_account`
@@ -279,11 +283,10 @@ impl Estate {
         // permissions travel in each connection's answer instead, and the keys stay only while
         // they fit: credentials issued in JWT mode keep connecting after a switch, until their
         // next renewal signs them with the account's own key.
-        let roles = if rec.kind == AccountKind::Tenant { self.roles_of(&rec.name)? } else { vec![] };
-        let plain_keys = n.signing_keys.len();
         if rec.kind == AccountKind::Tenant {
+            let plain_keys = n.signing_keys.len();
             let mut replaced = false;
-            for stored in roles {
+            for stored in self.roles_of(&rec.name)? {
                 match role {
                     Some(r) if r.service == stored.service => {
                         n.signing_keys.extend(r.scopes().into_iter().map(|k| SigningKeyEntry::Scoped(Box::new(k))));
@@ -299,6 +302,10 @@ impl Estate {
             // (base64 adds a third): past that, the callout alone carries permissions.
             if callout.is_some() && serde_json::to_vec(&n.signing_keys).map(|v| v.len()).unwrap_or(usize::MAX) > CALLOUT_ROLE_KEYS_BYTES {
                 n.signing_keys.truncate(plain_keys);
+            }
+            // The keys the callout's answers are signed with, one per bucket of identities.
+            if callout.is_some() {
+                n.signing_keys.extend(self.callout_bucket_keys(rec)?.into_iter().map(SigningKeyEntry::Plain));
             }
         }
         n.revocations = rec.revocations.clone();
@@ -373,11 +380,14 @@ impl Estate {
         }
         let mut b = Batch::new();
         let (id, signing) = new_account_keys(&self.vault, &mut b, &name)?;
+        let signing_public = signing.public_key();
+        // Rendering it in callout mode derives keys from its signing key, not stored yet.
+        self.remember_key(&keys_account_signing(&signing_public), signing);
         let draft = AccountRecord {
             name: name.clone(),
             kind: AccountKind::Tenant,
             public_key: id.public_key(),
-            signing_key: signing.public_key(),
+            signing_key: signing_public,
             jwt: String::new(),
             iat: 0,
             created_at: self.clock.now_unix(),
@@ -385,6 +395,7 @@ impl Estate {
             env: Some(env.into()),
             revocations: BTreeMap::new(),
             revoked_until: BTreeMap::new(),
+            callout_epochs: BTreeMap::new(),
             adopted: None,
         };
         let rec = self.resign_account(draft)?;
@@ -450,6 +461,11 @@ impl Estate {
     pub fn preview_revocation(&self, acct: &AccountRecord, users: &[String], until: i64) -> Result<AccountRecord> {
         let now = self.clock.now_unix();
         let mut rec = acct.clone();
+        // Callout mode: the revocations do not name the connections' keys (nats-server's own),
+        // the answer keys that admitted them are replaced instead.
+        if rec.kind == AccountKind::Tenant && self.auth_mode() == callout::AuthMode::Callout {
+            rec = self.rotate_callout_buckets(&rec, users);
+        }
         self.prune_revocations(&mut rec);
         for u in users {
             rec.revocations.insert(u.clone(), now);
@@ -459,6 +475,17 @@ impl Estate {
         let signed = self.resign_account(rec)?;
         self.check_jwt_size(&signed)?;
         Ok(signed)
+    }
+
+    /// Callout mode: `acct` with the answer keys of `users`' buckets replaced, signed, and the
+    /// batch that stores it. Once pushed, every server the account JWT reaches drops the
+    /// connections those keys admitted ([`callout::CALLOUT_BUCKETS`]).
+    pub fn callout_rotation(&self, acct: &AccountRecord, users: &[String]) -> Result<(AccountRecord, Batch)> {
+        let signed = self.resign_account(self.rotate_callout_buckets(acct, users))?;
+        self.check_jwt_size(&signed)?;
+        let mut b = Batch::new();
+        b.put_json(Space::Accounts, &signed.name, &signed)?;
+        Ok((signed, b))
     }
 
     /// A revocation only matters while a JWT issued before it can still be valid: it leaves once

@@ -73,6 +73,7 @@ impl Estate {
                 env: a.env.clone(),
                 revocations: BTreeMap::new(),
                 revoked_until: BTreeMap::new(),
+                callout_epochs: BTreeMap::new(),
                 adopted: Some(a.adopted.clone()),
             };
             let rec = self.resign_account(draft)?;

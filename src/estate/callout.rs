@@ -68,6 +68,21 @@ pub const AUTH_REQUEST_AUDIENCE: &str = "nats-authorization-request";
 pub const MAX_AUTH_REQUEST_BYTES: usize = 64 * 1024;
 /// Lifetime of an authorization response (nats-server reads it at once).
 const RESPONSE_TTL: i64 = 60;
+/// How many keys sign the callout's answers in one tenant account. An identity's connections
+/// are signed by the key of its bucket (from its user key); revoking it or narrowing its
+/// permissions replaces that one key in the account JWT, and nats-server, wherever the account
+/// JWT reaches (the hub, every site, a site cut off once it heals), drops the connections the
+/// old key admitted: the identity's, and about 1/64 of the account's others, which come back
+/// through the callout at once. (nats-server matches an account's revocations against the
+/// per-connection key of a callout user, which is the server's, not the identity's.)
+pub const CALLOUT_BUCKETS: u16 = 64;
+
+/// The bucket of the identity with user key `user_key`.
+pub fn callout_bucket(user_key: &str) -> u16 {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(user_key.as_bytes());
+    u16::from_be_bytes([h[0], h[1]]) % CALLOUT_BUCKETS
+}
 
 /// `nats` of an authorization request (the fields tillit reads).
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
@@ -231,6 +246,45 @@ impl Estate {
         }
     }
 
+    /// The key that signs the callout's answers for `bucket` of `acct`, at the bucket's current
+    /// epoch: derived from the account's signing key (HMAC-SHA256 of its seed over the account,
+    /// bucket and epoch), so every replica derives the same and nothing more is stored.
+    pub(crate) fn callout_bucket_key(&self, acct: &AccountRecord, bucket: u16) -> Result<Arc<KeyPair>> {
+        let epoch = acct.callout_epochs.get(&bucket).copied().unwrap_or(0);
+        let cache_key = format!("callout-bucket/{}/{bucket}/{epoch}", acct.public_key);
+        if let Ok(cache) = self.keys.lock() {
+            if let Some(k) = cache.get(&cache_key) {
+                return Ok(k.clone());
+            }
+        }
+        let signing = self.account_signing_key(acct)?;
+        let seed = zeroize::Zeroizing::new(signing.seed().map_err(key_err("account signing key"))?);
+        let label = format!("tillit callout answer key v1/{}/{bucket}/{epoch}", acct.public_key);
+        let raw = zeroize::Zeroizing::new(crypto::hmac_sha256(seed.as_bytes(), label.as_bytes()));
+        let kp = Arc::new(KeyPair::new_from_raw(nkeys::KeyPairType::Account, *raw).map_err(key_err("callout answer key"))?);
+        if let Ok(mut cache) = self.keys.lock() {
+            cache.insert(cache_key, kp.clone());
+        }
+        Ok(kp)
+    }
+
+    /// The public keys of every bucket of `acct` (its account JWT lists them in callout mode).
+    pub(crate) fn callout_bucket_keys(&self, acct: &AccountRecord) -> Result<Vec<String>> {
+        (0..CALLOUT_BUCKETS).map(|b| self.callout_bucket_key(acct, b).map(|k| k.public_key())).collect()
+    }
+
+    /// `acct` with the buckets of `user_keys` moved to their next epoch (not signed): once its
+    /// JWT is pushed, the connections their old keys admitted are dropped everywhere.
+    pub fn rotate_callout_buckets(&self, acct: &AccountRecord, user_keys: &[String]) -> AccountRecord {
+        let mut rec = acct.clone();
+        let buckets: std::collections::BTreeSet<u16> = user_keys.iter().map(|u| callout_bucket(u)).collect();
+        for b in buckets {
+            let e = rec.callout_epochs.entry(b).or_insert(0);
+            *e = e.wrapping_add(1);
+        }
+        rec
+    }
+
     /// The callout xkey (sealed in the store), for opening requests and sealing answers.
     pub fn callout_xkey(&self) -> Result<nkeys::XKey> {
         let seed = self.vault.get_sealed(Space::Keys, KEYS_CALLOUT_XKEY)?.ok_or_else(|| EstateError::Key("callout xkey".into(), "missing: switch to callout mode first".into()))?;
@@ -375,7 +429,10 @@ impl Estate {
         let mut nats = serde_json::json!({ "issuer_account": acct.public_key, "type": "authorization_response", "version": 2 });
         // nats-server reads `jwt` or `error`, never both: only one is set.
         match decision {
-            Ok(a) => nats["jwt"] = self.sign_user_with(&key, acct, &req.nats.user_nkey, &a.id, a.permissions.clone(), a.expires_at, a.tags.clone())?.into(),
+            Ok(a) => {
+                let bucket = self.callout_bucket_key(acct, callout_bucket(&a.user_public_key))?;
+                nats["jwt"] = self.sign_user_with(&bucket, acct, &req.nats.user_nkey, &a.id, a.permissions.clone(), a.expires_at, a.tags.clone())?.into()
+            }
             Err(r) => nats["error"] = format!("tillit: {}", r.message).into(),
         }
         let claims = Claims {
@@ -408,6 +465,42 @@ fn expand_subject(p: &UserPermissions, user_key: &str) -> UserPermissions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answer_keys_are_derived_per_bucket_listed_in_the_account_and_rotate_alone() {
+        use crate::clock::ManualClock;
+        let clock = Arc::new(ManualClock::new(1_900_000_000));
+        let (d, e, store, master) = super::super::tests::new_estate(clock.clone());
+        e.set_auth_mode(AuthMode::Callout).unwrap();
+        let (acct, _) = e.ensure_tenant_account_locked("acme", "prod").unwrap();
+        let keys = e.callout_bucket_keys(&acct).unwrap();
+        assert_eq!(keys.len(), CALLOUT_BUCKETS as usize);
+        assert_eq!(keys.iter().collect::<std::collections::BTreeSet<_>>().len(), keys.len(), "one key per bucket");
+        assert!(keys.iter().all(|k| k.starts_with('A') && *k != acct.signing_key && *k != acct.public_key));
+        // The account JWT lists every one (nats-server takes answers signed by them).
+        let (claims, _) = jwt::decode_any::<Claims<serde_json::Value>>(&acct.jwt).unwrap();
+        let listed = claims.nats["signing_keys"].to_string();
+        assert!(keys.iter().all(|k| listed.contains(k.as_str())), "{listed}");
+        // Derived, not stored: another process over the same store derives the same keys.
+        let again = Estate::open_with(crate::layout::DataDir::new(d.path()), e.config.clone(), store, master, clock).unwrap();
+        assert_eq!(again.callout_bucket_keys(&acct).unwrap(), keys);
+        // Rotating for one identity replaces its bucket's key and no other, and the JWT moves.
+        let user = KeyPair::new_user().public_key();
+        let b = callout_bucket(&user) as usize;
+        let (rotated, _batch) = e.callout_rotation(&acct, std::slice::from_ref(&user)).unwrap();
+        let after = e.callout_bucket_keys(&rotated).unwrap();
+        for (i, (k0, k1)) in keys.iter().zip(&after).enumerate() {
+            assert_eq!(k0 == k1, i != b, "bucket {i}");
+        }
+        let (claims, _) = jwt::decode_any::<Claims<serde_json::Value>>(&rotated.jwt).unwrap();
+        let listed = claims.nats["signing_keys"].to_string();
+        assert!(!listed.contains(keys[b].as_str()) && listed.contains(after[b].as_str()));
+        // JWT mode lists none of them.
+        e.set_auth_mode(AuthMode::Jwt).unwrap();
+        let acct = e.account(&acct.name).unwrap();
+        let (claims, _) = jwt::decode_any::<Claims<serde_json::Value>>(&acct.jwt).unwrap();
+        assert!(!claims.nats["signing_keys"].to_string().contains(after[(b + 1) % keys.len()].as_str()));
+    }
 
     #[test]
     fn templates_are_filled_with_the_identity_key() {

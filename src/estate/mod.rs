@@ -410,6 +410,7 @@ impl Estate {
                 env: None,
                 revocations: BTreeMap::new(),
                 revoked_until: BTreeMap::new(),
+                callout_epochs: BTreeMap::new(),
                 adopted: if kind == AccountKind::System { adopted_sys.map(|a| a.adopted.clone()) } else { None },
             };
             let tillit_pub = tillit.0.public_key();
@@ -583,6 +584,13 @@ impl Estate {
             cache.insert(store_key.to_string(), kp.clone());
         }
         Ok(kp)
+    }
+
+    /// Keep `kp` (just made, sealed into a batch not committed yet) as the key under `store_key`.
+    fn remember_key(&self, store_key: &str, kp: KeyPair) {
+        if let Ok(mut cache) = self.keys.lock() {
+            cache.insert(store_key.to_string(), Arc::new(kp));
+        }
     }
 
     /// The account's signing key pair.

@@ -42,8 +42,9 @@ pub struct SiteRecord {
 
 /// The leafnode permissions' version: 2 confines a site to its own replies, consumers and
 /// read-only account sync; 3 adds the read of the pre-signed OCSP answers (the agent's
-/// responder).
-pub const LEAF_PERMS_VERSION: u32 = 3;
+/// responder); 4 adds the auth callout's requests (callout mode: the site's server asks tillit
+/// at the hub about each connection to a tenant account).
+pub const LEAF_PERMS_VERSION: u32 = 4;
 
 /// The serial record of a site server's certificate.
 pub fn site_serial(site: &SiteRecord) -> SerialRecord {
@@ -382,7 +383,9 @@ pub fn site_sys_permissions(site: &str) -> UserPermissions {
 }
 
 /// What a site's TILLIT leafnode user may carry: requests to the control plane (enrollment,
-/// the service API) and agents' reads of their consumers towards the hub; back, only replies to
+/// the service API, in callout mode the authorization requests of its server, which tillit
+/// answers only for a certificate and an nkey of one live identity) and agents' reads of their
+/// consumers towards the hub; back, only replies to
 /// its own agents' inboxes and to its own service imports (`_R_.`). A site server can never
 /// answer the control plane's subjects, read another identity's inbox (an operator's join
 /// tokens), or read the stream's admin API.
@@ -393,6 +396,7 @@ pub fn site_tillit_permissions(site: &str) -> UserPermissions {
         vec![
             crate::proto::Enroll::SUBJECT.into(),
             subjects::SVC_EXPORT.into(),
+            subjects::CALLOUT_EXPORT.into(),
             format!("$JS.{hub}.API.CONSUMER.MSG.NEXT.{s}.*"),
             format!("$JS.{hub}.API.CONSUMER.INFO.{s}.*"),
             format!("$JS.ACK.{s}.>"),

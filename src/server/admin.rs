@@ -134,7 +134,6 @@ async fn notify_instances(ctx: &Ctx, sid: &ServiceId, data: &serde_json::Value) 
 /// its template becomes the new permissions (the server reconnects whoever still uses it).
 fn spawn_retirement(ctx: &Arc<Ctx>, sid: ServiceId, old_key: String) {
     let ctx = ctx.clone();
-    let changed_at = std::time::SystemTime::now();
     // Whether every live instance moved off `old_key`, over these identity records.
     fn all_moved<'a>(ids: impl IntoIterator<Item = &'a IdentityRecord>, old_key: &str, now: i64) -> bool {
         ids.into_iter().filter(|i| i.state == IdentityState::Active && i.expires_at > now).all(|i| i.role_key.as_deref() != Some(old_key))
@@ -171,13 +170,14 @@ fn spawn_retirement(ctx: &Arc<Ctx>, sid: ServiceId, old_key: String) {
                     }
                 }
                 // Callout mode: connections carry the permissions the callout gave them, which
-                // no account JWT change reaches. Those that did not reconnect since the change
-                // (clients without the library) are kicked and come back with the new ones.
+                // no role key change reaches. The answer keys of the service's identities are
+                // replaced: every server drops the connections they admitted, which come back
+                // with the new permissions.
                 if ctx.estate.auth_mode() == crate::estate::callout::AuthMode::Callout {
-                    if let Ok(acct) = ctx.estate.account(&sid.account_name()) {
-                        let id = sid.spiffe_id(ctx.estate.trust_domain());
-                        let kicked = super::callout::kick_identity(&ctx.sys, &acct.public_key, &id, Some(changed_at), Duration::from_millis(500)).await;
-                        tracing::info!(service = %sid, kicked, "connections from before the permission change kicked");
+                    let users: Vec<String> = ctx.estate.identities_of(&sid).unwrap_or_default().into_iter().filter(|i| i.state == IdentityState::Active).map(|i| i.user_public_key).collect();
+                    match rotate_callout_answers(&ctx, &sid.account_name(), &users, "ungrant").await {
+                        Ok(()) => tracing::info!(service = %sid, "connections from before the permission change dropped"),
+                        Err(err) => tracing::error!(service = %sid, "cannot drop the connections from before the permission change: {}", err.message),
                     }
                 }
                 return;
@@ -304,19 +304,27 @@ async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> Resul
         }
     }
     push_recorded(ctx, &signed, "revoke").await?;
-    // Callout mode: the connections carry per-connection user keys the account's revocations do
-    // not name; kick them (new ones are refused by the callout from now on).
-    if acct.kind == crate::estate::AccountKind::Tenant && e.auth_mode() == crate::estate::callout::AuthMode::Callout {
-        let id = sid.spiffe_id(e.trust_domain());
-        let kicked = super::callout::kick_identity(&ctx.sys, &acct.public_key, &id, None, std::time::Duration::from_millis(500)).await;
-        tracing::info!(service = %sid, kicked, "live connections of the revoked identity kicked");
-    }
     tracing::info!(service = %sid, count = revoked.len(), "revoked");
     let data = serde_json::json!({ "service": sid.to_string(), "users": users, "serials": revoked.iter().map(|r| &r.cert_serial).collect::<Vec<_>>() });
     if let Err(err) = ctx.events.publish(crate::subjects::EventKind::IdentityRevoked, None, &sid.to_string(), &data, now).await {
         tracing::error!(service = %sid, "cannot publish identity.revoked: {err}");
     }
     Ok(RevokeReply { service: sid.clone(), revoked, revoked_at: rfc3339(now) })
+}
+
+/// Callout mode: replace the answer keys of `users`' buckets in account `account`, record and
+/// push ([`crate::estate::callout::CALLOUT_BUCKETS`]).
+pub(super) async fn rotate_callout_answers(ctx: &Ctx, account: &str, users: &[String], why: &str) -> Result<(), ApiError> {
+    let e = &ctx.estate;
+    let _g = e.account_lock().lock().await;
+    let acct = e.account(account).map_err(ApiError::from)?;
+    let (signed, b) = e.callout_rotation(&acct, users).map_err(ApiError::from)?;
+    let buckets: std::collections::BTreeSet<u16> = users.iter().map(|u| crate::estate::callout::callout_bucket(u)).collect();
+    ctx.journal
+        .record(Entry::ok("tillit", "callout.rotate", account).detail(serde_json::json!({ "why": why, "buckets": buckets })).batch(b))
+        .await
+        .map_err(super::journal_error)?;
+    push_recorded(ctx, &signed, why).await
 }
 
 /// Push an account whose change is already recorded. When nats-server cannot take it now, the

@@ -2,9 +2,9 @@
 //! `tillit.v1.callout.<account>` in one queue group on its TILLIT connection. Requests come
 //! sealed to the callout xkey; answers go back sealed to the asking server's xkey.
 //!
-//! Live connections of a revoked identity: `kick_identity` asks every server for the
-//! account's connections of that identity (`$SYS.REQ.SERVER.PING.CONNZ`, filtered by the user
-//! name the callout gave them: the SPIFFE id) and kicks each (`$SYS.REQ.SERVER.<id>.KICK`).
+//! Live connections of a revoked identity (or of one whose permissions narrowed): the answer
+//! key of its bucket is replaced in the account JWT (`Estate::callout_rotation`), and every
+//! server that JWT reaches drops what the old key admitted.
 
 use super::Ctx;
 use crate::estate::callout::{AuthRequest, MAX_AUTH_REQUEST_BYTES};
@@ -13,7 +13,7 @@ use crate::telemetry::ReasonLabels;
 use futures::StreamExt;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The queue group every replica's responder joins.
 const QUEUE: &str = "tillit-callout";
@@ -142,56 +142,6 @@ fn answer(ctx: &Ctx, sealer: &std::sync::OnceLock<crate::crypto::Sealer>, msg: &
 
 fn is_zero_xkey(x: &str) -> bool {
     data_encoding::BASE32_NOPAD.decode(x.as_bytes()).ok().and_then(|r| r.get(1..33).map(|k| k.iter().all(|b| *b == 0))).unwrap_or(true)
-}
-
-/// Kick every live connection that callout mode admitted for `spiffe_id` in `account_pub`, on
-/// every server that answers within `wait`. Returns how many were kicked.
-pub(super) async fn kick_identity(
-    sys: &async_nats::Client,
-    account_pub: &str,
-    spiffe_id: &str,
-    started_before: Option<std::time::SystemTime>,
-    wait: Duration,
-) -> usize {
-    // Connections that started at or after `started_before` are kept (nats-server's clock).
-    let before_ns = started_before.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos() as i128);
-    let older = |c: &serde_json::Value| match before_ns {
-        None => true,
-        Some(limit) => c
-            .get("start")
-            .and_then(|s| s.as_str())
-            .and_then(|s| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok())
-            .is_some_and(|t| t.unix_timestamp_nanos() < limit),
-    };
-    let inbox = sys.new_inbox();
-    let Ok(mut replies) = sys.subscribe(inbox.clone()).await else { return 0 };
-    let filter = serde_json::json!({ "acc": account_pub, "user": spiffe_id, "auth": true, "limit": 1024 });
-    if sys.publish_with_reply("$SYS.REQ.SERVER.PING.CONNZ", inbox, filter.to_string().into()).await.is_err() {
-        return 0;
-    }
-    let _ = sys.flush().await;
-    let mut kicks = vec![];
-    let deadline = tokio::time::Instant::now() + wait;
-    while let Ok(Some(m)) = tokio::time::timeout_at(deadline, replies.next()).await {
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.payload) else { continue };
-        let Some(server) = v.pointer("/server/id").and_then(|s| s.as_str()) else { continue };
-        for c in v.pointer("/data/connections").and_then(|c| c.as_array()).into_iter().flatten() {
-            if c.get("authorized_user").and_then(|u| u.as_str()) == Some(spiffe_id) && older(c) {
-                if let Some(cid) = c.get("cid").and_then(|x| x.as_u64()) {
-                    kicks.push((server.to_string(), cid));
-                }
-            }
-        }
-    }
-    let mut n = 0;
-    for (server, cid) in kicks {
-        let subject = format!("$SYS.REQ.SERVER.{server}.KICK");
-        match tokio::time::timeout(Duration::from_secs(1), sys.request(subject, serde_json::json!({ "cid": cid }).to_string().into())).await {
-            Ok(Ok(_)) => n += 1,
-            _ => tracing::warn!(server, cid, "cannot kick a connection of {spiffe_id}"),
-        }
-    }
-    n
 }
 
 #[cfg(test)]

@@ -213,14 +213,13 @@ async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: RenewRequest) -> Result<
     let e = &ctx.estate;
     let csr_key = x509::parse_csr(&req.csr, &caller.user_public_key).map_err(csr_error)?;
     let acct = e.account(&caller.account).map_err(ApiError::from)?;
-    let mut role_key = None;
-    let mut signed_by_account = false;
+    // For a service, the role key that signed its new JWT (`None`: the account's own key).
+    let mut service_signer = None;
     let (jwt, cert_pem, serial, issued, expires) = match (caller.kind, &caller.service) {
         (IdentityKind::Service, Some(sid)) => {
             let entry = ensure_role_pushed(ctx, sid).await?;
             let i = e.issue_service(&entry.0, &entry.1, &caller.user_public_key, &csr_key).map_err(ApiError::from)?;
-            role_key = i.role_key.clone();
-            signed_by_account = i.role_key.is_none();
+            service_signer = Some(i.role_key.clone());
             (i.user_jwt, i.cert_pem, i.serial, i.issued_at, i.expires_at)
         }
         (IdentityKind::Admin, _) => {
@@ -238,13 +237,17 @@ async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: RenewRequest) -> Result<
         _ => return Err(ApiError::forbidden("this kind of identity cannot renew here")),
     };
     let mut rec = caller.clone();
-    if role_key.is_some() && role_key != rec.role_key {
-        rec.prev_role_key = rec.role_key.take();
-        rec.role_key = role_key;
-    } else if signed_by_account {
+    match service_signer {
+        Some(Some(key)) if rec.role_key.as_ref() != Some(&key) => {
+            rec.prev_role_key = rec.role_key.take();
+            rec.role_key = Some(key);
+        }
         // Callout mode: no role key signs this identity's JWT any more.
-        rec.prev_role_key = None;
-        rec.role_key = None;
+        Some(None) => {
+            rec.prev_role_key = None;
+            rec.role_key = None;
+        }
+        _ => {}
     }
     rec.cert_serial = serial;
     rec.issued_at = issued;

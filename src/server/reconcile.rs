@@ -138,6 +138,7 @@ mod tests {
             env: None,
             revocations: Default::default(),
             revoked_until: Default::default(),
+            callout_epochs: Default::default(),
         };
         assert_eq!(judge(&stored, &stored.jwt), Served::Current);
         assert_eq!(judge(&stored, ""), Served::Missing);

@@ -12,12 +12,12 @@ async fn usable(url: &str, cert_of: &std::path::Path, creds_of: &std::path::Path
     Ok(())
 }
 
-fn serial_of(dir: &std::path::Path) -> String {
+pub(crate) fn serial_of(dir: &std::path::Path) -> String {
     tillit::issuer::x509::serial_hex(&std::fs::read_to_string(dir.join("tls/cert.pem")).unwrap()).unwrap()
 }
 
 /// Wait until the responder's saved copy (or serve's) holds `serial` with `status`.
-fn copy_says(file: &std::path::Path, serial: &str, revoked: bool, within: Duration) -> Option<tillit::ocsp::copy::Held> {
+pub(crate) fn copy_says(file: &std::path::Path, serial: &str, revoked: bool, within: Duration) -> Option<tillit::ocsp::copy::Held> {
     let deadline = Instant::now() + within;
     loop {
         let held = tillit::ocsp::copy::Copy::load(file.to_path_buf()).get(serial);
@@ -114,7 +114,7 @@ async fn refused_within(url: &str, cert_of: &std::path::Path, creds_of: &std::pa
 /// Start `east`'s agent answering OCSP next to its server (on the estate's local responder
 /// port), enroll `services` (identity, name), and wait until the agent's copy holds each one's
 /// answer and each connects at the site. The agent, its files dir, the identity dirs.
-async fn agent_and_services(e: &Estate, serve: &Serve, east: &SiteDir, east_srv: &NatsServer, services: &[(&str, &str)]) -> (AgentProc, std::path::PathBuf, Vec<std::path::PathBuf>) {
+pub(crate) async fn agent_and_services(e: &Estate, serve: &Serve, east: &SiteDir, east_srv: &NatsServer, services: &[(&str, &str)]) -> (AgentProc, std::path::PathBuf, Vec<std::path::PathBuf>) {
     let files = e.tmp.path().join("east-files");
     let ocsp_addr = format!("127.0.0.1:{}", e.ocsp_port);
     let agent = AgentProc::start_args(east, &e.tmp.path().join("east-agent"), &files, &east.url(), None, &["--ocsp-addr", &ocsp_addr]);

@@ -293,3 +293,91 @@ async fn rogue_replies_tampered_or_for_another_server_or_user_admit_nobody() {
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
+
+/// Try to be admitted for up to `within` (a site's leaf link comes back within a second or two
+/// of its hub).
+async fn admitted_within(url: &str, who: &std::path::Path, within: Duration) -> Result<async_nats::Client, String> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match admitted(url, who, who).await {
+            Ok(c) => return Ok(c),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// A site's leaf server in callout mode: it asks tillit at the hub over its TILLIT leaf link,
+/// so the binding holds at the site too. Cut off from the hub (or with every `serve` stopped) it
+/// can ask nobody: new connections to tenant accounts are refused (fail closed), while
+/// connections already admitted, the site's agent (TILLIT account) and the leaf links keep
+/// working; the site admits again by itself once the hub is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_asks_the_hub_fails_closed_when_cut_off_and_keeps_what_it_admitted() {
+    let leaf = free_port();
+    let e = Estate::init_args("callout-site.example", &["--auth", "callout", "--leaf-port", &leaf.to_string()]);
+    let mut hub = e.start_nats();
+    let mut serve = e.start_serve_ready();
+    let east = site_add(&e, "east");
+    let east_srv = east.start();
+    // The agent answers OCSP next to the site's server, from its copy of the pre-signed answers.
+    let (agent, files, dirs) = crate::availability::agent_and_services(&e, &serve, &east, &east_srv, &[("acme/shop/prod/orders", "orders"), ("acme/shop/prod/payments", "payments")]).await;
+    let (orders, pay) = (dirs[0].clone(), dirs[1].clone());
+    let agent_dir = e.tmp.path().join("east-agent");
+    let copy = tillit::layout::SiteDir::new(&files).ocsp_answers();
+    crate::availability::copy_says(&copy, &crate::availability::serial_of(&agent_dir), false, Duration::from_secs(15)).expect("the agent's copy holds its own answer");
+    let logs = |serve: &Serve| format!("serve:\n{}\nagent:\n{}\nsite:\n{}", serve.log_text(), agent.log_text(), east_srv.log_text());
+
+    // Connected: the site admits each identity with its own permissions, and refuses the mixed
+    // pair for tillit's reason.
+    let c = admitted_within(&east.url(), &orders, Duration::from_secs(10)).await.unwrap_or_else(|err| panic!("orders at the site: {err}\n{}", logs(&serve)));
+    assert!(round_trip(&c, "shop.orders.ping").await, "orders uses its own subjects at the site");
+    assert!(!round_trip(&c, "shop.payments.ping").await, "orders got payments' subjects at the site");
+    let p = admitted(&east.url(), &pay, &pay).await.expect("payments at the site");
+    assert!(admitted(&east.url(), &pay, &orders).await.is_err(), "the mixed pair at the site");
+    assert!(
+        wait_for(Duration::from_secs(5), || east_srv.log_text().contains("both must be one identity")).is_some(),
+        "the site's server logs tillit's reason:\n{}",
+        east_srv.log_text()
+    );
+
+    // Revocation reaches a connection the site admitted.
+    let t0 = std::time::Instant::now();
+    let out = tillit(&["revoke", "acme/shop/prod/payments", "--identity", &e.admin()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dropped = wait_for(Duration::from_secs(5), || p.connection_state() != async_nats::connection::State::Connected);
+    eprintln!("site connection of the revoked identity: dropped={} after {:?}", dropped.is_some(), t0.elapsed());
+    assert!(dropped.is_some() && t0.elapsed() < Duration::from_secs(3), "the revoked identity's connection at the site is still up after {:?}\n{}", t0.elapsed(), logs(&serve));
+    assert!(admitted(&east.url(), &pay, &pay).await.is_err(), "a revoked identity connects at the site");
+
+    // Every serve replica stopped: what does not need tillit keeps working at the site.
+    serve.terminate(Duration::from_secs(10));
+    assert!(round_trip(&c, "shop.orders.ping").await, "an admitted connection keeps working with serve stopped");
+    let refused = admitted(&east.url(), &orders, &orders).await;
+    assert!(refused.is_err(), "with nobody to ask, the site admitted a new connection");
+    let a = tillit::identity::load(&tillit::layout::IdentityDir::new(&agent_dir)).expect("the agent's identity");
+    let params = tillit::client::ConnectParams::from_identity(&a, Some(&east.url())).unwrap();
+    let nc = tillit::client::connect(&params).await.expect("the agent's identity connects afresh with serve stopped (TILLIT is never called out)");
+    nc.flush().await.unwrap();
+    drop(nc);
+    serve = e.start_serve_ready();
+    let c2 = admitted_within(&east.url(), &orders, Duration::from_secs(10)).await.unwrap_or_else(|err| panic!("serve back: {err}\n{}", logs(&serve)));
+    drop(c2);
+
+    // Cut off from the hub: the same, and the site admits again by itself after the heal.
+    hub.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(round_trip(&c, "shop.orders.ping").await, "an admitted connection keeps working while the site is cut off");
+    let t0 = std::time::Instant::now();
+    let refused = admitted(&east.url(), &orders, &orders).await;
+    assert!(refused.is_err(), "a site cut off from the hub admitted a new connection");
+    eprintln!("refused while cut off after {:?}: {}", t0.elapsed(), refused.err().unwrap_or_default());
+    let nc = tillit::client::connect(&params).await.expect("the agent's identity connects afresh while the site is cut off");
+    drop(nc);
+    hub = e.start_nats();
+    let t0 = std::time::Instant::now();
+    let c3 = admitted_within(&east.url(), &orders, Duration::from_secs(20)).await.unwrap_or_else(|err| panic!("after the heal: {err}\n{}", logs(&serve)));
+    eprintln!("the site admitted again {:?} after the hub came back", t0.elapsed());
+    assert!(round_trip(&c3, "shop.orders.ping").await);
+    drop(hub);
+}
