@@ -252,6 +252,7 @@ impl Head {
 fn space_of(name: &str) -> Option<Space> {
     match name {
         "identities" => Some(Space::Identities),
+        "service_identities" => Some(Space::ServiceIdentities),
         "tokens" => Some(Space::Tokens),
         "roles" => Some(Space::Roles),
         "accounts" => Some(Space::Accounts),

@@ -214,7 +214,7 @@ async fn latency(grant: bool, l: &Latency) -> anyhow::Result<()> {
 
 fn account_size(json: bool) -> anyhow::Result<()> {
     let mut rows = Vec::new();
-    for n in [100usize, 1_000, 2_000, 5_000] {
+    for n in [100usize, 1_000, 1_200, 2_000, 5_000] {
         let bytes = crate::bench::account_jwt_size(n).map_err(anyhow::Error::msg)?;
         let fits = bytes <= crate::estate::MAX_ACCOUNT_JWT_BYTES && n <= crate::estate::MAX_SERVICES_PER_ACCOUNT;
         println!("{n:>6} services: account JWT {bytes:>9} bytes ({:.0} B/service){}", bytes as f64 / n as f64,

@@ -285,23 +285,46 @@ impl Estate {
         // next renewal signs them with the account's own key.
         if rec.kind == AccountKind::Tenant {
             let plain_keys = n.signing_keys.len();
-            let mut replaced = false;
-            for stored in self.roles_of(&rec.name)? {
-                match role {
-                    Some(r) if r.service == stored.service => {
-                        n.signing_keys.extend(r.scopes().into_iter().map(|k| SigningKeyEntry::Scoped(Box::new(k))));
-                        replaced = true;
+            // Callout mode, past the window of credentials issued in JWT mode, or an account whose
+            // role keys did not fit at this many roles (they still do not; counting keys costs
+            // far less than reading every role): the roles are not read.
+            let roles_prefix = format!("{}/", rec.name);
+            let skip_roles = match callout {
+                // Past the window where credentials issued in JWT mode can be valid.
+                Some(a) if !a.role_keys_needed(self.clock.now_unix()) => true,
+                Some(_) => {
+                    let over = self.callout_role_keys_over.lock().ok().and_then(|m| m.get(&rec.name).copied());
+                    match over {
+                        Some(over) => self.store().count_prefix(Space::Roles, &roles_prefix)? >= over,
+                        None => false,
                     }
-                    _ => n.signing_keys.extend(stored.scopes().into_iter().map(|k| SigningKeyEntry::Scoped(Box::new(k)))),
                 }
-            }
-            if let (Some(r), false) = (role, replaced) {
-                n.signing_keys.extend(r.scopes().into_iter().map(|k| SigningKeyEntry::Scoped(Box::new(k))));
-            }
-            // Callout mode keeps them only while the JWT stays well inside nats-server's cap
-            // (base64 adds a third): past that, the callout alone carries permissions.
-            if callout.is_some() && serde_json::to_vec(&n.signing_keys).map(|v| v.len()).unwrap_or(usize::MAX) > CALLOUT_ROLE_KEYS_BYTES {
-                n.signing_keys.truncate(plain_keys);
+                None => false,
+            };
+            if !skip_roles {
+                let mut replaced = false;
+                let mut roles = 0;
+                for stored in self.roles_of(&rec.name)? {
+                    roles += 1;
+                    match role {
+                        Some(r) if r.service == stored.service => {
+                            n.signing_keys.extend(r.scopes().into_iter().map(|k| SigningKeyEntry::Scoped(Box::new(k))));
+                            replaced = true;
+                        }
+                        _ => n.signing_keys.extend(stored.scopes().into_iter().map(|k| SigningKeyEntry::Scoped(Box::new(k)))),
+                    }
+                }
+                if let (Some(r), false) = (role, replaced) {
+                    n.signing_keys.extend(r.scopes().into_iter().map(|k| SigningKeyEntry::Scoped(Box::new(k))));
+                }
+                // Callout mode keeps them only while the JWT stays well inside nats-server's cap
+                // (base64 adds a third): past that, the callout alone carries permissions.
+                if callout.is_some() && serde_json::to_vec(&n.signing_keys).map(|v| v.len()).unwrap_or(usize::MAX) > CALLOUT_ROLE_KEYS_BYTES {
+                    n.signing_keys.truncate(plain_keys);
+                    if let Ok(mut m) = self.callout_role_keys_over.lock() {
+                        m.insert(rec.name.clone(), roles);
+                    }
+                }
             }
             // The keys the callout's answers are signed with, one per bucket of identities.
             if callout.is_some() {

@@ -30,6 +30,18 @@ pub struct AuthSettings {
     pub no_bypass_user: String,
     /// When the mode last changed.
     pub since: i64,
+    /// Callout mode: until when credentials issued in JWT mode (signed by role keys) may still be
+    /// valid, so the account JWTs keep the role keys (while they fit); `None` (settings from
+    /// before this was kept): always. After it, accounts are rendered without reading roles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_creds_until: Option<i64>,
+}
+
+impl AuthSettings {
+    /// Whether tenant account JWTs carry the roles' scoped keys at `now`.
+    pub fn role_keys_needed(&self, now: i64) -> bool {
+        self.mode == AuthMode::Jwt || self.jwt_creds_until.is_none_or(|t| now < t)
+    }
 }
 
 /// How nats-server authenticates connections to tenant accounts.
@@ -300,17 +312,22 @@ impl Estate {
         let now = self.clock.now_unix();
         let mut b = Batch::new();
         let current = self.auth_settings()?;
+        // Credentials issued in JWT mode live at most a service lifetime (and an hour of clock
+        // skew) after the switch; an estate without tenant accounts has issued none.
+        let accounts = self.accounts()?;
+        let jwt_creds_until = if accounts.iter().any(|a| a.kind == AccountKind::Tenant) { now + self.config.service_ttl.as_secs() as i64 + 3600 } else { now };
         let settings = match (current, mode) {
-            (Some(s), m) => AuthSettings { mode: m, since: if s.mode == m { s.since } else { now }, ..s },
+            (Some(s), m) if s.mode == m => s,
+            (Some(s), m) => AuthSettings { mode: m, since: now, jwt_creds_until: Some(jwt_creds_until), ..s },
             (None, AuthMode::Jwt) => return Ok(vec![]),
             (None, AuthMode::Callout) => {
                 let x = nkeys::XKey::new();
                 self.vault.put_sealed(&mut b, Space::Keys, KEYS_CALLOUT_XKEY, SecretString::new(x.seed().map_err(key_err("callout xkey"))?).expose().as_bytes())?;
-                AuthSettings { mode, xkey_public: x.public_key(), no_bypass_user: KeyPair::new_user().public_key(), since: now }
+                AuthSettings { mode, xkey_public: x.public_key(), no_bypass_user: KeyPair::new_user().public_key(), since: now, jwt_creds_until: Some(jwt_creds_until) }
             }
         };
         // The accounts this mode renders differently: TILLIT (the callout export) and the tenants.
-        let accounts: Vec<AccountRecord> = self.accounts()?.into_iter().filter(|a| matches!(a.kind, AccountKind::Tenant | AccountKind::Tillit)).collect();
+        let accounts: Vec<AccountRecord> = accounts.into_iter().filter(|a| matches!(a.kind, AccountKind::Tenant | AccountKind::Tillit)).collect();
         if mode == AuthMode::Jwt {
             for acct in accounts.iter().filter(|a| a.kind == AccountKind::Tenant) {
                 let n = self.roles_of(&acct.name)?.len();

@@ -173,7 +173,7 @@ impl Estate {
         let cert = self.ca().issue_client_with_new_key(&spiffe, &format!("admin {name}"), now, expires)?;
         let rec = IdentityRecord::admin(&spiffe, name, &user.public_key(), &cert.serial, now, expires);
         let mut b = Batch::new();
-        b.put_json(Space::Identities, &rec.user_public_key, &rec)?;
+        put_identity(&mut b, &rec)?;
         b.put_json(Space::Serials, &rec.cert_serial, &SerialRecord::of_identity(&rec.user_public_key, expires))?;
         self.store().commit(b)?;
         let reply = self.issued_reply(&rec, &account, jwt, cert.cert_pem);
@@ -407,9 +407,40 @@ impl Estate {
         Ok(self.store().count(Space::Identities)?)
     }
 
-    /// Every identity of a service.
+    /// Every identity of a service: from the index ([`Space::ServiceIdentities`]), or, in an
+    /// estate whose index is not built yet ([`Estate::build_service_index`]), from all of them.
     pub fn identities_of(&self, sid: &ServiceId) -> Result<Vec<IdentityRecord>> {
-        Ok(self.identities()?.into_iter().filter(|i| i.service.as_ref() == Some(sid)).collect())
+        if self.meta_flag::<u32>(META_SERVICE_INDEX)?.is_none() {
+            return Ok(self.identities()?.into_iter().filter(|i| i.service.as_ref() == Some(sid)).collect());
+        }
+        let mut out = vec![];
+        for (key, _) in self.store().scan_prefix(Space::ServiceIdentities, &format!("{sid}/"))? {
+            let user = key.rsplit('/').next().unwrap_or_default();
+            if let Some(rec) = self.identity(user)? {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Index every service identity by its service (once per estate; estates made since the
+    /// index exists have it from the start). Idempotent: a replica doing it again writes the
+    /// same entries.
+    pub fn build_service_index(&self) -> Result<usize> {
+        if self.meta_flag::<u32>(META_SERVICE_INDEX)?.is_some() {
+            return Ok(0);
+        }
+        let mut b = Batch::new();
+        let mut n = 0;
+        for rec in self.identities()? {
+            if let Some(sid) = &rec.service {
+                b.put(Space::ServiceIdentities, service_index_key(sid, &rec.user_public_key), b"1".to_vec());
+                n += 1;
+            }
+        }
+        b.put_json(Space::Meta, META_SERVICE_INDEX, &1u32)?;
+        self.store().commit(b)?;
+        Ok(n)
     }
 
     /// Sign a service's user JWT (by its role's scoped key, no permissions of its own) and its
@@ -483,7 +514,7 @@ impl Estate {
     /// (for a site's agent) its status record. Durable together, with their audit record.
     pub fn enrollment_batch(&self, rec: &IdentityRecord, token: &TokenRecord, agent: Option<&crate::estate::sites::AgentStatus>) -> Result<Batch> {
         let mut b = Batch::new();
-        b.put_json(Space::Identities, &rec.user_public_key, rec)?;
+        put_identity(&mut b, rec)?;
         if let Some(st) = agent {
             self.put_new_agent_status(&mut b, st)?;
         }
@@ -495,7 +526,7 @@ impl Estate {
     /// A renewal (or any re-issue): the identity as it is now, and its new certificate's serial.
     pub fn reissue_batch(&self, rec: &IdentityRecord) -> Result<Batch> {
         let mut b = Batch::new();
-        b.put_json(Space::Identities, &rec.user_public_key, rec)?;
+        put_identity(&mut b, rec)?;
         b.put_json(Space::Serials, &rec.cert_serial, &SerialRecord::of_identity(&rec.user_public_key, rec.expires_at))?;
         Ok(b)
     }
@@ -510,7 +541,7 @@ impl Estate {
             r.state = IdentityState::Revoked;
             r.revoked_at = Some(now);
             r.revoke_reason = reason.map(str::to_string);
-            b.put_json(Space::Identities, &r.user_public_key, &r)?;
+            put_identity(&mut b, &r)?;
             revoked.push(r);
         }
         b.put_json(Space::Accounts, &account.name, account)?;
@@ -518,11 +549,66 @@ impl Estate {
     }
 }
 
+/// The meta flag set once [`Space::ServiceIdentities`] holds every service identity.
+pub(crate) const META_SERVICE_INDEX: &str = "service_index";
+
+fn service_index_key(sid: &ServiceId, user_public_key: &str) -> String {
+    format!("{sid}/{user_public_key}")
+}
+
+/// Write an identity's record into `b`, with its service index entry.
+pub(crate) fn put_identity(b: &mut Batch, rec: &IdentityRecord) -> Result<()> {
+    b.put_json(Space::Identities, &rec.user_public_key, rec)?;
+    if let Some(sid) = &rec.service {
+        b.put(Space::ServiceIdentities, service_index_key(sid, &rec.user_public_key), b"1".to_vec());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::estate::tests::new_estate;
+
+    /// A service's identities come from the index (with a name that prefixes another's kept
+    /// apart), and an estate from before the index gets the same answers before and after it
+    /// is built.
+    #[test]
+    fn a_services_identities_come_from_the_index_and_old_estates_are_indexed_once() {
+        let clock = Arc::new(ManualClock::new(1_780_000_000));
+        let (_d, e, store, _m) = new_estate(clock);
+        let rec = |svc: &str| {
+            let kp = nkeys::KeyPair::new_user();
+            let mut r = IdentityRecord::admin("x", "x", &kp.public_key(), "", 0, 1_790_000_000);
+            r.kind = IdentityKind::Service;
+            r.service = Some(ServiceId::parse(svc).unwrap());
+            r
+        };
+        let orders = [rec("acme/shop/prod/orders"), rec("acme/shop/prod/orders")];
+        let others = [rec("acme/shop/prod/orders-2"), rec("acme/shop/dev/orders")];
+        let mut b = Batch::new();
+        for r in orders.iter().chain(&others) {
+            put_identity(&mut b, r).unwrap();
+        }
+        store.commit(b).unwrap();
+        let sid = ServiceId::parse("acme/shop/prod/orders").unwrap();
+        let keys = |v: Vec<IdentityRecord>| v.into_iter().map(|r| r.user_public_key).collect::<std::collections::BTreeSet<_>>();
+        let want: std::collections::BTreeSet<String> = orders.iter().map(|r| r.user_public_key.clone()).collect();
+        assert_eq!(keys(e.identities_of(&sid).unwrap()), want);
+        // An estate from before the index: records without entries, no flag.
+        let old = rec("acme/shop/prod/orders");
+        let mut b = Batch::new();
+        b.put_json(Space::Identities, &old.user_public_key, &old).unwrap();
+        b.delete(Space::Meta, META_SERVICE_INDEX);
+        store.commit(b).unwrap();
+        let mut want = want;
+        want.insert(old.user_public_key.clone());
+        assert_eq!(keys(e.identities_of(&sid).unwrap()), want, "without the index, every identity is read");
+        assert_eq!(e.build_service_index().unwrap(), 5, "every service identity indexed");
+        assert_eq!(e.build_service_index().unwrap(), 0, "once");
+        assert_eq!(keys(e.identities_of(&sid).unwrap()), want, "the index gives the same answer");
+    }
 
     /// Admins recorded before roles existed (no `admin_role`) are owners: estates upgrade in place.
     #[test]

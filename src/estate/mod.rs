@@ -259,6 +259,9 @@ pub struct Estate {
     operator_signing: KeyPair,
     account_lock: Mutex<()>,
     keys: std::sync::Mutex<std::collections::HashMap<String, Arc<KeyPair>>>,
+    /// Callout mode: per tenant account, the number of roles at which their keys last did not fit
+    /// in its JWT (rendering it again with as many skips reading them).
+    callout_role_keys_over: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// The envelope keys as they are now (rotation changes them at run time).
     envelope_keys: std::sync::RwLock<Vec<EnvelopeKey>>,
 }
@@ -364,6 +367,8 @@ impl Estate {
 
         vault.put_sealed(&mut b, Space::Meta, "master_check", MASTER_CHECK)?;
         b.put_json(Space::Meta, "estate", &meta)?;
+        // A new estate's service index is complete (empty).
+        b.put_json(Space::Meta, identities::META_SERVICE_INDEX, &1u32)?;
         vault.put_sealed(&mut b, Space::Keys, "operator", seed_of(&operator, "operator")?.expose().as_bytes())?;
         vault.put_sealed(
             &mut b,
@@ -387,6 +392,7 @@ impl Estate {
             operator_signing,
             account_lock: Mutex::new(()),
             keys: Default::default(),
+            callout_role_keys_over: Default::default(),
             envelope_keys: std::sync::RwLock::new(vec![]),
         };
         if let Ok(mut k) = estate.envelope_keys.write() {
@@ -483,6 +489,7 @@ impl Estate {
             operator_signing,
             account_lock: Mutex::new(()),
             keys: Default::default(),
+            callout_role_keys_over: Default::default(),
             envelope_keys: std::sync::RwLock::new(envelope_keys),
         })
     }

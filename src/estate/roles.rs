@@ -4,12 +4,13 @@
 use super::*;
 use crate::names::ServiceId;
 
-/// Most services (scoped signing keys) per tenant-env account. A scoped key with tillit's default
-/// template is about 380 bytes of the account JWT (`tillit bench account-size`), which
-/// nats-server caps at 1 MiB; 2,000 services take ~765 KB and leave headroom for grants and
-/// revocations. Larger tenants split across environments (accounts), e.g. `acme-prod-eu`, or move
-/// to auth-callout mode (DESIGN.md §9), where permissions are not carried in the account JWT.
-pub const MAX_SERVICES_PER_ACCOUNT: usize = 2_000;
+/// Most services in one tenant account in JWT mode: each service's scoped signing key with its
+/// default template (its namespace, inbox, notifications and caller-key subjects) takes about
+/// 820 bytes of the account JWT, which nats-server caps at 1 MiB, so about 1,200 services fit;
+/// grants make roles larger and reach the cap sooner (refused as `limit_exceeded` by size).
+/// Larger tenants split across environments (accounts), e.g. `acme-prod-eu`, or use callout
+/// mode, where the account JWT carries no key per service.
+pub const MAX_SERVICES_PER_ACCOUNT: usize = 1_200;
 
 /// A service's role: its scoped signing key in the tenant account, and the permission template
 /// users signed by that key get.
@@ -148,10 +149,10 @@ impl Estate {
             return Ok((acct, role, created));
         }
         // Callout mode carries no scoped key per service in the account JWT: no ceiling there.
-        if self.auth_mode() == callout::AuthMode::Jwt && self.roles_of(&acct.name)?.len() >= MAX_SERVICES_PER_ACCOUNT {
+        if self.auth_mode() == callout::AuthMode::Jwt && self.store().count_prefix(Space::Roles, &format!("{}/", acct.name))? >= MAX_SERVICES_PER_ACCOUNT {
             return Err(EstateError::Limit(format!(
-                "account {} already has {MAX_SERVICES_PER_ACCOUNT} services, the most one account JWT can carry; \
-                 put further services in another environment (account), e.g. {}-2",
+                "account {} already has {MAX_SERVICES_PER_ACCOUNT} services, about the most one account JWT can carry; \
+                 put further services in another environment (account), e.g. {}-2, or switch to callout mode",
                 acct.name, sid.env
             )));
         }

@@ -419,7 +419,7 @@ impl Estate {
             r.state = IdentityState::Revoked;
             r.revoked_at = Some(now);
             r.revoke_reason = Some(format!("site {} removed", site.name));
-            b.put_json(Space::Identities, &r.user_public_key, &r)?;
+            super::identities::put_identity(&mut b, &r)?;
         }
         for st in self.all_agent_statuses()?.iter().filter(|s| s.site == site.name) {
             b.delete(Space::Sites, agent_key(&st.user_public_key));

@@ -170,6 +170,8 @@ pub(super) const REPLY_GRACE_SECS: i64 = 3;
 pub(super) const REVOKE_SPACING: Duration = Duration::from_secs(5);
 /// How often the revoker looks for revocations due.
 const REVOKE_TICK: Duration = Duration::from_millis(500);
+/// How often the revoker reads the burned tokens from the store again.
+const RESCAN_EVERY: Duration = Duration::from_secs(60);
 
 /// The revocations due at `now` (used at least [`REPLY_GRACE_SECS`] ago) and whether some are
 /// still in their grace.
@@ -181,6 +183,11 @@ fn due(mut live: std::collections::BTreeMap<String, (i64, i64)>, now: i64) -> (s
 
 /// Revoke burned tokens' bootstrap users (on the leader), gathering those due into one
 /// BOOTSTRAP account update, at most one per [`REVOKE_SPACING`].
+///
+/// The live revocations are read from the token records once, then kept up to date from the
+/// tokens this replica burns (the channel); they are read again when another replica changed
+/// the store, and every [`RESCAN_EVERY`]. (Reading every token at each tick made each enrollment
+/// cost more the more tokens the estate had used.)
 pub(super) async fn run_revoker(ctx: std::sync::Arc<Ctx>, mut r: Revocations, mut rx: mpsc::UnboundedReceiver<(String, i64)>) {
     let mut tick = tokio::time::interval(REVOKE_TICK);
     let mut last_push: Option<tokio::time::Instant> = None;
@@ -188,19 +195,34 @@ pub(super) async fn run_revoker(ctx: std::sync::Arc<Ctx>, mut r: Revocations, mu
     // replica changed the store.
     let mut pending = true;
     let mut seen_changes = ctx.estate.store().others_changes();
+    // The live revocations as known here (`None`: read them from the token records).
+    let mut known: Option<std::collections::BTreeMap<String, (i64, i64)>> = None;
+    let mut scanned = tokio::time::Instant::now();
+    let burned = |known: &mut Option<std::collections::BTreeMap<String, (i64, i64)>>, (user, exp): (String, i64)| {
+        if let Some(k) = known.as_mut() {
+            k.insert(user, (ctx.estate.clock().now_unix(), exp));
+        }
+    };
     loop {
         tokio::select! {
             m = rx.recv() => match m {
-                Some(_) => pending = true,
+                Some(b) => {
+                    burned(&mut known, b);
+                    pending = true;
+                }
                 None => return,
             },
             _ = tick.tick() => {}
         }
-        while rx.try_recv().is_ok() {
+        while let Ok(b) = rx.try_recv() {
+            burned(&mut known, b);
             pending = true;
         }
         let changes = ctx.estate.store().others_changes();
-        pending |= changes != seen_changes;
+        if changes != seen_changes {
+            pending = true;
+            known = None;
+        }
         seen_changes = changes;
         if !ctx.leader.is_leader() {
             r.live.clear();
@@ -209,13 +231,28 @@ pub(super) async fn run_revoker(ctx: std::sync::Arc<Ctx>, mut r: Revocations, mu
         if !pending {
             continue;
         }
-        let Ok(stored) = ctx.estate.live_bootstrap_revocations() else { continue };
-        let (stored, young) = due(stored, ctx.estate.clock().now_unix());
+        if last_push.is_some_and(|p| p.elapsed() < REVOKE_SPACING) {
+            continue;
+        }
+        if known.is_none() || scanned.elapsed() >= RESCAN_EVERY {
+            match ctx.estate.live_bootstrap_revocations() {
+                Ok(k) => known = Some(k),
+                Err(e) => {
+                    tracing::warn!("cannot read the burned tokens: {e}; trying again");
+                    continue;
+                }
+            }
+            scanned = tokio::time::Instant::now();
+        }
+        let now = ctx.estate.clock().now_unix();
+        let Some(k) = known.as_mut() else { continue };
+        k.retain(|_, (_, exp)| *exp > now);
+        let (stored, young) = due(k.clone(), now);
         pending = young;
         if stored.keys().eq(r.live.keys()) {
             continue;
         }
-        if last_push.is_some_and(|p| p.elapsed() < REVOKE_SPACING) || !ctx.leader.fenced(ctx.estate.store()) {
+        if !ctx.leader.fenced(ctx.estate.store()) {
             pending = true;
             continue;
         }

@@ -154,8 +154,15 @@ pub async fn run(ctx: Arc<Ctx>) {
         while let Ok(more) = rx.try_recv() {
             todo.insert(more);
         }
-        let ids = ctx.estate.identities().unwrap_or_default();
         for sid in todo {
+            // Only that service's identities (the index), not the estate's.
+            let ids = match ctx.estate.identities_of(&sid) {
+                Ok(ids) => ids,
+                Err(e) => {
+                    tracing::warn!(service = %sid, "cannot read the identities of the service: {e}; the sweep tries again");
+                    continue;
+                }
+            };
             if let Err(e) = publish(&ctx, &sid, &ids).await {
                 tracing::warn!("cannot publish the caller keys of {e}; the sweep tries again");
             }

@@ -192,6 +192,13 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     tasks::first_lease_step(&ctx).await;
     if ctx.leader.is_leader() {
         admin::add_missing_defaults(&ctx).await;
+        // An estate from before the service index: built once (until then, listing a service's
+        // identities reads every identity).
+        match estate.build_service_index() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(identities = n, "indexed the service identities by service"),
+            Err(e) => tracing::warn!("cannot index the service identities: {e}; listing a service's identities reads them all until a restart"),
+        }
     }
     tasks::push_all_accounts(&ctx).await?;
     // The stream that keeps break-glass connections while `serve` is down exists from the

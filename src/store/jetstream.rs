@@ -189,7 +189,11 @@ impl Store for JetStreamStore {
     }
 
     fn count(&self, space: Space) -> Result<usize, StoreError> {
-        Ok(self.in_range(space, "", |_, _| ())?.len())
+        self.count_prefix(space, "")
+    }
+
+    fn count_prefix(&self, space: Space, prefix: &str) -> Result<usize, StoreError> {
+        Ok(self.in_range(space, prefix, |_, _| ())?.len())
     }
 
     fn scan_prefix(&self, space: Space, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {

@@ -48,11 +48,15 @@ pub enum Space {
     /// Replies to changing requests, by signer and request id, until the request expires: a
     /// request retried after a lost reply gets the first reply (several replicas share them).
     Replies,
+    /// Which identities a service has: `<tenant>/<project>/<env>/<service>/<user public key>`,
+    /// written with each service identity's record (so listing one service's identities reads
+    /// only them).
+    ServiceIdentities,
 }
 
 impl Space {
     /// Every space.
-    pub const ALL: [Space; 11] = [
+    pub const ALL: [Space; 12] = [
         Space::Meta,
         Space::Keys,
         Space::Accounts,
@@ -64,6 +68,7 @@ impl Space {
         Space::SecretValues,
         Space::Sites,
         Space::Replies,
+        Space::ServiceIdentities,
     ];
 
     /// The space named `name` ([`Space::as_str`]).
@@ -84,6 +89,7 @@ impl Space {
             Space::SecretValues => "secret_values",
             Space::Sites => "sites",
             Space::Replies => "replies",
+            Space::ServiceIdentities => "service_identities",
         }
     }
 }
@@ -156,6 +162,10 @@ pub trait Store: Send + Sync + 'static {
     fn scan(&self, space: Space) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// How many records a space holds.
     fn count(&self, space: Space) -> Result<usize, StoreError>;
+    /// How many records of a space have a key that starts with `prefix`.
+    fn count_prefix(&self, space: Space, prefix: &str) -> Result<usize, StoreError> {
+        Ok(self.scan_prefix(space, prefix)?.len())
+    }
     /// Every `(key, value)` of a space whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, space: Space, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Apply a batch atomically in memory; durable after the next [`sync`](Store::sync).

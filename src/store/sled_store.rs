@@ -90,7 +90,11 @@ impl Store for SledStore {
     }
 
     fn count(&self, space: Space) -> Result<usize, StoreError> {
-        let prefix = full_key(space, "");
+        self.count_prefix(space, "")
+    }
+
+    fn count_prefix(&self, space: Space, prefix: &str) -> Result<usize, StoreError> {
+        let prefix = full_key(space, prefix);
         let mut n = 0;
         for item in self.db.scan_prefix(&prefix).keys() {
             item.map_err(backend)?;

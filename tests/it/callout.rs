@@ -6,17 +6,6 @@ use crate::harness::*;
 use futures::StreamExt;
 use std::time::Duration;
 
-/// Publish on a subject the identity may use and read it back: the connection is live and
-/// carries the identity's own permissions.
-async fn round_trip(c: &async_nats::Client, subject: &str) -> bool {
-    let Ok(mut sub) = c.subscribe(subject.to_string()).await else { return false };
-    barrier(c).await;
-    if c.publish(subject.to_string(), "ping".into()).await.is_err() {
-        return false;
-    }
-    matches!(tokio::time::timeout(Duration::from_secs(2), sub.next()).await, Ok(Some(m)) if m.payload.as_ref() == b"ping")
-}
-
 /// Connected *and* admitted: the server answered a PING after the CONNECT. (async-nats reports
 /// a connection as up at the first message after CONNECT, which can be the server's own first
 /// PING while the callout is still deciding.)

@@ -609,3 +609,14 @@ pub fn tillit_cas_in(e: &Estate, bundle: &Path) -> usize {
         .unwrap_or(false);
     all - usize::from(pinned)
 }
+
+/// Publish on a subject the identity may use and read it back: the connection is live and
+/// carries the identity's own permissions.
+pub async fn round_trip(c: &async_nats::Client, subject: &str) -> bool {
+    let Ok(mut sub) = c.subscribe(subject.to_string()).await else { return false };
+    barrier(c).await;
+    if c.publish(subject.to_string(), "ping".into()).await.is_err() {
+        return false;
+    }
+    matches!(tokio::time::timeout(Duration::from_secs(2), futures::StreamExt::next(&mut sub)).await, Ok(Some(m)) if m.payload.as_ref() == b"ping")
+}
