@@ -114,6 +114,43 @@ async fn change(ctx: &Arc<Ctx>, actor: &str, req: GrantRequest, how: Change) -> 
 /// reconnect with the new permissions. Either way the change holds within 2 s.
 pub(super) const RETIRE_GRACE: Duration = Duration::from_millis(1500);
 
+/// After a switch back to JWT mode: services whose credentials callout mode issued (signed by the
+/// account's key: without the callout they reach only the control plane) are told to renew,
+/// which the client library does, onto their role's key and full permissions. Told again at
+/// each tick while any such identity is live: nats-server 2.14 needs a restart before it drops
+/// the callout (nats-server#8272), and until then a renewal may not get through. Once none is
+/// left, `meta/auth_nudged` records the switch as done.
+pub(super) async fn nudge_after_auth_switch(ctx: &Arc<Ctx>) {
+    let e = &ctx.estate;
+    let Ok(Some(settings)) = e.auth_settings() else { return };
+    if settings.mode != crate::estate::callout::AuthMode::Jwt || e.meta_flag::<i64>("auth_nudged").ok().flatten() == Some(settings.since) {
+        return;
+    }
+    let now = e.clock().now_unix();
+    let services: std::collections::BTreeSet<ServiceId> = match e.identities() {
+        Ok(ids) => ids
+            .into_iter()
+            .filter(|i| i.state == IdentityState::Active && i.expires_at > now && i.role_key.is_none())
+            .filter_map(|i| i.service)
+            .collect(),
+        Err(err) => {
+            tracing::warn!("cannot read the identities to nudge after the switch to JWT mode: {err}");
+            return;
+        }
+    };
+    if services.is_empty() {
+        if let Err(err) = e.set_meta_flag("auth_nudged", &settings.since) {
+            tracing::warn!("cannot note that every service moved to JWT mode: {err}");
+        }
+        return;
+    }
+    let data = serde_json::json!({ "why": "auth_mode", "mode": "jwt" });
+    for sid in &services {
+        notify_instances(ctx, sid, &data).await;
+    }
+    tracing::info!(services = services.len(), "told services with callout-mode credentials to renew for JWT mode");
+}
+
 /// Tell a service's running instances their permissions changed (a signed envelope on their
 /// notification subject): the client library renews onto the new key and reconnects.
 async fn notify_instances(ctx: &Ctx, sid: &ServiceId, data: &serde_json::Value) {

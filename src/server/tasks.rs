@@ -38,6 +38,7 @@ pub(super) fn periodic(ctx: &Ctx) -> Vec<Job> {
         Job { name: "sweep-caller-keys", every: super::callers::SWEEP_EVERY, singleton: true, step: |c| Box::pin(super::callers::sweep(c)) },
         Job { name: "read-break-glass-connections", every: breakglass::READ_EVERY, singleton: true, step: |c| Box::pin(breakglass::read_connections(c)) },
         Job { name: "retire-role-keys", every: Duration::from_secs(300), singleton: true, step: |c| Box::pin(admin::retire_leftover_keys(c, false)) },
+        Job { name: "nudge-after-auth-switch", every: Duration::from_secs(10), singleton: true, step: |c| Box::pin(admin::nudge_after_auth_switch(c)) },
     ]
 }
 

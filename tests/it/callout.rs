@@ -65,7 +65,10 @@ async fn callout_binds_the_certificate_to_the_nkey_and_switching_modes_needs_no_
 
     // JWT mode (switched offline, serve restarted, nobody re-enrolls): the same identity dirs
     // connect, and the mixed pair is accepted: nats-server checks the JWT and the certificate
-    // separately. This is the hole callout mode closes.
+    // separately. This is the hole callout mode closes. orders runs the client library: told to
+    // renew when serve starts in JWT mode, it moves onto its role's key by itself.
+    let session = tillit::client::session::Session::connect(&tillit::layout::IdentityDir::new(&orders), Some(&nats.url())).await.expect("orders' session");
+    let callout_jwt = std::fs::read_to_string(orders.join("nats.creds")).unwrap_or_default();
     serve.terminate(Duration::from_secs(10));
     let out = tillit(&["auth-mode", "--data-dir", e.data(), "jwt"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -85,6 +88,10 @@ async fn callout_binds_the_certificate_to_the_nkey_and_switching_modes_needs_no_
     assert!(pushed.is_some(), "serve pushed the JWT-mode account to the hub");
     drop(nats);
     let nats = e.start_nats();
+    // The session, back on the restarted hub with its callout-mode credentials, is told to
+    // renew (serve says so every 10 s while any such identity is live) and moves by itself.
+    let renewed = wait_for(Duration::from_secs(25), || std::fs::read_to_string(orders.join("nats.creds")).unwrap_or_default() != callout_jwt);
+    assert!(renewed.is_some(), "orders' session did not renew after the switch to JWT mode:\n{}", serve.log_text());
     let back = |u: &str, who: &std::path::Path| {
         let (u, who) = (u.to_string(), who.to_path_buf());
         async move {
@@ -99,6 +106,9 @@ async fn callout_binds_the_certificate_to_the_nkey_and_switching_modes_needs_no_
         }
     };
     assert!(back(&nats.url(), &orders).await, "orders connects in JWT mode with the identity dir it enrolled with in callout mode\n{}", nats.log_text().lines().rev().take(15).collect::<Vec<_>>().join("\n"));
+    let again = admitted(&nats.url(), &orders, &orders).await.expect("orders");
+    assert!(round_trip(&again, "shop.orders.ping").await, "after its renewal, orders has its full permissions in JWT mode");
+    drop((again, session));
     let mixed = admitted(&nats.url(), &pay, &orders).await;
     assert!(mixed.is_ok(), "JWT mode accepts another identity's certificate with these creds (documented): {mixed:?}");
     drop(mixed);
