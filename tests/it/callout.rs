@@ -293,6 +293,47 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// Certificates nats-server's TLS refuses before the callout is asked: one from a foreign CA and
+/// one expired, each carrying orders' SPIFFE id and key and presented with orders' own creds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_ca_or_an_expired_certificate_never_reaches_the_callout() {
+    let e = Estate::init_args("callout-certs.example", &["--auth", "callout"]);
+    let nats = e.start_nats();
+    let mut serve = e.start_serve_ready();
+    let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
+    assert!(admitted(&nats.url(), &orders, &orders).await.is_ok(), "orders with its own certificate");
+    serve.terminate(Duration::from_secs(10));
+
+    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(orders.join("tls/key.pem")).unwrap()).unwrap();
+    let id = tillit::names::spiffe_id("callout-certs.example", &["acme", "shop", "prod", "orders"]);
+    let t = now();
+    let expired = {
+        let est = tillit::Estate::open(e.dir.clone(), std::sync::Arc::new(tillit::clock::SystemClock)).unwrap();
+        est.ca().issue_client(&key, &id, "orders", t - 7200, t - 600).unwrap().0
+    };
+    let foreign = {
+        let root = tillit::issuer::x509::CertAuthority::generate("callout-certs.example", t, t + 3600).unwrap();
+        tillit::issuer::x509::CertAuthority::load(&root.cert_pem, &root.key_pem).unwrap().issue_client(&key, &id, "orders", t, t + 3600).unwrap().0
+    };
+    let serve = e.start_serve_ready();
+    let before = tillit(&["status", "--identity", &e.admin(), "--json"]);
+    let decided = |out: &std::process::Output| serde_json::from_str::<serde_json::Value>(&stdout(out)).ok().and_then(|v| v["auth"]["requests"].as_u64()).unwrap_or(0);
+    let requests_before = decided(&before);
+    for (what, pem) in [("a foreign CA's", foreign), ("an expired", expired)] {
+        let dir = e.tmp.path().join(format!("orders-{}", what.replace(' ', "-").replace('\'', "")));
+        let out = std::process::Command::new("cp").arg("-r").arg(&orders).arg(&dir).output().unwrap();
+        assert!(out.status.success());
+        std::fs::write(dir.join("tls/cert.pem"), pem).unwrap();
+        let refused = admitted(&nats.url(), &dir, &orders).await;
+        assert!(refused.is_err(), "{what} certificate with orders' creds was admitted");
+        eprintln!("{what} certificate: {}", refused.err().unwrap_or_default());
+    }
+    assert!(nats.log_text().contains("TLS handshake error"), "nats-server refused them at the handshake:\n{}", nats.log_text());
+    let after = tillit(&["status", "--identity", &e.admin(), "--json"]);
+    assert_eq!(decided(&after), requests_before, "the callout was never asked about them\n{}", serve.log_text());
+    assert!(admitted(&nats.url(), &orders, &orders).await.is_ok(), "orders' own certificate still admitted");
+}
+
 /// Try to be admitted for up to `within` (a site's leaf link comes back within a second or two
 /// of its hub).
 async fn admitted_within(url: &str, who: &std::path::Path, within: Duration) -> Result<async_nats::Client, String> {
