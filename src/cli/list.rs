@@ -1,16 +1,36 @@
-//! `tillit list [--json]`: every identity with its state and expiry.
+//! `tillit list [--limit N [--after CURSOR]] [--json]`: every identity with its state and
+//! expiry (every page, or one).
 
-use super::AdminArgs;
+use super::{AdminArgs, PageArgs};
 use crate::proto::{ListReply, ListRequest};
 
-pub async fn run(admin: AdminArgs) -> anyhow::Result<()> {
-    let client = admin.client().await?;
-    let r: ListReply = client.call::<crate::proto::List>(ListRequest {}).await?;
-    if admin.json(&r)? {
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub page: PageArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+pub async fn run(a: ListArgs) -> anyhow::Result<()> {
+    let client = a.admin.client().await?;
+    let (identities, next) = a
+        .page
+        .fetch(|limit, after| {
+            let client = &client;
+            async move {
+                let r: ListReply = client.call::<crate::proto::List>(ListRequest { limit, after }).await?;
+                Ok((r.identities, r.next))
+            }
+        })
+        .await?;
+    let r = ListReply { identities, next };
+    if a.admin.json(&r)? {
         return Ok(());
     }
     for i in &r.identities {
         println!("{:<8} {:<52} {}  expires {}", i.state, i.id, &i.user_public_key[..12.min(i.user_public_key.len())], i.expires_at);
     }
+    super::say_next(&r.next);
     Ok(())
 }

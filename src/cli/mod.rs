@@ -81,7 +81,7 @@ pub enum Command {
     /// Revoke every active identity of a service: connections dropped, never renewed (admin).
     Revoke(revoke::RevokeArgs),
     /// List identities with their state and expiry (admin).
-    List(AdminArgs),
+    List(list::ListArgs),
     /// Secrets: put, rotate, list, versions, delete (admin); get (service).
     Secret(secret::Args),
     /// Rotate trust material (admin): `signing-key`.
@@ -122,6 +122,59 @@ impl Command {
             Command::Renew(r) => r.daemon,
             _ => false,
         }
+    }
+}
+
+/// How much of a listing to fetch.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PageArgs {
+    /// Fetch one page of at most this many (the next page's cursor is printed); without it,
+    /// every page, one after another.
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Start after this cursor (the `next` a page printed).
+    #[arg(long, requires = "limit")]
+    pub after: Option<String>,
+}
+
+/// Items per page when the CLI follows every page itself.
+const FOLLOW_PAGE: u32 = 1_000;
+
+impl PageArgs {
+    /// Fetch what was asked with `fetch(limit, after)`: one page (its items and the next
+    /// cursor), or every page followed (all items, no cursor).
+    pub async fn fetch<T, F, Fut>(&self, mut fetch: F) -> anyhow::Result<(Vec<T>, Option<String>)>
+    where
+        F: FnMut(Option<u32>, Option<String>) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<(Vec<T>, Option<String>)>>,
+    {
+        if self.limit.is_some() {
+            return fetch(self.limit, self.after.clone()).await;
+        }
+        let (mut all, mut after, mut size) = (Vec::new(), None::<String>, FOLLOW_PAGE);
+        loop {
+            let (items, next) = match fetch(Some(size), after.clone()).await {
+                Ok(page) => page,
+                // A page too large for the server's max_payload: smaller pages.
+                Err(e) if size > 1 && matches!(e.downcast_ref::<crate::client::ClientError>(), Some(crate::client::ClientError::Api(a)) if a.code == crate::error::ErrorCode::LimitExceeded) => {
+                    size = (size / 4).max(1);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            all.extend(items);
+            match next {
+                Some(n) => after = Some(n),
+                None => return Ok((all, None)),
+            }
+        }
+    }
+}
+
+/// After a page printed as text: where the next one starts.
+pub fn say_next(next: &Option<String>) {
+    if let Some(n) = next {
+        eprintln!("more: --after {n}");
     }
 }
 

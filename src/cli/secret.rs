@@ -68,6 +68,8 @@ pub struct ListArgs {
     /// Only paths starting with this.
     pub prefix: Option<String>,
     #[command(flatten)]
+    pub page: super::PageArgs,
+    #[command(flatten)]
     pub admin: AdminArgs,
 }
 
@@ -154,13 +156,23 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         }
         SecretCommand::List(l) => {
             let client = l.admin.client().await?;
-            let r: SecretListReply = client
-                .call::<crate::proto::SecretList>(SecretListRequest { prefix: l.prefix.unwrap_or_default() })
+            let prefix = l.prefix.clone().unwrap_or_default();
+            let (secrets, next) = l
+                .page
+                .fetch(|limit, after| {
+                    let (client, prefix) = (&client, prefix.clone());
+                    async move {
+                        let r: SecretListReply = client.call::<crate::proto::SecretList>(SecretListRequest { prefix, limit, after }).await?;
+                        Ok((r.secrets, r.next))
+                    }
+                })
                 .await?;
+            let r = SecretListReply { secrets, next };
             if !l.admin.json(&r)? {
                 for s in &r.secrets {
                     println!("{}  v{}  readers {}", s.path, s.current_version, s.readers.join(" "));
                 }
+                super::say_next(&r.next);
             }
             Ok(())
         }

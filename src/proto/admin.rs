@@ -141,10 +141,18 @@ pub struct RevokeReply {
     pub revoked_at: String,
 }
 
-/// `tillit.v1.admin.list` request body (empty).
+/// `tillit.v1.admin.list` request body: empty for every identity at once (or `limit_exceeded`
+/// when they do not fit in one reply), or one page.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListRequest {}
+pub struct ListRequest {
+    /// At most this many identities (1 to [`super::MAX_PAGE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// The `next` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
 
 wire_enum! {
     /// Where an identity stands.
@@ -184,8 +192,12 @@ pub struct IdentityEntry {
 /// `tillit.v1.admin.list` reply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ListReply {
-    /// Every recorded identity, in any state, sorted by SPIFFE id then user key.
+    /// Every recorded identity (or this page of them), in any state, sorted by SPIFFE id then
+    /// user key.
     pub identities: Vec<IdentityEntry>,
+    /// Where the next page starts (pass it as `after`); absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 wire_enum! {

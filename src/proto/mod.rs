@@ -298,6 +298,9 @@ pub fn endpoint(subject: &str) -> Option<&'static EndpointSpec> {
     ENDPOINTS.iter().find(|e| e.subject == subject)
 }
 
+/// The most items one page of a listing holds (`limit`).
+pub const MAX_PAGE: u32 = 2_000;
+
 pub mod admin;
 pub mod audit;
 pub mod ca;

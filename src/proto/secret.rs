@@ -83,6 +83,13 @@ pub struct SecretListRequest {
     /// Only secrets whose path starts with this (at most 256 characters); empty for all.
     #[serde(default)]
     pub prefix: String,
+    /// At most this many secrets (1 to [`super::MAX_PAGE`]); absent: all of them, or
+    /// `limit_exceeded` when they do not fit in one reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// The `next` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 /// A secret's metadata, as shown to operators (never the value).
@@ -121,8 +128,11 @@ pub struct SecretReply {
 /// `tillit.v1.admin.secret.list` reply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SecretListReply {
-    /// Every secret under the prefix.
+    /// Every secret under the prefix (or this page of them), by path.
     pub secrets: Vec<SecretInfo>,
+    /// Where the next page starts (pass it as `after`); absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// `tillit.v1.svc.secret.get` request body. `name` is a bare name (resolved inside the caller's

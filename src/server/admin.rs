@@ -391,7 +391,7 @@ pub(super) fn sees_identity(access: &Access, r: &IdentityRecord) -> bool {
     !access.confined() || (r.kind == IdentityKind::Service && r.service.as_ref().is_some_and(|s| access.sees(&s.tenant)))
 }
 
-async fn list(ctx: &Ctx, call: &mut super::dispatch::Call, _req: ListRequest) -> Result<ListReply, ApiError> {
+async fn list(ctx: &Ctx, call: &mut super::dispatch::Call, req: ListRequest) -> Result<ListReply, ApiError> {
     let access = call.access()?;
     let now = ctx.estate.clock().now_unix();
     let mut identities: Vec<IdentityEntry> = ctx
@@ -412,7 +412,9 @@ async fn list(ctx: &Ctx, call: &mut super::dispatch::Call, _req: ListRequest) ->
         })
         .collect();
     identities.sort_by(|a, b| a.id.cmp(&b.id).then(a.user_public_key.cmp(&b.user_public_key)));
-    Ok(ListReply { identities })
+    // The cursor key sorts as the list does: ids hold no space, below every character they do.
+    let (identities, next) = super::paging::page(identities, |i| format!("{} {}", i.id, i.user_public_key), req.limit, req.after.as_deref())?;
+    Ok(ListReply { identities, next })
 }
 
 // === token create ===

@@ -28,6 +28,7 @@ pub mod http;
 mod origin;
 pub mod leader;
 mod own;
+mod paging;
 mod replies;
 pub mod push;
 pub mod reconcile;
@@ -425,7 +426,7 @@ async fn handle(ctx: Arc<Ctx>, route: dispatch::Route, req: micro::Request) {
     let max = ctx.api.server_info().max_payload;
     if max > 0 && bytes.len() > max {
         tracing::error!(subject = spec.subject, size = bytes.len(), max, "reply larger than max_payload");
-        let e = ApiError::new(ErrorCode::LimitExceeded, format!("the reply would be {} bytes, over the server's max_payload {max}", bytes.len()));
+        let e = ApiError::new(ErrorCode::LimitExceeded, format!("the reply would be {} bytes, over the server's max_payload {max}{}", bytes.len(), if paged(spec.subject) { "; ask for it by pages with `limit` and `after`" } else { "" }));
         bytes = serde_json::to_vec(&serde_json::json!({ "error": e })).unwrap_or_default();
     }
     if let Err(e) = req.respond(bytes.into(), headers, failed).await {
@@ -437,6 +438,12 @@ async fn handle(ctx: Arc<Ctx>, route: dispatch::Route, req: micro::Request) {
         }
         None => {}
     }
+}
+
+/// Whether the verb on `subject` answers by pages ([`paging`]).
+fn paged(subject: &str) -> bool {
+    use crate::proto::Endpoint;
+    [crate::proto::List::SUBJECT, crate::proto::SecretList::SUBJECT].contains(&subject)
 }
 
 /// An error for a request the control plane cannot take right now.

@@ -149,7 +149,10 @@ async fn list(ctx: &Ctx, call: &mut super::dispatch::Call, req: SecretListReques
     let access = call.access()?;
     let all = ctx.estate.secrets(&req.prefix).map_err(ApiError::from)?;
     // A tenant-confined admin sees its tenants' secrets only.
-    Ok(SecretListReply { secrets: all.iter().filter(|m| access.sees(&m.path.tenant)).map(info).collect() })
+    let mut secrets: Vec<SecretInfo> = all.iter().filter(|m| access.sees(&m.path.tenant)).map(info).collect();
+    secrets.sort_by(|a, b| a.path.cmp(&b.path));
+    let (secrets, next) = super::paging::page(secrets, |s| s.path.clone(), req.limit, req.after.as_deref())?;
+    Ok(SecretListReply { secrets, next })
 }
 
 async fn versions(ctx: &Ctx, req: SecretPathRequest) -> Result<SecretReply, ApiError> {

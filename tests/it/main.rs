@@ -17,6 +17,7 @@ mod grants;
 mod harness;
 mod import;
 mod interop;
+mod listings;
 mod metrics;
 mod readme;
 mod refusals;

@@ -177,7 +177,9 @@ async fn live_replies_requests_and_events_match_the_contract() {
     ok::<proto::Grant>(&mut tap, &nc, &admin_signer, grant.clone()).await;
     ok::<proto::Grants>(&mut tap, &nc, &admin_signer, proto::ServiceRequest { service: orders.clone() }).await;
     ok::<proto::Ungrant>(&mut tap, &nc, &admin_signer, grant).await;
-    ok::<proto::List>(&mut tap, &nc, &admin_signer, proto::ListRequest {}).await;
+    ok::<proto::List>(&mut tap, &nc, &admin_signer, proto::ListRequest::default()).await;
+    // One page of one: the reply carries the next page's cursor, which the schema describes.
+    ok::<proto::List>(&mut tap, &nc, &admin_signer, proto::ListRequest { limit: Some(1), after: None }).await;
 
     // Secrets.
     let path = tillit::secrets::SecretPath::parse("acme/shop/prod/db-password").unwrap();
@@ -187,7 +189,7 @@ async fn live_replies_requests_and_events_match_the_contract() {
     ok::<proto::SecretPut>(&mut tap, &nc, &admin_signer, put).await;
     let rotate = proto::SecretRotateRequest { path: path.clone(), value: None, generate: Some(32) };
     ok::<proto::SecretRotate>(&mut tap, &nc, &admin_signer, rotate).await;
-    ok::<proto::SecretList>(&mut tap, &nc, &admin_signer, proto::SecretListRequest { prefix: String::new() }).await;
+    ok::<proto::SecretList>(&mut tap, &nc, &admin_signer, proto::SecretListRequest::default()).await;
     ok::<proto::SecretVersions>(&mut tap, &nc, &admin_signer, proto::SecretPathRequest { path: path.clone() }).await;
     let readers = proto::SecretReadersRequest { path: path.clone(), readers: vec!["acme/shop/prod/*".into()] };
     ok::<proto::SecretReaders>(&mut tap, &nc, &admin_signer, readers).await;

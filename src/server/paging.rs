@@ -1,0 +1,80 @@
+//! Paged listings: a request may name `limit` (at most [`crate::proto::MAX_PAGE`]) and `after`
+//! (the `next` cursor of the page before); the reply carries `next` while more follow. A
+//! request without `limit` gets everything, or `limit_exceeded` when that would not fit in one
+//! reply (as before listings paged), never a silently shortened list.
+
+use crate::error::ApiError;
+
+/// The page of `items` (sorted by `key`, keys unique) after cursor `after`, at most `limit`
+/// long, and the cursor of the next page if any is left.
+pub(super) fn page<T>(items: Vec<T>, key: impl Fn(&T) -> String, limit: Option<u32>, after: Option<&str>) -> Result<(Vec<T>, Option<String>), ApiError> {
+    let after = match after {
+        None => None,
+        Some(c) => Some(decode(c)?),
+    };
+    let limit = match limit {
+        None => usize::MAX,
+        Some(l) if (1..=crate::proto::MAX_PAGE).contains(&l) => l as usize,
+        Some(_) => return Err(ApiError::bad_request(format!("limit must be between 1 and {}", crate::proto::MAX_PAGE))),
+    };
+    let mut rest = items.into_iter().filter(|i| after.as_deref().is_none_or(|a| key(i).as_str() > a)).peekable();
+    let mut out = Vec::new();
+    while out.len() < limit {
+        match rest.next() {
+            Some(i) => out.push(i),
+            None => break,
+        }
+    }
+    let next = match (rest.peek(), out.last()) {
+        (Some(_), Some(last)) => Some(encode(&key(last))),
+        _ => None,
+    };
+    Ok((out, next))
+}
+
+fn encode(key: &str) -> String {
+    data_encoding::BASE64URL_NOPAD.encode(key.as_bytes())
+}
+
+fn decode(cursor: &str) -> Result<String, ApiError> {
+    let bad = || ApiError::bad_request("after is not a cursor this listing gave (pass the reply's `next` as it is)");
+    if cursor.len() > 1024 {
+        return Err(bad());
+    }
+    let raw = data_encoding::BASE64URL_NOPAD.decode(cursor.as_bytes()).map_err(|_| bad())?;
+    String::from_utf8(raw).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_follow_each_other_without_gaps_or_repeats() {
+        let items: Vec<u32> = (0..25).collect();
+        let key = |i: &u32| format!("{i:04}");
+        let mut seen = vec![];
+        let mut after: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let (p, next) = page(items.clone(), key, Some(10), after.as_deref()).unwrap();
+            seen.extend(p);
+            pages += 1;
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(seen, items);
+        assert_eq!(pages, 3);
+        // An exact multiple ends without an empty page.
+        let (p, next) = page((0..10).collect::<Vec<u32>>(), key, Some(10), None).unwrap();
+        assert_eq!((p.len(), next), (10, None));
+        // No limit: everything.
+        assert_eq!(page(items.clone(), key, None, None).unwrap().0.len(), 25);
+        // Bad input is refused, typed.
+        for (limit, after) in [(Some(0), None), (Some(crate::proto::MAX_PAGE + 1), None), (Some(5), Some("!!")), (Some(5), Some("__8"))] {
+            assert_eq!(page(items.clone(), key, limit, after).unwrap_err().code, crate::error::ErrorCode::BadRequest, "{limit:?} {after:?}");
+        }
+    }
+}
