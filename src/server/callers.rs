@@ -20,6 +20,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
+/// The least time between two rounds of publishing (a new key or a revocation waits at most
+/// this long before its set is sent).
+const PUBLISH_SPACING: std::time::Duration = std::time::Duration::from_millis(200);
 /// How often the leader publishes every service's set again.
 pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -149,7 +152,14 @@ async fn publish(ctx: &Ctx, sid: &ServiceId, ids: &[IdentityRecord]) -> Result<(
 /// Publish what is touched, as it comes (coalesced: one pass per burst).
 pub async fn run(ctx: Arc<Ctx>) {
     let Some(mut rx) = ctx.callers.rx.lock().ok().and_then(|mut r| r.take()) else { return };
+    let mut last_round: Option<tokio::time::Instant> = None;
     while let Some(first) = rx.recv().await {
+        // Rounds at most every PUBLISH_SPACING: a set is the whole service's, so a burst of
+        // enrollments of one service is published once, not once per instance.
+        if let Some(t) = last_round {
+            tokio::time::sleep_until(t + PUBLISH_SPACING).await;
+        }
+        last_round = Some(tokio::time::Instant::now());
         let mut todo = BTreeSet::from([first]);
         while let Ok(more) = rx.try_recv() {
             todo.insert(more);
