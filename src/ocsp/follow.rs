@@ -78,6 +78,13 @@ fn header_u64(m: &async_nats::Message, name: &str) -> Option<u64> {
     header_str(m, name)?.trim().parse().ok()
 }
 
+/// How often a changed copy is written to its file: each save rewrites every answer, so a
+/// large copy is saved less often (a second per thousand answers, 1 to 30 s). What a crash
+/// loses is read again from the bucket: the file's `last_seq` is saved with its answers.
+fn save_every(answers: usize) -> Duration {
+    Duration::from_secs((answers / 1000).clamp(1, 30) as u64)
+}
+
 /// Follow the bucket into `copy` for ever: read until nothing is new, wait [`POLL`], again.
 /// Failures are logged once until the next success (a cut-off site fails every poll).
 pub async fn follow(client: async_nats::Client, api: String, copy: Arc<Copy>) {
@@ -99,7 +106,7 @@ pub async fn follow(client: async_nats::Client, api: String, copy: Arc<Copy>) {
                 }
             }
         }
-        if saved.elapsed() >= Duration::from_secs(1) {
+        if saved.elapsed() >= save_every(copy.len()) {
             let c = copy.clone();
             let _ = tokio::task::spawn_blocking(move || c.save()).await;
             saved = std::time::Instant::now();
