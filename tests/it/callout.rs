@@ -19,16 +19,22 @@ async fn admitted(url: &str, cert_of: &std::path::Path, creds_of: &std::path::Pa
     }
 }
 
+/// A callout-mode estate (trust domain `td`): its hub, `serve`, and `orders` enrolled.
+fn callout_stack(td: &str) -> (Estate, NatsServer, Serve, std::path::PathBuf) {
+    let e = Estate::init_args(td, &["--auth", "callout"]);
+    let nats = e.start_nats();
+    let serve = e.start_serve_ready();
+    let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
+    (e, nats, serve, orders)
+}
+
 fn metrics(e: &Estate) -> String {
     http_get(e.http_port, "/metrics").map(|(_, b)| b).unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callout_binds_the_certificate_to_the_nkey_and_switching_modes_needs_no_reenrollment() {
-    let e = Estate::init_args("callout.example", &["--auth", "callout"]);
-    let nats = e.start_nats();
-    let mut serve = e.start_serve_ready();
-    let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
+    let (e, nats, mut serve, orders) = callout_stack("callout.example");
     let pay = enroll_one(&e, "acme/shop/prod/payments", "payments");
 
     // Each identity with its own certificate and creds: admitted, with its own permissions
@@ -297,10 +303,7 @@ fn now() -> i64 {
 /// one expired, each carrying orders' SPIFFE id and key and presented with orders' own creds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_ca_or_an_expired_certificate_never_reaches_the_callout() {
-    let e = Estate::init_args("callout-certs.example", &["--auth", "callout"]);
-    let nats = e.start_nats();
-    let mut serve = e.start_serve_ready();
-    let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
+    let (e, nats, mut serve, orders) = callout_stack("callout-certs.example");
     assert!(admitted(&nats.url(), &orders, &orders).await.is_ok(), "orders with its own certificate");
     serve.terminate(Duration::from_secs(10));
 
