@@ -71,6 +71,8 @@ pub struct AddArgs {
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
     #[command(flatten)]
+    pub page: super::PageArgs,
+    #[command(flatten)]
     pub admin: AdminArgs,
 }
 
@@ -198,7 +200,17 @@ fn write_site_dir(out: &Path, files: &[(SiteFile, Vec<u8>, u32)]) -> anyhow::Res
 
 async fn list(a: ListArgs) -> anyhow::Result<()> {
     let client = a.admin.client().await?;
-    let reply: SiteListReply = client.call::<crate::proto::SiteList>(SiteListRequest {}).await?;
+    let (sites, next) = a
+        .page
+        .fetch(|limit, after| {
+            let client = &client;
+            async move {
+                let r: SiteListReply = client.call::<crate::proto::SiteList>(SiteListRequest { limit, after }).await?;
+                Ok((r.sites, r.next))
+            }
+        })
+        .await?;
+    let reply = SiteListReply { sites, next };
     if a.admin.json(&reply)? {
         return Ok(());
     }
@@ -215,5 +227,6 @@ async fn list(a: ListArgs) -> anyhow::Result<()> {
             s.last_ack_at.as_deref().unwrap_or("never")
         );
     }
+    super::say_next(&reply.next);
     Ok(())
 }

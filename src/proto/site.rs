@@ -147,16 +147,26 @@ pub struct SiteRemoveReply {
     pub leaf_users_revoked: Vec<String>,
 }
 
-/// `tillit.v1.admin.site.list` request body (empty).
+/// `tillit.v1.admin.site.list` request body: empty for every site, or one page.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SiteListRequest {}
+pub struct SiteListRequest {
+    /// At most this many sites (1 to [`super::MAX_PAGE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// The `next` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
 
 /// `tillit.v1.admin.site.list` reply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SiteListReply {
-    /// Every site, with its agents' progress.
+    /// Every site (or this page of them), by name, with its agents' progress.
     pub sites: Vec<SiteInfo>,
+    /// Where the next page starts (pass it as `after`); absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// `tillit.v1.svc.ack` request body: an agent's signed acknowledgement envelope (JWS EdDSA by

@@ -442,7 +442,7 @@ async fn handle(ctx: Arc<Ctx>, route: dispatch::Route, req: micro::Request) {
 
 /// Whether the verb on `subject` answers by pages ([`paging`]).
 fn paged(subject: &str) -> bool {
-    [crate::proto::List::SUBJECT, crate::proto::SecretList::SUBJECT].contains(&subject)
+    [crate::proto::List::SUBJECT, crate::proto::SecretList::SUBJECT, crate::proto::SiteList::SUBJECT].contains(&subject)
 }
 
 /// An error for a request the control plane cannot take right now.

@@ -218,8 +218,11 @@ async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: SiteRenewRequest) -> Res
     })
 }
 
-async fn list(ctx: &Ctx, _req: SiteListRequest) -> Result<SiteListReply, ApiError> {
-    Ok(SiteListReply { sites: site_infos(ctx).await? })
+async fn list(ctx: &Ctx, req: SiteListRequest) -> Result<SiteListReply, ApiError> {
+    let mut sites = site_infos(ctx).await?;
+    sites.sort_by(|a, b| a.name.cmp(&b.name));
+    let (sites, next) = super::paging::page(sites, |s| s.name.clone(), req.limit, req.after.as_deref())?;
+    Ok(SiteListReply { sites, next })
 }
 
 /// An agent's acknowledgement: a JWS envelope signed by the agent's own nkey (pinned from its

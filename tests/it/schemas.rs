@@ -214,7 +214,7 @@ async fn live_replies_requests_and_events_match_the_contract() {
     };
     ok::<proto::SiteAdd>(&mut tap, &nc, &admin_signer, west).await;
     let site = site_add(&e, "east");
-    ok::<proto::SiteList>(&mut tap, &nc, &admin_signer, proto::SiteListRequest {}).await;
+    ok::<proto::SiteList>(&mut tap, &nc, &admin_signer, proto::SiteListRequest::default()).await;
 
     // The site's agent: renew its site server's certificate, acknowledge an event.
     let agent_dir = e.tmp.path().join("east-agent");

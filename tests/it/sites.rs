@@ -84,6 +84,20 @@ fn a_rotation_reaches_both_sites_through_their_leaf_servers_and_both_ack() {
     assert!(list.status.success(), "{}", stderr(&list));
     let v: serde_json::Value = serde_json::from_str(&stdout(&list)).unwrap();
     assert_eq!(v["sites"].as_array().unwrap().len(), 2);
+    // By pages of one: east, then west, then nothing more.
+    let admin = e.admin();
+    let page = |after: Option<&str>| {
+        let mut args = vec!["site", "list", "--identity", admin.as_str(), "--json", "--limit", "1"];
+        args.extend(after.map(|a| ["--after", a]).into_iter().flatten());
+        let out = tillit(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str::<serde_json::Value>(&stdout(&out)).unwrap()
+    };
+    let first = page(None);
+    assert_eq!(first["sites"][0]["name"], "east");
+    let second = page(first["next"].as_str());
+    assert_eq!(second["sites"][0]["name"], "west");
+    assert!(second.get("next").is_none(), "{second}");
     drop(west_srv);
 }
 
