@@ -28,7 +28,7 @@ mod read;
 mod stream;
 mod writer;
 pub use journal::{Journal, Observer};
-pub use read::{tail, verify, ChainError, Verified};
+pub use read::{tail, tail_before, verify, ChainError, Verified};
 pub use stream::{read_stream, read_stream_lines, tail_stream, stream_config, StreamCheckpoint, StreamWriter, APPLY_GRACE, CHECKPOINT_KEY as STREAM_CHECKPOINT_KEY};
 pub use writer::{write_head, Checkpoint, Writer};
 
@@ -349,6 +349,34 @@ mod tests {
             let want: Vec<u64> = (2000u64.saturating_sub(n as u64) + 1..=2000).collect();
             assert_eq!(t.iter().map(|r| r.seq).collect::<Vec<_>>(), want, "n = {n}");
         }
+    }
+
+    /// A page before a sequence number: the `n` records just below it, also far back, at the
+    /// start, and past the end.
+    #[test]
+    fn a_tail_pages_back_before_a_sequence_number() {
+        let (d, store, clock) = setup();
+        let mut w = Writer::open(&d.path().join("audit"), store, clock, key()).unwrap();
+        for k in 0..20 {
+            w.append((k * 50 + 1..=k * 50 + 50).map(entry).collect()).unwrap();
+        }
+        let path = d.path().join("audit").join(AUDIT_FILE);
+        let seqs = |n: usize, before: Option<u64>| tail_before(&path, n, before).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(3, None), vec![998, 999, 1000]);
+        assert_eq!(seqs(3, Some(998)), vec![995, 996, 997]);
+        assert_eq!(seqs(4, Some(20)), vec![16, 17, 18, 19]);
+        assert_eq!(seqs(5, Some(3)), vec![1, 2], "only what is there");
+        assert_eq!(seqs(2, Some(1)), Vec::<u64>::new());
+        assert_eq!(seqs(2, Some(5000)), vec![999, 1000], "past the end: the newest");
+        // Paging back from the end walks every record once.
+        let (mut all, mut before) = (Vec::new(), None);
+        loop {
+            let page = seqs(130, before);
+            let Some(first) = page.first().copied() else { break };
+            all.splice(0..0, page);
+            before = Some(first);
+        }
+        assert_eq!(all, (1..=1000).collect::<Vec<u64>>());
     }
 
     #[test]

@@ -160,6 +160,19 @@ pub fn tail(path: &Path, n: usize) -> Result<Vec<Record>, AuditError> {
     Ok(out)
 }
 
+/// The last `n` records before sequence number `before` (all of them when `None`), oldest
+/// first: read backwards from the end of the file, as far as `before` and `n` lines more.
+pub fn tail_before(path: &Path, n: usize, before: Option<u64>) -> Result<Vec<Record>, AuditError> {
+    let Some(before) = before else { return tail(path, n) };
+    let last = tail(path, 1)?.last().map(|r| r.seq).unwrap_or(0);
+    // Records are numbered one per line: the lines from `before` on are `last - before + 1`.
+    let from_end = last.saturating_sub(before).saturating_add(1) as usize;
+    let mut out: Vec<Record> = tail(path, n.saturating_add(from_end))?.into_iter().filter(|r| r.seq < before).collect();
+    let skip = out.len().saturating_sub(n);
+    out.drain(..skip);
+    Ok(out)
+}
+
 fn bytecount_lines(b: &[u8]) -> usize {
     b.iter().filter(|x| **x == b'\n').count()
 }

@@ -537,13 +537,15 @@ pub async fn read_stream_lines(
 }
 
 /// The last records of journal stream `name` that `keep` selects (at most `n`, oldest first),
-/// read backwards from its end, looking at no more than `scan` records. Not MAC-checked
+/// before sequence number `before` if given, read backwards from its end, looking at no more
+/// than `scan` records below `before`. Not MAC-checked
 /// ([`read_stream`] checks the whole stream).
 pub async fn tail_stream(
     client: async_nats::Client,
     name: &str,
     n: usize,
     scan: usize,
+    before: Option<u64>,
     mut keep: impl FnMut(&Record) -> bool,
 ) -> Result<Vec<Record>, AuditError> {
     let js = jetstream::new(client);
@@ -554,6 +556,8 @@ pub async fn tail_stream(
     while at >= first && at > 0 && out.len() < n && seen < scan {
         let m = leader_get(&stream, at).await?;
         let mut recs: Vec<Record> = m.payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()).filter_map(|l| serde_json::from_slice(l).ok()).collect();
+        // Records from `before` on are passed over without counting against `scan`.
+        recs.retain(|r| before.is_none_or(|b| r.seq < b));
         seen += recs.len();
         recs.reverse();
         out.extend(recs.into_iter().filter(|r| keep(r)).take(n - out.len()));

@@ -57,6 +57,10 @@ pub struct TailArgs {
     /// How many records.
     #[arg(short = 'n', default_value_t = 20)]
     pub n: usize,
+    /// Only records before this sequence number (the `seq` of the first record a page showed:
+    /// the page before it).
+    #[arg(long)]
+    pub before: Option<u64>,
 }
 
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -110,7 +114,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         AuditCommand::Tail(t) if t.common.identity.is_some() => {
             let client = remote(&t.common)?;
-            let r = block_on(client.call::<crate::proto::AuditTail>(crate::proto::AuditTailRequest { n: t.n }))?;
+            let r = block_on(client.call::<crate::proto::AuditTail>(crate::proto::AuditTailRequest { n: t.n, before: t.before }))?;
             for rec in &r.records {
                 print_record(t.common.json, rec)?;
             }
@@ -171,6 +175,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     let key = crate::crypto::MasterKey::load(&data_dir)?.derive(audit::AUDIT_KEY_LABEL);
                     let mut last = std::collections::VecDeque::with_capacity(t.n);
                     let r = block_on(audit::read_stream(client, &name, &key, |r| {
+                        if t.before.is_some_and(|b| r.seq >= b) {
+                            return;
+                        }
                         if last.len() == t.n {
                             last.pop_front();
                         }
@@ -179,7 +186,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     r?;
                     last.into_iter().collect()
                 }
-                None => audit::tail(&path, t.n)?,
+                None => audit::tail_before(&path, t.n, t.before)?,
             };
             for r in records {
                 if t.common.json {

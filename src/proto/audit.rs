@@ -20,6 +20,10 @@ pub const MAX_AUDIT_TAIL: usize = 500;
 pub struct AuditTailRequest {
     /// How many records, the newest last (1 to 500).
     pub n: usize,
+    /// Only records before this sequence number: the page before one whose first record had it
+    /// (absent: the newest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
 }
 
 /// One audit record as admins see it: what the log line says, without the store changes it carried.

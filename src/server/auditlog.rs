@@ -34,17 +34,17 @@ fn info(r: Record) -> AuditRecordInfo {
 
 /// The last `n` records `keep` selects among the last `scan` (at least `n`), oldest first,
 /// wherever the journal is kept.
-pub(crate) async fn last_records(ctx: &Ctx, n: usize, scan: usize, keep: impl FnMut(&Record) -> bool + Send + 'static) -> Result<Vec<Record>, ApiError> {
+pub(crate) async fn last_records(ctx: &Ctx, n: usize, scan: usize, before: Option<u64>, keep: impl FnMut(&Record) -> bool + Send + 'static) -> Result<Vec<Record>, ApiError> {
     let scan = scan.max(n);
     let e = &ctx.estate;
     match (&e.config.store, e.store().nats()) {
         (crate::config::StoreBackend::JetStream { journal, .. }, Some(client)) => {
-            audit::tail_stream(client, journal, n, scan, keep).await.map_err(|err| super::unavailable(&format!("cannot read the journal: {err}")))
+            audit::tail_stream(client, journal, n, scan, before, keep).await.map_err(|err| super::unavailable(&format!("cannot read the journal: {err}")))
         }
         _ => {
             let path = e.dir.audit_log();
             let mut keep = keep;
-            tokio::task::spawn_blocking(move || audit::tail(&path, scan).map(|all| {
+            tokio::task::spawn_blocking(move || audit::tail_before(&path, scan, before).map(|all| {
                 let mut v: Vec<Record> = all.into_iter().filter(|r| keep(r)).collect();
                 let skip = v.len().saturating_sub(n);
                 v.drain(..skip);
@@ -68,7 +68,7 @@ async fn tail(ctx: &Ctx, call: &mut super::dispatch::Call, req: AuditTailRequest
     // A confined auditor sees its tenants' records, and its own (its refusals name no tenant).
     let me = call.caller()?.id.clone();
     let keep = move |r: &Record| !access.confined() || r.actor == me || tenant_of_record(&td, r).is_some_and(|t| access.sees(t));
-    let records = last_records(ctx, req.n, scan, keep).await?;
+    let records = last_records(ctx, req.n, scan, req.before, keep).await?;
     Ok(AuditTailReply { records: records.into_iter().map(info).collect() })
 }
 

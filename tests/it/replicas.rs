@@ -102,6 +102,21 @@ fn two_replicas_share_one_estate_and_lose_no_concurrent_change() {
         assert_eq!(stdout(&out), "hunter2-replicated", "{}", stderr(&out));
     }
 
+    // The journal stream pages back: the records just before a page's first.
+    let tail = |args: &[&str]| -> Vec<u64> {
+        let admin = e.admin();
+        let mut all = vec!["audit", "tail", "--identity", admin.as_str(), "--json"];
+        all.extend_from_slice(args);
+        let out = tillit(&all);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter_map(|v| v["seq"].as_u64()).collect()
+    };
+    let newest = tail(&["-n", "3"]);
+    assert_eq!(newest.len(), 3, "{newest:?}");
+    let first = newest[0].to_string();
+    let before = tail(&["-n", "4", "--before", &first]);
+    assert_eq!(before, (newest[0] - 4..newest[0]).collect::<Vec<u64>>(), "the four records just before {first}");
+
     // Status names the store, both replicas and the one leader.
     let s = status(&e);
     assert_eq!(s["store"]["backend"], "jetstream", "{s}");

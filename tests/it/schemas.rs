@@ -146,7 +146,8 @@ async fn live_replies_requests_and_events_match_the_contract() {
     let add = proto::AdminAddRequest { name: "carol".into(), role: proto::AdminRole::Auditor, tenants: vec!["acme".into()], ttl_secs: 600 };
     ok::<proto::AdminAdd>(&mut tap, &nc, &admin_signer, add).await;
     ok::<proto::AdminList>(&mut tap, &nc, &admin_signer, proto::AdminListRequest {}).await;
-    ok::<proto::AuditTail>(&mut tap, &nc, &admin_signer, proto::AuditTailRequest { n: 20 }).await;
+    ok::<proto::AuditTail>(&mut tap, &nc, &admin_signer, proto::AuditTailRequest { n: 20, before: None }).await;
+    ok::<proto::AuditTail>(&mut tap, &nc, &admin_signer, proto::AuditTailRequest { n: 2, before: Some(5) }).await;
     ok::<proto::AuditVerify>(&mut tap, &nc, &admin_signer, proto::AuditVerifyRequest {}).await;
     ok::<proto::DashboardSession>(&mut tap, &nc, &admin_signer, proto::DashboardSessionRequest {}).await;
 

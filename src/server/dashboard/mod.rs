@@ -205,7 +205,7 @@ pub async fn state(ctx: &Ctx, admin: &IdentityRecord) -> Result<serde_json::Valu
         move |r: &crate::audit::Record| !a.confined() || r.actor == me || tenant_of(r).is_some_and(|t| a.sees(&t))
     };
     let scan = if confined { 2_000 } else { 200 };
-    let records = super::auditlog::last_records(ctx, 200, scan, sees).await?;
+    let records = super::auditlog::last_records(ctx, 200, scan, None, sees).await?;
     let row = |r: &crate::audit::Record| json!({ "seq": r.seq, "time": r.time, "actor": r.actor, "action": r.action, "target": r.target, "outcome": r.outcome });
     let refused: Vec<&crate::audit::Record> = records.iter().filter(|r| r.outcome.starts_with("denied")).collect();
     let refusals: Vec<_> = refused.iter().filter(|r| !r.actor.starts_with("nats-server:")).rev().take(20).map(|r| row(r)).collect();
