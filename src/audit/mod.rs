@@ -333,16 +333,22 @@ mod tests {
         assert_eq!(t[1].redo[0].key, "U3");
     }
 
+    /// A log of `groups` groups of 50 records (seq 1 to 50 × groups): its dir and file.
+    fn log_of(groups: u32) -> (tempfile::TempDir, std::path::PathBuf) {
+        let (d, store, clock) = setup();
+        let mut w = Writer::open(&d.path().join("audit"), store, clock, key()).unwrap();
+        for k in 0..groups {
+            w.append((k * 50 + 1..=k * 50 + 50).map(entry).collect()).unwrap();
+        }
+        let path = d.path().join("audit").join(AUDIT_FILE);
+        (d, path)
+    }
+
     /// The tail is read backwards in chunks: across chunk boundaries, for more records than the
     /// log holds, for none, and for a log longer than one chunk.
     #[test]
     fn tail_reads_the_end_whatever_the_chunks() {
-        let (d, store, clock) = setup();
-        let mut w = Writer::open(&d.path().join("audit"), store, clock, key()).unwrap();
-        for k in 0..40 {
-            w.append((k * 50 + 1..=k * 50 + 50).map(entry).collect()).unwrap();
-        }
-        let path = d.path().join("audit").join(AUDIT_FILE);
+        let (_d, path) = log_of(40);
         assert!(std::fs::metadata(&path).unwrap().len() > 4 * 64 * 1024, "several chunks");
         for n in [0usize, 1, 7, 300, 1999, 2000, 5000] {
             let t = tail(&path, n).unwrap();
@@ -355,12 +361,7 @@ mod tests {
     /// start, and past the end.
     #[test]
     fn a_tail_pages_back_before_a_sequence_number() {
-        let (d, store, clock) = setup();
-        let mut w = Writer::open(&d.path().join("audit"), store, clock, key()).unwrap();
-        for k in 0..20 {
-            w.append((k * 50 + 1..=k * 50 + 50).map(entry).collect()).unwrap();
-        }
-        let path = d.path().join("audit").join(AUDIT_FILE);
+        let (_d, path) = log_of(20);
         let seqs = |n: usize, before: Option<u64>| tail_before(&path, n, before).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>();
         assert_eq!(seqs(3, None), vec![998, 999, 1000]);
         assert_eq!(seqs(3, Some(998)), vec![995, 996, 997]);

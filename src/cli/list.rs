@@ -14,16 +14,7 @@ pub struct ListArgs {
 
 pub async fn run(a: ListArgs) -> anyhow::Result<()> {
     let client = a.admin.client().await?;
-    let (identities, next) = a
-        .page
-        .fetch(|limit, after| {
-            let client = &client;
-            async move {
-                let r: ListReply = client.call::<crate::proto::List>(ListRequest { limit, after }).await?;
-                Ok((r.identities, r.next))
-            }
-        })
-        .await?;
+    let (identities, next) = a.page.call::<crate::proto::List, _>(&client, |limit, after| ListRequest { limit, after }, |r: ListReply| (r.identities, r.next)).await?;
     let r = ListReply { identities, next };
     if a.admin.json(&r)? {
         return Ok(());

@@ -169,6 +169,22 @@ impl PageArgs {
             }
         }
     }
+
+    /// [`PageArgs::fetch`] of verb `E` as `client`: `request` makes a page's request, `split`
+    /// takes a reply apart into its items and its `next`.
+    pub async fn call<E: crate::proto::Endpoint, T>(
+        &self,
+        client: &TillitClient,
+        request: impl Fn(Option<u32>, Option<String>) -> E::Request,
+        split: impl Fn(E::Reply) -> (Vec<T>, Option<String>),
+    ) -> anyhow::Result<(Vec<T>, Option<String>)> {
+        self.fetch(|limit, after| {
+            let req = request(limit, after);
+            let split = &split;
+            async move { Ok(split(client.call::<E>(req).await?)) }
+        })
+        .await
+    }
 }
 
 /// After a page printed as text: where the next one starts.

@@ -159,13 +159,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             let prefix = l.prefix.clone().unwrap_or_default();
             let (secrets, next) = l
                 .page
-                .fetch(|limit, after| {
-                    let (client, prefix) = (&client, prefix.clone());
-                    async move {
-                        let r: SecretListReply = client.call::<crate::proto::SecretList>(SecretListRequest { prefix, limit, after }).await?;
-                        Ok((r.secrets, r.next))
-                    }
-                })
+                .call::<crate::proto::SecretList, _>(&client, |limit, after| SecretListRequest { prefix: prefix.clone(), limit, after }, |r: SecretListReply| (r.secrets, r.next))
                 .await?;
             let r = SecretListReply { secrets, next };
             if !l.admin.json(&r)? {

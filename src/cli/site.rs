@@ -200,16 +200,7 @@ fn write_site_dir(out: &Path, files: &[(SiteFile, Vec<u8>, u32)]) -> anyhow::Res
 
 async fn list(a: ListArgs) -> anyhow::Result<()> {
     let client = a.admin.client().await?;
-    let (sites, next) = a
-        .page
-        .fetch(|limit, after| {
-            let client = &client;
-            async move {
-                let r: SiteListReply = client.call::<crate::proto::SiteList>(SiteListRequest { limit, after }).await?;
-                Ok((r.sites, r.next))
-            }
-        })
-        .await?;
+    let (sites, next) = a.page.call::<crate::proto::SiteList, _>(&client, |limit, after| SiteListRequest { limit, after }, |r: SiteListReply| (r.sites, r.next)).await?;
     let reply = SiteListReply { sites, next };
     if a.admin.json(&reply)? {
         return Ok(());
