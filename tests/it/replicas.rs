@@ -364,17 +364,22 @@ async fn a_three_node_hub_keeps_serving_when_a_node_dies_and_nothing_diverges() 
     let out = tillit(&["audit", "verify", "--data-dir", e.data()]);
     assert!(out.status.success(), "audit verify: {}{}", stdout(&out), stderr(&out));
     // Both replicas answer with the grants made during the outage: once the returned node has
-    // caught up (within 10 s), six answers in a row hold both, whichever replica gives them.
-    let both = |out: &std::process::Output| stdout(out).contains("\"during.0\"") && stdout(out).contains("\"during.1\"");
+    // caught up, six answers in a row hold both, whichever replica gives them. (A lost grant
+    // never does. On a loaded box a request may get no answer while the groups settle, and is
+    // asked again, for up to 30 s; a stale answer on the way is printed.)
     let mut last = String::new();
-    let converged = wait_for(Duration::from_secs(10), || {
+    let converged = wait_for(Duration::from_secs(30), || {
         (0..6).all(|_| {
             let out = tillit(&["grants", "--identity", &e.admin(), SVC, "--json"]);
-            last = stdout(&out);
-            both(&out)
+            last = format!("{}{}", stdout(&out), stderr(&out));
+            let both = stdout(&out).contains("\"during.0\"") && stdout(&out).contains("\"during.1\"");
+            if out.status.success() && !both {
+                eprintln!("an answer without a grant made during the outage (stale?): {}", stdout(&out));
+            }
+            out.status.success() && both
         })
     });
-    assert!(converged.is_some(), "a grant made during the outage is missing: {last}\n{}", logs());
+    assert!(converged.is_some(), "a grant made during the outage is missing, or no six answers in a row within 30 s; the last: {last}\n{}", logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
