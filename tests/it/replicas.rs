@@ -176,7 +176,15 @@ fn killing_the_leader_loses_no_enrollment_and_moves_the_jobs() {
             })
         })
         .collect();
-    wait_for(Duration::from_secs(60), || done.load(std::sync::atomic::Ordering::SeqCst) >= N / 4).expect("a quarter enrolled");
+    if wait_for(Duration::from_secs(60), || done.load(std::sync::atomic::Ordering::SeqCst) >= N / 4).is_none() {
+        panic!(
+            "a quarter not enrolled within 60 s ({} done); failures: {:?}\n--- a:\n{}\n--- b:\n{}",
+            done.load(std::sync::atomic::Ordering::SeqCst),
+            failures.lock().unwrap(),
+            a.log_text(),
+            b.serve.log_text()
+        );
+    }
     let killed_at = Instant::now();
     let (survivor_port, survivor_log): (u16, Box<dyn Fn() -> String>) = if lead_port == e.http_port {
         a.child.kill().unwrap();
