@@ -271,10 +271,7 @@ pub(crate) async fn cfssl_baseline(n: usize, c: usize, scratch: &Path) -> Result
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("cfssl gencert output: {e}"))?;
     std::fs::write(scratch.join(cfssl::CA), v["cert"].as_str().unwrap_or_default()).map_err(|e| e.to_string())?;
     std::fs::write(scratch.join(cfssl::CA_KEY), v["key"].as_str().unwrap_or_default()).map_err(|e| e.to_string())?;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-        l.local_addr().map_err(|e| e.to_string())?.port()
-    };
+    let port = stores::free_port()?;
     let log = std::fs::File::create(scratch.join(cfssl::LOG)).map_err(|e| e.to_string())?;
     let mut child = tokio::process::Command::new(&bin)
         .args(["serve", "-address", "127.0.0.1", "-port", &port.to_string(), "-ca", cfssl::CA, "-ca-key", cfssl::CA_KEY])
@@ -313,7 +310,7 @@ pub(crate) async fn cfssl_baseline(n: usize, c: usize, scratch: &Path) -> Result
         async move {
             let mut s = conns[w].lock().await;
             let start = Instant::now();
-            let resp = http_post(&mut s, port, "/api/v1/cfssl/sign", &bodies[i]).await?;
+            let (_, resp) = http_request(&mut *s, port, "POST", "/api/v1/cfssl/sign", &[], Some(&bodies[i])).await?;
             if !resp.contains("\"success\":true") {
                 return Err(format!("cfssl refused: {}", &resp[..resp.len().min(200)]));
             }
@@ -330,41 +327,81 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
     std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()).ok_or(())
 }
 
-/// One keep-alive HTTP/1.1 POST; returns the body.
-async fn http_post(s: &mut tokio::net::TcpStream, port: u16, path: &str, body: &str) -> Result<String, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
-    let mut buf = Vec::with_capacity(4096);
-    let mut tmp = [0u8; 4096];
-    let (head_end, content_len) = loop {
-        let k = s.read(&mut tmp).await.map_err(|e| e.to_string())?;
-        if k == 0 {
-            return Err("connection closed".into());
-        }
-        buf.extend_from_slice(&tmp[..k]);
-        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..pos]).to_lowercase();
-            let len = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .ok_or("no content-length")?;
-            break (pos + 4, len);
-        }
-    };
-    while buf.len() < head_end + content_len {
-        let k = s.read(&mut tmp).await.map_err(|e| e.to_string())?;
-        if k == 0 {
-            return Err("connection closed".into());
-        }
-        buf.extend_from_slice(&tmp[..k]);
+/// One HTTP/1.1 request on a keep-alive connection: status and body (Content-Length or chunked).
+pub(crate) async fn http_request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<(u16, String), String> {
+    use tokio::io::AsyncWriteExt;
+    let body = body.unwrap_or("");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
     }
-    Ok(String::from_utf8_lossy(&buf[head_end..head_end + content_len]).into_owned())
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    s.flush().await.map_err(|e| e.to_string())?;
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let head_end = loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
+        read_more(s, &mut buf).await?;
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+    let status: u16 = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("no status line")?;
+    let length = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok());
+    let chunked = head.lines().any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+    let mut rest = buf.split_off(head_end);
+    let out = if chunked {
+        let mut out = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(p) = rest.windows(2).position(|w| w == b"\r\n") {
+                    break p;
+                }
+                read_more(s, &mut rest).await?;
+            };
+            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..line_end]).split(';').next().unwrap_or("").trim(), 16).map_err(|_| "bad chunk size")?;
+            while rest.len() < line_end + 2 + size + 2 {
+                read_more(s, &mut rest).await?;
+            }
+            out.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
+            rest.drain(..line_end + 2 + size + 2);
+            if size == 0 {
+                break out;
+            }
+        }
+    } else {
+        let length = length.unwrap_or(0);
+        while rest.len() < length {
+            read_more(s, &mut rest).await?;
+        }
+        rest.truncate(length);
+        rest
+    };
+    Ok((status, String::from_utf8_lossy(&out).into_owned()))
 }
+
+async fn read_more<S: tokio::io::AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    let mut tmp = [0u8; 8192];
+    let k = s.read(&mut tmp).await.map_err(|e| e.to_string())?;
+    if k == 0 {
+        return Err("connection closed".into());
+    }
+    buf.extend_from_slice(&tmp[..k]);
+    Ok(())
+}
+
 
 // === grants, revocations, account sizes (issue figures) ===
 
@@ -722,4 +759,32 @@ pub(crate) fn openssl_ed25519() -> Option<(f64, f64)> {
     let nums: Vec<f64> = line.split_whitespace().filter_map(|w| w.parse::<f64>().ok()).collect();
     let n = nums.len();
     (n >= 2).then(|| (nums[n - 2], nums[n - 1]))
+}
+
+#[cfg(test)]
+mod http_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The reader takes both framings nats-server's peers use: Content-Length and chunked.
+    #[tokio::test]
+    async fn reads_content_length_and_chunked_bodies() {
+        for (raw, want) in [
+            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", "hello"),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2;x=y\r\nlo\r\n0\r\n\r\n", "hello"),
+            ("HTTP/1.1 204 No Content\r\n\r\n", ""),
+        ] {
+            let (mut client, mut server) = tokio::io::duplex(4096);
+            let raw = raw.to_string();
+            let srv = tokio::spawn(async move {
+                let mut req = [0u8; 1024];
+                let _ = server.read(&mut req).await;
+                server.write_all(raw.as_bytes()).await.unwrap();
+            });
+            let (status, body) = http_request(&mut client, 1, "GET", "/", &[], None).await.unwrap();
+            assert!(status == 200 || status == 204);
+            assert_eq!(body, want);
+            srv.await.unwrap();
+        }
+    }
 }

@@ -14,7 +14,6 @@ use super::{drive, Figures};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// What to measure.
 #[derive(Debug, Clone, Copy)]
@@ -37,16 +36,7 @@ pub(crate) struct Bao {
 type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 fn bao_binary() -> Option<PathBuf> {
-    if let Some(b) = std::env::var_os("BAO").map(PathBuf::from).filter(|p| p.is_file()) {
-        return Some(b);
-    }
-    let paths = std::env::var_os("PATH")?;
-    std::env::split_paths(&paths).map(|d| d.join("bao")).find(|p| p.is_file())
-}
-
-fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+    std::env::var_os("BAO").map(PathBuf::from).filter(|p| p.is_file()).or_else(|| super::which("bao").ok())
 }
 
 impl Bao {
@@ -71,7 +61,7 @@ impl Bao {
             .with_no_client_auth();
         let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg));
 
-        let (port, cluster) = (free_port()?, free_port()?);
+        let (port, cluster) = (super::stores::free_port()?, super::stores::free_port()?);
         let hcl = format!(
             "storage \"raft\" {{\n  path = \"{raft}\"\n  node_id = \"bench1\"\n}}\n\
              listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  cluster_address = \"127.0.0.1:{cluster}\"\n  tls_cert_file = \"{cert}\"\n  tls_key_file = \"{key}\"\n}}\n\
@@ -95,6 +85,15 @@ impl Bao {
         Ok(Some(bao))
     }
 
+    /// The root token's header, once there is one.
+    fn headers(&self) -> Vec<(&str, &str)> {
+        if self.token.is_empty() {
+            vec![]
+        } else {
+            vec![("X-Vault-Token", self.token.as_str())]
+        }
+    }
+
     async fn connect(&self) -> Result<Tls, String> {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
@@ -105,7 +104,7 @@ impl Bao {
     /// One request on a fresh connection (set-up only): status and body.
     async fn call(&self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String), String> {
         let mut s = self.connect().await?;
-        request(&mut s, self.port, method, path, &self.token, body).await
+        super::http_request(&mut s, self.port, method, path, &self.headers(), body).await
     }
 
     async fn ok(&self, method: &str, path: &str, body: Option<&str>) -> Result<serde_json::Value, String> {
@@ -165,8 +164,8 @@ impl Bao {
 
     async fn check(&self, op: Op, s: &mut Tls) -> Result<(), String> {
         let (status, body) = match op {
-            Op::PkiSign => request(s, self.port, "POST", "/v1/pki/sign/client", &self.token, Some(&self.sign_body)).await?,
-            Op::KvRead => request(s, self.port, "GET", "/v1/secret/data/bench", &self.token, None).await?,
+            Op::PkiSign => super::http_request(s, self.port, "POST", "/v1/pki/sign/client", &self.headers(), Some(&self.sign_body)).await?,
+            Op::KvRead => super::http_request(s, self.port, "GET", "/v1/secret/data/bench", &self.headers(), None).await?,
         };
         let good = status == 200
             && match op {
@@ -203,98 +202,5 @@ impl Bao {
             Op::KvRead => "OpenBao 2.7 KV v2 read",
         };
         Ok(Figures::from(name, c, total, lat, errors))
-    }
-}
-
-/// One HTTP/1.1 request on a keep-alive connection: status and body (Content-Length or chunked).
-async fn request<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, port: u16, method: &str, path: &str, token: &str, body: Option<&str>) -> Result<(u16, String), String> {
-    let body = body.unwrap_or("");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n", body.len());
-    if !token.is_empty() {
-        req.push_str(&format!("X-Vault-Token: {token}\r\n"));
-    }
-    if !body.is_empty() {
-        req.push_str("Content-Type: application/json\r\n");
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
-    s.flush().await.map_err(|e| e.to_string())?;
-    let mut buf: Vec<u8> = Vec::with_capacity(8192);
-    let head_end = loop {
-        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos + 4;
-        }
-        read_more(s, &mut buf).await?;
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
-    let status: u16 = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("no status line")?;
-    let length = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok());
-    let chunked = head.lines().any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
-    let mut rest = buf.split_off(head_end);
-    let out = if chunked {
-        let mut out = Vec::new();
-        loop {
-            let line_end = loop {
-                if let Some(p) = rest.windows(2).position(|w| w == b"\r\n") {
-                    break p;
-                }
-                read_more(s, &mut rest).await?;
-            };
-            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..line_end]).split(';').next().unwrap_or("").trim(), 16).map_err(|_| "bad chunk size")?;
-            while rest.len() < line_end + 2 + size + 2 {
-                read_more(s, &mut rest).await?;
-            }
-            out.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
-            rest.drain(..line_end + 2 + size + 2);
-            if size == 0 {
-                break out;
-            }
-        }
-    } else {
-        let length = length.unwrap_or(0);
-        while rest.len() < length {
-            read_more(s, &mut rest).await?;
-        }
-        rest.truncate(length);
-        rest
-    };
-    Ok((status, String::from_utf8_lossy(&out).into_owned()))
-}
-
-async fn read_more<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Result<(), String> {
-    let mut tmp = [0u8; 8192];
-    let k = s.read(&mut tmp).await.map_err(|e| e.to_string())?;
-    if k == 0 {
-        return Err("connection closed".into());
-    }
-    buf.extend_from_slice(&tmp[..k]);
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The reader takes both framings nats-server's peers use: Content-Length and chunked.
-    #[tokio::test]
-    async fn reads_content_length_and_chunked_bodies() {
-        for (raw, want) in [
-            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", "hello"),
-            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2;x=y\r\nlo\r\n0\r\n\r\n", "hello"),
-            ("HTTP/1.1 204 No Content\r\n\r\n", ""),
-        ] {
-            let (mut client, mut server) = tokio::io::duplex(4096);
-            let raw = raw.to_string();
-            let srv = tokio::spawn(async move {
-                let mut req = [0u8; 1024];
-                let _ = server.read(&mut req).await;
-                server.write_all(raw.as_bytes()).await.unwrap();
-            });
-            let (status, body) = request(&mut client, 1, "GET", "/", "", None).await.unwrap();
-            assert!(status == 200 || status == 204);
-            assert_eq!(body, want);
-            srv.await.unwrap();
-        }
     }
 }

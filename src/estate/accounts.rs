@@ -288,14 +288,13 @@ impl Estate {
             // Callout mode, past the window of credentials issued in JWT mode, or an account whose
             // role keys did not fit at this many roles (they still do not; counting keys costs
             // far less than reading every role): the roles are not read.
-            let roles_prefix = format!("{}/", rec.name);
             let skip_roles = match callout {
                 // Past the window where credentials issued in JWT mode can be valid.
                 Some(a) if !a.role_keys_needed(self.clock.now_unix()) => true,
                 Some(_) => {
                     let over = self.callout_role_keys_over.lock().ok().and_then(|m| m.get(&rec.name).copied());
                     match over {
-                        Some(over) => self.store().count_prefix(Space::Roles, &roles_prefix)? >= over,
+                        Some(over) => self.role_count(&rec.name)? >= over,
                         None => false,
                     }
                 }

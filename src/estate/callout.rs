@@ -96,6 +96,11 @@ pub fn callout_bucket(user_key: &str) -> u16 {
     u16::from_be_bytes([h[0], h[1]]) % CALLOUT_BUCKETS
 }
 
+/// The buckets of the identities with user keys `user_keys`.
+pub fn callout_buckets(user_keys: &[String]) -> std::collections::BTreeSet<u16> {
+    user_keys.iter().map(|u| callout_bucket(u)).collect()
+}
+
 /// `nats` of an authorization request (the fields tillit reads).
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 pub struct AuthRequestNats {
@@ -263,21 +268,13 @@ impl Estate {
     /// bucket and epoch), so every replica derives the same and nothing more is stored.
     pub(crate) fn callout_bucket_key(&self, acct: &AccountRecord, bucket: u16) -> Result<Arc<KeyPair>> {
         let epoch = acct.callout_epochs.get(&bucket).copied().unwrap_or(0);
-        let cache_key = format!("callout-bucket/{}/{bucket}/{epoch}", acct.public_key);
-        if let Ok(cache) = self.keys.lock() {
-            if let Some(k) = cache.get(&cache_key) {
-                return Ok(k.clone());
-            }
-        }
-        let signing = self.account_signing_key(acct)?;
-        let seed = zeroize::Zeroizing::new(signing.seed().map_err(key_err("account signing key"))?);
-        let label = format!("tillit callout answer key v1/{}/{bucket}/{epoch}", acct.public_key);
-        let raw = zeroize::Zeroizing::new(crypto::hmac_sha256(seed.as_bytes(), label.as_bytes()));
-        let kp = Arc::new(KeyPair::new_from_raw(nkeys::KeyPairType::Account, *raw).map_err(key_err("callout answer key"))?);
-        if let Ok(mut cache) = self.keys.lock() {
-            cache.insert(cache_key, kp.clone());
-        }
-        Ok(kp)
+        self.cached_key(&format!("callout-bucket/{}/{bucket}/{epoch}", acct.public_key), || {
+            let signing = self.account_signing_key(acct)?;
+            let seed = zeroize::Zeroizing::new(signing.seed().map_err(key_err("account signing key"))?);
+            let label = format!("tillit callout answer key v1/{}/{bucket}/{epoch}", acct.public_key);
+            let raw = zeroize::Zeroizing::new(crypto::hmac_sha256(seed.as_bytes(), label.as_bytes()));
+            KeyPair::new_from_raw(nkeys::KeyPairType::Account, *raw).map_err(key_err("callout answer key"))
+        })
     }
 
     /// The public keys of every bucket of `acct` (its account JWT lists them in callout mode).
@@ -289,8 +286,7 @@ impl Estate {
     /// JWT is pushed, the connections their old keys admitted are dropped everywhere.
     pub fn rotate_callout_buckets(&self, acct: &AccountRecord, user_keys: &[String]) -> AccountRecord {
         let mut rec = acct.clone();
-        let buckets: std::collections::BTreeSet<u16> = user_keys.iter().map(|u| callout_bucket(u)).collect();
-        for b in buckets {
+        for b in callout_buckets(user_keys) {
             let e = rec.callout_epochs.entry(b).or_insert(0);
             *e = e.wrapping_add(1);
         }
@@ -330,7 +326,7 @@ impl Estate {
         let accounts: Vec<AccountRecord> = accounts.into_iter().filter(|a| matches!(a.kind, AccountKind::Tenant | AccountKind::Tillit)).collect();
         if mode == AuthMode::Jwt {
             for acct in accounts.iter().filter(|a| a.kind == AccountKind::Tenant) {
-                let n = self.roles_of(&acct.name)?.len();
+                let n = self.role_count(&acct.name)?;
                 if n > MAX_SERVICES_PER_ACCOUNT {
                     return Err(EstateError::Key(
                         format!("account {}", acct.name),

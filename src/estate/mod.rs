@@ -577,18 +577,23 @@ impl Estate {
 
     /// A key pair from the sealed store, cached in memory after the first use.
     pub(crate) fn key(&self, store_key: &str) -> Result<Arc<KeyPair>> {
-        if let Ok(cache) = self.keys.lock() {
-            if let Some(k) = cache.get(store_key) {
-                return Ok(k.clone());
-            }
+        self.cached_key(store_key, || {
+            let seed = self
+                .vault
+                .get_sealed(Space::Keys, store_key)?
+                .ok_or_else(|| EstateError::Key(store_key.into(), "no key in store".into()))?;
+            KeyPair::from_seed(std::str::from_utf8(&seed).unwrap_or("")).map_err(key_err(store_key))
+        })
+    }
+
+    /// The key pair cached under `name`, or `make`'s, cached from now on.
+    pub(crate) fn cached_key(&self, name: &str, make: impl FnOnce() -> Result<KeyPair>) -> Result<Arc<KeyPair>> {
+        if let Some(k) = self.keys.lock().ok().and_then(|cache| cache.get(name).cloned()) {
+            return Ok(k);
         }
-        let seed = self
-            .vault
-            .get_sealed(Space::Keys, store_key)?
-            .ok_or_else(|| EstateError::Key(store_key.into(), "no key in store".into()))?;
-        let kp = Arc::new(KeyPair::from_seed(std::str::from_utf8(&seed).unwrap_or("")).map_err(key_err(store_key))?);
+        let kp = Arc::new(make()?);
         if let Ok(mut cache) = self.keys.lock() {
-            cache.insert(store_key.to_string(), kp.clone());
+            cache.insert(name.to_string(), kp.clone());
         }
         Ok(kp)
     }

@@ -12,6 +12,11 @@ use crate::names::ServiceId;
 /// mode, where the account JWT carries no key per service.
 pub const MAX_SERVICES_PER_ACCOUNT: usize = 1_200;
 
+/// Where account `account`'s roles are kept (`<account>/<project>/<service>`).
+fn roles_prefix(account: &str) -> String {
+    format!("{account}/")
+}
+
 /// A service's role: its scoped signing key in the tenant account, and the permission template
 /// users signed by that key get.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,7 +129,12 @@ pub(crate) fn caller_keys_read() -> Vec<String> {
 impl Estate {
     /// Every role of an account.
     pub fn roles_of(&self, account: &str) -> Result<Vec<RoleRecord>> {
-        self.scan_json(Space::Roles, &format!("{account}/"))
+        self.scan_json(Space::Roles, &roles_prefix(account))
+    }
+
+    /// How many roles (services) account `account` has, without reading them.
+    pub fn role_count(&self, account: &str) -> Result<usize> {
+        Ok(self.store().count_prefix(Space::Roles, &roles_prefix(account))?)
     }
 
     /// A service's role, if it has one.
@@ -149,7 +159,7 @@ impl Estate {
             return Ok((acct, role, created));
         }
         // Callout mode carries no scoped key per service in the account JWT: no ceiling there.
-        if self.auth_mode() == callout::AuthMode::Jwt && self.store().count_prefix(Space::Roles, &format!("{}/", acct.name))? >= MAX_SERVICES_PER_ACCOUNT {
+        if self.auth_mode() == callout::AuthMode::Jwt && self.role_count(&acct.name)? >= MAX_SERVICES_PER_ACCOUNT {
             return Err(EstateError::Limit(format!(
                 "account {} already has {MAX_SERVICES_PER_ACCOUNT} services, about the most one account JWT can carry; \
                  put further services in another environment (account), e.g. {}-2, or switch to callout mode",

@@ -211,7 +211,13 @@ fn spawn_retirement(ctx: &Arc<Ctx>, sid: ServiceId, old_key: String) {
                 // replaced: every server drops the connections they admitted, which come back
                 // with the new permissions.
                 if ctx.estate.auth_mode() == crate::estate::callout::AuthMode::Callout {
-                    let users: Vec<String> = ctx.estate.identities_of(&sid).unwrap_or_default().into_iter().filter(|i| i.state == IdentityState::Active).map(|i| i.user_public_key).collect();
+                    let users: Vec<String> = match ctx.estate.identities_of(&sid) {
+                        Ok(ids) => ids.into_iter().filter(|i| i.state == IdentityState::Active).map(|i| i.user_public_key).collect(),
+                        Err(err) => {
+                            tracing::error!(service = %sid, "cannot read the service's identities to drop its connections from before the permission change: {err}");
+                            return;
+                        }
+                    };
                     match rotate_callout_answers(&ctx, &sid.account_name(), &users, "ungrant").await {
                         Ok(()) => tracing::info!(service = %sid, "connections from before the permission change dropped"),
                         Err(err) => tracing::error!(service = %sid, "cannot drop the connections from before the permission change: {}", err.message),
@@ -356,7 +362,7 @@ pub(super) async fn rotate_callout_answers(ctx: &Ctx, account: &str, users: &[St
     let _g = e.account_lock().lock().await;
     let acct = e.account(account).map_err(ApiError::from)?;
     let (signed, b) = e.callout_rotation(&acct, users).map_err(ApiError::from)?;
-    let buckets: std::collections::BTreeSet<u16> = users.iter().map(|u| crate::estate::callout::callout_bucket(u)).collect();
+    let buckets = crate::estate::callout::callout_buckets(users);
     ctx.journal
         .record(Entry::ok("tillit", "callout.rotate", account).detail(serde_json::json!({ "why": why, "buckets": buckets })).batch(b))
         .await
