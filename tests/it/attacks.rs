@@ -655,3 +655,65 @@ async fn a_site_from_before_confinement_gets_confined_credentials() {
     let audit = stdout(&tillit(&["audit", "tail", "--data-dir", e.data(), "--json", "-n", "100"]));
     assert!(audit.contains("\"action\":\"site.upgrade\"") && audit.contains("\"action\":\"site.renew\""), "{audit}");
 }
+
+/// Callout mode lets a site's TILLIT link publish authorization requests (leaf permissions
+/// v4). A rogue leaf with a site directory's files forges one for `orders`, whose certificate
+/// and JWT it holds, with a nonce signature by a key that is not orders': tillit refuses it, and
+/// the answer, sealed to the rogue, carries no user JWT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_server_cannot_get_a_callout_answer_for_an_identity_that_never_connected_to_it() {
+    let leaf = free_port();
+    let e = Estate::init_args("rogue-callout.example", &["--auth", "callout", "--leaf-port", &leaf.to_string()]);
+    let _nats = e.start_nats();
+    let _serve = e.start_serve_ready();
+    let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
+    let site = site_add(&e, "east");
+    let rogue = RogueLeaf::start(&site);
+    let st: serde_json::Value = serde_json::from_str(&stdout(&tillit(&["status", "--identity", &e.admin(), "--json"]))).unwrap();
+    let acct = st["accounts"]["acme-prod"]["public_key"].as_str().unwrap().to_string();
+    let callout_xkey = jwt_claims(&resolver_jwt(&e, &acct))["nats"]["authorization"]["xkey"].as_str().unwrap().to_string();
+
+    let files = tillit::identity::load(&tillit::layout::IdentityDir::new(&orders)).unwrap();
+    let (server, xkey, stranger) = (nkeys::KeyPair::new_server(), nkeys::XKey::new(), nkeys::KeyPair::new_user());
+    let nonce = "rogue-nonce";
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let claims = tillit::issuer::jwt::Claims {
+        jti: "forged".into(),
+        iat: now,
+        iss: server.public_key(),
+        sub: acct.clone(),
+        name: None,
+        aud: Some(tillit::estate::callout::AUTH_REQUEST_AUDIENCE.into()),
+        exp: Some(now + 2),
+        nbf: None,
+        nats: serde_json::json!({
+            "type": "authorization_request",
+            "server_id": { "name": "rogue-east", "id": server.public_key(), "xkey": xkey.public_key() },
+            "user_nkey": nkeys::KeyPair::new_user().public_key(),
+            "client_info": { "host": "127.0.0.1", "id": 7, "nonce": nonce, "kind": "Client" },
+            "connect_opts": { "jwt": files.user_jwt, "sig": data_encoding::BASE64URL_NOPAD.encode(&stranger.sign(nonce.as_bytes()).unwrap()) },
+            "client_tls": { "verified_chains": [[files.cert_pem]] },
+        }),
+    };
+    let token = tillit::issuer::jwt::encode(&claims, &server).unwrap();
+    let sealer = tillit::crypto::Sealer::new(&xkey).unwrap();
+    let sealed = sealer.seal(token.as_bytes(), &callout_xkey).unwrap();
+    let c = rogue.client("t", "_INBOX.site-east.rogue").await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Server-Xkey", xkey.public_key().as_str());
+    let mut answer = None;
+    for _ in 0..50 {
+        match tokio::time::timeout(Duration::from_secs(2), c.request_with_headers(format!("tillit.v1.callout.{}", "acme-prod"), headers.clone(), sealed.clone().into())).await {
+            Ok(Ok(m)) => {
+                answer = Some(m);
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let answer = answer.unwrap_or_else(|| panic!("no answer through the rogue's TILLIT link:\n{}", rogue.server.log_text()));
+    let jwt = sealer.open(&answer.payload, &callout_xkey).expect("the answer is sealed to the asking server");
+    let nats = &jwt_claims(std::str::from_utf8(&jwt).unwrap())["nats"];
+    assert!(nats.get("jwt").is_none(), "tillit admitted a forged request: {nats}");
+    assert!(nats["error"].as_str().unwrap_or_default().contains("nonce signature"), "{nats}");
+}
