@@ -11,6 +11,7 @@
 pub(crate) mod connect;
 pub(crate) mod fanout;
 pub(crate) mod openbao;
+pub(crate) mod scale;
 pub(crate) mod stores;
 
 use crate::client::enroll::{bootstrap_params, LocalKeys};

@@ -73,7 +73,8 @@ fn spawn(what: &str, cmd: &mut Command, log: &Path) -> Result<(String, Child), S
     Ok((what.to_string(), child))
 }
 
-fn wait_ready(port: u16, within: Duration) -> Result<(), String> {
+/// Poll `/readyz` every `poll` until it answers 200.
+fn wait_ready(port: u16, within: Duration, poll: Duration) -> Result<(), String> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
@@ -85,7 +86,7 @@ fn wait_ready(port: u16, within: Duration) -> Result<(), String> {
                 return Ok(());
             }
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(poll);
     }
     Err(format!("the control plane on :{port} was not ready within {within:?}"))
 }
@@ -127,24 +128,56 @@ pub(crate) fn start(kind: Kind, root: &Path, auth: crate::estate::callout::AuthM
         procs.0.push(spawn("nats-server", Command::new(&bin).arg("-c").arg(conf), &data.join(format!("nats-{i}.log")))?);
     }
     std::thread::sleep(Duration::from_millis(500));
-    let serve = |d: &Path, port: u16, log: &str| {
-        spawn(
-            "tillit serve",
-            Command::new(&me).args(["serve", "--data-dir"]).arg(d).args(["--http-addr", &format!("127.0.0.1:{port}")]).env("RUST_LOG", "warn"),
-            &data.join(log),
-        )
-    };
-    procs.0.push(serve(&data, http, "serve-1.log")?);
-    wait_ready(http, Duration::from_secs(60))?;
+    procs.0.push(serve_proc(&me, &data, http, &data.join("serve-1.log"))?);
+    wait_ready(http, Duration::from_secs(60), Duration::from_millis(100))?;
     let mut ports = vec![http];
     if kind == Kind::JetStreamR3 {
         let second = root.join("jetstream-R3-replica-2");
         crate::cli::store::make_replica_dir(&dir, &second).map_err(|e| e.to_string())?;
-        procs.0.push(serve(&second, http2, "serve-2.log")?);
-        wait_ready(http2, Duration::from_secs(60))?;
+        procs.0.push(serve_proc(&me, &second, http2, &data.join("serve-2.log"))?);
+        wait_ready(http2, Duration::from_secs(60), Duration::from_millis(100))?;
         ports.push(http2);
     }
     Ok(Stack { dir, procs, http: ports })
+}
+
+fn serve_proc(me: &Path, data: &Path, port: u16, log: &Path) -> Result<(String, Child), String> {
+    spawn(
+        "tillit serve",
+        Command::new(me).args(["serve", "--data-dir"]).arg(data).args(["--http-addr", &format!("127.0.0.1:{port}")]).env("RUST_LOG", "warn"),
+        log,
+    )
+}
+
+impl Stack {
+    /// The first replica's HTTP port (`/ocsp`, `/crl`, `/readyz`).
+    pub(crate) fn http_port(&self) -> u16 {
+        self.http[0]
+    }
+
+    /// Stop the first replica (SIGTERM, then SIGKILL after 10 s), start it again, and return
+    /// the time from its start to `/readyz` answering 200: the cold start.
+    pub(crate) fn restart_serve(&mut self) -> Result<Duration, String> {
+        let i = self.procs.0.iter().position(|(w, _)| w == "tillit serve").ok_or("no serve process")?;
+        let child = &mut self.procs.0[i].1;
+        // SAFETY: kill(2) on our own child's pid; no memory is touched.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().map_err(|e| e.to_string())?.is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let me = std::env::current_exe().map_err(|e| e.to_string())?;
+        let log = self.dir.root().join("serve-1.log");
+        let started = Instant::now();
+        self.procs.0[i] = serve_proc(&me, self.dir.root(), self.http[0], &log)?;
+        wait_ready(self.http[0], Duration::from_secs(120), Duration::from_millis(5))?;
+        Ok(started.elapsed())
+    }
 }
 
 /// What one stack measured.

@@ -73,6 +73,19 @@ pub enum What {
         #[arg(long)]
         json: bool,
     },
+    /// One estate built in this run (sled, one `serve`), grown to each count of services: a
+    /// table of serve's RSS, store size, cold start, status, paged list, OCSP p99, CRL with 10%
+    /// revoked, renewal rate and the cost per added service. Needs nats-server (NATS_SERVER_BIN).
+    Scale {
+        /// Ascending counts of enrolled services, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [1_000usize, 10_000, 100_000])]
+        services: Vec<usize>,
+        /// `callout` (one account) or `jwt` (1,000 services per account).
+        #[arg(long, default_value = "callout")]
+        auth: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Size of a tenant account JWT at 100, 1,000 and 5,000 services (no server needed).
     AccountSize {
         #[arg(long)]
@@ -142,6 +155,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         What::Fanout(f) => return fanout(f).await,
         What::Stores { n, c, no_r3, json } => return stores(*n, *c, *no_r3, *json).await,
         What::Connect { n, c, services, json } => return connect(*n, *c, *services, *json).await,
+        What::Scale { services, auth, json } => return scale(services, auth, *json).await,
     };
     anyhow::ensure!(o.n > 0 && o.c > 0 && o.c <= 1024, "-n and -c must be positive (and -c at most 1024)");
     let scratch = tempfile_dir()?;
@@ -475,6 +489,39 @@ async fn fanout(f: &FanoutArgs) -> anyhow::Result<()> {
             "p50_ms": round(r.per_agent.p50_ms), "p99_ms": round(r.per_agent.p99_ms),
             "serve_rss_bytes": r.serve_rss_bytes, "setup_secs": round(r.setup_secs),
         }));
+    }
+    Ok(())
+}
+
+async fn scale(steps: &[usize], auth: &str, json: bool) -> anyhow::Result<()> {
+    use crate::estate::callout::AuthMode;
+    let mode = match auth {
+        "callout" => AuthMode::Callout,
+        "jwt" => AuthMode::Jwt,
+        other => anyhow::bail!("--auth must be callout or jwt, not {other:?}"),
+    };
+    anyhow::ensure!(!steps.is_empty() && steps.windows(2).all(|w| w[0] < w[1]), "--services must be ascending counts, e.g. 1000,10000,100000");
+    anyhow::ensure!(steps.iter().all(|n| (10..=200_000).contains(n)), "--services counts must be between 10 and 200000");
+    let scratch = tempfile_dir()?;
+    let rows = crate::bench::scale::run(mode, steps, &scratch).await.map_err(anyhow::Error::msg);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let rows = rows?;
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    println!("\nscale, {} mode, sled, one serve, {cpus} CPUs (RSS after: after a restart, status, list, OCSP, CRL and 2,000 renewals at c=8)", mode.as_str());
+    println!("{}", crate::bench::scale::header());
+    for r in &rows {
+        println!("{}", crate::bench::scale::line(r));
+    }
+    if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+        println!(
+            "renewal rate at {} services is {:.0}% of the rate at {}",
+            last.services,
+            100.0 * last.renew.per_sec / first.renew.per_sec.max(1e-9),
+            first.services
+        );
+    }
+    if json {
+        println!("{}", serde_json::json!({ "bench": "scale", "auth": mode.as_str(), "cpus": cpus, "rows": rows }));
     }
     Ok(())
 }

@@ -444,7 +444,11 @@ impl Estate {
         match decision {
             Ok(a) => {
                 let bucket = self.callout_bucket_key(acct, callout_bucket(&a.user_public_key))?;
-                nats["jwt"] = self.sign_user_with(&bucket, acct, &req.nats.user_nkey, &a.id, a.permissions.clone(), a.expires_at, a.tags.clone())?.into()
+                // The name is the identity's own user key: nats-server makes a callout user's
+                // name its user in `Nats-Request-Info` (the per-connection key is forgotten), and
+                // the control plane checks that user against the signer of each request. A SPIFFE
+                // id there would refuse every renewal and secret read of a callout-mode service.
+                nats["jwt"] = self.sign_user_with(&bucket, acct, &req.nats.user_nkey, &a.user_public_key, a.permissions.clone(), a.expires_at, a.tags.clone())?.into()
             }
             Err(r) => nats["error"] = format!("tillit: {}", r.message).into(),
         }

@@ -119,7 +119,13 @@ pub fn presign<C: AsRef<CertAuthority>>(cas: &[C], serial_hex: &str, status: Sta
 /// An OCSP request for `serial_hex` issued by `ca`, as nats-server (Go's `ocsp.CreateRequest`)
 /// makes it: one SHA-1 CertID, no nonce. For probes and tests.
 pub fn request(ca: &CertAuthority, serial_hex: &str) -> Option<Vec<u8>> {
-    let issuer = IssuerIds::of(ca)?;
+    request_to(ca.cert_pem(), serial_hex)
+}
+
+/// [`request`] for the CA whose certificate (PEM, the first of a bundle) is `ca_pem`: what a
+/// client that holds only the CA bundle asks.
+pub fn request_to(ca_pem: &str, serial_hex: &str) -> Option<Vec<u8>> {
+    let issuer = IssuerIds::of_pem(ca_pem)?;
     let raw = data_encoding::HEXLOWER.decode(serial_hex.as_bytes()).ok()?;
     let id = x509_ocsp::CertId {
         hash_algorithm: spki::AlgorithmIdentifierOwned { oid: OID_SHA1, parameters: Some(der::Any::null()) },
@@ -205,7 +211,11 @@ struct IssuerIds {
 
 impl IssuerIds {
     fn of(ca: &CertAuthority) -> Option<Self> {
-        let ca_der = crate::issuer::x509::first_cert_der(ca.cert_pem()).ok()?;
+        Self::of_pem(ca.cert_pem())
+    }
+
+    fn of_pem(ca_pem: &str) -> Option<Self> {
+        let ca_der = crate::issuer::x509::first_cert_der(ca_pem).ok()?;
         let ca_cert = x509_cert::Certificate::from_der(&ca_der).ok()?;
         let name_der = ca_cert.tbs_certificate.subject.to_der().ok()?;
         let key_bits = ca_cert.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes().to_vec();

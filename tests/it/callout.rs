@@ -142,6 +142,38 @@ async fn callout_binds_the_certificate_to_the_nkey_and_switching_modes_needs_no_
     assert!(admitted(&nats.url(), &pay, &pay).await.is_ok(), "others are untouched");
 }
 
+/// A service admitted by the callout uses the control plane as any service does: it renews
+/// and reads its secrets. nats-server names a callout user in `Nats-Request-Info` by the
+/// answer's name, and the control plane checks that name against the signer of each request:
+/// the name is the identity's own user key, so another admitted identity's signature is still
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callout_admitted_service_renews_and_reads_its_secrets_and_cannot_speak_for_another() {
+    let (e, nats, _serve, orders) = callout_stack("callout-verbs.example");
+    let pay = enroll_one(&e, "acme/shop/prod/payments", "payments");
+    let out = secret_put(&e, "acme/shop/prod/db", "callout-secret", &["acme/shop/prod/orders"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let serial_before = tillit::identity::load(&tillit::layout::IdentityDir::new(&orders)).unwrap().info.cert_serial.clone();
+    let out = tillit(&["renew", "--identity", orders.to_str().unwrap()]);
+    assert!(out.status.success(), "a callout-mode service renews: {}", stderr(&out));
+    let after = tillit::identity::load(&tillit::layout::IdentityDir::new(&orders)).unwrap();
+    assert_ne!(after.info.cert_serial, serial_before, "renew gave a new certificate");
+    let out = tillit(&["secret", "get", "db", "--identity", orders.to_str().unwrap()]);
+    assert!(out.status.success(), "a callout-mode service reads its secret: {}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "callout-secret");
+    // payments, admitted with its own certificate and nkey, sends a renewal signed by orders'
+    // key over its own connection: the user nats-server names is payments', not the signer.
+    let p = connect_with_cert_of(&nats.url(), &pay, &pay).await.expect("payments admitted");
+    let signer = nkeys::KeyPair::from_seed(after.user_seed.expose()).unwrap();
+    let (csr, _) = tillit::issuer::x509::make_csr(&signer.public_key()).unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let body = tillit::proto::RenewRequest { csr };
+    let signed = tillit::proto::sign_request(&signer, "callout-verbs.example", tillit::proto::Renew::SUBJECT, tillit::proto::Renew::KIND, body, now).unwrap();
+    let r: Result<tillit::proto::IssuedReply, _> = tillit::client::request(&p, tillit::proto::Renew::SUBJECT, signed).await;
+    let err = r.expect_err("a renewal signed by orders, sent by payments").to_string();
+    assert!(err.contains("another user than the signer"), "{err}");
+}
+
 /// In callout mode a connection's permissions are the callout's answer, which no account JWT
 /// change reaches: an ungrant must still take a subject away from a client that never renews
 /// (no tillit library) within the grace, as it does in JWT mode.
