@@ -141,7 +141,7 @@ pub(crate) fn render_node(cfg: &Config, dir: &DataDir, trust: &ServerTrust<'_>, 
     }
     let _ = writeln!(
         s,
-        "\njetstream {{\n  domain: {}\n  store_dir: {}\n  max_memory_store: 268435456\n  max_file_store: 2147483648\n}}",
+        "\njetstream {{\n  domain: {}\n  store_dir: {}\n  max_memory_store: 268435456\n  max_file_store: 8589934592\n}}",
         q(crate::subjects::HUB_DOMAIN),
         path(&node.jetstream)
     );

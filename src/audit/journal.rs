@@ -81,6 +81,8 @@ const RELAXED_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
 pub struct Journal {
     tx: mpsc::UnboundedSender<Job>,
     observer: Option<Observer>,
+    /// Committed changes that wrote identity records (what `status` counts moves with them).
+    identity_changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Told of the writes of every committed change that pass its filter, once they are durable.
@@ -127,7 +129,7 @@ impl Journal {
         if let Err(e) = spawned {
             tracing::error!("cannot start the audit thread: {e}");
         }
-        Journal { tx, observer: None }
+        Journal { tx, observer: None, identity_changes: Default::default() }
     }
 
     /// Tell `observer` of every committed change's writes (the OCSP answer publisher).
@@ -143,10 +145,14 @@ impl Journal {
             Some(o) => entries.iter().flat_map(|e| e.batch.ops.iter()).filter(|op| (o.filter)(op)).cloned().collect(),
             None => Vec::new(),
         };
+        let identities = entries.iter().flat_map(|e| e.batch.ops.iter()).any(|op| op.space == crate::store::Space::Identities);
         let (tx, rx) = oneshot::channel();
         self.tx.send((entries, Some(tx))).map_err(|_| AuditError::Stopped)?;
         match rx.await {
             Ok(Ok(s)) => {
+                if identities {
+                    self.identity_changes.fetch_add(1, std::sync::atomic::Ordering::Release);
+                }
                 if let (Some(o), false) = (&self.observer, watched.is_empty()) {
                     (o.notify)(watched);
                 }
@@ -168,6 +174,11 @@ impl Journal {
         } else {
             tracing::error!("a record with store writes must be committed, not relaxed; dropped");
         }
+    }
+
+    /// How many committed changes through this journal wrote identity records.
+    pub fn identity_changes(&self) -> u64 {
+        self.identity_changes.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// [`Journal::commit`] of one entry.

@@ -34,6 +34,8 @@ pub(crate) struct Row {
     pub build_per_sec: f64,
     /// `serve`'s RSS once the step was built (it enrolled every service of the run).
     pub rss_built: u64,
+    /// `serve`'s RSS just after a restart (ready).
+    pub rss_ready: u64,
     /// `serve`'s RSS after a restart and this row's measurements (status, list, OCSP, CRL, renewals).
     pub rss_restarted: u64,
     /// The sled store directory.
@@ -250,11 +252,14 @@ pub(crate) async fn run(mode: AuthMode, steps: &[usize], root: &Path) -> Result<
         let ready = tokio::task::block_in_place(|| stack.restart_serve())?;
         admin = Arc::new(TillitClient::connect_dir(&IdentityDir::new(&admin_dir), None).await.map_err(|e| e.to_string())?);
         let mut status_times = Vec::new();
-        let mut revoked_count = 0usize;
-        for _ in 0..5 {
+        let (mut revoked_count, mut rss_ready) = (0usize, 0);
+        for k in 0..5 {
             let (st, took) = timed(admin.status()).await?;
             status_times.push(took);
             revoked_count = st.counts.revoked as usize;
+            if k == 0 {
+                rss_ready = st.rss_bytes.unwrap_or(0);
+            }
         }
         let status_max = status_times.iter().max().copied().unwrap_or_default();
         eprintln!("listing {n} services by pages…");
@@ -276,6 +281,7 @@ pub(crate) async fn run(mode: AuthMode, steps: &[usize], root: &Path) -> Result<
             services: n,
             build_per_sec,
             rss_built,
+            rss_ready,
             rss_restarted,
             store_bytes,
             jetstream_bytes,
@@ -308,18 +314,19 @@ fn mib(b: u64) -> f64 {
 /// The table's header.
 pub(crate) fn header() -> String {
     format!(
-        "{:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>7} {:>9} {:>9} {:>10} {:>10} {:>14} {:>9} {:>11} {:>11}",
-        "services", "build/s", "RSS built", "RSS after", "store", "ready", "status", "list page", "list all", "OCSP p50", "OCSP p99", "CRL (revoked)", "CRL time", "renew/s", "per service"
+        "{:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>9} {:>9} {:>10} {:>10} {:>14} {:>9} {:>11} {:>11}",
+        "services", "build/s", "RSS built", "RSS ready", "RSS after", "store", "ready", "status", "list page", "list all", "OCSP p50", "OCSP p99", "CRL (revoked)", "CRL time", "renew/s", "per service"
     )
 }
 
 /// One row, aligned under [`header`].
 pub(crate) fn line(r: &Row) -> String {
     format!(
-        "{:>8} {:>8.0} {:>6.1} MiB {:>5.1} MiB {:>5.1} MiB {:>6.2} s {:>4.0} ms {:>6.1} ms {:>7.2} s {:>7.3} ms {:>7.3} ms {:>7} KiB ({}) {:>6.1} ms {:>11.0} {:>5.0} B RSS, {:.0} B disk",
+        "{:>8} {:>8.0} {:>5.1} MiB {:>5.1} MiB {:>5.1} MiB {:>5.1} MiB {:>6.2} s {:>4.0} ms {:>6.1} ms {:>7.2} s {:>7.3} ms {:>7.3} ms {:>7} KiB ({}) {:>6.1} ms {:>11.0} {:>5.0} B RSS, {:.0} B disk",
         r.services,
         r.build_per_sec,
         mib(r.rss_built),
+        mib(r.rss_ready),
         mib(r.rss_restarted),
         mib(r.store_bytes),
         r.ready_secs,

@@ -89,6 +89,8 @@ pub struct Cache {
     pub account_keys: std::sync::RwLock<HashMap<String, String>>,
     /// The store's count of other replicas' changes when the caches were last checked.
     pub seen_changes: std::sync::atomic::AtomicU64,
+    /// What `status` counts of the identities ([`status::Summary`]), refreshed in the background.
+    pub(crate) summary: std::sync::RwLock<Option<Arc<status::Summary>>>,
 }
 
 impl Cache {
@@ -217,7 +219,9 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     }
     // BOOTSTRAP carries the live revocations of used tokens' bootstrap users.
     let revocations = accounts::start_revocations(&ctx).await.map_err(|e| ServeError::Service(e.message))?;
-    status::refresh_gauges(&ctx);
+    if let Err(e) = status::refresh_summary(&ctx) {
+        tracing::warn!("cannot count the identities for status: {e}");
+    }
     tasks::refresh_responder_access(&ctx).await;
     let mut background = own.renewals;
     background.extend(tasks::start(&ctx, Box::pin(accounts::run_revoker(ctx.clone(), revocations, revoke_rx))));

@@ -4,9 +4,11 @@
 //! never a second effect, never `replayed` or `token_used` for its own request. The request's
 //! bytes are part of the key's check (SHA-256), so only the very same request matches.
 //!
-//! One `serve` keeps replies in memory; replicas also keep them in the shared store
-//! ([`Space::Replies`]) so a retry that lands on another replica finds them; the leader drops
-//! expired ones.
+//! Replies are kept in memory up to [`MAX_LOCAL_BYTES`] (an enrollment's reply is ~5 KiB: the
+//! budget, not the request rate, bounds the memory). Replicas also keep every reply in the
+//! shared store ([`Space::Replies`]) so a retry that lands on another replica finds it; a single
+//! `serve` writes there only the replies it has to drop from memory before their requests
+//! expire. The leader drops expired ones from the store.
 
 use super::Ctx;
 use crate::crypto;
@@ -17,8 +19,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Most replies kept in memory (expired ones go first; past this, the oldest half).
-const MAX_LOCAL: usize = 20_000;
+/// Bytes of replies kept in memory; past this the oldest go (to the store while their
+/// requests have not expired).
+const MAX_LOCAL_BYTES: usize = 8 << 20;
 /// How long a retry waits for the first attempt, still in flight, to answer.
 pub(super) const IN_FLIGHT_WAIT: Duration = Duration::from_secs(15);
 
@@ -37,8 +40,22 @@ type Local = (i64, String, Box<RawValue>);
 /// Replies kept in memory, and the requests being served here right now.
 #[derive(Default)]
 pub struct ReplyCache {
-    local: Mutex<HashMap<String, Local>>,
+    local: Mutex<LocalReplies>,
     in_flight: Mutex<std::collections::HashSet<String>>,
+    /// Whether a reply was ever put in the store (a single `serve` looks there only then).
+    spilled: std::sync::atomic::AtomicBool,
+}
+
+/// The replies in memory, their insertion order and their size.
+#[derive(Default)]
+struct LocalReplies {
+    by_key: HashMap<String, Local>,
+    order: std::collections::VecDeque<String>,
+    bytes: usize,
+}
+
+fn size_of(key: &str, l: &Local) -> usize {
+    key.len() + l.1.len() + l.2.get().len() + 64
 }
 
 /// A request being served here (its key leaves the in-flight set when this drops).
@@ -83,21 +100,37 @@ pub(super) fn digest(payload: &[u8]) -> String {
 impl ReplyCache {
     fn get_local(&self, key: &str, request: &str) -> Option<Box<RawValue>> {
         let m = self.local.lock().ok()?;
-        m.get(key).filter(|(_, r, _)| crypto::ct_eq(r.as_bytes(), request.as_bytes())).map(|(_, _, v)| v.clone())
+        m.by_key.get(key).filter(|(_, r, _)| crypto::ct_eq(r.as_bytes(), request.as_bytes())).map(|(_, _, v)| v.clone())
     }
 
-    fn put_local(&self, key: String, exp: i64, request: String, v: Box<RawValue>, now: i64) {
-        let Ok(mut m) = self.local.lock() else { return };
-        if m.len() >= MAX_LOCAL {
-            m.retain(|_, (e, _, _)| *e > now);
-            if m.len() >= MAX_LOCAL {
-                let mut exps: Vec<i64> = m.values().map(|(e, _, _)| *e).collect();
-                exps.sort_unstable();
-                let cut = exps[exps.len() / 2];
-                m.retain(|_, (e, _, _)| *e > cut);
+    /// Keep a reply in memory within [`MAX_LOCAL_BYTES`], oldest out first; what had to go
+    /// before its request expired is returned (to be kept in the store).
+    fn put_local(&self, key: String, exp: i64, request: String, v: Box<RawValue>, now: i64) -> Vec<(String, Local)> {
+        let Ok(mut m) = self.local.lock() else { return vec![] };
+        let entry = (exp, request, v);
+        m.bytes += size_of(&key, &entry);
+        if let Some(old) = m.by_key.insert(key.clone(), entry) {
+            m.bytes -= size_of(&key, &old);
+        } else {
+            m.order.push_back(key);
+        }
+        let mut evicted = Vec::new();
+        while m.bytes > MAX_LOCAL_BYTES {
+            let Some(k) = m.order.pop_front() else { break };
+            if let Some(l) = m.by_key.remove(&k) {
+                m.bytes -= size_of(&k, &l);
+                if l.0 > now {
+                    evicted.push((k, l));
+                }
             }
         }
-        m.insert(key, (exp, request, v));
+        evicted
+    }
+
+    /// Bytes of replies held in memory.
+    #[cfg(test)]
+    fn local_bytes(&self) -> usize {
+        self.local.lock().map(|m| m.bytes).unwrap_or(0)
     }
 }
 
@@ -106,7 +139,7 @@ pub(super) fn lookup(ctx: &Ctx, key: &str, request: &str) -> Option<Box<RawValue
     if let Some(v) = ctx.replies.get_local(key, request) {
         return Some(v);
     }
-    if !ctx.leader.replicated() {
+    if !ctx.leader.replicated() && !ctx.replies.spilled.load(std::sync::atomic::Ordering::Relaxed) {
         return None;
     }
     let kept: Kept = crate::store::get_json(ctx.estate.store(), Space::Replies, key).ok().flatten()?;
@@ -130,21 +163,57 @@ pub(super) async fn wait(ctx: &Ctx, key: &str, request: &str) -> Option<Box<RawV
 /// Keep the reply to a changing request until it expires.
 pub(super) fn keep(ctx: &std::sync::Arc<Ctx>, key: String, request: String, exp: i64, result: &RawValue) {
     let now = ctx.estate.clock().now_unix();
-    ctx.replies.put_local(key.clone(), exp, request.clone(), result.to_owned(), now);
-    if !ctx.leader.replicated() {
+    let evicted = ctx.replies.put_local(key.clone(), exp, request.clone(), result.to_owned(), now);
+    let to_store: Vec<(String, Kept)> = if ctx.leader.replicated() {
+        // Every reply, for a retry that lands on another replica.
+        vec![(key, Kept { request, exp, result: result.to_owned() })]
+    } else {
+        // Only what memory could not hold until its request expires.
+        evicted.into_iter().map(|(k, (exp, request, result))| (k, Kept { request, exp, result })).collect()
+    };
+    if to_store.is_empty() {
         return;
     }
-    // Shared in the background: a retry comes after the client waited seconds, and the reply
-    // need not wait for the bucket.
-    let kept = Kept { request, exp, result: result.to_owned() };
+    ctx.replies.spilled.store(true, std::sync::atomic::Ordering::Relaxed);
+    // In the background: a retry comes after the client waited seconds, and the reply need not
+    // wait for the store.
     let c = ctx.clone();
     tokio::task::spawn_blocking(move || {
         let mut b = Batch::new();
-        let r = b.put_json(Space::Replies, &key, &kept).and_then(|b| c.estate.store().apply(std::mem::take(b)));
+        let r = to_store.iter().try_for_each(|(k, kept)| b.put_json(Space::Replies, k, kept).map(|_| ())).and_then(|_| c.estate.store().apply(b));
         if let Err(e) = r {
-            tracing::warn!("cannot share a reply with the other replicas (a retry elsewhere would not find it): {e}");
+            tracing::warn!("cannot keep a reply in the store (a retry that memory no longer holds would not find it): {e}");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(n: usize) -> Box<RawValue> {
+        RawValue::from_string(format!("\"{}\"", "x".repeat(n))).unwrap()
+    }
+
+    /// Memory holds replies within its byte budget whatever the request rate; the oldest go
+    /// first, and those whose requests have not expired are handed back for the store.
+    #[test]
+    fn replies_in_memory_stay_within_the_byte_budget_and_unexpired_ones_spill() {
+        let c = ReplyCache::default();
+        let mut spilled = 0;
+        let n = 2 * MAX_LOCAL_BYTES / 5000;
+        for i in 0..n {
+            // Half of them expired already (exp 50 < now 100).
+            let exp = if i % 2 == 0 { 50 } else { 200 };
+            spilled += c.put_local(format!("k{i}"), exp, "d".repeat(64), raw(5000), 100).len();
+            assert!(c.local_bytes() <= MAX_LOCAL_BYTES, "{} bytes after {i}", c.local_bytes());
+        }
+        assert!(c.get_local(&format!("k{}", n - 1), &"d".repeat(64)).is_some(), "the newest is held");
+        assert!(c.get_local("k1", &"d".repeat(64)).is_none(), "the oldest went");
+        assert!(c.get_local(&format!("k{}", n - 1), "other digest").is_none(), "only the very same request matches");
+        // About half the dropped ones were unexpired: those are handed back.
+        assert!(spilled > n / 5 && spilled < n / 2 + 1, "{spilled} of {n}");
+    }
 }
 
 /// Drop replies whose requests expired (the leader, every so often).

@@ -5,7 +5,7 @@ use super::Ctx;
 use std::sync::Arc;
 use crate::clock::rfc3339;
 use crate::error::ApiError;
-use crate::estate::{AccountKind, IdentityRecord, IdentityState};
+use crate::estate::{AccountKind, IdentityRecord};
 use crate::policy::roles::Access;
 use crate::proto::{self, IdentityStatus, AccountStatus, Counts, StatusReply, StatusRequest};
 
@@ -23,38 +23,126 @@ impl Handle for proto::Status {
     }
 }
 
-/// Refresh the gauges that mirror store counts (one scan of each space).
-pub(crate) fn refresh_gauges(ctx: &Ctx) {
-    if let (Ok(accounts), Ok(ids)) = (ctx.estate.accounts(), ctx.estate.identities()) {
-        set_gauges(ctx, accounts.len(), &ids);
+/// What `status` counts of the identities, by tenant (`None`: admins and site agents), from one
+/// streaming pass over the records: nothing per identity is held. Refreshed in the background
+/// every [`SUMMARY_EVERY`], so `status` never reads every record; its counts are at most that old
+/// (`expired` counts identities whose credentials ran out by the time of the pass).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Summary {
+    /// When the pass ran (unix seconds).
+    pub at: i64,
+    /// The journal's count of identity changes when the pass began.
+    changes: u64,
+    /// How long the pass took.
+    took: std::time::Duration,
+    by_tenant: std::collections::BTreeMap<Option<String>, Tally>,
+}
+
+/// How often the summary is made again.
+pub(crate) const SUMMARY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    total: usize,
+    active: usize,
+    revoked: usize,
+    expired: usize,
+    expiring_24h: usize,
+}
+
+impl Tally {
+    fn add(&mut self, o: &Tally) {
+        self.total += o.total;
+        self.active += o.active;
+        self.revoked += o.revoked;
+        self.expired += o.expired;
+        self.expiring_24h += o.expiring_24h;
     }
 }
 
-/// Set the gauges from records already read.
-fn set_gauges(ctx: &Ctx, accounts: usize, ids: &[IdentityRecord]) {
-    let now = ctx.estate.clock().now_unix();
-    ctx.metrics.identities.set(ids.len() as i64);
-    ctx.metrics.accounts.set(accounts as i64);
-    let soon = ids.iter().filter(|i| i.state == IdentityState::Active && i.expires_at > now && i.expires_at <= now + 86_400).count();
-    ctx.metrics.identities_expiring_24h.set(soon as i64);
+impl Summary {
+    /// One pass over the identities.
+    fn make(e: &crate::estate::Estate, changes: u64) -> Result<Self, crate::estate::EstateError> {
+        let started = std::time::Instant::now();
+        let now = e.clock().now_unix();
+        let mut by_tenant: std::collections::BTreeMap<Option<String>, Tally> = Default::default();
+        e.visit_identities(|r| {
+            let tenant = match r.kind {
+                crate::identity::IdentityKind::Service => r.service.as_ref().map(|s| s.tenant.clone()),
+                _ => None,
+            };
+            let t = by_tenant.entry(tenant).or_default();
+            t.total += 1;
+            match super::admin::state_of(&r, now) {
+                IdentityStatus::Active => {
+                    t.active += 1;
+                    if r.expires_at <= now + 86_400 {
+                        t.expiring_24h += 1;
+                    }
+                }
+                IdentityStatus::Revoked => t.revoked += 1,
+                IdentityStatus::Expired => t.expired += 1,
+            }
+            true
+        })?;
+        Ok(Summary { at: now, changes, took: started.elapsed(), by_tenant })
+    }
+
+    /// The tally of what `access` sees (a confined admin: its tenants' services).
+    fn seen_by(&self, access: &Access) -> Tally {
+        let mut out = Tally::default();
+        for (tenant, t) in &self.by_tenant {
+            if !access.confined() || tenant.as_deref().is_some_and(|x| access.sees(x)) {
+                out.add(t);
+            }
+        }
+        out
+    }
+}
+
+/// Make the summary again and the gauges from it (off the async threads: a pass over the store).
+pub(crate) fn refresh_summary(ctx: &Ctx) -> Result<Arc<Summary>, ApiError> {
+    let s = Arc::new(Summary::make(&ctx.estate, ctx.journal.identity_changes()).map_err(ApiError::from)?);
+    let all = s.seen_by(&Access::owner());
+    ctx.metrics.identities.set(all.total as i64);
+    ctx.metrics.identities_expiring_24h.set(all.expiring_24h as i64);
+    if let Ok(accounts) = ctx.estate.accounts() {
+        ctx.metrics.accounts.set(accounts.len() as i64);
+    }
     if let Ok(exp) = crate::issuer::x509::not_after(ctx.estate.ca().cert_pem()) {
         ctx.metrics.ca_expiry.set(exp);
     }
+    if let Ok(mut c) = ctx.cache.summary.write() {
+        *c = Some(s.clone());
+    }
+    Ok(s)
 }
+
+/// The summary for `status`. In a small estate (a pass under [`EXACT_PASS`]) it is made on every
+/// call: exact. In a large one the summary held is used while no identity changed through this
+/// replica since, or while it is younger than [`SUMMARY_EVERY`]: `status` stays fast, its counts
+/// at most that old.
+fn summary(ctx: &Ctx) -> Result<Arc<Summary>, ApiError> {
+    let now = ctx.estate.clock().now_unix();
+    let held = ctx.cache.summary.read().ok().and_then(|c| c.clone());
+    match held {
+        Some(s) if s.took >= EXACT_PASS && (s.changes == ctx.journal.identity_changes() || s.at >= now - SUMMARY_EVERY.as_secs() as i64) => Ok(s),
+        _ => refresh_summary(ctx),
+    }
+}
+
+/// A pass over the identities shorter than this is made for every `status`.
+const EXACT_PASS: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The estate as `access` may see it: an admin confined to tenants counts only their services
 /// and sees only their accounts.
 fn status(ctx: &Ctx, caller: &IdentityRecord, access: &Access) -> Result<StatusReply, ApiError> {
     let e = &ctx.estate;
     let mut accounts = e.accounts().map_err(ApiError::from)?;
-    let mut all = e.identities().map_err(ApiError::from)?;
-    let now = e.clock().now_unix();
-    set_gauges(ctx, accounts.len(), &all);
+    let seen = summary(ctx)?.seen_by(access);
     if access.confined() {
-        all.retain(|r| super::admin::sees_identity(access, r));
         accounts.retain(|a| a.kind == AccountKind::Tenant && a.tenant.as_deref().is_some_and(|t| access.sees(t)));
     }
-    let by_state = |st: IdentityStatus| all.iter().filter(|r| super::admin::state_of(r, now) == st).count();
     Ok(StatusReply {
         trust_domain: e.trust_domain().to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -64,10 +152,10 @@ fn status(ctx: &Ctx, caller: &IdentityRecord, access: &Access) -> Result<StatusR
         ca_expires_at: crate::issuer::x509::not_after(e.ca().cert_pem()).map(rfc3339).unwrap_or_default(),
         nats_urls: e.config.urls(),
         counts: Counts {
-            identities: all.len(),
-            active: by_state(IdentityStatus::Active),
-            revoked: by_state(IdentityStatus::Revoked),
-            expired: by_state(IdentityStatus::Expired),
+            identities: seen.total,
+            active: seen.active,
+            revoked: seen.revoked,
+            expired: seen.expired,
             accounts: accounts.len(),
             tenant_accounts: accounts.iter().filter(|a| a.kind == AccountKind::Tenant).count(),
         },

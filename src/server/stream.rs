@@ -43,6 +43,9 @@ impl std::fmt::Debug for Events {
     }
 }
 
+/// Bytes a site's stream may hold (reserved out of the hub's JetStream storage).
+pub const SITE_STREAM_MAX_BYTES: i64 = 64 << 20;
+
 impl Events {
     /// Create (or find) the stream (`replicas` copies: as the store's, so a clustered hub keeps
     /// its events when a node dies) and learn where it is.
@@ -92,7 +95,11 @@ impl Events {
                 sources: Some(sources),
                 storage: jetstream::stream::StorageType::File,
                 max_age: EVENTS_MAX_AGE,
-                max_bytes: 1 << 28,
+                // nats-server reserves a stream's max_bytes out of the hub's max_file_store: at
+                // 256 MiB a hub with default limits held two sites. A site's events are signed
+                // envelopes of ~1-2 KiB, dropped after EVENTS_MAX_AGE: 64 MiB holds tens of
+                // thousands.
+                max_bytes: SITE_STREAM_MAX_BYTES,
                 ..Default::default()
             })
             .await

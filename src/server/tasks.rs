@@ -30,7 +30,7 @@ pub(super) fn periodic(ctx: &Ctx) -> Vec<Job> {
         Job { name: "site-gauges", every: Duration::from_secs(5), singleton: false, step: |c| Box::pin(sites::refresh_site_gauges(c)) },
         Job { name: "reconcile-accounts", every: ctx.estate.config.reconcile_interval, singleton: true, step: |c| Box::pin(reconcile_accounts(c)) },
         Job { name: "retire-envelope-keys", every: Duration::from_secs(60), singleton: true, step: |c| Box::pin(retire_envelope_keys(c)) },
-        Job { name: "refresh-gauges", every: Duration::from_secs(60), singleton: false, step: |c| Box::pin(refresh_gauges(c)) },
+        Job { name: "refresh-summary", every: status::SUMMARY_EVERY, singleton: false, step: |c| Box::pin(refresh_summary(c)) },
         Job { name: "refresh-responder-access", every: Duration::from_secs(3600), singleton: false, step: |c| Box::pin(refresh_responder_access(c)) },
         Job { name: "refresh-store-access", every: Duration::from_secs(3600), singleton: false, step: |c| Box::pin(refresh_store_access(c)) },
         Job { name: "drop-expired-replies", every: Duration::from_secs(30), singleton: true, step: |c| Box::pin(super::replies::drop_expired(c)) },
@@ -152,10 +152,12 @@ async fn retire_envelope_keys(ctx: &Arc<Ctx>) {
     }
 }
 
-/// Refresh the gauges that mirror store counts (a scan, off the async threads).
-async fn refresh_gauges(ctx: &Arc<Ctx>) {
+/// Make `status`'s summary and the gauges again (a pass over the store, off the async threads).
+async fn refresh_summary(ctx: &Arc<Ctx>) {
     let c = ctx.clone();
-    let _ = tokio::task::spawn_blocking(move || status::refresh_gauges(&c)).await;
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || status::refresh_summary(&c)).await {
+        tracing::warn!("cannot count the identities for status: {e}");
+    }
 }
 
 // === at start and at stop ===

@@ -168,6 +168,17 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Every `(key, value)` of a space whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, space: Space, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Visit `(key, value)` of a space whose key starts with `prefix`, in key order, until `f`
+    /// says stop (false). sled streams (memory stays flat however large the space); the
+    /// default reads the matching records first.
+    fn visit_prefix(&self, space: Space, prefix: &str, f: &mut dyn FnMut(&str, &[u8]) -> bool) -> Result<(), StoreError> {
+        for (k, v) in self.scan_prefix(space, prefix)? {
+            if !f(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
     /// Apply a batch atomically in memory; durable after the next [`sync`](Store::sync).
     fn apply(&self, batch: Batch) -> Result<(), StoreError>;
     /// Apply a batch's writes in order, not atomically: for callers that replay the whole batch

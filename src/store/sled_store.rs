@@ -9,6 +9,9 @@ use super::{Batch, Snapshot, Space, Store, StoreError};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
+/// The page cache sled may hold in memory.
+const SLED_CACHE_BYTES: u64 = 16 << 20;
+
 /// sled under `DATA/store`.
 #[derive(Debug, Clone)]
 pub struct SledStore {
@@ -49,9 +52,11 @@ impl SledStore {
         }
     }
 
+    /// sled's page cache: its default (1 GiB) let `serve`'s memory grow with the estate. The
+    /// hot records (accounts, roles, recent identities) fit in a few MiB.
     fn open_once(dir: &Path) -> Result<Self, StoreError> {
         // Durability is explicit (`sync`, group-committed), so no background flusher.
-        match sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).flush_every_ms(None).open() {
+        match sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).flush_every_ms(None).cache_capacity(SLED_CACHE_BYTES).open() {
             Ok(db) => Ok(SledStore { db, gate: Arc::default() }),
             Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock || e.raw_os_error() == Some(11) => {
                 Err(StoreError::Locked { path: dir.display().to_string() })
@@ -87,6 +92,17 @@ impl Store for SledStore {
             out.push((key, v.to_vec()));
         }
         Ok(out)
+    }
+
+    fn visit_prefix(&self, space: Space, key_prefix: &str, f: &mut dyn FnMut(&str, &[u8]) -> bool) -> Result<(), StoreError> {
+        let base = full_key(space, "").len();
+        for item in self.db.scan_prefix(full_key(space, key_prefix)) {
+            let (k, v) = item.map_err(backend)?;
+            if !f(&String::from_utf8_lossy(&k[base..]), &v) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn count(&self, space: Space) -> Result<usize, StoreError> {
