@@ -256,7 +256,7 @@ pub(crate) async fn run(mode: AuthMode, steps: &[usize], root: &Path) -> Result<
         for k in 0..5 {
             let (st, took) = timed(admin.status()).await?;
             status_times.push(took);
-            revoked_count = st.counts.revoked as usize;
+            revoked_count = st.counts.revoked;
             if k == 0 {
                 rss_ready = st.rss_bytes.unwrap_or(0);
             }

@@ -187,6 +187,30 @@ pub(super) fn keep(ctx: &std::sync::Arc<Ctx>, key: String, request: String, exp:
     });
 }
 
+/// Drop replies whose requests expired (the leader, every so often).
+pub(super) async fn drop_expired(ctx: &std::sync::Arc<Ctx>) {
+    let c = ctx.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        let now = c.estate.clock().now_unix();
+        let store = c.estate.store();
+        let Ok(all) = store.scan(Space::Replies) else { return };
+        let mut b = Batch::new();
+        for (k, v) in all {
+            let exp = serde_json::from_slice::<Kept>(&v).map(|k| k.exp).unwrap_or(0);
+            if exp + 5 < now {
+                b.delete(Space::Replies, k);
+            }
+            if b.ops.len() >= 256 {
+                let _ = store.apply(std::mem::take(&mut b));
+            }
+        }
+        if !b.is_empty() {
+            let _ = store.apply(b);
+        }
+    })
+    .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,28 +238,4 @@ mod tests {
         // About half the dropped ones were unexpired: those are handed back.
         assert!(spilled > n / 5 && spilled < n / 2 + 1, "{spilled} of {n}");
     }
-}
-
-/// Drop replies whose requests expired (the leader, every so often).
-pub(super) async fn drop_expired(ctx: &std::sync::Arc<Ctx>) {
-    let c = ctx.clone();
-    let _ = tokio::task::spawn_blocking(move || {
-        let now = c.estate.clock().now_unix();
-        let store = c.estate.store();
-        let Ok(all) = store.scan(Space::Replies) else { return };
-        let mut b = Batch::new();
-        for (k, v) in all {
-            let exp = serde_json::from_slice::<Kept>(&v).map(|k| k.exp).unwrap_or(0);
-            if exp + 5 < now {
-                b.delete(Space::Replies, k);
-            }
-            if b.ops.len() >= 256 {
-                let _ = store.apply(std::mem::take(&mut b));
-            }
-        }
-        if !b.is_empty() {
-            let _ = store.apply(b);
-        }
-    })
-    .await;
 }
