@@ -194,22 +194,24 @@ pub(crate) async fn enroll(admin_dir: &Path, n: usize, c: usize, nats: Option<&s
         async move {
             let (token, keys, nc) = &p[i];
             let start = Instant::now();
-            let body = keys.enroll_request(token);
-            let signed = proto::sign_request(&keys.user, &td, crate::proto::Enroll::SUBJECT, proto::Enroll::KIND, body, now())
-                .map_err(|e| e.to_string())?;
-            let r: Result<IssuedReply, _> = request(nc, crate::proto::Enroll::SUBJECT, signed).await;
-            let took = start.elapsed();
-            // The bootstrap user is revoked next: close its connection (untimed).
-            let nc = nc.clone();
-            tokio::spawn(async move {
-                let _ = nc.drain().await;
-            });
-            r.map_err(|e| e.to_string())?;
-            Ok(took)
+            send_enroll(nc, token, keys, &td).await?;
+            Ok(start.elapsed())
         }
     })
     .await;
     Ok(Figures::from("tillit enroll", c, total, lat, errors))
+}
+
+/// Send the enrollment of `keys` with `token` over its bootstrap connection `nc`, then close
+/// that connection in the background (its user is revoked next).
+pub(crate) async fn send_enroll(nc: &async_nats::Client, token: &JoinToken, keys: &LocalKeys, td: &str) -> Result<IssuedReply, String> {
+    let signed = proto::sign_request(&keys.user, td, proto::Enroll::SUBJECT, proto::Enroll::KIND, keys.enroll_request(token), now()).map_err(|e| e.to_string())?;
+    let r: Result<IssuedReply, _> = request(nc, proto::Enroll::SUBJECT, signed).await;
+    let nc = nc.clone();
+    tokio::spawn(async move {
+        let _ = nc.drain().await;
+    });
+    r.map_err(|e| e.to_string())
 }
 
 /// `tillit bench renew`: `c` identities (enrolled untimed) renew `n` times in all.
@@ -328,7 +330,8 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
     std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()).ok_or(())
 }
 
-/// One HTTP/1.1 request on a keep-alive connection: status and body (Content-Length or chunked).
+/// One HTTP/1.1 request on a keep-alive connection: status and body as text (Content-Length or
+/// chunked).
 pub(crate) async fn http_request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     s: &mut S,
     port: u16,
@@ -337,6 +340,19 @@ pub(crate) async fn http_request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Result<(u16, String), String> {
+    let (status, out) = http_request_bytes(s, port, method, path, headers, body).await?;
+    Ok((status, String::from_utf8_lossy(&out).into_owned()))
+}
+
+/// [`http_request`] with the body's bytes as they came (a CRL, an OCSP answer).
+pub(crate) async fn http_request_bytes<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<(u16, Vec<u8>), String> {
     use tokio::io::AsyncWriteExt;
     let body = body.unwrap_or("");
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n", body.len());
@@ -389,7 +405,7 @@ pub(crate) async fn http_request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite
         rest.truncate(length);
         rest
     };
-    Ok((status, String::from_utf8_lossy(&out).into_owned()))
+    Ok((status, out))
 }
 
 async fn read_more<S: tokio::io::AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> Result<(), String> {

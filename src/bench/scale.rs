@@ -10,13 +10,13 @@
 //! tenant per thousand), under JWT mode's per-account ceiling.
 
 use super::stores::{start, Kind, Stack};
-use super::{drive, now, Figures};
+use super::{drive, Figures};
 use crate::client::enroll::{bootstrap_params, LocalKeys};
-use crate::client::{connect, request, TillitClient};
+use crate::client::{connect, TillitClient};
 use crate::estate::callout::AuthMode;
 use crate::layout::IdentityDir;
 use crate::names::ServiceId;
-use crate::proto::{self, IssuedReply};
+use crate::proto;
 use crate::token::JoinToken;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -95,12 +95,7 @@ async fn add_service(admin: &TillitClient, sid: ServiceId, td: &str) -> Result<S
     let token = JoinToken::decode(&t).map_err(|e| e.to_string())?;
     let keys = LocalKeys::generate().map_err(|e| e.to_string())?;
     let nc = connect(&bootstrap_params(&token, token.nats_urls.clone()).map_err(|e| e.to_string())?).await.map_err(|e| e.to_string())?;
-    let signed = proto::sign_request(&keys.user, td, proto::Enroll::SUBJECT, proto::Enroll::KIND, keys.enroll_request(&token), now()).map_err(|e| e.to_string())?;
-    let r: Result<IssuedReply, _> = request(&nc, proto::Enroll::SUBJECT, signed).await;
-    tokio::spawn(async move {
-        let _ = nc.drain().await;
-    });
-    Ok(r.map_err(|e| format!("enroll {sid}: {e}"))?.cert_serial)
+    Ok(super::send_enroll(&nc, &token, &keys, td).await.map_err(|e| format!("enroll {sid}: {e}"))?.cert_serial)
 }
 
 /// The certificates' serials of the estate (a tenth of them revoked).
@@ -159,7 +154,7 @@ async fn ocsp(port: u16, ca_pem: &str, serials: &[String], n: usize) -> Result<F
         .iter()
         .step_by((serials.len() / n.max(1)).max(1))
         .take(n)
-                .map(|s| {
+        .map(|s| {
             let der = crate::ocsp::request_to(ca_pem, s).ok_or("cannot build an OCSP request")?;
             let b64 = data_encoding::BASE64.encode(&der).replace('/', "%2F").replace('+', "%2B").replace('=', "%3D");
             Ok(format!("/ocsp/{b64}"))
@@ -188,20 +183,16 @@ async fn ocsp(port: u16, ca_pem: &str, serials: &[String], n: usize) -> Result<F
     Ok(Figures::from("OCSP GET answer", 8, total, lat, errors))
 }
 
-/// `GET /crl` on a fresh connection: (bytes, ms until the last byte).
+/// `GET /crl`: (bytes, ms until the last byte).
 async fn crl(port: u16) -> Result<(usize, f64), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
     let start = Instant::now();
-    s.write_all(format!("GET /crl HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n").as_bytes()).await.map_err(|e| e.to_string())?;
-    let mut all = Vec::new();
-    s.read_to_end(&mut all).await.map_err(|e| e.to_string())?;
+    let (status, der) = super::http_request_bytes(&mut s, port, "GET", "/crl", &[], None).await?;
     let ms = start.elapsed().as_secs_f64() * 1000.0;
-    if !all.starts_with(b"HTTP/1.1 200") {
-        return Err(format!("/crl answered {}", String::from_utf8_lossy(&all[..all.len().min(40)])));
+    if status != 200 {
+        return Err(format!("/crl answered {status}"));
     }
-    let head_end = all.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no header end")? + 4;
-    Ok((all.len() - head_end, ms))
+    Ok((der.len(), ms))
 }
 
 async fn timed<T, F: std::future::Future<Output = Result<T, crate::client::ClientError>>>(f: F) -> Result<(T, Duration), String> {
@@ -224,9 +215,9 @@ async fn list_all(admin: &TillitClient, limit: u32) -> Result<(Vec<Duration>, us
     }
 }
 
-fn median(mut xs: Vec<Duration>) -> Duration {
-    xs.sort();
-    xs.get(xs.len() / 2).copied().unwrap_or_default()
+/// The median of `xs`, in ms.
+fn median_ms(xs: &[Duration]) -> f64 {
+    super::median(xs.iter().map(|d| d.as_secs_f64() * 1000.0).collect())
 }
 
 /// Build the estate through `steps` (ascending service counts) and measure each.
@@ -286,9 +277,9 @@ pub(crate) async fn run(mode: AuthMode, steps: &[usize], root: &Path) -> Result<
             store_bytes,
             jetstream_bytes,
             ready_secs: ready.as_secs_f64(),
-            status_ms: median(status_times).as_secs_f64() * 1000.0,
+            status_ms: median_ms(&status_times),
             status_max_ms: status_max.as_secs_f64() * 1000.0,
-            list_page_ms: median(page_times).as_secs_f64() * 1000.0,
+            list_page_ms: median_ms(&page_times),
             list_all_secs: all_times.iter().sum::<Duration>().as_secs_f64(),
             list_pages: all_times.len(),
             ocsp,

@@ -81,7 +81,7 @@ pub enum What {
         #[arg(long, value_delimiter = ',', default_values_t = [1_000usize, 10_000, 100_000])]
         services: Vec<usize>,
         /// `callout` (one account) or `jwt` (1,000 services per account).
-        #[arg(long, default_value = "callout")]
+        #[arg(long, default_value = "callout", value_parser = ["callout", "jwt"])]
         auth: String,
         #[arg(long)]
         json: bool,
@@ -495,11 +495,7 @@ async fn fanout(f: &FanoutArgs) -> anyhow::Result<()> {
 
 async fn scale(steps: &[usize], auth: &str, json: bool) -> anyhow::Result<()> {
     use crate::estate::callout::AuthMode;
-    let mode = match auth {
-        "callout" => AuthMode::Callout,
-        "jwt" => AuthMode::Jwt,
-        other => anyhow::bail!("--auth must be callout or jwt, not {other:?}"),
-    };
+    let mode = AuthMode::parse(auth).ok_or_else(|| anyhow::anyhow!("--auth must be callout or jwt, not {auth:?}"))?;
     anyhow::ensure!(!steps.is_empty() && steps.windows(2).all(|w| w[0] < w[1]), "--services must be ascending counts, e.g. 1000,10000,100000");
     anyhow::ensure!(steps.iter().all(|n| (10..=200_000).contains(n)), "--services counts must be between 10 and 200000");
     let scratch = tempfile_dir()?;

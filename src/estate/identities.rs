@@ -404,16 +404,8 @@ impl Estate {
 
     /// Visit every identity record in key order until `f` says stop (false), without holding
     /// them all: what a pass over a large estate uses.
-    pub fn visit_identities(&self, mut f: impl FnMut(IdentityRecord) -> bool) -> Result<()> {
-        let mut bad = None;
-        self.store().visit_prefix(Space::Identities, "", &mut |k, v| match serde_json::from_slice::<IdentityRecord>(v) {
-            Ok(r) => f(r),
-            Err(e) => {
-                bad = Some(EstateError::Store(StoreError::Corrupt(format!("identities/{k}"), e.to_string())));
-                false
-            }
-        })?;
-        bad.map_or(Ok(()), Err)
+    pub fn visit_identities(&self, f: impl FnMut(IdentityRecord) -> bool) -> Result<()> {
+        self.visit_json(Space::Identities, "", f)
     }
 
     /// How many identities are recorded.

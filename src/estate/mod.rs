@@ -565,14 +565,27 @@ impl Estate {
 
     /// Every JSON record of `space` whose key starts with `prefix`, in key order.
     pub(crate) fn scan_json<T: serde::de::DeserializeOwned>(&self, space: Space, prefix: &str) -> Result<Vec<T>> {
-        self.store()
-            .scan_prefix(space, prefix)?
-            .into_iter()
-            .map(|(k, v)| {
-                serde_json::from_slice(&v)
-                    .map_err(|e| EstateError::Store(StoreError::Corrupt(format!("{}/{k}", space.as_str()), e.to_string())))
-            })
-            .collect()
+        let mut out = Vec::new();
+        self.visit_json(space, prefix, |r| {
+            out.push(r);
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Visit the JSON records of `space` whose key starts with `prefix`, in key order, until `f`
+    /// says stop (false), without holding them all (on sled). A record that does not parse
+    /// stops the visit with [`StoreError::Corrupt`].
+    pub(crate) fn visit_json<T: serde::de::DeserializeOwned>(&self, space: Space, prefix: &str, mut f: impl FnMut(T) -> bool) -> Result<()> {
+        let mut bad = None;
+        self.store().visit_prefix(space, prefix, &mut |k, v| match serde_json::from_slice::<T>(v) {
+            Ok(r) => f(r),
+            Err(e) => {
+                bad = Some(EstateError::Store(StoreError::Corrupt(format!("{}/{k}", space.as_str()), e.to_string())));
+                false
+            }
+        })?;
+        bad.map_or(Ok(()), Err)
     }
 
     /// A key pair from the sealed store, cached in memory after the first use.

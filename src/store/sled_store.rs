@@ -83,14 +83,11 @@ impl Store for SledStore {
     }
 
     fn scan_prefix(&self, space: Space, key_prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let base = full_key(space, "").len();
-        let prefix = full_key(space, key_prefix);
         let mut out = Vec::new();
-        for item in self.db.scan_prefix(&prefix) {
-            let (k, v) = item.map_err(backend)?;
-            let key = String::from_utf8_lossy(&k[base..]).into_owned();
-            out.push((key, v.to_vec()));
-        }
+        self.visit_prefix(space, key_prefix, &mut |k, v| {
+            out.push((k.to_string(), v.to_vec()));
+            true
+        })?;
         Ok(out)
     }
 
