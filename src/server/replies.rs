@@ -25,6 +25,30 @@ const MAX_LOCAL_BYTES: usize = 8 << 20;
 /// How long a retry waits for the first attempt, still in flight, to answer.
 pub(super) const IN_FLIGHT_WAIT: Duration = Duration::from_secs(15);
 
+/// A kept reply in the store: its expiry in the clear (for [`drop_expired`]), the rest sealed
+/// with the master key. A reply may hold join tokens or credentials: whoever reads the data dir
+/// (or the replicas' bucket) without the master key learns nothing from it.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    exp: i64,
+    /// [`Kept`] as JSON, sealed to `replies/<key>` (base64).
+    sealed: String,
+}
+
+impl Stored {
+    fn seal(ctx: &Ctx, key: &str, kept: &Kept) -> Result<Self, String> {
+        let json = serde_json::to_vec(kept).map_err(|e| e.to_string())?;
+        let sealed = ctx.estate.master_key().seal(&crate::store::aad(Space::Replies, key), &json).map_err(|e| e.to_string())?;
+        Ok(Stored { exp: kept.exp, sealed: data_encoding::BASE64.encode(&sealed) })
+    }
+
+    fn open(&self, ctx: &Ctx, key: &str) -> Option<Kept> {
+        let sealed = data_encoding::BASE64.decode(self.sealed.as_bytes()).ok()?;
+        let json = ctx.estate.master_key().open(&crate::store::aad(Space::Replies, key), &sealed).ok()?;
+        serde_json::from_slice(&json).ok()
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Kept {
     /// SHA-256 (hex) of the request's bytes.
@@ -142,7 +166,8 @@ pub(super) fn lookup(ctx: &Ctx, key: &str, request: &str) -> Option<Box<RawValue
     if !ctx.leader.replicated() && !ctx.replies.spilled.load(std::sync::atomic::Ordering::Relaxed) {
         return None;
     }
-    let kept: Kept = crate::store::get_json(ctx.estate.store(), Space::Replies, key).ok().flatten()?;
+    let stored: Stored = crate::store::get_json(ctx.estate.store(), Space::Replies, key).ok().flatten()?;
+    let kept = stored.open(ctx, key)?;
     crypto::ct_eq(kept.request.as_bytes(), request.as_bytes()).then_some(kept.result)
 }
 
@@ -180,7 +205,11 @@ pub(super) fn keep(ctx: &std::sync::Arc<Ctx>, key: String, request: String, exp:
     let c = ctx.clone();
     tokio::task::spawn_blocking(move || {
         let mut b = Batch::new();
-        let r = to_store.iter().try_for_each(|(k, kept)| b.put_json(Space::Replies, k, kept).map(|_| ())).and_then(|_| c.estate.store().apply(b));
+        let r = to_store.iter().try_for_each(|(k, kept)| {
+            let stored = Stored::seal(&c, k, kept)?;
+            b.put_json(Space::Replies, k, &stored).map(|_| ()).map_err(|e| e.to_string())
+        });
+        let r = r.and_then(|_| c.estate.store().apply(b).map_err(|e| e.to_string()));
         if let Err(e) = r {
             tracing::warn!("cannot keep a reply in the store (a retry that memory no longer holds would not find it): {e}");
         }
@@ -196,7 +225,7 @@ pub(super) async fn drop_expired(ctx: &std::sync::Arc<Ctx>) {
         let Ok(all) = store.scan(Space::Replies) else { return };
         let mut b = Batch::new();
         for (k, v) in all {
-            let exp = serde_json::from_slice::<Kept>(&v).map(|k| k.exp).unwrap_or(0);
+            let exp = serde_json::from_slice::<Stored>(&v).map(|k| k.exp).unwrap_or(0);
             if exp + 5 < now {
                 b.delete(Space::Replies, k);
             }

@@ -264,7 +264,8 @@ impl std::fmt::Debug for Vault {
     }
 }
 
-fn aad(space: Space, key: &str) -> String {
+/// The associated data a sealed value of `space/key` is bound to.
+pub(crate) fn aad(space: Space, key: &str) -> String {
     format!("{}/{key}", space.as_str())
 }
 

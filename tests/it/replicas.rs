@@ -429,6 +429,34 @@ async fn a_request_sent_again_gets_its_first_reply_on_any_replica() {
     assert!(replies.windows(2).all(|w| w[0] == w[1]), "one reply, sent again: {replies:#?}");
     assert_eq!(count(&e), before + 1, "one identity for six sends");
 
+    // The replies shared in the bucket are sealed with the master key: the token the admin was
+    // given (a bearer secret until used) is nowhere in the hub's JetStream files, though the
+    // kept replies are there.
+    fn files_where(dir: &std::path::Path, found: &dyn Fn(&[u8]) -> bool) -> usize {
+        let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+        rd.filter_map(|e| e.ok())
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => files_where(&e.path(), found),
+                _ => std::fs::read(e.path()).map(|b| found(&b) as usize).unwrap_or(0),
+            })
+            .sum()
+    }
+    // A kept reply as stored: {"exp":<digits>,"sealed":"…
+    let stored_reply = |b: &[u8]| {
+        b.windows(6).enumerate().any(|(i, w)| {
+            w == b"\"exp\":" && {
+                let rest = &b[i + 6..];
+                let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+                digits > 0 && rest[digits..].starts_with(b",\"sealed\":\"")
+            }
+        })
+    };
+    let js = e.dir.jetstream();
+    let kept = wait_for(Duration::from_secs(5), || files_where(&js, &stored_reply) > 0);
+    assert!(kept.is_some(), "no sealed kept reply in the hub's JetStream files under {}", js.display());
+    let token = token_text.as_bytes().to_vec();
+    assert_eq!(files_where(&js, &|b| b.windows(token.len()).any(|w| w == token)), 0, "a join token lies in clear in the hub's JetStream files");
+
     // A grant sent twice: one change, one audit record, the same reply.
     let (admin, anc) = admin_connect(&e).await;
     let admin_key = nkeys::KeyPair::from_seed(admin.user_seed.expose()).unwrap();
