@@ -400,26 +400,31 @@ pub(super) fn sees_identity(access: &Access, r: &IdentityRecord) -> bool {
 async fn list(ctx: &Ctx, call: &mut super::dispatch::Call, req: ListRequest) -> Result<ListReply, ApiError> {
     let access = call.access()?;
     let now = ctx.estate.clock().now_unix();
-    let mut identities: Vec<IdentityEntry> = ctx
-        .estate
-        .identities()
-        .map_err(ApiError::from)?
-        .into_iter()
-        .filter(|r| sees_identity(access, r))
-        .map(|r| IdentityEntry {
-            id: r.id.clone(),
-            kind: r.kind,
-            service: r.service.clone(),
-            user_public_key: r.user_public_key.clone(),
-            state: state_of(&r, now),
-            cert_serial: r.cert_serial.clone(),
-            expires_at: rfc3339(r.expires_at),
-            revoked_at: r.revoked_at.map(rfc3339),
+    // One pass over the records holding only the page: sorted by SPIFFE id then user key, the
+    // cursor key sorting as the list does (ids hold no space, below every character they do).
+    let mut pager = super::paging::Pager::new(req.limit, req.after.as_deref())?;
+    ctx.estate
+        .visit_identities(|r| {
+            if sees_identity(access, &r) {
+                let key = format!("{} {}", r.id, r.user_public_key);
+                pager.offer(
+                    key,
+                    IdentityEntry {
+                        state: state_of(&r, now),
+                        expires_at: rfc3339(r.expires_at),
+                        revoked_at: r.revoked_at.map(rfc3339),
+                        id: r.id,
+                        kind: r.kind,
+                        service: r.service,
+                        user_public_key: r.user_public_key,
+                        cert_serial: r.cert_serial,
+                    },
+                );
+            }
+            true
         })
-        .collect();
-    identities.sort_by(|a, b| a.id.cmp(&b.id).then(a.user_public_key.cmp(&b.user_public_key)));
-    // The cursor key sorts as the list does: ids hold no space, below every character they do.
-    let (identities, next) = super::paging::page(identities, |i| format!("{} {}", i.id, i.user_public_key), req.limit, req.after.as_deref())?;
+        .map_err(ApiError::from)?;
+    let (identities, next) = pager.finish();
     Ok(ListReply { identities, next })
 }
 

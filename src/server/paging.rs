@@ -5,31 +5,61 @@
 
 use crate::error::ApiError;
 
-/// The page of `items` (sorted by `key`, keys unique) after cursor `after`, at most `limit`
-/// long, and the cursor of the next page if any is left.
+/// The page of `items` (keys unique, in any order) after cursor `after`, at most `limit` long,
+/// and the cursor of the next page if any is left.
 pub(super) fn page<T>(items: Vec<T>, key: impl Fn(&T) -> String, limit: Option<u32>, after: Option<&str>) -> Result<(Vec<T>, Option<String>), ApiError> {
-    let after = match after {
-        None => None,
-        Some(c) => Some(decode(c)?),
-    };
-    let limit = match limit {
-        None => usize::MAX,
-        Some(l) if (1..=crate::proto::MAX_PAGE).contains(&l) => l as usize,
-        Some(_) => return Err(ApiError::bad_request(format!("limit must be between 1 and {}", crate::proto::MAX_PAGE))),
-    };
-    let mut rest = items.into_iter().filter(|i| after.as_deref().is_none_or(|a| key(i).as_str() > a)).peekable();
-    let mut out = Vec::new();
-    while out.len() < limit {
-        match rest.next() {
-            Some(i) => out.push(i),
-            None => break,
+    let mut p = Pager::new(limit, after)?;
+    for i in items {
+        p.offer(key(&i), i);
+    }
+    Ok(p.finish())
+}
+
+/// A page collected from items offered one by one, in any order (a visit of the store): it
+/// holds at most `limit + 1` of them, so a page of a large listing costs one pass, not a copy of
+/// everything.
+pub(super) struct Pager<T> {
+    after: Option<String>,
+    limit: usize,
+    held: std::collections::BTreeMap<String, T>,
+}
+
+impl<T> Pager<T> {
+    /// `limit` 1 to [`crate::proto::MAX_PAGE`] (none: everything); `after` a cursor this
+    /// listing gave.
+    pub(super) fn new(limit: Option<u32>, after: Option<&str>) -> Result<Self, ApiError> {
+        let after = match after {
+            None => None,
+            Some(c) => Some(decode(c)?),
+        };
+        let limit = match limit {
+            None => usize::MAX,
+            Some(l) if (1..=crate::proto::MAX_PAGE).contains(&l) => l as usize,
+            Some(_) => return Err(ApiError::bad_request(format!("limit must be between 1 and {}", crate::proto::MAX_PAGE))),
+        };
+        Ok(Pager { after, limit, held: Default::default() })
+    }
+
+    /// Take `item`, listed under `key` (unique), if it may belong to the page.
+    pub(super) fn offer(&mut self, key: String, item: T) {
+        if self.after.as_deref().is_some_and(|a| key.as_str() <= a) {
+            return;
+        }
+        self.held.insert(key, item);
+        if self.held.len() > self.limit.saturating_add(1) {
+            self.held.pop_last();
         }
     }
-    let next = match (rest.peek(), out.last()) {
-        (Some(_), Some(last)) => Some(encode(&key(last))),
-        _ => None,
-    };
-    Ok((out, next))
+
+    /// The page, and the cursor of the next one if any item is left after it.
+    pub(super) fn finish(mut self) -> (Vec<T>, Option<String>) {
+        let more = self.held.len() > self.limit && self.held.pop_last().is_some();
+        let next = match (more, self.held.last_key_value()) {
+            (true, Some((k, _))) => Some(encode(k)),
+            _ => None,
+        };
+        (self.held.into_values().collect(), next)
+    }
 }
 
 fn encode(key: &str) -> String {
@@ -67,6 +97,12 @@ mod tests {
         }
         assert_eq!(seen, items);
         assert_eq!(pages, 3);
+        // Offered in any order (a visit of the store): the same pages.
+        let shuffled: Vec<u32> = (0..25).map(|i| (i * 7) % 25).collect();
+        let (p, next) = page(shuffled.clone(), key, Some(10), None).unwrap();
+        assert_eq!(p, (0..10).collect::<Vec<u32>>());
+        let (p, next) = page(shuffled, key, Some(10), next.as_deref()).unwrap();
+        assert_eq!((p, next.is_some()), ((10..20).collect::<Vec<u32>>(), true));
         // An exact multiple ends without an empty page.
         let (p, next) = page((0..10).collect::<Vec<u32>>(), key, Some(10), None).unwrap();
         assert_eq!((p.len(), next), (10, None));
