@@ -483,6 +483,35 @@ fn expand_subject(p: &UserPermissions, user_key: &str) -> UserPermissions {
 mod tests {
     use super::*;
 
+    /// In callout mode (past the window of JWT-mode credentials) the account JWT lists no role
+    /// keys: a new service is stored without signing the account again. In JWT mode its key
+    /// joins the account JWT.
+    #[test]
+    fn a_new_service_in_callout_mode_leaves_the_account_jwt_as_it_was() {
+        use crate::clock::ManualClock;
+        use crate::names::ServiceId;
+        let clock = Arc::new(ManualClock::new(1_900_000_000));
+        let (_d, e, _store, _master) = super::super::tests::new_estate(clock.clone());
+        e.set_auth_mode(AuthMode::Callout).unwrap();
+        let (acct, _, _) = e.ensure_role_locked(&ServiceId::parse("acme/shop/prod/orders").unwrap()).unwrap();
+        clock.advance(10);
+        let payments = ServiceId::parse("acme/shop/prod/payments").unwrap();
+        let (after, role, created) = e.ensure_role_locked(&payments).unwrap();
+        assert!(created);
+        assert_eq!(e.role(&payments).unwrap().map(|r| r.key), Some(role.key.clone()), "the role is stored");
+        assert_eq!((after.iat, &after.jwt), (acct.iat, &acct.jwt), "the account was signed again for a new service");
+        assert_eq!(e.account(&acct.name).unwrap().jwt, acct.jwt);
+
+        e.set_auth_mode(AuthMode::Jwt).unwrap();
+        clock.advance(10);
+        let before = e.account(&acct.name).unwrap();
+        let (after, role, _) = e.ensure_role_locked(&ServiceId::parse("acme/shop/prod/ledger").unwrap()).unwrap();
+        assert!(after.iat > before.iat && after.jwt.len() > before.jwt.len(), "JWT mode signs the account with the new key");
+        let (claims, _) = jwt::decode_any::<Claims<serde_json::Value>>(&after.jwt).unwrap();
+        assert!(claims.nats["signing_keys"].as_array().unwrap().iter().any(|k| k["key"] == role.key.as_str()), "{}", claims.nats);
+        assert_eq!(e.account(&acct.name).unwrap().jwt, after.jwt, "and stores it");
+    }
+
     #[test]
     fn answer_keys_are_derived_per_bucket_listed_in_the_account_and_rotate_alone() {
         use crate::clock::ManualClock;

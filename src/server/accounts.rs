@@ -52,8 +52,26 @@ fn pushed_current(ctx: &Ctx, acct: &AccountRecord) -> bool {
     ctx.cache.pushed.lock().map(|p| p.get(&acct.name) == Some(&acct.iat)).unwrap_or(false)
 }
 
-/// A service's account and role, as last pushed.
-pub(super) type RoleEntry = std::sync::Arc<(AccountRecord, RoleRecord)>;
+/// A service's account and role, as last pushed. The account record is shared by every entry
+/// of its account ([`role_entry`]): a copy per service would hold the account JWT once per
+/// service (a 100,000-service estate reached 18 GiB that way).
+pub(super) type RoleEntry = std::sync::Arc<(std::sync::Arc<AccountRecord>, RoleRecord)>;
+
+/// The cache entry of `role` in `acct`, sharing the one copy of `acct` the cache holds.
+pub(super) fn role_entry(ctx: &Ctx, acct: AccountRecord, role: RoleRecord) -> RoleEntry {
+    let held = ctx.cache.accounts.read().ok().and_then(|m| m.get(&acct.name).cloned());
+    let shared = match held {
+        Some(a) if a.iat == acct.iat && a.jwt == acct.jwt => a,
+        _ => {
+            let a = std::sync::Arc::new(acct);
+            if let Ok(mut m) = ctx.cache.accounts.write() {
+                m.insert(a.name.clone(), a.clone());
+            }
+            a
+        }
+    };
+    std::sync::Arc::new((shared, role))
+}
 
 /// The tenant account and role of `sid`, created and pushed if needed (cached in memory; every
 /// change to either goes through here).
@@ -78,7 +96,7 @@ pub(super) async fn ensure_role_pushed(ctx: &Ctx, sid: &ServiceId) -> Result<Rol
     if !pushed_current(ctx, &acct) {
         push(ctx, &acct, "role").await?;
     }
-    let entry = std::sync::Arc::new((acct, role));
+    let entry = role_entry(ctx, acct, role);
     if let Ok(mut m) = ctx.cache.roles.write() {
         m.insert(sid.clone(), entry.clone());
     }
@@ -128,7 +146,7 @@ pub(super) async fn agent_entry(ctx: &Ctx, site: &str, user_pub: &str) -> Result
         updated_at: 0,
         previous: vec![],
     };
-    Ok(std::sync::Arc::new((acct, role)))
+    Ok(role_entry(ctx, acct, role))
 }
 
 // === bootstrap revocations ===

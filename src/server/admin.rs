@@ -6,7 +6,7 @@
 //! account's revocations (the server drops them) and marks the identities revoked, so they never
 //! renew; certificate serials of revoked identities are what CRL and OCSP report.
 
-use super::accounts::{push, RoleEntry};
+use super::accounts::{push, role_entry};
 use super::Ctx;
 use crate::audit::Entry;
 use crate::clock::rfc3339;
@@ -92,7 +92,7 @@ async fn change(ctx: &Arc<Ctx>, actor: &str, req: GrantRequest, how: Change) -> 
     // Recorded first, then live (the reconciler completes a push that fails here).
     ctx.journal.record(entry).await.map_err(super::journal_error)?;
     if let Ok(mut m) = ctx.cache.roles.write() {
-        m.insert(sid.clone(), RoleEntry::new((signed.clone(), next.clone())));
+        m.insert(sid.clone(), role_entry(ctx, signed.clone(), next.clone()));
     }
     push_recorded(ctx, &signed, action).await?;
     tracing::info!(service = %sid, action, "permissions changed");
@@ -260,7 +260,7 @@ async fn settle_role(ctx: &Ctx, sid: &ServiceId, grace_over: bool, why: serde_js
         .await
         .map_err(super::journal_error)?;
     if let Ok(mut m) = ctx.cache.roles.write() {
-        m.insert(sid.clone(), RoleEntry::new((signed.clone(), next)));
+        m.insert(sid.clone(), role_entry(ctx, signed.clone(), next));
     }
     push_recorded(ctx, &signed, "retire_key").await?;
     tracing::info!(service = %sid, removed = removed.len(), "former role keys settled");
@@ -343,7 +343,7 @@ async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> Resul
     ctx.journal.record(entry).await.map_err(super::journal_error)?;
     if let Ok(mut m) = ctx.cache.roles.write() {
         if let Some(entry) = m.get(sid).cloned() {
-            m.insert(sid.clone(), Arc::new((signed.clone(), entry.1.clone())));
+            m.insert(sid.clone(), role_entry(ctx, signed.clone(), entry.1.clone()));
         }
     }
     push_recorded(ctx, &signed, "revoke").await?;
@@ -598,7 +598,7 @@ pub(super) async fn add_missing_defaults(ctx: &Ctx) {
                 .await
                 .map_err(super::journal_error)?;
             if let Ok(mut m) = ctx.cache.roles.write() {
-                m.insert(role.service.clone(), RoleEntry::new((signed.clone(), next.clone())));
+                m.insert(role.service.clone(), role_entry(ctx, signed.clone(), next.clone()));
             }
             push_recorded(ctx, &signed, "role.upgrade").await
         }

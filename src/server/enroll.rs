@@ -133,11 +133,11 @@ async fn enroll(
     let site = crate::names::agent_site(&sid).map(str::to_string);
     let admin = crate::names::admin_name(&sid).map(str::to_string);
     let (acct, role) = match (&site, &admin) {
-        (Some(site), _) => (agent_entry(ctx, site, user_pub).await?.0.clone(), None),
+        (Some(site), _) => (crate::estate::AccountRecord::clone(&agent_entry(ctx, site, user_pub).await?.0), None),
         (None, Some(_)) => (e.account(TILLIT_ACCOUNT).map_err(ApiError::from)?, None),
         (None, None) => {
             let entry = ensure_role_pushed(ctx, &sid).await?;
-            (entry.0.clone(), Some(entry.1.clone()))
+            (crate::estate::AccountRecord::clone(&entry.0), Some(entry.1.clone()))
         }
     };
     let acct = &acct;
