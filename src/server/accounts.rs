@@ -52,16 +52,17 @@ fn pushed_current(ctx: &Ctx, acct: &AccountRecord) -> bool {
     ctx.cache.pushed.lock().map(|p| p.get(&acct.name) == Some(&acct.iat)).unwrap_or(false)
 }
 
-/// A service's account and role, as last pushed. The account record is shared by every entry
-/// of its account ([`role_entry`]): a copy per service would hold the account JWT once per
-/// service (a 100,000-service estate reached 18 GiB that way).
+/// A service's account and role, as last pushed.
 pub(super) type RoleEntry = std::sync::Arc<(std::sync::Arc<AccountRecord>, RoleRecord)>;
 
-/// The cache entry of `role` in `acct`, sharing the one copy of `acct` the cache holds.
-pub(super) fn role_entry(ctx: &Ctx, acct: AccountRecord, role: RoleRecord) -> RoleEntry {
+/// Keep `acct` as the account's record in the cache if it is at least as new as the one held;
+/// the one held. The cache holds one record per account: the role entries name their account,
+/// they do not carry a copy (one per service held the account JWT once per service, and once
+/// per version revocations made: a 100,000-service estate reached 18 GiB that way).
+pub(super) fn remember_account(ctx: &Ctx, acct: AccountRecord) -> std::sync::Arc<AccountRecord> {
     let held = ctx.cache.accounts.read().ok().and_then(|m| m.get(&acct.name).cloned());
-    let shared = match held {
-        Some(a) if a.iat == acct.iat && a.jwt == acct.jwt => a,
+    match held {
+        Some(a) if a.iat > acct.iat || (a.iat == acct.iat && a.jwt == acct.jwt) => a,
         _ => {
             let a = std::sync::Arc::new(acct);
             if let Ok(mut m) = ctx.cache.accounts.write() {
@@ -69,14 +70,29 @@ pub(super) fn role_entry(ctx: &Ctx, acct: AccountRecord, role: RoleRecord) -> Ro
             }
             a
         }
-    };
-    std::sync::Arc::new((shared, role))
+    }
+}
+
+/// Keep `role` (and its account, [`remember_account`]) in the cache; the entry.
+pub(super) fn remember(ctx: &Ctx, acct: AccountRecord, role: RoleRecord) -> RoleEntry {
+    let acct = remember_account(ctx, acct);
+    if let Ok(mut m) = ctx.cache.roles.write() {
+        m.insert(role.service.clone(), role.clone());
+    }
+    std::sync::Arc::new((acct, role))
+}
+
+/// The cached role of `sid` with its account's record as the cache holds it.
+fn cached(ctx: &Ctx, sid: &ServiceId) -> Option<RoleEntry> {
+    let role = ctx.cache.roles.read().ok()?.get(sid).cloned()?;
+    let acct = ctx.cache.accounts.read().ok()?.get(&role.account).cloned()?;
+    Some(std::sync::Arc::new((acct, role)))
 }
 
 /// The tenant account and role of `sid`, created and pushed if needed (cached in memory; every
 /// change to either goes through here).
 pub(super) async fn ensure_role_pushed(ctx: &Ctx, sid: &ServiceId) -> Result<RoleEntry, ApiError> {
-    if let Some(hit) = ctx.cache.roles.read().ok().and_then(|m| m.get(sid).cloned()) {
+    if let Some(hit) = cached(ctx, sid) {
         if pushed_current(ctx, &hit.0) {
             return Ok(hit);
         }
@@ -96,11 +112,7 @@ pub(super) async fn ensure_role_pushed(ctx: &Ctx, sid: &ServiceId) -> Result<Rol
     if !pushed_current(ctx, &acct) {
         push(ctx, &acct, "role").await?;
     }
-    let entry = role_entry(ctx, acct, role);
-    if let Ok(mut m) = ctx.cache.roles.write() {
-        m.insert(sid.clone(), entry.clone());
-    }
-    Ok(entry)
+    Ok(remember(ctx, acct, role))
 }
 
 /// Whether identities signed with `key` are accepted in `acct`: its JWT names `key` as one of
@@ -146,7 +158,7 @@ pub(super) async fn agent_entry(ctx: &Ctx, site: &str, user_pub: &str) -> Result
         updated_at: 0,
         previous: vec![],
     };
-    Ok(role_entry(ctx, acct, role))
+    Ok(std::sync::Arc::new((remember_account(ctx, acct), role)))
 }
 
 // === bootstrap revocations ===

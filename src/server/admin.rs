@@ -6,7 +6,7 @@
 //! account's revocations (the server drops them) and marks the identities revoked, so they never
 //! renew; certificate serials of revoked identities are what CRL and OCSP report.
 
-use super::accounts::{push, role_entry};
+use super::accounts::{push, remember, remember_account};
 use super::Ctx;
 use crate::audit::Entry;
 use crate::clock::rfc3339;
@@ -91,9 +91,7 @@ async fn change(ctx: &Arc<Ctx>, actor: &str, req: GrantRequest, how: Change) -> 
         .batch(b);
     // Recorded first, then live (the reconciler completes a push that fails here).
     ctx.journal.record(entry).await.map_err(super::journal_error)?;
-    if let Ok(mut m) = ctx.cache.roles.write() {
-        m.insert(sid.clone(), role_entry(ctx, signed.clone(), next.clone()));
-    }
+    remember(ctx, signed.clone(), next.clone());
     push_recorded(ctx, &signed, action).await?;
     tracing::info!(service = %sid, action, "permissions changed");
     let data = serde_json::json!({ "service": sid.to_string(), "pub": next.permissions.publish.allow, "sub": next.permissions.subscribe.allow });
@@ -259,9 +257,7 @@ async fn settle_role(ctx: &Ctx, sid: &ServiceId, grace_over: bool, why: serde_js
         .record(Entry::ok("tillit", "retire_key", &sid.to_string()).detail(serde_json::json!({ "why": why, "removed": removed })).batch(b))
         .await
         .map_err(super::journal_error)?;
-    if let Ok(mut m) = ctx.cache.roles.write() {
-        m.insert(sid.clone(), role_entry(ctx, signed.clone(), next));
-    }
+    remember(ctx, signed.clone(), next);
     push_recorded(ctx, &signed, "retire_key").await?;
     tracing::info!(service = %sid, removed = removed.len(), "former role keys settled");
     Ok(())
@@ -341,11 +337,7 @@ async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> Resul
     // Recorded first (the record is the change; OCSP and the CRL answer from it at once), then
     // live: if nats-server cannot take it now, the reconciler pushes it until it does.
     ctx.journal.record(entry).await.map_err(super::journal_error)?;
-    if let Ok(mut m) = ctx.cache.roles.write() {
-        if let Some(entry) = m.get(sid).cloned() {
-            m.insert(sid.clone(), role_entry(ctx, signed.clone(), entry.1.clone()));
-        }
-    }
+    remember_account(ctx, signed.clone());
     push_recorded(ctx, &signed, "revoke").await?;
     tracing::info!(service = %sid, count = revoked.len(), "revoked");
     let data = serde_json::json!({ "service": sid.to_string(), "users": users, "serials": revoked.iter().map(|r| &r.cert_serial).collect::<Vec<_>>() });
@@ -597,9 +589,7 @@ pub(super) async fn add_missing_defaults(ctx: &Ctx) {
                 .record(Entry::ok("tillit", "role.upgrade", &role.service.to_string()).detail(serde_json::json!({ "added": added })).batch(b))
                 .await
                 .map_err(super::journal_error)?;
-            if let Ok(mut m) = ctx.cache.roles.write() {
-                m.insert(role.service.clone(), role_entry(ctx, signed.clone(), next.clone()));
-            }
+            remember(ctx, signed.clone(), next.clone());
             push_recorded(ctx, &signed, "role.upgrade").await
         }
         .await;

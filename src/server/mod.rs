@@ -83,13 +83,13 @@ pub struct Cache {
     pub burning: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Account name → `iat` of the JWT last pushed to nats-server.
     pub pushed: std::sync::Mutex<HashMap<String, i64>>,
-    /// Service → its tenant account and role, as pushed.
-    pub roles: std::sync::RwLock<HashMap<crate::names::ServiceId, accounts::RoleEntry>>,
+    /// Service → its role, as pushed (its account's record: `accounts`).
+    pub roles: std::sync::RwLock<HashMap<crate::names::ServiceId, crate::estate::RoleRecord>>,
     /// Account name → public key.
     pub account_keys: std::sync::RwLock<HashMap<String, String>>,
     /// The store's count of other replicas' changes when the caches were last checked.
     pub seen_changes: std::sync::atomic::AtomicU64,
-    /// Account name → the one copy of its record the role cache entries share.
+    /// Account name → the one copy of its record the role cache names ([`accounts::remember_account`]).
     pub accounts: std::sync::RwLock<HashMap<String, Arc<crate::estate::AccountRecord>>>,
     /// What `status` counts of the identities ([`status::Summary`]), refreshed in the background.
     pub(crate) summary: std::sync::RwLock<Option<Arc<status::Summary>>>,
