@@ -89,7 +89,7 @@ pub struct Cache {
     pub account_keys: std::sync::RwLock<HashMap<String, String>>,
     /// The store's count of other replicas' changes when the caches were last checked.
     pub seen_changes: std::sync::atomic::AtomicU64,
-    /// Account name → the one copy of its record the role cache names ([`accounts::remember_account`]).
+    /// Account name → the one copy of its record the role cache names (kept by `remember_account`).
     pub accounts: std::sync::RwLock<HashMap<String, Arc<crate::estate::AccountRecord>>>,
     /// What `status` counts of the identities ([`status::Summary`]), refreshed in the background.
     pub(crate) summary: std::sync::RwLock<Option<Arc<status::Summary>>>,
