@@ -387,10 +387,27 @@ impl Estate {
     /// The account of `tenant` + `env` (`acme-prod`), created if missing. Returns the record and
     /// whether it was created (then the caller pushes its JWT). Hold [`Self::account_lock`].
     pub fn ensure_tenant_account_locked(&self, tenant: &str, env: &str) -> Result<(AccountRecord, bool)> {
+        self.ensure_tenant_account_rev(tenant, env).map(|(rec, created, _)| (rec, created))
+    }
+
+    /// An account record with the store revision it was read at ([`crate::store::Store::get_rev`]).
+    pub(crate) fn account_rev(&self, name: &str) -> Result<Option<(AccountRecord, Option<u64>)>> {
+        match self.store().get_rev(Space::Accounts, name)? {
+            Some((v, rev)) => Ok(Some((
+                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(format!("accounts/{name}"), e.to_string()))?,
+                rev,
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// [`Self::ensure_tenant_account_locked`], with the revision the record is at: a change
+    /// computed from it names that revision, so it cannot land over another replica's.
+    pub(crate) fn ensure_tenant_account_rev(&self, tenant: &str, env: &str) -> Result<(AccountRecord, bool, Option<u64>)> {
         names::check_segment("tenant", tenant)?;
         names::check_segment("env", env)?;
         let name = names::account_name(tenant, env);
-        if let Some(rec) = get_json::<AccountRecord>(self.store(), Space::Accounts, &name)? {
+        if let Some((rec, rev)) = self.account_rev(&name)? {
             // The record says whose it is: an account is never handed to another pair.
             if rec.kind != AccountKind::Tenant || rec.tenant.as_deref() != Some(tenant) || rec.env.as_deref() != Some(env) {
                 return Err(EstateError::Key(
@@ -398,7 +415,7 @@ impl Estate {
                     format!("it belongs to {:?}/{:?}, not {tenant}/{env}", rec.tenant, rec.env),
                 ));
             }
-            return Ok((rec, false));
+            return Ok((rec, false, rev));
         }
         let mut b = Batch::new();
         let (id, signing) = new_account_keys(&self.vault, &mut b, &name)?;
@@ -421,9 +438,12 @@ impl Estate {
             adopted: None,
         };
         let rec = self.resign_account(draft)?;
-        b.put_json(Space::Accounts, &name, &rec)?;
+        // Another replica creating the same account at the same time wins or loses as a whole:
+        // two accounts of one name (two keys) would split its services.
+        b.create_json(Space::Accounts, &name, &rec)?;
         self.store().commit(b)?;
-        Ok((rec, true))
+        let (rec, rev) = self.account_rev(&name)?.ok_or_else(|| EstateError::NoSuchAccount(name.clone()))?;
+        Ok((rec, true, rev))
     }
 
     /// [`Self::ensure_tenant_account_locked`], taking the lock.

@@ -154,7 +154,7 @@ impl Estate {
     /// The tenant account and role of `sid`, creating either if missing. Returns whether the
     /// account JWT changed (the caller pushes it while still holding [`Self::account_lock`]).
     pub fn ensure_role_locked(&self, sid: &ServiceId) -> Result<(AccountRecord, RoleRecord, bool)> {
-        let (acct, created) = self.ensure_tenant_account_locked(&sid.tenant, &sid.env)?;
+        let (acct, created, rev) = self.ensure_tenant_account_rev(&sid.tenant, &sid.env)?;
         if let Some(role) = self.role(sid)? {
             return Ok((acct, role, created));
         }
@@ -181,7 +181,9 @@ impl Estate {
         let before = self.render_account(&acct, &tillit.public_key)?;
         let mut b = Batch::new();
         self.vault.put_sealed(&mut b, Space::Keys, &keys_scoped(&role.key), seed_of(&key, "scoped key")?.expose().as_bytes())?;
-        b.put_json(Space::Roles, RoleRecord::store_key(sid), &role)?;
+        // Created once: another replica's role for the same service, made at the same time,
+        // is not overwritten (its identities are signed with its key).
+        b.create_json(Space::Roles, RoleRecord::store_key(sid), &role)?;
         // The account JWT is rendered from the role records, so store the role first.
         self.store().apply(b)?;
         let after = self.render_account(&acct, &tillit.public_key)?;
@@ -192,10 +194,26 @@ impl Estate {
             return Ok((acct, role, true));
         }
         let acct = self.sign_account(acct, after)?;
+        // Over the account as read, never over another replica's newer version. Refused, the
+        // role is stored and its key not in the account yet: [`Self::resign_for_roles`] mends it.
         let mut b = Batch::new();
-        b.put_json(Space::Accounts, &acct.name, &acct)?;
+        b.put_json_at(Space::Accounts, &acct.name, &acct, rev)?;
         self.store().commit(b)?;
         Ok((acct, role, true))
+    }
+
+    /// Re-sign `account` from the store's current record and role records: a role stored by a
+    /// replica that stopped (or lost a race) before its account JWT carried the role's key.
+    /// Hold [`Self::account_lock`]. The record as stored after.
+    pub fn resign_for_roles(&self, account: &str) -> Result<AccountRecord> {
+        self.account_fresh(account)?;
+        let (acct, rev) = self.account_rev(account)?.ok_or_else(|| EstateError::NoSuchAccount(account.into()))?;
+        let acct = self.resign_account(acct)?;
+        self.check_jwt_size(&acct)?;
+        let mut b = Batch::new();
+        b.put_json_at(Space::Accounts, &acct.name, &acct, rev)?;
+        self.store().commit(b)?;
+        Ok(acct)
     }
 
     /// `role` with `permissions` under a *new* scoped key; the current key joins `previous`

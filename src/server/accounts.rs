@@ -106,7 +106,14 @@ pub(super) async fn ensure_role_pushed(ctx: &Ctx, sid: &ServiceId) -> Result<Rol
         // would be refused. Read the account from the store; still without: serve again.
         acct = e.account_fresh(&acct.name).map_err(ApiError::from)?;
         if !carries_key(&acct, &role.key) {
-            return Err(ApiError::new(ErrorCode::Unavailable, super::RACED));
+            // Nor does the store's: the replica that made the role stopped, or lost a race,
+            // before it stored the account JWT with the role's key. Mend it (or, if another
+            // replica is mending it right now, serve again once it has).
+            tracing::info!(account = %acct.name, service = %sid, "the account JWT lacks a stored role's key; signing it again");
+            acct = e.resign_for_roles(&acct.name).map_err(ApiError::from)?;
+            if !carries_key(&acct, &role.key) {
+                return Err(ApiError::new(ErrorCode::Unavailable, super::RACED));
+            }
         }
     }
     if !pushed_current(ctx, &acct) {

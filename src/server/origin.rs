@@ -53,6 +53,7 @@ pub(super) fn check_request_origin(ctx: &Ctx, caller: &IdentityRecord, info: Opt
     match info {
         Some(i) => {
             if i.acc != acct_key {
+                tracing::warn!(caller = %caller.user_public_key, account = %caller.account, expected = %acct_key, stamped = %i.acc, "a request's account is not its signer's");
                 return Err(ApiError::unauthenticated("request was sent from another account than the signer's"));
             }
             if let Some(u) = &i.user {

@@ -132,11 +132,6 @@ impl JetStreamStore {
         self.mirror.read().map_err(|_| StoreError::Backend("store mirror lock poisoned".into()))
     }
 
-    /// The revision this replica last saw for a record (`None`: never existed here).
-    fn revision(&self, space: Space, key: &str) -> Result<Option<u64>, StoreError> {
-        Ok(self.read()?.get(&(space.as_str(), key.to_string())).map(|s| s.revision))
-    }
-
     /// Send writes to the runtime thread and wait until they are acknowledged; the mirror holds
     /// them before this returns.
     fn write(&self, writes: Vec<Write>) -> Result<(), StoreError> {
@@ -215,12 +210,33 @@ impl Store for JetStreamStore {
     }
 
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
-        // Each write expects the revision this replica saw.
+        // Each write expects the revision this replica saw, or the one its writer names.
         let mut writes = Vec::with_capacity(batch.ops.len());
-        for op in batch.ops {
-            writes.push(Write { kv_key: kv_key(op.space, &op.key), expect: self.revision(op.space, &op.key)?, value: op.value });
+        let stale = |op: &super::Op| {
+            self.conflicts.fetch_add(1, Ordering::Relaxed);
+            StoreError::Conflict(format!("{}/{} changed since it was read; read it again and retry", op.space.as_str(), op.key))
+        };
+        {
+            let m = self.read()?;
+            for op in batch.ops {
+                let seen = m.get(&(op.space.as_str(), op.key.clone()));
+                let expect = match (op.expect, seen) {
+                    (None, seen) => seen.map(|s| s.revision),
+                    // Created meanwhile (by another replica, as far as this one has seen).
+                    (Some(super::Expect::Absent), Some(s)) if s.value.is_some() => return Err(stale(&op)),
+                    // Never seen, or deleted at that revision: the bucket checks the rest.
+                    (Some(super::Expect::Absent), seen) => seen.map(|s| s.revision),
+                    (Some(super::Expect::Revision(r)), Some(s)) if s.revision != r => return Err(stale(&op)),
+                    (Some(super::Expect::Revision(r)), _) => Some(r),
+                };
+                writes.push(Write { kv_key: kv_key(op.space, &op.key), expect, value: op.value });
+            }
         }
         self.write(writes)
+    }
+
+    fn get_rev(&self, space: Space, key: &str) -> Result<Option<(Vec<u8>, Option<u64>)>, StoreError> {
+        Ok(self.read()?.get(&(space.as_str(), key.to_string())).and_then(|s| Some((s.value.clone()?, Some(s.revision)))))
     }
 
     fn sync(&self) -> Result<(), StoreError> {

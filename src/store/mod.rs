@@ -115,6 +115,22 @@ pub struct Op {
     pub space: Space,
     pub key: String,
     pub value: Option<Vec<u8>>,
+    /// What the record must be for the write to land; `None`: as this process sees it when the
+    /// batch is applied (enough for a write computed under the journal, which orders changes
+    /// across replicas; not for a read-modify-write outside it).
+    pub expect: Option<Expect>,
+}
+
+/// The state a record must be in for a write to land ([`StoreError::Conflict`] otherwise).
+/// A replicated store checks it against the bucket; a store of one process, whose writers hold
+/// the estate's locks, has nothing to check it against that could differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// The record does not exist (a create: another replica's create of the same record wins,
+    /// this one is refused instead of overwriting it).
+    Absent,
+    /// The record is still at the revision it was read at ([`Store::get_rev`]).
+    Revision(u64),
 }
 
 /// Writes applied together, all or nothing, and durable when [`Store::commit`] returns.
@@ -128,8 +144,26 @@ impl Batch {
         Batch::default()
     }
     pub fn put(&mut self, space: Space, key: impl Into<String>, value: impl Into<Vec<u8>>) -> &mut Self {
-        self.ops.push(Op { space, key: key.into(), value: Some(value.into()) });
+        self.ops.push(Op { space, key: key.into(), value: Some(value.into()), expect: None });
         self
+    }
+    /// [`Batch::put_json`] of a record that must not exist yet ([`Expect::Absent`]).
+    pub fn create_json<T: serde::Serialize>(&mut self, space: Space, key: impl Into<String>, value: &T) -> Result<&mut Self, StoreError> {
+        self.put_json(space, key, value)?;
+        self.expect_last(Some(Expect::Absent));
+        Ok(self)
+    }
+    /// [`Batch::put_json`] of a record read at revision `rev` ([`Store::get_rev`]; `None`: the
+    /// store keeps no revisions, or the record was not read through it).
+    pub fn put_json_at<T: serde::Serialize>(&mut self, space: Space, key: impl Into<String>, value: &T, rev: Option<u64>) -> Result<&mut Self, StoreError> {
+        self.put_json(space, key, value)?;
+        self.expect_last(rev.map(Expect::Revision));
+        Ok(self)
+    }
+    fn expect_last(&mut self, expect: Option<Expect>) {
+        if let Some(op) = self.ops.last_mut() {
+            op.expect = expect;
+        }
     }
     pub fn put_json<T: serde::Serialize>(
         &mut self,
@@ -141,7 +175,7 @@ impl Batch {
         Ok(self.put(space, key, v))
     }
     pub fn delete(&mut self, space: Space, key: impl Into<String>) -> &mut Self {
-        self.ops.push(Op { space, key: key.into(), value: None });
+        self.ops.push(Op { space, key: key.into(), value: None, expect: None });
         self
     }
     pub fn is_empty(&self) -> bool {
@@ -192,6 +226,12 @@ pub trait Store: Send + Sync + 'static {
     /// Replace `key`'s value if it is currently `old` (`None`: absent), atomically; false if it
     /// was not. Durable after the next [`sync`](Store::sync).
     fn compare_and_swap(&self, space: Space, key: &str, old: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool, StoreError>;
+    /// One value with the revision it is at, read together (`None` revision: the backend keeps
+    /// none, as a store of one process). A write that must not land over a change made since the
+    /// read names that revision ([`Batch::put_json_at`]).
+    fn get_rev(&self, space: Space, key: &str) -> Result<Option<(Vec<u8>, Option<u64>)>, StoreError> {
+        Ok(self.get(space, key)?.map(|v| (v, None)))
+    }
     /// One value as the backend holds it now, not as a local copy last saw it (a replica whose
     /// watch lags reads the truth before acting on it). The same as [`Store::get`] in one process.
     fn get_fresh(&self, space: Space, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

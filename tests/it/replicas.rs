@@ -146,7 +146,7 @@ fn two_replicas_share_one_estate_and_lose_no_concurrent_change() {
 
 #[test]
 fn killing_the_leader_loses_no_enrollment_and_moves_the_jobs() {
-    let (e, _nats, mut a, mut b) = two_replicas("failover.example");
+    let (e, nats, mut a, mut b) = two_replicas("failover.example");
     const N: usize = 48;
     let tokens = create_tokens(&e, "acme/shop/prod/api", N as u32, "15m");
     let (lead, token) = leader(&e);
@@ -186,15 +186,19 @@ fn killing_the_leader_loses_no_enrollment_and_moves_the_jobs() {
         );
     }
     let killed_at = Instant::now();
-    let (survivor_port, survivor_log): (u16, Box<dyn Fn() -> String>) = if lead_port == e.http_port {
+    let (a_log, b_log, nats_log) = (a.log.clone(), b.serve.log.clone(), nats.log.clone());
+    let both_logs = move || {
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+        format!("--- replica a:\n{}\n--- replica b:\n{}\n--- nats-server:\n{}", read(&a_log), read(&b_log), read(&nats_log))
+    };
+    let survivor_port = if lead_port == e.http_port {
         a.child.kill().unwrap();
         let _ = a.child.wait();
-        (b.port, Box::new(move || b.serve.log_text()))
+        b.port
     } else {
         b.serve.child.kill().unwrap();
         let _ = b.serve.child.wait();
-        let log = a.log.clone();
-        (e.http_port, Box::new(move || std::fs::read_to_string(&log).unwrap_or_default()))
+        e.http_port
     };
     // The survivor takes the lease over with the next fencing token.
     wait_for(Duration::from_secs(10), || metric(survivor_port, "tillit_leader ") == 1.0).expect("a new leader");
@@ -203,7 +207,7 @@ fn killing_the_leader_loses_no_enrollment_and_moves_the_jobs() {
         w.join().unwrap();
     }
     let failures = failures.lock().unwrap().clone();
-    assert!(failures.is_empty(), "no client sees an error: {failures:#?}\n{}", survivor_log());
+    assert!(failures.is_empty(), "no client sees an error: {failures:#?}\n{}", both_logs());
     assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), N);
     assert!(gap < Duration::from_secs(3), "the jobs moved to a new leader in {gap:?}");
     let (new_lead, new_token) = leader(&e);
