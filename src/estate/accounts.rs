@@ -67,6 +67,21 @@ pub struct AccountRecord {
     pub callout_epochs: BTreeMap<u16, u32>,
 }
 
+impl AccountRecord {
+    /// Whether identities signed with scoped key `key` are accepted by this account's JWT: it
+    /// names `key` as one of its signing keys, or it delegates authentication to tillit's
+    /// callout (which checks the role key itself, so scoped keys stay out of the account JWT).
+    pub fn carries_key(&self, key: &str) -> bool {
+        crate::issuer::jwt::decode_any::<serde_json::Value>(&self.jwt)
+            .map(|(claims, _)| {
+                let nats = &claims["nats"];
+                let delegated = nats["authorization"]["auth_users"].as_array().is_some_and(|u| !u.is_empty());
+                delegated || nats["signing_keys"].as_array().is_some_and(|keys| keys.iter().any(|k| k == key || k["key"] == key))
+            })
+            .unwrap_or(false)
+    }
+}
+
 /// The claims of an adopted account that tillit keeps verbatim (`Estate::sign_account`
 /// merges them with its own): exports, imports, limits, revocations, mappings and whatever else
 /// its `nats` section held, and the signing keys whose seeds it took over (sealed under

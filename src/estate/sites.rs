@@ -173,30 +173,39 @@ impl Estate {
     /// Create the agents' scoped key in TILLIT if missing (hold [`Self::account_lock`]); returns
     /// the TILLIT account and whether its JWT changed (the caller pushes it).
     pub fn ensure_agent_role_locked(&self) -> Result<(AccountRecord, bool)> {
-        let tillit = self.account(TILLIT_ACCOUNT)?;
-        if let Some(mut role) = self.agent_role()? {
+        let (tillit, rev) = self.account_rev(TILLIT_ACCOUNT)?.ok_or_else(|| EstateError::NoSuchAccount(TILLIT_ACCOUNT.into()))?;
+        let stored = self.store().get_rev(Space::Meta, META_AGENT_ROLE)?;
+        if let Some((v, role_rev)) = stored {
+            let mut role: AgentRole = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(format!("meta/{META_AGENT_ROLE}"), e.to_string()))?;
             if role.permissions == agent_permissions() {
-                return Ok((tillit, false));
+                if tillit.carries_key(&role.key) {
+                    return Ok((tillit, false));
+                }
+                // The replica that made the role stopped, or lost a race, before TILLIT's JWT
+                // carried its key: sign TILLIT again.
+                let tillit = self.resign_for_roles(TILLIT_ACCOUNT)?;
+                return Ok((tillit, true));
             }
             // An estate from before the agents' inboxes moved below their site's root: the
             // template changes (nats-server reconnects the agents with it).
             role.permissions = agent_permissions();
-            return self.store_agent_role(tillit, &role, Batch::new());
+            return self.store_agent_role((tillit, rev), &role, role_rev.map(crate::store::Expect::Revision), Batch::new());
         }
         let key = KeyPair::new_account();
         let role = AgentRole { key: key.public_key(), permissions: agent_permissions() };
         let mut b = Batch::new();
         self.vault.put_sealed(&mut b, Space::Keys, &keys_scoped(&role.key), seed_of(&key, "agent scoped key")?.expose().as_bytes())?;
-        self.store_agent_role(tillit, &role, b)
+        self.store_agent_role((tillit, rev), &role, Some(crate::store::Expect::Absent), b)
     }
 
-    /// Store the agents' role (with `b`), then TILLIT re-signed with it; returns TILLIT.
-    fn store_agent_role(&self, tillit: AccountRecord, role: &AgentRole, mut b: Batch) -> Result<(AccountRecord, bool)> {
-        b.put_json(Space::Meta, META_AGENT_ROLE, role)?;
+    /// Store the agents' role (with `b`; as `expect` says it is), then TILLIT (read at `rev`)
+    /// re-signed with it; returns TILLIT.
+    fn store_agent_role(&self, (tillit, rev): (AccountRecord, Option<u64>), role: &AgentRole, expect: Option<crate::store::Expect>, mut b: Batch) -> Result<(AccountRecord, bool)> {
+        b.put_json_expect(Space::Meta, META_AGENT_ROLE, role, expect)?;
         self.store().apply(b)?;
         let tillit = self.resign_account(tillit)?;
         let mut b = Batch::new();
-        b.put_json(Space::Accounts, &tillit.name, &tillit)?;
+        b.put_json_at(Space::Accounts, &tillit.name, &tillit, rev)?;
         self.store().commit(b)?;
         Ok((tillit, true))
     }

@@ -100,18 +100,18 @@ pub(super) async fn ensure_role_pushed(ctx: &Ctx, sid: &ServiceId) -> Result<Rol
     let e = &ctx.estate;
     let _g = e.account_lock().lock().await;
     let (mut acct, role, _changed) = e.ensure_role_locked(sid)?;
-    if !carries_key(&acct, &role.key) {
+    if !acct.carries_key(&role.key) {
         // Another replica made the role and has not stored the account JWT that carries its
         // key yet (or this replica has not seen it): an identity signed with that key now
         // would be refused. Read the account from the store; still without: serve again.
         acct = e.account_fresh(&acct.name).map_err(ApiError::from)?;
-        if !carries_key(&acct, &role.key) {
+        if !acct.carries_key(&role.key) {
             // Nor does the store's: the replica that made the role stopped, or lost a race,
             // before it stored the account JWT with the role's key. Mend it (or, if another
             // replica is mending it right now, serve again once it has).
             tracing::info!(account = %acct.name, service = %sid, "the account JWT lacks a stored role's key; signing it again");
             acct = e.resign_for_roles(&acct.name).map_err(ApiError::from)?;
-            if !carries_key(&acct, &role.key) {
+            if !acct.carries_key(&role.key) {
                 return Err(ApiError::new(ErrorCode::Unavailable, super::RACED));
             }
         }
@@ -122,18 +122,6 @@ pub(super) async fn ensure_role_pushed(ctx: &Ctx, sid: &ServiceId) -> Result<Rol
     Ok(remember(ctx, acct, role))
 }
 
-/// Whether identities signed with `key` are accepted in `acct`: its JWT names `key` as one of
-/// its signing keys, or the account delegates authentication to tillit's callout (which
-/// checks the role key itself, so scoped keys stay out of the account JWT).
-fn carries_key(acct: &AccountRecord, key: &str) -> bool {
-    crate::issuer::jwt::decode_any::<serde_json::Value>(&acct.jwt)
-        .map(|(claims, _)| {
-            let nats = &claims["nats"];
-            let delegated = nats["authorization"]["auth_users"].as_array().is_some_and(|u| !u.is_empty());
-            delegated || nats["signing_keys"].as_array().is_some_and(|keys| keys.iter().any(|k| k == key || k["key"] == key))
-        })
-        .unwrap_or(false)
-}
 
 /// The TILLIT account (with the agents' scoped key pushed) for an agent of `site`, and its
 /// durable consumer, ready before the token burns.

@@ -147,23 +147,22 @@ impl Batch {
         self.ops.push(Op { space, key: key.into(), value: Some(value.into()), expect: None });
         self
     }
-    /// [`Batch::put_json`] of a record that must not exist yet ([`Expect::Absent`]).
-    pub fn create_json<T: serde::Serialize>(&mut self, space: Space, key: impl Into<String>, value: &T) -> Result<&mut Self, StoreError> {
+    /// [`Batch::put_json`] that lands only if the record is as `expect` says.
+    pub fn put_json_expect<T: serde::Serialize>(&mut self, space: Space, key: impl Into<String>, value: &T, expect: Option<Expect>) -> Result<&mut Self, StoreError> {
         self.put_json(space, key, value)?;
-        self.expect_last(Some(Expect::Absent));
-        Ok(self)
-    }
-    /// [`Batch::put_json`] of a record read at revision `rev` ([`Store::get_rev`]; `None`: the
-    /// store keeps no revisions, or the record was not read through it).
-    pub fn put_json_at<T: serde::Serialize>(&mut self, space: Space, key: impl Into<String>, value: &T, rev: Option<u64>) -> Result<&mut Self, StoreError> {
-        self.put_json(space, key, value)?;
-        self.expect_last(rev.map(Expect::Revision));
-        Ok(self)
-    }
-    fn expect_last(&mut self, expect: Option<Expect>) {
         if let Some(op) = self.ops.last_mut() {
             op.expect = expect;
         }
+        Ok(self)
+    }
+    /// [`Batch::put_json`] of a record that must not exist yet ([`Expect::Absent`]).
+    pub fn create_json<T: serde::Serialize>(&mut self, space: Space, key: impl Into<String>, value: &T) -> Result<&mut Self, StoreError> {
+        self.put_json_expect(space, key, value, Some(Expect::Absent))
+    }
+    /// [`Batch::put_json`] of a record read at revision `rev` ([`Store::get_rev`]; `None`: the
+    /// store keeps no revisions).
+    pub fn put_json_at<T: serde::Serialize>(&mut self, space: Space, key: impl Into<String>, value: &T, rev: Option<u64>) -> Result<&mut Self, StoreError> {
+        self.put_json_expect(space, key, value, rev.map(Expect::Revision))
     }
     pub fn put_json<T: serde::Serialize>(
         &mut self,

@@ -32,6 +32,54 @@ fn text(s: &dyn Store, space: Space, key: &str) -> Option<String> {
     s.get(space, key).unwrap().map(|v| String::from_utf8(v).unwrap())
 }
 
+/// A change computed from a record outside the journal names the revision it read (or that it
+/// creates the record): another replica's write in between, even one this replica's watch has
+/// already delivered by the time it writes, refuses it instead of being overwritten.
+#[test]
+fn a_write_naming_what_it_read_never_lands_over_a_change_made_since() {
+    use tillit::store::Expect;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = jetstream_server(tmp.path());
+    let a = open(&server.url(), "TILLIT_TEST");
+    let b = open(&server.url(), "TILLIT_TEST");
+    let put_expect = |s: &dyn Store, key: &str, value: &str, expect: Option<Expect>| {
+        let mut batch = Batch::new();
+        batch.put_json_expect(Space::Accounts, key, &value, expect).unwrap();
+        s.apply(batch)
+    };
+    let json = |s: &dyn Store, key: &str| s.get(Space::Accounts, key).unwrap().map(|v| serde_json::from_slice::<String>(&v).unwrap());
+
+    // Both replicas find no record and create it; a's create is seen by b before b writes.
+    assert!(b.get_rev(Space::Accounts, "acme-prod").unwrap().is_none());
+    put_expect(&a, "acme-prod", "from a", Some(Expect::Absent)).unwrap();
+    wait_for(Duration::from_secs(5), || json(&b, "acme-prod").is_some()).expect("b sees a's create");
+    assert!(matches!(put_expect(&b, "acme-prod", "from b", Some(Expect::Absent)), Err(StoreError::Conflict(_))), "b's create is refused");
+    // Seen or not yet seen by c when it writes (its mirror or the bucket refuses it).
+    let c = open(&server.url(), "TILLIT_TEST");
+    put_expect(&a, "acme-dev", "from a", Some(Expect::Absent)).unwrap();
+    match put_expect(&c, "acme-dev", "from c", Some(Expect::Absent)) {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("c's create over a's must be refused: {other:?}"),
+    }
+    assert_eq!(json(&a, "acme-prod").as_deref(), Some("from a"));
+    assert_eq!(json(&a, "acme-dev").as_deref(), Some("from a"));
+
+    // b reads at a revision; a changes the record; b's watch delivers it; b's change computed
+    // from what it read is refused (writing "as seen now" would have landed over a's).
+    wait_for(Duration::from_secs(5), || json(&b, "acme-prod").as_deref() == Some("from a")).unwrap();
+    let (_, rev) = b.get_rev(Space::Accounts, "acme-prod").unwrap().expect("b reads the record");
+    assert!(rev.is_some(), "a replicated store says which revision it read");
+    put_expect(&a, "acme-prod", "a's revocation", None).unwrap();
+    wait_for(Duration::from_secs(5), || json(&b, "acme-prod").as_deref() == Some("a's revocation")).expect("b sees a's change");
+    let refused = put_expect(&b, "acme-prod", "b's change from the old read", rev.map(Expect::Revision));
+    assert!(matches!(refused, Err(StoreError::Conflict(_))), "{refused:?}");
+    assert_eq!(json(&a, "acme-prod").as_deref(), Some("a's revocation"), "a's change stays");
+    // Read again, b's change lands.
+    let (_, rev) = b.get_rev(Space::Accounts, "acme-prod").unwrap().unwrap();
+    put_expect(&b, "acme-prod", "b's change", rev.map(Expect::Revision)).unwrap();
+    wait_for(Duration::from_secs(5), || json(&a, "acme-prod").as_deref() == Some("b's change")).expect("a sees b's change");
+}
+
 #[test]
 fn two_replicas_share_one_bucket_without_losing_an_update() {
     let tmp = tempfile::tempdir().unwrap();
