@@ -519,12 +519,20 @@ impl Estate {
         let now = self.clock.now_unix();
         let mut rec = acct.clone();
         // Callout mode: the revocations do not name the connections' keys (nats-server's own),
-        // the answer keys that admitted them are replaced instead.
-        if rec.kind == AccountKind::Tenant && self.auth_mode() == callout::AuthMode::Callout {
-            rec = self.rotate_callout_buckets(&rec, users);
+        // the answer keys that admitted them are replaced instead. Once no credentials issued in
+        // JWT mode can be valid, nothing checks the account's revocations: they are not added
+        // (each would grow the account JWT, re-signed and pushed on every revocation, until it
+        // hit nats-server's 1 MiB cap at ~14,000 revoked identities). Back in JWT mode they are
+        // listed again from the identity records ([`Self::set_auth_mode`]).
+        let mut listed = true;
+        if rec.kind == AccountKind::Tenant {
+            if let Some(a) = self.auth_settings()?.filter(|a| a.mode == callout::AuthMode::Callout) {
+                rec = self.rotate_callout_buckets(&rec, users);
+                listed = a.role_keys_needed(now);
+            }
         }
         self.prune_revocations(&mut rec);
-        for u in users {
+        for u in users.iter().filter(|_| listed) {
             rec.revocations.insert(u.clone(), now);
             let keep = rec.revoked_until.get(u).copied().unwrap_or(0).max(until);
             rec.revoked_until.insert(u.clone(), keep);

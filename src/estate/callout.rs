@@ -336,6 +336,26 @@ impl Estate {
             }
         }
         b.put_json(Space::Meta, META_AUTH, &settings)?;
+        // Back in JWT mode nats-server checks user JWTs itself again: every revoked identity
+        // whose last JWT is still valid goes back into its account's revocations (callout mode
+        // stops listing them once no JWT-mode credentials can be left, [`Self::preview_revocation`]).
+        let mut accounts = accounts;
+        if mode == AuthMode::Jwt {
+            let mut revoked: BTreeMap<String, Vec<(String, i64, i64)>> = BTreeMap::new();
+            self.visit_identities(|r: IdentityRecord| {
+                if r.state == IdentityState::Revoked && r.expires_at > now {
+                    revoked.entry(r.account.clone()).or_default().push((r.user_public_key, r.revoked_at.unwrap_or(now), r.expires_at));
+                }
+                true
+            })?;
+            for acct in accounts.iter_mut().filter(|a| a.kind == AccountKind::Tenant) {
+                for (user, at, until) in revoked.remove(&acct.name).unwrap_or_default() {
+                    acct.revocations.entry(user.clone()).or_insert(at);
+                    let keep = acct.revoked_until.get(&user).copied().unwrap_or(0).max(until);
+                    acct.revoked_until.insert(user, keep);
+                }
+            }
+        }
         // Render with the new settings before they are stored: the same batch holds both.
         let tillit = self.account(TILLIT_ACCOUNT)?;
         let mut out = vec![];
@@ -510,6 +530,53 @@ mod tests {
         let (claims, _) = jwt::decode_any::<Claims<serde_json::Value>>(&after.jwt).unwrap();
         assert!(claims.nats["signing_keys"].as_array().unwrap().iter().any(|k| k["key"] == role.key.as_str()), "{}", claims.nats);
         assert_eq!(e.account(&acct.name).unwrap().jwt, after.jwt, "and stores it");
+    }
+
+    /// Callout mode, past the window of JWT-mode credentials: a revocation rotates the answer
+    /// keys and leaves the account's revocations (nothing checks them) as they were, so the
+    /// account JWT does not grow with every revoked identity. Back in JWT mode, every revoked
+    /// identity whose JWT is still valid is listed again.
+    #[test]
+    fn callout_revocations_leave_the_account_jwt_small_and_jwt_mode_lists_them_again() {
+        use crate::clock::ManualClock;
+        let clock = Arc::new(ManualClock::new(1_900_000_000));
+        let (_d, e, store, _master) = super::super::tests::new_estate(clock.clone());
+        e.set_auth_mode(AuthMode::Callout).unwrap();
+        let (acct, _) = e.ensure_tenant_account_locked("acme", "prod").unwrap();
+        let mut targets = vec![];
+        for i in 0..200 {
+            let user = KeyPair::new_user().public_key();
+            let mut r = IdentityRecord::admin(&format!("spiffe://t/acme/shop/prod/s{i}"), &format!("s{i}"), &user, &format!("{i:032x}"), e.clock().now_unix(), e.clock().now_unix() + 3400 + i as i64);
+            r.kind = IdentityKind::Service;
+            r.account = acct.name.clone();
+            r.admin_role = None;
+            targets.push(r);
+        }
+        let mut acct = acct;
+        let epochs_before = acct.callout_epochs.clone();
+        for t in &targets {
+            clock.advance(1);
+            let next = e.preview_revocation(&acct, std::slice::from_ref(&t.user_public_key), t.expires_at).unwrap();
+            let (b, _) = e.revocation_batch(std::slice::from_ref(t), &next, e.clock().now_unix(), None).unwrap();
+            store.commit(b).unwrap();
+            acct = next;
+        }
+        assert!(acct.revocations.is_empty(), "callout mode lists no revocations: {}", acct.revocations.len());
+        assert_ne!(acct.callout_epochs, epochs_before, "the answer keys were rotated instead");
+        let first = e.account(&acct.name).unwrap();
+        assert_eq!(first.jwt.len(), acct.jwt.len());
+
+        // Back in JWT mode (nats-server checks user JWTs itself): every still-valid revoked JWT
+        // is listed; one whose JWT expired is not.
+        clock.advance(3350); // JWTs s151..s199 are still valid
+        let out = e.set_auth_mode(AuthMode::Jwt).unwrap();
+        let back = out.iter().find(|a| a.name == acct.name).expect("the tenant account is re-signed");
+        let listed: Vec<&String> = back.revocations.keys().collect();
+        assert_eq!(listed.len(), 49, "the revoked identities whose JWT is still valid");
+        assert!(targets.iter().rev().take(40).all(|t| back.revocations.contains_key(&t.user_public_key)), "the newest are listed");
+        assert!(!back.revocations.contains_key(&targets[0].user_public_key), "an expired JWT needs no revocation");
+        let (claims, _) = jwt::decode_any::<Claims<serde_json::Value>>(&back.jwt).unwrap();
+        assert_eq!(claims.nats["revocations"].as_object().map(|m| m.len()), Some(listed.len()), "and the JWT carries them");
     }
 
     #[test]

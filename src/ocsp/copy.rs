@@ -59,8 +59,17 @@ impl Published {
 pub struct Held {
     /// The bucket revision (stream sequence) it came from.
     pub revision: u64,
-    /// The answers and their DER.
-    pub answers: Vec<(Answer, Vec<u8>)>,
+    /// The status the answers give (all say the same).
+    status: Status,
+    /// The earliest `nextUpdate` of the answers.
+    next_update: i64,
+    /// The answers, their DER and the raw bucket value: a full copy only ([`Copy::load_compact`]).
+    full: Option<Box<Full>>,
+}
+
+#[derive(Debug, Clone)]
+struct Full {
+    answers: Vec<(Answer, Vec<u8>)>,
     /// The raw bucket value (saved as is).
     raw: Vec<u8>,
 }
@@ -68,12 +77,12 @@ pub struct Held {
 impl Held {
     /// The status the answers give (all say the same).
     pub fn status(&self) -> Status {
-        self.answers.first().map(|(a, _)| a.status).unwrap_or(Status::Unknown)
+        self.status
     }
 
     /// The earliest `nextUpdate` of the answers.
     pub fn next_update(&self) -> i64 {
-        self.answers.iter().map(|(a, _)| a.next_update).min().unwrap_or(0)
+        self.next_update
     }
 }
 
@@ -88,11 +97,13 @@ pub struct Copy {
     inner: RwLock<Inner>,
     file: Option<PathBuf>,
     dirty: AtomicBool,
+    /// Keep each serial's status only, not its signed answers ([`Copy::load_compact`]).
+    compact: bool,
 }
 
 impl std::fmt::Debug for Copy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Copy").field("file", &self.file).field("len", &self.len()).finish()
+        f.debug_struct("Copy").field("file", &self.file).field("len", &self.len()).field("compact", &self.compact).finish()
     }
 }
 
@@ -100,28 +111,50 @@ impl std::fmt::Debug for Copy {
 #[derive(Serialize, Deserialize)]
 struct Saved {
     last_seq: u64,
-    /// serial → [revision, bucket value as text]
+    /// serial → [revision, bucket value as text] (a full copy)
+    #[serde(default)]
     answers: HashMap<String, (u64, String)>,
+    /// serial → [revision, revoked at (none: good), nextUpdate] (a compact copy)
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    statuses: HashMap<String, (u64, Option<i64>, i64)>,
 }
 
 impl Copy {
     /// An empty copy kept in memory only.
     pub fn in_memory() -> Self {
-        Copy { inner: RwLock::new(Inner::default()), file: None, dirty: AtomicBool::new(false) }
+        Copy { inner: RwLock::new(Inner::default()), file: None, dirty: AtomicBool::new(false), compact: false }
     }
 
     /// A copy saved to `file`, loaded from it when it exists. A damaged file is set aside (the
     /// copy starts empty and reads the bucket again) with a warning.
     pub fn load(file: PathBuf) -> Self {
+        Self::load_as(file, false)
+    }
+
+    /// [`Copy::load`] of a copy that keeps each serial's published status, revision and
+    /// `nextUpdate` (~100 bytes) instead of its signed answers (~1.5 KiB): for the control plane,
+    /// which holds the CA and signs each answer when asked ([`Copy::status`]), and whose copy
+    /// grows with every certificate of the estate. [`Copy::answer`] answers nothing.
+    pub fn load_compact(file: PathBuf) -> Self {
+        Self::load_as(file, true)
+    }
+
+    fn load_as(file: PathBuf, compact: bool) -> Self {
         let mut inner = Inner::default();
         match std::fs::read(&file) {
             Ok(bytes) => match serde_json::from_slice::<Saved>(&bytes) {
+                // A full copy cannot be made from a compact file: read the bucket again.
+                Ok(saved) if !compact && !saved.statuses.is_empty() => {
+                    tracing::info!(file = %file.display(), "OCSP answer copy holds statuses only; reading the bucket again");
+                }
                 Ok(saved) => {
                     inner.last_seq = saved.last_seq;
                     for (serial, (revision, raw)) in saved.answers {
-                        if let Some(answers) = Published::parse(raw.as_bytes()) {
-                            inner.by_serial.insert(serial, Held { revision, answers, raw: raw.into_bytes() });
-                        }
+                        Self::put_in(&mut inner, compact, revision, &serial, Some(raw.as_bytes()));
+                    }
+                    for (serial, (revision, revoked, next_update)) in saved.statuses {
+                        let status = revoked.map_or(Status::Good, Status::Revoked);
+                        inner.by_serial.insert(serial, Held { revision, status, next_update, full: None });
                     }
                     tracing::info!(file = %file.display(), answers = inner.by_serial.len(), last_seq = inner.last_seq, "OCSP answers loaded");
                 }
@@ -133,7 +166,7 @@ impl Copy {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(file = %file.display(), "cannot read the OCSP answer copy: {e}"),
         }
-        Copy { inner: RwLock::new(inner), file: Some(file), dirty: AtomicBool::new(false) }
+        Copy { inner: RwLock::new(inner), file: Some(file), dirty: AtomicBool::new(false), compact }
     }
 
     /// The bucket stream sequence read up to.
@@ -169,7 +202,7 @@ impl Copy {
             return;
         }
         i.last_seq = seq;
-        Self::put(&mut i, seq, serial, value);
+        self.put(&mut i, seq, serial, value);
         self.dirty.store(true, Ordering::Relaxed);
     }
 
@@ -177,7 +210,7 @@ impl Copy {
     /// far the stream was read: the follower reads it again in order.
     pub fn note(&self, revision: u64, serial: &str, value: Option<&[u8]>) {
         let Ok(mut i) = self.inner.write() else { return };
-        Self::put(&mut i, revision, serial, value);
+        self.put(&mut i, revision, serial, value);
         self.dirty.store(true, Ordering::Relaxed);
     }
 
@@ -189,19 +222,26 @@ impl Copy {
         }
     }
 
-    fn put(i: &mut Inner, seq: u64, serial: &str, value: Option<&[u8]>) {
+    fn put(&self, i: &mut Inner, seq: u64, serial: &str, value: Option<&[u8]>) {
         if i.by_serial.get(serial).is_some_and(|h| h.revision >= seq) {
             return; // already holds something newer
         }
+        Self::put_in(i, self.compact, seq, serial, value);
+    }
+
+    fn put_in(i: &mut Inner, compact: bool, seq: u64, serial: &str, value: Option<&[u8]>) {
         match value.and_then(|v| Some((Published::parse(v)?, v))) {
-            Some((answers, raw)) if answers.iter().all(|(a, _)| a.serial_hex == serial) => {
-                i.by_serial.insert(serial.to_string(), Held { revision: seq, answers, raw: raw.to_vec() });
+            Some((answers, raw)) if !answers.is_empty() && answers.iter().all(|(a, _)| a.serial_hex == serial) => {
+                let status = answers[0].0.status;
+                let next_update = answers.iter().map(|(a, _)| a.next_update).min().unwrap_or(0);
+                let full = (!compact).then(|| Box::new(Full { answers, raw: raw.to_vec() }));
+                i.by_serial.insert(serial.to_string(), Held { revision: seq, status, next_update, full });
             }
-            Some(_) => {
+            Some((answers, _)) if !answers.is_empty() => {
                 tracing::warn!(serial, "an OCSP answer in the bucket names another serial; dropped");
                 i.by_serial.remove(serial);
             }
-            None => {
+            _ => {
                 if value.is_some() {
                     tracing::warn!(serial, seq, "an OCSP answer in the bucket does not parse; dropped");
                 }
@@ -225,7 +265,9 @@ impl Copy {
         let serial = data_encoding::HEXLOWER.encode(id.serial_number.as_bytes());
         let i = self.inner.read().ok()?;
         let held = i.by_serial.get(&serial)?;
-        held.answers
+        held.full
+            .as_ref()?
+            .answers
             .iter()
             .find(|(a, _)| {
                 a.hash_oid == id.hash_algorithm.oid
@@ -236,6 +278,13 @@ impl Copy {
             .map(|(_, der)| der.clone())
     }
 
+    /// The status published for `serial`, while its answers are current at `now`: what a
+    /// compact copy's holder signs when asked ([`Copy::load_compact`]).
+    pub fn status(&self, serial: &str, now: i64) -> Option<Status> {
+        let i = self.inner.read().ok()?;
+        i.by_serial.get(serial).filter(|h| h.next_update > now).map(|h| h.status)
+    }
+
     /// Write the copy to its file if it changed since the last save.
     pub fn save(&self) {
         let Some(file) = &self.file else { return };
@@ -244,10 +293,22 @@ impl Copy {
         }
         let saved = {
             let Ok(i) = self.inner.read() else { return };
-            Saved {
-                last_seq: i.last_seq,
-                answers: i.by_serial.iter().map(|(k, h)| (k.clone(), (h.revision, String::from_utf8_lossy(&h.raw).into_owned()))).collect(),
+            let mut saved = Saved { last_seq: i.last_seq, answers: HashMap::new(), statuses: HashMap::new() };
+            for (k, h) in &i.by_serial {
+                match (&h.full, h.status) {
+                    (Some(f), _) => {
+                        saved.answers.insert(k.clone(), (h.revision, String::from_utf8_lossy(&f.raw).into_owned()));
+                    }
+                    (None, Status::Good) => {
+                        saved.statuses.insert(k.clone(), (h.revision, None, h.next_update));
+                    }
+                    (None, Status::Revoked(at)) => {
+                        saved.statuses.insert(k.clone(), (h.revision, Some(at), h.next_update));
+                    }
+                    (None, Status::Unknown) => {}
+                }
             }
+            saved
         };
         let bytes = match serde_json::to_vec(&saved) {
             Ok(b) => b,
@@ -299,6 +360,36 @@ mod tests {
         copy.apply(11, "01", Some(&Published::new(&ders).to_bytes()));
         assert!(copy.get("01").is_none());
         assert_eq!(copy.last_seq(), 11);
+    }
+
+    /// The control plane's copy keeps each serial's status, not its answers: it says what was
+    /// published while the answers are current, answers nothing itself, and saves and loads
+    /// statuses (a full copy does not take a file of statuses).
+    #[test]
+    fn a_compact_copy_keeps_statuses_saves_them_and_answers_nothing_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ocsp.json");
+        let ca = ca();
+        let good = super::super::presign(std::slice::from_ref(&ca), "0a0b", Status::Good, 1_780_000_000, 1_780_086_400);
+        let revoked = super::super::presign(std::slice::from_ref(&ca), "0c0d", Status::Revoked(1_780_000_010), 1_780_000_010, 1_780_086_400);
+        let copy = Copy::load_compact(file.clone());
+        copy.apply(3, "0a0b", Some(&Published::new(&good).to_bytes()));
+        copy.apply(4, "0c0d", Some(&Published::new(&revoked).to_bytes()));
+        copy.apply(5, "0e0f", Some(b"not an answer"));
+        assert_eq!(copy.status("0a0b", 1_780_000_100), Some(Status::Good));
+        assert_eq!(copy.status("0c0d", 1_780_000_100), Some(Status::Revoked(1_780_000_010)));
+        assert_eq!(copy.status("0a0b", 1_780_086_400), None, "not past nextUpdate");
+        assert_eq!(copy.status("0e0f", 1_780_000_100), None);
+        let req = super::super::tests::request_for(&ca, "0a0b");
+        assert!(copy.answer(&req, 1_780_000_100).is_none(), "a compact copy holds no signed answer");
+        copy.save();
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains("MII") && text.len() < 300, "statuses only: {text}");
+        let again = Copy::load_compact(file.clone());
+        assert_eq!((again.last_seq(), again.len()), (5, 2));
+        assert_eq!(again.get("0c0d").map(|h| (h.revision, h.status(), h.next_update())), Some((4, Status::Revoked(1_780_000_010), 1_780_086_400)));
+        let full = Copy::load(file.clone());
+        assert_eq!((full.last_seq(), full.len()), (0, 0), "a full copy reads the bucket again");
     }
 
     #[test]

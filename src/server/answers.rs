@@ -182,12 +182,31 @@ pub async fn sweep(ctx: &Arc<Ctx>) {
     // One blocking pass decides; only the serials whose answer must change are published (each
     // decided again there, under its compare-and-set).
     let (total, serials): (usize, Vec<String>) = tokio::task::spawn_blocking(move || {
-        let mut keys: BTreeSet<String> = c.estate.store().scan(Space::Serials).unwrap_or_default().into_iter().map(|(serial, _)| serial).collect();
-        // Answers whose record is gone.
-        keys.extend(c.answers.copy.serials());
+        // A streaming pass over the serials: what is held is the ones to publish, not every
+        // serial of the estate.
         let now = c.estate.clock().now_unix();
-        let total = keys.len();
-        (total, keys.into_iter().filter(|s| !matches!(wanted(&c, s, now), Ok(Some(None)))).collect())
+        let store = c.estate.store();
+        let mut total = 0usize;
+        let mut out = BTreeSet::new();
+        let visited = store.visit_prefix(Space::Serials, "", &mut |serial, _| {
+            total += 1;
+            if !matches!(wanted(&c, serial, now), Ok(Some(None))) {
+                out.insert(serial.to_string());
+            }
+            true
+        });
+        if let Err(e) = visited {
+            tracing::warn!("OCSP sweep: cannot read the serials: {e}");
+            return (0, vec![]);
+        }
+        // Answers whose record is gone.
+        for serial in c.answers.copy.serials() {
+            if !matches!(store.get(Space::Serials, &serial), Ok(Some(_))) && !matches!(wanted(&c, &serial, now), Ok(Some(None))) {
+                total += 1;
+                out.insert(serial);
+            }
+        }
+        (total, out.into_iter().collect())
     })
     .await
     .unwrap_or_default();

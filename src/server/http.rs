@@ -31,7 +31,7 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// The estate, for OCSP and the CRL.
     pub estate: Arc<crate::estate::Estate>,
-    /// Pre-signed OCSP answers (answered first; the estate signs what they do not hold).
+    /// The published OCSP statuses ([`crate::ocsp::copy::Copy::load_compact`]); the estate's for a serial they do not hold.
     pub answers: Arc<crate::ocsp::copy::Copy>,
     /// The dashboard's sessions (and the control plane's context, once up).
     pub dashboard: Arc<super::dashboard::Sessions>,
@@ -87,8 +87,12 @@ fn ocsp_answer(s: &HttpState, request: &[u8]) -> axum::response::Response {
         s.metrics.ocsp_responses.inc();
         return (StatusCode::OK, [(header::CONTENT_TYPE, "application/ocsp-response".to_string())], der).into_response();
     }
+    // The control plane's copy keeps statuses only: it signs the published status now (the
+    // same answer a responder's pre-signed copy gives), and the store's for a serial not
+    // published yet.
     let cas: Vec<_> = e.trusted_cas().into_iter().map(|(_, c)| c).collect();
-    let der = crate::ocsp::respond(&cas, request, |serial| e.revocation_status(serial).unwrap_or(crate::ocsp::Status::Unknown), now);
+    let status = |serial: &str| s.answers.status(serial, now).unwrap_or_else(|| e.revocation_status(serial).unwrap_or(crate::ocsp::Status::Unknown));
+    let der = crate::ocsp::respond(&cas, request, status, now);
     s.metrics.ocsp_responses.inc();
     (
         StatusCode::OK,

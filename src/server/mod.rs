@@ -170,9 +170,11 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    // Pre-signed OCSP answers, kept current from the bucket once NATS is up; saved, so a
-    // restarted replica answers from them before it reaches the bucket.
-    let copy = Arc::new(crate::ocsp::copy::Copy::load(estate.dir.ocsp_answers()));
+    // The published OCSP statuses, kept current from the bucket once NATS is up; saved, so a
+    // restarted replica answers as the responders do before it reaches the bucket. Statuses
+    // only: this process holds the CA and signs each answer when asked, and a copy of every
+    // pre-signed answer would grow by ~1.5 KiB per certificate of the estate.
+    let copy = Arc::new(crate::ocsp::copy::Copy::load_compact(estate.dir.ocsp_answers()));
     let sessions = Arc::new(dashboard::Sessions::default());
     let http_state = http::HttpState {
         serving: serving.clone(),
