@@ -107,14 +107,20 @@ async fn grow(admin: &Arc<TillitClient>, mode: AuthMode, from: usize, to: usize,
     let td = admin.identity().info.trust_domain.clone();
     eprintln!("enrolling services {from}..{to}, 16 in flight…");
     let (a, s) = (admin.clone(), serials.clone());
+    // Progress every tenth of the step (at least every 1,000).
+    let (done, began, every) = (Arc::new(std::sync::atomic::AtomicUsize::new(0)), Instant::now(), ((to - from) / 10).max(1000));
     let (took, lat, errors) = drive(to - from, 16, move |_, k| {
-        let (a, s, td) = (a.clone(), s.clone(), td.clone());
+        let (a, s, td, done) = (a.clone(), s.clone(), td.clone(), done.clone());
         async move {
             let start = Instant::now();
             let sid = sid_of(mode, from + k)?;
             let serial = add_service(&a, sid, &td).await?;
             if let Ok(mut v) = s.lock() {
                 v.push(serial);
+            }
+            let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if n % every == 0 {
+                eprintln!("  {} of {} enrolled ({:.0}/s so far)", from + n, to, n as f64 / began.elapsed().as_secs_f64().max(1e-9));
             }
             Ok(start.elapsed())
         }

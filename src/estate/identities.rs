@@ -429,6 +429,37 @@ impl Estate {
         Ok(out)
     }
 
+    /// Every service that has an identity, each once, from one streaming pass over the service
+    /// index (or, in an estate from before the index, the identities); what is held is the
+    /// services' names, not their identities.
+    pub fn services(&self) -> Result<Vec<ServiceId>> {
+        let mut out: Vec<ServiceId> = vec![];
+        if self.meta_flag::<u32>(META_SERVICE_INDEX)?.is_none() {
+            let mut all = std::collections::BTreeSet::new();
+            self.visit_identities(|r| {
+                if let Some(sid) = r.service {
+                    all.insert(sid);
+                }
+                true
+            })?;
+            return Ok(all.into_iter().collect());
+        }
+        let mut last = String::new();
+        self.store().visit_prefix(Space::ServiceIdentities, "", &mut |key, _| {
+            // `<tenant>/<project>/<env>/<service>/<user key>`
+            if let Some((sid, _)) = key.rsplit_once('/') {
+                if sid != last {
+                    last = sid.to_string();
+                    if let Ok(parsed) = ServiceId::parse(sid) {
+                        out.push(parsed);
+                    }
+                }
+            }
+            true
+        })?;
+        Ok(out)
+    }
+
     /// Index every service identity by its service (once per estate; estates made since the
     /// index exists have it from the start). Idempotent: a replica doing it again writes the
     /// same entries.
@@ -602,6 +633,14 @@ mod tests {
         let keys = |v: Vec<IdentityRecord>| v.into_iter().map(|r| r.user_public_key).collect::<std::collections::BTreeSet<_>>();
         let want: std::collections::BTreeSet<String> = orders.iter().map(|r| r.user_public_key.clone()).collect();
         assert_eq!(keys(e.identities_of(&sid).unwrap()), want);
+        // Each once (sorted here: the index's order puts `orders-2/…` before `orders/…`).
+        let names = |v: Vec<ServiceId>| {
+            let mut n = v.into_iter().map(|s| s.to_string()).collect::<Vec<_>>();
+            n.sort();
+            n
+        };
+        let services = ["acme/shop/dev/orders", "acme/shop/prod/orders", "acme/shop/prod/orders-2"];
+        assert_eq!(names(e.services().unwrap()), services, "each service once, from the index");
         // An estate from before the index: records without entries, no flag.
         let old = rec("acme/shop/prod/orders");
         let mut b = Batch::new();
@@ -611,6 +650,7 @@ mod tests {
         let mut want = want;
         want.insert(old.user_public_key.clone());
         assert_eq!(keys(e.identities_of(&sid).unwrap()), want, "without the index, every identity is read");
+        assert_eq!(names(e.services().unwrap()), services, "and the services from the identities");
         assert_eq!(e.build_service_index().unwrap(), 5, "every service identity indexed");
         assert_eq!(e.build_service_index().unwrap(), 0, "once");
         assert_eq!(keys(e.identities_of(&sid).unwrap()), want, "the index gives the same answer");

@@ -77,7 +77,7 @@ pub(super) fn remember_account(ctx: &Ctx, acct: AccountRecord) -> std::sync::Arc
 pub(super) fn remember(ctx: &Ctx, acct: AccountRecord, role: RoleRecord) -> RoleEntry {
     let acct = remember_account(ctx, acct);
     if let Ok(mut m) = ctx.cache.roles.write() {
-        m.insert(role.service.clone(), role.clone());
+        m.insert(role.clone());
     }
     std::sync::Arc::new((acct, role))
 }

@@ -266,10 +266,19 @@ async fn settle_role(ctx: &Ctx, sid: &ServiceId, grace_over: bool, why: serde_js
 /// Settle every role's former keys (at start, and periodically: keys whose JWTs all expired
 /// leave the account).
 pub(super) async fn retire_leftover_keys(ctx: &Ctx, grace_over: bool) {
-    let roles: Vec<RoleRecord> = ctx.estate.accounts().unwrap_or_default().iter().flat_map(|a| ctx.estate.roles_of(&a.name).unwrap_or_default()).collect();
-    for r in roles.iter().filter(|r| !r.previous.is_empty()) {
-        if let Err(err) = settle_role(ctx, &r.service, grace_over, serde_json::json!("settle")).await {
-            tracing::error!(service = %r.service, "cannot settle former keys: {}", err.message);
+    // One streaming pass holding only the roles with former keys (one role per service).
+    let mut pending = vec![];
+    if let Err(e) = ctx.estate.visit_json(crate::store::Space::Roles, "", |r: RoleRecord| {
+        if !r.previous.is_empty() {
+            pending.push(r.service);
+        }
+        true
+    }) {
+        tracing::error!("cannot read the roles to settle former keys: {e}");
+    }
+    for service in pending {
+        if let Err(err) = settle_role(ctx, &service, grace_over, serde_json::json!("settle")).await {
+            tracing::error!(%service, "cannot settle former keys: {}", err.message);
         }
     }
 }

@@ -32,8 +32,10 @@ pub struct Publisher {
     rx: Mutex<Option<mpsc::UnboundedReceiver<ServiceId>>>,
     /// Per account: its bucket, and when the connection's credentials need replacing.
     buckets: tokio::sync::Mutex<HashMap<String, (jetstream::kv::Store, i64)>>,
-    /// What was last published per key (`<account>/<project>.<service>`): unchanged sets are not sent again.
-    last: Mutex<HashMap<String, String>>,
+    /// What was last published per key (`<account>/<project>.<service>`): unchanged sets are
+    /// not sent again. Digests (SHA-256, first 128 bits) of the key and of the set, not the set:
+    /// one entry per service of the estate.
+    last: Mutex<HashMap<[u8; 16], [u8; 16]>>,
 }
 
 impl Default for Publisher {
@@ -121,6 +123,15 @@ async fn bucket(ctx: &Ctx, account: &str) -> Result<jetstream::kv::Store, String
     Ok(kv)
 }
 
+/// The first 128 bits of `bytes`' SHA-256.
+fn digest16(bytes: &[u8]) -> [u8; 16] {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(bytes);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d[..16]);
+    out
+}
+
 /// Publish one service's set (unless it is what was published last).
 async fn publish(ctx: &Ctx, sid: &ServiceId, ids: &[IdentityRecord]) -> Result<(), String> {
     let now = ctx.estate.clock().now_unix();
@@ -128,8 +139,9 @@ async fn publish(ctx: &Ctx, sid: &ServiceId, ids: &[IdentityRecord]) -> Result<(
     let account = sid.account_name();
     let key = format!("{}.{}", sid.project, sid.service);
     let body = serde_json::to_string(&doc).map_err(|e| e.to_string())?;
-    let memo = format!("{account}/{key}");
-    if ctx.callers.last.lock().map(|m| m.get(&memo) == Some(&body)).unwrap_or(false) {
+    let memo = digest16(format!("{account}/{key}").as_bytes());
+    let digest = digest16(body.as_bytes());
+    if ctx.callers.last.lock().map(|m| m.get(&memo) == Some(&digest)).unwrap_or(false) {
         return Ok(());
     }
     let kv = bucket(ctx, &account).await?;
@@ -137,7 +149,7 @@ async fn publish(ctx: &Ctx, sid: &ServiceId, ids: &[IdentityRecord]) -> Result<(
     match put {
         Ok(()) => {
             if let Ok(mut m) = ctx.callers.last.lock() {
-                m.insert(memo, body);
+                m.insert(memo, digest);
             }
             Ok(())
         }
@@ -181,10 +193,28 @@ pub async fn run(ctx: Arc<Ctx>) {
 }
 
 /// Publish every service's set (the leader, every [`SWEEP_EVERY`]).
+///
+/// One service at a time, each from its own identities (the index): the sweep holds the
+/// services' names and one service's identities, and its work is linear in the estate (it was
+/// every identity times every service).
 pub async fn sweep(ctx: &Arc<Ctx>) {
-    let ids = ctx.estate.identities().unwrap_or_default();
-    let services: BTreeSet<ServiceId> = ids.iter().filter(|i| i.kind == IdentityKind::Service).filter_map(|i| i.service.clone()).collect();
+    let c = ctx.clone();
+    let services = match tokio::task::spawn_blocking(move || c.estate.services()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return tracing::warn!("caller keys: cannot list the services: {e}"),
+        Err(e) => return tracing::warn!("caller keys: {e}"),
+    };
     for sid in services {
+        let ids = match ctx.estate.identities_of(&sid) {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(service = %sid, "cannot read the identities of the service: {e}");
+                continue;
+            }
+        };
+        if !ids.iter().any(|i| i.kind == IdentityKind::Service) {
+            continue;
+        }
         if let Err(e) = publish(ctx, &sid, &ids).await {
             tracing::warn!("cannot publish the caller keys of {e}");
         }

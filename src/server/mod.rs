@@ -83,8 +83,9 @@ pub struct Cache {
     pub burning: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Account name → `iat` of the JWT last pushed to nats-server.
     pub pushed: std::sync::Mutex<HashMap<String, i64>>,
-    /// Service → its role, as pushed (its account's record: `accounts`).
-    pub roles: std::sync::RwLock<HashMap<crate::names::ServiceId, crate::estate::RoleRecord>>,
+    /// Service → its role, as pushed (its account's record: `accounts`), for the services seen
+    /// last ([`RoleCache`]).
+    pub roles: std::sync::RwLock<RoleCache>,
     /// Account name → public key.
     pub account_keys: std::sync::RwLock<HashMap<String, String>>,
     /// The store's count of other replicas' changes when the caches were last checked.
@@ -93,6 +94,50 @@ pub struct Cache {
     pub accounts: std::sync::RwLock<HashMap<String, Arc<crate::estate::AccountRecord>>>,
     /// What `status` counts of the identities ([`status::Summary`]), refreshed in the background.
     pub(crate) summary: std::sync::RwLock<Option<Arc<status::Summary>>>,
+}
+
+/// How many roles the role cache holds at most.
+const ROLE_CACHE_MAX: usize = 4096;
+
+/// Roles by service, at most [`ROLE_CACHE_MAX`]; the entry taken in first leaves first. A role
+/// not held is read from the store ([`accounts::ensure_role_pushed`]): renewals come every half
+/// lifetime, so an estate of 100,000 services costs a few reads a second, not ~600 bytes a
+/// service for ever.
+#[derive(Default)]
+pub struct RoleCache {
+    map: HashMap<crate::names::ServiceId, crate::estate::RoleRecord>,
+    order: std::collections::VecDeque<crate::names::ServiceId>,
+}
+
+impl RoleCache {
+    pub fn get(&self, sid: &crate::names::ServiceId) -> Option<&crate::estate::RoleRecord> {
+        self.map.get(sid)
+    }
+
+    pub fn insert(&mut self, role: crate::estate::RoleRecord) {
+        let sid = role.service.clone();
+        if self.map.insert(sid.clone(), role).is_none() {
+            self.order.push_back(sid);
+            while self.order.len() > ROLE_CACHE_MAX {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+    }
 }
 
 impl Cache {
@@ -506,4 +551,39 @@ pub(crate) const DATA_FULL: &str = "the control plane's data dir takes no more w
 
 pub fn unavailable(msg: &str) -> ApiError {
     ApiError::new(ErrorCode::Unavailable, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The role cache holds the services seen last, at most [`ROLE_CACHE_MAX`]; the first taken
+    /// in leaves first, and taking a held role in again does not count twice.
+    #[test]
+    fn the_role_cache_stays_within_its_bound() {
+        let role = |i: usize| crate::estate::RoleRecord {
+            account: "acme-prod".into(),
+            service: crate::names::ServiceId::parse(&format!("acme/shop/prod/s{i}")).unwrap(),
+            key: format!("K{i}"),
+            permissions: Default::default(),
+            created_at: 0,
+            updated_at: 0,
+            previous: vec![],
+        };
+        let mut c = RoleCache::default();
+        for i in 0..ROLE_CACHE_MAX {
+            c.insert(role(i));
+        }
+        c.insert(role(0));
+        assert_eq!(c.len(), ROLE_CACHE_MAX);
+        for i in ROLE_CACHE_MAX..ROLE_CACHE_MAX + 10 {
+            c.insert(role(i));
+        }
+        assert_eq!((c.len(), c.order.len()), (ROLE_CACHE_MAX, ROLE_CACHE_MAX));
+        assert!(c.get(&role(0).service).is_none() && c.get(&role(9).service).is_none(), "the first in left first");
+        assert_eq!(c.get(&role(10).service).map(|r| r.key.as_str()), Some("K10"));
+        assert!(c.get(&role(ROLE_CACHE_MAX + 9).service).is_some());
+        c.clear();
+        assert!(c.is_empty() && c.order.is_empty());
+    }
 }

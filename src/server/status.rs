@@ -120,13 +120,13 @@ pub(crate) fn refresh_summary(ctx: &Ctx) -> Result<Arc<Summary>, ApiError> {
 
 /// The summary for `status`. In a small estate (a pass under [`EXACT_PASS`]) it is made on every
 /// call: exact. In a large one the summary held is used while no identity changed through this
-/// replica since, or while it is younger than [`SUMMARY_EVERY`]: `status` stays fast, its counts
-/// at most that old.
+/// replica since, or while it is younger than its refresh (every [`SUMMARY_EVERY`], or twenty
+/// times a pass when that is longer): `status` stays fast, its counts at most that old.
 fn summary(ctx: &Ctx) -> Result<Arc<Summary>, ApiError> {
     let now = ctx.estate.clock().now_unix();
     let held = ctx.cache.summary.read().ok().and_then(|c| c.clone());
     match held {
-        Some(s) if s.took >= EXACT_PASS && (s.changes == ctx.journal.identity_changes() || s.at >= now - SUMMARY_EVERY.as_secs() as i64) => Ok(s),
+        Some(s) if s.took >= EXACT_PASS && (s.changes == ctx.journal.identity_changes() || s.at >= now - super::tasks::spacing(SUMMARY_EVERY, s.took).as_secs() as i64) => Ok(s),
         _ => refresh_summary(ctx),
     }
 }

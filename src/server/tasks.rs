@@ -69,15 +69,28 @@ fn spawn_job(ctx: Arc<Ctx>, job: Job) -> JoinHandle<()> {
     spawn_named(
         name,
         Box::pin(async move {
+            let mut pause = every;
             loop {
-                tokio::time::sleep(every).await;
+                tokio::time::sleep(pause).await;
                 if singleton && !ctx.leader.fenced(ctx.estate.store()) {
                     continue;
                 }
+                let began = std::time::Instant::now();
                 step(&ctx).await;
+                pause = spacing(every, began.elapsed());
             }
         }),
     )
+}
+
+/// How many times its own length a job rests between passes, at least.
+const REST_FACTOR: u32 = 20;
+
+/// The pause after a pass that took `took` of a job due `every`: a pass over a large estate
+/// (the sweeps, the status summary: linear in its records) runs less often, so background
+/// passes take at most a twentieth of a core however large the estate grows.
+pub(crate) fn spacing(every: Duration, took: Duration) -> Duration {
+    every.max(took.saturating_mul(REST_FACTOR))
 }
 
 /// Step the lease once, before the start-up steps (a replicated control plane only).
