@@ -277,18 +277,20 @@ impl Estate {
     pub fn last_issued_expiry(&self) -> Result<i64> {
         let now = self.clock.now_unix();
         let mut last = now + self.config.control_plane_ttl.as_secs() as i64;
-        for (_, v) in self.store().scan(Space::Serials)? {
-            if let Ok(s) = serde_json::from_slice::<SerialRecord>(&v) {
+        self.store().visit_prefix(Space::Serials, "", &mut |_, v| {
+            if let Ok(s) = serde_json::from_slice::<SerialRecord>(v) {
                 if !s.is_server() {
                     last = last.max(s.not_after);
                 }
             }
-        }
-        for t in self.scan_json::<TokenRecord>(Space::Tokens, "")? {
+            true
+        })?;
+        self.visit_json(Space::Tokens, "", |t: TokenRecord| {
             if t.state == TokenState::Unused {
                 last = last.max(t.expires_at);
             }
-        }
+            true
+        })?;
         Ok(last)
     }
 }

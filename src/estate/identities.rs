@@ -376,25 +376,40 @@ impl Estate {
     pub fn revoked_serials(&self) -> Result<Vec<(String, i64, rcgen::RevocationReason)>> {
         let now = self.clock.now_unix();
         let mut out = Vec::new();
-        for (serial, v) in self.store().scan(Space::Serials)? {
-            let s: SerialRecord = serde_json::from_slice(&v)
-                .map_err(|e| EstateError::Store(StoreError::Corrupt(format!("serials/{serial}"), e.to_string())))?;
-            if s.not_after <= now {
-                continue;
+        let mut failed = None;
+        // Streaming: what is held is the revoked serials, not every serial.
+        self.store().visit_prefix(Space::Serials, "", &mut |serial, v| {
+            let mut step = || -> Result<()> {
+                let s: SerialRecord = serde_json::from_slice(v)
+                    .map_err(|e| EstateError::Store(StoreError::Corrupt(format!("serials/{serial}"), e.to_string())))?;
+                if s.not_after <= now {
+                    return Ok(());
+                }
+                if let Some(at) = self.serial_revoked(&s)? {
+                    let reason = if s.token.is_some() {
+                        rcgen::RevocationReason::Superseded // a used join token's bootstrap certificate
+                    } else if s.is_server() || s.revoked_at.is_some() {
+                        rcgen::RevocationReason::CessationOfOperation // a removed site, a replaced server certificate
+                    } else {
+                        let why = self.identity(&s.user_public_key)?.and_then(|i| i.revoke_reason);
+                        crate::policy::crl_reason(why.as_deref())
+                    };
+                    out.push((serial.to_string(), if at == 0 { now } else { at }, reason));
+                }
+                Ok(())
+            };
+            match step() {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
             }
-            if let Some(at) = self.serial_revoked(&s)? {
-                let reason = if s.token.is_some() {
-                    rcgen::RevocationReason::Superseded // a used join token's bootstrap certificate
-                } else if s.is_server() || s.revoked_at.is_some() {
-                    rcgen::RevocationReason::CessationOfOperation // a removed site, a replaced server certificate
-                } else {
-                    let why = self.identity(&s.user_public_key)?.and_then(|i| i.revoke_reason);
-                    crate::policy::crl_reason(why.as_deref())
-                };
-                out.push((serial, if at == 0 { now } else { at }, reason));
-            }
+        })?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(out),
         }
-        Ok(out)
     }
 
     /// Every identity record.

@@ -146,11 +146,12 @@ impl Estate {
     pub fn live_bootstrap_revocations(&self) -> Result<BTreeMap<String, (i64, i64)>> {
         let now = self.clock.now_unix();
         let mut out = BTreeMap::new();
-        for t in self.scan_json::<TokenRecord>(Space::Tokens, "")? {
+        self.visit_json(Space::Tokens, "", |t: TokenRecord| {
             if t.state == TokenState::Used && t.expires_at > now {
                 out.insert(t.bootstrap_user, (t.used_at.unwrap_or(now), t.expires_at));
             }
-        }
+            true
+        })?;
         Ok(out)
     }
 

@@ -167,10 +167,15 @@ fn serials_of(ctx: &Ctx, touches: BTreeSet<Touch>) -> BTreeSet<String> {
         }
     }
     if !users.is_empty() {
-        for (serial, v) in ctx.estate.store().scan(Space::Serials).unwrap_or_default() {
-            if serde_json::from_slice::<SerialRecord>(&v).is_ok_and(|rec| users.contains(&rec.user_public_key)) {
-                out.insert(serial);
+        // Streaming: the serials of those identities are held, not every serial.
+        let visited = ctx.estate.store().visit_prefix(Space::Serials, "", &mut |serial, v| {
+            if serde_json::from_slice::<SerialRecord>(v).is_ok_and(|rec| users.contains(&rec.user_public_key)) {
+                out.insert(serial.to_string());
             }
+            true
+        });
+        if let Err(e) = visited {
+            tracing::warn!("cannot read the serials of revoked identities: {e}; the sweep publishes them");
         }
     }
     out

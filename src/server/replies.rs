@@ -222,18 +222,24 @@ pub(super) async fn drop_expired(ctx: &std::sync::Arc<Ctx>) {
     let _ = tokio::task::spawn_blocking(move || {
         let now = c.estate.clock().now_unix();
         let store = c.estate.store();
-        let Ok(all) = store.scan(Space::Replies) else { return };
-        let mut b = Batch::new();
-        for (k, v) in all {
-            let exp = serde_json::from_slice::<Stored>(&v).map(|k| k.exp).unwrap_or(0);
+        // A streaming pass that holds the expired keys only (kept replies are ~5 KiB each: a
+        // busy estate keeps thousands).
+        let mut expired = vec![];
+        let visited = store.visit_prefix(Space::Replies, "", &mut |k, v| {
+            let exp = serde_json::from_slice::<Stored>(v).map(|k| k.exp).unwrap_or(0);
             if exp + 5 < now {
-                b.delete(Space::Replies, k);
+                expired.push(k.to_string());
             }
-            if b.ops.len() >= 256 {
-                let _ = store.apply(std::mem::take(&mut b));
-            }
+            true
+        });
+        if let Err(e) = visited {
+            tracing::warn!("cannot read the kept replies: {e}");
         }
-        if !b.is_empty() {
+        for chunk in expired.chunks(256) {
+            let mut b = Batch::new();
+            for k in chunk {
+                b.delete(Space::Replies, k.clone());
+            }
             let _ = store.apply(b);
         }
     })
