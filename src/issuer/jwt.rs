@@ -142,8 +142,9 @@ pub fn decode_any<T: DeserializeOwned>(token: &str) -> Result<(T, String), JwtEr
     Ok((claims, iss.iss))
 }
 
-/// Most decoded public keys kept.
-const MAX_CACHED_KEYS: usize = 65_536;
+/// Most decoded public keys kept (~300 bytes each: the hot signers, not every identity of a
+/// large estate).
+const MAX_CACHED_KEYS: usize = 8_192;
 
 /// The Ed25519 key of a public nkey (any kind), decoded and decompressed once: the same callers
 /// sign request after request, and decompressing a point costs about as much as the signature

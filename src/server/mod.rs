@@ -99,8 +99,8 @@ pub struct Cache {
 /// How many roles the role cache holds at most.
 const ROLE_CACHE_MAX: usize = 4096;
 
-/// Roles by service, at most [`ROLE_CACHE_MAX`]; the entry taken in first leaves first. A role
-/// not held is read from the store ([`accounts::ensure_role_pushed`]): renewals come every half
+/// Roles by service, at most 4,096; the entry taken in first leaves first. A role
+/// not held is read from the store (`accounts::ensure_role_pushed`): renewals come every half
 /// lifetime, so an estate of 100,000 services costs a few reads a second, not ~600 bytes a
 /// service for ever.
 #[derive(Default)]

@@ -235,7 +235,7 @@ impl Store for JetStreamStore {
         self.write(writes)
     }
 
-    fn get_rev(&self, space: Space, key: &str) -> Result<Option<(Vec<u8>, Option<u64>)>, StoreError> {
+    fn get_rev(&self, space: Space, key: &str) -> Result<Option<super::Versioned>, StoreError> {
         Ok(self.read()?.get(&(space.as_str(), key.to_string())).and_then(|s| Some((s.value.clone()?, Some(s.revision)))))
     }
 

@@ -121,6 +121,9 @@ pub struct Op {
     pub expect: Option<Expect>,
 }
 
+/// A value and the revision it is at (`None`: the backend keeps no revisions).
+pub type Versioned = (Vec<u8>, Option<u64>);
+
 /// The state a record must be in for a write to land ([`StoreError::Conflict`] otherwise).
 /// A replicated store checks it against the bucket; a store of one process, whose writers hold
 /// the estate's locks, has nothing to check it against that could differ.
@@ -228,7 +231,7 @@ pub trait Store: Send + Sync + 'static {
     /// One value with the revision it is at, read together (`None` revision: the backend keeps
     /// none, as a store of one process). A write that must not land over a change made since the
     /// read names that revision ([`Batch::put_json_at`]).
-    fn get_rev(&self, space: Space, key: &str) -> Result<Option<(Vec<u8>, Option<u64>)>, StoreError> {
+    fn get_rev(&self, space: Space, key: &str) -> Result<Option<Versioned>, StoreError> {
         Ok(self.get(space, key)?.map(|v| (v, None)))
     }
     /// One value as the backend holds it now, not as a local copy last saw it (a replica whose

@@ -41,13 +41,22 @@ pub fn stderr(o: &Output) -> String {
 /// A loopback port nobody listens on (allocated from a per-process range, then probed).
 pub fn free_port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Below the kernel's ephemeral range: a port handed out there can be taken, between the
+    // check here and the process binding it, as the local port of any outgoing connection
+    // (a test's serve once found its HTTP port so taken while its hub formed a cluster).
+    let top = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768)
+        .clamp(21_000, 60_000)
+        - 1;
     if NEXT.load(Ordering::SeqCst) == 0 {
-        let base = 20_000 + (std::process::id() % 2000) as u16 * 10;
+        let base = 20_000 + (std::process::id() % 400) as u16 * 5;
         let _ = NEXT.compare_exchange(0, base, Ordering::SeqCst, Ordering::SeqCst);
     }
     loop {
         let p = NEXT.fetch_add(1, Ordering::SeqCst);
-        if p > 60_000 {
+        if p > top {
             NEXT.store(20_000, Ordering::SeqCst);
             continue;
         }
