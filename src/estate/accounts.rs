@@ -407,13 +407,7 @@ impl Estate {
 
     /// An account record with the store revision it was read at ([`crate::store::Store::get_rev`]).
     pub(crate) fn account_rev(&self, name: &str) -> Result<Option<(AccountRecord, Option<u64>)>> {
-        match self.store().get_rev(Space::Accounts, name)? {
-            Some((v, rev)) => Ok(Some((
-                serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(format!("accounts/{name}"), e.to_string()))?,
-                rev,
-            ))),
-            None => Ok(None),
-        }
+        Ok(crate::store::get_json_rev(self.store(), Space::Accounts, name)?)
     }
 
     /// [`Self::ensure_tenant_account_locked`], with the revision the record is at: a change

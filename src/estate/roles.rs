@@ -132,6 +132,11 @@ impl Estate {
         self.scan_json(Space::Roles, &roles_prefix(account))
     }
 
+    /// Visit every role of the estate until `f` says stop (false), without holding them all.
+    pub fn visit_roles(&self, f: impl FnMut(RoleRecord) -> bool) -> Result<()> {
+        self.visit_json(Space::Roles, "", f)
+    }
+
     /// How many roles (services) account `account` has, without reading them.
     pub fn role_count(&self, account: &str) -> Result<usize> {
         Ok(self.store().count_prefix(Space::Roles, &roles_prefix(account))?)
@@ -206,7 +211,8 @@ impl Estate {
     /// replica that stopped (or lost a race) before its account JWT carried the role's key.
     /// Hold [`Self::account_lock`]. The record as stored after.
     pub fn resign_for_roles(&self, account: &str) -> Result<AccountRecord> {
-        self.account_fresh(account)?;
+        // The bucket's record, not this replica's copy of it (the read refreshes the copy).
+        self.store().get_fresh(Space::Accounts, account)?;
         let (acct, rev) = self.account_rev(account)?.ok_or_else(|| EstateError::NoSuchAccount(account.into()))?;
         let acct = self.resign_account(acct)?;
         self.check_jwt_size(&acct)?;

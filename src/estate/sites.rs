@@ -174,9 +174,7 @@ impl Estate {
     /// the TILLIT account and whether its JWT changed (the caller pushes it).
     pub fn ensure_agent_role_locked(&self) -> Result<(AccountRecord, bool)> {
         let (tillit, rev) = self.account_rev(TILLIT_ACCOUNT)?.ok_or_else(|| EstateError::NoSuchAccount(TILLIT_ACCOUNT.into()))?;
-        let stored = self.store().get_rev(Space::Meta, META_AGENT_ROLE)?;
-        if let Some((v, role_rev)) = stored {
-            let mut role: AgentRole = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt(format!("meta/{META_AGENT_ROLE}"), e.to_string()))?;
+        if let Some((mut role, role_rev)) = crate::store::get_json_rev::<AgentRole>(self.store(), Space::Meta, META_AGENT_ROLE)? {
             if role.permissions == agent_permissions() {
                 if tillit.carries_key(&role.key) {
                     return Ok((tillit, false));

@@ -268,7 +268,7 @@ async fn settle_role(ctx: &Ctx, sid: &ServiceId, grace_over: bool, why: serde_js
 pub(super) async fn retire_leftover_keys(ctx: &Ctx, grace_over: bool) {
     // One streaming pass holding only the roles with former keys (one role per service).
     let mut pending = vec![];
-    if let Err(e) = ctx.estate.visit_json(crate::store::Space::Roles, "", |r: RoleRecord| {
+    if let Err(e) = ctx.estate.visit_roles(|r| {
         if !r.previous.is_empty() {
             pending.push(r.service);
         }
@@ -572,7 +572,7 @@ pub(super) async fn add_missing_defaults(ctx: &Ctx) {
     // One streaming pass holding only the roles that lack something (at start: an estate of
     // 100,000 services has as many roles).
     let mut upgrades = vec![];
-    if let Err(err) = e.visit_json(crate::store::Space::Roles, "", |role: RoleRecord| {
+    if let Err(err) = e.visit_roles(|role| {
         let d = default_permissions(&role.service);
         let mut next = role.clone();
         let mut added: Vec<String> = vec![];

@@ -193,9 +193,10 @@ pub async fn sweep(ctx: &Arc<Ctx>) {
         let store = c.estate.store();
         let mut total = 0usize;
         let mut out = BTreeSet::new();
-        let visited = store.visit_prefix(Space::Serials, "", &mut |serial, _| {
+        let visited = store.visit_prefix(Space::Serials, "", &mut |serial, v| {
             total += 1;
-            if !matches!(wanted(&c, serial, now), Ok(Some(None))) {
+            let rec = serde_json::from_slice::<SerialRecord>(v).map_err(|e| format!("serials/{serial}: {e}"));
+            if !matches!(rec.and_then(|r| decide(&c, serial, Some(r), now)), Ok(Some(None))) {
                 out.insert(serial.to_string());
             }
             true
@@ -206,7 +207,12 @@ pub async fn sweep(ctx: &Arc<Ctx>) {
         }
         // Answers whose record is gone.
         for serial in c.answers.copy.serials() {
-            if !matches!(store.get(Space::Serials, &serial), Ok(Some(_))) && !matches!(wanted(&c, &serial, now), Ok(Some(None))) {
+            let publish = match store.get(Space::Serials, &serial) {
+                Ok(Some(_)) => false, // visited above
+                Ok(None) => !matches!(decide(&c, &serial, None, now), Ok(Some(None))),
+                Err(_) => true,
+            };
+            if publish {
                 total += 1;
                 out.insert(serial);
             }
@@ -231,8 +237,13 @@ pub async fn sweep(ctx: &Arc<Ctx>) {
 /// What the answer for `serial` should be now: `None` to delete it, `Some(None)` to leave it as
 /// it is, `Some(Some((status, next_update)))` to sign one.
 fn wanted(ctx: &Ctx, serial: &str, now: i64) -> Result<Option<Option<(Status, i64)>>, String> {
+    let rec = crate::store::get_json::<SerialRecord>(ctx.estate.store(), Space::Serials, serial).map_err(|x| x.to_string())?;
+    decide(ctx, serial, rec, now)
+}
+
+/// [`wanted`], given the serial's record (`None`: there is none).
+fn decide(ctx: &Ctx, serial: &str, rec: Option<SerialRecord>, now: i64) -> Result<Option<Option<(Status, i64)>>, String> {
     let e = &ctx.estate;
-    let rec = crate::store::get_json::<SerialRecord>(e.store(), Space::Serials, serial).map_err(|x| x.to_string())?;
     let held = ctx.answers.copy.get(serial);
     let Some(rec) = rec else {
         // Not ours (any more): no answer.

@@ -291,6 +291,16 @@ pub fn get_json<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// [`get_json`] with the revision the record is at ([`Store::get_rev`]).
+pub fn get_json_rev<T: serde::de::DeserializeOwned>(store: &dyn Store, space: Space, key: &str) -> Result<Option<(T, Option<u64>)>, StoreError> {
+    match store.get_rev(space, key)? {
+        None => Ok(None),
+        Some((v, rev)) => serde_json::from_slice(&v)
+            .map(|t| Some((t, rev)))
+            .map_err(|e| StoreError::Corrupt(format!("{}/{key}", space.as_str()), e.to_string())),
+    }
+}
+
 // === impl Vault ===
 
 /// A store plus the master key: sealed reads and writes.
