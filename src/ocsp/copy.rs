@@ -14,7 +14,8 @@
 use super::{read_answer, Answer, Status};
 use crate::fsutil::write_atomic;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use crate::crypto::MacKey;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
@@ -97,13 +98,14 @@ pub struct Copy {
     inner: RwLock<Inner>,
     file: Option<PathBuf>,
     dirty: AtomicBool,
-    /// Keep each serial's status only, not its signed answers ([`Copy::load_compact`]).
-    compact: bool,
+    /// Keep each serial's status only, not its signed answers, saved under a MAC by this key
+    /// ([`Copy::load_compact`]).
+    compact: Option<MacKey>,
 }
 
 impl std::fmt::Debug for Copy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Copy").field("file", &self.file).field("len", &self.len()).field("compact", &self.compact).finish()
+        f.debug_struct("Copy").field("file", &self.file).field("len", &self.len()).field("compact", &self.compact.is_some()).finish()
     }
 }
 
@@ -115,42 +117,61 @@ struct Saved {
     #[serde(default)]
     answers: HashMap<String, (u64, String)>,
     /// serial → [revision, revoked at (none: good), nextUpdate] (a compact copy)
-    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
-    statuses: HashMap<String, (u64, Option<i64>, i64)>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    statuses: BTreeMap<String, (u64, Option<i64>, i64)>,
+    /// A compact copy's MAC over `last_seq` and `statuses` ([`statuses_signed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
+}
+
+/// What a compact copy's file is MACed over. Unlike signed answers, a status in a file is only a
+/// claim: whoever can write the data dir but holds no master key must not turn `revoked` into
+/// `good`.
+fn statuses_signed(last_seq: u64, statuses: &BTreeMap<String, (u64, Option<i64>, i64)>) -> Vec<u8> {
+    serde_json::to_vec(&(last_seq, statuses)).unwrap_or_default()
 }
 
 impl Copy {
     /// An empty copy kept in memory only.
     pub fn in_memory() -> Self {
-        Copy { inner: RwLock::new(Inner::default()), file: None, dirty: AtomicBool::new(false), compact: false }
+        Copy { inner: RwLock::new(Inner::default()), file: None, dirty: AtomicBool::new(false), compact: None }
     }
 
     /// A copy saved to `file`, loaded from it when it exists. A damaged file is set aside (the
     /// copy starts empty and reads the bucket again) with a warning.
     pub fn load(file: PathBuf) -> Self {
-        Self::load_as(file, false)
+        Self::load_as(file, None)
     }
 
     /// [`Copy::load`] of a copy that keeps each serial's published status, revision and
     /// `nextUpdate` (~100 bytes) instead of its signed answers (~1.5 KiB): for the control plane,
     /// which holds the CA and signs each answer when asked ([`Copy::status`]), and whose copy
-    /// grows with every certificate of the estate. [`Copy::answer`] answers nothing.
-    pub fn load_compact(file: PathBuf) -> Self {
-        Self::load_as(file, true)
+    /// grows with every certificate of the estate. [`Copy::answer`] answers nothing. The file is
+    /// MACed under `key`: one that does not verify (tampered, or from before statuses) is not
+    /// taken, and the bucket is read again.
+    pub fn load_compact(file: PathBuf, key: MacKey) -> Self {
+        Self::load_as(file, Some(key))
     }
 
-    fn load_as(file: PathBuf, compact: bool) -> Self {
+    fn load_as(file: PathBuf, compact: Option<MacKey>) -> Self {
         let mut inner = Inner::default();
         match std::fs::read(&file) {
             Ok(bytes) => match serde_json::from_slice::<Saved>(&bytes) {
                 // A full copy cannot be made from a compact file: read the bucket again.
-                Ok(saved) if !compact && !saved.statuses.is_empty() => {
+                Ok(saved) if compact.is_none() && !saved.statuses.is_empty() => {
                     tracing::info!(file = %file.display(), "OCSP answer copy holds statuses only; reading the bucket again");
+                }
+                Ok(saved)
+                    if compact.as_ref().is_some_and(|k| {
+                        !saved.answers.is_empty() || !saved.mac.as_deref().is_some_and(|m| k.verify_hex(&statuses_signed(saved.last_seq, &saved.statuses), m))
+                    }) =>
+                {
+                    tracing::warn!(file = %file.display(), "OCSP status copy does not verify under this estate's master key; reading the bucket again");
                 }
                 Ok(saved) => {
                     inner.last_seq = saved.last_seq;
                     for (serial, (revision, raw)) in saved.answers {
-                        Self::put_in(&mut inner, compact, revision, &serial, Some(raw.as_bytes()));
+                        Self::put_in(&mut inner, false, revision, &serial, Some(raw.as_bytes()));
                     }
                     for (serial, (revision, revoked, next_update)) in saved.statuses {
                         let status = revoked.map_or(Status::Good, Status::Revoked);
@@ -226,7 +247,7 @@ impl Copy {
         if i.by_serial.get(serial).is_some_and(|h| h.revision >= seq) {
             return; // already holds something newer
         }
-        Self::put_in(i, self.compact, seq, serial, value);
+        Self::put_in(i, self.compact.is_some(), seq, serial, value);
     }
 
     fn put_in(i: &mut Inner, compact: bool, seq: u64, serial: &str, value: Option<&[u8]>) {
@@ -293,7 +314,7 @@ impl Copy {
         }
         let saved = {
             let Ok(i) = self.inner.read() else { return };
-            let mut saved = Saved { last_seq: i.last_seq, answers: HashMap::new(), statuses: HashMap::new() };
+            let mut saved = Saved { last_seq: i.last_seq, answers: HashMap::new(), statuses: BTreeMap::new(), mac: None };
             for (k, h) in &i.by_serial {
                 match (&h.full, h.status) {
                     (Some(f), _) => {
@@ -308,6 +329,7 @@ impl Copy {
                     (None, Status::Unknown) => {}
                 }
             }
+            saved.mac = self.compact.as_ref().map(|k| k.mac_hex(&statuses_signed(saved.last_seq, &saved.statuses)));
             saved
         };
         let bytes = match serde_json::to_vec(&saved) {
@@ -372,7 +394,9 @@ mod tests {
         let ca = ca();
         let good = super::super::presign(std::slice::from_ref(&ca), "0a0b", Status::Good, 1_780_000_000, 1_780_086_400);
         let revoked = super::super::presign(std::slice::from_ref(&ca), "0c0d", Status::Revoked(1_780_000_010), 1_780_000_010, 1_780_086_400);
-        let copy = Copy::load_compact(file.clone());
+        let key = || crate::crypto::MasterKey::generate().unwrap().derive("ocsp statuses");
+        let k = key();
+        let copy = Copy::load_compact(file.clone(), k.clone());
         copy.apply(3, "0a0b", Some(&Published::new(&good).to_bytes()));
         copy.apply(4, "0c0d", Some(&Published::new(&revoked).to_bytes()));
         copy.apply(5, "0e0f", Some(b"not an answer"));
@@ -385,11 +409,27 @@ mod tests {
         copy.save();
         let text = std::fs::read_to_string(&file).unwrap();
         assert!(!text.contains("MII") && text.len() < 300, "statuses only: {text}");
-        let again = Copy::load_compact(file.clone());
+        let again = Copy::load_compact(file.clone(), k.clone());
         assert_eq!((again.last_seq(), again.len()), (5, 2));
         assert_eq!(again.get("0c0d").map(|h| (h.revision, h.status(), h.next_update())), Some((4, Status::Revoked(1_780_000_010), 1_780_086_400)));
         let full = Copy::load(file.clone());
         assert_eq!((full.last_seq(), full.len()), (0, 0), "a full copy reads the bucket again");
+        // Someone with the data dir but not the master key turns `revoked` into `good`: the file
+        // does not verify and is not taken; nor is it under another estate's key.
+        let forged = text.replace("[4,1780000010,1780086400]", "[4,null,1780086400]");
+        assert_ne!(forged, text, "{text}");
+        std::fs::write(&file, &forged).unwrap();
+        let tampered = Copy::load_compact(file.clone(), k.clone());
+        assert_eq!((tampered.last_seq(), tampered.len()), (0, 0), "a tampered file is not taken");
+        std::fs::write(&file, &text).unwrap();
+        let foreign = Copy::load_compact(file.clone(), key());
+        assert_eq!((foreign.last_seq(), foreign.len()), (0, 0), "another key's file is not taken");
+        // A file of signed answers from before statuses is read again from the bucket too.
+        let old = Copy::load(dir.path().join("full.json"));
+        old.apply(3, "0a0b", Some(&Published::new(&good).to_bytes()));
+        old.save();
+        let upgraded = Copy::load_compact(dir.path().join("full.json"), k);
+        assert_eq!((upgraded.last_seq(), upgraded.len()), (0, 0));
     }
 
     #[test]

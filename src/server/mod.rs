@@ -96,6 +96,9 @@ pub struct Cache {
     pub(crate) summary: std::sync::RwLock<Option<Arc<status::Summary>>>,
 }
 
+/// What `serve`'s saved OCSP statuses are MACed under.
+const OCSP_STATUSES_KEY_LABEL: &str = "tillit ocsp statuses v1";
+
 /// How many roles the role cache holds at most.
 const ROLE_CACHE_MAX: usize = 4096;
 
@@ -219,7 +222,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     // restarted replica answers as the responders do before it reaches the bucket. Statuses
     // only: this process holds the CA and signs each answer when asked, and a copy of every
     // pre-signed answer would grow by ~1.5 KiB per certificate of the estate.
-    let copy = Arc::new(crate::ocsp::copy::Copy::load_compact(estate.dir.ocsp_answers()));
+    let copy = Arc::new(crate::ocsp::copy::Copy::load_compact(estate.dir.ocsp_answers(), estate.vault_key(OCSP_STATUSES_KEY_LABEL)));
     let sessions = Arc::new(dashboard::Sessions::default());
     let http_state = http::HttpState {
         serving: serving.clone(),
