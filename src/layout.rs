@@ -147,6 +147,11 @@ impl DataDir {
     pub fn ocsp_answers(&self) -> PathBuf {
         self.0.join(OCSP_ANSWERS_FILE)
     }
+    /// Kept replies a single `serve` could not hold in memory (two files taking turns, sealed
+    /// records, 0600): `replies-0.spill`, `replies-1.spill`.
+    pub fn reply_spill(&self) -> [PathBuf; 2] {
+        [self.0.join("replies-0.spill"), self.0.join("replies-1.spill")]
+    }
     /// The request-replay cache a stopped `serve` hands to the next one (MACed, 0600).
     pub fn replay_snapshot(&self) -> PathBuf {
         self.0.join("replay.json")
@@ -177,7 +182,7 @@ impl DataDir {
     /// Whether the data dir entry at `rel` (relative to the root) stays out of a backup: the
     /// master key (kept separately, never in a backup), what a backup carries in another form
     /// (the store: its records; the audit log: its lines), and what is regenerated at run time
-    /// (nats-server's JetStream and OCSP cache, logs, pid files, the replay cache, the serve
+    /// (nats-server's JetStream and OCSP cache, logs, pid files, the replay cache, kept replies, the serve
     /// socket, the migration marker, temp and staging files, which are hidden).
     pub fn not_backed_up(rel: &Path) -> bool {
         let mut parts = rel.components().filter_map(|c| match c {
@@ -195,6 +200,7 @@ impl DataDir {
                 || n == JETSTREAM_DIR
                 || n == OCSP_CACHE_DIR
                 || n == OCSP_ANSWERS_FILE
+                || n.ends_with(".spill")
                 || n.ends_with(".log")
                 || n.ends_with(".pid")
         })
@@ -393,6 +399,8 @@ mod tests {
             d.audit_log(),
             d.audit().join(AUDIT_HEAD_FILE),
             d.replay_snapshot(),
+            d.reply_spill()[0].clone(),
+            d.reply_spill()[1].clone(),
             d.migrated_marker(),
             d.serve_socket(),
         ]
@@ -418,6 +426,8 @@ mod tests {
                 "audit/audit.jsonl",
                 "audit/head.json",
                 "replay.json",
+                "replies-0.spill",
+                "replies-1.spill",
                 "store.migrated",
                 "serve.sock",
             ]
@@ -427,6 +437,7 @@ mod tests {
             ("store/db", true),
             ("audit/audit.jsonl", true),
             ("replay.json", true),
+            ("replies-0.spill", true),
             ("serve.sock", true),
             ("nats/jetstream/x", true),
             ("nats/node-1/jetstream/y", true),

@@ -30,6 +30,7 @@ pub mod leader;
 mod own;
 mod paging;
 mod replies;
+mod spill;
 pub mod push;
 pub mod reconcile;
 mod secrets;
@@ -326,6 +327,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         let _ = t.await;
     }
     tasks::save_replay_cache(&ctx);
+    replies::spill_all(&ctx);
     {
         let c = ctx.clone();
         let _ = tokio::task::spawn_blocking(move || leader::leave(&c)).await;
@@ -377,7 +379,7 @@ impl Ctx {
             xkey: crate::crypto::Sealer::new(&estate.xkey().map_err(|e| creds_err(&e))?).map_err(|e| creds_err(&e))?,
             ca_lock: Default::default(),
             renew_own,
-            replies: Default::default(),
+            replies: replies::ReplyCache::open(&estate),
             answers,
             dashboard: Default::default(),
             callers,

@@ -6,9 +6,10 @@
 //!
 //! Replies are kept in memory up to [`MAX_LOCAL_BYTES`] (an enrollment's reply is ~5 KiB: the
 //! budget, not the request rate, bounds the memory). Replicas also keep every reply in the
-//! shared store ([`Space::Replies`]) so a retry that lands on another replica finds it; a single
-//! `serve` writes there only the replies it has to drop from memory before their requests
-//! expire. The leader drops expired ones from the store.
+//! shared store ([`Space::Replies`]) so a retry that lands on another replica finds it; the
+//! leader drops expired ones from there. A single `serve` appends the replies it has to drop
+//! from memory before their requests expire to its spill files ([`super::spill`]), and at a
+//! clean stop the ones memory still holds, for the next run.
 
 use super::Ctx;
 use crate::crypto;
@@ -68,6 +69,8 @@ pub struct ReplyCache {
     in_flight: Mutex<std::collections::HashSet<String>>,
     /// Whether a reply was ever put in the store (a single `serve` looks there only then).
     spilled: std::sync::atomic::AtomicBool,
+    /// A single `serve`'s spill files (replicas share replies through the store instead).
+    spill: Option<super::spill::Spill>,
 }
 
 /// The replies in memory, their insertion order and their size.
@@ -97,6 +100,26 @@ impl Drop for Serving<'_> {
 }
 
 impl ReplyCache {
+    /// The cache of a `serve` on `estate`: a single one spills to its data dir (or, if those
+    /// files cannot be opened, to the store as replicas do).
+    pub(super) fn open(estate: &crate::estate::Estate) -> Self {
+        if !matches!(estate.config.store, crate::config::StoreBackend::Sled) {
+            return Self::default();
+        }
+        match super::spill::Spill::open(estate.dir.reply_spill(), estate.clock().now_unix()) {
+            Ok(spill) => {
+                if spill.len() > 0 {
+                    tracing::info!(replies = spill.len(), "kept replies of the previous run taken back");
+                }
+                ReplyCache { spill: Some(spill), ..Self::default() }
+            }
+            Err(e) => {
+                tracing::warn!("cannot open the reply spill files in the data dir ({e}); replies memory cannot hold go to the store");
+                Self::default()
+            }
+        }
+    }
+
     /// Mark `key` as being served here.
     pub(super) fn serving(&self, key: &str) -> Serving<'_> {
         if let Ok(mut s) = self.in_flight.lock() {
@@ -163,6 +186,12 @@ pub(super) fn lookup(ctx: &Ctx, key: &str, request: &str) -> Option<Box<RawValue
     if let Some(v) = ctx.replies.get_local(key, request) {
         return Some(v);
     }
+    if let Some(spill) = &ctx.replies.spill {
+        let sealed = spill.get(key, ctx.estate.clock().now_unix())?;
+        let json = ctx.estate.master_key().open(&crate::store::aad(Space::Replies, key), &sealed).ok()?;
+        let kept: Kept = serde_json::from_slice(&json).ok()?;
+        return crypto::ct_eq(kept.request.as_bytes(), request.as_bytes()).then_some(kept.result);
+    }
     if !ctx.leader.replicated() && !ctx.replies.spilled.load(std::sync::atomic::Ordering::Relaxed) {
         return None;
     }
@@ -199,6 +228,11 @@ pub(super) fn keep(ctx: &std::sync::Arc<Ctx>, key: String, request: String, exp:
     if to_store.is_empty() {
         return;
     }
+    if ctx.replies.spill.is_some() {
+        let c = ctx.clone();
+        tokio::task::spawn_blocking(move || to_spill(&c, to_store, now));
+        return;
+    }
     ctx.replies.spilled.store(true, std::sync::atomic::Ordering::Relaxed);
     // In the background: a retry comes after the client waited seconds, and the reply need not
     // wait for the store.
@@ -216,8 +250,48 @@ pub(super) fn keep(ctx: &std::sync::Arc<Ctx>, key: String, request: String, exp:
     });
 }
 
+/// Append sealed replies to the spill files.
+fn to_spill(ctx: &Ctx, replies: Vec<(String, Kept)>, now: i64) {
+    let Some(spill) = &ctx.replies.spill else { return };
+    for (k, kept) in replies {
+        let r = serde_json::to_vec(&kept)
+            .map_err(|e| e.to_string())
+            .and_then(|json| ctx.estate.master_key().seal(&crate::store::aad(Space::Replies, &k), &json).map_err(|e| e.to_string()))
+            .and_then(|sealed| spill.put(&k, kept.exp, &sealed, now).map_err(|e| e.to_string()));
+        if let Err(e) = r {
+            tracing::warn!("cannot spill a kept reply to the data dir (a retry that memory no longer holds would not find it): {e}");
+        }
+    }
+}
+
+/// At a clean stop: the replies memory holds, whose requests have not expired, go to the spill
+/// files for the next run (with the request ids it takes back, a request sent again across the
+/// restart gets its first reply).
+pub(super) fn spill_all(ctx: &Ctx) {
+    if ctx.replies.spill.is_none() {
+        return;
+    }
+    let now = ctx.estate.clock().now_unix();
+    let held: Vec<(String, Kept)> = match ctx.replies.local.lock() {
+        Ok(mut m) => {
+            m.order.clear();
+            m.bytes = 0;
+            m.by_key.drain().filter(|(_, l)| l.0 > now).map(|(k, (exp, request, result))| (k, Kept { request, exp, result })).collect()
+        }
+        Err(_) => return,
+    };
+    let n = held.len();
+    to_spill(ctx, held, now);
+    if n > 0 {
+        tracing::info!(replies = n, "kept replies saved for the next run");
+    }
+}
+
 /// Drop replies whose requests expired (the leader, every so often).
 pub(super) async fn drop_expired(ctx: &std::sync::Arc<Ctx>) {
+    if let Some(spill) = &ctx.replies.spill {
+        spill.drop_expired(ctx.estate.clock().now_unix());
+    }
     let c = ctx.clone();
     let _ = tokio::task::spawn_blocking(move || {
         let now = c.estate.clock().now_unix();

@@ -253,3 +253,39 @@ async fn revocations_made_while_a_site_was_cut_off_bite_there_within_five_second
     assert!(both <= Duration::from_secs(5), "certificate {cert:?}, both {both:?}");
     usable(&east.url(), &orders, &orders).await.expect("orders still admitted after the heal");
 }
+
+/// A single `serve` keeps the replies of changing requests across a clean restart: the very same
+/// signed grant, sent again after the restart (a client whose reply was lost while `serve`
+/// restarted), gets the first reply and changes nothing; the kept reply lies sealed in the data
+/// dir's spill files meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_again_across_a_clean_restart_gets_its_first_reply() {
+    let e = Estate::init("spill.example");
+    let _nats = e.start_nats();
+    let mut serve = e.start_serve_ready();
+    let (admin, anc) = admin_connect(&e).await;
+    let admin_key = nkeys::KeyPair::from_seed(admin.user_seed.expose()).unwrap();
+    let body = serde_json::json!({ "service": "acme/shop/prod/orders", "pub": ["kept.across.restart"], "sub": [] });
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let signed = tillit::proto::sign_request(&admin_key, "spill.example", "tillit.v1.admin.grant", "io.tillit.v1.admin.grant", body, now).unwrap();
+    let first = anc.request("tillit.v1.admin.grant", signed.clone().into_bytes().into()).await.expect("a reply");
+    let first = String::from_utf8(first.payload.to_vec()).unwrap();
+    assert!(first.contains("\"result\""), "{first}");
+
+    assert!(serve.terminate(Duration::from_secs(15)).success());
+    let spilled: Vec<u8> = e.dir.reply_spill().iter().flat_map(|p| std::fs::read(p).unwrap_or_default()).collect();
+    assert!(!spilled.is_empty(), "the kept reply was saved for the next run");
+    for p in e.dir.reply_spill() {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600, "{}", p.display());
+    }
+    let needle = b"kept.across.restart";
+    assert!(!spilled.windows(needle.len()).any(|w| w == needle), "the kept reply lies in clear in the data dir");
+
+    let _serve = e.start_serve_ready();
+    let again = anc.request("tillit.v1.admin.grant", signed.into_bytes().into()).await.expect("a reply");
+    assert_eq!(String::from_utf8(again.payload.to_vec()).unwrap(), first, "the first reply, after the restart");
+    let out = tillit(&["audit", "tail", "--data-dir", e.data(), "-n", "100", "--json"]);
+    let grants = stdout(&out).lines().filter(|l| l.contains("\"action\":\"grant\"") && l.contains("kept.across.restart")).count();
+    assert_eq!(grants, 1, "one change for two sends: {}", stdout(&out));
+}
