@@ -175,7 +175,8 @@ pub struct AvailabilityStatus {
     pub when_unreachable: String,
     /// Pre-signed OCSP answers this replica holds.
     pub ocsp_answers: usize,
-    /// Every way the estate depends on a single control-plane process, in words with what to do.
+    /// Every way the estate depends on a single control-plane process, and a known fault of the
+    /// nats-server release this replica is connected to, in words with what to do.
     #[serde(default)]
     pub warnings: Vec<String>,
 }

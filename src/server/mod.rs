@@ -306,6 +306,9 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     let backup_socket = backup::start(&ctx, &stop_rx);
     serving.store(true, Ordering::SeqCst);
     tracing::info!(trust_domain = estate.trust_domain(), urls = ?estate.config.urls(), "tillit control plane serving");
+    if let Some(fault) = crate::natsbin::known_fault(&ctx.api.server_info().version) {
+        tracing::warn!("{fault}");
+    }
 
     stopped(&stop_rx).await;
     tracing::info!("shutting down");

@@ -227,6 +227,9 @@ fn availability(ctx: &Ctx, local_answers: Option<bool>, replicas: usize) -> crat
         )),
         _ => {}
     }
+    if let Some(fault) = crate::natsbin::known_fault(&ctx.api.server_info().version) {
+        warnings.push(fault);
+    }
     if replicas <= 1 {
         warnings.push(
             "one `serve` replica: enrollment, renewal, grants, revocation and secret reads stop while it is down (connections keep \
