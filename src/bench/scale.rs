@@ -231,6 +231,15 @@ pub(crate) async fn run(mode: AuthMode, steps: &[usize], root: &Path) -> Result<
     eprintln!("== scale, {} mode: starting the stack…", mode.as_str());
     let r = root.to_path_buf();
     let mut stack: Stack = tokio::task::spawn_blocking(move || start(Kind::Sled, &r, mode)).await.map_err(|e| e.to_string())??;
+    let died = stack.nats_died();
+    tokio::select! {
+        rows = steps_on(&mut stack, mode, steps) => rows,
+        why = died => Err(why),
+    }
+}
+
+/// Grow the estate on `stack` through `steps` and measure each.
+async fn steps_on(stack: &mut Stack, mode: AuthMode, steps: &[usize]) -> Result<Vec<Row>, String> {
     let admin_dir = stack.dir.admin().root().to_path_buf();
     let mut admin = Arc::new(TillitClient::connect_dir(&IdentityDir::new(&admin_dir), None).await.map_err(|e| e.to_string())?);
     let ca_pem = std::fs::read_to_string(IdentityDir::new(&admin_dir).ca()).map_err(|e| e.to_string())?;
@@ -300,7 +309,6 @@ pub(crate) async fn run(mode: AuthMode, steps: &[usize], root: &Path) -> Result<
         (prev_n, prev_rss, prev_store) = (n, rss_built, store_bytes);
         rows.push(row);
     }
-    drop(stack);
     Ok(rows)
 }
 

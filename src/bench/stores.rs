@@ -73,10 +73,31 @@ fn spawn(what: &str, cmd: &mut Command, log: &Path) -> Result<(String, Child), S
     Ok((what.to_string(), child))
 }
 
-/// Poll `/readyz` every `poll` until it answers 200.
-fn wait_ready(port: u16, within: Duration, poll: Duration) -> Result<(), String> {
+/// Whether one of `watched` (nats-servers: pid, log) has exited, with the end of its log (the
+/// Go runtime's fatal error, if any). Children are reaped only when the stack drops, so an
+/// exited one is a zombie.
+fn dead_nats(watched: &[(u32, PathBuf)]) -> Option<String> {
+    for (pid, log) in watched {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+        if matches!(state, None | Some('Z' | 'X')) {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: String = text.lines().filter(|l| !l.starts_with('\t')).collect::<Vec<_>>().join("\n");
+            let start = lines.find("fatal error").or_else(|| lines.find("panic")).unwrap_or(lines.len().saturating_sub(2000));
+            let end = (start + 2000).min(lines.len());
+            return Some(format!("nats-server (pid {pid}) exited during the bench; its log ({}) says:\n{}", log.display(), lines.get(start..end).unwrap_or("")));
+        }
+    }
+    None
+}
+
+/// Poll `/readyz` every `poll` until it answers 200 (or a nats-server of `watched` exited).
+fn wait_ready(port: u16, within: Duration, poll: Duration, watched: &[(u32, PathBuf)]) -> Result<(), String> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
+        if let Some(why) = dead_nats(watched) {
+            return Err(why);
+        }
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
             use std::io::{Read, Write};
             let _ = s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
@@ -129,13 +150,13 @@ pub(crate) fn start(kind: Kind, root: &Path, auth: crate::estate::callout::AuthM
     }
     std::thread::sleep(Duration::from_millis(500));
     procs.0.push(serve_proc(&me, &data, http, &data.join("serve-1.log"))?);
-    wait_ready(http, Duration::from_secs(60), Duration::from_millis(100))?;
+    wait_ready(http, Duration::from_secs(60), Duration::from_millis(100), &[])?;
     let mut ports = vec![http];
     if kind == Kind::JetStreamR3 {
         let second = root.join("jetstream-R3-replica-2");
         crate::cli::store::make_replica_dir(&dir, &second).map_err(|e| e.to_string())?;
         procs.0.push(serve_proc(&me, &second, http2, &data.join("serve-2.log"))?);
-        wait_ready(http2, Duration::from_secs(60), Duration::from_millis(100))?;
+        wait_ready(http2, Duration::from_secs(60), Duration::from_millis(100), &[])?;
         ports.push(http2);
     }
     Ok(Stack { dir, procs, http: ports })
@@ -150,6 +171,25 @@ fn serve_proc(me: &Path, data: &Path, port: u16, log: &Path) -> Result<(String, 
 }
 
 impl Stack {
+    /// The stack's nats-servers: pid and log.
+    fn nats_procs(&self) -> Vec<(u32, PathBuf)> {
+        self.procs.0.iter().enumerate().filter(|(_, (what, _))| what == "nats-server").map(|(i, (_, c))| (c.id(), self.dir.root().join(format!("nats-{i}.log")))).collect()
+    }
+
+    /// Resolves, with what died and the end of its log, once one of the stack's nats-servers has
+    /// exited: a bench then stops with that instead of waiting on requests nobody can carry.
+    pub(crate) fn nats_died(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let watched = self.nats_procs();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Some(why) = dead_nats(&watched) {
+                    return why;
+                }
+            }
+        }
+    }
+
     /// The first replica's HTTP port (`/ocsp`, `/crl`, `/readyz`).
     pub(crate) fn http_port(&self) -> u16 {
         self.http[0]
@@ -175,7 +215,7 @@ impl Stack {
         let log = self.dir.root().join("serve-1.log");
         let started = Instant::now();
         self.procs.0[i] = serve_proc(&me, self.dir.root(), self.http[0], &log)?;
-        wait_ready(self.http[0], Duration::from_secs(120), Duration::from_millis(5))?;
+        wait_ready(self.http[0], Duration::from_secs(120), Duration::from_millis(5), &self.nats_procs())?;
         Ok(started.elapsed())
     }
 }
