@@ -47,6 +47,9 @@ impl RequestSigner {
 
     /// Call verb `E` on `nc`: sign, send, decode.
     pub async fn call<E: Endpoint>(&self, nc: &async_nats::Client, body: E::Request) -> Result<E::Reply, ClientError> {
+        if !proto::changes(E::SUBJECT) {
+            return read(nc, E::SUBJECT, || self.sign::<E>(&body)).await;
+        }
         let token = self.sign::<E>(&body)?;
         request(nc, E::SUBJECT, token).await
     }
@@ -80,6 +83,50 @@ pub async fn request<R: DeserializeOwned>(nc: &async_nats::Client, subject: &str
             }
             Err(ClientError::Timeout { .. }) => return Err(ClientError::Timeout { subject: subject.into(), timeout: REQUEST_TIMEOUT }),
             r => return r,
+        }
+    }
+}
+
+/// Attempts of a read in flight at once.
+const READ_ATTEMPTS: usize = 2;
+
+/// A read (a verb without effect, [`proto::changes`]): an attempt without a reply after
+/// [`ATTEMPT_TIMEOUT`] is not sent again as the same bytes, which the control plane refuses as
+/// `replayed` (it keeps no reply of a read), but signed afresh by `sign`. The first attempt's
+/// reply is still awaited: a slow read (a page of a large listing, `audit verify`) is answered by
+/// whichever attempt finishes first and is never started more than [`READ_ATTEMPTS`] times at
+/// once, and a read whose replica died is answered by another.
+pub async fn read<R: DeserializeOwned>(nc: &async_nats::Client, subject: &str, sign: impl Fn() -> Result<String, ClientError>) -> Result<R, ClientError> {
+    use futures::StreamExt;
+    let start = tokio::time::Instant::now();
+    let deadline = start + REQUEST_TIMEOUT;
+    let mut pending = futures::stream::FuturesUnordered::new();
+    let mut next_send = start;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(ClientError::Timeout { subject: subject.into(), timeout: REQUEST_TIMEOUT });
+        }
+        if pending.len() < READ_ATTEMPTS && now >= next_send {
+            if !pending.is_empty() {
+                tracing::debug!(subject, "no reply yet; asking again with a fresh request, still waiting for the first");
+            }
+            let payload: bytes::Bytes = sign()?.into();
+            pending.push(attempt::<R>(nc, subject, payload, deadline - now));
+            next_send = now + ATTEMPT_TIMEOUT;
+        }
+        let wake = if pending.len() < READ_ATTEMPTS { next_send } else { deadline };
+        tokio::select! {
+            Some(r) = pending.next() => match r {
+                // Nobody serves the subject: a replica restarting is back within moments.
+                Err(ClientError::NoResponders { .. }) if start.elapsed() < NO_RESPONDERS_WAIT => {
+                    next_send = tokio::time::Instant::now() + std::time::Duration::from_millis(250);
+                }
+                // This attempt ran out of time: so did the request (each had the rest of it).
+                Err(ClientError::Timeout { .. }) => {}
+                r => return r,
+            },
+            _ = tokio::time::sleep_until(wake) => {}
         }
     }
 }

@@ -80,6 +80,27 @@ pub fn sign_request<B: Serialize>(
     jwt::encode_any(&claims, signer)
 }
 
+/// Whether the verb on `subject` changes the estate. Its replies are kept until the request
+/// expires, so the very same request sent again gets the first reply. A read has no effect and
+/// keeps nothing: the same bytes again are refused as `replayed`, so a client asks again with a
+/// request signed afresh ([`crate::client::call`]).
+pub fn changes(subject: &str) -> bool {
+    !matches!(
+        subject,
+        Status::SUBJECT
+            | Grants::SUBJECT
+            | List::SUBJECT
+            | SecretList::SUBJECT
+            | SecretVersions::SUBJECT
+            | SecretGet::SUBJECT
+            | SiteList::SUBJECT
+            | AdminList::SUBJECT
+            | AuditTail::SUBJECT
+            | AuditVerify::SUBJECT
+            | EstateExport::SUBJECT
+    )
+}
+
 /// Check a signed request's signature and claims (pure: `now` comes in). Does not check the
 /// replay cache or the identity store; the caller does both.
 pub fn verify_request<B: DeserializeOwned>(

@@ -220,23 +220,9 @@ pub(crate) async fn dispatch(ctx: &Arc<Ctx>, route: &Route, msg: &async_nats::Me
     Ok((value, call.after))
 }
 
-/// Whether a verb changes the estate (its replies are kept for retries); reads are simply
-/// served again.
+/// Whether a verb changes the estate (its replies are kept for retries).
 fn changes(spec: &EndpointSpec) -> bool {
-    !matches!(
-        spec.subject,
-        proto::Status::SUBJECT
-            | proto::Grants::SUBJECT
-            | proto::List::SUBJECT
-            | proto::SecretList::SUBJECT
-            | proto::SecretVersions::SUBJECT
-            | proto::SecretGet::SUBJECT
-            | proto::SiteList::SUBJECT
-            | proto::AdminList::SUBJECT
-            | proto::AuditTail::SUBJECT
-            | proto::AuditVerify::SUBJECT
-            | proto::EstateExport::SUBJECT
-    )
+    proto::changes(spec.subject)
 }
 
 /// How often a request whose change raced another replica's is served again.

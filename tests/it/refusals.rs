@@ -306,3 +306,53 @@ fn an_admin_command_with_a_service_identity_is_refused_at_once() {
     assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
     assert_eq!(stderr(&out).lines().filter(|l| !l.trim().is_empty()).count(), 1, "{}", stderr(&out));
 }
+
+/// A read slower than one attempt (a page of a large listing, `audit verify`): the client asks
+/// again with a request signed afresh, never the same bytes (which the control plane refuses as
+/// `replayed`: it keeps no reply of a read), and still takes the first attempt's reply when that
+/// one finishes first. Against a real nats-server and a responder on the verb's subject that
+/// applies the control plane's replay rule (the first request takes 3 s, the next 6 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_read_is_asked_again_signed_afresh_and_the_first_reply_still_counts() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = dir.path().join("plain.conf");
+    std::fs::write(&conf, format!("listen: \"127.0.0.1:{port}\"\n")).unwrap();
+    let server = NatsServer::start(&conf, port);
+    let nc = async_nats::connect(server.url()).await.unwrap();
+    let mut sub = nc.subscribe(tillit::proto::List::SUBJECT).await.unwrap();
+    let responder = nc.clone();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let seen_by = seen.clone();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            let (nc, seen) = (responder.clone(), seen_by.clone());
+            tokio::spawn(async move {
+                let (first, replay) = {
+                    let mut s = seen.lock().unwrap();
+                    let replay = s.iter().any(|p| p[..] == m.payload[..]);
+                    s.push(m.payload.to_vec());
+                    (s.len() == 1, replay)
+                };
+                let reply = if replay {
+                    r#"{"error":{"code":"replayed","message":"this request id was already used"}}"#.to_string()
+                } else {
+                    tokio::time::sleep(Duration::from_secs(if first { 3 } else { 6 })).await;
+                    format!(r#"{{"result":"{}"}}"#, String::from_utf8_lossy(&m.payload))
+                };
+                let _ = nc.publish(m.reply.unwrap(), reply.into()).await;
+            });
+        }
+    });
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    let sign = || Ok(format!("signed-request-{}", n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)));
+    let started = std::time::Instant::now();
+    let got: String = tillit::client::call::read(&nc, tillit::proto::List::SUBJECT, sign).await.expect("the read is answered");
+    let took = started.elapsed();
+    assert_eq!(got, "signed-request-0", "the first attempt's reply");
+    assert!(took >= Duration::from_millis(2900) && took < Duration::from_millis(5000), "{took:?}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "one more attempt while the first was slow: {seen:?}");
+    assert_ne!(seen[0], seen[1], "the same bytes were sent again");
+}
