@@ -199,6 +199,20 @@ pub struct Ctx {
     pub callout_stats: Arc<callout::Stats>,
 }
 
+/// A start-up step, timed: logged at debug, and at info when it took long enough for an
+/// operator waiting on `/readyz` to want to know (a pass over a large estate).
+async fn step<T>(name: &str, f: impl Future<Output = T>) -> T {
+    let began = std::time::Instant::now();
+    let out = f.await;
+    let took = began.elapsed();
+    if took >= std::time::Duration::from_millis(250) {
+        tracing::info!(?took, "start-up step: {name}");
+    } else {
+        tracing::debug!(?took, "start-up step: {name}");
+    }
+    out
+}
+
 fn stopped(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
     let mut rx = rx.clone();
     async move {
@@ -248,37 +262,47 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
 
     tasks::restore_replay_cache(&ctx);
     // A replica learns whether it leads before the start-up steps that only the leader takes.
-    tasks::first_lease_step(&ctx).await;
+    step("first lease step", tasks::first_lease_step(&ctx)).await;
     if ctx.leader.is_leader() {
-        admin::add_missing_defaults(&ctx).await;
+        step("default permissions of every role", admin::add_missing_defaults(&ctx)).await;
         // An estate from before the service index: built once (until then, listing a service's
         // identities reads every identity).
-        match estate.build_service_index() {
+        match step("service index", async { estate.build_service_index() }).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(identities = n, "indexed the service identities by service"),
             Err(e) => tracing::warn!("cannot index the service identities: {e}; listing a service's identities reads them all until a restart"),
         }
     }
-    tasks::push_all_accounts(&ctx).await?;
+    step("account push", tasks::push_all_accounts(&ctx)).await?;
     // The stream that keeps break-glass connections while `serve` is down exists from the
     // first start on (the next run of its reader records what it holds).
     let replicas = estate.config.store.replicas();
     if let Err(e) = breakglass::ensure_stream(&ctx.api, replicas).await {
         tracing::error!("cannot create the {} stream: break-glass connections are not kept while serve is down: {e}", subjects::BREAK_GLASS_STREAM);
     }
-    sites::start_sites(&ctx).await;
+    step("sites", sites::start_sites(&ctx)).await;
     if ctx.leader.is_leader() {
-        admin::retire_leftover_keys(&ctx, true).await;
-        // Every service's caller key set, now (a publish the last run did not finish is made good).
+        // Maintenance the periodic jobs also do, in the background: serving need not wait.
         let c = ctx.clone();
-        tokio::spawn(async move { callers::sweep(&c).await });
+        tokio::spawn(async move {
+            step("former keys settled", admin::retire_leftover_keys(&c, true)).await;
+            // Every service's caller key set, now (a publish the last run did not finish is made good).
+            callers::sweep(&c).await;
+        });
     }
     // BOOTSTRAP carries the live revocations of used tokens' bootstrap users.
-    let revocations = accounts::start_revocations(&ctx).await.map_err(|e| ServeError::Service(e.message))?;
-    if let Err(e) = status::refresh_summary(&ctx) {
-        tracing::warn!("cannot count the identities for status: {e}");
+    let revocations = step("bootstrap revocations", accounts::start_revocations(&ctx)).await.map_err(|e| ServeError::Service(e.message))?;
+    // The counts for status, off the async threads (a pass over the store); until they are
+    // made, status makes them itself.
+    {
+        let c = ctx.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = status::refresh_summary(&c) {
+                tracing::warn!("cannot count the identities for status: {e}");
+            }
+        });
     }
-    tasks::refresh_responder_access(&ctx).await;
+    step("responder access", tasks::refresh_responder_access(&ctx)).await;
     let mut background = own.renewals;
     background.extend(tasks::start(&ctx, Box::pin(accounts::run_revoker(ctx.clone(), revocations, revoke_rx))));
 
