@@ -87,15 +87,17 @@ pub async fn request<R: DeserializeOwned>(nc: &async_nats::Client, subject: &str
     }
 }
 
-/// Attempts of a read in flight at once.
-const READ_ATTEMPTS: usize = 2;
+/// Attempts of a read in flight at once: one every [`ATTEMPT_TIMEOUT`] for the whole
+/// [`REQUEST_TIMEOUT`]. NATS hands each to any replica, so a cap of two left a read to time out
+/// whenever both went to a paused replica (a test of a paused leader showed it).
+const READ_ATTEMPTS: usize = 8;
 
 /// A read (a verb without effect, [`proto::changes`]): an attempt without a reply after
 /// [`ATTEMPT_TIMEOUT`] is not sent again as the same bytes, which the control plane refuses as
 /// `replayed` (it keeps no reply of a read), but signed afresh by `sign`. The first attempt's
 /// reply is still awaited: a slow read (a page of a large listing, `audit verify`) is answered by
-/// whichever attempt finishes first and is never started more than [`READ_ATTEMPTS`] times at
-/// once, and a read whose replica died is answered by another.
+/// whichever attempt finishes first (a read of 3 s is started twice), and a read whose replica
+/// died or stalled is answered by another.
 pub async fn read<R: DeserializeOwned>(nc: &async_nats::Client, subject: &str, sign: impl Fn() -> Result<String, ClientError>) -> Result<R, ClientError> {
     use futures::StreamExt;
     let start = tokio::time::Instant::now();
