@@ -158,9 +158,11 @@ async fn an_older_role_is_given_the_new_defaults_at_start() {
         role.permissions.resp = None;
         let mut b = tillit::store::Batch::new();
         b.put_json(tillit::store::Space::Roles, tillit::estate::RoleRecord::store_key(&sid), &role).unwrap();
+        // An estate from before: it never noted which defaults every role was given.
+        b.delete(tillit::store::Space::Meta, "role_defaults");
         est.store().commit(b).unwrap();
     }
-    let serve2 = e.start_serve_ready();
+    let mut serve2 = e.start_serve_ready();
     let audit = stdout(&tillit(&["audit", "tail", "--data-dir", e.data(), "--json", "-n", "30"]));
     assert!(audit.contains("\"action\":\"role.upgrade\""), "{audit}");
     let grants = stdout(&tillit(&["grants", "acme/shop/prod/payments", "--identity", &e.admin(), "--json"]));
@@ -177,4 +179,8 @@ async fn an_older_role_is_given_the_new_defaults_at_start() {
     let session = Session::connect(&IdentityDir::new(&svc), None).await.unwrap();
     let callers = Callers::follow(&session).await.expect("follows after the upgrade");
     assert!(until(Duration::from_secs(10), || callers.issuers() >= 1).await, "its own key set arrives:\n{}", serve2.log_text());
+    // The pass is noted: the next start does not read every role again.
+    assert!(serve2.terminate(Duration::from_secs(10)).success());
+    let est = tillit::estate::Estate::open(e.dir.clone(), std::sync::Arc::new(tillit::clock::SystemClock)).unwrap();
+    assert!(est.meta_flag::<String>("role_defaults").unwrap().is_some_and(|f| f.len() == 64));
 }
