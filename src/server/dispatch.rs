@@ -140,7 +140,7 @@ pub(crate) async fn dispatch(ctx: &Arc<Ctx>, route: &Route, msg: &async_nats::Me
     };
     // A changing request's reply is kept: the same request again (a client retrying after a
     // lost reply) gets it instead of a second effect.
-    let kept = changes(spec).then(|| (replies::key(&claims.iss, &claims.jti), replies::digest(&msg.payload)));
+    let kept = proto::changes(spec.subject).then(|| (replies::key(&claims.iss, &claims.jti), replies::digest(&msg.payload)));
     let first_time = || async {
         if let Some((k, d)) = &kept {
             if let Some(v) = replies::lookup(ctx, k, d) {
@@ -214,15 +214,10 @@ pub(crate) async fn dispatch(ctx: &Arc<Ctx>, route: &Route, msg: &async_nats::Me
     }
     // Every admin call is in the audit log: changes record themselves with what they changed;
     // reads are recorded here (who read what), without holding up the reply.
-    if spec.caller == Caller::Admin && !changes(spec) {
+    if spec.caller == Caller::Admin && !proto::changes(spec.subject) {
         ctx.journal.record_relaxed(crate::audit::Entry::ok(&actor, verb(spec.subject), spec.subject));
     }
     Ok((value, call.after))
-}
-
-/// Whether a verb changes the estate (its replies are kept for retries).
-fn changes(spec: &EndpointSpec) -> bool {
-    proto::changes(spec.subject)
 }
 
 /// How often a request whose change raced another replica's is served again.

@@ -38,15 +38,11 @@ struct Stored {
 
 impl Stored {
     fn seal(ctx: &Ctx, key: &str, kept: &Kept) -> Result<Self, String> {
-        let json = serde_json::to_vec(kept).map_err(|e| e.to_string())?;
-        let sealed = ctx.estate.master_key().seal(&crate::store::aad(Space::Replies, key), &json).map_err(|e| e.to_string())?;
-        Ok(Stored { exp: kept.exp, sealed: data_encoding::BASE64.encode(&sealed) })
+        Ok(Stored { exp: kept.exp, sealed: data_encoding::BASE64.encode(&kept.seal(ctx, key)?) })
     }
 
     fn open(&self, ctx: &Ctx, key: &str) -> Option<Kept> {
-        let sealed = data_encoding::BASE64.decode(self.sealed.as_bytes()).ok()?;
-        let json = ctx.estate.master_key().open(&crate::store::aad(Space::Replies, key), &sealed).ok()?;
-        serde_json::from_slice(&json).ok()
+        Kept::open(ctx, key, &data_encoding::BASE64.decode(self.sealed.as_bytes()).ok()?)
     }
 }
 
@@ -57,6 +53,20 @@ struct Kept {
     /// Unix time the request expires (and the reply with it).
     exp: i64,
     result: Box<RawValue>,
+}
+
+impl Kept {
+    /// As JSON, sealed with the master key to `replies/<key>` (in the store or the spill files).
+    fn seal(&self, ctx: &Ctx, key: &str) -> Result<Vec<u8>, String> {
+        let json = serde_json::to_vec(self).map_err(|e| e.to_string())?;
+        ctx.estate.master_key().seal(&crate::store::aad(Space::Replies, key), &json).map_err(|e| e.to_string())
+    }
+
+    /// The reply [`Kept::seal`] sealed to `key`, if it opens.
+    fn open(ctx: &Ctx, key: &str, sealed: &[u8]) -> Option<Kept> {
+        let json = ctx.estate.master_key().open(&crate::store::aad(Space::Replies, key), sealed).ok()?;
+        serde_json::from_slice(&json).ok()
+    }
 }
 
 /// A kept reply in memory: when its request expires, the request's digest, the reply.
@@ -187,9 +197,7 @@ pub(super) fn lookup(ctx: &Ctx, key: &str, request: &str) -> Option<Box<RawValue
         return Some(v);
     }
     if let Some(spill) = &ctx.replies.spill {
-        let sealed = spill.get(key, ctx.estate.clock().now_unix())?;
-        let json = ctx.estate.master_key().open(&crate::store::aad(Space::Replies, key), &sealed).ok()?;
-        let kept: Kept = serde_json::from_slice(&json).ok()?;
+        let kept = Kept::open(ctx, key, &spill.get(key, ctx.estate.clock().now_unix())?)?;
         return crypto::ct_eq(kept.request.as_bytes(), request.as_bytes()).then_some(kept.result);
     }
     if !ctx.leader.replicated() && !ctx.replies.spilled.load(std::sync::atomic::Ordering::Relaxed) {
@@ -254,10 +262,7 @@ pub(super) fn keep(ctx: &std::sync::Arc<Ctx>, key: String, request: String, exp:
 fn to_spill(ctx: &Ctx, replies: Vec<(String, Kept)>, now: i64) {
     let Some(spill) = &ctx.replies.spill else { return };
     for (k, kept) in replies {
-        let r = serde_json::to_vec(&kept)
-            .map_err(|e| e.to_string())
-            .and_then(|json| ctx.estate.master_key().seal(&crate::store::aad(Space::Replies, &k), &json).map_err(|e| e.to_string()))
-            .and_then(|sealed| spill.put(&k, kept.exp, &sealed, now).map_err(|e| e.to_string()));
+        let r = kept.seal(ctx, &k).and_then(|sealed| spill.put(&k, kept.exp, &sealed, now).map_err(|e| e.to_string()));
         if let Err(e) = r {
             tracing::warn!("cannot spill a kept reply to the data dir (a retry that memory no longer holds would not find it): {e}");
         }
