@@ -342,6 +342,45 @@ pub(super) async fn start_sites(ctx: &Ctx) {
     }
 }
 
+/// Every live agent's consumer is on the hub. Agents' consumers keep their position in the
+/// hub's memory ([`super::stream::Events::ensure_consumer_on_site_stream`]), so a hub restart
+/// drops them: they are made again here, and each agent re-reads its site's stream from the
+/// start, skipping what it applied. One listing per site when nothing is missing.
+pub(super) async fn heal_agent_consumers(ctx: &Ctx) {
+    let e = &ctx.estate;
+    let sites = match e.sites() {
+        Ok(s) if !s.is_empty() => s,
+        _ => return,
+    };
+    let Ok(statuses) = e.agent_statuses() else { return };
+    for s in &sites {
+        let want: Vec<&AgentStatus> = statuses.iter().filter(|a| a.site == s.name).collect();
+        if want.is_empty() {
+            continue;
+        }
+        let have = match ctx.events.consumer_names(&s.name).await {
+            Ok(h) => h,
+            Err(err) => {
+                tracing::debug!(site = %s.name, "cannot list the site's consumers: {err}");
+                continue;
+            }
+        };
+        let missing: Vec<&&AgentStatus> = want.iter().filter(|a| !have.contains(&a.consumer)).collect();
+        if missing.is_empty() {
+            continue;
+        }
+        tracing::warn!(site = %s.name, missing = missing.len(), "agents' consumers are missing on the hub (was it restarted?); making them again");
+        let mut made = 0usize;
+        for a in missing {
+            match ctx.events.ensure_consumer_on_site_stream(&a.consumer, &a.site).await {
+                Ok(()) => made += 1,
+                Err(err) => tracing::warn!(site = %a.site, consumer = %a.consumer, "cannot make the agent's consumer again: {err}"),
+            }
+        }
+        tracing::info!(site = %s.name, made, "agents' consumers made again; their agents re-read the site's stream");
+    }
+}
+
 /// `tillit site remove NAME`: the site's agents and its server's leafnode users are revoked (the
 /// server's links to the hub drop, the agents are cut off and never renew), its record and its
 /// agents' consumers go. A CA rollout no longer waits for it.

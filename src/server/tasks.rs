@@ -27,6 +27,7 @@ pub(super) fn periodic(ctx: &Ctx) -> Vec<Job> {
         Job { name: "flush-store", every: Duration::from_secs(1), singleton: false, step: |c| Box::pin(flush_store(c)) },
         Job { name: "refresh-caches", every: Duration::from_millis(250), singleton: false, step: |c| Box::pin(refresh_caches(c)) },
         Job { name: "ca-rollout", every: ca::ROLLOUT_TICK, singleton: true, step: |c| Box::pin(ca::tick(c)) },
+        Job { name: "heal-agent-consumers", every: Duration::from_secs(5), singleton: true, step: |c| Box::pin(sites::heal_agent_consumers(c)) },
         Job { name: "site-gauges", every: Duration::from_secs(5), singleton: false, step: |c| Box::pin(sites::refresh_site_gauges(c)) },
         Job { name: "reconcile-accounts", every: ctx.estate.config.reconcile_interval, singleton: true, step: |c| Box::pin(reconcile_accounts(c)) },
         Job { name: "retire-envelope-keys", every: Duration::from_secs(60), singleton: true, step: |c| Box::pin(retire_envelope_keys(c)) },
