@@ -1,7 +1,8 @@
 //! The journal: the writer's async face, group commit on its own thread.
 
 use super::{Append, AuditError, Entry, AUDIT_FILE};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::mpsc;
+use tokio::sync::oneshot;
 
 // === the journal (async face) ===
 
@@ -75,11 +76,13 @@ fn write_group(writer: &mut impl Append, jobs: Vec<Job>, retry: usize) {
 
 /// How long relaxed records (reads, refusals) may wait to share an fsync.
 const RELAXED_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+/// After this long without a record, the writer finishes what it put off ([`Append::idle`]).
+const IDLE_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Handle to the journal thread: group commit of audit records and their store writes.
 #[derive(Clone)]
 pub struct Journal {
-    tx: mpsc::UnboundedSender<Job>,
+    tx: mpsc::Sender<Job>,
     observer: Option<Observer>,
     /// Committed changes that wrote identity records (what `status` counts moves with them).
     identity_changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -101,11 +104,20 @@ impl std::fmt::Debug for Journal {
 impl Journal {
     /// Run `writer` on its own thread.
     pub fn start(mut writer: impl Append) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Job>();
         let max_group = writer.max_group();
         let spawned = std::thread::Builder::new().name("tillit-audit".into()).spawn(move || {
-            while let Some(first) = rx.blocking_recv() {
+            loop {
+                let first = match rx.recv_timeout(IDLE_AFTER) {
+                    Ok(j) => j,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        writer.idle();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                };
                 let mut urgent = first.1.is_some();
+                let mut settle = first.0.is_empty();
                 let mut jobs = vec![first];
                 let mut count = jobs[0].0.len();
                 // Relaxed records wait a little to share an fsync, unless someone is waiting.
@@ -114,6 +126,7 @@ impl Journal {
                     match rx.try_recv() {
                         Ok(j) => {
                             urgent |= j.1.is_some();
+                            settle |= j.0.is_empty();
                             count += j.0.len();
                             jobs.push(j);
                         }
@@ -123,8 +136,20 @@ impl Journal {
                         Err(_) => break,
                     }
                 }
-                write_group(&mut writer, jobs, 0);
+                if count > 0 {
+                    write_group(&mut writer, jobs, 0);
+                    if settle {
+                        writer.idle();
+                    }
+                } else {
+                    // Only [`Journal::settle`] calls: nothing to write.
+                    writer.idle();
+                    for w in jobs.into_iter().filter_map(|j| j.1) {
+                        let _ = w.send(Ok(Vec::new()));
+                    }
+                }
             }
+            writer.idle();
         });
         if let Err(e) = spawned {
             tracing::error!("cannot start the audit thread: {e}");
@@ -163,6 +188,15 @@ impl Journal {
             Ok(Err(Failed::NoSpace(m))) => Err(AuditError::NoSpace(m)),
             Ok(Err(Failed::Other(e))) => Err(AuditError::Io { path: AUDIT_FILE.into(), source: std::io::Error::other(e) }),
             Err(_) => Err(AuditError::Stopped),
+        }
+    }
+
+    /// Wait until what was recorded before is written and the writer finished what it put off
+    /// (the head anchor names the last record). At a clean stop.
+    pub async fn settle(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send((Vec::new(), Some(tx))).is_ok() {
+            let _ = rx.await;
         }
     }
 
@@ -215,5 +249,41 @@ mod tests {
         }
         let j = Journal::start(Failing(5 /* EIO */));
         assert!(matches!(j.record(change()).await, Err(AuditError::Io { .. })));
+    }
+
+    /// Counts what the journal asks of its writer; `log` is what it appended, then `idle` marks.
+    struct Counting(std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>);
+
+    impl Append for Counting {
+        fn append(&mut self, entries: Vec<Entry>) -> Result<Vec<u64>, AuditError> {
+            let mut log = self.0.lock().unwrap();
+            log.extend(entries.iter().map(|_| "record"));
+            Ok((1..=entries.len() as u64).collect())
+        }
+        fn idle(&mut self) {
+            self.0.lock().unwrap().push("idle");
+        }
+    }
+
+    /// What the writer put off is finished when someone settles (after what came before), and
+    /// by itself once no record came for a while; a settle alone writes no record.
+    #[tokio::test]
+    async fn settle_and_quiet_spells_finish_what_the_writer_put_off() {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let j = Journal::start(Counting(log.clone()));
+        j.record(change()).await.unwrap();
+        j.record_relaxed(Entry::ok("tester", "read", "x"));
+        j.settle().await;
+        {
+            let l = log.lock().unwrap();
+            assert_eq!(l.iter().filter(|e| **e == "record").count(), 2, "{l:?}");
+            assert_eq!(l.last(), Some(&"idle"), "settle returns after the writer's idle: {l:?}");
+        }
+        log.lock().unwrap().clear();
+        j.settle().await;
+        assert_eq!(*log.lock().unwrap(), vec!["idle"], "a settle alone writes nothing");
+        log.lock().unwrap().clear();
+        tokio::time::sleep(IDLE_AFTER * 3).await;
+        assert!(log.lock().unwrap().contains(&"idle"), "idle by itself after a quiet spell");
     }
 }

@@ -45,11 +45,16 @@ pub trait Append: Send + 'static {
     fn max_group(&self) -> usize {
         MAX_GROUP
     }
+    /// Nothing came for a while, or someone asked ([`Journal::settle`]): finish what was put off.
+    fn idle(&mut self) {}
 }
 
 impl Append for Writer {
     fn append(&mut self, entries: Vec<Entry>) -> Result<Vec<u64>, AuditError> {
         Writer::append(self, entries)
+    }
+    fn idle(&mut self) {
+        self.settle_head();
     }
 }
 
@@ -331,6 +336,35 @@ mod tests {
         let t = tail(&path, 2).unwrap();
         assert_eq!(t.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 3]);
         assert_eq!(t[1].redo[0].key, "U3");
+    }
+
+    fn head_seq(dir: &std::path::Path) -> u64 {
+        let h: Head = serde_json::from_slice(&std::fs::read(dir.join(HEAD_FILE)).unwrap()).unwrap();
+        assert!(h.authentic(&key()));
+        h.seq
+    }
+
+    /// The head anchor is rewritten at most every HEAD_EVERY while groups keep coming, never
+    /// names a record not yet written, and names the last one once the writer is idle or gone.
+    #[test]
+    fn the_head_anchor_lags_only_while_records_keep_coming() {
+        let (d, store, clock) = setup();
+        let dir = d.path().join("audit");
+        let mut w = Writer::open(&dir, store.clone(), clock.clone(), key()).unwrap();
+        w.append(vec![entry(1)]).unwrap();
+        assert_eq!(head_seq(&dir), 1, "the first group writes it");
+        for i in 2..=20 {
+            w.append(vec![entry(i)]).unwrap();
+            assert!(head_seq(&dir) <= u64::from(i));
+        }
+        assert!(head_seq(&dir) < 20, "groups in quick succession share one head write");
+        w.settle_head();
+        assert_eq!(head_seq(&dir), 20);
+        w.append(vec![entry(21)]).unwrap();
+        drop(w);
+        assert_eq!(head_seq(&dir), 21, "written when the writer goes");
+        let v = verify(&dir.join(AUDIT_FILE), Some(&key())).unwrap().unwrap();
+        assert_eq!(v.records, 21);
     }
 
     /// A log of `groups` groups of 50 records (seq 1 to 50 × groups): its dir and file.

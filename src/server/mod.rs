@@ -353,6 +353,8 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         t.abort();
         let _ = t.await;
     }
+    // The audit head anchor names the last record (it is rewritten at most every 200 ms).
+    let _ = tokio::time::timeout(Duration::from_secs(5), ctx.journal.settle()).await;
     tasks::save_replay_cache(&ctx);
     replies::spill_all(&ctx);
     {
