@@ -117,7 +117,6 @@ impl Journal {
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 };
                 let mut urgent = first.1.is_some();
-                let mut settle = first.0.is_empty();
                 let mut jobs = vec![first];
                 let mut count = jobs[0].0.len();
                 // Relaxed records wait a little to share an fsync, unless someone is waiting.
@@ -126,7 +125,6 @@ impl Journal {
                     match rx.try_recv() {
                         Ok(j) => {
                             urgent |= j.1.is_some();
-                            settle |= j.0.is_empty();
                             count += j.0.len();
                             jobs.push(j);
                         }
@@ -136,15 +134,15 @@ impl Journal {
                         Err(_) => break,
                     }
                 }
-                if count > 0 {
+                // [`Journal::settle`] calls write nothing; they are answered after the group
+                // and the writer's idle work.
+                let (settles, jobs): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.0.is_empty());
+                if !jobs.is_empty() {
                     write_group(&mut writer, jobs, 0);
-                    if settle {
-                        writer.idle();
-                    }
-                } else {
-                    // Only [`Journal::settle`] calls: nothing to write.
+                }
+                if !settles.is_empty() {
                     writer.idle();
-                    for w in jobs.into_iter().filter_map(|j| j.1) {
+                    for w in settles.into_iter().filter_map(|j| j.1) {
                         let _ = w.send(Ok(Vec::new()));
                     }
                 }
