@@ -345,18 +345,29 @@ pub(super) async fn start_sites(ctx: &Ctx) {
 /// Every live agent's consumer is on the hub. Agents' consumers keep their position in the
 /// hub's memory ([`super::stream::Events::ensure_consumer_on_site_stream`]), so a hub restart
 /// drops them: they are made again here, and each agent re-reads its site's stream from the
-/// start, skipping what it applied. One listing per site when nothing is missing.
+/// start, skipping what it applied. When a site's stream has as many consumers as agents on
+/// record (the usual case: a revoked agent's consumer stays until its site goes), this costs one
+/// stream lookup per site; only otherwise are names listed and identities read.
 pub(super) async fn heal_agent_consumers(ctx: &Ctx) {
     let e = &ctx.estate;
     let sites = match e.sites() {
         Ok(s) if !s.is_empty() => s,
         _ => return,
     };
-    let Ok(statuses) = e.agent_statuses() else { return };
+    let Ok(recorded) = e.all_agent_statuses() else { return };
+    let now = e.clock().now_unix();
     for s in &sites {
-        let want: Vec<&AgentStatus> = statuses.iter().filter(|a| a.site == s.name).collect();
-        if want.is_empty() {
+        let on_record: Vec<&AgentStatus> = recorded.iter().filter(|a| a.site == s.name).collect();
+        if on_record.is_empty() {
             continue;
+        }
+        match ctx.events.consumer_count(&s.name).await {
+            Ok(n) if n >= on_record.len() => continue,
+            Ok(_) => {}
+            Err(err) => {
+                tracing::debug!(site = %s.name, "cannot read the site's stream: {err}");
+                continue;
+            }
         }
         let have = match ctx.events.consumer_names(&s.name).await {
             Ok(h) => h,
@@ -365,7 +376,10 @@ pub(super) async fn heal_agent_consumers(ctx: &Ctx) {
                 continue;
             }
         };
-        let missing: Vec<&&AgentStatus> = want.iter().filter(|a| !have.contains(&a.consumer)).collect();
+        let live = |a: &AgentStatus| {
+            matches!(e.identity(&a.user_public_key), Ok(Some(i)) if i.state == crate::estate::IdentityState::Active && i.expires_at > now)
+        };
+        let missing: Vec<&AgentStatus> = on_record.into_iter().filter(|a| !have.contains(&a.consumer) && live(a)).collect();
         if missing.is_empty() {
             continue;
         }

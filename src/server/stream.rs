@@ -153,6 +153,12 @@ impl Events {
         Ok(())
     }
 
+    /// How many consumers a site's stream has.
+    pub async fn consumer_count(&self, site: &str) -> Result<usize, StreamError> {
+        let stream = self.js.get_stream(subjects::site_stream(site)).await.map_err(|e| StreamError::JetStream(e.to_string()))?;
+        Ok(stream.cached_info().state.consumer_count)
+    }
+
     /// The names of the consumers on a site's stream.
     pub async fn consumer_names(&self, site: &str) -> Result<std::collections::HashSet<String>, StreamError> {
         use futures::TryStreamExt;
