@@ -5,7 +5,7 @@
 //! forgetting one that could then be replayed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Outcome of [`ReplayCache::check_and_insert`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,13 +21,28 @@ pub enum Seen {
     SignerQuota,
 }
 
+/// Each id is held once and shared by both indexes, and each signer's name once for all its ids
+/// (5,000 site agents acknowledging five rotations left 75,000 live ids: each copy counted).
 #[derive(Debug, Default)]
 struct Inner {
     /// id → (expiry, signer).
-    ids: HashMap<String, (i64, String)>,
-    by_exp: BTreeMap<i64, Vec<String>>,
+    ids: HashMap<Arc<str>, (i64, Arc<str>)>,
+    by_exp: BTreeMap<i64, Vec<Arc<str>>>,
     /// Live ids per signer.
-    per_signer: HashMap<String, usize>,
+    per_signer: HashMap<Arc<str>, usize>,
+}
+
+impl Inner {
+    fn insert(&mut self, id: &str, exp: i64, signer: &str) {
+        let signer: Arc<str> = match self.per_signer.get_key_value(signer) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(signer),
+        };
+        let id: Arc<str> = Arc::from(id);
+        self.ids.insert(id.clone(), (exp, signer.clone()));
+        self.by_exp.entry(exp).or_default().push(id);
+        *self.per_signer.entry(signer).or_default() += 1;
+    }
 }
 
 /// Thread-safe replay cache with a capacity.
@@ -72,8 +87,8 @@ impl ReplayCache {
     /// The live ids, MACed under `key`.
     pub fn snapshot(&self, key: &crate::crypto::MacKey, now: i64) -> Snapshot {
         let ids: Vec<(String, i64)> = match self.inner.lock() {
-            Ok(g) => g.ids.iter().filter(|(_, (e, _))| *e > now).map(|(i, (e, _))| (i.clone(), *e)).collect(),
-            Err(p) => p.into_inner().ids.iter().filter(|(_, (e, _))| *e > now).map(|(i, (e, _))| (i.clone(), *e)).collect(),
+            Ok(g) => g.ids.iter().filter(|(_, (e, _))| *e > now).map(|(i, (e, _))| (i.to_string(), *e)).collect(),
+            Err(p) => p.into_inner().ids.iter().filter(|(_, (e, _))| *e > now).map(|(i, (e, _))| (i.to_string(), *e)).collect(),
         };
         let mac = key.mac_hex(&snapshot_body(now, &ids));
         Snapshot { saved_at: now, ids, mac }
@@ -89,9 +104,8 @@ impl ReplayCache {
             Err(p) => p.into_inner(),
         };
         for (id, exp) in &snap.ids {
-            if *exp > now && g.ids.len() < self.cap && g.ids.insert(id.clone(), (*exp, String::new())).is_none() {
-                *g.per_signer.entry(String::new()).or_default() += 1;
-                g.by_exp.entry(*exp).or_default().push(id.clone());
+            if *exp > now && g.ids.len() < self.cap && !g.ids.contains_key(id.as_str()) {
+                g.insert(id, *exp, "");
             }
         }
         true
@@ -137,9 +151,7 @@ impl ReplayCache {
         if !signer.is_empty() && g.per_signer.get(signer).copied().unwrap_or(0) >= self.signer_quota() {
             return Seen::SignerQuota;
         }
-        g.ids.insert(id.to_string(), (exp, signer.to_string()));
-        g.by_exp.entry(exp).or_default().push(id.to_string());
-        *g.per_signer.entry(signer.to_string()).or_default() += 1;
+        g.insert(id, exp, signer);
         Seen::New
     }
 
@@ -167,6 +179,27 @@ mod tests {
         assert_eq!(c.check_and_insert("c", 200, 100), Seen::New);
         assert_eq!(c.len(), 2);
         assert_eq!(c.check_and_insert("b", 200, 150), Seen::Replay);
+    }
+
+    /// An id is held once for both indexes, a signer's name once for all its ids; expiry lets
+    /// go of both.
+    #[test]
+    fn ids_and_signers_are_held_once() {
+        let c = ReplayCache::new(100);
+        for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+            assert_eq!(c.check_and_insert_by(id, "UAGENT", 10 + i as i64, 0), Seen::New);
+        }
+        {
+            let g = c.inner.lock().unwrap();
+            let (signer, n) = g.per_signer.get_key_value("UAGENT").unwrap();
+            assert_eq!(*n, 3);
+            assert_eq!(Arc::strong_count(signer), 4, "the per-signer key and one share per id");
+            let (id, _) = g.ids.get_key_value("a").unwrap();
+            assert_eq!(Arc::strong_count(id), 2, "the id map and the expiry index share it");
+        }
+        assert_eq!(c.check_and_insert_by("d", "UOTHER", 100, 50), Seen::New);
+        let g = c.inner.lock().unwrap();
+        assert!(!g.per_signer.contains_key("UAGENT") && g.ids.len() == 1, "expired ids and their signer are gone");
     }
 
     #[test]
