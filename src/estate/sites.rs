@@ -224,13 +224,16 @@ impl Estate {
         let now = self.clock.now_unix();
         let mut out = Vec::new();
         for st in self.scan_json::<AgentStatus>(Space::Sites, AGENT_PREFIX)? {
-            if let Some(i) = self.identity(&st.user_public_key)? {
-                if i.state == IdentityState::Active && i.expires_at > now {
-                    out.push(st);
-                }
+            if self.agent_live(&st, now)? {
+                out.push(st);
             }
         }
         Ok(out)
+    }
+
+    /// Whether the agent of `st` is live at `now`: its identity not revoked, not expired.
+    pub fn agent_live(&self, st: &AgentStatus, now: i64) -> Result<bool> {
+        Ok(self.identity(&st.user_public_key)?.is_some_and(|i| i.state == IdentityState::Active && i.expires_at > now))
     }
 
     /// Every agent status on record, live or not.

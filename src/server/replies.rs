@@ -196,15 +196,18 @@ pub(super) fn lookup(ctx: &Ctx, key: &str, request: &str) -> Option<Box<RawValue
     if let Some(v) = ctx.replies.get_local(key, request) {
         return Some(v);
     }
-    if let Some(spill) = &ctx.replies.spill {
-        let kept = Kept::open(ctx, key, &spill.get(key, ctx.estate.clock().now_unix())?)?;
-        return crypto::ct_eq(kept.request.as_bytes(), request.as_bytes()).then_some(kept.result);
-    }
-    if !ctx.leader.replicated() && !ctx.replies.spilled.load(std::sync::atomic::Ordering::Relaxed) {
-        return None;
-    }
-    let stored: Stored = crate::store::get_json(ctx.estate.store(), Space::Replies, key).ok().flatten()?;
-    let kept = stored.open(ctx, key)?;
+    // Out of memory: a single `serve`'s spill files, or the store (replicas, or a single one
+    // whose spill files could not be opened).
+    let kept = match &ctx.replies.spill {
+        Some(spill) => Kept::open(ctx, key, &spill.get(key, ctx.estate.clock().now_unix())?)?,
+        None => {
+            if !ctx.leader.replicated() && !ctx.replies.spilled.load(std::sync::atomic::Ordering::Relaxed) {
+                return None;
+            }
+            let stored: Stored = crate::store::get_json(ctx.estate.store(), Space::Replies, key).ok().flatten()?;
+            stored.open(ctx, key)?
+        }
+    };
     crypto::ct_eq(kept.request.as_bytes(), request.as_bytes()).then_some(kept.result)
 }
 

@@ -376,10 +376,8 @@ pub(super) async fn heal_agent_consumers(ctx: &Ctx) {
                 continue;
             }
         };
-        let live = |a: &AgentStatus| {
-            matches!(e.identity(&a.user_public_key), Ok(Some(i)) if i.state == crate::estate::IdentityState::Active && i.expires_at > now)
-        };
-        let missing: Vec<&AgentStatus> = on_record.into_iter().filter(|a| !have.contains(&a.consumer) && live(a)).collect();
+        let missing: Vec<&AgentStatus> =
+            on_record.into_iter().filter(|a| !have.contains(&a.consumer) && e.agent_live(a, now).unwrap_or(false)).collect();
         if missing.is_empty() {
             continue;
         }

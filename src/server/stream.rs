@@ -133,7 +133,7 @@ impl Events {
     /// `heal-agent-consumers` makes it again, and the agent re-reads its site's stream from the
     /// start, skipping what it applied. Consumers made by earlier releases keep their files.
     pub async fn ensure_consumer_on_site_stream(&self, name: &str, site: &str) -> Result<(), StreamError> {
-        let stream = self.js.get_stream(subjects::site_stream(site)).await.map_err(|e| StreamError::JetStream(e.to_string()))?;
+        let stream = self.site_stream(site).await?;
         stream
             .get_or_create_consumer(
                 name,
@@ -153,16 +153,21 @@ impl Events {
         Ok(())
     }
 
+    /// A site's stream on the hub.
+    async fn site_stream(&self, site: &str) -> Result<jetstream::stream::Stream, StreamError> {
+        self.js.get_stream(subjects::site_stream(site)).await.map_err(|e| StreamError::JetStream(e.to_string()))
+    }
+
     /// How many consumers a site's stream has.
     pub async fn consumer_count(&self, site: &str) -> Result<usize, StreamError> {
-        let stream = self.js.get_stream(subjects::site_stream(site)).await.map_err(|e| StreamError::JetStream(e.to_string()))?;
+        let stream = self.site_stream(site).await?;
         Ok(stream.cached_info().state.consumer_count)
     }
 
     /// The names of the consumers on a site's stream.
     pub async fn consumer_names(&self, site: &str) -> Result<std::collections::HashSet<String>, StreamError> {
         use futures::TryStreamExt;
-        let stream = self.js.get_stream(subjects::site_stream(site)).await.map_err(|e| StreamError::JetStream(e.to_string()))?;
+        let stream = self.site_stream(site).await?;
         stream.consumer_names().try_collect().await.map_err(|e| StreamError::JetStream(e.to_string()))
     }
 
