@@ -264,10 +264,15 @@ impl Estate {
     }
 
     /// The key that signs the callout's answers for `bucket` of `acct`, at the bucket's current
-    /// epoch: derived from the account's signing key (HMAC-SHA256 of its seed over the account,
-    /// bucket and epoch), so every replica derives the same and nothing more is stored.
+    /// epoch.
     pub(crate) fn callout_bucket_key(&self, acct: &AccountRecord, bucket: u16) -> Result<Arc<KeyPair>> {
-        let epoch = acct.callout_epochs.get(&bucket).copied().unwrap_or(0);
+        self.callout_bucket_key_at(acct, bucket, acct.callout_epochs.get(&bucket).copied().unwrap_or(0))
+    }
+
+    /// The answer key of `bucket` of `acct` at `epoch`: derived from the account's signing key
+    /// (HMAC-SHA256 of its seed over the account, bucket and epoch), so every replica derives
+    /// the same and nothing more is stored.
+    fn callout_bucket_key_at(&self, acct: &AccountRecord, bucket: u16, epoch: u32) -> Result<Arc<KeyPair>> {
         self.cached_key(&format!("callout-bucket/{}/{bucket}/{epoch}", acct.public_key), || {
             let signing = self.account_signing_key(acct)?;
             let seed = zeroize::Zeroizing::new(signing.seed().map_err(key_err("account signing key"))?);
@@ -277,9 +282,20 @@ impl Estate {
         })
     }
 
-    /// The public keys of every bucket of `acct` (its account JWT lists them in callout mode).
+    /// The public keys the account JWT of `acct` lists in callout mode: each bucket's key at its
+    /// current epoch, and at the next. The next is listed before any answer is signed with it:
+    /// when a rotation drops the current key, the answers signed with its successor are already
+    /// known to every server the account JWT reached, and no connection made meanwhile is
+    /// refused for an unknown issuer (a site's server learns of a new account JWT only at its
+    /// resolver's next fetch).
     pub(crate) fn callout_bucket_keys(&self, acct: &AccountRecord) -> Result<Vec<String>> {
-        (0..CALLOUT_BUCKETS).map(|b| self.callout_bucket_key(acct, b).map(|k| k.public_key())).collect()
+        let mut keys = Vec::with_capacity(2 * CALLOUT_BUCKETS as usize);
+        for b in 0..CALLOUT_BUCKETS {
+            let epoch = acct.callout_epochs.get(&b).copied().unwrap_or(0);
+            keys.push(self.callout_bucket_key_at(acct, b, epoch)?.public_key());
+            keys.push(self.callout_bucket_key_at(acct, b, epoch.wrapping_add(1))?.public_key());
+        }
+        Ok(keys)
     }
 
     /// `acct` with the buckets of `user_keys` moved to their next epoch (not signed): once its
@@ -586,28 +602,35 @@ mod tests {
         let (d, e, store, master) = super::super::tests::new_estate(clock.clone());
         e.set_auth_mode(AuthMode::Callout).unwrap();
         let (acct, _) = e.ensure_tenant_account_locked("acme", "prod").unwrap();
-        let keys = e.callout_bucket_keys(&acct).unwrap();
-        assert_eq!(keys.len(), CALLOUT_BUCKETS as usize);
-        assert_eq!(keys.iter().collect::<std::collections::BTreeSet<_>>().len(), keys.len(), "one key per bucket");
-        assert!(keys.iter().all(|k| k.starts_with('A') && *k != acct.signing_key && *k != acct.public_key));
+        let current = |a: &AccountRecord| (0..CALLOUT_BUCKETS).map(|b| e.callout_bucket_key(a, b).unwrap().public_key()).collect::<Vec<_>>();
+        let keys = current(&acct);
+        let announced = e.callout_bucket_keys(&acct).unwrap();
+        assert_eq!(announced.len(), 2 * CALLOUT_BUCKETS as usize, "each bucket's key and its successor");
+        assert_eq!(announced.iter().collect::<std::collections::BTreeSet<_>>().len(), announced.len(), "one key per bucket and epoch");
+        assert!(keys.iter().all(|k| announced.contains(k)));
+        assert!(announced.iter().all(|k| k.starts_with('A') && *k != acct.signing_key && *k != acct.public_key));
         // The account JWT lists every one (nats-server takes answers signed by them).
         let (claims, _) = jwt::decode_any::<Claims<serde_json::Value>>(&acct.jwt).unwrap();
         let listed = claims.nats["signing_keys"].to_string();
-        assert!(keys.iter().all(|k| listed.contains(k.as_str())), "{listed}");
+        assert!(announced.iter().all(|k| listed.contains(k.as_str())), "{listed}");
         // Derived, not stored: another process over the same store derives the same keys.
         let again = Estate::open_with(crate::layout::DataDir::new(d.path()), e.config.clone(), store, master, clock).unwrap();
-        assert_eq!(again.callout_bucket_keys(&acct).unwrap(), keys);
-        // Rotating for one identity replaces its bucket's key and no other, and the JWT moves.
+        assert_eq!(again.callout_bucket_keys(&acct).unwrap(), announced);
+        // Rotating for one identity replaces its bucket's key and no other, with the successor
+        // the JWT already listed; the old key leaves the JWT and the next successor joins it.
         let user = KeyPair::new_user().public_key();
         let b = callout_bucket(&user) as usize;
         let (rotated, _batch) = e.callout_rotation(&acct, std::slice::from_ref(&user)).unwrap();
-        let after = e.callout_bucket_keys(&rotated).unwrap();
+        let after = current(&rotated);
         for (i, (k0, k1)) in keys.iter().zip(&after).enumerate() {
             assert_eq!(k0 == k1, i != b, "bucket {i}");
         }
+        assert!(announced.contains(&after[b]), "the new key was announced before it signed");
         let (claims, _) = jwt::decode_any::<Claims<serde_json::Value>>(&rotated.jwt).unwrap();
         let listed = claims.nats["signing_keys"].to_string();
         assert!(!listed.contains(keys[b].as_str()) && listed.contains(after[b].as_str()));
+        let successors = e.callout_bucket_keys(&rotated).unwrap();
+        assert!(successors.iter().all(|k| listed.contains(k.as_str())) && !announced.contains(&successors[2 * b + 1]));
         // JWT mode lists none of them.
         e.set_auth_mode(AuthMode::Jwt).unwrap();
         let acct = e.account(&acct.name).unwrap();

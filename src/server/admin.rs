@@ -347,6 +347,9 @@ async fn revoke(ctx: &Ctx, caller: &IdentityRecord, req: RevokeRequest) -> Resul
     // live: if nats-server cannot take it now, the reconciler pushes it until it does.
     ctx.journal.record(entry).await.map_err(super::journal_error)?;
     remember_account(ctx, signed.clone());
+    if signed.callout_epochs != acct.callout_epochs {
+        ctx.callout_gate.settle(ctx).await;
+    }
     push_recorded(ctx, &signed, "revoke").await?;
     tracing::info!(service = %sid, count = revoked.len(), "revoked");
     let data = serde_json::json!({ "service": sid.to_string(), "users": users, "serials": revoked.iter().map(|r| &r.cert_serial).collect::<Vec<_>>() });
@@ -368,6 +371,7 @@ pub(super) async fn rotate_callout_answers(ctx: &Ctx, account: &str, users: &[St
         .record(Entry::ok("tillit", "callout.rotate", account).detail(serde_json::json!({ "why": why, "buckets": buckets })).batch(b))
         .await
         .map_err(super::journal_error)?;
+    ctx.callout_gate.settle(ctx).await;
     push_recorded(ctx, &signed, why).await
 }
 

@@ -5,6 +5,11 @@
 //! Live connections of a revoked identity (or of one whose permissions narrowed): the answer
 //! key of its bucket is replaced in the account JWT (`Estate::callout_rotation`), and every
 //! server that JWT reaches drops what the old key admitted.
+//!
+//! A rotation must not refuse a connection that is being admitted while it happens: the key
+//! that signs next is listed in the account JWT long before it signs
+//! (`Estate::callout_bucket_keys`), and the push that removes the old key waits for the
+//! answers already signed with it to reach the server ([`AnswerGate`]).
 
 use super::Ctx;
 use crate::estate::callout::{AuthRequest, MAX_AUTH_REQUEST_BYTES};
@@ -58,6 +63,40 @@ impl Stats {
     }
 }
 
+/// Orders answers signed with an answer key before the push that removes that key: an answer
+/// that reached nats-server after the push would name an issuer it no longer knows, and the
+/// connection would be refused although the identity is live. Each answer is decided and
+/// published under a shared hold; after a rotation is stored, [`AnswerGate::settle`] waits for
+/// the answers decided before it and flushes them to the server, and only then is the new
+/// account JWT pushed.
+#[derive(Debug, Default)]
+pub struct AnswerGate(tokio::sync::RwLock<()>);
+
+impl AnswerGate {
+    /// Held from reading the account to publishing the answer.
+    async fn answering(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.0.read().await
+    }
+
+    /// Call after a rotation of answer keys is stored and before its push: every answer this
+    /// replica signed with the old keys is then at nats-server. Other replicas learn of the
+    /// rotation through the store a moment later: when there are any, the push also waits
+    /// [`REPLICA_SETTLE`] for their answers.
+    pub async fn settle(&self, ctx: &Ctx) {
+        drop(self.0.write().await);
+        if let Err(e) = ctx.api.flush().await {
+            tracing::warn!("cannot flush the callout's answers before an answer key rotation: {e}");
+        }
+        if ctx.leader.replicated() {
+            tokio::time::sleep(REPLICA_SETTLE).await;
+        }
+    }
+}
+
+/// How long a rotation's push waits, in a replicated estate, for other replicas to see it and
+/// for their answers signed with the old keys to arrive.
+const REPLICA_SETTLE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Answer authorization requests until the subscription ends (every replica, callout mode or
 /// not: in JWT mode nothing asks).
 pub(super) async fn run(ctx: Arc<Ctx>) {
@@ -75,6 +114,7 @@ pub(super) async fn run(ctx: Arc<Ctx>) {
         tokio::spawn(async move {
             let start = Instant::now();
             let Some(reply) = msg.reply.clone() else { return };
+            let hold = ctx.callout_gate.answering().await;
             match answer(&ctx, &sealer, &msg) {
                 Ok((body, admitted, reason)) => {
                     let secs = start.elapsed().as_secs_f64();
@@ -84,6 +124,7 @@ pub(super) async fn run(ctx: Arc<Ctx>) {
                     if let Err(e) = ctx.api.publish(reply, body.into()).await {
                         tracing::warn!("cannot answer an authorization request: {e}");
                     }
+                    drop(hold);
                 }
                 Err(why) => {
                     // Nothing to answer with (no user key or server to address): nats-server

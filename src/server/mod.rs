@@ -197,6 +197,8 @@ pub struct Ctx {
     pub callers: Arc<callers::Publisher>,
     /// This replica's auth callout decisions (callout mode).
     pub callout_stats: Arc<callout::Stats>,
+    /// Orders the callout's answers before a push that rotates their keys.
+    pub callout_gate: callout::AnswerGate,
 }
 
 /// A start-up step, timed: logged at debug, and at info when it took long enough for an
@@ -413,6 +415,7 @@ impl Ctx {
             dashboard: Default::default(),
             callers,
             callout_stats: Default::default(),
+            callout_gate: Default::default(),
             leader: leader::Leadership::new(
                 match &estate.config.store {
                     crate::config::StoreBackend::JetStream { lease_ttl, .. } => Some(*lease_ttl),

@@ -181,13 +181,17 @@ async fn a_callout_admitted_service_renews_and_reads_its_secrets_and_cannot_spea
 async fn an_ungrant_reaches_connections_that_never_renew() {
     let e = Estate::init_args("callout-grants.example", &["--auth", "callout"]);
     let nats = e.start_nats();
-    let _serve = e.start_serve_ready();
+    let serve = e.start_serve_ready();
     let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
     let pay = enroll_one(&e, "acme/shop/prod/payments", "payments");
     for (svc, flags) in [("acme/shop/prod/orders", ["--sub", "shop.events.>"]), ("acme/shop/prod/payments", ["--pub", "shop.events.>"])] {
         let out = tillit(&["grant", svc, flags[0], flags[1], "--identity", &e.admin()]);
         assert!(out.status.success(), "{}", stderr(&out));
     }
+    // Each grant also drops the service's connections from before it (a moment later): let
+    // both be done, so they do not drop the connections made below.
+    let rotated = wait_for(Duration::from_secs(10), || serve.log_text().matches("connections from before the permission change dropped").count() >= 2);
+    assert!(rotated.is_some(), "{}", serve.log_text());
     // Granted: applies to new connections at once.
     let listener = connect_with_cert_of(&nats.url(), &orders, &orders).await.expect("orders");
     let publisher = connect_with_cert_of(&nats.url(), &pay, &pay).await.expect("payments");
@@ -455,4 +459,50 @@ async fn a_site_asks_the_hub_fails_closed_when_cut_off_and_keeps_what_it_admitte
     eprintln!("the site admitted again {:?} after the hub came back", t0.elapsed());
     assert!(round_trip(&c3, "shop.orders.ping").await);
     drop(hub);
+}
+
+/// A permission change replaces the answer key of the service's bucket, and every server drops
+/// the connections the old key admitted. A client connecting while that happens must still be
+/// admitted: the key the callout signs with next is in the account JWT before it is used, so no
+/// server sees an answer signed by a key it does not know yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_made_while_answer_keys_rotate_are_admitted() {
+    let (e, nats, serve, orders) = callout_stack("callout-rotating.example");
+    let url = nats.url();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let connector = {
+        let (stop, orders) = (stop.clone(), orders.clone());
+        tokio::spawn(async move {
+            // Admitted, refused (nats-server said so), or dropped at once by the rotation
+            // (admitted with the old key just before it was removed: that is the rotation
+            // doing its work, and the client connects again).
+            let (mut ok, mut refused, mut dropped) = (0u32, Vec::new(), 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match admitted(&url, &orders, &orders).await {
+                    Ok(c) => {
+                        ok += 1;
+                        drop(c);
+                    }
+                    Err(err) if err.to_lowercase().contains("authorization") => refused.push(err),
+                    Err(_) => dropped += 1,
+                }
+            }
+            (ok, refused, dropped)
+        })
+    };
+    // Each grant ends its grace at once (callout mode issues no role keys) and rotates the
+    // bucket of orders' identity.
+    let rotated_before = serve.log_text().matches("connections from before the permission change dropped").count();
+    for i in 0..12 {
+        let subject = format!("shop.feed{i}.>");
+        let out = tillit(&["grant", "acme/shop/prod/orders", "--sub", &subject, "--identity", &e.admin()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let rotations = wait_for(Duration::from_secs(10), || serve.log_text().matches("connections from before the permission change dropped").count() - rotated_before >= 12);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, refused, dropped) = connector.await.unwrap();
+    assert!(rotations.is_some(), "twelve rotations:\n{}", serve.log_text());
+    assert!(ok >= 3, "the connector kept connecting ({ok} admitted, {dropped} dropped by a rotation)");
+    assert!(refused.is_empty(), "{} of {} connections refused while keys rotated: {:?}\nnats-server:\n{}", refused.len(), (ok + dropped) as usize + refused.len(), refused.first(), nats.log_text());
 }
