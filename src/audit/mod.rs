@@ -258,6 +258,7 @@ fn space_of(name: &str) -> Option<Space> {
     match name {
         "identities" => Some(Space::Identities),
         "service_identities" => Some(Space::ServiceIdentities),
+        "identity_order" => Some(Space::IdentityOrder),
         "tokens" => Some(Space::Tokens),
         "roles" => Some(Space::Roles),
         "accounts" => Some(Space::Accounts),

@@ -495,6 +495,47 @@ impl Estate {
         Ok(n)
     }
 
+    /// Index every identity in list order ([`Space::IdentityOrder`]) in an estate from before
+    /// that index; the number indexed (0 when it was complete).
+    pub fn build_identity_order(&self) -> Result<usize> {
+        if self.meta_flag::<u32>(META_IDENTITY_ORDER)?.is_some() {
+            return Ok(0);
+        }
+        let mut b = Batch::new();
+        let mut n = 0;
+        self.visit_identities(|rec| {
+            b.put(Space::IdentityOrder, list_key(&rec), b"1".to_vec());
+            n += 1;
+            true
+        })?;
+        b.put_json(Space::Meta, META_IDENTITY_ORDER, &1u32)?;
+        self.store().commit(b)?;
+        Ok(n)
+    }
+
+    /// Visit the identities in list order after cursor key `after` (none: from the first),
+    /// until `f` says stop; `Ok(false)` when the order index is not built yet (the caller
+    /// reads them all instead).
+    pub fn visit_identities_in_order(&self, after: Option<&str>, mut f: impl FnMut(IdentityRecord) -> bool) -> Result<bool> {
+        if self.meta_flag::<u32>(META_IDENTITY_ORDER)?.is_none() {
+            return Ok(false);
+        }
+        let mut failed = None;
+        self.store().visit_after(Space::IdentityOrder, "", after.unwrap_or(""), &mut |key, _| {
+            let user = key.rsplit(' ').next().unwrap_or_default();
+            match self.identity(user) {
+                Ok(Some(rec)) => f(rec),
+                // An entry whose record is gone: nothing to show.
+                Ok(None) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            }
+        })?;
+        failed.map_or(Ok(true), Err)
+    }
+
     /// Sign a service's user JWT (by its role's scoped key, no permissions of its own) and its
     /// client certificate for `public_key`, both expiring together.
     pub fn issue_service(
@@ -608,9 +649,19 @@ fn service_index_key(sid: &ServiceId, user_public_key: &str) -> String {
     format!("{sid}/{user_public_key}")
 }
 
-/// Write an identity's record into `b`, with its service index entry.
+/// The meta flag set once [`Space::IdentityOrder`] holds every identity.
+pub(crate) const META_IDENTITY_ORDER: &str = "identity_order_index";
+
+/// Where an identity sorts in `tillit list` (its cursor key, [`Space::IdentityOrder`]): by
+/// SPIFFE id, then user key (ids hold no space, which sorts below every character they do).
+pub(crate) fn list_key(rec: &IdentityRecord) -> String {
+    format!("{} {}", rec.id, rec.user_public_key)
+}
+
+/// Write an identity's record into `b`, with its index entries.
 pub(crate) fn put_identity(b: &mut Batch, rec: &IdentityRecord) -> Result<()> {
     b.put_json(Space::Identities, &rec.user_public_key, rec)?;
+    b.put(Space::IdentityOrder, list_key(rec), b"1".to_vec());
     if let Some(sid) = &rec.service {
         b.put(Space::ServiceIdentities, service_index_key(sid, &rec.user_public_key), b"1".to_vec());
     }
@@ -669,6 +720,49 @@ mod tests {
         assert_eq!(e.build_service_index().unwrap(), 5, "every service identity indexed");
         assert_eq!(e.build_service_index().unwrap(), 0, "once");
         assert_eq!(keys(e.identities_of(&sid).unwrap()), want, "the index gives the same answer");
+    }
+
+    /// The list order index gives the identities in the order a full read sorts them (`orders`
+    /// before `orders-2`, though `orders-2/` sorts first by service path), from any cursor; an
+    /// estate from before the index lists from a full read until it is built, once.
+    #[test]
+    fn the_list_order_index_pages_as_a_full_read_sorts() {
+        let clock = Arc::new(ManualClock::new(1_780_000_000));
+        let (_d, e, store, _m) = new_estate(clock);
+        let mut b = Batch::new();
+        for svc in ["acme/shop/prod/orders-2", "acme/shop/prod/orders", "acme/shop/dev/orders", "acme/shop/prod/orders"] {
+            let kp = nkeys::KeyPair::new_user();
+            let mut r = IdentityRecord::admin("x", "x", &kp.public_key(), "", 0, 1_790_000_000);
+            r.kind = IdentityKind::Service;
+            let sid = ServiceId::parse(svc).unwrap();
+            r.id = sid.spiffe_id(e.trust_domain());
+            r.service = Some(sid);
+            put_identity(&mut b, &r).unwrap();
+        }
+        store.commit(b).unwrap();
+        let mut sorted: Vec<String> = e.identities().unwrap().iter().map(list_key).collect();
+        sorted.sort();
+        assert_eq!(sorted.len(), 4);
+        let from = |after: Option<&str>| {
+            let mut out = vec![];
+            assert!(e.visit_identities_in_order(after, |r| { out.push(list_key(&r)); true }).unwrap(), "indexed");
+            out
+        };
+        assert_eq!(from(None), sorted);
+        assert!(sorted[1].contains("/orders ") && sorted[3].contains("/orders-2 "), "{sorted:?}");
+        assert_eq!(from(Some(&sorted[1])), sorted[2..]);
+        assert!(from(Some(&sorted[3])).is_empty());
+        // An estate from before the index.
+        let mut b = Batch::new();
+        for k in &sorted {
+            b.delete(Space::IdentityOrder, k.clone());
+        }
+        b.delete(Space::Meta, META_IDENTITY_ORDER);
+        store.commit(b).unwrap();
+        assert!(!e.visit_identities_in_order(None, |_| true).unwrap(), "not indexed: the caller reads them all");
+        assert_eq!(e.build_identity_order().unwrap(), 4);
+        assert_eq!(e.build_identity_order().unwrap(), 0, "once");
+        assert_eq!(from(None), sorted);
     }
 
     /// Admins recorded before roles existed (no `admin_role`) are owners: estates upgrade in place.

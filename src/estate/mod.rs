@@ -34,6 +34,7 @@ pub mod breakglass;
 pub mod ca;
 mod envelope_keys;
 mod identities;
+pub(crate) use identities::list_key;
 pub mod lease;
 mod roles;
 mod secrets;
@@ -369,6 +370,7 @@ impl Estate {
         b.put_json(Space::Meta, "estate", &meta)?;
         // A new estate's service index is complete (empty).
         b.put_json(Space::Meta, identities::META_SERVICE_INDEX, &1u32)?;
+        b.put_json(Space::Meta, identities::META_IDENTITY_ORDER, &1u32)?;
         vault.put_sealed(&mut b, Space::Keys, "operator", seed_of(&operator, "operator")?.expose().as_bytes())?;
         vault.put_sealed(
             &mut b,

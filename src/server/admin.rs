@@ -405,30 +405,44 @@ pub(super) fn sees_identity(access: &Access, r: &IdentityRecord) -> bool {
 async fn list(ctx: &Ctx, call: &mut super::dispatch::Call, req: ListRequest) -> Result<ListReply, ApiError> {
     let access = call.access()?;
     let now = ctx.estate.clock().now_unix();
-    // One pass over the records holding only the page: sorted by SPIFFE id then user key, the
-    // cursor key sorting as the list does (ids hold no space, below every character they do).
+    // Sorted by SPIFFE id then user key, the cursor key sorting as the list does (ids hold no
+    // space, below every character they do). From the order index: the page's records from its
+    // cursor on, and one more to know whether another page follows; in an estate whose index
+    // is not built yet, one pass over every record holding only the page.
     let mut pager = super::paging::Pager::new(req.limit, req.after.as_deref())?;
-    ctx.estate
-        .visit_identities(|r| {
-            if sees_identity(access, &r) {
-                let key = format!("{} {}", r.id, r.user_public_key);
-                pager.offer(
-                    key,
-                    IdentityEntry {
-                        state: state_of(&r, now),
-                        expires_at: rfc3339(r.expires_at),
-                        revoked_at: r.revoked_at.map(rfc3339),
-                        id: r.id,
-                        kind: r.kind,
-                        service: r.service,
-                        user_public_key: r.user_public_key,
-                        cert_serial: r.cert_serial,
-                    },
-                );
-            }
-            true
+    let offer = |r: IdentityRecord, pager: &mut super::paging::Pager<IdentityEntry>| {
+        if sees_identity(access, &r) {
+            pager.offer(
+                crate::estate::list_key(&r),
+                IdentityEntry {
+                    state: state_of(&r, now),
+                    expires_at: rfc3339(r.expires_at),
+                    revoked_at: r.revoked_at.map(rfc3339),
+                    id: r.id,
+                    kind: r.kind,
+                    service: r.service,
+                    user_public_key: r.user_public_key,
+                    cert_serial: r.cert_serial,
+                },
+            );
+        }
+    };
+    let after = pager.after().map(str::to_string);
+    let indexed = ctx
+        .estate
+        .visit_identities_in_order(after.as_deref(), |r| {
+            offer(r, &mut pager);
+            !pager.full()
         })
         .map_err(ApiError::from)?;
+    if !indexed {
+        ctx.estate
+            .visit_identities(|r| {
+                offer(r, &mut pager);
+                true
+            })
+            .map_err(ApiError::from)?;
+    }
     let (identities, next) = pager.finish();
     Ok(ListReply { identities, next })
 }

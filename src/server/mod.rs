@@ -274,6 +274,11 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
             Ok(n) => tracing::info!(identities = n, "indexed the service identities by service"),
             Err(e) => tracing::warn!("cannot index the service identities: {e}; listing a service's identities reads them all until a restart"),
         }
+        match estate.build_identity_order() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(identities = n, "indexed the identities in list order"),
+            Err(e) => tracing::warn!("cannot index the identities in list order: {e}; each page of `tillit list` reads them all until a restart"),
+        }
     }
     step("account push", tasks::push_all_accounts(&ctx)).await?;
     // The stream that keeps break-glass connections while `serve` is down exists from the

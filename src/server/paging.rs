@@ -51,6 +51,17 @@ impl<T> Pager<T> {
         }
     }
 
+    /// The cursor key the page starts after (decoded).
+    pub(super) fn after(&self) -> Option<&str> {
+        self.after.as_deref()
+    }
+
+    /// Whether items offered in key order have filled the page and shown another follows:
+    /// nothing offered later can belong to it.
+    pub(super) fn full(&self) -> bool {
+        self.held.len() > self.limit
+    }
+
     /// The page, and the cursor of the next one if any item is left after it.
     pub(super) fn finish(mut self) -> (Vec<T>, Option<String>) {
         let more = self.held.len() > self.limit && self.held.pop_last().is_some();

@@ -195,6 +195,37 @@ impl Store for JetStreamStore {
         self.in_range(space, prefix, |k, v| (k.to_string(), v.to_vec()))
     }
 
+    fn visit_after(&self, space: Space, prefix: &str, after: &str, f: &mut dyn FnMut(&str, &[u8]) -> bool) -> Result<(), StoreError> {
+        use std::ops::Bound;
+        // A chunk at a time, copied out under the lock: `f` may read the store.
+        const CHUNK: usize = 256;
+        let mut from = Bound::Excluded((space.as_str(), after.to_string()));
+        if after < prefix {
+            from = Bound::Included((space.as_str(), prefix.to_string()));
+        }
+        loop {
+            let chunk: Vec<(String, Vec<u8>)> = {
+                let m = self.read()?;
+                m.range((from.clone(), Bound::Unbounded))
+                    .take_while(|((s, k), _)| *s == space.as_str() && k.starts_with(prefix))
+                    .filter_map(|((_, k), seen)| seen.value.as_ref().map(|v| (k.clone(), v.clone())))
+                    .take(CHUNK)
+                    .collect()
+            };
+            let Some((last, _)) = chunk.last() else { return Ok(()) };
+            from = Bound::Excluded((space.as_str(), last.clone()));
+            let full = chunk.len() == CHUNK;
+            for (k, v) in &chunk {
+                if !f(k, v) {
+                    return Ok(());
+                }
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
     /// The mirror under one lock. The watch brings the bucket's writes in stream order, so in
     /// a process that only reads (`tillit backup`) the mirror is a prefix of the bucket's
     /// history: a state the bucket was in. (A replica's own writes and fresh reads enter it

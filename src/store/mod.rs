@@ -52,11 +52,14 @@ pub enum Space {
     /// written with each service identity's record (so listing one service's identities reads
     /// only them).
     ServiceIdentities,
+    /// Every identity in the order `tillit list` shows them: `<SPIFFE id> <user public key>`,
+    /// written with each identity's record (so a page of the list reads only its own records).
+    IdentityOrder,
 }
 
 impl Space {
     /// Every space.
-    pub const ALL: [Space; 12] = [
+    pub const ALL: [Space; 13] = [
         Space::Meta,
         Space::Keys,
         Space::Accounts,
@@ -69,6 +72,7 @@ impl Space {
         Space::Sites,
         Space::Replies,
         Space::ServiceIdentities,
+        Space::IdentityOrder,
     ];
 
     /// The space named `name` ([`Space::as_str`]).
@@ -90,6 +94,7 @@ impl Space {
             Space::Sites => "sites",
             Space::Replies => "replies",
             Space::ServiceIdentities => "service_identities",
+            Space::IdentityOrder => "identity_order",
         }
     }
 }
@@ -214,6 +219,12 @@ pub trait Store: Send + Sync + 'static {
             }
         }
         Ok(())
+    }
+    /// Visit `(key, value)` of a space whose key starts with `prefix` and sorts after `after`,
+    /// in key order, until `f` says stop (false): a page from its cursor without reading what
+    /// comes before it (sled and the JetStream mirror seek; the default skips).
+    fn visit_after(&self, space: Space, prefix: &str, after: &str, f: &mut dyn FnMut(&str, &[u8]) -> bool) -> Result<(), StoreError> {
+        self.visit_prefix(space, prefix, &mut |k, v| k <= after || f(k, v))
     }
     /// Apply a batch atomically in memory; durable after the next [`sync`](Store::sync).
     fn apply(&self, batch: Batch) -> Result<(), StoreError>;

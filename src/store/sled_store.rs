@@ -102,6 +102,21 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn visit_after(&self, space: Space, key_prefix: &str, after: &str, f: &mut dyn FnMut(&str, &[u8]) -> bool) -> Result<(), StoreError> {
+        use std::ops::Bound;
+        let base = full_key(space, "").len();
+        let prefix = full_key(space, key_prefix);
+        let from = full_key(space, after);
+        let start = if from.as_slice() < prefix.as_slice() { Bound::Included(prefix.clone()) } else { Bound::Excluded(from) };
+        for item in self.db.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+            let (k, v) = item.map_err(backend)?;
+            if !k.starts_with(&prefix) || !f(&String::from_utf8_lossy(&k[base..]), &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn count(&self, space: Space) -> Result<usize, StoreError> {
         self.count_prefix(space, "")
     }
@@ -192,6 +207,34 @@ mod tests {
         let all = s.scan(Space::Accounts).unwrap();
         assert_eq!(all, vec![("globex-prod".to_string(), b"2".to_vec())]);
         assert_eq!(s.get(Space::Meta, "x").unwrap().unwrap(), b"3");
+    }
+
+    #[test]
+    fn a_visit_after_a_cursor_seeks_and_keeps_to_its_prefix_and_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let mut b = Batch::new();
+        for k in ["a 1", "b 1", "b 2", "b 3", "c 1"] {
+            b.put(Space::IdentityOrder, k, "1");
+        }
+        b.put(Space::Identities, "b 9", "other space");
+        s.commit(b).unwrap();
+        let visit = |prefix: &str, after: &str, stop_after: usize| {
+            let mut seen = vec![];
+            s.visit_after(Space::IdentityOrder, prefix, after, &mut |k, _| {
+                seen.push(k.to_string());
+                seen.len() < stop_after
+            })
+            .unwrap();
+            seen
+        };
+        assert_eq!(visit("", "", 99), ["a 1", "b 1", "b 2", "b 3", "c 1"], "from the first");
+        assert_eq!(visit("", "b 1", 99), ["b 2", "b 3", "c 1"], "strictly after the cursor");
+        assert_eq!(visit("", "b", 99), ["b 1", "b 2", "b 3", "c 1"], "a cursor between keys");
+        assert_eq!(visit("", "b 2", 1), ["b 3"], "until told to stop");
+        assert_eq!(visit("b ", "", 99), ["b 1", "b 2", "b 3"], "a cursor before the prefix starts at it");
+        assert_eq!(visit("b ", "b 2", 99), ["b 3"], "and never past it");
+        assert!(visit("", "c 1", 99).is_empty(), "nothing after the last; nor the next space");
     }
 
     #[test]
