@@ -478,11 +478,17 @@ async fn connections_made_while_answer_keys_rotate_are_admitted() {
             // doing its work, and the client connects again).
             let (mut ok, mut refused, mut dropped) = (0u32, Vec::new(), 0u32);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match admitted(&url, &orders, &orders).await {
-                    Ok(c) => {
-                        ok += 1;
-                        drop(c);
+                // Admitted: the server answered a request after the CONNECT (a connection the
+                // rotation drops before that is given a second, not five).
+                let attempt = async {
+                    let c = connect_with_cert_of(&url, &orders, &orders).await?;
+                    match tokio::time::timeout(Duration::from_secs(1), c.request("tillit.v1.svc.barrier", "".into())).await {
+                        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+                        other => Err(format!("not admitted: {other:?}")),
                     }
+                };
+                match attempt.await {
+                    Ok(()) => ok += 1,
                     Err(err) if err.to_lowercase().contains("authorization") => refused.push(err),
                     Err(_) => dropped += 1,
                 }
@@ -491,18 +497,32 @@ async fn connections_made_while_answer_keys_rotate_are_admitted() {
         })
     };
     // Each grant ends its grace at once (callout mode issues no role keys) and rotates the
-    // bucket of orders' identity.
-    let rotated_before = serve.log_text().matches("connections from before the permission change dropped").count();
-    for i in 0..12 {
+    // bucket of orders' identity. nats-server 2.14.0 (pinned here) can die of its own data race
+    // when a client is admitted while its account JWT changes, which is what this test does
+    // over and over (`natsbin::known_fault`, fixed in 2.14.3): then the hub is started again and
+    // the rotations go on. A refusal is never excused that way: a client refused by a dead
+    // server is not told "authorization violation".
+    let rotated = || serve.log_text().matches("connections from before the permission change dropped").count();
+    let mut nats = nats;
+    let (mut crashes, mut i) = (0, 0);
+    while rotated() < 12 && i < 40 {
         let subject = format!("shop.feed{i}.>");
+        i += 1;
         let out = tillit(&["grant", "acme/shop/prod/orders", "--sub", &subject, "--identity", &e.admin()]);
-        assert!(out.status.success(), "{}", stderr(&out));
         tokio::time::sleep(Duration::from_millis(250)).await;
+        if nats.log_text().contains("concurrent map read and map write") {
+            crashes += 1;
+            drop(nats);
+            nats = e.start_nats();
+            continue;
+        }
+        assert!(out.status.success(), "{}", stderr(&out));
     }
-    let rotations = wait_for(Duration::from_secs(10), || serve.log_text().matches("connections from before the permission change dropped").count() - rotated_before >= 12);
+    let rotations = wait_for(Duration::from_secs(10), || rotated() >= 12);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, refused, dropped) = connector.await.unwrap();
-    assert!(rotations.is_some(), "twelve rotations:\n{}", serve.log_text());
+    eprintln!("{ok} admitted, {dropped} dropped by a rotation, {} refused; {crashes} restarts of the hub", refused.len());
+    assert!(rotations.is_some(), "twelve rotations ({crashes} restarts of the hub after nats-server 2.14.0's known crash):\n{}\nnats-server:\n{}", serve.log_text(), nats.log_text());
     assert!(ok >= 3, "the connector kept connecting ({ok} admitted, {dropped} dropped by a rotation)");
     assert!(refused.is_empty(), "{} of {} connections refused while keys rotated: {:?}\nnats-server:\n{}", refused.len(), (ok + dropped) as usize + refused.len(), refused.first(), nats.log_text());
 }
