@@ -56,7 +56,10 @@ pub(crate) struct Row {
     pub ocsp: Figures,
     pub revoked: usize,
     pub crl_bytes: usize,
+    /// The first fetch after the revocations: built.
     pub crl_ms: f64,
+    /// The next fetch: kept (nothing that revokes changed).
+    pub crl_kept_ms: f64,
     /// Renewals while the estate holds `services`.
     pub renew: Figures,
     /// RSS and store bytes per service added since the previous row (or since the empty estate).
@@ -278,6 +281,7 @@ async fn steps_on(stack: &mut Stack, mode: AuthMode, steps: &[usize]) -> Result<
         eprintln!("OCSP and CRL…");
         let ocsp = ocsp(stack.http_port(), &ca_pem, &sample, 4000).await?;
         let (crl_bytes, crl_ms) = crl(stack.http_port()).await?;
+        let (_, crl_kept_ms) = crl(stack.http_port()).await?;
         eprintln!("renewals while the estate holds {n}…");
         let scratch = stack.dir.root().join("scratch").join(format!("renew-{n}"));
         let renew = super::renew(&admin_dir, 2000, 8, None, &scratch).await.map_err(|e| e.to_string())?;
@@ -301,6 +305,7 @@ async fn steps_on(stack: &mut Stack, mode: AuthMode, steps: &[usize]) -> Result<
             revoked: revoked_count,
             crl_bytes,
             crl_ms,
+            crl_kept_ms,
             renew,
             rss_per_service: (rss_built as f64 - prev_rss as f64) / added,
             store_per_service: (store_bytes as f64 - prev_store as f64) / added,
@@ -319,15 +324,15 @@ fn mib(b: u64) -> f64 {
 /// The table's header.
 pub(crate) fn header() -> String {
     format!(
-        "{:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>9} {:>9} {:>10} {:>10} {:>14} {:>9} {:>11} {:>11}",
-        "services", "build/s", "RSS built", "RSS ready", "RSS after", "store", "ready", "status", "list page", "list all", "OCSP p50", "OCSP p99", "CRL (revoked)", "CRL time", "renew/s", "per service"
+        "{:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>9} {:>9} {:>10} {:>10} {:>14} {:>9} {:>9} {:>11} {:>11}",
+        "services", "build/s", "RSS built", "RSS ready", "RSS after", "store", "ready", "status", "list page", "list all", "OCSP p50", "OCSP p99", "CRL (revoked)", "CRL built", "CRL kept", "renew/s", "per service"
     )
 }
 
 /// One row, aligned under [`header`].
 pub(crate) fn line(r: &Row) -> String {
     format!(
-        "{:>8} {:>8.0} {:>5.1} MiB {:>5.1} MiB {:>5.1} MiB {:>5.1} MiB {:>6.2} s {:>4.0} ms {:>6.1} ms {:>7.2} s {:>7.3} ms {:>7.3} ms {:>7} KiB ({}) {:>6.1} ms {:>11.0} {:>5.0} B RSS, {:.0} B disk",
+        "{:>8} {:>8.0} {:>5.1} MiB {:>5.1} MiB {:>5.1} MiB {:>5.1} MiB {:>6.2} s {:>4.0} ms {:>6.1} ms {:>7.2} s {:>7.3} ms {:>7.3} ms {:>7} KiB ({}) {:>6.1} ms {:>6.1} ms {:>11.0} {:>5.0} B RSS, {:.0} B disk",
         r.services,
         r.build_per_sec,
         mib(r.rss_built),
@@ -343,6 +348,7 @@ pub(crate) fn line(r: &Row) -> String {
         r.crl_bytes / 1024,
         r.revoked,
         r.crl_ms,
+        r.crl_kept_ms,
         r.renew.per_sec,
         r.rss_per_service,
         r.store_per_service,

@@ -35,6 +35,8 @@ pub struct HttpState {
     pub answers: Arc<crate::ocsp::copy::Copy>,
     /// The dashboard's sessions (and the control plane's context, once up).
     pub dashboard: Arc<super::dashboard::Sessions>,
+    /// The CRLs as last built.
+    pub crl: Arc<super::crl::CrlCache>,
 }
 
 impl HttpState {
@@ -137,13 +139,22 @@ async fn crl_of(s: HttpState, id: Option<String>) -> axum::response::Response {
     let Some(ca) = ca else {
         return (StatusCode::NOT_FOUND, "no such CA in the trusted set\n").into_response();
     };
-    let built = tokio::task::spawn_blocking(move || {
+    // Kept per CA, by its certificate's fingerprint (a rotated CA is another).
+    let key = match crate::issuer::x509::fingerprint(ca.cert_pem()) {
+        Ok(f) => f,
+        Err(err) => {
+            tracing::error!("cannot fingerprint the CA for its CRL: {err}");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "CRL unavailable\n").into_response();
+        }
+    };
+    let (clock, store) = (e.clock().clone(), e.store_arc());
+    let build = move || {
         let now = e.clock().now_unix();
         let revoked = e.revoked_serials().map_err(|x| x.to_string())?;
         ca.crl(&revoked, now as u64, now, now + crate::ocsp::NEXT_UPDATE_SECS).map_err(|x| x.to_string())
-    })
-    .await;
-    match built.map_err(|e| e.to_string()).and_then(|r| r) {
+    };
+    let built = s.crl.get(&key, move || store.others_changes(), move || clock.now_unix(), build).await.map(|der| der.to_vec());
+    match built {
         Ok(der) => (
             StatusCode::OK,
             [

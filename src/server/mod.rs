@@ -21,6 +21,7 @@ pub mod answers;
 mod backup;
 mod breakglass;
 mod ca;
+pub mod crl;
 mod enroll;
 mod micro;
 mod events;
@@ -241,6 +242,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     // pre-signed answer would grow by ~1.5 KiB per certificate of the estate.
     let copy = Arc::new(crate::ocsp::copy::Copy::load_compact(estate.dir.ocsp_answers(), estate.vault_key(OCSP_STATUSES_KEY_LABEL)));
     let sessions = Arc::new(dashboard::Sessions::default());
+    let crl = Arc::new(crl::CrlCache::default());
     let http_state = http::HttpState {
         serving: serving.clone(),
         conns: conns.clone(),
@@ -248,6 +250,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         estate: estate.clone(),
         answers: copy.clone(),
         dashboard: sessions.clone(),
+        crl: crl.clone(),
     };
     let http_task = start_http(&estate, http_state, &stop_rx).await?;
 
@@ -258,7 +261,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     };
     let _ = conns.set(vec![("api".into(), own.api.clone()), ("sys".into(), own.sys.clone())]);
     let (revoke_tx, revoke_rx) = mpsc::unbounded_channel();
-    let ctx = Ctx::new(estate.clone(), metrics, own.api.clone(), own.sys, revoke_tx, renew_own, copy).await?;
+    let ctx = Ctx::new(estate.clone(), metrics, own.api.clone(), own.sys, revoke_tx, renew_own, copy, crl).await?;
     let ctx = Arc::new(Ctx { dashboard: sessions.clone(), ..ctx });
     let _ = sessions.ctx.set(Arc::downgrade(&ctx));
 
@@ -385,6 +388,7 @@ impl Ctx {
         revoke_tx: mpsc::UnboundedSender<(String, i64)>,
         renew_own: Arc<tokio::sync::Notify>,
         copy: Arc<crate::ocsp::copy::Copy>,
+        crl: Arc<crl::CrlCache>,
     ) -> Result<Ctx, ServeError> {
         let service_err = |e: &dyn std::fmt::Display| ServeError::Service(e.to_string());
         let creds_err = |e: &dyn std::fmt::Display| ServeError::Creds(e.to_string());
@@ -395,8 +399,9 @@ impl Ctx {
         let callers = Arc::new(callers::Publisher::default());
         let keys_told = callers.clone();
         let journal = open_journal(&estate).await.map_err(|e| service_err(&e))?.with_observer(crate::audit::Observer {
-            filter: |op| answers::watched(op) || callers::watched(op),
+            filter: |op| answers::watched(op) || callers::watched(op) || crl::watched(op),
             notify: Arc::new(move |ops| {
+                crl.told(&ops);
                 keys_told.touch(&ops);
                 told.touch(answers::touches(&ops));
             }),

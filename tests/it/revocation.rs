@@ -10,6 +10,16 @@ async fn a_revoked_certificate_is_refused_at_the_handshake_even_with_a_valid_jwt
     let _serve = e.start_serve_ready();
     let pay = enroll_one(&e, "acme/shop/prod/payments", "payments");
     let orders = enroll_one(&e, "acme/shop/prod/orders", "orders");
+    // The CRL as it is before the revocation (`serve` keeps it until a revoking change).
+    let crl_text = || {
+        let crl = e.tmp.path().join("crl.der");
+        let out = std::process::Command::new("curl").arg("-s").arg("-o").arg(&crl).arg(format!("http://127.0.0.1:{}/crl", e.http_port)).status();
+        assert!(out.map(|s| s.success()).unwrap_or(false), "curl fetched the CRL");
+        let text = std::process::Command::new("openssl").args(["crl", "-inform", "DER", "-noout", "-text", "-in"]).arg(&crl).output().unwrap();
+        String::from_utf8_lossy(&text.stdout).to_uppercase()
+    };
+    let serial = tillit::identity::load(&IdentityDir::new(&pay)).unwrap().info.cert_serial.to_uppercase();
+    assert!(!crl_text().contains(&serial), "not revoked yet");
     let out = tillit(&["revoke", "acme/shop/prod/payments", "--reason", "key leaked", "--identity", &e.admin()]);
     assert!(out.status.success(), "{}", stderr(&out));
 
@@ -58,14 +68,10 @@ async fn a_revoked_certificate_is_refused_at_the_handshake_even_with_a_valid_jwt
     let (code, _) = http_get(e.http_port, &format!("/ocsp/{b64}")).unwrap();
     assert_eq!(code, 200);
 
-    let crl = e.tmp.path().join("crl.der");
     let (code, _) = http_get(e.http_port, "/crl").unwrap();
     assert_eq!(code, 200);
-    let out = std::process::Command::new("curl").arg("-s").arg("-o").arg(&crl).arg(format!("http://127.0.0.1:{}/crl", e.http_port)).status();
-    assert!(out.map(|s| s.success()).unwrap_or(false), "curl fetched the CRL");
-    let text = std::process::Command::new("openssl").args(["crl", "-inform", "DER", "-noout", "-text", "-in"]).arg(&crl).output().unwrap();
-    let text = String::from_utf8_lossy(&text.stdout).to_uppercase();
-    let serial = tillit::identity::load(&IdentityDir::new(&pay)).unwrap().info.cert_serial.to_uppercase();
+    // The kept CRL was built again for the revocation.
+    let text = crl_text();
     assert!(text.contains(&serial), "CRL lists {serial}:\n{text}");
     // The reason given (`key leaked`) is the CRL's reason code.
     assert!(text.contains("KEY COMPROMISE"), "the CRL says why:\n{text}");
