@@ -252,7 +252,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
         dashboard: sessions.clone(),
         crl: crl.clone(),
     };
-    let http_task = start_http(&estate, http_state, &stop_rx).await?;
+    let http_task = start_http(&estate, http_state.clone(), &stop_rx).await?;
 
     let renew_own = Arc::new(tokio::sync::Notify::new());
     let Some(own) = own::connect(&estate, &metrics, &stop_rx, renew_own.clone()).await? else {
@@ -261,7 +261,7 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
     };
     let _ = conns.set(vec![("api".into(), own.api.clone()), ("sys".into(), own.sys.clone())]);
     let (revoke_tx, revoke_rx) = mpsc::unbounded_channel();
-    let ctx = Ctx::new(estate.clone(), metrics, own.api.clone(), own.sys, revoke_tx, renew_own, copy, crl).await?;
+    let ctx = Ctx::new(&http_state, own.api.clone(), own.sys, revoke_tx, renew_own).await?;
     let ctx = Arc::new(Ctx { dashboard: sessions.clone(), ..ctx });
     let _ = sessions.ctx.set(Arc::downgrade(&ctx));
 
@@ -380,16 +380,16 @@ pub async fn serve(estate: Estate, shutdown: impl Future<Output = ()> + Send + '
 }
 
 impl Ctx {
+    /// The context of the handlers, sharing the estate, metrics, OCSP statuses and CRLs of the
+    /// HTTP port's `shared`.
     async fn new(
-        estate: Arc<Estate>,
-        metrics: Arc<Metrics>,
+        shared: &http::HttpState,
         api: async_nats::Client,
         sys: async_nats::Client,
         revoke_tx: mpsc::UnboundedSender<(String, i64)>,
         renew_own: Arc<tokio::sync::Notify>,
-        copy: Arc<crate::ocsp::copy::Copy>,
-        crl: Arc<crl::CrlCache>,
     ) -> Result<Ctx, ServeError> {
+        let (estate, metrics, copy, crl) = (shared.estate.clone(), shared.metrics.clone(), shared.answers.clone(), shared.crl.clone());
         let service_err = |e: &dyn std::fmt::Display| ServeError::Service(e.to_string());
         let creds_err = |e: &dyn std::fmt::Display| ServeError::Creds(e.to_string());
         let signer = estate.envelope_signer().map_err(|e| service_err(&e))?;
