@@ -83,15 +83,25 @@ impl AnswerGate {
     /// rotation through the store a moment later: when there are any, the push also waits
     /// [`REPLICA_SETTLE`] for their answers.
     pub async fn settle(&self, ctx: &Ctx) {
-        drop(self.0.write().await);
-        if let Err(e) = ctx.api.flush().await {
-            tracing::warn!("cannot flush the callout's answers before an answer key rotation: {e}");
+        // Bounded: nats-server gives up on an answer after its auth timeout (3 s with TLS), and a
+        // rotation must not wait on a connection that is down.
+        match tokio::time::timeout(SETTLE_WAIT, self.0.write()).await {
+            Ok(w) => drop(w),
+            Err(_) => tracing::warn!("answers signed before an answer key rotation were still being sent after {SETTLE_WAIT:?}; pushing the rotation"),
+        }
+        match tokio::time::timeout(SETTLE_WAIT, ctx.api.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("cannot flush the callout's answers before an answer key rotation: {e}"),
+            Err(_) => tracing::warn!("the callout's answers were not flushed within {SETTLE_WAIT:?} before an answer key rotation"),
         }
         if ctx.leader.replicated() {
             tokio::time::sleep(REPLICA_SETTLE).await;
         }
     }
 }
+
+/// The longest a rotation's push waits for this replica's answers to be sent and flushed.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long a rotation's push waits, in a replicated estate, for other replicas to see it and
 /// for their answers signed with the old keys to arrive.
