@@ -510,11 +510,18 @@ async fn handle(ctx: Arc<Ctx>, route: dispatch::Route, req: micro::Request) {
     let mut headers = async_nats::HeaderMap::new();
     let mut after = None;
     let mut failed = None;
-    let body = match result {
+    let mut bytes = match result {
         Ok((v, a)) => {
             after = a;
             ctx.metrics.observe(spec.subject, "ok", start.elapsed().as_secs_f64());
-            serde_json::json!({ "result": v })
+            // `{"result": …}` around the reply's JSON as it is (through a `Value`, it would be
+            // parsed and written again).
+            let raw = v.get().as_bytes();
+            let mut b = Vec::with_capacity(raw.len() + 11);
+            b.extend_from_slice(b"{\"result\":");
+            b.extend_from_slice(raw);
+            b.push(b'}');
+            b
         }
         Err(e) => {
             ctx.metrics.observe(spec.subject, e.code.as_str(), start.elapsed().as_secs_f64());
@@ -522,10 +529,9 @@ async fn handle(ctx: Arc<Ctx>, route: dispatch::Route, req: micro::Request) {
             headers.insert(subjects::HDR_SERVICE_ERROR, e.message.as_str());
             headers.insert(subjects::HDR_SERVICE_ERROR_CODE, e.code.status().to_string().as_str());
             failed = Some(format!("{}:{}", e.code.status(), e.message));
-            serde_json::json!({ "error": e })
+            serde_json::to_vec(&serde_json::json!({ "error": e })).unwrap_or_else(|_| b"{\"error\":{\"code\":\"internal\",\"message\":\"encoding\"}}".to_vec())
         }
     };
-    let mut bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"error\":{\"code\":\"internal\",\"message\":\"encoding\"}}".to_vec());
     let max = ctx.api.server_info().max_payload;
     if max > 0 && bytes.len() > max {
         tracing::error!(subject = spec.subject, size = bytes.len(), max, "reply larger than max_payload");
