@@ -45,11 +45,23 @@ pub fn watched(op: &Op) -> bool {
 /// [`crate::estate::Estate::revoked_serials`] reads). Issuing a certificate or renewing one
 /// cannot.
 pub fn revokes(op: &Op) -> bool {
-    let value = || op.value.as_deref().and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok());
+    // Only the one field each needs is read (every renewal writes an identity and a serial, and
+    // a whole `serde_json::Value` of each was built here): a deletion, or a record that does
+    // not read, counts as revoking.
+    #[derive(serde::Deserialize)]
+    struct Identity<'a> {
+        #[serde(borrow)]
+        state: Option<&'a str>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Serial {
+        revoked_at: Option<i64>,
+    }
+    let Some(v) = op.value.as_deref() else { return watched(op) };
     match op.space {
         Space::Tokens => true,
-        Space::Identities => value().is_none_or(|v| v.get("state").and_then(|s| s.as_str()) == Some("revoked")),
-        Space::Serials => value().is_none_or(|v| v.get("revoked_at").is_some_and(|t| !t.is_null())),
+        Space::Identities => serde_json::from_slice::<Identity>(v).map_or(true, |i| i.state == Some("revoked")),
+        Space::Serials => serde_json::from_slice::<Serial>(v).map_or(true, |s| s.revoked_at.is_some()),
         _ => false,
     }
 }
