@@ -76,6 +76,35 @@ fn write_group(writer: &mut impl Append, jobs: Vec<Job>, retry: usize) {
 
 /// How long relaxed records (reads, refusals) may wait to share an fsync.
 const RELAXED_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+/// How long a group waits for the commits of requests already being served ([`Journal::expecting`])
+/// before its fsync. Only while some are expected: a lone request never waits.
+const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_micros(1500);
+
+tokio::task_local! {
+    /// The request this task serves, while it has not committed yet ([`Journal::expecting`]).
+    static EXPECTED: Expected;
+}
+
+/// A request that will probably commit: counted in [`Journal`]'s `expected` until its first
+/// commit is sent, or until it ends without one.
+struct Expected {
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    live: std::cell::Cell<bool>,
+}
+
+impl Expected {
+    fn done(&self) {
+        if self.live.replace(false) {
+            self.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Expected {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
 /// After this long without a record, the writer finishes what it put off ([`Append::idle`]).
 const IDLE_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -86,6 +115,8 @@ pub struct Journal {
     observer: Option<Observer>,
     /// Committed changes that wrote identity records (what `status` counts moves with them).
     identity_changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Requests being served that will probably commit and have not yet ([`Journal::expecting`]).
+    expected: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Told of the writes of every committed change that pass its filter, once they are durable.
@@ -106,6 +137,8 @@ impl Journal {
     pub fn start(mut writer: impl Append) -> Self {
         let (tx, rx) = mpsc::channel::<Job>();
         let max_group = writer.max_group();
+        let expected = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let coming = expected.clone();
         let spawned = std::thread::Builder::new().name("tillit-audit".into()).spawn(move || {
             loop {
                 let first = match rx.recv_timeout(IDLE_AFTER) {
@@ -134,6 +167,22 @@ impl Journal {
                         Err(_) => break,
                     }
                 }
+                // Requests being served will commit in a moment: one fsync for them all costs
+                // less than one each (the first waits at most COMMIT_WAIT).
+                let wait_until = std::time::Instant::now() + COMMIT_WAIT;
+                while count < max_group && coming.load(std::sync::atomic::Ordering::Acquire) > 0 {
+                    let left = wait_until.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match rx.recv_timeout(left) {
+                        Ok(j) => {
+                            count += j.0.len();
+                            jobs.push(j);
+                        }
+                        Err(_) => break,
+                    }
+                }
                 // [`Journal::settle`] calls write nothing; they are answered after the group
                 // and the writer's idle work.
                 let (settles, jobs): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.0.is_empty());
@@ -152,7 +201,15 @@ impl Journal {
         if let Err(e) = spawned {
             tracing::error!("cannot start the audit thread: {e}");
         }
-        Journal { tx, observer: None, identity_changes: Default::default() }
+        Journal { tx, observer: None, identity_changes: Default::default(), expected }
+    }
+
+    /// Run `serving` (a request that will probably commit) as expected: until it commits or
+    /// ends, the group being written waits for it a little ([`COMMIT_WAIT`]) to share its fsync.
+    pub async fn expecting<F: std::future::Future>(&self, serving: F) -> F::Output {
+        self.expected.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let e = Expected { count: self.expected.clone(), live: std::cell::Cell::new(true) };
+        EXPECTED.scope(e, serving).await
     }
 
     /// Tell `observer` of every committed change's writes (the OCSP answer publisher).
@@ -170,6 +227,8 @@ impl Journal {
         };
         let identities = entries.iter().flat_map(|e| e.batch.ops.iter()).any(|op| op.space == crate::store::Space::Identities);
         let (tx, rx) = oneshot::channel();
+        // This request's commit is here: the group need not wait for it any more.
+        let _ = EXPECTED.try_with(Expected::done);
         self.tx.send((entries, Some(tx))).map_err(|_| AuditError::Stopped)?;
         match rx.await {
             Ok(Ok(s)) => {
@@ -201,6 +260,8 @@ impl Journal {
     /// Record without waiting (reads, refusals: not changes): the entry shares the next fsync,
     /// at most a few milliseconds later. Failures are logged by the journal.
     pub fn record_relaxed(&self, entry: Entry) {
+        // This request records without a commit: the group need not wait for it.
+        let _ = EXPECTED.try_with(Expected::done);
         if entry.batch.is_empty() {
             let _ = self.tx.send((vec![entry], None));
         } else {
@@ -261,6 +322,65 @@ mod tests {
         fn idle(&mut self) {
             self.0.lock().unwrap().push("idle");
         }
+    }
+
+    /// Group sizes the journal appended.
+    struct Groups(std::sync::Arc<std::sync::Mutex<Vec<usize>>>);
+
+    impl Append for Groups {
+        fn append(&mut self, entries: Vec<Entry>) -> Result<Vec<u64>, AuditError> {
+            self.0.lock().unwrap().push(entries.len());
+            std::thread::sleep(std::time::Duration::from_millis(2)); // an fsync
+            Ok((1..=entries.len() as u64).collect())
+        }
+    }
+
+    /// Requests being served (expected) share one group: the first commit waits for the
+    /// others that are about to commit; one that ends without a commit holds nobody up for
+    /// long, and nothing is expected once a request has committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_waits_for_the_commits_of_requests_being_served() {
+        let groups = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let j = Journal::start(Groups(groups.clone()));
+        // Four requests: each works a little (less than COMMIT_WAIT), then commits.
+        let tasks: Vec<_> = (0..4u64)
+            .map(|i| {
+                let j = j.clone();
+                tokio::spawn(async move {
+                    j.expecting(async {
+                        tokio::time::sleep(std::time::Duration::from_micros(200 * i)).await;
+                        j.record(change()).await.unwrap();
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*groups.lock().unwrap(), vec![4], "one fsync for the four");
+        assert_eq!(j.expected.load(std::sync::atomic::Ordering::Acquire), 0, "nothing expected once they committed");
+        // A request that ends without committing (refused) delays a group by COMMIT_WAIT at most.
+        groups.lock().unwrap().clear();
+        let (hold_tx, hold_rx) = oneshot::channel::<()>();
+        let refused = {
+            let j = j.clone();
+            tokio::spawn(async move { j.expecting(async { let _ = hold_rx.await; }).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let started = std::time::Instant::now();
+        j.record(change()).await.unwrap();
+        let took = started.elapsed();
+        assert!(took < COMMIT_WAIT + std::time::Duration::from_millis(200), "the commit waited {took:?}");
+        drop(hold_tx);
+        refused.await.unwrap();
+        assert_eq!(j.expected.load(std::sync::atomic::Ordering::Acquire), 0, "an ended request is not expected");
+        // A relaxed record is this request's record: not expected afterwards.
+        j.expecting(async {
+            j.record_relaxed(Entry::ok("tester", "read", "x"));
+            assert_eq!(j.expected.load(std::sync::atomic::Ordering::Acquire), 0);
+        })
+        .await;
     }
 
     /// What the writer put off is finished when someone settles (after what came before), and

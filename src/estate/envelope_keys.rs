@@ -7,7 +7,7 @@ use super::*;
 pub const KEYS_XKEY: &str = "xkey/control-plane";
 
 /// An envelope signing key (Ed25519), by its public nkey.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvelopeKey {
     pub kid: String,
     pub public_key: String,
@@ -38,9 +38,23 @@ impl Estate {
     /// The envelope trust set (`trust.jwks`): an RFC 7517 JWK Set of OKP/Ed25519 keys, each
     /// bound to its issuer (`iss`).
     pub fn trust_jwks(&self) -> String {
+        // Rendered again only when the keys changed (every issued reply carries it).
+        let keys = self.envelope_keys();
+        if let Ok(held) = self.trust_jwks.lock() {
+            if let Some((_, jwks)) = held.as_ref().filter(|(k, _)| *k == keys) {
+                return jwks.clone();
+            }
+        }
+        let jwks = self.render_trust_jwks(&keys);
+        if let Ok(mut held) = self.trust_jwks.lock() {
+            *held = Some((keys, jwks.clone()));
+        }
+        jwks
+    }
+
+    fn render_trust_jwks(&self, keys: &[EnvelopeKey]) -> String {
         let issuer = crate::envelope::issuer(self.trust_domain());
-        let keys: Vec<serde_json::Value> = self
-            .envelope_keys()
+        let keys: Vec<serde_json::Value> = keys
             .iter()
             .filter(|k| k.state != "retired")
             .filter_map(|k| crate::envelope::jwk(&k.kid, &issuer, &k.public_key, &k.state))

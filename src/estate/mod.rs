@@ -265,6 +265,8 @@ pub struct Estate {
     callout_role_keys_over: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// The envelope keys as they are now (rotation changes them at run time).
     envelope_keys: std::sync::RwLock<Vec<EnvelopeKey>>,
+    /// `trust.jwks` as last rendered, with the keys it was rendered from.
+    trust_jwks: std::sync::Mutex<Option<(Vec<EnvelopeKey>, String)>>,
 }
 
 impl std::fmt::Debug for Estate {
@@ -396,6 +398,7 @@ impl Estate {
             keys: Default::default(),
             callout_role_keys_over: Default::default(),
             envelope_keys: std::sync::RwLock::new(vec![]),
+            trust_jwks: Default::default(),
         };
         if let Ok(mut k) = estate.envelope_keys.write() {
             *k = estate.meta.envelope_keys.clone();
@@ -493,6 +496,7 @@ impl Estate {
             keys: Default::default(),
             callout_role_keys_over: Default::default(),
             envelope_keys: std::sync::RwLock::new(envelope_keys),
+            trust_jwks: Default::default(),
         })
     }
 

@@ -126,6 +126,8 @@ pub struct CertAuthority {
     cert_pem: String,
     issuer: Issuer<'static, KeyPair>,
     urls: Option<RevocationUrls>,
+    /// The hashes OCSP names this CA by, worked out once ([`crate::ocsp`]).
+    pub(crate) ocsp_ids: std::sync::OnceLock<Option<std::sync::Arc<crate::ocsp::IssuerIds>>>,
 }
 
 impl AsRef<CertAuthority> for CertAuthority {
@@ -207,7 +209,7 @@ impl CertAuthority {
     pub fn load(cert_pem: &str, key_pem: &SecretString) -> Result<Self, X509Error> {
         let key = KeyPair::from_pem(key_pem.expose())?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
-        Ok(CertAuthority { cert_pem: cert_pem.to_string(), issuer, urls: None })
+        Ok(CertAuthority { cert_pem: cert_pem.to_string(), issuer, urls: None, ocsp_ids: Default::default() })
     }
 
     /// Put these revocation URLs into every leaf certificate issued from now on.

@@ -235,6 +235,20 @@ impl Copy {
         self.dirty.store(true, Ordering::Relaxed);
     }
 
+    /// [`Copy::note`] of an answer this holder just signed, whose status and earliest
+    /// `nextUpdate` it knows: a compact copy holds them without reading the answers again.
+    pub fn note_signed(&self, revision: u64, serial: &str, value: &[u8], status: Status, next_update: i64) {
+        if self.compact.is_none() {
+            return self.note(revision, serial, Some(value));
+        }
+        let Ok(mut i) = self.inner.write() else { return };
+        if i.by_serial.get(serial).is_some_and(|h| h.revision >= revision) {
+            return; // already holds something newer
+        }
+        i.by_serial.insert(serial.to_string(), Held { revision, status, next_update, full: None });
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
     /// Drop what is held of `serial`.
     pub fn forget(&self, serial: &str) {
         if let Ok(mut i) = self.inner.write() {
@@ -373,6 +387,11 @@ mod tests {
         assert!(copy.answer(b"garbage", 1_780_000_100).is_none());
         // A revocation replaces the answer; an older sequence changes nothing; a delete drops it.
         let revoked = super::super::presign(std::slice::from_ref(&ca), serial, Status::Revoked(1_780_000_050), 1_780_000_050, 1_780_086_400);
+        // A full copy keeps what it signs as it keeps what it reads: the answers themselves.
+        let signer = Copy::in_memory();
+        signer.note_signed(7, serial, &Published::new(&ders).to_bytes(), Status::Good, 0);
+        assert!(signer.answer(&req(&ca, serial), 1_780_000_100).is_some(), "a full copy noted a signed answer with its DER");
+        assert_eq!(signer.get(serial).map(|h| h.next_update()), Some(1_780_086_400), "read from the answer, not as said");
         copy.apply(9, serial, Some(&Published::new(&revoked).to_bytes()));
         copy.apply(8, serial, Some(&Published::new(&ders).to_bytes()));
         assert_eq!(copy.get(serial).unwrap().status(), Status::Revoked(1_780_000_050));
@@ -400,6 +419,12 @@ mod tests {
         copy.apply(3, "0a0b", Some(&Published::new(&good).to_bytes()));
         copy.apply(4, "0c0d", Some(&Published::new(&revoked).to_bytes()));
         copy.apply(5, "0e0f", Some(b"not an answer"));
+        // An answer its holder signed is noted as said, with no second read; an older one changes nothing.
+        let fresh = super::super::presign(std::slice::from_ref(&ca), "1a1b", Status::Good, 1_780_000_000, 1_780_050_000);
+        copy.note_signed(2, "1a1b", &Published::new(&fresh).to_bytes(), Status::Good, 1_780_050_000);
+        copy.note_signed(1, "1a1b", &Published::new(&fresh).to_bytes(), Status::Revoked(1), 1);
+        assert_eq!(copy.get("1a1b").map(|h| (h.revision, h.status(), h.next_update())), Some((2, Status::Good, 1_780_050_000)));
+        copy.forget("1a1b");
         assert_eq!(copy.status("0a0b", 1_780_000_100), Some(Status::Good));
         assert_eq!(copy.status("0c0d", 1_780_000_100), Some(Status::Revoked(1_780_000_010)));
         assert_eq!(copy.status("0a0b", 1_780_086_400), None, "not past nextUpdate");

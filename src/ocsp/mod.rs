@@ -69,7 +69,7 @@ pub fn respond<C: AsRef<CertAuthority>>(cas: &[C], request_der: &[u8], lookup: i
     let Ok(req) = OcspRequest::from_der(request_der) else {
         return status_only(OcspResponseStatus::MalformedRequest);
     };
-    let ids: Vec<(&CertAuthority, IssuerIds)> = cas.iter().filter_map(|c| Some((c.as_ref(), IssuerIds::of(c.as_ref())?))).collect();
+    let ids: Vec<(&CertAuthority, std::sync::Arc<IssuerIds>)> = cas.iter().filter_map(|c| Some((c.as_ref(), IssuerIds::of(c.as_ref())?))).collect();
     let Some(first) = req.tbs_request.request_list.first() else {
         return status_only(OcspResponseStatus::MalformedRequest);
     };
@@ -202,7 +202,7 @@ pub fn requested(request_der: &[u8]) -> Option<x509_ocsp::CertId> {
 }
 
 /// The hashes an OCSP CertID names its issuer by.
-struct IssuerIds {
+pub(crate) struct IssuerIds {
     sha1_name: Vec<u8>,
     sha1_key: Vec<u8>,
     sha256_name: Vec<u8>,
@@ -210,8 +210,9 @@ struct IssuerIds {
 }
 
 impl IssuerIds {
-    fn of(ca: &CertAuthority) -> Option<Self> {
-        Self::of_pem(ca.cert_pem())
+    /// `ca`'s, worked out at its first use.
+    fn of(ca: &CertAuthority) -> Option<std::sync::Arc<Self>> {
+        ca.ocsp_ids.get_or_init(|| Self::of_pem(ca.cert_pem()).map(std::sync::Arc::new)).clone()
     }
 
     fn of_pem(ca_pem: &str) -> Option<Self> {

@@ -143,11 +143,7 @@ pub async fn run(ctx: Arc<Ctx>) {
         }
         let c = ctx.clone();
         let serials = tokio::task::spawn_blocking(move || serials_of(&c, batch)).await.unwrap_or_default();
-        for serial in serials {
-            if let Err(e) = publish(&ctx, &serial).await {
-                tracing::warn!(serial, "cannot publish the OCSP answer: {e}; the next sweep tries again");
-            }
-        }
+        publish_all(&ctx, serials.into_iter().collect(), "the next sweep tries again").await;
     }
 }
 
@@ -221,14 +217,7 @@ pub async fn sweep(ctx: &Arc<Ctx>) {
     })
     .await
     .unwrap_or_default();
-    let mut changed = 0usize;
-    for serial in &serials {
-        match publish(ctx, serial).await {
-            Ok(true) => changed += 1,
-            Ok(false) => {}
-            Err(e) => tracing::warn!(serial, "cannot publish the OCSP answer: {e}"),
-        }
-    }
+    let changed = publish_all(ctx, serials, "the next sweep tries again").await;
     if changed > 0 {
         tracing::info!(changed, serials = total, "OCSP answers published");
     }
@@ -279,54 +268,138 @@ fn decide(ctx: &Ctx, serial: &str, rec: Option<SerialRecord>, now: i64) -> Resul
     Ok(Some(Some((status, next))))
 }
 
+/// What the bucket's answer for a serial is to become.
+enum Plan {
+    /// It is what it should be.
+    Keep,
+    /// No answer (the certificate is not ours, or expired long ago).
+    Delete,
+    /// This answer (signed, as the bucket holds it), its status and `nextUpdate`.
+    Put(Vec<u8>, Status, i64),
+}
+
+/// Decide `serial`'s answer now and sign it if it changes (blocking: reads the store, signs).
+fn plan(ctx: &Ctx, serial: &str, now: i64) -> Result<Plan, String> {
+    Ok(match wanted(ctx, serial, now)? {
+        Some(None) => Plan::Keep,
+        None => Plan::Delete,
+        Some(Some((status, next))) => {
+            let cas: Vec<_> = ctx.estate.trusted_cas().into_iter().map(|(_, c)| c).collect();
+            let ders = crate::ocsp::presign(&cas, serial, status, now - crate::ocsp::PRESIGN_BACKDATE_SECS, next);
+            if ders.is_empty() {
+                return Err("signing failed".into());
+            }
+            Plan::Put(Published::new(&ders).to_bytes(), status, next)
+        }
+    })
+}
+
+/// Write `plan` over the answer this replica last saw: `Ok(true)` if it wrote, `Err` if the
+/// bucket refused (someone wrote first, or the copy is behind).
+async fn write(ctx: &Ctx, serial: &str, plan: Plan) -> Result<bool, String> {
+    let a = &ctx.answers;
+    let held = a.copy.get(serial);
+    match plan {
+        Plan::Keep => Ok(false),
+        Plan::Delete => {
+            let rev = held.map(|h| h.revision).unwrap_or(0);
+            a.kv.delete_expect_revision(serial, Some(rev)).await.map_err(|e| e.to_string())?;
+            a.copy.forget(serial);
+            Ok(true)
+        }
+        Plan::Put(value, status, next) => {
+            let rev = match &held {
+                Some(h) => a.kv.update(serial, value.clone().into(), h.revision).await.map_err(|e| e.to_string())?,
+                None => a.kv.create(serial, value.clone().into()).await.map_err(|e| e.to_string())?,
+            };
+            a.copy.note_signed(rev, serial, &value, status, next);
+            Ok(true)
+        }
+    }
+}
+
+/// Serials decided and signed in one blocking pass.
+const PUBLISH_CHUNK: usize = 256;
+/// Answers written at once (each waits for the bucket's acknowledgement).
+const PUBLISH_IN_FLIGHT: usize = 32;
+
+/// Publish the answers of `serials`: each chunk decided and signed in one blocking pass, then
+/// written concurrently; a serial whose write the bucket refuses goes through [`publish`] (read
+/// again, decided again). How many answers changed; failures are logged with `then`.
+pub async fn publish_all(ctx: &Arc<Ctx>, serials: Vec<String>, then: &str) -> usize {
+    use futures::StreamExt;
+    let mut changed = 0;
+    for chunk in serials.chunks(PUBLISH_CHUNK) {
+        let (c, chunk) = (ctx.clone(), chunk.to_vec());
+        let plans = match tokio::task::spawn_blocking(move || {
+            let now = c.estate.clock().now_unix();
+            chunk.into_iter().map(|s| { let p = plan(&c, &s, now); (s, p) }).collect::<Vec<_>>()
+        })
+        .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("cannot decide OCSP answers: {e}; {then}");
+                continue;
+            }
+        };
+        let written: Vec<(String, Result<bool, String>)> = futures::stream::iter(plans)
+            .map(|(serial, p)| async move {
+                let r = match p {
+                    Ok(p) => match write(ctx, &serial, p).await {
+                        Ok(w) => Ok(w),
+                        Err(e) => {
+                            tracing::debug!(serial, "OCSP answer write refused ({e}); reading it again");
+                            match reread(ctx, &serial).await {
+                                Ok(()) => publish(ctx, &serial).await,
+                                Err(e) => Err(e),
+                            }
+                        }
+                    },
+                    Err(e) => Err(e),
+                };
+                (serial, r)
+            })
+            .buffer_unordered(PUBLISH_IN_FLIGHT)
+            .collect()
+            .await;
+        for (serial, r) in written {
+            match r {
+                Ok(true) => changed += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(serial, "cannot publish the OCSP answer: {e}; {then}"),
+            }
+        }
+    }
+    changed
+}
+
 /// Make the bucket's answer for `serial` what it should be; true if it wrote.
 pub async fn publish(ctx: &Arc<Ctx>, serial: &str) -> Result<bool, String> {
-    let a = &ctx.answers;
     for _ in 0..3 {
         let now = ctx.estate.clock().now_unix();
         let c = ctx.clone();
         let s = serial.to_string();
-        let want = tokio::task::spawn_blocking(move || wanted(&c, &s, now)).await.map_err(|e| e.to_string())??;
-        let held = a.copy.get(serial);
-        let result = match want {
-            Some(None) => return Ok(false),
-            None => {
-                let rev = held.map(|h| h.revision).unwrap_or(0);
-                a.kv.delete_expect_revision(serial, Some(rev)).await.map(|_| None).map_err(|e| e.to_string())
-            }
-            Some(Some((status, next))) => {
-                let cas: Vec<_> = ctx.estate.trusted_cas().into_iter().map(|(_, c)| c).collect();
-                let ders = crate::ocsp::presign(&cas, serial, status, now - crate::ocsp::PRESIGN_BACKDATE_SECS, next);
-                if ders.is_empty() {
-                    return Err("signing failed".into());
-                }
-                let value = Published::new(&ders).to_bytes();
-                let r = match &held {
-                    Some(h) => a.kv.update(serial, value.clone().into(), h.revision).await.map_err(|e| e.to_string()),
-                    None => a.kv.create(serial, value.clone().into()).await.map_err(|e| e.to_string()),
-                };
-                r.map(|rev| Some((rev, value)))
-            }
-        };
-        match result {
-            Ok(Some((rev, value))) => {
-                a.copy.note(rev, serial, Some(&value));
-                return Ok(true);
-            }
-            Ok(None) => {
-                a.copy.forget(serial);
-                return Ok(true);
-            }
+        let p = tokio::task::spawn_blocking(move || plan(&c, &s, now)).await.map_err(|e| e.to_string())??;
+        match write(ctx, serial, p).await {
+            Ok(w) => return Ok(w),
             Err(e) => {
                 // Someone wrote first (or the copy is behind): read what is there and decide again.
                 tracing::debug!(serial, "OCSP answer write refused ({e}); reading it again");
-                match a.kv.entry(serial).await {
-                    Ok(Some(entry)) if entry.operation == jetstream::kv::Operation::Put => a.copy.note(entry.revision, serial, Some(&entry.value)),
-                    Ok(_) => a.copy.forget(serial),
-                    Err(e) => return Err(e.to_string()),
-                }
+                reread(ctx, serial).await?;
             }
         }
     }
     Err("the answer kept changing under this replica".into())
+}
+
+/// Bring this replica's copy of `serial`'s answer up to what the bucket holds.
+async fn reread(ctx: &Ctx, serial: &str) -> Result<(), String> {
+    let a = &ctx.answers;
+    match a.kv.entry(serial).await {
+        Ok(Some(entry)) if entry.operation == jetstream::kv::Operation::Put => a.copy.note(entry.revision, serial, Some(&entry.value)),
+        Ok(_) => a.copy.forget(serial),
+        Err(e) => return Err(e.to_string()),
+    }
+    Ok(())
 }

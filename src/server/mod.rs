@@ -506,7 +506,12 @@ async fn handle(ctx: Arc<Ctx>, route: dispatch::Route, req: micro::Request) {
         tracing::warn!(subject = spec.subject, reply = ?req.message.reply.as_deref(), "request with a reply subject that is not an inbox; dropped");
         return;
     }
-    let result = dispatch::dispatch(&ctx, &route, &req.message).await;
+    // A changing request will commit: the journal's group may wait a moment for it.
+    let result = if crate::proto::changes(spec.subject) {
+        ctx.journal.expecting(dispatch::dispatch(&ctx, &route, &req.message)).await
+    } else {
+        dispatch::dispatch(&ctx, &route, &req.message).await
+    };
     let mut headers = async_nats::HeaderMap::new();
     let mut after = None;
     let mut failed = None;

@@ -81,6 +81,8 @@ pub struct ReplyCache {
     spilled: std::sync::atomic::AtomicBool,
     /// A single `serve`'s spill files (replicas share replies through the store instead).
     spill: Option<super::spill::Spill>,
+    /// Replies on their way to the spill files, and whether a task is writing them.
+    spilling: Mutex<(Vec<(String, Kept)>, bool)>,
 }
 
 /// The replies in memory, their insertion order and their size.
@@ -196,6 +198,12 @@ pub(super) fn lookup(ctx: &Ctx, key: &str, request: &str) -> Option<Box<RawValue
     if let Some(v) = ctx.replies.get_local(key, request) {
         return Some(v);
     }
+    // On its way to the spill files.
+    if let Some(v) = ctx.replies.spilling.lock().ok().and_then(|q| {
+        q.0.iter().find(|(k, kept)| k == key && crypto::ct_eq(kept.request.as_bytes(), request.as_bytes())).map(|(_, kept)| kept.result.clone())
+    }) {
+        return Some(v);
+    }
     // Out of memory: a single `serve`'s spill files, or the store (replicas, or a single one
     // whose spill files could not be opened).
     let kept = match &ctx.replies.spill {
@@ -240,8 +248,18 @@ pub(super) fn keep(ctx: &std::sync::Arc<Ctx>, key: String, request: String, exp:
         return;
     }
     if ctx.replies.spill.is_some() {
-        let c = ctx.clone();
-        tokio::task::spawn_blocking(move || to_spill(&c, to_store, now));
+        // Queued for the one task that writes them: under load it takes many with one write.
+        let start = match ctx.replies.spilling.lock() {
+            Ok(mut q) => {
+                q.0.extend(to_store);
+                !std::mem::replace(&mut q.1, true)
+            }
+            Err(_) => false,
+        };
+        if start {
+            let c = ctx.clone();
+            tokio::task::spawn_blocking(move || spill_queued(&c));
+        }
         return;
     }
     ctx.replies.spilled.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -261,14 +279,34 @@ pub(super) fn keep(ctx: &std::sync::Arc<Ctx>, key: String, request: String, exp:
     });
 }
 
+/// Write what is queued for the spill files until the queue is empty.
+fn spill_queued(ctx: &Ctx) {
+    loop {
+        let replies = match ctx.replies.spilling.lock() {
+            Ok(mut q) if q.0.is_empty() => {
+                q.1 = false;
+                return;
+            }
+            Ok(mut q) => std::mem::take(&mut q.0),
+            Err(_) => return,
+        };
+        to_spill(ctx, replies, ctx.estate.clock().now_unix());
+    }
+}
+
 /// Append sealed replies to the spill files.
 fn to_spill(ctx: &Ctx, replies: Vec<(String, Kept)>, now: i64) {
     let Some(spill) = &ctx.replies.spill else { return };
-    for (k, kept) in replies {
-        let r = kept.seal(ctx, &k).and_then(|sealed| spill.put(&k, kept.exp, &sealed, now).map_err(|e| e.to_string()));
-        if let Err(e) = r {
-            tracing::warn!("cannot spill a kept reply to the data dir (a retry that memory no longer holds would not find it): {e}");
+    let mut sealed = Vec::with_capacity(replies.len());
+    for (k, kept) in &replies {
+        match kept.seal(ctx, k) {
+            Ok(s) => sealed.push((k.as_str(), kept.exp, s)),
+            Err(e) => tracing::warn!("cannot seal a kept reply (a retry that memory no longer holds would not find it): {e}"),
         }
+    }
+    let all: Vec<(&str, i64, &[u8])> = sealed.iter().map(|(k, exp, s)| (*k, *exp, s.as_slice())).collect();
+    if let Err(e) = spill.put_all(&all, now) {
+        tracing::warn!("cannot spill {} kept replies to the data dir (a retry that memory no longer holds would not find them): {e}", all.len());
     }
 }
 
@@ -280,7 +318,7 @@ pub(super) fn spill_all(ctx: &Ctx) {
         return;
     }
     let now = ctx.estate.clock().now_unix();
-    let held: Vec<(String, Kept)> = match ctx.replies.local.lock() {
+    let mut held: Vec<(String, Kept)> = match ctx.replies.local.lock() {
         Ok(mut m) => {
             m.order.clear();
             m.bytes = 0;
@@ -288,6 +326,9 @@ pub(super) fn spill_all(ctx: &Ctx) {
         }
         Err(_) => return,
     };
+    if let Ok(mut q) = ctx.replies.spilling.lock() {
+        held.extend(std::mem::take(&mut q.0));
+    }
     let n = held.len();
     to_spill(ctx, held, now);
     if n > 0 {

@@ -130,8 +130,21 @@ impl Spill {
     }
 
     /// Append the sealed reply to `key`, kept until `exp`.
+    #[cfg(test)]
     pub(super) fn put(&self, key: &str, exp: i64, sealed: &[u8], now: i64) -> std::io::Result<()> {
-        let rec = record(key, exp, sealed)?;
+        self.put_all(&[(key, exp, sealed)], now)
+    }
+
+    /// Append sealed replies (key, kept until, sealed) with one write.
+    pub(super) fn put_all(&self, replies: &[(&str, i64, &[u8])], now: i64) -> std::io::Result<()> {
+        let mut recs = Vec::with_capacity(replies.iter().map(|(k, _, s)| 14 + k.len() + s.len()).sum());
+        let mut placed = Vec::with_capacity(replies.len());
+        for (key, exp, sealed) in replies {
+            let rec = record(key, *exp, sealed)?;
+            placed.push((*key, recs.len() as u64, rec.len() as u32, *exp));
+            recs.extend_from_slice(&rec);
+        }
+        let Some(exp_max) = placed.iter().map(|p| p.3).max() else { return Ok(()) };
         let mut st = self.state.lock().map_err(|_| std::io::Error::other("the spill index is poisoned"))?;
         let other = 1 - st.current;
         if st.slots[st.current].len >= ROTATE_BYTES && st.slots[other].last_exp < now {
@@ -144,10 +157,12 @@ impl Spill {
         let cur = st.current;
         let offset = st.slots[cur].len;
         // A failed write leaves `len` where it was: the next record goes over what it left.
-        st.slots[cur].file.write_all_at(&rec, offset)?;
-        st.slots[cur].len += rec.len() as u64;
-        st.slots[cur].last_exp = st.slots[cur].last_exp.max(exp);
-        st.index.insert(key.to_string(), Entry { file: cur, offset, len: rec.len() as u32, exp });
+        st.slots[cur].file.write_all_at(&recs, offset)?;
+        st.slots[cur].len += recs.len() as u64;
+        st.slots[cur].last_exp = st.slots[cur].last_exp.max(exp_max);
+        for (key, at, len, exp) in placed {
+            st.index.insert(key.to_string(), Entry { file: cur, offset: offset + at, len, exp });
+        }
         Ok(())
     }
 
@@ -188,6 +203,30 @@ mod tests {
 
     fn paths(d: &tempfile::TempDir) -> [PathBuf; 2] {
         [d.path().join("a.spill"), d.path().join("b.spill")]
+    }
+
+    /// Replies written together (one write) are each found by their key, and after a reopen.
+    #[test]
+    fn replies_written_together_are_each_found() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spill::open(paths(&d), 100).unwrap();
+        s.put("signer/j0", 300, b"first alone", 100).unwrap();
+        let many: Vec<(String, Vec<u8>)> = (1..=5).map(|i| (format!("signer/j{i}"), format!("sealed {i}").repeat(i).into_bytes())).collect();
+        let refs: Vec<(&str, i64, &[u8])> = many.iter().map(|(k, v)| (k.as_str(), 200 + k.len() as i64, v.as_slice())).collect();
+        s.put_all(&refs, 100).unwrap();
+        s.put_all(&[], 100).unwrap();
+        for _ in 0..2 {
+            for (k, v) in &many {
+                assert_eq!(s.get(k, 120).as_deref(), Some(v.as_slice()), "{k}");
+            }
+            assert_eq!(s.get("signer/j0", 120).as_deref(), Some(&b"first alone"[..]));
+            assert_eq!(s.len(), 6);
+        }
+        drop(s);
+        let s = Spill::open(paths(&d), 100).unwrap();
+        for (k, v) in &many {
+            assert_eq!(s.get(k, 120).as_deref(), Some(v.as_slice()), "{k} after a reopen");
+        }
     }
 
     #[test]
