@@ -223,6 +223,9 @@ pub(super) async fn run_revoker(ctx: std::sync::Arc<Ctx>, mut r: Revocations, mu
     // The live revocations as known here (`None`: read them from the token records).
     let mut known: Option<std::collections::BTreeMap<String, (i64, i64)>> = None;
     let mut scanned = tokio::time::Instant::now();
+    // When the live revocations were last weighed: at most once per tick (weighing copies them
+    // all, and a burst of enrollments sends one burn each).
+    let mut weighed: Option<tokio::time::Instant> = None;
     let burned = |known: &mut Option<std::collections::BTreeMap<String, (i64, i64)>>, (user, exp): (String, i64)| {
         if let Some(k) = known.as_mut() {
             k.insert(user, (ctx.estate.clock().now_unix(), exp));
@@ -259,6 +262,10 @@ pub(super) async fn run_revoker(ctx: std::sync::Arc<Ctx>, mut r: Revocations, mu
         if last_push.is_some_and(|p| p.elapsed() < REVOKE_SPACING) {
             continue;
         }
+        if weighed.is_some_and(|w| w.elapsed() < REVOKE_TICK) {
+            continue;
+        }
+        weighed = Some(tokio::time::Instant::now());
         if known.is_none() || scanned.elapsed() >= RESCAN_EVERY {
             match ctx.estate.live_bootstrap_revocations() {
                 Ok(k) => known = Some(k),
