@@ -206,6 +206,21 @@ mod tests {
             s.commit(b).unwrap();
         }
         let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.count(Space::Accounts).unwrap(), 1, "the one-write delete lasted");
+        // One write takes the plain insert/remove path (no sled batch): visible, then durable.
+        let one = |b: &mut Batch| std::mem::take(b);
+        let mut b = Batch::new();
+        b.put(Space::Sites, "agent/U1", "status");
+        s.apply(one(&mut b)).unwrap();
+        assert_eq!(s.get(Space::Sites, "agent/U1").unwrap().as_deref(), Some(&b"status"[..]));
+        b.put(Space::Sites, "agent/U2", "gone soon");
+        s.apply(one(&mut b)).unwrap();
+        b.delete(Space::Sites, "agent/U2");
+        s.apply(one(&mut b)).unwrap();
+        assert_eq!(s.get(Space::Sites, "agent/U2").unwrap(), None);
+        drop(s);
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.scan(Space::Sites).unwrap(), vec![("agent/U1".to_string(), b"status".to_vec())], "after a reopen");
         assert!(s.compare_and_swap(Space::Tokens, "t1", None, Some(b"unused".to_vec())).unwrap());
         assert!(!s.compare_and_swap(Space::Tokens, "t1", None, Some(b"again".to_vec())).unwrap());
         assert!(s.compare_and_swap(Space::Tokens, "t1", Some(b"unused"), Some(b"used".to_vec())).unwrap());
