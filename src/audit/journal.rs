@@ -105,6 +105,7 @@ impl Drop for Expected {
         self.done();
     }
 }
+
 /// After this long without a record, the writer finishes what it put off ([`Append::idle`]).
 const IDLE_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -134,7 +135,12 @@ impl std::fmt::Debug for Journal {
 
 impl Journal {
     /// Run `writer` on its own thread.
-    pub fn start(mut writer: impl Append) -> Self {
+    pub fn start(writer: impl Append) -> Self {
+        Self::start_waiting(writer, COMMIT_WAIT)
+    }
+
+    /// [`Journal::start`], a group waiting at most `commit_wait` for expected commits.
+    fn start_waiting(mut writer: impl Append, commit_wait: std::time::Duration) -> Self {
         let (tx, rx) = mpsc::channel::<Job>();
         let max_group = writer.max_group();
         let expected = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -169,7 +175,7 @@ impl Journal {
                 }
                 // Requests being served will commit in a moment: one fsync for them all costs
                 // less than one each (the first waits at most COMMIT_WAIT).
-                let wait_until = std::time::Instant::now() + COMMIT_WAIT;
+                let wait_until = std::time::Instant::now() + commit_wait;
                 while count < max_group && coming.load(std::sync::atomic::Ordering::Acquire) > 0 {
                     let left = wait_until.saturating_duration_since(std::time::Instant::now());
                     if left.is_zero() {
@@ -336,22 +342,33 @@ mod tests {
     }
 
     /// Requests being served (expected) share one group: the first commit waits for the
-    /// others that are about to commit; one that ends without a commit holds nobody up for
-    /// long, and nothing is expected once a request has committed.
+    /// others that are about to commit; one that ends without a commit holds a group up no
+    /// longer than the wait; nothing is expected once a request has committed or recorded.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_group_waits_for_the_commits_of_requests_being_served() {
+        use std::sync::atomic::Ordering;
+        // A long wait, so that a busy machine cannot make the test pass or fail by timing.
+        let wait = std::time::Duration::from_millis(300);
         let groups = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let j = Journal::start(Groups(groups.clone()));
-        // Four requests: each works a little (less than COMMIT_WAIT), then commits.
-        let tasks: Vec<_> = (0..4u64)
+        let j = Journal::start_waiting(Groups(groups.clone()), wait);
+        let all_in = std::sync::Arc::new(tokio::sync::Barrier::new(4));
+        // Four requests being served; the first commits, the other three once its commit was
+        // sent (it is no longer expected): without the wait, the first is written alone.
+        let tasks: Vec<_> = (0..4)
             .map(|i| {
-                let j = j.clone();
+                let (j, all_in) = (j.clone(), all_in.clone());
                 tokio::spawn(async move {
-                    j.expecting(async {
-                        tokio::time::sleep(std::time::Duration::from_micros(200 * i)).await;
-                        j.record(change()).await.unwrap();
-                    })
-                    .await
+                    j.clone()
+                        .expecting(async move {
+                            all_in.wait().await;
+                            if i > 0 {
+                                while j.expected.load(Ordering::Acquire) > 3 {
+                                    tokio::task::yield_now().await;
+                                }
+                            }
+                            j.record(change()).await.unwrap();
+                        })
+                        .await
                 })
             })
             .collect();
@@ -359,26 +376,34 @@ mod tests {
             t.await.unwrap();
         }
         assert_eq!(*groups.lock().unwrap(), vec![4], "one fsync for the four");
-        assert_eq!(j.expected.load(std::sync::atomic::Ordering::Acquire), 0, "nothing expected once they committed");
-        // A request that ends without committing (refused) delays a group by COMMIT_WAIT at most.
+        assert_eq!(j.expected.load(Ordering::Acquire), 0, "nothing expected once they committed");
+        // A request that ends without committing (refused) delays a group by the wait at most.
         groups.lock().unwrap().clear();
         let (hold_tx, hold_rx) = oneshot::channel::<()>();
         let refused = {
             let j = j.clone();
-            tokio::spawn(async move { j.expecting(async { let _ = hold_rx.await; }).await })
+            tokio::spawn(async move {
+                j.expecting(async {
+                    let _ = hold_rx.await;
+                })
+                .await
+            })
         };
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        while j.expected.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
         let started = std::time::Instant::now();
         j.record(change()).await.unwrap();
         let took = started.elapsed();
-        assert!(took < COMMIT_WAIT + std::time::Duration::from_millis(200), "the commit waited {took:?}");
+        assert!(took >= wait, "the group waited for the request being served: {took:?}");
+        assert!(took < wait * 3, "and no longer than the wait: {took:?}");
         drop(hold_tx);
         refused.await.unwrap();
-        assert_eq!(j.expected.load(std::sync::atomic::Ordering::Acquire), 0, "an ended request is not expected");
-        // A relaxed record is this request's record: not expected afterwards.
+        assert_eq!(j.expected.load(Ordering::Acquire), 0, "an ended request is not expected");
+        // A relaxed record is the request's record: not expected afterwards.
         j.expecting(async {
             j.record_relaxed(Entry::ok("tester", "read", "x"));
-            assert_eq!(j.expected.load(std::sync::atomic::Ordering::Acquire), 0);
+            assert_eq!(j.expected.load(Ordering::Acquire), 0);
         })
         .await;
     }
