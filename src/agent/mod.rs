@@ -136,8 +136,20 @@ pub struct Agent {
     consumer: String,
     verifier: Verifier,
     state: AgentState,
-    pull: Option<jetstream::consumer::PullConsumer>,
+    pull: Option<Pull>,
     clock: crate::clock::SharedClock,
+}
+
+/// The agent's way to its consumer: one inbox subscription serves all its pulls, each pull
+/// answered on its own subject under it. (A subscription per fetch cost a SUB and an UNSUB for
+/// every batch and every idle wait, each crossing the site's leafnode to the hub.)
+struct Pull {
+    consumer: jetstream::consumer::PullConsumer,
+    context: jetstream::Context,
+    inbox: async_nats::Subscriber,
+    base: String,
+    /// The last pull's number (its reply subject is `<base>.<n>`).
+    n: u64,
 }
 
 impl Agent {
@@ -244,43 +256,55 @@ impl Agent {
     /// Fetch one batch (waiting up to `wait` for the first event) and apply it; returns how many
     /// events were applied.
     pub async fn step(&mut self, wait: Duration) -> Result<usize, AgentError> {
-        let consumer = match &self.pull {
-            Some(c) => c.clone(),
-            None => {
-                let js = jetstream::with_domain(self.session.client(), subjects::HUB_DOMAIN);
-                let c: jetstream::consumer::PullConsumer = js
-                    .get_consumer_from_stream(&self.consumer, subjects::site_stream(&self.site))
-                    .await
-                    .map_err(|e| AgentError::JetStream(format!("consumer {}: {e}", self.consumer)))?;
-                self.pull = Some(c.clone());
-                c
-            }
+        let mut pull = match self.pull.take() {
+            Some(p) => p,
+            None => self.open_pull(None).await?,
         };
-        let fetched = consumer
-            .fetch()
-            .max_messages(self.opts.batch.clamp(1, MAX_BATCH))
-            .expires(wait)
-            .messages()
-            .await;
-        let mut batch = match fetched {
-            Ok(b) => b,
-            Err(e) => {
-                self.pull = None;
-                return Err(AgentError::JetStream(e.to_string()));
-            }
-        };
+        let want = self.opts.batch.clamp(1, MAX_BATCH);
+        pull.n += 1;
+        let reply = format!("{}.{}", pull.base, pull.n);
+        // Wait up to `wait` for the first event, then take what is there (as `fetch` does).
+        let request = jetstream::consumer::pull::BatchConfig { batch: want, expires: Some(wait), no_wait: true, ..Default::default() };
+        pull.consumer.request_batch(request, reply.clone().into()).await.map_err(|e| AgentError::JetStream(e.to_string()))?;
+        // The server ends a pull with a status; a pull it never ends is given up a little after.
+        let deadline = tokio::time::Instant::now() + wait + Duration::from_secs(5);
         let mut msgs = Vec::new();
-        while let Some(m) = batch.next().await {
-            match m {
-                Ok(m) => msgs.push(m),
-                Err(e) => {
-                    if msgs.is_empty() {
-                        self.pull = None;
-                        return Err(AgentError::JetStream(e.to_string()));
-                    }
+        let mut failed = None;
+        while msgs.len() < want {
+            let m = match tokio::time::timeout_at(deadline, pull.inbox.next()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    failed = Some("the pull inbox closed".to_string());
+                    break;
+                }
+                Err(_) => {
+                    failed = Some(format!("no end to a pull after {:?}", wait + Duration::from_secs(5)));
+                    break;
+                }
+            };
+            // Events arrive under their own subject; a status names the pull it ends. A status
+            // of an earlier pull is skipped (each pull before this one ended, or its inbox was
+            // dropped, so no event of theirs can arrive here).
+            if m.status.is_some_and(|s| s != async_nats::StatusCode::OK) && m.subject.as_str() != reply {
+                continue;
+            }
+            match m.status {
+                None | Some(async_nats::StatusCode::OK) => msgs.push(jetstream::Message { message: m, context: pull.context.clone() }),
+                Some(async_nats::StatusCode::IDLE_HEARTBEAT) => {}
+                // Waited out, or nothing more to take: this pull is over.
+                Some(async_nats::StatusCode::TIMEOUT) | Some(async_nats::StatusCode::NOT_FOUND) => break,
+                Some(status) => {
+                    failed = Some(format!("the consumer answered {status} {}", m.description.as_deref().unwrap_or("")));
                     break;
                 }
             }
+        }
+        match failed {
+            // A pull that did not end cleanly: the next one starts on a new inbox, so nothing of
+            // this one arrives late (what it would have delivered comes back after the ack wait).
+            Some(e) if msgs.is_empty() => return Err(AgentError::JetStream(e)),
+            Some(_) => {}
+            None => self.pull = Some(pull),
         }
         if msgs.is_empty() {
             return Ok(0);
@@ -310,12 +334,27 @@ impl Agent {
             .map_err(|e| AgentError::JetStream(format!("consumer {}: {e}", self.consumer)))?;
         let info = c.info().await.map_err(|e| AgentError::JetStream(e.to_string()))?;
         let (pending, wait) = (info.num_ack_pending, info.config.ack_wait + Duration::from_millis(250));
-        self.pull = Some(c);
+        self.pull = Some(self.open_pull(Some(c)).await?);
         if pending > 0 {
             tracing::info!(pending, "waiting {wait:?} for events from before the restart to come back first");
             tokio::time::sleep(wait).await;
         }
         Ok(())
+    }
+
+    /// The consumer (found again unless given) and a new inbox for its pulls.
+    async fn open_pull(&self, consumer: Option<jetstream::consumer::PullConsumer>) -> Result<Pull, AgentError> {
+        let context = jetstream::with_domain(self.session.client(), subjects::HUB_DOMAIN);
+        let consumer = match consumer {
+            Some(c) => c,
+            None => context
+                .get_consumer_from_stream(&self.consumer, subjects::site_stream(&self.site))
+                .await
+                .map_err(|e| AgentError::JetStream(format!("consumer {}: {e}", self.consumer)))?,
+        };
+        let base = self.session.client().new_inbox();
+        let inbox = self.session.client().subscribe(format!("{base}.*")).await.map_err(|e| AgentError::JetStream(format!("pull inbox: {e}")))?;
+        Ok(Pull { consumer, context, inbox, base, n: 0 })
     }
 
     async fn apply_batch(&mut self, msgs: Vec<jetstream::Message>) -> Result<usize, AgentError> {
