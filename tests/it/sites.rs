@@ -733,3 +733,29 @@ fn rotate_ca_wait_follows_the_phases() {
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("done: one CA left"), "{}", stdout(&out));
 }
+
+/// An idle agent's pulls are ended by the server (its 408 after the wait, on the pull's own
+/// subject under the agent's one pull inbox), not by the agent giving up on them; the next
+/// rotation still arrives at once.
+#[test]
+fn an_idle_agents_pulls_end_cleanly_and_the_next_rotation_arrives_at_once() {
+    let (e, _leaf) = Estate::init_with_leaf("idle.example");
+    let _hub = e.start_nats();
+    let serve = e.start_serve_ready();
+    let east = site_add(&e, "east");
+    let east_srv = east.start();
+    put_secret(&e, "acme/shop/prod/db", "v1", &["site:east"]);
+    let files = e.tmp.path().join("east-files");
+    let agent = AgentProc::start(&east, &e.tmp.path().join("east-agent"), &files, &east.url(), None);
+    let l = || format!("serve:\n{}\nagent:\n{}\nleaf:\n{}", serve.log_text(), agent.log_text(), east_srv.log_text());
+    let db = secret_file(&files, "acme/shop/prod/db");
+    wait_file(&db, "v1", Duration::from_secs(30), "v1", &l);
+    // Two idle waits of 5 s each: a pull the server did not end would fail after 10 s.
+    std::thread::sleep(Duration::from_millis(11_500));
+    let log = agent.log_text();
+    assert!(!log.contains("no end to a pull") && !log.contains("retrying"), "idle pulls failed:\n{}", l());
+    let started = std::time::Instant::now();
+    rotate_secret(&e, "acme/shop/prod/db", "v2");
+    wait_file(&db, "v2", Duration::from_secs(10), "v2 after an idle spell", &l);
+    assert!(started.elapsed() < Duration::from_secs(3), "the rotation waited for a pull: {:?}\n{}", started.elapsed(), l());
+}
