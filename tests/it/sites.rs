@@ -20,6 +20,20 @@ fn secret_file(files: &Path, path: &str) -> std::path::PathBuf {
     files.join("secrets").join(path)
 }
 
+/// Site `east` (`tillit site add`), its leaf server running, `acme/shop/prod/db` = `v1` readable
+/// by it, and an agent (files in `east-files`) that applied it.
+fn east_with_agent(e: &Estate, serve: &Serve, v1: &str) -> (SiteDir, NatsServer, std::path::PathBuf, AgentProc, std::path::PathBuf) {
+    let east = site_add(e, "east");
+    let east_srv = east.start();
+    put_secret(e, "acme/shop/prod/db", v1, &["site:east"]);
+    let files = e.tmp.path().join("east-files");
+    let agent = AgentProc::start(&east, &e.tmp.path().join("east-agent"), &files, &east.url(), None);
+    let db = secret_file(&files, "acme/shop/prod/db");
+    let l = || format!("serve:\n{}\nagent:\n{}\nleaf:\n{}", serve.log_text(), agent.log_text(), east_srv.log_text());
+    wait_file(&db, v1, Duration::from_secs(30), "v1", &l);
+    (east, east_srv, files, agent, db)
+}
+
 fn wait_file(path: &Path, want: &str, within: Duration, what: &str, logs: &dyn Fn() -> String) {
     wait_for(within, || std::fs::read_to_string(path).map(|v| v == want).unwrap_or(false)).unwrap_or_else(|| {
         panic!("{what}: {} never became {want:?} (now {:?})\n{}", path.display(), std::fs::read_to_string(path).ok(), logs())
@@ -225,14 +239,8 @@ async fn forged_replayed_and_misaddressed_events_are_rejected_and_never_applied(
     let (writer, genuine) = stream_writer(&e);
     let _hub = e.start_nats();
     let serve = e.start_serve_ready();
-    let east = site_add(&e, "east");
-    let east_srv = east.start();
-    put_secret(&e, "acme/shop/prod/db", "real-v1", &["site:east"]);
-    let files = e.tmp.path().join("east-files");
-    let agent = AgentProc::start(&east, &e.tmp.path().join("east-agent"), &files, &east.url(), None);
+    let (_east, east_srv, files, agent, db) = east_with_agent(&e, &serve, "real-v1");
     let l = || format!("serve:\n{}\nagent:\n{}\nleaf:\n{}", serve.log_text(), agent.log_text(), east_srv.log_text());
-    let db = secret_file(&files, "acme/shop/prod/db");
-    wait_file(&db, "real-v1", Duration::from_secs(30), "v1", &l);
 
     let nc = tillit::client::connect(&writer).await.unwrap();
     let js = async_nats::jetstream::new(nc);
@@ -742,14 +750,8 @@ fn an_idle_agents_pulls_end_cleanly_and_the_next_rotation_arrives_at_once() {
     let (e, _leaf) = Estate::init_with_leaf("idle.example");
     let _hub = e.start_nats();
     let serve = e.start_serve_ready();
-    let east = site_add(&e, "east");
-    let east_srv = east.start();
-    put_secret(&e, "acme/shop/prod/db", "v1", &["site:east"]);
-    let files = e.tmp.path().join("east-files");
-    let agent = AgentProc::start(&east, &e.tmp.path().join("east-agent"), &files, &east.url(), None);
+    let (_east, east_srv, _files, agent, db) = east_with_agent(&e, &serve, "v1");
     let l = || format!("serve:\n{}\nagent:\n{}\nleaf:\n{}", serve.log_text(), agent.log_text(), east_srv.log_text());
-    let db = secret_file(&files, "acme/shop/prod/db");
-    wait_file(&db, "v1", Duration::from_secs(30), "v1", &l);
     // Two idle waits of 5 s each: a pull the server did not end would fail after 10 s.
     std::thread::sleep(Duration::from_millis(11_500));
     let log = agent.log_text();
