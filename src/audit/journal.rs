@@ -85,8 +85,9 @@ tokio::task_local! {
     static EXPECTED: Expected;
 }
 
-/// A request that will probably commit: counted in [`Journal`]'s `expected` until its first
-/// commit is sent, or until it ends without one.
+/// A request that will probably commit: counted in [`Journal`]'s `expected` until the journal
+/// received its first record (the journal takes it off then, so a record on its way is still
+/// waited for), or until it ends without one.
 struct Expected {
     count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     live: std::cell::Cell<bool>,
@@ -97,6 +98,12 @@ impl Expected {
         if self.live.replace(false) {
             self.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         }
+    }
+
+    /// Its record goes to the journal counting `count`: whether that journal takes it off the
+    /// count when it receives the record (the first record of this request only).
+    fn hand_over(&self, count: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> bool {
+        std::sync::Arc::ptr_eq(&self.count, count) && self.live.replace(false)
     }
 }
 
@@ -112,7 +119,8 @@ const IDLE_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 /// Handle to the journal thread: group commit of audit records and their store writes.
 #[derive(Clone)]
 pub struct Journal {
-    tx: mpsc::Sender<Job>,
+    /// Jobs, each with whether it takes an expected request off the count.
+    tx: mpsc::Sender<(Job, bool)>,
     observer: Option<Observer>,
     /// Committed changes that wrote identity records (what `status` counts moves with them).
     identity_changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -141,13 +149,20 @@ impl Journal {
 
     /// [`Journal::start`], a group waiting at most `commit_wait` for expected commits.
     fn start_waiting(mut writer: impl Append, commit_wait: std::time::Duration) -> Self {
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<(Job, bool)>();
         let max_group = writer.max_group();
         let expected = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let coming = expected.clone();
         let spawned = std::thread::Builder::new().name("tillit-audit".into()).spawn(move || {
+            // A job has arrived: the request it came from is no longer expected.
+            let arrived = |(j, expected): (Job, bool)| {
+                if expected {
+                    coming.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                }
+                j
+            };
             loop {
-                let first = match rx.recv_timeout(IDLE_AFTER) {
+                let first = match rx.recv_timeout(IDLE_AFTER).map(arrived) {
                     Ok(j) => j,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         writer.idle();
@@ -161,7 +176,7 @@ impl Journal {
                 // Relaxed records wait a little to share an fsync, unless someone is waiting.
                 let deadline = std::time::Instant::now() + RELAXED_WAIT;
                 while count < max_group {
-                    match rx.try_recv() {
+                    match rx.try_recv().map(arrived) {
                         Ok(j) => {
                             urgent |= j.1.is_some();
                             count += j.0.len();
@@ -181,7 +196,7 @@ impl Journal {
                     if left.is_zero() {
                         break;
                     }
-                    match rx.recv_timeout(left) {
+                    match rx.recv_timeout(left).map(arrived) {
                         Ok(j) => {
                             count += j.0.len();
                             jobs.push(j);
@@ -210,6 +225,17 @@ impl Journal {
         Journal { tx, observer: None, identity_changes: Default::default(), expected }
     }
 
+    /// Send `job`; the first record of an expected request takes it off the count when the
+    /// journal receives it.
+    fn send(&self, job: Job) -> Result<(), mpsc::SendError<(Job, bool)>> {
+        let expected = EXPECTED.try_with(|e| e.hand_over(&self.expected)).unwrap_or(false);
+        let sent = self.tx.send((job, expected));
+        if sent.is_err() && expected {
+            self.expected.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        sent
+    }
+
     /// Run `serving` (a request that will probably commit) as expected: until it commits or
     /// ends, the group being written waits for it a little ([`COMMIT_WAIT`]) to share its fsync.
     pub async fn expecting<F: std::future::Future>(&self, serving: F) -> F::Output {
@@ -233,9 +259,7 @@ impl Journal {
         };
         let identities = entries.iter().flat_map(|e| e.batch.ops.iter()).any(|op| op.space == crate::store::Space::Identities);
         let (tx, rx) = oneshot::channel();
-        // This request's commit is here: the group need not wait for it any more.
-        let _ = EXPECTED.try_with(Expected::done);
-        self.tx.send((entries, Some(tx))).map_err(|_| AuditError::Stopped)?;
+        self.send((entries, Some(tx))).map_err(|_| AuditError::Stopped)?;
         match rx.await {
             Ok(Ok(s)) => {
                 if identities {
@@ -258,7 +282,7 @@ impl Journal {
     /// (the head anchor names the last record). At a clean stop.
     pub async fn settle(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send((Vec::new(), Some(tx))).is_ok() {
+        if self.tx.send(((Vec::new(), Some(tx)), false)).is_ok() {
             let _ = rx.await;
         }
     }
@@ -266,10 +290,9 @@ impl Journal {
     /// Record without waiting (reads, refusals: not changes): the entry shares the next fsync,
     /// at most a few milliseconds later. Failures are logged by the journal.
     pub fn record_relaxed(&self, entry: Entry) {
-        // This request records without a commit: the group need not wait for it.
-        let _ = EXPECTED.try_with(Expected::done);
         if entry.batch.is_empty() {
-            let _ = self.tx.send((vec![entry], None));
+            // This request's record (without a commit): the group need not wait for it after.
+            let _ = self.send((vec![entry], None));
         } else {
             tracing::error!("a record with store writes must be committed, not relaxed; dropped");
         }
@@ -400,9 +423,14 @@ mod tests {
         drop(hold_tx);
         refused.await.unwrap();
         assert_eq!(j.expected.load(Ordering::Acquire), 0, "an ended request is not expected");
-        // A relaxed record is the request's record: not expected afterwards.
+        // A relaxed record is the request's record: not expected once the journal has it,
+        // while the request goes on.
         j.expecting(async {
             j.record_relaxed(Entry::ok("tester", "read", "x"));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while j.expected.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+                tokio::task::yield_now().await;
+            }
             assert_eq!(j.expected.load(Ordering::Acquire), 0);
         })
         .await;
