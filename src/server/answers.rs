@@ -18,7 +18,7 @@
 //! view cannot undo a revocation.
 
 use super::Ctx;
-use crate::estate::{IdentityRecord, IdentityState, SerialRecord};
+use crate::estate::SerialRecord;
 use crate::ocsp::copy::{Copy, Published};
 use crate::ocsp::Status;
 use crate::store::{Op, Space};
@@ -54,21 +54,12 @@ pub fn watched(op: &Op) -> bool {
 }
 
 /// The touches of committed writes.
-pub fn touches(ops: &[Op]) -> Vec<Touch> {
+pub fn touches(seen: &[super::observed::Observed]) -> Vec<Touch> {
     let mut out = Vec::new();
-    for op in ops {
-        match op.space {
-            Space::Serials => out.push(Touch::Serial(op.key.clone())),
-            Space::Identities => {
-                let revoked = op
-                    .value
-                    .as_deref()
-                    .and_then(|v| serde_json::from_slice::<IdentityRecord>(v).ok())
-                    .is_some_and(|r| r.state == IdentityState::Revoked);
-                if revoked {
-                    out.push(Touch::Identity(op.key.clone()));
-                }
-            }
+    for w in seen {
+        match w.op.space {
+            Space::Serials => out.push(Touch::Serial(w.op.key.clone())),
+            Space::Identities if w.revokes_identity() => out.push(Touch::Identity(w.op.key.clone())),
             Space::Sites => out.push(Touch::All),
             _ => {}
         }

@@ -52,10 +52,10 @@ pub fn watched(op: &Op) -> bool {
 
 impl Publisher {
     /// Note the services whose identities these committed writes changed.
-    pub fn touch(&self, ops: &[Op]) {
-        for op in ops.iter().filter(|o| o.space == Space::Identities) {
-            if let Some(sid) = op.value.as_deref().and_then(|v| serde_json::from_slice::<IdentityRecord>(v).ok()).and_then(|r| r.service.filter(|_| r.kind == IdentityKind::Service)) {
-                let _ = self.tx.send(sid);
+    pub fn touch(&self, seen: &[super::observed::Observed]) {
+        for i in seen.iter().filter_map(|w| w.identity.as_ref()) {
+            if let (Some(IdentityKind::Service), Some(sid)) = (i.kind, &i.service) {
+                let _ = self.tx.send(sid.clone());
             }
         }
     }

@@ -8,6 +8,7 @@
 //! is [`REBUILD_AFTER_SECS`] old (revoked certificates that expired since leave it). One build
 //! runs at a time; requests that arrive meanwhile wait for it and share it.
 
+use super::observed::Observed;
 use crate::store::{Op, Space};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,24 +44,18 @@ pub fn watched(op: &Op) -> bool {
 /// Whether a committed write can change what a CRL lists: an identity revoked, a join token
 /// used (its bootstrap certificate is superseded), a serial marked revoked (what
 /// [`crate::estate::Estate::revoked_serials`] reads). Issuing a certificate or renewing one
-/// cannot.
-pub fn revokes(op: &Op) -> bool {
-    // Only the one field each needs is read (every renewal writes an identity and a serial, and
-    // a whole `serde_json::Value` of each was built here): a deletion, or a record that does
-    // not read, counts as revoking.
-    #[derive(serde::Deserialize)]
-    struct Identity<'a> {
-        #[serde(borrow)]
-        state: Option<&'a str>,
-    }
+/// cannot. A deletion, or a record that does not read, counts as revoking.
+pub fn revokes(w: &Observed) -> bool {
+    // Only the one field a serial needs is read (every renewal writes a serial); an identity's
+    // facts were read once for every observer.
     #[derive(serde::Deserialize)]
     struct Serial {
         revoked_at: Option<i64>,
     }
-    let Some(v) = op.value.as_deref() else { return watched(op) };
-    match op.space {
+    let Some(v) = w.op.value.as_deref() else { return watched(w.op) };
+    match w.op.space {
         Space::Tokens => true,
-        Space::Identities => serde_json::from_slice::<Identity>(v).map_or(true, |i| i.state == Some("revoked")),
+        Space::Identities => w.identity.is_none() || w.revokes_identity(),
         Space::Serials => serde_json::from_slice::<Serial>(v).map_or(true, |s| s.revoked_at.is_some()),
         _ => false,
     }
@@ -68,8 +63,8 @@ pub fn revokes(op: &Op) -> bool {
 
 impl CrlCache {
     /// Committed writes that passed [`watched`]: any that [`revokes`] makes every kept CRL stale.
-    pub fn told(&self, ops: &[Op]) {
-        if ops.iter().any(revokes) {
+    pub fn told(&self, seen: &[Observed]) {
+        if seen.iter().any(revokes) {
             self.changes.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -120,14 +115,16 @@ mod tests {
 
     #[test]
     fn only_writes_that_can_revoke_make_a_crl_stale() {
-        assert!(revokes(&op(Space::Identities, Some(serde_json::json!({"state": "revoked"})))));
-        assert!(!revokes(&op(Space::Identities, Some(serde_json::json!({"state": "active"})))), "a renewal");
-        assert!(revokes(&op(Space::Serials, Some(serde_json::json!({"revoked_at": 5})))));
-        assert!(!revokes(&op(Space::Serials, Some(serde_json::json!({"not_after": 5})))), "an issued certificate");
-        assert!(revokes(&op(Space::Tokens, Some(serde_json::json!({"state": "used"})))));
-        assert!(!revokes(&op(Space::Sites, Some(serde_json::json!({"site": "a"})))), "an agent's status");
-        assert!(revokes(&op(Space::Identities, None)), "a deletion, to be safe");
-        assert!(!revokes(&op(Space::Roles, None)));
+        let revokes = |op: Op| revokes(&Observed::of(&op));
+        assert!(revokes(op(Space::Identities, Some(serde_json::json!({"state": "revoked"})))));
+        assert!(!revokes(op(Space::Identities, Some(serde_json::json!({"state": "active"})))), "a renewal");
+        assert!(revokes(op(Space::Serials, Some(serde_json::json!({"revoked_at": 5})))));
+        assert!(!revokes(op(Space::Serials, Some(serde_json::json!({"not_after": 5})))), "an issued certificate");
+        assert!(revokes(op(Space::Tokens, Some(serde_json::json!({"state": "used"})))));
+        assert!(!revokes(op(Space::Sites, Some(serde_json::json!({"site": "a"})))), "an agent's status");
+        assert!(revokes(op(Space::Identities, None)), "a deletion, to be safe");
+        assert!(revokes(op(Space::Identities, Some(serde_json::json!({"state": "no such state"})))), "a record that does not read, to be safe");
+        assert!(!revokes(op(Space::Roles, None)));
     }
 
     #[tokio::test]
@@ -148,9 +145,9 @@ mod tests {
         };
         assert_eq!(*get(100).await, vec![0]);
         assert_eq!(*get(101).await, vec![0], "kept");
-        cache.told(&[op(Space::Identities, Some(serde_json::json!({"state": "active"})))]);
+        cache.told(&[Observed::of(&op(Space::Identities, Some(serde_json::json!({"state": "active"}))))]);
         assert_eq!(*get(102).await, vec![0], "a renewal changes nothing");
-        cache.told(&[op(Space::Identities, Some(serde_json::json!({"state": "revoked"})))]);
+        cache.told(&[Observed::of(&op(Space::Identities, Some(serde_json::json!({"state": "revoked"}))))]);
         assert_eq!(*get(103).await, vec![1], "a revocation builds it again");
         others.fetch_add(1, Ordering::Relaxed);
         assert_eq!(*get(104).await, vec![2], "so does another replica's change");

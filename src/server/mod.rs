@@ -24,6 +24,7 @@ mod ca;
 pub mod crl;
 mod enroll;
 mod micro;
+pub mod observed;
 mod events;
 pub mod http;
 mod origin;
@@ -401,9 +402,10 @@ impl Ctx {
         let journal = open_journal(&estate).await.map_err(|e| service_err(&e))?.with_observer(crate::audit::Observer {
             filter: |op| answers::watched(op) || callers::watched(op) || crl::watched(op),
             notify: Arc::new(move |ops| {
-                crl.told(&ops);
-                keys_told.touch(&ops);
-                told.touch(answers::touches(&ops));
+                let seen = observed::all(&ops);
+                crl.told(&seen);
+                keys_told.touch(&seen);
+                told.touch(answers::touches(&seen));
             }),
         });
         let first_seq: Option<u64> = estate.meta_flag(stream::EVENTS_FIRST_SEQ).ok().flatten();
