@@ -258,7 +258,7 @@ impl Agent {
     pub async fn step(&mut self, wait: Duration) -> Result<usize, AgentError> {
         let mut pull = match self.pull.take() {
             Some(p) => p,
-            None => self.open_pull(None).await?,
+            None => self.open_pull().await?,
         };
         let want = self.opts.batch.clamp(1, MAX_BATCH);
         pull.n += 1;
@@ -327,14 +327,10 @@ impl Agent {
     /// the consumer's ack wait; fetching before that would hand out newer events first. Wait it
     /// out once, at start.
     async fn await_unacknowledged(&mut self) -> Result<(), AgentError> {
-        let js = jetstream::with_domain(self.session.client(), subjects::HUB_DOMAIN);
-        let mut c: jetstream::consumer::PullConsumer = js
-            .get_consumer_from_stream(&self.consumer, subjects::site_stream(&self.site))
-            .await
-            .map_err(|e| AgentError::JetStream(format!("consumer {}: {e}", self.consumer)))?;
-        let info = c.info().await.map_err(|e| AgentError::JetStream(e.to_string()))?;
+        let mut pull = self.open_pull().await?;
+        let info = pull.consumer.info().await.map_err(|e| AgentError::JetStream(e.to_string()))?;
         let (pending, wait) = (info.num_ack_pending, info.config.ack_wait + Duration::from_millis(250));
-        self.pull = Some(self.open_pull(Some(c)).await?);
+        self.pull = Some(pull);
         if pending > 0 {
             tracing::info!(pending, "waiting {wait:?} for events from before the restart to come back first");
             tokio::time::sleep(wait).await;
@@ -342,16 +338,13 @@ impl Agent {
         Ok(())
     }
 
-    /// The consumer (found again unless given) and a new inbox for its pulls.
-    async fn open_pull(&self, consumer: Option<jetstream::consumer::PullConsumer>) -> Result<Pull, AgentError> {
+    /// The agent's consumer and a new inbox for its pulls.
+    async fn open_pull(&self) -> Result<Pull, AgentError> {
         let context = jetstream::with_domain(self.session.client(), subjects::HUB_DOMAIN);
-        let consumer = match consumer {
-            Some(c) => c,
-            None => context
-                .get_consumer_from_stream(&self.consumer, subjects::site_stream(&self.site))
-                .await
-                .map_err(|e| AgentError::JetStream(format!("consumer {}: {e}", self.consumer)))?,
-        };
+        let consumer = context
+            .get_consumer_from_stream(&self.consumer, subjects::site_stream(&self.site))
+            .await
+            .map_err(|e| AgentError::JetStream(format!("consumer {}: {e}", self.consumer)))?;
         let base = self.session.client().new_inbox();
         let inbox = self.session.client().subscribe(format!("{base}.*")).await.map_err(|e| AgentError::JetStream(format!("pull inbox: {e}")))?;
         Ok(Pull { consumer, context, inbox, base, n: 0 })

@@ -134,7 +134,7 @@ pub async fn run(ctx: Arc<Ctx>) {
         }
         let c = ctx.clone();
         let serials = tokio::task::spawn_blocking(move || serials_of(&c, batch)).await.unwrap_or_default();
-        publish_all(&ctx, serials.into_iter().collect(), "the next sweep tries again").await;
+        publish_all(&ctx, serials.into_iter().collect()).await;
     }
 }
 
@@ -208,7 +208,7 @@ pub async fn sweep(ctx: &Arc<Ctx>) {
     })
     .await
     .unwrap_or_default();
-    let changed = publish_all(ctx, serials, "the next sweep tries again").await;
+    let changed = publish_all(ctx, serials).await;
     if changed > 0 {
         tracing::info!(changed, serials = total, "OCSP answers published");
     }
@@ -316,8 +316,9 @@ const PUBLISH_IN_FLIGHT: usize = 32;
 
 /// Publish the answers of `serials`: each chunk decided and signed in one blocking pass, then
 /// written concurrently; a serial whose write the bucket refuses goes through [`publish`] (read
-/// again, decided again). How many answers changed; failures are logged with `then`.
-pub async fn publish_all(ctx: &Arc<Ctx>, serials: Vec<String>, then: &str) -> usize {
+/// again, decided again). How many answers changed; failures are logged (the next sweep tries
+/// them again).
+pub async fn publish_all(ctx: &Arc<Ctx>, serials: Vec<String>) -> usize {
     use futures::StreamExt;
     let mut changed = 0;
     for chunk in serials.chunks(PUBLISH_CHUNK) {
@@ -330,7 +331,7 @@ pub async fn publish_all(ctx: &Arc<Ctx>, serials: Vec<String>, then: &str) -> us
         {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!("cannot decide OCSP answers: {e}; {then}");
+                tracing::warn!("cannot decide OCSP answers: {e}; the next sweep tries again");
                 continue;
             }
         };
@@ -358,7 +359,7 @@ pub async fn publish_all(ctx: &Arc<Ctx>, serials: Vec<String>, then: &str) -> us
             match r {
                 Ok(true) => changed += 1,
                 Ok(false) => {}
-                Err(e) => tracing::warn!(serial, "cannot publish the OCSP answer: {e}; {then}"),
+                Err(e) => tracing::warn!(serial, "cannot publish the OCSP answer: {e}; the next sweep tries again"),
             }
         }
     }
