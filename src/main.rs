@@ -5,7 +5,31 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's number for its `purge_delay` option (the `mi_option_e` of the v3 sources that
+/// libmimalloc-sys 0.1.49 builds; a test below checks it reads that version's default, 1,000 ms).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+extern "C" {
+    // From the static mimalloc library the `mimalloc` crate links.
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    #[cfg(test)]
+    fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
+}
+
+/// Give freed memory back to the system at once. By default mimalloc purges a page a second after
+/// it empties, but only when the thread that owns it calls the allocator again: the memory a
+/// start-up pass frees on a worker that then idles stays resident. At 20,000 services that was
+/// 32 MiB of `serve`'s 114 MiB after a restart; immediate purging cost no CPU per renewal that
+/// alternating runs could tell apart. `MIMALLOC_PURGE_DELAY` in the environment still wins.
+fn purge_freed_memory_at_once() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one integer option; mimalloc reads it at each purge decision.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    }
+}
+
 fn main() {
+    purge_freed_memory_at_once();
     let cli = tillit::cli::Cli::parse();
     // Like any Unix tool, a one-shot command ends quietly on a closed pipe (`tillit token create
     // | head -1`) instead of a panic on the next print. A daemon keeps SIGPIPE ignored: a NATS
@@ -63,4 +87,21 @@ fn one_line(e: &anyhow::Error) -> String {
         line.push_str(&text);
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    /// The option number is the one mimalloc calls `purge_delay`: it reads that option's default
+    /// in the v3 sources (1,000 ms; no other option defaults to it) until this process sets it.
+    #[test]
+    fn the_purge_delay_option_number_is_mimallocs() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        // SAFETY: reads one integer option.
+        assert_eq!(unsafe { super::mi_option_get(super::MI_OPTION_PURGE_DELAY) }, 1000);
+        super::purge_freed_memory_at_once();
+        // SAFETY: as above.
+        assert_eq!(unsafe { super::mi_option_get(super::MI_OPTION_PURGE_DELAY) }, 0);
+    }
 }
