@@ -45,7 +45,7 @@ pub use envelope_keys::{EnvelopeKey, KEYS_XKEY};
 pub use identities::{EphemeralCreds, IdentityRecord, IdentityState, SerialRecord, ServiceIssue};
 pub use roles::{default_permissions, RetiringKey, RoleChange, RoleRecord, MAX_SERVICES_PER_ACCOUNT};
 pub use secrets::{SecretMeta, SecretVersion};
-pub use tokens::{TokenRecord, TokenState, MAX_BOOTSTRAP_REVOCATIONS, MAX_TOKENS_PER_REQUEST, MAX_TOKEN_TTL_SECS};
+pub use tokens::{bound_revocations, TokenRecord, TokenState, MAX_BOOTSTRAP_REVOCATIONS, MAX_TOKENS_PER_REQUEST, MAX_TOKEN_TTL_SECS};
 
 /// Name of the system account.
 pub const SYS_ACCOUNT: &str = "SYS";

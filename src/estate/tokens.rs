@@ -17,6 +17,23 @@ pub const MAX_TOKEN_TTL_SECS: i64 = 7 * 86_400;
 /// themselves are already refused, and those users may only request enrollment.
 pub const MAX_BOOTSTRAP_REVOCATIONS: usize = 2_000;
 
+/// Keep in `live` (user → (revoked at, expiry)) every revocation made after `due_by` and the
+/// newest [`MAX_BOOTSTRAP_REVOCATIONS`] of those made at or before it; drop the rest. Those are
+/// the ones [`Estate::sign_bootstrap`] would leave out of the JWT anyway. Ties on the second
+/// keep the greater user key, so the same records always give the same set.
+pub fn bound_revocations(live: &mut BTreeMap<String, (i64, i64)>, due_by: i64) {
+    let mut due: Vec<(i64, &str)> = live.iter().filter(|(_, (at, _))| *at <= due_by).map(|(u, (at, _))| (*at, u.as_str())).collect();
+    if due.len() <= MAX_BOOTSTRAP_REVOCATIONS {
+        return;
+    }
+    let cut = due.len() - MAX_BOOTSTRAP_REVOCATIONS;
+    due.select_nth_unstable(cut);
+    let drop: Vec<String> = due[..cut].iter().map(|(_, u)| u.to_string()).collect();
+    for u in drop {
+        live.remove(&u);
+    }
+}
+
 /// State of a join token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -143,15 +160,39 @@ impl Estate {
     /// The bootstrap users that must stay revoked: those of used tokens whose bootstrap JWTs
     /// have not expired yet (user → (revoked at, bootstrap JWT expiry)). Derived from the token
     /// records, so it survives restarts without being stored twice.
-    pub fn live_bootstrap_revocations(&self) -> Result<BTreeMap<String, (i64, i64)>> {
+    ///
+    /// Held bounded ([`bound_revocations`]): every user of a token used after `due_by` (still
+    /// in its reply grace), and of those used at or before it only the newest
+    /// [`MAX_BOOTSTRAP_REVOCATIONS`], the most the BOOTSTRAP account JWT ever carries. An estate
+    /// that enrolled 100,000 services within a token lifetime held all of their users here, twice.
+    pub fn live_bootstrap_revocations(&self, due_by: i64) -> Result<BTreeMap<String, (i64, i64)>> {
         let now = self.clock.now_unix();
         let mut out = BTreeMap::new();
+        // Those at or before `due_by`, cut back to the newest whenever they reach twice the bound.
+        let mut due: Vec<((i64, String), i64)> = vec![];
+        let newest = |due: &mut Vec<((i64, String), i64)>| {
+            if due.len() > MAX_BOOTSTRAP_REVOCATIONS {
+                let cut = due.len() - MAX_BOOTSTRAP_REVOCATIONS;
+                due.select_nth_unstable_by(cut, |a, b| a.0.cmp(&b.0));
+                due.drain(..cut);
+            }
+        };
         self.visit_json(Space::Tokens, "", |t: TokenRecord| {
             if t.state == TokenState::Used && t.expires_at > now {
-                out.insert(t.bootstrap_user, (t.used_at.unwrap_or(now), t.expires_at));
+                let at = t.used_at.unwrap_or(now);
+                if at > due_by {
+                    out.insert(t.bootstrap_user, (at, t.expires_at));
+                } else {
+                    due.push(((at, t.bootstrap_user), t.expires_at));
+                    if due.len() >= 2 * MAX_BOOTSTRAP_REVOCATIONS {
+                        newest(&mut due);
+                    }
+                }
             }
             true
         })?;
+        newest(&mut due);
+        out.extend(due.into_iter().map(|((at, user), exp)| (user, (at, exp))));
         Ok(out)
     }
 
@@ -172,5 +213,66 @@ impl Estate {
         acct.revocations = live.into_iter().map(|(u, (at, _))| (u.clone(), *at)).collect();
         acct.iat = acct.iat.max(min_iat);
         self.resign_account(acct)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::estate::tests::new_estate;
+
+    /// However many tokens were used within their lifetime, what is held is every revocation
+    /// still in its grace and the newest [`MAX_BOOTSTRAP_REVOCATIONS`] of the others: the ones
+    /// the BOOTSTRAP account JWT carries. Unused and expired tokens are not held.
+    #[test]
+    fn live_bootstrap_revocations_hold_the_young_and_the_newest_the_jwt_carries() {
+        let now = 1_780_000_000;
+        let clock = Arc::new(ManualClock::new(now));
+        let (_d, e, store, _m) = new_estate(clock);
+        let sid = ServiceId::parse("acme/shop/prod/orders").unwrap();
+        let (tokens, b) = e.create_tokens(&sid, 900, 1, "test", None).unwrap();
+        store.commit(b).unwrap();
+        let template = e.token(&tokens[0].id).unwrap().unwrap();
+        let due_by = now - 3;
+        let (old, young) = (MAX_BOOTSTRAP_REVOCATIONS + 2_300, 300);
+        let mut b = Batch::new();
+        let mut put = |i: usize, state: TokenState, used_at: i64, expires_at: i64| {
+            let mut t = template.clone();
+            t.id = format!("tok-{i:05}");
+            t.bootstrap_user = format!("U{i:05}");
+            t.state = state;
+            t.used_at = Some(used_at);
+            t.expires_at = expires_at;
+            b.put_json(Space::Tokens, &t.id, &t).unwrap();
+        };
+        // Used before `due_by`, one a second: the newest are the highest numbers.
+        for i in 0..old {
+            put(i, TokenState::Used, due_by - (old - i) as i64, now + 600);
+        }
+        for i in old..old + young {
+            put(i, TokenState::Used, now, now + 600);
+        }
+        put(90_000, TokenState::Unused, now, now + 600);
+        put(90_001, TokenState::Used, now - 10, now - 1);
+        store.commit(b).unwrap();
+
+        let live = e.live_bootstrap_revocations(due_by).unwrap();
+        assert_eq!(live.len(), MAX_BOOTSTRAP_REVOCATIONS + young);
+        for i in 0..old + young {
+            assert_eq!(live.contains_key(&format!("U{i:05}")), i >= old - MAX_BOOTSTRAP_REVOCATIONS, "token {i}");
+        }
+        assert!(!live.contains_key("U90000") && !live.contains_key("U90001"), "unused and expired tokens are not revocations");
+
+        // The same bound on a map that grew by burns keeps the same set.
+        let mut grown = live.clone();
+        grown.insert("UOLDEST".into(), (due_by - 100_000, now + 600));
+        bound_revocations(&mut grown, due_by);
+        assert_eq!(grown, live);
+        // And a later `due_by` lets the young ones compete with the rest.
+        let mut later = live.clone();
+        bound_revocations(&mut later, now);
+        assert_eq!(later.len(), MAX_BOOTSTRAP_REVOCATIONS);
+        assert!((old..old + young).all(|i| later.contains_key(&format!("U{i:05}"))), "the newest are kept");
     }
 }

@@ -166,7 +166,8 @@ pub(super) struct Revocations {
 
 /// Load the live revocations from the token records and push them (serve start).
 pub(super) async fn start_revocations(ctx: &Ctx) -> Result<Revocations, ApiError> {
-    let live = ctx.estate.live_bootstrap_revocations().map_err(ApiError::from)?;
+    let due_by = ctx.estate.clock().now_unix() - REPLY_GRACE_SECS;
+    let live = ctx.estate.live_bootstrap_revocations(due_by).map_err(ApiError::from)?;
     let mut r = Revocations { live, last_iat: 0 };
     push_revocations(ctx, &mut r, "reconcile").await?;
     Ok(r)
@@ -267,7 +268,7 @@ pub(super) async fn run_revoker(ctx: std::sync::Arc<Ctx>, mut r: Revocations, mu
         }
         weighed = Some(tokio::time::Instant::now());
         if known.is_none() || scanned.elapsed() >= RESCAN_EVERY {
-            match ctx.estate.live_bootstrap_revocations() {
+            match ctx.estate.live_bootstrap_revocations(ctx.estate.clock().now_unix() - REPLY_GRACE_SECS) {
                 Ok(k) => known = Some(k),
                 Err(e) => {
                     tracing::warn!("cannot read the burned tokens: {e}; trying again");
@@ -279,6 +280,8 @@ pub(super) async fn run_revoker(ctx: std::sync::Arc<Ctx>, mut r: Revocations, mu
         let now = ctx.estate.clock().now_unix();
         let Some(k) = known.as_mut() else { continue };
         k.retain(|_, (_, exp)| *exp > now);
+        // Burns since the last weighing may take it past what the JWT can carry.
+        crate::estate::bound_revocations(k, now - REPLY_GRACE_SECS);
         let (stored, young) = due(k.clone(), now);
         pending = young;
         if stored.keys().eq(r.live.keys()) {
