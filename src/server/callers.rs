@@ -194,32 +194,40 @@ pub async fn run(ctx: Arc<Ctx>) {
 
 /// Publish every service's set (the leader, every [`SWEEP_EVERY`]).
 ///
-/// One service at a time, each from its own identities (the index): the sweep holds the
-/// services' names and one service's identities, and its work is linear in the estate (it was
-/// every identity times every service).
+/// One service at a time, each from its own identities (the index), the services' names read a
+/// page at a time: the sweep holds one page of names and one service's identities, and its work
+/// is linear in the estate (it was every identity times every service).
 pub async fn sweep(ctx: &Arc<Ctx>) {
-    let c = ctx.clone();
-    let services = match tokio::task::spawn_blocking(move || c.estate.services()).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return tracing::warn!("caller keys: cannot list the services: {e}"),
-        Err(e) => return tracing::warn!("caller keys: {e}"),
-    };
-    for sid in services {
-        let ids = match ctx.estate.identities_of(&sid) {
-            Ok(ids) => ids,
-            Err(e) => {
-                tracing::warn!(service = %sid, "cannot read the identities of the service: {e}");
+    let mut after: Option<ServiceId> = None;
+    loop {
+        let (c, from) = (ctx.clone(), after.take());
+        let page = match tokio::task::spawn_blocking(move || c.estate.services_page(from.as_ref(), SWEEP_PAGE)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return tracing::warn!("caller keys: cannot list the services: {e}"),
+            Err(e) => return tracing::warn!("caller keys: {e}"),
+        };
+        let Some(last) = page.last().cloned() else { return };
+        for sid in page {
+            let ids = match ctx.estate.identities_of(&sid) {
+                Ok(ids) => ids,
+                Err(e) => {
+                    tracing::warn!(service = %sid, "cannot read the identities of the service: {e}");
+                    continue;
+                }
+            };
+            if !ids.iter().any(|i| i.kind == IdentityKind::Service) {
                 continue;
             }
-        };
-        if !ids.iter().any(|i| i.kind == IdentityKind::Service) {
-            continue;
+            if let Err(e) = publish(ctx, &sid, &ids).await {
+                tracing::warn!("cannot publish the caller keys of {e}");
+            }
         }
-        if let Err(e) = publish(ctx, &sid, &ids).await {
-            tracing::warn!("cannot publish the caller keys of {e}");
-        }
+        after = Some(last);
     }
 }
+
+/// Services whose names the sweep reads at a time.
+const SWEEP_PAGE: usize = 256;
 
 #[cfg(test)]
 mod tests {
