@@ -90,7 +90,7 @@ impl Held {
 #[derive(Default)]
 struct Inner {
     last_seq: u64,
-    by_serial: HashMap<String, Held>,
+    by_serial: super::table::SerialTable<Held>,
 }
 
 /// The copy: answers by serial, and how far into the bucket's stream it has read.
@@ -175,7 +175,7 @@ impl Copy {
                     }
                     for (serial, (revision, revoked, next_update)) in saved.statuses {
                         let status = revoked.map_or(Status::Good, Status::Revoked);
-                        inner.by_serial.insert(serial, Held { revision, status, next_update, full: None });
+                        inner.by_serial.insert(&serial, Held { revision, status, next_update, full: None });
                     }
                     tracing::info!(file = %file.display(), answers = inner.by_serial.len(), last_seq = inner.last_seq, "OCSP answers loaded");
                 }
@@ -211,7 +211,7 @@ impl Copy {
     /// Every serial held.
     pub fn serials(&self) -> Vec<String> {
         let Ok(i) = self.inner.read() else { return vec![] };
-        i.by_serial.keys().cloned().collect()
+        i.by_serial.iter().map(|(k, _)| k).collect()
     }
 
     /// Take in the bucket message at stream sequence `seq` for `serial`: `Some(value)` is a put,
@@ -245,7 +245,7 @@ impl Copy {
         if i.by_serial.get(serial).is_some_and(|h| h.revision >= revision) {
             return; // already holds something newer
         }
-        i.by_serial.insert(serial.to_string(), Held { revision, status, next_update, full: None });
+        i.by_serial.insert(serial, Held { revision, status, next_update, full: None });
         self.dirty.store(true, Ordering::Relaxed);
     }
 
@@ -270,7 +270,7 @@ impl Copy {
                 let status = answers[0].0.status;
                 let next_update = answers.iter().map(|(a, _)| a.next_update).min().unwrap_or(0);
                 let full = (!compact).then(|| Box::new(Full { answers, raw: raw.to_vec() }));
-                i.by_serial.insert(serial.to_string(), Held { revision: seq, status, next_update, full });
+                i.by_serial.insert(serial, Held { revision: seq, status, next_update, full });
             }
             Some((answers, _)) if !answers.is_empty() => {
                 tracing::warn!(serial, "an OCSP answer in the bucket names another serial; dropped");
@@ -329,16 +329,16 @@ impl Copy {
         let saved = {
             let Ok(i) = self.inner.read() else { return };
             let mut saved = Saved { last_seq: i.last_seq, answers: HashMap::new(), statuses: BTreeMap::new(), mac: None };
-            for (k, h) in &i.by_serial {
+            for (k, h) in i.by_serial.iter() {
                 match (&h.full, h.status) {
                     (Some(f), _) => {
-                        saved.answers.insert(k.clone(), (h.revision, String::from_utf8_lossy(&f.raw).into_owned()));
+                        saved.answers.insert(k, (h.revision, String::from_utf8_lossy(&f.raw).into_owned()));
                     }
                     (None, Status::Good) => {
-                        saved.statuses.insert(k.clone(), (h.revision, None, h.next_update));
+                        saved.statuses.insert(k, (h.revision, None, h.next_update));
                     }
                     (None, Status::Revoked(at)) => {
-                        saved.statuses.insert(k.clone(), (h.revision, Some(at), h.next_update));
+                        saved.statuses.insert(k, (h.revision, Some(at), h.next_update));
                     }
                     (None, Status::Unknown) => {}
                 }

@@ -17,6 +17,7 @@
 pub mod copy;
 pub mod follow;
 pub mod responder;
+pub mod table;
 
 use crate::issuer::x509::CertAuthority;
 use der::asn1::{BitString, GeneralizedTime, Null, OctetString};
