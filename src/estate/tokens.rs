@@ -161,7 +161,7 @@ impl Estate {
     /// have not expired yet (user → (revoked at, bootstrap JWT expiry)). Derived from the token
     /// records, so it survives restarts without being stored twice.
     ///
-    /// Held bounded ([`bound_revocations`]): every user of a token used after `due_by` (still
+    /// Held within the bound of [`bound_revocations`]: every user of a token used after `due_by` (still
     /// in its reply grace), and of those used at or before it only the newest
     /// [`MAX_BOOTSTRAP_REVOCATIONS`], the most the BOOTSTRAP account JWT ever carries. An estate
     /// that enrolled 100,000 services within a token lifetime held all of their users here, twice.
