@@ -109,7 +109,7 @@ impl<V> SerialTable<V> {
     /// Fold the changes into the vector: one pass, the new vector exactly as long as needed.
     fn merge(&mut self) {
         let mut changes: Vec<(Key, Option<V>)> = self.delta.drain().collect();
-        changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        changes.sort_unstable_by_key(|c| c.0);
         let mut out: Vec<(Key, V)> = Vec::with_capacity(self.len);
         let mut base = std::mem::take(&mut self.base).into_iter().peekable();
         for (k, v) in changes {
