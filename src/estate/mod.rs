@@ -42,7 +42,7 @@ pub mod sites;
 mod tokens;
 pub use accounts::{AccountKind, AccountRecord, Adopted, MAX_ACCOUNT_JWT_BYTES};
 pub use envelope_keys::{EnvelopeKey, KEYS_XKEY};
-pub use identities::{EphemeralCreds, IdentityRecord, IdentityState, SerialRecord, ServiceIssue};
+pub use identities::{EphemeralCreds, IdentityRecord, IdentityState, SerialRecord, ServiceIssue, UNLISTED_SERIALS};
 pub use roles::{default_permissions, RetiringKey, RoleChange, RoleRecord, MAX_SERVICES_PER_ACCOUNT};
 pub use secrets::{SecretMeta, SecretVersion};
 pub use tokens::{bound_revocations, TokenRecord, TokenState, MAX_BOOTSTRAP_REVOCATIONS, MAX_TOKENS_PER_REQUEST, MAX_TOKEN_TTL_SECS};

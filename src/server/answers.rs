@@ -153,6 +153,19 @@ fn serials_of(ctx: &Ctx, touches: BTreeSet<Touch>) -> BTreeSet<String> {
             Touch::All => {}
         }
     }
+    // Each revoked identity's certificates, from its own record; only records that do not list
+    // them all leave their identities to one streaming pass over every serial.
+    let now = ctx.estate.clock().now_unix();
+    users.retain(|u| match ctx.estate.identity(u) {
+        Ok(Some(rec)) => match rec.serials_to_revoke(now) {
+            Some(serials) => {
+                out.extend(serials.into_iter().filter(|s| !s.is_empty()));
+                false
+            }
+            None => true,
+        },
+        _ => true,
+    });
     if !users.is_empty() {
         // Streaming: the serials of those identities are held, not every serial.
         let visited = ctx.estate.store().visit_prefix(Space::Serials, "", &mut |serial, v| {

@@ -188,6 +188,7 @@ async fn enroll(
         // An admin gets the role and tenants its token was minted with.
         admin_role: admin.is_some().then(|| tok.admin_role.unwrap_or(crate::proto::AdminRole::Owner)),
         admin_tenants: if admin.is_some() { tok.admin_tenants.clone() } else { vec![] },
+        earlier_serials: Some(vec![]),
     };
     let agent = site.as_ref().map(|site| crate::estate::sites::AgentStatus {
         site: site.clone(),
@@ -249,6 +250,7 @@ async fn renew(ctx: &Ctx, caller: &IdentityRecord, req: RenewRequest) -> Result<
         }
         _ => {}
     }
+    rec.renewed_from(ctx.estate.clock().now_unix());
     rec.cert_serial = serial;
     rec.issued_at = issued;
     rec.expires_at = expires;

@@ -18,7 +18,18 @@ async fn a_revoked_certificate_is_refused_at_the_handshake_even_with_a_valid_jwt
         let text = std::process::Command::new("openssl").args(["crl", "-inform", "DER", "-noout", "-text", "-in"]).arg(&crl).output().unwrap();
         String::from_utf8_lossy(&text.stdout).to_uppercase()
     };
+    // A certificate renewed away is still valid until its notAfter: a revocation reaches it too
+    // (listed in the identity's record, not found by reading every serial).
+    let before_renewal = e.tmp.path().join("pay-before-renewal");
+    std::fs::create_dir_all(before_renewal.join("tls")).unwrap();
+    for f in ["cert.pem", "ca.pem"] {
+        std::fs::copy(pay.join("tls").join(f), before_renewal.join("tls").join(f)).unwrap();
+    }
+    let old_serial = tillit::identity::load(&IdentityDir::new(&pay)).unwrap().info.cert_serial;
+    let out = tillit(&["renew", "--identity", pay.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let serial = tillit::identity::load(&IdentityDir::new(&pay)).unwrap().info.cert_serial.to_uppercase();
+    assert_ne!(serial, old_serial.to_uppercase(), "the renewal issued a new certificate");
     assert!(!crl_text().contains(&serial), "not revoked yet");
     let out = tillit(&["revoke", "acme/shop/prod/payments", "--reason", "key leaked", "--identity", &e.admin()]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -49,6 +60,8 @@ async fn a_revoked_certificate_is_refused_at_the_handshake_even_with_a_valid_jwt
     let (o, err) = check(&pay);
     assert!(o.contains("cert.pem: revoked"), "{o}\n{err}");
     assert!(err.contains("Response verify OK"), "{err}");
+    let (o, err) = check(&before_renewal);
+    assert!(o.contains("cert.pem: revoked"), "the certificate renewed away: {o}\n{err}");
     let (o, _) = check(&orders);
     assert!(o.contains("cert.pem: good"), "{o}");
 
