@@ -177,18 +177,24 @@ pub async fn run(ctx: Arc<Ctx>) {
             todo.insert(more);
         }
         for sid in todo {
-            // Only that service's identities (the index), not the estate's.
-            let ids = match ctx.estate.identities_of(&sid) {
-                Ok(ids) => ids,
-                Err(e) => {
-                    tracing::warn!(service = %sid, "cannot read the identities of the service: {e}; the sweep tries again");
-                    continue;
-                }
-            };
-            if let Err(e) = publish(&ctx, &sid, &ids).await {
-                tracing::warn!("cannot publish the caller keys of {e}; the sweep tries again");
-            }
+            publish_from_index(&ctx, &sid, false, "; the sweep tries again").await;
         }
+    }
+}
+
+/// Publish `sid`'s set from that service's own identities (the index), not the estate's;
+/// `only_services`: not for a name none of whose identities is a service's. A failure is
+/// logged, with `then` (what happens next).
+async fn publish_from_index(ctx: &Arc<Ctx>, sid: &ServiceId, only_services: bool, then: &str) {
+    let ids = match ctx.estate.identities_of(sid) {
+        Ok(ids) => ids,
+        Err(e) => return tracing::warn!(service = %sid, "cannot read the identities of the service: {e}{then}"),
+    };
+    if only_services && !ids.iter().any(|i| i.kind == IdentityKind::Service) {
+        return;
+    }
+    if let Err(e) = publish(ctx, sid, &ids).await {
+        tracing::warn!("cannot publish the caller keys of {e}{then}");
     }
 }
 
@@ -208,19 +214,7 @@ pub async fn sweep(ctx: &Arc<Ctx>) {
         };
         let Some(last) = page.last().cloned() else { return };
         for sid in page {
-            let ids = match ctx.estate.identities_of(&sid) {
-                Ok(ids) => ids,
-                Err(e) => {
-                    tracing::warn!(service = %sid, "cannot read the identities of the service: {e}");
-                    continue;
-                }
-            };
-            if !ids.iter().any(|i| i.kind == IdentityKind::Service) {
-                continue;
-            }
-            if let Err(e) = publish(ctx, &sid, &ids).await {
-                tracing::warn!("cannot publish the caller keys of {e}");
-            }
+            publish_from_index(ctx, &sid, true, "").await;
         }
         after = Some(last);
     }
