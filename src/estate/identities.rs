@@ -75,9 +75,8 @@ impl IdentityRecord {
         if earlier.iter().any(|(s, not_after)| s == UNLISTED_SERIALS && *not_after > now) {
             return None;
         }
-        let mut out = vec![self.cert_serial.clone()];
-        out.extend(earlier.iter().filter(|(s, _)| s != UNLISTED_SERIALS).map(|(s, _)| s.clone()));
-        Some(out)
+        let current = Some(&self.cert_serial).filter(|s| !s.is_empty());
+        Some(current.into_iter().chain(earlier.iter().map(|(s, _)| s).filter(|s| *s != UNLISTED_SERIALS)).cloned().collect())
     }
 
     /// Before a renewal replaces the certificate: list the one it replaces with those still
@@ -484,8 +483,10 @@ impl Estate {
         Ok(out)
     }
 
-    /// Every service that has an identity, each once ([`Self::services_page`], page by page).
-    pub fn services(&self) -> Result<Vec<ServiceId>> {
+    /// Every service that has an identity, each once ([`Self::services_page`], page by page; the
+    /// caller-key sweep walks the pages itself).
+    #[cfg(test)]
+    fn services(&self) -> Result<Vec<ServiceId>> {
         let mut out: Vec<ServiceId> = vec![];
         loop {
             let page = self.services_page(out.last(), 1024)?;
@@ -881,6 +882,8 @@ mod tests {
     fn a_record_lists_the_certificates_a_revocation_must_reach() {
         let mut r = IdentityRecord::admin("x", "x", "UKEY", "s1", 1_000, 2_000);
         assert_eq!(r.serials_to_revoke(1_000), Some(vec!["s1".to_string()]));
+        let no_cert = IdentityRecord::admin("x", "x", "UKEY", "", 1_000, 2_000);
+        assert_eq!(no_cert.serials_to_revoke(1_000), Some(vec![]), "an identity without a certificate names none");
         // Renewed at 1,500 (s1 valid until 2,000), then at 2,500 (s2 valid until 3,000; s1 gone).
         r.renewed_from(1_500);
         (r.cert_serial, r.expires_at) = ("s2".into(), 3_000);

@@ -161,38 +161,30 @@ impl Estate {
     /// have not expired yet (user → (revoked at, bootstrap JWT expiry)). Derived from the token
     /// records, so it survives restarts without being stored twice.
     ///
-    /// Held within the bound of [`bound_revocations`]: every user of a token used after `due_by` (still
-    /// in its reply grace), and of those used at or before it only the newest
-    /// [`MAX_BOOTSTRAP_REVOCATIONS`], the most the BOOTSTRAP account JWT ever carries. An estate
-    /// that enrolled 100,000 services within a token lifetime held all of their users here, twice.
+    /// Held within [`bound_revocations`], also while the tokens are read: every user of a token
+    /// used after `due_by` (still in its reply grace), and of those used at or before it only the
+    /// newest [`MAX_BOOTSTRAP_REVOCATIONS`], the most the BOOTSTRAP account JWT ever carries. An
+    /// estate that enrolled 100,000 services within a token lifetime held all of their users
+    /// here, twice.
     pub fn live_bootstrap_revocations(&self, due_by: i64) -> Result<BTreeMap<String, (i64, i64)>> {
         let now = self.clock.now_unix();
         let mut out = BTreeMap::new();
-        // Those at or before `due_by`, cut back to the newest whenever they reach twice the bound.
-        let mut due: Vec<((i64, String), i64)> = vec![];
-        let newest = |due: &mut Vec<((i64, String), i64)>| {
-            if due.len() > MAX_BOOTSTRAP_REVOCATIONS {
-                let cut = due.len() - MAX_BOOTSTRAP_REVOCATIONS;
-                due.select_nth_unstable_by(cut, |a, b| a.0.cmp(&b.0));
-                due.drain(..cut);
-            }
-        };
+        // How many of `out` were made at or before `due_by`: cut back to the bound whenever
+        // they reach twice it, so the pass never holds more.
+        let mut due = 0usize;
         self.visit_json(Space::Tokens, "", |t: TokenRecord| {
             if t.state == TokenState::Used && t.expires_at > now {
                 let at = t.used_at.unwrap_or(now);
-                if at > due_by {
-                    out.insert(t.bootstrap_user, (at, t.expires_at));
-                } else {
-                    due.push(((at, t.bootstrap_user), t.expires_at));
-                    if due.len() >= 2 * MAX_BOOTSTRAP_REVOCATIONS {
-                        newest(&mut due);
-                    }
+                due += usize::from(at <= due_by);
+                out.insert(t.bootstrap_user, (at, t.expires_at));
+                if due >= 2 * MAX_BOOTSTRAP_REVOCATIONS {
+                    bound_revocations(&mut out, due_by);
+                    due = MAX_BOOTSTRAP_REVOCATIONS;
                 }
             }
             true
         })?;
-        newest(&mut due);
-        out.extend(due.into_iter().map(|((at, user), exp)| (user, (at, exp))));
+        bound_revocations(&mut out, due_by);
         Ok(out)
     }
 

@@ -159,7 +159,7 @@ fn serials_of(ctx: &Ctx, touches: BTreeSet<Touch>) -> BTreeSet<String> {
     users.retain(|u| match ctx.estate.identity(u) {
         Ok(Some(rec)) => match rec.serials_to_revoke(now) {
             Some(serials) => {
-                out.extend(serials.into_iter().filter(|s| !s.is_empty()));
+                out.extend(serials);
                 false
             }
             None => true,
